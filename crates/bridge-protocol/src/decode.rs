@@ -1,0 +1,536 @@
+//! Decoding: one entry point per direction, from text to a typed frame or a typed
+//! [`ProtocolError`] with the exact code of PROTOCOL.md 3.5.
+//!
+//! # How input is read (the protocol crate's reading of PROTOCOL.md)
+//!
+//! * The text must be one JSON object; anything else (not JSON, an array, a string, trailing
+//!   data) is `invalid_message`. A key that appears twice is `invalid_message`.
+//! * `type` must be a string; a `type` the sending role may not send is `unknown_type`.
+//! * A field whose value is `null` counts as absent. Unknown fields are ignored.
+//! * A required field that is missing or of the wrong JSON type is `invalid_message`; so is
+//!   a value that breaks its rule (an empty `deviceId`, a `requestId` over 64 characters).
+//! * `payload` that is not a string, not even-length hex, or over the limit is
+//!   `invalid_payload`. Structural problems are reported before payload problems.
+//! * A `command` frame: `requestId` and `deviceId` follow the frame rules above; the fields
+//!   it shares with the HTTP command body are refused as HTTP would refuse them
+//!   (`invalid_request`, or `invalid_payload`), per PROTOCOL.md 3.4.
+//! * The error carries the frame's `requestId` whenever the frame had a valid one, even when
+//!   the refusal is about another field. A `requestId` that is itself invalid is not echoed,
+//!   so that the error frame is always valid.
+//! * `rssi` is an integer from -128 to 127 (dBm).
+//!
+//! Decoding borrows from the input and validates each field once; the hot frames
+//! (`ble_response`, `ble_write`) are read without building a generic JSON tree.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::frames::{
+    Ack, AppEvent, BleOutcome, BleResponse, BleStatus, BleWrite, CommandFrame, CommandResult,
+    DeviceStatus, EventType, Release, ResultStatus, SubscriptionChange,
+};
+use crate::http::{CommandRequest, EventRequest, IfOffline};
+use crate::{
+    BridgeToServer, CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, ErrorCode,
+    ErrorFrame, HexPayload, Limits, ProtocolError, RequestId, ServerToBridge, ServerToUser,
+    TimeoutMs, TtlSeconds, UserToServer, ValueError,
+};
+
+/// Every field any frame or body may carry, each as its raw JSON text.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow, default)]
+    ty: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    request_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    device_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    device_type: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    service_uuid: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    write_uuid: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    listen_uuid: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    timeout_ms: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    connected: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    rssi: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    if_offline: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    command_type: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    ttl_seconds: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    requires_confirmation: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    command_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    status: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    online: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    ble_connected: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    code: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+}
+
+/// A field of the envelope, read with the error code used for structural problems.
+struct Reader<'e, 'a> {
+    env: &'e Envelope<'a>,
+    /// `invalid_message` for frames, `invalid_request` for HTTP bodies and command fields.
+    code: ErrorCode,
+}
+
+fn parse_envelope(text: &str, code: ErrorCode) -> Result<Envelope<'_>, ProtocolError> {
+    let first = text
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .as_bytes()
+        .first();
+    if first != Some(&b'{') {
+        return Err(ProtocolError::new(code, "expected a JSON object"));
+    }
+    serde_json::from_str(text).map_err(|e| ProtocolError::new(code, format!("not valid JSON: {e}")))
+}
+
+/// The string inside a raw JSON value, or `None` when the value is not a string.
+fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(text).ok().map(Cow::Owned)
+    } else {
+        // Valid JSON without escapes: the text between the quotes is the string.
+        Some(Cow::Borrowed(inner))
+    }
+}
+
+fn field_message(name: &str, what: &str) -> Cow<'static, str> {
+    Cow::Owned(format!("field `{name}` {what}"))
+}
+
+impl<'a> Reader<'_, 'a> {
+    fn missing(&self, name: &str) -> ProtocolError {
+        ProtocolError::new(self.code, field_message(name, "is required"))
+    }
+
+    fn wrong_type(&self, name: &str, expected: &str) -> ProtocolError {
+        ProtocolError::new(
+            self.code,
+            field_message(name, &format!("must be {expected}")),
+        )
+    }
+
+    fn invalid(&self, err: &ValueError) -> ProtocolError {
+        ProtocolError::from_value(err, self.code)
+    }
+
+    fn opt_str(
+        &self,
+        raw: Option<&'a RawValue>,
+        name: &str,
+    ) -> Result<Option<Cow<'a, str>>, ProtocolError> {
+        raw.map(|r| raw_str(r).ok_or_else(|| self.wrong_type(name, "a string")))
+            .transpose()
+    }
+
+    fn req_str(
+        &self,
+        raw: Option<&'a RawValue>,
+        name: &str,
+    ) -> Result<Cow<'a, str>, ProtocolError> {
+        self.opt_str(raw, name)?.ok_or_else(|| self.missing(name))
+    }
+
+    fn opt_bool(&self, raw: Option<&RawValue>, name: &str) -> Result<Option<bool>, ProtocolError> {
+        raw.map(|r| match r.get() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(self.wrong_type(name, "a boolean")),
+        })
+        .transpose()
+    }
+
+    fn req_bool(&self, raw: Option<&RawValue>, name: &str) -> Result<bool, ProtocolError> {
+        self.opt_bool(raw, name)?.ok_or_else(|| self.missing(name))
+    }
+
+    fn opt_u64(&self, raw: Option<&RawValue>, name: &str) -> Result<Option<u64>, ProtocolError> {
+        raw.map(|r| {
+            let t = r.get();
+            if t.bytes().all(|b| b.is_ascii_digit()) {
+                t.parse::<u64>()
+                    .map_err(|_| self.wrong_type(name, "a non-negative integer"))
+            } else {
+                Err(self.wrong_type(name, "a non-negative integer"))
+            }
+        })
+        .transpose()
+    }
+
+    fn req_u64(&self, raw: Option<&RawValue>, name: &str) -> Result<u64, ProtocolError> {
+        self.opt_u64(raw, name)?.ok_or_else(|| self.missing(name))
+    }
+
+    fn device_id(&self) -> Result<DeviceId, ProtocolError> {
+        let s = self.req_str(self.env.device_id, "deviceId")?;
+        DeviceId::new(&s).map_err(|e| self.invalid(&e))
+    }
+
+    fn request_id(&self) -> Result<RequestId, ProtocolError> {
+        let s = self.req_str(self.env.request_id, "requestId")?;
+        RequestId::new(&s).map_err(|e| self.invalid(&e))
+    }
+
+    fn device_type(&self) -> Result<DeviceType, ProtocolError> {
+        let s = self.req_str(self.env.device_type, "deviceType")?;
+        DeviceType::new(&s).map_err(|e| self.invalid(&e))
+    }
+
+    fn uuid(&self, raw: Option<&'a RawValue>, name: &str) -> Result<uuid::Uuid, ProtocolError> {
+        let s = self.req_str(raw, name)?;
+        uuid::Uuid::parse_str(&s).map_err(|_| self.wrong_type(name, "a UUID"))
+    }
+
+    /// `payload`, if present: not a string, bad hex or too large is `invalid_payload`.
+    fn opt_payload(&self, limits: &Limits) -> Result<Option<HexPayload>, ProtocolError> {
+        let Some(raw) = self.env.payload else {
+            return Ok(None);
+        };
+        let s = raw_str(raw).ok_or_else(|| {
+            ProtocolError::new(
+                ErrorCode::InvalidPayload,
+                "field `payload` must be a hex string",
+            )
+        })?;
+        HexPayload::from_hex(&s, limits.max_payload_bytes)
+            .map(Some)
+            .map_err(|e| ProtocolError::new(ErrorCode::InvalidPayload, e.to_string()))
+    }
+
+    fn payload(&self, limits: &Limits) -> Result<HexPayload, ProtocolError> {
+        self.opt_payload(limits)?
+            .ok_or_else(|| self.missing("payload"))
+    }
+
+    fn device_error(&self, raw: &'a RawValue) -> Result<DeviceErrorCode, ProtocolError> {
+        let s = raw_str(raw).ok_or_else(|| self.wrong_type("error", "a string"))?;
+        DeviceErrorCode::new(&s).map_err(|e| self.invalid(&e))
+    }
+}
+
+/// The frame's `requestId`, if it has a valid one.
+fn readable_request_id(env: &Envelope<'_>) -> Option<RequestId> {
+    env.request_id
+        .and_then(raw_str)
+        .and_then(|s| RequestId::new(&s).ok())
+}
+
+/// Reads the envelope and its `type`, then hands both to `decode_body`; every error leaving
+/// this function carries the frame's `requestId` when one could be read.
+fn decode_frame<T>(
+    text: &str,
+    decode_body: impl FnOnce(&str, &Reader<'_, '_>) -> Result<T, ProtocolError>,
+) -> Result<T, ProtocolError> {
+    let env = parse_envelope(text, ErrorCode::InvalidMessage)?;
+    let request_id = readable_request_id(&env);
+    let reader = Reader {
+        env: &env,
+        code: ErrorCode::InvalidMessage,
+    };
+    let result = match env.ty {
+        None => Err(ProtocolError::invalid_message("field `type` is required")),
+        Some(raw) => match raw_str(raw) {
+            None => Err(ProtocolError::invalid_message(
+                "field `type` must be a string",
+            )),
+            Some(ty) => decode_body(&ty, &reader),
+        },
+    };
+    result.map_err(|e| e.with_request_id(request_id))
+}
+
+fn unknown_type(ty: &str, role: &str) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::UnknownType,
+        format!("a {role} may not send frames of type `{ty:.64}`"),
+    )
+}
+
+impl BridgeToServer {
+    /// Decodes a text frame a bridge sent.
+    pub fn decode(text: &str, limits: &Limits) -> Result<Self, ProtocolError> {
+        decode_frame(text, |ty, r| match ty {
+            "ble_response" => {
+                let request_id = r.request_id()?;
+                let device_id = r.device_id()?;
+                let outcome = match (r.env.payload, r.env.error) {
+                    (Some(_), None) => BleOutcome::Payload(r.payload(limits)?),
+                    (None, Some(err)) => BleOutcome::Error(r.device_error(err)?),
+                    (Some(_), Some(_)) => {
+                        return Err(ProtocolError::invalid_message(
+                            "exactly one of `payload` and `error` must be present, not both",
+                        ));
+                    }
+                    (None, None) => {
+                        return Err(ProtocolError::invalid_message(
+                            "exactly one of `payload` and `error` must be present",
+                        ));
+                    }
+                };
+                Ok(Self::BleResponse(BleResponse {
+                    request_id,
+                    device_id,
+                    outcome,
+                }))
+            }
+            "ble_status" => {
+                let device_id = r.device_id()?;
+                let connected = r.req_bool(r.env.connected, "connected")?;
+                let rssi = match r.env.rssi {
+                    None => None,
+                    Some(raw) => Some(
+                        raw.get()
+                            .parse::<i8>()
+                            .map_err(|_| r.wrong_type("rssi", "an integer from -128 to 127"))?,
+                    ),
+                };
+                Ok(Self::BleStatus(BleStatus {
+                    device_id,
+                    connected,
+                    rssi,
+                }))
+            }
+            "release" => Ok(Self::Release(Release {
+                device_id: r.device_id()?,
+            })),
+            "ping" => Ok(Self::Ping),
+            other => Err(unknown_type(other, "bridge")),
+        })
+    }
+}
+
+impl UserToServer {
+    /// Decodes a text frame a user sent.
+    pub fn decode(text: &str, limits: &Limits) -> Result<Self, ProtocolError> {
+        decode_frame(text, |ty, r| match ty {
+            "subscribe" | "unsubscribe" => {
+                let change = SubscriptionChange {
+                    request_id: r.request_id()?,
+                    device_id: r.device_id()?,
+                };
+                Ok(if ty == "subscribe" {
+                    Self::Subscribe(change)
+                } else {
+                    Self::Unsubscribe(change)
+                })
+            }
+            "command" => {
+                let request_id = r.request_id()?;
+                let device_id = r.device_id()?;
+                let body = Reader {
+                    env: r.env,
+                    code: ErrorCode::InvalidRequest,
+                };
+                Ok(Self::Command(CommandFrame {
+                    request_id,
+                    device_id,
+                    command: command_fields(&body, limits)?,
+                }))
+            }
+            "ping" => Ok(Self::Ping),
+            other => Err(unknown_type(other, "user")),
+        })
+    }
+}
+
+fn error_frame(r: &Reader<'_, '_>) -> Result<ErrorFrame, ProtocolError> {
+    let code_text = r.req_str(r.env.code, "code")?;
+    let code =
+        serde_json::from_value::<ErrorCode>(serde_json::Value::String(code_text.into_owned()))
+            .map_err(|_| r.wrong_type("code", "a known error code"))?;
+    let message = r.opt_str(r.env.message, "message")?.unwrap_or_default();
+    Ok(ErrorFrame {
+        code,
+        message: message.into_owned(),
+        request_id: readable_request_id(r.env),
+    })
+}
+
+impl ServerToBridge {
+    /// Decodes a text frame the server sent to a bridge (the bridge side's entry point).
+    ///
+    /// The server chooses payload sizes, so no payload limit is applied here.
+    pub fn decode(text: &str) -> Result<Self, ProtocolError> {
+        let unlimited = Limits {
+            max_payload_bytes: usize::MAX,
+        };
+        decode_frame(text, |ty, r| match ty {
+            "ble_write" => {
+                let timeout = r.req_u64(r.env.timeout_ms, "timeoutMs")?;
+                Ok(Self::BleWrite(BleWrite {
+                    request_id: r.request_id()?,
+                    device_id: r.device_id()?,
+                    device_type: r.device_type()?,
+                    service_uuid: r.uuid(r.env.service_uuid, "serviceUuid")?,
+                    write_uuid: r.uuid(r.env.write_uuid, "writeUuid")?,
+                    listen_uuid: r.uuid(r.env.listen_uuid, "listenUuid")?,
+                    payload: r.payload(&unlimited)?,
+                    timeout_ms: TimeoutMs::new(timeout).map_err(|e| r.invalid(&e))?,
+                }))
+            }
+            "error" => Ok(Self::Error(error_frame(r)?)),
+            "pong" => Ok(Self::Pong),
+            other => Err(unknown_type(other, "server")),
+        })
+    }
+}
+
+impl ServerToUser {
+    /// Decodes a text frame the server sent to a user (the user side's entry point). A
+    /// `type` the protocol does not define is an application event.
+    pub fn decode(text: &str) -> Result<Self, ProtocolError> {
+        let unlimited = Limits {
+            max_payload_bytes: usize::MAX,
+        };
+        decode_frame(text, |ty, r| match ty {
+            "device_status" => Ok(Self::DeviceStatus(DeviceStatus {
+                device_id: r.device_id()?,
+                online: r.req_bool(r.env.online, "online")?,
+                ble_connected: r.opt_bool(r.env.ble_connected, "bleConnected")?,
+            })),
+            "command_result" => {
+                let status_text = r.req_str(r.env.status, "status")?;
+                let status = ResultStatus::from_wire(&status_text)
+                    .ok_or_else(|| r.wrong_type("status", "a known command status"))?;
+                let request_id = r.env.request_id.map(|_| r.request_id()).transpose()?;
+                let command_id = r
+                    .opt_str(r.env.command_id, "commandId")?
+                    .map(|s| CommandId::new(&s).map_err(|e| r.invalid(&e)))
+                    .transpose()?;
+                let error = r.env.error.map(|raw| r.device_error(raw)).transpose()?;
+                Ok(Self::CommandResult(CommandResult {
+                    request_id,
+                    command_id,
+                    device_id: r.device_id()?,
+                    status,
+                    payload: r.opt_payload(&unlimited)?,
+                    error,
+                }))
+            }
+            "ack" => Ok(Self::Ack(Ack {
+                request_id: r.request_id()?,
+            })),
+            "error" => Ok(Self::Error(error_frame(r)?)),
+            "pong" => Ok(Self::Pong),
+            other if crate::frames::RESERVED_TYPES.contains(&other) => {
+                Err(unknown_type(other, "server"))
+            }
+            other => Ok(Self::Event(AppEvent {
+                event_type: EventType::new(other).map_err(|e| r.invalid(&e))?,
+                device_id: r.device_id()?,
+                data: event_data(r)?,
+            })),
+        })
+    }
+}
+
+fn event_data(r: &Reader<'_, '_>) -> Result<Option<serde_json::Value>, ProtocolError> {
+    r.env
+        .data
+        .map(|raw| {
+            serde_json::from_str(raw.get())
+                .map_err(|e| ProtocolError::new(r.code, format!("field `data`: {e}")))
+        })
+        .transpose()
+}
+
+/// The fields a command body and a `command` frame share (PROTOCOL.md 4.1).
+fn command_fields(r: &Reader<'_, '_>, limits: &Limits) -> Result<CommandRequest, ProtocolError> {
+    let device_type = r.env.device_type.map(|_| r.device_type()).transpose()?;
+    let timeout_ms = match r.opt_u64(r.env.timeout_ms, "timeoutMs")? {
+        Some(v) => TimeoutMs::new(v).map_err(|e| r.invalid(&e))?,
+        None => TimeoutMs::DEFAULT,
+    };
+    let if_offline = match r.opt_str(r.env.if_offline, "ifOffline")?.as_deref() {
+        None | Some("fail") => IfOffline::Fail,
+        Some("queue") => IfOffline::Queue,
+        Some(_) => return Err(r.wrong_type("ifOffline", "`fail` or `queue`")),
+    };
+    let command_type = r
+        .opt_str(r.env.command_type, "commandType")?
+        .map(|s| CommandType::new(&s).map_err(|e| r.invalid(&e)))
+        .transpose()?;
+    let ttl_seconds = match r.opt_u64(r.env.ttl_seconds, "ttlSeconds")? {
+        Some(v) => TtlSeconds::new(v).map_err(|e| r.invalid(&e))?,
+        None => TtlSeconds::DEFAULT,
+    };
+    let requires_confirmation = r
+        .opt_bool(r.env.requires_confirmation, "requiresConfirmation")?
+        .unwrap_or(false);
+    if command_type.is_none() && (requires_confirmation || if_offline == IfOffline::Queue) {
+        return Err(ProtocolError::new(
+            r.code,
+            "field `commandType` is required when `ifOffline` is `queue` or `requiresConfirmation` is true",
+        ));
+    }
+    let payload = r.payload(limits)?;
+    Ok(CommandRequest {
+        device_type,
+        payload,
+        timeout_ms,
+        if_offline,
+        command_type,
+        ttl_seconds,
+        requires_confirmation,
+    })
+}
+
+pub(crate) fn decode_command_body(
+    body: &str,
+    limits: &Limits,
+) -> Result<CommandRequest, ProtocolError> {
+    let env = parse_envelope(body, ErrorCode::InvalidRequest)?;
+    command_fields(
+        &Reader {
+            env: &env,
+            code: ErrorCode::InvalidRequest,
+        },
+        limits,
+    )
+}
+
+pub(crate) fn decode_event_body(body: &str) -> Result<EventRequest, ProtocolError> {
+    let env = parse_envelope(body, ErrorCode::InvalidRequest)?;
+    let r = Reader {
+        env: &env,
+        code: ErrorCode::InvalidRequest,
+    };
+    let ty = r.req_str(env.ty, "type")?;
+    Ok(EventRequest {
+        event_type: EventType::new(&ty).map_err(|e| r.invalid(&e))?,
+        data: event_data(&r)?,
+    })
+}
+
+impl ProtocolError {
+    /// The error for a binary WebSocket frame: `invalid_message`.
+    pub fn binary_frame() -> Self {
+        Self::invalid_message("binary frames are not accepted; send JSON in a text frame")
+    }
+}

@@ -1,0 +1,444 @@
+//! WebSocket frames (PROTOCOL.md section 3): one enum per direction, with the frame bodies.
+//!
+//! Every enum serializes to exactly the JSON of PROTOCOL.md (field names, `type` tags) and
+//! decodes through [`crate::decode`]'s entry points, which refuse bad input with the precise
+//! [`ErrorCode`](crate::ErrorCode).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Serialize, Serializer};
+use uuid::Uuid;
+
+use crate::http::CommandRequest;
+use crate::{
+    CommandId, DeviceErrorCode, DeviceId, DeviceType, ErrorFrame, HexPayload, RequestId, TimeoutMs,
+    ValueError,
+};
+
+/// Every `type` this page defines. An application event may not use one of these.
+pub const RESERVED_TYPES: &[&str] = &[
+    "ble_write",
+    "ble_response",
+    "ble_status",
+    "release",
+    "device_status",
+    "command_result",
+    "subscribe",
+    "unsubscribe",
+    "command",
+    "ack",
+    "error",
+    "ping",
+    "pong",
+];
+
+/// `ble_write` (server → bridge): write `payload` to the device and answer with its reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BleWrite {
+    /// Chosen by the server; the bridge echoes it byte for byte.
+    pub request_id: RequestId,
+    /// The device to write to.
+    pub device_id: DeviceId,
+    /// The device's type, as named in the registry.
+    pub device_type: DeviceType,
+    /// GATT service UUID.
+    pub service_uuid: Uuid,
+    /// Characteristic to write `payload` to.
+    pub write_uuid: Uuid,
+    /// Characteristic whose notification carries the reply.
+    pub listen_uuid: Uuid,
+    /// Bytes to write.
+    pub payload: HexPayload,
+    /// How long the server will still wait for the answer.
+    pub timeout_ms: TimeoutMs,
+}
+
+/// What a bridge reports for a `ble_write`: the device's reply, or a BLE failure.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BleOutcome {
+    /// The device's reply bytes (`payload`).
+    Payload(HexPayload),
+    /// A short failure code such as `gatt_write_failed` (`error`).
+    Error(DeviceErrorCode),
+}
+
+/// `ble_response` (bridge → server): the answer to a `ble_write`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BleResponse {
+    /// The `requestId` of the `ble_write` this answers.
+    pub request_id: RequestId,
+    /// The device that answered.
+    pub device_id: DeviceId,
+    /// Reply or failure; exactly one of `payload` and `error` on the wire.
+    #[serde(flatten)]
+    pub outcome: BleOutcome,
+}
+
+/// `ble_status` (bridge → server): the bridge's BLE link to a device changed. Claims the
+/// device for this connection if it does not hold it yet and may bridge it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BleStatus {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Whether the bridge has a BLE link to it now.
+    pub connected: bool,
+    /// Signal strength in dBm (`-128..=127`); absent keeps the last reported value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rssi: Option<i8>,
+}
+
+/// `release` (bridge → server): stop relaying for a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Release {
+    /// The device.
+    pub device_id: DeviceId,
+}
+
+/// `subscribe` and `unsubscribe` (user → server).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionChange {
+    /// Echoed in the `ack` or error frame.
+    pub request_id: RequestId,
+    /// The device.
+    pub device_id: DeviceId,
+}
+
+/// `command` (user → server): the HTTP command body of PROTOCOL.md 4.1, over WebSocket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandFrame {
+    /// Chosen by the user; echoed in the `command_result`.
+    pub request_id: RequestId,
+    /// The device to command.
+    pub device_id: DeviceId,
+    /// The same fields and meaning as the HTTP body.
+    #[serde(flatten)]
+    pub command: CommandRequest,
+}
+
+/// `device_status` (server → user): a device's presence or BLE link changed, or the initial
+/// snapshot after connecting or subscribing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceStatus {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Whether at least one bridge holds it.
+    pub online: bool,
+    /// What the bridge the server would route through last reported; `null` before any
+    /// report and while offline.
+    pub ble_connected: Option<bool>,
+}
+
+/// The `type` of an application event: a short name that is not one of [`RESERVED_TYPES`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EventType(String);
+
+impl EventType {
+    /// Validates an event type: 1 to 64 characters, no control characters, not reserved.
+    pub fn new(s: &str) -> Result<Self, ValueError> {
+        // Same character rule as every short name.
+        DeviceType::new(s).map_err(|e| match e {
+            ValueError::Empty { .. } => ValueError::Empty { what: "type" },
+            ValueError::TooLong { max, .. } => ValueError::TooLong { what: "type", max },
+            ValueError::ForbiddenChar { allowed, .. } => ValueError::ForbiddenChar {
+                what: "type",
+                allowed,
+            },
+            other => other,
+        })?;
+        if RESERVED_TYPES.contains(&s) {
+            return Err(ValueError::ForbiddenChar {
+                what: "type",
+                allowed: "a name that is not a type the protocol defines",
+            });
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The type as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for EventType {
+    type Err = ValueError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl Serialize for EventType {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// An application event (server → user), broadcast to a device's subscribers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppEvent {
+    /// The event's `type`, chosen by the backend.
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The event's data, as the backend sent it; omitted when the backend sent none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+/// The status a `command_result` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ResultStatus {
+    /// The device answered.
+    Succeeded,
+    /// The device was offline; the command was queued (`commandId` given).
+    Queued,
+    /// The command was queued and waits for `confirm` (`commandId` given).
+    AwaitingConfirmation,
+    /// The bridge reported a BLE failure (`error` given).
+    DeviceError,
+    /// No bridge holds the device.
+    Offline,
+    /// The bridge went away before answering.
+    BridgeLost,
+    /// No answer in time.
+    Timeout,
+    /// A queued command failed for good (`error` given).
+    Failed,
+    /// A queued command was cancelled.
+    Cancelled,
+    /// A queued command's TTL passed before it could be delivered.
+    Expired,
+}
+
+impl ResultStatus {
+    /// The status as written on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Queued => "queued",
+            Self::AwaitingConfirmation => "awaiting_confirmation",
+            Self::DeviceError => "device_error",
+            Self::Offline => "offline",
+            Self::BridgeLost => "bridge_lost",
+            Self::Timeout => "timeout",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn from_wire(s: &str) -> Option<Self> {
+        Some(match s {
+            "succeeded" => Self::Succeeded,
+            "queued" => Self::Queued,
+            "awaiting_confirmation" => Self::AwaitingConfirmation,
+            "device_error" => Self::DeviceError,
+            "offline" => Self::Offline,
+            "bridge_lost" => Self::BridgeLost,
+            "timeout" => Self::Timeout,
+            "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
+            "expired" => Self::Expired,
+            _ => return None,
+        })
+    }
+}
+
+/// `command_result` (server → user): the outcome of a user's `command` frame (with its
+/// `requestId`) or of a queued command reaching a final state (with its `commandId`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandResult {
+    /// The user's `requestId`, when this answers a `command` frame.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<RequestId>,
+    /// The queued command's id, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<CommandId>,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The outcome.
+    pub status: ResultStatus,
+    /// The device's reply, for `succeeded`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<HexPayload>,
+    /// The failure code, for `device_error` and `failed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<DeviceErrorCode>,
+}
+
+/// `ack` (server → user): a `subscribe` or `unsubscribe` was applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ack {
+    /// The acknowledged frame's `requestId`.
+    pub request_id: RequestId,
+}
+
+/// Frames a bridge sends to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BridgeToServer {
+    /// `ble_response`.
+    BleResponse(BleResponse),
+    /// `ble_status`.
+    BleStatus(BleStatus),
+    /// `release`.
+    Release(Release),
+    /// `ping`.
+    Ping,
+}
+
+/// Frames the server sends to a bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerToBridge {
+    /// `ble_write`.
+    BleWrite(BleWrite),
+    /// `error`.
+    Error(ErrorFrame),
+    /// `pong`.
+    Pong,
+}
+
+/// Frames a user sends to the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UserToServer {
+    /// `subscribe`.
+    Subscribe(SubscriptionChange),
+    /// `unsubscribe`.
+    Unsubscribe(SubscriptionChange),
+    /// `command`.
+    Command(CommandFrame),
+    /// `ping`.
+    Ping,
+}
+
+/// Frames the server sends to a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerToUser {
+    /// `device_status`.
+    DeviceStatus(DeviceStatus),
+    /// An application event with a backend-chosen `type`.
+    Event(AppEvent),
+    /// `command_result`.
+    CommandResult(CommandResult),
+    /// `ack`.
+    Ack(Ack),
+    /// `error`.
+    Error(ErrorFrame),
+    /// `pong`.
+    Pong,
+}
+
+/// A frame body with its `type` tag in front.
+#[derive(Serialize)]
+struct Tagged<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    ty: &'static str,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+#[derive(Serialize)]
+struct TypeOnly {
+    #[serde(rename = "type")]
+    ty: &'static str,
+}
+
+fn tagged<S: Serializer, T: Serialize>(
+    s: S,
+    ty: &'static str,
+    body: &T,
+) -> Result<S::Ok, S::Error> {
+    Tagged { ty, body }.serialize(s)
+}
+
+impl Serialize for BridgeToServer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::BleResponse(f) => tagged(s, "ble_response", f),
+            Self::BleStatus(f) => tagged(s, "ble_status", f),
+            Self::Release(f) => tagged(s, "release", f),
+            Self::Ping => TypeOnly { ty: "ping" }.serialize(s),
+        }
+    }
+}
+
+impl Serialize for ServerToBridge {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::BleWrite(f) => tagged(s, "ble_write", f),
+            Self::Error(f) => tagged(s, "error", f),
+            Self::Pong => TypeOnly { ty: "pong" }.serialize(s),
+        }
+    }
+}
+
+impl Serialize for UserToServer {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Subscribe(f) => tagged(s, "subscribe", f),
+            Self::Unsubscribe(f) => tagged(s, "unsubscribe", f),
+            Self::Command(f) => tagged(s, "command", f),
+            Self::Ping => TypeOnly { ty: "ping" }.serialize(s),
+        }
+    }
+}
+
+impl Serialize for ServerToUser {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::DeviceStatus(f) => tagged(s, "device_status", f),
+            // The event carries its own `type`.
+            Self::Event(f) => f.serialize(s),
+            Self::CommandResult(f) => tagged(s, "command_result", f),
+            Self::Ack(f) => tagged(s, "ack", f),
+            Self::Error(f) => tagged(s, "error", f),
+            Self::Pong => TypeOnly { ty: "pong" }.serialize(s),
+        }
+    }
+}
+
+macro_rules! encoders {
+    ($($ty:ty),*) => {$(
+        impl $ty {
+            /// The frame as the JSON text of one WebSocket text frame.
+            pub fn to_json(&self) -> String {
+                // Serializing these types cannot fail: every map key is a string and every
+                // value serializes infallibly.
+                serde_json::to_string(self).unwrap_or_default()
+            }
+
+            /// Appends the frame's JSON text to `buf`, reusing its allocation.
+            pub fn write_json(&self, buf: &mut Vec<u8>) {
+                // As in `to_json`, serialization of these types cannot fail.
+                let _ = serde_json::to_writer(buf, self);
+            }
+        }
+    )*};
+}
+
+encoders!(BridgeToServer, ServerToBridge, UserToServer, ServerToUser);

@@ -1,0 +1,344 @@
+//! HTTP request and response bodies (PROTOCOL.md section 4).
+//!
+//! Request bodies decode through [`CommandRequest::from_json`] and
+//! [`EventRequest::from_json`], which answer bad input with the exact error code. Response
+//! bodies derive serde both ways, so a client in Rust reads what the server writes.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, ErrorCode, HexPayload,
+    RequestId, TimeoutMs, Timestamp, TtlSeconds,
+};
+
+/// What to do with a command for a device that is offline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum IfOffline {
+    /// Answer `offline` at once (the default).
+    #[default]
+    Fail,
+    /// Store the command until the device is online.
+    Queue,
+}
+
+/// The body of `POST /v1/devices/{deviceId}/commands`, and the fields of a `command` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandRequest {
+    /// Picks the BLE UUIDs; `None` means the registry's default type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_type: Option<DeviceType>,
+    /// Bytes to write.
+    pub payload: HexPayload,
+    /// How long to wait for the device's reply.
+    pub timeout_ms: TimeoutMs,
+    /// What to do when the device is offline.
+    pub if_offline: IfOffline,
+    /// Dedup key of the queue; required for `queue` and for `requiresConfirmation`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_type: Option<CommandType>,
+    /// How long a queued command stays deliverable.
+    pub ttl_seconds: TtlSeconds,
+    /// Always queue, and deliver only after `confirm`.
+    pub requires_confirmation: bool,
+}
+
+impl CommandRequest {
+    /// A request with every optional field at its default.
+    pub fn new(payload: HexPayload) -> Self {
+        Self {
+            device_type: None,
+            payload,
+            timeout_ms: TimeoutMs::DEFAULT,
+            if_offline: IfOffline::Fail,
+            command_type: None,
+            ttl_seconds: TtlSeconds::DEFAULT,
+            requires_confirmation: false,
+        }
+    }
+
+    /// Decodes an HTTP body. Refusals are `invalid_request` (not JSON, not an object, a
+    /// required field missing, a field of the wrong type or out of range, `commandType`
+    /// missing for `queue` or `requiresConfirmation`) or `invalid_payload`.
+    pub fn from_json(body: &str, limits: &crate::Limits) -> Result<Self, crate::ProtocolError> {
+        crate::decode::decode_command_body(body, limits)
+    }
+
+    /// Whether this command goes to the queue rather than waiting for the device now.
+    pub fn wants_queue(&self) -> bool {
+        self.requires_confirmation || self.if_offline == IfOffline::Queue
+    }
+}
+
+/// The body of `POST /v1/devices/{deviceId}/events`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventRequest {
+    /// The event's `type`; not one the protocol defines.
+    #[serde(rename = "type")]
+    pub event_type: crate::EventType,
+    /// The event's data, passed through to subscribers as is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+impl EventRequest {
+    /// Decodes an HTTP body; refusals are `invalid_request`.
+    pub fn from_json(body: &str) -> Result<Self, crate::ProtocolError> {
+        crate::decode::decode_event_body(body)
+    }
+}
+
+/// The answer to `POST /v1/devices/{deviceId}/commands`, tagged by `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CommandResponse {
+    /// 200: the device answered.
+    #[serde(rename_all = "camelCase")]
+    Succeeded {
+        /// The `requestId` of the `ble_write`.
+        request_id: RequestId,
+        /// The device's reply.
+        payload: HexPayload,
+        /// Milliseconds from sending to the answer.
+        latency_ms: u64,
+    },
+    /// 202: the device was offline and the command was queued.
+    #[serde(rename_all = "camelCase")]
+    Queued {
+        /// The queued command's id.
+        command_id: CommandId,
+    },
+    /// 202: the command was queued and waits for `confirm`.
+    #[serde(rename_all = "camelCase")]
+    AwaitingConfirmation {
+        /// The queued command's id.
+        command_id: CommandId,
+    },
+    /// 502: the bridge reported a failure.
+    DeviceError {
+        /// The bridge's failure code.
+        error: DeviceErrorCode,
+    },
+    /// 503: no bridge holds the device.
+    Offline,
+    /// 503: the bridge went away before answering.
+    BridgeLost,
+    /// 504: no answer within `timeoutMs`.
+    Timeout,
+}
+
+impl CommandResponse {
+    /// The HTTP status of this answer (PROTOCOL.md 4.1).
+    pub const fn http_status(&self) -> u16 {
+        match self {
+            Self::Succeeded { .. } => 200,
+            Self::Queued { .. } | Self::AwaitingConfirmation { .. } => 202,
+            Self::DeviceError { .. } => 502,
+            Self::Offline | Self::BridgeLost => 503,
+            Self::Timeout => 504,
+        }
+    }
+}
+
+/// The body of every HTTP error: `{"error":{"code":"...","message":"..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The inside of an [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// What went wrong.
+    pub code: ErrorCode,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// A new error body.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code,
+                message: message.into(),
+            },
+        }
+    }
+
+    /// The HTTP status that carries it.
+    pub fn http_status(&self) -> u16 {
+        self.error.code.http_status()
+    }
+}
+
+/// The state of a queued command (PROTOCOL.md 4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CommandStatus {
+    /// Waits for `confirm` before it may be delivered.
+    AwaitingConfirmation,
+    /// Waits for delivery.
+    Pending,
+    /// Sent to a bridge; the answer is awaited.
+    Delivering,
+    /// The device answered.
+    Succeeded,
+    /// Failed for good (a device error, or too many attempts).
+    Failed,
+    /// Its TTL passed before delivery.
+    Expired,
+    /// Cancelled before delivery.
+    Cancelled,
+}
+
+impl CommandStatus {
+    /// True for the states a command never leaves.
+    pub const fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Expired | Self::Cancelled
+        )
+    }
+
+    /// The status as written on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::AwaitingConfirmation => "awaiting_confirmation",
+            Self::Pending => "pending",
+            Self::Delivering => "delivering",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A final command's result: `{"payload":"01"}` or `{"error":"gatt_write_failed"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CommandOutcome {
+    /// The device's reply.
+    Payload(HexPayload),
+    /// Why it failed.
+    Error(DeviceErrorCode),
+}
+
+/// A queued command as `GET /v1/commands/{commandId}` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandView {
+    /// Its id.
+    pub command_id: CommandId,
+    /// Its device.
+    pub device_id: DeviceId,
+    /// Its dedup key.
+    pub command_type: CommandType,
+    /// Where it is in its lifecycle.
+    pub status: CommandStatus,
+    /// How many times it was sent to a bridge.
+    pub attempts: u32,
+    /// When it was queued.
+    pub created_at: Timestamp,
+    /// When it stops being deliverable.
+    pub expires_at: Timestamp,
+    /// The result, once final and when there is one; `null` before.
+    pub result: Option<CommandOutcome>,
+}
+
+/// `GET /v1/devices/{deviceId}/commands`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandList {
+    /// The device's commands that are not final, in delivery order.
+    pub commands: Vec<CommandView>,
+}
+
+/// `GET /v1/devices/{deviceId}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceView {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Whether at least one bridge holds it.
+    pub online: bool,
+    /// What the bridge the server would route through last reported.
+    pub ble_connected: Option<bool>,
+    /// How many bridge connections hold it.
+    pub bridges: u32,
+    /// Its queued commands that are not final.
+    pub pending_commands: u32,
+}
+
+/// One entry of `GET /v1/devices`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceSummary {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Always true in this listing.
+    pub online: bool,
+    /// What the routed-to bridge last reported.
+    pub ble_connected: Option<bool>,
+}
+
+/// `GET /v1/devices`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceList {
+    /// The online devices.
+    pub devices: Vec<DeviceSummary>,
+}
+
+/// `202` answer of `POST /v1/devices/{deviceId}/events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventAccepted {
+    /// How many user connections the event was sent to.
+    pub delivered: u64,
+}
+
+/// One entry of `GET /v1/device-types`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceTypeView {
+    /// The type's name.
+    pub device_type: DeviceType,
+    /// GATT service UUID.
+    pub service_uuid: Uuid,
+    /// Write characteristic UUID.
+    pub write_uuid: Uuid,
+    /// Listen (notify) characteristic UUID.
+    pub listen_uuid: Uuid,
+}
+
+/// `GET /v1/device-types`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceTypeList {
+    /// Every registered type.
+    pub device_types: Vec<DeviceTypeView>,
+    /// The type used when a command names none.
+    pub default_type: Option<DeviceType>,
+}
+
+impl From<&crate::ConfigRegistry> for DeviceTypeList {
+    fn from(registry: &crate::ConfigRegistry) -> Self {
+        Self {
+            device_types: registry
+                .iter()
+                .map(|(name, config)| DeviceTypeView {
+                    device_type: name.clone(),
+                    service_uuid: config.service_uuid,
+                    write_uuid: config.write_uuid,
+                    listen_uuid: config.listen_uuid,
+                })
+                .collect(),
+            default_type: registry.default_type().cloned(),
+        }
+    }
+}

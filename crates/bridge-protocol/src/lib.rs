@@ -1,0 +1,95 @@
+//! The bridge wire protocol, version 1, as plain data and pure functions.
+//!
+//! This crate is the code form of `PROTOCOL.md`: every WebSocket frame and HTTP body as a
+//! typed value, the validated identifiers they are made of, the error codes, and the
+//! device-type registry. It does no IO and needs no async runtime, so the server, the client
+//! library, a phone simulator and a third party's gateway all share one definition of the
+//! wire.
+//!
+//! * Frames: one enum per direction — [`BridgeToServer`], [`ServerToBridge`],
+//!   [`UserToServer`], [`ServerToUser`] — each with a `decode` entry point that returns the
+//!   typed frame or a [`ProtocolError`] carrying the exact [`ErrorCode`] of PROTOCOL.md 3.5
+//!   (and the offending `requestId` when one could be read), and a `to_json` encoder.
+//! * Values: [`RequestId`] (inline, allocation-free), [`DeviceId`], [`HexPayload`] (bytes,
+//!   hex on the wire), [`TimeoutMs`], [`TtlSeconds`], [`Timestamp`] and the short names.
+//! * HTTP bodies of PROTOCOL.md 4: [`http`].
+//! * [`ConfigRegistry`]: device type → BLE UUIDs, loadable from TOML.
+//!
+//! How ambiguous input is read is written down in [`decode`].
+//!
+//! # Example
+//!
+//! ```
+//! use bridge_protocol::{BleOutcome, BridgeToServer, ErrorCode, Limits};
+//!
+//! let limits = Limits::default();
+//! let frame = BridgeToServer::decode(
+//!     r#"{"type":"ble_response","requestId":"r-1","deviceId":"lock-1","payload":"0A"}"#,
+//!     &limits,
+//! )?;
+//! let BridgeToServer::BleResponse(response) = &frame else { unreachable!() };
+//! assert_eq!(response.outcome, BleOutcome::Payload(vec![0x0a].into()));
+//! // Output is lower-case hex.
+//! assert_eq!(
+//!     frame.to_json(),
+//!     r#"{"type":"ble_response","requestId":"r-1","deviceId":"lock-1","payload":"0a"}"#
+//! );
+//!
+//! // Bad input becomes a typed error that already knows its answer.
+//! let err = BridgeToServer::decode(
+//!     r#"{"type":"ble_response","requestId":"r-2","deviceId":"lock-1","payload":"abc"}"#,
+//!     &limits,
+//! )
+//! .unwrap_err();
+//! assert_eq!(err.code, ErrorCode::InvalidPayload);
+//! assert_eq!(err.request_id.unwrap().as_str(), "r-2");
+//! # Ok::<(), bridge_protocol::ProtocolError>(())
+//! ```
+
+pub mod decode;
+mod error;
+mod frames;
+pub mod http;
+mod ids;
+mod registry;
+mod values;
+
+pub use error::{ErrorCode, ErrorFrame, ProtocolError};
+pub use frames::{
+    Ack, AppEvent, BleOutcome, BleResponse, BleStatus, BleWrite, BridgeToServer, CommandFrame,
+    CommandResult, DeviceStatus, EventType, RESERVED_TYPES, Release, ResultStatus, ServerToBridge,
+    ServerToUser, SubscriptionChange, UserToServer,
+};
+pub use ids::{
+    CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, MAX_DEVICE_ID_CHARS,
+    MAX_NAME_CHARS, MAX_REQUEST_ID_LEN, RequestId,
+};
+pub use registry::{
+    BLUETOOTH_BASE_UUID, ConfigRegistry, DeviceConfig, RegistryError, expand_short_uuid,
+    parse_ble_uuid,
+};
+pub use values::{HexPayload, Limits, TimeoutMs, Timestamp, TtlSeconds, ValueError};
+
+/// The role of a connection or token (PROTOCOL.md 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Role {
+    /// An end user's browser tab or app, over WebSocket.
+    User,
+    /// A phone or gateway near BLE devices, over WebSocket.
+    Bridge,
+    /// The application backend, over HTTP.
+    Service,
+}
+
+impl Role {
+    /// The role as written in tokens and metrics labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Bridge => "bridge",
+            Self::Service => "service",
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! Project chores; see `cargo xtask`.
+fn main() {}
