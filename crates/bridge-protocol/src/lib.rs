@@ -93,3 +93,30 @@ impl Role {
         }
     }
 }
+
+/// Identifies one WebSocket connection inside one server process.
+///
+/// Not a wire type: the hub hands these out, and the session manager records which
+/// connection carried each `ble_write`, so that only that connection may answer it
+/// (PROTOCOL.md 3.2). Defined here so that the crates that share it need not depend on each
+/// other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectionId(u64);
+
+impl ConnectionId {
+    /// Wraps a raw id. The hub guarantees uniqueness within a process.
+    pub const fn new(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    /// The raw id.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "conn-{}", self.0)
+    }
+}
