@@ -1,2 +1,426 @@
-//! Project chores; see `cargo xtask`.
-fn main() {}
+//! Project chores, run as `cargo xtask <task>` (see `cargo xtask` for the list).
+//!
+//! Only `std`: the tasks run cargo and talk to the local services with a few bytes of their
+//! wire protocols, so that `cargo xtask ci` works on a fresh clone with nothing installed
+//! beyond the Rust toolchain.
+
+use std::env;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+/// A task: its name, one line of help, and what runs it.
+struct Task {
+    name: &'static str,
+    help: &'static str,
+    run: fn(&[String]) -> Result<(), String>,
+}
+
+const TASKS: &[Task] = &[
+    Task {
+        name: "ci",
+        help: "everything CI runs, failing fast: fmt, clippy, services, tests, docs, benches compile",
+        run: ci,
+    },
+    Task {
+        name: "services",
+        help: "check that PostgreSQL, Redis and RabbitMQ answer (start them if stopped)",
+        run: services_task,
+    },
+    Task {
+        name: "test",
+        help: "the test suite only (nextest if installed, else cargo test), all features",
+        run: |_| {
+            check_services()?;
+            run_tests()
+        },
+    },
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let Some(name) = args.first() else {
+        print_tasks();
+        return ExitCode::SUCCESS;
+    };
+    let Some(task) = TASKS.iter().find(|t| t.name == name) else {
+        eprintln!("unknown task `{name}`\n");
+        print_tasks();
+        return ExitCode::from(2);
+    };
+    match (task.run)(&args[1..]) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("\nxtask {}: FAILED: {message}", task.name);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_tasks() {
+    println!("usage: cargo xtask <task>\n\ntasks:");
+    for task in TASKS {
+        println!("  {:<10} {}", task.name, task.help);
+    }
+}
+
+/// Runs a command from the workspace root, echoing it; an error names the failed step.
+fn run(step: &str, program: &str, args: &[&str], envs: &[(&str, &str)]) -> Result<(), String> {
+    println!("\n==> {step}: {program} {}", args.join(" "));
+    let started = Instant::now();
+    let status = Command::new(program)
+        .args(args)
+        .envs(envs.iter().copied())
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("{step}: cannot run {program}: {e}"))?;
+    println!("<== {step}: {status} in {:.0?}", started.elapsed());
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{step} failed ({status})"))
+    }
+}
+
+fn workspace_root() -> std::path::PathBuf {
+    let manifest = env!("CARGO_MANIFEST_DIR");
+    std::path::Path::new(manifest)
+        .parent()
+        .map_or_else(|| manifest.into(), std::path::Path::to_path_buf)
+}
+
+fn ci(_args: &[String]) -> Result<(), String> {
+    let cargo = cargo();
+    run("format", &cargo, &["fmt", "--all", "--", "--check"], &[])?;
+    run(
+        "clippy",
+        &cargo,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    check_feature_combinations(&cargo)?;
+    check_services()?;
+    run_tests()?;
+    run(
+        "docs",
+        &cargo,
+        &["doc", "--workspace", "--no-deps", "--all-features"],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    run(
+        "benches compile",
+        &cargo,
+        &["check", "--workspace", "--benches"],
+        &[],
+    )?;
+    println!("\nxtask ci: all steps passed");
+    Ok(())
+}
+
+/// Backend features must be additive: the queue crate builds with none, each alone, and all.
+fn check_feature_combinations(cargo: &str) -> Result<(), String> {
+    let manifest = workspace_root().join("crates/bridge-queue/Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).map_err(|e| e.to_string())?;
+    let features = cargo_features(&text);
+    if features.is_empty() {
+        return Ok(());
+    }
+    run(
+        "queue: no features",
+        cargo,
+        &["check", "-p", "bridge-queue", "--no-default-features"],
+        &[],
+    )?;
+    for feature in features
+        .iter()
+        .filter(|f| *f != "default" && *f != "testkit")
+    {
+        run(
+            &format!("queue: feature {feature} alone"),
+            cargo,
+            &[
+                "check",
+                "-p",
+                "bridge-queue",
+                "--no-default-features",
+                "--features",
+                feature,
+            ],
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
+/// The names in a manifest's `[features]` table.
+fn cargo_features(manifest: &str) -> Vec<String> {
+    let mut in_features = false;
+    let mut out = Vec::new();
+    for line in manifest.lines() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            in_features = line == "[features]";
+            continue;
+        }
+        if in_features {
+            if let Some((name, _)) = line.split_once('=') {
+                let name = name.trim();
+                if !name.is_empty() && !name.starts_with('#') {
+                    out.push(name.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
+fn cargo() -> String {
+    env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+fn has_nextest() -> bool {
+    Command::new(cargo())
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn run_tests() -> Result<(), String> {
+    let cargo = cargo();
+    if has_nextest() {
+        run(
+            "tests (nextest)",
+            &cargo,
+            &[
+                "nextest",
+                "run",
+                "--workspace",
+                "--all-features",
+                "--profile",
+                "ci",
+            ],
+            &[],
+        )?;
+        // nextest does not run doctests.
+        run(
+            "doctests",
+            &cargo,
+            &["test", "--workspace", "--all-features", "--doc"],
+            &[],
+        )
+    } else {
+        run(
+            "tests (cargo test)",
+            &cargo,
+            &["test", "--workspace", "--all-features"],
+            &[],
+        )
+    }
+}
+
+/// A service the tests talk to.
+struct Service {
+    name: &'static str,
+    env_var: &'static str,
+    default_url: &'static str,
+    /// Bytes that make the service answer, and a check of its first bytes back.
+    probe: &'static [u8],
+    answers: fn(&[u8]) -> bool,
+    /// How to start it on this machine when it is local and stopped.
+    start: &'static [&'static str],
+    /// The backends whose tests need it.
+    used_by: &'static str,
+}
+
+const SERVICES: &[Service] = &[
+    Service {
+        name: "PostgreSQL",
+        env_var: "BRIDGE_TEST_POSTGRES_URL",
+        default_url: "postgres://postgres@127.0.0.1:5432/test",
+        // SSLRequest: the server answers `S` or `N`.
+        probe: &[0, 0, 0, 8, 4, 210, 22, 47],
+        answers: |b| matches!(b.first(), Some(b'S' | b'N')),
+        start: &[
+            "sh",
+            "-c",
+            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+        ],
+        used_by: "bridge-queue postgres",
+    },
+    Service {
+        name: "Redis",
+        env_var: "BRIDGE_TEST_REDIS_URL",
+        default_url: "redis://127.0.0.1:6379",
+        probe: b"PING\r\n",
+        answers: |b| b.starts_with(b"+PONG"),
+        start: &[
+            "redis-server",
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "-::1",
+            "--port",
+            "6379",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            "/var/lib/redis",
+            "--logfile",
+            "/var/log/redis/ci.log",
+        ],
+        used_by: "bridge-queue redis",
+    },
+    Service {
+        name: "RabbitMQ",
+        env_var: "BRIDGE_TEST_AMQP_URL",
+        default_url: "amqp://guest:guest@127.0.0.1:5672/%2f",
+        // AMQP 0-9-1 protocol header: the server answers with a Connection.Start method frame.
+        probe: b"AMQP\x00\x00\x09\x01",
+        answers: |b| b.first() == Some(&1),
+        start: &["rabbitmq-server", "-detached"],
+        used_by: "bridge-queue rabbitmq",
+    },
+];
+
+/// `host:port` of a URL such as `postgres://user@host:5432/db`.
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let (host, port) = host_port.rsplit_once(':')?;
+    Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+}
+
+fn probe(service: &Service, host: &str, port: u16) -> Result<(), String> {
+    let addr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    stream.write_all(service.probe).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 16];
+    let n = stream.read(&mut buf).map_err(|e| e.to_string())?;
+    if (service.answers)(&buf[..n]) {
+        Ok(())
+    } else {
+        Err(format!("unexpected answer {:?}", &buf[..n]))
+    }
+}
+
+fn is_local(host: &str) -> bool {
+    matches!(host, "127.0.0.1" | "localhost" | "::1")
+}
+
+fn services_task(_args: &[String]) -> Result<(), String> {
+    check_services()
+}
+
+/// Checks each service; starts a stopped local one. Under `CI=true` a service that does not
+/// answer is an error; elsewhere it is a loud warning (its backend's tests will fail).
+fn check_services() -> Result<(), String> {
+    let in_ci = env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    println!("\n==> services (CI={in_ci})");
+    let mut missing = Vec::new();
+    for service in SERVICES {
+        let url = env::var(service.env_var).unwrap_or_else(|_| service.default_url.into());
+        let Some((host, port)) = host_port(&url) else {
+            missing.push(format!(
+                "{}: cannot read host:port from {url}",
+                service.name
+            ));
+            continue;
+        };
+        let mut result = probe(service, &host, port);
+        if result.is_err() && is_local(&host) {
+            println!(
+                "    {} at {host}:{port} does not answer; starting it",
+                service.name
+            );
+            let _ = Command::new(service.start[0])
+                .args(&service.start[1..])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                result = probe(service, &host, port);
+                if result.is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        match result {
+            Ok(()) => println!(
+                "    {:<10} {host}:{port} answers -> exercising {}",
+                service.name, service.used_by
+            ),
+            Err(e) => missing.push(format!(
+                "{} at {host}:{port} ({}) does not answer: {e}; the {} tests need it",
+                service.name, service.env_var, service.used_by
+            )),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for m in &missing {
+        eprintln!("    MISSING: {m}");
+    }
+    if in_ci {
+        Err(format!(
+            "{} service(s) missing under CI=true; backend tests may not skip",
+            missing.len()
+        ))
+    } else {
+        eprintln!("    (not CI: continuing; the tests that need these services will fail)");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_reads_every_service_url_form() {
+        assert_eq!(
+            host_port("postgres://postgres@127.0.0.1:5432/test"),
+            Some(("127.0.0.1".into(), 5432))
+        );
+        assert_eq!(
+            host_port("amqp://guest:guest@localhost:5672/%2f"),
+            Some(("localhost".into(), 5672))
+        );
+        assert_eq!(
+            host_port("redis://127.0.0.1:6379"),
+            Some(("127.0.0.1".into(), 6379))
+        );
+        assert_eq!(
+            host_port("redis://[::1]:6379/0"),
+            Some(("::1".into(), 6379))
+        );
+        assert_eq!(host_port("no-scheme"), None);
+    }
+
+    #[test]
+    fn features_are_read_from_the_features_table_only() {
+        let manifest = "[package]\nname = \"x\"\n[features]\ndefault = [\"memory\"]\nmemory = []\nsqlite = [\"dep:sqlx\"]\n[dependencies]\nserde = \"1\"\n";
+        assert_eq!(cargo_features(manifest), ["default", "memory", "sqlite"]);
+    }
+}

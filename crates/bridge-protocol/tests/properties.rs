@@ -1,0 +1,181 @@
+//! Properties: every frame the encoders can produce decodes back to the same value, and no
+//! input, however hostile, makes a decoder panic.
+
+use bridge_protocol::http::{CommandRequest, EventRequest, IfOffline};
+use bridge_protocol::{
+    BleOutcome, BleResponse, BleStatus, BleWrite, BridgeToServer, CommandFrame, CommandType,
+    DeviceConfig, DeviceErrorCode, DeviceId, DeviceType, HexPayload, Limits, Release, RequestId,
+    ServerToBridge, ServerToUser, SubscriptionChange, TimeoutMs, TtlSeconds, UserToServer,
+};
+use proptest::prelude::*;
+
+fn request_id() -> impl Strategy<Value = RequestId> {
+    "[ -~]{1,64}".prop_map(|s| RequestId::new(&s).unwrap())
+}
+
+fn device_id() -> impl Strategy<Value = DeviceId> {
+    // Any non-control characters, including non-ASCII and JSON-special ones.
+    "[^\\p{Cc}]{1,40}".prop_map(|s| DeviceId::new(&s).unwrap())
+}
+
+fn name() -> impl Strategy<Value = String> {
+    "[a-z_\\-\"\\\\é]{1,20}"
+}
+
+fn payload() -> impl Strategy<Value = HexPayload> {
+    proptest::collection::vec(any::<u8>(), 0..=512).prop_map(HexPayload::from_bytes)
+}
+
+fn from_bridge() -> impl Strategy<Value = BridgeToServer> {
+    prop_oneof![
+        (request_id(), device_id(), payload()).prop_map(|(r, d, p)| {
+            BridgeToServer::BleResponse(BleResponse {
+                request_id: r,
+                device_id: d,
+                outcome: BleOutcome::Payload(p),
+            })
+        }),
+        (request_id(), device_id(), name()).prop_map(|(r, d, e)| {
+            BridgeToServer::BleResponse(BleResponse {
+                request_id: r,
+                device_id: d,
+                outcome: BleOutcome::Error(DeviceErrorCode::new(&e).unwrap()),
+            })
+        }),
+        (
+            device_id(),
+            any::<bool>(),
+            proptest::option::of(any::<i8>())
+        )
+            .prop_map(|(d, c, rssi)| {
+                BridgeToServer::BleStatus(BleStatus {
+                    device_id: d,
+                    connected: c,
+                    rssi,
+                })
+            }),
+        device_id().prop_map(|d| BridgeToServer::Release(Release { device_id: d })),
+        Just(BridgeToServer::Ping),
+    ]
+}
+
+fn from_user() -> impl Strategy<Value = UserToServer> {
+    let command = (
+        request_id(),
+        device_id(),
+        payload(),
+        1u64..=120_000,
+        1u64..=604_800,
+        proptest::option::of(name()),
+        proptest::option::of(name()),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(r, d, p, t, ttl, ty, ct, queue, confirm)| {
+            let command_type = ct.map(|c| CommandType::new(&c).unwrap());
+            let (queue, confirm) = if command_type.is_some() {
+                (queue, confirm)
+            } else {
+                (false, false)
+            };
+            UserToServer::Command(CommandFrame {
+                request_id: r,
+                device_id: d,
+                command: CommandRequest {
+                    device_type: ty.map(|t| DeviceType::new(&t).unwrap()),
+                    payload: p,
+                    timeout_ms: TimeoutMs::new(t).unwrap(),
+                    if_offline: if queue {
+                        IfOffline::Queue
+                    } else {
+                        IfOffline::Fail
+                    },
+                    command_type,
+                    ttl_seconds: TtlSeconds::new(ttl).unwrap(),
+                    requires_confirmation: confirm,
+                },
+            })
+        });
+    prop_oneof![
+        (request_id(), device_id()).prop_map(|(r, d)| UserToServer::Subscribe(
+            SubscriptionChange {
+                request_id: r,
+                device_id: d
+            }
+        )),
+        (request_id(), device_id()).prop_map(|(r, d)| UserToServer::Unsubscribe(
+            SubscriptionChange {
+                request_id: r,
+                device_id: d
+            }
+        )),
+        command,
+        Just(UserToServer::Ping),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn bridge_frames_round_trip(frame in from_bridge()) {
+        let text = frame.to_json();
+        prop_assert_eq!(BridgeToServer::decode(&text, &Limits::default()).unwrap(), frame);
+    }
+
+    #[test]
+    fn user_frames_round_trip(frame in from_user()) {
+        let text = frame.to_json();
+        prop_assert_eq!(UserToServer::decode(&text, &Limits::default()).unwrap(), frame);
+    }
+
+    #[test]
+    fn ble_writes_round_trip(r in request_id(), d in device_id(), t in name(), p in payload(), ms in 1u64..=120_000) {
+        let config = DeviceConfig::SMART_LOCK;
+        let frame = ServerToBridge::BleWrite(BleWrite {
+            request_id: r,
+            device_id: d,
+            device_type: DeviceType::new(&t).unwrap(),
+            service_uuid: config.service_uuid,
+            write_uuid: config.write_uuid,
+            listen_uuid: config.listen_uuid,
+            payload: p,
+            timeout_ms: TimeoutMs::new(ms).unwrap(),
+        });
+        prop_assert_eq!(ServerToBridge::decode(&frame.to_json()).unwrap(), frame);
+    }
+
+    #[test]
+    fn hex_payloads_round_trip_in_any_case(bytes in proptest::collection::vec(any::<u8>(), 0..64), upper in any::<bool>()) {
+        let hex = HexPayload::from_bytes(bytes.clone()).to_hex();
+        let hex = if upper { hex.to_uppercase() } else { hex };
+        prop_assert_eq!(HexPayload::from_hex(&hex, 512).unwrap().into_bytes(), bytes);
+    }
+
+    #[test]
+    fn decoders_never_panic_on_arbitrary_text(text in ".{0,300}") {
+        let limits = Limits::default();
+        let _ = BridgeToServer::decode(&text, &limits);
+        let _ = UserToServer::decode(&text, &limits);
+        let _ = ServerToBridge::decode(&text);
+        let _ = ServerToUser::decode(&text);
+        let _ = CommandRequest::from_json(&text, &limits);
+        let _ = EventRequest::from_json(&text);
+    }
+
+    #[test]
+    fn decoders_never_panic_on_json_shaped_input(
+        ty in prop_oneof![Just("ble_response"), Just("ble_status"), Just("command"), Just("subscribe"), Just("device_status"), Just("command_result"), Just("ble_write"), Just("error"), Just("x")],
+        fields in proptest::collection::vec((
+            prop_oneof![Just("requestId"), Just("deviceId"), Just("payload"), Just("error"), Just("connected"), Just("rssi"), Just("timeoutMs"), Just("ifOffline"), Just("commandType"), Just("ttlSeconds"), Just("status"), Just("code"), Just("data"), Just("online")],
+            prop_oneof![Just("null".to_owned()), Just("true".to_owned()), any::<i64>().prop_map(|n| n.to_string()), any::<f64>().prop_map(|f| f.to_string()), ".{0,70}".prop_map(|s| serde_json::to_string(&s).unwrap()), Just("[]".to_owned()), Just("{}".to_owned())],
+        ), 0..8),
+    ) {
+        let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        let text = format!("{{\"type\":\"{ty}\",{}}}", body.join(","));
+        let limits = Limits::default();
+        let _ = BridgeToServer::decode(&text, &limits);
+        let _ = UserToServer::decode(&text, &limits);
+        let _ = ServerToBridge::decode(&text);
+        let _ = ServerToUser::decode(&text);
+        let _ = CommandRequest::from_json(&text, &limits);
+    }
+}
