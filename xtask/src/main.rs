@@ -171,12 +171,13 @@ fn cargo_features(manifest: &str) -> Vec<String> {
             in_features = line == "[features]";
             continue;
         }
-        if in_features {
-            if let Some((name, _)) = line.split_once('=') {
-                let name = name.trim();
-                if !name.is_empty() && !name.starts_with('#') {
-                    out.push(name.to_owned());
-                }
+        if !in_features {
+            continue;
+        }
+        if let Some((name, _)) = line.split_once('=') {
+            let name = name.trim();
+            if !name.is_empty() && !name.starts_with('#') {
+                out.push(name.to_owned());
             }
         }
     }
@@ -356,7 +357,7 @@ fn check_services() -> Result<(), String> {
             let _ = Command::new(service.start[0])
                 .args(&service.start[1..])
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(60);
+            let deadline = Instant::now() + Duration::from_mins(1);
             while Instant::now() < deadline {
                 result = probe(service, &host, port);
                 if result.is_ok() {

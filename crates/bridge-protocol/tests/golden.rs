@@ -5,6 +5,8 @@
 //! field the encoder adds is a documented default (for example `ttlSeconds` on a `command`),
 //! so decoding the re-encoded text gives the same typed value.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
 use bridge_protocol::http::{

@@ -1,6 +1,8 @@
 //! Properties: every frame the encoders can produce decodes back to the same value, and no
 //! input, however hostile, makes a decoder panic.
 
+#![allow(clippy::unwrap_used)]
+
 use bridge_protocol::http::{CommandRequest, EventRequest, IfOffline};
 use bridge_protocol::{
     BleOutcome, BleResponse, BleStatus, BleWrite, BridgeToServer, CommandFrame, CommandType,

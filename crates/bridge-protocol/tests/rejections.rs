@@ -1,6 +1,8 @@
 //! The decoders refuse exactly what PROTOCOL.md 3.5 says, with the exact code, and echo the
 //! `requestId` whenever the frame had a readable one.
 
+#![allow(clippy::unwrap_used)]
+
 use bridge_protocol::http::{CommandRequest, EventRequest, IfOffline};
 use bridge_protocol::{BleOutcome, BridgeToServer, ErrorCode, Limits, ProtocolError, UserToServer};
 
@@ -22,7 +24,9 @@ fn refused(
     let err = result.expect_err("input must be refused");
     assert_eq!(err.code, code, "{err}");
     assert_eq!(
-        err.request_id.as_ref().map(|r| r.as_str()),
+        err.request_id
+            .as_ref()
+            .map(bridge_protocol::RequestId::as_str),
         request_id,
         "{err}"
     );
