@@ -107,6 +107,7 @@ fn ci(_args: &[String]) -> Result<(), String> {
         ],
         &[],
     )?;
+    check_dependency_rule(&cargo)?;
     check_feature_combinations(&cargo)?;
     check_services()?;
     run_tests()?;
@@ -123,6 +124,64 @@ fn ci(_args: &[String]) -> Result<(), String> {
         &[],
     )?;
     println!("\nxtask ci: all steps passed");
+    Ok(())
+}
+
+/// The layering of ARCHITECTURE.md: the protocol crate has no async runtime, and the
+/// middle-layer crates depend on the protocol crate only, never on each other.
+fn check_dependency_rule(cargo: &str) -> Result<(), String> {
+    const MIDDLE: &[&str] = &[
+        "bridge-session",
+        "bridge-hub",
+        "bridge-queue",
+        "bridge-client",
+    ];
+    println!("\n==> dependency rule");
+    let tree = |package: &str| -> Result<Vec<String>, String> {
+        let output = Command::new(cargo)
+            .args([
+                "tree",
+                "-p",
+                package,
+                "--all-features",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+            ])
+            .current_dir(workspace_root())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !output.status.success() {
+            return Err(format!("cargo tree -p {package} failed"));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect())
+    };
+    let protocol = tree("bridge-protocol")?;
+    for forbidden in ["tokio", "async-std", "smol", "mio"] {
+        if protocol.iter().any(|c| c == forbidden) {
+            return Err(format!(
+                "bridge-protocol depends on {forbidden}; it must do no IO"
+            ));
+        }
+    }
+    for package in MIDDLE {
+        let deps = tree(package)?;
+        for other in MIDDLE.iter().filter(|o| *o != package) {
+            if deps.iter().any(|c| c == other) {
+                return Err(format!(
+                    "{package} depends on {other}; middle-layer crates depend on bridge-protocol only"
+                ));
+            }
+        }
+    }
+    println!(
+        "    bridge-protocol has no async runtime; {} depend on each other not at all",
+        MIDDLE.join(", ")
+    );
     Ok(())
 }
 
@@ -198,6 +257,14 @@ fn has_nextest() -> bool {
 fn run_tests() -> Result<(), String> {
     let cargo = cargo();
     if has_nextest() {
+        // Doctests first (nextest does not run them), so that nextest's summary is the last
+        // word of the test output.
+        run(
+            "doctests",
+            &cargo,
+            &["test", "--workspace", "--all-features", "--doc"],
+            &[],
+        )?;
         run(
             "tests (nextest)",
             &cargo,
@@ -209,13 +276,6 @@ fn run_tests() -> Result<(), String> {
                 "--profile",
                 "ci",
             ],
-            &[],
-        )?;
-        // nextest does not run doctests.
-        run(
-            "doctests",
-            &cargo,
-            &["test", "--workspace", "--all-features", "--doc"],
             &[],
         )
     } else {
