@@ -1,0 +1,539 @@
+//! Authentication and authorization (PROTOCOL.md 1.1 and 1.2).
+//!
+//! Two modes. With a secret, every WebSocket connection and HTTP call carries an HS256 JWT
+//! (`Authorization: Bearer <jwt>`, or `?token=<jwt>` for browsers' WebSockets) whose `role`
+//! decides what the connection is and whose `devices` decide what it may touch. Without a
+//! secret (development mode, loopback only), identity comes from query parameters and every
+//! device is allowed.
+//!
+//! A refusal is an [`AuthError`], answered before the WebSocket upgrade with 401 (missing,
+//! malformed, bad signature, expired) or 403 (valid, but asks for a device or role it may not
+//! have).
+
+use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bridge_protocol::{DeviceId, ErrorCode, Role};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// The claims of a bridge token (PROTOCOL.md 1.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// `user`, `bridge` or `service`.
+    pub role: Role,
+    /// Device ids this token may bridge (`bridge`) or watch and command (`user`); absent
+    /// means none. Ignored for `service`, which reaches every device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<String>>,
+    /// Expiry, in seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+impl Claims {
+    /// Signs the claims with HS256. For tests, tools and applications that mint tokens.
+    pub fn encode(&self, secret: &[u8]) -> Result<String, AuthError> {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            self,
+            &EncodingKey::from_secret(secret),
+        )
+        .map_err(|e| AuthError::Malformed(e.to_string()))
+    }
+}
+
+/// Which devices a principal may touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceGrant {
+    /// Every device (service tokens, development mode).
+    All,
+    /// Only these.
+    Only(HashSet<DeviceId>),
+}
+
+impl DeviceGrant {
+    /// Whether `device` is allowed.
+    pub fn allows(&self, device: &DeviceId) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(set) => set.contains(device),
+        }
+    }
+
+    /// The listed devices (empty for [`DeviceGrant::All`]).
+    pub fn listed(&self) -> Vec<DeviceId> {
+        match self {
+            Self::All => Vec::new(),
+            Self::Only(set) => {
+                let mut devices: Vec<DeviceId> = set.iter().cloned().collect();
+                devices.sort();
+                devices
+            }
+        }
+    }
+}
+
+/// Who is on the other end of a connection or HTTP call, once authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The user id (`sub`, or `userId` in development mode).
+    pub subject: String,
+    /// The role, from the token only.
+    pub role: Role,
+    /// The devices it may bridge (bridge) or watch and command (user).
+    pub devices: DeviceGrant,
+    /// When its token expires, in seconds since the Unix epoch (`None` in development mode).
+    pub expires_at: Option<u64>,
+}
+
+/// A WebSocket connection's identity: its principal and, for a bridge, the devices it named
+/// when it connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsIdentity {
+    /// Who it is.
+    pub principal: Principal,
+    /// For a bridge, the `deviceId` query parameters, each allowed; empty for a user.
+    pub initial_devices: Vec<DeviceId>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No token was sent (or, in development mode, no `userId`).
+    #[error("missing credentials: {0}")]
+    Missing(&'static str),
+    /// The token is not a well-formed JWT with the required claims.
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    /// The signature does not match the configured secret.
+    #[error("token signature does not verify")]
+    BadSignature,
+    /// The token's `exp` has passed.
+    #[error("token expired")]
+    Expired,
+    /// A valid token whose role may not do this.
+    #[error("role `{}` may not {action}", role.as_str())]
+    WrongRole {
+        /// The token's role.
+        role: Role,
+        /// What it tried.
+        action: &'static str,
+    },
+    /// A valid token that does not grant this device.
+    #[error("token does not grant device `{0}`")]
+    DeviceNotAllowed(DeviceId),
+    /// A query parameter that is not valid (such as an empty or overlong `deviceId`).
+    #[error("invalid query parameter `{name}`: {reason}")]
+    BadParameter {
+        /// The parameter.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl AuthError {
+    /// The HTTP status of the refusal: 401 for missing or invalid credentials, 403 for valid
+    /// credentials that do not allow the request.
+    pub fn http_status(&self) -> u16 {
+        self.code().http_status()
+    }
+
+    /// The error code of the refusal's body.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Missing(_) | Self::Malformed(_) | Self::BadSignature | Self::Expired => {
+                ErrorCode::Unauthorized
+            }
+            Self::WrongRole { .. } | Self::DeviceNotAllowed(_) => ErrorCode::Forbidden,
+            Self::BadParameter { .. } => ErrorCode::InvalidRequest,
+        }
+    }
+}
+
+/// What a WebSocket upgrade request carries that matters for authentication.
+#[derive(Debug, Clone, Default)]
+pub struct UpgradeRequest {
+    /// The `Authorization` header, if any.
+    pub authorization: Option<String>,
+    /// The decoded query parameters, in order (`deviceId` may repeat).
+    pub query: Vec<(String, String)>,
+}
+
+impl UpgradeRequest {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn device_params(&self) -> Result<Vec<DeviceId>, AuthError> {
+        let mut devices = Vec::new();
+        for (_, value) in self.query.iter().filter(|(k, _)| k == "deviceId") {
+            let id = DeviceId::new(value).map_err(|e| AuthError::BadParameter {
+                name: "deviceId",
+                reason: e.to_string(),
+            })?;
+            if !devices.contains(&id) {
+                devices.push(id);
+            }
+        }
+        Ok(devices)
+    }
+}
+
+/// Checks credentials in the configured mode.
+#[derive(Clone)]
+pub struct Authenticator {
+    mode: Mode,
+}
+
+#[derive(Clone)]
+enum Mode {
+    Jwt {
+        key: DecodingKey,
+        validation: Box<Validation>,
+    },
+    Development,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mode = match self.mode {
+            Mode::Jwt { .. } => "jwt",
+            Mode::Development => "development",
+        };
+        f.debug_struct("Authenticator")
+            .field("mode", &mode)
+            .finish()
+    }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Authenticator {
+    /// Authenticated mode: HS256 tokens signed with `secret`. Expiry is checked to the second
+    /// (no leeway).
+    pub fn jwt(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            mode: Mode::Jwt {
+                key: DecodingKey::from_secret(secret),
+                validation: Box::new(validation),
+            },
+        }
+    }
+
+    /// Development mode: identity from query parameters, every device allowed.
+    pub fn development() -> Self {
+        Self {
+            mode: Mode::Development,
+        }
+    }
+
+    /// True in development mode.
+    pub fn is_development(&self) -> bool {
+        matches!(self.mode, Mode::Development)
+    }
+
+    fn verify(&self, token: &str) -> Result<Principal, AuthError> {
+        let Mode::Jwt { key, validation } = &self.mode else {
+            return Err(AuthError::Malformed(
+                "tokens are not used in development mode".into(),
+            ));
+        };
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                _ => AuthError::Malformed(e.to_string()),
+            })?;
+        let claims = data.claims;
+        let devices = if claims.role == Role::Service {
+            DeviceGrant::All
+        } else {
+            let mut set = HashSet::new();
+            for id in claims.devices.unwrap_or_default() {
+                let id = DeviceId::new(&id)
+                    .map_err(|e| AuthError::Malformed(format!("claim `devices`: {e}")))?;
+                set.insert(id);
+            }
+            DeviceGrant::Only(set)
+        };
+        Ok(Principal {
+            subject: claims.sub,
+            role: claims.role,
+            devices,
+            expires_at: Some(claims.exp),
+        })
+    }
+
+    /// Authenticates a WebSocket upgrade (`GET /ws`).
+    pub fn authenticate_ws(&self, request: &UpgradeRequest) -> Result<WsIdentity, AuthError> {
+        if self.is_development() {
+            let user = request
+                .param("userId")
+                .ok_or(AuthError::Missing("the `userId` query parameter"))?;
+            let subject = DeviceId::new(user).map_err(|e| AuthError::BadParameter {
+                name: "userId",
+                reason: e.to_string().replace("deviceId", "userId"),
+            })?;
+            let devices = request.device_params()?;
+            let role = if devices.is_empty() {
+                Role::User
+            } else {
+                Role::Bridge
+            };
+            return Ok(WsIdentity {
+                principal: Principal {
+                    subject: subject.as_str().to_owned(),
+                    role,
+                    devices: DeviceGrant::All,
+                    expires_at: None,
+                },
+                initial_devices: devices,
+            });
+        }
+        let token = bearer(request.authorization.as_deref())
+            .or_else(|| request.param("token"))
+            .ok_or(AuthError::Missing(
+                "a bearer token or the `token` query parameter",
+            ))?;
+        let principal = self.verify(token)?;
+        let initial_devices = match principal.role {
+            // A user token's role cannot be raised by query parameters: `deviceId` is ignored.
+            Role::User => Vec::new(),
+            Role::Bridge => {
+                let devices = request.device_params()?;
+                if let Some(denied) = devices.iter().find(|d| !principal.devices.allows(d)) {
+                    return Err(AuthError::DeviceNotAllowed(denied.clone()));
+                }
+                devices
+            }
+            role => {
+                return Err(AuthError::WrongRole {
+                    role,
+                    action: "open a WebSocket connection",
+                });
+            }
+        };
+        Ok(WsIdentity {
+            principal,
+            initial_devices,
+        })
+    }
+
+    /// Authenticates a call to the HTTP API, which needs a `service` token.
+    pub fn authenticate_service(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<Principal, AuthError> {
+        if self.is_development() {
+            return Ok(Principal {
+                subject: "development".into(),
+                role: Role::Service,
+                devices: DeviceGrant::All,
+                expires_at: None,
+            });
+        }
+        let token = bearer(authorization).ok_or(AuthError::Missing("a bearer token"))?;
+        let principal = self.verify(token)?;
+        if principal.role != Role::Service {
+            return Err(AuthError::WrongRole {
+                role: principal.role,
+                action: "call the HTTP API",
+            });
+        }
+        Ok(principal)
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(header: Option<&str>) -> Option<&str> {
+    let value = header?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"test-secret";
+
+    fn token(role: Role, devices: Option<&[&str]>, exp_offset: i64) -> String {
+        Claims {
+            sub: "alice".into(),
+            role,
+            devices: devices.map(|d| d.iter().map(|s| (*s).to_owned()).collect()),
+            exp: unix_now().saturating_add_signed(exp_offset),
+        }
+        .encode(SECRET)
+        .unwrap()
+    }
+
+    fn upgrade(authorization: Option<&str>, query: &[(&str, &str)]) -> UpgradeRequest {
+        UpgradeRequest {
+            authorization: authorization.map(str::to_owned),
+            query: query
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    fn lock(id: &str) -> DeviceId {
+        DeviceId::new(id).unwrap()
+    }
+
+    #[test]
+    fn a_bridge_token_bridges_only_its_devices() {
+        let auth = Authenticator::jwt(SECRET);
+        let t = token(Role::Bridge, Some(&["lock-1", "lock-2"]), 60);
+        let header = format!("Bearer {t}");
+        let id = auth
+            .authenticate_ws(&upgrade(Some(&header), &[("deviceId", "lock-1")]))
+            .unwrap();
+        assert_eq!(id.principal.role, Role::Bridge);
+        assert_eq!(id.initial_devices, vec![lock("lock-1")]);
+        assert!(id.principal.devices.allows(&lock("lock-2")));
+        let err = auth
+            .authenticate_ws(&upgrade(Some(&header), &[("deviceId", "lock-9")]))
+            .unwrap_err();
+        assert_eq!(err, AuthError::DeviceNotAllowed(lock("lock-9")));
+        assert_eq!(err.http_status(), 403);
+    }
+
+    #[test]
+    fn the_token_may_come_as_a_query_parameter() {
+        let auth = Authenticator::jwt(SECRET);
+        let t = token(Role::User, Some(&["lock-1"]), 60);
+        let id = auth
+            .authenticate_ws(&upgrade(None, &[("token", &t)]))
+            .unwrap();
+        assert_eq!(id.principal.role, Role::User);
+    }
+
+    #[test]
+    fn query_parameters_cannot_raise_a_user_token_to_a_bridge() {
+        let auth = Authenticator::jwt(SECRET);
+        let t = token(Role::User, Some(&["lock-1"]), 60);
+        let id = auth
+            .authenticate_ws(&upgrade(None, &[("token", &t), ("deviceId", "lock-1")]))
+            .unwrap();
+        assert_eq!(id.principal.role, Role::User);
+        assert!(id.initial_devices.is_empty());
+    }
+
+    #[test]
+    fn missing_malformed_forged_and_expired_tokens_are_401() {
+        let auth = Authenticator::jwt(SECRET);
+        let cases = [
+            (upgrade(None, &[]), "missing"),
+            (upgrade(Some("Bearer not.a.jwt"), &[]), "malformed"),
+            (upgrade(Some("Basic abc"), &[]), "wrong scheme"),
+        ];
+        for (req, what) in cases {
+            assert_eq!(
+                auth.authenticate_ws(&req).unwrap_err().http_status(),
+                401,
+                "{what}"
+            );
+        }
+        let forged = Claims {
+            sub: "mallory".into(),
+            role: Role::Service,
+            devices: None,
+            exp: unix_now() + 60,
+        }
+        .encode(b"other-secret")
+        .unwrap();
+        assert_eq!(
+            auth.authenticate_service(Some(&format!("Bearer {forged}"))),
+            Err(AuthError::BadSignature)
+        );
+        let expired = token(Role::Service, None, -10);
+        assert_eq!(
+            auth.authenticate_service(Some(&format!("Bearer {expired}"))),
+            Err(AuthError::Expired)
+        );
+    }
+
+    #[test]
+    fn the_http_api_needs_a_service_token() {
+        let auth = Authenticator::jwt(SECRET);
+        let user = token(Role::User, None, 60);
+        let err = auth
+            .authenticate_service(Some(&format!("Bearer {user}")))
+            .unwrap_err();
+        assert_eq!(err.http_status(), 403);
+        let service = token(Role::Service, None, 60);
+        let p = auth
+            .authenticate_service(Some(&format!("bearer {service}")))
+            .unwrap();
+        assert_eq!(p.devices, DeviceGrant::All);
+    }
+
+    #[test]
+    fn service_tokens_may_not_open_websockets() {
+        let auth = Authenticator::jwt(SECRET);
+        let t = token(Role::Service, None, 60);
+        assert_eq!(
+            auth.authenticate_ws(&upgrade(None, &[("token", &t)]))
+                .unwrap_err()
+                .http_status(),
+            403
+        );
+    }
+
+    #[test]
+    fn development_mode_reads_identity_from_the_query() {
+        let auth = Authenticator::development();
+        let user = auth
+            .authenticate_ws(&upgrade(None, &[("userId", "u1")]))
+            .unwrap();
+        assert_eq!(user.principal.role, Role::User);
+        let bridge = auth
+            .authenticate_ws(&upgrade(
+                None,
+                &[
+                    ("userId", "u1"),
+                    ("deviceId", "a"),
+                    ("deviceId", "b"),
+                    ("deviceId", "a"),
+                ],
+            ))
+            .unwrap();
+        assert_eq!(bridge.principal.role, Role::Bridge);
+        assert_eq!(bridge.initial_devices, vec![lock("a"), lock("b")]);
+        assert!(bridge.principal.devices.allows(&lock("anything")));
+        assert_eq!(
+            auth.authenticate_ws(&upgrade(None, &[]))
+                .unwrap_err()
+                .http_status(),
+            401
+        );
+        assert_eq!(
+            auth.authenticate_ws(&upgrade(None, &[("userId", "u"), ("deviceId", "")]))
+                .unwrap_err()
+                .http_status(),
+            400
+        );
+        assert!(auth.authenticate_service(None).is_ok());
+    }
+}

@@ -1,0 +1,420 @@
+//! Configuration: command line, `BRIDGE_*` environment variables, and an optional TOML file.
+//!
+//! Precedence, highest first: a command-line flag, its environment variable, the TOML file
+//! (`--config`), the built-in default. Every default is documented in `--help` and in
+//! [`ServerConfig::default`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The command line of `bridge-server`. Every flag has a `BRIDGE_*` environment variable.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "bridge-server",
+    version,
+    about = "The bridge server: BLE devices over the phones near them."
+)]
+pub struct Cli {
+    /// TOML file with any of the settings below (snake_case keys, e.g. `listen`, `queue`).
+    #[arg(long, env = "BRIDGE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "BRIDGE_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Queue backend URL: memory://, sqlite://PATH, postgres://..., redis://..., amqp://...
+    /// [default: sqlite://bridge-queue.sqlite, a file in the working directory].
+    #[arg(long, env = "BRIDGE_QUEUE", value_name = "URL")]
+    pub queue: Option<String>,
+    /// HS256 secret for JWTs; without it the server runs in development mode (loopback only).
+    #[arg(
+        long,
+        env = "BRIDGE_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    pub jwt_secret: Option<String>,
+    /// TOML device-type registry [default: the built-in `smart-lock` example type].
+    #[arg(long, env = "BRIDGE_DEVICE_TYPES", value_name = "FILE")]
+    pub device_types: Option<PathBuf>,
+    /// Run without a JWT secret on a non-loopback address. Anyone who can reach the port
+    /// can then command every device.
+    #[arg(long, env = "BRIDGE_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+    /// Log format [default: human].
+    #[arg(long, env = "BRIDGE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Largest WebSocket frame, in bytes; larger frames close the connection with 1009
+    /// [default: 65536].
+    #[arg(long, env = "BRIDGE_MAX_FRAME_BYTES", value_name = "BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Largest command payload, in decoded bytes [default: 512].
+    #[arg(long, env = "BRIDGE_MAX_PAYLOAD_BYTES", value_name = "BYTES")]
+    pub max_payload_bytes: Option<usize>,
+    /// Largest HTTP request body, in bytes [default: 65536].
+    #[arg(long, env = "BRIDGE_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Frames per second a connection may send on average [default: 100].
+    #[arg(long, env = "BRIDGE_RATE_PER_SECOND", value_name = "N")]
+    pub rate_per_second: Option<u32>,
+    /// Frames a connection may send in a burst [default: 200].
+    #[arg(long, env = "BRIDGE_RATE_BURST", value_name = "N")]
+    pub rate_burst: Option<u32>,
+    /// Subscriptions one user connection may hold [default: 1024].
+    #[arg(long, env = "BRIDGE_MAX_SUBSCRIPTIONS", value_name = "N")]
+    pub max_subscriptions: Option<usize>,
+    /// Require a `service` token for GET /metrics.
+    #[arg(long, env = "BRIDGE_METRICS_REQUIRE_TOKEN")]
+    pub metrics_require_token: bool,
+}
+
+/// The TOML file: the same settings as the command line, all optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    queue: Option<String>,
+    jwt_secret: Option<String>,
+    device_types: Option<PathBuf>,
+    allow_unauthenticated: Option<bool>,
+    log_format: Option<LogFormat>,
+    max_frame_bytes: Option<usize>,
+    max_payload_bytes: Option<usize>,
+    max_body_bytes: Option<usize>,
+    rate_per_second: Option<u32>,
+    rate_burst: Option<u32>,
+    max_subscriptions: Option<usize>,
+    metrics_require_token: Option<bool>,
+}
+
+/// Which queue backend to open, parsed from its URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QueueUrl {
+    /// `memory://`: nothing survives a restart.
+    Memory,
+    /// `sqlite://PATH`: a file, created if missing.
+    Sqlite(PathBuf),
+    /// `postgres://...` or `postgresql://...`.
+    Postgres(String),
+    /// `redis://...` or `rediss://...`.
+    Redis(String),
+    /// `amqp://...` or `amqps://...`.
+    Amqp(String),
+}
+
+impl QueueUrl {
+    /// Parses a queue URL.
+    pub fn parse(url: &str) -> Result<Self, ConfigError> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| ConfigError::BadQueueUrl(url.into()))?;
+        match scheme {
+            "memory" => Ok(Self::Memory),
+            "sqlite" if !rest.is_empty() => Ok(Self::Sqlite(PathBuf::from(rest))),
+            "postgres" | "postgresql" => Ok(Self::Postgres(url.into())),
+            "redis" | "rediss" => Ok(Self::Redis(url.into())),
+            "amqp" | "amqps" => Ok(Self::Amqp(url.into())),
+            _ => Err(ConfigError::BadQueueUrl(url.into())),
+        }
+    }
+}
+
+/// The server's settings, resolved. `Default` gives the embedded defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Address to listen on: `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Queue backend: `sqlite://bridge-queue.sqlite`.
+    pub queue: QueueUrl,
+    /// JWT secret; `None` is development mode.
+    pub jwt_secret: Option<String>,
+    /// Device-type registry file; `None` is the built-in example type.
+    pub device_types: Option<PathBuf>,
+    /// Allow development mode on a non-loopback address: `false`.
+    pub allow_unauthenticated: bool,
+    /// Log format: human.
+    pub log_format: LogFormat,
+    /// Largest WebSocket frame: 64 KiB.
+    pub max_frame_bytes: usize,
+    /// Largest payload: 512 bytes.
+    pub max_payload_bytes: usize,
+    /// Largest HTTP body: 64 KiB.
+    pub max_body_bytes: usize,
+    /// Average frames per second per connection: 100.
+    pub rate_per_second: u32,
+    /// Burst of frames per connection: 200.
+    pub rate_burst: u32,
+    /// Subscriptions per user connection: 1024.
+    pub max_subscriptions: usize,
+    /// Whether `/metrics` needs a service token: `false`.
+    pub metrics_require_token: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            queue: QueueUrl::Sqlite(PathBuf::from("bridge-queue.sqlite")),
+            jwt_secret: None,
+            device_types: None,
+            allow_unauthenticated: false,
+            log_format: LogFormat::Human,
+            max_frame_bytes: 64 * 1024,
+            max_payload_bytes: bridge_protocol::Limits::DEFAULT_MAX_PAYLOAD_BYTES,
+            max_body_bytes: 64 * 1024,
+            rate_per_second: 100,
+            rate_burst: 200,
+            max_subscriptions: 1024,
+            metrics_require_token: false,
+        }
+    }
+}
+
+/// A configuration the server refuses to start with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Development mode on an address other people can reach.
+    #[error(
+        "refusing to listen on {0} without a JWT secret: anyone who can reach it could command every device. \
+         Set --jwt-secret (BRIDGE_JWT_SECRET), listen on a loopback address such as 127.0.0.1, \
+         or pass --allow-unauthenticated if you really mean it"
+    )]
+    UnauthenticatedNonLoopback(SocketAddr),
+    /// A queue URL with an unknown scheme.
+    #[error(
+        "unknown queue URL `{0}`: use memory://, sqlite://PATH, postgres://..., redis://... or amqp://..."
+    )]
+    BadQueueUrl(String),
+    /// The TOML file could not be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A limit of zero or an empty secret.
+    #[error("invalid setting `{name}`: {reason}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+impl ServerConfig {
+    /// Resolves the command line (with its environment variables) over the TOML file over the
+    /// defaults, and checks the result.
+    pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let d = Self::default();
+        let queue = match cli.queue.or(file.queue) {
+            Some(url) => QueueUrl::parse(&url)?,
+            None => d.queue,
+        };
+        let config = Self {
+            listen: cli.listen.or(file.listen).unwrap_or(d.listen),
+            queue,
+            jwt_secret: cli.jwt_secret.or(file.jwt_secret),
+            device_types: cli.device_types.or(file.device_types),
+            allow_unauthenticated: cli.allow_unauthenticated
+                || file.allow_unauthenticated.unwrap_or(false),
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+            max_frame_bytes: cli
+                .max_frame_bytes
+                .or(file.max_frame_bytes)
+                .unwrap_or(d.max_frame_bytes),
+            max_payload_bytes: cli
+                .max_payload_bytes
+                .or(file.max_payload_bytes)
+                .unwrap_or(d.max_payload_bytes),
+            max_body_bytes: cli
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(d.max_body_bytes),
+            rate_per_second: cli
+                .rate_per_second
+                .or(file.rate_per_second)
+                .unwrap_or(d.rate_per_second),
+            rate_burst: cli.rate_burst.or(file.rate_burst).unwrap_or(d.rate_burst),
+            max_subscriptions: cli
+                .max_subscriptions
+                .or(file.max_subscriptions)
+                .unwrap_or(d.max_subscriptions),
+            metrics_require_token: cli.metrics_require_token
+                || file.metrics_require_token.unwrap_or(false),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks the rules the server will not start without (PROTOCOL.md 1.2: development mode
+    /// only on loopback unless explicitly allowed; no zero limits; no empty secret).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.jwt_secret.as_deref() == Some("") {
+            return Err(ConfigError::Invalid {
+                name: "jwt_secret",
+                reason: "must not be empty",
+            });
+        }
+        if self.jwt_secret.is_none()
+            && !self.listen.ip().is_loopback()
+            && !self.allow_unauthenticated
+        {
+            return Err(ConfigError::UnauthenticatedNonLoopback(self.listen));
+        }
+        let positive = [
+            ("max_frame_bytes", self.max_frame_bytes),
+            ("max_payload_bytes", self.max_payload_bytes),
+            ("max_body_bytes", self.max_body_bytes),
+            ("rate_per_second", self.rate_per_second as usize),
+            ("rate_burst", self.rate_burst as usize),
+            ("max_subscriptions", self.max_subscriptions),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError::Invalid {
+                name,
+                reason: "must be at least 1",
+            });
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let err = |reason: String| ConfigError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    toml::from_str(&text).map_err(|e| err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServerConfig, ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("bridge-server").chain(args.iter().copied()))
+            .map_err(|e| ConfigError::File {
+                path: "<args>".into(),
+                reason: e.to_string(),
+            })?;
+        ServerConfig::from_cli(cli)
+    }
+
+    #[test]
+    fn the_embedded_defaults_are_loopback_development_mode_with_sqlite() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config, ServerConfig::default());
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.queue, QueueUrl::Sqlite("bridge-queue.sqlite".into()));
+        assert!(config.jwt_secret.is_none());
+    }
+
+    #[test]
+    fn development_mode_refuses_a_public_address_unless_told() {
+        let err = parse(&["--listen", "0.0.0.0:8080"]).unwrap_err();
+        assert!(matches!(err, ConfigError::UnauthenticatedNonLoopback(_)));
+        assert!(err.to_string().contains("--allow-unauthenticated"));
+        assert!(parse(&["--listen", "0.0.0.0:8080", "--allow-unauthenticated"]).is_ok());
+        assert!(parse(&["--listen", "0.0.0.0:8080", "--jwt-secret", "s3cret"]).is_ok());
+        assert!(parse(&["--listen", "[::1]:8080"]).is_ok());
+    }
+
+    #[test]
+    fn every_queue_scheme_is_understood() {
+        assert_eq!(QueueUrl::parse("memory://").unwrap(), QueueUrl::Memory);
+        assert_eq!(
+            QueueUrl::parse("sqlite:///var/lib/bridge/q.db").unwrap(),
+            QueueUrl::Sqlite("/var/lib/bridge/q.db".into())
+        );
+        assert!(matches!(
+            QueueUrl::parse("postgres://u@h/db").unwrap(),
+            QueueUrl::Postgres(_)
+        ));
+        assert!(matches!(
+            QueueUrl::parse("redis://h:6379").unwrap(),
+            QueueUrl::Redis(_)
+        ));
+        assert!(matches!(
+            QueueUrl::parse("amqp://g:g@h/%2f").unwrap(),
+            QueueUrl::Amqp(_)
+        ));
+        assert!(matches!(
+            QueueUrl::parse("mysql://h"),
+            Err(ConfigError::BadQueueUrl(_))
+        ));
+        assert!(matches!(
+            QueueUrl::parse("sqlite://"),
+            Err(ConfigError::BadQueueUrl(_))
+        ));
+    }
+
+    #[test]
+    fn the_command_line_wins_over_the_file_which_wins_over_defaults() {
+        let dir = std::env::temp_dir().join(format!("bridge-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bridge.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\nqueue = \"memory://\"\nrate_burst = 50\n",
+        )
+        .unwrap();
+        let config = parse(&[
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9001",
+        ])
+        .unwrap();
+        assert_eq!(config.listen.port(), 9001);
+        assert_eq!(config.queue, QueueUrl::Memory);
+        assert_eq!(config.rate_burst, 50);
+        assert_eq!(config.rate_per_second, 100);
+        std::fs::write(&file, "colour = \"blue\"\n").unwrap();
+        assert!(matches!(
+            parse(&["--config", file.to_str().unwrap()]),
+            Err(ConfigError::File { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn zero_limits_and_empty_secrets_are_refused() {
+        assert!(matches!(
+            parse(&["--rate-burst", "0"]),
+            Err(ConfigError::Invalid {
+                name: "rate_burst",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(&["--jwt-secret", ""]),
+            Err(ConfigError::Invalid {
+                name: "jwt_secret",
+                ..
+            })
+        ));
+    }
+}
