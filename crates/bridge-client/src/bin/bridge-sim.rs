@@ -1,0 +1,114 @@
+//! `bridge-sim`: a simulated phone with N simulated BLE smart locks.
+//!
+//! It connects to a bridge server as a bridge, holds `--locks` locks named
+//! `<prefix>1 ... <prefix>N`, reports them connected, and answers `ble_write` frames with
+//! the smart-lock byte protocol (see `bridge_client::lock`), with configurable latency,
+//! failure rate and random disconnects. It runs until Ctrl-C (or `--run-for`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bridge_client::lock::{LockBehaviour, SimulatedLocks};
+use bridge_client::{BridgeClient, BridgeConfig, Credentials};
+use bridge_protocol::DeviceId;
+use clap::Parser;
+
+/// A simulated phone with simulated BLE smart locks.
+#[derive(Debug, Parser)]
+#[command(name = "bridge-sim", version)]
+struct Args {
+    /// The server's WebSocket URL.
+    #[arg(long, env = "BRIDGE_SIM_URL", default_value = "ws://127.0.0.1:8080/ws")]
+    url: String,
+    /// A bridge JWT; without it, development mode with `--user-id`.
+    #[arg(long, env = "BRIDGE_SIM_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The user id in development mode.
+    #[arg(long, default_value = "sim-phone")]
+    user_id: String,
+    /// Number of locks.
+    #[arg(long, default_value_t = 3)]
+    locks: u32,
+    /// Lock ids are this prefix followed by 1..=N.
+    #[arg(long, default_value = "lock-")]
+    prefix: String,
+    /// BLE round-trip latency in milliseconds.
+    #[arg(long, default_value_t = 20)]
+    latency_ms: u64,
+    /// Probability in [0, 1] that a write fails with `gatt_write_failed`.
+    #[arg(long, default_value_t = 0.0)]
+    failure_rate: f64,
+    /// Mean seconds between random BLE link drops of a random lock (0: never).
+    #[arg(long, default_value_t = 0.0)]
+    disconnect_every_secs: f64,
+    /// Exit after this many seconds (0: run until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    run_for_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    if !(0.0..=1.0).contains(&args.failure_rate) {
+        return Err("--failure-rate must be between 0 and 1".into());
+    }
+    let ids = (1..=args.locks)
+        .map(|i| DeviceId::new(&format!("{}{i}", args.prefix)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let handler = Arc::new(SimulatedLocks::new(
+        ids.clone(),
+        LockBehaviour {
+            latency: Duration::from_millis(args.latency_ms),
+            failure_rate: args.failure_rate,
+        },
+    ));
+    let credentials = match args.token {
+        Some(token) => Credentials::Token(token),
+        None => Credentials::Development {
+            user_id: args.user_id,
+        },
+    };
+    let client = BridgeClient::start(
+        BridgeConfig::new(args.url, credentials, ids.clone()),
+        handler,
+    );
+    client.wait_connected(1).await?;
+    for id in &ids {
+        client.report_status(id.clone(), true, Some(-55))?;
+    }
+    tracing::info!(locks = ids.len(), "bridge-sim is holding its locks");
+
+    let disconnects = async {
+        if args.disconnect_every_secs <= 0.0 || ids.is_empty() {
+            return std::future::pending::<()>().await;
+        }
+        loop {
+            // Exponentially distributed gaps: link drops at random, on average every N s.
+            let gap = -args.disconnect_every_secs * (1.0 - fastrand::f64()).ln();
+            tokio::time::sleep(Duration::from_secs_f64(gap)).await;
+            let id = ids[fastrand::usize(..ids.len())].clone();
+            tracing::info!(device = %id, "simulated BLE link drop");
+            let _ = client.report_status(id.clone(), false, None);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = client.report_status(id, true, Some(-55));
+        }
+    };
+    let deadline = async {
+        if args.run_for_secs == 0 {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(Duration::from_secs(args.run_for_secs)).await;
+    };
+    tokio::select! {
+        () = disconnects => {}
+        () = deadline => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    client.shutdown().await;
+    Ok(())
+}

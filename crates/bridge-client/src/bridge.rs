@@ -1,0 +1,347 @@
+//! The bridge side: hold devices, answer `ble_write`, report links, reconnect.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bridge_protocol::{
+    BleOutcome, BleResponse, BleStatus, BleWrite, BridgeToServer, DeviceErrorCode, DeviceId,
+    ErrorFrame, HexPayload, Release, ServerToBridge,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tracing::{debug, info, warn};
+
+use crate::connect::{self, Credentials, Socket};
+use crate::{Backoff, ClientError};
+
+/// Performs BLE writes for the bridge: the phone app's BLE layer, or a simulator.
+///
+/// Called once per `ble_write`, concurrently for different requests; an implementation that
+/// must serialize GATT operations per device does so itself.
+#[async_trait]
+pub trait BleHandler: Send + Sync + 'static {
+    /// Writes `request.payload` to `request.write_uuid` of `request.device_id` and returns the
+    /// device's reply from `request.listen_uuid`, or a short error code such as
+    /// `gatt_write_failed`. Should finish within `request.timeout_ms`.
+    async fn write(&self, request: &BleWrite) -> Result<HexPayload, DeviceErrorCode>;
+}
+
+/// Settings of a [`BridgeClient`].
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// The server's WebSocket URL, such as `ws://127.0.0.1:8080/ws`.
+    pub url: String,
+    /// Token or development-mode identity.
+    pub credentials: Credentials,
+    /// Devices to hold from the moment of connecting.
+    pub devices: Vec<DeviceId>,
+    /// Reconnect delays.
+    pub backoff: Backoff,
+}
+
+impl BridgeConfig {
+    /// A config with the default backoff.
+    pub fn new(url: impl Into<String>, credentials: Credentials, devices: Vec<DeviceId>) -> Self {
+        Self {
+            url: url.into(),
+            credentials,
+            devices,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// Where the client's connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionState {
+    /// Opening a connection, or waiting to retry.
+    Connecting,
+    /// Connected; the number counts connections made so far (1 for the first).
+    Connected(u64),
+    /// Shut down for good.
+    Stopped,
+}
+
+enum Control {
+    Status(BleStatus),
+    Release(DeviceId),
+    Shutdown,
+}
+
+/// A bridge connection that holds devices and answers `ble_write` frames through a
+/// [`BleHandler`], reconnecting with backoff and jitter whenever the connection is lost.
+///
+/// Dropping the client stops it, as does [`BridgeClient::shutdown`].
+pub struct BridgeClient {
+    control: mpsc::UnboundedSender<Control>,
+    state: watch::Receiver<ConnectionState>,
+    errors: broadcast::Sender<ErrorFrame>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for BridgeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeClient")
+            .field("state", &*self.state.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the client remembers across connections.
+struct Held {
+    /// Each held device with the last status reported for it.
+    devices: BTreeMap<DeviceId, Option<BleStatus>>,
+}
+
+impl BridgeClient {
+    /// Starts the client on the current tokio runtime; it connects in the background.
+    pub fn start(config: BridgeConfig, handler: Arc<dyn BleHandler>) -> Self {
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (state_tx, state) = watch::channel(ConnectionState::Connecting);
+        let (errors, _) = broadcast::channel(64);
+        let held = Held {
+            devices: config.devices.iter().map(|d| (d.clone(), None)).collect(),
+        };
+        let task = tokio::spawn(run(
+            config,
+            handler,
+            held,
+            control_rx,
+            state_tx,
+            errors.clone(),
+        ));
+        Self {
+            control,
+            state,
+            errors,
+            task: Some(task),
+        }
+    }
+
+    /// The connection's state now.
+    pub fn state(&self) -> ConnectionState {
+        *self.state.borrow()
+    }
+
+    /// Waits until the client is connected for the `n`-th time or later (1 for the first
+    /// connection).
+    pub async fn wait_connected(&self, n: u64) -> Result<(), ClientError> {
+        let mut state = self.state.clone();
+        let reached = state
+            .wait_for(|s| match s {
+                ConnectionState::Connected(k) => *k >= n,
+                ConnectionState::Stopped => true,
+                ConnectionState::Connecting => false,
+            })
+            .await
+            .map_err(|_| ClientError::Shutdown)?;
+        if *reached == ConnectionState::Stopped {
+            return Err(ClientError::Shutdown);
+        }
+        Ok(())
+    }
+
+    /// Error frames the server sends (such as `forbidden` for a claim it refuses).
+    pub fn errors(&self) -> broadcast::Receiver<ErrorFrame> {
+        self.errors.subscribe()
+    }
+
+    /// Reports the BLE link to a device (`ble_status`). For a device the client does not hold
+    /// yet, this claims it; the client remembers it and re-announces it after reconnecting.
+    pub fn report_status(
+        &self,
+        device: DeviceId,
+        connected: bool,
+        rssi: Option<i8>,
+    ) -> Result<(), ClientError> {
+        self.control
+            .send(Control::Status(BleStatus {
+                device_id: device,
+                connected,
+                rssi,
+            }))
+            .map_err(|_| ClientError::Shutdown)
+    }
+
+    /// Stops relaying for a device (`release`).
+    pub fn release(&self, device: DeviceId) -> Result<(), ClientError> {
+        self.control
+            .send(Control::Release(device))
+            .map_err(|_| ClientError::Shutdown)
+    }
+
+    /// Closes the connection (code 1000) and stops reconnecting.
+    pub async fn shutdown(mut self) {
+        let _ = self.control.send(Control::Shutdown);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for BridgeClient {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// How one connection ended.
+enum Ended {
+    Shutdown,
+    Lost(String),
+}
+
+async fn run(
+    config: BridgeConfig,
+    handler: Arc<dyn BleHandler>,
+    mut held: Held,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    state: watch::Sender<ConnectionState>,
+    errors: broadcast::Sender<ErrorFrame>,
+) {
+    let connections = AtomicU64::new(0);
+    let mut attempt: u32 = 0;
+    loop {
+        let _ = state.send(ConnectionState::Connecting);
+        let devices: Vec<DeviceId> = held.devices.keys().cloned().collect();
+        match connect::open(&config.url, &config.credentials, &devices).await {
+            Ok(socket) => {
+                attempt = 0;
+                let n = connections.fetch_add(1, Ordering::Relaxed) + 1;
+                info!(url = %config.url, connection = n, devices = devices.len(), "bridge connected");
+                let _ = state.send(ConnectionState::Connected(n));
+                match serve(socket, &handler, &mut held, &mut control, &errors).await {
+                    Ended::Shutdown => break,
+                    Ended::Lost(reason) => warn!(%reason, "bridge connection lost"),
+                }
+            }
+            Err(e) => debug!(error = %e, attempt, "bridge connect failed"),
+        }
+        let delay = config.backoff.next_delay(attempt);
+        attempt = attempt.saturating_add(1);
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        // While waiting, keep track of what the application reports.
+        loop {
+            tokio::select! {
+                () = &mut sleep => break,
+                message = control.recv() => match message {
+                    None | Some(Control::Shutdown) => {
+                        let _ = state.send(ConnectionState::Stopped);
+                        return;
+                    }
+                    Some(Control::Status(status)) => {
+                        held.devices.insert(status.device_id.clone(), Some(status));
+                    }
+                    Some(Control::Release(device)) => {
+                        held.devices.remove(&device);
+                    }
+                },
+            }
+        }
+    }
+    let _ = state.send(ConnectionState::Stopped);
+}
+
+async fn send(socket: &mut Socket, frame: &BridgeToServer) -> Result<(), String> {
+    socket
+        .send(Message::text(frame.to_json()))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Serves one connection until it ends.
+async fn serve(
+    mut socket: Socket,
+    handler: &Arc<dyn BleHandler>,
+    held: &mut Held,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    errors: &broadcast::Sender<ErrorFrame>,
+) -> Ended {
+    // Re-announce the last known link state of every held device.
+    let statuses: Vec<BleStatus> = held.devices.values().flatten().cloned().collect();
+    for status in statuses {
+        if let Err(e) = send(&mut socket, &BridgeToServer::BleStatus(status)).await {
+            return Ended::Lost(e);
+        }
+    }
+    // Answers of handlers in flight on this connection. When the connection ends, this
+    // receiver is dropped, and answers to writes the server has already failed are dropped.
+    let (answers_tx, mut answers) = mpsc::unbounded_channel::<BridgeToServer>();
+    loop {
+        tokio::select! {
+            incoming = socket.next() => {
+                let message = match incoming {
+                    None => return Ended::Lost("server closed the stream".into()),
+                    Some(Err(e)) => return Ended::Lost(e.to_string()),
+                    Some(Ok(m)) => m,
+                };
+                match message {
+                    Message::Text(text) => match ServerToBridge::decode(text.as_str()) {
+                        Ok(ServerToBridge::BleWrite(write)) => {
+                            let handler = Arc::clone(handler);
+                            let answers = answers_tx.clone();
+                            tokio::spawn(async move {
+                                let outcome = match handler.write(&write).await {
+                                    Ok(payload) => BleOutcome::Payload(payload),
+                                    Err(code) => BleOutcome::Error(code),
+                                };
+                                let _ = answers.send(BridgeToServer::BleResponse(BleResponse {
+                                    request_id: write.request_id,
+                                    device_id: write.device_id,
+                                    outcome,
+                                }));
+                            });
+                        }
+                        Ok(ServerToBridge::Error(frame)) => {
+                            warn!(code = %frame.code, message = %frame.message, "server refused a frame");
+                            let _ = errors.send(frame);
+                        }
+                        Ok(_) => {}
+                        Err(e) => warn!(error = %e, "undecodable frame from the server"),
+                    },
+                    Message::Close(frame) => {
+                        return Ended::Lost(format!("server closed the connection: {frame:?}"));
+                    }
+                    // Pings are answered by the WebSocket layer; nothing else is expected.
+                    _ => {}
+                }
+            }
+            Some(answer) = answers.recv() => {
+                if let Err(e) = send(&mut socket, &answer).await {
+                    return Ended::Lost(e);
+                }
+            }
+            message = control.recv() => {
+                let frame = match message {
+                    None | Some(Control::Shutdown) => {
+                        let _ = socket
+                            .close(Some(CloseFrame { code: CloseCode::Normal, reason: "bridge shutting down".into() }))
+                            .await;
+                        return Ended::Shutdown;
+                    }
+                    Some(Control::Status(status)) => {
+                        held.devices.insert(status.device_id.clone(), Some(status.clone()));
+                        BridgeToServer::BleStatus(status)
+                    }
+                    Some(Control::Release(device)) => {
+                        held.devices.remove(&device);
+                        BridgeToServer::Release(Release { device_id: device })
+                    }
+                };
+                if let Err(e) = send(&mut socket, &frame).await {
+                    return Ended::Lost(e);
+                }
+            }
+        }
+    }
+}

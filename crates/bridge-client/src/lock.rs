@@ -1,0 +1,165 @@
+//! A toy BLE smart lock, for demos, tests and load: its byte protocol and a simulated set of
+//! locks that answers `ble_write` frames as real ones would.
+//!
+//! # The smart-lock byte protocol
+//!
+//! Every command is one opcode byte; every reply starts with the opcode with its high bit set.
+//!
+//! | command | bytes | reply |
+//! |---|---|---|
+//! | lock   | `01` | `81 SS` |
+//! | unlock | `02` | `82 SS` |
+//! | status | `03` | `83 SS BB` |
+//!
+//! `SS` is the state after the command (`01` locked, `00` unlocked) and `BB` the battery
+//! level in percent. Anything else is answered with the error `unsupported_command`; a write
+//! to a service or characteristic a lock does not have, with `characteristic_not_found`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bridge_protocol::{BleWrite, DeviceConfig, DeviceErrorCode, DeviceId, HexPayload};
+
+use crate::BleHandler;
+
+/// Opcode: lock.
+pub const LOCK: u8 = 0x01;
+/// Opcode: unlock.
+pub const UNLOCK: u8 = 0x02;
+/// Opcode: status.
+pub const STATUS: u8 = 0x03;
+
+/// One lock's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockState {
+    /// Whether the bolt is thrown.
+    pub locked: bool,
+    /// Battery level in percent.
+    pub battery: u8,
+}
+
+impl Default for LockState {
+    fn default() -> Self {
+        Self {
+            locked: true,
+            battery: 100,
+        }
+    }
+}
+
+impl LockState {
+    /// Applies one command and returns the reply (the byte protocol above).
+    pub fn apply(&mut self, command: &[u8]) -> Result<Vec<u8>, &'static str> {
+        let state = |locked: bool| u8::from(locked);
+        match command {
+            [LOCK] => {
+                self.locked = true;
+                Ok(vec![0x80 | LOCK, state(self.locked)])
+            }
+            [UNLOCK] => {
+                self.locked = false;
+                Ok(vec![0x80 | UNLOCK, state(self.locked)])
+            }
+            [STATUS] => Ok(vec![0x80 | STATUS, state(self.locked), self.battery]),
+            _ => Err("unsupported_command"),
+        }
+    }
+}
+
+/// Behaviour knobs of [`SimulatedLocks`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LockBehaviour {
+    /// Time a BLE round trip takes (default 0).
+    pub latency: Duration,
+    /// Probability in `[0, 1]` that a write fails with `gatt_write_failed` (default 0).
+    pub failure_rate: f64,
+}
+
+impl Default for LockBehaviour {
+    fn default() -> Self {
+        Self {
+            latency: Duration::ZERO,
+            failure_rate: 0.0,
+        }
+    }
+}
+
+/// A set of simulated smart locks behind one phone.
+#[derive(Debug)]
+pub struct SimulatedLocks {
+    locks: Mutex<HashMap<DeviceId, LockState>>,
+    config: DeviceConfig,
+    behaviour: LockBehaviour,
+}
+
+impl SimulatedLocks {
+    /// Locks with the given ids, all locked and fully charged, using the built-in
+    /// `smart-lock` UUIDs.
+    pub fn new(ids: impl IntoIterator<Item = DeviceId>, behaviour: LockBehaviour) -> Self {
+        Self {
+            locks: Mutex::new(
+                ids.into_iter()
+                    .map(|id| (id, LockState::default()))
+                    .collect(),
+            ),
+            config: DeviceConfig::SMART_LOCK,
+            behaviour,
+        }
+    }
+
+    /// A lock's state now.
+    pub fn state(&self, id: &DeviceId) -> Option<LockState> {
+        self.locks.lock().ok()?.get(id).copied()
+    }
+
+    fn error(code: &str) -> DeviceErrorCode {
+        // The codes used here are all valid names.
+        DeviceErrorCode::new(code).unwrap_or_else(|_| unreachable!("valid error code"))
+    }
+}
+
+#[async_trait]
+impl BleHandler for SimulatedLocks {
+    async fn write(&self, request: &BleWrite) -> Result<HexPayload, DeviceErrorCode> {
+        if !self.behaviour.latency.is_zero() {
+            tokio::time::sleep(self.behaviour.latency).await;
+        }
+        if self.behaviour.failure_rate > 0.0 && fastrand::f64() < self.behaviour.failure_rate {
+            return Err(Self::error("gatt_write_failed"));
+        }
+        if request.service_uuid != self.config.service_uuid
+            || request.write_uuid != self.config.write_uuid
+            || request.listen_uuid != self.config.listen_uuid
+        {
+            return Err(Self::error("characteristic_not_found"));
+        }
+        let mut locks = self
+            .locks
+            .lock()
+            .map_err(|_| Self::error("gatt_write_failed"))?;
+        let lock = locks
+            .get_mut(&request.device_id)
+            .ok_or_else(|| Self::error("device_not_found"))?;
+        lock.apply(request.payload.as_bytes())
+            .map(HexPayload::from_bytes)
+            .map_err(Self::error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_byte_protocol_locks_unlocks_and_reports() {
+        let mut lock = LockState::default();
+        assert_eq!(lock.apply(&[UNLOCK]), Ok(vec![0x82, 0x00]));
+        assert_eq!(lock.apply(&[STATUS]), Ok(vec![0x83, 0x00, 100]));
+        assert_eq!(lock.apply(&[LOCK]), Ok(vec![0x81, 0x01]));
+        assert_eq!(lock.apply(&[0x7f]), Err("unsupported_command"));
+        assert_eq!(lock.apply(&[]), Err("unsupported_command"));
+        assert_eq!(lock.apply(&[LOCK, LOCK]), Err("unsupported_command"));
+    }
+}
