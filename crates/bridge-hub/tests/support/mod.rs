@@ -39,11 +39,19 @@ pub struct Setup {
     pub config: HubConfig,
     pub subscriptions: Vec<&'static str>,
     pub policy: Option<Box<dyn FnOnce(bridge_hub::LocalHubBuilder) -> bridge_hub::LocalHubBuilder>>,
+    /// Serve with tungstenite's default limits instead of the hub's, so that the hub's
+    /// own frame size check is what refuses a large frame.
+    pub plain_websocket: bool,
 }
 
 impl Setup {
     pub fn config(mut self, f: impl FnOnce(&mut HubConfig)) -> Self {
         f(&mut self.config);
+        self
+    }
+
+    pub fn plain_websocket(mut self) -> Self {
+        self.plain_websocket = true;
         self
     }
 
@@ -74,10 +82,11 @@ impl Setup {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = hub.clone();
+        let plain = self.plain_websocket;
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let hub = server.clone();
-                tokio::spawn(async move { serve_one(hub, tcp).await });
+                tokio::spawn(async move { serve_one(hub, tcp, plain).await });
             }
         });
         TestServer { hub, addr, events }
@@ -86,9 +95,13 @@ impl Setup {
 
 /// Reads who the client is from the query string, the way the server reads it in
 /// development mode: `?role=bridge&user=u&device=a&device=b&access=a,b&expired=1`.
-async fn serve_one(hub: LocalHub, tcp: TcpStream) {
+async fn serve_one(hub: LocalHub, tcp: TcpStream, plain: bool) {
     let mut query = String::new();
-    let config = hub.config().websocket_config();
+    let config = if plain {
+        tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+    } else {
+        hub.config().websocket_config()
+    };
     // The callback's error type is tungstenite's, not ours to shrink.
     #[allow(clippy::result_large_err)]
     let callback = |req: &Request, resp: Response| {
@@ -170,7 +183,16 @@ impl TestServer {
     }
 
     /// Waits for the first event that `pick` selects, skipping the others.
-    pub async fn wait_for<T>(&mut self, mut pick: impl FnMut(&HubEvent) -> Option<T>) -> T {
+    pub async fn wait_for<T>(&mut self, pick: impl FnMut(&HubEvent) -> Option<T>) -> T {
+        self.wait_for_within(PATIENCE, pick).await
+    }
+
+    /// `wait_for` with an explicit bound (for tests on a paused clock).
+    pub async fn wait_for_within<T>(
+        &mut self,
+        patience: Duration,
+        mut pick: impl FnMut(&HubEvent) -> Option<T>,
+    ) -> T {
         let wait = async {
             loop {
                 let event = self.events.recv().await.expect("event channel open");
@@ -179,7 +201,7 @@ impl TestServer {
                 }
             }
         };
-        tokio::time::timeout(PATIENCE, wait)
+        tokio::time::timeout(patience, wait)
             .await
             .expect("the event arrives")
     }
@@ -269,6 +291,11 @@ impl Client {
 
     /// Reads until the server's close frame and returns its code.
     pub async fn expect_close(&mut self) -> u16 {
+        self.expect_close_within(PATIENCE).await
+    }
+
+    /// `expect_close` with an explicit bound (for tests on a paused clock).
+    pub async fn expect_close_within(&mut self, patience: Duration) -> u16 {
         let wait = async {
             loop {
                 match self.ws.next().await {
@@ -279,7 +306,7 @@ impl Client {
                 }
             }
         };
-        tokio::time::timeout(PATIENCE, wait)
+        tokio::time::timeout(patience, wait)
             .await
             .expect("the connection closes")
     }
