@@ -57,6 +57,10 @@ mod error;
 #[cfg(feature = "memory")]
 mod memory;
 mod model;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -66,4 +70,6 @@ pub use error::{BoxError, InvalidInput, StoreError};
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
 pub use model::{NewCommand, QueuedCommand, StoreConfig, SweepReport};
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteOptions, SqliteStore};
 pub use store::Store;

@@ -82,6 +82,7 @@ macro_rules! conformance_tests {
                 release_keeps_the_place_in_order,
                 release_fails_after_max_attempts,
                 lapsed_lease_is_handed_out_again,
+                late_answer_to_a_lapsed_lease_is_recorded,
                 sweep_expires_and_recovers,
                 concurrent_leases_never_share_a_command,
                 queue_full_at_the_cap,
@@ -585,6 +586,22 @@ pub async fn lapsed_lease_is_handed_out_again<H: Harness>(harness: &H) {
     let failed = store.get(&id).await.expect("get");
     assert_eq!(failed.status, CommandStatus::Failed);
     assert_eq!(failed.attempts, 2);
+}
+
+/// A late answer under a lapsed lease is still recorded while no one has leased the
+/// command again (a slow device is better recorded than asked twice).
+pub async fn late_answer_to_a_lapsed_lease_is_recorded<H: Harness>(harness: &H) {
+    let Fixture { store, clock } = open_default(harness).await;
+    let dev = device("lock-1");
+    let id = enqueue(&*store, &dev, "unlock", &[1]).await;
+    store.lease(&dev, 1, LEASE).await.expect("lease");
+    clock.advance(LEASE + LEASE);
+    let done = store
+        .complete(&id, CommandOutcome::Payload(bytes(&[0])))
+        .await
+        .expect("a late answer is recorded");
+    assert_eq!(done.status, CommandStatus::Succeeded);
+    assert!(store.lease(&dev, 1, LEASE).await.expect("lease").is_empty());
 }
 
 /// `sweep` ends expired commands and recovers lapsed leases across devices.

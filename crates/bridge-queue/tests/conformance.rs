@@ -25,3 +25,42 @@ mod memory_harness {
 
 #[cfg(feature = "memory")]
 bridge_queue::conformance_tests!(memory, crate::memory_harness::new());
+
+/// A private temp directory removed on drop.
+#[cfg(feature = "sqlite")]
+mod sqlite_harness {
+    use std::path::PathBuf;
+
+    use async_trait::async_trait;
+    use bridge_queue::testkit::Harness;
+    use bridge_queue::{SqliteOptions, SqliteStore, StoreConfig, StoreError};
+
+    pub(crate) struct SqliteHarness {
+        dir: PathBuf,
+    }
+
+    #[async_trait]
+    impl Harness for SqliteHarness {
+        type Store = SqliteStore;
+        async fn open(&self, config: StoreConfig) -> Result<SqliteStore, StoreError> {
+            SqliteStore::open(&SqliteOptions::new(self.dir.join("queue.db")), config).await
+        }
+        async fn cleanup(&self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[allow(clippy::unused_async)] // the suite awaits every harness constructor
+    pub(crate) async fn new() -> SqliteHarness {
+        let dir = std::env::temp_dir().join(format!(
+            "bridge-queue-test-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        SqliteHarness { dir }
+    }
+}
+
+#[cfg(feature = "sqlite")]
+bridge_queue::conformance_tests!(sqlite, crate::sqlite_harness::new(), durable);
