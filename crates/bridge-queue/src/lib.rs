@@ -57,6 +57,8 @@ mod error;
 #[cfg(feature = "memory")]
 mod memory;
 mod model;
+#[cfg(feature = "postgres")]
+mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
@@ -70,6 +72,8 @@ pub use error::{BoxError, InvalidInput, StoreError};
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
 pub use model::{NewCommand, QueuedCommand, StoreConfig, SweepReport};
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use store::Store;

@@ -254,6 +254,9 @@ impl SqliteStore {
         }
         let current = fetch(&mut tx, id).await?;
         if !allowed.contains(&current.status) {
+            // Roll back now: a dropped transaction is rolled back only when its connection
+            // is next used, and until then it would keep its locks.
+            tx.rollback().await.map_err(err)?;
             return Err(StoreError::Conflict {
                 id: id.clone(),
                 action,
@@ -352,6 +355,7 @@ impl Store for SqliteStore {
         .map_err(err)?;
         let max = self.config.max_open_per_device;
         if open >= i64::from(max) {
+            tx.rollback().await.map_err(err)?;
             return Err(StoreError::QueueFull {
                 device: command.device,
                 max,

@@ -64,3 +64,58 @@ mod sqlite_harness {
 
 #[cfg(feature = "sqlite")]
 bridge_queue::conformance_tests!(sqlite, crate::sqlite_harness::new(), durable);
+
+/// Reads a service URL from the environment, with this machine's default.
+#[allow(dead_code)]
+fn service_url(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+#[cfg(feature = "postgres")]
+mod postgres_harness {
+    use async_trait::async_trait;
+    use bridge_queue::testkit::Harness;
+    use bridge_queue::{PostgresOptions, PostgresStore, StoreConfig, StoreError};
+    use sqlx::Connection;
+
+    pub(crate) struct PostgresHarness {
+        options: PostgresOptions,
+    }
+
+    #[async_trait]
+    impl Harness for PostgresHarness {
+        type Store = PostgresStore;
+        async fn open(&self, config: StoreConfig) -> Result<PostgresStore, StoreError> {
+            PostgresStore::open(&self.options, config).await
+        }
+        async fn cleanup(&self) {
+            drop_schema(self.options.url.clone(), self.options.schema.clone()).await;
+        }
+    }
+
+    async fn drop_schema(url: String, schema: String) {
+        let statement = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+            let _ = sqlx::query(&statement).execute(&mut conn).await;
+        }
+    }
+
+    pub(crate) async fn new() -> PostgresHarness {
+        let url = crate::service_url(
+            "BRIDGE_TEST_POSTGRES_URL",
+            "postgres://postgres@127.0.0.1:5432/test",
+        );
+        if let Err(e) = sqlx::PgConnection::connect(&url).await {
+            panic!(
+                "PostgreSQL is unreachable at {url} ({e}); start it or set BRIDGE_TEST_POSTGRES_URL"
+            );
+        }
+        let schema = format!("bq_test_{}", uuid::Uuid::new_v4().simple());
+        PostgresHarness {
+            options: PostgresOptions::new(url).with_schema(schema),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+bridge_queue::conformance_tests!(postgres, crate::postgres_harness::new(), durable);
