@@ -1,0 +1,121 @@
+//! The conformance suite, run against every backend enabled by features.
+
+#[cfg(feature = "memory")]
+mod memory_harness {
+    use async_trait::async_trait;
+    use bridge_queue::testkit::Harness;
+    use bridge_queue::{MemoryStore, StoreConfig, StoreError};
+
+    pub(crate) struct MemoryHarness;
+
+    #[async_trait]
+    impl Harness for MemoryHarness {
+        type Store = MemoryStore;
+        async fn open(&self, config: StoreConfig) -> Result<MemoryStore, StoreError> {
+            Ok(MemoryStore::new(config))
+        }
+        async fn cleanup(&self) {}
+    }
+
+    #[allow(clippy::unused_async)] // the suite awaits every harness constructor
+    pub(crate) async fn new() -> MemoryHarness {
+        MemoryHarness
+    }
+}
+
+#[cfg(feature = "memory")]
+bridge_queue::conformance_tests!(memory, crate::memory_harness::new());
+
+/// A private temp directory removed on drop.
+#[cfg(feature = "sqlite")]
+mod sqlite_harness {
+    use std::path::PathBuf;
+
+    use async_trait::async_trait;
+    use bridge_queue::testkit::Harness;
+    use bridge_queue::{SqliteOptions, SqliteStore, StoreConfig, StoreError};
+
+    pub(crate) struct SqliteHarness {
+        dir: PathBuf,
+    }
+
+    #[async_trait]
+    impl Harness for SqliteHarness {
+        type Store = SqliteStore;
+        async fn open(&self, config: StoreConfig) -> Result<SqliteStore, StoreError> {
+            SqliteStore::open(&SqliteOptions::new(self.dir.join("queue.db")), config).await
+        }
+        async fn cleanup(&self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[allow(clippy::unused_async)] // the suite awaits every harness constructor
+    pub(crate) async fn new() -> SqliteHarness {
+        let dir = std::env::temp_dir().join(format!(
+            "bridge-queue-test-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        SqliteHarness { dir }
+    }
+}
+
+#[cfg(feature = "sqlite")]
+bridge_queue::conformance_tests!(sqlite, crate::sqlite_harness::new(), durable);
+
+/// Reads a service URL from the environment, with this machine's default.
+#[allow(dead_code)]
+fn service_url(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+#[cfg(feature = "postgres")]
+mod postgres_harness {
+    use async_trait::async_trait;
+    use bridge_queue::testkit::Harness;
+    use bridge_queue::{PostgresOptions, PostgresStore, StoreConfig, StoreError};
+    use sqlx::Connection;
+
+    pub(crate) struct PostgresHarness {
+        options: PostgresOptions,
+    }
+
+    #[async_trait]
+    impl Harness for PostgresHarness {
+        type Store = PostgresStore;
+        async fn open(&self, config: StoreConfig) -> Result<PostgresStore, StoreError> {
+            PostgresStore::open(&self.options, config).await
+        }
+        async fn cleanup(&self) {
+            drop_schema(self.options.url.clone(), self.options.schema.clone()).await;
+        }
+    }
+
+    async fn drop_schema(url: String, schema: String) {
+        let statement = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+        if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
+            let _ = sqlx::query(&statement).execute(&mut conn).await;
+        }
+    }
+
+    pub(crate) async fn new() -> PostgresHarness {
+        let url = crate::service_url(
+            "BRIDGE_TEST_POSTGRES_URL",
+            "postgres://postgres@127.0.0.1:5432/test",
+        );
+        if let Err(e) = sqlx::PgConnection::connect(&url).await {
+            panic!(
+                "PostgreSQL is unreachable at {url} ({e}); start it or set BRIDGE_TEST_POSTGRES_URL"
+            );
+        }
+        let schema = format!("bq_test_{}", uuid::Uuid::new_v4().simple());
+        PostgresHarness {
+            options: PostgresOptions::new(url).with_schema(schema),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+bridge_queue::conformance_tests!(postgres, crate::postgres_harness::new(), durable);
