@@ -1,6 +1,19 @@
 //! Request-id correlation between commands and device answers.
 //!
-//! This crate will own the pending-command lifecycle: registering a command under a fresh
-//! request id, resolving it only with an answer from the right connection and device, and
-//! ending it on timeout, bridge loss, cancellation or shutdown. It is being built under
-//! issue 3; until then it exports nothing.
+//! (crate docs are written below)
+
+mod config;
+mod correlator;
+mod deadlines;
+mod error;
+mod ids;
+mod manager;
+mod stats;
+mod transport;
+
+pub use config::SessionConfig;
+pub use correlator::{CommandResult, Correlator, Finished, MarkSent, Removed, ResponseAccepted};
+pub use error::{CommandError, RejectReason, ResponseRejected, TransportError};
+pub use manager::SessionManager;
+pub use stats::SessionStats;
+pub use transport::Transport;
