@@ -79,6 +79,10 @@ pub struct Cli {
     /// Require a `service` token for GET /metrics.
     #[arg(long, env = "BRIDGE_METRICS_REQUIRE_TOKEN")]
     pub metrics_require_token: bool,
+    /// Seconds between delivery passes over the offline queue: online devices with
+    /// deliverable commands get them, and expired commands are noticed [default: 30].
+    #[arg(long, env = "BRIDGE_RETRY_INTERVAL_SECS", value_name = "SECONDS")]
+    pub retry_interval_secs: Option<u64>,
 }
 
 /// The TOML file: the same settings as the command line, all optional.
@@ -98,6 +102,7 @@ struct FileConfig {
     rate_burst: Option<u32>,
     max_subscriptions: Option<usize>,
     metrics_require_token: Option<bool>,
+    retry_interval_secs: Option<u64>,
 }
 
 /// Which queue backend to open, parsed from its URL.
@@ -163,6 +168,8 @@ pub struct ServerConfig {
     pub max_subscriptions: usize,
     /// Whether `/metrics` needs a service token: `false`.
     pub metrics_require_token: bool,
+    /// Seconds between delivery passes over the offline queue (default 30).
+    pub retry_interval_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -181,6 +188,7 @@ impl Default for ServerConfig {
             rate_burst: 200,
             max_subscriptions: 1024,
             metrics_require_token: false,
+            retry_interval_secs: 30,
         }
     }
 }
@@ -263,6 +271,10 @@ impl ServerConfig {
                 .unwrap_or(d.max_subscriptions),
             metrics_require_token: cli.metrics_require_token
                 || file.metrics_require_token.unwrap_or(false),
+            retry_interval_secs: cli
+                .retry_interval_secs
+                .or(file.retry_interval_secs)
+                .unwrap_or(d.retry_interval_secs),
         };
         config.validate()?;
         Ok(config)
@@ -290,6 +302,10 @@ impl ServerConfig {
             ("rate_per_second", self.rate_per_second as usize),
             ("rate_burst", self.rate_burst as usize),
             ("max_subscriptions", self.max_subscriptions),
+            (
+                "retry_interval_secs",
+                usize::try_from(self.retry_interval_secs).unwrap_or(usize::MAX),
+            ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid {

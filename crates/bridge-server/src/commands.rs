@@ -1,0 +1,217 @@
+//! The one command path shared by `POST /v1/devices/{deviceId}/commands` and a user's
+//! `command` frame (PROTOCOL.md 4.1 and 3.4).
+
+use std::sync::Arc;
+
+use bridge_protocol::http::{CommandRequest, CommandResponse};
+use bridge_protocol::{
+    CommandResult, DeviceId, ErrorCode, RegistryError, ResultStatus, ServerToUser,
+};
+use bridge_queue::NewCommand;
+use bridge_session::CommandError;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::delivery::Watched;
+use crate::error::ApiError;
+use crate::server::Core;
+use crate::transport::capture_request_id;
+
+/// Runs one command: sends it now if the device is online, queues it if asked to, and
+/// answers with the status of PROTOCOL.md 4.1 or the refusal as an error.
+pub(crate) async fn execute(
+    core: &Arc<Core>,
+    device: DeviceId,
+    request: CommandRequest,
+) -> Result<CommandResponse, ApiError> {
+    let span = tracing::info_span!("command", device = %device, request_id = tracing::field::Empty);
+    let result = run(core, device, request).instrument(span).await;
+    let outcome = match &result {
+        Ok(response) => outcome_of(response),
+        Err(error) => error.code().as_str(),
+    };
+    core.metrics.command(outcome);
+    result
+}
+
+async fn run(
+    core: &Arc<Core>,
+    device: DeviceId,
+    request: CommandRequest,
+) -> Result<CommandResponse, ApiError> {
+    let device_type = match core.registry.resolve(
+        request
+            .device_type
+            .as_ref()
+            .map(bridge_protocol::DeviceType::as_str),
+    ) {
+        Ok((name, _)) => name.clone(),
+        Err(RegistryError::NoDefault) => {
+            return Err(ApiError::new(
+                ErrorCode::InvalidRequest,
+                "`deviceType` is required: the registry has no default type",
+            ));
+        }
+        Err(error) => {
+            return Err(ApiError::new(
+                ErrorCode::UnknownDeviceType,
+                error.to_string(),
+            ));
+        }
+    };
+
+    if request.requires_confirmation {
+        let command_id = enqueue(core, &device, &request, &device_type).await?;
+        tracing::info!(%command_id, "queued, awaiting confirmation");
+        return Ok(CommandResponse::AwaitingConfirmation { command_id });
+    }
+
+    let start = Instant::now();
+    let (result, request_id) = capture_request_id(core.session.send_command(
+        device.clone(),
+        Some(device_type.as_str()),
+        request.payload.clone(),
+        request.timeout_ms.as_duration(),
+    ))
+    .await;
+    if let Some(request_id) = request_id {
+        tracing::Span::current().record("request_id", tracing::field::display(request_id));
+        core.metrics.command_duration(start.elapsed());
+    }
+    let latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let response = match result {
+        Ok(payload) => {
+            let Some(request_id) = request_id else {
+                // The transport always records the id of what it sent.
+                tracing::error!("a command succeeded without a recorded requestId");
+                return Err(ApiError::new(ErrorCode::Unavailable, "internal error"));
+            };
+            CommandResponse::Succeeded {
+                request_id,
+                payload,
+                latency_ms,
+            }
+        }
+        Err(CommandError::Offline) if request.wants_queue() => {
+            let command_id = enqueue(core, &device, &request, &device_type).await?;
+            tracing::info!(%command_id, "device offline: queued");
+            // The device may have come online since it was found offline; its pass would
+            // then have missed this command.
+            if core.hub.device_presence(&device).await.online {
+                crate::delivery::kick(core, &device);
+            }
+            CommandResponse::Queued { command_id }
+        }
+        Err(CommandError::Offline) => CommandResponse::Offline,
+        Err(CommandError::BridgeLost) => CommandResponse::BridgeLost,
+        Err(CommandError::Timeout) => CommandResponse::Timeout,
+        Err(CommandError::DeviceError(error)) => CommandResponse::DeviceError { error },
+        Err(CommandError::UnknownDeviceType(name)) => {
+            return Err(ApiError::new(
+                ErrorCode::UnknownDeviceType,
+                format!("unknown device type `{name}`"),
+            ));
+        }
+        Err(CommandError::TooManyPending) => {
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                "too many commands pending on this server; try again later",
+            ));
+        }
+        Err(error) => {
+            return Err(ApiError::new(ErrorCode::Unavailable, error.to_string()));
+        }
+    };
+    tracing::info!(status = outcome_of(&response), latency_ms, "command ended");
+    Ok(response)
+}
+
+async fn enqueue(
+    core: &Arc<Core>,
+    device: &DeviceId,
+    request: &CommandRequest,
+    device_type: &bridge_protocol::DeviceType,
+) -> Result<bridge_protocol::CommandId, ApiError> {
+    let Some(command_type) = request.command_type.clone() else {
+        return Err(ApiError::new(
+            ErrorCode::InvalidRequest,
+            "`commandType` is required to queue a command",
+        ));
+    };
+    let mut command = NewCommand::new(device.clone(), command_type, request.payload.clone())
+        .with_ttl(request.ttl_seconds);
+    if request.requires_confirmation {
+        command = command.requiring_confirmation();
+    }
+    let id = core
+        .store
+        .enqueue(command)
+        .await
+        .map_err(|e| ApiError::from_store(&e))?;
+    let expires_at = core
+        .store
+        .get(&id)
+        .await
+        .map_or_else(|_| bridge_protocol::Timestamp::now(), |c| c.expires_at);
+    core.delivery.watch(
+        id.clone(),
+        Watched {
+            device: device.clone(),
+            expires_at,
+            device_type: Some(device_type.clone()),
+            timeout: request.timeout_ms,
+        },
+    );
+    Ok(id)
+}
+
+/// The status word of an answer (the `outcome` label of `bridge_commands_total`).
+pub(crate) fn outcome_of(response: &CommandResponse) -> &'static str {
+    match response {
+        CommandResponse::Succeeded { .. } => "succeeded",
+        CommandResponse::Queued { .. } => "queued",
+        CommandResponse::AwaitingConfirmation { .. } => "awaiting_confirmation",
+        CommandResponse::DeviceError { .. } => "device_error",
+        CommandResponse::Offline => "offline",
+        CommandResponse::BridgeLost => "bridge_lost",
+        _ => "timeout",
+    }
+}
+
+/// The `command_result` frame answering a user's `command` frame.
+pub(crate) fn result_frame(
+    request_id: bridge_protocol::RequestId,
+    device: DeviceId,
+    response: CommandResponse,
+) -> ServerToUser {
+    let mut result = CommandResult {
+        request_id: Some(request_id),
+        command_id: None,
+        device_id: device,
+        status: ResultStatus::Timeout,
+        payload: None,
+        error: None,
+    };
+    match response {
+        CommandResponse::Succeeded { payload, .. } => {
+            result.status = ResultStatus::Succeeded;
+            result.payload = Some(payload);
+        }
+        CommandResponse::Queued { command_id } => {
+            result.status = ResultStatus::Queued;
+            result.command_id = Some(command_id);
+        }
+        CommandResponse::AwaitingConfirmation { command_id } => {
+            result.status = ResultStatus::AwaitingConfirmation;
+            result.command_id = Some(command_id);
+        }
+        CommandResponse::DeviceError { error } => {
+            result.status = ResultStatus::DeviceError;
+            result.error = Some(error);
+        }
+        CommandResponse::Offline => result.status = ResultStatus::Offline,
+        CommandResponse::BridgeLost => result.status = ResultStatus::BridgeLost,
+        _ => result.status = ResultStatus::Timeout,
+    }
+    ServerToUser::CommandResult(result)
+}

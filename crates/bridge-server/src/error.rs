@@ -1,0 +1,130 @@
+//! HTTP error answers and the server's own errors.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bridge_protocol::http::ErrorBody;
+use bridge_protocol::{ErrorCode, ErrorFrame, ProtocolError, RequestId};
+use bridge_queue::{InvalidInput, StoreError};
+
+use crate::auth::AuthError;
+
+/// An error answer of the HTTP API: `{"error":{"code","message"}}` with its status.
+///
+/// The status is the code's status of PROTOCOL.md 4, except for a body over the size limit
+/// (413 with code `invalid_request`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status: status_of(code.http_status()),
+            body: ErrorBody::new(code, message),
+        }
+    }
+
+    pub(crate) fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub(crate) fn code(&self) -> ErrorCode {
+        self.body.error.code
+    }
+
+    /// The same refusal as an error frame answering a user's `command` frame.
+    pub(crate) fn to_frame(&self, request_id: Option<RequestId>) -> ErrorFrame {
+        ErrorFrame::new(
+            self.body.error.code,
+            self.body.error.message.clone(),
+            request_id,
+        )
+    }
+
+    pub(crate) fn from_store(error: &StoreError) -> Self {
+        match error {
+            StoreError::QueueFull { .. } => Self::new(ErrorCode::QueueFull, error.to_string()),
+            StoreError::Conflict { .. } => Self::new(ErrorCode::Conflict, error.to_string()),
+            StoreError::NotFound { .. } => Self::new(ErrorCode::NotFound, error.to_string()),
+            StoreError::InvalidInput(
+                InvalidInput::EmptyPayload | InvalidInput::PayloadTooLarge { .. },
+            ) => Self::new(ErrorCode::InvalidPayload, error.to_string()),
+            StoreError::InvalidInput(_) => Self::new(ErrorCode::InvalidRequest, error.to_string()),
+            _ => {
+                tracing::warn!(%error, "queue backend error");
+                Self::new(ErrorCode::Unavailable, error.to_string())
+            }
+        }
+    }
+}
+
+impl From<&ProtocolError> for ApiError {
+    fn from(error: &ProtocolError) -> Self {
+        Self::new(error.code, error.message.to_string())
+    }
+}
+
+impl From<&AuthError> for ApiError {
+    fn from(error: &AuthError) -> Self {
+        Self::new(error.code(), error.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json_response(self.status, &self.body)
+    }
+}
+
+fn status_of(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// A JSON response with `status`.
+pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut response = (status, bytes).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(error) => {
+            tracing::error!(%error, "could not serialize a response body");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// A JSON response whose status is a PROTOCOL.md number.
+pub(crate) fn json_with_code<T: serde::Serialize>(status: u16, body: &T) -> Response {
+    json_response(status_of(status), body)
+}
+
+/// Why a server could not be built or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The queue backend could not be opened.
+    #[error("cannot open the queue: {0}")]
+    Queue(#[from] StoreError),
+    /// The queue URL names a backend this build does not include.
+    #[error("the {backend} queue backend is not available: {reason}")]
+    BackendUnavailable {
+        /// The backend's name.
+        backend: &'static str,
+        /// Why (a missing cargo feature, not implemented yet).
+        reason: &'static str,
+    },
+    /// The device-type registry could not be loaded.
+    #[error("cannot load the device types: {0}")]
+    Registry(#[from] bridge_protocol::RegistryError),
+    /// Listening or serving failed.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}

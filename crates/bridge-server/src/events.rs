@@ -1,0 +1,100 @@
+//! What the server does with the hub's events.
+//!
+//! The hub's event sink only puts events on a channel; one task takes them off in order and
+//! acts: answers go to the session manager, lost bridges fail their pending commands at
+//! once, presence changes start delivery passes, user commands run on their own tasks.
+
+use std::sync::{Arc, Weak};
+
+use bridge_hub::{Frame, HubEvent};
+use bridge_protocol::{ErrorFrame, Role, ServerToUser};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::server::Core;
+use crate::{commands, delivery};
+
+/// Handles events until the hub (and with it the channel's sender) is gone.
+pub(crate) async fn dispatch(core: Weak<Core>, mut events: mpsc::UnboundedReceiver<HubEvent>) {
+    while let Some(event) = events.recv().await {
+        let Some(core) = core.upgrade() else { return };
+        handle(&core, event).await;
+    }
+}
+
+async fn handle(core: &Arc<Core>, event: HubEvent) {
+    match event {
+        HubEvent::BleResponse {
+            connection,
+            response,
+        } => {
+            if let Err(rejected) = core.session.handle_response(connection, response) {
+                let code = rejected.error_code();
+                core.metrics.frame_rejected(code);
+                let message = match code {
+                    bridge_protocol::ErrorCode::Forbidden => {
+                        "this request was sent to another connection or device"
+                    }
+                    _ => "no command is pending with this requestId",
+                };
+                let frame = Frame::from(ServerToUser::Error(ErrorFrame::new(
+                    code,
+                    message,
+                    Some(rejected.request_id),
+                )));
+                // The connection may be gone already; nothing else to tell it then.
+                let _ = core.hub.send_to_connection(connection, &frame).await;
+            }
+        }
+        HubEvent::DeviceReleased {
+            device_id,
+            connection,
+            ..
+        } => core.session.device_released(connection, &device_id),
+        HubEvent::ConnectionClosed {
+            connection,
+            role: Role::Bridge,
+            ..
+        } => core.session.connection_lost(connection),
+        HubEvent::DeviceOnline { device_id }
+        | HubEvent::BleStatusReported {
+            device_id,
+            connected: true,
+            ..
+        } => delivery::kick(core, &device_id),
+        HubEvent::UserCommand {
+            connection,
+            user_id,
+            command,
+        } => {
+            let core = Arc::clone(core);
+            let span = tracing::info_span!("user_command", %connection, user = %user_id);
+            tokio::spawn(
+                async move {
+                    let request_id = command.request_id;
+                    let device = command.device_id.clone();
+                    let frame =
+                        match commands::execute(&core, device.clone(), command.command).await {
+                            Ok(response) => {
+                                Frame::from(commands::result_frame(request_id, device, response))
+                            }
+                            Err(error) => {
+                                Frame::from(ServerToUser::Error(error.to_frame(Some(request_id))))
+                            }
+                        };
+                    if core
+                        .hub
+                        .send_to_connection(connection, &frame)
+                        .await
+                        .is_err()
+                    {
+                        tracing::debug!("the user connection closed before its command ended");
+                    }
+                }
+                .instrument(span),
+            );
+        }
+        HubEvent::FrameRejected { code, .. } => core.metrics.frame_rejected(code),
+        _ => {}
+    }
+}

@@ -1,0 +1,82 @@
+//! `bridge-server`: serves PROTOCOL.md on its embedded defaults (127.0.0.1:8080,
+//! development mode, a SQLite queue file in the working directory). `--help` lists every
+//! setting.
+
+use std::error::Error;
+
+use bridge_protocol::ConfigRegistry;
+use bridge_queue::StoreConfig;
+use bridge_server::{Cli, LogFormat, Server, ServerConfig, open_store};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(term) => term,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
+    let config = ServerConfig::from_cli(Cli::parse())?;
+    init_logs(config.log_format);
+
+    let registry = match &config.device_types {
+        Some(path) => ConfigRegistry::from_toml_file(path)?,
+        None => ConfigRegistry::example(),
+    };
+    let store_config = StoreConfig {
+        max_payload_bytes: config.max_payload_bytes,
+        ..StoreConfig::default()
+    };
+    let store = open_store(&config.queue, store_config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let addr = listener.local_addr()?;
+    let mode = if config.jwt_secret.is_some() {
+        "jwt"
+    } else {
+        "development"
+    };
+    tracing::info!(%addr, mode, queue = ?config.queue, "listening");
+    // The one line on stdout: where to connect (tests and scripts read it).
+    println!("bridge-server listening on http://{addr}");
+
+    let server = Server::builder(config)
+        .store(store)
+        .registry(registry)
+        .build();
+    server.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}

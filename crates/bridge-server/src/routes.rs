@@ -1,0 +1,306 @@
+//! The HTTP API of PROTOCOL.md 4 and the operational endpoints.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bridge_hub::Frame;
+use bridge_protocol::http::{
+    CommandList, CommandRequest, CommandStatus, DeviceList, DeviceSummary, DeviceTypeList,
+    DeviceView, EventAccepted, EventRequest,
+};
+use bridge_protocol::{AppEvent, CommandId, DeviceId, ErrorCode, ServerToUser};
+
+use crate::error::{ApiError, json_response, json_with_code};
+use crate::metrics::Gauges;
+use crate::server::Core;
+use crate::{commands, delivery, ws};
+
+pub(crate) fn router(core: Arc<Core>) -> Router {
+    let api = Router::new()
+        .route(
+            "/devices/{device_id}/commands",
+            post(post_command).get(list_commands),
+        )
+        .route("/devices/{device_id}", get(get_device))
+        .route("/devices", get(list_devices))
+        .route("/devices/{device_id}/events", post(post_event))
+        .route("/commands/{command_id}", get(get_command))
+        .route("/commands/{command_id}/confirm", post(confirm_command))
+        .route("/commands/{command_id}/cancel", post(cancel_command))
+        .route("/device-types", get(device_types))
+        .fallback(not_found)
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&core),
+            require_service,
+        ));
+    Router::new()
+        .route("/ws", get(ws::upgrade))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .nest("/v1", api)
+        .fallback(not_found)
+        .with_state(core)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
+}
+
+/// The `service` token check of every `/v1` route (open in development mode).
+async fn require_service(State(core): State<Arc<Core>>, request: Request, next: Next) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match core.auth.authenticate_service(authorization) {
+        Ok(_) => next.run(request).await,
+        Err(error) => ApiError::from(&error).into_response(),
+    }
+}
+
+/// Reads a body of at most the configured size as UTF-8 text.
+async fn read_body(core: &Core, body: Body) -> Result<String, ApiError> {
+    let limit = core.config.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::InvalidRequest,
+            format!("the body is over the limit of {limit} bytes"),
+        )
+        .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    })?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "the body is not UTF-8 text"))
+}
+
+fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
+    DeviceId::new(raw).map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))
+}
+
+fn command_id(raw: &str) -> Result<CommandId, ApiError> {
+    // An id that cannot be valid names no command.
+    CommandId::new(raw).map_err(|_| ApiError::new(ErrorCode::NotFound, "no such command"))
+}
+
+async fn post_command(
+    State(core): State<Arc<Core>>,
+    Path(device): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let device = device_id(&device)?;
+    let text = read_body(&core, body).await?;
+    let request = CommandRequest::from_json(&text, &core.limits).map_err(|e| ApiError::from(&e))?;
+    let response = commands::execute(&core, device, request).await?;
+    Ok(json_with_code(response.http_status(), &response))
+}
+
+async fn list_commands(
+    State(core): State<Arc<Core>>,
+    Path(device): Path<String>,
+) -> Result<Response, ApiError> {
+    let device = device_id(&device)?;
+    let open = core
+        .store
+        .list_open(&device)
+        .await
+        .map_err(|e| ApiError::from_store(&e))?;
+    let list = CommandList {
+        commands: open
+            .iter()
+            .map(bridge_queue::QueuedCommand::to_view)
+            .collect(),
+    };
+    Ok(json_response(StatusCode::OK, &list))
+}
+
+async fn get_device(
+    State(core): State<Arc<Core>>,
+    Path(device): Path<String>,
+) -> Result<Response, ApiError> {
+    let device = device_id(&device)?;
+    let presence = core.hub.device_presence(&device).await;
+    let pending = core
+        .store
+        .pending_count(&device)
+        .await
+        .map_err(|e| ApiError::from_store(&e))?;
+    let view = DeviceView {
+        device_id: device,
+        online: presence.online,
+        ble_connected: presence.ble_connected,
+        bridges: u32::try_from(presence.bridges).unwrap_or(u32::MAX),
+        pending_commands: pending,
+    };
+    Ok(json_response(StatusCode::OK, &view))
+}
+
+async fn list_devices(State(core): State<Arc<Core>>) -> Response {
+    let devices = core
+        .hub
+        .online_devices()
+        .await
+        .into_iter()
+        .map(|p| DeviceSummary {
+            device_id: p.device_id,
+            online: p.online,
+            ble_connected: p.ble_connected,
+        })
+        .collect();
+    json_response(StatusCode::OK, &DeviceList { devices })
+}
+
+async fn post_event(
+    State(core): State<Arc<Core>>,
+    Path(device): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let device = device_id(&device)?;
+    let text = read_body(&core, body).await?;
+    let event = EventRequest::from_json(&text).map_err(|e| ApiError::from(&e))?;
+    let frame = Frame::from(ServerToUser::Event(AppEvent {
+        event_type: event.event_type,
+        device_id: device.clone(),
+        data: event.data,
+    }));
+    let delivered = core.hub.broadcast(&device, &frame).await;
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &EventAccepted {
+            delivered: delivered as u64,
+        },
+    ))
+}
+
+async fn get_command(
+    State(core): State<Arc<Core>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = command_id(&id)?;
+    let command = core
+        .store
+        .get(&id)
+        .await
+        .map_err(|e| ApiError::from_store(&e))?;
+    Ok(json_response(StatusCode::OK, &command.to_view()))
+}
+
+async fn confirm_command(
+    State(core): State<Arc<Core>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = command_id(&id)?;
+    let command = core
+        .store
+        .confirm(&id)
+        .await
+        .map_err(|e| ApiError::from_store(&e))?;
+    tracing::info!(command_id = %id, "confirmed");
+    if command.status == CommandStatus::Pending
+        && core.hub.device_presence(&command.device).await.online
+    {
+        delivery::kick(&core, &command.device);
+    }
+    Ok(json_response(StatusCode::OK, &command.to_view()))
+}
+
+async fn cancel_command(
+    State(core): State<Arc<Core>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = command_id(&id)?;
+    let command = core
+        .store
+        .cancel(&id)
+        .await
+        .map_err(|e| ApiError::from_store(&e))?;
+    tracing::info!(command_id = %id, "cancelled");
+    delivery::announce(&core, &command).await;
+    Ok(json_response(StatusCode::OK, &command.to_view()))
+}
+
+async fn device_types(State(core): State<Arc<Core>>) -> Response {
+    json_response(StatusCode::OK, &DeviceTypeList::from(&*core.registry))
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(core): State<Arc<Core>>) -> Response {
+    match core.store.ping().await {
+        Ok(()) => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+        Err(error) => {
+            tracing::warn!(%error, "not ready: the queue backend does not answer");
+            ApiError::new(ErrorCode::Unavailable, error.to_string()).into_response()
+        }
+    }
+}
+
+async fn metrics(State(core): State<Arc<Core>>, request: Request) -> Response {
+    if core.config.metrics_require_token {
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if let Err(error) = core.auth.authenticate_service(authorization) {
+            return ApiError::from(&error).into_response();
+        }
+    }
+    let counts = core.hub.counts().await;
+    let mut gauges = Gauges {
+        user_connections: counts.user_connections,
+        bridge_connections: counts.bridge_connections,
+        devices_online: counts.devices_online,
+        commands_pending: core.session.pending(),
+        queue: Vec::new(),
+    };
+    gauges.queue = queue_gauges(&core).await;
+    let text = core.metrics.render(&gauges);
+    let mut response = (StatusCode::OK, text).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// Queued commands that are not final, by status, over the devices this process knows of
+/// (online, or with commands it queued or saw): the store has no global count.
+async fn queue_gauges(core: &Core) -> Vec<(&'static str, usize)> {
+    let mut devices: Vec<DeviceId> = core
+        .hub
+        .online_devices()
+        .await
+        .into_iter()
+        .map(|p| p.device_id)
+        .collect();
+    devices.extend(core.delivery.watched_devices());
+    devices.sort();
+    devices.dedup();
+    let statuses = [
+        CommandStatus::AwaitingConfirmation,
+        CommandStatus::Pending,
+        CommandStatus::Delivering,
+    ];
+    let mut counts = [0usize; 3];
+    for device in devices {
+        if let Ok(open) = core.store.list_open(&device).await {
+            for command in open {
+                if let Some(i) = statuses.iter().position(|s| *s == command.status) {
+                    counts[i] += 1;
+                }
+            }
+        }
+    }
+    statuses
+        .iter()
+        .zip(counts)
+        .map(|(s, n)| (s.as_str(), n))
+        .collect()
+}

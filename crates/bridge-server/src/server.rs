@@ -1,0 +1,279 @@
+//! Composition: [`ServerBuilder`] wires a hub, a session manager, a store and a registry
+//! into a [`Server`], whose [`Server::router`] serves PROTOCOL.md.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use bridge_hub::{GrantedSubscriptions, Hub, HubConfig, HubEvent, LocalHub, LocalHubBuilder};
+use bridge_protocol::{ConfigRegistry, Limits};
+use bridge_queue::{MemoryStore, Store, StoreConfig};
+use bridge_session::{SessionConfig, SessionManager};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::auth::Authenticator;
+use crate::config::ServerConfig;
+use crate::delivery::{Delivery, DeliveryConfig};
+use crate::metrics::Metrics;
+use crate::transport::HubTransport;
+use crate::{events, routes};
+
+type HubCustomizer = Box<dyn FnOnce(LocalHubBuilder) -> LocalHubBuilder + Send>;
+type HubWrapper = Box<dyn FnOnce(LocalHub) -> Arc<dyn Hub> + Send>;
+
+/// Everything the handlers share.
+pub(crate) struct Core {
+    pub(crate) hub: Arc<dyn Hub>,
+    pub(crate) local: LocalHub,
+    pub(crate) session: SessionManager<HubTransport>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) registry: Arc<ConfigRegistry>,
+    pub(crate) auth: Authenticator,
+    pub(crate) limits: Limits,
+    pub(crate) config: ServerConfig,
+    pub(crate) metrics: Metrics,
+    pub(crate) delivery: Delivery,
+}
+
+/// Builds a [`Server`].
+///
+/// Every part has a default: the hub is a [`LocalHub`] configured from the
+/// [`ServerConfig`]'s limits, the store a [`MemoryStore`], the registry the built-in example
+/// (`smart-lock`), authentication JWT when the config has a secret and development mode
+/// otherwise.
+#[must_use]
+pub struct ServerBuilder {
+    config: ServerConfig,
+    store: Option<Arc<dyn Store>>,
+    registry: Option<ConfigRegistry>,
+    hub_config: Option<HubConfig>,
+    customize_hub: Option<HubCustomizer>,
+    wrap_hub: Option<HubWrapper>,
+    session: SessionConfig,
+    delivery: Option<DeliveryConfig>,
+}
+
+impl std::fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerBuilder {
+    /// A builder for a server with `config`.
+    pub fn new(config: ServerConfig) -> Self {
+        Self {
+            config,
+            store: None,
+            registry: None,
+            hub_config: None,
+            customize_hub: None,
+            wrap_hub: None,
+            session: SessionConfig::default(),
+            delivery: None,
+        }
+    }
+
+    /// The offline queue (default: an in-memory store, lost with the process).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The device types (default: [`ConfigRegistry::example`], the `smart-lock` type).
+    pub fn registry(mut self, registry: ConfigRegistry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// The hub's limits and timings (default: those of the [`ServerConfig`]: frame size,
+    /// payload size, rate limit, subscriptions; [`HubConfig::default`] for the rest).
+    pub fn hub_config(mut self, config: HubConfig) -> Self {
+        self.hub_config = Some(config);
+        self
+    }
+
+    /// Adjusts the [`LocalHub`] before it is built, for example to install an
+    /// [`AccessPolicy`](bridge_hub::AccessPolicy) or a
+    /// [`SubscriptionSource`](bridge_hub::SubscriptionSource) (default: a user connection
+    /// starts subscribed to its token's `devices`). The server installs its own event sink
+    /// afterwards.
+    pub fn customize_hub(
+        mut self,
+        customize: impl FnOnce(LocalHubBuilder) -> LocalHubBuilder + Send + 'static,
+    ) -> Self {
+        self.customize_hub = Some(Box::new(customize));
+        self
+    }
+
+    /// Wraps the [`LocalHub`] in another [`Hub`] implementation (a cluster-aware one, for
+    /// example). The local hub still serves this process's sockets.
+    pub fn wrap_hub(
+        mut self,
+        wrap: impl FnOnce(LocalHub) -> Arc<dyn Hub> + Send + 'static,
+    ) -> Self {
+        self.wrap_hub = Some(Box::new(wrap));
+        self
+    }
+
+    /// The session manager's configuration.
+    pub fn session_config(mut self, config: SessionConfig) -> Self {
+        self.session = config;
+        self
+    }
+
+    /// How the offline queue is delivered (default: a pass every
+    /// [`ServerConfig::retry_interval_secs`]).
+    pub fn delivery(mut self, config: DeliveryConfig) -> Self {
+        self.delivery = Some(config);
+        self
+    }
+
+    /// Builds the server. Must be called inside a Tokio runtime: it starts the session
+    /// manager's timer, the hub event dispatcher and the delivery timer.
+    pub fn build(self) -> Server {
+        let config = self.config;
+        let limits = Limits {
+            max_payload_bytes: config.max_payload_bytes,
+        };
+        let hub_config = self.hub_config.unwrap_or_else(|| {
+            let mut hub = HubConfig::default();
+            hub.max_frame_bytes = config.max_frame_bytes;
+            hub.protocol_limits = limits;
+            hub.rate_limit.per_second = f64::from(config.rate_per_second);
+            hub.rate_limit.burst = config.rate_burst;
+            hub.max_subscriptions = config.max_subscriptions;
+            hub
+        });
+        let (events_tx, events_rx) = mpsc::unbounded_channel::<HubEvent>();
+        let mut hub_builder = LocalHub::builder()
+            .config(hub_config)
+            .subscriptions(GrantedSubscriptions);
+        if let Some(customize) = self.customize_hub {
+            hub_builder = customize(hub_builder);
+        }
+        let local = hub_builder
+            .events(move |event: HubEvent| {
+                // The receiver only goes away with the server.
+                let _ = events_tx.send(event);
+            })
+            .build();
+        let hub: Arc<dyn Hub> = match self.wrap_hub {
+            Some(wrap) => wrap(local.clone()),
+            None => Arc::new(local.clone()),
+        };
+        let registry = Arc::new(self.registry.unwrap_or_else(ConfigRegistry::example));
+        let store = self.store.unwrap_or_else(|| {
+            Arc::new(MemoryStore::new(StoreConfig {
+                max_payload_bytes: config.max_payload_bytes,
+                ..StoreConfig::default()
+            }))
+        });
+        let transport = Arc::new(HubTransport::new(Arc::clone(&hub)));
+        let session = SessionManager::new(transport, Arc::clone(&registry), &self.session);
+        let auth = match config.jwt_secret.as_deref() {
+            Some(secret) => Authenticator::jwt(secret.as_bytes()),
+            None => Authenticator::development(),
+        };
+        let delivery_config = self.delivery.unwrap_or_else(|| {
+            DeliveryConfig::default()
+                .retry_interval(Duration::from_secs(config.retry_interval_secs.max(1)))
+        });
+        let core = Arc::new(Core {
+            hub,
+            local,
+            session,
+            store,
+            registry,
+            auth,
+            limits,
+            config,
+            metrics: Metrics::new(),
+            delivery: Delivery::new(delivery_config),
+        });
+        tokio::spawn(events::dispatch(Arc::downgrade(&core), events_rx));
+        tokio::spawn(crate::delivery::run_timer(Arc::downgrade(&core)));
+        Server { core }
+    }
+}
+
+/// A composed bridge server. Cheap to clone.
+#[derive(Clone)]
+pub struct Server {
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").finish_non_exhaustive()
+    }
+}
+
+/// What [`Server::shutdown`] does with connections that do not close in time.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+impl Server {
+    /// A builder with every default.
+    pub fn builder(config: ServerConfig) -> ServerBuilder {
+        ServerBuilder::new(config)
+    }
+
+    /// The routes of PROTOCOL.md: `GET /ws`, `/v1/...`, `/healthz`, `/readyz`, `/metrics`.
+    /// Mount it in an application's router, or serve it with [`Server::serve`].
+    ///
+    /// `/ws` needs a connection that supports HTTP/1.1 upgrades (as `axum::serve` gives).
+    pub fn router(&self) -> Router {
+        routes::router(Arc::clone(&self.core))
+    }
+
+    /// The hub, to send frames and read presence from the embedding application.
+    pub fn hub(&self) -> &Arc<dyn Hub> {
+        &self.core.hub
+    }
+
+    /// The offline queue.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.core.store
+    }
+
+    /// Closes every WebSocket with 1001 (waiting up to a few seconds for them to go), so
+    /// that commands pending through them fail with `bridge_lost` and queued deliveries go
+    /// back to `pending`; stops the delivery engine. Call it when the application that
+    /// mounted [`Server::router`] shuts down; [`Server::serve`] calls it on its own.
+    pub async fn shutdown(&self) {
+        self.core.delivery.stop();
+        let report = self.core.local.shutdown(SHUTDOWN_GRACE).await;
+        tracing::info!(
+            closed = report.closed,
+            still_running = report.still_running,
+            "WebSocket connections closed"
+        );
+    }
+
+    /// Serves [`Server::router`] on `listener` until `shutdown` completes, then shuts down
+    /// gracefully: stops accepting, closes every WebSocket with 1001, lets in-flight HTTP
+    /// requests finish (a command waiting on a bridge that just closed ends `bridge_lost`),
+    /// and ends what is still pending in the session manager.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let router = self.router();
+        let server = self.clone();
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                server.shutdown().await;
+            })
+            .await?;
+        self.core.session.shutdown();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}

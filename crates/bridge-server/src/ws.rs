@@ -1,0 +1,141 @@
+//! `GET /ws`: authentication before the upgrade, then the connection goes to the hub.
+//!
+//! The upgrade is done with hyper's upgrade mechanism and
+//! `tokio_tungstenite::WebSocketStream::from_raw_socket`, not axum's `WebSocketUpgrade`:
+//! the hub serves tungstenite messages, so the socket it gets is tungstenite's own stream,
+//! with [`HubConfig::websocket_config`](bridge_hub::HubConfig::websocket_config) applied
+//! exactly (1 KiB read buffer, frame size limit enforced before buffering), and no message
+//! conversion between two WebSocket libraries on every frame.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bridge_hub::{ConnectionInfo, DeviceAccess, UserId};
+use bridge_protocol::{ErrorCode, Role};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol;
+use tracing::Instrument;
+
+use crate::auth::{DeviceGrant, UpgradeRequest};
+use crate::error::ApiError;
+use crate::server::Core;
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+pub(crate) async fn upgrade(State(core): State<Arc<Core>>, mut request: Request) -> Response {
+    if !core.local.is_accepting() {
+        return ApiError::new(ErrorCode::Unavailable, "the server is shutting down")
+            .into_response();
+    }
+    let query = match Query::<Vec<(String, String)>>::try_from_uri(request.uri()) {
+        Ok(Query(query)) => query,
+        Err(error) => {
+            return ApiError::new(ErrorCode::InvalidRequest, error.body_text()).into_response();
+        }
+    };
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let identity = match core.auth.authenticate_ws(&UpgradeRequest {
+        authorization,
+        query,
+    }) {
+        Ok(identity) => identity,
+        Err(error) => {
+            tracing::info!(%error, "WebSocket refused");
+            return ApiError::from(&error).into_response();
+        }
+    };
+
+    let headers = request.headers();
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let is_upgrade = request.method() == Method::GET
+        && header_has_token(headers, header::CONNECTION, "upgrade")
+        && header_has_token(headers, header::UPGRADE, "websocket");
+    let (true, Some(key)) = (is_upgrade, key) else {
+        return ApiError::new(
+            ErrorCode::InvalidRequest,
+            "expected a WebSocket upgrade request",
+        )
+        .with_status(StatusCode::UPGRADE_REQUIRED)
+        .into_response();
+    };
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        let mut response = ApiError::new(
+            ErrorCode::InvalidRequest,
+            "only WebSocket version 13 is supported",
+        )
+        .with_status(StatusCode::UPGRADE_REQUIRED)
+        .into_response();
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return response;
+    }
+
+    let principal = identity.principal;
+    let access = match principal.devices {
+        DeviceGrant::All => DeviceAccess::All,
+        DeviceGrant::Only(set) => DeviceAccess::only(set),
+    };
+    let user = UserId::new(&principal.subject);
+    let mut info = if principal.role == Role::Bridge {
+        ConnectionInfo::bridge(user, identity.initial_devices, access)
+    } else {
+        ConnectionInfo::user(user, access)
+    };
+    if let Some(exp) = principal.expires_at {
+        info = info.with_expiry(SystemTime::UNIX_EPOCH + Duration::from_secs(exp));
+    }
+
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let hub = core.local.clone();
+    let ws_config = hub.config().websocket_config();
+    tokio::spawn(
+        async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let socket = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        protocol::Role::Server,
+                        Some(ws_config),
+                    )
+                    .await;
+                    let reason = hub.serve(socket, info).await;
+                    tracing::debug!(reason = reason.as_str(), "connection ended");
+                }
+                Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
+            }
+        }
+        .in_current_span(),
+    );
+
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    response
+}
