@@ -41,7 +41,7 @@ pub struct DeliveryConfig {
     /// leases), announces commands found expired, and starts a pass for every online device
     /// with something to deliver.
     pub retry_interval: Duration,
-    /// How much longer than the command's timeout a lease lasts (default 5 s). A lease the
+    /// How much longer than the command's timeout a lease lasts (default 2 s). A lease the
     /// server could not end (it crashed) lapses after that, and the command is delivered
     /// again.
     pub lease_grace: Duration,
@@ -53,7 +53,7 @@ impl Default for DeliveryConfig {
     fn default() -> Self {
         Self {
             retry_interval: Duration::from_secs(30),
-            lease_grace: Duration::from_secs(5),
+            lease_grace: Duration::from_secs(2),
             max_due_devices: 10_000,
         }
     }

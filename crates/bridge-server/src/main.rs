@@ -3,6 +3,7 @@
 //! setting.
 
 use std::error::Error;
+use std::process::ExitCode;
 
 use bridge_protocol::ConfigRegistry;
 use bridge_queue::StoreConfig;
@@ -48,8 +49,24 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn Error + Send + Sync>> {
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("bridge-server: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bridge-server: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
     let config = ServerConfig::from_cli(Cli::parse())?;
     init_logs(config.log_format);
 

@@ -1,0 +1,161 @@
+//! PROTOCOL.md 1: JWT roles and device claims, refusals before the upgrade.
+
+use std::time::Duration;
+
+use bridge_hub::HubConfig;
+use bridge_server::ServerConfig;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_refusals_come_before_the_upgrade_with_401_or_403() {
+    let server = TestServer::start_authenticated().await;
+    let url = server.ws_url("");
+
+    let (status, body) = refused_upgrade(&url, None).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized");
+
+    let (status, _) = refused_upgrade(&url, Some("not-a-jwt")).await;
+    assert_eq!(status, 401);
+
+    let expired = token("alice", "user", None, -60);
+    let (status, body) = refused_upgrade(&url, Some(&expired)).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized");
+
+    let mut forged = token("alice", "user", None, 3600);
+    forged.push('x');
+    let (status, _) = refused_upgrade(&url, Some(&forged)).await;
+    assert_eq!(status, 401);
+
+    let service = token("backend", "service", None, 3600);
+    let (status, body) = refused_upgrade(&url, Some(&service)).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "forbidden");
+
+    let bridge = token("phone", "bridge", Some(&["lock-1"]), 3600);
+    let (status, body) = refused_upgrade(&server.ws_url("deviceId=lock-2"), Some(&bridge)).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "forbidden");
+
+    // Development-mode parameters give nothing in authenticated mode.
+    let (status, _) = refused_upgrade(&server.ws_url("userId=alice&deviceId=lock-1"), None).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_needs_a_service_token() {
+    let server = TestServer::start_authenticated().await;
+    let plain = reqwest::Client::new();
+    let url = server.url("/v1/devices/lock-1");
+
+    let response = plain.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+
+    let user = token("alice", "user", Some(&["lock-1"]), 3600);
+    let response = plain.get(&url).bearer_auth(user).send().await.unwrap();
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "forbidden");
+
+    let (status, _) = server.get("/v1/devices/lock-1").await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_configured_to_need_a_service_token() {
+    let mut config = ServerConfig::default();
+    config.jwt_secret = Some(SECRET.into());
+    config.metrics_require_token = true;
+    let server = TestServer::start_with(config, |b| b).await;
+    let plain = reqwest::Client::new();
+    let response = plain.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let response = plain
+        .get(server.url("/metrics"))
+        .bearer_auth(token("backend", "service", None, 60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_token_watches_and_commands_only_its_devices() {
+    let server = TestServer::start_authenticated().await;
+    let user_token = token("alice", "user", Some(&["lock-1"]), 3600);
+    // The token's devices are the initial subscriptions; a `deviceId` parameter on a user
+    // token does not make it a bridge.
+    let mut alice = Ws::connect_with(&server.ws_url("deviceId=lock-2"), Some(&user_token)).await;
+    assert_eq!(
+        alice.recv().await,
+        json!({"type":"device_status","deviceId":"lock-1","online":false,"bleConnected":null})
+    );
+    let (_, view) = server.get("/v1/devices/lock-2").await;
+    assert_eq!(view["bridges"], 0);
+
+    alice
+        .send(json!({"type":"subscribe","requestId":"s-1","deviceId":"lock-2"}))
+        .await;
+    let error = alice.recv().await;
+    assert_eq!(error["code"], "forbidden");
+    assert_eq!(error["requestId"], "s-1");
+
+    alice
+        .send(json!({"type":"command","requestId":"c-1","deviceId":"lock-2","payload":"01"}))
+        .await;
+    let error = alice.recv().await;
+    assert_eq!(error["code"], "forbidden");
+    assert_eq!(error["requestId"], "c-1");
+
+    alice
+        .send(json!({"type":"command","requestId":"c-2","deviceId":"lock-1","payload":"01"}))
+        .await;
+    assert_eq!(alice.recv().await["status"], "offline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_token_bridges_only_its_devices_and_works_as_a_query_parameter() {
+    let server = TestServer::start_authenticated().await;
+    let bridge_token = token("phone", "bridge", Some(&["lock-1", "lock-2"]), 3600);
+    let url = server.ws_url(&format!("token={bridge_token}&deviceId=lock-1"));
+    let mut bridge = Bridge {
+        ws: Ws::connect(&url).await,
+    };
+    server.wait_online("lock-1", 1).await;
+
+    // Claiming a granted device with ble_status works; any other is forbidden.
+    bridge.status("lock-2", true, None).await;
+    bridge.status("lock-3", true, None).await;
+    let error = bridge.ws.recv().await;
+    assert_eq!(error["code"], "forbidden");
+    server.wait_online("lock-2", 1).await;
+    let (_, view) = server.get("/v1/devices/lock-3").await;
+    assert_eq!(view["online"], false);
+
+    let call = server.command("lock-2", json!({"payload":"01"}));
+    let answer = async {
+        let write = bridge.next_write().await;
+        bridge.answer(&write, "01").await;
+    };
+    let ((status, _), ()) = tokio::join!(call, answer);
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_while_connected_is_closed_with_1008() {
+    let mut config = ServerConfig::default();
+    config.jwt_secret = Some(SECRET.into());
+    let mut hub = HubConfig::default();
+    hub.ping_interval = Duration::from_millis(200);
+    let server = TestServer::start_with(config, |b| b.hub_config(hub)).await;
+    let short = token("alice", "user", None, 2);
+    let mut alice = Ws::connect_with(&server.ws_url(""), Some(&short)).await;
+    let close = alice.closed().await.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Policy);
+}

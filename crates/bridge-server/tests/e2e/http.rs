@@ -1,0 +1,407 @@
+//! PROTOCOL.md 4.1, 4.3 and 4.4 over real HTTP, with raw WebSocket bridges.
+
+use bridge_protocol::ConfigRegistry;
+use bridge_queue::{MemoryStore, StoreConfig};
+use bridge_server::ServerConfig;
+use serde_json::json;
+use std::sync::Arc;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_endpoints_answer_without_a_token() {
+    let server = TestServer::start_authenticated().await;
+    let plain = reqwest::Client::new();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let response = plain.get(server.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_types_list_the_built_in_smart_lock_as_default() {
+    let server = TestServer::start().await;
+    let (status, body) = server.get("/v1/device-types").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"deviceTypes":[{"deviceType":"smart-lock",
+            "serviceUuid":"0000fff0-0000-1000-8000-00805f9b34fb",
+            "writeUuid":"0000fff1-0000-1000-8000-00805f9b34fb",
+            "listenUuid":"0000fff2-0000-1000-8000-00805f9b34fb"}],
+            "defaultType":"smart-lock"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_to_an_online_device_returns_its_answer() {
+    let server = TestServer::start().await;
+    let mut bridge = Bridge::connect(&server, "phone", &["lock-1"]).await;
+    server.wait_online("lock-1", 1).await;
+
+    let call = server.command("lock-1", json!({"payload":"AABB","timeoutMs":30000}));
+    let answer = async {
+        let write = bridge.next_write().await;
+        assert_eq!(write["deviceId"], "lock-1");
+        assert_eq!(write["deviceType"], "smart-lock");
+        assert_eq!(write["serviceUuid"], "0000fff0-0000-1000-8000-00805f9b34fb");
+        assert_eq!(write["writeUuid"], "0000fff1-0000-1000-8000-00805f9b34fb");
+        assert_eq!(write["listenUuid"], "0000fff2-0000-1000-8000-00805f9b34fb");
+        assert_eq!(write["payload"], "aabb", "payloads go out lower-case");
+        assert!(write["timeoutMs"].as_u64().unwrap() <= 30000);
+        bridge.answer(&write, "01").await;
+        write
+    };
+    let ((status, body), write) = tokio::join!(call, answer);
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "succeeded");
+    assert_eq!(body["payload"], "01");
+    assert_eq!(body["requestId"], write["requestId"]);
+    assert!(body["latencyMs"].is_u64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_error_is_502() {
+    let server = TestServer::start().await;
+    let mut bridge = Bridge::connect(&server, "phone", &["lock-1"]).await;
+    server.wait_online("lock-1", 1).await;
+    let call = server.command("lock-1", json!({"payload":"01"}));
+    let answer = async {
+        let write = bridge.next_write().await;
+        bridge.fail(&write, "gatt_write_failed").await;
+    };
+    let ((status, body), ()) = tokio::join!(call, answer);
+    assert_eq!(status, 502);
+    assert_eq!(
+        body,
+        json!({"status":"device_error","error":"gatt_write_failed"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_device_is_503_offline_unless_the_command_may_queue() {
+    let server = TestServer::start().await;
+    let (status, body) = server.command("lock-1", json!({"payload":"01"})).await;
+    assert_eq!((status, body), (503, json!({"status":"offline"})));
+
+    let (status, body) = server
+        .command(
+            "lock-1",
+            json!({"payload":"01","ifOffline":"queue","commandType":"unlock"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert_eq!(body["status"], "queued");
+    assert!(body["commandId"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answer_within_timeout_is_504() {
+    let server = TestServer::start().await;
+    let mut bridge = Bridge::connect(&server, "phone", &["lock-1"]).await;
+    server.wait_online("lock-1", 1).await;
+    let call = server.command("lock-1", json!({"payload":"01","timeoutMs":200}));
+    let ((status, body), _write) = tokio::join!(call, bridge.next_write());
+    assert_eq!((status, body), (504, json!({"status":"timeout"})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_closing_fails_its_pending_command_at_once_with_bridge_lost() {
+    let server = TestServer::start().await;
+    let mut bridge = Bridge::connect(&server, "phone", &["lock-1"]).await;
+    server.wait_online("lock-1", 1).await;
+    // A minute-long timeout: the test finishing at all shows nobody waited for it.
+    let call = server.command("lock-1", json!({"payload":"01","timeoutMs":60000}));
+    let drop_bridge = async move {
+        bridge.next_write().await;
+        bridge.ws.close().await;
+    };
+    let ((status, body), ()) = tokio::join!(call, drop_bridge);
+    assert_eq!((status, body), (503, json!({"status":"bridge_lost"})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_releasing_the_device_fails_its_pending_command_at_once() {
+    let server = TestServer::start().await;
+    let mut bridge = Bridge::connect(&server, "phone", &["lock-1"]).await;
+    server.wait_online("lock-1", 1).await;
+    let call = server.command("lock-1", json!({"payload":"01","timeoutMs":60000}));
+    let release = async {
+        let write = bridge.next_write().await;
+        bridge
+            .ws
+            .send(json!({"type":"release","deviceId":"lock-1"}))
+            .await;
+        write
+    };
+    let ((status, body), write) = tokio::join!(call, release);
+    assert_eq!((status, body), (503, json!({"status":"bridge_lost"})));
+    // The answer that comes too late resolves nothing.
+    bridge.answer(&write, "01").await;
+    let error = bridge.ws.recv().await;
+    assert_eq!(error["code"], "unknown_request");
+    assert_eq!(error["requestId"], write["requestId"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_command_bodies_are_refused_with_the_right_code_and_status() {
+    let server = TestServer::start().await;
+    let big = "00".repeat(513);
+    let cases = [
+        ("not json".to_owned(), 400, "invalid_request"),
+        ("[1,2]".to_owned(), 400, "invalid_request"),
+        (json!({}).to_string(), 400, "invalid_request"),
+        (json!({"payload":"abc"}).to_string(), 400, "invalid_payload"),
+        (json!({"payload":"zz"}).to_string(), 400, "invalid_payload"),
+        (json!({"payload":7}).to_string(), 400, "invalid_payload"),
+        (json!({"payload": big}).to_string(), 400, "invalid_payload"),
+        (
+            json!({"payload":"01","timeoutMs":0}).to_string(),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"payload":"01","timeoutMs":120_001}).to_string(),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"payload":"01","timeoutMs":"fast"}).to_string(),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"payload":"01","ifOffline":"queue"}).to_string(),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"payload":"01","ifOffline":"maybe"}).to_string(),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"payload":"01","requiresConfirmation":true}).to_string(),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"payload":"01","ttlSeconds":0,"ifOffline":"queue","commandType":"a"})
+                .to_string(),
+            400,
+            "invalid_request",
+        ),
+        (
+            json!({"payload":"01","deviceType":"toaster"}).to_string(),
+            404,
+            "unknown_device_type",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got_status, got) = server
+            .post_raw("/v1/devices/lock-1/commands", body.clone())
+            .await;
+        assert_eq!(got_status, status, "{body} -> {got}");
+        assert_eq!(got["error"]["code"], code, "{body} -> {got}");
+        assert!(got["error"]["message"].is_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_413_and_a_bad_device_id_is_400() {
+    let mut config = ServerConfig::default();
+    config.max_body_bytes = 256;
+    let server = TestServer::start_with(config, |b| b).await;
+    let body = json!({"payload":"01","commandType":"x".repeat(300)}).to_string();
+    let (status, error) = server.post_raw("/v1/devices/lock-1/commands", body).await;
+    assert_eq!(status, 413);
+    assert_eq!(error["error"]["code"], "invalid_request");
+
+    let long_id = "d".repeat(200);
+    let (status, error) = server.get(&format!("/v1/devices/{long_id}")).await;
+    assert_eq!(status, 400);
+    assert_eq!(error["error"]["code"], "invalid_request");
+
+    let (status, error) = server.get("/v1/nothing-here").await;
+    assert_eq!(status, 404);
+    assert_eq!(error["error"]["code"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_default_type_a_command_must_name_one() {
+    let mut registry = ConfigRegistry::new();
+    registry.insert(
+        bridge_protocol::DeviceType::new("thermostat").unwrap(),
+        bridge_protocol::DeviceConfig::SMART_LOCK,
+    );
+    let server = TestServer::start_with(ServerConfig::default(), |b| b.registry(registry)).await;
+    let (status, body) = server.command("t-1", json!({"payload":"01"})).await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_request");
+    let (status, body) = server
+        .command("t-1", json!({"payload":"01","deviceType":"thermostat"}))
+        .await;
+    assert_eq!((status, body), (503, json!({"status":"offline"})));
+    let (_, types) = server.get("/v1/device-types").await;
+    assert_eq!(types["defaultType"], serde_json::Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_device_queue_is_429_queue_full() {
+    let store = Arc::new(MemoryStore::new(StoreConfig {
+        max_open_per_device: 2,
+        ..StoreConfig::default()
+    }));
+    let server = TestServer::start_with(ServerConfig::default(), |b| b.store(store)).await;
+    for kind in ["a", "b"] {
+        let (status, _) = server
+            .command(
+                "lock-1",
+                json!({"payload":"01","ifOffline":"queue","commandType":kind}),
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    let (status, body) = server
+        .command(
+            "lock-1",
+            json!({"payload":"01","ifOffline":"queue","commandType":"c"}),
+        )
+        .await;
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "queue_full");
+    // Updating one in place is not one more.
+    let (status, _) = server
+        .command(
+            "lock-1",
+            json!({"payload":"02","ifOffline":"queue","commandType":"a"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_views_show_presence_link_bridges_and_queue() {
+    let server = TestServer::start().await;
+    let (status, view) = server.get("/v1/devices/lock-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        view,
+        json!({"deviceId":"lock-1","online":false,"bleConnected":null,"bridges":0,"pendingCommands":0})
+    );
+    server
+        .command(
+            "lock-1",
+            json!({"payload":"01","requiresConfirmation":true,"commandType":"unlock"}),
+        )
+        .await;
+
+    let mut a = Bridge::connect(&server, "phone-a", &["lock-1"]).await;
+    let _b = Bridge::connect(&server, "phone-b", &["lock-1"]).await;
+    a.status("lock-1", true, Some(-40)).await;
+    let view = server
+        .wait_device("lock-1", |v| v["bridges"] == 2 && v["bleConnected"] == true)
+        .await;
+    assert_eq!(
+        view,
+        json!({"deviceId":"lock-1","online":true,"bleConnected":true,"bridges":2,"pendingCommands":1})
+    );
+    let (_, list) = server.get("/v1/devices").await;
+    assert_eq!(
+        list,
+        json!({"devices":[{"deviceId":"lock-1","online":true,"bleConnected":true}]})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_reach_every_subscribed_user_connection() {
+    let server = TestServer::start().await;
+    let mut tab1 = user(&server, "alice").await;
+    let mut tab2 = user(&server, "alice").await;
+    let mut other = user(&server, "bob").await;
+    subscribe(&mut tab1, "lock-1").await;
+    subscribe(&mut tab2, "lock-1").await;
+    subscribe(&mut other, "lock-2").await;
+
+    let (status, body) = server
+        .post(
+            "/v1/devices/lock-1/events",
+            &json!({"type":"state_changed","data":{"locked":false}}),
+        )
+        .await;
+    assert_eq!((status, body), (202, json!({"delivered":2})));
+    let expected = json!({"type":"state_changed","deviceId":"lock-1","data":{"locked":false}});
+    assert_eq!(tab1.recv().await, expected);
+    assert_eq!(tab2.recv().await, expected);
+
+    let (status, body) = server
+        .post(
+            "/v1/devices/lock-1/events",
+            &json!({"type":"command_result"}),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_request");
+    let (status, body) = server
+        .post("/v1/devices/lock-1/events", &json!({"data":{}}))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_the_series_of_section_4_4() {
+    let server = TestServer::start().await;
+    let mut bridge = Bridge::connect(&server, "phone", &["lock-1"]).await;
+    let _user = user(&server, "alice").await;
+    server.wait_online("lock-1", 1).await;
+    let call = server.command("lock-1", json!({"payload":"01"}));
+    let answer = async {
+        let write = bridge.next_write().await;
+        bridge.answer(&write, "02").await;
+    };
+    tokio::join!(call, answer);
+    server.command("lock-2", json!({"payload":"01"})).await;
+    server
+        .command(
+            "lock-2",
+            json!({"payload":"01","ifOffline":"queue","commandType":"unlock"}),
+        )
+        .await;
+    bridge.ws.send_text("not json").await;
+    bridge.ws.recv().await;
+
+    let (status, text) = server.get_text("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "bridge_connections{role=\"bridge\"} 1",
+        "bridge_connections{role=\"user\"} 1",
+        "bridge_devices_online 1",
+        "bridge_commands_total{outcome=\"succeeded\"} 1",
+        "bridge_commands_total{outcome=\"offline\"} 1",
+        "bridge_commands_total{outcome=\"queued\"} 1",
+        "bridge_commands_pending 0",
+        "bridge_command_duration_seconds_count 1",
+        "bridge_queue_commands{status=\"pending\"} 1",
+        "bridge_frames_rejected_total{code=\"invalid_message\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_in_one_process_keep_their_own_metrics() {
+    let first = TestServer::start().await;
+    let second = TestServer::start().await;
+    first.command("lock-1", json!({"payload":"01"})).await;
+    let (_, text) = second.get_text("/metrics").await;
+    assert!(
+        !text.contains("bridge_commands_total{outcome=\"offline\"}"),
+        "{text}"
+    );
+    let (_, text) = first.get_text("/metrics").await;
+    assert!(text.contains("bridge_commands_total{outcome=\"offline\"} 1"));
+}

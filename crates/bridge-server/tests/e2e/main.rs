@@ -1,0 +1,11 @@
+//! End-to-end tests: the real server over loopback, real HTTP and WebSocket clients.
+
+// Test scaffolding: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, unreachable_pub, dead_code)]
+
+mod auth;
+mod http;
+mod process;
+mod queue;
+mod support;
+mod ws;

@@ -1,0 +1,177 @@
+//! The `bridge-server` binary: durability across SIGKILL, graceful shutdown, refusals.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::support::*;
+
+/// A `bridge-server` process on a free loopback port.
+struct Process {
+    child: Child,
+    client: TestServer,
+}
+
+impl Process {
+    async fn start(dir: &Path, extra: &[&str]) -> Self {
+        let queue = format!("sqlite://{}", dir.join("queue.sqlite").display());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bridge-server"))
+            .args(["--listen", "127.0.0.1:0", "--queue", &queue])
+            .args(extra)
+            .current_dir(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(PATIENCE, lines.next_line())
+            .await
+            .expect("the server starts in time")
+            .unwrap()
+            .expect("the server prints its address");
+        let addr = line
+            .rsplit("http://")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        Self {
+            child,
+            client: TestServer::client_for(addr),
+        }
+    }
+
+    async fn kill(mut self) {
+        // SIGKILL: nothing is flushed or closed by the server.
+        self.child.kill().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_commands_survive_sigkill_and_are_all_delivered_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::start(dir.path(), &[]).await;
+    let mut queued = Vec::new();
+    for (kind, payload) in [("unlock", "01"), ("status", "03"), ("lock", "02")] {
+        let (status, body) = server
+            .client
+            .command(
+                "lock-1",
+                json!({"payload":payload,"ifOffline":"queue","commandType":kind}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        queued.push((body["commandId"].as_str().unwrap().to_owned(), payload));
+    }
+    let (_, body) = server
+        .client
+        .command(
+            "lock-1",
+            json!({"payload":"0c","requiresConfirmation":true,"commandType":"reset"}),
+        )
+        .await;
+    let awaiting = body["commandId"].as_str().unwrap().to_owned();
+    server.kill().await;
+
+    let server = Process::start(dir.path(), &[]).await;
+    let mut bridge = Bridge::connect(&server.client, "phone", &["lock-1"]).await;
+    for (id, payload) in &queued {
+        let write = assert_first_write(&mut bridge, payload).await;
+        bridge.answer(&write, "80").await;
+        let view = server.client.wait_command_status(id, "succeeded").await;
+        assert_eq!(view["attempts"], 1);
+    }
+    // Still waiting for its confirmation: confirmed now, delivered now.
+    let (_, view) = server.client.get(&format!("/v1/commands/{awaiting}")).await;
+    assert_eq!(view["status"], "awaiting_confirmation");
+    let (status, _) = server
+        .client
+        .post(&format!("/v1/commands/{awaiting}/confirm"), &json!({}))
+        .await;
+    assert_eq!(status, 200);
+    let write = assert_first_write(&mut bridge, "0c").await;
+    bridge.answer(&write, "80").await;
+    server
+        .client
+        .wait_command_status(&awaiting, "succeeded")
+        .await;
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_cut_off_by_sigkill_is_delivered_again_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::start(dir.path(), &[]).await;
+    let (_, body) = server
+        .client
+        .command(
+            "lock-1",
+            json!({"payload":"01","ifOffline":"queue","commandType":"unlock","timeoutMs":1000}),
+        )
+        .await;
+    let id = body["commandId"].as_str().unwrap().to_owned();
+    let mut bridge = Bridge::connect(&server.client, "phone", &["lock-1"]).await;
+    bridge.next_write().await;
+    server.client.wait_command_status(&id, "delivering").await;
+    server.kill().await;
+
+    // The lease lapses (timeout plus grace) and the retry tick hands the command out again.
+    let server = Process::start(dir.path(), &["--retry-interval-secs", "1"]).await;
+    let mut bridge = Bridge::connect(&server.client, "phone", &["lock-1"]).await;
+    let write = bridge.next_write().await;
+    assert_eq!(write["payload"], "01");
+    bridge.answer(&write, "81").await;
+    let view = server.client.wait_command_status(&id, "succeeded").await;
+    assert_eq!(view["attempts"], 2);
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_websockets_with_1001_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Process::start(dir.path(), &[]).await;
+    let mut alice = user(&server.client, "alice").await;
+    let mut bridge = Bridge::connect(&server.client, "phone", &["lock-1"]).await;
+    bridge.sync().await;
+    alice.send(json!({"type":"ping"})).await;
+    alice.recv().await;
+
+    let pid = server.child.id().unwrap().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    for ws in [&mut alice, &mut bridge.ws] {
+        let close = ws.closed().await.expect("a close frame");
+        assert_eq!(close.code, CloseCode::Away);
+    }
+    let exit = tokio::time::timeout(PATIENCE, server.child.wait())
+        .await
+        .expect("the server exits in time")
+        .unwrap();
+    assert!(exit.success(), "{exit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_refuses_a_public_address_without_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_bridge-server"))
+        .args(["--listen", "0.0.0.0:0", "--queue", "memory://"])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--allow-unauthenticated"), "{stderr}");
+}
