@@ -68,15 +68,16 @@ where
         unflushed: false,
     };
 
-    let mut events = Vec::new();
-    let registered = inner.state.write().register(
-        &outbox,
-        info.role(),
-        info.user_id(),
-        info.connect_devices(),
-        config.max_held_devices,
-        &mut events,
-    );
+    let registered = inner.mutate(|state, events| {
+        state.register(
+            &outbox,
+            info.role(),
+            info.user_id(),
+            info.connect_devices(),
+            config.max_held_devices,
+            events,
+        )
+    });
     if !registered {
         return pump
             .close(CloseRequest {
@@ -92,7 +93,6 @@ where
         id,
         reason: CloseReason::TransportError,
     };
-    inner.emit(events);
     tracing::debug!("connection registered");
 
     if info.role() == Role::User {
@@ -371,42 +371,31 @@ where
             }
             BridgeToServer::BleStatus(status) => {
                 let device = &status.device_id;
-                let mut events = Vec::new();
-                let held = self.inner.state.write().report_link(
-                    id,
-                    device,
-                    status.connected,
-                    status.rssi,
-                    &mut events,
-                );
-                if !held {
-                    if !self.inner.access.may_bridge(self.info, device).await {
-                        self.reject(&forbidden(device, "bridge", None));
-                        return;
-                    }
-                    let claimed = self.inner.state.write().claim(
-                        id,
-                        device,
-                        self.inner.config.max_held_devices,
-                        Some((status.connected, status.rssi)),
-                        &mut events,
-                    );
-                    if claimed == Err(ClaimRefused::TooManyDevices) {
-                        self.reject(&ProtocolError::new(
-                            ErrorCode::Forbidden,
-                            "this connection holds as many devices as it may",
-                        ));
-                    }
+                let (connected, rssi) = (status.connected, status.rssi);
+                let held = self
+                    .inner
+                    .mutate(|state, events| state.report_link(id, device, connected, rssi, events));
+                if held {
+                    return;
                 }
-                self.inner.emit(events);
+                if !self.inner.access.may_bridge(self.info, device).await {
+                    self.reject(&forbidden(device, "bridge", None));
+                    return;
+                }
+                let max_held = self.inner.config.max_held_devices;
+                let claimed = self.inner.mutate(|state, events| {
+                    state.claim(id, device, max_held, Some((connected, rssi)), events)
+                });
+                if claimed == Err(ClaimRefused::TooManyDevices) {
+                    self.reject(&ProtocolError::new(
+                        ErrorCode::Forbidden,
+                        "this connection holds as many devices as it may",
+                    ));
+                }
             }
             BridgeToServer::Release(release) => {
-                let mut events = Vec::new();
                 self.inner
-                    .state
-                    .write()
-                    .release(id, &release.device_id, &mut events);
-                self.inner.emit(events);
+                    .mutate(|state, events| state.release(id, &release.device_id, events));
             }
             other => {
                 tracing::debug!(?other, "bridge frame the hub does not handle");
