@@ -306,9 +306,13 @@ impl Client {
                 }
             }
         };
-        tokio::time::timeout(patience, wait)
+        let code = tokio::time::timeout(patience, wait)
             .await
-            .expect("the connection closes")
+            .expect("the connection closes");
+        // Reading on sends our answer to the close frame and sees the end of the stream.
+        let rest = async { while let Some(Ok(_)) = self.ws.next().await {} };
+        let _ = tokio::time::timeout(patience, rest).await;
+        code
     }
 
     pub async fn close(mut self) {
