@@ -96,7 +96,9 @@ where
     tracing::debug!("connection registered");
 
     if info.role() == Role::User {
-        let devices = inner.subscriptions.initial_subscriptions(&info).await;
+        let mut devices = inner.subscriptions.initial_subscriptions(&info).await;
+        devices.sort();
+        devices.dedup();
         let mut state = inner.state.write();
         for device in &devices {
             if state
