@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bridge_protocol::{
-    Ack, BridgeToServer, ConnectionId, DeviceId, ErrorCode, ProtocolError, Role, ServerToBridge,
-    ServerToUser, UserToServer,
+    Ack, BridgeToServer, ConnectionId, DeviceId, ErrorCode, ProtocolError, RequestId, Role,
+    ServerToBridge, ServerToUser, UserToServer,
 };
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
@@ -322,7 +322,10 @@ where
                 }
                 match self.admit() {
                     Err(close) => return Some(close),
-                    Ok(false) => self.reject(&rate_limited()),
+                    Ok(false) => {
+                        let request_id = self.request_id_of(text.as_str());
+                        self.reject(&rate_limited().with_request_id(request_id));
+                    }
                     Ok(true) => self.dispatch(text.as_str()).await,
                 }
             }
@@ -345,6 +348,26 @@ where
             Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
         }
         None
+    }
+
+    /// The `requestId` of a frame that is refused without being served, so that the error
+    /// frame can carry it (PROTOCOL.md 3.5). Only refused frames are decoded for this, and a
+    /// connection gets only `max_refused` of them.
+    fn request_id_of(&self, text: &str) -> Option<RequestId> {
+        let limits = &self.inner.config.protocol_limits;
+        match self.info.role() {
+            Role::Bridge => match BridgeToServer::decode(text, limits) {
+                Ok(BridgeToServer::BleResponse(response)) => Some(response.request_id),
+                Ok(_) => None,
+                Err(error) => error.request_id,
+            },
+            _ => match UserToServer::decode(text, limits) {
+                Ok(UserToServer::Subscribe(c) | UserToServer::Unsubscribe(c)) => Some(c.request_id),
+                Ok(UserToServer::Command(command)) => Some(command.request_id),
+                Ok(_) => None,
+                Err(error) => error.request_id,
+            },
+        }
     }
 
     async fn dispatch(&mut self, text: &str) {
@@ -473,11 +496,7 @@ fn rate_limited() -> ProtocolError {
     )
 }
 
-fn forbidden(
-    device: &DeviceId,
-    what: &str,
-    request_id: Option<bridge_protocol::RequestId>,
-) -> ProtocolError {
+fn forbidden(device: &DeviceId, what: &str, request_id: Option<RequestId>) -> ProtocolError {
     ProtocolError::new(
         ErrorCode::Forbidden,
         format!("this connection may not {what} device `{device}`"),
