@@ -69,14 +69,20 @@ where
     };
 
     let registered = inner.mutate(|state, events| {
-        state.register(
+        let registered = state.register(
             &outbox,
             info.role(),
             info.user_id(),
             info.connect_devices(),
             config.max_held_devices,
             events,
-        )
+        );
+        if registered {
+            // Counted under the state lock, so that a shutdown that sees this connection
+            // also waits for it.
+            inner.connection_started();
+        }
+        registered
     });
     if !registered {
         return pump
@@ -87,7 +93,6 @@ where
             })
             .await;
     }
-    inner.connection_started();
     let mut registration = Registration {
         inner,
         id,
