@@ -214,3 +214,65 @@ impl SubscriptionSource for GrantedSubscriptions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(s: &str) -> DeviceId {
+        DeviceId::new(s).unwrap()
+    }
+
+    #[test]
+    fn device_access_grants_all_or_exactly_the_named_devices() {
+        assert!(DeviceAccess::All.allows(&device("any")));
+        let only = DeviceAccess::only([device("lock")]);
+        assert!(only.allows(&device("lock")));
+        assert!(!only.allows(&device("safe")));
+        assert!(!DeviceAccess::none().allows(&device("lock")));
+    }
+
+    #[tokio::test]
+    async fn granted_subscriptions_are_the_devices_the_credentials_name() {
+        let user = UserId::new("alice");
+        let named =
+            ConnectionInfo::user(user.clone(), DeviceAccess::only([device("b"), device("a")]));
+        assert_eq!(
+            GrantedSubscriptions.initial_subscriptions(&named).await,
+            vec![device("a"), device("b")]
+        );
+        let dev_mode = ConnectionInfo::user(user, DeviceAccess::All);
+        assert!(
+            GrantedSubscriptions
+                .initial_subscriptions(&dev_mode)
+                .await
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn fixed_subscriptions_give_every_connection_the_same_list() {
+        let source = FixedSubscriptions::new([device("lock")]);
+        let info = ConnectionInfo::user(UserId::new("bob"), DeviceAccess::none());
+        assert_eq!(
+            source.initial_subscriptions(&info).await,
+            vec![device("lock")]
+        );
+        let default = FixedSubscriptions::default();
+        assert!(default.initial_subscriptions(&info).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_default_policy_follows_the_connection_access() {
+        let info = ConnectionInfo::bridge(
+            UserId::new("phone"),
+            vec![device("lock")],
+            DeviceAccess::only([device("lock")]),
+        );
+        assert!(GrantedAccess.may_bridge(&info, &device("lock")).await);
+        assert!(!GrantedAccess.may_bridge(&info, &device("safe")).await);
+        assert!(!GrantedAccess.may_command(&info, &device("safe")).await);
+        assert_eq!(info.connect_devices(), &[device("lock")]);
+        assert_eq!(info.role(), Role::Bridge);
+    }
+}

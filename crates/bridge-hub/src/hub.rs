@@ -149,11 +149,13 @@ struct EventQueue {
 }
 
 impl EventQueue {
-    fn emit(&self, events: Vec<HubEvent>) {
-        if events.is_empty() {
-            return;
+    fn enqueue(&self, events: Vec<HubEvent>) {
+        if !events.is_empty() {
+            self.pending.lock().extend(events);
         }
-        self.pending.lock().extend(events);
+    }
+
+    fn drain(&self) {
         // Whoever holds `emitting` drains the queue; a thread that finds it taken (another
         // thread, or itself re-entering from a handler) leaves its events to the holder,
         // which looks again after letting go.
@@ -185,15 +187,30 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// Reports events that do not come from a change of the shared state.
     pub(crate) fn emit(&self, events: Vec<HubEvent>) {
-        self.events.emit(events);
+        self.events.enqueue(events);
+        self.events.drain();
+    }
+
+    /// Changes the shared state and reports what changed. The events are queued while the
+    /// state lock is held, so that they are delivered in the order the changes happened;
+    /// they are delivered after it is released, so that a handler may call the hub.
+    pub(crate) fn mutate<R>(&self, change: impl FnOnce(&mut State, &mut Vec<HubEvent>) -> R) -> R {
+        let mut events = Vec::new();
+        let result = {
+            let mut state = self.state.write();
+            let result = change(&mut state, &mut events);
+            self.events.enqueue(events);
+            result
+        };
+        self.events.drain();
+        result
     }
 
     /// Forgets a connection whose pump ended (or whose future was dropped).
     pub(crate) fn unregister(&self, id: ConnectionId, reason: CloseReason) {
-        let mut events = Vec::new();
-        self.state.write().unregister(id, reason, &mut events);
-        self.emit(events);
+        self.mutate(|state, events| state.unregister(id, reason, events));
         if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.all_closed.notify_waiters();
         }

@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bridge_protocol::{
-    Ack, BridgeToServer, ConnectionId, DeviceId, ErrorCode, ProtocolError, Role, ServerToBridge,
-    ServerToUser, UserToServer,
+    Ack, BridgeToServer, ConnectionId, DeviceId, ErrorCode, ProtocolError, RequestId, Role,
+    ServerToBridge, ServerToUser, UserToServer,
 };
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
@@ -68,15 +68,22 @@ where
         unflushed: false,
     };
 
-    let mut events = Vec::new();
-    let registered = inner.state.write().register(
-        &outbox,
-        info.role(),
-        info.user_id(),
-        info.connect_devices(),
-        config.max_held_devices,
-        &mut events,
-    );
+    let registered = inner.mutate(|state, events| {
+        let registered = state.register(
+            &outbox,
+            info.role(),
+            info.user_id(),
+            info.connect_devices(),
+            config.max_held_devices,
+            events,
+        );
+        if registered {
+            // Counted under the state lock, so that a shutdown that sees this connection
+            // also waits for it.
+            inner.connection_started();
+        }
+        registered
+    });
     if !registered {
         return pump
             .close(CloseRequest {
@@ -86,17 +93,17 @@ where
             })
             .await;
     }
-    inner.connection_started();
     let mut registration = Registration {
         inner,
         id,
         reason: CloseReason::TransportError,
     };
-    inner.emit(events);
     tracing::debug!("connection registered");
 
     if info.role() == Role::User {
-        let devices = inner.subscriptions.initial_subscriptions(&info).await;
+        let mut devices = inner.subscriptions.initial_subscriptions(&info).await;
+        devices.sort();
+        devices.dedup();
         let mut state = inner.state.write();
         for device in &devices {
             if state
@@ -320,7 +327,10 @@ where
                 }
                 match self.admit() {
                     Err(close) => return Some(close),
-                    Ok(false) => self.reject(&rate_limited()),
+                    Ok(false) => {
+                        let request_id = self.request_id_of(text.as_str());
+                        self.reject(&rate_limited().with_request_id(request_id));
+                    }
                     Ok(true) => self.dispatch(text.as_str()).await,
                 }
             }
@@ -343,6 +353,26 @@ where
             Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
         }
         None
+    }
+
+    /// The `requestId` of a frame that is refused without being served, so that the error
+    /// frame can carry it (PROTOCOL.md 3.5). Only refused frames are decoded for this, and a
+    /// connection gets only `max_refused` of them.
+    fn request_id_of(&self, text: &str) -> Option<RequestId> {
+        let limits = &self.inner.config.protocol_limits;
+        match self.info.role() {
+            Role::Bridge => match BridgeToServer::decode(text, limits) {
+                Ok(BridgeToServer::BleResponse(response)) => Some(response.request_id),
+                Ok(_) => None,
+                Err(error) => error.request_id,
+            },
+            _ => match UserToServer::decode(text, limits) {
+                Ok(UserToServer::Subscribe(c) | UserToServer::Unsubscribe(c)) => Some(c.request_id),
+                Ok(UserToServer::Command(command)) => Some(command.request_id),
+                Ok(_) => None,
+                Err(error) => error.request_id,
+            },
+        }
     }
 
     async fn dispatch(&mut self, text: &str) {
@@ -371,42 +401,31 @@ where
             }
             BridgeToServer::BleStatus(status) => {
                 let device = &status.device_id;
-                let mut events = Vec::new();
-                let held = self.inner.state.write().report_link(
-                    id,
-                    device,
-                    status.connected,
-                    status.rssi,
-                    &mut events,
-                );
-                if !held {
-                    if !self.inner.access.may_bridge(self.info, device).await {
-                        self.reject(&forbidden(device, "bridge", None));
-                        return;
-                    }
-                    let claimed = self.inner.state.write().claim(
-                        id,
-                        device,
-                        self.inner.config.max_held_devices,
-                        Some((status.connected, status.rssi)),
-                        &mut events,
-                    );
-                    if claimed == Err(ClaimRefused::TooManyDevices) {
-                        self.reject(&ProtocolError::new(
-                            ErrorCode::Forbidden,
-                            "this connection holds as many devices as it may",
-                        ));
-                    }
+                let (connected, rssi) = (status.connected, status.rssi);
+                let held = self
+                    .inner
+                    .mutate(|state, events| state.report_link(id, device, connected, rssi, events));
+                if held {
+                    return;
                 }
-                self.inner.emit(events);
+                if !self.inner.access.may_bridge(self.info, device).await {
+                    self.reject(&forbidden(device, "bridge", None));
+                    return;
+                }
+                let max_held = self.inner.config.max_held_devices;
+                let claimed = self.inner.mutate(|state, events| {
+                    state.claim(id, device, max_held, Some((connected, rssi)), events)
+                });
+                if claimed == Err(ClaimRefused::TooManyDevices) {
+                    self.reject(&ProtocolError::new(
+                        ErrorCode::Forbidden,
+                        "this connection holds as many devices as it may",
+                    ));
+                }
             }
             BridgeToServer::Release(release) => {
-                let mut events = Vec::new();
                 self.inner
-                    .state
-                    .write()
-                    .release(id, &release.device_id, &mut events);
-                self.inner.emit(events);
+                    .mutate(|state, events| state.release(id, &release.device_id, events));
             }
             other => {
                 tracing::debug!(?other, "bridge frame the hub does not handle");
@@ -482,11 +501,7 @@ fn rate_limited() -> ProtocolError {
     )
 }
 
-fn forbidden(
-    device: &DeviceId,
-    what: &str,
-    request_id: Option<bridge_protocol::RequestId>,
-) -> ProtocolError {
+fn forbidden(device: &DeviceId, what: &str, request_id: Option<RequestId>) -> ProtocolError {
     ProtocolError::new(
         ErrorCode::Forbidden,
         format!("this connection may not {what} device `{device}`"),

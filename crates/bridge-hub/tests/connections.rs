@@ -432,3 +432,25 @@ async fn connection_events_come_in_order() {
         ]
     );
 }
+
+#[tokio::test]
+async fn an_event_handler_may_call_back_into_the_hub() {
+    // What the queue does when a device comes online: deliver what waited for it, from the
+    // event handler itself.
+    let hub_cell = std::sync::Arc::new(std::sync::OnceLock::<bridge_hub::LocalHub>::new());
+    let cell = std::sync::Arc::clone(&hub_cell);
+    let server = Setup::default()
+        .on_event(move |event| {
+            if let (HubEvent::DeviceOnline { device_id }, Some(hub)) = (event, cell.get()) {
+                let presence = hub.device_presence(device_id);
+                assert_eq!((presence.online, presence.bridges), (true, 1));
+                hub.send_to_device(device_id, &ble_write("queued-1", device_id.as_str()))
+                    .unwrap();
+            }
+        })
+        .start()
+        .await;
+    hub_cell.set(server.hub.clone()).unwrap();
+    let mut bridge = server.bridge("phone", &["lock"]).await;
+    assert_eq!(bridge.recv_json().await["requestId"], "queued-1");
+}

@@ -252,6 +252,37 @@ async fn a_connection_over_its_rate_gets_rate_limited_frames_then_is_closed_with
 }
 
 #[tokio::test]
+async fn a_rate_limited_frame_is_dropped_and_its_error_carries_its_request_id() {
+    let server = Setup::default()
+        .config(|c| {
+            c.rate_limit.burst = 1;
+            c.rate_limit.per_second = 0.001;
+        })
+        .start()
+        .await;
+    let mut user = server.connect("user=alice").await;
+    user.send(r#"{"type":"subscribe","requestId":"s-1","deviceId":"lock"}"#)
+        .await;
+    user.send(r#"{"type":"subscribe","requestId":"s-2","deviceId":"door"}"#)
+        .await;
+    assert_eq!(
+        user.recv_json().await,
+        json!({"type":"ack","requestId":"s-1"})
+    );
+    assert_eq!(user.recv_json().await["type"], "device_status");
+    assert_eq!(
+        user.recv_json().await,
+        json!({"type":"error","code":"rate_limited","message":"too many frames; this one was dropped","requestId":"s-2"})
+    );
+    let event = Frame::from_json_text(r#"{"type":"x","deviceId":"door"}"#);
+    assert_eq!(
+        server.hub.broadcast(&device("door"), &event),
+        0,
+        "the refused subscribe was not served"
+    );
+}
+
+#[tokio::test]
 async fn a_slow_consumer_is_cut_off_while_the_others_keep_receiving() {
     let mut server = Setup::default()
         .subscriptions(&["lock"])

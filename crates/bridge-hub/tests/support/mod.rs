@@ -34,11 +34,15 @@ pub struct TestServer {
     pub events: mpsc::UnboundedReceiver<HubEvent>,
 }
 
+pub type EventHook = std::sync::Arc<dyn Fn(&HubEvent) + Send + Sync>;
+
 #[derive(Default)]
 pub struct Setup {
     pub config: HubConfig,
     pub subscriptions: Vec<&'static str>,
     pub policy: Option<Box<dyn FnOnce(bridge_hub::LocalHubBuilder) -> bridge_hub::LocalHubBuilder>>,
+    /// Called with every event before it is queued for the test (from the hub's thread).
+    pub on_event: Option<EventHook>,
     /// Serve with tungstenite's default limits instead of the hub's, so that the hub's
     /// own frame size check is what refuses a large frame.
     pub plain_websocket: bool,
@@ -47,6 +51,11 @@ pub struct Setup {
 impl Setup {
     pub fn config(mut self, f: impl FnOnce(&mut HubConfig)) -> Self {
         f(&mut self.config);
+        self
+    }
+
+    pub fn on_event(mut self, hook: impl Fn(&HubEvent) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(std::sync::Arc::new(hook));
         self
     }
 
@@ -67,12 +76,16 @@ impl Setup {
 
     pub async fn start(self) -> TestServer {
         let (tx, events) = mpsc::unbounded_channel();
+        let hook = self.on_event;
         let mut builder = LocalHub::builder()
             .config(self.config)
             .subscriptions(FixedSubscriptions::new(
                 self.subscriptions.iter().map(|d| device(d)),
             ))
             .events(move |event: HubEvent| {
+                if let Some(hook) = &hook {
+                    hook(&event);
+                }
                 let _ = tx.send(event);
             });
         if let Some(policy) = self.policy {
@@ -306,9 +319,13 @@ impl Client {
                 }
             }
         };
-        tokio::time::timeout(patience, wait)
+        let code = tokio::time::timeout(patience, wait)
             .await
-            .expect("the connection closes")
+            .expect("the connection closes");
+        // Reading on sends our answer to the close frame and sees the end of the stream.
+        let rest = async { while let Some(Ok(_)) = self.ws.next().await {} };
+        let _ = tokio::time::timeout(patience, rest).await;
+        code
     }
 
     pub async fn close(mut self) {
