@@ -41,6 +41,15 @@ impl StoreConfig {
     }
 
     /// Checks a payload against the limits.
+    #[cfg_attr(
+        not(any(
+            feature = "memory",
+            feature = "sqlite",
+            feature = "postgres",
+            feature = "redis"
+        )),
+        allow(dead_code)
+    )]
     pub(crate) fn check_payload(&self, payload: &HexPayload) -> Result<(), StoreError> {
         if payload.is_empty() {
             return Err(InvalidInput::EmptyPayload.into());
@@ -57,6 +66,15 @@ impl StoreConfig {
 }
 
 /// Checks the arguments of `lease`.
+#[cfg_attr(
+    not(any(
+        feature = "memory",
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "redis"
+    )),
+    allow(dead_code)
+)]
 pub(crate) fn check_lease(max: usize, lease_for: Duration) -> Result<(), StoreError> {
     if max == 0 {
         return Err(InvalidInput::ZeroLeaseSize.into());
@@ -185,6 +203,10 @@ pub struct SweepReport {
 }
 
 /// The status a command with a lapsed lease (or a released one) goes to.
+#[cfg_attr(
+    not(any(feature = "memory", feature = "sqlite", feature = "postgres")),
+    allow(dead_code)
+)]
 pub(crate) fn status_after_delivery_cut(
     attempts: u32,
     max_attempts: u32,
@@ -201,6 +223,10 @@ pub(crate) fn status_after_delivery_cut(
 }
 
 /// The final status a completed delivery ends in.
+#[cfg_attr(
+    not(any(feature = "memory", feature = "sqlite", feature = "postgres")),
+    allow(dead_code)
+)]
 pub(crate) fn status_of_outcome(outcome: &CommandOutcome) -> CommandStatus {
     match outcome {
         CommandOutcome::Payload(_) => CommandStatus::Succeeded,
@@ -227,6 +253,15 @@ pub(crate) fn parse_status(s: &str) -> Option<CommandStatus> {
 }
 
 /// A fresh command id: 32 lower-case hex digits of a random UUID.
+#[cfg_attr(
+    not(any(
+        feature = "memory",
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "redis"
+    )),
+    allow(dead_code)
+)]
 pub(crate) fn new_command_id() -> Result<CommandId, StoreError> {
     Ok(CommandId::try_from(
         uuid::Uuid::new_v4().simple().to_string(),
@@ -234,6 +269,15 @@ pub(crate) fn new_command_id() -> Result<CommandId, StoreError> {
 }
 
 /// `ttl` after `now`.
+#[cfg_attr(
+    not(any(
+        feature = "memory",
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "redis"
+    )),
+    allow(dead_code)
+)]
 pub(crate) fn expiry(now: Timestamp, ttl: TtlSeconds) -> Timestamp {
     now.saturating_add(ttl.as_duration())
 }

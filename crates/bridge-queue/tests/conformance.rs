@@ -119,3 +119,62 @@ mod postgres_harness {
 
 #[cfg(feature = "postgres")]
 bridge_queue::conformance_tests!(postgres, crate::postgres_harness::new(), durable);
+
+#[cfg(feature = "redis")]
+mod redis_harness {
+    use async_trait::async_trait;
+    use bridge_queue::testkit::Harness;
+    use bridge_queue::{RedisOptions, RedisStore, StoreConfig, StoreError};
+    use deadpool_redis::redis;
+
+    pub(crate) struct RedisHarness {
+        options: RedisOptions,
+    }
+
+    #[async_trait]
+    impl Harness for RedisHarness {
+        type Store = RedisStore;
+        async fn open(&self, config: StoreConfig) -> Result<RedisStore, StoreError> {
+            RedisStore::open(&self.options, config).await
+        }
+        async fn cleanup(&self) {
+            delete_prefix(self.options.url.clone(), self.options.prefix.clone()).await;
+        }
+    }
+
+    /// Deletes every key under `prefix`.
+    async fn delete_prefix(url: String, prefix: String) {
+        let Ok(client) = redis::Client::open(url) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<i64, _> = redis::cmd("DEL").arg(keys).query_async(&mut conn).await;
+        }
+    }
+
+    pub(crate) async fn new() -> RedisHarness {
+        let url = crate::service_url("BRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379");
+        let reachable = match redis::Client::open(url.clone()) {
+            Ok(client) => client.get_multiplexed_async_connection().await.err(),
+            Err(e) => Some(e),
+        };
+        if let Some(e) = reachable {
+            panic!("Redis is unreachable at {url} ({e}); start it or set BRIDGE_TEST_REDIS_URL");
+        }
+        let prefix = format!("bq-test-{}", uuid::Uuid::new_v4().simple());
+        RedisHarness {
+            options: RedisOptions::new(url).with_prefix(prefix),
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+bridge_queue::conformance_tests!(redis, crate::redis_harness::new(), durable);
