@@ -3,7 +3,7 @@
 use bridge_protocol::{DeviceErrorCode, ErrorCode, RequestId};
 
 /// Why [`SessionManager::send_command`](crate::SessionManager::send_command) returned no reply.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 #[non_exhaustive]
 pub enum CommandError {
     /// No bridge holds the device (HTTP `offline`).

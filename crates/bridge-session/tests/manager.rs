@@ -759,3 +759,47 @@ async fn many_concurrent_commands_on_two_workers_all_end_and_leave_nothing_behin
     assert_eq!(manager.stats().succeeded, 64 * 50);
     assert_eq!((hub.in_flight(PHONE), hub.in_flight(OTHER_PHONE)), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_limit_is_exact_across_shards_and_threads() {
+    let mut mock = MockBridge::new();
+    mock.expect_send_ble_write().returning(|_| Ok(PHONE));
+    mock.expect_command_finished().returning(|_| ());
+    let config = SessionConfig::default()
+        .with_max_pending(50)
+        .with_shards(NonZeroUsize::new(8).unwrap());
+    let manager = manager_with(mock, &config);
+    let (refused_tx, mut refused_rx) = mpsc::unbounded_channel();
+    let mut commands = Vec::new();
+    for i in 0..200 {
+        let manager = manager.clone();
+        let refused_tx = refused_tx.clone();
+        commands.push(tokio::spawn(async move {
+            let result = manager
+                .send_command(device(&format!("d-{i}")), None, bytes(&[1]), 60 * SECOND)
+                .await;
+            if result == Err(CommandError::TooManyPending) {
+                let _ = refused_tx.send(());
+            }
+            result
+        }));
+    }
+    drop(refused_tx);
+    let mut refused = 0;
+    while refused < 150 {
+        refused_rx.recv().await.unwrap();
+        refused += 1;
+    }
+    while manager.pending() < 50 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(manager.pending(), 50);
+    manager.shutdown();
+    let mut ended = HashMap::new();
+    for command in commands {
+        *ended.entry(command.await.unwrap()).or_insert(0) += 1;
+    }
+    assert_eq!(ended[&Err(CommandError::TooManyPending)], 150);
+    assert_eq!(ended[&Err(CommandError::Shutdown)], 50);
+    assert_eq!(manager.pending(), 0);
+}
