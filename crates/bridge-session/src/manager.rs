@@ -142,7 +142,9 @@ impl<T: Transport + ?Sized> SessionManager<T> {
     /// A manager that sends through `transport`, builds `ble_write` frames with the UUIDs of
     /// `registry`, and is tuned by `config`.
     ///
-    /// Must be called from inside a Tokio runtime (it spawns the timer task).
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime: it spawns the timer task.
     pub fn new(transport: Arc<T>, registry: Arc<ConfigRegistry>, config: &SessionConfig) -> Self {
         let shard_count = config.shards();
         let prefix = config.id_prefix().unwrap_or_else(ids::random_prefix);
@@ -252,8 +254,9 @@ impl<T: Transport + ?Sized> SessionManager<T> {
                 if removed.is_some() {
                     return Err(CommandError::Offline);
                 }
-                // It ended (timed out, shut down) while the transport looked for a bridge.
-                return receiver.try_recv().unwrap_or(Err(CommandError::Offline));
+                // It ended (timed out, shut down) while the transport looked for a bridge;
+                // whoever ended it is handing over the result.
+                return receiver.await.unwrap_or(Err(CommandError::Offline));
             }
         };
 
@@ -272,14 +275,15 @@ impl<T: Transport + ?Sized> SessionManager<T> {
                 // Ended while routing; whoever ended it did not know the connection.
                 guard.armed = false;
                 inner.transport.command_finished(connection);
-                return receiver.try_recv().unwrap_or(Err(CommandError::Shutdown));
+                return receiver.await.unwrap_or(Err(CommandError::Shutdown));
             }
         }
 
         let result = (&mut receiver).await;
         guard.armed = false;
-        // The sender is only ever dropped unused by `shutdown`'s drain racing a drop of the
-        // manager; report it as the shutdown it is.
+        // Every path that ends a command hands its result over, except the ones taken by
+        // this caller itself above, so the sender is never dropped unused while we wait;
+        // should that change, the caller learns the manager is going away.
         result.unwrap_or(Err(CommandError::Shutdown))
     }
 
