@@ -47,10 +47,12 @@
 //!   the `ble_write` is what is left of it. The timer ends a command at its deadline (to the
 //!   timer's resolution); an answer counts until then.
 //! * **Request ids** are 32 hex digits: a 64-bit per-process random prefix (unique across
-//!   server nodes) and a 64-bit sequence number, unique among everything this process ever
-//!   issued. Making one allocates nothing; finding the command of an answer parses the
-//!   sequence number back, so no string is hashed on the hot path. Ids of other processes
-//!   are recognised as unknown without touching any shard.
+//!   server nodes) and a 64-bit sequence number naming the shard, the storage place and its
+//!   generation. An id is never issued twice while pending, and comes back at all only
+//!   after its storage place was reused 2^32 times. Making one allocates nothing; finding
+//!   the command of an answer parses the sequence number back and indexes the slab, so no
+//!   string is hashed on the hot path. Ids of other processes are recognised as unknown
+//!   without touching any shard.
 //! * **Limits.** At most [`SessionConfig::max_pending`] commands are pending at once (one
 //!   more fails with [`CommandError::TooManyPending`]); optionally at most
 //!   [`SessionConfig::per_device_limit`] per device (off by default).
@@ -60,7 +62,9 @@
 //! # Performance
 //!
 //! The pending set is split into shards, each behind its own lock on its own cache lines; a
-//! thread registers in "its" shard, so workers rarely meet on a lock. The pending limit is
+//! thread registers in "its" shard, so workers rarely meet on a lock. Within a shard,
+//! commands live in a slab addressed by their id (no map, no hashing), and freed places are
+//! reused last-in first-out, so the hot path stays in cache however many commands wait. The pending limit is
 //! enforced with tokens that shards take from a shared pool in batches, so a command costs
 //! no shared atomic. Deadlines are kept in a few sorted FIFO queues (one per timeout class,
 //! in effect) rather than a heap, so registering is O(1), and the entry of a command that is
@@ -140,6 +144,7 @@ mod deadlines;
 mod error;
 mod ids;
 mod manager;
+mod slots;
 mod stats;
 mod transport;
 

@@ -148,11 +148,11 @@ impl<T: Transport + ?Sized> SessionManager<T> {
     pub fn new(transport: Arc<T>, registry: Arc<ConfigRegistry>, config: &SessionConfig) -> Self {
         let shard_count = config.shards();
         let prefix = config.id_prefix().unwrap_or_else(ids::random_prefix);
-        let shards: Box<[Shard]> = (0..shard_count as u64)
+        let shards: Box<[Shard]> = (0..=u8::try_from(shard_count - 1).unwrap_or(u8::MAX))
             .map(|i| {
                 Shard(Mutex::new(ShardState {
                     reserved: 0,
-                    correlator: Correlator::for_shard(prefix, i, shard_count as u64),
+                    correlator: Correlator::for_shard(prefix, i),
                 }))
             })
             .collect();
