@@ -205,7 +205,10 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         let device_type = device_type.clone();
         let uuids = *uuids;
         let start = Instant::now();
-        let deadline = start + timeout;
+        // A timeout too long to represent waits "forever" (a century) instead of panicking.
+        let deadline = start
+            .checked_add(timeout)
+            .unwrap_or_else(|| start + Duration::from_hours(100 * 365 * 24));
 
         let slot = match &inner.device_slots {
             Some(slots) => {

@@ -803,3 +803,26 @@ async fn the_pending_limit_is_exact_across_shards_and_threads() {
     assert_eq!(ended[&Err(CommandError::Shutdown)], 50);
     assert_eq!(manager.pending(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_unrepresentably_long_timeout_does_not_panic() {
+    let (mock, mut writes, _) = recording_mock();
+    let manager = manager_with(mock, &SessionConfig::default());
+    let command = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .send_command(device("lock-1"), None, bytes(&[1]), Duration::MAX)
+                .await
+        })
+    };
+    let write = writes.recv().await.unwrap();
+    assert_eq!(
+        write.timeout_ms,
+        TimeoutMs::new(u64::from(TimeoutMs::MAX)).unwrap()
+    );
+    manager
+        .handle_response(PHONE, answer(&write, &[7]))
+        .unwrap();
+    assert_eq!(command.await.unwrap(), Ok(bytes(&[7])));
+}
