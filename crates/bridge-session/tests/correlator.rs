@@ -370,3 +370,80 @@ fn many_answered_commands_leave_no_deadlines_behind() {
     assert_eq!(c.len(), 1);
     assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_hours(1)));
 }
+
+#[test]
+fn a_device_released_while_the_write_was_routing_fails_the_command_once_sent() {
+    let t0 = Instant::now();
+    let mut c = Correlator::new(1);
+    let released = c.register(device("a"), t0 + TIMEOUT, 1).unwrap();
+    let kept = c.register(device("b"), t0 + TIMEOUT, 2).unwrap();
+    let mut out = Vec::new();
+    c.device_released(BRIDGE, &device("a"), &mut out);
+    assert!(out.is_empty());
+    let MarkSent::Finished(done) = c.mark_sent(&released, BRIDGE) else {
+        panic!("sent through a connection that released the device");
+    };
+    assert_eq!(done.result, Err(CommandError::BridgeLost));
+    assert!(matches!(c.mark_sent(&kept, BRIDGE), MarkSent::Waiting));
+    assert_eq!(c.len(), 1);
+}
+
+#[test]
+fn every_registered_command_is_counted_in_exactly_one_ending() {
+    let t0 = Instant::now();
+    let mut c = Correlator::new(1);
+    let mut out = Vec::new();
+    let register = |c: &mut Correlator<()>, name: &str| {
+        let id = c.register(device(name), t0 + TIMEOUT, ()).unwrap();
+        c.mark_sent(&id, BRIDGE);
+        id
+    };
+    let ok = register(&mut c, "a");
+    resolved(c.handle_response(BRIDGE, reply(ok, "a", &[]), t0));
+    let failed = register(&mut c, "a");
+    let code = DeviceErrorCode::new("gatt_write_failed").unwrap();
+    resolved(c.handle_response(
+        BRIDGE,
+        BleResponse {
+            request_id: failed,
+            device_id: device("a"),
+            outcome: BleOutcome::Error(code),
+        },
+        t0,
+    ));
+    let cancelled = register(&mut c, "a");
+    c.cancel(&cancelled).unwrap();
+    register(&mut c, "b");
+    c.device_released(BRIDGE, &device("b"), &mut out);
+    register(&mut c, "a");
+    c.handle_timeout(t0 + TIMEOUT, &mut out);
+    let offline = c.register(device("a"), t0 + TIMEOUT, ()).unwrap();
+    c.mark_offline(&offline).unwrap();
+    register(&mut c, "a");
+    register(&mut c, "a");
+    c.close(&mut out);
+
+    let s = c.stats();
+    let ended = s.succeeded
+        + s.device_errors
+        + s.cancelled
+        + s.bridge_lost
+        + s.timeouts
+        + s.offline
+        + s.shutdown;
+    assert_eq!(
+        (
+            s.succeeded,
+            s.device_errors,
+            s.cancelled,
+            s.bridge_lost,
+            s.timeouts,
+            s.offline,
+            s.shutdown
+        ),
+        (1, 1, 1, 1, 1, 1, 2)
+    );
+    assert_eq!(ended, 8);
+    assert_eq!(s.sent, 7);
+    assert_eq!(s.pending, 0);
+}

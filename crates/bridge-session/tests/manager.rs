@@ -826,3 +826,62 @@ async fn an_unrepresentably_long_timeout_does_not_panic() {
         .unwrap();
     assert_eq!(command.await.unwrap(), Ok(bytes(&[7])));
 }
+
+/// A bridge that answers before its send returns: from the connection it reports, or, when
+/// `spoof` is set, from another one.
+struct AnswersFirst {
+    manager: std::sync::OnceLock<SessionManager<AnswersFirst>>,
+    spoof: bool,
+}
+
+#[async_trait]
+impl Transport for AnswersFirst {
+    async fn send_ble_write(&self, write: BleWrite) -> Result<ConnectionId, TransportError> {
+        let answered_on = if self.spoof { OTHER_PHONE } else { PHONE };
+        if let Some(manager) = self.manager.get() {
+            assert_eq!(
+                manager.handle_response(answered_on, answer(&write, &[5])),
+                Ok(())
+            );
+        }
+        Ok(PHONE)
+    }
+}
+
+fn answers_first(spoof: bool) -> SessionManager<AnswersFirst> {
+    let transport = Arc::new(AnswersFirst {
+        manager: std::sync::OnceLock::new(),
+        spoof,
+    });
+    let manager = SessionManager::new(
+        Arc::clone(&transport),
+        Arc::new(ConfigRegistry::example()),
+        &SessionConfig::default(),
+    );
+    let _ = transport.manager.set(manager.clone());
+    manager
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_that_arrives_before_the_send_returns_still_counts() {
+    let manager = answers_first(false);
+    let reply = manager
+        .send_command(device("lock-1"), None, bytes(&[1]), SECOND)
+        .await;
+    assert_eq!(reply, Ok(bytes(&[5])));
+    assert_eq!(manager.pending(), 0);
+    manager.shutdown();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_early_answer_from_another_connection_never_resolves_the_command() {
+    let manager = answers_first(true);
+    let reply = manager
+        .send_command(device("lock-1"), None, bytes(&[1]), SECOND)
+        .await;
+    assert_eq!(reply, Err(CommandError::Timeout));
+    assert_eq!(manager.pending(), 0);
+    let stats = manager.stats();
+    assert_eq!((stats.rejected_wrong_connection, stats.timeouts), (1, 1));
+    manager.shutdown();
+}
