@@ -69,7 +69,13 @@ pub struct Removed<W> {
 #[derive(Debug)]
 enum Route {
     /// The transport is sending it; the connection is not known yet.
-    Routing { early: Option<EarlyAnswer> },
+    Routing {
+        early: Option<EarlyAnswer>,
+        /// Connections lost (or devices released) since the command registered: if the
+        /// write turns out to have gone through one of them, the command fails at once.
+        /// Empty, and so not allocated, unless such an event happened meanwhile.
+        losses: Vec<Loss>,
+    },
     /// It went out on this connection.
     Sent(ConnectionId),
 }
@@ -91,7 +97,7 @@ struct Entry<W> {
     waiter: W,
 }
 
-/// A connection lost, or a device released, while some command was still routing: a
+/// A connection lost, or a device released, while a command was still routing: a
 /// `mark_sent` for it must fail the command at once.
 #[derive(Debug)]
 struct Loss {
@@ -148,8 +154,6 @@ pub struct Correlator<W> {
     prefix: u64,
     pending: Slots<Entry<W>>,
     deadlines: Deadlines,
-    routing: usize,
-    losses_while_routing: Vec<Loss>,
     closed: bool,
     stats: SessionStats,
 }
@@ -168,8 +172,6 @@ impl<W> Correlator<W> {
             prefix: id_prefix,
             pending: Slots::new(shard),
             deadlines: Deadlines::default(),
-            routing: 0,
-            losses_while_routing: Vec::new(),
             closed: false,
             stats: SessionStats::default(),
         }
@@ -218,7 +220,10 @@ impl<W> Correlator<W> {
                 device,
                 deadline,
                 deadline_slot: 0,
-                route: Route::Routing { early: None },
+                route: Route::Routing {
+                    early: None,
+                    losses: Vec::new(),
+                },
                 waiter,
             })
             .ok_or(CommandError::TooManyPending)?;
@@ -229,27 +234,16 @@ impl<W> Correlator<W> {
         if let Some(entry) = self.pending.get_mut(sequence) {
             entry.deadline_slot = deadline_slot;
         }
-        self.routing += 1;
         Ok(ids::encode(self.prefix, sequence))
     }
 
-    /// Removes the entry of `sequence`, keeping the routing count and deadlines right.
+    /// Removes the entry of `sequence`, and its deadline when that is cheap.
     fn remove(&mut self, sequence: u64) -> Option<Entry<W>> {
         let entry = self.pending.remove(sequence)?;
         let pending = &self.pending;
         self.deadlines
             .remove(sequence, entry.deadline_slot, |s| pending.contains(s));
-        if matches!(entry.route, Route::Routing { .. }) {
-            self.note_routing_ended();
-        }
         Some(entry)
-    }
-
-    fn note_routing_ended(&mut self) {
-        self.routing -= 1;
-        if self.routing == 0 {
-            self.losses_while_routing.clear();
-        }
     }
 
     /// Records that the command's `ble_write` went out on `connection`.
@@ -265,21 +259,20 @@ impl<W> Correlator<W> {
         let Some(entry) = self.pending.get_mut(sequence) else {
             return MarkSent::Gone;
         };
-        let Route::Routing { early } = &mut entry.route else {
+        let Route::Routing { early, losses } = &mut entry.route else {
             // Marked twice: the first mark stands.
             return MarkSent::Waiting;
         };
         self.stats.sent += 1;
         let early = early.take();
-        entry.route = Route::Sent(connection);
-        let device_lost = self.losses_while_routing.iter().any(|loss| {
+        let device_lost = losses.iter().any(|loss| {
             loss.connection == connection
                 && loss
                     .device
                     .as_ref()
                     .is_none_or(|device| *device == entry.device)
         });
-        self.note_routing_ended();
+        entry.route = Route::Sent(connection);
 
         let mut result = None;
         if let Some(answer) = early {
@@ -354,11 +347,13 @@ impl<W> Correlator<W> {
             Route::Sent(sent_on) if *sent_on != connection => {
                 return reject(&mut self.stats, RejectReason::WrongConnection);
             }
-            Route::Routing { early: Some(held) } if held.connection != connection => {
+            Route::Routing {
+                early: Some(held), ..
+            } if held.connection != connection => {
                 return reject(&mut self.stats, RejectReason::WrongConnection);
             }
             // A second answer on the same connection: the first one counts.
-            Route::Routing { early: Some(_) } => {
+            Route::Routing { early: Some(_), .. } => {
                 return reject(&mut self.stats, RejectReason::UnknownRequest);
             }
             _ => {}
@@ -369,7 +364,7 @@ impl<W> Correlator<W> {
         if now >= entry.deadline {
             return reject(&mut self.stats, RejectReason::Late);
         }
-        if let Route::Routing { early } = &mut entry.route {
+        if let Route::Routing { early, .. } = &mut entry.route {
             *early = Some(EarlyAnswer {
                 connection,
                 outcome: response.outcome,
@@ -411,9 +406,6 @@ impl<W> Correlator<W> {
         for sequence in due {
             // Popped from the deadlines already; only the entry is left to take.
             if let Some(entry) = self.pending.remove(sequence) {
-                if matches!(entry.route, Route::Routing { .. }) {
-                    self.note_routing_ended();
-                }
                 self.stats.timeouts += 1;
                 out.push(self.finished(sequence, entry, Err(CommandError::Timeout)));
             }
@@ -456,18 +448,23 @@ impl<W> Correlator<W> {
         device: Option<&DeviceId>,
         out: &mut Vec<Finished<W>>,
     ) {
-        if self.routing > 0 {
-            self.losses_while_routing.push(Loss {
-                connection,
-                device: device.cloned(),
-            });
-        }
         let before = out.len();
         let prefix = self.prefix;
         self.pending.remove_where(
             |entry| {
-                matches!(entry.route, Route::Sent(c) if c == connection)
-                    && device.is_none_or(|d| *d == entry.device)
+                if device.is_some_and(|d| *d != entry.device) {
+                    return false;
+                }
+                match &mut entry.route {
+                    Route::Sent(c) => *c == connection,
+                    Route::Routing { losses, .. } => {
+                        losses.push(Loss {
+                            connection,
+                            device: device.cloned(),
+                        });
+                        false
+                    }
+                }
             },
             |sequence, entry| {
                 out.push(Finished {
@@ -531,8 +528,6 @@ impl<W> Correlator<W> {
         );
         self.stats.shutdown += (out.len() - before) as u64;
         self.deadlines.clear();
-        self.routing = 0;
-        self.losses_while_routing.clear();
     }
 
     /// True once [`close`](Self::close) was called.

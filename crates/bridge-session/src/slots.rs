@@ -114,16 +114,16 @@ impl<T> Slots<T> {
         self.slots.iter().filter_map(|slot| slot.value.as_ref())
     }
 
-    /// Removes every value for which `remove` says so, handing each to `taken` with its
-    /// sequence number.
+    /// Removes every value for which `remove` says so (it may also change the values it
+    /// keeps), handing each removed one to `taken` with its sequence number.
     pub(crate) fn remove_where(
         &mut self,
-        mut remove: impl FnMut(&T) -> bool,
+        mut remove: impl FnMut(&mut T) -> bool,
         mut taken: impl FnMut(u64, T),
     ) {
         for index in 0..self.slots.len() {
             let slot = &mut self.slots[index];
-            if !slot.value.as_ref().is_some_and(&mut remove) {
+            if !slot.value.as_mut().is_some_and(&mut remove) {
                 continue;
             }
             let generation = slot.generation;
@@ -174,7 +174,7 @@ mod tests {
         let mut slots = Slots::new(0);
         let seqs: Vec<u64> = (0..10).map(|i| slots.insert(i).unwrap()).collect();
         let mut taken = Vec::new();
-        slots.remove_where(|v| v % 2 == 0, |seq, v| taken.push((seq, v)));
+        slots.remove_where(|v| *v % 2 == 0, |seq, v| taken.push((seq, v)));
         assert_eq!(taken.len(), 5);
         assert!(taken.iter().all(|&(seq, v)| seqs[v] == seq));
         assert_eq!(slots.len(), 5);

@@ -447,3 +447,19 @@ fn every_registered_command_is_counted_in_exactly_one_ending() {
     assert_eq!(s.sent, 7);
     assert_eq!(s.pending, 0);
 }
+
+#[test]
+fn a_loss_only_concerns_commands_that_were_routing_when_it_happened() {
+    let t0 = Instant::now();
+    let mut c = Correlator::new(1);
+    let mut out = Vec::new();
+    c.connection_lost(BRIDGE, &mut out);
+    c.device_released(OTHER_BRIDGE, &device("a"), &mut out);
+    let later = c.register(device("a"), t0 + TIMEOUT, ()).unwrap();
+    assert!(matches!(
+        c.mark_sent(&later, OTHER_BRIDGE),
+        MarkSent::Waiting
+    ));
+    assert_eq!(c.len(), 1);
+    assert!(out.is_empty());
+}
