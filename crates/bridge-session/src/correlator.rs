@@ -1,13 +1,13 @@
 //! The correlation state machine: no IO, no runtime, time passed in.
 
-use std::collections::HashMap;
 use std::time::Instant;
 
 use bridge_protocol::{BleOutcome, BleResponse, ConnectionId, DeviceId, HexPayload, RequestId};
 
 use crate::deadlines::Deadlines;
 use crate::error::{CommandError, RejectReason, ResponseRejected};
-use crate::ids::{self, BuildSequenceHasher};
+use crate::ids;
+use crate::slots::Slots;
 use crate::stats::SessionStats;
 
 /// The outcome a finished command hands its caller.
@@ -69,7 +69,13 @@ pub struct Removed<W> {
 #[derive(Debug)]
 enum Route {
     /// The transport is sending it; the connection is not known yet.
-    Routing { early: Option<EarlyAnswer> },
+    Routing {
+        early: Option<EarlyAnswer>,
+        /// Connections lost (or devices released) since the command registered: if the
+        /// write turns out to have gone through one of them, the command fails at once.
+        /// Empty, and so not allocated, unless such an event happened meanwhile.
+        losses: Vec<Loss>,
+    },
     /// It went out on this connection.
     Sent(ConnectionId),
 }
@@ -91,7 +97,7 @@ struct Entry<W> {
     waiter: W,
 }
 
-/// A connection lost, or a device released, while some command was still routing: a
+/// A connection lost, or a device released, while a command was still routing: a
 /// `mark_sent` for it must fail the command at once.
 #[derive(Debug)]
 struct Loss {
@@ -146,12 +152,8 @@ struct Loss {
 pub struct Correlator<W> {
     prefix_hex: [u8; 16],
     prefix: u64,
-    next_sequence: u64,
-    sequence_step: u64,
-    pending: HashMap<u64, Entry<W>, BuildSequenceHasher>,
+    pending: Slots<Entry<W>>,
     deadlines: Deadlines,
-    routing: usize,
-    losses_while_routing: Vec<Loss>,
     closed: bool,
     stats: SessionStats,
 }
@@ -160,20 +162,16 @@ impl<W> Correlator<W> {
     /// A correlator whose request ids start with `id_prefix` (as 16 hex digits). Give every
     /// server node, and every run of it, its own prefix.
     pub fn new(id_prefix: u64) -> Self {
-        Self::for_shard(id_prefix, 0, 1)
+        Self::for_shard(id_prefix, 0)
     }
 
-    /// Shard `shard` of `shards`: it hands out the sequence numbers `shard + k * shards`.
-    pub(crate) fn for_shard(id_prefix: u64, shard: u64, shards: u64) -> Self {
+    /// Shard number `shard`: the low 8 bits of its sequence numbers.
+    pub(crate) fn for_shard(id_prefix: u64, shard: u8) -> Self {
         Self {
             prefix_hex: ids::prefix_hex(id_prefix),
             prefix: id_prefix,
-            next_sequence: shard,
-            sequence_step: shards,
-            pending: HashMap::default(),
+            pending: Slots::new(shard),
             deadlines: Deadlines::default(),
-            routing: 0,
-            losses_while_routing: Vec::new(),
             closed: false,
             stats: SessionStats::default(),
         }
@@ -186,7 +184,7 @@ impl<W> Correlator<W> {
 
     /// True when no command is pending.
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.len() == 0
     }
 
     /// The counters so far; `pending` is [`len`](Self::len).
@@ -205,7 +203,8 @@ impl<W> Correlator<W> {
     /// Registers a command for `device` that must be answered before `deadline`, and returns
     /// its fresh request id. The command is *routing* until [`mark_sent`](Self::mark_sent).
     ///
-    /// Fails with [`CommandError::Shutdown`] once the correlator is [closed](Self::close).
+    /// Fails with [`CommandError::Shutdown`] once the correlator is [closed](Self::close),
+    /// and with [`CommandError::TooManyPending`] when it already holds 2^24 commands.
     pub fn register(
         &mut self,
         device: DeviceId,
@@ -215,43 +214,36 @@ impl<W> Correlator<W> {
         if self.closed {
             return Err(CommandError::Shutdown);
         }
-        let sequence = self.next_sequence;
-        self.next_sequence = self.next_sequence.wrapping_add(self.sequence_step);
-        let pending = &self.pending;
-        let deadline_slot = self.deadlines.push(deadline, sequence, pending.len(), |s| {
-            pending.contains_key(&s)
-        });
-        self.pending.insert(
-            sequence,
-            Entry {
+        let sequence = self
+            .pending
+            .insert(Entry {
                 device,
                 deadline,
-                deadline_slot,
-                route: Route::Routing { early: None },
+                deadline_slot: 0,
+                route: Route::Routing {
+                    early: None,
+                    losses: Vec::new(),
+                },
                 waiter,
-            },
-        );
-        self.routing += 1;
+            })
+            .ok_or(CommandError::TooManyPending)?;
+        let pending = &self.pending;
+        let deadline_slot = self
+            .deadlines
+            .push(deadline, sequence, pending.len(), |s| pending.contains(s));
+        if let Some(entry) = self.pending.get_mut(sequence) {
+            entry.deadline_slot = deadline_slot;
+        }
         Ok(ids::encode(self.prefix, sequence))
     }
 
-    /// Removes the entry of `sequence`, keeping the routing count and deadlines right.
+    /// Removes the entry of `sequence`, and its deadline when that is cheap.
     fn remove(&mut self, sequence: u64) -> Option<Entry<W>> {
-        let entry = self.pending.remove(&sequence)?;
+        let entry = self.pending.remove(sequence)?;
         let pending = &self.pending;
         self.deadlines
-            .remove(sequence, entry.deadline_slot, |s| pending.contains_key(&s));
-        if matches!(entry.route, Route::Routing { .. }) {
-            self.note_routing_ended();
-        }
+            .remove(sequence, entry.deadline_slot, |s| pending.contains(s));
         Some(entry)
-    }
-
-    fn note_routing_ended(&mut self) {
-        self.routing -= 1;
-        if self.routing == 0 {
-            self.losses_while_routing.clear();
-        }
     }
 
     /// Records that the command's `ble_write` went out on `connection`.
@@ -264,24 +256,23 @@ impl<W> Correlator<W> {
         let Some(sequence) = Self::sequence_of(&self.prefix_hex, request_id) else {
             return MarkSent::Gone;
         };
-        let Some(entry) = self.pending.get_mut(&sequence) else {
+        let Some(entry) = self.pending.get_mut(sequence) else {
             return MarkSent::Gone;
         };
-        let Route::Routing { early } = &mut entry.route else {
+        let Route::Routing { early, losses } = &mut entry.route else {
             // Marked twice: the first mark stands.
             return MarkSent::Waiting;
         };
         self.stats.sent += 1;
         let early = early.take();
-        entry.route = Route::Sent(connection);
-        let device_lost = self.losses_while_routing.iter().any(|loss| {
+        let device_lost = losses.iter().any(|loss| {
             loss.connection == connection
                 && loss
                     .device
                     .as_ref()
                     .is_none_or(|device| *device == entry.device)
         });
-        self.note_routing_ended();
+        entry.route = Route::Sent(connection);
 
         let mut result = None;
         if let Some(answer) = early {
@@ -349,18 +340,20 @@ impl<W> Correlator<W> {
         let Some(sequence) = Self::sequence_of(&self.prefix_hex, &request_id) else {
             return reject(&mut self.stats, RejectReason::UnknownRequest);
         };
-        let Some(entry) = self.pending.get_mut(&sequence) else {
+        let Some(entry) = self.pending.get_mut(sequence) else {
             return reject(&mut self.stats, RejectReason::UnknownRequest);
         };
         match &mut entry.route {
             Route::Sent(sent_on) if *sent_on != connection => {
                 return reject(&mut self.stats, RejectReason::WrongConnection);
             }
-            Route::Routing { early: Some(held) } if held.connection != connection => {
+            Route::Routing {
+                early: Some(held), ..
+            } if held.connection != connection => {
                 return reject(&mut self.stats, RejectReason::WrongConnection);
             }
             // A second answer on the same connection: the first one counts.
-            Route::Routing { early: Some(_) } => {
+            Route::Routing { early: Some(_), .. } => {
                 return reject(&mut self.stats, RejectReason::UnknownRequest);
             }
             _ => {}
@@ -371,7 +364,7 @@ impl<W> Correlator<W> {
         if now >= entry.deadline {
             return reject(&mut self.stats, RejectReason::Late);
         }
-        if let Route::Routing { early } = &mut entry.route {
+        if let Route::Routing { early, .. } = &mut entry.route {
             *early = Some(EarlyAnswer {
                 connection,
                 outcome: response.outcome,
@@ -395,7 +388,7 @@ impl<W> Correlator<W> {
     /// away deadlines of ended commands on the way (hence `&mut`).
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let pending = &self.pending;
-        self.deadlines.earliest(|s| pending.contains_key(&s))
+        self.deadlines.earliest(|s| pending.contains(s))
     }
 
     /// The earliest deadline of a pending command, or `None` when nothing is pending.
@@ -412,10 +405,7 @@ impl<W> Correlator<W> {
         self.deadlines.pop_due(now, &mut due);
         for sequence in due {
             // Popped from the deadlines already; only the entry is left to take.
-            if let Some(entry) = self.pending.remove(&sequence) {
-                if matches!(entry.route, Route::Routing { .. }) {
-                    self.note_routing_ended();
-                }
+            if let Some(entry) = self.pending.remove(sequence) {
                 self.stats.timeouts += 1;
                 out.push(self.finished(sequence, entry, Err(CommandError::Timeout)));
             }
@@ -458,26 +448,32 @@ impl<W> Correlator<W> {
         device: Option<&DeviceId>,
         out: &mut Vec<Finished<W>>,
     ) {
-        if self.routing > 0 {
-            self.losses_while_routing.push(Loss {
-                connection,
-                device: device.cloned(),
-            });
-        }
         let before = out.len();
         let prefix = self.prefix;
-        out.extend(
-            self.pending
-                .extract_if(|_, entry| {
-                    matches!(entry.route, Route::Sent(c) if c == connection)
-                        && device.is_none_or(|d| *d == entry.device)
-                })
-                .map(|(sequence, entry)| Finished {
+        self.pending.remove_where(
+            |entry| {
+                if device.is_some_and(|d| *d != entry.device) {
+                    return false;
+                }
+                match &mut entry.route {
+                    Route::Sent(c) => *c == connection,
+                    Route::Routing { losses, .. } => {
+                        losses.push(Loss {
+                            connection,
+                            device: device.cloned(),
+                        });
+                        false
+                    }
+                }
+            },
+            |sequence, entry| {
+                out.push(Finished {
                     request_id: ids::encode(prefix, sequence),
                     connection: Some(connection),
                     result: Err(CommandError::BridgeLost),
                     waiter: entry.waiter,
-                }),
+                });
+            },
         );
         self.stats.bridge_lost += (out.len() - before) as u64;
     }
@@ -516,19 +512,22 @@ impl<W> Correlator<W> {
         self.closed = true;
         let prefix = self.prefix;
         let before = out.len();
-        out.extend(self.pending.drain().map(|(sequence, entry)| Finished {
-            request_id: ids::encode(prefix, sequence),
-            connection: match entry.route {
-                Route::Sent(connection) => Some(connection),
-                Route::Routing { .. } => None,
+        self.pending.remove_where(
+            |_| true,
+            |sequence, entry| {
+                out.push(Finished {
+                    request_id: ids::encode(prefix, sequence),
+                    connection: match entry.route {
+                        Route::Sent(connection) => Some(connection),
+                        Route::Routing { .. } => None,
+                    },
+                    result: Err(CommandError::Shutdown),
+                    waiter: entry.waiter,
+                });
             },
-            result: Err(CommandError::Shutdown),
-            waiter: entry.waiter,
-        }));
+        );
         self.stats.shutdown += (out.len() - before) as u64;
         self.deadlines.clear();
-        self.routing = 0;
-        self.losses_while_routing.clear();
     }
 
     /// True once [`close`](Self::close) was called.

@@ -3,7 +3,7 @@
 use bridge_protocol::{DeviceErrorCode, ErrorCode, RequestId};
 
 /// Why [`SessionManager::send_command`](crate::SessionManager::send_command) returned no reply.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, thiserror::Error)]
 #[non_exhaustive]
 pub enum CommandError {
     /// No bridge holds the device (HTTP `offline`).
@@ -20,7 +20,7 @@ pub enum CommandError {
     #[error("the bridge reported a device error: {0}")]
     DeviceError(DeviceErrorCode),
     /// The device type is not in the registry, or none was given and the registry has no
-    /// default (HTTP `unknown_device_type`).
+    /// default (HTTP `unknown_device_type`). Holds the name asked for, empty when none was.
     #[error("unknown device type: {0}")]
     UnknownDeviceType(String),
     /// The server already has as many commands pending as it is configured to allow.

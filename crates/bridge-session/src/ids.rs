@@ -1,14 +1,13 @@
-//! Request ids: how they are made, read back, and hashed.
+//! Request ids: how they are made and read back.
 //!
 //! An id is 128 bits rendered as 32 lower-case hex digits with
 //! [`RequestId::from_u128_hex`]: the high 64 bits are a per-process random prefix (so that
 //! ids stay unique across server nodes), the low 64 bits a sequence number. A shard hands out
-//! the sequence numbers `shard, shard + n, shard + 2n, ...` for `n` shards, so the shard of an
-//! answer is read from its id without a search, and the pending map is keyed by the bare
-//! sequence number (a `u64`) rather than by the 32-character string.
+//! sequence numbers that say where the command is stored (see `slots`), so the command of
+//! an answer is found by parsing 16 hex digits, without hashing the 32-character string.
 
 use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, Hasher};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bridge_protocol::RequestId;
@@ -83,39 +82,6 @@ pub(crate) fn prefix_hex(prefix: u64) -> [u8; 16] {
     out
 }
 
-/// Hashes the `u64` sequence numbers that key the pending maps.
-///
-/// A folded 64×64→128-bit multiply: two instructions, and every output bit depends on every
-/// input bit. Sequence numbers are chosen by this process, never by a peer, so no keyed
-/// (DoS-resistant) hash is needed; peers can only make lookups, which cost the same whatever
-/// they send.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct SequenceHasher(u64);
-
-impl Hasher for SequenceHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by the maps; this keeps the hasher total for other keys.
-        for &b in bytes {
-            self.write_u64(self.0 ^ u64::from(b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        const K: u128 = 0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835;
-        let product = u128::from(n ^ self.0).wrapping_mul(K);
-        #[allow(clippy::cast_possible_truncation)] // folding the halves is the point
-        let folded = (product as u64) ^ ((product >> 64) as u64);
-        self.0 = folded;
-    }
-}
-
-/// The `BuildHasher` of the pending maps.
-pub(crate) type BuildSequenceHasher = BuildHasherDefault<SequenceHasher>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,20 +114,5 @@ mod tests {
     #[test]
     fn random_prefixes_differ() {
         assert_ne!(random_prefix(), random_prefix());
-    }
-
-    #[test]
-    fn hasher_spreads_sequences_that_share_low_bits() {
-        use std::collections::HashSet;
-        // Shard 3 of 16 uses sequences 3, 19, 35, ...: their hashes must still spread over
-        // the low bits hashbrown uses for bucket indices.
-        let buckets: HashSet<u64> = (0..256_u64)
-            .map(|i| {
-                let mut h = SequenceHasher::default();
-                h.write_u64(i * 16 + 3);
-                h.finish() & 0xFF
-            })
-            .collect();
-        assert!(buckets.len() > 128, "only {} of 256 buckets", buckets.len());
     }
 }

@@ -23,7 +23,27 @@ type Waiter = oneshot::Sender<CommandResult>;
 
 /// One independently locked part of the pending set, alone on its cache lines.
 #[repr(align(128))]
-struct Shard(Mutex<Correlator<Waiter>>);
+struct Shard(Mutex<ShardState>);
+
+impl Shard {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, ShardState> {
+        self.0.lock()
+    }
+}
+
+struct ShardState {
+    correlator: Correlator<Waiter>,
+    /// Pending-limit tokens this shard took from `Inner::free_tokens`; never below
+    /// `correlator.len()`. Shards take and give back tokens in batches, so the limit costs
+    /// no shared atomic per command.
+    reserved: usize,
+}
+
+impl ShardState {
+    fn surplus(&self) -> usize {
+        self.reserved - self.correlator.len()
+    }
+}
 
 /// Sends commands to devices through a [`Transport`] and hands each caller its device's
 /// answer, or the precise reason there is none.
@@ -47,7 +67,7 @@ impl<T: ?Sized> Clone for SessionManager<T> {
 impl<T: ?Sized> std::fmt::Debug for SessionManager<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionManager")
-            .field("pending", &self.inner.pending.load(Ordering::Relaxed))
+            .field("pending", &self.inner.pending())
             .field("shards", &self.inner.shards.len())
             .finish_non_exhaustive()
     }
@@ -58,9 +78,10 @@ struct Inner<T: ?Sized> {
     shard_mask: usize,
     prefix_hex: [u8; 16],
     registry: Arc<ConfigRegistry>,
-    max_pending: usize,
-    /// Commands registered and not ended, over all shards.
-    pending: AtomicUsize,
+    /// Pending-limit tokens no shard has reserved (`max_pending` in all).
+    free_tokens: AtomicUsize,
+    /// How many tokens a shard takes or gives back at once.
+    token_batch: usize,
     /// Answers whose id this process never made (no shard is touched for them).
     foreign_responses: AtomicU64,
     /// Commands that timed out while waiting for a device slot (never registered).
@@ -84,6 +105,8 @@ struct TimerState {
     /// The deadline the timer task sleeps until, in nanoseconds since `epoch`; `u64::MAX`
     /// while it sleeps with no deadline, or is about to look at the shards.
     armed: AtomicU64,
+    /// When the timer task last looked at the clock, in nanoseconds since `epoch`.
+    seen: AtomicU64,
     wake: Notify,
     stopped: AtomicBool,
 }
@@ -104,6 +127,11 @@ impl TimerState {
         }
     }
 
+    /// The time the timer task last read from the clock.
+    fn seen_at(&self) -> Instant {
+        self.epoch + Duration::from_nanos(self.seen.load(Ordering::Relaxed))
+    }
+
     fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
         self.wake.notify_one();
@@ -114,22 +142,24 @@ impl<T: Transport + ?Sized> SessionManager<T> {
     /// A manager that sends through `transport`, builds `ble_write` frames with the UUIDs of
     /// `registry`, and is tuned by `config`.
     ///
-    /// Must be called from inside a Tokio runtime (it spawns the timer task).
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime: it spawns the timer task.
     pub fn new(transport: Arc<T>, registry: Arc<ConfigRegistry>, config: &SessionConfig) -> Self {
         let shard_count = config.shards();
         let prefix = config.id_prefix().unwrap_or_else(ids::random_prefix);
-        let shards: Box<[Shard]> = (0..shard_count as u64)
+        let shards: Box<[Shard]> = (0..=u8::try_from(shard_count - 1).unwrap_or(u8::MAX))
             .map(|i| {
-                Shard(Mutex::new(Correlator::for_shard(
-                    prefix,
-                    i,
-                    shard_count as u64,
-                )))
+                Shard(Mutex::new(ShardState {
+                    reserved: 0,
+                    correlator: Correlator::for_shard(prefix, i),
+                }))
             })
             .collect();
         let timer = Arc::new(TimerState {
             epoch: Instant::now(),
             armed: AtomicU64::new(u64::MAX),
+            seen: AtomicU64::new(0),
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
         });
@@ -138,8 +168,8 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             shard_mask: shard_count - 1,
             prefix_hex: ids::prefix_hex(prefix),
             registry,
-            max_pending: config.max_pending(),
-            pending: AtomicUsize::new(0),
+            free_tokens: AtomicUsize::new(config.max_pending()),
+            token_batch: (config.max_pending() / (shard_count * 4)).clamp(1, 64),
             foreign_responses: AtomicU64::new(0),
             slot_timeouts: AtomicU64::new(0),
             device_slots: config.per_device_limit().map(|limit| DeviceSlots {
@@ -175,7 +205,10 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         let device_type = device_type.clone();
         let uuids = *uuids;
         let start = Instant::now();
-        let deadline = start + timeout;
+        // A timeout too long to represent waits "forever" (a century) instead of panicking.
+        let deadline = start
+            .checked_add(timeout)
+            .unwrap_or_else(|| start + Duration::from_hours(100 * 365 * 24));
 
         let slot = match &inner.device_slots {
             Some(slots) => {
@@ -188,24 +221,9 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             None => None,
         };
 
-        if inner.pending.fetch_add(1, Ordering::Relaxed) >= inner.max_pending {
-            inner.pending.fetch_sub(1, Ordering::Relaxed);
-            return Err(CommandError::TooManyPending);
-        }
         let shard = shard_hint() & inner.shard_mask;
         let (sender, mut receiver) = oneshot::channel();
-        let registered =
-            inner.shards[shard]
-                .0
-                .lock()
-                .register(device_id.clone(), deadline.into_std(), sender);
-        let request_id = match registered {
-            Ok(id) => id,
-            Err(error) => {
-                inner.pending.fetch_sub(1, Ordering::Relaxed);
-                return Err(error);
-            }
-        };
+        let request_id = inner.register(shard, device_id.clone(), deadline.into_std(), sender)?;
         let mut guard = PendingGuard {
             inner,
             shard,
@@ -232,25 +250,27 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             Ok(connection) => connection,
             Err(TransportError::Offline) => {
                 guard.armed = false;
-                let removed = inner.shards[shard].0.lock().mark_offline(&request_id);
+                let removed = inner.shards[shard]
+                    .lock()
+                    .correlator
+                    .mark_offline(&request_id);
                 if removed.is_some() {
-                    inner.pending.fetch_sub(1, Ordering::Relaxed);
                     return Err(CommandError::Offline);
                 }
-                // It ended (timed out, shut down) while the transport looked for a bridge.
-                return receiver.try_recv().unwrap_or(Err(CommandError::Offline));
+                // It ended (timed out, shut down) while the transport looked for a bridge;
+                // whoever ended it is handing over the result.
+                return receiver.await.unwrap_or(Err(CommandError::Offline));
             }
         };
 
         let marked = inner.shards[shard]
-            .0
             .lock()
+            .correlator
             .mark_sent(&request_id, connection);
         match marked {
             MarkSent::Waiting => {}
             MarkSent::Finished(finished) => {
                 guard.armed = false;
-                inner.pending.fetch_sub(1, Ordering::Relaxed);
                 inner.transport.command_finished(connection);
                 return finished.result;
             }
@@ -258,14 +278,15 @@ impl<T: Transport + ?Sized> SessionManager<T> {
                 // Ended while routing; whoever ended it did not know the connection.
                 guard.armed = false;
                 inner.transport.command_finished(connection);
-                return receiver.try_recv().unwrap_or(Err(CommandError::Shutdown));
+                return receiver.await.unwrap_or(Err(CommandError::Shutdown));
             }
         }
 
         let result = (&mut receiver).await;
         guard.armed = false;
-        // The sender is only ever dropped unused by `shutdown`'s drain racing a drop of the
-        // manager; report it as the shutdown it is.
+        // Every path that ends a command hands its result over, except the ones taken by
+        // this caller itself above, so the sender is never dropped unused while we wait;
+        // should that change, the caller learns the manager is going away.
         result.unwrap_or(Err(CommandError::Shutdown))
     }
 
@@ -290,10 +311,12 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         };
         #[allow(clippy::cast_possible_truncation)] // masked to the shard count below
         let shard = (sequence as usize) & inner.shard_mask;
-        let now = Instant::now().into_std();
+        // Lateness is judged by the timer's clock (no clock read per answer): an answer
+        // counts until the timer has ended its command.
+        let now = inner.timer.seen_at().into_std();
         let accepted = inner.shards[shard]
-            .0
             .lock()
+            .correlator
             .handle_response(connection, response, now);
         match accepted {
             Ok(ResponseAccepted::Resolved(finished)) => {
@@ -332,14 +355,14 @@ impl<T: Transport + ?Sized> SessionManager<T> {
 
     /// Number of commands pending now (registered and not ended).
     pub fn pending(&self) -> usize {
-        self.inner.pending.load(Ordering::Relaxed)
+        self.inner.pending()
     }
 
     /// A snapshot of the counters.
     pub fn stats(&self) -> SessionStats {
         let mut total = SessionStats::default();
         for shard in &*self.inner.shards {
-            total += shard.0.lock().stats();
+            total += shard.lock().correlator.stats();
         }
         total.unknown_responses += self.inner.foreign_responses.load(Ordering::Relaxed);
         total.timeouts += self.inner.slot_timeouts.load(Ordering::Relaxed);
@@ -353,10 +376,78 @@ impl<T: Transport + ?Sized> SessionManager<T> {
     }
 }
 
+impl<T: ?Sized> Inner<T> {
+    fn pending(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().correlator.len()).sum()
+    }
+
+    /// Registers a command in shard `shard`, within the pending limit.
+    fn register(
+        &self,
+        shard: usize,
+        device: DeviceId,
+        deadline: std::time::Instant,
+        waiter: Waiter,
+    ) -> Result<RequestId, CommandError> {
+        let mut state = self.shards[shard].lock();
+        if state.correlator.is_closed() {
+            return Err(CommandError::Shutdown);
+        }
+        if state.surplus() == 0 {
+            state.reserved += self.take_tokens(self.token_batch);
+            if state.surplus() == 0 {
+                // Near the limit: gather what other shards hold but do not use, then try
+                // once more for a single token.
+                drop(state);
+                self.reclaim_tokens();
+                state = self.shards[shard].lock();
+                state.reserved += self.take_tokens(1);
+                if state.surplus() == 0 {
+                    return Err(CommandError::TooManyPending);
+                }
+            }
+        } else if state.surplus() > 2 * self.token_batch {
+            state.reserved -= self.token_batch;
+            self.free_tokens
+                .fetch_add(self.token_batch, Ordering::Relaxed);
+        }
+        state.correlator.register(device, deadline, waiter)
+    }
+
+    /// Takes up to `wanted` free tokens; returns how many it got.
+    fn take_tokens(&self, wanted: usize) -> usize {
+        let mut free = self.free_tokens.load(Ordering::Relaxed);
+        loop {
+            let take = wanted.min(free);
+            if take == 0 {
+                return 0;
+            }
+            match self.free_tokens.compare_exchange_weak(
+                free,
+                free - take,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return take,
+                Err(now) => free = now,
+            }
+        }
+    }
+
+    /// Returns every shard's unused tokens to the free pool.
+    fn reclaim_tokens(&self) {
+        for shard in &*self.shards {
+            let mut state = shard.lock();
+            let surplus = state.surplus();
+            state.reserved -= surplus;
+            self.free_tokens.fetch_add(surplus, Ordering::Relaxed);
+        }
+    }
+}
+
 impl<T: Transport + ?Sized> Inner<T> {
     /// Tells a finished command's caller, outside any lock.
     fn deliver(&self, finished: Finished<Waiter>) {
-        self.pending.fetch_sub(1, Ordering::Relaxed);
         if let Some(connection) = finished.connection {
             self.transport.command_finished(connection);
         }
@@ -370,7 +461,7 @@ impl<T: Transport + ?Sized> Inner<T> {
     ) {
         let mut out = Vec::new();
         for shard in &*self.shards {
-            fail(&mut shard.0.lock(), &mut out);
+            fail(&mut shard.lock().correlator, &mut out);
         }
         for finished in out {
             self.deliver(finished);
@@ -392,11 +483,10 @@ impl<T: Transport + ?Sized> Drop for PendingGuard<'_, T> {
             return;
         }
         let removed = self.inner.shards[self.shard]
-            .0
             .lock()
+            .correlator
             .cancel(&self.request_id);
         if let Some(removed) = removed {
-            self.inner.pending.fetch_sub(1, Ordering::Relaxed);
             if let Some(connection) = removed.connection {
                 self.inner.transport.command_finished(connection);
             }
@@ -435,6 +525,9 @@ async fn run_timer<T: Transport + ?Sized>(inner: Weak<Inner<T>>, timer: Arc<Time
         }
         let alarm = timer.armed.load(Ordering::SeqCst);
         let now = Instant::now();
+        timer
+            .seen
+            .store(timer.nanos_since_epoch(now), Ordering::Relaxed);
         if alarm == u64::MAX {
             wake.await;
             continue;
@@ -454,7 +547,8 @@ async fn run_timer<T: Transport + ?Sized>(inner: Weak<Inner<T>>, timer: Arc<Time
         let now = now.into_std();
         let mut next: Option<std::time::Instant> = None;
         for shard in &*inner.shards {
-            let mut correlator = shard.0.lock();
+            let mut state = shard.lock();
+            let correlator = &mut state.correlator;
             correlator.handle_timeout(now, &mut expired);
             if let Some(deadline) = correlator.poll_timeout() {
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
