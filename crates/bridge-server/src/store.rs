@@ -9,10 +9,11 @@ use crate::config::QueueUrl;
 
 /// Opens the store `url` names, with `config`'s limits.
 ///
-/// `memory://` is always available; `sqlite://PATH` (default feature `sqlite`) and
-/// `postgres://...` (feature `postgres`) need their cargo feature. `redis://` and
-/// `amqp://` are understood by the configuration but bridge-queue does not offer those
-/// stores yet, so they are refused with [`ServerError::BackendUnavailable`].
+/// `memory://` is always available; `sqlite://PATH` (default feature `sqlite`),
+/// `postgres://...` (feature `postgres`) and `redis://...` (feature `redis`) need their
+/// cargo feature, and are refused with [`ServerError::BackendUnavailable`] without it.
+/// `amqp://` is understood by the configuration but bridge-queue has no RabbitMQ store, so
+/// it is refused too.
 pub async fn open_store(
     url: &QueueUrl,
     config: StoreConfig,
@@ -43,9 +44,17 @@ pub async fn open_store(
             backend: "postgres",
             reason: "this build lacks the `postgres` feature",
         }),
+        #[cfg(feature = "redis")]
+        QueueUrl::Redis(url) => {
+            let options = bridge_queue::RedisOptions::new(url.clone());
+            Ok(Arc::new(
+                bridge_queue::RedisStore::open(&options, config).await?,
+            ))
+        }
+        #[cfg(not(feature = "redis"))]
         QueueUrl::Redis(_) => Err(ServerError::BackendUnavailable {
             backend: "redis",
-            reason: "bridge-queue has no Redis store yet",
+            reason: "this build lacks the `redis` feature",
         }),
         QueueUrl::Amqp(_) => Err(ServerError::BackendUnavailable {
             backend: "amqp",
