@@ -5,7 +5,7 @@
 //! server of PROTOCOL.md, and is the `bridge-server` binary.
 //!
 //! * [`Server::builder`] takes a [`ServerConfig`] and optionally a store, a device-type
-//!   registry, hub settings and a [`Hub`](bridge_hub::Hub) wrapper;
+//!   registry, hub settings, a [`Hub`](bridge_hub::Hub) wrapper and delivery settings;
 //!   [`Server::router`] is an axum [`Router`](axum::Router) to mount in an application, and
 //!   [`Server::serve`] runs it with graceful shutdown.
 //! * [`auth`]: HS256 JWT authentication and development mode (PROTOCOL.md 1).
@@ -39,6 +39,68 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # How the parts meet
+//!
+//! * `GET /ws` authenticates **before** the upgrade (401/403 with the error body), then
+//!   upgrades with hyper and hands tokio-tungstenite's stream, configured with
+//!   [`HubConfig::websocket_config`](bridge_hub::HubConfig::websocket_config), to
+//!   [`LocalHub::serve`](bridge_hub::LocalHub::serve). A token's `exp` becomes the
+//!   connection's expiry (closed with 1008 once passed).
+//! * The hub's events go through one channel to one dispatcher task, in order:
+//!   `ble_response` → the session manager (an unknown request is answered `unknown_request`,
+//!   another connection's or device's `forbidden`); a release or a closed bridge fails what
+//!   is pending through it at once (`bridge_lost`); `DeviceOnline` and `ble_status` with
+//!   `connected: true` start delivery passes; a user's `command` frame runs the same command
+//!   path as `POST /v1/devices/{deviceId}/commands`, on its own task, and is answered with
+//!   `command_result` or an error frame carrying its `requestId`.
+//! * The session manager sends through the hub ([`Hub::send_to_device`] and
+//!   [`Hub::command_finished`], so routing knows the commands in flight per connection).
+//! * The delivery engine (see [`DeliveryConfig`]) leases a device's queued commands one at a
+//!   time, sends them through the session manager, completes or releases them in the store,
+//!   and announces final outcomes to the device's subscribers as `command_result` with the
+//!   `commandId`.
+//!
+//! [`Hub::send_to_device`]: bridge_hub::Hub::send_to_device
+//! [`Hub::command_finished`]: bridge_hub::Hub::command_finished
+//!
+//! # Readings of PROTOCOL.md
+//!
+//! Where the protocol leaves room, this server does what follows.
+//!
+//! * **A queued delivery cut off by a lost bridge** is tried again at once through another
+//!   holder if the device is still online (section 2, "tried again through another holder");
+//!   one cut off by a timeout waits for the next delivery pass (section 4.2): the device
+//!   coming online, a holder reporting `connected: true`, or the retry tick.
+//! * **A queued command remembers its `deviceType` and `timeoutMs` in this process only**:
+//!   the store keeps neither. Delivered after a restart, it uses the registry's default type
+//!   and the default timeout (10 s).
+//! * **`expired` is announced** when a delivery pass or a retry tick finds that a command
+//!   this process queued (or saw in a listing) has expired. A command that expired while no
+//!   server was running is not announced; `GET /v1/commands/{id}` shows it `expired`.
+//! * **A command that used its last attempt** is announced as `failed` without an `error`
+//!   (the store records no device error for it), and its `result` is `null`.
+//! * **An attempt is counted when the command is leased**, just before it is sent; a device
+//!   that goes offline in between costs that attempt.
+//! * **HTTP body over the size limit**: 413 with code `invalid_request` (the protocol has no
+//!   dedicated code). A device id in a path that is not a valid id: 400 `invalid_request`; a
+//!   command id that cannot be valid: 404 `not_found`. Unknown routes: 404 `not_found`.
+//! * **Refusals that are not statuses**: the session manager's global cap on pending
+//!   commands and a server shutting down are 503 `unavailable`, over HTTP and as error
+//!   frames. A WebSocket upgrade during shutdown is 503 `unavailable`; a `GET /ws` without
+//!   upgrade headers (after authentication) is 426 `invalid_request`.
+//! * **`bridge_commands_total{outcome}`** counts every command path answer by its status
+//!   (`succeeded`, `queued`, `awaiting_confirmation`, `device_error`, `offline`,
+//!   `bridge_lost`, `timeout`) and refusals by their error code (`queue_full`, …); each queued
+//!   delivery counts once more by how it ended.
+//! * **`bridge_queue_commands{status}`** has the statuses that are not final
+//!   (`awaiting_confirmation`, `pending`, `delivering`), summed over the devices this process
+//!   knows of (online, or with commands it queued or listed): the store offers no global
+//!   count.
+//! * **Development mode**: a user connection starts with no subscriptions (the token's
+//!   `devices` in JWT mode), unless the embedding application installs a
+//!   [`SubscriptionSource`](bridge_hub::SubscriptionSource) with
+//!   [`ServerBuilder::customize_hub`].
 
 pub mod auth;
 mod commands;
