@@ -405,3 +405,171 @@ async fn two_servers_in_one_process_keep_their_own_metrics() {
     let (_, text) = first.get_text("/metrics").await;
     assert!(text.contains("bridge_commands_total{outcome=\"offline\"} 1"));
 }
+
+/// A memory store whose backend "does not answer" once told so.
+struct FlakyStore {
+    inner: MemoryStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl FlakyStore {
+    fn check(&self) -> Result<(), bridge_queue::StoreError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(bridge_queue::StoreError::Unavailable {
+                backend: "flaky",
+                source: "connection refused".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl bridge_queue::Store for FlakyStore {
+    async fn enqueue(
+        &self,
+        command: bridge_queue::NewCommand,
+    ) -> Result<bridge_protocol::CommandId, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.enqueue(command).await
+    }
+    async fn confirm(
+        &self,
+        id: &bridge_protocol::CommandId,
+    ) -> Result<bridge_queue::QueuedCommand, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.confirm(id).await
+    }
+    async fn cancel(
+        &self,
+        id: &bridge_protocol::CommandId,
+    ) -> Result<bridge_queue::QueuedCommand, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.cancel(id).await
+    }
+    async fn lease(
+        &self,
+        device: &bridge_protocol::DeviceId,
+        max: usize,
+        lease_for: std::time::Duration,
+    ) -> Result<Vec<bridge_queue::QueuedCommand>, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.lease(device, max, lease_for).await
+    }
+    async fn complete(
+        &self,
+        id: &bridge_protocol::CommandId,
+        outcome: bridge_protocol::http::CommandOutcome,
+    ) -> Result<bridge_queue::QueuedCommand, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.complete(id, outcome).await
+    }
+    async fn release(
+        &self,
+        id: &bridge_protocol::CommandId,
+    ) -> Result<bridge_queue::QueuedCommand, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.release(id).await
+    }
+    async fn drain_pending(
+        &self,
+        device: &bridge_protocol::DeviceId,
+    ) -> Result<Vec<bridge_queue::QueuedCommand>, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.drain_pending(device).await
+    }
+    async fn get(
+        &self,
+        id: &bridge_protocol::CommandId,
+    ) -> Result<bridge_queue::QueuedCommand, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.get(id).await
+    }
+    async fn list_open(
+        &self,
+        device: &bridge_protocol::DeviceId,
+    ) -> Result<Vec<bridge_queue::QueuedCommand>, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.list_open(device).await
+    }
+    async fn pending_count(
+        &self,
+        device: &bridge_protocol::DeviceId,
+    ) -> Result<u32, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.pending_count(device).await
+    }
+    async fn due_devices(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<bridge_protocol::DeviceId>, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.due_devices(limit).await
+    }
+    async fn sweep(&self) -> Result<bridge_queue::SweepReport, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.sweep().await
+    }
+    async fn ping(&self) -> Result<(), bridge_queue::StoreError> {
+        self.check()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_backend_that_does_not_answer_is_503_unavailable_and_not_ready() {
+    let store = Arc::new(FlakyStore {
+        inner: MemoryStore::default(),
+        down: std::sync::atomic::AtomicBool::new(false),
+    });
+    let server = TestServer::start_with(ServerConfig::default(), |b| b.store(store.clone())).await;
+    assert_eq!(server.get("/readyz").await.0, 200);
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let (status, body) = server.get("/readyz").await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "unavailable");
+    let (status, body) = server
+        .command(
+            "lock-1",
+            json!({"payload":"01","ifOffline":"queue","commandType":"unlock"}),
+        )
+        .await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "unavailable");
+    // Commands that need no queue still work, and the process still serves.
+    assert_eq!(
+        server.command("lock-1", json!({"payload":"01"})).await,
+        (503, json!({"status":"offline"}))
+    );
+    assert_eq!(server.get("/healthz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_closes_websockets_with_1001_and_lets_pending_http_commands_end() {
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let server = TestServer::start().await;
+    let mut bridge = Bridge::connect(&server, "phone", &["lock-1"]).await;
+    server.wait_online("lock-1", 1).await;
+    let http = server.http.clone();
+    let url = server.url("/v1/devices/lock-1/commands");
+    let call = tokio::spawn(async move {
+        let response = http
+            .post(url)
+            .body(json!({"payload":"01","timeoutMs":60000}).to_string())
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    bridge.next_write().await;
+    let stop = tokio::spawn(server.stop());
+    let close = bridge.ws.closed().await.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Away);
+    let (status, body) = call.await.unwrap();
+    assert_eq!((status, body), (503, json!({"status":"bridge_lost"})));
+    stop.await.unwrap();
+}

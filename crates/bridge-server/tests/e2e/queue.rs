@@ -201,6 +201,19 @@ async fn a_cancelled_command_is_announced_and_never_delivered() {
     let (_, view) = server.get(&format!("/v1/commands/{id}")).await;
     assert_eq!(view["status"], "cancelled");
     assert_eq!(view["attempts"], 0);
+
+    // Once it is being delivered, a command can no longer be cancelled.
+    let delivering = queue(&server, "lock-2", "lock", "01").await;
+    let mut bridge = Bridge::connect(&server, "phone-2", &["lock-2"]).await;
+    let write = bridge.next_write().await;
+    server.wait_command_status(&delivering, "delivering").await;
+    let (status, body) = server
+        .post(&format!("/v1/commands/{delivering}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 409);
+    assert_eq!(body["error"]["code"], "conflict");
+    bridge.answer(&write, "81").await;
+    server.wait_command_status(&delivering, "succeeded").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
