@@ -10,6 +10,7 @@
 //! | `sqlite`   | `SqliteStore`    | the server's embedded durable default; survives kill -9 |
 //! | `postgres` | `PostgresStore`  | shared durable store for several server processes |
 //! | `redis`    | `RedisStore`     | deployments that already run Redis |
+//! | `rabbitmq` | `RabbitMqStore`  | push delivery through RabbitMQ queues, state in another store (see the `rabbitmq` module) |
 //!
 //! Time (TTL, lease deadlines) is read from the [`Clock`] in [`StoreConfig`], so tests move
 //! a [`ManualClock`] instead of sleeping.
@@ -59,6 +60,8 @@ mod memory;
 mod model;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -76,6 +79,8 @@ pub use memory::MemoryStore;
 pub use model::{NewCommand, QueuedCommand, StoreConfig, SweepReport};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
+#[cfg(feature = "rabbitmq")]
+pub use rabbitmq::{RabbitMqOptions, RabbitMqStore};
 #[cfg(feature = "redis")]
 pub use redis::{RedisOptions, RedisStore};
 #[cfg(feature = "sqlite")]

@@ -39,11 +39,17 @@ mod sqlite_harness {
         dir: PathBuf,
     }
 
+    impl SqliteHarness {
+        pub(crate) fn path(&self) -> PathBuf {
+            self.dir.join("queue.db")
+        }
+    }
+
     #[async_trait]
     impl Harness for SqliteHarness {
         type Store = SqliteStore;
         async fn open(&self, config: StoreConfig) -> Result<SqliteStore, StoreError> {
-            SqliteStore::open(&SqliteOptions::new(self.dir.join("queue.db")), config).await
+            SqliteStore::open(&SqliteOptions::new(self.path()), config).await
         }
         async fn cleanup(&self) {
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -178,3 +184,55 @@ mod redis_harness {
 
 #[cfg(feature = "redis")]
 bridge_queue::conformance_tests!(redis, crate::redis_harness::new(), durable);
+
+/// RabbitMQ notices composed with an SQLite state store in a temp dir.
+#[cfg(all(feature = "rabbitmq", feature = "sqlite"))]
+mod rabbitmq_harness {
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use bridge_queue::testkit::Harness;
+    use bridge_queue::{
+        RabbitMqOptions, RabbitMqStore, SqliteOptions, SqliteStore, StoreConfig, StoreError,
+    };
+
+    pub(crate) struct RabbitMqHarness {
+        sqlite: crate::sqlite_harness::SqliteHarness,
+        options: RabbitMqOptions,
+    }
+
+    #[async_trait]
+    impl Harness for RabbitMqHarness {
+        type Store = RabbitMqStore<SqliteStore>;
+        async fn open(&self, config: StoreConfig) -> Result<Self::Store, StoreError> {
+            let state = SqliteStore::open(&SqliteOptions::new(self.sqlite.path()), config).await?;
+            RabbitMqStore::open(self.options.clone(), state).await
+        }
+        async fn cleanup(&self) {
+            // The device queues expire on their own (idle_queue_expiry below).
+            self.sqlite.cleanup().await;
+        }
+    }
+
+    pub(crate) async fn new() -> RabbitMqHarness {
+        let url = crate::service_url(
+            "BRIDGE_TEST_AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        );
+        if let Err(e) =
+            lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await
+        {
+            panic!("RabbitMQ is unreachable at {url} ({e}); start it or set BRIDGE_TEST_AMQP_URL");
+        }
+        let mut options = RabbitMqOptions::new(url)
+            .with_prefix(format!("bq-test-{}", uuid::Uuid::new_v4().simple()));
+        options.idle_queue_expiry = Duration::from_secs(30);
+        RabbitMqHarness {
+            sqlite: crate::sqlite_harness::new().await,
+            options,
+        }
+    }
+}
+
+#[cfg(all(feature = "rabbitmq", feature = "sqlite"))]
+bridge_queue::conformance_tests!(rabbitmq, crate::rabbitmq_harness::new(), durable);
