@@ -119,4 +119,4 @@ pub use config::{Cli, ConfigError, LogFormat, QueueUrl, ServerConfig};
 pub use delivery::DeliveryConfig;
 pub use error::ServerError;
 pub use server::{Server, ServerBuilder};
-pub use store::open_store;
+pub use store::{RABBITMQ_STATE_FILE, open_store};

@@ -7,13 +7,20 @@ use bridge_queue::{MemoryStore, Store, StoreConfig};
 use crate::ServerError;
 use crate::config::QueueUrl;
 
+/// Where `amqp://` keeps the commands' state: a SQLite file in the working directory.
+pub const RABBITMQ_STATE_FILE: &str = "bridge-queue-state.sqlite";
+
 /// Opens the store `url` names, with `config`'s limits.
 ///
 /// `memory://` is always available; `sqlite://PATH` (default feature `sqlite`),
-/// `postgres://...` (feature `postgres`) and `redis://...` (feature `redis`) need their
-/// cargo feature, and are refused with [`ServerError::BackendUnavailable`] without it.
-/// `amqp://` is understood by the configuration but bridge-queue has no RabbitMQ store, so
-/// it is refused too.
+/// `postgres://...` (feature `postgres`), `redis://...` (feature `redis`) and `amqp://...`
+/// (feature `rabbitmq`) need their cargo feature, and are refused with
+/// [`ServerError::BackendUnavailable`] without it.
+///
+/// RabbitMQ carries delivery notices only; bridge-queue's `RabbitMqStore` keeps the
+/// commands' state in a companion store, which the server makes the SQLite file
+/// [`RABBITMQ_STATE_FILE`] in the working directory. (The server delivers by leasing, on its
+/// own triggers; the notices serve other AMQP consumers and wake-ups.)
 pub async fn open_store(
     url: &QueueUrl,
     config: StoreConfig,
@@ -56,9 +63,22 @@ pub async fn open_store(
             backend: "redis",
             reason: "this build lacks the `redis` feature",
         }),
+        #[cfg(feature = "rabbitmq")]
+        QueueUrl::Amqp(url) => {
+            let state = bridge_queue::SqliteStore::open(
+                &bridge_queue::SqliteOptions::new(RABBITMQ_STATE_FILE),
+                config,
+            )
+            .await?;
+            let options = bridge_queue::RabbitMqOptions::new(url.clone());
+            Ok(Arc::new(
+                bridge_queue::RabbitMqStore::open(options, state).await?,
+            ))
+        }
+        #[cfg(not(feature = "rabbitmq"))]
         QueueUrl::Amqp(_) => Err(ServerError::BackendUnavailable {
-            backend: "amqp",
-            reason: "bridge-queue has no RabbitMQ store yet",
+            backend: "rabbitmq",
+            reason: "this build lacks the `rabbitmq` feature",
         }),
     }
 }

@@ -19,8 +19,12 @@ struct Process {
 impl Process {
     async fn start(dir: &Path, extra: &[&str]) -> Self {
         let queue = format!("sqlite://{}", dir.join("queue.sqlite").display());
+        Self::start_with_queue(dir, &queue, extra).await
+    }
+
+    async fn start_with_queue(dir: &Path, queue: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bridge-server"))
-            .args(["--listen", "127.0.0.1:0", "--queue", &queue])
+            .args(["--listen", "127.0.0.1:0", "--queue", queue])
             .args(extra)
             .current_dir(dir)
             .env("RUST_LOG", "warn")
@@ -174,4 +178,70 @@ async fn the_binary_refuses_a_public_address_without_a_secret() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--allow-unauthenticated"), "{stderr}");
+}
+
+/// Queues two commands through a `bridge-server` process on `queue`, kills it with SIGKILL,
+/// starts another on the same queue, and sees both delivered in order.
+async fn survives_sigkill_on(queue: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    // Unique per run: the queue is shared with whoever else uses this service.
+    let device = format!("lock-{}", uuid::Uuid::new_v4().simple());
+    let server = Process::start_with_queue(dir.path(), queue, &[]).await;
+    let mut ids = Vec::new();
+    for (kind, payload) in [("unlock", "02"), ("lock", "01")] {
+        let (status, body) = server
+            .client
+            .command(
+                &device,
+                json!({"payload":payload,"ifOffline":"queue","commandType":kind}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["commandId"].as_str().unwrap().to_owned());
+    }
+    server.kill().await;
+
+    let server = Process::start_with_queue(dir.path(), queue, &[]).await;
+    assert_eq!(server.client.get("/readyz").await.0, 200);
+    let mut bridge = Bridge::connect(&server.client, "phone", &[device.as_str()]).await;
+    for (id, payload) in ids.iter().zip(["02", "01"]) {
+        let write = assert_first_write(&mut bridge, payload).await;
+        bridge.answer(&write, "80").await;
+        server.client.wait_command_status(id, "succeeded").await;
+    }
+    server.kill().await;
+}
+
+fn service_url(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_commands_survive_sigkill_with_a_postgres_queue() {
+    survives_sigkill_on(&service_url(
+        "BRIDGE_TEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
+    ))
+    .await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_commands_survive_sigkill_with_a_redis_queue() {
+    survives_sigkill_on(&service_url(
+        "BRIDGE_TEST_REDIS_URL",
+        "redis://127.0.0.1:6379",
+    ))
+    .await;
+}
+
+#[cfg(feature = "rabbitmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_commands_survive_sigkill_with_a_rabbitmq_queue() {
+    survives_sigkill_on(&service_url(
+        "BRIDGE_TEST_AMQP_URL",
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    ))
+    .await;
 }
