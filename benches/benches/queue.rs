@@ -1,8 +1,9 @@
 //! The offline queue's delivery cycle per backend: enqueue → lease → complete of one command,
 //! run back to back by one task. Throughput in cycles per second.
 //!
-//! Run: `cargo bench -p benches --bench queue`. Needs the local PostgreSQL and Redis
-//! (`BRIDGE_TEST_POSTGRES_URL`, `BRIDGE_TEST_REDIS_URL`, defaulting to this machine's);
+//! Run: `cargo bench -p benches --bench queue`. Needs the local PostgreSQL, Redis and
+//! RabbitMQ (`BRIDGE_TEST_POSTGRES_URL`, `BRIDGE_TEST_REDIS_URL`, `BRIDGE_TEST_AMQP_URL`,
+//! defaulting to this machine's);
 //! each backend works in a namespace of its own (schema, key prefix, temp file) and removes
 //! it afterwards. Figures and the services' own raw figures are in BENCHMARKS.md.
 
@@ -11,8 +12,8 @@ use std::time::Duration;
 use bridge_protocol::http::CommandOutcome;
 use bridge_protocol::{CommandType, DeviceId, HexPayload, TtlSeconds};
 use bridge_queue::{
-    MemoryStore, PostgresOptions, PostgresStore, RedisOptions, RedisStore, SqliteOptions,
-    SqliteStore, Store, StoreConfig,
+    MemoryStore, PostgresOptions, PostgresStore, RabbitMqOptions, RabbitMqStore, RedisOptions,
+    RedisStore, SqliteOptions, SqliteStore, Store, StoreConfig,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
@@ -104,6 +105,21 @@ fn queue(c: &mut Criterion) {
         .block_on(RedisStore::open(&options, StoreConfig::default()))
         .expect("open Redis (is it running? BRIDGE_TEST_REDIS_URL)");
     bench_store(c, &rt, "redis", &redis);
+
+    // RabbitMQ carries the delivery notices; the state is in memory here, so the figure is
+    // the broker's share: one persistent, confirmed publish per enqueue.
+    let amqp_url = std::env::var("BRIDGE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let mut options = RabbitMqOptions::new(amqp_url).with_prefix(namespace.clone());
+    // The bench's device queue is deleted by the broker a minute after the bench.
+    options.idle_queue_expiry = Duration::from_mins(1);
+    let rabbitmq = rt
+        .block_on(RabbitMqStore::open(
+            options,
+            MemoryStore::new(StoreConfig::default()),
+        ))
+        .expect("open RabbitMQ (is it running? BRIDGE_TEST_AMQP_URL)");
+    bench_store(c, &rt, "rabbitmq+memory", &rabbitmq);
 }
 
 criterion_group!(benches, queue);

@@ -2,11 +2,12 @@
 //!
 //! Commands for a device that is offline wait here until the device comes back
 //! (PROTOCOL.md 4.2). [`Store`] is the one interface; the backends sit behind cargo
-//! features and keep the same promises, proven by one conformance suite ([`testkit`]):
+//! features and keep the same promises, proven by one conformance suite (module `testkit`,
+//! behind the feature of that name, so a third party's store can run it too):
 //!
 //! | feature    | store            | for |
 //! |------------|------------------|-----|
-//! | `memory` (default) | [`MemoryStore`] | tests and development; nothing survives the process |
+//! | `memory` (default) | `MemoryStore`    | tests and development; nothing survives the process |
 //! | `sqlite`   | `SqliteStore`    | the server's embedded durable default; survives kill -9 |
 //! | `postgres` | `PostgresStore`  | shared durable store for several server processes |
 //! | `redis`    | `RedisStore`     | deployments that already run Redis |

@@ -246,8 +246,18 @@ async fn migrate(pool: PgPool, schema: String) -> Result<(), StoreError> {
         .execute(&mut *tx)
         .await
         .map_err(err)?;
-    let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
-    tx.execute(create.as_str()).await.map_err(err)?;
+    // Create the schema only when missing: CREATE SCHEMA checks the CREATE privilege on the
+    // database even with IF NOT EXISTS, which a least-privileged user may not have.
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+    if !exists {
+        let create = format!("CREATE SCHEMA \"{schema}\"");
+        tx.execute(create.as_str()).await.map_err(err)?;
+    }
     tx.execute(
         "CREATE TABLE IF NOT EXISTS bridge_queue_migrations (
             version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",

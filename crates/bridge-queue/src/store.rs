@@ -31,6 +31,13 @@ use crate::model::{NewCommand, QueuedCommand, SweepReport};
 /// deliver; [`sweep`](Self::sweep) ends expired commands and recovers lapsed leases of every
 /// device (the device-scoped calls do this for their device on their own).
 ///
+/// `complete` and `release` are not fenced by lease: they act on whoever holds the command
+/// now. Pick `lease_for` well above the longest delivery (the `ble_write` timeout plus a
+/// margin), so that a live holder never outlives its lease; a holder that was paused past
+/// its [`lease_deadline`](crate::QueuedCommand::lease_deadline) should not `release` (the
+/// lapsed lease already made the command deliverable again), while its late `complete`
+/// still records the device's real answer.
+///
 /// # Order
 ///
 /// A device's commands are handed out in the order they were queued; a command updated in

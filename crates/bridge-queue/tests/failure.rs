@@ -15,8 +15,8 @@ use bridge_protocol::{CommandType, DeviceId, HexPayload, TtlSeconds};
 use bridge_queue::{Store, StoreError};
 
 /// How long a store may take to answer `Unavailable`: its operation timeout plus slack.
-const OPERATION_TIMEOUT: Duration = Duration::from_secs(2);
-const ANSWER_BOUND: Duration = Duration::from_secs(4);
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
+const ANSWER_BOUND: Duration = Duration::from_secs(3);
 const LEASE: Duration = Duration::from_secs(30);
 
 fn free_port() -> u16 {
@@ -44,6 +44,7 @@ async fn assert_unavailable<T: std::fmt::Debug>(
     let started = Instant::now();
     let result = op.await;
     let took = started.elapsed();
+    eprintln!("{what}: {:?} after {took:?}", result.as_ref().err());
     assert!(
         matches!(&result, Err(e @ StoreError::Unavailable { .. }) if e.is_retryable()),
         "{what}: expected Unavailable, got {result:?}"
