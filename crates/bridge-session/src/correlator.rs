@@ -49,10 +49,12 @@ pub enum MarkSent<W> {
     /// The command ended at once: an answer had already come on this connection, or the
     /// connection was lost (or released the device) while the write was being sent.
     Finished(Finished<W>),
-    /// The command had already ended (timeout, shutdown, cancellation) while the write was
-    /// being sent; its waiter has been handed out then. The connection was not known to that
-    /// path, so the driver reports `command_finished` for it itself.
-    Gone,
+    /// The command had already ended, with this error (a timeout or shutdown), while the
+    /// write was being sent; its waiter was handed out then. The connection was not known to
+    /// that path, so the driver reports `command_finished` for it itself.
+    Gone(CommandError),
+    /// No command with this id was registered here, or its ending was already reported.
+    Unknown,
 }
 
 /// A command removed by [`Correlator::cancel`] or [`Correlator::mark_offline`].
@@ -122,6 +124,11 @@ struct Loss {
 /// [`mark_offline`](Self::mark_offline) or [`close`](Self::close). An ended command leaves
 /// no trace: [`len`](Self::len) counts exactly the commands not ended yet.
 ///
+/// After `register`, the driver calls exactly one of `mark_sent`, `mark_offline` and
+/// `cancel` for the command, even if it ended meanwhile: a command that times out or is shut
+/// down while still routing is reported there ([`MarkSent::Gone`]), which lets a driver
+/// attach its waiter only once the command waits ([`waiter_mut`](Self::waiter_mut)).
+///
 /// ```
 /// use std::time::{Duration, Instant};
 /// use bridge_protocol::{BleOutcome, BleResponse, ConnectionId, DeviceId, HexPayload};
@@ -155,6 +162,9 @@ pub struct Correlator<W> {
     pending: Slots<Entry<W>>,
     deadlines: Deadlines,
     closed: bool,
+    /// Commands that ended (timeout, shutdown) while routing, with their error, until the
+    /// driver hears of it in `mark_sent`, `mark_offline` or `cancel`. Rare and short-lived.
+    ended_while_routing: Vec<(u64, CommandError)>,
     stats: SessionStats,
 }
 
@@ -173,6 +183,7 @@ impl<W> Correlator<W> {
             pending: Slots::new(shard),
             deadlines: Deadlines::default(),
             closed: false,
+            ended_while_routing: Vec::new(),
             stats: SessionStats::default(),
         }
     }
@@ -211,6 +222,18 @@ impl<W> Correlator<W> {
         deadline: Instant,
         waiter: W,
     ) -> Result<RequestId, CommandError> {
+        self.register_with_sequence(device, deadline, waiter)
+            .map(|(id, _)| id)
+    }
+
+    /// [`register`](Self::register), also returning the sequence number behind the id,
+    /// which the `*_sequence` methods take instead of the id (saving a parse).
+    pub(crate) fn register_with_sequence(
+        &mut self,
+        device: DeviceId,
+        deadline: Instant,
+        waiter: W,
+    ) -> Result<(RequestId, u64), CommandError> {
         if self.closed {
             return Err(CommandError::Shutdown);
         }
@@ -234,7 +257,7 @@ impl<W> Correlator<W> {
         if let Some(entry) = self.pending.get_mut(sequence) {
             entry.deadline_slot = deadline_slot;
         }
-        Ok(ids::encode(self.prefix, sequence))
+        Ok((ids::encode(self.prefix, sequence), sequence))
     }
 
     /// Removes the entry of `sequence`, and its deadline when that is cheap.
@@ -253,11 +276,23 @@ impl<W> Correlator<W> {
     /// the device) while the write was being sent. An early answer from another connection
     /// is discarded (and counted as rejected); the command keeps waiting.
     pub fn mark_sent(&mut self, request_id: &RequestId, connection: ConnectionId) -> MarkSent<W> {
-        let Some(sequence) = Self::sequence_of(&self.prefix_hex, request_id) else {
-            return MarkSent::Gone;
-        };
+        match Self::sequence_of(&self.prefix_hex, request_id) {
+            Some(sequence) => self.mark_sent_sequence(sequence, connection),
+            None => MarkSent::Unknown,
+        }
+    }
+
+    /// [`mark_sent`](Self::mark_sent) by sequence number.
+    pub(crate) fn mark_sent_sequence(
+        &mut self,
+        sequence: u64,
+        connection: ConnectionId,
+    ) -> MarkSent<W> {
         let Some(entry) = self.pending.get_mut(sequence) else {
-            return MarkSent::Gone;
+            return match self.take_ended_while_routing(sequence) {
+                Some(error) => MarkSent::Gone(error),
+                None => MarkSent::Unknown,
+            };
         };
         let Route::Routing { early, losses } = &mut entry.route else {
             // Marked twice: the first mark stands.
@@ -280,7 +315,7 @@ impl<W> Correlator<W> {
                 result = Some(self.count_answer(answer.outcome));
             } else {
                 self.stats.rejected_wrong_connection += 1;
-                tracing::debug!(%request_id, answered_on = %answer.connection, sent_on = %connection,
+                tracing::debug!(sequence, answered_on = %answer.connection, sent_on = %connection,
                     "early answer from another connection discarded");
             }
         }
@@ -292,14 +327,37 @@ impl<W> Correlator<W> {
             None => MarkSent::Waiting,
             Some(result) => match self.remove(sequence) {
                 Some(entry) => MarkSent::Finished(Finished {
-                    request_id: *request_id,
+                    request_id: ids::encode(self.prefix, sequence),
                     connection: Some(connection),
                     result,
                     waiter: entry.waiter,
                 }),
-                None => MarkSent::Gone,
+                None => MarkSent::Unknown,
             },
         }
+    }
+
+    fn take_ended_while_routing(&mut self, sequence: u64) -> Option<CommandError> {
+        let at = self
+            .ended_while_routing
+            .iter()
+            .position(|(s, _)| *s == sequence)?;
+        Some(self.ended_while_routing.swap_remove(at).1)
+    }
+
+    /// The waiter of a pending command, for drivers that attach it only once the command
+    /// waits (after [`mark_sent`](Self::mark_sent) returned [`MarkSent::Waiting`], under the
+    /// same borrow, so no answer can slip in between).
+    pub fn waiter_mut(&mut self, request_id: &RequestId) -> Option<&mut W> {
+        let sequence = Self::sequence_of(&self.prefix_hex, request_id)?;
+        self.waiter_mut_sequence(sequence)
+    }
+
+    /// [`waiter_mut`](Self::waiter_mut) by sequence number.
+    pub(crate) fn waiter_mut_sequence(&mut self, sequence: u64) -> Option<&mut W> {
+        self.pending
+            .get_mut(sequence)
+            .map(|entry| &mut entry.waiter)
     }
 
     fn count_answer(&mut self, outcome: BleOutcome) -> CommandResult {
@@ -327,6 +385,25 @@ impl<W> Correlator<W> {
         response: BleResponse,
         now: Instant,
     ) -> Result<ResponseAccepted<W>, ResponseRejected> {
+        if let Some(sequence) = Self::sequence_of(&self.prefix_hex, &response.request_id) {
+            return self.handle_response_sequence(sequence, connection, response, now);
+        }
+        self.stats.unknown_responses += 1;
+        Err(ResponseRejected {
+            request_id: response.request_id,
+            reason: RejectReason::UnknownRequest,
+        })
+    }
+
+    /// [`handle_response`](Self::handle_response) for an answer whose id was already parsed
+    /// into `sequence`.
+    pub(crate) fn handle_response_sequence(
+        &mut self,
+        sequence: u64,
+        connection: ConnectionId,
+        response: BleResponse,
+        now: Instant,
+    ) -> Result<ResponseAccepted<W>, ResponseRejected> {
         let request_id = response.request_id;
         let reject = |stats: &mut SessionStats, reason| {
             match reason {
@@ -336,9 +413,6 @@ impl<W> Correlator<W> {
                 RejectReason::WrongDevice => stats.rejected_wrong_device += 1,
             }
             Err(ResponseRejected { request_id, reason })
-        };
-        let Some(sequence) = Self::sequence_of(&self.prefix_hex, &request_id) else {
-            return reject(&mut self.stats, RejectReason::UnknownRequest);
         };
         let Some(entry) = self.pending.get_mut(sequence) else {
             return reject(&mut self.stats, RejectReason::UnknownRequest);
@@ -407,6 +481,10 @@ impl<W> Correlator<W> {
             // Popped from the deadlines already; only the entry is left to take.
             if let Some(entry) = self.pending.remove(sequence) {
                 self.stats.timeouts += 1;
+                if matches!(entry.route, Route::Routing { .. }) {
+                    self.ended_while_routing
+                        .push((sequence, CommandError::Timeout));
+                }
                 out.push(self.finished(sequence, entry, Err(CommandError::Timeout)));
             }
         }
@@ -481,21 +559,46 @@ impl<W> Correlator<W> {
     /// Removes a command whose caller gave up (dropped its future). Returns `None` when it
     /// had already ended.
     pub fn cancel(&mut self, request_id: &RequestId) -> Option<Removed<W>> {
-        let removed = self.take(request_id)?;
+        self.cancel_sequence(Self::sequence_of(&self.prefix_hex, request_id)?)
+    }
+
+    /// [`cancel`](Self::cancel) by sequence number.
+    pub(crate) fn cancel_sequence(&mut self, sequence: u64) -> Option<Removed<W>> {
+        let Some(removed) = self.take(sequence) else {
+            self.take_ended_while_routing(sequence);
+            return None;
+        };
         self.stats.cancelled += 1;
         Some(removed)
     }
 
     /// Removes a command that could not be sent because no bridge holds its device.
-    /// Returns `None` when it had already ended.
-    pub fn mark_offline(&mut self, request_id: &RequestId) -> Option<Removed<W>> {
-        let removed = self.take(request_id)?;
-        self.stats.offline += 1;
-        Some(removed)
+    ///
+    /// `Err` when it was no longer pending: with the error it had already ended with while
+    /// the transport was looking for a bridge (a timeout or shutdown), or
+    /// [`CommandError::Offline`] for an id this correlator does not know.
+    pub fn mark_offline(&mut self, request_id: &RequestId) -> Result<Removed<W>, CommandError> {
+        match Self::sequence_of(&self.prefix_hex, request_id) {
+            Some(sequence) => self.mark_offline_sequence(sequence),
+            None => Err(CommandError::Offline),
+        }
     }
 
-    fn take(&mut self, request_id: &RequestId) -> Option<Removed<W>> {
-        let sequence = Self::sequence_of(&self.prefix_hex, request_id)?;
+    /// [`mark_offline`](Self::mark_offline) by sequence number.
+    pub(crate) fn mark_offline_sequence(
+        &mut self,
+        sequence: u64,
+    ) -> Result<Removed<W>, CommandError> {
+        let Some(removed) = self.take(sequence) else {
+            return Err(self
+                .take_ended_while_routing(sequence)
+                .unwrap_or(CommandError::Offline));
+        };
+        self.stats.offline += 1;
+        Ok(removed)
+    }
+
+    fn take(&mut self, sequence: u64) -> Option<Removed<W>> {
         let entry = self.remove(sequence)?;
         Some(Removed {
             connection: match entry.route {
@@ -512,9 +615,13 @@ impl<W> Correlator<W> {
         self.closed = true;
         let prefix = self.prefix;
         let before = out.len();
+        let ended_while_routing = &mut self.ended_while_routing;
         self.pending.remove_where(
             |_| true,
             |sequence, entry| {
+                if matches!(entry.route, Route::Routing { .. }) {
+                    ended_while_routing.push((sequence, CommandError::Shutdown));
+                }
                 out.push(Finished {
                     request_id: ids::encode(prefix, sequence),
                     connection: match entry.route {

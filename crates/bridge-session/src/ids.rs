@@ -15,22 +15,6 @@ use bridge_protocol::RequestId;
 /// Length in bytes of every id this crate generates.
 const ID_LEN: usize = 32;
 
-/// Lookup table from an ASCII byte to its lower-case hex digit value, `0xFF` for anything else.
-const HEX_VALUE: [u8; 256] = {
-    let mut table = [0xFF_u8; 256];
-    let mut digit = 0_u8;
-    while digit < 16 {
-        let ascii = if digit < 10 {
-            b'0' + digit
-        } else {
-            b'a' + digit - 10
-        };
-        table[ascii as usize] = digit;
-        digit += 1;
-    }
-    table
-};
-
 /// A fresh per-process random prefix for request ids.
 ///
 /// Mixes the standard library's per-process random hash keys (seeded from the operating
@@ -51,27 +35,44 @@ pub(crate) fn encode(prefix: u64, sequence: u64) -> RequestId {
     RequestId::from_u128_hex((u128::from(prefix) << 64) | u128::from(sequence))
 }
 
-/// Parses 16 lower-case hex digits.
-fn parse_hex_u64(digits: &[u8]) -> Option<u64> {
-    let mut value = 0_u64;
-    let mut invalid = 0_u8;
-    for &b in digits {
-        let digit = HEX_VALUE[usize::from(b)];
-        invalid |= digit;
-        value = (value << 4) | u64::from(digit & 0x0F);
+/// Parses 8 lower-case hex digits, given as a big-endian `u64` (first digit in the top
+/// byte), all eight at once with word arithmetic (SWAR). `None` unless every byte is `0-9`
+/// or `a-f`.
+fn parse_hex8(chunk: u64) -> Option<u32> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    if chunk & HIGH != 0 {
+        return None;
     }
-    // Valid digits are 0..=15, so bit 4 and above are set only by an invalid byte.
-    (invalid & 0xF0 == 0).then_some(value)
+    // For bytes below 0x80, `b + (0x80 - lo)` has bit 7 set iff `b >= lo`, and
+    // `b + (0x7F - hi)` has it set iff `b > hi`; no sum carries into the next byte.
+    let in_range = |lo: u8, hi: u8| {
+        (chunk + ONES * u64::from(0x80 - lo)) & !(chunk + ONES * u64::from(0x7F - hi)) & HIGH
+    };
+    if in_range(b'0', b'9') | in_range(b'a', b'f') != HIGH {
+        return None;
+    }
+    // '0'..'9' are 0x30..0x39 and 'a'..'f' are 0x61..0x66: the low nibble, plus 9 for
+    // letters (bit 6 set).
+    let nibbles = (chunk & (ONES * 0x0F)) + 9 * ((chunk >> 6) & ONES);
+    // Squeeze the eight nibbles together: pairs into bytes, bytes into halves, halves.
+    let bytes = (nibbles | (nibbles >> 4)) & 0x00FF_00FF_00FF_00FF;
+    let halves = (bytes | (bytes >> 8)) & 0x0000_FFFF_0000_FFFF;
+    u32::try_from((halves | (halves >> 16)) & 0xFFFF_FFFF).ok()
 }
 
 /// Reads back the sequence number of an id made by [`encode`] with `prefix_hex` (the
 /// prefix as 16 hex digits). `None` for any id this process did not make.
 pub(crate) fn decode(prefix_hex: &[u8; 16], id: &RequestId) -> Option<u64> {
-    let bytes = id.as_bytes();
-    if bytes.len() != ID_LEN || bytes[..16] != prefix_hex[..] {
+    let bytes: &[u8; ID_LEN] = id.as_bytes().try_into().ok()?;
+    let (prefix, sequence) = bytes.split_at(16);
+    if prefix != prefix_hex {
         return None;
     }
-    parse_hex_u64(&bytes[16..])
+    let (high, low) = sequence.split_at(8);
+    let high = parse_hex8(u64::from_be_bytes(high.try_into().ok()?))?;
+    let low = parse_hex8(u64::from_be_bytes(low.try_into().ok()?))?;
+    Some((u64::from(high) << 32) | u64::from(low))
 }
 
 /// The prefix as the 16 hex digits that lead every id made with it.
@@ -109,6 +110,51 @@ mod tests {
         assert_eq!(decode(&hex, &short), None);
         let junk = RequestId::new("000000000000000100000000000000g0").unwrap();
         assert_eq!(decode(&hex, &junk), None);
+    }
+
+    /// The obvious digit-by-digit parser, as the reference for the word-at-a-time one.
+    fn reference(digits: &[u8]) -> Option<u64> {
+        digits.iter().try_fold(0_u64, |value, &b| {
+            let digit = match b {
+                b'0'..=b'9' => b - b'0',
+                b'a'..=b'f' => b - b'a' + 10,
+                _ => return None,
+            };
+            Some((value << 4) | u64::from(digit))
+        })
+    }
+
+    #[test]
+    fn every_printable_byte_in_every_position_parses_as_the_reference_says() {
+        let prefix = 0x0123_4567_89ab_cdef;
+        let hex = prefix_hex(prefix);
+        for base in [0xfedc_ba98_7654_3210, 0, u64::MAX, 0x0a0a_f9f9_a0a0_9f9f] {
+            let base = encode(prefix, base);
+            for position in 16..32 {
+                for byte in 0x20_u8..=0x7E {
+                    let mut text = base.as_bytes().to_vec();
+                    text[position] = byte;
+                    let id = RequestId::new(std::str::from_utf8(&text).unwrap()).unwrap();
+                    assert_eq!(
+                        decode(&hex, &id),
+                        reference(&text[16..]),
+                        "byte {byte:#x} at {position}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn many_sequence_numbers_round_trip() {
+        let hex = prefix_hex(7);
+        let mut x = 0x9E37_79B9_7F4A_7C15_u64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            assert_eq!(decode(&hex, &encode(7, x)), Some(x));
+        }
     }
 
     #[test]

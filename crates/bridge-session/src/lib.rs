@@ -16,8 +16,9 @@
 //! * [`SessionManager`] drives a set of correlators (shards) from Tokio. It resolves device
 //!   types through the [`ConfigRegistry`](bridge_protocol::ConfigRegistry), builds the
 //!   `ble_write`, sends it through a [`Transport`] (the server implements it over its hub),
-//!   and wakes callers through one-shot channels. **One** timer task serves every pending
-//!   command of a manager; there is no timer or task per command.
+//!   and wakes a waiting caller through a one-shot channel, made only once the command
+//!   actually waits. **One** timer task serves every pending command of a manager; there
+//!   is no timer or task per command.
 //!
 //! # Invariants
 //!

@@ -18,8 +18,10 @@ use crate::error::{CommandError, RejectReason, ResponseRejected, TransportError}
 use crate::stats::SessionStats;
 use crate::{SessionConfig, Transport, ids};
 
-/// What a pending command keeps to reach its caller.
-type Waiter = oneshot::Sender<CommandResult>;
+/// What a pending command keeps to reach its caller: a channel, attached only once the
+/// command waits for an answer (an answer that comes while the transport is still sending
+/// is handed over directly, with no channel at all).
+type Waiter = Option<oneshot::Sender<CommandResult>>;
 
 /// One independently locked part of the pending set, alone on its cache lines.
 #[repr(align(128))]
@@ -222,12 +224,12 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         };
 
         let shard = shard_hint() & inner.shard_mask;
-        let (sender, mut receiver) = oneshot::channel();
-        let request_id = inner.register(shard, device_id.clone(), deadline.into_std(), sender)?;
+        let (request_id, sequence) =
+            inner.register(shard, device_id.clone(), deadline.into_std(), None)?;
         let mut guard = PendingGuard {
             inner,
             shard,
-            request_id,
+            sequence,
             armed: true,
         };
         inner.timer.arm(deadline);
@@ -253,40 +255,47 @@ impl<T: Transport + ?Sized> SessionManager<T> {
                 let removed = inner.shards[shard]
                     .lock()
                     .correlator
-                    .mark_offline(&request_id);
-                if removed.is_some() {
-                    return Err(CommandError::Offline);
-                }
-                // It ended (timed out, shut down) while the transport looked for a bridge;
-                // whoever ended it is handing over the result.
-                return receiver.await.unwrap_or(Err(CommandError::Offline));
+                    .mark_offline_sequence(sequence);
+                // `Err`: it ended (timed out, shut down) while the transport looked for a
+                // bridge.
+                return Err(removed.err().unwrap_or(CommandError::Offline));
             }
         };
 
-        let marked = inner.shards[shard]
-            .lock()
-            .correlator
-            .mark_sent(&request_id, connection);
-        match marked {
-            MarkSent::Waiting => {}
-            MarkSent::Finished(finished) => {
+        let receiver = {
+            let mut state = inner.shards[shard].lock();
+            match state.correlator.mark_sent_sequence(sequence, connection) {
+                MarkSent::Waiting => {
+                    // Attach the channel under the same lock: no answer can slip in between.
+                    let (sender, receiver) = oneshot::channel();
+                    if let Some(waiter) = state.correlator.waiter_mut_sequence(sequence) {
+                        *waiter = Some(sender);
+                    }
+                    Ok(receiver)
+                }
+                MarkSent::Finished(finished) => Err(finished.result),
+                MarkSent::Gone(error) => Err(Err(error)),
+                // Not reachable: only this caller ends a command it has not marked sent
+                // without recording why. Treated as the loss it would be.
+                MarkSent::Unknown => Err(Err(CommandError::BridgeLost)),
+            }
+        };
+        let receiver = match receiver {
+            Ok(receiver) => receiver,
+            Err(result) => {
+                // Ended at once (an answer that beat the send, a loss during the send) or
+                // while routing; either way no one else knew the connection.
                 guard.armed = false;
                 inner.transport.command_finished(connection);
-                return finished.result;
+                return result;
             }
-            MarkSent::Gone => {
-                // Ended while routing; whoever ended it did not know the connection.
-                guard.armed = false;
-                inner.transport.command_finished(connection);
-                return receiver.await.unwrap_or(Err(CommandError::Shutdown));
-            }
-        }
+        };
 
-        let result = (&mut receiver).await;
+        let result = receiver.await;
         guard.armed = false;
-        // Every path that ends a command hands its result over, except the ones taken by
-        // this caller itself above, so the sender is never dropped unused while we wait;
-        // should that change, the caller learns the manager is going away.
+        // Every path that ends a waiting command hands its result to the channel, so the
+        // sender is never dropped unused while we wait; should that change, the caller
+        // learns the manager is going away.
         result.unwrap_or(Err(CommandError::Shutdown))
     }
 
@@ -317,7 +326,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         let accepted = inner.shards[shard]
             .lock()
             .correlator
-            .handle_response(connection, response, now);
+            .handle_response_sequence(sequence, connection, response, now);
         match accepted {
             Ok(ResponseAccepted::Resolved(finished)) => {
                 inner.deliver(finished);
@@ -388,7 +397,7 @@ impl<T: ?Sized> Inner<T> {
         device: DeviceId,
         deadline: std::time::Instant,
         waiter: Waiter,
-    ) -> Result<RequestId, CommandError> {
+    ) -> Result<(RequestId, u64), CommandError> {
         let mut state = self.shards[shard].lock();
         if state.correlator.is_closed() {
             return Err(CommandError::Shutdown);
@@ -411,7 +420,9 @@ impl<T: ?Sized> Inner<T> {
             self.free_tokens
                 .fetch_add(self.token_batch, Ordering::Relaxed);
         }
-        state.correlator.register(device, deadline, waiter)
+        state
+            .correlator
+            .register_with_sequence(device, deadline, waiter)
     }
 
     /// Takes up to `wanted` free tokens; returns how many it got.
@@ -451,8 +462,11 @@ impl<T: Transport + ?Sized> Inner<T> {
         if let Some(connection) = finished.connection {
             self.transport.command_finished(connection);
         }
-        // The caller may be gone (its drop guard then finds nothing to cancel).
-        let _ = finished.waiter.send(finished.result);
+        // No waiter: the command ended while its caller was still sending, and the caller
+        // learns why from `mark_sent`. A gone caller's guard finds nothing to cancel.
+        if let Some(waiter) = finished.waiter {
+            let _ = waiter.send(finished.result);
+        }
     }
 
     fn fail_everywhere(
@@ -473,7 +487,7 @@ impl<T: Transport + ?Sized> Inner<T> {
 struct PendingGuard<'a, T: Transport + ?Sized> {
     inner: &'a Inner<T>,
     shard: usize,
-    request_id: RequestId,
+    sequence: u64,
     armed: bool,
 }
 
@@ -485,12 +499,12 @@ impl<T: Transport + ?Sized> Drop for PendingGuard<'_, T> {
         let removed = self.inner.shards[self.shard]
             .lock()
             .correlator
-            .cancel(&self.request_id);
+            .cancel_sequence(self.sequence);
         if let Some(removed) = removed {
             if let Some(connection) = removed.connection {
                 self.inner.transport.command_finished(connection);
             }
-            tracing::debug!(request_id = %self.request_id, "command cancelled by its caller");
+            tracing::debug!(sequence = self.sequence, "command cancelled by its caller");
         }
     }
 }

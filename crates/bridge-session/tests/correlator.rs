@@ -295,8 +295,39 @@ fn a_command_that_ended_while_routing_is_gone_when_the_send_returns() {
     let mut out = Vec::new();
     c.handle_timeout(t0 + TIMEOUT, &mut out);
     assert_eq!(out.len(), 1);
-    assert!(matches!(c.mark_sent(&id, BRIDGE), MarkSent::Gone));
+    assert!(matches!(
+        c.mark_sent(&id, BRIDGE),
+        MarkSent::Gone(CommandError::Timeout)
+    ));
     assert!(c.is_empty());
+    // Reported once.
+    assert!(matches!(c.mark_sent(&id, BRIDGE), MarkSent::Unknown));
+}
+
+#[test]
+fn a_command_shut_down_while_routing_reports_it_when_the_send_returns_or_fails() {
+    let t0 = Instant::now();
+    let mut c = Correlator::new(1);
+    let sent = c.register(device("a"), t0 + TIMEOUT, ()).unwrap();
+    let unsent = c.register(device("b"), t0 + TIMEOUT, ()).unwrap();
+    let timed_out = c.register(device("c"), t0, ()).unwrap();
+    let mut out = Vec::new();
+    c.handle_timeout(t0, &mut out);
+    c.close(&mut out);
+    assert_eq!(out.len(), 3);
+    assert!(matches!(
+        c.mark_sent(&sent, BRIDGE),
+        MarkSent::Gone(CommandError::Shutdown)
+    ));
+    assert_eq!(c.mark_offline(&unsent).unwrap_err(), CommandError::Shutdown);
+    assert_eq!(
+        c.mark_offline(&timed_out).unwrap_err(),
+        CommandError::Timeout
+    );
+    assert_eq!(
+        c.mark_offline(&RequestId::new("x").unwrap()).unwrap_err(),
+        CommandError::Offline
+    );
 }
 
 #[test]

@@ -885,3 +885,54 @@ async fn an_early_answer_from_another_connection_never_resolves_the_command() {
     assert_eq!((stats.rejected_wrong_connection, stats.timeouts), (1, 1));
     manager.shutdown();
 }
+
+/// A transport that takes `delay` to answer `result`.
+struct SlowTransport {
+    delay: Duration,
+    result: Result<ConnectionId, TransportError>,
+}
+
+#[async_trait]
+impl Transport for SlowTransport {
+    async fn send_ble_write(&self, _: BleWrite) -> Result<ConnectionId, TransportError> {
+        tokio::time::sleep(self.delay).await;
+        self.result
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_command_that_times_out_while_the_transport_looks_for_a_bridge_is_a_timeout() {
+    let slow = SlowTransport {
+        delay: 5 * SECOND,
+        result: Err(TransportError::Offline),
+    };
+    let manager = manager_with(slow, &SessionConfig::default());
+    let err = manager
+        .send_command(device("lock-1"), None, bytes(&[1]), SECOND)
+        .await;
+    assert_eq!(err, Err(CommandError::Timeout));
+    assert_eq!(manager.pending(), 0);
+    let stats = manager.stats();
+    assert_eq!((stats.timeouts, stats.offline), (1, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_during_the_send_ends_the_command_with_shutdown() {
+    let slow = SlowTransport {
+        delay: 5 * SECOND,
+        result: Ok(PHONE),
+    };
+    let manager = manager_with(slow, &SessionConfig::default());
+    let command = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .send_command(device("lock-1"), None, bytes(&[1]), 10 * SECOND)
+                .await
+        })
+    };
+    tokio::time::sleep(SECOND).await;
+    manager.shutdown();
+    assert_eq!(command.await.unwrap(), Err(CommandError::Shutdown));
+    assert_eq!(manager.pending(), 0);
+}
