@@ -189,7 +189,7 @@ async fn pass(core: &Arc<Core>, device: &DeviceId) {
             }
         };
         announce_closed(core, device, &open).await;
-        let Some(first) = open.iter().find(|c| c.status == CommandStatus::Pending) else {
+        let Some(first) = next_in_order(&open) else {
             return;
         };
         let timeout = meta_of(core, first).timeout;
@@ -211,6 +211,27 @@ async fn pass(core: &Arc<Core>, device: &DeviceId) {
         if matches!(next, Next::Stop) {
             return;
         }
+    }
+}
+
+/// The command a pass should deliver next, if one may go now.
+///
+/// In the device's order, skipping commands awaiting confirmation and the ones handed out
+/// for good by `drain_pending` (no lease deadline): a `pending` command goes; so does a
+/// `delivering` one whose lease has lapsed (its server crashed; the lease recovers it and
+/// hands it out again, before the ones behind it). A `delivering` command whose lease is
+/// still running holds the device's order: nothing goes until it lapses (a retry tick then
+/// finds the device due) or its delivery ends.
+fn next_in_order(open: &[QueuedCommand]) -> Option<&QueuedCommand> {
+    let now = Timestamp::now();
+    let first = open.iter().find(|c| match c.status {
+        CommandStatus::Pending => true,
+        CommandStatus::Delivering => c.lease_deadline.is_some(),
+        _ => false,
+    })?;
+    match (first.status, first.lease_deadline) {
+        (CommandStatus::Delivering, Some(deadline)) if deadline > now => None,
+        _ => Some(first),
     }
 }
 

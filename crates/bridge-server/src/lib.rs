@@ -95,8 +95,14 @@
 //!   delivery counts once more by how it ended.
 //! * **`bridge_queue_commands{status}`** has the statuses that are not final
 //!   (`awaiting_confirmation`, `pending`, `delivering`), summed over the devices this process
-//!   knows of (online, or with commands it queued or listed): the store offers no global
-//!   count.
+//!   knows to have queued commands (it queued them, or a delivery pass listed them): the
+//!   store offers no global count. Commands queued by another server process sharing the
+//!   store are counted once this one has seen their device online.
+//! * **Several servers sharing one store** each deliver one command at a time per device;
+//!   two servers each holding a bridge of the same device may deliver two of its commands at
+//!   once (the store never hands one command to both). Routing and presence are per process
+//!   unless a distributed [`Hub`](bridge_hub::Hub) is installed with
+//!   [`ServerBuilder::wrap_hub`].
 //! * **Development mode**: a user connection starts with no subscriptions (the token's
 //!   `devices` in JWT mode), unless the embedding application installs a
 //!   [`SubscriptionSource`](bridge_hub::SubscriptionSource) with

@@ -270,19 +270,11 @@ async fn metrics(State(core): State<Arc<Core>>, request: Request) -> Response {
     response
 }
 
-/// Queued commands that are not final, by status, over the devices this process knows of
-/// (online, or with commands it queued or saw): the store has no global count.
+/// Queued commands that are not final, by status, over the devices this process knows to
+/// have some (it queued them, or a delivery pass listed them): the store has no global
+/// count, and asking it about every online device at each scrape would cost too much.
 async fn queue_gauges(core: &Core) -> Vec<(&'static str, usize)> {
-    let mut devices: Vec<DeviceId> = core
-        .hub
-        .online_devices()
-        .await
-        .into_iter()
-        .map(|p| p.device_id)
-        .collect();
-    devices.extend(core.delivery.watched_devices());
-    devices.sort();
-    devices.dedup();
+    let devices = core.delivery.watched_devices();
     let statuses = [
         CommandStatus::AwaitingConfirmation,
         CommandStatus::Pending,

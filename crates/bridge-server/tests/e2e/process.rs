@@ -111,30 +111,46 @@ async fn queued_commands_survive_sigkill_and_are_all_delivered_after_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_cut_off_by_sigkill_is_delivered_again_after_restart() {
+async fn a_delivery_cut_off_by_sigkill_is_delivered_again_after_restart_before_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let server = Process::start(dir.path(), &[]).await;
-    let (_, body) = server
-        .client
-        .command(
-            "lock-1",
-            json!({"payload":"01","ifOffline":"queue","commandType":"unlock","timeoutMs":1000}),
-        )
-        .await;
-    let id = body["commandId"].as_str().unwrap().to_owned();
+    let mut ids = Vec::new();
+    for (kind, payload) in [("unlock", "02"), ("status", "03")] {
+        let (_, body) = server
+            .client
+            .command(
+                "lock-1",
+                json!({"payload":payload,"ifOffline":"queue","commandType":kind,"timeoutMs":1000}),
+            )
+            .await;
+        ids.push(body["commandId"].as_str().unwrap().to_owned());
+    }
     let mut bridge = Bridge::connect(&server.client, "phone", &["lock-1"]).await;
-    bridge.next_write().await;
-    server.client.wait_command_status(&id, "delivering").await;
+    assert_first_write(&mut bridge, "02").await;
+    server
+        .client
+        .wait_command_status(&ids[0], "delivering")
+        .await;
     server.kill().await;
 
-    // The lease lapses (timeout plus grace) and the retry tick hands the command out again.
+    // The lease lapses (timeout plus grace) and a retry tick hands the command out again,
+    // before the one queued after it.
     let server = Process::start(dir.path(), &["--retry-interval-secs", "1"]).await;
     let mut bridge = Bridge::connect(&server.client, "phone", &["lock-1"]).await;
-    let write = bridge.next_write().await;
-    assert_eq!(write["payload"], "01");
-    bridge.answer(&write, "81").await;
-    let view = server.client.wait_command_status(&id, "succeeded").await;
+    let write = assert_first_write(&mut bridge, "02").await;
+    bridge.answer(&write, "82").await;
+    let write = assert_first_write(&mut bridge, "03").await;
+    bridge.answer(&write, "83").await;
+    let view = server
+        .client
+        .wait_command_status(&ids[0], "succeeded")
+        .await;
     assert_eq!(view["attempts"], 2);
+    let view = server
+        .client
+        .wait_command_status(&ids[1], "succeeded")
+        .await;
+    assert_eq!(view["attempts"], 1);
     server.kill().await;
 }
 
