@@ -431,3 +431,70 @@ async fn tick(core: &Arc<Core>) {
         Err(error) => tracing::warn!(%error, "cannot list the devices due for delivery"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use bridge_protocol::{CommandType, HexPayload};
+
+    use super::*;
+
+    fn command(n: u8, status: CommandStatus, lease_deadline: Option<Timestamp>) -> QueuedCommand {
+        let now = Timestamp::now();
+        QueuedCommand {
+            id: CommandId::new(&format!("c{n}")).unwrap(),
+            device: DeviceId::new("lock-1").unwrap(),
+            command_type: CommandType::new("unlock").unwrap(),
+            payload: HexPayload::from_bytes(vec![n]),
+            status,
+            requires_confirmation: false,
+            attempts: 0,
+            created_at: now,
+            expires_at: now.saturating_add(Duration::from_hours(1)),
+            lease_deadline,
+            outcome: None,
+        }
+    }
+
+    fn next(open: &[QueuedCommand]) -> Option<String> {
+        next_in_order(open).map(|c| c.id.as_str().to_owned())
+    }
+
+    #[test]
+    fn the_oldest_pending_command_goes_next_past_those_awaiting_confirmation() {
+        let open = [
+            command(1, CommandStatus::AwaitingConfirmation, None),
+            command(2, CommandStatus::Pending, None),
+            command(3, CommandStatus::Pending, None),
+        ];
+        assert_eq!(next(&open).as_deref(), Some("c2"));
+        assert_eq!(next(&open[..1]), None);
+        assert_eq!(next(&[]), None);
+    }
+
+    #[test]
+    fn a_running_lease_holds_the_order_and_a_lapsed_one_goes_first() {
+        let later = Timestamp::now().saturating_add(Duration::from_mins(1));
+        let earlier = Timestamp::from_unix_millis(Timestamp::now().unix_millis() - 60_000);
+        let running = [
+            command(1, CommandStatus::Delivering, Some(later)),
+            command(2, CommandStatus::Pending, None),
+        ];
+        assert_eq!(next(&running), None);
+        let lapsed = [
+            command(1, CommandStatus::Delivering, Some(earlier)),
+            command(2, CommandStatus::Pending, None),
+        ];
+        assert_eq!(next(&lapsed).as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn commands_drained_for_good_do_not_block_the_queue() {
+        let open = [
+            command(1, CommandStatus::Delivering, None),
+            command(2, CommandStatus::Pending, None),
+        ];
+        assert_eq!(next(&open).as_deref(), Some("c2"));
+    }
+}
