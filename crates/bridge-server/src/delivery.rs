@@ -118,6 +118,21 @@ impl Delivery {
         self.stopped.store(true, Ordering::SeqCst);
     }
 
+    /// Waits until no pass runs (each ends after recording its current delivery), at most
+    /// `grace`. Returns whether all ended.
+    pub(crate) async fn wait_idle(&self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        loop {
+            if self.running.lock().is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::SeqCst)
     }

@@ -242,7 +242,8 @@ impl Server {
 
     /// Closes every WebSocket with 1001 (waiting up to a few seconds for them to go), so
     /// that commands pending through them fail with `bridge_lost` and queued deliveries go
-    /// back to `pending`; stops the delivery engine. Call it when the application that
+    /// back to `pending`; stops the delivery engine and waits (a few seconds at most) for the
+    /// deliveries it was making to be recorded. Call it when the application that
     /// mounted [`Server::router`] shuts down; [`Server::serve`] calls it on its own.
     pub async fn shutdown(&self) {
         self.core.delivery.stop();
@@ -252,6 +253,11 @@ impl Server {
             still_running = report.still_running,
             "WebSocket connections closed"
         );
+        // Deliveries cut off by the closing bridges are released back to `pending` before
+        // the process goes (were one cut short, its lease would lapse and it would go again).
+        if !self.core.delivery.wait_idle(SHUTDOWN_GRACE).await {
+            tracing::warn!("some deliveries were still being recorded at shutdown");
+        }
     }
 
     /// Serves [`Server::router`] on `listener` until `shutdown` completes, then shuts down

@@ -370,3 +370,20 @@ async fn a_timed_out_delivery_is_retried_after_the_retry_interval_and_fails_afte
         json!({"type":"command_result","commandId":id,"deviceId":"lock-1","status":"failed"})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_puts_a_delivery_in_progress_back_to_pending() {
+    let server = TestServer::start().await;
+    let store = server.store();
+    let id = queue(&server, "lock-1", "unlock", "01").await;
+    let mut bridge = Bridge::connect(&server, "phone", &["lock-1"]).await;
+    bridge.next_write().await;
+    server.wait_command_status(&id, "delivering").await;
+    server.stop().await;
+    let command = store
+        .get(&bridge_protocol::CommandId::new(&id).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(command.status.as_str(), "pending");
+    assert_eq!(command.attempts, 1);
+}
