@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, unreachable_pub, dead_code)]
 
 mod auth;
+mod clients;
 mod http;
 mod process;
 mod queue;
