@@ -38,7 +38,8 @@ impl SessionConfig {
     }
 
     /// Most commands in flight per device, `None` (the default) for no limit. A command over
-    /// the limit waits for a slot, and the wait counts against its timeout.
+    /// the limit waits for a slot, in order, and the wait counts against its timeout (while
+    /// it waits it is not pending yet, and its own deadline bounds the wait).
     pub fn with_per_device_limit(mut self, limit: Option<NonZeroUsize>) -> Self {
         self.per_device_limit = limit;
         self

@@ -936,3 +936,31 @@ async fn a_shutdown_during_the_send_ends_the_command_with_shutdown() {
     assert_eq!(command.await.unwrap(), Err(CommandError::Shutdown));
     assert_eq!(manager.pending(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_manager_over_a_dyn_transport_is_shareable_and_its_futures_are_send() {
+    fn assert_send<F: Send>(future: F) -> F {
+        future
+    }
+    fn assert_shareable<S: Send + Sync + Clone + 'static>(_: &S) {}
+
+    let (mock, mut writes, _) = recording_mock();
+    let transport: Arc<dyn Transport> = Arc::new(mock);
+    let manager: SessionManager = SessionManager::new(
+        transport,
+        Arc::new(ConfigRegistry::example()),
+        &SessionConfig::default(),
+    );
+    assert_shareable(&manager);
+    let command = tokio::spawn({
+        let manager = manager.clone();
+        async move {
+            assert_send(manager.send_command(device("lock-1"), None, bytes(&[1]), SECOND)).await
+        }
+    });
+    let write = writes.recv().await.unwrap();
+    manager
+        .handle_response(PHONE, answer(&write, &[2]))
+        .unwrap();
+    assert_eq!(command.await.unwrap(), Ok(bytes(&[2])));
+}
