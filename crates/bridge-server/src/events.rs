@@ -7,7 +7,7 @@
 use std::sync::{Arc, Weak};
 
 use bridge_hub::{Frame, HubEvent};
-use bridge_protocol::{ErrorFrame, Role, ServerToUser};
+use bridge_protocol::{ConnectionId, ErrorCode, ErrorFrame, Role, ServerToUser};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
@@ -32,9 +32,7 @@ async fn handle(core: &Arc<Core>, event: HubEvent) {
                 let code = rejected.error_code();
                 core.metrics.frame_rejected(code);
                 let message = match code {
-                    bridge_protocol::ErrorCode::Forbidden => {
-                        "this request was sent to another connection or device"
-                    }
+                    ErrorCode::Forbidden => "this request was sent to another connection or device",
                     _ => "no command is pending with this requestId",
                 };
                 let frame = Frame::from(ServerToUser::Error(ErrorFrame::new(
@@ -67,6 +65,16 @@ async fn handle(core: &Arc<Core>, event: HubEvent) {
             user_id,
             command,
         } => {
+            if !core.begin_user_command(connection) {
+                core.metrics.frame_rejected(ErrorCode::RateLimited);
+                let frame = Frame::from(ServerToUser::Error(ErrorFrame::new(
+                    ErrorCode::RateLimited,
+                    "too many commands running on this connection; wait for their results",
+                    Some(command.request_id),
+                )));
+                let _ = core.hub.send_to_connection(connection, &frame).await;
+                return;
+            }
             let core = Arc::clone(core);
             let span = tracing::info_span!("user_command", %connection, user = %user_id);
             tokio::spawn(
@@ -82,6 +90,7 @@ async fn handle(core: &Arc<Core>, event: HubEvent) {
                                 Frame::from(ServerToUser::Error(error.to_frame(Some(request_id))))
                             }
                         };
+                    core.end_user_command(connection);
                     if core
                         .hub
                         .send_to_connection(connection, &frame)
@@ -96,5 +105,28 @@ async fn handle(core: &Arc<Core>, event: HubEvent) {
         }
         HubEvent::FrameRejected { code, .. } => core.metrics.frame_rejected(code),
         _ => {}
+    }
+}
+
+impl Core {
+    /// Counts one more command on a user connection, unless it has as many as allowed.
+    fn begin_user_command(&self, connection: ConnectionId) -> bool {
+        let mut running = self.user_commands.lock();
+        let n = running.entry(connection).or_insert(0);
+        if *n >= self.max_user_commands {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn end_user_command(&self, connection: ConnectionId) {
+        let mut running = self.user_commands.lock();
+        if let Some(n) = running.get_mut(&connection) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                running.remove(&connection);
+            }
+        }
     }
 }

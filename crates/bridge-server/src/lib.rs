@@ -89,6 +89,11 @@
 //!   commands and a server shutting down are 503 `unavailable`, over HTTP and as error
 //!   frames. A WebSocket upgrade during shutdown is 503 `unavailable`; a `GET /ws` without
 //!   upgrade headers (after authentication) is 426 `invalid_request`.
+//! * **Commands per user connection**: at most
+//!   [`ServerBuilder::DEFAULT_MAX_USER_COMMANDS`] `command` frames of one connection run at
+//!   once ([`ServerBuilder::max_commands_per_connection`]); one more is answered with an
+//!   error frame `rate_limited` and its `requestId`, so that one connection cannot take the
+//!   server's whole pending capacity.
 //! * **`bridge_commands_total{outcome}`** counts every command path answer by its status
 //!   (`succeeded`, `queued`, `awaiting_confirmation`, `device_error`, `offline`,
 //!   `bridge_lost`, `timeout`) and refusals by their error code (`queue_full`, …); each queued

@@ -1,13 +1,14 @@
 //! Composition: [`ServerBuilder`] wires a hub, a session manager, a store and a registry
 //! into a [`Server`], whose [`Server::router`] serves PROTOCOL.md.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use bridge_hub::{GrantedSubscriptions, Hub, HubConfig, HubEvent, LocalHub, LocalHubBuilder};
-use bridge_protocol::{ConfigRegistry, Limits};
+use bridge_protocol::{ConfigRegistry, ConnectionId, Limits};
 use bridge_queue::{MemoryStore, Store, StoreConfig};
 use bridge_session::{SessionConfig, SessionManager};
 use tokio::net::TcpListener;
@@ -35,6 +36,9 @@ pub(crate) struct Core {
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Metrics,
     pub(crate) delivery: Delivery,
+    /// Commands in flight per user connection, and the most allowed.
+    pub(crate) user_commands: parking_lot::Mutex<HashMap<ConnectionId, usize>>,
+    pub(crate) max_user_commands: usize,
 }
 
 /// Builds a [`Server`].
@@ -53,6 +57,7 @@ pub struct ServerBuilder {
     wrap_hub: Option<HubWrapper>,
     session: SessionConfig,
     delivery: Option<DeliveryConfig>,
+    max_user_commands: usize,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -75,7 +80,19 @@ impl ServerBuilder {
             wrap_hub: None,
             session: SessionConfig::default(),
             delivery: None,
+            max_user_commands: Self::DEFAULT_MAX_USER_COMMANDS,
         }
+    }
+
+    /// Default of [`ServerBuilder::max_commands_per_connection`].
+    pub const DEFAULT_MAX_USER_COMMANDS: usize = 64;
+
+    /// Most `command` frames one user connection may have running at once (default 64).
+    /// One more is refused with an error frame `rate_limited` carrying its `requestId`, so
+    /// that one connection cannot take the whole server's pending capacity.
+    pub fn max_commands_per_connection(mut self, max: usize) -> Self {
+        self.max_user_commands = max.max(1);
+        self
     }
 
     /// The offline queue (default: an in-memory store, lost with the process).
@@ -194,6 +211,8 @@ impl ServerBuilder {
             config,
             metrics: Metrics::new(),
             delivery: Delivery::new(delivery_config),
+            user_commands: parking_lot::Mutex::new(HashMap::new()),
+            max_user_commands: self.max_user_commands,
         });
         tokio::spawn(events::dispatch(Arc::downgrade(&core), events_rx));
         tokio::spawn(crate::delivery::run_timer(Arc::downgrade(&core)));

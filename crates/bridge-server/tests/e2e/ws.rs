@@ -339,3 +339,39 @@ async fn subscribers_see_presence_and_link_changes() {
         json!({"type":"device_status","deviceId":"lock-1","online":false,"bleConnected":null})
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_user_connection_cannot_run_more_than_its_share_of_commands() {
+    let server = TestServer::start_with(ServerConfig::default(), |b| {
+        b.max_commands_per_connection(2)
+    })
+    .await;
+    let mut alice = user(&server, "alice").await;
+    let mut bridge = Bridge::connect(&server, "phone", &["lock-1"]).await;
+    server.wait_online("lock-1", 1).await;
+    for id in ["c-1", "c-2"] {
+        alice
+            .send(json!({"type":"command","requestId":id,"deviceId":"lock-1","payload":"01","timeoutMs":60000}))
+            .await;
+        bridge.next_write().await;
+    }
+    alice
+        .send(json!({"type":"command","requestId":"c-3","deviceId":"lock-1","payload":"01"}))
+        .await;
+    let refused = alice.recv().await;
+    assert_eq!(refused["code"], "rate_limited");
+    assert_eq!(refused["requestId"], "c-3");
+
+    // Once they end, the connection may send more.
+    bridge.ws.close().await;
+    for _ in 0..2 {
+        assert_eq!(
+            alice.recv_type("command_result").await["status"],
+            "bridge_lost"
+        );
+    }
+    alice
+        .send(json!({"type":"command","requestId":"c-4","deviceId":"lock-1","payload":"01"}))
+        .await;
+    assert_eq!(alice.recv_type("command_result").await["status"], "offline");
+}
