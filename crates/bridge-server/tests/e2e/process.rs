@@ -261,3 +261,61 @@ async fn queued_commands_survive_sigkill_with_a_rabbitmq_queue() {
     ))
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_with_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bridge-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--queue",
+            "memory://",
+            "--log-format",
+            "json",
+        ])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let client = TestServer::client_for(addr);
+    client.command("lock-1", json!({"payload":"01"})).await;
+    let pid = child.id().unwrap().to_string();
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let logs: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    assert!(logs.iter().any(|l| l["fields"]["message"] == "listening"));
+    assert!(
+        logs.iter()
+            .any(|l| l["span"]["name"] == "command" && l["span"]["device"] == "lock-1"),
+        "{stderr}"
+    );
+    assert!(logs.iter().any(|l| l["fields"]["message"] == "stopped"));
+}
