@@ -363,12 +363,13 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         self.inner.timer.stop();
     }
 
-    /// Number of commands pending now (registered and not ended).
+    /// Number of commands pending now (registered and not ended). Locks each shard briefly:
+    /// meant for metrics and tests, not for the hot path.
     pub fn pending(&self) -> usize {
         self.inner.pending()
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters (locks each shard briefly, like [`pending`](Self::pending)).
     pub fn stats(&self) -> SessionStats {
         let mut total = SessionStats::default();
         for shard in &*self.inner.shards {
