@@ -67,7 +67,8 @@
 //! commands live in a slab addressed by their id (no map, no hashing), and freed places are
 //! reused last-in first-out, so the hot path stays in cache however many commands wait. The pending limit is
 //! enforced with tokens that shards take from a shared pool in batches, so a command costs
-//! no shared atomic. Deadlines are kept in a few sorted FIFO queues (one per timeout class,
+//! no shared atomic; likewise each thread clones device types from its own copy, so no
+//! reference count is shared by all workers. Deadlines are kept in a few sorted FIFO queues (one per timeout class,
 //! in effect) rather than a heap, so registering is O(1), and the entry of a command that is
 //! answered at once is dropped at once. See `BENCHMARKS.md` for figures.
 //!

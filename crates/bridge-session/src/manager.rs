@@ -1,13 +1,14 @@
 //! The tokio layer: drives sharded [`Correlator`]s with one timer task.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bridge_protocol::{
-    BleResponse, BleWrite, ConfigRegistry, ConnectionId, DeviceId, HexPayload, RequestId, TimeoutMs,
+    BleResponse, BleWrite, ConfigRegistry, ConnectionId, DeviceId, DeviceType, HexPayload,
+    RequestId, TimeoutMs,
 };
 use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
@@ -204,7 +205,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         let (device_type, uuids) = inner.registry.resolve(device_type).map_err(|_| {
             CommandError::UnknownDeviceType(device_type.unwrap_or_default().to_owned())
         })?;
-        let device_type = device_type.clone();
+        let device_type = thread_local_copy(device_type);
         let uuids = *uuids;
         let start = Instant::now();
         // A timeout too long to represent waits "forever" (a century) instead of panicking.
@@ -362,12 +363,13 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         self.inner.timer.stop();
     }
 
-    /// Number of commands pending now (registered and not ended).
+    /// Number of commands pending now (registered and not ended). Locks each shard briefly:
+    /// meant for metrics and tests, not for the hot path.
     pub fn pending(&self) -> usize {
         self.inner.pending()
     }
 
-    /// A snapshot of the counters.
+    /// A snapshot of the counters (locks each shard briefly, like [`pending`](Self::pending)).
     pub fn stats(&self) -> SessionStats {
         let mut total = SessionStats::default();
         for shard in &*self.inner.shards {
@@ -521,6 +523,32 @@ fn shard_hint() -> usize {
             hint.set(NEXT.fetch_add(1, Ordering::Relaxed) & (SessionConfig::MAX_SHARDS - 1));
         }
         hint.get()
+    })
+}
+
+/// A clone of `device_type` whose reference count belongs to this thread.
+///
+/// Every `ble_write` owns its device type, an `Arc<str>`. Cloning the registry's copy on
+/// every command would make all worker threads bump one shared reference count, a cache
+/// line bounced between cores twice per command. Each thread instead clones its own copy
+/// (made once per type name, for at most a few dozen names).
+fn thread_local_copy(device_type: &DeviceType) -> DeviceType {
+    const MAX_CACHED: usize = 32;
+    thread_local! {
+        static COPIES: RefCell<Vec<DeviceType>> = const { RefCell::new(Vec::new()) };
+    }
+    COPIES.with(|copies| {
+        let mut copies = copies.borrow_mut();
+        if let Some(copy) = copies.iter().find(|c| c.as_str() == device_type.as_str()) {
+            return copy.clone();
+        }
+        if copies.len() >= MAX_CACHED {
+            return device_type.clone();
+        }
+        // A fresh allocation with its own count; the name was validated by the registry.
+        let copy = DeviceType::new(device_type.as_str()).unwrap_or_else(|_| device_type.clone());
+        copies.push(copy.clone());
+        copy
     })
 }
 
