@@ -6,6 +6,7 @@
 mod auth;
 mod clients;
 mod http;
+mod paused;
 mod process;
 mod queue;
 mod support;
