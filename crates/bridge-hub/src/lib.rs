@@ -1,5 +1,156 @@
-//! The WebSocket connection hub.
+//! The WebSocket connection hub of the bridge server.
 //!
-//! This crate will own connection lifecycle, presence (which bridge holds which device),
-//! subscriptions, broadcast, the read and write pumps, keepalive and per-connection limits,
-//! behind the `Hub` trait. It is being built under issue 4; until then it exports nothing.
+//! The hub owns every WebSocket connection of a process: who is connected, which bridge
+//! holds which device, which user connections watch which device, and getting frames out
+//! fast without one slow client hurting the rest (PROTOCOL.md sections 2 and 3).
+//!
+//! * [`LocalHub::serve`] runs one upgraded connection — any `Stream + Sink` of tungstenite
+//!   messages: tokio-tungstenite's, an adapter over axum's, or an in-memory one — until it
+//!   ends. It decodes every frame with the protocol crate and answers bad ones with the
+//!   exact error frame of PROTOCOL.md 3.5, answers `ping`, applies `subscribe`,
+//!   `unsubscribe`, `ble_status` and `release`, enforces the frame size limit (close 1009)
+//!   and the rate limit (`rate_limited`, then close 1008), and keeps the connection alive
+//!   with WebSocket pings.
+//! * What the hub does not handle itself — a bridge's `ble_response`, a user's `command` —
+//!   and every presence change is reported as a [`HubEvent`] to the [`EventSink`] the
+//!   server wires to its session manager and queue. The hub depends on neither.
+//! * The server sends and asks through the [`Hub`] trait: send to a device's best bridge,
+//!   broadcast to a device's subscribers, send to a user or a connection, presence, counts.
+//!   [`LocalHub`] implements it in-process.
+//! * [`AccessPolicy`] decides claims, subscriptions and commands; [`SubscriptionSource`]
+//!   gives a user connection its initial subscriptions.
+//!
+//! # Example: serving connections, and a hub that distributes broadcasts
+//!
+//! ```
+//! use async_trait::async_trait;
+//! use bridge_hub::{
+//!     ConnectionInfo, DeviceAccess, FixedSubscriptions, Frame, Hub, HubConfig, HubEvent,
+//!     LocalHub, UserId,
+//! };
+//! use bridge_protocol::{DeviceId, DeviceStatus, ServerToUser};
+//! use futures_util::{SinkExt, StreamExt};
+//!
+//! /// A hub that would also publish broadcasts to other nodes; everything else is local.
+//! struct ClusterHub {
+//!     local: LocalHub,
+//! }
+//!
+//! #[async_trait]
+//! impl Hub for ClusterHub {
+//!     fn local(&self) -> &LocalHub {
+//!         &self.local
+//!     }
+//!
+//!     async fn broadcast(&self, device_id: &DeviceId, frame: &Frame) -> usize {
+//!         // A real implementation would publish `frame` to the other nodes here.
+//!         self.local.broadcast(device_id, frame)
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+//! let lock = DeviceId::new("lock-1")?;
+//! let local = LocalHub::builder()
+//!     .subscriptions(FixedSubscriptions::new([lock.clone()]))
+//!     .events(|event: HubEvent| println!("{event:?}"))
+//!     .build();
+//! let hub: Box<dyn Hub> = Box::new(ClusterHub { local: local.clone() });
+//!
+//! // Accept one WebSocket connection on loopback and serve it as a user connection.
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! let server = local.clone();
+//! tokio::spawn(async move {
+//!     let (tcp, _) = listener.accept().await?;
+//!     let config = server.config().websocket_config();
+//!     let ws = tokio_tungstenite::accept_async_with_config(tcp, Some(config)).await?;
+//!     let info = ConnectionInfo::user(UserId::new("alice"), DeviceAccess::All);
+//!     server.serve(ws, info).await;
+//!     Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+//! });
+//!
+//! let (mut user, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await?;
+//! // The initial snapshot of the subscribed device.
+//! let snapshot = user.next().await.ok_or("closed")??;
+//! assert_eq!(
+//!     snapshot.to_text()?,
+//!     r#"{"type":"device_status","deviceId":"lock-1","online":false,"bleConnected":null}"#
+//! );
+//!
+//! // Broadcast through the trait object: serialized once, queued for every subscriber.
+//! let event = Frame::from_json_text(r#"{"type":"state_changed","deviceId":"lock-1"}"#);
+//! assert_eq!(hub.broadcast(&lock, &event).await, 1);
+//! assert_eq!(user.next().await.ok_or("closed")??.to_text()?, event.as_str());
+//! assert_eq!(hub.counts().await.user_connections, 1);
+//! user.close(None).await?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # })?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Routing among several holders
+//!
+//! A device may be held by several bridges. [`Hub::send_to_device`] picks, in this order
+//! (PROTOCOL.md 2): a holder whose last `ble_status` said `connected: true`, then one that
+//! has not reported, then one that said `false`; then the strongest `rssi` (never reported
+//! ranks below any value; a `ble_status` without `rssi` keeps the last one); then the fewest
+//! commands in flight through the connection (all its devices: [`Hub::send_to_device`]
+//! counts one up, [`Hub::command_finished`] one down); then the most recent claim.
+//! `bleConnected` is what that holder last reported. A `device_status` is broadcast when
+//! `online` or `bleConnected` changes because of a claim, a `ble_status`, a release or a
+//! close; a change of the route caused only by commands in flight is not broadcast.
+//!
+//! # Limits and hostile clients
+//!
+//! Everything a client can make the server hold is bounded by [`HubConfig`]: the size of
+//! one incoming frame, the frames per second, the outbound queue, the subscriptions of a
+//! user connection and the devices a bridge holds. No input path panics. A client that does
+//! not read is disconnected when its outbound queue is full — frames are only ever queued,
+//! never awaited, so it cannot slow down a broadcast or anybody else — and counted in
+//! [`HubCounts::slow_consumers_disconnected`].
+//!
+//! # Memory
+//!
+//! Ten thousand idle phones should cost little. Per connection the hub keeps:
+//!
+//! * no task of its own: [`LocalHub::serve`] runs read, write and keepalive as one future on
+//!   the caller's task (the upgrade task the server has anyway), multiplexed by hand with
+//!   one poll function, so there is no second task, no channel and no split lock;
+//! * one shared outbound handle: a mutex-guarded `VecDeque` that allocates on the first
+//!   queued frame and gives its memory back when a burst has drained, plus an atomic
+//!   waker — no pre-allocated channel blocks (a tokio mpsc channel allocates a block of 32
+//!   slots up front);
+//! * one timer (the keepalive `Sleep`), re-armed, never re-allocated;
+//! * its entries in the hub's maps: a bridge's held devices in a small vector, a user's
+//!   subscriptions in a set that allocates on the first subscription;
+//! * frames as shared, reference-counted bytes: a broadcast to N subscribers allocates its
+//!   JSON once.
+//!
+//! The WebSocket layer's buffers are the rest: [`HubConfig::websocket_config`] gives
+//! tungstenite a 1 KiB read buffer (its default is 128 KiB, allocated eagerly; protocol
+//! frames are a few hundred bytes, and a larger frame grows the buffer only while it is
+//! read) and no write batching (the write buffer starts empty; the hub flushes once per
+//! batch of queued frames). Frames are limited to [`HubConfig::max_frame_bytes`] at the
+//! WebSocket layer too, so an oversize frame is refused before it is buffered. The
+//! `idle_connections` load test in `benches/` measures the result (see BENCHMARKS.md).
+
+mod access;
+mod config;
+mod event;
+mod frame;
+mod hub;
+mod outbox;
+mod pump;
+mod rate;
+mod state;
+
+pub use access::{
+    AccessPolicy, ConnectionInfo, DeviceAccess, FixedSubscriptions, GrantedAccess,
+    GrantedSubscriptions, SubscriptionSource, UserId,
+};
+pub use config::{HubConfig, RateLimit};
+pub use event::{CloseReason, EventSink, HubEvent, IgnoreEvents, ReleaseReason};
+pub use frame::Frame;
+pub use hub::{
+    DevicePresence, Hub, HubCounts, HubError, LocalHub, LocalHubBuilder, ShutdownReport,
+};

@@ -1,0 +1,194 @@
+//! What the hub reports to the rest of the server.
+
+use bridge_protocol::{BleResponse, CommandFrame, ConnectionId, DeviceId, ErrorCode, Role};
+
+use crate::UserId;
+
+/// Something that happened in the hub which the rest of the server may act on.
+///
+/// The hub handles `ping`, `subscribe`, `unsubscribe`, `ble_status` and `release` itself; it
+/// reports them here as presence changes. Frames it cannot answer alone (`ble_response`, a
+/// user's `command`) are handed over as [`HubEvent::BleResponse`] and
+/// [`HubEvent::UserCommand`]; their answers go back through [`crate::Hub`].
+///
+/// Events are delivered in the order they happened, hub-wide.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum HubEvent {
+    /// A connection was registered (before any of its devices are claimed).
+    ConnectionOpened {
+        /// The new connection.
+        connection: ConnectionId,
+        /// `user` or `bridge`.
+        role: Role,
+        /// Whose connection it is.
+        user_id: UserId,
+    },
+    /// A connection is gone; its devices were released (each reported first as
+    /// [`HubEvent::DeviceReleased`]) and its subscriptions removed.
+    ConnectionClosed {
+        /// The closed connection.
+        connection: ConnectionId,
+        /// `user` or `bridge`.
+        role: Role,
+        /// Whose connection it was.
+        user_id: UserId,
+        /// Why it closed.
+        reason: CloseReason,
+    },
+    /// A user's first user connection opened.
+    UserFirstConnected {
+        /// The user.
+        user_id: UserId,
+    },
+    /// A user's last user connection closed.
+    UserLastDisconnected {
+        /// The user.
+        user_id: UserId,
+    },
+    /// A device got its first holder.
+    DeviceOnline {
+        /// The device.
+        device_id: DeviceId,
+    },
+    /// A device lost its last holder.
+    DeviceOffline {
+        /// The device.
+        device_id: DeviceId,
+    },
+    /// A bridge connection started holding a device (named at connect, or claimed with
+    /// `ble_status`).
+    DeviceClaimed {
+        /// The device.
+        device_id: DeviceId,
+        /// The bridge connection.
+        connection: ConnectionId,
+    },
+    /// A bridge connection stopped holding a device. Every command pending through this
+    /// connection for this device should fail at once with `bridge_lost`.
+    DeviceReleased {
+        /// The device.
+        device_id: DeviceId,
+        /// The bridge connection.
+        connection: ConnectionId,
+        /// A `release` frame, or the connection closing.
+        reason: ReleaseReason,
+    },
+    /// A holder sent a `ble_status` for a device (after the claim it may have made).
+    BleStatusReported {
+        /// The device.
+        device_id: DeviceId,
+        /// The bridge connection.
+        connection: ConnectionId,
+        /// Whether the bridge now has a BLE link to the device.
+        connected: bool,
+        /// The reported signal strength, if the frame had one.
+        rssi: Option<i8>,
+    },
+    /// A bridge answered a `ble_write`. The hub did not check it against anything pending:
+    /// the session manager resolves it, or answers the connection with `unknown_request` or
+    /// `forbidden` through [`crate::Hub::send_to_connection`].
+    BleResponse {
+        /// The connection it arrived on.
+        connection: ConnectionId,
+        /// The decoded frame.
+        response: BleResponse,
+    },
+    /// A user sent a `command` frame for a device it may command. Answer it with a
+    /// `command_result` (or an error frame) through [`crate::Hub::send_to_connection`].
+    UserCommand {
+        /// The connection it arrived on.
+        connection: ConnectionId,
+        /// The sending user.
+        user_id: UserId,
+        /// The decoded frame.
+        command: CommandFrame,
+    },
+    /// A frame was refused with an error frame (for metrics such as
+    /// `bridge_frames_rejected_total{code}`).
+    FrameRejected {
+        /// The connection that sent it.
+        connection: ConnectionId,
+        /// The code of the error frame sent back.
+        code: ErrorCode,
+    },
+}
+
+/// Why a bridge stopped holding a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReleaseReason {
+    /// The bridge sent `release`.
+    Released,
+    /// The connection closed.
+    ConnectionClosed,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The client closed the connection (close frame or end of stream).
+    ClientClosed,
+    /// Reading or writing failed.
+    TransportError,
+    /// Its outbound queue overflowed: it did not read fast enough.
+    SlowConsumer,
+    /// It sent a frame over the size limit (closed with 1009).
+    FrameTooLarge,
+    /// It kept breaking the rate limit (closed with 1008).
+    RateLimited,
+    /// Nothing arrived within the pong timeout.
+    KeepaliveTimeout,
+    /// Its token expired (closed with 1008).
+    TokenExpired,
+    /// The hub shut down (closed with 1001), or was not accepting connections any more.
+    Shutdown,
+    /// [`crate::LocalHub::close_connection`] closed it.
+    ClosedByServer,
+}
+
+impl CloseReason {
+    /// The reason as a short snake_case word, for logs and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client_closed",
+            Self::TransportError => "transport_error",
+            Self::SlowConsumer => "slow_consumer",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::RateLimited => "rate_limited",
+            Self::KeepaliveTimeout => "keepalive_timeout",
+            Self::TokenExpired => "token_expired",
+            Self::Shutdown => "shutdown",
+            Self::ClosedByServer => "closed_by_server",
+        }
+    }
+}
+
+/// Receives the hub's events.
+///
+/// Called synchronously, outside the hub's locks, in the order events happened; the hub may
+/// be called back from inside (events caused by that call are delivered after the current
+/// one returns). Must not block: hand slow work to a task or a channel. Closures
+/// `Fn(HubEvent)` implement it.
+pub trait EventSink: Send + Sync + 'static {
+    /// Handles one event.
+    fn on_event(&self, event: HubEvent);
+}
+
+impl<F> EventSink for F
+where
+    F: Fn(HubEvent) + Send + Sync + 'static,
+{
+    fn on_event(&self, event: HubEvent) {
+        self(event);
+    }
+}
+
+/// An [`EventSink`] that drops every event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IgnoreEvents;
+
+impl EventSink for IgnoreEvents {
+    fn on_event(&self, _event: HubEvent) {}
+}

@@ -1,0 +1,474 @@
+//! The [`Hub`] trait and [`LocalHub`], its in-process implementation.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bridge_protocol::{ConnectionId, DeviceId};
+use futures_util::{Sink, Stream};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+use tracing::Instrument;
+use tungstenite::{Error as WsError, Message};
+
+use crate::outbox::CloseRequest;
+use crate::state::State;
+use crate::{
+    AccessPolicy, CloseReason, ConnectionInfo, EventSink, FixedSubscriptions, Frame, GrantedAccess,
+    HubConfig, HubEvent, IgnoreEvents, SubscriptionSource, UserId,
+};
+
+/// Why a frame could not be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// No bridge holds the device.
+    #[error("device {0} is offline")]
+    DeviceOffline(DeviceId),
+    /// Bridges hold the device, but every one of them is closing.
+    #[error("every bridge holding device {0} is closing")]
+    NoRouteAvailable(DeviceId),
+    /// The connection is closed or closing.
+    #[error("connection {0} is closed")]
+    ConnectionGone(ConnectionId),
+}
+
+/// A device's presence (PROTOCOL.md 2 and 4.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DevicePresence {
+    /// The device.
+    pub device_id: DeviceId,
+    /// Whether at least one bridge holds it.
+    pub online: bool,
+    /// What the bridge the hub would route through now last reported in `ble_status`;
+    /// `None` before any report and while offline.
+    pub ble_connected: Option<bool>,
+    /// How many bridge connections hold it.
+    pub bridges: usize,
+}
+
+/// Connection and device counts (for `/metrics`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct HubCounts {
+    /// Open user connections.
+    pub user_connections: usize,
+    /// Open bridge connections.
+    pub bridge_connections: usize,
+    /// Distinct users with at least one user connection.
+    pub users: usize,
+    /// Devices held by at least one bridge.
+    pub devices_online: usize,
+    /// Connections disconnected since start because they did not read fast enough.
+    pub slow_consumers_disconnected: u64,
+}
+
+/// What [`LocalHub::shutdown`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Connections asked to close.
+    pub closed: usize,
+    /// Connections whose pumps were still running when the grace period ended.
+    pub still_running: usize,
+}
+
+/// Where the server sends frames and asks about presence.
+///
+/// [`LocalHub`] implements it for one process. A distributed implementation (a cluster, a
+/// user's own) wraps a [`LocalHub`] — which still owns this node's sockets — and overrides
+/// only the methods it distributes: every method has a default that delegates to
+/// [`Hub::local`], as socketioxide's adapters do. See the crate docs for an example.
+#[async_trait]
+pub trait Hub: Send + Sync + 'static {
+    /// The hub of this process, which owns its connections.
+    fn local(&self) -> &LocalHub;
+
+    /// Sends a frame (normally a `ble_write`) through the device's best holder (PROTOCOL.md
+    /// 2) and counts one more command in flight on that connection. Returns the connection
+    /// used: only it may answer (PROTOCOL.md 3.2). Call [`Hub::command_finished`] when the
+    /// command ends, however it ends.
+    async fn send_to_device(
+        &self,
+        device_id: &DeviceId,
+        frame: &Frame,
+    ) -> Result<ConnectionId, HubError> {
+        self.local().send_to_device(device_id, frame)
+    }
+
+    /// A command sent with [`Hub::send_to_device`] through `connection` has ended.
+    fn command_finished(&self, connection: ConnectionId) {
+        self.local().command_finished(connection);
+    }
+
+    /// Sends a frame to every user connection subscribed to the device. Returns how many
+    /// connections it was queued for.
+    async fn broadcast(&self, device_id: &DeviceId, frame: &Frame) -> usize {
+        self.local().broadcast(device_id, frame)
+    }
+
+    /// Sends a frame to every connection of a user. Returns how many.
+    async fn send_to_user(&self, user_id: &UserId, frame: &Frame) -> usize {
+        self.local().send_to_user(user_id, frame)
+    }
+
+    /// Sends a frame to one connection (the answer to its `command`, an error frame).
+    async fn send_to_connection(
+        &self,
+        connection: ConnectionId,
+        frame: &Frame,
+    ) -> Result<(), HubError> {
+        self.local().send_to_connection(connection, frame)
+    }
+
+    /// A device's presence; a device never seen is offline with no bridges.
+    async fn device_presence(&self, device_id: &DeviceId) -> DevicePresence {
+        self.local().device_presence(device_id)
+    }
+
+    /// Every online device, ordered by id.
+    async fn online_devices(&self) -> Vec<DevicePresence> {
+        self.local().online_devices()
+    }
+
+    /// Connection and device counts.
+    async fn counts(&self) -> HubCounts {
+        self.local().counts()
+    }
+}
+
+/// Delivers events in order without holding the hub's lock, and without deadlocking when
+/// an event handler calls back into the hub.
+struct EventQueue {
+    pending: Mutex<VecDeque<HubEvent>>,
+    emitting: Mutex<()>,
+    sink: Box<dyn EventSink>,
+}
+
+impl EventQueue {
+    fn enqueue(&self, events: Vec<HubEvent>) {
+        if !events.is_empty() {
+            self.pending.lock().extend(events);
+        }
+    }
+
+    fn drain(&self) {
+        // Whoever holds `emitting` drains the queue; a thread that finds it taken (another
+        // thread, or itself re-entering from a handler) leaves its events to the holder,
+        // which looks again after letting go.
+        while let Some(guard) = self.emitting.try_lock() {
+            loop {
+                let next = self.pending.lock().pop_front();
+                match next {
+                    Some(event) => self.sink.on_event(event),
+                    None => break,
+                }
+            }
+            drop(guard);
+            if self.pending.lock().is_empty() {
+                break;
+            }
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: HubConfig,
+    pub(crate) state: RwLock<State>,
+    events: EventQueue,
+    pub(crate) access: Arc<dyn AccessPolicy>,
+    pub(crate) subscriptions: Arc<dyn SubscriptionSource>,
+    next_id: AtomicU64,
+    live: AtomicUsize,
+    all_closed: Notify,
+}
+
+impl Inner {
+    /// Reports events that do not come from a change of the shared state.
+    pub(crate) fn emit(&self, events: Vec<HubEvent>) {
+        self.events.enqueue(events);
+        self.events.drain();
+    }
+
+    /// Changes the shared state and reports what changed. The events are queued while the
+    /// state lock is held, so that they are delivered in the order the changes happened;
+    /// they are delivered after it is released, so that a handler may call the hub.
+    pub(crate) fn mutate<R>(&self, change: impl FnOnce(&mut State, &mut Vec<HubEvent>) -> R) -> R {
+        let mut events = Vec::new();
+        let result = {
+            let mut state = self.state.write();
+            let result = change(&mut state, &mut events);
+            self.events.enqueue(events);
+            result
+        };
+        self.events.drain();
+        result
+    }
+
+    /// Forgets a connection whose pump ended (or whose future was dropped).
+    pub(crate) fn unregister(&self, id: ConnectionId, reason: CloseReason) {
+        self.mutate(|state, events| state.unregister(id, reason, events));
+        if self.live.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.all_closed.notify_waiters();
+        }
+    }
+
+    pub(crate) fn connection_started(&self) {
+        self.live.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Builds a [`LocalHub`].
+pub struct LocalHubBuilder {
+    config: HubConfig,
+    events: Box<dyn EventSink>,
+    access: Arc<dyn AccessPolicy>,
+    subscriptions: Arc<dyn SubscriptionSource>,
+}
+
+impl LocalHubBuilder {
+    /// Limits and timings (default: [`HubConfig::default`]).
+    pub fn config(mut self, config: HubConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Where events go (default: nowhere).
+    pub fn events(mut self, sink: impl EventSink) -> Self {
+        self.events = Box::new(sink);
+        self
+    }
+
+    /// Who may claim, subscribe to and command what (default: [`GrantedAccess`]).
+    pub fn access_policy(mut self, policy: impl AccessPolicy) -> Self {
+        self.access = Arc::new(policy);
+        self
+    }
+
+    /// A user connection's initial subscriptions (default: none).
+    pub fn subscriptions(mut self, source: impl SubscriptionSource) -> Self {
+        self.subscriptions = Arc::new(source);
+        self
+    }
+
+    /// The hub.
+    pub fn build(self) -> LocalHub {
+        LocalHub {
+            inner: Arc::new(Inner {
+                config: self.config,
+                state: RwLock::new(State::new()),
+                events: EventQueue {
+                    pending: Mutex::new(VecDeque::new()),
+                    emitting: Mutex::new(()),
+                    sink: self.events,
+                },
+                access: self.access,
+                subscriptions: self.subscriptions,
+                next_id: AtomicU64::new(1),
+                live: AtomicUsize::new(0),
+                all_closed: Notify::new(),
+            }),
+        }
+    }
+}
+
+/// The in-process hub: owns this process's WebSocket connections. Cheap to clone (one
+/// `Arc`).
+#[derive(Clone)]
+pub struct LocalHub {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LocalHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalHub")
+            .field("counts", &self.counts())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LocalHub {
+    fn default() -> Self {
+        Self::builder().build()
+    }
+}
+
+impl LocalHub {
+    /// A builder with every default.
+    pub fn builder() -> LocalHubBuilder {
+        LocalHubBuilder {
+            config: HubConfig::default(),
+            events: Box::new(IgnoreEvents),
+            access: Arc::new(GrantedAccess),
+            subscriptions: Arc::new(FixedSubscriptions::default()),
+        }
+    }
+
+    /// The hub's configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// Runs one upgraded WebSocket connection until it ends, and returns why it ended.
+    ///
+    /// Registers the connection (claiming a bridge's devices, subscribing a user's from the
+    /// [`SubscriptionSource`]), then reads, answers and writes on the calling task — no task
+    /// is spawned. If the future is dropped the connection is unregistered all the same.
+    /// When the hub is shutting down the connection is closed with 1001 at once.
+    pub async fn serve<S>(&self, socket: S, info: ConnectionInfo) -> CloseReason
+    where
+        S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
+    {
+        let id = ConnectionId::new(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let span = tracing::info_span!(
+            "connection",
+            connection = id.get(),
+            role = info.role().as_str(),
+            user = %info.user_id()
+        );
+        crate::pump::run(&self.inner, id, socket, info)
+            .instrument(span)
+            .await
+    }
+
+    /// Whether [`LocalHub::serve`] still accepts connections. A server stops upgrading
+    /// once this is `false`.
+    pub fn is_accepting(&self) -> bool {
+        self.inner.state.read().accepting
+    }
+
+    /// Stops accepting connections, asks every connection to close with 1001, and waits up
+    /// to `grace` for their pumps to end.
+    pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
+        let outboxes = {
+            let mut state = self.inner.state.write();
+            state.accepting = false;
+            state.all_outboxes()
+        };
+        for outbox in &outboxes {
+            outbox.request_close(CloseRequest {
+                reason: CloseReason::Shutdown,
+                code: Some(1001),
+                text: "server shutting down",
+            });
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let notified = self.inner.all_closed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inner.live.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                break;
+            }
+        }
+        ShutdownReport {
+            closed: outboxes.len(),
+            still_running: self.inner.live.load(Ordering::Acquire),
+        }
+    }
+
+    /// Closes one connection with `code` (for example 1008 when its token was revoked).
+    /// Returns `false` if there is no such connection.
+    pub fn close_connection(&self, connection: ConnectionId, code: u16) -> bool {
+        let state = self.inner.state.read();
+        let Some(outbox) = state.outbox(connection) else {
+            return false;
+        };
+        outbox.request_close(CloseRequest {
+            reason: CloseReason::ClosedByServer,
+            code: Some(code),
+            text: "",
+        });
+        true
+    }
+
+    /// See [`Hub::send_to_device`].
+    pub fn send_to_device(
+        &self,
+        device_id: &DeviceId,
+        frame: &Frame,
+    ) -> Result<ConnectionId, HubError> {
+        let state = self.inner.state.read();
+        match state.send_to_device(device_id, frame) {
+            Some(connection) => Ok(connection),
+            None if state.presence(device_id).online => {
+                Err(HubError::NoRouteAvailable(device_id.clone()))
+            }
+            None => Err(HubError::DeviceOffline(device_id.clone())),
+        }
+    }
+
+    /// See [`Hub::command_finished`].
+    pub fn command_finished(&self, connection: ConnectionId) {
+        let state = self.inner.state.read();
+        if let Some(outbox) = state.outbox(connection) {
+            // Saturating: a stray call must not wrap the counter.
+            let _ = outbox
+                .in_flight
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Commands in flight through a connection (0 for an unknown connection).
+    pub fn commands_in_flight(&self, connection: ConnectionId) -> u32 {
+        self.inner
+            .state
+            .read()
+            .outbox(connection)
+            .map_or(0, |o| o.in_flight())
+    }
+
+    /// See [`Hub::broadcast`].
+    pub fn broadcast(&self, device_id: &DeviceId, frame: &Frame) -> usize {
+        self.inner.state.read().broadcast(device_id, frame)
+    }
+
+    /// See [`Hub::send_to_user`].
+    pub fn send_to_user(&self, user_id: &UserId, frame: &Frame) -> usize {
+        self.inner.state.read().send_to_user(user_id, frame)
+    }
+
+    /// See [`Hub::send_to_connection`].
+    pub fn send_to_connection(
+        &self,
+        connection: ConnectionId,
+        frame: &Frame,
+    ) -> Result<(), HubError> {
+        match self
+            .inner
+            .state
+            .read()
+            .send_to_connection(connection, frame.clone())
+        {
+            Some(true) => Ok(()),
+            _ => Err(HubError::ConnectionGone(connection)),
+        }
+    }
+
+    /// See [`Hub::device_presence`].
+    pub fn device_presence(&self, device_id: &DeviceId) -> DevicePresence {
+        self.inner.state.read().presence(device_id)
+    }
+
+    /// See [`Hub::online_devices`].
+    pub fn online_devices(&self) -> Vec<DevicePresence> {
+        self.inner.state.read().online_devices()
+    }
+
+    /// See [`Hub::counts`].
+    pub fn counts(&self) -> HubCounts {
+        self.inner.state.read().counts()
+    }
+}
+
+impl Hub for LocalHub {
+    fn local(&self) -> &LocalHub {
+        self
+    }
+}

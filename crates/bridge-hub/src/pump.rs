@@ -1,0 +1,510 @@
+//! One task per connection: read, answer, write, keep alive. Generic over any WebSocket
+//! stream of tungstenite messages.
+
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bridge_protocol::{
+    Ack, BridgeToServer, ConnectionId, DeviceId, ErrorCode, ProtocolError, RequestId, Role,
+    ServerToBridge, ServerToUser, UserToServer,
+};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use tokio::time::{Instant, Sleep};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+
+use crate::hub::Inner;
+use crate::outbox::{CloseRequest, Outbox};
+use crate::rate::{Admission, TokenBucket};
+use crate::state::{ClaimRefused, SubscribeRefused};
+use crate::{CloseReason, ConnectionInfo, Frame, HubEvent};
+
+/// `{"type":"pong"}`, the same for bridges and users.
+const PONG: Frame = Frame::from_static(r#"{"type":"pong"}"#);
+
+const TOO_LARGE: CloseRequest = CloseRequest {
+    reason: CloseReason::FrameTooLarge,
+    code: Some(1009),
+    text: "frame too large",
+};
+
+/// Unregisters the connection when the pump ends, however it ends (even if the serving
+/// future is dropped).
+struct Registration<'a> {
+    inner: &'a Inner,
+    id: ConnectionId,
+    reason: CloseReason,
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        self.inner.unregister(self.id, self.reason);
+    }
+}
+
+pub(crate) async fn run<S>(
+    inner: &Arc<Inner>,
+    id: ConnectionId,
+    socket: S,
+    info: ConnectionInfo,
+) -> CloseReason
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
+{
+    let config = &inner.config;
+    let outbox = Arc::new(Outbox::new(id, config.outbound_queue_frames));
+    let mut pump = Pump {
+        inner,
+        info: &info,
+        outbox: &outbox,
+        socket,
+        bucket: TokenBucket::new(&config.rate_limit, Instant::now()),
+        last_seen: Instant::now(),
+        ping_due: false,
+        unflushed: false,
+    };
+
+    let registered = inner.mutate(|state, events| {
+        let registered = state.register(
+            &outbox,
+            info.role(),
+            info.user_id(),
+            info.connect_devices(),
+            config.max_held_devices,
+            events,
+        );
+        if registered {
+            // Counted under the state lock, so that a shutdown that sees this connection
+            // also waits for it.
+            inner.connection_started();
+        }
+        registered
+    });
+    if !registered {
+        return pump
+            .close(CloseRequest {
+                reason: CloseReason::Shutdown,
+                code: Some(1001),
+                text: "server shutting down",
+            })
+            .await;
+    }
+    let mut registration = Registration {
+        inner,
+        id,
+        reason: CloseReason::TransportError,
+    };
+    tracing::debug!("connection registered");
+
+    if info.role() == Role::User {
+        let mut devices = inner.subscriptions.initial_subscriptions(&info).await;
+        devices.sort();
+        devices.dedup();
+        let mut state = inner.state.write();
+        for device in &devices {
+            if state
+                .subscribe(id, device, None, config.max_subscriptions)
+                .is_err()
+            {
+                tracing::warn!("subscription source gave more devices than the limit");
+                break;
+            }
+        }
+    }
+
+    let reason = pump.run().await;
+    tracing::debug!(reason = reason.as_str(), "connection ended");
+    registration.reason = reason;
+    reason
+}
+
+/// What woke the pump.
+enum Step {
+    Incoming(Message),
+    Keepalive,
+    Close(CloseRequest),
+    Ended(CloseReason),
+}
+
+struct Pump<'a, S> {
+    inner: &'a Inner,
+    info: &'a ConnectionInfo,
+    outbox: &'a Arc<Outbox>,
+    socket: S,
+    bucket: TokenBucket,
+    /// When anything last arrived from the peer.
+    last_seen: Instant,
+    ping_due: bool,
+    unflushed: bool,
+}
+
+impl<S> Pump<'_, S>
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
+{
+    async fn run(&mut self) -> CloseReason {
+        let config = &self.inner.config;
+        let first_tick = config.ping_interval.min(config.pong_timeout);
+        let mut keepalive = pin!(tokio::time::sleep(first_tick));
+        loop {
+            let step = poll_fn(|cx| self.poll_step(cx, keepalive.as_mut())).await;
+            match step {
+                Step::Incoming(message) => {
+                    if let Some(request) = self.handle(message).await {
+                        return self.close(request).await;
+                    }
+                }
+                Step::Keepalive => {
+                    let now = Instant::now();
+                    if self
+                        .info
+                        .expires_at()
+                        .is_some_and(|exp| SystemTime::now() >= exp)
+                    {
+                        return self
+                            .close(CloseRequest {
+                                reason: CloseReason::TokenExpired,
+                                code: Some(1008),
+                                text: "token expired",
+                            })
+                            .await;
+                    }
+                    let silent_until = self.last_seen + config.pong_timeout;
+                    if now >= silent_until {
+                        tracing::debug!("no pong within the keepalive timeout");
+                        return self
+                            .close(CloseRequest {
+                                reason: CloseReason::KeepaliveTimeout,
+                                code: Some(1001),
+                                text: "keepalive timeout",
+                            })
+                            .await;
+                    }
+                    self.ping_due = true;
+                    keepalive
+                        .as_mut()
+                        .reset((now + config.ping_interval).min(silent_until));
+                }
+                Step::Close(request) => return self.close(request).await,
+                Step::Ended(reason) => return reason,
+            }
+        }
+    }
+
+    fn poll_step(&mut self, cx: &mut Context<'_>, keepalive: Pin<&mut Sleep>) -> Poll<Step> {
+        self.outbox.register_waker(cx.waker());
+        if let Some(request) = self.outbox.close_requested() {
+            return Poll::Ready(Step::Close(request));
+        }
+        if let Err(error) = self.poll_write(cx) {
+            tracing::debug!(%error, "write failed");
+            return Poll::Ready(Step::Ended(CloseReason::TransportError));
+        }
+        if keepalive.poll(cx).is_ready() {
+            return Poll::Ready(Step::Keepalive);
+        }
+        match Pin::new(&mut self.socket).poll_next(cx) {
+            Poll::Ready(Some(Ok(message))) => Poll::Ready(Step::Incoming(message)),
+            Poll::Ready(Some(Err(WsError::Capacity(_)))) => Poll::Ready(Step::Close(TOO_LARGE)),
+            Poll::Ready(Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) | None) => {
+                Poll::Ready(Step::Ended(CloseReason::ClientClosed))
+            }
+            Poll::Ready(Some(Err(error))) => {
+                tracing::debug!(%error, "read failed");
+                Poll::Ready(Step::Ended(CloseReason::TransportError))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Moves queued frames (and a due ping) into the socket while it takes them, then
+    /// flushes. Never waits: a socket that takes nothing leaves the frames queued, and a
+    /// queue that overflows closes the connection.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), WsError> {
+        while self.ping_due || self.outbox.has_frames() {
+            match Pin::new(&mut self.socket).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(error)) => return Err(error),
+                Poll::Pending => return Ok(()),
+            }
+            let message = if self.ping_due {
+                self.ping_due = false;
+                Message::Ping(Bytes::new())
+            } else if let Some(frame) = self.outbox.pop() {
+                frame.to_message()
+            } else {
+                break;
+            };
+            Pin::new(&mut self.socket).start_send(message)?;
+            self.unflushed = true;
+        }
+        if self.unflushed {
+            match Pin::new(&mut self.socket).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(error)) => return Err(error),
+                Poll::Pending => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a close frame (unless the request says to just drop the transport), then reads
+    /// until the peer's answer or the end of the stream, bounded by the close timeout:
+    /// closing a socket with unread data makes the kernel reset it, and the peer could lose
+    /// the close frame.
+    async fn close(&mut self, request: CloseRequest) -> CloseReason {
+        if let Some(code) = request.code {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: Utf8Bytes::from_static(request.text),
+            };
+            let socket = &mut self.socket;
+            let handshake = async move {
+                if socket.send(Message::Close(Some(frame))).await.is_err() {
+                    return;
+                }
+                while let Some(Ok(_)) = socket.next().await {}
+            };
+            if tokio::time::timeout(self.inner.config.close_timeout, handshake)
+                .await
+                .is_err()
+            {
+                tracing::debug!("peer did not finish the close handshake in time");
+            }
+        }
+        request.reason
+    }
+
+    /// Queues an answer on this connection. A peer that does not read its own answers
+    /// overflows its queue like any slow consumer, and is counted as one.
+    fn push(&self, frame: Frame) {
+        self.inner.state.read().deliver(self.outbox, frame);
+    }
+
+    /// Answers a refused frame with its error frame.
+    fn reject(&self, error: &ProtocolError) {
+        let frame = error.to_error_frame();
+        let code = frame.code;
+        let frame = match self.info.role() {
+            Role::Bridge => Frame::from(ServerToBridge::Error(frame)),
+            _ => Frame::from(ServerToUser::Error(frame)),
+        };
+        self.push(frame);
+        self.inner.emit(vec![HubEvent::FrameRejected {
+            connection: self.outbox.id,
+            code,
+        }]);
+    }
+
+    /// Takes a token for one incoming frame. `Err` closes the connection.
+    fn admit(&mut self) -> Result<bool, CloseRequest> {
+        match self
+            .bucket
+            .admit(&self.inner.config.rate_limit, Instant::now())
+        {
+            Admission::Accept => Ok(true),
+            Admission::Refuse => Ok(false),
+            Admission::Close => Err(CloseRequest {
+                reason: CloseReason::RateLimited,
+                code: Some(1008),
+                text: "rate limit exceeded",
+            }),
+        }
+    }
+
+    /// Handles one incoming message; `Some` closes the connection.
+    async fn handle(&mut self, message: Message) -> Option<CloseRequest> {
+        self.last_seen = Instant::now();
+        let max = self.inner.config.max_frame_bytes;
+        match message {
+            Message::Text(text) => {
+                if text.len() > max {
+                    return Some(TOO_LARGE);
+                }
+                match self.admit() {
+                    Err(close) => return Some(close),
+                    Ok(false) => {
+                        let request_id = self.request_id_of(text.as_str());
+                        self.reject(&rate_limited().with_request_id(request_id));
+                    }
+                    Ok(true) => self.dispatch(text.as_str()).await,
+                }
+            }
+            Message::Binary(bytes) => {
+                if bytes.len() > max {
+                    return Some(TOO_LARGE);
+                }
+                match self.admit() {
+                    Err(close) => return Some(close),
+                    Ok(false) => self.reject(&rate_limited()),
+                    Ok(true) => self.reject(&ProtocolError::binary_frame()),
+                }
+            }
+            // The WebSocket layer answers pings itself; they still cost a token.
+            Message::Ping(_) => {
+                if let Err(close) = self.admit() {
+                    return Some(close);
+                }
+            }
+            Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
+        }
+        None
+    }
+
+    /// The `requestId` of a frame that is refused without being served, so that the error
+    /// frame can carry it (PROTOCOL.md 3.5). Only refused frames are decoded for this, and a
+    /// connection gets only `max_refused` of them.
+    fn request_id_of(&self, text: &str) -> Option<RequestId> {
+        let limits = &self.inner.config.protocol_limits;
+        match self.info.role() {
+            Role::Bridge => match BridgeToServer::decode(text, limits) {
+                Ok(BridgeToServer::BleResponse(response)) => Some(response.request_id),
+                Ok(_) => None,
+                Err(error) => error.request_id,
+            },
+            _ => match UserToServer::decode(text, limits) {
+                Ok(UserToServer::Subscribe(c) | UserToServer::Unsubscribe(c)) => Some(c.request_id),
+                Ok(UserToServer::Command(command)) => Some(command.request_id),
+                Ok(_) => None,
+                Err(error) => error.request_id,
+            },
+        }
+    }
+
+    async fn dispatch(&mut self, text: &str) {
+        let limits = &self.inner.config.protocol_limits;
+        match self.info.role() {
+            Role::Bridge => match BridgeToServer::decode(text, limits) {
+                Err(error) => self.reject(&error),
+                Ok(frame) => self.bridge_frame(frame).await,
+            },
+            _ => match UserToServer::decode(text, limits) {
+                Err(error) => self.reject(&error),
+                Ok(frame) => self.user_frame(frame).await,
+            },
+        }
+    }
+
+    async fn bridge_frame(&mut self, frame: BridgeToServer) {
+        let id = self.outbox.id;
+        match frame {
+            BridgeToServer::Ping => self.push(PONG),
+            BridgeToServer::BleResponse(response) => {
+                self.inner.emit(vec![HubEvent::BleResponse {
+                    connection: id,
+                    response,
+                }]);
+            }
+            BridgeToServer::BleStatus(status) => {
+                let device = &status.device_id;
+                let (connected, rssi) = (status.connected, status.rssi);
+                let held = self
+                    .inner
+                    .mutate(|state, events| state.report_link(id, device, connected, rssi, events));
+                if held {
+                    return;
+                }
+                if !self.inner.access.may_bridge(self.info, device).await {
+                    self.reject(&forbidden(device, "bridge", None));
+                    return;
+                }
+                let max_held = self.inner.config.max_held_devices;
+                let claimed = self.inner.mutate(|state, events| {
+                    state.claim(id, device, max_held, Some((connected, rssi)), events)
+                });
+                if claimed == Err(ClaimRefused::TooManyDevices) {
+                    self.reject(&ProtocolError::new(
+                        ErrorCode::Forbidden,
+                        "this connection holds as many devices as it may",
+                    ));
+                }
+            }
+            BridgeToServer::Release(release) => {
+                self.inner
+                    .mutate(|state, events| state.release(id, &release.device_id, events));
+            }
+            other => {
+                tracing::debug!(?other, "bridge frame the hub does not handle");
+            }
+        }
+    }
+
+    async fn user_frame(&mut self, frame: UserToServer) {
+        let id = self.outbox.id;
+        match frame {
+            UserToServer::Ping => self.push(PONG),
+            UserToServer::Subscribe(change) => {
+                let device = &change.device_id;
+                let request_id = change.request_id;
+                if !self.inner.access.may_subscribe(self.info, device).await {
+                    self.reject(&forbidden(device, "watch", Some(request_id)));
+                    return;
+                }
+                let ack = Frame::from(ServerToUser::Ack(Ack { request_id }));
+                let result = self.inner.state.write().subscribe(
+                    id,
+                    device,
+                    Some(ack),
+                    self.inner.config.max_subscriptions,
+                );
+                if result == Err(SubscribeRefused::TooManySubscriptions) {
+                    self.reject(
+                        &ProtocolError::new(
+                            ErrorCode::Forbidden,
+                            "this connection has as many subscriptions as it may",
+                        )
+                        .with_request_id(Some(request_id)),
+                    );
+                }
+            }
+            UserToServer::Unsubscribe(change) => {
+                self.inner.state.write().unsubscribe(id, &change.device_id);
+                self.push(Frame::from(ServerToUser::Ack(Ack {
+                    request_id: change.request_id,
+                })));
+            }
+            UserToServer::Command(command) => {
+                if self
+                    .inner
+                    .access
+                    .may_command(self.info, &command.device_id)
+                    .await
+                {
+                    self.inner.emit(vec![HubEvent::UserCommand {
+                        connection: id,
+                        user_id: self.info.user_id().clone(),
+                        command,
+                    }]);
+                } else {
+                    self.reject(&forbidden(
+                        &command.device_id,
+                        "command",
+                        Some(command.request_id),
+                    ));
+                }
+            }
+            other => {
+                tracing::debug!(?other, "user frame the hub does not handle");
+            }
+        }
+    }
+}
+
+fn rate_limited() -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::RateLimited,
+        "too many frames; this one was dropped",
+    )
+}
+
+fn forbidden(device: &DeviceId, what: &str, request_id: Option<RequestId>) -> ProtocolError {
+    ProtocolError::new(
+        ErrorCode::Forbidden,
+        format!("this connection may not {what} device `{device}`"),
+    )
+    .with_request_id(request_id)
+}

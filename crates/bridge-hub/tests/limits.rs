@@ -1,0 +1,441 @@
+//! Hostile and broken clients over real loopback WebSocket connections: bad input, oversize
+//! frames, rate limits, slow consumers, keepalive, token expiry and shutdown.
+
+mod support;
+
+use std::time::Duration;
+
+use bridge_hub::{CloseReason, Frame, HubEvent};
+use bridge_protocol::{
+    BridgeToServer, ErrorCode, Limits, ProtocolError, ServerToBridge, ServerToUser, UserToServer,
+};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use support::{Setup, device};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The error frame PROTOCOL.md 3.5 prescribes, as the protocol crate words it.
+fn expected_for_bridge(text: &str) -> String {
+    let error = BridgeToServer::decode(text, &Limits::default()).expect_err("a bad frame");
+    ServerToBridge::Error(error.to_error_frame()).to_json()
+}
+
+fn expected_for_user(text: &str) -> String {
+    let error = UserToServer::decode(text, &Limits::default()).expect_err("a bad frame");
+    ServerToUser::Error(error.to_error_frame()).to_json()
+}
+
+#[tokio::test]
+async fn every_bad_bridge_frame_gets_its_exact_error_frame_and_the_connection_stays_open() {
+    let mut server = Setup::default().start().await;
+    let mut bridge = server.bridge("phone", &["lock"]).await;
+    let long_id = "r".repeat(65);
+    let too_big = format!(
+        r#"{{"type":"ble_response","requestId":"r-3","deviceId":"lock","payload":"{}"}}"#,
+        "ab".repeat(513)
+    );
+    let rows: Vec<(String, ErrorCode)> = vec![
+        ("not json".into(), ErrorCode::InvalidMessage),
+        ("[1,2]".into(), ErrorCode::InvalidMessage),
+        (r#"{"deviceId":"lock"}"#.into(), ErrorCode::InvalidMessage),
+        (r#"{"type":7}"#.into(), ErrorCode::InvalidMessage),
+        (r#"{"type":"ble_status","deviceId":"lock"}"#.into(), ErrorCode::InvalidMessage),
+        (
+            r#"{"type":"ble_status","deviceId":"lock","connected":"yes"}"#.into(),
+            ErrorCode::InvalidMessage,
+        ),
+        (
+            r#"{"type":"ble_response","requestId":"r-1","deviceId":"lock"}"#.into(),
+            ErrorCode::InvalidMessage,
+        ),
+        (
+            r#"{"type":"ble_response","requestId":"r-1","deviceId":"lock","payload":"01","error":"x"}"#
+                .into(),
+            ErrorCode::InvalidMessage,
+        ),
+        (
+            format!(r#"{{"type":"ble_response","requestId":"{long_id}","deviceId":"lock","payload":"01"}}"#),
+            ErrorCode::InvalidMessage,
+        ),
+        (
+            r#"{"type":"subscribe","requestId":"c-1","deviceId":"lock"}"#.into(),
+            ErrorCode::UnknownType,
+        ),
+        (r#"{"type":"device_status"}"#.into(), ErrorCode::UnknownType),
+        (
+            r#"{"type":"ble_response","requestId":"r-2","deviceId":"lock","payload":"abc"}"#.into(),
+            ErrorCode::InvalidPayload,
+        ),
+        (
+            r#"{"type":"ble_response","requestId":"r-2","deviceId":"lock","payload":12}"#.into(),
+            ErrorCode::InvalidPayload,
+        ),
+        (too_big, ErrorCode::InvalidPayload),
+    ];
+    for (text, code) in &rows {
+        bridge.send(text).await;
+        let answer = bridge.recv().await;
+        assert_eq!(answer, expected_for_bridge(text), "answer to {text}");
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["code"], code.as_str(), "code for {text}");
+    }
+    // The requestId is echoed whenever one could be read.
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&expected_for_bridge(&rows[11].0)).unwrap()["requestId"],
+        "r-2"
+    );
+
+    // A binary frame.
+    bridge.send_binary(b"\x01\x02").await;
+    assert_eq!(
+        bridge.recv().await,
+        ServerToBridge::Error(ProtocolError::binary_frame().to_error_frame()).to_json()
+    );
+
+    // Claiming a device the connection may not bridge.
+    let mut limited = server.connect("role=bridge&user=u&access=lock").await;
+    limited
+        .send(r#"{"type":"ble_status","deviceId":"safe","connected":true}"#)
+        .await;
+    assert_eq!(
+        limited.recv_json().await,
+        json!({"type":"error","code":"forbidden","message":"this connection may not bridge device `safe`"})
+    );
+
+    // Still open, still answering, still holding its device.
+    assert!(bridge.sync().await.is_empty());
+    assert!(limited.sync().await.is_empty());
+    assert!(server.hub.device_presence(&device("lock")).online);
+    let rejected = server
+        .drain_events()
+        .into_iter()
+        .filter(|e| matches!(e, HubEvent::FrameRejected { .. }))
+        .count();
+    assert_eq!(rejected, rows.len() + 2);
+}
+
+#[tokio::test]
+async fn every_bad_user_frame_gets_its_exact_error_frame_and_the_connection_stays_open() {
+    let server = Setup::default().start().await;
+    let mut user = server.connect("user=alice&access=lock").await;
+    let rows: Vec<(&str, ErrorCode)> = vec![
+        ("{", ErrorCode::InvalidMessage),
+        (r#""a string""#, ErrorCode::InvalidMessage),
+        (
+            r#"{"type":"subscribe","deviceId":"lock"}"#,
+            ErrorCode::InvalidMessage,
+        ),
+        (
+            r#"{"type":"subscribe","requestId":"c-1","deviceId":""}"#,
+            ErrorCode::InvalidMessage,
+        ),
+        (
+            r#"{"type":"subscribe","requestId":"c-1","deviceId":5}"#,
+            ErrorCode::InvalidMessage,
+        ),
+        (
+            r#"{"type":"ble_status","deviceId":"lock","connected":true}"#,
+            ErrorCode::UnknownType,
+        ),
+        (
+            r#"{"type":"ble_response","requestId":"r-1","deviceId":"lock","payload":"01"}"#,
+            ErrorCode::UnknownType,
+        ),
+        (
+            r#"{"type":"nope","requestId":"c-9"}"#,
+            ErrorCode::UnknownType,
+        ),
+        (
+            r#"{"type":"command","requestId":"c-2","deviceId":"lock","payload":"zz"}"#,
+            ErrorCode::InvalidPayload,
+        ),
+    ];
+    for (text, code) in &rows {
+        user.send(text).await;
+        let answer = user.recv().await;
+        assert_eq!(answer, expected_for_user(text), "answer to {text}");
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["code"], code.as_str(), "code for {text}");
+    }
+    // A command and a subscription for a device the user may not see: forbidden, with the
+    // requestId.
+    user.send(r#"{"type":"command","requestId":"c-3","deviceId":"safe","payload":"aa"}"#)
+        .await;
+    assert_eq!(
+        user.recv_json().await,
+        json!({"type":"error","code":"forbidden","message":"this connection may not command device `safe`","requestId":"c-3"})
+    );
+    user.send(r#"{"type":"subscribe","requestId":"c-4","deviceId":"safe"}"#)
+        .await;
+    assert_eq!(
+        user.recv_json().await,
+        json!({"type":"error","code":"forbidden","message":"this connection may not watch device `safe`","requestId":"c-4"})
+    );
+    user.send_binary(b"{}").await;
+    assert_eq!(
+        user.recv().await,
+        ServerToUser::Error(ProtocolError::binary_frame().to_error_frame()).to_json()
+    );
+    assert!(user.sync().await.is_empty(), "the connection is still open");
+}
+
+#[tokio::test]
+async fn a_frame_over_the_size_limit_closes_the_connection_with_1009() {
+    let mut server = Setup::default().start().await;
+    let mut bridge = server.bridge("phone", &["lock"]).await;
+    let mut bystander = server.bridge("other-phone", &["door"]).await;
+    // Exactly the limit is fine (and refused as JSON, which it is not).
+    bridge.send(&"x".repeat(64 * 1024)).await;
+    assert_eq!(bridge.recv_json().await["code"], "invalid_message");
+    bridge.send(&"x".repeat(64 * 1024 + 1)).await;
+    assert_eq!(bridge.expect_close().await, 1009);
+    let reason = server
+        .wait_for(|e| match e {
+            HubEvent::ConnectionClosed { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, CloseReason::FrameTooLarge);
+    assert!(!server.hub.device_presence(&device("lock")).online);
+    assert!(bystander.sync().await.is_empty());
+}
+
+#[tokio::test]
+async fn the_hub_enforces_its_frame_limit_even_when_the_websocket_layer_does_not() {
+    let server = Setup::default()
+        .config(|c| c.max_frame_bytes = 1000)
+        .plain_websocket()
+        .start()
+        .await;
+    let mut user = server.user("alice").await;
+    user.send_binary(&[0; 1001]).await;
+    assert_eq!(user.expect_close().await, 1009);
+}
+
+#[tokio::test]
+async fn a_connection_over_its_rate_gets_rate_limited_frames_then_is_closed_with_1008() {
+    // No refill worth speaking of during the test: the burst is all it gets.
+    let mut server = Setup::default()
+        .config(|c| {
+            c.rate_limit.burst = 5;
+            c.rate_limit.per_second = 0.001;
+            c.rate_limit.max_refused = 3;
+        })
+        .start()
+        .await;
+    let mut bridge = server.connect("role=bridge&user=u&device=lock").await;
+    for _ in 0..9 {
+        bridge
+            .ws
+            .feed(Message::text(r#"{"type":"ping"}"#))
+            .await
+            .unwrap();
+    }
+    bridge.ws.flush().await.unwrap();
+    for _ in 0..5 {
+        assert_eq!(bridge.recv_json().await, json!({"type":"pong"}));
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            bridge.recv_json().await,
+            json!({"type":"error","code":"rate_limited","message":"too many frames; this one was dropped"})
+        );
+    }
+    assert_eq!(bridge.expect_close().await, 1008);
+    let reason = server
+        .wait_for(|e| match e {
+            HubEvent::ConnectionClosed { reason, .. } => Some(*reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, CloseReason::RateLimited);
+}
+
+#[tokio::test]
+async fn a_rate_limited_frame_is_dropped_and_its_error_carries_its_request_id() {
+    let server = Setup::default()
+        .config(|c| {
+            c.rate_limit.burst = 1;
+            c.rate_limit.per_second = 0.001;
+        })
+        .start()
+        .await;
+    let mut user = server.connect("user=alice").await;
+    user.send(r#"{"type":"subscribe","requestId":"s-1","deviceId":"lock"}"#)
+        .await;
+    user.send(r#"{"type":"subscribe","requestId":"s-2","deviceId":"door"}"#)
+        .await;
+    assert_eq!(
+        user.recv_json().await,
+        json!({"type":"ack","requestId":"s-1"})
+    );
+    assert_eq!(user.recv_json().await["type"], "device_status");
+    assert_eq!(
+        user.recv_json().await,
+        json!({"type":"error","code":"rate_limited","message":"too many frames; this one was dropped","requestId":"s-2"})
+    );
+    let event = Frame::from_json_text(r#"{"type":"x","deviceId":"door"}"#);
+    assert_eq!(
+        server.hub.broadcast(&device("door"), &event),
+        0,
+        "the refused subscribe was not served"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_cut_off_while_the_others_keep_receiving() {
+    let mut server = Setup::default()
+        .subscriptions(&["lock"])
+        .config(|c| c.outbound_queue_frames = 8)
+        .start()
+        .await;
+    let mut slow = server.connect_with_small_buffer("user=slow").await;
+    let mut fast = server.user("fast").await;
+    slow.sync().await;
+    assert_eq!(fast.recv_json().await["type"], "device_status");
+    let slow_connection = server
+        .wait_for(|e| match e {
+            HubEvent::ConnectionOpened {
+                connection,
+                user_id,
+                ..
+            } if user_id.as_str() == "slow" => Some(*connection),
+            _ => None,
+        })
+        .await;
+
+    // `slow` stops reading. Events of 16 KiB fill its socket buffers, then its queue.
+    let data = "x".repeat(16 * 1024);
+    let mut sent = 0;
+    while server.hub.counts().slow_consumers_disconnected == 0 {
+        assert!(sent < 5_000, "the slow consumer was never cut off");
+        let event = Frame::from_json_text(format!(
+            r#"{{"type":"big","deviceId":"lock","seq":{sent},"data":"{data}"}}"#
+        ));
+        server.hub.broadcast(&device("lock"), &event);
+        // The fast one reads every event before the next is sent.
+        let received = fast.recv_json().await;
+        assert_eq!(received["seq"], sent);
+        sent += 1;
+    }
+    let reason = server
+        .wait_for(|e| match e {
+            HubEvent::ConnectionClosed {
+                connection, reason, ..
+            } if *connection == slow_connection => Some(*reason),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, CloseReason::SlowConsumer);
+    let after = Frame::from_json_text(r#"{"type":"after","deviceId":"lock"}"#);
+    assert_eq!(server.hub.broadcast(&device("lock"), &after), 1);
+    assert_eq!(fast.recv().await, after.as_str());
+    assert_eq!(server.hub.counts().user_connections, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_never_answers_pings_is_closed_after_the_pong_timeout() {
+    let mut server = Setup::default().start().await;
+    let mut silent = server.connect("role=bridge&user=u&device=lock").await;
+    let opened_at = server
+        .wait_for_within(Duration::from_mins(10), |e| {
+            matches!(e, HubEvent::ConnectionOpened { .. }).then(tokio::time::Instant::now)
+        })
+        .await;
+    // The client reads nothing, so it answers no ping. Pings go out at 20 s and 40 s.
+    tokio::time::sleep_until(opened_at + Duration::from_secs(44)).await;
+    assert_eq!(server.hub.counts().bridge_connections, 1, "alive at 44 s");
+    let (reason, closed_at) = server
+        .wait_for_within(Duration::from_mins(10), |e| match e {
+            HubEvent::ConnectionClosed { reason, .. } => {
+                Some((*reason, tokio::time::Instant::now()))
+            }
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, CloseReason::KeepaliveTimeout);
+    let decided = closed_at - opened_at;
+    // 45 s, plus at most the close timeout waiting for a close handshake it never answers.
+    assert!(
+        decided >= Duration::from_secs(45) && decided <= Duration::from_secs(48),
+        "closed after {decided:?}"
+    );
+    // The client finds the pings (which it answers too late) and the server's close.
+    let mut seen_ping = false;
+    while let Some(Ok(message)) = silent.ws.next().await {
+        seen_ping |= matches!(message, Message::Ping(_));
+    }
+    assert!(seen_ping);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_that_answers_pings_stays_open() {
+    let mut server = Setup::default().start().await;
+    let mut client = server.connect("role=bridge&user=u&device=lock").await;
+    // Reading makes the WebSocket client answer pings.
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = client.ws.next().await {} });
+    tokio::time::sleep(Duration::from_mins(5)).await;
+    assert_eq!(server.hub.counts().bridge_connections, 1);
+    assert!(
+        !server
+            .drain_events()
+            .iter()
+            .any(|e| matches!(e, HubEvent::ConnectionClosed { .. }))
+    );
+    reader.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_whose_token_expired_is_closed_with_1008_at_the_next_keepalive_tick() {
+    let server = Setup::default().start().await;
+    let mut user = server.connect("user=alice&expired=1").await;
+    assert_eq!(
+        user.expect_close_within(Duration::from_mins(10)).await,
+        1008
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_connection_with_1001_and_refuses_new_ones() {
+    let server = Setup::default().start().await;
+    let mut clients = vec![
+        server.user("alice").await,
+        server.user("bob").await,
+        server.bridge("phone", &["lock"]).await,
+    ];
+    let hub = server.hub.clone();
+    let shutdown = tokio::spawn(async move { hub.shutdown(Duration::from_secs(10)).await });
+    for client in &mut clients {
+        assert_eq!(client.expect_close().await, 1001);
+    }
+    let report = shutdown.await.unwrap();
+    assert_eq!((report.closed, report.still_running), (3, 0));
+    assert!(!server.hub.is_accepting());
+    assert_eq!(server.hub.counts().user_connections, 0);
+    assert!(!server.hub.device_presence(&device("lock")).online);
+
+    let mut late = server.connect("user=carol").await;
+    assert_eq!(late.expect_close().await, 1001);
+}
+
+#[tokio::test]
+async fn shutdown_waits_only_a_bounded_time_for_clients_that_do_not_answer() {
+    let server = Setup::default()
+        .config(|c| c.close_timeout = Duration::from_millis(200))
+        .start()
+        .await;
+    // Never reads, so it never answers the close frame.
+    let _deaf = server.user("deaf").await;
+    let started = std::time::Instant::now();
+    let report = server.hub.shutdown(Duration::from_secs(15)).await;
+    assert_eq!(report.still_running, 0);
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+#[tokio::test]
+async fn app_level_ping_is_answered_with_pong() {
+    let server = Setup::default().start().await;
+    let mut user = server.connect("user=alice").await;
+    user.send(r#"{"type":"ping"}"#).await;
+    assert_eq!(user.recv().await, r#"{"type":"pong"}"#);
+}
