@@ -1,0 +1,330 @@
+//! The values a [`Store`](crate::Store) takes and gives back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bridge_protocol::http::{CommandOutcome, CommandStatus, CommandView};
+use bridge_protocol::{CommandId, CommandType, DeviceId, HexPayload, Timestamp, TtlSeconds};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{InvalidInput, StoreError};
+
+/// Limits and the clock shared by every backend.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Most commands that are not final one device may hold (PROTOCOL.md 4.2); default 100.
+    pub max_open_per_device: u32,
+    /// Deliveries a command gets before it ends `failed`; default 5.
+    pub max_attempts: u32,
+    /// Largest payload accepted, in bytes; default 512 (the protocol's default limit).
+    pub max_payload_bytes: usize,
+    /// Where TTLs and lease deadlines are read against; default [`SystemClock`].
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_open_per_device: 100,
+            max_attempts: 5,
+            max_payload_bytes: 512,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The same limits read against another clock.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Checks a payload against the limits.
+    #[cfg_attr(
+        not(any(
+            feature = "memory",
+            feature = "sqlite",
+            feature = "postgres",
+            feature = "redis"
+        )),
+        allow(dead_code)
+    )]
+    pub(crate) fn check_payload(&self, payload: &HexPayload) -> Result<(), StoreError> {
+        if payload.is_empty() {
+            return Err(InvalidInput::EmptyPayload.into());
+        }
+        if payload.len() > self.max_payload_bytes {
+            return Err(InvalidInput::PayloadTooLarge {
+                len: payload.len(),
+                max: self.max_payload_bytes,
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+/// Checks the arguments of `lease`.
+#[cfg_attr(
+    not(any(
+        feature = "memory",
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "redis"
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn check_lease(max: usize, lease_for: Duration) -> Result<(), StoreError> {
+    if max == 0 {
+        return Err(InvalidInput::ZeroLeaseSize.into());
+    }
+    if lease_for.as_millis() == 0 {
+        return Err(InvalidInput::ZeroLeaseDuration.into());
+    }
+    Ok(())
+}
+
+/// A command to queue: what [`Store::enqueue`](crate::Store::enqueue) takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewCommand {
+    /// The device it is for.
+    pub device: DeviceId,
+    /// Its dedup key.
+    pub command_type: CommandType,
+    /// The bytes to write.
+    pub payload: HexPayload,
+    /// How long it stays deliverable.
+    pub ttl: TtlSeconds,
+    /// Whether it waits for `confirm` before it may be delivered.
+    pub requires_confirmation: bool,
+}
+
+impl NewCommand {
+    /// A command with the default TTL that needs no confirmation.
+    pub fn new(device: DeviceId, command_type: CommandType, payload: HexPayload) -> Self {
+        Self {
+            device,
+            command_type,
+            payload,
+            ttl: TtlSeconds::DEFAULT,
+            requires_confirmation: false,
+        }
+    }
+
+    /// The same command with another TTL.
+    pub fn with_ttl(mut self, ttl: TtlSeconds) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The same command, waiting for `confirm` before delivery.
+    pub fn requiring_confirmation(mut self) -> Self {
+        self.requires_confirmation = true;
+        self
+    }
+
+    /// The status it starts in (or takes on when it updates a command in place).
+    pub fn initial_status(&self) -> CommandStatus {
+        if self.requires_confirmation {
+            CommandStatus::AwaitingConfirmation
+        } else {
+            CommandStatus::Pending
+        }
+    }
+}
+
+/// A command as a store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedCommand {
+    /// Its id, chosen by the store.
+    pub id: CommandId,
+    /// Its device.
+    pub device: DeviceId,
+    /// Its dedup key.
+    pub command_type: CommandType,
+    /// The bytes to write.
+    pub payload: HexPayload,
+    /// Where it is in its lifecycle.
+    pub status: CommandStatus,
+    /// Whether it was queued (or last updated) needing confirmation.
+    pub requires_confirmation: bool,
+    /// How many times it was handed out for delivery.
+    pub attempts: u32,
+    /// When it was first queued.
+    pub created_at: Timestamp,
+    /// When it stops being deliverable.
+    pub expires_at: Timestamp,
+    /// While `delivering`: when the lease runs out and the command becomes deliverable
+    /// again. `None` otherwise, and for commands handed out by `drain_pending`.
+    pub lease_deadline: Option<Timestamp>,
+    /// The device's reply or error, once completed.
+    pub outcome: Option<CommandOutcome>,
+}
+
+impl QueuedCommand {
+    /// The command as `GET /v1/commands/{commandId}` shows it.
+    pub fn to_view(&self) -> CommandView {
+        CommandView {
+            command_id: self.id.clone(),
+            device_id: self.device.clone(),
+            command_type: self.command_type.clone(),
+            status: self.status,
+            attempts: self.attempts,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            result: self.outcome.clone(),
+        }
+    }
+}
+
+impl From<&QueuedCommand> for CommandView {
+    fn from(command: &QueuedCommand) -> Self {
+        command.to_view()
+    }
+}
+
+impl From<QueuedCommand> for CommandView {
+    fn from(command: QueuedCommand) -> Self {
+        command.to_view()
+    }
+}
+
+/// What a [`Store::sweep`](crate::Store::sweep) changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SweepReport {
+    /// Commands whose TTL passed and that are now `expired`.
+    pub expired: u64,
+    /// Lapsed leases put back to `pending`.
+    pub recovered: u64,
+    /// Lapsed leases that had used their last attempt and are now `failed`.
+    pub failed: u64,
+}
+
+/// The status a command with a lapsed lease (or a released one) goes to.
+#[cfg_attr(
+    not(any(feature = "memory", feature = "sqlite", feature = "postgres")),
+    allow(dead_code)
+)]
+pub(crate) fn status_after_delivery_cut(
+    attempts: u32,
+    max_attempts: u32,
+    expires_at: Timestamp,
+    now: Timestamp,
+) -> CommandStatus {
+    if expires_at <= now {
+        CommandStatus::Expired
+    } else if attempts >= max_attempts {
+        CommandStatus::Failed
+    } else {
+        CommandStatus::Pending
+    }
+}
+
+/// The final status a completed delivery ends in.
+#[cfg_attr(
+    not(any(feature = "memory", feature = "sqlite", feature = "postgres")),
+    allow(dead_code)
+)]
+pub(crate) fn status_of_outcome(outcome: &CommandOutcome) -> CommandStatus {
+    match outcome {
+        CommandOutcome::Payload(_) => CommandStatus::Succeeded,
+        CommandOutcome::Error(_) => CommandStatus::Failed,
+    }
+}
+
+/// Parses a status as stored by the SQL and Redis backends.
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "redis")),
+    allow(dead_code)
+)]
+pub(crate) fn parse_status(s: &str) -> Option<CommandStatus> {
+    Some(match s {
+        "awaiting_confirmation" => CommandStatus::AwaitingConfirmation,
+        "pending" => CommandStatus::Pending,
+        "delivering" => CommandStatus::Delivering,
+        "succeeded" => CommandStatus::Succeeded,
+        "failed" => CommandStatus::Failed,
+        "expired" => CommandStatus::Expired,
+        "cancelled" => CommandStatus::Cancelled,
+        _ => return None,
+    })
+}
+
+/// A fresh command id: 32 lower-case hex digits of a random UUID.
+#[cfg_attr(
+    not(any(
+        feature = "memory",
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "redis"
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn new_command_id() -> Result<CommandId, StoreError> {
+    Ok(CommandId::try_from(
+        uuid::Uuid::new_v4().simple().to_string(),
+    )?)
+}
+
+/// `ttl` after `now`.
+#[cfg_attr(
+    not(any(
+        feature = "memory",
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "redis"
+    )),
+    allow(dead_code)
+)]
+pub(crate) fn expiry(now: Timestamp, ttl: TtlSeconds) -> Timestamp {
+    now.saturating_add(ttl.as_duration())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_those_of_the_protocol() {
+        let config = StoreConfig::default();
+        assert_eq!(config.max_open_per_device, 100);
+        assert_eq!(config.max_attempts, 5);
+        assert_eq!(config.max_payload_bytes, 512);
+    }
+
+    #[test]
+    fn a_cut_delivery_goes_back_to_pending_until_attempts_or_ttl_run_out() {
+        let now = Timestamp::from_unix_millis(1_000);
+        let later = Timestamp::from_unix_millis(2_000);
+        assert_eq!(
+            status_after_delivery_cut(1, 5, later, now),
+            CommandStatus::Pending
+        );
+        assert_eq!(
+            status_after_delivery_cut(5, 5, later, now),
+            CommandStatus::Failed
+        );
+        assert_eq!(
+            status_after_delivery_cut(1, 5, now, now),
+            CommandStatus::Expired
+        );
+    }
+
+    #[test]
+    fn stored_status_names_round_trip() {
+        for status in [
+            CommandStatus::AwaitingConfirmation,
+            CommandStatus::Pending,
+            CommandStatus::Delivering,
+            CommandStatus::Succeeded,
+            CommandStatus::Failed,
+            CommandStatus::Expired,
+            CommandStatus::Cancelled,
+        ] {
+            assert_eq!(parse_status(status.as_str()), Some(status));
+        }
+        assert_eq!(parse_status("bogus"), None);
+    }
+}

@@ -1,0 +1,667 @@
+//! The PostgreSQL store: one durable queue shared by several server processes.
+//!
+//! The schema is the original toolkit's command table extended with `status`, `attempts`,
+//! `lease_until`, the result columns and `seq` (a `bigserial`, the per-device ordering key).
+//! It lives in a schema of the caller's choice ([`PostgresOptions::schema`]) and is created
+//! or migrated at [`PostgresStore::open`] from SQL embedded in this crate: each migration runs
+//! once, in a transaction, under an advisory lock, and is recorded in
+//! `bridge_queue_migrations` (embedded rather than `sqlx::migrate!`, which needs the sqlx
+//! macros this workspace does not build).
+//!
+//! Concurrency: every operation that changes a device's commands as a whole (enqueue,
+//! lease, confirm, cancel, housekeeping) first takes a transaction-scoped advisory lock on
+//! the device, so the cap check, dedup and expiry of one device are one step even across
+//! processes. `lease` selects with `FOR UPDATE SKIP LOCKED`, so it never waits on a row
+//! another transaction is changing and never hands out a row another lease holds.
+//! `complete` and `release` lock only their row. Dedup is also enforced by a partial unique
+//! index on `(device_id, command_type)` over `pending` and `awaiting_confirmation`.
+//!
+//! Every operation is bounded by [`PostgresOptions::operation_timeout`]: a database that
+//! does not answer in time is [`StoreError::Unavailable`], and the pool reconnects by
+//! itself once the database is back.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bridge_protocol::http::{CommandOutcome, CommandStatus};
+use bridge_protocol::{CommandId, DeviceId, Timestamp};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Executor as _, Postgres, Row, Transaction};
+
+use crate::error::{InvalidInput, StoreError};
+use crate::model::{
+    NewCommand, QueuedCommand, StoreConfig, SweepReport, check_lease, expiry, new_command_id,
+    status_after_delivery_cut, status_of_outcome,
+};
+use crate::sql::{COLUMNS, OPEN, RawRow, into_commands, map_err, outcome_columns, to_i64};
+use crate::store::Store;
+
+const BACKEND: &str = "postgres";
+
+/// The migrations, in order; each runs once.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE bridge_queued_commands (
+        seq bigserial PRIMARY KEY,
+        id text NOT NULL UNIQUE,
+        device_id text NOT NULL,
+        command_type text NOT NULL,
+        payload bytea NOT NULL,
+        status text NOT NULL CHECK (status IN ('awaiting_confirmation', 'pending',
+            'delivering', 'succeeded', 'failed', 'expired', 'cancelled')),
+        requires_confirmation boolean NOT NULL,
+        attempts integer NOT NULL DEFAULT 0,
+        created_at bigint NOT NULL,
+        expires_at bigint NOT NULL,
+        lease_until bigint,
+        result_payload bytea,
+        result_error text
+    );
+    CREATE UNIQUE INDEX bridge_queued_commands_dedup
+        ON bridge_queued_commands (device_id, command_type)
+        WHERE status IN ('pending', 'awaiting_confirmation');
+    CREATE INDEX bridge_queued_commands_open
+        ON bridge_queued_commands (device_id, seq)
+        WHERE status IN ('pending', 'awaiting_confirmation', 'delivering');",
+)];
+
+/// Where and how to open a [`PostgresStore`].
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// The connection URL, e.g. `postgres://postgres@127.0.0.1:5432/bridge`.
+    pub url: String,
+    /// The schema holding the store's tables (created if missing): lower-case letters,
+    /// digits and `_`, starting with a letter or `_`; default `public`.
+    pub schema: String,
+    /// Most connections the pool opens; default 8.
+    pub max_connections: u32,
+    /// Longest any one operation may take, waiting for a connection included, before it is
+    /// [`StoreError::Unavailable`]; default 5 s.
+    pub operation_timeout: Duration,
+}
+
+impl PostgresOptions {
+    /// Options for `url` with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            schema: "public".to_owned(),
+            max_connections: 8,
+            operation_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The same options with another schema.
+    pub fn with_schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+}
+
+/// A [`Store`] in a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    config: StoreConfig,
+    timeout: Duration,
+}
+
+fn err(e: sqlx::Error) -> StoreError {
+    map_err(BACKEND, e)
+}
+
+fn valid_schema(schema: &str) -> bool {
+    let mut chars = schema.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && schema.len() <= 63
+}
+
+fn raw(row: &PgRow) -> Result<RawRow, sqlx::Error> {
+    Ok(RawRow {
+        seq: row.try_get(0)?,
+        id: row.try_get(1)?,
+        device_id: row.try_get(2)?,
+        command_type: row.try_get(3)?,
+        payload: row.try_get(4)?,
+        status: row.try_get(5)?,
+        requires_confirmation: row.try_get(6)?,
+        attempts: i64::from(row.try_get::<i32, _>(7)?),
+        created_at: row.try_get(8)?,
+        expires_at: row.try_get(9)?,
+        lease_until: row.try_get(10)?,
+        result_payload: row.try_get(11)?,
+        result_error: row.try_get(12)?,
+    })
+}
+
+fn decode(rows: &[PgRow]) -> Result<Vec<QueuedCommand>, StoreError> {
+    let raw = rows
+        .iter()
+        .map(raw)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    into_commands(raw, BACKEND)
+}
+
+fn decode_one(row: &PgRow) -> Result<QueuedCommand, StoreError> {
+    raw(row).map_err(err)?.into_command(BACKEND)
+}
+
+fn device_id(s: String) -> Result<DeviceId, StoreError> {
+    DeviceId::try_from(s).map_err(|_| StoreError::backend(BACKEND, "stored device id is invalid"))
+}
+
+/// Takes the transaction-scoped lock of one device.
+async fn lock_device(conn: &mut PgConnection, device: &DeviceId) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('bridge-queue/' || $1, 0))")
+        .bind(device.as_str())
+        .execute(&mut *conn)
+        .await
+        .map_err(err)?;
+    Ok(())
+}
+
+/// Ends expired commands and recovers lapsed leases of one device, whose lock is held.
+async fn housekeep(
+    conn: &mut PgConnection,
+    device: &DeviceId,
+    now: Timestamp,
+    max_attempts: u32,
+) -> Result<SweepReport, StoreError> {
+    let now = now.unix_millis();
+    let expired = sqlx::query(
+        "UPDATE bridge_queued_commands SET status = 'expired', lease_until = NULL
+         WHERE device_id = $1 AND expires_at <= $2
+           AND (status IN ('pending', 'awaiting_confirmation')
+                OR (status = 'delivering' AND lease_until <= $2))",
+    )
+    .bind(device.as_str())
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(err)?
+    .rows_affected();
+    let failed = sqlx::query(
+        "UPDATE bridge_queued_commands SET status = 'failed', lease_until = NULL
+         WHERE device_id = $1 AND status = 'delivering' AND lease_until <= $2
+           AND attempts >= $3",
+    )
+    .bind(device.as_str())
+    .bind(now)
+    .bind(i64::from(max_attempts))
+    .execute(&mut *conn)
+    .await
+    .map_err(err)?
+    .rows_affected();
+    let recovered = sqlx::query(
+        "UPDATE bridge_queued_commands SET status = 'pending', lease_until = NULL
+         WHERE device_id = $1 AND status = 'delivering' AND lease_until <= $2",
+    )
+    .bind(device.as_str())
+    .bind(now)
+    .execute(&mut *conn)
+    .await
+    .map_err(err)?
+    .rows_affected();
+    Ok(SweepReport {
+        expired,
+        recovered,
+        failed,
+    })
+}
+
+async fn device_of(conn: &mut PgConnection, id: &CommandId) -> Result<DeviceId, StoreError> {
+    let device: Option<String> =
+        sqlx::query_scalar("SELECT device_id FROM bridge_queued_commands WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(err)?;
+    device_id(device.ok_or_else(|| StoreError::NotFound { id: id.clone() })?)
+}
+
+async fn fetch_for_update(
+    conn: &mut PgConnection,
+    id: &CommandId,
+) -> Result<QueuedCommand, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM bridge_queued_commands WHERE id = $1 FOR UPDATE"
+    ))
+    .bind(id.as_str())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(err)?
+    .ok_or_else(|| StoreError::NotFound { id: id.clone() })?;
+    decode_one(&row)
+}
+
+/// Creates the schema if needed and runs the migrations not yet applied.
+async fn migrate(pool: PgPool, schema: String) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await.map_err(err)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('bridge-queue/migrations', 0))")
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+    // Create the schema only when missing: CREATE SCHEMA checks the CREATE privilege on the
+    // database even with IF NOT EXISTS, which a least-privileged user may not have.
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+    if !exists {
+        let create = format!("CREATE SCHEMA \"{schema}\"");
+        tx.execute(create.as_str()).await.map_err(err)?;
+    }
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS bridge_queue_migrations (
+            version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(err)?;
+    let applied: Vec<i32> = sqlx::query_scalar("SELECT version FROM bridge_queue_migrations")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+    for &(version, sql) in MIGRATIONS {
+        if applied.contains(&version) {
+            continue;
+        }
+        tracing::info!(schema, version, "applying bridge-queue migration");
+        tx.execute(sql).await.map_err(err)?;
+        sqlx::query("INSERT INTO bridge_queue_migrations (version) VALUES ($1)")
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(err)?;
+    }
+    tx.commit().await.map_err(err)
+}
+
+impl PostgresStore {
+    /// Connects, creates the schema if needed and runs the migrations not yet applied.
+    pub async fn open(options: &PostgresOptions, config: StoreConfig) -> Result<Self, StoreError> {
+        if !valid_schema(&options.schema) {
+            return Err(
+                InvalidInput::Value(bridge_protocol::ValueError::ForbiddenChar {
+                    what: "schema",
+                    allowed: "lower-case letters, digits and _ (63 at most)",
+                })
+                .into(),
+            );
+        }
+        let connect: PgConnectOptions = options.url.parse().map_err(err)?;
+        let connect = connect.options([("search_path", options.schema.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .acquire_timeout(options.operation_timeout)
+            .connect_lazy_with(connect);
+        let store = Self {
+            pool,
+            config,
+            timeout: options.operation_timeout,
+        };
+        store
+            .bounded(migrate(store.pool.clone(), options.schema.clone()))
+            .await?;
+        Ok(store)
+    }
+
+    /// Closes the pool, waiting for running operations.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Runs `op` within the operation timeout.
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if let Ok(result) = tokio::time::timeout(self.timeout, op).await {
+            result
+        } else {
+            tracing::warn!(timeout = ?self.timeout, "postgres queue operation timed out");
+            Err(StoreError::Unavailable {
+                backend: BACKEND,
+                source: format!("no answer within {:?}", self.timeout).into(),
+            })
+        }
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(err)
+    }
+
+    async fn transition(
+        &self,
+        id: &CommandId,
+        action: &'static str,
+        allowed: &[CommandStatus],
+        outcome: Option<&CommandOutcome>,
+        change: impl FnOnce(&QueuedCommand) -> CommandStatus + Send,
+    ) -> Result<QueuedCommand, StoreError> {
+        let now = self.config.clock.now();
+        let mut tx = self.begin().await?;
+        // confirm and cancel see expiry first; a late answer to a lapsed lease still counts.
+        if outcome.is_none() && action != "release" {
+            let device = device_of(&mut tx, id).await?;
+            lock_device(&mut tx, &device).await?;
+            housekeep(&mut tx, &device, now, self.config.max_attempts).await?;
+        }
+        let current = fetch_for_update(&mut tx, id).await?;
+        if !allowed.contains(&current.status) {
+            // Roll back now: a dropped transaction is rolled back only when its connection
+            // is next used, and until then it would keep its locks.
+            tx.rollback().await.map_err(err)?;
+            return Err(StoreError::Conflict {
+                id: id.clone(),
+                action,
+                status: current.status,
+            });
+        }
+        let status = change(&current);
+        let (payload, error) = outcome.map(outcome_columns).unwrap_or_default();
+        let row = sqlx::query(&format!(
+            "UPDATE bridge_queued_commands
+             SET status = $2, lease_until = NULL, result_payload = $3, result_error = $4
+             WHERE id = $1 RETURNING {COLUMNS}"
+        ))
+        .bind(id.as_str())
+        .bind(status.as_str())
+        .bind(payload)
+        .bind(error)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        decode_one(&row)
+    }
+
+    async fn hand_out(
+        &self,
+        device: &DeviceId,
+        max: usize,
+        deadline: Option<Timestamp>,
+    ) -> Result<Vec<QueuedCommand>, StoreError> {
+        let now = self.config.clock.now();
+        let mut tx = self.begin().await?;
+        lock_device(&mut tx, device).await?;
+        housekeep(&mut tx, device, now, self.config.max_attempts).await?;
+        let rows = sqlx::query(&format!(
+            "WITH picked AS (
+                SELECT seq FROM bridge_queued_commands
+                WHERE device_id = $1 AND status = 'pending' AND expires_at > $2
+                ORDER BY seq LIMIT $3
+                FOR UPDATE SKIP LOCKED)
+             UPDATE bridge_queued_commands
+             SET status = 'delivering', attempts = attempts + 1, lease_until = $4
+             WHERE seq IN (SELECT seq FROM picked)
+             RETURNING {COLUMNS}"
+        ))
+        .bind(device.as_str())
+        .bind(now.unix_millis())
+        .bind(to_i64(max))
+        .bind(deadline.map(Timestamp::unix_millis))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        decode(&rows)
+    }
+
+    async fn enqueue_inner(&self, command: NewCommand) -> Result<CommandId, StoreError> {
+        let now = self.config.clock.now();
+        let expires_at = expiry(now, command.ttl).unix_millis();
+        let status = command.initial_status().as_str();
+        let mut tx = self.begin().await?;
+        lock_device(&mut tx, &command.device).await?;
+        housekeep(&mut tx, &command.device, now, self.config.max_attempts).await?;
+        let updated: Option<String> = sqlx::query_scalar(
+            "UPDATE bridge_queued_commands
+             SET payload = $3, expires_at = $4, requires_confirmation = $5, status = $6
+             WHERE device_id = $1 AND command_type = $2
+               AND status IN ('pending', 'awaiting_confirmation')
+             RETURNING id",
+        )
+        .bind(command.device.as_str())
+        .bind(command.command_type.as_str())
+        .bind(command.payload.as_bytes())
+        .bind(expires_at)
+        .bind(command.requires_confirmation)
+        .bind(status)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err)?;
+        if let Some(id) = updated {
+            tx.commit().await.map_err(err)?;
+            return CommandId::try_from(id)
+                .map_err(|_| StoreError::backend(BACKEND, "stored id is invalid"));
+        }
+        let open: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM bridge_queued_commands WHERE device_id = $1 AND status IN {OPEN}"
+        ))
+        .bind(command.device.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+        let max = self.config.max_open_per_device;
+        if open >= i64::from(max) {
+            tx.rollback().await.map_err(err)?;
+            return Err(StoreError::QueueFull {
+                device: command.device,
+                max,
+            });
+        }
+        let id = new_command_id()?;
+        sqlx::query(
+            "INSERT INTO bridge_queued_commands
+             (id, device_id, command_type, payload, status, requires_confirmation, attempts,
+              created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8)",
+        )
+        .bind(id.as_str())
+        .bind(command.device.as_str())
+        .bind(command.command_type.as_str())
+        .bind(command.payload.as_bytes())
+        .bind(status)
+        .bind(command.requires_confirmation)
+        .bind(now.unix_millis())
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(id)
+    }
+
+    /// Runs housekeeping for one device in its own transaction.
+    async fn housekeep_device(&self, device: &DeviceId) -> Result<SweepReport, StoreError> {
+        let now = self.config.clock.now();
+        let mut tx = self.begin().await?;
+        lock_device(&mut tx, device).await?;
+        let report = housekeep(&mut tx, device, now, self.config.max_attempts).await?;
+        tx.commit().await.map_err(err)?;
+        Ok(report)
+    }
+
+    async fn sweep_inner(&self) -> Result<SweepReport, StoreError> {
+        let now = self.config.clock.now().unix_millis();
+        let devices: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT device_id FROM bridge_queued_commands
+             WHERE (status IN ('pending', 'awaiting_confirmation') AND expires_at <= $1)
+                OR (status = 'delivering' AND lease_until <= $1)",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        let mut total = SweepReport::default();
+        for device in devices {
+            let r = self.housekeep_device(&device_id(device)?).await?;
+            total.expired += r.expired;
+            total.recovered += r.recovered;
+            total.failed += r.failed;
+        }
+        Ok(total)
+    }
+
+    async fn list_open_inner(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        let now = self.config.clock.now();
+        let mut tx = self.begin().await?;
+        lock_device(&mut tx, device).await?;
+        housekeep(&mut tx, device, now, self.config.max_attempts).await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM bridge_queued_commands
+             WHERE device_id = $1 AND status IN {OPEN} ORDER BY seq"
+        ))
+        .bind(device.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        decode(&rows)
+    }
+
+    async fn get_inner(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        let now = self.config.clock.now();
+        let mut tx = self.begin().await?;
+        let device = device_of(&mut tx, id).await?;
+        lock_device(&mut tx, &device).await?;
+        housekeep(&mut tx, &device, now, self.config.max_attempts).await?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM bridge_queued_commands WHERE id = $1"
+        ))
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        decode_one(&row)
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn enqueue(&self, command: NewCommand) -> Result<CommandId, StoreError> {
+        self.config.check_payload(&command.payload)?;
+        self.bounded(self.enqueue_inner(command)).await
+    }
+
+    async fn confirm(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        self.bounded(self.transition(
+            id,
+            "confirm",
+            &[CommandStatus::AwaitingConfirmation],
+            None,
+            |_| CommandStatus::Pending,
+        ))
+        .await
+    }
+
+    async fn cancel(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        self.bounded(self.transition(
+            id,
+            "cancel",
+            &[CommandStatus::Pending, CommandStatus::AwaitingConfirmation],
+            None,
+            |_| CommandStatus::Cancelled,
+        ))
+        .await
+    }
+
+    async fn lease(
+        &self,
+        device: &DeviceId,
+        max: usize,
+        lease_for: Duration,
+    ) -> Result<Vec<QueuedCommand>, StoreError> {
+        check_lease(max, lease_for)?;
+        let deadline = self.config.clock.now().saturating_add(lease_for);
+        self.bounded(self.hand_out(device, max, Some(deadline)))
+            .await
+    }
+
+    async fn complete(
+        &self,
+        id: &CommandId,
+        outcome: CommandOutcome,
+    ) -> Result<QueuedCommand, StoreError> {
+        let status = status_of_outcome(&outcome);
+        self.bounded(self.transition(
+            id,
+            "complete",
+            &[CommandStatus::Delivering],
+            Some(&outcome),
+            |_| status,
+        ))
+        .await
+    }
+
+    async fn release(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        let now = self.config.clock.now();
+        let max_attempts = self.config.max_attempts;
+        self.bounded(
+            self.transition(id, "release", &[CommandStatus::Delivering], None, |c| {
+                status_after_delivery_cut(c.attempts, max_attempts, c.expires_at, now)
+            }),
+        )
+        .await
+    }
+
+    async fn drain_pending(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        self.bounded(self.hand_out(device, usize::MAX, None)).await
+    }
+
+    async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        self.bounded(self.get_inner(id)).await
+    }
+
+    async fn list_open(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        self.bounded(self.list_open_inner(device)).await
+    }
+
+    async fn pending_count(&self, device: &DeviceId) -> Result<u32, StoreError> {
+        let open = self.bounded(self.list_open_inner(device)).await?;
+        Ok(u32::try_from(open.len()).unwrap_or(u32::MAX))
+    }
+
+    async fn due_devices(&self, limit: usize) -> Result<Vec<DeviceId>, StoreError> {
+        let now = self.config.clock.now().unix_millis();
+        let devices: Vec<String> = self
+            .bounded(async {
+                sqlx::query_scalar(
+                    "SELECT DISTINCT device_id FROM bridge_queued_commands
+                     WHERE (status = 'pending' AND expires_at > $1)
+                        OR (status = 'delivering' AND lease_until <= $1)
+                     ORDER BY device_id LIMIT $2",
+                )
+                .bind(now)
+                .bind(to_i64(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(err)
+            })
+            .await?;
+        devices.into_iter().map(device_id).collect()
+    }
+
+    async fn sweep(&self) -> Result<SweepReport, StoreError> {
+        self.bounded(self.sweep_inner()).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(async {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map_err(err)
+                .map(drop)
+        })
+        .await
+    }
+}

@@ -1,0 +1,518 @@
+//! The RabbitMQ store: per-device durable queues that push commands to consumers as they
+//! arrive, composed with a store that holds the commands' state.
+//!
+//! # Design, and why
+//!
+//! A message queue holds messages, not state. The promises of [`Store`] need state that a
+//! queue cannot give: dedup in place (a queued message cannot be changed), cancel and
+//! confirm (a message cannot be withdrawn or held back from the middle of a queue), `get`
+//! by id and `list_open` (a queue cannot be read without consuming it), per-command
+//! attempts and lease deadlines (a redelivered message does not count its tries, and an
+//! un-acked message returns only when its channel closes, not at a deadline). Building that
+//! state on top of queues (a log of state changes in a "state queue" replayed by every
+//! process) would need a consensus the broker does not offer between two servers writing at
+//! once. So [`RabbitMqStore`] is an honest composition:
+//!
+//! * **State** lives in a companion [`Store`] `S` — `SqliteStore` embedded, or
+//!   `PostgresStore` / `RedisStore` when several servers share the queue. Every [`Store`] call is answered by it, so every
+//!   promise of the trait holds exactly as it does for `S` (the conformance suite runs
+//!   against the composition), and durability is `S`'s.
+//! * **Delivery notices** travel through RabbitMQ: one durable queue per device
+//!   (`<prefix>.<device id>`), into which every change that makes a command deliverable
+//!   (enqueue of a pending command, an update in place, confirm, release back to `pending`,
+//!   recovery of a lapsed lease by `sweep`) publishes a persistent message (delivery mode
+//!   2) through the default exchange, on a channel with publisher confirms, and waits for
+//!   the broker's confirm. The message's body is the command as JSON (the shape of
+//!   `GET /v1/commands/{id}` plus `payload`), so other AMQP consumers can see what is queued.
+//! * [`RabbitMqStore::consume`] is the original toolkit's push interface: a stream that
+//!   yields the device's commands, leased, in order, as they become deliverable. It leases
+//!   from `S` (so two consumers never get the same command and a consumer that dies leaves
+//!   its lease to lapse and the command to come back) and uses the device's queue to wake
+//!   up at once when something arrives; it also looks again every `poll_every`, so a notice
+//!   that was never published does not delay delivery for longer than that.
+//!
+//! A notice is only a wake-up, never the command itself, so a duplicated, lost or stale
+//! notice cannot cause a duplicate or lost delivery. That is also why a failed publish does
+//! not fail the call that changed the state: the change is committed in `S`, the device
+//! shows in [`due_devices`](Store::due_devices), and consumers find it on their next look;
+//! the failure is logged and [`ping`](Store::ping) (and so `/readyz`) answers
+//! [`StoreError::Unavailable`] while the broker is away. The connection is re-opened on the
+//! next publish. Device queues are declared with `x-max-length` (oldest notices dropped
+//! first: a newer notice supersedes them) and `x-expires` (a queue nobody used for
+//! [`RabbitMqOptions::idle_queue_expiry`] is deleted by the broker).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bridge_protocol::http::{CommandOutcome, CommandStatus};
+use bridge_protocol::{CommandId, DeviceId};
+use futures_util::{Stream, StreamExt};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
+use tokio::sync::Mutex;
+
+use crate::error::StoreError;
+use crate::model::{NewCommand, QueuedCommand, SweepReport};
+use crate::store::Store;
+
+const BACKEND: &str = "rabbitmq";
+/// Most notices a device queue keeps; older ones are dropped first.
+const MAX_NOTICES: i64 = 1_000;
+
+/// Where and how to connect a [`RabbitMqStore`].
+#[derive(Debug, Clone)]
+pub struct RabbitMqOptions {
+    /// The AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub url: String,
+    /// Prefix of the device queues' names; default `bridge-queue`.
+    pub prefix: String,
+    /// Longest a connect, declare or publish (until its confirm) may take; default 5 s.
+    pub operation_timeout: Duration,
+    /// How long a device queue nobody uses lives on; default 7 days.
+    pub idle_queue_expiry: Duration,
+}
+
+impl RabbitMqOptions {
+    /// Options for `url` with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "bridge-queue".to_owned(),
+            operation_timeout: Duration::from_secs(5),
+            idle_queue_expiry: Duration::from_hours(7 * 24),
+        }
+    }
+
+    /// The same options with another queue-name prefix.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+}
+
+/// A [`Store`] whose state lives in `S` and whose delivery notices travel through
+/// RabbitMQ; see the [module docs](self). Clones share the connection.
+pub struct RabbitMqStore<S> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S> Clone for RabbitMqStore<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for RabbitMqStore<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RabbitMqStore")
+            .field("state", &self.inner.state)
+            .field("prefix", &self.inner.options.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<S> {
+    state: S,
+    options: RabbitMqOptions,
+    publisher: Mutex<Option<Link>>,
+}
+
+/// An open connection and a channel on it.
+struct Link {
+    _connection: Connection,
+    channel: Channel,
+}
+
+fn unavailable(source: impl Into<crate::error::BoxError>) -> StoreError {
+    StoreError::Unavailable {
+        backend: BACKEND,
+        source: source.into(),
+    }
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    what: &str,
+    op: impl Future<Output = Result<T, lapin::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, op).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Err(_) => Err(unavailable(format!("{what}: no answer within {timeout:?}"))),
+    }
+}
+
+impl<S> Inner<S> {
+    fn queue_name(&self, device: &DeviceId) -> String {
+        format!("{}.{}", self.options.prefix, device.as_str())
+    }
+
+    fn queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(MAX_NOTICES));
+        let expiry = i64::try_from(self.options.idle_queue_expiry.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        args.insert("x-expires".into(), AMQPValue::LongLongInt(expiry));
+        args
+    }
+
+    async fn connect(&self, confirms: bool) -> Result<Link, StoreError> {
+        let timeout = self.options.operation_timeout;
+        let connection = bounded(
+            timeout,
+            "connect",
+            Connection::connect(&self.options.url, ConnectionProperties::default()),
+        )
+        .await?;
+        let channel = bounded(timeout, "open a channel", connection.create_channel()).await?;
+        if confirms {
+            bounded(
+                timeout,
+                "enable publisher confirms",
+                channel.confirm_select(ConfirmSelectOptions::default()),
+            )
+            .await?;
+        }
+        Ok(Link {
+            _connection: connection,
+            channel,
+        })
+    }
+
+    async fn declare(&self, channel: &Channel, device: &DeviceId) -> Result<(), StoreError> {
+        bounded(
+            self.options.operation_timeout,
+            "declare the device queue",
+            channel.queue_declare(
+                ShortString::from(self.queue_name(device)),
+                QueueDeclareOptions::durable(),
+                self.queue_arguments(),
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Publishes a persistent notice for `command` and waits for the broker's confirm.
+    async fn publish(&self, command: &QueuedCommand) -> Result<(), StoreError> {
+        let mut body = serde_json::to_value(command.to_view())
+            .map_err(|e| StoreError::backend(BACKEND, e.to_string()))?;
+        body["payload"] = serde_json::Value::String(command.payload.to_hex());
+        let body = body.to_string();
+        let timeout = self.options.operation_timeout;
+        let mut publisher = self.publisher.lock().await;
+        if !publisher
+            .as_ref()
+            .is_some_and(|link| link.channel.status().connected())
+        {
+            *publisher = Some(self.connect(true).await?);
+        }
+        let Some(link) = publisher.as_ref() else {
+            return Err(unavailable("no channel"));
+        };
+        let result = async {
+            self.declare(&link.channel, &command.device).await?;
+            let confirm = bounded(
+                timeout,
+                "publish",
+                link.channel.basic_publish(
+                    ShortString::from(""),
+                    ShortString::from(self.queue_name(&command.device)),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_content_type("application/json".into()),
+                ),
+            )
+            .await?;
+            let confirmation = bounded(timeout, "publisher confirm", confirm).await?;
+            if confirmation.is_ack() {
+                Ok(())
+            } else {
+                Err(unavailable("the broker refused the notice (nack)"))
+            }
+        }
+        .await;
+        if result.is_err() {
+            *publisher = None;
+        }
+        result
+    }
+}
+
+impl<S: Store> Inner<S> {
+    /// Publishes a notice when `command` is deliverable; a failure is logged, not returned
+    /// (see the module docs: the state change is already committed and will be found).
+    async fn notify(&self, command: &QueuedCommand) {
+        if command.status != CommandStatus::Pending {
+            return;
+        }
+        if let Err(e) = self.publish(command).await {
+            tracing::warn!(
+                command = %command.id,
+                device = %command.device,
+                error = %e,
+                "could not publish a delivery notice; consumers will find the command on their next look"
+            );
+        }
+    }
+
+    async fn notify_device(&self, device: &DeviceId) {
+        // The first deliverable command stands for the device; list_open is in order.
+        match self.state.list_open(device).await {
+            Ok(open) => {
+                if let Some(first) = open.iter().find(|c| c.status == CommandStatus::Pending) {
+                    self.notify(first).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(device = %device, error = %e, "could not read the device's commands");
+            }
+        }
+    }
+}
+
+impl<S: Store> RabbitMqStore<S> {
+    /// Wraps `state`, checking that the broker answers.
+    pub async fn open(options: RabbitMqOptions, state: S) -> Result<Self, StoreError> {
+        let inner = Inner {
+            state,
+            options,
+            publisher: Mutex::new(None),
+        };
+        let link = inner.connect(true).await?;
+        *inner.publisher.lock().await = Some(link);
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The store that holds the commands' state.
+    pub fn state(&self) -> &S {
+        &self.inner.state
+    }
+
+    /// The name of a device's notice queue.
+    pub fn queue_name(&self, device: &DeviceId) -> String {
+        self.inner.queue_name(device)
+    }
+
+    /// A stream of the device's commands as they become deliverable, oldest first, each
+    /// already leased for `lease_for` (so `delivering`): the consumer sends it and ends the
+    /// lease with [`complete`](Store::complete) or [`release`](Store::release). One command
+    /// is leased per item pulled, so a consumer that finishes each command before pulling
+    /// the next sends them one at a time. The stream wakes on the device queue's notices and
+    /// also looks every `poll_every`. It yields an error when the state store fails (and
+    /// goes on after waiting `poll_every`); it never ends on its own.
+    pub fn consume(
+        &self,
+        device: DeviceId,
+        lease_for: Duration,
+        poll_every: Duration,
+    ) -> impl Stream<Item = Result<QueuedCommand, StoreError>> + Send + 'static {
+        let state = ConsumeState {
+            store: self.clone(),
+            device,
+            lease_for,
+            poll_every,
+            consumer: None,
+            ready: VecDeque::new(),
+            backoff: false,
+        };
+        futures_util::stream::unfold(state, |mut state| async move {
+            let item = state.next().await;
+            Some((item, state))
+        })
+    }
+}
+
+struct ConsumeState<S> {
+    store: RabbitMqStore<S>,
+    device: DeviceId,
+    lease_for: Duration,
+    poll_every: Duration,
+    consumer: Option<(Link, Consumer)>,
+    ready: VecDeque<QueuedCommand>,
+    backoff: bool,
+}
+
+impl<S: Store> ConsumeState<S> {
+    async fn next(&mut self) -> Result<QueuedCommand, StoreError> {
+        loop {
+            if let Some(command) = self.ready.pop_front() {
+                return Ok(command);
+            }
+            if self.backoff {
+                self.backoff = false;
+                tokio::time::sleep(self.poll_every).await;
+            }
+            match self
+                .store
+                .inner
+                .state
+                .lease(&self.device, 1, self.lease_for)
+                .await
+            {
+                Ok(leased) if !leased.is_empty() => {
+                    self.ready.extend(leased);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.backoff = true;
+                    return Err(e);
+                }
+            }
+            self.wait_for_notice().await;
+        }
+    }
+
+    /// Waits for a notice on the device queue, or `poll_every`, whichever comes first.
+    async fn wait_for_notice(&mut self) {
+        if self.consumer.is_none() {
+            match self.subscribe().await {
+                Ok(subscribed) => self.consumer = Some(subscribed),
+                Err(e) => {
+                    tracing::debug!(device = %self.device, error = %e, "cannot subscribe to the device queue; polling");
+                    tokio::time::sleep(self.poll_every).await;
+                    return;
+                }
+            }
+        }
+        let Some((_, consumer)) = self.consumer.as_mut() else {
+            return;
+        };
+        match tokio::time::timeout(self.poll_every, consumer.next()).await {
+            Ok(Some(Ok(delivery))) => {
+                // A notice is a wake-up: the lease that follows reads the state.
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    tracing::debug!(error = %e, "could not ack a notice");
+                }
+            }
+            Ok(Some(Err(_)) | None) => self.consumer = None,
+            Err(_) => {}
+        }
+    }
+
+    async fn subscribe(&self) -> Result<(Link, Consumer), StoreError> {
+        let inner = &self.store.inner;
+        let link = inner.connect(false).await?;
+        inner.declare(&link.channel, &self.device).await?;
+        let timeout = inner.options.operation_timeout;
+        bounded(
+            timeout,
+            "set prefetch",
+            link.channel.basic_qos(16, BasicQosOptions::default()),
+        )
+        .await?;
+        let consumer = bounded(
+            timeout,
+            "consume",
+            link.channel.basic_consume(
+                ShortString::from(inner.queue_name(&self.device)),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+        Ok((link, consumer))
+    }
+}
+
+#[async_trait]
+impl<S: Store> Store for RabbitMqStore<S> {
+    async fn enqueue(&self, command: NewCommand) -> Result<CommandId, StoreError> {
+        let id = self.inner.state.enqueue(command).await?;
+        if let Ok(stored) = self.inner.state.get(&id).await {
+            self.inner.notify(&stored).await;
+        }
+        Ok(id)
+    }
+
+    async fn confirm(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        let confirmed = self.inner.state.confirm(id).await?;
+        self.inner.notify(&confirmed).await;
+        Ok(confirmed)
+    }
+
+    async fn cancel(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        self.inner.state.cancel(id).await
+    }
+
+    async fn lease(
+        &self,
+        device: &DeviceId,
+        max: usize,
+        lease_for: Duration,
+    ) -> Result<Vec<QueuedCommand>, StoreError> {
+        self.inner.state.lease(device, max, lease_for).await
+    }
+
+    async fn complete(
+        &self,
+        id: &CommandId,
+        outcome: CommandOutcome,
+    ) -> Result<QueuedCommand, StoreError> {
+        self.inner.state.complete(id, outcome).await
+    }
+
+    async fn release(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        let released = self.inner.state.release(id).await?;
+        self.inner.notify(&released).await;
+        Ok(released)
+    }
+
+    async fn drain_pending(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        self.inner.state.drain_pending(device).await
+    }
+
+    async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        self.inner.state.get(id).await
+    }
+
+    async fn list_open(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        self.inner.state.list_open(device).await
+    }
+
+    async fn pending_count(&self, device: &DeviceId) -> Result<u32, StoreError> {
+        self.inner.state.pending_count(device).await
+    }
+
+    async fn due_devices(&self, limit: usize) -> Result<Vec<DeviceId>, StoreError> {
+        self.inner.state.due_devices(limit).await
+    }
+
+    async fn sweep(&self) -> Result<SweepReport, StoreError> {
+        let report = self.inner.state.sweep().await?;
+        if report.recovered > 0 {
+            for device in self.inner.state.due_devices(usize::MAX).await? {
+                self.inner.notify_device(&device).await;
+            }
+        }
+        Ok(report)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.state.ping().await?;
+        let mut publisher = self.inner.publisher.lock().await;
+        if publisher
+            .as_ref()
+            .is_some_and(|link| link.channel.status().connected())
+        {
+            return Ok(());
+        }
+        *publisher = Some(self.inner.connect(true).await?);
+        Ok(())
+    }
+}

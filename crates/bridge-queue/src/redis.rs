@@ -1,0 +1,624 @@
+//! The Redis store: for deployments that already run Redis.
+//!
+//! Every operation is one Lua script, so it is atomic on the server: dedup, the cap, lease
+//! exclusivity and expiry cannot interleave with another client's call. Keys, under a
+//! configurable prefix `P`:
+//!
+//! * `P:c:<id>` — a hash per command (device, type, payload, status, attempts, times,
+//!   lease deadline, result, ordering key).
+//! * `P:d:<device>` — a sorted set of the device's non-final command ids, scored by the
+//!   ordering key `P:seq` (`INCR`), so a device's commands come out in queue order and an
+//!   update in place or a released command keeps its place.
+//! * `P:devices` — the set of devices with non-final commands (for `due_devices` and
+//!   `sweep`).
+//!
+//! TTL is natural: a command's hash carries a Redis expiry of its own TTL plus
+//! [`RedisOptions::final_retention`], renewed when it is updated; when a command becomes
+//! final it leaves its device's set and its hash expires after the retention. So final
+//! commands stay readable by id for the retention (default 7 days) and then vanish on
+//! their own. Whether a command is still deliverable is decided against the store's
+//! [`Clock`](crate::Clock), passed to every script, not Redis's own clock.
+//!
+//! The scripts address keys they compute from the prefix, so the store targets a single
+//! Redis (or a primary behind Sentinel), not Redis Cluster. Durability is Redis's own: run
+//! it with AOF (`appendonly yes`) for commands to survive a Redis restart.
+//!
+//! Every operation is bounded by [`RedisOptions::operation_timeout`]: a Redis that does not
+//! answer in time is [`StoreError::Unavailable`], and the pool reconnects by itself once
+//! Redis is back.
+
+use std::future::Future;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bridge_protocol::http::CommandOutcome;
+use bridge_protocol::{CommandId, CommandType, DeviceErrorCode, DeviceId, HexPayload, Timestamp};
+use deadpool_redis::redis::{self, RetryMethod, Script, Value};
+use deadpool_redis::{Config, Pool, PoolError, Runtime};
+
+use crate::error::StoreError;
+use crate::model::{
+    NewCommand, QueuedCommand, StoreConfig, SweepReport, check_lease, expiry, new_command_id,
+    parse_status,
+};
+use crate::store::Store;
+
+const BACKEND: &str = "redis";
+const PRELUDE: &str = include_str!("redis.lua");
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{PRELUDE}\n{body}"))
+}
+
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local dev, typ, payload, conf, status = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local expires, max_open, new_id, open_ttl = ARGV[10], tonumber(ARGV[11]), ARGV[12], ARGV[13]
+housekeep(dev)
+local ids = redis.call('ZRANGE', dkey(dev), 0, -1)
+for _, id in ipairs(ids) do
+  local h = redis.call('HMGET', ckey(id), 'type', 'status')
+  if h[1] == typ and (h[2] == 'pending' or h[2] == 'awaiting_confirmation') then
+    redis.call('HSET', ckey(id), 'payload', payload, 'expires', expires, 'conf', conf,
+      'status', status)
+    redis.call('PEXPIRE', ckey(id), open_ttl)
+    return {'updated', id}
+  end
+end
+if #ids >= max_open then return {'full'} end
+local seq = redis.call('INCR', P .. ':seq')
+redis.call('HSET', ckey(new_id), 'id', new_id, 'dev', dev, 'type', typ, 'payload', payload,
+  'status', status, 'conf', conf, 'attempts', 0, 'created', ARGV[2], 'expires', expires,
+  'lease', '', 'rk', '', 'rv', '', 'seq', seq)
+redis.call('PEXPIRE', ckey(new_id), open_ttl)
+redis.call('ZADD', dkey(dev), seq, new_id)
+redis.call('SADD', DEVICES, dev)
+return {'inserted', new_id}
+",
+    )
+});
+
+static LEASE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local dev, max, deadline = ARGV[5], tonumber(ARGV[6]), ARGV[7]
+housekeep(dev)
+local out, n = {}, 0
+for _, id in ipairs(redis.call('ZRANGE', dkey(dev), 0, -1)) do
+  if n >= max then break end
+  local h = redis.call('HMGET', ckey(id), 'status', 'expires')
+  if h[1] == 'pending' and tonumber(h[2]) > NOW then
+    redis.call('HSET', ckey(id), 'status', 'delivering', 'lease', deadline)
+    redis.call('HINCRBY', ckey(id), 'attempts', 1)
+    n = n + 1
+    out[n] = record(id)
+  end
+end
+return out
+",
+    )
+});
+
+static TRANSITION: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local id, action, rk, rv, hk = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local k = ckey(id)
+local dev = redis.call('HGET', k, 'dev')
+if not dev then return {'notfound'} end
+if hk == '1' then housekeep(dev) end
+local h = redis.call('HMGET', k, 'status', 'attempts', 'expires')
+local status, new = h[1], nil
+if action == 'confirm' then
+  if status ~= 'awaiting_confirmation' then return {'conflict', status} end
+  new = 'pending'
+elseif action == 'cancel' then
+  if status ~= 'pending' and status ~= 'awaiting_confirmation' then
+    return {'conflict', status}
+  end
+  new = 'cancelled'
+else
+  if status ~= 'delivering' then return {'conflict', status} end
+  if action == 'complete' then
+    if rk == 'p' then new = 'succeeded' else new = 'failed' end
+  elseif tonumber(h[3]) <= NOW then
+    new = 'expired'
+  elseif tonumber(h[2]) >= MAX_ATTEMPTS then
+    new = 'failed'
+  else
+    new = 'pending'
+  end
+end
+redis.call('HSET', k, 'status', new, 'lease', '', 'rk', rk, 'rv', rv)
+if new ~= 'pending' then close(id, dev) end
+return {'ok', record(id)}
+",
+    )
+});
+
+static GET: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local id = ARGV[5]
+local dev = redis.call('HGET', ckey(id), 'dev')
+if not dev then return {'notfound'} end
+housekeep(dev)
+return {'ok', record(id)}
+",
+    )
+});
+
+static LIST_OPEN: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local dev = ARGV[5]
+housekeep(dev)
+local out = {}
+for i, id in ipairs(redis.call('ZRANGE', dkey(dev), 0, -1)) do out[i] = record(id) end
+return out
+",
+    )
+});
+
+static COUNT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+housekeep(ARGV[5])
+return redis.call('ZCARD', dkey(ARGV[5]))
+",
+    )
+});
+
+static DUE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local limit = tonumber(ARGV[5])
+local devs = redis.call('SMEMBERS', DEVICES)
+table.sort(devs)
+local out, n = {}, 0
+for _, dev in ipairs(devs) do
+  if n >= limit then break end
+  for _, id in ipairs(redis.call('ZRANGE', dkey(dev), 0, -1)) do
+    local h = redis.call('HMGET', ckey(id), 'status', 'expires', 'lease')
+    if (h[1] == 'pending' and tonumber(h[2]) > NOW)
+        or (h[1] == 'delivering' and h[3] ~= '' and tonumber(h[3]) <= NOW) then
+      n = n + 1
+      out[n] = dev
+      break
+    end
+  end
+end
+return out
+",
+    )
+});
+
+static SWEEP: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local e, r, f = 0, 0, 0
+for _, dev in ipairs(redis.call('SMEMBERS', DEVICES)) do
+  local de, dr, df = housekeep(dev)
+  e, r, f = e + de, r + dr, f + df
+end
+return {e, r, f}
+",
+    )
+});
+
+/// Where and how to open a [`RedisStore`].
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// The connection URL, e.g. `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// Prefix of every key the store writes; default `bridge-queue`.
+    pub prefix: String,
+    /// Most connections in the pool; default 8.
+    pub max_connections: usize,
+    /// Longest any one operation may take, getting a connection included, before it is
+    /// [`StoreError::Unavailable`]; default 5 s.
+    pub operation_timeout: Duration,
+    /// How long a final command stays readable by id; default 7 days.
+    pub final_retention: Duration,
+}
+
+impl RedisOptions {
+    /// Options for `url` with the defaults.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "bridge-queue".to_owned(),
+            max_connections: 8,
+            operation_timeout: Duration::from_secs(5),
+            final_retention: Duration::from_hours(7 * 24),
+        }
+    }
+
+    /// The same options with another key prefix.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+}
+
+/// A [`Store`] in Redis.
+#[derive(Clone)]
+pub struct RedisStore {
+    pool: Pool,
+    config: StoreConfig,
+    prefix: String,
+    timeout: Duration,
+    retention_ms: i64,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(source: impl Into<crate::error::BoxError>) -> StoreError {
+    let source = source.into();
+    tracing::warn!(error = %source, "redis queue backend unavailable");
+    StoreError::Unavailable {
+        backend: BACKEND,
+        source,
+    }
+}
+
+fn redis_err(e: redis::RedisError) -> StoreError {
+    if e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || !matches!(e.retry_method(), RetryMethod::NoRetry)
+    {
+        unavailable(e)
+    } else {
+        StoreError::Backend {
+            backend: BACKEND,
+            source: Box::new(e),
+        }
+    }
+}
+
+fn pool_err(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => redis_err(e),
+        other => unavailable(other),
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::backend(BACKEND, format!("unexpected {what} from a queue script"))
+}
+
+fn bytes(v: &Value) -> Result<Vec<u8>, StoreError> {
+    match v {
+        Value::BulkString(b) => Ok(b.clone()),
+        Value::SimpleString(s) => Ok(s.clone().into_bytes()),
+        Value::Int(i) => Ok(i.to_string().into_bytes()),
+        _ => Err(corrupt("value")),
+    }
+}
+
+fn text(v: &Value) -> Result<String, StoreError> {
+    String::from_utf8(bytes(v)?).map_err(|_| corrupt("text"))
+}
+
+fn number(v: &Value) -> Result<i64, StoreError> {
+    text(v)?.parse().map_err(|_| corrupt("number"))
+}
+
+fn array(v: &Value) -> Result<&[Value], StoreError> {
+    match v {
+        Value::Array(items) => Ok(items),
+        _ => Err(corrupt("reply")),
+    }
+}
+
+/// Decodes one `record(id)` reply (the hash fields in the order of `FIELDS`).
+fn command(v: &Value) -> Result<QueuedCommand, StoreError> {
+    let f = array(v)?;
+    if f.len() != 13 {
+        return Err(corrupt("record"));
+    }
+    let lease = text(&f[9])?;
+    let result = text(&f[10])?;
+    let outcome = match result.as_str() {
+        "" => None,
+        "p" => Some(CommandOutcome::Payload(HexPayload::from_bytes(bytes(
+            &f[11],
+        )?))),
+        "e" => Some(CommandOutcome::Error(
+            DeviceErrorCode::try_from(text(&f[11])?).map_err(|_| corrupt("error code"))?,
+        )),
+        _ => return Err(corrupt("result kind")),
+    };
+    Ok(QueuedCommand {
+        id: CommandId::try_from(text(&f[0])?).map_err(|_| corrupt("id"))?,
+        device: DeviceId::try_from(text(&f[1])?).map_err(|_| corrupt("device id"))?,
+        command_type: CommandType::try_from(text(&f[2])?).map_err(|_| corrupt("type"))?,
+        payload: HexPayload::from_bytes(bytes(&f[3])?),
+        status: parse_status(&text(&f[4])?).ok_or_else(|| corrupt("status"))?,
+        requires_confirmation: text(&f[5])? == "1",
+        attempts: u32::try_from(number(&f[6])?).map_err(|_| corrupt("attempts"))?,
+        created_at: Timestamp::from_unix_millis(number(&f[7])?),
+        expires_at: Timestamp::from_unix_millis(number(&f[8])?),
+        lease_deadline: if lease.is_empty() {
+            None
+        } else {
+            Some(Timestamp::from_unix_millis(
+                lease.parse().map_err(|_| corrupt("lease"))?,
+            ))
+        },
+        outcome,
+    })
+}
+
+fn commands(v: &Value) -> Result<Vec<QueuedCommand>, StoreError> {
+    array(v)?.iter().map(command).collect()
+}
+
+/// Decodes the `{tag, ...}` reply of a script that answers one command.
+fn one(v: &Value, id: &CommandId, action: &'static str) -> Result<QueuedCommand, StoreError> {
+    let items = array(v)?;
+    let tag = items.first().map(text).transpose()?.unwrap_or_default();
+    match (tag.as_str(), items.get(1)) {
+        ("ok", Some(record)) => command(record),
+        ("notfound", _) => Err(StoreError::NotFound { id: id.clone() }),
+        ("conflict", Some(status)) => Err(StoreError::Conflict {
+            id: id.clone(),
+            action,
+            status: parse_status(&text(status)?).ok_or_else(|| corrupt("status"))?,
+        }),
+        _ => Err(corrupt("reply")),
+    }
+}
+
+impl RedisStore {
+    /// Creates the connection pool and checks that Redis answers.
+    pub async fn open(options: &RedisOptions, config: StoreConfig) -> Result<Self, StoreError> {
+        let timeout = options.operation_timeout;
+        let pool = Config::from_url(options.url.clone())
+            .builder()
+            .map_err(|e| StoreError::backend(BACKEND, format!("bad Redis configuration: {e}")))?
+            .max_size(options.max_connections.max(1))
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::backend(BACKEND, format!("cannot build the pool: {e}")))?;
+        let store = Self {
+            pool,
+            config,
+            prefix: options.prefix.clone(),
+            timeout,
+            retention_ms: i64::try_from(options.final_retention.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1),
+        };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// Runs `op` within the operation timeout.
+    async fn bounded<T>(
+        &self,
+        op: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if let Ok(result) = tokio::time::timeout(self.timeout, op).await {
+            result
+        } else {
+            Err(unavailable(format!("no answer within {:?}", self.timeout)))
+        }
+    }
+
+    /// Runs a script with the shared leading arguments and then `args`.
+    async fn run(&self, script: &Script, args: &[&[u8]]) -> Result<Value, StoreError> {
+        let now = self.config.clock.now().unix_millis().to_string();
+        let max_attempts = self.config.max_attempts.to_string();
+        let retention = self.retention_ms.to_string();
+        self.bounded(async {
+            let mut conn = self.pool.get().await.map_err(pool_err)?;
+            let mut invocation = script.prepare_invoke();
+            invocation
+                .arg(self.prefix.as_bytes())
+                .arg(now.as_bytes())
+                .arg(max_attempts.as_bytes())
+                .arg(retention.as_bytes());
+            for arg in args {
+                invocation.arg(*arg);
+            }
+            invocation
+                .invoke_async::<Value>(&mut *conn)
+                .await
+                .map_err(redis_err)
+        })
+        .await
+    }
+
+    async fn transition(
+        &self,
+        id: &CommandId,
+        action: &'static str,
+        outcome: Option<&CommandOutcome>,
+        housekeep_first: bool,
+    ) -> Result<QueuedCommand, StoreError> {
+        let (kind, value): (&[u8], Vec<u8>) = match outcome {
+            None => (b"", Vec::new()),
+            Some(CommandOutcome::Payload(p)) => (b"p", p.as_bytes().to_vec()),
+            Some(CommandOutcome::Error(e)) => (b"e", e.as_str().as_bytes().to_vec()),
+        };
+        let hk: &[u8] = if housekeep_first { b"1" } else { b"0" };
+        let reply = self
+            .run(
+                &TRANSITION,
+                &[id.as_str().as_bytes(), action.as_bytes(), kind, &value, hk],
+            )
+            .await?;
+        one(&reply, id, action)
+    }
+
+    async fn hand_out(
+        &self,
+        device: &DeviceId,
+        max: usize,
+        deadline: Option<Timestamp>,
+    ) -> Result<Vec<QueuedCommand>, StoreError> {
+        let max = max.min(1 << 30).to_string();
+        let deadline = deadline.map_or_else(String::new, |d| d.unix_millis().to_string());
+        let reply = self
+            .run(
+                &LEASE,
+                &[
+                    device.as_str().as_bytes(),
+                    max.as_bytes(),
+                    deadline.as_bytes(),
+                ],
+            )
+            .await?;
+        commands(&reply)
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn enqueue(&self, command: NewCommand) -> Result<CommandId, StoreError> {
+        self.config.check_payload(&command.payload)?;
+        let now = self.config.clock.now();
+        let expires_at = expiry(now, command.ttl);
+        let open_ttl = (expires_at.unix_millis() - now.unix_millis())
+            .saturating_add(self.retention_ms)
+            .to_string();
+        let new_id = new_command_id()?;
+        let conf: &[u8] = if command.requires_confirmation {
+            b"1"
+        } else {
+            b"0"
+        };
+        let expires = expires_at.unix_millis().to_string();
+        let max_open = self.config.max_open_per_device.to_string();
+        let reply = self
+            .run(
+                &ENQUEUE,
+                &[
+                    command.device.as_str().as_bytes(),
+                    command.command_type.as_str().as_bytes(),
+                    command.payload.as_bytes(),
+                    conf,
+                    command.initial_status().as_str().as_bytes(),
+                    expires.as_bytes(),
+                    max_open.as_bytes(),
+                    new_id.as_str().as_bytes(),
+                    open_ttl.as_bytes(),
+                ],
+            )
+            .await?;
+        let items = array(&reply)?;
+        let tag = items.first().map(text).transpose()?.unwrap_or_default();
+        match (tag.as_str(), items.get(1)) {
+            ("updated" | "inserted", Some(id)) => {
+                CommandId::try_from(text(id)?).map_err(|_| corrupt("id"))
+            }
+            ("full", _) => Err(StoreError::QueueFull {
+                device: command.device,
+                max: self.config.max_open_per_device,
+            }),
+            _ => Err(corrupt("reply")),
+        }
+    }
+
+    async fn confirm(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        self.transition(id, "confirm", None, true).await
+    }
+
+    async fn cancel(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        self.transition(id, "cancel", None, true).await
+    }
+
+    async fn lease(
+        &self,
+        device: &DeviceId,
+        max: usize,
+        lease_for: Duration,
+    ) -> Result<Vec<QueuedCommand>, StoreError> {
+        check_lease(max, lease_for)?;
+        let deadline = self.config.clock.now().saturating_add(lease_for);
+        self.hand_out(device, max, Some(deadline)).await
+    }
+
+    async fn complete(
+        &self,
+        id: &CommandId,
+        outcome: CommandOutcome,
+    ) -> Result<QueuedCommand, StoreError> {
+        self.transition(id, "complete", Some(&outcome), false).await
+    }
+
+    async fn release(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        self.transition(id, "release", None, false).await
+    }
+
+    async fn drain_pending(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        self.hand_out(device, usize::MAX, None).await
+    }
+
+    async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        let reply = self.run(&GET, &[id.as_str().as_bytes()]).await?;
+        one(&reply, id, "get")
+    }
+
+    async fn list_open(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        let reply = self.run(&LIST_OPEN, &[device.as_str().as_bytes()]).await?;
+        commands(&reply)
+    }
+
+    async fn pending_count(&self, device: &DeviceId) -> Result<u32, StoreError> {
+        let reply = self.run(&COUNT, &[device.as_str().as_bytes()]).await?;
+        u32::try_from(number(&reply)?).map_err(|_| corrupt("count"))
+    }
+
+    async fn due_devices(&self, limit: usize) -> Result<Vec<DeviceId>, StoreError> {
+        let limit = limit.min(1 << 30).to_string();
+        let reply = self.run(&DUE, &[limit.as_bytes()]).await?;
+        array(&reply)?
+            .iter()
+            .map(|d| DeviceId::try_from(text(d)?).map_err(|_| corrupt("device id")))
+            .collect()
+    }
+
+    async fn sweep(&self) -> Result<SweepReport, StoreError> {
+        let reply = self.run(&SWEEP, &[]).await?;
+        let counts = array(&reply)?
+            .iter()
+            .map(|v| number(v).map(|n| u64::try_from(n).unwrap_or(0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        match counts.as_slice() {
+            &[expired, recovered, failed] => Ok(SweepReport {
+                expired,
+                recovered,
+                failed,
+            }),
+            _ => Err(corrupt("sweep reply")),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded(async {
+            let mut conn = self.pool.get().await.map_err(pool_err)?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut *conn)
+                .await
+                .map_err(redis_err)
+                .map(drop)
+        })
+        .await
+    }
+}

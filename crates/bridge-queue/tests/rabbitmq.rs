@@ -1,0 +1,279 @@
+//! What the RabbitMQ store adds to its state store: persistent delivery notices in durable
+//! per-device queues, and `consume`, which pushes commands to a consumer as they arrive.
+#![cfg(feature = "rabbitmq")]
+
+use std::time::{Duration, Instant};
+
+use bridge_protocol::http::{CommandOutcome, CommandStatus};
+use bridge_protocol::{CommandType, DeviceId, HexPayload, TtlSeconds};
+use bridge_queue::{MemoryStore, RabbitMqOptions, RabbitMqStore, Store, StoreConfig, StoreError};
+use futures_util::StreamExt;
+use lapin::options::{BasicGetOptions, QueueDeleteOptions};
+use lapin::types::ShortString;
+
+const LEASE: Duration = Duration::from_secs(30);
+/// Long enough that only a notice can wake a consumer within `PROMPTLY`.
+const POLL: Duration = Duration::from_mins(1);
+const PROMPTLY: Duration = Duration::from_secs(5);
+
+fn url() -> String {
+    std::env::var("BRIDGE_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+async fn open() -> RabbitMqStore<MemoryStore> {
+    let mut options = RabbitMqOptions::new(url())
+        .with_prefix(format!("bq-test-{}", uuid::Uuid::new_v4().simple()));
+    options.idle_queue_expiry = Duration::from_secs(30);
+    RabbitMqStore::open(options, MemoryStore::new(StoreConfig::default()))
+        .await
+        .unwrap_or_else(|e| panic!("RabbitMQ is unreachable at {} ({e})", url()))
+}
+
+async fn channel() -> (lapin::Connection, lapin::Channel) {
+    let conn = lapin::Connection::connect(&url(), lapin::ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let channel = conn.create_channel().await.expect("channel");
+    (conn, channel)
+}
+
+async fn delete_queue(store: &RabbitMqStore<MemoryStore>, device: &DeviceId) {
+    let (_conn, channel) = channel().await;
+    let _ = channel
+        .queue_delete(
+            ShortString::from(store.queue_name(device)),
+            QueueDeleteOptions::default(),
+        )
+        .await;
+}
+
+fn device() -> DeviceId {
+    DeviceId::new("lock-1").expect("valid")
+}
+
+fn kind(s: &str) -> CommandType {
+    CommandType::new(s).expect("valid")
+}
+
+fn bytes(b: &[u8]) -> HexPayload {
+    HexPayload::from_bytes(b.to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_command_is_a_persistent_json_notice_in_the_device_queue() {
+    let store = open().await;
+    let dev = device();
+    let awaiting = store
+        .enqueue_with_confirmation(&dev, &kind("open"), bytes(&[1]), TtlSeconds::DEFAULT)
+        .await
+        .expect("enqueue");
+    let (_conn, channel) = channel().await;
+    let queue = ShortString::from(store.queue_name(&dev));
+    let get = |channel: lapin::Channel, queue: ShortString| async move {
+        channel
+            .basic_get(queue, BasicGetOptions { no_ack: true })
+            .await
+            .expect("basic.get")
+    };
+    // Nothing is deliverable yet, so nothing was published (the queue may not exist yet).
+    if let Ok(message) = channel
+        .basic_get(queue.clone(), BasicGetOptions { no_ack: true })
+        .await
+    {
+        assert!(
+            message.is_none(),
+            "a command awaiting confirmation was announced"
+        );
+    }
+    let (_conn, channel) = self::channel().await;
+
+    store.confirm(&awaiting).await.expect("confirm");
+    let message = get(channel.clone(), queue.clone())
+        .await
+        .expect("confirm publishes a notice");
+    assert_eq!(*message.delivery.properties.delivery_mode(), Some(2));
+    let body: serde_json::Value =
+        serde_json::from_slice(&message.delivery.data).expect("a JSON notice");
+    assert_eq!(body["commandId"], awaiting.as_str());
+    assert_eq!(body["deviceId"], "lock-1");
+    assert_eq!(body["status"], "pending");
+    assert_eq!(body["payload"], "01");
+    assert!(get(channel.clone(), queue.clone()).await.is_none());
+    delete_queue(&store, &dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_pushes_commands_in_order_as_they_arrive() {
+    let store = open().await;
+    let dev = device();
+    let early = store
+        .enqueue_or_update(&dev, &kind("a"), bytes(&[1]), TtlSeconds::DEFAULT)
+        .await
+        .expect("enqueue");
+    let mut stream = Box::pin(store.consume(dev.clone(), LEASE, POLL));
+
+    // Queued before consuming: yielded first, leased.
+    let first = tokio::time::timeout(PROMPTLY, stream.next())
+        .await
+        .expect("the command queued earlier comes at once")
+        .expect("the stream does not end")
+        .expect("lease");
+    assert_eq!(first.id, early);
+    assert_eq!(first.status, CommandStatus::Delivering);
+    store
+        .complete(&first.id, CommandOutcome::Payload(bytes(&[0])))
+        .await
+        .expect("complete");
+
+    // Arrives while the consumer waits: pushed by the notice, long before the poll.
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let c = stream
+                .next()
+                .await
+                .expect("the stream does not end")
+                .expect("lease");
+            got.push(c);
+        }
+        (got, started.elapsed(), stream)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = store
+        .enqueue_or_update(&dev, &kind("b"), bytes(&[2]), TtlSeconds::DEFAULT)
+        .await
+        .expect("enqueue");
+    let c = store
+        .enqueue_or_update(&dev, &kind("c"), bytes(&[3]), TtlSeconds::DEFAULT)
+        .await
+        .expect("enqueue");
+    let (got, took, mut stream) = tokio::time::timeout(PROMPTLY, waiting)
+        .await
+        .expect("pushed promptly, not at the next poll")
+        .expect("task");
+    assert!(took < PROMPTLY);
+    assert_eq!(
+        got.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
+        vec![b.clone(), c]
+    );
+
+    // A released command comes back, again pushed by its notice.
+    store.release(&b).await.expect("release");
+    let again = tokio::time::timeout(PROMPTLY, stream.next())
+        .await
+        .expect("a released command is pushed again promptly")
+        .expect("the stream does not end")
+        .expect("lease");
+    assert_eq!(again.id, b);
+    assert_eq!(again.attempts, 2);
+    delete_queue(&store, &dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_of_one_device_never_get_the_same_command() {
+    let store = open().await;
+    let dev = device();
+    let mut queued = Vec::new();
+    for i in 0..6 {
+        queued.push(
+            store
+                .enqueue_or_update(
+                    &dev,
+                    &kind(&format!("t{i}")),
+                    bytes(&[1]),
+                    TtlSeconds::DEFAULT,
+                )
+                .await
+                .expect("enqueue"),
+        );
+    }
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let store = store.clone();
+        let dev = dev.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = Box::pin(store.consume(dev, LEASE, Duration::from_millis(100)));
+            let mut got = Vec::new();
+            while let Ok(Some(Ok(c))) =
+                tokio::time::timeout(Duration::from_millis(500), stream.next()).await
+            {
+                store
+                    .complete(&c.id, CommandOutcome::Payload(bytes(&[0])))
+                    .await
+                    .expect("complete");
+                got.push(c.id);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("task"));
+    }
+    all.sort();
+    queued.sort();
+    assert_eq!(
+        all, queued,
+        "every command exactly once across both consumers"
+    );
+    delete_queue(&store, &dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_unavailable_in_bounded_time() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut options = RabbitMqOptions::new(format!("amqp://guest:guest@127.0.0.1:{port}/%2f"));
+    options.operation_timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    let result = RabbitMqStore::open(options, MemoryStore::default()).await;
+    assert!(
+        matches!(result, Err(StoreError::Unavailable { .. })),
+        "got {:?}",
+        result.map(|_| ())
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_announces_a_recovered_lease() {
+    let clock = bridge_queue::ManualClock::starting_now();
+    let config = StoreConfig::default().with_clock(std::sync::Arc::new(clock.clone()));
+    let mut options = RabbitMqOptions::new(url())
+        .with_prefix(format!("bq-test-{}", uuid::Uuid::new_v4().simple()));
+    options.idle_queue_expiry = Duration::from_secs(30);
+    let store = RabbitMqStore::open(options, MemoryStore::new(config))
+        .await
+        .expect("open");
+    let dev = device();
+    let id = store
+        .enqueue_or_update(&dev, &kind("a"), bytes(&[1]), TtlSeconds::DEFAULT)
+        .await
+        .expect("enqueue");
+    let (_conn, channel) = channel().await;
+    let queue = ShortString::from(store.queue_name(&dev));
+    let take = || {
+        let channel = channel.clone();
+        let queue = queue.clone();
+        async move {
+            channel
+                .basic_get(queue, BasicGetOptions { no_ack: true })
+                .await
+                .expect("basic.get")
+        }
+    };
+    assert!(take().await.is_some(), "enqueue announced the command");
+    store.lease(&dev, 1, LEASE).await.expect("lease");
+    assert!(take().await.is_none());
+
+    clock.advance(LEASE);
+    assert_eq!(store.sweep().await.expect("sweep").recovered, 1);
+    let notice = take().await.expect("the recovered command is announced");
+    let body: serde_json::Value = serde_json::from_slice(&notice.delivery.data).expect("JSON");
+    assert_eq!(body["commandId"], id.as_str());
+    delete_queue(&store, &dev).await;
+}
