@@ -1,0 +1,735 @@
+//! The tokio layer: drives sharded [`Correlator`]s with one timer task.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bridge_protocol::{
+    BleResponse, BleWrite, ConfigRegistry, ConnectionId, DeviceId, DeviceType, HexPayload,
+    RequestId, TimeoutMs,
+};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::time::Instant;
+
+use crate::correlator::{CommandResult, Correlator, Finished, MarkSent, ResponseAccepted};
+use crate::error::{CommandError, RejectReason, ResponseRejected, TransportError};
+use crate::stats::SessionStats;
+use crate::{SessionConfig, Transport, ids};
+
+/// What a pending command keeps to reach its caller: a channel, attached only once the
+/// command waits for an answer (an answer that comes while the transport is still sending
+/// is handed over directly, with no channel at all).
+type Waiter = Option<oneshot::Sender<CommandResult>>;
+
+/// One independently locked part of the pending set, alone on its cache lines.
+#[repr(align(128))]
+struct Shard(Mutex<ShardState>);
+
+impl Shard {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, ShardState> {
+        self.0.lock()
+    }
+}
+
+struct ShardState {
+    correlator: Correlator<Waiter>,
+    /// Pending-limit tokens this shard took from `Inner::free_tokens`; never below
+    /// `correlator.len()`. Shards take and give back tokens in batches, so the limit costs
+    /// no shared atomic per command.
+    reserved: usize,
+}
+
+impl ShardState {
+    fn surplus(&self) -> usize {
+        self.reserved - self.correlator.len()
+    }
+}
+
+/// Sends commands to devices through a [`Transport`] and hands each caller its device's
+/// answer, or the precise reason there is none.
+///
+/// Cheap to clone (one reference count); every clone drives the same pending set. Create it
+/// inside a Tokio runtime: [`new`](Self::new) spawns the one timer task that times out
+/// every pending command. The task ends when the last clone is dropped or on
+/// [`shutdown`](Self::shutdown).
+pub struct SessionManager<T: ?Sized = dyn Transport> {
+    inner: Arc<Inner<T>>,
+}
+
+impl<T: ?Sized> Clone for SessionManager<T> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<T: ?Sized> std::fmt::Debug for SessionManager<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionManager")
+            .field("pending", &self.inner.pending())
+            .field("shards", &self.inner.shards.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<T: ?Sized> {
+    shards: Box<[Shard]>,
+    shard_mask: usize,
+    prefix_hex: [u8; 16],
+    registry: Arc<ConfigRegistry>,
+    /// Pending-limit tokens no shard has reserved (`max_pending` in all).
+    free_tokens: AtomicUsize,
+    /// How many tokens a shard takes or gives back at once.
+    token_batch: usize,
+    /// Answers whose id this process never made (no shard is touched for them).
+    foreign_responses: AtomicU64,
+    /// Commands that timed out while waiting for a device slot (never registered).
+    slot_timeouts: AtomicU64,
+    device_slots: Option<DeviceSlots>,
+    timer: Arc<TimerState>,
+    transport: Arc<T>,
+}
+
+impl<T: ?Sized> Drop for Inner<T> {
+    fn drop(&mut self) {
+        // Lets the timer task see that the manager is gone, and end.
+        self.timer.stop();
+    }
+}
+
+/// What the timer task shares with the senders.
+struct TimerState {
+    /// Time zero of `armed`.
+    epoch: Instant,
+    /// The deadline the timer task sleeps until, in nanoseconds since `epoch`; `u64::MAX`
+    /// while it sleeps with no deadline, or is about to look at the shards.
+    armed: AtomicU64,
+    /// When the timer task last looked at the clock, in nanoseconds since `epoch`.
+    seen: AtomicU64,
+    wake: Notify,
+    stopped: AtomicBool,
+}
+
+impl TimerState {
+    fn nanos_since_epoch(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Called after registering a command due at `deadline`: if the timer task would wake
+    /// later, moves its alarm earlier and wakes it to re-arm. In the steady state (one
+    /// timeout class, deadlines growing) this is a single read of a shared value.
+    fn arm(&self, deadline: Instant) {
+        let at = self.nanos_since_epoch(deadline);
+        if at < self.armed.load(Ordering::SeqCst) {
+            self.armed.fetch_min(at, Ordering::SeqCst);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The time the timer task last read from the clock.
+    fn seen_at(&self) -> Instant {
+        self.epoch + Duration::from_nanos(self.seen.load(Ordering::Relaxed))
+    }
+
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+}
+
+impl<T: Transport + ?Sized> SessionManager<T> {
+    /// A manager that sends through `transport`, builds `ble_write` frames with the UUIDs of
+    /// `registry`, and is tuned by `config`.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime: it spawns the timer task.
+    pub fn new(transport: Arc<T>, registry: Arc<ConfigRegistry>, config: &SessionConfig) -> Self {
+        let shard_count = config.shards();
+        let prefix = config.id_prefix().unwrap_or_else(ids::random_prefix);
+        let shards: Box<[Shard]> = (0..=u8::try_from(shard_count - 1).unwrap_or(u8::MAX))
+            .map(|i| {
+                Shard(Mutex::new(ShardState {
+                    reserved: 0,
+                    correlator: Correlator::for_shard(prefix, i),
+                }))
+            })
+            .collect();
+        let timer = Arc::new(TimerState {
+            epoch: Instant::now(),
+            armed: AtomicU64::new(u64::MAX),
+            seen: AtomicU64::new(0),
+            wake: Notify::new(),
+            stopped: AtomicBool::new(false),
+        });
+        let inner = Arc::new(Inner {
+            shards,
+            shard_mask: shard_count - 1,
+            prefix_hex: ids::prefix_hex(prefix),
+            registry,
+            free_tokens: AtomicUsize::new(config.max_pending()),
+            token_batch: (config.max_pending() / (shard_count * 4)).clamp(1, 64),
+            foreign_responses: AtomicU64::new(0),
+            slot_timeouts: AtomicU64::new(0),
+            device_slots: config.per_device_limit().map(|limit| DeviceSlots {
+                limit: limit.get(),
+                semaphores: Mutex::new(HashMap::new()),
+            }),
+            timer: Arc::clone(&timer),
+            transport,
+        });
+        tokio::spawn(run_timer(Arc::downgrade(&inner), timer));
+        Self { inner }
+    }
+
+    /// Sends `payload` to `device_id` and waits for the device's reply, at most `timeout`.
+    ///
+    /// `device_type` picks the BLE UUIDs from the registry (`None`: the registry's default
+    /// type). The wait includes any wait for a device slot (see
+    /// [`SessionConfig::with_per_device_limit`]).
+    ///
+    /// Cancel-safe: dropping the future at any point removes the command from the pending
+    /// set (and reports `command_finished` if it had gone out).
+    pub async fn send_command(
+        &self,
+        device_id: DeviceId,
+        device_type: Option<&str>,
+        payload: HexPayload,
+        timeout: Duration,
+    ) -> Result<HexPayload, CommandError> {
+        let inner = &*self.inner;
+        let (device_type, uuids) = inner.registry.resolve(device_type).map_err(|_| {
+            CommandError::UnknownDeviceType(device_type.unwrap_or_default().to_owned())
+        })?;
+        let device_type = thread_local_copy(device_type);
+        let uuids = *uuids;
+        let start = Instant::now();
+        // A timeout too long to represent waits "forever" (a century) instead of panicking.
+        let deadline = start
+            .checked_add(timeout)
+            .unwrap_or_else(|| start + Duration::from_hours(100 * 365 * 24));
+
+        let slot = match &inner.device_slots {
+            Some(slots) => {
+                let Some(permit) = slots.acquire(&device_id, deadline).await else {
+                    inner.slot_timeouts.fetch_add(1, Ordering::Relaxed);
+                    return Err(CommandError::Timeout);
+                };
+                Some(permit)
+            }
+            None => None,
+        };
+
+        let shard = shard_hint() & inner.shard_mask;
+        let (request_id, sequence) =
+            inner.register(shard, device_id.clone(), deadline.into_std(), None)?;
+        let mut guard = PendingGuard {
+            inner,
+            shard,
+            sequence,
+            armed: true,
+        };
+        inner.timer.arm(deadline);
+
+        let write = BleWrite {
+            request_id,
+            device_id,
+            device_type,
+            service_uuid: uuids.service_uuid,
+            write_uuid: uuids.write_uuid,
+            listen_uuid: uuids.listen_uuid,
+            payload,
+            timeout_ms: TimeoutMs::saturating_from_duration(if slot.is_some() {
+                deadline.saturating_duration_since(Instant::now())
+            } else {
+                timeout
+            }),
+        };
+        let connection = match inner.transport.send_ble_write(write).await {
+            Ok(connection) => connection,
+            Err(TransportError::Offline) => {
+                guard.armed = false;
+                let removed = inner.shards[shard]
+                    .lock()
+                    .correlator
+                    .mark_offline_sequence(sequence);
+                // `Err`: it ended (timed out, shut down) while the transport looked for a
+                // bridge.
+                return Err(removed.err().unwrap_or(CommandError::Offline));
+            }
+        };
+
+        let receiver = {
+            let mut state = inner.shards[shard].lock();
+            match state.correlator.mark_sent_sequence(sequence, connection) {
+                MarkSent::Waiting => {
+                    // Attach the channel under the same lock: no answer can slip in between.
+                    let (sender, receiver) = oneshot::channel();
+                    if let Some(waiter) = state.correlator.waiter_mut_sequence(sequence) {
+                        *waiter = Some(sender);
+                    }
+                    Ok(receiver)
+                }
+                MarkSent::Finished(finished) => Err(finished.result),
+                MarkSent::Gone(error) => Err(Err(error)),
+                // Not reachable: only this caller ends a command it has not marked sent
+                // without recording why. Treated as the loss it would be.
+                MarkSent::Unknown => Err(Err(CommandError::BridgeLost)),
+            }
+        };
+        let receiver = match receiver {
+            Ok(receiver) => receiver,
+            Err(result) => {
+                // Ended at once (an answer that beat the send, a loss during the send) or
+                // while routing; either way no one else knew the connection.
+                guard.armed = false;
+                inner.transport.command_finished(connection);
+                return result;
+            }
+        };
+
+        let result = receiver.await;
+        guard.armed = false;
+        // Every path that ends a waiting command hands its result to the channel, so the
+        // sender is never dropped unused while we wait; should that change, the caller
+        // learns the manager is going away.
+        result.unwrap_or(Err(CommandError::Shutdown))
+    }
+
+    /// Offers a `ble_response` that arrived on `connection`.
+    ///
+    /// `Ok` when the answer was accepted: it resolved its command (or will, the moment the
+    /// transport's send returns, if it came first). `Err` says which check of PROTOCOL.md
+    /// 3.2 failed; [`ResponseRejected::error_code`] is the error frame to answer with. A
+    /// rejected answer resolves nothing and leaves the pending command untouched.
+    pub fn handle_response(
+        &self,
+        connection: ConnectionId,
+        response: BleResponse,
+    ) -> Result<(), ResponseRejected> {
+        let inner = &*self.inner;
+        let Some(sequence) = ids::decode(&inner.prefix_hex, &response.request_id) else {
+            inner.foreign_responses.fetch_add(1, Ordering::Relaxed);
+            return Err(ResponseRejected {
+                request_id: response.request_id,
+                reason: RejectReason::UnknownRequest,
+            });
+        };
+        #[allow(clippy::cast_possible_truncation)] // masked to the shard count below
+        let shard = (sequence as usize) & inner.shard_mask;
+        // Lateness is judged by the timer's clock (no clock read per answer): an answer
+        // counts until the timer has ended its command.
+        let now = inner.timer.seen_at().into_std();
+        let accepted = inner.shards[shard]
+            .lock()
+            .correlator
+            .handle_response_sequence(sequence, connection, response, now);
+        match accepted {
+            Ok(ResponseAccepted::Resolved(finished)) => {
+                inner.deliver(finished);
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(rejected) => {
+                tracing::debug!(request_id = %rejected.request_id, %connection,
+                    reason = ?rejected.reason, "ble_response rejected");
+                Err(rejected)
+            }
+        }
+    }
+
+    /// The bridge connection closed: every command pending through it fails at once with
+    /// [`CommandError::BridgeLost`].
+    pub fn connection_lost(&self, connection: ConnectionId) {
+        self.inner
+            .fail_everywhere(|c, out| c.connection_lost(connection, out));
+    }
+
+    /// The bridge connection released `device`: every command for it pending through that
+    /// connection fails at once with [`CommandError::BridgeLost`].
+    pub fn device_released(&self, connection: ConnectionId, device: &DeviceId) {
+        self.inner
+            .fail_everywhere(|c, out| c.device_released(connection, device, out));
+    }
+
+    /// Ends every pending command with [`CommandError::Shutdown`], refuses new ones with the
+    /// same error, and stops the timer task. Idempotent.
+    pub fn shutdown(&self) {
+        self.inner.fail_everywhere(Correlator::close);
+        self.inner.timer.stop();
+    }
+
+    /// Number of commands pending now (registered and not ended). Locks each shard briefly:
+    /// meant for metrics and tests, not for the hot path.
+    pub fn pending(&self) -> usize {
+        self.inner.pending()
+    }
+
+    /// A snapshot of the counters (locks each shard briefly, like [`pending`](Self::pending)).
+    pub fn stats(&self) -> SessionStats {
+        let mut total = SessionStats::default();
+        for shard in &*self.inner.shards {
+            total += shard.lock().correlator.stats();
+        }
+        total.unknown_responses += self.inner.foreign_responses.load(Ordering::Relaxed);
+        total.timeouts += self.inner.slot_timeouts.load(Ordering::Relaxed);
+        total
+    }
+
+    /// The request id prefix (16 hex digits) of this manager's ids.
+    pub fn id_prefix(&self) -> &str {
+        // Only hex digits are stored.
+        std::str::from_utf8(&self.inner.prefix_hex).unwrap_or_default()
+    }
+}
+
+impl<T: ?Sized> Inner<T> {
+    fn pending(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().correlator.len()).sum()
+    }
+
+    /// Registers a command in shard `shard`, within the pending limit.
+    fn register(
+        &self,
+        shard: usize,
+        device: DeviceId,
+        deadline: std::time::Instant,
+        waiter: Waiter,
+    ) -> Result<(RequestId, u64), CommandError> {
+        let mut state = self.shards[shard].lock();
+        if state.correlator.is_closed() {
+            return Err(CommandError::Shutdown);
+        }
+        if state.surplus() == 0 {
+            state.reserved += self.take_tokens(self.token_batch);
+            if state.surplus() == 0 {
+                // Near the limit: gather what other shards hold but do not use, then try
+                // once more for a single token.
+                drop(state);
+                self.reclaim_tokens();
+                state = self.shards[shard].lock();
+                state.reserved += self.take_tokens(1);
+                if state.surplus() == 0 {
+                    return Err(CommandError::TooManyPending);
+                }
+            }
+        } else if state.surplus() > 2 * self.token_batch {
+            state.reserved -= self.token_batch;
+            self.free_tokens
+                .fetch_add(self.token_batch, Ordering::Relaxed);
+        }
+        state
+            .correlator
+            .register_with_sequence(device, deadline, waiter)
+    }
+
+    /// Takes up to `wanted` free tokens; returns how many it got.
+    fn take_tokens(&self, wanted: usize) -> usize {
+        let mut free = self.free_tokens.load(Ordering::Relaxed);
+        loop {
+            let take = wanted.min(free);
+            if take == 0 {
+                return 0;
+            }
+            match self.free_tokens.compare_exchange_weak(
+                free,
+                free - take,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return take,
+                Err(now) => free = now,
+            }
+        }
+    }
+
+    /// Returns every shard's unused tokens to the free pool.
+    fn reclaim_tokens(&self) {
+        for shard in &*self.shards {
+            let mut state = shard.lock();
+            let surplus = state.surplus();
+            state.reserved -= surplus;
+            self.free_tokens.fetch_add(surplus, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<T: Transport + ?Sized> Inner<T> {
+    /// Tells a finished command's caller, outside any lock.
+    fn deliver(&self, finished: Finished<Waiter>) {
+        if let Some(connection) = finished.connection {
+            self.transport.command_finished(connection);
+        }
+        // No waiter: the command ended while its caller was still sending, and the caller
+        // learns why from `mark_sent`. A gone caller's guard finds nothing to cancel.
+        if let Some(waiter) = finished.waiter {
+            let _ = waiter.send(finished.result);
+        }
+    }
+
+    fn fail_everywhere(
+        &self,
+        mut fail: impl FnMut(&mut Correlator<Waiter>, &mut Vec<Finished<Waiter>>),
+    ) {
+        let mut out = Vec::new();
+        for shard in &*self.shards {
+            fail(&mut shard.lock().correlator, &mut out);
+        }
+        for finished in out {
+            self.deliver(finished);
+        }
+    }
+}
+
+/// Removes its command if the `send_command` future is dropped before the command ended.
+struct PendingGuard<'a, T: Transport + ?Sized> {
+    inner: &'a Inner<T>,
+    shard: usize,
+    sequence: u64,
+    armed: bool,
+}
+
+impl<T: Transport + ?Sized> Drop for PendingGuard<'_, T> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let removed = self.inner.shards[self.shard]
+            .lock()
+            .correlator
+            .cancel_sequence(self.sequence);
+        if let Some(removed) = removed {
+            if let Some(connection) = removed.connection {
+                self.inner.transport.command_finished(connection);
+            }
+            tracing::debug!(sequence = self.sequence, "command cancelled by its caller");
+        }
+    }
+}
+
+/// The shard a thread registers its commands in: threads spread over shards, and a thread
+/// keeps to its own, so two workers rarely meet on a lock.
+fn shard_hint() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static HINT: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    HINT.with(|hint| {
+        if hint.get() == usize::MAX {
+            hint.set(NEXT.fetch_add(1, Ordering::Relaxed) & (SessionConfig::MAX_SHARDS - 1));
+        }
+        hint.get()
+    })
+}
+
+/// A clone of `device_type` whose reference count belongs to this thread.
+///
+/// Every `ble_write` owns its device type, an `Arc<str>`. Cloning the registry's copy on
+/// every command would make all worker threads bump one shared reference count, a cache
+/// line bounced between cores twice per command. Each thread instead clones its own copy
+/// (made once per type name, for at most a few dozen names).
+fn thread_local_copy(device_type: &DeviceType) -> DeviceType {
+    const MAX_CACHED: usize = 32;
+    thread_local! {
+        static COPIES: RefCell<Vec<DeviceType>> = const { RefCell::new(Vec::new()) };
+    }
+    COPIES.with(|copies| {
+        let mut copies = copies.borrow_mut();
+        if let Some(copy) = copies.iter().find(|c| c.as_str() == device_type.as_str()) {
+            return copy.clone();
+        }
+        if copies.len() >= MAX_CACHED {
+            return device_type.clone();
+        }
+        // A fresh allocation with its own count; the name was validated by the registry.
+        let copy = DeviceType::new(device_type.as_str()).unwrap_or_else(|_| device_type.clone());
+        copies.push(copy.clone());
+        copy
+    })
+}
+
+/// The one timer of a manager: sleeps until the alarm (`TimerState::armed`), then times
+/// out what is due in every shard and sets the alarm to the earliest deadline left.
+/// Registrations with an earlier deadline move the alarm and wake it; it then only goes
+/// back to sleep until the new alarm, without looking at the shards.
+async fn run_timer<T: Transport + ?Sized>(inner: Weak<Inner<T>>, timer: Arc<TimerState>) {
+    let mut expired = Vec::new();
+    loop {
+        let wake = timer.wake.notified();
+        tokio::pin!(wake);
+        wake.as_mut().enable();
+        if timer.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let alarm = timer.armed.load(Ordering::SeqCst);
+        let now = Instant::now();
+        timer
+            .seen
+            .store(timer.nanos_since_epoch(now), Ordering::Relaxed);
+        if alarm == u64::MAX {
+            wake.await;
+            continue;
+        }
+        if alarm > timer.nanos_since_epoch(now) {
+            let at = timer.epoch + Duration::from_nanos(alarm);
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => {}
+                () = &mut wake => {}
+            }
+            continue;
+        }
+        // Due. From here on every registration sees MAX and lowers the alarm itself, so
+        // nothing registered during the scan is missed.
+        timer.armed.store(u64::MAX, Ordering::SeqCst);
+        let Some(inner) = inner.upgrade() else { return };
+        let now = now.into_std();
+        let mut next: Option<std::time::Instant> = None;
+        for shard in &*inner.shards {
+            let mut state = shard.lock();
+            let correlator = &mut state.correlator;
+            correlator.handle_timeout(now, &mut expired);
+            if let Some(deadline) = correlator.poll_timeout() {
+                next = Some(next.map_or(deadline, |n| n.min(deadline)));
+            }
+        }
+        if let Some(next) = next {
+            let at = timer.nanos_since_epoch(Instant::from_std(next));
+            timer.armed.fetch_min(at, Ordering::SeqCst);
+        }
+        for finished in expired.drain(..) {
+            tracing::debug!(request_id = %finished.request_id, "command timed out");
+            inner.deliver(finished);
+        }
+    }
+}
+
+/// Per-device in-flight limits: one semaphore per device with commands in flight or waiting.
+struct DeviceSlots {
+    limit: usize,
+    semaphores: Mutex<HashMap<DeviceId, Arc<Semaphore>>>,
+}
+
+impl DeviceSlots {
+    /// Waits for a slot of `device` until `deadline`; `None` when the deadline passed first.
+    async fn acquire(&self, device: &DeviceId, deadline: Instant) -> Option<DeviceSlot<'_>> {
+        let semaphore = Arc::clone(
+            self.semaphores
+                .lock()
+                .entry(device.clone())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limit))),
+        );
+        let acquired = tokio::time::timeout_at(deadline, semaphore.acquire_owned()).await;
+        // Timed out, or (never: it is not closed) the semaphore closed.
+        let Ok(Ok(permit)) = acquired else {
+            self.forget_if_idle(device);
+            return None;
+        };
+        Some(DeviceSlot {
+            slots: self,
+            device: device.clone(),
+            permit: Some(permit),
+        })
+    }
+
+    /// Drops the device's semaphore when no command holds or waits for it.
+    fn forget_if_idle(&self, device: &DeviceId) {
+        let mut semaphores = self.semaphores.lock();
+        if let Some(semaphore) = semaphores.get(device)
+            && Arc::strong_count(semaphore) == 1
+        {
+            semaphores.remove(device);
+        }
+    }
+
+    #[cfg(test)]
+    fn tracked_devices(&self) -> usize {
+        self.semaphores.lock().len()
+    }
+}
+
+/// A held device slot; released (and the device forgotten when idle) on drop.
+struct DeviceSlot<'a> {
+    slots: &'a DeviceSlots,
+    device: DeviceId,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Drop for DeviceSlot<'_> {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.slots.forget_if_idle(&self.device);
+    }
+}
+
+#[cfg(test)]
+impl<T: Transport + ?Sized> SessionManager<T> {
+    /// Devices with a slot semaphore right now (test hook for leak checks).
+    pub(crate) fn tracked_devices(&self) -> usize {
+        self.inner
+            .device_slots
+            .as_ref()
+            .map_or(0, DeviceSlots::tracked_devices)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+
+    use async_trait::async_trait;
+    use bridge_protocol::{BleOutcome, BleResponse, BleWrite, ConfigRegistry, ConnectionId};
+
+    use super::*;
+
+    /// Answers every write at once.
+    struct Echo(std::sync::OnceLock<SessionManager<Echo>>);
+
+    #[async_trait]
+    impl Transport for Echo {
+        async fn send_ble_write(&self, write: BleWrite) -> Result<ConnectionId, TransportError> {
+            let conn = ConnectionId::new(1);
+            if let Some(manager) = self.0.get() {
+                let _ = manager.handle_response(
+                    conn,
+                    BleResponse {
+                        request_id: write.request_id,
+                        device_id: write.device_id,
+                        outcome: BleOutcome::Payload(write.payload),
+                    },
+                );
+            }
+            Ok(conn)
+        }
+    }
+
+    #[tokio::test]
+    async fn device_slots_are_forgotten_once_idle() {
+        let echo = Arc::new(Echo(std::sync::OnceLock::new()));
+        let config = SessionConfig::default().with_per_device_limit(NonZeroUsize::new(1));
+        let manager = SessionManager::new(
+            Arc::clone(&echo),
+            Arc::new(ConfigRegistry::example()),
+            &config,
+        );
+        let _ = echo.0.set(manager.clone());
+        for i in 0..10 {
+            let device = DeviceId::new(&format!("lock-{i}")).unwrap();
+            let reply = manager
+                .send_command(
+                    device,
+                    None,
+                    HexPayload::from_bytes(vec![1]),
+                    Duration::from_secs(1),
+                )
+                .await;
+            assert_eq!(reply, Ok(HexPayload::from_bytes(vec![1])));
+        }
+        assert_eq!(manager.tracked_devices(), 0);
+        assert_eq!(manager.pending(), 0);
+        manager.shutdown();
+    }
+}
