@@ -1,8 +1,10 @@
 //! Project chores, run as `cargo xtask <task>` (see `cargo xtask` for the list).
 //!
-//! Only `std`: the tasks run cargo and talk to the local services with a few bytes of their
-//! wire protocols, so that `cargo xtask ci` works on a fresh clone with nothing installed
-//! beyond the Rust toolchain.
+//! `std` and `serde_json` only: the tasks run cargo and talk to the local services with a few
+//! bytes of their wire protocols, so that `cargo xtask ci` works on a fresh clone with nothing
+//! installed beyond the Rust toolchain.
+
+mod demo;
 
 use std::env;
 use std::io::{Read, Write};
@@ -27,6 +29,11 @@ const TASKS: &[Task] = &[
         name: "services",
         help: "check that PostgreSQL, Redis and RabbitMQ answer (start them if stopped)",
         run: services_task,
+    },
+    Task {
+        name: "demo",
+        help: "start the server and a simulated phone, and walk through commands over HTTP",
+        run: |_| demo::demo(&workspace_root(), &cargo()),
     },
     Task {
         name: "test",

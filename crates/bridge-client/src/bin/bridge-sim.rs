@@ -32,6 +32,10 @@ struct Args {
     /// Lock ids are this prefix followed by 1..=N.
     #[arg(long, default_value = "lock-")]
     prefix: String,
+    /// Hold exactly these lock ids instead (repeatable); `--locks` and `--prefix` are then
+    /// ignored.
+    #[arg(long = "device", value_name = "ID")]
+    devices: Vec<String>,
     /// BLE round-trip latency in milliseconds.
     #[arg(long, default_value_t = 20)]
     latency_ms: u64,
@@ -57,9 +61,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !(0.0..=1.0).contains(&args.failure_rate) {
         return Err("--failure-rate must be between 0 and 1".into());
     }
-    let ids = (1..=args.locks)
-        .map(|i| DeviceId::new(&format!("{}{i}", args.prefix)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let ids = if args.devices.is_empty() {
+        (1..=args.locks)
+            .map(|i| DeviceId::new(&format!("{}{i}", args.prefix)))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        args.devices
+            .iter()
+            .map(|id| DeviceId::new(id))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     let handler = Arc::new(SimulatedLocks::new(
         ids.clone(),
         LockBehaviour {

@@ -1,0 +1,434 @@
+//! `cargo xtask demo`: the toolkit's story in one command.
+//!
+//! Starts the server on its embedded defaults (development mode, SQLite queue — in a temporary
+//! directory and on a free loopback port, so it never disturbs a server you run yourself),
+//! starts `bridge-sim` with two smart locks, and walks through what a backend does over HTTP:
+//! an online round trip, a device error, an offline command queued and delivered when its
+//! lock's phone shows up, and a confirmation-gated unlock. Every child process is stopped at
+//! the end, on success or failure.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// Child processes that are stopped (SIGTERM, then SIGKILL) when this is dropped.
+struct Children {
+    running: Vec<(&'static str, Child)>,
+}
+
+impl Children {
+    fn spawn(&mut self, name: &'static str, command: &mut Command) -> Result<(), String> {
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {name}: {e}"))?;
+        self.running.push((name, child));
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        for (_, child) in &mut self.running {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+        }
+        for (name, child) in &mut self.running {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    _ => {
+                        eprintln!("    {name} did not stop on SIGTERM; killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        self.running.clear();
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns the status and the JSON body.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value), String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{method} {path}: no HTTP response"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{method} {path}: bad status line"))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    let json = if body.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&body)
+            .map_err(|e| format!("{method} {path}: body is not JSON: {e}"))?
+    };
+    Ok((status, json))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `limit`.
+fn wait_for<T>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn step(n: u32, text: &str) {
+    println!("\n{n}. {text}");
+}
+
+fn show(method: &str, path: &str, body: Option<&Value>, status: u16, answer: &Value) {
+    match body {
+        Some(b) => println!("   {method} {path} {b}"),
+        None => println!("   {method} {path}"),
+    }
+    println!("   -> {status} {answer}");
+}
+
+fn expect_status(status: u16, expected: u16, answer: &Value) -> Result<(), String> {
+    if status == expected {
+        Ok(())
+    } else {
+        Err(format!("expected HTTP {expected}, got {status}: {answer}"))
+    }
+}
+
+fn string_field<'a>(value: &'a Value, field: &str) -> Result<&'a str, String> {
+    value
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("answer has no `{field}`: {value}"))
+}
+
+/// Polls a queued command until it reaches `status`.
+fn wait_command(addr: SocketAddr, id: &str, status: &str) -> Result<Value, String> {
+    let path = format!("/v1/commands/{id}");
+    wait_for(
+        &format!("command {id} to be {status}"),
+        Duration::from_secs(30),
+        || {
+            http(addr, "GET", &path, None)
+                .ok()
+                .filter(|(_, v)| v.get("status").and_then(Value::as_str) == Some(status))
+                .map(|(_, v)| v)
+        },
+    )
+}
+
+/// A lock's reply in words (the smart-lock byte protocol of `bridge_client::lock`).
+fn explain(payload: &str) -> &'static str {
+    match payload {
+        "8101" => "lock acknowledged: now locked",
+        "8200" => "unlock acknowledged: now unlocked",
+        p if p.starts_with("8301") => "status: locked",
+        p if p.starts_with("8300") => "status: unlocked",
+        _ => "a reply the demo does not know",
+    }
+}
+
+pub(crate) fn demo(root: &Path, cargo: &str) -> Result<(), String> {
+    println!("==> building the server and the phone simulator");
+    let status = Command::new(cargo)
+        .args([
+            "build",
+            "-p",
+            "bridge-server",
+            "-p",
+            "bridge-client",
+            "--bins",
+        ])
+        .current_dir(root)
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err("build failed".into());
+    }
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let server_bin = target.join("debug/bridge-server");
+    let sim_bin = target.join("debug/bridge-sim");
+
+    let work = std::env::temp_dir().join(format!("bridge-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let result = run_story(&server_bin, &sim_bin, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn run_story(server_bin: &Path, sim_bin: &Path, work: &Path) -> Result<(), String> {
+    let port = free_port()?;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let ws_url = format!("ws://{addr}/ws");
+    let log = |name: &str| -> Result<Stdio, String> {
+        std::fs::File::create(work.join(format!("{name}.log")))
+            .map(Stdio::from)
+            .map_err(|e| e.to_string())
+    };
+    let mut children = Children {
+        running: Vec::new(),
+    };
+
+    step(
+        1,
+        "Start the server: development mode on loopback, SQLite queue.",
+    );
+    children.spawn(
+        "bridge-server",
+        Command::new(server_bin)
+            .args(["--listen", &addr.to_string()])
+            .arg("--queue")
+            .arg(format!("sqlite://{}", work.join("queue.sqlite").display()))
+            .env("RUST_LOG", "warn")
+            .stdout(log("server")?)
+            .stderr(log("server-err")?),
+    )?;
+    wait_for(
+        "the server to answer /healthz",
+        Duration::from_secs(30),
+        || {
+            http(addr, "GET", "/healthz", None)
+                .ok()
+                .filter(|(s, _)| *s == 200)
+        },
+    )?;
+    println!("   the server answers on http://{addr}");
+
+    step(
+        2,
+        "A phone near lock-1 and lock-2 connects (bridge-sim, 20 ms BLE latency).",
+    );
+    children.spawn(
+        "bridge-sim (phone A)",
+        Command::new(sim_bin)
+            .args([
+                "--url",
+                &ws_url,
+                "--user-id",
+                "phone-a",
+                "--latency-ms",
+                "20",
+            ])
+            .args(["--device", "lock-1", "--device", "lock-2"])
+            .env("RUST_LOG", "warn")
+            .stdout(log("phone-a")?)
+            .stderr(log("phone-a-err")?),
+    )?;
+    let devices = wait_for("both locks to be online", Duration::from_secs(30), || {
+        let (_, v) = http(addr, "GET", "/v1/devices", None).ok()?;
+        let n = v.get("devices")?.as_array()?.len();
+        (n >= 2).then_some(v)
+    })?;
+    show("GET", "/v1/devices", None, 200, &devices);
+
+    step(
+        3,
+        "Unlock lock-1: the command goes to the phone, the phone to the lock, the answer back.",
+    );
+    let body = json!({"payload": "02"});
+    let (status, answer) = http(addr, "POST", "/v1/devices/lock-1/commands", Some(&body))?;
+    show(
+        "POST",
+        "/v1/devices/lock-1/commands",
+        Some(&body),
+        status,
+        &answer,
+    );
+    expect_status(status, 200, &answer)?;
+    println!(
+        "   the lock says: {}",
+        explain(string_field(&answer, "payload")?)
+    );
+
+    step(
+        4,
+        "Send lock-2 a byte it does not understand: the device's error comes back as 502.",
+    );
+    let body = json!({"payload": "7f"});
+    let (status, answer) = http(addr, "POST", "/v1/devices/lock-2/commands", Some(&body))?;
+    show(
+        "POST",
+        "/v1/devices/lock-2/commands",
+        Some(&body),
+        status,
+        &answer,
+    );
+    expect_status(status, 502, &answer)?;
+    println!(
+        "   the phone reported `{}`",
+        string_field(&answer, "error")?
+    );
+
+    step(
+        5,
+        "Lock lock-3, whose phone is away: the command is queued, not lost.",
+    );
+    let body = json!({"payload": "01", "ifOffline": "queue", "commandType": "lock"});
+    let (status, answer) = http(addr, "POST", "/v1/devices/lock-3/commands", Some(&body))?;
+    show(
+        "POST",
+        "/v1/devices/lock-3/commands",
+        Some(&body),
+        status,
+        &answer,
+    );
+    expect_status(status, 202, &answer)?;
+    let queued = string_field(&answer, "commandId")?.to_owned();
+    let (status, view) = http(addr, "GET", &format!("/v1/commands/{queued}"), None)?;
+    show(
+        "GET",
+        &format!("/v1/commands/{queued}"),
+        None,
+        status,
+        &view,
+    );
+    println!("   lock-3's phone arrives home:");
+    children.spawn(
+        "bridge-sim (phone B)",
+        Command::new(sim_bin)
+            .args([
+                "--url",
+                &ws_url,
+                "--user-id",
+                "phone-b",
+                "--latency-ms",
+                "20",
+            ])
+            .args(["--device", "lock-3"])
+            .env("RUST_LOG", "warn")
+            .stdout(log("phone-b")?)
+            .stderr(log("phone-b-err")?),
+    )?;
+    let done = wait_command(addr, &queued, "succeeded")?;
+    show("GET", &format!("/v1/commands/{queued}"), None, 200, &done);
+    let reply = done
+        .pointer("/result/payload")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    println!(
+        "   delivered when lock-3 came online; the lock says: {}",
+        explain(reply)
+    );
+
+    step(6, "Unlock lock-1 only after a person confirms it.");
+    let body = json!({"payload": "02", "commandType": "unlock", "requiresConfirmation": true});
+    let (status, answer) = http(addr, "POST", "/v1/devices/lock-1/commands", Some(&body))?;
+    show(
+        "POST",
+        "/v1/devices/lock-1/commands",
+        Some(&body),
+        status,
+        &answer,
+    );
+    expect_status(status, 202, &answer)?;
+    let gated = string_field(&answer, "commandId")?.to_owned();
+    println!("   it waits, although lock-1 is online; now the person confirms:");
+    let path = format!("/v1/commands/{gated}/confirm");
+    let (status, answer) = http(addr, "POST", &path, None)?;
+    show("POST", &path, None, status, &answer);
+    expect_status(status, 200, &answer)?;
+    let done = wait_command(addr, &gated, "succeeded")?;
+    show("GET", &format!("/v1/commands/{gated}"), None, 200, &done);
+    println!("   delivered at once after confirmation.");
+
+    step(7, "Stop the phones and the server.");
+    children.stop();
+    println!("   everything stopped; nothing is left running.");
+    println!(
+        "\nThe demo is over. Run it yourself: `cargo run --release -p bridge-server` (see README.md)."
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_are_reassembled() {
+        assert_eq!(dechunk("4\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\n\r\n"), "{\"a\":1}");
+    }
+
+    #[test]
+    fn lock_replies_are_explained_in_words() {
+        assert_eq!(explain("8200"), "unlock acknowledged: now unlocked");
+        assert_eq!(explain("830164"), "status: locked");
+    }
+}
