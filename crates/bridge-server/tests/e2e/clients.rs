@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use bridge_client::lock::{LockBehaviour, STATUS, SimulatedLocks, UNLOCK};
-use bridge_client::{BridgeClient, BridgeConfig, Credentials, UserClient, UserConfig};
+use bridge_client::{Backoff, BridgeClient, BridgeConfig, Credentials, UserClient, UserConfig};
 use bridge_protocol::http::{CommandRequest, IfOffline};
 use bridge_protocol::{CommandType, HexPayload, ResultStatus, ServerToUser};
+use bridge_server::ServerConfig;
 use serde_json::json;
 
 use crate::support::*;
@@ -148,5 +149,46 @@ async fn the_clients_work_with_tokens_and_a_bridge_reconnects_after_its_connecti
     server.wait_online("lock-1", 1).await;
     let result = alice.command(lock.clone(), unlock()).await.unwrap();
     assert_eq!(result.status, ResultStatus::Succeeded);
+    phone.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_comes_back_by_itself_after_the_server_restarts() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let first = TestServer::start_on(listener, ServerConfig::default(), |b| b);
+    let lock = device("lock-1");
+    let locks = Arc::new(SimulatedLocks::new(
+        [lock.clone()],
+        LockBehaviour::default(),
+    ));
+    let mut config = BridgeConfig::new(
+        format!("ws://{addr}/ws"),
+        Credentials::Development {
+            user_id: "phone".into(),
+        },
+        vec![lock.clone()],
+    );
+    config.backoff = Backoff {
+        initial: std::time::Duration::from_millis(20),
+        max: std::time::Duration::from_millis(200),
+        ..Backoff::default()
+    };
+    let phone = BridgeClient::start(config, locks);
+    phone.wait_connected(1).await.unwrap();
+    first.wait_online("lock-1", 1).await;
+    let (status, _) = first.command("lock-1", json!({"payload": "03"})).await;
+    assert_eq!(status, 200);
+
+    // The server goes away (closing every connection with 1001) and a new one starts on the
+    // same address: the phone reconnects by itself and serves commands again.
+    first.stop().await;
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let second = TestServer::start_on(listener, ServerConfig::default(), |b| b);
+    phone.wait_connected(2).await.unwrap();
+    second.wait_online("lock-1", 1).await;
+    let (status, answer) = second.command("lock-1", json!({"payload": "02"})).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["payload"], "8200");
     phone.shutdown().await;
 }

@@ -72,8 +72,17 @@ impl TestServer {
         config: ServerConfig,
         customize: impl FnOnce(ServerBuilder) -> ServerBuilder,
     ) -> Self {
-        let server = customize(Server::builder(config)).build();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, config, customize)
+    }
+
+    /// Serves on a listener the test bound itself (to restart a server on the same address).
+    pub fn start_on(
+        listener: tokio::net::TcpListener,
+        config: ServerConfig,
+        customize: impl FnOnce(ServerBuilder) -> ServerBuilder,
+    ) -> Self {
+        let server = customize(Server::builder(config)).build();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.clone().serve(listener, async move {
