@@ -136,7 +136,7 @@ const FIXTURES: &[(Kind, &str)] = &[
     ),
 ];
 
-/// Shapes in PROTOCOL.md that show a structure rather than a complete value (a placeholder
+/// Shapes in PROTOCOL.md that show a structure rather than a complete value (a stand-in
 /// error code, a device view without its `deviceId`). The device view's full form is a
 /// fixture of the server's tests.
 const TEMPLATES: &[&str] = &[
