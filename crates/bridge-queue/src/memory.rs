@@ -196,6 +196,8 @@ impl Store for MemoryStore {
                     c.payload = command.payload;
                     c.expires_at = expires_at;
                     c.requires_confirmation = command.requires_confirmation;
+                    c.device_type = command.device_type;
+                    c.timeout = command.timeout;
                     c.status = status;
                     return Ok(c.id.clone());
                 }
@@ -227,6 +229,8 @@ impl Store for MemoryStore {
                     payload: command.payload,
                     status,
                     requires_confirmation: command.requires_confirmation,
+                    device_type: command.device_type,
+                    timeout: command.timeout,
                     attempts: 0,
                     created_at: now,
                     expires_at,

@@ -6,7 +6,7 @@ local MAX_ATTEMPTS = tonumber(ARGV[3])
 local RETENTION = tonumber(ARGV[4])
 local DEVICES = P .. ':devices'
 local FIELDS = {'id', 'dev', 'type', 'payload', 'status', 'conf', 'attempts', 'created',
-  'expires', 'lease', 'rk', 'rv', 'seq'}
+  'expires', 'lease', 'rk', 'rv', 'seq', 'dtype', 'timeout'}
 
 local function ckey(id) return P .. ':c:' .. id end
 local function dkey(dev) return P .. ':d:' .. dev end

@@ -47,8 +47,8 @@ use crate::model::{NewCommand, QueuedCommand, SweepReport};
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Queues a command, or updates in place the `pending` or `awaiting_confirmation`
-    /// command of the same device and command type (same id, same place; new payload, TTL
-    /// and confirmation flag, and so status). A `delivering` command of that type is left
+    /// command of the same device and command type (same id, same place; new payload, TTL,
+    /// confirmation flag, device type and timeout, and so status). A `delivering` command of that type is left
     /// alone and the new one queues after it. Answers
     /// [`QueueFull`](StoreError::QueueFull) when the device already holds the configured
     /// number of non-final commands and nothing is updated in place.

@@ -61,7 +61,7 @@ async fn run(
     };
 
     if request.requires_confirmation {
-        let command_id = enqueue(core, &device, &request, &device_type).await?;
+        let command_id = enqueue(core, &device, &request).await?;
         tracing::info!(%command_id, "queued, awaiting confirmation");
         return Ok(CommandResponse::AwaitingConfirmation { command_id });
     }
@@ -93,7 +93,7 @@ async fn run(
             }
         }
         Err(CommandError::Offline) if request.wants_queue() => {
-            let command_id = enqueue(core, &device, &request, &device_type).await?;
+            let command_id = enqueue(core, &device, &request).await?;
             tracing::info!(%command_id, "device offline: queued");
             // The device may have come online since it was found offline; its pass would
             // then have missed this command.
@@ -130,7 +130,6 @@ async fn enqueue(
     core: &Arc<Core>,
     device: &DeviceId,
     request: &CommandRequest,
-    device_type: &bridge_protocol::DeviceType,
 ) -> Result<bridge_protocol::CommandId, ApiError> {
     let Some(command_type) = request.command_type.clone() else {
         return Err(ApiError::new(
@@ -138,8 +137,13 @@ async fn enqueue(
             "`commandType` is required to queue a command",
         ));
     };
+    // The type as asked: none means the registry's default at delivery time.
     let mut command = NewCommand::new(device.clone(), command_type, request.payload.clone())
-        .with_ttl(request.ttl_seconds);
+        .with_ttl(request.ttl_seconds)
+        .with_timeout(request.timeout_ms);
+    if let Some(device_type) = &request.device_type {
+        command = command.with_device_type(device_type.clone());
+    }
     if request.requires_confirmation {
         command = command.requiring_confirmation();
     }
@@ -158,8 +162,6 @@ async fn enqueue(
         Watched {
             device: device.clone(),
             expires_at,
-            device_type: Some(device_type.clone()),
-            timeout: request.timeout_ms,
         },
     );
     Ok(id)

@@ -22,8 +22,7 @@ use std::time::Duration;
 use bridge_hub::Frame;
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
 use bridge_protocol::{
-    CommandId, CommandResult, DeviceId, DeviceType, ResultStatus, ServerToUser, TimeoutMs,
-    Timestamp,
+    CommandId, CommandResult, DeviceId, DeviceType, ResultStatus, ServerToUser, Timestamp,
 };
 use bridge_queue::{QueuedCommand, StoreError};
 use bridge_session::CommandError;
@@ -73,15 +72,12 @@ impl DeliveryConfig {
     }
 }
 
-/// What the server remembers about a queued command that the store does not keep.
+/// A queued command this process watches for its expiry announcement. What it is delivered
+/// with (device type, timeout) is kept by the store.
 #[derive(Debug, Clone)]
 pub(crate) struct Watched {
     pub(crate) device: DeviceId,
     pub(crate) expires_at: Timestamp,
-    /// The `deviceType` it was queued with (`None`: the registry's default).
-    pub(crate) device_type: Option<DeviceType>,
-    /// The `timeoutMs` it was queued with.
-    pub(crate) timeout: TimeoutMs,
 }
 
 /// The engine's state.
@@ -207,8 +203,7 @@ async fn pass(core: &Arc<Core>, device: &DeviceId) {
         let Some(first) = next_in_order(&open) else {
             return;
         };
-        let timeout = meta_of(core, first).timeout;
-        let lease_for = timeout.as_duration() + core.delivery.config.lease_grace;
+        let lease_for = first.timeout.as_duration() + core.delivery.config.lease_grace;
         let leased = match core.store.lease(device, 1, lease_for).await {
             Ok(leased) => leased,
             Err(error) => {
@@ -250,32 +245,16 @@ fn next_in_order(open: &[QueuedCommand]) -> Option<&QueuedCommand> {
     }
 }
 
-/// The delivery settings of a command: what it was queued with, or the defaults for a
-/// command queued before a restart.
-fn meta_of(core: &Core, command: &QueuedCommand) -> Watched {
-    let mut watched = core.delivery.watched.lock();
-    watched
-        .entry(command.id.clone())
-        .or_insert_with(|| Watched {
-            device: command.device.clone(),
-            expires_at: command.expires_at,
-            device_type: None,
-            timeout: TimeoutMs::DEFAULT,
-        })
-        .clone()
-}
-
 async fn deliver(core: &Arc<Core>, command: QueuedCommand) -> Next {
-    let meta = meta_of(core, &command);
     let start = Instant::now();
     tracing::info!(attempt = command.attempts, "delivering");
     let result = core
         .session
         .send_command(
             command.device.clone(),
-            meta.device_type.as_ref().map(DeviceType::as_str),
+            command.device_type.as_ref().map(DeviceType::as_str),
             command.payload.clone(),
-            meta.timeout.as_duration(),
+            command.timeout.as_duration(),
         )
         .await;
     let (outcome, next) = match result {
@@ -361,8 +340,6 @@ async fn announce_closed(core: &Core, device: &DeviceId, open: &[QueuedCommand])
                 .or_insert_with(|| Watched {
                     device: command.device.clone(),
                     expires_at: command.expires_at,
-                    device_type: None,
-                    timeout: TimeoutMs::DEFAULT,
                 });
         }
         watched
@@ -451,7 +428,7 @@ async fn tick(core: &Arc<Core>) {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use bridge_protocol::{CommandType, HexPayload};
+    use bridge_protocol::{CommandType, HexPayload, TimeoutMs};
 
     use super::*;
 
@@ -464,6 +441,8 @@ mod tests {
             payload: HexPayload::from_bytes(vec![n]),
             status,
             requires_confirmation: false,
+            device_type: None,
+            timeout: TimeoutMs::DEFAULT,
             attempts: 0,
             created_at: now,
             expires_at: now.saturating_add(Duration::from_hours(1)),

@@ -72,9 +72,10 @@
 //!   holder if the device is still online (section 2, "tried again through another holder");
 //!   one cut off by a timeout waits for the next delivery pass (section 4.2): the device
 //!   coming online, a holder reporting `connected: true`, or the retry tick.
-//! * **A queued command remembers its `deviceType` and `timeoutMs` in this process only**:
-//!   the store keeps neither. Delivered after a restart, it uses the registry's default type
-//!   and the default timeout (10 s).
+//! * **A queued command keeps its `deviceType` and `timeoutMs` in the store**, so it is
+//!   delivered with them after a restart too. Queued without a `deviceType`, it is delivered
+//!   as the registry's default type *at delivery time*; an update in place (same
+//!   `commandType`) replaces both with the new request's.
 //! * **`expired` is announced** when a delivery pass or a retry tick finds that a command
 //!   this process queued (or saw in a listing) has expired. A command that expired while no
 //!   server was running is not announced; `GET /v1/commands/{id}` shows it `expired`.
