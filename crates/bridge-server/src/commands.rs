@@ -15,7 +15,6 @@ use tracing::Instrument;
 use crate::delivery::Watched;
 use crate::error::ApiError;
 use crate::server::Core;
-use crate::transport::capture_request_id;
 
 /// Runs one command: sends it now if the device is online, queues it if asked to, and
 /// answers with the status of PROTOCOL.md 4.1 or the refusal as an error.
@@ -67,29 +66,33 @@ async fn run(
     }
 
     let start = Instant::now();
-    let (result, request_id) = capture_request_id(core.session.send_command(
-        device.clone(),
-        Some(device_type.as_str()),
-        request.payload.clone(),
-        request.timeout_ms.as_duration(),
-    ))
-    .await;
-    if let Some(request_id) = request_id {
-        tracing::Span::current().record("request_id", tracing::field::display(request_id));
+    let result = core
+        .session
+        .send_command(
+            device.clone(),
+            Some(device_type.as_str()),
+            request.payload.clone(),
+            request.timeout_ms.as_duration(),
+        )
+        .await;
+    // The duration of commands that reached a device (or were cut off on the way), as the
+    // delivery engine counts them.
+    if matches!(
+        result,
+        Ok(_)
+            | Err(CommandError::DeviceError(_) | CommandError::BridgeLost | CommandError::Timeout)
+    ) {
         core.metrics.command_duration(start.elapsed());
     }
     let latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     let response = match result {
-        Ok(payload) => {
-            let Some(request_id) = request_id else {
-                // The transport always records the id of what it sent.
-                tracing::error!("a command succeeded without a recorded requestId");
-                return Err(ApiError::new(ErrorCode::Unavailable, "internal error"));
-            };
+        Ok(reply) => {
+            tracing::Span::current()
+                .record("request_id", tracing::field::display(reply.request_id));
             CommandResponse::Succeeded {
-                request_id,
-                payload,
-                latency_ms,
+                request_id: reply.request_id,
+                payload: reply.payload,
+                latency_ms: u64::try_from(reply.latency.as_millis()).unwrap_or(u64::MAX),
             }
         }
         Err(CommandError::Offline) if request.wants_queue() => {

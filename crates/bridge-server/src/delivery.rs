@@ -258,7 +258,7 @@ async fn deliver(core: &Arc<Core>, command: QueuedCommand) -> Next {
         )
         .await;
     let (outcome, next) = match result {
-        Ok(payload) => (Ok(CommandOutcome::Payload(payload)), Next::Continue),
+        Ok(reply) => (Ok(CommandOutcome::Payload(reply.payload)), Next::Continue),
         Err(CommandError::DeviceError(error)) => (Ok(CommandOutcome::Error(error)), Next::Continue),
         Err(CommandError::BridgeLost) => (Err(CommandError::BridgeLost), Next::Continue),
         Err(error) => (Err(error), Next::Stop),
