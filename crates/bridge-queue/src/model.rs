@@ -219,7 +219,7 @@ impl From<QueuedCommand> for CommandView {
 }
 
 /// What a [`Store::sweep`](crate::Store::sweep) changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SweepReport {
     /// Commands whose TTL passed and that are now `expired`.
@@ -228,6 +228,26 @@ pub struct SweepReport {
     pub recovered: u64,
     /// Lapsed leases that had used their last attempt and are now `failed`.
     pub failed: u64,
+    /// The commands this sweep ended as `expired` (so that their end can be announced), at
+    /// most [`MAX_EXPIRED_COMMANDS`](Self::MAX_EXPIRED_COMMANDS) of them; `expired` counts
+    /// them all.
+    pub expired_commands: Vec<QueuedCommand>,
+}
+
+impl SweepReport {
+    /// Most commands [`expired_commands`](Self::expired_commands) holds.
+    pub const MAX_EXPIRED_COMMANDS: usize = 1_000;
+
+    /// Adds another report (of another device) to this one, keeping the bound.
+    #[cfg_attr(not(any(feature = "memory", feature = "postgres")), allow(dead_code))]
+    pub(crate) fn merge(&mut self, other: Self) {
+        self.expired += other.expired;
+        self.recovered += other.recovered;
+        self.failed += other.failed;
+        let room = Self::MAX_EXPIRED_COMMANDS.saturating_sub(self.expired_commands.len());
+        self.expired_commands
+            .extend(other.expired_commands.into_iter().take(room));
+    }
 }
 
 /// The status a command with a lapsed lease (or a released one) goes to.

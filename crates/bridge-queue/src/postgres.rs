@@ -188,18 +188,21 @@ async fn housekeep(
     max_attempts: u32,
 ) -> Result<SweepReport, StoreError> {
     let now = now.unix_millis();
-    let expired = sqlx::query(
+    let expired_rows = sqlx::query(&format!(
         "UPDATE bridge_queued_commands SET status = 'expired', lease_until = NULL
          WHERE device_id = $1 AND expires_at <= $2
            AND (status IN ('pending', 'awaiting_confirmation')
-                OR (status = 'delivering' AND lease_until <= $2))",
-    )
+                OR (status = 'delivering' AND lease_until <= $2))
+         RETURNING {COLUMNS}"
+    ))
     .bind(device.as_str())
     .bind(now)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await
-    .map_err(err)?
-    .rows_affected();
+    .map_err(err)?;
+    let expired = u64::try_from(expired_rows.len()).unwrap_or(u64::MAX);
+    let mut expired_commands = decode(&expired_rows)?;
+    expired_commands.truncate(SweepReport::MAX_EXPIRED_COMMANDS);
     let failed = sqlx::query(
         "UPDATE bridge_queued_commands SET status = 'failed', lease_until = NULL
          WHERE device_id = $1 AND status = 'delivering' AND lease_until <= $2
@@ -226,6 +229,7 @@ async fn housekeep(
         expired,
         recovered,
         failed,
+        expired_commands,
     })
 }
 
@@ -524,9 +528,7 @@ impl PostgresStore {
         let mut total = SweepReport::default();
         for device in devices {
             let r = self.housekeep_device(&device_id(device)?).await?;
-            total.expired += r.expired;
-            total.recovered += r.recovered;
-            total.failed += r.failed;
+            total.merge(r);
         }
         Ok(total)
     }
@@ -673,6 +675,12 @@ impl Store for PostgresStore {
 
     async fn sweep(&self) -> Result<SweepReport, StoreError> {
         self.bounded(self.sweep_inner()).await
+    }
+
+    async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        self.bounded(self.housekeep_device(device))
+            .await
+            .map(|report| report.expired_commands)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

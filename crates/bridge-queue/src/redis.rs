@@ -203,11 +203,29 @@ static SWEEP: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local e, r, f = 0, 0, 0
+local max_records, records, n = tonumber(ARGV[5]), {}, 0
 for _, dev in ipairs(redis.call('SMEMBERS', DEVICES)) do
-  local de, dr, df = housekeep(dev)
+  local de, dr, df, ids = housekeep(dev)
   e, r, f = e + de, r + dr, f + df
+  for _, id in ipairs(ids) do
+    if n < max_records then
+      n = n + 1
+      records[n] = record(id)
+    end
+  end
 end
-return {e, r, f}
+return {e, r, f, records}
+",
+    )
+});
+
+static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local _, _, _, ids = housekeep(ARGV[5])
+local out = {}
+for i, id in ipairs(ids) do out[i] = record(id) end
+return out
 ",
     )
 });
@@ -623,19 +641,23 @@ impl Store for RedisStore {
     }
 
     async fn sweep(&self) -> Result<SweepReport, StoreError> {
-        let reply = self.run(&SWEEP, &[]).await?;
-        let counts = array(&reply)?
-            .iter()
-            .map(|v| number(v).map(|n| u64::try_from(n).unwrap_or(0)))
-            .collect::<Result<Vec<_>, _>>()?;
-        match counts.as_slice() {
-            &[expired, recovered, failed] => Ok(SweepReport {
-                expired,
-                recovered,
-                failed,
+        let max = SweepReport::MAX_EXPIRED_COMMANDS.to_string();
+        let reply = self.run(&SWEEP, &[max.as_bytes()]).await?;
+        let count = |v: &Value| number(v).map(|n| u64::try_from(n).unwrap_or(0));
+        match array(&reply)? {
+            [expired, recovered, failed, records] => Ok(SweepReport {
+                expired: count(expired)?,
+                recovered: count(recovered)?,
+                failed: count(failed)?,
+                expired_commands: commands(records)?,
             }),
             _ => Err(corrupt("sweep reply")),
         }
+    }
+
+    async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        let reply = self.run(&EXPIRE, &[device.as_str().as_bytes()]).await?;
+        commands(&reply)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -165,18 +165,21 @@ async fn housekeep(
 ) -> Result<SweepReport, StoreError> {
     let device = device.map(DeviceId::as_str);
     let now = now.unix_millis();
-    let expired = sqlx::query(
+    let expired_rows = sqlx::query(&format!(
         "UPDATE bridge_queued_commands SET status = 'expired', lease_until = NULL
          WHERE (?1 IS NULL OR device_id = ?1) AND expires_at <= ?2
            AND (status IN ('pending', 'awaiting_confirmation')
-                OR (status = 'delivering' AND lease_until <= ?2))",
-    )
+                OR (status = 'delivering' AND lease_until <= ?2))
+         RETURNING {COLUMNS}"
+    ))
     .bind(device)
     .bind(now)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await
-    .map_err(err)?
-    .rows_affected();
+    .map_err(err)?;
+    let expired = u64::try_from(expired_rows.len()).unwrap_or(u64::MAX);
+    let mut expired_commands = decode(&expired_rows)?;
+    expired_commands.truncate(SweepReport::MAX_EXPIRED_COMMANDS);
     let failed = sqlx::query(
         "UPDATE bridge_queued_commands SET status = 'failed', lease_until = NULL
          WHERE (?1 IS NULL OR device_id = ?1) AND status = 'delivering'
@@ -203,6 +206,7 @@ async fn housekeep(
         expired,
         recovered,
         failed,
+        expired_commands,
     })
 }
 
@@ -557,6 +561,14 @@ impl Store for SqliteStore {
         let report = housekeep(&mut tx, None, now, self.config.max_attempts).await?;
         tx.commit().await.map_err(err)?;
         Ok(report)
+    }
+
+    async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        let now = self.config.clock.now();
+        let mut tx = self.begin().await?;
+        let report = housekeep(&mut tx, Some(device), now, self.config.max_attempts).await?;
+        tx.commit().await.map_err(err)?;
+        Ok(report.expired_commands)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -86,6 +86,7 @@ macro_rules! conformance_tests {
                 lapsed_lease_is_handed_out_again,
                 late_answer_to_a_lapsed_lease_is_recorded,
                 sweep_expires_and_recovers,
+                expire_returns_the_commands_it_ended_once,
                 concurrent_leases_never_share_a_command,
                 queue_full_at_the_cap,
                 bad_input_is_refused_with_typed_errors,
@@ -689,6 +690,8 @@ pub async fn sweep_expires_and_recovers<H: Harness>(harness: &H) {
 
     let report = store.sweep().await.expect("sweep");
     assert_eq!((report.expired, report.recovered, report.failed), (1, 0, 1));
+    assert_eq!(ids(&report.expired_commands), vec![expiring.clone()]);
+    assert_eq!(report.expired_commands[0].status, CommandStatus::Expired);
     assert_eq!(
         store.get(&expiring).await.expect("get").status,
         CommandStatus::Expired
@@ -714,6 +717,44 @@ pub async fn sweep_expires_and_recovers<H: Harness>(harness: &H) {
     let back = store.get(&recovering).await.expect("get");
     assert_eq!(back.status, CommandStatus::Pending);
     assert_eq!(back.lease_deadline, None);
+}
+
+/// `expire` ends the device's commands whose TTL passed (waiting, awaiting confirmation, or
+/// under a lapsed lease) and returns exactly those, in queue order, once: the next call, or
+/// a sweep, finds nothing more to announce. Other devices are left to their own call.
+pub async fn expire_returns_the_commands_it_ended_once<H: Harness>(harness: &H) {
+    let Fixture { store, clock } = open_default(harness).await;
+    let a = device("lock-a");
+    let b = device("lock-b");
+    let leased = store
+        .enqueue_or_update(&a, &kind("unlock"), bytes(&[1]), ttl(10))
+        .await
+        .expect("enqueue");
+    store.lease(&a, 1, LEASE).await.expect("lease");
+    let waiting = store
+        .enqueue_with_confirmation(&a, &kind("reset"), bytes(&[2]), ttl(10))
+        .await
+        .expect("enqueue");
+    let lasting = enqueue(&*store, &a, "status", &[3]).await;
+    let other = store
+        .enqueue_or_update(&b, &kind("unlock"), bytes(&[4]), ttl(10))
+        .await
+        .expect("enqueue");
+    assert_eq!(store.expire(&a).await.expect("expire"), Vec::new());
+
+    clock.advance(LEASE);
+    let expired = store.expire(&a).await.expect("expire");
+    assert_eq!(ids(&expired), vec![leased, waiting]);
+    assert!(
+        expired
+            .iter()
+            .all(|c| c.status == CommandStatus::Expired && c.device == a)
+    );
+    assert_eq!(store.expire(&a).await.expect("expire"), Vec::new());
+    assert_eq!(open_ids(&*store, &a).await, vec![lasting]);
+    let report = store.sweep().await.expect("sweep");
+    assert_eq!(ids(&report.expired_commands), vec![other.clone()]);
+    assert_eq!(store.expire(&b).await.expect("expire"), Vec::new());
 }
 
 /// Many tasks leasing the same device at once never get the same command twice, and
@@ -986,6 +1027,21 @@ pub async fn survives_reopening<H: Harness>(harness: &H) {
     // The reopened store continues the order after the old commands.
     let d = enqueue(&reopened, &dev, "d", &[4]).await;
     assert_eq!(open_ids(&reopened, &dev).await, vec![b, c, d]);
+
+    // A command whose TTL passes while the store is closed is returned by the first
+    // `expire` after reopening.
+    let other = device("lock-2");
+    let short = reopened
+        .enqueue_or_update(&other, &kind("unlock"), bytes(&[5]), ttl(10))
+        .await
+        .expect("enqueue");
+    drop(reopened);
+    clock.advance(Duration::from_secs(11));
+    let config = StoreConfig::default().with_clock(Arc::new(clock.clone()));
+    let reopened = harness.open(config).await.expect("reopen");
+    let expired = reopened.expire(&other).await.expect("expire");
+    assert_eq!(ids(&expired), vec![short]);
+    assert_eq!(expired[0].status, CommandStatus::Expired);
 }
 
 trait NowTs {

@@ -12,7 +12,8 @@
 //! attempt, `expired` past its TTL): after `bridge_lost` the pass goes on at once through
 //! another holder if the device is still online; after a timeout it ends, and the command
 //! waits for the next pass. Final outcomes go to the device's subscribers as
-//! `command_result` with the `commandId`.
+//! `command_result` with the `commandId`; so do expiries, which a pass asks the store for
+//! before anything else (`Store::expire`) and each retry tick takes from its sweep.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -188,6 +189,19 @@ enum Next {
 }
 
 async fn pass(core: &Arc<Core>, device: &DeviceId) {
+    if core.delivery.is_stopped() || !core.hub.device_presence(device).await.online {
+        return;
+    }
+    // Commands that expired while nobody looked (no server ran, or this one had not queued
+    // them) are announced now, at the latest when the device comes online.
+    match core.store.expire(device).await {
+        Ok(expired) => {
+            for command in &expired {
+                announce(core, command).await;
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot expire the queue; retrying at the next pass"),
+    }
     loop {
         if core.delivery.is_stopped() || !core.hub.device_presence(device).await.online {
             return;
@@ -387,15 +401,19 @@ pub(crate) async fn run_timer(core: Weak<Core>) {
 
 async fn tick(core: &Arc<Core>) {
     match core.store.sweep().await {
-        Ok(report) if report != bridge_queue::SweepReport::default() => {
-            tracing::info!(
-                expired = report.expired,
-                recovered = report.recovered,
-                failed = report.failed,
-                "queue swept"
-            );
+        Ok(report) => {
+            if report != bridge_queue::SweepReport::default() {
+                tracing::info!(
+                    expired = report.expired,
+                    recovered = report.recovered,
+                    failed = report.failed,
+                    "queue swept"
+                );
+            }
+            for command in &report.expired_commands {
+                announce(core, command).await;
+            }
         }
-        Ok(_) => {}
         Err(error) => tracing::warn!(%error, "queue sweep failed"),
     }
     let now = Timestamp::now();

@@ -181,6 +181,36 @@ async fn a_queued_command_keeps_its_device_type_and_timeout_across_sigkill() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_expired_during_downtime_is_announced_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::start(dir.path(), &[]).await;
+    let (status, body) = server
+        .client
+        .command(
+            "lock-1",
+            json!({"payload":"01","ifOffline":"queue","commandType":"unlock","ttlSeconds":1}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["commandId"].as_str().unwrap().to_owned();
+    server.kill().await;
+    // The smallest TTL passes while no server runs (a separate process has no clock to move).
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+
+    let server = Process::start(dir.path(), &[]).await;
+    let mut alice = user(&server.client, "alice").await;
+    subscribe(&mut alice, "lock-1").await;
+    let _bridge = Bridge::connect(&server.client, "phone", &["lock-1"]).await;
+    assert_eq!(
+        alice.recv_type("command_result").await,
+        json!({"type":"command_result","commandId":id,"deviceId":"lock-1","status":"expired"})
+    );
+    let (_, view) = server.client.get(&format!("/v1/commands/{id}")).await;
+    assert_eq!(view["status"], "expired");
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_cut_off_by_sigkill_is_delivered_again_after_restart_before_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let server = Process::start(dir.path(), &[]).await;
