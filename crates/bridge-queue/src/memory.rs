@@ -71,6 +71,7 @@ impl State {
                 {
                     c.status = CommandStatus::Expired;
                     report.expired += 1;
+                    report.expired_commands.push(c.clone());
                 }
                 CommandStatus::Delivering if c.lease_deadline.is_some_and(|d| d <= now) => {
                     c.lease_deadline = None;
@@ -78,7 +79,10 @@ impl State {
                         status_after_delivery_cut(c.attempts, max_attempts, c.expires_at, now);
                     match c.status {
                         CommandStatus::Pending => report.recovered += 1,
-                        CommandStatus::Expired => report.expired += 1,
+                        CommandStatus::Expired => {
+                            report.expired += 1;
+                            report.expired_commands.push(c.clone());
+                        }
                         _ => report.failed += 1,
                     }
                 }
@@ -196,6 +200,8 @@ impl Store for MemoryStore {
                     c.payload = command.payload;
                     c.expires_at = expires_at;
                     c.requires_confirmation = command.requires_confirmation;
+                    c.device_type = command.device_type;
+                    c.timeout = command.timeout;
                     c.status = status;
                     return Ok(c.id.clone());
                 }
@@ -227,6 +233,8 @@ impl Store for MemoryStore {
                     payload: command.payload,
                     status,
                     requires_confirmation: command.requires_confirmation,
+                    device_type: command.device_type,
+                    timeout: command.timeout,
                     attempts: 0,
                     created_at: now,
                     expires_at,
@@ -366,11 +374,17 @@ impl Store for MemoryStore {
         let mut total = SweepReport::default();
         for device in devices {
             let r = state.housekeep(&device, now, self.config.max_attempts);
-            total.expired += r.expired;
-            total.recovered += r.recovered;
-            total.failed += r.failed;
+            total.merge(r);
         }
         Ok(total)
+    }
+
+    async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        let now = self.config.clock.now();
+        let mut state = self.state.lock();
+        Ok(state
+            .housekeep(device, now, self.config.max_attempts)
+            .expired_commands)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bridge_protocol::http::{CommandOutcome, CommandStatus, CommandView};
-use bridge_protocol::{CommandId, CommandType, DeviceId, HexPayload, Timestamp, TtlSeconds};
+use bridge_protocol::{
+    CommandId, CommandType, DeviceId, DeviceType, HexPayload, TimeoutMs, Timestamp, TtlSeconds,
+};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{InvalidInput, StoreError};
@@ -98,10 +100,16 @@ pub struct NewCommand {
     pub ttl: TtlSeconds,
     /// Whether it waits for `confirm` before it may be delivered.
     pub requires_confirmation: bool,
+    /// The `deviceType` it is delivered as (which BLE service and characteristics the
+    /// phone writes to); `None`: the registry's default type at delivery time.
+    pub device_type: Option<DeviceType>,
+    /// How long a delivery waits for the device's reply (`timeoutMs`).
+    pub timeout: TimeoutMs,
 }
 
 impl NewCommand {
-    /// A command with the default TTL that needs no confirmation.
+    /// A command with the default TTL and timeout, of the registry's default device type,
+    /// that needs no confirmation.
     pub fn new(device: DeviceId, command_type: CommandType, payload: HexPayload) -> Self {
         Self {
             device,
@@ -109,7 +117,21 @@ impl NewCommand {
             payload,
             ttl: TtlSeconds::DEFAULT,
             requires_confirmation: false,
+            device_type: None,
+            timeout: TimeoutMs::DEFAULT,
         }
+    }
+
+    /// The same command, delivered as `device_type`.
+    pub fn with_device_type(mut self, device_type: DeviceType) -> Self {
+        self.device_type = Some(device_type);
+        self
+    }
+
+    /// The same command with another delivery timeout.
+    pub fn with_timeout(mut self, timeout: TimeoutMs) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The same command with another TTL.
@@ -149,6 +171,12 @@ pub struct QueuedCommand {
     pub status: CommandStatus,
     /// Whether it was queued (or last updated) needing confirmation.
     pub requires_confirmation: bool,
+    /// The `deviceType` it is delivered as; `None`: the registry's default type at delivery
+    /// time (and what commands stored before the type was kept read as).
+    pub device_type: Option<DeviceType>,
+    /// How long a delivery waits for the device's reply (the default for commands stored
+    /// before the timeout was kept).
+    pub timeout: TimeoutMs,
     /// How many times it was handed out for delivery.
     pub attempts: u32,
     /// When it was first queued.
@@ -191,7 +219,7 @@ impl From<QueuedCommand> for CommandView {
 }
 
 /// What a [`Store::sweep`](crate::Store::sweep) changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SweepReport {
     /// Commands whose TTL passed and that are now `expired`.
@@ -200,6 +228,26 @@ pub struct SweepReport {
     pub recovered: u64,
     /// Lapsed leases that had used their last attempt and are now `failed`.
     pub failed: u64,
+    /// The commands this sweep ended as `expired` (so that their end can be announced), at
+    /// most [`MAX_EXPIRED_COMMANDS`](Self::MAX_EXPIRED_COMMANDS) of them; `expired` counts
+    /// them all.
+    pub expired_commands: Vec<QueuedCommand>,
+}
+
+impl SweepReport {
+    /// Most commands [`expired_commands`](Self::expired_commands) holds.
+    pub const MAX_EXPIRED_COMMANDS: usize = 1_000;
+
+    /// Adds another report (of another device) to this one, keeping the bound.
+    #[cfg_attr(not(any(feature = "memory", feature = "postgres")), allow(dead_code))]
+    pub(crate) fn merge(&mut self, other: Self) {
+        self.expired += other.expired;
+        self.recovered += other.recovered;
+        self.failed += other.failed;
+        let room = Self::MAX_EXPIRED_COMMANDS.saturating_sub(self.expired_commands.len());
+        self.expired_commands
+            .extend(other.expired_commands.into_iter().take(room));
+    }
 }
 
 /// The status a command with a lapsed lease (or a released one) goes to.

@@ -1,7 +1,9 @@
 //! The PostgreSQL store: one durable queue shared by several server processes.
 //!
 //! The schema is the original toolkit's command table extended with `status`, `attempts`,
-//! `lease_until`, the result columns and `seq` (a `bigserial`, the per-device ordering key).
+//! `lease_until`, the result columns, `seq` (a `bigserial`, the per-device ordering key) and
+//! the delivery settings `device_type` and `timeout_ms` (migration 2, which upgrades a table
+//! of migration 1 in place).
 //! It lives in a schema of the caller's choice ([`PostgresOptions::schema`]) and is created
 //! or migrated at [`PostgresStore::open`] from SQL embedded in this crate: each migration runs
 //! once, in a transaction, under an advisory lock, and is recorded in
@@ -25,7 +27,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
-use bridge_protocol::{CommandId, DeviceId, Timestamp};
+use bridge_protocol::{CommandId, DeviceId, DeviceType, Timestamp};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor as _, Postgres, Row, Transaction};
 
@@ -40,9 +42,10 @@ use crate::store::Store;
 const BACKEND: &str = "postgres";
 
 /// The migrations, in order; each runs once.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE bridge_queued_commands (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE bridge_queued_commands (
         seq bigserial PRIMARY KEY,
         id text NOT NULL UNIQUE,
         device_id text NOT NULL,
@@ -64,7 +67,17 @@ const MIGRATIONS: &[(i32, &str)] = &[(
     CREATE INDEX bridge_queued_commands_open
         ON bridge_queued_commands (device_id, seq)
         WHERE status IN ('pending', 'awaiting_confirmation', 'delivering');",
-)];
+    ),
+    // The delivery settings of a command (its device type and reply timeout). Idempotent, so
+    // that a table someone already extended by hand upgrades too; rows written before read as
+    // the registry's default type and the default timeout.
+    (
+        2,
+        "ALTER TABLE bridge_queued_commands ADD COLUMN IF NOT EXISTS device_type text;
+        ALTER TABLE bridge_queued_commands
+            ADD COLUMN IF NOT EXISTS timeout_ms bigint NOT NULL DEFAULT 10000;",
+    ),
+];
 
 /// Where and how to open a [`PostgresStore`].
 #[derive(Debug, Clone)]
@@ -135,6 +148,8 @@ fn raw(row: &PgRow) -> Result<RawRow, sqlx::Error> {
         lease_until: row.try_get(10)?,
         result_payload: row.try_get(11)?,
         result_error: row.try_get(12)?,
+        device_type: row.try_get(13)?,
+        timeout_ms: row.try_get(14)?,
     })
 }
 
@@ -173,18 +188,21 @@ async fn housekeep(
     max_attempts: u32,
 ) -> Result<SweepReport, StoreError> {
     let now = now.unix_millis();
-    let expired = sqlx::query(
+    let expired_rows = sqlx::query(&format!(
         "UPDATE bridge_queued_commands SET status = 'expired', lease_until = NULL
          WHERE device_id = $1 AND expires_at <= $2
            AND (status IN ('pending', 'awaiting_confirmation')
-                OR (status = 'delivering' AND lease_until <= $2))",
-    )
+                OR (status = 'delivering' AND lease_until <= $2))
+         RETURNING {COLUMNS}"
+    ))
     .bind(device.as_str())
     .bind(now)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await
-    .map_err(err)?
-    .rows_affected();
+    .map_err(err)?;
+    let expired = u64::try_from(expired_rows.len()).unwrap_or(u64::MAX);
+    let mut expired_commands = decode(&expired_rows)?;
+    expired_commands.truncate(SweepReport::MAX_EXPIRED_COMMANDS);
     let failed = sqlx::query(
         "UPDATE bridge_queued_commands SET status = 'failed', lease_until = NULL
          WHERE device_id = $1 AND status = 'delivering' AND lease_until <= $2
@@ -211,6 +229,7 @@ async fn housekeep(
         expired,
         recovered,
         failed,
+        expired_commands,
     })
 }
 
@@ -418,12 +437,14 @@ impl PostgresStore {
         let now = self.config.clock.now();
         let expires_at = expiry(now, command.ttl).unix_millis();
         let status = command.initial_status().as_str();
+        let timeout_ms = i64::from(command.timeout.get());
         let mut tx = self.begin().await?;
         lock_device(&mut tx, &command.device).await?;
         housekeep(&mut tx, &command.device, now, self.config.max_attempts).await?;
         let updated: Option<String> = sqlx::query_scalar(
             "UPDATE bridge_queued_commands
-             SET payload = $3, expires_at = $4, requires_confirmation = $5, status = $6
+             SET payload = $3, expires_at = $4, requires_confirmation = $5, status = $6,
+                 device_type = $7, timeout_ms = $8
              WHERE device_id = $1 AND command_type = $2
                AND status IN ('pending', 'awaiting_confirmation')
              RETURNING id",
@@ -434,6 +455,8 @@ impl PostgresStore {
         .bind(expires_at)
         .bind(command.requires_confirmation)
         .bind(status)
+        .bind(command.device_type.as_ref().map(DeviceType::as_str))
+        .bind(timeout_ms)
         .fetch_optional(&mut *tx)
         .await
         .map_err(err)?;
@@ -461,8 +484,8 @@ impl PostgresStore {
         sqlx::query(
             "INSERT INTO bridge_queued_commands
              (id, device_id, command_type, payload, status, requires_confirmation, attempts,
-              created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8)",
+              created_at, expires_at, device_type, timeout_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10)",
         )
         .bind(id.as_str())
         .bind(command.device.as_str())
@@ -472,6 +495,8 @@ impl PostgresStore {
         .bind(command.requires_confirmation)
         .bind(now.unix_millis())
         .bind(expires_at)
+        .bind(command.device_type.as_ref().map(DeviceType::as_str))
+        .bind(timeout_ms)
         .execute(&mut *tx)
         .await
         .map_err(err)?;
@@ -503,9 +528,7 @@ impl PostgresStore {
         let mut total = SweepReport::default();
         for device in devices {
             let r = self.housekeep_device(&device_id(device)?).await?;
-            total.expired += r.expired;
-            total.recovered += r.recovered;
-            total.failed += r.failed;
+            total.merge(r);
         }
         Ok(total)
     }
@@ -652,6 +675,12 @@ impl Store for PostgresStore {
 
     async fn sweep(&self) -> Result<SweepReport, StoreError> {
         self.bounded(self.sweep_inner()).await
+    }
+
+    async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        self.bounded(self.housekeep_device(device))
+            .await
+            .map(|report| report.expired_commands)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -503,6 +503,10 @@ impl<S: Store> Store for RabbitMqStore<S> {
         Ok(report)
     }
 
+    async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        self.inner.state.expire(device).await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.state.ping().await?;
         let mut publisher = self.inner.publisher.lock().await;

@@ -6,7 +6,7 @@ local MAX_ATTEMPTS = tonumber(ARGV[3])
 local RETENTION = tonumber(ARGV[4])
 local DEVICES = P .. ':devices'
 local FIELDS = {'id', 'dev', 'type', 'payload', 'status', 'conf', 'attempts', 'created',
-  'expires', 'lease', 'rk', 'rv', 'seq'}
+  'expires', 'lease', 'rk', 'rv', 'seq', 'dtype', 'timeout'}
 
 local function ckey(id) return P .. ':c:' .. id end
 local function dkey(dev) return P .. ':d:' .. dev end
@@ -19,9 +19,11 @@ local function close(id, dev)
   if redis.call('ZCARD', dkey(dev)) == 0 then redis.call('SREM', DEVICES, dev) end
 end
 
--- Ends expired commands and recovers lapsed leases of one device.
+-- Ends expired commands and recovers lapsed leases of one device. Returns the counts and
+-- the ids of the commands it ended as expired, in queue order.
 local function housekeep(dev)
   local expired, recovered, failed = 0, 0, 0
+  local expired_ids = {}
   for _, id in ipairs(redis.call('ZRANGE', dkey(dev), 0, -1)) do
     local k = ckey(id)
     local h = redis.call('HMGET', k, 'status', 'expires', 'lease', 'attempts')
@@ -33,11 +35,13 @@ local function housekeep(dev)
       redis.call('HSET', k, 'status', 'expired')
       close(id, dev)
       expired = expired + 1
+      expired_ids[expired] = id
     elseif status == 'delivering' and h[3] ~= '' and tonumber(h[3]) <= NOW then
       local new = 'pending'
       if tonumber(h[2]) <= NOW then
         new = 'expired'
         expired = expired + 1
+        expired_ids[expired] = id
       elseif tonumber(h[4]) >= MAX_ATTEMPTS then
         new = 'failed'
         failed = failed + 1
@@ -49,6 +53,6 @@ local function housekeep(dev)
     end
   end
   if redis.call('ZCARD', dkey(dev)) == 0 then redis.call('SREM', DEVICES, dev) end
-  return expired, recovered, failed
+  return expired, recovered, failed, expired_ids
 end
 

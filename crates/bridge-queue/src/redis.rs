@@ -5,7 +5,8 @@
 //! configurable prefix `P`:
 //!
 //! * `P:c:<id>` — a hash per command (device, type, payload, status, attempts, times,
-//!   lease deadline, result, ordering key).
+//!   lease deadline, result, ordering key, device type and reply timeout; a hash written
+//!   before the last two were kept lacks them and reads as the defaults).
 //! * `P:d:<device>` — a sorted set of the device's non-final command ids, scored by the
 //!   ordering key `P:seq` (`INCR`), so a device's commands come out in queue order and an
 //!   update in place or a released command keeps its place.
@@ -33,7 +34,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bridge_protocol::http::CommandOutcome;
-use bridge_protocol::{CommandId, CommandType, DeviceErrorCode, DeviceId, HexPayload, Timestamp};
+use bridge_protocol::{
+    CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, HexPayload, TimeoutMs, Timestamp,
+};
 use deadpool_redis::redis::{self, RetryMethod, Script, Value};
 use deadpool_redis::{Config, Pool, PoolError, Runtime};
 
@@ -56,13 +59,14 @@ static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
         r"
 local dev, typ, payload, conf, status = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local expires, max_open, new_id, open_ttl = ARGV[10], tonumber(ARGV[11]), ARGV[12], ARGV[13]
+local dtype, timeout = ARGV[14], ARGV[15]
 housekeep(dev)
 local ids = redis.call('ZRANGE', dkey(dev), 0, -1)
 for _, id in ipairs(ids) do
   local h = redis.call('HMGET', ckey(id), 'type', 'status')
   if h[1] == typ and (h[2] == 'pending' or h[2] == 'awaiting_confirmation') then
     redis.call('HSET', ckey(id), 'payload', payload, 'expires', expires, 'conf', conf,
-      'status', status)
+      'status', status, 'dtype', dtype, 'timeout', timeout)
     redis.call('PEXPIRE', ckey(id), open_ttl)
     return {'updated', id}
   end
@@ -71,7 +75,7 @@ if #ids >= max_open then return {'full'} end
 local seq = redis.call('INCR', P .. ':seq')
 redis.call('HSET', ckey(new_id), 'id', new_id, 'dev', dev, 'type', typ, 'payload', payload,
   'status', status, 'conf', conf, 'attempts', 0, 'created', ARGV[2], 'expires', expires,
-  'lease', '', 'rk', '', 'rv', '', 'seq', seq)
+  'lease', '', 'rk', '', 'rv', '', 'seq', seq, 'dtype', dtype, 'timeout', timeout)
 redis.call('PEXPIRE', ckey(new_id), open_ttl)
 redis.call('ZADD', dkey(dev), seq, new_id)
 redis.call('SADD', DEVICES, dev)
@@ -199,11 +203,29 @@ static SWEEP: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local e, r, f = 0, 0, 0
+local max_records, records, n = tonumber(ARGV[5]), {}, 0
 for _, dev in ipairs(redis.call('SMEMBERS', DEVICES)) do
-  local de, dr, df = housekeep(dev)
+  local de, dr, df, ids = housekeep(dev)
   e, r, f = e + de, r + dr, f + df
+  for _, id in ipairs(ids) do
+    if n < max_records then
+      n = n + 1
+      records[n] = record(id)
+    end
+  end
 end
-return {e, r, f}
+return {e, r, f, records}
+",
+    )
+});
+
+static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local _, _, _, ids = housekeep(ARGV[5])
+local out = {}
+for i, id in ipairs(ids) do out[i] = record(id) end
+return out
 ",
     )
 });
@@ -325,7 +347,7 @@ fn array(v: &Value) -> Result<&[Value], StoreError> {
 /// Decodes one `record(id)` reply (the hash fields in the order of `FIELDS`).
 fn command(v: &Value) -> Result<QueuedCommand, StoreError> {
     let f = array(v)?;
-    if f.len() != 13 {
+    if f.len() != 15 {
         return Err(corrupt("record"));
     }
     let lease = text(&f[9])?;
@@ -356,6 +378,22 @@ fn command(v: &Value) -> Result<QueuedCommand, StoreError> {
             Some(Timestamp::from_unix_millis(
                 lease.parse().map_err(|_| corrupt("lease"))?,
             ))
+        },
+        // Commands stored before the delivery settings were kept have neither field.
+        device_type: match &f[13] {
+            Value::Nil => None,
+            v => Some(text(v)?)
+                .filter(|t| !t.is_empty())
+                .map(DeviceType::try_from)
+                .transpose()
+                .map_err(|_| corrupt("device type"))?,
+        },
+        timeout: match &f[14] {
+            Value::Nil => TimeoutMs::DEFAULT,
+            v => u64::try_from(number(v)?)
+                .ok()
+                .and_then(|ms| TimeoutMs::new(ms).ok())
+                .ok_or_else(|| corrupt("timeout"))?,
         },
         outcome,
     })
@@ -505,6 +543,12 @@ impl Store for RedisStore {
         };
         let expires = expires_at.unix_millis().to_string();
         let max_open = self.config.max_open_per_device.to_string();
+        let device_type = command
+            .device_type
+            .as_ref()
+            .map_or("", DeviceType::as_str)
+            .as_bytes();
+        let timeout = command.timeout.get().to_string();
         let reply = self
             .run(
                 &ENQUEUE,
@@ -518,6 +562,8 @@ impl Store for RedisStore {
                     max_open.as_bytes(),
                     new_id.as_str().as_bytes(),
                     open_ttl.as_bytes(),
+                    device_type,
+                    timeout.as_bytes(),
                 ],
             )
             .await?;
@@ -595,19 +641,23 @@ impl Store for RedisStore {
     }
 
     async fn sweep(&self) -> Result<SweepReport, StoreError> {
-        let reply = self.run(&SWEEP, &[]).await?;
-        let counts = array(&reply)?
-            .iter()
-            .map(|v| number(v).map(|n| u64::try_from(n).unwrap_or(0)))
-            .collect::<Result<Vec<_>, _>>()?;
-        match counts.as_slice() {
-            &[expired, recovered, failed] => Ok(SweepReport {
-                expired,
-                recovered,
-                failed,
+        let max = SweepReport::MAX_EXPIRED_COMMANDS.to_string();
+        let reply = self.run(&SWEEP, &[max.as_bytes()]).await?;
+        let count = |v: &Value| number(v).map(|n| u64::try_from(n).unwrap_or(0));
+        match array(&reply)? {
+            [expired, recovered, failed, records] => Ok(SweepReport {
+                expired: count(expired)?,
+                recovered: count(recovered)?,
+                failed: count(failed)?,
+                expired_commands: commands(records)?,
             }),
             _ => Err(corrupt("sweep reply")),
         }
+    }
+
+    async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        let reply = self.run(&EXPIRE, &[device.as_str().as_bytes()]).await?;
+        commands(&reply)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,7 +1,9 @@
 //! What the SQL backends share: the stored row and its decoding, and error mapping.
 
 use bridge_protocol::http::CommandOutcome;
-use bridge_protocol::{CommandId, CommandType, DeviceErrorCode, DeviceId, HexPayload, Timestamp};
+use bridge_protocol::{
+    CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, HexPayload, TimeoutMs, Timestamp,
+};
 
 use crate::error::StoreError;
 use crate::model::{QueuedCommand, parse_status};
@@ -9,7 +11,7 @@ use crate::model::{QueuedCommand, parse_status};
 /// The columns every query returns, in this order.
 pub(crate) const COLUMNS: &str = "seq, id, device_id, command_type, payload, status, \
     requires_confirmation, attempts, created_at, expires_at, lease_until, result_payload, \
-    result_error";
+    result_error, device_type, timeout_ms";
 
 /// Statuses of commands that are not final, as an SQL list.
 pub(crate) const OPEN: &str = "('pending', 'awaiting_confirmation', 'delivering')";
@@ -29,6 +31,8 @@ pub(crate) struct RawRow {
     pub(crate) lease_until: Option<i64>,
     pub(crate) result_payload: Option<Vec<u8>>,
     pub(crate) result_error: Option<String>,
+    pub(crate) device_type: Option<String>,
+    pub(crate) timeout_ms: i64,
 }
 
 impl RawRow {
@@ -53,6 +57,15 @@ impl RawRow {
             payload: HexPayload::from_bytes(self.payload),
             status: parse_status(&self.status).ok_or_else(|| corrupt("status"))?,
             requires_confirmation: self.requires_confirmation,
+            device_type: self
+                .device_type
+                .map(DeviceType::try_from)
+                .transpose()
+                .map_err(|_| corrupt("device type"))?,
+            timeout: u64::try_from(self.timeout_ms)
+                .ok()
+                .and_then(|ms| TimeoutMs::new(ms).ok())
+                .ok_or_else(|| corrupt("timeout"))?,
             attempts: u32::try_from(self.attempts).map_err(|_| corrupt("attempts"))?,
             created_at: Timestamp::from_unix_millis(self.created_at),
             expires_at: Timestamp::from_unix_millis(self.expires_at),

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
-use bridge_protocol::{CommandId, DeviceId, Timestamp};
+use bridge_protocol::{CommandId, DeviceId, DeviceType, Timestamp};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -49,7 +49,9 @@ const SCHEMA: &[&str] = &[
         expires_at INTEGER NOT NULL,
         lease_until INTEGER,
         result_payload BLOB,
-        result_error TEXT
+        result_error TEXT,
+        device_type TEXT,
+        timeout_ms INTEGER NOT NULL DEFAULT 10000
     )",
     "CREATE UNIQUE INDEX IF NOT EXISTS bridge_queued_commands_dedup
         ON bridge_queued_commands (device_id, command_type)
@@ -58,6 +60,37 @@ const SCHEMA: &[&str] = &[
         ON bridge_queued_commands (device_id, seq)
         WHERE status IN ('pending', 'awaiting_confirmation', 'delivering')",
 ];
+
+/// Columns added after the first schema, with their definitions: a file created before them
+/// gets them at open (SQLite has no `ADD COLUMN IF NOT EXISTS`, hence the check). Rows
+/// written before read as the registry's default type and the default timeout.
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("device_type", "TEXT"),
+    ("timeout_ms", "INTEGER NOT NULL DEFAULT 10000"),
+];
+
+/// Adds the [`ADDED_COLUMNS`] a file created by an older version lacks.
+async fn upgrade(pool: &SqlitePool) -> Result<(), StoreError> {
+    for (column, definition) in ADDED_COLUMNS {
+        let present: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pragma_table_info('bridge_queued_commands') WHERE name = ?1",
+        )
+        .bind(column)
+        .fetch_one(pool)
+        .await
+        .map_err(err)?;
+        if present == 0 {
+            tracing::info!(column, "adding a column to the sqlite queue");
+            sqlx::query(&format!(
+                "ALTER TABLE bridge_queued_commands ADD COLUMN {column} {definition}"
+            ))
+            .execute(pool)
+            .await
+            .map_err(err)?;
+        }
+    }
+    Ok(())
+}
 
 /// Where and how to open a [`SqliteStore`].
 #[derive(Debug, Clone)]
@@ -105,6 +138,8 @@ fn raw(row: &SqliteRow) -> Result<RawRow, sqlx::Error> {
         lease_until: row.try_get(10)?,
         result_payload: row.try_get(11)?,
         result_error: row.try_get(12)?,
+        device_type: row.try_get(13)?,
+        timeout_ms: row.try_get(14)?,
     })
 }
 
@@ -130,18 +165,21 @@ async fn housekeep(
 ) -> Result<SweepReport, StoreError> {
     let device = device.map(DeviceId::as_str);
     let now = now.unix_millis();
-    let expired = sqlx::query(
+    let expired_rows = sqlx::query(&format!(
         "UPDATE bridge_queued_commands SET status = 'expired', lease_until = NULL
          WHERE (?1 IS NULL OR device_id = ?1) AND expires_at <= ?2
            AND (status IN ('pending', 'awaiting_confirmation')
-                OR (status = 'delivering' AND lease_until <= ?2))",
-    )
+                OR (status = 'delivering' AND lease_until <= ?2))
+         RETURNING {COLUMNS}"
+    ))
     .bind(device)
     .bind(now)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await
-    .map_err(err)?
-    .rows_affected();
+    .map_err(err)?;
+    let expired = u64::try_from(expired_rows.len()).unwrap_or(u64::MAX);
+    let mut expired_commands = decode(&expired_rows)?;
+    expired_commands.truncate(SweepReport::MAX_EXPIRED_COMMANDS);
     let failed = sqlx::query(
         "UPDATE bridge_queued_commands SET status = 'failed', lease_until = NULL
          WHERE (?1 IS NULL OR device_id = ?1) AND status = 'delivering'
@@ -168,6 +206,7 @@ async fn housekeep(
         expired,
         recovered,
         failed,
+        expired_commands,
     })
 }
 
@@ -220,6 +259,7 @@ impl SqliteStore {
         for statement in SCHEMA {
             sqlx::query(statement).execute(&pool).await.map_err(err)?;
         }
+        upgrade(&pool).await?;
         Ok(Self { pool, config })
     }
 
@@ -317,6 +357,7 @@ impl Store for SqliteStore {
         let now = self.config.clock.now();
         let expires_at = expiry(now, command.ttl).unix_millis();
         let status = command.initial_status().as_str();
+        let timeout_ms = i64::from(command.timeout.get());
         let mut tx = self.begin().await?;
         housekeep(
             &mut tx,
@@ -327,7 +368,8 @@ impl Store for SqliteStore {
         .await?;
         let updated: Option<String> = sqlx::query_scalar(
             "UPDATE bridge_queued_commands
-             SET payload = ?3, expires_at = ?4, requires_confirmation = ?5, status = ?6
+             SET payload = ?3, expires_at = ?4, requires_confirmation = ?5, status = ?6,
+                 device_type = ?7, timeout_ms = ?8
              WHERE device_id = ?1 AND command_type = ?2
                AND status IN ('pending', 'awaiting_confirmation')
              RETURNING id",
@@ -338,6 +380,8 @@ impl Store for SqliteStore {
         .bind(expires_at)
         .bind(command.requires_confirmation)
         .bind(status)
+        .bind(command.device_type.as_ref().map(DeviceType::as_str))
+        .bind(timeout_ms)
         .fetch_optional(&mut *tx)
         .await
         .map_err(err)?;
@@ -365,8 +409,8 @@ impl Store for SqliteStore {
         sqlx::query(
             "INSERT INTO bridge_queued_commands
              (id, device_id, command_type, payload, status, requires_confirmation, attempts,
-              created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8)",
+              created_at, expires_at, device_type, timeout_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10)",
         )
         .bind(id.as_str())
         .bind(command.device.as_str())
@@ -376,6 +420,8 @@ impl Store for SqliteStore {
         .bind(command.requires_confirmation)
         .bind(now.unix_millis())
         .bind(expires_at)
+        .bind(command.device_type.as_ref().map(DeviceType::as_str))
+        .bind(timeout_ms)
         .execute(&mut *tx)
         .await
         .map_err(err)?;
@@ -515,6 +561,14 @@ impl Store for SqliteStore {
         let report = housekeep(&mut tx, None, now, self.config.max_attempts).await?;
         tx.commit().await.map_err(err)?;
         Ok(report)
+    }
+
+    async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        let now = self.config.clock.now();
+        let mut tx = self.begin().await?;
+        let report = housekeep(&mut tx, Some(device), now, self.config.max_attempts).await?;
+        tx.commit().await.map_err(err)?;
+        Ok(report.expired_commands)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

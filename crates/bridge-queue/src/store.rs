@@ -29,7 +29,9 @@ use crate::model::{NewCommand, QueuedCommand, SweepReport};
 /// the server crashed — lapses, and the command is handed out again. Every lease counts one
 /// attempt. [`due_devices`](Self::due_devices) tells which devices have something to
 /// deliver; [`sweep`](Self::sweep) ends expired commands and recovers lapsed leases of every
-/// device (the device-scoped calls do this for their device on their own).
+/// device (the device-scoped calls do this for their device on their own, silently);
+/// [`expire`](Self::expire) and `sweep` return the commands they ended as `expired`, so
+/// that the server can announce them.
 ///
 /// `complete` and `release` are not fenced by lease: they act on whoever holds the command
 /// now. Pick `lease_for` well above the longest delivery (the `ble_write` timeout plus a
@@ -47,8 +49,8 @@ use crate::model::{NewCommand, QueuedCommand, SweepReport};
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Queues a command, or updates in place the `pending` or `awaiting_confirmation`
-    /// command of the same device and command type (same id, same place; new payload, TTL
-    /// and confirmation flag, and so status). A `delivering` command of that type is left
+    /// command of the same device and command type (same id, same place; new payload, TTL,
+    /// confirmation flag, device type and timeout, and so status). A `delivering` command of that type is left
     /// alone and the new one queues after it. Answers
     /// [`QueueFull`](StoreError::QueueFull) when the device already holds the configured
     /// number of non-final commands and nothing is updated in place.
@@ -136,8 +138,18 @@ pub trait Store: Send + Sync + 'static {
     async fn due_devices(&self, limit: usize) -> Result<Vec<DeviceId>, StoreError>;
 
     /// Ends every command whose TTL passed as `expired` and recovers every lapsed lease,
-    /// across all devices. Meant for a periodic task; correctness does not depend on it.
+    /// across all devices, and returns what changed, with the commands it ended as `expired`
+    /// (bounded, see [`SweepReport::expired_commands`]). Meant for a periodic task;
+    /// correctness does not depend on it.
     async fn sweep(&self) -> Result<SweepReport, StoreError>;
+
+    /// Ends the device's commands whose TTL passed as `expired` (and recovers its lapsed
+    /// leases, as every device-scoped call does), and returns the commands **this call**
+    /// ended as `expired`, in queue order. A command that expired while no one looked (no
+    /// server ran) is returned by the first `expire` or [`sweep`](Self::sweep) that notices
+    /// it, so that its end can be announced (PROTOCOL.md 4.2: "at the latest when the device
+    /// next comes online"); other device-scoped calls end it silently.
+    async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError>;
 
     /// Checks that the backend answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

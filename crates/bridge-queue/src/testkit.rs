@@ -29,13 +29,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
 use bridge_protocol::{
-    CommandId, CommandType, DeviceErrorCode, DeviceId, HexPayload, Timestamp, TtlSeconds,
+    CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, HexPayload, TimeoutMs,
+    Timestamp, TtlSeconds,
 };
 
 #[doc(hidden)]
 pub use futures_util::FutureExt as __FutureExt;
 
-use crate::{InvalidInput, ManualClock, QueuedCommand, Store, StoreConfig, StoreError};
+use crate::{InvalidInput, ManualClock, NewCommand, QueuedCommand, Store, StoreConfig, StoreError};
 
 /// Opens the store under test on data of its own.
 #[async_trait]
@@ -70,6 +71,7 @@ macro_rules! conformance_tests {
             use super::*;
             $crate::conformance_tests!(@cases $harness;
                 dedup_updates_in_place,
+                delivery_settings_are_kept_and_updated_in_place,
                 dedup_leaves_delivering_alone_and_queues_after,
                 dedup_ignores_final_commands,
                 leases_hand_out_in_queue_order,
@@ -84,6 +86,7 @@ macro_rules! conformance_tests {
                 lapsed_lease_is_handed_out_again,
                 late_answer_to_a_lapsed_lease_is_recorded,
                 sweep_expires_and_recovers,
+                expire_returns_the_commands_it_ended_once,
                 concurrent_leases_never_share_a_command,
                 queue_full_at_the_cap,
                 bad_input_is_refused_with_typed_errors,
@@ -147,6 +150,14 @@ fn bytes(b: &[u8]) -> HexPayload {
     HexPayload::from_bytes(b.to_vec())
 }
 
+fn device_type(name: &str) -> DeviceType {
+    DeviceType::new(name).expect("valid device type")
+}
+
+fn timeout_ms(ms: u64) -> TimeoutMs {
+    TimeoutMs::new(ms).expect("valid timeout")
+}
+
 fn ttl(secs: u64) -> TtlSeconds {
     TtlSeconds::new(secs).expect("valid ttl")
 }
@@ -193,6 +204,62 @@ fn assert_not_found<T: std::fmt::Debug>(result: &Result<T, StoreError>) {
         matches!(result, Err(StoreError::NotFound { .. })),
         "expected NotFound, got {result:?}"
     );
+}
+
+/// A command keeps the device type and reply timeout it was queued with, in every answer
+/// (`get`, `list_open`, `lease`); one queued without them reads as the registry's default
+/// type (`None`) and the default timeout; an update in place replaces both, back to the
+/// defaults included.
+pub async fn delivery_settings_are_kept_and_updated_in_place<H: Harness>(harness: &H) {
+    let Fixture { store, .. } = open_default(harness).await;
+    let dev = device("lock-1");
+    let typed = store
+        .enqueue(
+            NewCommand::new(dev.clone(), kind("a"), bytes(&[1]))
+                .with_device_type(device_type("thermo"))
+                .with_timeout(timeout_ms(2_500)),
+        )
+        .await
+        .expect("enqueue");
+    let plain = enqueue(&*store, &dev, "b", &[2]).await;
+    let settings = |c: &QueuedCommand| (c.id.clone(), c.device_type.clone(), c.timeout);
+    let want = vec![
+        (
+            typed.clone(),
+            Some(device_type("thermo")),
+            timeout_ms(2_500),
+        ),
+        (plain.clone(), None, TimeoutMs::DEFAULT),
+    ];
+    let listed = store.list_open(&dev).await.expect("list_open");
+    assert_eq!(listed.iter().map(settings).collect::<Vec<_>>(), want);
+    assert_eq!(settings(&store.get(&typed).await.expect("get")), want[0]);
+    assert_eq!(settings(&store.get(&plain).await.expect("get")), want[1]);
+
+    // Updates in place: the typed one back to the defaults, the plain one to a type.
+    let again = store
+        .enqueue(NewCommand::new(dev.clone(), kind("a"), bytes(&[3])))
+        .await
+        .expect("update in place");
+    assert_eq!(again, typed);
+    let again = store
+        .enqueue(
+            NewCommand::new(dev.clone(), kind("b"), bytes(&[4]))
+                .with_device_type(device_type("kettle"))
+                .with_timeout(timeout_ms(120_000)),
+        )
+        .await
+        .expect("update in place");
+    assert_eq!(again, plain);
+    let leased = store.lease(&dev, 2, LEASE).await.expect("lease");
+    assert_eq!(
+        leased.iter().map(settings).collect::<Vec<_>>(),
+        vec![
+            (typed, None, TimeoutMs::DEFAULT),
+            (plain, Some(device_type("kettle")), timeout_ms(120_000)),
+        ]
+    );
+    assert_eq!(leased[1].payload, bytes(&[4]));
 }
 
 /// A `pending` or `awaiting_confirmation` command of the same type is updated in place:
@@ -623,6 +690,8 @@ pub async fn sweep_expires_and_recovers<H: Harness>(harness: &H) {
 
     let report = store.sweep().await.expect("sweep");
     assert_eq!((report.expired, report.recovered, report.failed), (1, 0, 1));
+    assert_eq!(ids(&report.expired_commands), vec![expiring.clone()]);
+    assert_eq!(report.expired_commands[0].status, CommandStatus::Expired);
     assert_eq!(
         store.get(&expiring).await.expect("get").status,
         CommandStatus::Expired
@@ -648,6 +717,44 @@ pub async fn sweep_expires_and_recovers<H: Harness>(harness: &H) {
     let back = store.get(&recovering).await.expect("get");
     assert_eq!(back.status, CommandStatus::Pending);
     assert_eq!(back.lease_deadline, None);
+}
+
+/// `expire` ends the device's commands whose TTL passed (waiting, awaiting confirmation, or
+/// under a lapsed lease) and returns exactly those, in queue order, once: the next call, or
+/// a sweep, finds nothing more to announce. Other devices are left to their own call.
+pub async fn expire_returns_the_commands_it_ended_once<H: Harness>(harness: &H) {
+    let Fixture { store, clock } = open_default(harness).await;
+    let a = device("lock-a");
+    let b = device("lock-b");
+    let leased = store
+        .enqueue_or_update(&a, &kind("unlock"), bytes(&[1]), ttl(10))
+        .await
+        .expect("enqueue");
+    store.lease(&a, 1, LEASE).await.expect("lease");
+    let waiting = store
+        .enqueue_with_confirmation(&a, &kind("reset"), bytes(&[2]), ttl(10))
+        .await
+        .expect("enqueue");
+    let lasting = enqueue(&*store, &a, "status", &[3]).await;
+    let other = store
+        .enqueue_or_update(&b, &kind("unlock"), bytes(&[4]), ttl(10))
+        .await
+        .expect("enqueue");
+    assert_eq!(store.expire(&a).await.expect("expire"), Vec::new());
+
+    clock.advance(LEASE);
+    let expired = store.expire(&a).await.expect("expire");
+    assert_eq!(ids(&expired), vec![leased, waiting]);
+    assert!(
+        expired
+            .iter()
+            .all(|c| c.status == CommandStatus::Expired && c.device == a)
+    );
+    assert_eq!(store.expire(&a).await.expect("expire"), Vec::new());
+    assert_eq!(open_ids(&*store, &a).await, vec![lasting]);
+    let report = store.sweep().await.expect("sweep");
+    assert_eq!(ids(&report.expired_commands), vec![other.clone()]);
+    assert_eq!(store.expire(&b).await.expect("expire"), Vec::new());
 }
 
 /// Many tasks leasing the same device at once never get the same command twice, and
@@ -881,7 +988,7 @@ pub async fn view_has_the_http_shape<H: Harness>(harness: &H) {
 }
 
 /// What was stored survives closing and reopening the store: commands, their order, their
-/// states and outcomes.
+/// states, outcomes and delivery settings (device type, timeout).
 pub async fn survives_reopening<H: Harness>(harness: &H) {
     let Fixture { store, clock } = open_default(harness).await;
     let dev = device("lock-1");
@@ -890,7 +997,14 @@ pub async fn survives_reopening<H: Harness>(harness: &H) {
         .enqueue_with_confirmation(&dev, &kind("b"), bytes(&[2]), TtlSeconds::DEFAULT)
         .await
         .expect("enqueue");
-    let c = enqueue(&*store, &dev, "c", &[3]).await;
+    let c = store
+        .enqueue(
+            NewCommand::new(dev.clone(), kind("c"), bytes(&[3]))
+                .with_device_type(device_type("thermo"))
+                .with_timeout(timeout_ms(30_000)),
+        )
+        .await
+        .expect("enqueue");
     store.lease(&dev, 1, LEASE).await.expect("lease");
     store
         .complete(&a, CommandOutcome::Payload(bytes(&[0xaa])))
@@ -913,6 +1027,21 @@ pub async fn survives_reopening<H: Harness>(harness: &H) {
     // The reopened store continues the order after the old commands.
     let d = enqueue(&reopened, &dev, "d", &[4]).await;
     assert_eq!(open_ids(&reopened, &dev).await, vec![b, c, d]);
+
+    // A command whose TTL passes while the store is closed is returned by the first
+    // `expire` after reopening.
+    let other = device("lock-2");
+    let short = reopened
+        .enqueue_or_update(&other, &kind("unlock"), bytes(&[5]), ttl(10))
+        .await
+        .expect("enqueue");
+    drop(reopened);
+    clock.advance(Duration::from_secs(11));
+    let config = StoreConfig::default().with_clock(Arc::new(clock.clone()));
+    let reopened = harness.open(config).await.expect("reopen");
+    let expired = reopened.expire(&other).await.expect("expire");
+    assert_eq!(ids(&expired), vec![short]);
+    assert_eq!(expired[0].status, CommandStatus::Expired);
 }
 
 trait NowTs {

@@ -15,7 +15,6 @@ use tracing::Instrument;
 use crate::delivery::Watched;
 use crate::error::ApiError;
 use crate::server::Core;
-use crate::transport::capture_request_id;
 
 /// Runs one command: sends it now if the device is online, queues it if asked to, and
 /// answers with the status of PROTOCOL.md 4.1 or the refusal as an error.
@@ -61,39 +60,43 @@ async fn run(
     };
 
     if request.requires_confirmation {
-        let command_id = enqueue(core, &device, &request, &device_type).await?;
+        let command_id = enqueue(core, &device, &request).await?;
         tracing::info!(%command_id, "queued, awaiting confirmation");
         return Ok(CommandResponse::AwaitingConfirmation { command_id });
     }
 
     let start = Instant::now();
-    let (result, request_id) = capture_request_id(core.session.send_command(
-        device.clone(),
-        Some(device_type.as_str()),
-        request.payload.clone(),
-        request.timeout_ms.as_duration(),
-    ))
-    .await;
-    if let Some(request_id) = request_id {
-        tracing::Span::current().record("request_id", tracing::field::display(request_id));
+    let result = core
+        .session
+        .send_command(
+            device.clone(),
+            Some(device_type.as_str()),
+            request.payload.clone(),
+            request.timeout_ms.as_duration(),
+        )
+        .await;
+    // The duration of commands that reached a device (or were cut off on the way), as the
+    // delivery engine counts them.
+    if matches!(
+        result,
+        Ok(_)
+            | Err(CommandError::DeviceError(_) | CommandError::BridgeLost | CommandError::Timeout)
+    ) {
         core.metrics.command_duration(start.elapsed());
     }
     let latency_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
     let response = match result {
-        Ok(payload) => {
-            let Some(request_id) = request_id else {
-                // The transport always records the id of what it sent.
-                tracing::error!("a command succeeded without a recorded requestId");
-                return Err(ApiError::new(ErrorCode::Unavailable, "internal error"));
-            };
+        Ok(reply) => {
+            tracing::Span::current()
+                .record("request_id", tracing::field::display(reply.request_id));
             CommandResponse::Succeeded {
-                request_id,
-                payload,
-                latency_ms,
+                request_id: reply.request_id,
+                payload: reply.payload,
+                latency_ms: u64::try_from(reply.latency.as_millis()).unwrap_or(u64::MAX),
             }
         }
         Err(CommandError::Offline) if request.wants_queue() => {
-            let command_id = enqueue(core, &device, &request, &device_type).await?;
+            let command_id = enqueue(core, &device, &request).await?;
             tracing::info!(%command_id, "device offline: queued");
             // The device may have come online since it was found offline; its pass would
             // then have missed this command.
@@ -130,7 +133,6 @@ async fn enqueue(
     core: &Arc<Core>,
     device: &DeviceId,
     request: &CommandRequest,
-    device_type: &bridge_protocol::DeviceType,
 ) -> Result<bridge_protocol::CommandId, ApiError> {
     let Some(command_type) = request.command_type.clone() else {
         return Err(ApiError::new(
@@ -138,8 +140,13 @@ async fn enqueue(
             "`commandType` is required to queue a command",
         ));
     };
+    // The type as asked: none means the registry's default at delivery time.
     let mut command = NewCommand::new(device.clone(), command_type, request.payload.clone())
-        .with_ttl(request.ttl_seconds);
+        .with_ttl(request.ttl_seconds)
+        .with_timeout(request.timeout_ms);
+    if let Some(device_type) = &request.device_type {
+        command = command.with_device_type(device_type.clone());
+    }
     if request.requires_confirmation {
         command = command.requiring_confirmation();
     }
@@ -158,8 +165,6 @@ async fn enqueue(
         Watched {
             device: device.clone(),
             expires_at,
-            device_type: Some(device_type.clone()),
-            timeout: request.timeout_ms,
         },
     );
     Ok(id)

@@ -12,7 +12,8 @@
 //! attempt, `expired` past its TTL): after `bridge_lost` the pass goes on at once through
 //! another holder if the device is still online; after a timeout it ends, and the command
 //! waits for the next pass. Final outcomes go to the device's subscribers as
-//! `command_result` with the `commandId`.
+//! `command_result` with the `commandId`; so do expiries, which a pass asks the store for
+//! before anything else (`Store::expire`) and each retry tick takes from its sweep.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,8 +23,7 @@ use std::time::Duration;
 use bridge_hub::Frame;
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
 use bridge_protocol::{
-    CommandId, CommandResult, DeviceId, DeviceType, ResultStatus, ServerToUser, TimeoutMs,
-    Timestamp,
+    CommandId, CommandResult, DeviceId, DeviceType, ResultStatus, ServerToUser, Timestamp,
 };
 use bridge_queue::{QueuedCommand, StoreError};
 use bridge_session::CommandError;
@@ -73,15 +73,12 @@ impl DeliveryConfig {
     }
 }
 
-/// What the server remembers about a queued command that the store does not keep.
+/// A queued command this process watches for its expiry announcement. What it is delivered
+/// with (device type, timeout) is kept by the store.
 #[derive(Debug, Clone)]
 pub(crate) struct Watched {
     pub(crate) device: DeviceId,
     pub(crate) expires_at: Timestamp,
-    /// The `deviceType` it was queued with (`None`: the registry's default).
-    pub(crate) device_type: Option<DeviceType>,
-    /// The `timeoutMs` it was queued with.
-    pub(crate) timeout: TimeoutMs,
 }
 
 /// The engine's state.
@@ -192,6 +189,19 @@ enum Next {
 }
 
 async fn pass(core: &Arc<Core>, device: &DeviceId) {
+    if core.delivery.is_stopped() || !core.hub.device_presence(device).await.online {
+        return;
+    }
+    // Commands that expired while nobody looked (no server ran, or this one had not queued
+    // them) are announced now, at the latest when the device comes online.
+    match core.store.expire(device).await {
+        Ok(expired) => {
+            for command in &expired {
+                announce(core, command).await;
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot expire the queue; retrying at the next pass"),
+    }
     loop {
         if core.delivery.is_stopped() || !core.hub.device_presence(device).await.online {
             return;
@@ -207,8 +217,7 @@ async fn pass(core: &Arc<Core>, device: &DeviceId) {
         let Some(first) = next_in_order(&open) else {
             return;
         };
-        let timeout = meta_of(core, first).timeout;
-        let lease_for = timeout.as_duration() + core.delivery.config.lease_grace;
+        let lease_for = first.timeout.as_duration() + core.delivery.config.lease_grace;
         let leased = match core.store.lease(device, 1, lease_for).await {
             Ok(leased) => leased,
             Err(error) => {
@@ -250,36 +259,20 @@ fn next_in_order(open: &[QueuedCommand]) -> Option<&QueuedCommand> {
     }
 }
 
-/// The delivery settings of a command: what it was queued with, or the defaults for a
-/// command queued before a restart.
-fn meta_of(core: &Core, command: &QueuedCommand) -> Watched {
-    let mut watched = core.delivery.watched.lock();
-    watched
-        .entry(command.id.clone())
-        .or_insert_with(|| Watched {
-            device: command.device.clone(),
-            expires_at: command.expires_at,
-            device_type: None,
-            timeout: TimeoutMs::DEFAULT,
-        })
-        .clone()
-}
-
 async fn deliver(core: &Arc<Core>, command: QueuedCommand) -> Next {
-    let meta = meta_of(core, &command);
     let start = Instant::now();
     tracing::info!(attempt = command.attempts, "delivering");
     let result = core
         .session
         .send_command(
             command.device.clone(),
-            meta.device_type.as_ref().map(DeviceType::as_str),
+            command.device_type.as_ref().map(DeviceType::as_str),
             command.payload.clone(),
-            meta.timeout.as_duration(),
+            command.timeout.as_duration(),
         )
         .await;
     let (outcome, next) = match result {
-        Ok(payload) => (Ok(CommandOutcome::Payload(payload)), Next::Continue),
+        Ok(reply) => (Ok(CommandOutcome::Payload(reply.payload)), Next::Continue),
         Err(CommandError::DeviceError(error)) => (Ok(CommandOutcome::Error(error)), Next::Continue),
         Err(CommandError::BridgeLost) => (Err(CommandError::BridgeLost), Next::Continue),
         Err(error) => (Err(error), Next::Stop),
@@ -361,8 +354,6 @@ async fn announce_closed(core: &Core, device: &DeviceId, open: &[QueuedCommand])
                 .or_insert_with(|| Watched {
                     device: command.device.clone(),
                     expires_at: command.expires_at,
-                    device_type: None,
-                    timeout: TimeoutMs::DEFAULT,
                 });
         }
         watched
@@ -410,15 +401,19 @@ pub(crate) async fn run_timer(core: Weak<Core>) {
 
 async fn tick(core: &Arc<Core>) {
     match core.store.sweep().await {
-        Ok(report) if report != bridge_queue::SweepReport::default() => {
-            tracing::info!(
-                expired = report.expired,
-                recovered = report.recovered,
-                failed = report.failed,
-                "queue swept"
-            );
+        Ok(report) => {
+            if report != bridge_queue::SweepReport::default() {
+                tracing::info!(
+                    expired = report.expired,
+                    recovered = report.recovered,
+                    failed = report.failed,
+                    "queue swept"
+                );
+            }
+            for command in &report.expired_commands {
+                announce(core, command).await;
+            }
         }
-        Ok(_) => {}
         Err(error) => tracing::warn!(%error, "queue sweep failed"),
     }
     let now = Timestamp::now();
@@ -451,7 +446,7 @@ async fn tick(core: &Arc<Core>) {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use bridge_protocol::{CommandType, HexPayload};
+    use bridge_protocol::{CommandType, HexPayload, TimeoutMs};
 
     use super::*;
 
@@ -464,6 +459,8 @@ mod tests {
             payload: HexPayload::from_bytes(vec![n]),
             status,
             requires_confirmation: false,
+            device_type: None,
+            timeout: TimeoutMs::DEFAULT,
             attempts: 0,
             created_at: now,
             expires_at: now.saturating_add(Duration::from_hours(1)),

@@ -72,12 +72,19 @@
 //!   holder if the device is still online (section 2, "tried again through another holder");
 //!   one cut off by a timeout waits for the next delivery pass (section 4.2): the device
 //!   coming online, a holder reporting `connected: true`, or the retry tick.
-//! * **A queued command remembers its `deviceType` and `timeoutMs` in this process only**:
-//!   the store keeps neither. Delivered after a restart, it uses the registry's default type
-//!   and the default timeout (10 s).
-//! * **`expired` is announced** when a delivery pass or a retry tick finds that a command
-//!   this process queued (or saw in a listing) has expired. A command that expired while no
-//!   server was running is not announced; `GET /v1/commands/{id}` shows it `expired`.
+//! * **A queued command keeps its `deviceType` and `timeoutMs` in the store**, so it is
+//!   delivered with them after a restart too. Queued without a `deviceType`, it is delivered
+//!   as the registry's default type *at delivery time*; an update in place (same
+//!   `commandType`) replaces both with the new request's.
+//! * **`expired` is announced** to the device's subscribers when the store notices the expiry:
+//!   a delivery pass asks the store first ([`Store::expire`](bridge_queue::Store::expire)) for
+//!   the commands it just ended (so a command that expired while no server ran is announced
+//!   when its device next comes online), and every retry tick announces the commands its
+//!   sweep ended (at most [`SweepReport::MAX_EXPIRED_COMMANDS`](bridge_queue::SweepReport)
+//!   per tick). A command this process watched (queued, or saw in a listing) is also
+//!   announced when another call ended it. One whose expiry is first noticed by a read of a
+//!   server that never watched it (`GET /v1/commands/{id}`, `GET /v1/devices/{id}`) is not
+//!   announced; that read shows it `expired`.
 //! * **A command that used its last attempt** is announced as `failed` without an `error`
 //!   (the store records no device error for it), and its `result` is `null`.
 //! * **An attempt is counted when the command is leased**, just before it is sent; a device

@@ -1,28 +1,11 @@
 //! The session manager's [`Transport`] over the hub.
 
-use std::cell::Cell;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bridge_hub::{Frame, Hub};
-use bridge_protocol::{BleWrite, ConnectionId, RequestId, ServerToBridge};
+use bridge_protocol::{BleWrite, ConnectionId, ServerToBridge};
 use bridge_session::{Transport, TransportError};
-
-tokio::task_local! {
-    /// The `requestId` of the last `ble_write` sent from the current task, for the
-    /// `requestId` of a `succeeded` answer (the session manager returns only the payload).
-    static LAST_REQUEST_ID: Cell<Option<RequestId>>;
-}
-
-/// Runs `future` and returns its output with the `requestId` of the last `ble_write` it sent.
-pub(crate) async fn capture_request_id<F: Future>(future: F) -> (F::Output, Option<RequestId>) {
-    LAST_REQUEST_ID
-        .scope(Cell::new(None), async move {
-            let output = future.await;
-            (output, LAST_REQUEST_ID.with(Cell::get))
-        })
-        .await
-}
 
 /// Sends `ble_write` frames through the device's best holder.
 pub(crate) struct HubTransport {
@@ -46,8 +29,6 @@ impl Transport for HubTransport {
             .send_to_device(&device_id, &frame)
             .await
             .map_err(|_| TransportError::Offline)?;
-        // Outside a capture scope there is nobody to tell.
-        let _ = LAST_REQUEST_ID.try_with(|cell| cell.set(Some(request_id)));
         tracing::debug!(%request_id, device = %device_id, %connection, "ble_write sent");
         Ok(connection)
     }

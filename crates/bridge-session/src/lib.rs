@@ -124,7 +124,7 @@
 //!     let lock = DeviceId::new("lock-1")?;
 //!     let payload = HexPayload::from_bytes(vec![0xaa, 0xbb]);
 //!     let reply = manager.send_command(lock, None, payload, Duration::from_secs(5)).await?;
-//!     assert_eq!(reply.as_bytes(), &[0xbb, 0xaa]);
+//!     assert_eq!(reply.payload.as_bytes(), &[0xbb, 0xaa]);
 //!
 //!     let gone = DeviceId::new("lock-2")?;
 //!     let err = manager
@@ -153,6 +153,6 @@ mod transport;
 pub use config::SessionConfig;
 pub use correlator::{CommandResult, Correlator, Finished, MarkSent, Removed, ResponseAccepted};
 pub use error::{CommandError, RejectReason, ResponseRejected, TransportError};
-pub use manager::SessionManager;
+pub use manager::{CommandReply, SessionManager};
 pub use stats::SessionStats;
 pub use transport::Transport;

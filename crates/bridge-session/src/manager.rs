@@ -19,6 +19,19 @@ use crate::error::{CommandError, RejectReason, ResponseRejected, TransportError}
 use crate::stats::SessionStats;
 use crate::{SessionConfig, Transport, ids};
 
+/// A device's successful answer to [`SessionManager::send_command`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CommandReply {
+    /// The `requestId` of the `ble_write` the device answered (for the `succeeded` answer of
+    /// PROTOCOL.md 4.1 and for logs).
+    pub request_id: RequestId,
+    /// The bytes the device replied with.
+    pub payload: HexPayload,
+    /// From the call to the answer, any wait for a device slot included.
+    pub latency: Duration,
+}
+
 /// What a pending command keeps to reach its caller: a channel, attached only once the
 /// command waits for an answer (an answer that comes while the transport is still sending
 /// is handed over directly, with no channel at all).
@@ -187,6 +200,8 @@ impl<T: Transport + ?Sized> SessionManager<T> {
     }
 
     /// Sends `payload` to `device_id` and waits for the device's reply, at most `timeout`.
+    /// The reply carries the `requestId` the `ble_write` went out with and how long the
+    /// command took.
     ///
     /// `device_type` picks the BLE UUIDs from the registry (`None`: the registry's default
     /// type). The wait includes any wait for a device slot (see
@@ -200,7 +215,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         device_type: Option<&str>,
         payload: HexPayload,
         timeout: Duration,
-    ) -> Result<HexPayload, CommandError> {
+    ) -> Result<CommandReply, CommandError> {
         let inner = &*self.inner;
         let (device_type, uuids) = inner.registry.resolve(device_type).map_err(|_| {
             CommandError::UnknownDeviceType(device_type.unwrap_or_default().to_owned())
@@ -234,6 +249,11 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             armed: true,
         };
         inner.timer.arm(deadline);
+        let reply = |payload| CommandReply {
+            request_id,
+            payload,
+            latency: start.elapsed(),
+        };
 
         let write = BleWrite {
             request_id,
@@ -288,7 +308,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
                 // while routing; either way no one else knew the connection.
                 guard.armed = false;
                 inner.transport.command_finished(connection);
-                return result;
+                return result.map(reply);
             }
         };
 
@@ -297,7 +317,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         // Every path that ends a waiting command hands its result to the channel, so the
         // sender is never dropped unused while we wait; should that change, the caller
         // learns the manager is going away.
-        result.unwrap_or(Err(CommandError::Shutdown))
+        result.unwrap_or(Err(CommandError::Shutdown)).map(reply)
     }
 
     /// Offers a `ble_response` that arrived on `connection`.
@@ -726,7 +746,10 @@ mod tests {
                     Duration::from_secs(1),
                 )
                 .await;
-            assert_eq!(reply, Ok(HexPayload::from_bytes(vec![1])));
+            assert_eq!(
+                reply.map(|r| r.payload),
+                Ok(HexPayload::from_bytes(vec![1]))
+            );
         }
         assert_eq!(manager.tracked_devices(), 0);
         assert_eq!(manager.pending(), 0);

@@ -16,7 +16,8 @@ use bridge_protocol::{
     DeviceId, DeviceType, ErrorCode, HexPayload, RequestId, TimeoutMs,
 };
 use bridge_session::{
-    CommandError, RejectReason, SessionConfig, SessionManager, Transport, TransportError,
+    CommandError, CommandReply, RejectReason, SessionConfig, SessionManager, Transport,
+    TransportError,
 };
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -41,6 +42,11 @@ fn device(name: &str) -> DeviceId {
 
 fn bytes(b: &[u8]) -> HexPayload {
     HexPayload::from_bytes(b.to_vec())
+}
+
+/// Just the payload of a reply, for comparing whole results.
+fn payload_of(result: Result<CommandReply, CommandError>) -> Result<HexPayload, CommandError> {
+    result.map(|reply| reply.payload)
 }
 
 fn answer(write: &BleWrite, reply: &[u8]) -> BleResponse {
@@ -160,8 +166,10 @@ async fn a_command_gets_the_reply_of_the_phone_that_holds_the_device() {
     let start = Instant::now();
     let reply = manager
         .send_command(device("lock-1"), None, bytes(&[1, 2, 3]), 5 * SECOND)
-        .await;
-    assert_eq!(reply, Ok(bytes(&[3, 2, 1])));
+        .await
+        .unwrap();
+    assert_eq!(reply.payload, bytes(&[3, 2, 1]));
+    assert_eq!(reply.latency, Duration::from_millis(30));
     assert_eq!(start.elapsed(), Duration::from_millis(30));
     assert_eq!(manager.pending(), 0);
     assert_eq!(
@@ -210,7 +218,12 @@ async fn the_ble_write_carries_the_registry_uuids_the_payload_and_the_timeout() 
     manager
         .handle_response(PHONE, answer(&write, &[1]))
         .unwrap();
-    assert_eq!(command.await.unwrap(), Ok(bytes(&[1])));
+    let reply = command.await.unwrap().unwrap();
+    assert_eq!(reply.payload, bytes(&[1]));
+    assert_eq!(
+        reply.request_id, write.request_id,
+        "the reply names the write it answers"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -246,7 +259,7 @@ async fn the_default_device_type_is_used_when_none_is_named_and_unknown_types_ar
     assert_eq!(write.device_type.as_str(), "smart-lock");
     assert_eq!(write.service_uuid, DeviceConfig::SMART_LOCK.service_uuid);
     manager.handle_response(PHONE, answer(&write, &[])).unwrap();
-    assert_eq!(command.await.unwrap(), Ok(bytes(&[])));
+    assert_eq!(payload_of(command.await.unwrap()), Ok(bytes(&[])));
 }
 
 #[tokio::test(start_paused = true)]
@@ -383,7 +396,7 @@ async fn a_lost_connection_fails_its_pending_commands_at_once() {
         Duration::from_millis(100),
         "nobody waits for a timeout"
     );
-    assert_eq!(c.await.unwrap(), Ok(bytes(&[1])));
+    assert_eq!(payload_of(c.await.unwrap()), Ok(bytes(&[1])));
     assert_eq!(manager.pending(), 0);
     assert_eq!((hub.in_flight(PHONE), hub.in_flight(OTHER_PHONE)), (0, 0));
     assert_eq!(manager.stats().bridge_lost, 2);
@@ -419,7 +432,7 @@ async fn a_released_device_fails_only_its_own_commands_on_that_connection() {
     manager
         .handle_response(PHONE, answer(&sent["b"], &[2]))
         .unwrap();
-    assert_eq!(b.await.unwrap(), Ok(bytes(&[2])));
+    assert_eq!(payload_of(b.await.unwrap()), Ok(bytes(&[2])));
     assert_eq!(finished.lock()[&PHONE], 2);
     assert_eq!(manager.pending(), 0);
 }
@@ -460,7 +473,7 @@ async fn spoofed_answers_are_refused_and_do_not_disturb_the_pending_command() {
     manager
         .handle_response(PHONE, answer(&write, &[1]))
         .unwrap();
-    assert_eq!(command.await.unwrap(), Ok(bytes(&[1])));
+    assert_eq!(payload_of(command.await.unwrap()), Ok(bytes(&[1])));
     let stats = manager.stats();
     assert_eq!(
         (
@@ -659,7 +672,7 @@ async fn with_a_per_device_limit_commands_wait_for_a_slot_within_their_timeout()
     manager
         .handle_response(PHONE, answer(&first_write, &[1]))
         .unwrap();
-    assert_eq!(first.await.unwrap(), Ok(bytes(&[1])));
+    assert_eq!(payload_of(first.await.unwrap()), Ok(bytes(&[1])));
     let second_write = writes.recv().await.unwrap();
     assert_eq!(second_write.payload, bytes(&[2]));
     // It waited 2 s for its slot: 8 s of its 10 s are left.
@@ -670,8 +683,8 @@ async fn with_a_per_device_limit_commands_wait_for_a_slot_within_their_timeout()
     manager
         .handle_response(PHONE, answer(&other_write, &[4]))
         .unwrap();
-    assert_eq!(second.await.unwrap(), Ok(bytes(&[2])));
-    assert_eq!(other.await.unwrap(), Ok(bytes(&[4])));
+    assert_eq!(payload_of(second.await.unwrap()), Ok(bytes(&[2])));
+    assert_eq!(payload_of(other.await.unwrap()), Ok(bytes(&[4])));
     assert!(
         writes.try_recv().is_err(),
         "the impatient command was never sent"
@@ -748,7 +761,7 @@ async fn many_concurrent_commands_on_two_workers_all_end_and_leave_nothing_behin
                 let reply = manager
                     .send_command(device(&name), None, bytes(&[i, 0]), 10 * SECOND)
                     .await;
-                assert_eq!(reply, Ok(bytes(&[0, i])));
+                assert_eq!(payload_of(reply), Ok(bytes(&[0, i])));
             }
         }));
     }
@@ -797,7 +810,7 @@ async fn the_pending_limit_is_exact_across_shards_and_threads() {
     manager.shutdown();
     let mut ended = HashMap::new();
     for command in commands {
-        *ended.entry(command.await.unwrap()).or_insert(0) += 1;
+        *ended.entry(payload_of(command.await.unwrap())).or_insert(0) += 1;
     }
     assert_eq!(ended[&Err(CommandError::TooManyPending)], 150);
     assert_eq!(ended[&Err(CommandError::Shutdown)], 50);
@@ -824,7 +837,7 @@ async fn an_unrepresentably_long_timeout_does_not_panic() {
     manager
         .handle_response(PHONE, answer(&write, &[7]))
         .unwrap();
-    assert_eq!(command.await.unwrap(), Ok(bytes(&[7])));
+    assert_eq!(payload_of(command.await.unwrap()), Ok(bytes(&[7])));
 }
 
 /// A bridge that answers before its send returns: from the connection it reports, or, when
@@ -868,7 +881,7 @@ async fn an_answer_that_arrives_before_the_send_returns_still_counts() {
     let reply = manager
         .send_command(device("lock-1"), None, bytes(&[1]), SECOND)
         .await;
-    assert_eq!(reply, Ok(bytes(&[5])));
+    assert_eq!(payload_of(reply), Ok(bytes(&[5])));
     assert_eq!(manager.pending(), 0);
     manager.shutdown();
 }
@@ -962,5 +975,5 @@ async fn a_manager_over_a_dyn_transport_is_shareable_and_its_futures_are_send() 
     manager
         .handle_response(PHONE, answer(&write, &[2]))
         .unwrap();
-    assert_eq!(command.await.unwrap(), Ok(bytes(&[2])));
+    assert_eq!(payload_of(command.await.unwrap()), Ok(bytes(&[2])));
 }

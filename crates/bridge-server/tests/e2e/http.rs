@@ -510,6 +510,13 @@ impl bridge_queue::Store for FlakyStore {
         self.check()?;
         self.inner.sweep().await
     }
+    async fn expire(
+        &self,
+        device: &bridge_protocol::DeviceId,
+    ) -> Result<Vec<bridge_queue::QueuedCommand>, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.expire(device).await
+    }
     async fn ping(&self) -> Result<(), bridge_queue::StoreError> {
         self.check()
     }

@@ -110,6 +110,106 @@ async fn queued_commands_survive_sigkill_and_are_all_delivered_after_restart() {
     server.kill().await;
 }
 
+/// A registry with the built-in `smart-lock` as default and a second type, `thermo`.
+const TWO_TYPES: &str = r#"
+default_type = "smart-lock"
+[types.smart-lock]
+service_uuid = "fff0"
+write_uuid = "fff1"
+listen_uuid = "fff2"
+[types.thermo]
+service_uuid = "181a"
+write_uuid = "2a6e"
+listen_uuid = "2a6f"
+"#;
+
+/// The `timeoutMs` of a `ble_write`, checked to be at most `own` and well above what the
+/// default (10 s) would give when `own` is larger, or at most `own` when it is smaller.
+fn assert_timeout_of(write: &serde_json::Value, own: u64) {
+    let sent = write["timeoutMs"].as_u64().expect("a timeoutMs");
+    assert!(
+        sent <= own && sent + 5_000 > own,
+        "timeoutMs {sent} is not the command's own {own}: {write}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_command_keeps_its_device_type_and_timeout_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = dir.path().join("types.toml");
+    std::fs::write(&registry, TWO_TYPES).unwrap();
+    let registry = registry.to_str().unwrap().to_owned();
+    let args = ["--device-types", registry.as_str()];
+    let server = Process::start(dir.path(), &args).await;
+    let mut ids = Vec::new();
+    for request in [
+        json!({"payload":"01","ifOffline":"queue","commandType":"read",
+               "deviceType":"thermo","timeoutMs":45000}),
+        json!({"payload":"02","ifOffline":"queue","commandType":"unlock","timeoutMs":3000}),
+    ] {
+        let (status, body) = server.client.command("dev-1", request).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["commandId"].as_str().unwrap().to_owned());
+    }
+    server.kill().await;
+
+    // Nothing of the first process is left but the queue file.
+    let server = Process::start(dir.path(), &args).await;
+    let mut bridge = Bridge::connect(&server.client, "phone", &["dev-1"]).await;
+    let write = assert_first_write(&mut bridge, "01").await;
+    assert_eq!(write["deviceType"], "thermo");
+    assert_eq!(write["serviceUuid"], "0000181a-0000-1000-8000-00805f9b34fb");
+    assert_eq!(write["writeUuid"], "00002a6e-0000-1000-8000-00805f9b34fb");
+    assert_eq!(write["listenUuid"], "00002a6f-0000-1000-8000-00805f9b34fb");
+    assert_timeout_of(&write, 45_000);
+    bridge.answer(&write, "81").await;
+    server
+        .client
+        .wait_command_status(&ids[0], "succeeded")
+        .await;
+    // Queued without a type: the registry's default, with its own timeout.
+    let write = assert_first_write(&mut bridge, "02").await;
+    assert_eq!(write["deviceType"], "smart-lock");
+    assert_eq!(write["serviceUuid"], "0000fff0-0000-1000-8000-00805f9b34fb");
+    assert_timeout_of(&write, 3_000);
+    bridge.answer(&write, "82").await;
+    server
+        .client
+        .wait_command_status(&ids[1], "succeeded")
+        .await;
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_expired_during_downtime_is_announced_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Process::start(dir.path(), &[]).await;
+    let (status, body) = server
+        .client
+        .command(
+            "lock-1",
+            json!({"payload":"01","ifOffline":"queue","commandType":"unlock","ttlSeconds":1}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["commandId"].as_str().unwrap().to_owned();
+    server.kill().await;
+    // The smallest TTL passes while no server runs (a separate process has no clock to move).
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
+
+    let server = Process::start(dir.path(), &[]).await;
+    let mut alice = user(&server.client, "alice").await;
+    subscribe(&mut alice, "lock-1").await;
+    let _bridge = Bridge::connect(&server.client, "phone", &["lock-1"]).await;
+    assert_eq!(
+        alice.recv_type("command_result").await,
+        json!({"type":"command_result","commandId":id,"deviceId":"lock-1","status":"expired"})
+    );
+    let (_, view) = server.client.get(&format!("/v1/commands/{id}")).await;
+    assert_eq!(view["status"], "expired");
+    server.kill().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_cut_off_by_sigkill_is_delivered_again_after_restart_before_the_rest() {
     let dir = tempfile::tempdir().unwrap();

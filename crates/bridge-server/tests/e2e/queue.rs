@@ -272,6 +272,70 @@ async fn an_expired_command_is_announced_when_the_device_comes_online_and_not_de
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_expired_while_no_server_ran_is_announced_when_the_device_comes_online() {
+    let clock = ManualClock::starting_now();
+    let store = Arc::new(MemoryStore::new(
+        StoreConfig::default().with_clock(Arc::new(clock.clone())),
+    ));
+    let first = TestServer::start_with(ServerConfig::default(), |b| b.store(store.clone())).await;
+    let (status, body) = first
+        .command(
+            "lock-1",
+            json!({"payload":"01","ifOffline":"queue","commandType":"unlock","ttlSeconds":10}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let id = body["commandId"].as_str().unwrap().to_owned();
+    first.stop().await;
+    // The TTL passes with no server running; the next one has never heard of the command.
+    clock.advance(Duration::from_secs(11));
+
+    let second = TestServer::start_with(ServerConfig::default(), |b| b.store(store)).await;
+    let mut alice = user(&second, "alice").await;
+    subscribe(&mut alice, "lock-1").await;
+    let mut bridge = Bridge::connect(&second, "phone", &["lock-1"]).await;
+    assert_eq!(
+        alice.recv_type("command_result").await,
+        json!({"type":"command_result","commandId":id,"deviceId":"lock-1","status":"expired"})
+    );
+    let (_, view) = second.get(&format!("/v1/commands/{id}")).await;
+    assert_eq!(view["status"], "expired");
+    assert_eq!(view["attempts"], 0);
+    direct_command_is_the_first_write(&second, &mut bridge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_tick_announces_a_command_that_expired_while_no_server_ran() {
+    let clock = ManualClock::starting_now();
+    let store = Arc::new(MemoryStore::new(
+        StoreConfig::default().with_clock(Arc::new(clock.clone())),
+    ));
+    let first = TestServer::start_with(ServerConfig::default(), |b| b.store(store.clone())).await;
+    let (_, body) = first
+        .command(
+            "lock-1",
+            json!({"payload":"01","ifOffline":"queue","commandType":"unlock","ttlSeconds":10}),
+        )
+        .await;
+    let id = body["commandId"].as_str().unwrap().to_owned();
+    first.stop().await;
+    clock.advance(Duration::from_secs(11));
+
+    // The device stays offline: the sweep of a retry tick finds the expiry and announces it.
+    let second = TestServer::start_with(ServerConfig::default(), |b| {
+        b.store(store)
+            .delivery(DeliveryConfig::default().retry_interval(Duration::from_secs(1)))
+    })
+    .await;
+    let mut alice = user(&second, "alice").await;
+    subscribe(&mut alice, "lock-1").await;
+    assert_eq!(
+        alice.recv_type("command_result").await,
+        json!({"type":"command_result","commandId":id,"deviceId":"lock-1","status":"expired"})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_cut_off_by_a_lost_bridge_is_delivered_again_at_least_once() {
     let server = TestServer::start().await;
     let mut alice = user(&server, "alice").await;
