@@ -342,7 +342,7 @@ fn build_server() -> Server {
 fn run_server_child(scenario: &Scenario) -> Result<(), BoxError> {
     let scenario = *scenario;
     raise_fd_limit(scenario)?;
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = server_runtime()?;
     runtime.block_on(async move {
         let server = build_server();
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
@@ -354,11 +354,16 @@ fn run_server_child(scenario: &Scenario) -> Result<(), BoxError> {
             }
         });
         // The GO line comes on stdin once the phones are connected; read it off the runtime.
-        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        // The line is `GO <pid of the load process>`.
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<Option<u32>>();
         std::thread::spawn(move || {
             let mut line = String::new();
             if std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
-                let _ = go_tx.send(());
+                let _ = go_tx.send(
+                    line.trim()
+                        .strip_prefix("GO ")
+                        .and_then(|pid| pid.parse().ok()),
+                );
                 let mut sink = String::new();
                 while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
                     sink.clear();
@@ -374,11 +379,11 @@ fn run_server_child(scenario: &Scenario) -> Result<(), BoxError> {
         });
         println!("PORT {port}");
         std::io::stdout().flush()?;
-        if go_rx.await.is_err() {
+        let Ok(load_pid) = go_rx.await else {
             return Ok(());
-        }
+        };
         if scenario.driver == Driver::InProcess {
-            let mut measured = in_process(&server, scenario).await?;
+            let mut measured = in_process(&server, scenario, load_pid).await?;
             println!("{}", measured.result_line());
             std::io::stdout().flush()?;
         }
@@ -386,6 +391,18 @@ fn run_server_child(scenario: &Scenario) -> Result<(), BoxError> {
         std::future::pending::<()>().await;
         Ok::<(), BoxError>(())
     })
+}
+
+/// Tokio's default runtime, as in the `bridge-server` binary (pinned to one core: one
+/// worker); `E2E_SERVER_RUNTIME=current` for a current-thread runtime, for comparison.
+fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    if std::env::var("E2E_SERVER_RUNTIME").is_ok_and(|v| v == "current") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    }
 }
 
 /// Waits until every device is online with a live link.
@@ -404,7 +421,11 @@ async fn wait_online(server: &Server, devices: usize) -> Result<(), BoxError> {
 }
 
 /// The in-process driver: the router as a tower service, with a service token.
-async fn in_process(server: &Server, scenario: Scenario) -> Result<Measured, BoxError> {
+async fn in_process(
+    server: &Server,
+    scenario: Scenario,
+    load_pid: Option<u32>,
+) -> Result<Measured, BoxError> {
     let devices = scenario.bridges;
     wait_online(server, devices).await?;
     let router = server.router();
@@ -438,18 +459,21 @@ async fn in_process(server: &Server, scenario: Scenario) -> Result<Measured, Box
     };
     // CPU time is taken over the measured window only: the driver records from the end of
     // the warm-up, so take it there too.
-    let before = Arc::new(parking_lot::Mutex::new(Duration::ZERO));
+    let load_cpu = move || load_pid.map_or(Ok(Duration::ZERO), cpu_time);
+    let before = Arc::new(parking_lot::Mutex::new((Duration::ZERO, Duration::ZERO)));
     let before_probe = Arc::clone(&before);
     tokio::spawn(async move {
         tokio::time::sleep(WARM_UP).await;
-        if let Ok(cpu) = cpu_time(pid) {
-            *before_probe.lock() = cpu;
+        if let (Ok(server), Ok(load)) = (cpu_time(pid), load_cpu()) {
+            *before_probe.lock() = (server, load);
         }
     });
     let (tallies, elapsed) = drive(scenario, devices, one).await;
-    let after = cpu_time(pid)?;
+    let (server_after, load_after) = (cpu_time(pid)?, load_cpu()?);
     let mut measured = merge(tallies, elapsed);
-    measured.server_cpu = after.saturating_sub(*before.lock());
+    let (server_before, load_before) = *before.lock();
+    measured.server_cpu = server_after.saturating_sub(server_before);
+    measured.load_cpu = load_after.saturating_sub(load_before);
     Ok(measured)
 }
 
@@ -682,20 +706,14 @@ fn run_scenario(scenario: Scenario, pin: bool) -> Result<Row, BoxError> {
     load_args.extend(args);
     let mut load = ChildProc::spawn(pin.then_some("1"), &load_args)?;
     load.expect_line("READY")?;
+    // With the in-process driver, GO starts it (and names the load process, whose CPU time
+    // it reads); with the HTTP driver the server serves either way.
+    let stdin = server.stdin.as_mut().ok_or("no server stdin")?;
+    writeln!(stdin, "GO {}", load.child.id())?;
+    stdin.flush()?;
     let line = match scenario.driver {
-        Driver::InProcess => {
-            let stdin = server.stdin.as_mut().ok_or("no server stdin")?;
-            writeln!(stdin, "GO")?;
-            stdin.flush()?;
-            server.expect_line("RESULT")?
-        }
-        Driver::Http => {
-            // The server only needs GO to leave its wait; it serves HTTP either way.
-            let stdin = server.stdin.as_mut().ok_or("no server stdin")?;
-            writeln!(stdin, "GO")?;
-            stdin.flush()?;
-            load.expect_line("RESULT")?
-        }
+        Driver::InProcess => server.expect_line("RESULT")?,
+        Driver::Http => load.expect_line("RESULT")?,
     };
     let row = parse_result(scenario, &line);
     load.finish();
@@ -713,16 +731,12 @@ fn print_row(row: &Row) {
     } else {
         row.server_cpu_ns as f64 / 1e3 / row.commands as f64
     };
-    let load = if row.scenario.driver == Driver::Http {
-        format!(
-            "{:.0}%",
-            row.load_cpu_ns as f64 / row.elapsed_ns as f64 * 100.0
-        )
-    } else {
-        "-".to_owned()
-    };
+    let load = format!(
+        "{:.0}%",
+        row.load_cpu_ns as f64 / row.elapsed_ns as f64 * 100.0
+    );
     println!(
-        "| {:<6} | {:>5} | {:>3} | {:>9.0} | {:>8.1} | {:>8.1} | {:>6.2} | {:>4.0}% | {:>5} | {:>3} | {} |",
+        "| {:<6} | {:>5} | {:>3} | {:>9.0} | {:>8.1} | {:>8.1} | {:>6.2} | {:>9.0} | {:>4.0}% | {:>5} | {:>3} | {} |",
         row.scenario.driver.as_str(),
         row.scenario.bridges,
         row.scenario.in_flight,
@@ -730,6 +744,11 @@ fn print_row(row: &Row) {
         row.p50_ns as f64 / 1e3,
         row.p99_ns as f64 / 1e3,
         per_command_us,
+        if per_command_us > 0.0 {
+            1e6 / per_command_us
+        } else {
+            0.0
+        },
         server_cpu_s / secs * 100.0,
         load,
         row.failures,
@@ -772,9 +791,9 @@ fn orchestrate(args: &[String]) -> Result<(), BoxError> {
         println!("server pinned to CPU 0, phones and HTTP client to CPU 1 (taskset)");
     }
     println!(
-        "| driver | bridges | K | round trips/s | p50 µs | p99 µs | server CPU µs/cmd | server core busy | load core busy | failures | load average |"
+        "| driver | bridges | K | round trips/s | p50 µs | p99 µs | server CPU µs/cmd | per-core capacity/s | server core busy | load core busy | failures | load average |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &driver in &drivers {
         for &b in &bridges {
             for &k in &ks {
