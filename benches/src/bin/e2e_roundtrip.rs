@@ -31,14 +31,18 @@
 //! Each scenario warms up (1 s), then measures for a fixed duration (default 4 s): commands
 //! answered 200, their latency (a sorted `Vec` of nanoseconds: p50, p99), and the server
 //! process's CPU time (`utime + stime` from `/proc/<pid>/stat`, clock ticks of 10 ms) before
-//! and after, divided by the commands. The load process's CPU time is measured the same
-//! way, to show whether the phones' core was the limit. Everything is on loopback; each
+//! and after, divided by the commands ("server CPU µs/cmd"; its inverse is the "per-core
+//! capacity", the rate one fully busy server core would sustain). The load process's CPU
+//! time is measured the same way, to show whether the phones' core was the limit: a "load
+//! core busy" near 100 % means the figure is the load side's, not the server's. Everything is on loopback; each
 //! child exits when its stdin closes or its watchdog fires, and the orchestrator has a
 //! watchdog too.
 //!
 //! Run: `cargo build --release -p benches --bin e2e_roundtrip && target/release/e2e_roundtrip`
-//! (`--secs N` per scenario, `--only inproc|http`, `--bridges 1|1000`, `--k 1,16,256`,
-//! `--no-pin`).
+//! (`--secs N` per scenario, `--only inproc|http`, `--bridges 1,1000`, `--k 1,16,256`,
+//! `--no-pin`; `E2E_SERVER_RUNTIME=current` runs the server on a current-thread runtime
+//! instead of Tokio's default). It prints a Markdown table; see `BENCHMARKS.md`, "End to
+//! end (issue 6)". The machine is expected to have at least two cores (CPUs 0 and 1).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
