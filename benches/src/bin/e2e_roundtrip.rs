@@ -25,7 +25,8 @@
 //!   `POST /v1/devices/{id}/commands` — authentication, body decoding, the session manager,
 //!   the hub, the WebSocket to the phone, metrics, the JSON answer — without an HTTP socket.
 //!   The server's public surface only: nothing of the session API is called directly.
-//! * **http**: in the load process, `reqwest` with a keep-alive pool (K connections), POSTing
+//! * **http**: in the load process, a minimal HTTP/1.1 keep-alive client (K connections,
+//!   prebuilt requests; `E2E_HTTP_CLIENT=reqwest` for `reqwest` with a pool), POSTing
 //!   `{"payload":"03"}` (the lock's `status`) to `/v1/devices/{id}/commands`.
 //!
 //! Each scenario warms up (1 s), then measures for a fixed duration (default 4 s): commands
@@ -531,58 +532,173 @@ fn run_load_child(scenario: &Scenario, port: u16, server_pid: u32) -> Result<(),
     })
 }
 
-/// The HTTP driver: reqwest, one keep-alive connection per command in flight.
+/// The load process's HTTP client: by default a minimal HTTP/1.1 keep-alive client (one
+/// connection per command in flight, a prebuilt request, the answer read by its
+/// `Content-Length`), so that the load core spends little per command;
+/// `E2E_HTTP_CLIENT=reqwest` uses `reqwest` with a keep-alive pool instead.
+#[derive(Clone)]
+enum HttpClient {
+    Raw(Arc<RawHttp>),
+    Reqwest {
+        client: reqwest::Client,
+        authorization: Arc<str>,
+        urls: Arc<Vec<String>>,
+    },
+}
+
+impl HttpClient {
+    fn new(scenario: Scenario, port: u16) -> Result<Self, BoxError> {
+        let authorization = format!("Bearer {}", token("backend", Role::Service, None));
+        if std::env::var("E2E_HTTP_CLIENT").is_ok_and(|v| v == "reqwest") {
+            return Ok(Self::Reqwest {
+                client: reqwest::Client::builder()
+                    .pool_max_idle_per_host(scenario.in_flight)
+                    .tcp_nodelay(true)
+                    .build()?,
+                authorization: authorization.into(),
+                urls: Arc::new(
+                    (0..scenario.bridges)
+                        .map(|i| format!("http://127.0.0.1:{port}/v1/devices/lock-{i}/commands"))
+                        .collect(),
+                ),
+            });
+        }
+        let requests = (0..scenario.bridges)
+            .map(|i| {
+                format!(
+                    "POST /v1/devices/lock-{i}/commands HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\
+                     authorization: {authorization}\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\n\r\n{BODY}",
+                    BODY.len()
+                )
+                .into_bytes()
+            })
+            .collect();
+        Ok(Self::Raw(Arc::new(RawHttp {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            requests,
+            idle: parking_lot::Mutex::new(Vec::new()),
+        })))
+    }
+
+    /// Sends one command to device `i`; whether it was answered 200 (body read).
+    async fn post(&self, i: usize) -> bool {
+        match self {
+            Self::Raw(raw) => raw.post(i).await,
+            Self::Reqwest {
+                client,
+                authorization,
+                urls,
+            } => {
+                let Ok(response) = client
+                    .post(urls[i].as_str())
+                    .header(header::AUTHORIZATION, &**authorization)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(BODY)
+                    .send()
+                    .await
+                else {
+                    return false;
+                };
+                let ok = response.status() == StatusCode::OK;
+                ok && response.bytes().await.is_ok()
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client: idle keep-alive connections, prebuilt requests.
+struct RawHttp {
+    addr: SocketAddr,
+    requests: Vec<Vec<u8>>,
+    idle: parking_lot::Mutex<Vec<RawConnection>>,
+}
+
+impl RawHttp {
+    async fn post(&self, i: usize) -> bool {
+        let idle = self.idle.lock().pop();
+        let mut connection = match idle {
+            Some(connection) => connection,
+            None => match tokio::net::TcpStream::connect(self.addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    RawConnection {
+                        stream,
+                        buffer: Vec::with_capacity(1024),
+                    }
+                }
+                Err(_) => return false,
+            },
+        };
+        match connection.exchange(&self.requests[i]).await {
+            Ok(ok) => {
+                self.idle.lock().push(connection);
+                ok
+            }
+            // The connection is dropped; the next command opens another.
+            Err(_) => false,
+        }
+    }
+}
+
+/// One keep-alive connection of [`RawHttp`].
+struct RawConnection {
+    stream: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl RawConnection {
+    /// Writes `request`, reads the whole response; whether its status is 200.
+    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<bool> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        self.stream.write_all(request).await?;
+        self.buffer.clear();
+        loop {
+            if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buffer[..end])
+                    .map_err(|_| invalid("response head is not UTF-8"))?;
+                let ok = head.starts_with("HTTP/1.1 200");
+                let length: usize = head
+                    .split("\r\n")
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .ok_or_else(|| invalid("no content-length"))?;
+                let total = end + 4 + length;
+                while self.buffer.len() < total {
+                    if self.stream.read_buf(&mut self.buffer).await? == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                return Ok(ok);
+            }
+            if self.stream.read_buf(&mut self.buffer).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
+/// The HTTP driver, in the load process (see [`HttpClient`]).
 async fn http(scenario: Scenario, port: u16, server_pid: u32) -> Result<Measured, BoxError> {
     let devices = scenario.bridges;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(scenario.in_flight)
-        .tcp_nodelay(true)
-        .build()?;
-    let authorization: Arc<str> =
-        format!("Bearer {}", token("backend", Role::Service, None)).into();
-    let urls: Arc<Vec<String>> = Arc::new(
-        (0..devices)
-            .map(|i| format!("http://127.0.0.1:{port}/v1/devices/lock-{i}/commands"))
-            .collect(),
-    );
+    let client = HttpClient::new(scenario, port)?;
     // Wait until the server sees every device: a 200 from each.
     let deadline = Instant::now() + Duration::from_secs(30);
-    for url in urls.iter() {
-        loop {
-            let response = client
-                .post(url)
-                .header(header::AUTHORIZATION, &*authorization)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(BODY)
-                .send()
-                .await?;
-            if response.status() == StatusCode::OK {
-                break;
-            }
+    for i in 0..devices {
+        while !client.post(i).await {
             if Instant::now() > deadline {
-                return Err(format!("{url} never answered 200").into());
+                return Err(format!("lock-{i} never answered 200").into());
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
     let one = move |i: usize| {
         let client = client.clone();
-        let authorization = Arc::clone(&authorization);
-        let urls = Arc::clone(&urls);
-        async move {
-            let Ok(response) = client
-                .post(urls[i].as_str())
-                .header(header::AUTHORIZATION, &*authorization)
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(BODY)
-                .send()
-                .await
-            else {
-                return false;
-            };
-            let ok = response.status() == StatusCode::OK;
-            ok && response.bytes().await.is_ok()
-        }
+        async move { client.post(i).await }
     };
     let own_pid = std::process::id();
     let before = Arc::new(parking_lot::Mutex::new((Duration::ZERO, Duration::ZERO)));
