@@ -1,0 +1,957 @@
+//! Load test (issue 6, "End-to-end benchmarks"): the server's whole command path, from a
+//! driver through the session manager, the hub and a real loopback WebSocket to simulated
+//! phones and back; round trips per second, p50/p99 latency and server CPU time per command.
+//!
+//! # Method
+//!
+//! The binary is an orchestrator that re-executes itself as two child processes per
+//! scenario, each pinned with `taskset` (unless `--no-pin`):
+//!
+//! * **server** (`taskset -c 0 e2e_roundtrip --server ...`): a [`Server`] built with
+//!   [`Server::builder`] — hub, session manager, metrics, in-memory queue — with
+//!   **authentication on** (an HS256 secret), served with `axum::serve` on `127.0.0.1:0`.
+//!   Tokio's default runtime, as in the `bridge-server` binary; pinned to one core it has one
+//!   worker.
+//! * **load** (`taskset -c 1 e2e_roundtrip --load ...`): the simulated phones — one
+//!   [`BridgeClient`] per bridge (with a `bridge` JWT naming its devices) answering through
+//!   [`SimulatedLocks`] with zero latency, each device reported `connected: true` — and, for
+//!   the HTTP driver, the HTTP client.
+//!
+//! Two drivers, each keeping K commands in flight (K tasks, each sending its next command
+//! as soon as the previous one is answered; commands go round-robin over the devices):
+//!
+//! * **in-process**: in the server process, through [`Server::router`] called as a tower
+//!   service (`oneshot`) with a `service` token: the same handler as
+//!   `POST /v1/devices/{id}/commands` — authentication, body decoding, the session manager,
+//!   the hub, the WebSocket to the phone, metrics, the JSON answer — without an HTTP socket.
+//!   The server's public surface only: nothing of the session API is called directly.
+//! * **http**: in the load process, a minimal HTTP/1.1 keep-alive client (K connections,
+//!   prebuilt requests; `E2E_HTTP_CLIENT=reqwest` for `reqwest` with a pool), POSTing
+//!   `{"payload":"03"}` (the lock's `status`) to `/v1/devices/{id}/commands`.
+//!
+//! Each scenario warms up (1 s), then measures for a fixed duration (default 4 s): commands
+//! answered 200, their latency (a sorted `Vec` of nanoseconds: p50, p99), and the server
+//! process's CPU time (`utime + stime` from `/proc/<pid>/stat`, clock ticks of 10 ms) before
+//! and after, divided by the commands ("server CPU µs/cmd"; its inverse is the "per-core
+//! capacity", the rate one fully busy server core would sustain). The load process's CPU
+//! time is measured the same way, to show whether the phones' core was the limit: a "load
+//! core busy" near 100 % means the figure is the load side's, not the server's. Everything is on loopback; each
+//! child exits when its stdin closes or its watchdog fires, and the orchestrator has a
+//! watchdog too.
+//!
+//! Run: `cargo build --release -p benches --bin e2e_roundtrip && target/release/e2e_roundtrip`
+//! (`--secs N` per scenario, `--only inproc|http`, `--bridges 1,1000`, `--k 1,16,256`,
+//! `--no-pin`; `E2E_SERVER_RUNTIME=current` runs the server on a current-thread runtime
+//! instead of Tokio's default). It prints a Markdown table; see `BENCHMARKS.md`, "End to
+//! end (issue 6)". The machine is expected to have at least two cores (CPUs 0 and 1).
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use bridge_client::lock::{LockBehaviour, SimulatedLocks};
+use bridge_client::{BridgeClient, BridgeConfig, Credentials};
+use bridge_hub::HubConfig;
+use bridge_protocol::{DeviceId, Role};
+use bridge_server::auth::{Claims, unix_now};
+use bridge_server::{QueueUrl, Server, ServerConfig};
+use tower::ServiceExt;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The HS256 secret of the run (authentication is on).
+const SECRET: &str = "e2e-roundtrip-benchmark-secret";
+/// Warm-up before each measurement.
+const WARM_UP: Duration = Duration::from_secs(1);
+/// Every child process exits after this, whatever happens.
+const CHILD_WATCHDOG_EXTRA: Duration = Duration::from_mins(1);
+/// The body of every command: the smart lock's `status`.
+const BODY: &str = r#"{"payload":"03"}"#;
+/// Linux's `USER_HZ`: the unit of `utime` and `stime` in `/proc/<pid>/stat`.
+const CLOCK_TICKS_PER_SEC: u64 = 100;
+
+fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("--server") => run_server_child(&Scenario::from_args(&args[2..])?),
+        Some("--load") => {
+            let port: u16 = args.get(2).ok_or("missing port")?.parse()?;
+            let server_pid: u32 = args.get(3).ok_or("missing pid")?.parse()?;
+            run_load_child(&Scenario::from_args(&args[4..])?, port, server_pid)
+        }
+        _ => orchestrate(&args[1..]),
+    }
+}
+
+/// Which driver sends the commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    /// In the server process, through the router as a tower service.
+    InProcess,
+    /// Over HTTP from the load process.
+    Http,
+}
+
+impl Driver {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::InProcess => "inproc",
+            Self::Http => "http",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, BoxError> {
+        match s {
+            "inproc" => Ok(Self::InProcess),
+            "http" => Ok(Self::Http),
+            other => Err(format!("unknown driver `{other}`").into()),
+        }
+    }
+}
+
+/// One measured configuration.
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    driver: Driver,
+    bridges: usize,
+    in_flight: usize,
+    secs: u64,
+}
+
+impl Scenario {
+    fn to_args(self) -> Vec<String> {
+        vec![
+            self.driver.as_str().to_owned(),
+            self.bridges.to_string(),
+            self.in_flight.to_string(),
+            self.secs.to_string(),
+        ]
+    }
+
+    fn from_args(args: &[String]) -> Result<Self, BoxError> {
+        let get = |i: usize| args.get(i).ok_or("missing scenario argument");
+        Ok(Self {
+            driver: Driver::parse(get(0)?)?,
+            bridges: get(1)?.parse()?,
+            in_flight: get(2)?.parse()?,
+            secs: get(3)?.parse()?,
+        })
+    }
+
+    fn watchdog(self) -> Duration {
+        WARM_UP + Duration::from_secs(self.secs) + CHILD_WATCHDOG_EXTRA
+    }
+}
+
+/// Exits the process after `after` whatever it is doing, and as soon as stdin closes (the
+/// orchestrator is done with it, or has died).
+fn exit_on_stdin_close_or(after: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        eprintln!("e2e_roundtrip: child watchdog fired");
+        std::process::exit(3);
+    });
+    std::thread::spawn(|| {
+        let mut sink = String::new();
+        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+        std::process::exit(0);
+    });
+}
+
+/// Room for every bridge's socket on both ends, and the HTTP pool.
+fn raise_fd_limit(scenario: Scenario) -> Result<(), BoxError> {
+    let needed = u64::try_from(scenario.bridges + scenario.in_flight)? * 2 + 1024;
+    let limit = rlimit::increase_nofile_limit(needed)?;
+    if limit < needed {
+        return Err(format!("open-file limit is {limit}, {needed} needed").into());
+    }
+    Ok(())
+}
+
+fn device(i: usize) -> DeviceId {
+    DeviceId::new(&format!("lock-{i}")).expect("lock-N is a valid device id")
+}
+
+fn token(sub: &str, role: Role, devices: Option<Vec<String>>) -> String {
+    Claims {
+        sub: sub.to_owned(),
+        role,
+        devices,
+        exp: unix_now() + 3600,
+    }
+    .encode(SECRET.as_bytes())
+    .expect("HS256 signing of a benchmark token")
+}
+
+/// `utime + stime` of a process, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Result<Duration, BoxError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(") ").ok_or("bad /proc stat")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11).ok_or("no utime")?.parse()?;
+    let stime: u64 = fields.get(12).ok_or("no stime")?.parse()?;
+    Ok(Duration::from_millis(
+        (utime + stime) * 1000 / CLOCK_TICKS_PER_SEC,
+    ))
+}
+
+/// What one driver measured.
+#[derive(Debug, Default)]
+struct Measured {
+    commands: u64,
+    failures: u64,
+    elapsed: Duration,
+    latencies_ns: Vec<u64>,
+    server_cpu: Duration,
+    load_cpu: Duration,
+}
+
+impl Measured {
+    /// One line for the orchestrator: `RESULT commands failures elapsed_ns p50_ns p99_ns
+    /// server_cpu_ns load_cpu_ns`.
+    fn result_line(&mut self) -> String {
+        self.latencies_ns.sort_unstable();
+        let pct = |p: f64| -> u64 {
+            if self.latencies_ns.is_empty() {
+                return 0;
+            }
+            let last = self.latencies_ns.len() - 1;
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                clippy::cast_precision_loss
+            )]
+            let i = ((last as f64) * p).round() as usize;
+            self.latencies_ns[i.min(last)]
+        };
+        format!(
+            "RESULT {} {} {} {} {} {} {}",
+            self.commands,
+            self.failures,
+            self.elapsed.as_nanos(),
+            pct(0.50),
+            pct(0.99),
+            self.server_cpu.as_nanos(),
+            self.load_cpu.as_nanos()
+        )
+    }
+}
+
+/// Per-task tallies, merged after the run.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u64,
+    failed: u64,
+    latencies_ns: Vec<u64>,
+}
+
+/// Runs `in_flight` loops of `one` for warm-up plus `secs`, recording only the measured
+/// window. `one(i)` sends one command to device `i % devices` and says whether it succeeded.
+async fn drive<F, Fut>(scenario: Scenario, devices: usize, one: F) -> (Vec<Tally>, Duration)
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
+    let recording = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let next_device = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(scenario.in_flight);
+    for _ in 0..scenario.in_flight {
+        let (recording, stop, next_device, one) = (
+            Arc::clone(&recording),
+            Arc::clone(&stop),
+            Arc::clone(&next_device),
+            one.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally {
+                latencies_ns: Vec::with_capacity(1 << 16),
+                ..Tally::default()
+            };
+            while !stop.load(Ordering::Relaxed) {
+                #[allow(clippy::cast_possible_truncation)]
+                let target = next_device.fetch_add(1, Ordering::Relaxed) as usize % devices;
+                let start = Instant::now();
+                let ok = one(target).await;
+                let took = start.elapsed();
+                if recording.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                    if ok {
+                        tally.ok += 1;
+                        tally
+                            .latencies_ns
+                            .push(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+                    } else {
+                        tally.failed += 1;
+                    }
+                }
+            }
+            tally
+        }));
+    }
+    tokio::time::sleep(WARM_UP).await;
+    recording.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(scenario.secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    let mut tallies = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        tallies.push(task.await.expect("a driver task panicked"));
+    }
+    (tallies, elapsed)
+}
+
+fn merge(tallies: Vec<Tally>, elapsed: Duration) -> Measured {
+    let mut measured = Measured {
+        elapsed,
+        ..Measured::default()
+    };
+    for tally in tallies {
+        measured.commands += tally.ok;
+        measured.failures += tally.failed;
+        measured.latencies_ns.extend(tally.latencies_ns);
+    }
+    measured
+}
+
+// ---------------------------------------------------------------------------------------
+// The server process.
+
+/// The server's configuration: auth on, in-memory queue, rate limits out of the way (the
+/// bench is about throughput, not the per-connection flood guard), a deeper outbound queue so
+/// that 256 writes in flight to one bridge do not count as a slow consumer.
+fn build_server() -> Server {
+    let mut config = ServerConfig::default();
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.queue = QueueUrl::Memory;
+    config.jwt_secret = Some(SECRET.to_owned());
+    config.rate_per_second = 100_000_000;
+    config.rate_burst = 100_000_000;
+    let mut hub = HubConfig::default();
+    hub.max_frame_bytes = config.max_frame_bytes;
+    hub.rate_limit.per_second = f64::from(config.rate_per_second);
+    hub.rate_limit.burst = config.rate_burst;
+    hub.max_subscriptions = config.max_subscriptions;
+    hub.outbound_queue_frames = 1024;
+    Server::builder(config).hub_config(hub).build()
+}
+
+fn run_server_child(scenario: &Scenario) -> Result<(), BoxError> {
+    let scenario = *scenario;
+    raise_fd_limit(scenario)?;
+    let runtime = server_runtime()?;
+    runtime.block_on(async move {
+        let server = build_server();
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let port = listener.local_addr()?.port();
+        let app = server.router();
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, app).await {
+                eprintln!("e2e_roundtrip: server: {error}");
+            }
+        });
+        // The GO line comes on stdin once the phones are connected; read it off the runtime.
+        // The line is `GO <pid of the load process>`.
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<Option<u32>>();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) {
+                let _ = go_tx.send(
+                    line.trim()
+                        .strip_prefix("GO ")
+                        .and_then(|pid| pid.parse().ok()),
+                );
+                let mut sink = String::new();
+                while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
+                    sink.clear();
+                }
+            }
+            std::process::exit(0);
+        });
+        let watchdog = scenario.watchdog();
+        std::thread::spawn(move || {
+            std::thread::sleep(watchdog);
+            eprintln!("e2e_roundtrip: server watchdog fired");
+            std::process::exit(3);
+        });
+        println!("PORT {port}");
+        std::io::stdout().flush()?;
+        let Ok(load_pid) = go_rx.await else {
+            return Ok(());
+        };
+        if scenario.driver == Driver::InProcess {
+            let mut measured = in_process(&server, scenario, load_pid).await?;
+            println!("{}", measured.result_line());
+            std::io::stdout().flush()?;
+        }
+        // Serve until the orchestrator closes stdin.
+        std::future::pending::<()>().await;
+        Ok::<(), BoxError>(())
+    })
+}
+
+/// Tokio's default runtime, as in the `bridge-server` binary (pinned to one core: one
+/// worker); `E2E_SERVER_RUNTIME=current` for a current-thread runtime, for comparison.
+fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    if std::env::var("E2E_SERVER_RUNTIME").is_ok_and(|v| v == "current") {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Runtime::new()
+    }
+}
+
+/// Waits until every device is online with a live link.
+async fn wait_online(server: &Server, devices: usize) -> Result<(), BoxError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..devices {
+        let id = device(i);
+        while !server.hub().device_presence(&id).await.online {
+            if Instant::now() > deadline {
+                return Err(format!("device {id} never came online").into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The in-process driver: the router as a tower service, with a service token.
+async fn in_process(
+    server: &Server,
+    scenario: Scenario,
+    load_pid: Option<u32>,
+) -> Result<Measured, BoxError> {
+    let devices = scenario.bridges;
+    wait_online(server, devices).await?;
+    let router = server.router();
+    let authorization: Arc<str> =
+        format!("Bearer {}", token("backend", Role::Service, None)).into();
+    let paths: Arc<Vec<String>> = Arc::new(
+        (0..devices)
+            .map(|i| format!("/v1/devices/lock-{i}/commands"))
+            .collect(),
+    );
+    let pid = std::process::id();
+    let one = move |i: usize| {
+        let router = router.clone();
+        let authorization = Arc::clone(&authorization);
+        let paths = Arc::clone(&paths);
+        async move {
+            let Ok(request) = Request::post(paths[i].as_str())
+                .header(header::AUTHORIZATION, &*authorization)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(BODY))
+            else {
+                return false;
+            };
+            let Ok(response) = router.oneshot(request).await;
+            let ok = response.status() == StatusCode::OK;
+            // Read the answer as a client would.
+            ok && axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .is_ok()
+        }
+    };
+    // CPU time is taken over the measured window only: the driver records from the end of
+    // the warm-up, so take it there too.
+    let load_cpu = move || load_pid.map_or(Ok(Duration::ZERO), cpu_time);
+    let before = Arc::new(parking_lot::Mutex::new((Duration::ZERO, Duration::ZERO)));
+    let before_probe = Arc::clone(&before);
+    tokio::spawn(async move {
+        tokio::time::sleep(WARM_UP).await;
+        if let (Ok(server), Ok(load)) = (cpu_time(pid), load_cpu()) {
+            *before_probe.lock() = (server, load);
+        }
+    });
+    let (tallies, elapsed) = drive(scenario, devices, one).await;
+    let (server_after, load_after) = (cpu_time(pid)?, load_cpu()?);
+    let mut measured = merge(tallies, elapsed);
+    let (server_before, load_before) = *before.lock();
+    measured.server_cpu = server_after.saturating_sub(server_before);
+    measured.load_cpu = load_after.saturating_sub(load_before);
+    Ok(measured)
+}
+
+// ---------------------------------------------------------------------------------------
+// The load process: phones, and the HTTP driver.
+
+fn run_load_child(scenario: &Scenario, port: u16, server_pid: u32) -> Result<(), BoxError> {
+    let scenario = *scenario;
+    raise_fd_limit(scenario)?;
+    exit_on_stdin_close_or(scenario.watchdog());
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let url = format!("ws://127.0.0.1:{port}/ws");
+        let mut phones = Vec::with_capacity(scenario.bridges);
+        for i in 0..scenario.bridges {
+            let id = device(i);
+            let credentials = Credentials::Token(token(
+                &format!("phone-{i}"),
+                Role::Bridge,
+                Some(vec![id.as_str().to_owned()]),
+            ));
+            let locks = Arc::new(SimulatedLocks::new(
+                [id.clone()],
+                LockBehaviour {
+                    latency: Duration::ZERO,
+                    failure_rate: 0.0,
+                },
+            ));
+            let client = BridgeClient::start(
+                BridgeConfig::new(url.clone(), credentials, vec![id.clone()]),
+                locks,
+            );
+            phones.push((client, id));
+        }
+        for (client, id) in &phones {
+            tokio::time::timeout(Duration::from_secs(30), client.wait_connected(1))
+                .await
+                .map_err(|_| "a phone did not connect within 30 s")??;
+            client.report_status(id.clone(), true, Some(-60))?;
+        }
+        println!("READY");
+        std::io::stdout().flush()?;
+        if scenario.driver == Driver::Http {
+            let mut measured = http(scenario, port, server_pid).await?;
+            println!("{}", measured.result_line());
+            std::io::stdout().flush()?;
+        }
+        std::future::pending::<()>().await;
+        drop(phones);
+        Ok::<(), BoxError>(())
+    })
+}
+
+/// The load process's HTTP client: by default a minimal HTTP/1.1 keep-alive client (one
+/// connection per command in flight, a prebuilt request, the answer read by its
+/// `Content-Length`), so that the load core spends little per command;
+/// `E2E_HTTP_CLIENT=reqwest` uses `reqwest` with a keep-alive pool instead.
+#[derive(Clone)]
+enum HttpClient {
+    Raw(Arc<RawHttp>),
+    Reqwest {
+        client: reqwest::Client,
+        authorization: Arc<str>,
+        urls: Arc<Vec<String>>,
+    },
+}
+
+impl HttpClient {
+    fn new(scenario: Scenario, port: u16) -> Result<Self, BoxError> {
+        let authorization = format!("Bearer {}", token("backend", Role::Service, None));
+        if std::env::var("E2E_HTTP_CLIENT").is_ok_and(|v| v == "reqwest") {
+            return Ok(Self::Reqwest {
+                client: reqwest::Client::builder()
+                    .pool_max_idle_per_host(scenario.in_flight)
+                    .tcp_nodelay(true)
+                    .build()?,
+                authorization: authorization.into(),
+                urls: Arc::new(
+                    (0..scenario.bridges)
+                        .map(|i| format!("http://127.0.0.1:{port}/v1/devices/lock-{i}/commands"))
+                        .collect(),
+                ),
+            });
+        }
+        let requests = (0..scenario.bridges)
+            .map(|i| {
+                format!(
+                    "POST /v1/devices/lock-{i}/commands HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n\
+                     authorization: {authorization}\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\n\r\n{BODY}",
+                    BODY.len()
+                )
+                .into_bytes()
+            })
+            .collect();
+        Ok(Self::Raw(Arc::new(RawHttp {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            requests,
+            idle: parking_lot::Mutex::new(Vec::new()),
+        })))
+    }
+
+    /// Sends one command to device `i`; whether it was answered 200 (body read).
+    async fn post(&self, i: usize) -> bool {
+        match self {
+            Self::Raw(raw) => raw.post(i).await,
+            Self::Reqwest {
+                client,
+                authorization,
+                urls,
+            } => {
+                let Ok(response) = client
+                    .post(urls[i].as_str())
+                    .header(header::AUTHORIZATION, &**authorization)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(BODY)
+                    .send()
+                    .await
+                else {
+                    return false;
+                };
+                let ok = response.status() == StatusCode::OK;
+                ok && response.bytes().await.is_ok()
+            }
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client: idle keep-alive connections, prebuilt requests.
+struct RawHttp {
+    addr: SocketAddr,
+    requests: Vec<Vec<u8>>,
+    idle: parking_lot::Mutex<Vec<RawConnection>>,
+}
+
+impl RawHttp {
+    async fn post(&self, i: usize) -> bool {
+        let idle = self.idle.lock().pop();
+        let mut connection = match idle {
+            Some(connection) => connection,
+            None => match tokio::net::TcpStream::connect(self.addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    RawConnection {
+                        stream,
+                        buffer: Vec::with_capacity(1024),
+                    }
+                }
+                Err(_) => return false,
+            },
+        };
+        match connection.exchange(&self.requests[i]).await {
+            Ok(ok) => {
+                self.idle.lock().push(connection);
+                ok
+            }
+            // The connection is dropped; the next command opens another.
+            Err(_) => false,
+        }
+    }
+}
+
+/// One keep-alive connection of [`RawHttp`].
+struct RawConnection {
+    stream: tokio::net::TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl RawConnection {
+    /// Writes `request`, reads the whole response; whether its status is 200.
+    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<bool> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        self.stream.write_all(request).await?;
+        self.buffer.clear();
+        loop {
+            if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.buffer[..end])
+                    .map_err(|_| invalid("response head is not UTF-8"))?;
+                let ok = head.starts_with("HTTP/1.1 200");
+                let length: usize = head
+                    .split("\r\n")
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse().ok())?
+                    })
+                    .ok_or_else(|| invalid("no content-length"))?;
+                let total = end + 4 + length;
+                while self.buffer.len() < total {
+                    if self.stream.read_buf(&mut self.buffer).await? == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+                return Ok(ok);
+            }
+            if self.stream.read_buf(&mut self.buffer).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
+/// The HTTP driver, in the load process (see [`HttpClient`]).
+async fn http(scenario: Scenario, port: u16, server_pid: u32) -> Result<Measured, BoxError> {
+    let devices = scenario.bridges;
+    let client = HttpClient::new(scenario, port)?;
+    // Wait until the server sees every device: a 200 from each.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for i in 0..devices {
+        while !client.post(i).await {
+            if Instant::now() > deadline {
+                return Err(format!("lock-{i} never answered 200").into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let one = move |i: usize| {
+        let client = client.clone();
+        async move { client.post(i).await }
+    };
+    let own_pid = std::process::id();
+    let before = Arc::new(parking_lot::Mutex::new((Duration::ZERO, Duration::ZERO)));
+    let before_probe = Arc::clone(&before);
+    tokio::spawn(async move {
+        tokio::time::sleep(WARM_UP).await;
+        if let (Ok(server), Ok(load)) = (cpu_time(server_pid), cpu_time(own_pid)) {
+            *before_probe.lock() = (server, load);
+        }
+    });
+    let (tallies, elapsed) = drive(scenario, devices, one).await;
+    let (server_after, load_after) = (cpu_time(server_pid)?, cpu_time(own_pid)?);
+    let mut measured = merge(tallies, elapsed);
+    let (server_before, load_before) = *before.lock();
+    measured.server_cpu = server_after.saturating_sub(server_before);
+    measured.load_cpu = load_after.saturating_sub(load_before);
+    Ok(measured)
+}
+
+// ---------------------------------------------------------------------------------------
+// The orchestrator.
+
+/// A child process and its pipes; dropping stdin tells it to exit.
+struct ChildProc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl ChildProc {
+    fn spawn(pin: Option<&str>, args: &[String]) -> Result<Self, BoxError> {
+        let exe = std::env::current_exe()?;
+        let mut command = match pin {
+            Some(core) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(core).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let mut child = command
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().ok_or("no child stdout")?);
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// The next line that starts with `prefix` (other lines are echoed).
+    fn expect_line(&mut self, prefix: &str) -> Result<String, BoxError> {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.stdout.read_line(&mut line)? == 0 {
+                return Err(format!("child exited before `{prefix}`").into());
+            }
+            if let Some(rest) = line.trim_end().strip_prefix(prefix) {
+                return Ok(rest.trim().to_owned());
+            }
+            eprint!("child: {line}");
+        }
+    }
+
+    fn finish(mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Only this child, by its handle.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Parsed `RESULT` line.
+struct Row {
+    scenario: Scenario,
+    commands: u64,
+    failures: u64,
+    elapsed_ns: u128,
+    p50_ns: u64,
+    p99_ns: u64,
+    server_cpu_ns: u128,
+    load_cpu_ns: u128,
+    load_average: String,
+}
+
+fn parse_result(scenario: Scenario, line: &str) -> Result<Row, BoxError> {
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let get = |i: usize| f.get(i).copied().ok_or("short RESULT line");
+    Ok(Row {
+        scenario,
+        commands: get(0)?.parse()?,
+        failures: get(1)?.parse()?,
+        elapsed_ns: get(2)?.parse()?,
+        p50_ns: get(3)?.parse()?,
+        p99_ns: get(4)?.parse()?,
+        server_cpu_ns: get(5)?.parse()?,
+        load_cpu_ns: get(6)?.parse()?,
+        load_average: std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default(),
+    })
+}
+
+fn run_scenario(scenario: Scenario, pin: bool) -> Result<Row, BoxError> {
+    let args = scenario.to_args();
+    let mut server_args = vec!["--server".to_owned()];
+    server_args.extend(args.iter().cloned());
+    let mut server = ChildProc::spawn(pin.then_some("0"), &server_args)?;
+    let port = server.expect_line("PORT")?;
+    let server_pid = server.child.id().to_string();
+    let mut load_args = vec!["--load".to_owned(), port, server_pid];
+    load_args.extend(args);
+    let mut load = ChildProc::spawn(pin.then_some("1"), &load_args)?;
+    load.expect_line("READY")?;
+    // With the in-process driver, GO starts it (and names the load process, whose CPU time
+    // it reads); with the HTTP driver the server serves either way.
+    let stdin = server.stdin.as_mut().ok_or("no server stdin")?;
+    writeln!(stdin, "GO {}", load.child.id())?;
+    stdin.flush()?;
+    let line = match scenario.driver {
+        Driver::InProcess => server.expect_line("RESULT")?,
+        Driver::Http => load.expect_line("RESULT")?,
+    };
+    let row = parse_result(scenario, &line);
+    load.finish();
+    server.finish();
+    row
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn print_row(row: &Row) {
+    let secs = row.elapsed_ns as f64 / 1e9;
+    let rate = row.commands as f64 / secs;
+    let server_cpu_s = row.server_cpu_ns as f64 / 1e9;
+    let per_command_us = if row.commands == 0 {
+        0.0
+    } else {
+        row.server_cpu_ns as f64 / 1e3 / row.commands as f64
+    };
+    let load = format!(
+        "{:.0}%",
+        row.load_cpu_ns as f64 / row.elapsed_ns as f64 * 100.0
+    );
+    println!(
+        "| {:<6} | {:>5} | {:>3} | {:>9.0} | {:>8.1} | {:>8.1} | {:>6.2} | {:>9.0} | {:>4.0}% | {:>5} | {:>3} | {} |",
+        row.scenario.driver.as_str(),
+        row.scenario.bridges,
+        row.scenario.in_flight,
+        rate,
+        row.p50_ns as f64 / 1e3,
+        row.p99_ns as f64 / 1e3,
+        per_command_us,
+        if per_command_us > 0.0 {
+            1e6 / per_command_us
+        } else {
+            0.0
+        },
+        server_cpu_s / secs * 100.0,
+        load,
+        row.failures,
+        row.load_average,
+    );
+}
+
+fn orchestrate(args: &[String]) -> Result<(), BoxError> {
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+    };
+    let secs: u64 = value("--secs").map_or(Ok(4), |s| s.parse())?;
+    let pin = !args.iter().any(|a| a == "--no-pin");
+    let drivers: Vec<Driver> = match value("--only") {
+        Some(d) => vec![Driver::parse(d)?],
+        None => vec![Driver::InProcess, Driver::Http],
+    };
+    let bridges: Vec<usize> = match value("--bridges") {
+        Some(b) => b.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        None => vec![1, 1000],
+    };
+    let ks: Vec<usize> = match value("--k") {
+        Some(k) => k.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        None => vec![1, 16, 256],
+    };
+    if bridges.iter().any(|&b| b > 20_000) {
+        return Err("at most 20,000 bridges".into());
+    }
+    let runs = drivers.len() * bridges.len() * ks.len();
+    // The orchestrator's own watchdog: every scenario plus generous setup time.
+    let total = Duration::from_secs(u64::try_from(runs)? * (secs + 1 + 60));
+    std::thread::spawn(move || {
+        std::thread::sleep(total);
+        eprintln!("e2e_roundtrip: watchdog fired after {total:?}");
+        std::process::exit(3);
+    });
+    if pin {
+        println!("server pinned to CPU 0, phones and HTTP client to CPU 1 (taskset)");
+    }
+    println!(
+        "| driver | bridges | K | round trips/s | p50 µs | p99 µs | server CPU µs/cmd | per-core capacity/s | server core busy | load core busy | failures | load average |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for &driver in &drivers {
+        for &b in &bridges {
+            for &k in &ks {
+                let scenario = Scenario {
+                    driver,
+                    bridges: b,
+                    in_flight: k,
+                    secs,
+                };
+                match run_scenario(scenario, pin) {
+                    Ok(row) => print_row(&row),
+                    Err(error) => println!("| {} | {b} | {k} | failed: {error} |", driver.as_str()),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_round_trip_through_arguments() {
+        let s = Scenario {
+            driver: Driver::Http,
+            bridges: 1000,
+            in_flight: 16,
+            secs: 3,
+        };
+        let back = Scenario::from_args(&s.to_args()).expect("parses");
+        assert_eq!(back.driver, Driver::Http);
+        assert_eq!((back.bridges, back.in_flight, back.secs), (1000, 16, 3));
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_is_readable() {
+        assert!(cpu_time(std::process::id()).is_ok());
+    }
+}
