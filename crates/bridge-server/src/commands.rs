@@ -150,11 +150,7 @@ async fn enqueue(
     if request.requires_confirmation {
         command = command.requiring_confirmation();
     }
-    let id = core
-        .store
-        .enqueue(command)
-        .await
-        .map_err(|e| ApiError::from_store(&e))?;
+    let id = core.store.enqueue(command).await?;
     let expires_at = core
         .store
         .get(&id)

@@ -61,6 +61,13 @@ impl ApiError {
     }
 }
 
+/// Lets handlers answer a store refusal with `?`.
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        Self::from_store(&error)
+    }
+}
+
 impl From<&ProtocolError> for ApiError {
     fn from(error: &ProtocolError) -> Self {
         Self::new(error.code, error.message.to_string())

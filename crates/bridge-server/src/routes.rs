@@ -105,11 +105,7 @@ async fn list_commands(
     Path(device): Path<String>,
 ) -> Result<Response, ApiError> {
     let device = device_id(&device)?;
-    let open = core
-        .store
-        .list_open(&device)
-        .await
-        .map_err(|e| ApiError::from_store(&e))?;
+    let open = core.store.list_open(&device).await?;
     let list = CommandList {
         commands: open
             .iter()
@@ -125,11 +121,7 @@ async fn get_device(
 ) -> Result<Response, ApiError> {
     let device = device_id(&device)?;
     let presence = core.hub.device_presence(&device).await;
-    let pending = core
-        .store
-        .pending_count(&device)
-        .await
-        .map_err(|e| ApiError::from_store(&e))?;
+    let pending = core.store.pending_count(&device).await?;
     let view = DeviceView {
         device_id: device,
         online: presence.online,
@@ -182,11 +174,7 @@ async fn get_command(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = command_id(&id)?;
-    let command = core
-        .store
-        .get(&id)
-        .await
-        .map_err(|e| ApiError::from_store(&e))?;
+    let command = core.store.get(&id).await?;
     Ok(json_response(StatusCode::OK, &command.to_view()))
 }
 
@@ -195,11 +183,7 @@ async fn confirm_command(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = command_id(&id)?;
-    let command = core
-        .store
-        .confirm(&id)
-        .await
-        .map_err(|e| ApiError::from_store(&e))?;
+    let command = core.store.confirm(&id).await?;
     tracing::info!(command_id = %id, "confirmed");
     if command.status == CommandStatus::Pending
         && core.hub.device_presence(&command.device).await.online
@@ -214,11 +198,7 @@ async fn cancel_command(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = command_id(&id)?;
-    let command = core
-        .store
-        .cancel(&id)
-        .await
-        .map_err(|e| ApiError::from_store(&e))?;
+    let command = core.store.cancel(&id).await?;
     tracing::info!(command_id = %id, "cancelled");
     delivery::announce(&core, &command).await;
     Ok(json_response(StatusCode::OK, &command.to_view()))
