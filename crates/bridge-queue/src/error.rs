@@ -33,6 +33,14 @@ pub enum StoreError {
         /// The state it is in.
         status: CommandStatus,
     },
+    /// The caller's lease is no longer the command's live lease: it lapsed and was recovered
+    /// (or reclaimed, or handed to another node). Nothing was changed. Do not retry: the
+    /// command is, or was, delivered again by whoever holds it now.
+    #[error("the lease on command {id} was lost: it lapsed and the command was handed out again")]
+    StaleLease {
+        /// The command.
+        id: CommandId,
+    },
     /// No command has this id.
     #[error("no command with id {id}")]
     NotFound {
@@ -103,10 +111,15 @@ pub enum InvalidInput {
         /// The limit.
         max: usize,
     },
-    /// `lease` asked for zero commands.
-    #[error("lease must ask for at least one command")]
-    ZeroLeaseSize,
-    /// `lease` asked for a lease of zero length.
+    /// A node id that is empty, too long or has control characters.
+    #[error("a node id has 1 to {max} characters and no control characters (got {len})")]
+    NodeId {
+        /// Its length in characters.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// `lease_next` asked for a lease of zero length.
     #[error("lease duration must be at least one millisecond")]
     ZeroLeaseDuration,
     /// A value (an id, a TTL) that does not pass the protocol's validation.

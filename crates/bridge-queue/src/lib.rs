@@ -25,7 +25,7 @@
 //!
 //! use bridge_protocol::http::{CommandOutcome, CommandStatus};
 //! use bridge_protocol::{CommandType, DeviceId, HexPayload, TtlSeconds};
-//! use bridge_queue::{MemoryStore, Store, StoreConfig, StoreError};
+//! use bridge_queue::{MemoryStore, NodeId, Store, StoreConfig, StoreError};
 //!
 //! let store = MemoryStore::new(StoreConfig::default());
 //! let lock = DeviceId::new("lock-1")?;
@@ -40,13 +40,17 @@
 //!     .await?;
 //! assert_eq!(id, same);
 //!
-//! // The device is back: lease, send, record the answer.
-//! let leased = store.lease(&lock, 10, Duration::from_secs(30)).await?;
-//! assert_eq!(leased[0].payload, HexPayload::from_bytes(vec![2]));
+//! // The device is back: lease its next command, send it, record the answer.
+//! let node = NodeId::new("node-a")?;
+//! let leased = store.lease_next(&lock, &node, Duration::from_secs(30)).await?.expect("one is due");
+//! assert_eq!(leased.command.payload, HexPayload::from_bytes(vec![2]));
+//! // One delivery per device at a time: nothing else is handed out while the lease lives.
+//! assert!(store.lease_next(&lock, &node, Duration::from_secs(30)).await?.is_none());
 //! let done = store
-//!     .complete(&id, CommandOutcome::Payload(HexPayload::from_bytes(vec![0x01])))
+//!     .complete(&leased.lease, CommandOutcome::Payload(HexPayload::from_bytes(vec![0x01])))
 //!     .await?;
 //! assert_eq!(done.status, CommandStatus::Succeeded);
+//! assert_eq!(done.attempts, 1);
 //!
 //! // Too late to cancel.
 //! assert!(matches!(store.cancel(&id).await, Err(StoreError::Conflict { .. })));
@@ -77,7 +81,10 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BoxError, InvalidInput, StoreError};
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
-pub use model::{NewCommand, QueuedCommand, StoreConfig, SweepReport};
+pub use model::{
+    Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
+    SweepReport,
+};
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "rabbitmq")]

@@ -67,7 +67,7 @@ impl StoreConfig {
     }
 }
 
-/// Checks the arguments of `lease`.
+/// Checks the lease duration of `lease_next`.
 #[cfg_attr(
     not(any(
         feature = "memory",
@@ -77,10 +77,7 @@ impl StoreConfig {
     )),
     allow(dead_code)
 )]
-pub(crate) fn check_lease(max: usize, lease_for: Duration) -> Result<(), StoreError> {
-    if max == 0 {
-        return Err(InvalidInput::ZeroLeaseSize.into());
-    }
+pub(crate) fn check_lease(lease_for: Duration) -> Result<(), StoreError> {
     if lease_for.as_millis() == 0 {
         return Err(InvalidInput::ZeroLeaseDuration.into());
     }
@@ -186,6 +183,8 @@ pub struct QueuedCommand {
     /// While `delivering`: when the lease runs out and the command becomes deliverable
     /// again. `None` otherwise, and for commands handed out by `drain_pending`.
     pub lease_deadline: Option<Timestamp>,
+    /// While `delivering`: the node that holds the lease. `None` otherwise.
+    pub lease_owner: Option<NodeId>,
     /// The device's reply or error, once completed.
     pub outcome: Option<CommandOutcome>,
 }
@@ -215,6 +214,136 @@ impl From<&QueuedCommand> for CommandView {
 impl From<QueuedCommand> for CommandView {
     fn from(command: QueuedCommand) -> Self {
         command.to_view()
+    }
+}
+
+/// The name of a delivering process (a *node*): who holds a lease.
+///
+/// PROTOCOL.md section 5's `--node-id`: unique among the processes sharing a store and the
+/// same across a process's restarts, so that a restarted node can
+/// [`reclaim`](crate::Store::reclaim) its former leases. 1 to 128 characters, no control
+/// characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(Arc<str>);
+
+impl NodeId {
+    /// Most characters a node id may have.
+    pub const MAX_CHARS: usize = 128;
+
+    /// Validates a node id.
+    pub fn new(id: &str) -> Result<Self, InvalidInput> {
+        let chars = id.chars().count();
+        if chars == 0 || chars > Self::MAX_CHARS || id.chars().any(char::is_control) {
+            return Err(InvalidInput::NodeId {
+                len: chars,
+                max: Self::MAX_CHARS,
+            });
+        }
+        Ok(Self(Arc::from(id)))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for NodeId {
+    type Err = InvalidInput;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+/// The fencing token of a lease: it changes every time a command is leased, so that a
+/// holder whose lease was recovered or handed to another node is told so
+/// ([`StoreError::StaleLease`]) instead of overwriting the live holder's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseToken(u64);
+
+impl LeaseToken {
+    /// A token from its stored value.
+    pub const fn from_u64(value: u64) -> Self {
+        Self(value)
+    }
+
+    /// The stored value.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+/// The right to end one delivery: what [`Store::complete`](crate::Store::complete) and
+/// [`Store::release`](crate::Store::release) take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The command leased.
+    pub id: CommandId,
+    /// Its fencing token.
+    pub token: LeaseToken,
+    /// The node that holds it.
+    pub owner: NodeId,
+}
+
+/// A command handed out for delivery, with its lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leased {
+    /// The command as it is now (`delivering`, with its lease deadline and owner).
+    pub command: QueuedCommand,
+    /// The lease to end it with.
+    pub lease: Lease,
+}
+
+/// How a delivery that got no answer ended: what [`Store::release`](crate::Store::release)
+/// counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Cut {
+    /// The `ble_write` never left for a bridge (the device went offline first): no attempt
+    /// is counted.
+    NotSent,
+    /// The `ble_write` left, and the delivery was cut off (bridge lost, timeout, shutdown):
+    /// one attempt is counted.
+    Sent,
+}
+
+/// Commands that are not final, per status, across every device
+/// ([`Store::open_counts`](crate::Store::open_counts)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct OpenCounts {
+    /// `awaiting_confirmation`.
+    pub awaiting_confirmation: u64,
+    /// `pending`.
+    pub pending: u64,
+    /// `delivering`.
+    pub delivering: u64,
+}
+
+impl OpenCounts {
+    /// The count of a status (0 for the final ones).
+    pub fn of(&self, status: CommandStatus) -> u64 {
+        match status {
+            CommandStatus::AwaitingConfirmation => self.awaiting_confirmation,
+            CommandStatus::Pending => self.pending,
+            CommandStatus::Delivering => self.delivering,
+            CommandStatus::Succeeded
+            | CommandStatus::Failed
+            | CommandStatus::Expired
+            | CommandStatus::Cancelled => 0,
+        }
+    }
+
+    /// All of them.
+    pub fn total(&self) -> u64 {
+        self.awaiting_confirmation + self.pending + self.delivering
     }
 }
 

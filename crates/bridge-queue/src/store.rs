@@ -7,45 +7,59 @@ use bridge_protocol::http::CommandOutcome;
 use bridge_protocol::{CommandId, CommandType, DeviceId, HexPayload, TtlSeconds};
 
 use crate::error::StoreError;
-use crate::model::{NewCommand, QueuedCommand, SweepReport};
+use crate::model::{Cut, Lease, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, SweepReport};
 
 /// The offline command queue of PROTOCOL.md 4.2.
 ///
 /// # Lifecycle
 ///
-/// `awaiting_confirmation` →(`confirm`)→ `pending` →(`lease`)→ `delivering`
-/// →(`complete`)→ `succeeded` | `failed`; `delivering` →(`release`, or a lapsed lease)→
-/// `pending` again, or `failed` once [`max_attempts`](crate::StoreConfig::max_attempts)
-/// deliveries were made; `pending` and `awaiting_confirmation` →(`cancel`)→ `cancelled`, and
+/// `awaiting_confirmation` →(`confirm`)→ `pending` →(`lease_next`)→ `delivering`
+/// →(`complete`)→ `succeeded` | `failed`; `delivering` →(`release`, a lapsed lease, or
+/// `reclaim` by its owner)→ `pending` again, or `failed` once
+/// [`max_attempts`](crate::StoreConfig::max_attempts) deliveries were made, or `expired`
+/// past its TTL; `pending` and `awaiting_confirmation` →(`cancel`)→ `cancelled`, and
 /// →(TTL passed)→ `expired`. A command whose TTL has passed is never handed out.
 ///
-/// # Delivery (at least once)
+/// # Delivery: one lease per device, across processes
 ///
-/// The server, when a device is online (or on its retry timer), calls
-/// [`lease`](Self::lease) for that device, sends the commands one at a time in the order
-/// given, and ends each lease with [`complete`](Self::complete) (the device answered, with
-/// its reply or its error) or [`release`](Self::release) (the delivery was cut off: bridge
-/// lost, timeout, shutdown). A lease neither completed nor released before its deadline —
-/// the server crashed — lapses, and the command is handed out again. Every lease counts one
-/// attempt. [`due_devices`](Self::due_devices) tells which devices have something to
-/// deliver; [`sweep`](Self::sweep) ends expired commands and recovers lapsed leases of every
-/// device (the device-scoped calls do this for their device on their own, silently);
+/// A delivering process (a *node*, named by a [`NodeId`]) asks for a device's next command
+/// with [`lease_next`](Self::lease_next). The store hands it out **only when no command of
+/// that device is under a live lease**, whoever holds it, in one atomic step (one
+/// transaction, one Lua script, one lock): two processes sharing the store can never both
+/// win, so a device never has two deliveries at once, and its commands go out in queue
+/// order. The holder sends the command, then ends the lease with
+/// [`complete`](Self::complete) (the device answered, with its reply or its error) or
+/// [`release`](Self::release) (the delivery was cut off, or never left).
+///
+/// Leases are **fenced**: each carries a [`LeaseToken`] that changes every time the command
+/// is leased, and `complete` and `release` act only for the live holder. A holder whose
+/// lease lapsed and was recovered (or handed to another node) is refused with
+/// [`StoreError::StaleLease`] and must not retry: the command is, or was, delivered again.
+/// A holder whose lease lapsed but was not yet recovered still ends it (its `complete`
+/// records the device's real answer).
+///
+/// A lease neither completed nor released before its deadline — the node crashed — lapses,
+/// and the command is handed out again (at least once). A node that restarts under the same
+/// id calls [`reclaim`](Self::reclaim) to take back its former leases at once instead of
+/// waiting for them to lapse.
+///
+/// `attempts` counts the times the command's `ble_write` left for a bridge: `complete`
+/// counts one, `release` counts one unless the delivery [never left](Cut::NotSent), and a
+/// lapsed or reclaimed lease counts one (whether it left is unknown, so it is assumed).
+/// Taking a lease counts nothing.
+///
+/// [`due_devices`](Self::due_devices) tells which devices have something to deliver;
+/// [`sweep`](Self::sweep) ends expired commands and recovers lapsed leases of every device
+/// (the device-scoped calls do this for their device on their own, silently);
 /// [`expire`](Self::expire) and `sweep` return the commands they ended as `expired`, so
 /// that the server can announce them.
-///
-/// `complete` and `release` are not fenced by lease: they act on whoever holds the command
-/// now. Pick `lease_for` well above the longest delivery (the `ble_write` timeout plus a
-/// margin), so that a live holder never outlives its lease; a holder that was paused past
-/// its [`lease_deadline`](crate::QueuedCommand::lease_deadline) should not `release` (the
-/// lapsed lease already made the command deliverable again), while its late `complete`
-/// still records the device's real answer.
 ///
 /// # Order
 ///
 /// A device's commands are handed out in the order they were queued; a command updated in
-/// place keeps its place, and a released command is handed out before the ones behind it.
-/// Stores never hand the same command to two leases at once; sending one at a time is the
-/// caller's part.
+/// place keeps its place, and a released or recovered command is handed out before the ones
+/// behind it. Commands awaiting confirmation are passed over (they do not hold the order),
+/// and so are commands handed out for good by [`drain_pending`](Self::drain_pending).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Queues a command, or updates in place the `pending` or `awaiting_confirmation`
@@ -92,35 +106,56 @@ pub trait Store: Send + Sync + 'static {
     /// once `delivering` or final, [`NotFound`](StoreError::NotFound) for an unknown id.
     async fn cancel(&self, id: &CommandId) -> Result<QueuedCommand, StoreError>;
 
-    /// Hands out up to `max` of the device's deliverable commands, oldest first, marked
-    /// `delivering` until `lease_for` from now, each with one more attempt. No command is
-    /// in two live leases.
-    async fn lease(
+    /// Leases the device's next deliverable command to `owner` for `lease_for`, atomically:
+    /// first recovers the device's lapsed leases (as every device-scoped call does), then,
+    /// **unless a command of the device is under a live lease** (held by anyone, `owner`
+    /// included), marks the oldest `pending` command `delivering` with a fresh
+    /// [`LeaseToken`], `owner` and the deadline `now + lease_for`, and returns it. `None`
+    /// when a live lease holds the device or nothing is deliverable. Does not count an
+    /// attempt. [`InvalidInput`](StoreError::InvalidInput) for a zero `lease_for`.
+    async fn lease_next(
         &self,
         device: &DeviceId,
-        max: usize,
+        owner: &NodeId,
         lease_for: Duration,
-    ) -> Result<Vec<QueuedCommand>, StoreError>;
+    ) -> Result<Option<Leased>, StoreError>;
 
-    /// Records the device's answer to a `delivering` command: `succeeded` with its reply, or
-    /// `failed` with its error. [`Conflict`](StoreError::Conflict) if it is not `delivering`.
+    /// Ends a delivery the device answered: `succeeded` with its reply, or `failed` with its
+    /// error; counts one attempt. [`StaleLease`](StoreError::StaleLease) unless `lease` is
+    /// the command's live lease (same token; a lapsed lease not yet recovered still counts as
+    /// live), [`NotFound`](StoreError::NotFound) for an unknown id.
     async fn complete(
         &self,
-        id: &CommandId,
+        lease: &Lease,
         outcome: CommandOutcome,
     ) -> Result<QueuedCommand, StoreError>;
 
-    /// Ends a cut-off delivery: the command goes back to `pending` (its place kept), or
-    /// `failed` once its attempts reached the maximum, or `expired` if its TTL passed.
-    /// [`Conflict`](StoreError::Conflict) if it is not `delivering`.
-    async fn release(&self, id: &CommandId) -> Result<QueuedCommand, StoreError>;
+    /// Ends a delivery that was cut off (bridge lost, timeout, shutdown) or never left
+    /// ([`Cut::NotSent`]: the device went offline first). The command goes back to `pending`
+    /// (its place kept), or `failed` once its attempts reached the maximum, or `expired` if
+    /// its TTL passed. Counts one attempt for [`Cut::Sent`], none for [`Cut::NotSent`].
+    /// [`StaleLease`](StoreError::StaleLease) and [`NotFound`](StoreError::NotFound) as for
+    /// [`complete`](Self::complete).
+    async fn release(&self, lease: &Lease, cut: Cut) -> Result<QueuedCommand, StoreError>;
+
+    /// Takes back every live or lapsed lease held by `owner` (a node restarted under the same
+    /// id; its former deliveries are over): each such command is ended as by a lapsed lease
+    /// (one attempt counted; back to `pending`, or `failed` after the last attempt, or
+    /// `expired` past its TTL), so that it can be delivered again at once. Returns the
+    /// commands it changed, in no particular order.
+    async fn reclaim(&self, owner: &NodeId) -> Result<Vec<QueuedCommand>, StoreError>;
 
     /// The original toolkit's call, kept for compatibility: hands out **all** the device's
-    /// deliverable commands, oldest first, **at most once**. They are marked `delivering`
-    /// with no lease deadline, so they are never handed out again, even if the caller
-    /// crashes before sending them; the caller may still record the answer with
-    /// [`complete`](Self::complete). New code uses [`lease`](Self::lease).
-    async fn drain_pending(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError>;
+    /// deliverable commands to `owner`, oldest first, **at most once**. They are marked
+    /// `delivering` with no lease deadline, so they are never handed out again, even if the
+    /// caller crashes before sending them (and [`reclaim`](Self::reclaim) leaves them
+    /// alone); the caller may still record the answer with [`complete`](Self::complete)
+    /// using the returned leases. New code uses [`lease_next`](Self::lease_next).
+    async fn drain_pending(
+        &self,
+        device: &DeviceId,
+        owner: &NodeId,
+    ) -> Result<Vec<Leased>, StoreError>;
 
     /// The command with this id, final or not. [`NotFound`](StoreError::NotFound) if unknown.
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError>;
@@ -150,6 +185,11 @@ pub trait Store: Send + Sync + 'static {
     /// it, so that its end can be announced (PROTOCOL.md 4.2: "at the latest when the device
     /// next comes online"); other device-scoped calls end it silently.
     async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError>;
+
+    /// How many commands that are not final the store holds, per status, across every
+    /// device (`bridge_queue_commands{status}`), without reading them one by one. A
+    /// `delivering` command counts as `delivering` even when its lease has lapsed.
+    async fn open_counts(&self) -> Result<OpenCounts, StoreError>;
 
     /// Checks that the backend answers (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
