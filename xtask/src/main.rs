@@ -134,8 +134,9 @@ fn ci(_args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-/// The layering of ARCHITECTURE.md: the protocol crate has no async runtime, and the
-/// middle-layer crates depend on the protocol crate only, never on each other.
+/// The layering of ARCHITECTURE.md: the protocol crate has no async runtime, the
+/// middle-layer crates depend on the protocol crate only, never on each other, and the
+/// command layer (`bridge-dispatch`) on session, queue and protocol only.
 fn check_dependency_rule(cargo: &str) -> Result<(), String> {
     const MIDDLE: &[&str] = &[
         "bridge-session",
@@ -185,8 +186,18 @@ fn check_dependency_rule(cargo: &str) -> Result<(), String> {
             }
         }
     }
+    // The command layer sits on session, queue and protocol: never on the hub (it reaches
+    // connections through its `Outlet`), the client or the server.
+    let dispatch = tree("bridge-dispatch")?;
+    for forbidden in ["bridge-hub", "bridge-client", "bridge-server"] {
+        if dispatch.iter().any(|c| c == forbidden) {
+            return Err(format!(
+                "bridge-dispatch depends on {forbidden}; it may depend on bridge-session, bridge-queue and bridge-protocol only"
+            ));
+        }
+    }
     println!(
-        "    bridge-protocol has no async runtime; {} depend on each other not at all",
+        "    bridge-protocol has no async runtime; {} depend on each other not at all; bridge-dispatch reaches no hub, client or server",
         MIDDLE.join(", ")
     );
     Ok(())

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use bridge_queue::NodeId;
 use clap::{Parser, ValueEnum};
 use serde::Deserialize;
 
@@ -83,6 +84,11 @@ pub struct Cli {
     /// deliverable commands get them, and expired commands are noticed [default: 30].
     #[arg(long, env = "BRIDGE_RETRY_INTERVAL_SECS", value_name = "SECONDS")]
     pub retry_interval_secs: Option<u64>,
+    /// This server's name among the processes sharing its queue (PROTOCOL.md 5): unique
+    /// among them and the same across restarts, so that a restarted server takes back its
+    /// deliveries at once [default: derived from the host name and the listen address].
+    #[arg(long, env = "BRIDGE_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
 }
 
 /// The TOML file: the same settings as the command line, all optional.
@@ -103,6 +109,7 @@ struct FileConfig {
     max_subscriptions: Option<usize>,
     metrics_require_token: Option<bool>,
     retry_interval_secs: Option<u64>,
+    node_id: Option<String>,
 }
 
 /// Which queue backend to open, parsed from its URL.
@@ -170,6 +177,9 @@ pub struct ServerConfig {
     pub metrics_require_token: bool,
     /// Seconds between delivery passes over the offline queue (default 30).
     pub retry_interval_secs: u64,
+    /// This server's node id (`--node-id`); `None`: derived from the host name and the
+    /// listen address ([`ServerConfig::node_id`]).
+    pub node_id: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -189,6 +199,7 @@ impl Default for ServerConfig {
             max_subscriptions: 1024,
             metrics_require_token: false,
             retry_interval_secs: 30,
+            node_id: None,
         }
     }
 }
@@ -275,6 +286,7 @@ impl ServerConfig {
                 .retry_interval_secs
                 .or(file.retry_interval_secs)
                 .unwrap_or(d.retry_interval_secs),
+            node_id: cli.node_id.or(file.node_id),
         };
         config.validate()?;
         Ok(config)
@@ -288,6 +300,12 @@ impl ServerConfig {
                 name: "jwt_secret",
                 reason: "must not be empty",
             });
+        }
+        if let Some(id) = &self.node_id {
+            NodeId::new(id).map_err(|_| ConfigError::Invalid {
+                name: "node_id",
+                reason: "must have 1 to 128 characters and no control characters",
+            })?;
         }
         if self.jwt_secret.is_none()
             && !self.listen.ip().is_loopback()
@@ -315,6 +333,37 @@ impl ServerConfig {
         }
         Ok(())
     }
+}
+
+impl ServerConfig {
+    /// The node id this server leases queued deliveries under: `--node-id` when given,
+    /// otherwise `{host name}-{listen address}`, stable across restarts of the same
+    /// deployment. Two servers sharing a queue must have different ids.
+    pub fn node_id(&self) -> NodeId {
+        if let Some(id) = self.node_id.as_deref().and_then(|id| NodeId::new(id).ok()) {
+            return id;
+        }
+        let host = host_name();
+        let derived: String = format!("{host}-{}", self.listen)
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(NodeId::MAX_CHARS)
+            .collect();
+        NodeId::new(&derived).unwrap_or_else(|_| {
+            // Never empty: the listen address alone has characters.
+            NodeId::new(&self.listen.to_string()).expect("a socket address is a valid node id")
+        })
+    }
+}
+
+/// The machine's host name, as the kernel reports it (`localhost` when it cannot be read).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

@@ -4,7 +4,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bridge_protocol::http::ErrorBody;
 use bridge_protocol::{ErrorCode, ErrorFrame, ProtocolError, RequestId};
-use bridge_queue::{InvalidInput, StoreError};
+use bridge_dispatch::Refusal;
+use bridge_queue::StoreError;
 
 use crate::auth::AuthError;
 
@@ -45,19 +46,11 @@ impl ApiError {
     }
 
     pub(crate) fn from_store(error: &StoreError) -> Self {
-        match error {
-            StoreError::QueueFull { .. } => Self::new(ErrorCode::QueueFull, error.to_string()),
-            StoreError::Conflict { .. } => Self::new(ErrorCode::Conflict, error.to_string()),
-            StoreError::NotFound { .. } => Self::new(ErrorCode::NotFound, error.to_string()),
-            StoreError::InvalidInput(
-                InvalidInput::EmptyPayload | InvalidInput::PayloadTooLarge { .. },
-            ) => Self::new(ErrorCode::InvalidPayload, error.to_string()),
-            StoreError::InvalidInput(_) => Self::new(ErrorCode::InvalidRequest, error.to_string()),
-            _ => {
-                tracing::warn!(%error, "queue backend error");
-                Self::new(ErrorCode::Unavailable, error.to_string())
-            }
+        let code = bridge_dispatch::store_error_code(error);
+        if code == ErrorCode::Unavailable {
+            tracing::warn!(%error, "queue backend error");
         }
+        Self::new(code, error.to_string())
     }
 }
 
@@ -65,6 +58,16 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         Self::from_store(&error)
+    }
+}
+
+/// Lets handlers answer a refused command with `?`.
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Store(error) => Self::from_store(&error),
+            refusal => Self::new(refusal.code(), refusal.to_string()),
+        }
     }
 }
 

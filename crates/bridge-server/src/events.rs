@@ -11,8 +11,8 @@ use bridge_protocol::{ConnectionId, ErrorCode, ErrorFrame, Role, ServerToUser};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use crate::error::ApiError;
 use crate::server::Core;
-use crate::{commands, delivery};
 
 /// Handles events until the hub (and with it the channel's sender) is gone.
 pub(crate) async fn dispatch(core: Weak<Core>, mut events: mpsc::UnboundedReceiver<HubEvent>) {
@@ -54,12 +54,13 @@ async fn handle(core: &Arc<Core>, event: HubEvent) {
             role: Role::Bridge,
             ..
         } => core.session.connection_lost(connection),
-        HubEvent::DeviceOnline { device_id }
-        | HubEvent::BleStatusReported {
+        HubEvent::DeviceOnline { device_id } => core.dispatch.device_online(&device_id),
+        HubEvent::DeviceOffline { device_id } => core.dispatch.device_offline(&device_id),
+        HubEvent::BleStatusReported {
             device_id,
             connected: true,
             ..
-        } => delivery::kick(core, &device_id),
+        } => core.dispatch.link_up(&device_id),
         HubEvent::UserCommand {
             connection,
             user_id,
@@ -81,15 +82,15 @@ async fn handle(core: &Arc<Core>, event: HubEvent) {
                 async move {
                     let request_id = command.request_id;
                     let device = command.device_id.clone();
-                    let frame =
-                        match commands::execute(&core, device.clone(), command.command).await {
-                            Ok(response) => {
-                                Frame::from(commands::result_frame(request_id, device, response))
-                            }
-                            Err(error) => {
-                                Frame::from(ServerToUser::Error(error.to_frame(Some(request_id))))
-                            }
-                        };
+                    let frame = match core.dispatch.execute(device.clone(), command.command).await
+                    {
+                        Ok(response) => Frame::from(ServerToUser::CommandResult(
+                            response.into_result(Some(request_id), device),
+                        )),
+                        Err(refusal) => Frame::from(ServerToUser::Error(
+                            ApiError::from(refusal).to_frame(Some(request_id)),
+                        )),
+                    };
                     core.end_user_command(connection);
                     if core
                         .hub

@@ -121,12 +121,11 @@
 //!   [`ServerBuilder::customize_hub`].
 
 pub mod auth;
-mod commands;
 pub mod config;
-mod delivery;
 mod error;
 mod events;
 mod metrics;
+mod outlet;
 mod routes;
 mod server;
 mod store;
@@ -134,7 +133,8 @@ mod transport;
 mod ws;
 
 pub use config::{Cli, ConfigError, LogFormat, QueueUrl, ServerConfig};
-pub use delivery::DeliveryConfig;
+/// How the offline queue is delivered: the dispatcher's engine configuration.
+pub use bridge_dispatch::EngineConfig as DeliveryConfig;
 pub use error::ServerError;
 pub use server::{Server, ServerBuilder};
 pub use store::{RABBITMQ_STATE_FILE, open_store};

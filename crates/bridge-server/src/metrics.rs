@@ -81,7 +81,7 @@ impl Metrics {
             );
             metrics::describe_gauge!(
                 "bridge_queue_commands",
-                "Queued commands that are not final, by status (devices known to this process)."
+                "Queued commands that are not final, by status, across every device."
             );
             metrics::describe_counter!(
                 "bridge_frames_rejected_total",

@@ -19,7 +19,7 @@ use bridge_protocol::{AppEvent, CommandId, DeviceId, ErrorCode, ServerToUser};
 use crate::error::{ApiError, json_response, json_with_code};
 use crate::metrics::Gauges;
 use crate::server::Core;
-use crate::{commands, delivery, ws};
+use crate::ws;
 
 pub(crate) fn router(core: Arc<Core>) -> Router {
     let api = Router::new()
@@ -96,7 +96,7 @@ async fn post_command(
     let device = device_id(&device)?;
     let text = read_body(&core, body).await?;
     let request = CommandRequest::from_json(&text, &core.limits).map_err(|e| ApiError::from(&e))?;
-    let response = commands::execute(&core, device, request).await?;
+    let response = core.dispatch.execute(device, request).await?;
     Ok(json_with_code(response.http_status(), &response))
 }
 
@@ -105,7 +105,7 @@ async fn list_commands(
     Path(device): Path<String>,
 ) -> Result<Response, ApiError> {
     let device = device_id(&device)?;
-    let open = core.store.list_open(&device).await?;
+    let open = core.dispatch.device_commands(&device).await?;
     let list = CommandList {
         commands: open
             .iter()
@@ -174,7 +174,7 @@ async fn get_command(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = command_id(&id)?;
-    let command = core.store.get(&id).await?;
+    let command = core.dispatch.command(&id).await?;
     Ok(json_response(StatusCode::OK, &command.to_view()))
 }
 
@@ -183,13 +183,8 @@ async fn confirm_command(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = command_id(&id)?;
-    let command = core.store.confirm(&id).await?;
+    let command = core.dispatch.confirm(&id).await?;
     tracing::info!(command_id = %id, "confirmed");
-    if command.status == CommandStatus::Pending
-        && core.hub.device_presence(&command.device).await.online
-    {
-        delivery::kick(&core, &command.device);
-    }
     Ok(json_response(StatusCode::OK, &command.to_view()))
 }
 
@@ -198,9 +193,8 @@ async fn cancel_command(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = command_id(&id)?;
-    let command = core.store.cancel(&id).await?;
+    let command = core.dispatch.cancel(&id).await?;
     tracing::info!(command_id = %id, "cancelled");
-    delivery::announce(&core, &command).await;
     Ok(json_response(StatusCode::OK, &command.to_view()))
 }
 
@@ -240,7 +234,24 @@ async fn metrics(State(core): State<Arc<Core>>, request: Request) -> Response {
         commands_pending: core.session.pending(),
         queue: Vec::new(),
     };
-    gauges.queue = queue_gauges(&core).await;
+    match core.store.open_counts().await {
+        Ok(open) => {
+            gauges.queue = [
+                CommandStatus::AwaitingConfirmation,
+                CommandStatus::Pending,
+                CommandStatus::Delivering,
+            ]
+            .into_iter()
+            .map(|status| {
+                (
+                    status.as_str(),
+                    usize::try_from(open.of(status)).unwrap_or(usize::MAX),
+                )
+            })
+            .collect();
+        }
+        Err(error) => tracing::warn!(%error, "cannot count the queue for /metrics"),
+    }
     let text = core.metrics.render(&gauges);
     let mut response = (StatusCode::OK, text).into_response();
     response.headers_mut().insert(
@@ -248,31 +259,4 @@ async fn metrics(State(core): State<Arc<Core>>, request: Request) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
-}
-
-/// Queued commands that are not final, by status, over the devices this process knows to
-/// have some (it queued them, or a delivery pass listed them): the store has no global
-/// count, and asking it about every online device at each scrape would cost too much.
-async fn queue_gauges(core: &Core) -> Vec<(&'static str, usize)> {
-    let devices = core.delivery.watched_devices();
-    let statuses = [
-        CommandStatus::AwaitingConfirmation,
-        CommandStatus::Pending,
-        CommandStatus::Delivering,
-    ];
-    let mut counts = [0usize; 3];
-    for device in devices {
-        if let Ok(open) = core.store.list_open(&device).await {
-            for command in open {
-                if let Some(i) = statuses.iter().position(|s| *s == command.status) {
-                    counts[i] += 1;
-                }
-            }
-        }
-    }
-    statuses
-        .iter()
-        .zip(counts)
-        .map(|(s, n)| (s.as_str(), n))
-        .collect()
 }

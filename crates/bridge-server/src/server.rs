@@ -16,10 +16,11 @@ use tokio::sync::mpsc;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
-use crate::delivery::{Delivery, DeliveryConfig};
 use crate::metrics::Metrics;
+use crate::outlet::HubOutlet;
 use crate::transport::HubTransport;
 use crate::{events, routes};
+use bridge_dispatch::{Dispatcher, EngineConfig};
 
 type HubCustomizer = Box<dyn FnOnce(LocalHubBuilder) -> LocalHubBuilder + Send>;
 type HubWrapper = Box<dyn FnOnce(LocalHub) -> Arc<dyn Hub> + Send>;
@@ -28,14 +29,15 @@ type HubWrapper = Box<dyn FnOnce(LocalHub) -> Arc<dyn Hub> + Send>;
 pub(crate) struct Core {
     pub(crate) hub: Arc<dyn Hub>,
     pub(crate) local: LocalHub,
-    pub(crate) session: SessionManager<HubTransport>,
+    pub(crate) session: Arc<SessionManager<HubTransport>>,
+    /// The command path and the delivery of queued commands.
+    pub(crate) dispatch: Dispatcher,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) registry: Arc<ConfigRegistry>,
     pub(crate) auth: Authenticator,
     pub(crate) limits: Limits,
     pub(crate) config: ServerConfig,
-    pub(crate) metrics: Metrics,
-    pub(crate) delivery: Delivery,
+    pub(crate) metrics: Arc<Metrics>,
     /// Commands in flight per user connection, and the most allowed.
     pub(crate) user_commands: parking_lot::Mutex<HashMap<ConnectionId, usize>>,
     pub(crate) max_user_commands: usize,
@@ -56,7 +58,7 @@ pub struct ServerBuilder {
     customize_hub: Option<HubCustomizer>,
     wrap_hub: Option<HubWrapper>,
     session: SessionConfig,
-    delivery: Option<DeliveryConfig>,
+    delivery: Option<EngineConfig>,
     max_user_commands: usize,
 }
 
@@ -145,7 +147,7 @@ impl ServerBuilder {
 
     /// How the offline queue is delivered (default: a pass every
     /// [`ServerConfig::retry_interval_secs`]).
-    pub fn delivery(mut self, config: DeliveryConfig) -> Self {
+    pub fn delivery(mut self, config: EngineConfig) -> Self {
         self.delivery = Some(config);
         self
     }
@@ -191,31 +193,45 @@ impl ServerBuilder {
             }))
         });
         let transport = Arc::new(HubTransport::new(Arc::clone(&hub)));
-        let session = SessionManager::new(transport, Arc::clone(&registry), &self.session);
+        let session = Arc::new(SessionManager::new(
+            transport,
+            Arc::clone(&registry),
+            &self.session,
+        ));
         let auth = match config.jwt_secret.as_deref() {
             Some(secret) => Authenticator::jwt(secret.as_bytes()),
             None => Authenticator::development(),
         };
         let delivery_config = self.delivery.unwrap_or_else(|| {
-            DeliveryConfig::default()
+            EngineConfig::default()
                 .retry_interval(Duration::from_secs(config.retry_interval_secs.max(1)))
         });
+        let metrics = Arc::new(Metrics::new());
+        let node_id = config.node_id();
+        tracing::info!(node_id = %node_id, "delivering queued commands as this node");
+        let dispatch = Dispatcher::start(
+            delivery_config,
+            node_id,
+            Arc::clone(&store),
+            Arc::clone(&session) as Arc<dyn bridge_dispatch::CommandSender>,
+            Arc::new(HubOutlet::new(Arc::clone(&hub), Arc::clone(&metrics))),
+            Arc::clone(&registry),
+        );
         let core = Arc::new(Core {
             hub,
             local,
             session,
+            dispatch,
             store,
             registry,
             auth,
             limits,
             config,
-            metrics: Metrics::new(),
-            delivery: Delivery::new(delivery_config),
+            metrics,
             user_commands: parking_lot::Mutex::new(HashMap::new()),
             max_user_commands: self.max_user_commands,
         });
         tokio::spawn(events::dispatch(Arc::downgrade(&core), events_rx));
-        tokio::spawn(crate::delivery::run_timer(Arc::downgrade(&core)));
         Server { core }
     }
 }
@@ -265,7 +281,7 @@ impl Server {
     /// deliveries it was making to be recorded. Call it when the application that
     /// mounted [`Server::router`] shuts down; [`Server::serve`] calls it on its own.
     pub async fn shutdown(&self) {
-        self.core.delivery.stop();
+        self.core.dispatch.stop();
         let report = self.core.local.shutdown(SHUTDOWN_GRACE).await;
         tracing::info!(
             closed = report.closed,
@@ -274,7 +290,7 @@ impl Server {
         );
         // Deliveries cut off by the closing bridges are released back to `pending` before
         // the process goes (were one cut short, its lease would lapse and it would go again).
-        if !self.core.delivery.wait_idle(SHUTDOWN_GRACE).await {
+        if !self.core.dispatch.wait_idle(SHUTDOWN_GRACE).await {
             tracing::warn!("some deliveries were still being recorded at shutdown");
         }
     }

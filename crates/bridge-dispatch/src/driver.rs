@@ -1,0 +1,352 @@
+//! The tokio driver: runs the [`Engine`] against a [`Store`], a [`CommandSender`] (the
+//! session manager) and an [`Outlet`] (the hub, as the server sees it).
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bridge_protocol::http::{CommandOutcome, CommandView};
+use bridge_protocol::{CommandResult, ConfigRegistry, DeviceId, DeviceType, HexPayload, RequestId};
+use bridge_queue::{NodeId, QueuedCommand, Store};
+use bridge_session::{CommandError, SessionManager, Transport};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::engine::{Action, Engine, EngineConfig, Sent};
+
+/// A device's answer to a command sent with [`CommandSender::send_command`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The `requestId` of the `ble_write` the device answered.
+    pub request_id: RequestId,
+    /// The device's reply.
+    pub payload: HexPayload,
+    /// From the call to the answer.
+    pub latency: Duration,
+}
+
+/// Sends a `ble_write` and waits for its end: the session manager, or a stand-in in tests.
+#[async_trait]
+pub trait CommandSender: Send + Sync + 'static {
+    /// Sends `payload` to the device's best holder as `device_type` (`None`: the registry's
+    /// default) and waits at most `timeout` for the answer. Cancel-safe.
+    async fn send_command(
+        &self,
+        device: DeviceId,
+        device_type: Option<&str>,
+        payload: HexPayload,
+        timeout: Duration,
+    ) -> Result<Reply, CommandError>;
+}
+
+#[async_trait]
+impl<T: Transport + ?Sized> CommandSender for SessionManager<T> {
+    async fn send_command(
+        &self,
+        device: DeviceId,
+        device_type: Option<&str>,
+        payload: HexPayload,
+        timeout: Duration,
+    ) -> Result<Reply, CommandError> {
+        let reply = SessionManager::send_command(self, device, device_type, payload, timeout).await?;
+        Ok(Reply {
+            request_id: reply.request_id,
+            payload: reply.payload,
+            latency: reply.latency,
+        })
+    }
+}
+
+/// Where the dispatcher's announcements and observations go: the server implements it over
+/// its hub and metrics.
+#[async_trait]
+pub trait Outlet: Send + Sync + 'static {
+    /// Sends a `command_result` frame to every subscriber of `device` (PROTOCOL.md 3.3).
+    async fn announce(&self, device: &DeviceId, result: CommandResult);
+
+    /// A command ended with `outcome` (the `outcome` label of `bridge_commands_total`: the
+    /// HTTP status word of PROTOCOL.md 4.1, or the code of a refusal); `sent_for` is how
+    /// long it was out at a bridge, when it went out. Default: nothing.
+    fn command_ended(&self, outcome: &'static str, sent_for: Option<Duration>) {
+        let _ = (outcome, sent_for);
+    }
+}
+
+/// What the driver shares with its tasks.
+pub(crate) struct Inner {
+    pub(crate) engine: Mutex<Engine>,
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) sender: Arc<dyn CommandSender>,
+    pub(crate) outlet: Arc<dyn Outlet>,
+    pub(crate) registry: Arc<ConfigRegistry>,
+    /// Signalled whenever the engine may have become idle.
+    idle: Notify,
+}
+
+/// The command path and the delivery of queued commands of one node: the [`Engine`] run
+/// against a store, a sender and an outlet. Cheap to clone; must be started inside a tokio
+/// runtime.
+#[derive(Clone)]
+pub struct Dispatcher {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("owner", self.inner.engine.lock().owner())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Dispatcher {
+    /// Starts the dispatcher of node `owner`: takes back the leases of its former life,
+    /// then runs the retry tick. Needs a tokio runtime.
+    pub fn start(
+        config: EngineConfig,
+        owner: NodeId,
+        store: Arc<dyn Store>,
+        sender: Arc<dyn CommandSender>,
+        outlet: Arc<dyn Outlet>,
+        registry: Arc<ConfigRegistry>,
+    ) -> Self {
+        let engine = Engine::new(config, owner, Instant::now().into_std());
+        let inner = Arc::new(Inner {
+            engine: Mutex::new(engine),
+            store,
+            sender,
+            outlet,
+            registry,
+            idle: Notify::new(),
+        });
+        pump(&inner);
+        tokio::spawn(run_timer(Arc::downgrade(&inner)));
+        Self { inner }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    /// The device types.
+    pub fn registry(&self) -> &Arc<ConfigRegistry> {
+        &self.inner.registry
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.engine.lock().owner().clone()
+    }
+
+    /// The device came online: its queued commands are delivered.
+    pub fn device_online(&self, device: &DeviceId) {
+        self.with_engine(|engine| engine.handle_online(device));
+    }
+
+    /// The device went offline.
+    pub fn device_offline(&self, device: &DeviceId) {
+        self.with_engine(|engine| engine.handle_offline(device));
+    }
+
+    /// A holder reported its BLE link to the device up: a cut-off delivery goes again now.
+    pub fn link_up(&self, device: &DeviceId) {
+        self.with_engine(|engine| engine.handle_link_up(device));
+    }
+
+    /// A command was queued or confirmed for the device outside [`execute`](Self::execute)
+    /// (an application that calls the store itself): delivers it now if the device is
+    /// online.
+    pub fn queued(&self, device: &DeviceId) {
+        self.with_engine(|engine| engine.handle_queued(device));
+    }
+
+    /// Stops starting deliveries; the ones running end once recorded.
+    pub fn stop(&self) {
+        self.with_engine(Engine::stop);
+    }
+
+    /// Waits until no delivery runs, at most `grace`. Returns whether all ended.
+    pub async fn wait_idle(&self, grace: Duration) -> bool {
+        let deadline = Instant::now() + grace;
+        loop {
+            let notified = self.inner.idle.notified();
+            if self.inner.engine.lock().is_idle() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.inner.engine.lock().is_idle();
+            }
+        }
+    }
+
+    pub(crate) fn with_engine(&self, f: impl FnOnce(&mut Engine)) {
+        f(&mut self.inner.engine.lock());
+        pump(&self.inner);
+    }
+
+    /// Sends a final command's `command_result` to its device's subscribers.
+    pub(crate) async fn announce(&self, command: &QueuedCommand) {
+        announce(&self.inner, command).await;
+    }
+}
+
+/// Carries out every action the engine has.
+fn pump(inner: &Arc<Inner>) {
+    let actions: Vec<Action> = {
+        let mut engine = inner.engine.lock();
+        let actions = std::iter::from_fn(|| engine.poll()).collect();
+        if engine.is_idle() {
+            inner.idle.notify_waiters();
+        }
+        actions
+    };
+    for action in actions {
+        run(inner, action);
+    }
+}
+
+/// Feeds an answer to the engine and carries out what follows.
+fn answer(inner: &Arc<Inner>, f: impl FnOnce(&mut Engine)) {
+    f(&mut inner.engine.lock());
+    pump(inner);
+}
+
+fn run(inner: &Arc<Inner>, action: Action) {
+    let task = Arc::clone(inner);
+    match action {
+        Action::Reclaim { owner } => {
+            tokio::spawn(async move {
+                let result = task.store.reclaim(&owner).await;
+                answer(&task, |engine| engine.handle_reclaimed(result));
+            });
+        }
+        Action::Expire { device } => {
+            tokio::spawn(async move {
+                let result = task.store.expire(&device).await;
+                answer(&task, |engine| engine.handle_expired(&device, result));
+            });
+        }
+        Action::Lease {
+            device,
+            owner,
+            grace,
+        } => {
+            tokio::spawn(async move {
+                let result = task.store.lease_next(&device, &owner, grace).await;
+                answer(&task, |engine| engine.handle_leased(&device, result));
+            });
+        }
+        Action::Send { leased } => {
+            let span = tracing::info_span!(
+                "delivery",
+                device = %leased.command.device,
+                command_id = %leased.command.id,
+            );
+            tokio::spawn(
+                async move {
+                    let command = &leased.command;
+                    tracing::info!(attempts = command.attempts, "delivering");
+                    let start = Instant::now();
+                    let result = task
+                        .sender
+                        .send_command(
+                            command.device.clone(),
+                            command.device_type.as_ref().map(DeviceType::as_str),
+                            command.payload.clone(),
+                            command.timeout.as_duration(),
+                        )
+                        .await;
+                    let sent = sent_of(result);
+                    task.outlet.command_ended(
+                        sent.outcome_label(),
+                        sent.left().then(|| start.elapsed()),
+                    );
+                    let device = command.device.clone();
+                    answer(&task, |engine| {
+                        engine.handle_sent(&leased.lease, sent, &device);
+                    });
+                }
+                .instrument(span),
+            );
+        }
+        Action::Complete {
+            device,
+            lease,
+            outcome,
+        } => {
+            tokio::spawn(async move {
+                let result = task.store.complete(&lease, outcome).await;
+                answer(&task, |engine| engine.handle_ended(&device, result));
+            });
+        }
+        Action::Release { device, lease, cut } => {
+            tokio::spawn(async move {
+                let result = task.store.release(&lease, cut).await;
+                answer(&task, |engine| engine.handle_ended(&device, result));
+            });
+        }
+        Action::Announce { command } => {
+            tokio::spawn(async move { announce(&task, &command).await });
+        }
+        Action::Sweep => {
+            tokio::spawn(async move {
+                let result = task.store.sweep().await;
+                answer(&task, |engine| engine.handle_swept(result));
+            });
+        }
+        Action::ListDue { limit } => {
+            tokio::spawn(async move {
+                let result = task.store.due_devices(limit).await;
+                answer(&task, |engine| engine.handle_due(result));
+            });
+        }
+    }
+}
+
+/// How a delivery's send ended, for the engine.
+fn sent_of(result: Result<Reply, CommandError>) -> Sent {
+    match result {
+        Ok(reply) => Sent::Answered(CommandOutcome::Payload(reply.payload)),
+        Err(CommandError::DeviceError(error)) => Sent::Answered(CommandOutcome::Error(error)),
+        Err(CommandError::BridgeLost) => Sent::BridgeLost,
+        Err(CommandError::Timeout) => Sent::TimedOut,
+        Err(CommandError::Offline) => Sent::Offline,
+        Err(error) => {
+            tracing::warn!(%error, "the queued command could not be sent");
+            Sent::NotSent
+        }
+    }
+}
+
+async fn announce(inner: &Inner, command: &QueuedCommand) {
+    let Some(result) = CommandView::from(command).result_frame() else {
+        return;
+    };
+    inner.outlet.announce(&command.device, result).await;
+    tracing::debug!(
+        command_id = %command.id,
+        status = command.status.as_str(),
+        "outcome announced"
+    );
+}
+
+/// The retry tick: runs until the dispatcher is gone or stopped.
+async fn run_timer(inner: Weak<Inner>) {
+    loop {
+        let deadline = {
+            let Some(inner) = inner.upgrade() else { return };
+            let Some(deadline) = inner.engine.lock().poll_timeout() else {
+                return;
+            };
+            deadline
+        };
+        tokio::time::sleep_until(Instant::from_std(deadline)).await;
+        let Some(inner) = inner.upgrade() else { return };
+        answer(&inner, |engine| {
+            engine.handle_timeout(Instant::now().into_std());
+        });
+    }
+}
