@@ -10,4 +10,5 @@ mod paused;
 mod process;
 mod queue;
 mod support;
+mod two_nodes;
 mod ws;

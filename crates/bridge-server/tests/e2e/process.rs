@@ -11,18 +11,18 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::support::*;
 
 /// A `bridge-server` process on a free loopback port.
-struct Process {
-    child: Child,
-    client: TestServer,
+pub(crate) struct Process {
+    pub(crate) child: Child,
+    pub(crate) client: TestServer,
 }
 
 impl Process {
-    async fn start(dir: &Path, extra: &[&str]) -> Self {
+    pub(crate) async fn start(dir: &Path, extra: &[&str]) -> Self {
         let queue = format!("sqlite://{}", dir.join("queue.sqlite").display());
         Self::start_with_queue(dir, &queue, extra).await
     }
 
-    async fn start_with_queue(dir: &Path, queue: &str, extra: &[&str]) -> Self {
+    pub(crate) async fn start_with_queue(dir: &Path, queue: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bridge-server"))
             .args(["--listen", "127.0.0.1:0", "--queue", queue])
             .args(extra)
@@ -53,7 +53,7 @@ impl Process {
         }
     }
 
-    async fn kill(mut self) {
+    pub(crate) async fn kill(mut self) {
         // SIGKILL: nothing is flushed or closed by the server.
         self.child.kill().await.unwrap();
     }
@@ -328,7 +328,7 @@ async fn survives_sigkill_on(queue: &str) {
     server.kill().await;
 }
 
-fn service_url(var: &str, default: &str) -> String {
+pub(crate) fn service_url(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
 }
 
