@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, ErrorCode, HexPayload,
-    RequestId, TimeoutMs, Timestamp, TtlSeconds,
+    CommandId, CommandResult, CommandType, DeviceErrorCode, DeviceId, DeviceType, ErrorCode,
+    HexPayload, Hops, RequestId, ResultStatus, TimeoutMs, Timestamp, TtlSeconds,
 };
 
 /// What to do with a command for a device that is offline.
@@ -92,6 +92,9 @@ impl EventRequest {
 }
 
 /// The answer to `POST /v1/devices/{deviceId}/commands`, tagged by `status`.
+///
+/// The answers of a command that was sent to a bridge (200, 502, 503 `bridge_lost`, 504)
+/// carry [`Hops`] (1.1 `stage` and `progress`); with [`Hops::NONE`] they are the 1.0 shapes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -105,6 +108,9 @@ pub enum CommandResponse {
         payload: HexPayload,
         /// Milliseconds from sending to the answer.
         latency_ms: u64,
+        /// How far the command got.
+        #[serde(flatten)]
+        hops: Hops,
     },
     /// 202: the device was offline and the command was queued.
     #[serde(rename_all = "camelCase")]
@@ -122,13 +128,24 @@ pub enum CommandResponse {
     DeviceError {
         /// The bridge's failure code.
         error: DeviceErrorCode,
+        /// How far the command got.
+        #[serde(flatten)]
+        hops: Hops,
     },
     /// 503: no bridge holds the device.
     Offline,
     /// 503: the bridge went away before answering.
-    BridgeLost,
+    BridgeLost {
+        /// How far the command got.
+        #[serde(flatten)]
+        hops: Hops,
+    },
     /// 504: no answer within `timeoutMs`.
-    Timeout,
+    Timeout {
+        /// How far the command got.
+        #[serde(flatten)]
+        hops: Hops,
+    },
 }
 
 impl CommandResponse {
@@ -138,9 +155,68 @@ impl CommandResponse {
             Self::Succeeded { .. } => 200,
             Self::Queued { .. } | Self::AwaitingConfirmation { .. } => 202,
             Self::DeviceError { .. } => 502,
-            Self::Offline | Self::BridgeLost => 503,
-            Self::Timeout => 504,
+            Self::Offline | Self::BridgeLost { .. } => 503,
+            Self::Timeout { .. } => 504,
         }
+    }
+
+    /// The status of this answer, as its `command_result` frame reports it.
+    pub const fn result_status(&self) -> ResultStatus {
+        match self {
+            Self::Succeeded { .. } => ResultStatus::Succeeded,
+            Self::Queued { .. } => ResultStatus::Queued,
+            Self::AwaitingConfirmation { .. } => ResultStatus::AwaitingConfirmation,
+            Self::DeviceError { .. } => ResultStatus::DeviceError,
+            Self::Offline => ResultStatus::Offline,
+            Self::BridgeLost { .. } => ResultStatus::BridgeLost,
+            Self::Timeout { .. } => ResultStatus::Timeout,
+        }
+    }
+
+    /// The `outcome` label of `bridge_commands_total` (PROTOCOL.md 4.4): the `status` word.
+    pub const fn outcome(&self) -> &'static str {
+        self.result_status().as_str()
+    }
+
+    /// How far the command got; [`Hops::NONE`] for the answers of a command never sent.
+    pub const fn hops(&self) -> Hops {
+        match self {
+            Self::Succeeded { hops, .. }
+            | Self::DeviceError { hops, .. }
+            | Self::BridgeLost { hops }
+            | Self::Timeout { hops } => *hops,
+            Self::Queued { .. } | Self::AwaitingConfirmation { .. } | Self::Offline => Hops::NONE,
+        }
+    }
+
+    /// The `command_result` frame that reports this answer (PROTOCOL.md 3.4 and 4.5): the
+    /// same status, the reply or failure code, the `commandId` of a queued command, and the
+    /// stage and progress. `request_id` is the user's `requestId` for a `command` frame's
+    /// answer, or the `ble_write`'s for the stream.
+    pub fn into_result(self, request_id: Option<RequestId>, device: DeviceId) -> CommandResult {
+        let mut result = CommandResult::new(device, self.result_status());
+        result.request_id = request_id;
+        match self {
+            Self::Succeeded { payload, hops, .. } => {
+                result.payload = Some(payload);
+                result.hops = hops;
+            }
+            Self::Queued { command_id } | Self::AwaitingConfirmation { command_id } => {
+                result.command_id = Some(command_id);
+            }
+            Self::DeviceError { error, hops } => {
+                result.error = Some(error);
+                result.hops = hops;
+            }
+            Self::BridgeLost { hops } | Self::Timeout { hops } => result.hops = hops,
+            Self::Offline => {}
+        }
+        result
+    }
+
+    /// As [`CommandResponse::into_result`], for a borrowed answer.
+    pub fn to_result(&self, request_id: Option<RequestId>, device: DeviceId) -> CommandResult {
+        self.clone().into_result(request_id, device)
     }
 }
 
@@ -207,6 +283,18 @@ impl CommandStatus {
         )
     }
 
+    /// The status a `command_result` reports for a command that ended in this state;
+    /// `None` while it is not final.
+    pub const fn result_status(self) -> Option<ResultStatus> {
+        match self {
+            Self::Succeeded => Some(ResultStatus::Succeeded),
+            Self::Failed => Some(ResultStatus::Failed),
+            Self::Expired => Some(ResultStatus::Expired),
+            Self::Cancelled => Some(ResultStatus::Cancelled),
+            Self::AwaitingConfirmation | Self::Pending | Self::Delivering => None,
+        }
+    }
+
     /// The status as written on the wire.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -251,6 +339,27 @@ pub struct CommandView {
     pub expires_at: Timestamp,
     /// The result, once final and when there is one; `null` before.
     pub result: Option<CommandOutcome>,
+    /// How far the latest attempt got (1.1); [`Hops::NONE`] leaves both fields out.
+    #[serde(flatten)]
+    pub hops: Hops,
+}
+
+impl CommandView {
+    /// The `command_result` frame announcing this command's end to its device's subscribers
+    /// (PROTOCOL.md 3.3): `commandId`, the final status, the reply or failure code, and how
+    /// far the latest attempt got. `None` while the command is not final.
+    pub fn result_frame(&self) -> Option<CommandResult> {
+        let status = self.status.result_status()?;
+        let mut result = CommandResult::new(self.device_id.clone(), status);
+        result.command_id = Some(self.command_id.clone());
+        match &self.result {
+            Some(CommandOutcome::Payload(payload)) => result.payload = Some(payload.clone()),
+            Some(CommandOutcome::Error(error)) => result.error = Some(error.clone()),
+            None => {}
+        }
+        result.hops = self.hops;
+        Some(result)
+    }
 }
 
 /// `GET /v1/devices/{deviceId}/commands`.

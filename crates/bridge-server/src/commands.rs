@@ -4,9 +4,7 @@
 use std::sync::Arc;
 
 use bridge_protocol::http::{CommandRequest, CommandResponse};
-use bridge_protocol::{
-    CommandResult, DeviceId, ErrorCode, RegistryError, ResultStatus, ServerToUser,
-};
+use bridge_protocol::{DeviceId, ErrorCode, Hops, RegistryError, ServerToUser};
 use bridge_queue::NewCommand;
 use bridge_session::CommandError;
 use tokio::time::Instant;
@@ -26,7 +24,7 @@ pub(crate) async fn execute(
     let span = tracing::info_span!("command", device = %device, request_id = tracing::field::Empty);
     let result = run(core, device, request).instrument(span).await;
     let outcome = match &result {
-        Ok(response) => outcome_of(response),
+        Ok(response) => response.outcome(),
         Err(error) => error.code().as_str(),
     };
     core.metrics.command(outcome);
@@ -93,6 +91,7 @@ async fn run(
                 request_id: reply.request_id,
                 payload: reply.payload,
                 latency_ms: u64::try_from(reply.latency.as_millis()).unwrap_or(u64::MAX),
+                hops: Hops::NONE,
             }
         }
         Err(CommandError::Offline) if request.wants_queue() => {
@@ -106,9 +105,12 @@ async fn run(
             CommandResponse::Queued { command_id }
         }
         Err(CommandError::Offline) => CommandResponse::Offline,
-        Err(CommandError::BridgeLost) => CommandResponse::BridgeLost,
-        Err(CommandError::Timeout) => CommandResponse::Timeout,
-        Err(CommandError::DeviceError(error)) => CommandResponse::DeviceError { error },
+        Err(CommandError::BridgeLost) => CommandResponse::BridgeLost { hops: Hops::NONE },
+        Err(CommandError::Timeout) => CommandResponse::Timeout { hops: Hops::NONE },
+        Err(CommandError::DeviceError(error)) => CommandResponse::DeviceError {
+            error,
+            hops: Hops::NONE,
+        },
         Err(CommandError::UnknownDeviceType(name)) => {
             return Err(ApiError::new(
                 ErrorCode::UnknownDeviceType,
@@ -125,7 +127,7 @@ async fn run(
             return Err(ApiError::new(ErrorCode::Unavailable, error.to_string()));
         }
     };
-    tracing::info!(status = outcome_of(&response), latency_ms, "command ended");
+    tracing::info!(status = response.outcome(), latency_ms, "command ended");
     Ok(response)
 }
 
@@ -166,53 +168,11 @@ async fn enqueue(
     Ok(id)
 }
 
-/// The status word of an answer (the `outcome` label of `bridge_commands_total`).
-pub(crate) fn outcome_of(response: &CommandResponse) -> &'static str {
-    match response {
-        CommandResponse::Succeeded { .. } => "succeeded",
-        CommandResponse::Queued { .. } => "queued",
-        CommandResponse::AwaitingConfirmation { .. } => "awaiting_confirmation",
-        CommandResponse::DeviceError { .. } => "device_error",
-        CommandResponse::Offline => "offline",
-        CommandResponse::BridgeLost => "bridge_lost",
-        _ => "timeout",
-    }
-}
-
 /// The `command_result` frame answering a user's `command` frame.
 pub(crate) fn result_frame(
     request_id: bridge_protocol::RequestId,
     device: DeviceId,
     response: CommandResponse,
 ) -> ServerToUser {
-    let mut result = CommandResult {
-        request_id: Some(request_id),
-        command_id: None,
-        device_id: device,
-        status: ResultStatus::Timeout,
-        payload: None,
-        error: None,
-    };
-    match response {
-        CommandResponse::Succeeded { payload, .. } => {
-            result.status = ResultStatus::Succeeded;
-            result.payload = Some(payload);
-        }
-        CommandResponse::Queued { command_id } => {
-            result.status = ResultStatus::Queued;
-            result.command_id = Some(command_id);
-        }
-        CommandResponse::AwaitingConfirmation { command_id } => {
-            result.status = ResultStatus::AwaitingConfirmation;
-            result.command_id = Some(command_id);
-        }
-        CommandResponse::DeviceError { error } => {
-            result.status = ResultStatus::DeviceError;
-            result.error = Some(error);
-        }
-        CommandResponse::Offline => result.status = ResultStatus::Offline,
-        CommandResponse::BridgeLost => result.status = ResultStatus::BridgeLost,
-        _ => result.status = ResultStatus::Timeout,
-    }
-    ServerToUser::CommandResult(result)
+    ServerToUser::CommandResult(response.into_result(Some(request_id), device))
 }

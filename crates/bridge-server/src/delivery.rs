@@ -22,9 +22,7 @@ use std::time::Duration;
 
 use bridge_hub::Frame;
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
-use bridge_protocol::{
-    CommandId, CommandResult, DeviceId, DeviceType, ResultStatus, ServerToUser, Timestamp,
-};
+use bridge_protocol::{CommandId, DeviceId, DeviceType, ServerToUser, Timestamp};
 use bridge_queue::{QueuedCommand, StoreError};
 use bridge_session::CommandError;
 use parking_lot::Mutex;
@@ -318,26 +316,11 @@ fn log_store_error(error: &StoreError) {
 /// Sends a final command's outcome to its device's subscribers and forgets it.
 pub(crate) async fn announce(core: &Core, command: &QueuedCommand) {
     core.delivery.forget(&command.id);
-    let status = match command.status {
-        CommandStatus::Succeeded => ResultStatus::Succeeded,
-        CommandStatus::Failed => ResultStatus::Failed,
-        CommandStatus::Cancelled => ResultStatus::Cancelled,
-        CommandStatus::Expired => ResultStatus::Expired,
-        _ => return,
+    let Some(result) = command.to_view().result_frame() else {
+        return;
     };
-    let (payload, error) = match &command.outcome {
-        Some(CommandOutcome::Payload(p)) => (Some(p.clone()), None),
-        Some(CommandOutcome::Error(e)) => (None, Some(e.clone())),
-        None => (None, None),
-    };
-    let frame = Frame::from(ServerToUser::CommandResult(CommandResult {
-        request_id: None,
-        command_id: Some(command.id.clone()),
-        device_id: command.device.clone(),
-        status,
-        payload,
-        error,
-    }));
+    let status = result.status;
+    let frame = Frame::from(ServerToUser::CommandResult(result));
     let delivered = core.hub.broadcast(&command.device, &frame).await;
     tracing::debug!(command_id = %command.id, status = status.as_str(), delivered, "outcome announced");
 }
