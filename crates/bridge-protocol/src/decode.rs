@@ -296,12 +296,16 @@ impl<'a> Reader<'_, 'a> {
             .transpose()?;
         let progress = match self.env.progress {
             None => Progress::NONE,
-            Some(raw) => serde_json::from_str::<Progress>(raw.get()).map_err(|_| {
-                self.wrong_type(
-                    "progress",
-                    "an object of `receivedMs`, `connectedMs` and `writtenMs` milliseconds",
-                )
-            })?,
+            // serde would also read a struct from an array: only an object is accepted.
+            Some(raw) => Some(raw)
+                .filter(|raw| raw.get().starts_with('{'))
+                .and_then(|raw| serde_json::from_str::<Progress>(raw.get()).ok())
+                .ok_or_else(|| {
+                    self.wrong_type(
+                        "progress",
+                        "an object of `receivedMs`, `connectedMs` and `writtenMs` milliseconds",
+                    )
+                })?,
         };
         Ok(Hops { stage, progress })
     }

@@ -451,3 +451,244 @@ impl From<&crate::ConfigRegistry> for DeviceTypeList {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Progress, Stage};
+
+    fn id(s: &str) -> CommandId {
+        CommandId::new(s).unwrap()
+    }
+
+    fn device() -> DeviceId {
+        DeviceId::new("lock-1").unwrap()
+    }
+
+    fn written() -> Hops {
+        Hops {
+            stage: Some(Stage::Written),
+            progress: Progress {
+                received_ms: Some(3),
+                connected_ms: None,
+                written_ms: Some(41),
+            },
+        }
+    }
+
+    /// One answer of each status, with the status code, outcome label and result status
+    /// PROTOCOL.md 4.1 and 4.4 give it.
+    fn every_answer() -> Vec<(CommandResponse, u16, &'static str, ResultStatus)> {
+        let error = DeviceErrorCode::new("gatt_write_failed").unwrap();
+        vec![
+            (
+                CommandResponse::Succeeded {
+                    request_id: RequestId::new("r-1").unwrap(),
+                    payload: HexPayload::from(vec![1]),
+                    latency_ms: 12,
+                    hops: written(),
+                },
+                200,
+                "succeeded",
+                ResultStatus::Succeeded,
+            ),
+            (
+                CommandResponse::Queued {
+                    command_id: id("q"),
+                },
+                202,
+                "queued",
+                ResultStatus::Queued,
+            ),
+            (
+                CommandResponse::AwaitingConfirmation {
+                    command_id: id("a"),
+                },
+                202,
+                "awaiting_confirmation",
+                ResultStatus::AwaitingConfirmation,
+            ),
+            (
+                CommandResponse::DeviceError {
+                    error,
+                    hops: written(),
+                },
+                502,
+                "device_error",
+                ResultStatus::DeviceError,
+            ),
+            (
+                CommandResponse::Offline,
+                503,
+                "offline",
+                ResultStatus::Offline,
+            ),
+            (
+                CommandResponse::BridgeLost { hops: Hops::SENT },
+                503,
+                "bridge_lost",
+                ResultStatus::BridgeLost,
+            ),
+            (
+                CommandResponse::Timeout { hops: written() },
+                504,
+                "timeout",
+                ResultStatus::Timeout,
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_answer_has_the_status_code_and_outcome_label_of_the_protocol() {
+        for (response, status, outcome, result_status) in every_answer() {
+            assert_eq!(response.http_status(), status, "{response:?}");
+            assert_eq!(response.outcome(), outcome, "{response:?}");
+            assert_eq!(response.result_status(), result_status, "{response:?}");
+            // The outcome label is the `status` word of the body.
+            let body = serde_json::to_value(&response).unwrap();
+            assert_eq!(body["status"], outcome);
+        }
+    }
+
+    #[test]
+    fn every_answer_becomes_the_command_result_with_the_same_fields() {
+        for (response, _, _, status) in every_answer() {
+            let request_id = Some(RequestId::new("c-2").unwrap());
+            let result = response.to_result(request_id, device());
+            assert_eq!(result.request_id, request_id);
+            assert_eq!(result.device_id, device());
+            assert_eq!(result.status, status);
+            assert_eq!(result.hops, response.hops());
+            // Every field the answer's body has (but `requestId` and `latencyMs`, which
+            // belong to HTTP) comes back in the frame with the same value.
+            let body = serde_json::to_value(&response).unwrap();
+            let frame = serde_json::to_value(&result).unwrap();
+            for (key, value) in body.as_object().unwrap() {
+                if key != "requestId" && key != "latencyMs" {
+                    assert_eq!(frame.get(key), Some(value), "{key} of {body}");
+                }
+            }
+            assert_eq!(response.clone().into_result(request_id, device()), result);
+        }
+    }
+
+    #[test]
+    fn answers_of_a_command_never_sent_carry_no_hops() {
+        for response in [
+            CommandResponse::Queued {
+                command_id: id("q"),
+            },
+            CommandResponse::AwaitingConfirmation {
+                command_id: id("a"),
+            },
+            CommandResponse::Offline,
+        ] {
+            assert_eq!(response.hops(), Hops::NONE);
+        }
+    }
+
+    #[test]
+    fn answers_without_hops_keep_their_1_0_shape() {
+        for text in [
+            r#"{"status":"succeeded","requestId":"r","payload":"01","latencyMs":12}"#,
+            r#"{"status":"device_error","error":"gatt_write_failed"}"#,
+            r#"{"status":"bridge_lost"}"#,
+            r#"{"status":"timeout"}"#,
+        ] {
+            let response: CommandResponse = serde_json::from_str(text).unwrap();
+            assert_eq!(response.hops(), Hops::NONE, "{text}");
+            assert_eq!(serde_json::to_string(&response).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn only_final_statuses_have_a_result_status() {
+        let all = [
+            (CommandStatus::AwaitingConfirmation, None),
+            (CommandStatus::Pending, None),
+            (CommandStatus::Delivering, None),
+            (CommandStatus::Succeeded, Some(ResultStatus::Succeeded)),
+            (CommandStatus::Failed, Some(ResultStatus::Failed)),
+            (CommandStatus::Expired, Some(ResultStatus::Expired)),
+            (CommandStatus::Cancelled, Some(ResultStatus::Cancelled)),
+        ];
+        for (status, result) in all {
+            assert_eq!(status.result_status(), result, "{status:?}");
+            assert_eq!(result.is_some(), status.is_final(), "{status:?}");
+            if let Some(result) = result {
+                assert_eq!(result.as_str(), status.as_str());
+            }
+        }
+    }
+
+    fn view(status: CommandStatus, result: Option<CommandOutcome>) -> CommandView {
+        let now = Timestamp::now();
+        CommandView {
+            command_id: id("9b2e"),
+            device_id: device(),
+            command_type: CommandType::new("unlock").unwrap(),
+            status,
+            attempts: 1,
+            created_at: now,
+            expires_at: now,
+            result,
+            hops: written(),
+        }
+    }
+
+    #[test]
+    fn a_final_command_is_announced_with_its_id_outcome_and_hops() {
+        let error = DeviceErrorCode::new("gatt_write_failed").unwrap();
+        let failed = view(
+            CommandStatus::Failed,
+            Some(CommandOutcome::Error(error.clone())),
+        )
+        .result_frame()
+        .unwrap();
+        assert_eq!(failed.command_id, Some(id("9b2e")));
+        assert_eq!(failed.request_id, None);
+        assert_eq!(failed.status, ResultStatus::Failed);
+        assert_eq!(failed.error, Some(error));
+        assert_eq!(failed.payload, None);
+        assert_eq!(failed.hops, written());
+
+        let payload = HexPayload::from(vec![1]);
+        let succeeded = view(
+            CommandStatus::Succeeded,
+            Some(CommandOutcome::Payload(payload.clone())),
+        )
+        .result_frame()
+        .unwrap();
+        assert_eq!(succeeded.status, ResultStatus::Succeeded);
+        assert_eq!(succeeded.payload, Some(payload));
+
+        for status in [CommandStatus::Expired, CommandStatus::Cancelled] {
+            let result = view(status, None).result_frame().unwrap();
+            assert_eq!(Some(result.status), status.result_status());
+            assert_eq!((result.payload, result.error), (None, None));
+        }
+    }
+
+    #[test]
+    fn a_command_that_is_not_final_is_not_announced() {
+        for status in [
+            CommandStatus::AwaitingConfirmation,
+            CommandStatus::Pending,
+            CommandStatus::Delivering,
+        ] {
+            assert_eq!(view(status, None).result_frame(), None, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn a_command_view_shows_hops_only_when_there_are_some() {
+        let mut v = view(CommandStatus::Pending, None);
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["stage"], "written");
+        assert_eq!(json["progress"]["writtenMs"], 41);
+        v.hops = Hops::NONE;
+        let json = serde_json::to_value(&v).unwrap();
+        assert!(json.get("stage").is_none() && json.get("progress").is_none());
+        assert_eq!(serde_json::from_value::<CommandView>(json).unwrap(), v);
+    }
+}
