@@ -518,7 +518,7 @@ fn a_hello_with_both_or_malformed_credentials_is_invalid_message() {
 fn hello_device_ids_follow_the_device_id_rule() {
     for device_ids in [
         r#""lock-1""#,
-        r#"[1]"#,
+        "[1]",
         r#"[""]"#,
         r#"["lock\n1"]"#,
         r#"{"a":"lock-1"}"#,
@@ -547,7 +547,11 @@ fn a_hello_reads_its_devices_once_each_in_order() {
     let MqttBridgeFrame::Hello(hello) = frame else {
         panic!("{frame:?}")
     };
-    let ids: Vec<&str> = hello.device_ids.iter().map(|d| d.as_str()).collect();
+    let ids: Vec<&str> = hello
+        .device_ids
+        .iter()
+        .map(bridge_protocol::DeviceId::as_str)
+        .collect();
     assert_eq!(ids, ["b", "a"]);
     assert!(matches!(hello.credentials, Credentials::UserId(u) if u.as_str() == "owner-1"));
     // No `deviceIds`: a bridge that claims its devices later with `ble_status`.
