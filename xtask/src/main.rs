@@ -99,6 +99,7 @@ fn workspace_root() -> std::path::PathBuf {
 
 fn ci(_args: &[String]) -> Result<(), String> {
     let cargo = cargo();
+    check_protocol_copy(&workspace_root())?;
     run("format", &cargo, &["fmt", "--all", "--", "--check"], &[])?;
     run(
         "clippy",
@@ -131,6 +132,42 @@ fn ci(_args: &[String]) -> Result<(), String> {
         &[],
     )?;
     println!("\nxtask ci: all steps passed");
+    Ok(())
+}
+
+/// The repository's `docs/PROTOCOL.md` is a byte-for-byte copy of the shared contract
+/// `../shared/PROTOCOL.md`; when the shared one is present, a difference fails the build.
+fn check_protocol_copy(root: &std::path::Path) -> Result<(), String> {
+    let shared = root.join("../shared/PROTOCOL.md");
+    let copy = root.join("docs/PROTOCOL.md");
+    println!(
+        "\n==> protocol document: {} against {}",
+        copy.display(),
+        shared.display()
+    );
+    let Ok(shared_text) = std::fs::read(&shared) else {
+        println!("<== protocol document: no shared copy here; skipped");
+        return Ok(());
+    };
+    let copy_text = std::fs::read(&copy).map_err(|e| {
+        format!(
+            "protocol document: cannot read {}: {e}; copy it with `cp {} {}`",
+            copy.display(),
+            shared.display(),
+            copy.display()
+        )
+    })?;
+    if copy_text != shared_text {
+        return Err(format!(
+            "protocol document: {} differs from the shared contract {}; copy it with `cp {} {}` \
+             (and update the golden fixtures for any new example)",
+            copy.display(),
+            shared.display(),
+            shared.display(),
+            copy.display()
+        ));
+    }
+    println!("<== protocol document: identical");
     Ok(())
 }
 
@@ -475,6 +512,27 @@ fn check_services() -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_protocol_copy_must_match_the_shared_document_when_there_is_one() {
+        let base = env::temp_dir().join(format!("xtask-protocol-{}", std::process::id()));
+        let root = base.join("repo");
+        std::fs::create_dir_all(root.join("docs")).unwrap();
+        std::fs::create_dir_all(base.join("shared")).unwrap();
+        std::fs::write(root.join("docs/PROTOCOL.md"), "# v1.1\n").unwrap();
+
+        // No shared document: nothing to compare with.
+        assert!(check_protocol_copy(&root).is_ok());
+
+        std::fs::write(base.join("shared/PROTOCOL.md"), "# v1.1\n").unwrap();
+        assert!(check_protocol_copy(&root).is_ok());
+
+        std::fs::write(base.join("shared/PROTOCOL.md"), "# v1.2\n").unwrap();
+        let error = check_protocol_copy(&root).unwrap_err();
+        assert!(error.contains("copy it with `cp"), "{error}");
+
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn host_port_reads_every_service_url_form() {

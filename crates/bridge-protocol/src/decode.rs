@@ -19,6 +19,41 @@
 //!   so that the error frame is always valid.
 //! * `rssi` is an integer from -128 to 127 (dBm).
 //!
+//! ## Version 1.1
+//!
+//! * `ble_progress`: `requestId` and `deviceId` as for `ble_response`; `stage` is required and
+//!   must be `received`, `connected` or `written`. Any other value, `sent` included (the
+//!   server's own stage, never the bridge's), and a non-string, is `invalid_message`.
+//!   Whether the stage is later than one already reported is the session's business, not
+//!   the decoder's: such a frame decodes and is then ignored.
+//! * `stage` and `progress` on answers (`command_result`, the HTTP command answer,
+//!   `GET /v1/commands/{commandId}`): `stage` may also be `sent`. `progress` is an object
+//!   whose `receivedMs`, `connectedMs` and `writtenMs` are integers from 0 to 2^32-1 (a
+//!   command waits at most 120 s); its other keys are ignored, and an empty `progress`
+//!   reads as absent (encoders leave it out). The decoders do not cross-check `stage`
+//!   against `progress`: both are the server's report.
+//! * The stream (4.5): [`StreamEvent::decode`] reads a `data:` object; `overflow` is its own
+//!   event, every other `type` reads as [`ServerToUser::decode`] reads it, and frames the
+//!   stream never carries (`ack`, `error`, `pong`) are `unknown_type`.
+//! * MQTT (section 6): `hello`, `welcome` and `bye` are `unknown_type` for the WebSocket
+//!   decoders and are read only by [`MqttBridgeFrame::decode`] and
+//!   [`MqttServerFrame::decode`], which otherwise read exactly as their WebSocket
+//!   counterparts. In a `hello`:
+//!   * exactly one of `token` and `userId`. Both is `invalid_message` (which identity would
+//!     be meant is unclear). Neither, or an empty `token`, is `unauthorized`: PROTOCOL.md 6
+//!     answers a missing token with that code, and a development-mode `hello` without
+//!     `userId` is missing its credentials just the same;
+//!   * `token` must be a string; its content is the authenticator's to judge (a malformed
+//!     one is `unauthorized` there, not here);
+//!   * `userId` follows the id rule of section 3 (1 to 128 characters, no control
+//!     characters); a `userId` that breaks it is `invalid_message`, as a bad `?userId=` is
+//!     a 400 over WebSocket;
+//!   * `deviceIds` is an array of device ids, each 1 to 128 characters without control
+//!     characters (otherwise `invalid_message`); absent or `null` means none, and a repeated
+//!     id counts once (as repeated `deviceId` query parameters do);
+//!   * a bridge id is never read from a frame: [`BridgeId`](crate::BridgeId) comes from the
+//!     topic.
+//!
 //! Decoding borrows from the input and validates each field once; the hot frames
 //! (`ble_response`, `ble_write`) are read without building a generic JSON tree.
 
@@ -28,14 +63,15 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::frames::{
-    Ack, AppEvent, BleOutcome, BleResponse, BleStatus, BleWrite, CommandFrame, CommandResult,
-    DeviceStatus, EventType, Release, ResultStatus, SubscriptionChange,
+    Ack, AppEvent, BleOutcome, BleProgress, BleResponse, BleStatus, BleWrite, CommandFrame,
+    CommandResult, DeviceStatus, EventType, Release, ResultStatus, SubscriptionChange,
 };
 use crate::http::{CommandRequest, EventRequest, IfOffline};
+use crate::mqtt::{Credentials, Hello, MqttBridgeFrame, MqttServerFrame, Token};
 use crate::{
     BridgeToServer, CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, ErrorCode,
-    ErrorFrame, HexPayload, Limits, ProtocolError, RequestId, ServerToBridge, ServerToUser,
-    TimeoutMs, TtlSeconds, UserToServer, ValueError,
+    ErrorFrame, HexPayload, Hops, Limits, Progress, ProtocolError, RequestId, ServerToBridge,
+    ServerToUser, Stage, StreamEvent, TimeoutMs, TtlSeconds, UserId, UserToServer, ValueError,
 };
 
 /// Every field any frame or body may carry, each as its raw JSON text.
@@ -88,6 +124,16 @@ struct Envelope<'a> {
     code: Option<&'a RawValue>,
     #[serde(borrow, default)]
     message: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    progress: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    user_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    device_ids: Option<&'a RawValue>,
 }
 
 /// A field of the envelope, read with the error code used for structural problems.
@@ -232,6 +278,37 @@ impl<'a> Reader<'_, 'a> {
         let s = raw_str(raw).ok_or_else(|| self.wrong_type("error", "a string"))?;
         DeviceErrorCode::new(&s).map_err(|e| self.invalid(&e))
     }
+
+    /// The `stage` of a `ble_progress`: one a bridge may report.
+    fn reported_stage(&self) -> Result<Stage, ProtocolError> {
+        const EXPECTED: &str = "`received`, `connected` or `written`";
+        let s = self.req_str(self.env.stage, "stage")?;
+        Stage::from_wire(&s)
+            .filter(|stage| stage.is_reported_by_bridge())
+            .ok_or_else(|| self.wrong_type("stage", EXPECTED))
+    }
+
+    /// `stage` and `progress` of an answer (1.1); both absent is [`Hops::NONE`].
+    fn hops(&self) -> Result<Hops, ProtocolError> {
+        let stage = self
+            .opt_str(self.env.stage, "stage")?
+            .map(|s| Stage::from_wire(&s).ok_or_else(|| self.wrong_type("stage", "a known stage")))
+            .transpose()?;
+        let progress = match self.env.progress {
+            None => Progress::NONE,
+            // serde would also read a struct from an array: only an object is accepted.
+            Some(raw) => Some(raw)
+                .filter(|raw| raw.get().starts_with('{'))
+                .and_then(|raw| serde_json::from_str::<Progress>(raw.get()).ok())
+                .ok_or_else(|| {
+                    self.wrong_type(
+                        "progress",
+                        "an object of `receivedMs`, `connectedMs` and `writtenMs` milliseconds",
+                    )
+                })?,
+        };
+        Ok(Hops { stage, progress })
+    }
 }
 
 /// The frame's `requestId`, if it has a valid one.
@@ -275,53 +352,67 @@ fn unknown_type(ty: &str, role: &str) -> ProtocolError {
 impl BridgeToServer {
     /// Decodes a text frame a bridge sent.
     pub fn decode(text: &str, limits: &Limits) -> Result<Self, ProtocolError> {
-        decode_frame(text, |ty, r| match ty {
-            "ble_response" => {
-                let request_id = r.request_id()?;
-                let device_id = r.device_id()?;
-                let outcome = match (r.env.payload, r.env.error) {
-                    (Some(_), None) => BleOutcome::Payload(r.payload(limits)?),
-                    (None, Some(err)) => BleOutcome::Error(r.device_error(err)?),
-                    (Some(_), Some(_)) => {
-                        return Err(ProtocolError::invalid_message(
-                            "exactly one of `payload` and `error` must be present, not both",
-                        ));
-                    }
-                    (None, None) => {
-                        return Err(ProtocolError::invalid_message(
-                            "exactly one of `payload` and `error` must be present",
-                        ));
-                    }
-                };
-                Ok(Self::BleResponse(BleResponse {
-                    request_id,
-                    device_id,
-                    outcome,
-                }))
-            }
-            "ble_status" => {
-                let device_id = r.device_id()?;
-                let connected = r.req_bool(r.env.connected, "connected")?;
-                let rssi = match r.env.rssi {
-                    None => None,
-                    Some(raw) => Some(
-                        raw.get()
-                            .parse::<i8>()
-                            .map_err(|_| r.wrong_type("rssi", "an integer from -128 to 127"))?,
-                    ),
-                };
-                Ok(Self::BleStatus(BleStatus {
-                    device_id,
-                    connected,
-                    rssi,
-                }))
-            }
-            "release" => Ok(Self::Release(Release {
-                device_id: r.device_id()?,
-            })),
-            "ping" => Ok(Self::Ping),
-            other => Err(unknown_type(other, "bridge")),
-        })
+        decode_frame(text, |ty, r| bridge_body(ty, r, limits))
+    }
+}
+
+/// The body of a frame a bridge sent, by its `type`.
+fn bridge_body(
+    ty: &str,
+    r: &Reader<'_, '_>,
+    limits: &Limits,
+) -> Result<BridgeToServer, ProtocolError> {
+    match ty {
+        "ble_response" => {
+            let request_id = r.request_id()?;
+            let device_id = r.device_id()?;
+            let outcome = match (r.env.payload, r.env.error) {
+                (Some(_), None) => BleOutcome::Payload(r.payload(limits)?),
+                (None, Some(err)) => BleOutcome::Error(r.device_error(err)?),
+                (Some(_), Some(_)) => {
+                    return Err(ProtocolError::invalid_message(
+                        "exactly one of `payload` and `error` must be present, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(ProtocolError::invalid_message(
+                        "exactly one of `payload` and `error` must be present",
+                    ));
+                }
+            };
+            Ok(BridgeToServer::BleResponse(BleResponse {
+                request_id,
+                device_id,
+                outcome,
+            }))
+        }
+        "ble_status" => {
+            let device_id = r.device_id()?;
+            let connected = r.req_bool(r.env.connected, "connected")?;
+            let rssi = match r.env.rssi {
+                None => None,
+                Some(raw) => Some(
+                    raw.get()
+                        .parse::<i8>()
+                        .map_err(|_| r.wrong_type("rssi", "an integer from -128 to 127"))?,
+                ),
+            };
+            Ok(BridgeToServer::BleStatus(BleStatus {
+                device_id,
+                connected,
+                rssi,
+            }))
+        }
+        "ble_progress" => Ok(BridgeToServer::BleProgress(BleProgress {
+            request_id: r.request_id()?,
+            device_id: r.device_id()?,
+            stage: r.reported_stage()?,
+        })),
+        "release" => Ok(BridgeToServer::Release(Release {
+            device_id: r.device_id()?,
+        })),
+        "ping" => Ok(BridgeToServer::Ping),
+        other => Err(unknown_type(other, "bridge")),
     }
 }
 
@@ -377,27 +468,34 @@ impl ServerToBridge {
     ///
     /// The server chooses payload sizes, so no payload limit is applied here.
     pub fn decode(text: &str) -> Result<Self, ProtocolError> {
-        let unlimited = Limits {
-            max_payload_bytes: usize::MAX,
-        };
-        decode_frame(text, |ty, r| match ty {
-            "ble_write" => {
-                let timeout = r.req_u64(r.env.timeout_ms, "timeoutMs")?;
-                Ok(Self::BleWrite(BleWrite {
-                    request_id: r.request_id()?,
-                    device_id: r.device_id()?,
-                    device_type: r.device_type()?,
-                    service_uuid: r.uuid(r.env.service_uuid, "serviceUuid")?,
-                    write_uuid: r.uuid(r.env.write_uuid, "writeUuid")?,
-                    listen_uuid: r.uuid(r.env.listen_uuid, "listenUuid")?,
-                    payload: r.payload(&unlimited)?,
-                    timeout_ms: TimeoutMs::new(timeout).map_err(|e| r.invalid(&e))?,
-                }))
-            }
-            "error" => Ok(Self::Error(error_frame(r)?)),
-            "pong" => Ok(Self::Pong),
-            other => Err(unknown_type(other, "server")),
-        })
+        decode_frame(text, to_bridge_body)
+    }
+}
+
+/// The server chooses payload sizes, so decoders of its frames apply no payload limit.
+const UNLIMITED: Limits = Limits {
+    max_payload_bytes: usize::MAX,
+};
+
+/// The body of a frame the server sent to a bridge, by its `type`.
+fn to_bridge_body(ty: &str, r: &Reader<'_, '_>) -> Result<ServerToBridge, ProtocolError> {
+    match ty {
+        "ble_write" => {
+            let timeout = r.req_u64(r.env.timeout_ms, "timeoutMs")?;
+            Ok(ServerToBridge::BleWrite(BleWrite {
+                request_id: r.request_id()?,
+                device_id: r.device_id()?,
+                device_type: r.device_type()?,
+                service_uuid: r.uuid(r.env.service_uuid, "serviceUuid")?,
+                write_uuid: r.uuid(r.env.write_uuid, "writeUuid")?,
+                listen_uuid: r.uuid(r.env.listen_uuid, "listenUuid")?,
+                payload: r.payload(&UNLIMITED)?,
+                timeout_ms: TimeoutMs::new(timeout).map_err(|e| r.invalid(&e))?,
+            }))
+        }
+        "error" => Ok(ServerToBridge::Error(error_frame(r)?)),
+        "pong" => Ok(ServerToBridge::Pong),
+        other => Err(unknown_type(other, "server")),
     }
 }
 
@@ -405,49 +503,132 @@ impl ServerToUser {
     /// Decodes a text frame the server sent to a user (the user side's entry point). A
     /// `type` the protocol does not define is an application event.
     pub fn decode(text: &str) -> Result<Self, ProtocolError> {
-        let unlimited = Limits {
-            max_payload_bytes: usize::MAX,
-        };
-        decode_frame(text, |ty, r| match ty {
-            "device_status" => Ok(Self::DeviceStatus(DeviceStatus {
+        decode_frame(text, to_user_body)
+    }
+}
+
+/// The body of a frame the server sent to a user, by its `type`.
+fn to_user_body(ty: &str, r: &Reader<'_, '_>) -> Result<ServerToUser, ProtocolError> {
+    match ty {
+        "device_status" => Ok(ServerToUser::DeviceStatus(DeviceStatus {
+            device_id: r.device_id()?,
+            online: r.req_bool(r.env.online, "online")?,
+            ble_connected: r.opt_bool(r.env.ble_connected, "bleConnected")?,
+        })),
+        "command_result" => {
+            let status_text = r.req_str(r.env.status, "status")?;
+            let status = ResultStatus::from_wire(&status_text)
+                .ok_or_else(|| r.wrong_type("status", "a known command status"))?;
+            let request_id = r.env.request_id.map(|_| r.request_id()).transpose()?;
+            let command_id = r
+                .opt_str(r.env.command_id, "commandId")?
+                .map(|s| CommandId::new(&s).map_err(|e| r.invalid(&e)))
+                .transpose()?;
+            let error = r.env.error.map(|raw| r.device_error(raw)).transpose()?;
+            Ok(ServerToUser::CommandResult(CommandResult {
+                request_id,
+                command_id,
                 device_id: r.device_id()?,
-                online: r.req_bool(r.env.online, "online")?,
-                ble_connected: r.opt_bool(r.env.ble_connected, "bleConnected")?,
-            })),
-            "command_result" => {
-                let status_text = r.req_str(r.env.status, "status")?;
-                let status = ResultStatus::from_wire(&status_text)
-                    .ok_or_else(|| r.wrong_type("status", "a known command status"))?;
-                let request_id = r.env.request_id.map(|_| r.request_id()).transpose()?;
-                let command_id = r
-                    .opt_str(r.env.command_id, "commandId")?
-                    .map(|s| CommandId::new(&s).map_err(|e| r.invalid(&e)))
-                    .transpose()?;
-                let error = r.env.error.map(|raw| r.device_error(raw)).transpose()?;
-                Ok(Self::CommandResult(CommandResult {
-                    request_id,
-                    command_id,
-                    device_id: r.device_id()?,
-                    status,
-                    payload: r.opt_payload(&unlimited)?,
-                    error,
-                }))
+                status,
+                payload: r.opt_payload(&UNLIMITED)?,
+                error,
+                hops: r.hops()?,
+            }))
+        }
+        "ack" => Ok(ServerToUser::Ack(Ack {
+            request_id: r.request_id()?,
+        })),
+        "error" => Ok(ServerToUser::Error(error_frame(r)?)),
+        "pong" => Ok(ServerToUser::Pong),
+        other if crate::frames::RESERVED_TYPES.contains(&other) => {
+            Err(unknown_type(other, "server"))
+        }
+        other => Ok(ServerToUser::Event(AppEvent {
+            event_type: EventType::new(other).map_err(|e| r.invalid(&e))?,
+            device_id: r.device_id()?,
+            data: event_data(r)?,
+        })),
+    }
+}
+
+impl StreamEvent {
+    /// Decodes the `data:` object of a stream event (the stream client's entry point).
+    pub fn decode(data: &str) -> Result<Self, ProtocolError> {
+        decode_frame(data, |ty, r| {
+            if ty == "overflow" {
+                return Ok(Self::Overflow);
             }
-            "ack" => Ok(Self::Ack(Ack {
-                request_id: r.request_id()?,
-            })),
-            "error" => Ok(Self::Error(error_frame(r)?)),
-            "pong" => Ok(Self::Pong),
-            other if crate::frames::RESERVED_TYPES.contains(&other) => {
-                Err(unknown_type(other, "server"))
+            match to_user_body(ty, r)? {
+                ServerToUser::DeviceStatus(f) => Ok(Self::DeviceStatus(f)),
+                ServerToUser::Event(f) => Ok(Self::Event(f)),
+                ServerToUser::CommandResult(f) => Ok(Self::CommandResult(f)),
+                ServerToUser::Ack(_) | ServerToUser::Error(_) | ServerToUser::Pong => {
+                    Err(unknown_type(ty, "stream"))
+                }
             }
-            other => Ok(Self::Event(AppEvent {
-                event_type: EventType::new(other).map_err(|e| r.invalid(&e))?,
-                device_id: r.device_id()?,
-                data: event_data(r)?,
-            })),
         })
     }
+}
+
+impl MqttBridgeFrame {
+    /// Decodes a message a bridge published on its `up` topic: `hello`, `bye`, or any frame
+    /// [`BridgeToServer::decode`] reads.
+    pub fn decode(text: &str, limits: &Limits) -> Result<Self, ProtocolError> {
+        decode_frame(text, |ty, r| match ty {
+            "hello" => Ok(Self::Hello(hello(r)?)),
+            "bye" => Ok(Self::Bye),
+            other => bridge_body(other, r, limits).map(Self::Frame),
+        })
+    }
+}
+
+impl MqttServerFrame {
+    /// Decodes a message the server published on a bridge's `down` topic (the bridge side's
+    /// entry point): `welcome`, or any frame [`ServerToBridge::decode`] reads.
+    pub fn decode(text: &str) -> Result<Self, ProtocolError> {
+        decode_frame(text, |ty, r| match ty {
+            "welcome" => Ok(Self::Welcome),
+            other => to_bridge_body(other, r).map(Self::Frame),
+        })
+    }
+}
+
+fn hello(r: &Reader<'_, '_>) -> Result<Hello, ProtocolError> {
+    let token = r.opt_str(r.env.token, "token")?;
+    let user_id = r.opt_str(r.env.user_id, "userId")?;
+    let credentials = match (token, user_id) {
+        (Some(_), Some(_)) => {
+            return Err(ProtocolError::invalid_message(
+                "a `hello` carries `token` or `userId`, not both",
+            ));
+        }
+        (Some(token), None) => Token::new(token.into_owned()).map(Credentials::Token),
+        (None, Some(user)) => Some(Credentials::UserId(
+            UserId::new(&user).map_err(|e| r.invalid(&e))?,
+        )),
+        (None, None) => None,
+    };
+    let credentials = credentials.ok_or_else(|| {
+        ProtocolError::new(
+            ErrorCode::Unauthorized,
+            "a `hello` needs a `token` (or, in development mode, a `userId`)",
+        )
+    })?;
+    let mut device_ids: Vec<DeviceId> = Vec::new();
+    if let Some(raw) = r.env.device_ids {
+        let items = serde_json::from_str::<Vec<Cow<'_, str>>>(raw.get())
+            .map_err(|_| r.wrong_type("deviceIds", "an array of strings"))?;
+        for item in items {
+            let id = DeviceId::new(&item).map_err(|e| r.invalid(&e))?;
+            if !device_ids.contains(&id) {
+                device_ids.push(id);
+            }
+        }
+    }
+    Ok(Hello {
+        credentials,
+        device_ids,
+    })
 }
 
 fn event_data(r: &Reader<'_, '_>) -> Result<Option<serde_json::Value>, ProtocolError> {

@@ -12,15 +12,17 @@ use uuid::Uuid;
 
 use crate::http::CommandRequest;
 use crate::{
-    CommandId, DeviceErrorCode, DeviceId, DeviceType, ErrorFrame, HexPayload, RequestId, TimeoutMs,
-    ValueError,
+    CommandId, DeviceErrorCode, DeviceId, DeviceType, ErrorFrame, HexPayload, Hops, RequestId,
+    Stage, TimeoutMs, ValueError,
 };
 
-/// Every `type` this page defines. An application event may not use one of these.
+/// Every `type` PROTOCOL.md defines (1.1 included: `ble_progress`, the stream's `overflow`,
+/// MQTT's `hello`, `welcome` and `bye`). An application event may not use one of these.
 pub const RESERVED_TYPES: &[&str] = &[
     "ble_write",
     "ble_response",
     "ble_status",
+    "ble_progress",
     "release",
     "device_status",
     "command_result",
@@ -31,6 +33,10 @@ pub const RESERVED_TYPES: &[&str] = &[
     "error",
     "ping",
     "pong",
+    "overflow",
+    "hello",
+    "welcome",
+    "bye",
 ];
 
 /// `ble_write` (server → bridge): write `payload` to the device and answer with its reply.
@@ -90,6 +96,20 @@ pub struct BleStatus {
     /// Signal strength in dBm (`-128..=127`); absent keeps the last reported value.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rssi: Option<i8>,
+}
+
+/// `ble_progress` (bridge → server, 1.1): how far the bridge has got with a pending
+/// `ble_write`. Never resolves a command and never extends its timeout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BleProgress {
+    /// The `requestId` of the `ble_write` it reports on.
+    pub request_id: RequestId,
+    /// The device.
+    pub device_id: DeviceId,
+    /// The stage reached: `received`, `connected` or `written` (never `sent`; the decoder
+    /// refuses it).
+    pub stage: Stage,
 }
 
 /// `release` (bridge → server): stop relaying for a device.
@@ -285,6 +305,24 @@ pub struct CommandResult {
     /// The failure code, for `device_error` and `failed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<DeviceErrorCode>,
+    /// How far the command got (1.1 `stage` and `progress`); [`Hops::NONE`] leaves both out.
+    #[serde(flatten)]
+    pub hops: Hops,
+}
+
+impl CommandResult {
+    /// A result with only the required fields; the optional ones are absent.
+    pub const fn new(device_id: DeviceId, status: ResultStatus) -> Self {
+        Self {
+            request_id: None,
+            command_id: None,
+            device_id,
+            status,
+            payload: None,
+            error: None,
+            hops: Hops::NONE,
+        }
+    }
 }
 
 /// `ack` (server → user): a `subscribe` or `unsubscribe` was applied.
@@ -303,6 +341,8 @@ pub enum BridgeToServer {
     BleResponse(BleResponse),
     /// `ble_status`.
     BleStatus(BleStatus),
+    /// `ble_progress` (1.1).
+    BleProgress(BleProgress),
     /// `release`.
     Release(Release),
     /// `ping`.
@@ -363,12 +403,12 @@ struct Tagged<'a, T: Serialize> {
 }
 
 #[derive(Serialize)]
-struct TypeOnly {
+pub(crate) struct TypeOnly {
     #[serde(rename = "type")]
-    ty: &'static str,
+    pub(crate) ty: &'static str,
 }
 
-fn tagged<S: Serializer, T: Serialize>(
+pub(crate) fn tagged<S: Serializer, T: Serialize>(
     s: S,
     ty: &'static str,
     body: &T,
@@ -381,6 +421,7 @@ impl Serialize for BridgeToServer {
         match self {
             Self::BleResponse(f) => tagged(s, "ble_response", f),
             Self::BleStatus(f) => tagged(s, "ble_status", f),
+            Self::BleProgress(f) => tagged(s, "ble_progress", f),
             Self::Release(f) => tagged(s, "release", f),
             Self::Ping => TypeOnly { ty: "ping" }.serialize(s),
         }
@@ -422,6 +463,7 @@ impl Serialize for ServerToUser {
     }
 }
 
+/// `to_json` and `write_json` for each frame enum.
 macro_rules! encoders {
     ($($ty:ty),*) => {$(
         impl $ty {
@@ -440,5 +482,7 @@ macro_rules! encoders {
         }
     )*};
 }
+
+pub(crate) use encoders;
 
 encoders!(BridgeToServer, ServerToBridge, UserToServer, ServerToUser);

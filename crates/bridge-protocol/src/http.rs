@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, ErrorCode, HexPayload,
-    RequestId, TimeoutMs, Timestamp, TtlSeconds,
+    CommandId, CommandResult, CommandType, DeviceErrorCode, DeviceId, DeviceType, ErrorCode,
+    HexPayload, Hops, RequestId, ResultStatus, TimeoutMs, Timestamp, TtlSeconds,
 };
 
 /// What to do with a command for a device that is offline.
@@ -92,6 +92,9 @@ impl EventRequest {
 }
 
 /// The answer to `POST /v1/devices/{deviceId}/commands`, tagged by `status`.
+///
+/// The answers of a command that was sent to a bridge (200, 502, 503 `bridge_lost`, 504)
+/// carry [`Hops`] (1.1 `stage` and `progress`); with [`Hops::NONE`] they are the 1.0 shapes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -105,6 +108,9 @@ pub enum CommandResponse {
         payload: HexPayload,
         /// Milliseconds from sending to the answer.
         latency_ms: u64,
+        /// How far the command got.
+        #[serde(flatten)]
+        hops: Hops,
     },
     /// 202: the device was offline and the command was queued.
     #[serde(rename_all = "camelCase")]
@@ -122,13 +128,24 @@ pub enum CommandResponse {
     DeviceError {
         /// The bridge's failure code.
         error: DeviceErrorCode,
+        /// How far the command got.
+        #[serde(flatten)]
+        hops: Hops,
     },
     /// 503: no bridge holds the device.
     Offline,
     /// 503: the bridge went away before answering.
-    BridgeLost,
+    BridgeLost {
+        /// How far the command got.
+        #[serde(flatten)]
+        hops: Hops,
+    },
     /// 504: no answer within `timeoutMs`.
-    Timeout,
+    Timeout {
+        /// How far the command got.
+        #[serde(flatten)]
+        hops: Hops,
+    },
 }
 
 impl CommandResponse {
@@ -138,9 +155,68 @@ impl CommandResponse {
             Self::Succeeded { .. } => 200,
             Self::Queued { .. } | Self::AwaitingConfirmation { .. } => 202,
             Self::DeviceError { .. } => 502,
-            Self::Offline | Self::BridgeLost => 503,
-            Self::Timeout => 504,
+            Self::Offline | Self::BridgeLost { .. } => 503,
+            Self::Timeout { .. } => 504,
         }
+    }
+
+    /// The status of this answer, as its `command_result` frame reports it.
+    pub const fn result_status(&self) -> ResultStatus {
+        match self {
+            Self::Succeeded { .. } => ResultStatus::Succeeded,
+            Self::Queued { .. } => ResultStatus::Queued,
+            Self::AwaitingConfirmation { .. } => ResultStatus::AwaitingConfirmation,
+            Self::DeviceError { .. } => ResultStatus::DeviceError,
+            Self::Offline => ResultStatus::Offline,
+            Self::BridgeLost { .. } => ResultStatus::BridgeLost,
+            Self::Timeout { .. } => ResultStatus::Timeout,
+        }
+    }
+
+    /// The `outcome` label of `bridge_commands_total` (PROTOCOL.md 4.4): the `status` word.
+    pub const fn outcome(&self) -> &'static str {
+        self.result_status().as_str()
+    }
+
+    /// How far the command got; [`Hops::NONE`] for the answers of a command never sent.
+    pub const fn hops(&self) -> Hops {
+        match self {
+            Self::Succeeded { hops, .. }
+            | Self::DeviceError { hops, .. }
+            | Self::BridgeLost { hops }
+            | Self::Timeout { hops } => *hops,
+            Self::Queued { .. } | Self::AwaitingConfirmation { .. } | Self::Offline => Hops::NONE,
+        }
+    }
+
+    /// The `command_result` frame that reports this answer (PROTOCOL.md 3.4 and 4.5): the
+    /// same status, the reply or failure code, the `commandId` of a queued command, and the
+    /// stage and progress. `request_id` is the user's `requestId` for a `command` frame's
+    /// answer, or the `ble_write`'s for the stream.
+    pub fn into_result(self, request_id: Option<RequestId>, device: DeviceId) -> CommandResult {
+        let mut result = CommandResult::new(device, self.result_status());
+        result.request_id = request_id;
+        match self {
+            Self::Succeeded { payload, hops, .. } => {
+                result.payload = Some(payload);
+                result.hops = hops;
+            }
+            Self::Queued { command_id } | Self::AwaitingConfirmation { command_id } => {
+                result.command_id = Some(command_id);
+            }
+            Self::DeviceError { error, hops } => {
+                result.error = Some(error);
+                result.hops = hops;
+            }
+            Self::BridgeLost { hops } | Self::Timeout { hops } => result.hops = hops,
+            Self::Offline => {}
+        }
+        result
+    }
+
+    /// As [`CommandResponse::into_result`], for a borrowed answer.
+    pub fn to_result(&self, request_id: Option<RequestId>, device: DeviceId) -> CommandResult {
+        self.clone().into_result(request_id, device)
     }
 }
 
@@ -207,6 +283,18 @@ impl CommandStatus {
         )
     }
 
+    /// The status a `command_result` reports for a command that ended in this state;
+    /// `None` while it is not final.
+    pub const fn result_status(self) -> Option<ResultStatus> {
+        match self {
+            Self::Succeeded => Some(ResultStatus::Succeeded),
+            Self::Failed => Some(ResultStatus::Failed),
+            Self::Expired => Some(ResultStatus::Expired),
+            Self::Cancelled => Some(ResultStatus::Cancelled),
+            Self::AwaitingConfirmation | Self::Pending | Self::Delivering => None,
+        }
+    }
+
     /// The status as written on the wire.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -251,6 +339,27 @@ pub struct CommandView {
     pub expires_at: Timestamp,
     /// The result, once final and when there is one; `null` before.
     pub result: Option<CommandOutcome>,
+    /// How far the latest attempt got (1.1); [`Hops::NONE`] leaves both fields out.
+    #[serde(flatten)]
+    pub hops: Hops,
+}
+
+impl CommandView {
+    /// The `command_result` frame announcing this command's end to its device's subscribers
+    /// (PROTOCOL.md 3.3): `commandId`, the final status, the reply or failure code, and how
+    /// far the latest attempt got. `None` while the command is not final.
+    pub fn result_frame(&self) -> Option<CommandResult> {
+        let status = self.status.result_status()?;
+        let mut result = CommandResult::new(self.device_id.clone(), status);
+        result.command_id = Some(self.command_id.clone());
+        match &self.result {
+            Some(CommandOutcome::Payload(payload)) => result.payload = Some(payload.clone()),
+            Some(CommandOutcome::Error(error)) => result.error = Some(error.clone()),
+            None => {}
+        }
+        result.hops = self.hops;
+        Some(result)
+    }
 }
 
 /// `GET /v1/devices/{deviceId}/commands`.
@@ -340,5 +449,246 @@ impl From<&crate::ConfigRegistry> for DeviceTypeList {
                 .collect(),
             default_type: registry.default_type().cloned(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Progress, Stage};
+
+    fn id(s: &str) -> CommandId {
+        CommandId::new(s).unwrap()
+    }
+
+    fn device() -> DeviceId {
+        DeviceId::new("lock-1").unwrap()
+    }
+
+    fn written() -> Hops {
+        Hops {
+            stage: Some(Stage::Written),
+            progress: Progress {
+                received_ms: Some(3),
+                connected_ms: None,
+                written_ms: Some(41),
+            },
+        }
+    }
+
+    /// One answer of each status, with the status code, outcome label and result status
+    /// PROTOCOL.md 4.1 and 4.4 give it.
+    fn every_answer() -> Vec<(CommandResponse, u16, &'static str, ResultStatus)> {
+        let error = DeviceErrorCode::new("gatt_write_failed").unwrap();
+        vec![
+            (
+                CommandResponse::Succeeded {
+                    request_id: RequestId::new("r-1").unwrap(),
+                    payload: HexPayload::from(vec![1]),
+                    latency_ms: 12,
+                    hops: written(),
+                },
+                200,
+                "succeeded",
+                ResultStatus::Succeeded,
+            ),
+            (
+                CommandResponse::Queued {
+                    command_id: id("q"),
+                },
+                202,
+                "queued",
+                ResultStatus::Queued,
+            ),
+            (
+                CommandResponse::AwaitingConfirmation {
+                    command_id: id("a"),
+                },
+                202,
+                "awaiting_confirmation",
+                ResultStatus::AwaitingConfirmation,
+            ),
+            (
+                CommandResponse::DeviceError {
+                    error,
+                    hops: written(),
+                },
+                502,
+                "device_error",
+                ResultStatus::DeviceError,
+            ),
+            (
+                CommandResponse::Offline,
+                503,
+                "offline",
+                ResultStatus::Offline,
+            ),
+            (
+                CommandResponse::BridgeLost { hops: Hops::SENT },
+                503,
+                "bridge_lost",
+                ResultStatus::BridgeLost,
+            ),
+            (
+                CommandResponse::Timeout { hops: written() },
+                504,
+                "timeout",
+                ResultStatus::Timeout,
+            ),
+        ]
+    }
+
+    #[test]
+    fn every_answer_has_the_status_code_and_outcome_label_of_the_protocol() {
+        for (response, status, outcome, result_status) in every_answer() {
+            assert_eq!(response.http_status(), status, "{response:?}");
+            assert_eq!(response.outcome(), outcome, "{response:?}");
+            assert_eq!(response.result_status(), result_status, "{response:?}");
+            // The outcome label is the `status` word of the body.
+            let body = serde_json::to_value(&response).unwrap();
+            assert_eq!(body["status"], outcome);
+        }
+    }
+
+    #[test]
+    fn every_answer_becomes_the_command_result_with_the_same_fields() {
+        for (response, _, _, status) in every_answer() {
+            let request_id = Some(RequestId::new("c-2").unwrap());
+            let result = response.to_result(request_id, device());
+            assert_eq!(result.request_id, request_id);
+            assert_eq!(result.device_id, device());
+            assert_eq!(result.status, status);
+            assert_eq!(result.hops, response.hops());
+            // Every field the answer's body has (but `requestId` and `latencyMs`, which
+            // belong to HTTP) comes back in the frame with the same value.
+            let body = serde_json::to_value(&response).unwrap();
+            let frame = serde_json::to_value(&result).unwrap();
+            for (key, value) in body.as_object().unwrap() {
+                if key != "requestId" && key != "latencyMs" {
+                    assert_eq!(frame.get(key), Some(value), "{key} of {body}");
+                }
+            }
+            assert_eq!(response.clone().into_result(request_id, device()), result);
+        }
+    }
+
+    #[test]
+    fn answers_of_a_command_never_sent_carry_no_hops() {
+        for response in [
+            CommandResponse::Queued {
+                command_id: id("q"),
+            },
+            CommandResponse::AwaitingConfirmation {
+                command_id: id("a"),
+            },
+            CommandResponse::Offline,
+        ] {
+            assert_eq!(response.hops(), Hops::NONE);
+        }
+    }
+
+    #[test]
+    fn answers_without_hops_keep_their_1_0_shape() {
+        for text in [
+            r#"{"status":"succeeded","requestId":"r","payload":"01","latencyMs":12}"#,
+            r#"{"status":"device_error","error":"gatt_write_failed"}"#,
+            r#"{"status":"bridge_lost"}"#,
+            r#"{"status":"timeout"}"#,
+        ] {
+            let response: CommandResponse = serde_json::from_str(text).unwrap();
+            assert_eq!(response.hops(), Hops::NONE, "{text}");
+            assert_eq!(serde_json::to_string(&response).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn only_final_statuses_have_a_result_status() {
+        let all = [
+            (CommandStatus::AwaitingConfirmation, None),
+            (CommandStatus::Pending, None),
+            (CommandStatus::Delivering, None),
+            (CommandStatus::Succeeded, Some(ResultStatus::Succeeded)),
+            (CommandStatus::Failed, Some(ResultStatus::Failed)),
+            (CommandStatus::Expired, Some(ResultStatus::Expired)),
+            (CommandStatus::Cancelled, Some(ResultStatus::Cancelled)),
+        ];
+        for (status, result) in all {
+            assert_eq!(status.result_status(), result, "{status:?}");
+            assert_eq!(result.is_some(), status.is_final(), "{status:?}");
+            if let Some(result) = result {
+                assert_eq!(result.as_str(), status.as_str());
+            }
+        }
+    }
+
+    fn view(status: CommandStatus, result: Option<CommandOutcome>) -> CommandView {
+        let now = Timestamp::now();
+        CommandView {
+            command_id: id("9b2e"),
+            device_id: device(),
+            command_type: CommandType::new("unlock").unwrap(),
+            status,
+            attempts: 1,
+            created_at: now,
+            expires_at: now,
+            result,
+            hops: written(),
+        }
+    }
+
+    #[test]
+    fn a_final_command_is_announced_with_its_id_outcome_and_hops() {
+        let error = DeviceErrorCode::new("gatt_write_failed").unwrap();
+        let failed = view(
+            CommandStatus::Failed,
+            Some(CommandOutcome::Error(error.clone())),
+        )
+        .result_frame()
+        .unwrap();
+        assert_eq!(failed.command_id, Some(id("9b2e")));
+        assert_eq!(failed.request_id, None);
+        assert_eq!(failed.status, ResultStatus::Failed);
+        assert_eq!(failed.error, Some(error));
+        assert_eq!(failed.payload, None);
+        assert_eq!(failed.hops, written());
+
+        let payload = HexPayload::from(vec![1]);
+        let succeeded = view(
+            CommandStatus::Succeeded,
+            Some(CommandOutcome::Payload(payload.clone())),
+        )
+        .result_frame()
+        .unwrap();
+        assert_eq!(succeeded.status, ResultStatus::Succeeded);
+        assert_eq!(succeeded.payload, Some(payload));
+
+        for status in [CommandStatus::Expired, CommandStatus::Cancelled] {
+            let result = view(status, None).result_frame().unwrap();
+            assert_eq!(Some(result.status), status.result_status());
+            assert_eq!((result.payload, result.error), (None, None));
+        }
+    }
+
+    #[test]
+    fn a_command_that_is_not_final_is_not_announced() {
+        for status in [
+            CommandStatus::AwaitingConfirmation,
+            CommandStatus::Pending,
+            CommandStatus::Delivering,
+        ] {
+            assert_eq!(view(status, None).result_frame(), None, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn a_command_view_shows_hops_only_when_there_are_some() {
+        let mut v = view(CommandStatus::Pending, None);
+        let json = serde_json::to_value(&v).unwrap();
+        assert_eq!(json["stage"], "written");
+        assert_eq!(json["progress"]["writtenMs"], 41);
+        v.hops = Hops::NONE;
+        let json = serde_json::to_value(&v).unwrap();
+        assert!(json.get("stage").is_none() && json.get("progress").is_none());
+        assert_eq!(serde_json::from_value::<CommandView>(json).unwrap(), v);
     }
 }

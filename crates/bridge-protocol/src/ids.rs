@@ -249,6 +249,13 @@ name_type!(
     MAX_DEVICE_ID_CHARS
 );
 name_type!(
+    /// The id of a user (`userId` of development mode, a token's `sub`): 1 to 128
+    /// characters, no control characters.
+    UserId,
+    "userId",
+    MAX_DEVICE_ID_CHARS
+);
+name_type!(
     /// The name of a device type in the [`ConfigRegistry`](crate::ConfigRegistry):
     /// 1 to 64 characters, no control characters.
     DeviceType,

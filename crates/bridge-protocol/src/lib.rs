@@ -1,6 +1,7 @@
-//! The bridge wire protocol, version 1, as plain data and pure functions.
+//! The bridge wire protocol, version 1.1, as plain data and pure functions.
 //!
-//! This crate is the code form of `PROTOCOL.md`: every WebSocket frame and HTTP body as a
+//! This crate is the code form of `docs/PROTOCOL.md` (in the repository root): every
+//! WebSocket frame, MQTT frame, stream event and HTTP body as a
 //! typed value, the validated identifiers they are made of, the error codes, and the
 //! device-type registry. It does no IO and needs no async runtime, so the server, the client
 //! library, a phone simulator and a third party's gateway all share one definition of the
@@ -12,7 +13,12 @@
 //!   (and the offending `requestId` when one could be read), and a `to_json` encoder.
 //! * Values: [`RequestId`] (inline, allocation-free), [`DeviceId`], [`HexPayload`] (bytes,
 //!   hex on the wire), [`TimeoutMs`], [`TtlSeconds`], [`Timestamp`] and the short names.
-//! * HTTP bodies of PROTOCOL.md 4: [`http`].
+//! * HTTP bodies of PROTOCOL.md 4: [`http`], with the mappings that belong to the wire:
+//!   [`CommandResponse`](http::CommandResponse)'s HTTP status, metric outcome and
+//!   `command_result` frame, and a final [`CommandView`](http::CommandView)'s announcement.
+//! * Version 1.1: [`BleProgress`] and the [`Stage`]/[`Progress`] of an answer ([`Hops`]);
+//!   the live stream's [`StreamEvent`]; bridges over MQTT ([`MqttBridgeFrame`],
+//!   [`MqttServerFrame`], [`Hello`], [`BridgeId`]).
 //! * [`ConfigRegistry`]: device type → BLE UUIDs, loadable from TOML.
 //!
 //! How ambiguous input is read is written down in [`decode`].
@@ -51,23 +57,31 @@ mod error;
 mod frames;
 pub mod http;
 mod ids;
+mod mqtt;
+mod progress;
 mod registry;
+mod stream;
 mod values;
 
 pub use error::{ErrorCode, ErrorFrame, ProtocolError};
 pub use frames::{
-    Ack, AppEvent, BleOutcome, BleResponse, BleStatus, BleWrite, BridgeToServer, CommandFrame,
-    CommandResult, DeviceStatus, EventType, RESERVED_TYPES, Release, ResultStatus, ServerToBridge,
-    ServerToUser, SubscriptionChange, UserToServer,
+    Ack, AppEvent, BleOutcome, BleProgress, BleResponse, BleStatus, BleWrite, BridgeToServer,
+    CommandFrame, CommandResult, DeviceStatus, EventType, RESERVED_TYPES, Release, ResultStatus,
+    ServerToBridge, ServerToUser, SubscriptionChange, UserToServer,
 };
 pub use ids::{
     CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, MAX_DEVICE_ID_CHARS,
-    MAX_NAME_CHARS, MAX_REQUEST_ID_LEN, RequestId,
+    MAX_NAME_CHARS, MAX_REQUEST_ID_LEN, RequestId, UserId,
 };
+pub use mqtt::{
+    BridgeId, Credentials, Hello, MAX_BRIDGE_ID_CHARS, MqttBridgeFrame, MqttServerFrame, Token,
+};
+pub use progress::{Hops, Progress, Stage};
 pub use registry::{
     BLUETOOTH_BASE_UUID, ConfigRegistry, DeviceConfig, RegistryError, expand_short_uuid,
     parse_ble_uuid,
 };
+pub use stream::StreamEvent;
 pub use values::{HexPayload, Limits, TimeoutMs, Timestamp, TtlSeconds, ValueError};
 
 /// The role of a connection or token (PROTOCOL.md 1).

@@ -9,6 +9,10 @@ use bridge_protocol::{
     DeviceConfig, DeviceErrorCode, DeviceId, DeviceType, HexPayload, Limits, Release, RequestId,
     ServerToBridge, ServerToUser, SubscriptionChange, TimeoutMs, TtlSeconds, UserToServer,
 };
+use bridge_protocol::{
+    BleProgress, CommandResult, Credentials, Hello, Hops, MqttBridgeFrame, Progress, ResultStatus,
+    Stage, StreamEvent, Token, UserId,
+};
 use proptest::prelude::*;
 
 fn request_id() -> impl Strategy<Value = RequestId> {
@@ -56,8 +60,57 @@ fn from_bridge() -> impl Strategy<Value = BridgeToServer> {
                     rssi,
                 })
             }),
+        (
+            request_id(),
+            device_id(),
+            prop::sample::select(vec![Stage::Received, Stage::Connected, Stage::Written])
+        )
+            .prop_map(|(r, d, stage)| {
+                BridgeToServer::BleProgress(BleProgress {
+                    request_id: r,
+                    device_id: d,
+                    stage,
+                })
+            }),
         device_id().prop_map(|d| BridgeToServer::Release(Release { device_id: d })),
         Just(BridgeToServer::Ping),
+    ]
+}
+
+fn hops() -> impl Strategy<Value = Hops> {
+    let ms = || proptest::option::of(any::<u32>());
+    (
+        proptest::option::of(prop::sample::select(Stage::ALL.to_vec())),
+        ms(),
+        ms(),
+        ms(),
+    )
+        .prop_map(|(stage, received_ms, connected_ms, written_ms)| Hops {
+            stage,
+            progress: Progress {
+                received_ms,
+                connected_ms,
+                written_ms,
+            },
+        })
+}
+
+fn from_mqtt_bridge() -> impl Strategy<Value = MqttBridgeFrame> {
+    let credentials = prop_oneof![
+        "[ -~]{1,200}".prop_map(|t| Credentials::Token(Token::new(t).unwrap())),
+        "[^\\p{Cc}]{1,40}".prop_map(|u| Credentials::UserId(UserId::new(&u).unwrap())),
+    ];
+    prop_oneof![
+        (
+            credentials,
+            proptest::collection::btree_set(device_id(), 0..5)
+        )
+            .prop_map(|(credentials, devices)| MqttBridgeFrame::Hello(Hello {
+                credentials,
+                device_ids: devices.into_iter().collect(),
+            })),
+        Just(MqttBridgeFrame::Bye),
+        from_bridge().prop_map(MqttBridgeFrame::Frame),
     ]
 }
 
@@ -117,6 +170,24 @@ fn from_user() -> impl Strategy<Value = UserToServer> {
 }
 
 proptest! {
+    #[test]
+    fn mqtt_bridge_frames_round_trip(frame in from_mqtt_bridge()) {
+        let text = frame.to_json();
+        prop_assert_eq!(MqttBridgeFrame::decode(&text, &Limits::default()).unwrap(), frame);
+    }
+
+    #[test]
+    fn command_results_round_trip_with_any_hops(r in request_id(), d in device_id(), hops in hops()) {
+        let mut result = CommandResult::new(d, ResultStatus::Timeout);
+        result.request_id = Some(r);
+        result.hops = hops;
+        let frame = ServerToUser::CommandResult(result.clone());
+        let text = frame.to_json();
+        prop_assert_eq!(ServerToUser::decode(&text).unwrap(), frame);
+        let event = StreamEvent::CommandResult(result);
+        prop_assert_eq!(StreamEvent::decode(&event.to_json()).unwrap(), event);
+    }
+
     #[test]
     fn bridge_frames_round_trip(frame in from_bridge()) {
         let text = frame.to_json();

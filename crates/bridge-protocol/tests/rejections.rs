@@ -4,7 +4,10 @@
 #![allow(clippy::unwrap_used)]
 
 use bridge_protocol::http::{CommandRequest, EventRequest, IfOffline};
-use bridge_protocol::{BleOutcome, BridgeToServer, ErrorCode, Limits, ProtocolError, UserToServer};
+use bridge_protocol::{
+    BleOutcome, BridgeToServer, Credentials, ErrorCode, Limits, MqttBridgeFrame, MqttServerFrame,
+    ProtocolError, ServerToBridge, ServerToUser, Stage, StreamEvent, UserToServer,
+};
 
 fn bridge(text: &str) -> Result<BridgeToServer, ProtocolError> {
     BridgeToServer::decode(text, &Limits::default())
@@ -377,6 +380,12 @@ fn event_bodies_may_not_use_a_protocol_type() {
         "command_result",
         "error",
         "pong",
+        // 1.1
+        "ble_progress",
+        "overflow",
+        "hello",
+        "welcome",
+        "bye",
     ] {
         let err = EventRequest::from_json(&format!(r#"{{"type":"{reserved}","data":{{}}}}"#))
             .unwrap_err();
@@ -389,4 +398,224 @@ fn event_bodies_may_not_use_a_protocol_type() {
     let ok = EventRequest::from_json(r#"{"type":"doorbell"}"#).unwrap();
     assert_eq!(ok.event_type.as_str(), "doorbell");
     assert_eq!(ok.data, None);
+}
+
+// Version 1.1
+
+#[test]
+fn ble_progress_needs_a_stage_the_bridge_may_report() {
+    for stage in [r#""sent""#, r#""delivered""#, r#""WRITTEN""#, "3", "null"] {
+        refused(
+            bridge(&format!(
+                r#"{{"type":"ble_progress","requestId":"r-1","deviceId":"lock-1","stage":{stage}}}"#
+            )),
+            ErrorCode::InvalidMessage,
+            Some("r-1"),
+        );
+    }
+    for (stage, expected) in [
+        ("received", Stage::Received),
+        ("connected", Stage::Connected),
+        ("written", Stage::Written),
+    ] {
+        let frame = bridge(&format!(
+            r#"{{"type":"ble_progress","requestId":"r-1","deviceId":"lock-1","stage":"{stage}"}}"#
+        ))
+        .unwrap();
+        let BridgeToServer::BleProgress(progress) = frame else {
+            panic!("{frame:?}")
+        };
+        assert_eq!(progress.stage, expected);
+    }
+}
+
+#[test]
+fn ble_progress_checks_request_id_and_device_id_as_ble_response_does() {
+    let long = "x".repeat(65);
+    refused(
+        bridge(&format!(
+            r#"{{"type":"ble_progress","requestId":"{long}","deviceId":"lock-1","stage":"written"}}"#
+        )),
+        ErrorCode::InvalidMessage,
+        None,
+    );
+    refused(
+        bridge(r#"{"type":"ble_progress","deviceId":"lock-1","stage":"written"}"#),
+        ErrorCode::InvalidMessage,
+        None,
+    );
+    refused(
+        bridge(r#"{"type":"ble_progress","requestId":"r-1","stage":"written"}"#),
+        ErrorCode::InvalidMessage,
+        Some("r-1"),
+    );
+    // A user may not send it.
+    refused(
+        user(r#"{"type":"ble_progress","requestId":"r-1","deviceId":"lock-1","stage":"written"}"#),
+        ErrorCode::UnknownType,
+        Some("r-1"),
+    );
+}
+
+#[test]
+fn mqtt_frames_are_unknown_types_over_websocket() {
+    for text in [
+        r#"{"type":"hello","token":"t","deviceIds":["lock-1"]}"#,
+        r#"{"type":"bye"}"#,
+    ] {
+        refused(bridge(text), ErrorCode::UnknownType, None);
+        refused(user(text), ErrorCode::UnknownType, None);
+    }
+    refused(
+        ServerToBridge::decode(r#"{"type":"welcome"}"#),
+        ErrorCode::UnknownType,
+        None,
+    );
+    // Nor are 1.1 types application events for a user.
+    for ty in ["welcome", "overflow", "ble_progress"] {
+        refused(
+            ServerToUser::decode(&format!(r#"{{"type":"{ty}","deviceId":"lock-1"}}"#)),
+            ErrorCode::UnknownType,
+            None,
+        );
+    }
+}
+
+fn mqtt(text: &str) -> Result<MqttBridgeFrame, ProtocolError> {
+    MqttBridgeFrame::decode(text, &Limits::default())
+}
+
+#[test]
+fn a_hello_without_credentials_is_unauthorized() {
+    for text in [
+        r#"{"type":"hello","deviceIds":["lock-1"]}"#,
+        r#"{"type":"hello","token":"","deviceIds":["lock-1"]}"#,
+        r#"{"type":"hello","token":null,"userId":null}"#,
+    ] {
+        refused(mqtt(text), ErrorCode::Unauthorized, None);
+    }
+}
+
+#[test]
+fn a_hello_with_both_or_malformed_credentials_is_invalid_message() {
+    for text in [
+        r#"{"type":"hello","token":"t","userId":"owner-1","deviceIds":["lock-1"]}"#,
+        r#"{"type":"hello","token":42}"#,
+        r#"{"type":"hello","userId":""}"#,
+        r#"{"type":"hello","userId":"owner\u0007"}"#,
+    ] {
+        refused(mqtt(text), ErrorCode::InvalidMessage, None);
+    }
+    let long = "u".repeat(129);
+    refused(
+        mqtt(&format!(r#"{{"type":"hello","userId":"{long}"}}"#)),
+        ErrorCode::InvalidMessage,
+        None,
+    );
+}
+
+#[test]
+fn hello_device_ids_follow_the_device_id_rule() {
+    for device_ids in [
+        r#""lock-1""#,
+        "[1]",
+        r#"[""]"#,
+        r#"["lock\n1"]"#,
+        r#"{"a":"lock-1"}"#,
+    ] {
+        refused(
+            mqtt(&format!(
+                r#"{{"type":"hello","userId":"owner-1","deviceIds":{device_ids}}}"#
+            )),
+            ErrorCode::InvalidMessage,
+            None,
+        );
+    }
+    let long = "d".repeat(129);
+    refused(
+        mqtt(&format!(
+            r#"{{"type":"hello","userId":"owner-1","deviceIds":["{long}"]}}"#
+        )),
+        ErrorCode::InvalidMessage,
+        None,
+    );
+}
+
+#[test]
+fn a_hello_reads_its_devices_once_each_in_order() {
+    let frame = mqtt(r#"{"type":"hello","userId":"owner-1","deviceIds":["b","a","b"]}"#).unwrap();
+    let MqttBridgeFrame::Hello(hello) = frame else {
+        panic!("{frame:?}")
+    };
+    let ids: Vec<&str> = hello
+        .device_ids
+        .iter()
+        .map(bridge_protocol::DeviceId::as_str)
+        .collect();
+    assert_eq!(ids, ["b", "a"]);
+    assert!(matches!(hello.credentials, Credentials::UserId(u) if u.as_str() == "owner-1"));
+    // No `deviceIds`: a bridge that claims its devices later with `ble_status`.
+    let frame = mqtt(r#"{"type":"hello","token":"jwt"}"#).unwrap();
+    let MqttBridgeFrame::Hello(hello) = frame else {
+        panic!("{frame:?}")
+    };
+    assert!(hello.device_ids.is_empty());
+}
+
+#[test]
+fn over_mqtt_the_websocket_frames_are_refused_as_over_websocket() {
+    refused(
+        mqtt(r#"{"type":"ble_response","requestId":"r-1","deviceId":"lock-1","payload":"abc"}"#),
+        ErrorCode::InvalidPayload,
+        Some("r-1"),
+    );
+    refused(
+        mqtt(r#"{"type":"subscribe","requestId":"c-1","deviceId":"lock-1"}"#),
+        ErrorCode::UnknownType,
+        Some("c-1"),
+    );
+    refused(mqtt("[]"), ErrorCode::InvalidMessage, None);
+    refused(
+        MqttServerFrame::decode(r#"{"type":"hello","token":"t"}"#),
+        ErrorCode::UnknownType,
+        None,
+    );
+}
+
+#[test]
+fn answers_with_a_bad_stage_or_progress_are_invalid_message() {
+    for extra in [
+        r#""stage":"delivered""#,
+        r#""stage":1"#,
+        r#""progress":[3]"#,
+        r#""progress":{"receivedMs":-1}"#,
+        r#""progress":{"writtenMs":"41"}"#,
+        r#""progress":{"writtenMs":4294967296}"#,
+    ] {
+        let text = format!(
+            r#"{{"type":"command_result","requestId":"c-2","deviceId":"lock-1","status":"timeout",{extra}}}"#
+        );
+        refused(
+            ServerToUser::decode(&text),
+            ErrorCode::InvalidMessage,
+            Some("c-2"),
+        );
+        refused(
+            StreamEvent::decode(&text),
+            ErrorCode::InvalidMessage,
+            Some("c-2"),
+        );
+    }
+}
+
+#[test]
+fn the_stream_carries_no_answers_to_a_users_own_requests() {
+    for text in [
+        r#"{"type":"ack","requestId":"c-1"}"#,
+        r#"{"type":"pong"}"#,
+        r#"{"type":"error","code":"forbidden","message":"no"}"#,
+    ] {
+        let err = StreamEvent::decode(text).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnknownType, "{text}");
+    }
 }

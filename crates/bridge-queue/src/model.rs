@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use bridge_protocol::http::{CommandOutcome, CommandStatus, CommandView};
 use bridge_protocol::{
-    CommandId, CommandType, DeviceId, DeviceType, HexPayload, TimeoutMs, Timestamp, TtlSeconds,
+    CommandId, CommandType, DeviceId, DeviceType, HexPayload, Hops, TimeoutMs, Timestamp,
+    TtlSeconds,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -201,6 +202,8 @@ impl QueuedCommand {
             created_at: self.created_at,
             expires_at: self.expires_at,
             result: self.outcome.clone(),
+            // The store does not record how far an attempt got (1.1 `stage`/`progress`).
+            hops: Hops::NONE,
         }
     }
 }
