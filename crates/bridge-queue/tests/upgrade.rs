@@ -1,7 +1,8 @@
 //! Data written by the previous version of each durable backend, before commands kept their
 //! device type and reply timeout: the store opens it, reads its commands with the defaults
 //! (`None`, the registry's default type; the default timeout), and keeps new commands'
-//! settings next to them.
+//! settings next to them. The PostgreSQL and Redis data also predate fenced leases: their
+//! old commands read as never leased and lease like new ones.
 
 #![allow(clippy::expect_used)]
 
@@ -61,6 +62,42 @@ async fn assert_upgraded(store: &impl Store) {
             ),
         ]
     );
+}
+
+/// After the upgrade, the old command leases like a new one: counted in `open_counts`, leased
+/// to its node with a token that fences it, and completed once.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+async fn assert_old_command_leases(store: &impl Store) {
+    use std::time::Duration;
+
+    use bridge_protocol::http::{CommandOutcome, CommandStatus};
+    use bridge_queue::{NodeId, StoreError};
+
+    let device = DeviceId::new("lock-1").expect("device id");
+    let node = NodeId::new("node-a").expect("node id");
+    let counts = store.open_counts().await.expect("open_counts");
+    assert_eq!((counts.pending, counts.delivering), (2, 0));
+    let leased = store
+        .lease_next(&device, &node, Duration::from_secs(30))
+        .await
+        .expect("lease_next")
+        .expect("the old command is due first");
+    assert_eq!(leased.command.id.as_str(), OLD_ID);
+    assert_eq!(leased.command.lease_owner, Some(node.clone()));
+    let counts = store.open_counts().await.expect("open_counts");
+    assert_eq!((counts.pending, counts.delivering), (1, 1));
+    let done = store
+        .complete(&leased.lease, CommandOutcome::Payload(HexPayload::from_bytes(vec![0])))
+        .await
+        .expect("the old command completes");
+    assert_eq!((done.status, done.attempts), (CommandStatus::Succeeded, 1));
+    assert!(matches!(
+        store
+            .complete(&leased.lease, CommandOutcome::Payload(HexPayload::from_bytes(vec![0])))
+            .await,
+        Err(StoreError::StaleLease { .. })
+    ));
+    assert_eq!(store.open_counts().await.expect("open_counts").pending, 1);
 }
 
 #[cfg(feature = "sqlite")]
@@ -135,7 +172,8 @@ async fn an_sqlite_file_of_the_previous_schema_gains_the_delivery_settings() {
 
 #[cfg(feature = "postgres")]
 #[tokio::test]
-async fn a_postgres_schema_at_migration_1_is_migrated_to_the_delivery_settings() {
+async fn a_postgres_schema_at_migration_1_is_migrated_to_the_delivery_settings_and_fenced_leases()
+{
     use bridge_queue::{PostgresOptions, PostgresStore, StoreConfig};
     use sqlx::Connection;
 
@@ -182,6 +220,13 @@ async fn a_postgres_schema_at_migration_1_is_migrated_to_the_delivery_settings()
             .await
             .expect("the old schema opens");
         assert_upgraded(&store).await;
+        assert_old_command_leases(&store).await;
+        store.close().await;
+        // Opening again finds every migration applied.
+        let store = PostgresStore::open(&options, StoreConfig::default())
+            .await
+            .expect("the migrated schema opens");
+        assert_eq!(store.open_counts().await.expect("open_counts").pending, 1);
         store.close().await;
     };
     let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(result)).await;
@@ -195,7 +240,7 @@ async fn a_postgres_schema_at_migration_1_is_migrated_to_the_delivery_settings()
 
 #[cfg(feature = "redis")]
 #[tokio::test]
-async fn a_redis_hash_without_the_delivery_settings_reads_as_the_defaults() {
+async fn a_redis_hash_without_the_delivery_settings_and_lease_fields_reads_as_the_defaults() {
     use bridge_queue::{RedisOptions, RedisStore, StoreConfig};
     use deadpool_redis::redis;
 
@@ -252,6 +297,12 @@ async fn a_redis_hash_without_the_delivery_settings_reads_as_the_defaults() {
             .await
             .expect("the store opens");
         assert_upgraded(&store).await;
+        assert_old_command_leases(&store).await;
+        // Opening again does not count the commands twice.
+        let store = RedisStore::open(&options, StoreConfig::default())
+            .await
+            .expect("the store opens again");
+        assert_eq!(store.open_counts().await.expect("open_counts").pending, 1);
     };
     let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(result)).await;
     let keys: Vec<String> = redis::cmd("KEYS")
