@@ -495,7 +495,7 @@ pub async fn a_live_lease_holds_the_device_whoever_asks<H: Harness>(harness: &H)
     assert_eq!(again.command.id, then);
     assert_eq!(again.command.lease_owner, Some(b.clone()));
     store
-        .complete(&again.lease.clone(), ok_reply())
+        .complete(&again.lease, ok_reply())
         .await
         .expect("the live holder completes, whichever store it goes through");
     assert_eq!(
