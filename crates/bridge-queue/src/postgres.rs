@@ -464,7 +464,8 @@ impl PostgresStore {
         set: &str,
         bind_rest: impl for<'q> FnOnce(
             sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
-        ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>
+        )
+            -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>
         + Send,
     ) -> Result<QueuedCommand, StoreError> {
         let id = &lease.id;

@@ -62,7 +62,9 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 use tokio::sync::Mutex;
 
 use crate::error::StoreError;
-use crate::model::{Cut, Lease, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, SweepReport};
+use crate::model::{
+    Cut, Lease, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, SweepReport,
+};
 use crate::store::Store;
 
 const BACKEND: &str = "rabbitmq";

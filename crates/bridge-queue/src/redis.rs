@@ -859,17 +859,14 @@ impl Store for RedisStore {
 
     async fn open_counts(&self) -> Result<OpenCounts, StoreError> {
         let reply = self.run(&OPEN_COUNTS, &[]).await?;
-        let count = |v: &Value| {
-            number(v).and_then(|n| u64::try_from(n).map_err(|_| corrupt("count")))
-        };
+        let count =
+            |v: &Value| number(v).and_then(|n| u64::try_from(n).map_err(|_| corrupt("count")));
         match array(&reply)? {
-            [awaiting, pending, delivering] => {
-                Ok(OpenCounts {
-                    awaiting_confirmation: count(awaiting)?,
-                    pending: count(pending)?,
-                    delivering: count(delivering)?,
-                })
-            }
+            [awaiting, pending, delivering] => Ok(OpenCounts {
+                awaiting_confirmation: count(awaiting)?,
+                pending: count(pending)?,
+                delivering: count(delivering)?,
+            }),
             _ => Err(corrupt("counts reply")),
         }
     }

@@ -3,8 +3,8 @@
 //! live lease per device across consumers and processes.
 #![cfg(feature = "rabbitmq")]
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
@@ -234,12 +234,8 @@ async fn consumers_in_two_processes_share_a_device_one_lease_at_a_time() {
         let in_flight = Arc::clone(&in_flight);
         let delivered = Arc::clone(&delivered);
         tasks.push(tokio::spawn(async move {
-            let mut stream = Box::pin(store.consume(
-                dev,
-                node(owner),
-                LEASE,
-                Duration::from_millis(100),
-            ));
+            let mut stream =
+                Box::pin(store.consume(dev, node(owner), LEASE, Duration::from_millis(100)));
             while let Ok(Some(Ok(leased))) =
                 tokio::time::timeout(Duration::from_millis(1_000), stream.next()).await
             {
