@@ -237,7 +237,7 @@ async fn consumers_in_two_processes_share_a_device_one_lease_at_a_time() {
             let mut stream =
                 Box::pin(store.consume(dev, node(owner), LEASE, Duration::from_millis(100)));
             while let Ok(Some(Ok(leased))) =
-                tokio::time::timeout(Duration::from_millis(1_000), stream.next()).await
+                tokio::time::timeout(Duration::from_secs(1), stream.next()).await
             {
                 assert_eq!(
                     in_flight.fetch_add(1, Ordering::SeqCst),
