@@ -28,8 +28,10 @@
 //! owner; for `reclaim`, same owner and a deadline), and PostgreSQL re-checks it on a row
 //! another transaction changed meanwhile, so a lease is ended once. Dedup is also enforced
 //! by a partial unique index on `(device_id, command_type)` over `pending` and
-//! `awaiting_confirmation`; `open_counts` is one `GROUP BY status` served by a partial index
-//! on `status` over the open commands, and `reclaim` by one on `lease_owner` over the leased.
+//! `awaiting_confirmation`; `open_counts` is one `GROUP BY status` that reads only a partial index
+//! over the open commands (one on `status` is kept for it; the planner may also pick the
+//! per-device one), and `reclaim` is served by a partial index on `lease_owner` over the
+//! leased commands.
 //!
 //! Every operation is bounded by [`PostgresOptions::operation_timeout`]: a database that
 //! does not answer in time is [`StoreError::Unavailable`], and the pool reconnects by
