@@ -1,5 +1,5 @@
-//! The offline queue's delivery cycle per backend: enqueue → lease → complete of one command,
-//! run back to back by one task. Throughput in cycles per second.
+//! The offline queue's delivery cycle per backend: enqueue → `lease_next` → `complete` of one
+//! command, run back to back by one task. Throughput in cycles per second.
 //!
 //! Run: `cargo bench -p benches --bench queue`. Needs the local PostgreSQL, Redis and
 //! RabbitMQ (`BRIDGE_TEST_POSTGRES_URL`, `BRIDGE_TEST_REDIS_URL`, `BRIDGE_TEST_AMQP_URL`,
@@ -12,8 +12,8 @@ use std::time::Duration;
 use bridge_protocol::http::CommandOutcome;
 use bridge_protocol::{CommandType, DeviceId, HexPayload, TtlSeconds};
 use bridge_queue::{
-    MemoryStore, PostgresOptions, PostgresStore, RabbitMqOptions, RabbitMqStore, RedisOptions,
-    RedisStore, SqliteOptions, SqliteStore, Store, StoreConfig,
+    MemoryStore, NodeId, PostgresOptions, PostgresStore, RabbitMqOptions, RabbitMqStore,
+    RedisOptions, RedisStore, SqliteOptions, SqliteStore, Store, StoreConfig,
 };
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
@@ -21,17 +21,21 @@ use tokio::runtime::Runtime;
 const LEASE: Duration = Duration::from_secs(30);
 
 /// One delivery cycle: queue a command, lease it, record the device's answer.
-async fn cycle(store: &dyn Store, device: &DeviceId, command_type: &CommandType) {
+async fn cycle(store: &dyn Store, node: &NodeId, device: &DeviceId, command_type: &CommandType) {
     let payload = HexPayload::from_bytes(vec![0xaa, 0xbb, 0xcc, 0xdd]);
     let id = store
         .enqueue_or_update(device, command_type, payload, TtlSeconds::DEFAULT)
         .await
         .expect("enqueue");
-    let leased = store.lease(device, 1, LEASE).await.expect("lease");
-    assert_eq!(leased.len(), 1);
+    let leased = store
+        .lease_next(device, node, LEASE)
+        .await
+        .expect("lease")
+        .expect("the command just queued is due");
+    assert_eq!(leased.command.id, id);
     store
         .complete(
-            &id,
+            &leased.lease,
             CommandOutcome::Payload(HexPayload::from_bytes(vec![1])),
         )
         .await
@@ -41,12 +45,14 @@ async fn cycle(store: &dyn Store, device: &DeviceId, command_type: &CommandType)
 fn bench_store(c: &mut Criterion, rt: &Runtime, name: &str, store: &dyn Store) {
     let device = DeviceId::new("bench-lock").expect("valid");
     let command_type = CommandType::new("unlock").expect("valid");
+    let node = NodeId::new("bench-node").expect("valid");
     let mut group = c.benchmark_group("queue_cycle");
     group.throughput(Throughput::Elements(1));
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(5));
     group.bench_function(name, |b| {
-        b.to_async(rt).iter(|| cycle(store, &device, &command_type));
+        b.to_async(rt)
+            .iter(|| cycle(store, &node, &device, &command_type));
     });
     group.finish();
 }
@@ -107,7 +113,8 @@ fn queue(c: &mut Criterion) {
     bench_store(c, &rt, "redis", &redis);
 
     // RabbitMQ carries the delivery notices; the state is in memory here, so the figure is
-    // the broker's share: one persistent, confirmed publish per enqueue.
+    // the broker's share: one persistent, confirmed publish per enqueue (the end of the lease
+    // looks for a command behind it and, finding none, publishes nothing).
     let amqp_url = std::env::var("BRIDGE_TEST_AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
     let mut options = RabbitMqOptions::new(amqp_url).with_prefix(namespace.clone());

@@ -1,6 +1,7 @@
 //! An in-process store: for tests and development. Nothing survives the process.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -10,16 +11,19 @@ use parking_lot::Mutex;
 
 use crate::error::StoreError;
 use crate::model::{
-    NewCommand, QueuedCommand, StoreConfig, SweepReport, check_lease, expiry, new_command_id,
-    status_after_delivery_cut, status_of_outcome,
+    Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
+    SweepReport, check_lease, expiry, new_command_id, status_after_delivery_cut, status_of_outcome,
 };
 use crate::store::Store;
 
 /// A [`Store`] in memory, behind one lock.
+///
+/// [`share`](Self::share) opens a second store on the same commands, as a second process
+/// sharing a durable store would see them.
 #[derive(Debug)]
 pub struct MemoryStore {
     config: StoreConfig,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
 }
 
 #[derive(Debug, Default)]
@@ -33,7 +37,47 @@ struct State {
 #[derive(Debug)]
 struct Entry {
     seq: u64,
+    /// How many times the command was leased: the token of its latest lease.
+    leases: u64,
     command: QueuedCommand,
+}
+
+impl Entry {
+    /// Whether `lease` is the command's live lease: it is `delivering` under that very
+    /// lease (a lapsed one not yet recovered included).
+    fn is_live(&self, lease: &Lease) -> bool {
+        self.command.status == CommandStatus::Delivering
+            && self.leases == lease.token.as_u64()
+            && self.command.lease_owner.as_ref() == Some(&lease.owner)
+    }
+
+    /// Leases the command to `owner` until `deadline` (`None`: handed out for good).
+    fn lease_to(&mut self, owner: &NodeId, deadline: Option<Timestamp>) -> Leased {
+        self.leases = self.leases.saturating_add(1);
+        let c = &mut self.command;
+        c.status = CommandStatus::Delivering;
+        c.lease_deadline = deadline;
+        c.lease_owner = Some(owner.clone());
+        Leased {
+            command: c.clone(),
+            lease: Lease {
+                id: c.id.clone(),
+                token: LeaseToken::from_u64(self.leases),
+                owner: owner.clone(),
+            },
+        }
+    }
+}
+
+/// Ends a delivery without an answer (released, lapsed, reclaimed): one attempt counted if
+/// the write left (or may have), then back to `pending`, or `failed`, or `expired`.
+fn cut_delivery(c: &mut QueuedCommand, counted: bool, max_attempts: u32, now: Timestamp) {
+    if counted {
+        c.attempts = c.attempts.saturating_add(1);
+    }
+    c.lease_deadline = None;
+    c.lease_owner = None;
+    c.status = status_after_delivery_cut(c.attempts, max_attempts, c.expires_at, now);
 }
 
 impl MemoryStore {
@@ -41,7 +85,17 @@ impl MemoryStore {
     pub fn new(config: StoreConfig) -> Self {
         Self {
             config,
-            state: Mutex::new(State::default()),
+            state: Arc::new(Mutex::new(State::default())),
+        }
+    }
+
+    /// Another store on the same commands, read against `config` (its clock and limits):
+    /// what a second process sharing a durable store sees. Both take the same lock, so a
+    /// device's lease is as exclusive across them as within one.
+    pub fn share(&self, config: StoreConfig) -> Self {
+        Self {
+            config,
+            state: Arc::clone(&self.state),
         }
     }
 }
@@ -74,9 +128,7 @@ impl State {
                     report.expired_commands.push(c.clone());
                 }
                 CommandStatus::Delivering if c.lease_deadline.is_some_and(|d| d <= now) => {
-                    c.lease_deadline = None;
-                    c.status =
-                        status_after_delivery_cut(c.attempts, max_attempts, c.expires_at, now);
+                    cut_delivery(c, true, max_attempts, now);
                     match c.status {
                         CommandStatus::Pending => report.recovered += 1,
                         CommandStatus::Expired => {
@@ -144,33 +196,79 @@ impl State {
         Ok(command)
     }
 
-    fn hand_out(
+    /// Ends the live lease `lease` with `change`, or answers why not.
+    fn end_lease(
+        &mut self,
+        lease: &Lease,
+        change: impl FnOnce(&mut QueuedCommand),
+    ) -> Result<QueuedCommand, StoreError> {
+        let entry = self
+            .commands
+            .get_mut(&lease.id)
+            .ok_or_else(|| StoreError::NotFound {
+                id: lease.id.clone(),
+            })?;
+        if !entry.is_live(lease) {
+            return Err(StoreError::StaleLease {
+                id: lease.id.clone(),
+            });
+        }
+        change(&mut entry.command);
+        let command = entry.command.clone();
+        if command.status.is_final() {
+            let seq = entry.seq;
+            self.close(&command.device, seq);
+        }
+        Ok(command)
+    }
+
+    /// The device's open commands, in queue order.
+    fn open_ids(&self, device: &DeviceId) -> Vec<CommandId> {
+        self.open
+            .get(device)
+            .map(|o| o.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Leases the device's oldest deliverable command to `owner`, unless one of its commands
+    /// is under a live lease. Lapsed leases must have been recovered first.
+    fn lease_next(
         &mut self,
         device: &DeviceId,
-        max: usize,
-        deadline: Option<Timestamp>,
+        owner: &NodeId,
+        deadline: Timestamp,
         now: Timestamp,
-    ) -> Vec<QueuedCommand> {
-        let Some(open) = self.open.get(device) else {
-            return Vec::new();
-        };
-        let mut leased = Vec::new();
-        for id in open.values() {
-            if leased.len() >= max {
-                break;
-            }
-            let Some(entry) = self.commands.get_mut(id) else {
-                continue;
-            };
-            let c = &mut entry.command;
-            if c.status == CommandStatus::Pending && now < c.expires_at {
-                c.status = CommandStatus::Delivering;
-                c.attempts = c.attempts.saturating_add(1);
-                c.lease_deadline = deadline;
-                leased.push(c.clone());
+    ) -> Option<Leased> {
+        let open = self.open_ids(device);
+        let held = open.iter().any(|id| {
+            self.commands.get(id).is_some_and(|e| {
+                e.command.status == CommandStatus::Delivering && e.command.lease_deadline.is_some()
+            })
+        });
+        if held {
+            return None;
+        }
+        let next = open.iter().find(|id| {
+            self.commands.get(*id).is_some_and(|e| {
+                e.command.status == CommandStatus::Pending && now < e.command.expires_at
+            })
+        })?;
+        let entry = self.commands.get_mut(next)?;
+        Some(entry.lease_to(owner, Some(deadline)))
+    }
+
+    /// Hands all the device's deliverable commands out to `owner` for good.
+    fn drain(&mut self, device: &DeviceId, owner: &NodeId, now: Timestamp) -> Vec<Leased> {
+        let mut drained = Vec::new();
+        for id in self.open_ids(device) {
+            if let Some(entry) = self.commands.get_mut(&id)
+                && entry.command.status == CommandStatus::Pending
+                && now < entry.command.expires_at
+            {
+                drained.push(entry.lease_to(owner, None));
             }
         }
-        leased
+        drained
     }
 }
 
@@ -226,6 +324,7 @@ impl Store for MemoryStore {
             id.clone(),
             Entry {
                 seq,
+                leases: 0,
                 command: QueuedCommand {
                     id: id.clone(),
                     device: command.device,
@@ -239,6 +338,7 @@ impl Store for MemoryStore {
                     created_at: now,
                     expires_at,
                     lease_deadline: None,
+                    lease_owner: None,
                     outcome: None,
                 },
             },
@@ -267,47 +367,84 @@ impl Store for MemoryStore {
         )
     }
 
-    async fn lease(
+    async fn lease_next(
         &self,
         device: &DeviceId,
-        max: usize,
+        owner: &NodeId,
         lease_for: Duration,
-    ) -> Result<Vec<QueuedCommand>, StoreError> {
-        check_lease(max, lease_for)?;
+    ) -> Result<Option<Leased>, StoreError> {
+        check_lease(lease_for)?;
         let now = self.config.clock.now();
         let mut state = self.state.lock();
         state.housekeep(device, now, self.config.max_attempts);
-        Ok(state.hand_out(device, max, Some(now.saturating_add(lease_for)), now))
+        Ok(state.lease_next(device, owner, now.saturating_add(lease_for), now))
     }
 
     async fn complete(
         &self,
-        id: &CommandId,
+        lease: &Lease,
         outcome: CommandOutcome,
     ) -> Result<QueuedCommand, StoreError> {
         let mut state = self.state.lock();
-        state.transition(id, "complete", &[CommandStatus::Delivering], |c| {
+        state.end_lease(lease, |c| {
+            c.attempts = c.attempts.saturating_add(1);
             c.status = status_of_outcome(&outcome);
             c.outcome = Some(outcome);
             c.lease_deadline = None;
+            c.lease_owner = None;
         })
     }
 
-    async fn release(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+    async fn release(&self, lease: &Lease, cut: Cut) -> Result<QueuedCommand, StoreError> {
         let now = self.config.clock.now();
         let max_attempts = self.config.max_attempts;
         let mut state = self.state.lock();
-        state.transition(id, "release", &[CommandStatus::Delivering], |c| {
-            c.status = status_after_delivery_cut(c.attempts, max_attempts, c.expires_at, now);
-            c.lease_deadline = None;
+        state.end_lease(lease, |c| {
+            cut_delivery(c, cut == Cut::Sent, max_attempts, now);
         })
     }
 
-    async fn drain_pending(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+    async fn reclaim(&self, owner: &NodeId) -> Result<Vec<QueuedCommand>, StoreError> {
+        let now = self.config.clock.now();
+        let max_attempts = self.config.max_attempts;
+        let mut state = self.state.lock();
+        let held: Vec<(DeviceId, u64, CommandId)> = state
+            .open
+            .iter()
+            .flat_map(|(device, open)| {
+                open.iter()
+                    .map(move |(&seq, id)| (device.clone(), seq, id.clone()))
+            })
+            .collect();
+        let mut reclaimed = Vec::new();
+        for (device, seq, id) in held {
+            let Some(entry) = state.commands.get_mut(&id) else {
+                continue;
+            };
+            let c = &mut entry.command;
+            if c.status == CommandStatus::Delivering
+                && c.lease_deadline.is_some()
+                && c.lease_owner.as_ref() == Some(owner)
+            {
+                cut_delivery(c, true, max_attempts, now);
+                reclaimed.push(c.clone());
+                if c.status.is_final() {
+                    state.close(&device, seq);
+                }
+            }
+        }
+        Ok(reclaimed)
+    }
+
+    async fn drain_pending(
+        &self,
+        device: &DeviceId,
+        owner: &NodeId,
+    ) -> Result<Vec<Leased>, StoreError> {
         let now = self.config.clock.now();
         let mut state = self.state.lock();
         state.housekeep(device, now, self.config.max_attempts);
-        Ok(state.hand_out(device, usize::MAX, None, now))
+        Ok(state.drain(device, owner, now))
     }
 
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
@@ -385,6 +522,22 @@ impl Store for MemoryStore {
         Ok(state
             .housekeep(device, now, self.config.max_attempts)
             .expired_commands)
+    }
+
+    async fn open_counts(&self) -> Result<OpenCounts, StoreError> {
+        let state = self.state.lock();
+        let mut counts = OpenCounts::default();
+        for id in state.open.values().flat_map(BTreeMap::values) {
+            if let Some(entry) = state.commands.get(id) {
+                match entry.command.status {
+                    CommandStatus::AwaitingConfirmation => counts.awaiting_confirmation += 1,
+                    CommandStatus::Pending => counts.pending += 1,
+                    CommandStatus::Delivering => counts.delivering += 1,
+                    _ => {}
+                }
+            }
+        }
+        Ok(counts)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -337,10 +337,8 @@ impl OpenCounts {
             CommandStatus::AwaitingConfirmation => self.awaiting_confirmation,
             CommandStatus::Pending => self.pending,
             CommandStatus::Delivering => self.delivering,
-            CommandStatus::Succeeded
-            | CommandStatus::Failed
-            | CommandStatus::Expired
-            | CommandStatus::Cancelled => 0,
+            // The final statuses, and any the protocol adds later.
+            _ => 0,
         }
     }
 

@@ -1,22 +1,37 @@
 //! The PostgreSQL store: one durable queue shared by several server processes.
 //!
 //! The schema is the original toolkit's command table extended with `status`, `attempts`,
-//! `lease_until`, the result columns, `seq` (a `bigserial`, the per-device ordering key) and
-//! the delivery settings `device_type` and `timeout_ms` (migration 2, which upgrades a table
-//! of migration 1 in place).
-//! It lives in a schema of the caller's choice ([`PostgresOptions::schema`]) and is created
-//! or migrated at [`PostgresStore::open`] from SQL embedded in this crate: each migration runs
-//! once, in a transaction, under an advisory lock, and is recorded in
+//! `lease_until`, the result columns, `seq` (a `bigserial`, the per-device ordering key),
+//! the delivery settings `device_type` and `timeout_ms` (migration 2) and the lease's
+//! fencing token `lease_token` and holder `lease_owner` (migration 3). Each migration
+//! upgrades a table of the one before in place; rows written before migration 3 read as
+//! never leased (token 0, no owner), and a lease an older version took can only lapse.
+//! The table lives in a schema of the caller's choice ([`PostgresOptions::schema`]) and is
+//! created or migrated at [`PostgresStore::open`] from SQL embedded in this crate: each
+//! migration runs once, in a transaction, under an advisory lock, and is recorded in
 //! `bridge_queue_migrations` (embedded rather than `sqlx::migrate!`, which needs the sqlx
 //! macros this workspace does not build).
 //!
-//! Concurrency: every operation that changes a device's commands as a whole (enqueue,
-//! lease, confirm, cancel, housekeeping) first takes a transaction-scoped advisory lock on
-//! the device, so the cap check, dedup and expiry of one device are one step even across
-//! processes. `lease` selects with `FOR UPDATE SKIP LOCKED`, so it never waits on a row
-//! another transaction is changing and never hands out a row another lease holds.
-//! `complete` and `release` lock only their row. Dedup is also enforced by a partial unique
-//! index on `(device_id, command_type)` over `pending` and `awaiting_confirmation`.
+//! # Concurrency
+//!
+//! Every operation that changes a device's commands as a whole (enqueue, `lease_next`,
+//! `drain_pending`, confirm, cancel, housekeeping) first takes a transaction-scoped advisory
+//! lock on the device (`pg_advisory_xact_lock`), so the cap check, dedup, expiry and the
+//! one-lease-per-device rule of one device are one step even across processes.
+//! `lease_next`, under that lock, recovers the device's lapsed leases and then leases the
+//! first `pending` command in one statement that does nothing while a command of the device
+//! has a lease deadline; as every lease is taken under the lock and the statement reads
+//! what the lease before it committed, two processes never both win (row locks such as
+//! `FOR UPDATE SKIP LOCKED` alone would not do: they keep two leases off one *row*, not off
+//! one *device*). `complete`, `release` and `reclaim` only ever end leases, so they need no
+//! device lock: each is one `UPDATE` whose `WHERE` is the fence (`delivering`, same token and
+//! owner; for `reclaim`, same owner and a deadline), and PostgreSQL re-checks it on a row
+//! another transaction changed meanwhile, so a lease is ended once. Dedup is also enforced
+//! by a partial unique index on `(device_id, command_type)` over `pending` and
+//! `awaiting_confirmation`; `open_counts` is one `GROUP BY status` that reads only a partial index
+//! over the open commands (one on `status` is kept for it; the planner may also pick the
+//! per-device one), and `reclaim` is served by a partial index on `lease_owner` over the
+//! leased commands.
 //!
 //! Every operation is bounded by [`PostgresOptions::operation_timeout`]: a database that
 //! does not answer in time is [`StoreError::Unavailable`], and the pool reconnects by
@@ -33,8 +48,8 @@ use sqlx::{Executor as _, Postgres, Row, Transaction};
 
 use crate::error::{InvalidInput, StoreError};
 use crate::model::{
-    NewCommand, QueuedCommand, StoreConfig, SweepReport, check_lease, expiry, new_command_id,
-    status_after_delivery_cut, status_of_outcome,
+    Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
+    SweepReport, check_lease, expiry, new_command_id, parse_status, status_of_outcome,
 };
 use crate::sql::{COLUMNS, OPEN, RawRow, into_commands, map_err, outcome_columns, to_i64};
 use crate::store::Store;
@@ -77,7 +92,33 @@ const MIGRATIONS: &[(i32, &str)] = &[
         ALTER TABLE bridge_queued_commands
             ADD COLUMN IF NOT EXISTS timeout_ms bigint NOT NULL DEFAULT 10000;",
     ),
+    // Fenced leases held by named nodes, and the indexes of `open_counts` and `reclaim`.
+    // Idempotent like migration 2; rows written before read as never leased.
+    (
+        3,
+        "ALTER TABLE bridge_queued_commands
+            ADD COLUMN IF NOT EXISTS lease_token bigint NOT NULL DEFAULT 0;
+        ALTER TABLE bridge_queued_commands ADD COLUMN IF NOT EXISTS lease_owner text;
+        CREATE INDEX IF NOT EXISTS bridge_queued_commands_open_status
+            ON bridge_queued_commands (status)
+            WHERE status IN ('pending', 'awaiting_confirmation', 'delivering');
+        CREATE INDEX IF NOT EXISTS bridge_queued_commands_lease_owner
+            ON bridge_queued_commands (lease_owner)
+            WHERE status = 'delivering' AND lease_until IS NOT NULL;",
+    ),
 ];
+
+/// The `SET` list that ends a lease as lapsed (or reclaimed): one attempt counted, then back
+/// to `pending`, or `failed` after the last attempt, or `expired` past the TTL. `now` and
+/// `max` are the placeholders of the current time and the attempt limit.
+fn lapse_set(now: &str, max: &str) -> String {
+    format!(
+        "attempts = attempts + 1, lease_until = NULL, lease_owner = NULL,
+         status = CASE WHEN expires_at <= {now} THEN 'expired'
+                       WHEN attempts + 1 >= {max} THEN 'failed'
+                       ELSE 'pending' END"
+    )
+}
 
 /// Where and how to open a [`PostgresStore`].
 #[derive(Debug, Clone)]
@@ -135,21 +176,23 @@ fn valid_schema(schema: &str) -> bool {
 
 fn raw(row: &PgRow) -> Result<RawRow, sqlx::Error> {
     Ok(RawRow {
-        seq: row.try_get(0)?,
-        id: row.try_get(1)?,
-        device_id: row.try_get(2)?,
-        command_type: row.try_get(3)?,
-        payload: row.try_get(4)?,
-        status: row.try_get(5)?,
-        requires_confirmation: row.try_get(6)?,
-        attempts: i64::from(row.try_get::<i32, _>(7)?),
-        created_at: row.try_get(8)?,
-        expires_at: row.try_get(9)?,
-        lease_until: row.try_get(10)?,
-        result_payload: row.try_get(11)?,
-        result_error: row.try_get(12)?,
-        device_type: row.try_get(13)?,
-        timeout_ms: row.try_get(14)?,
+        seq: row.try_get("seq")?,
+        id: row.try_get("id")?,
+        device_id: row.try_get("device_id")?,
+        command_type: row.try_get("command_type")?,
+        payload: row.try_get("payload")?,
+        status: row.try_get("status")?,
+        requires_confirmation: row.try_get("requires_confirmation")?,
+        attempts: i64::from(row.try_get::<i32, _>("attempts")?),
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        lease_until: row.try_get("lease_until")?,
+        result_payload: row.try_get("result_payload")?,
+        result_error: row.try_get("result_error")?,
+        device_type: row.try_get("device_type")?,
+        timeout_ms: row.try_get("timeout_ms")?,
+        lease_token: row.try_get("lease_token")?,
+        lease_owner: row.try_get("lease_owner")?,
     })
 }
 
@@ -164,6 +207,28 @@ fn decode(rows: &[PgRow]) -> Result<Vec<QueuedCommand>, StoreError> {
 
 fn decode_one(row: &PgRow) -> Result<QueuedCommand, StoreError> {
     raw(row).map_err(err)?.into_command(BACKEND)
+}
+
+/// Decodes rows just leased to `owner`, in delivery order, with their leases.
+fn decode_leased(rows: &[PgRow], owner: &NodeId) -> Result<Vec<Leased>, StoreError> {
+    let mut leased = rows
+        .iter()
+        .map(|row| {
+            let raw = raw(row).map_err(err)?;
+            let (seq, token) = (raw.seq, raw.lease_token);
+            let token = u64::try_from(token)
+                .map_err(|_| StoreError::backend(BACKEND, "stored lease token is invalid"))?;
+            let command = raw.into_command(BACKEND)?;
+            let lease = Lease {
+                id: command.id.clone(),
+                token: LeaseToken::from_u64(token),
+                owner: owner.clone(),
+            };
+            Ok((seq, Leased { command, lease }))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    leased.sort_by_key(|(seq, _)| *seq);
+    Ok(leased.into_iter().map(|(_, l)| l).collect())
 }
 
 fn device_id(s: String) -> Result<DeviceId, StoreError> {
@@ -189,10 +254,9 @@ async fn housekeep(
 ) -> Result<SweepReport, StoreError> {
     let now = now.unix_millis();
     let expired_rows = sqlx::query(&format!(
-        "UPDATE bridge_queued_commands SET status = 'expired', lease_until = NULL
+        "UPDATE bridge_queued_commands SET status = 'expired'
          WHERE device_id = $1 AND expires_at <= $2
-           AND (status IN ('pending', 'awaiting_confirmation')
-                OR (status = 'delivering' AND lease_until <= $2))
+           AND status IN ('pending', 'awaiting_confirmation')
          RETURNING {COLUMNS}"
     ))
     .bind(device.as_str())
@@ -200,37 +264,38 @@ async fn housekeep(
     .fetch_all(&mut *conn)
     .await
     .map_err(err)?;
-    let expired = u64::try_from(expired_rows.len()).unwrap_or(u64::MAX);
-    let mut expired_commands = decode(&expired_rows)?;
-    expired_commands.truncate(SweepReport::MAX_EXPIRED_COMMANDS);
-    let failed = sqlx::query(
-        "UPDATE bridge_queued_commands SET status = 'failed', lease_until = NULL
+    let lapsed_rows = sqlx::query(&format!(
+        "UPDATE bridge_queued_commands SET {}
          WHERE device_id = $1 AND status = 'delivering' AND lease_until <= $2
-           AND attempts >= $3",
-    )
+         RETURNING {COLUMNS}",
+        lapse_set("$2", "$3")
+    ))
     .bind(device.as_str())
     .bind(now)
     .bind(i64::from(max_attempts))
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await
-    .map_err(err)?
-    .rows_affected();
-    let recovered = sqlx::query(
-        "UPDATE bridge_queued_commands SET status = 'pending', lease_until = NULL
-         WHERE device_id = $1 AND status = 'delivering' AND lease_until <= $2",
-    )
-    .bind(device.as_str())
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(err)?
-    .rows_affected();
-    Ok(SweepReport {
-        expired,
-        recovered,
-        failed,
-        expired_commands,
-    })
+    .map_err(err)?;
+    let mut report = SweepReport::default();
+    let mut expired = Vec::new();
+    for row in expired_rows.iter().chain(&lapsed_rows) {
+        let raw = raw(row).map_err(err)?;
+        let seq = raw.seq;
+        let command = raw.into_command(BACKEND)?;
+        match command.status {
+            CommandStatus::Expired => expired.push((seq, command)),
+            CommandStatus::Failed => report.failed += 1,
+            _ => report.recovered += 1,
+        }
+    }
+    report.expired = u64::try_from(expired.len()).unwrap_or(u64::MAX);
+    expired.sort_by_key(|(seq, _)| *seq);
+    report.expired_commands = expired
+        .into_iter()
+        .map(|(_, command)| command)
+        .take(SweepReport::MAX_EXPIRED_COMMANDS)
+        .collect();
+    Ok(report)
 }
 
 async fn device_of(conn: &mut PgConnection, id: &CommandId) -> Result<DeviceId, StoreError> {
@@ -356,22 +421,19 @@ impl PostgresStore {
         self.pool.begin().await.map_err(err)
     }
 
+    /// Confirms or cancels: `allowed` are the statuses it acts on, `to` the one it sets.
     async fn transition(
         &self,
         id: &CommandId,
         action: &'static str,
         allowed: &[CommandStatus],
-        outcome: Option<&CommandOutcome>,
-        change: impl FnOnce(&QueuedCommand) -> CommandStatus + Send,
+        to: CommandStatus,
     ) -> Result<QueuedCommand, StoreError> {
         let now = self.config.clock.now();
         let mut tx = self.begin().await?;
-        // confirm and cancel see expiry first; a late answer to a lapsed lease still counts.
-        if outcome.is_none() && action != "release" {
-            let device = device_of(&mut tx, id).await?;
-            lock_device(&mut tx, &device).await?;
-            housekeep(&mut tx, &device, now, self.config.max_attempts).await?;
-        }
+        let device = device_of(&mut tx, id).await?;
+        lock_device(&mut tx, &device).await?;
+        housekeep(&mut tx, &device, now, self.config.max_attempts).await?;
         let current = fetch_for_update(&mut tx, id).await?;
         if !allowed.contains(&current.status) {
             // Roll back now: a dropped transaction is rolled back only when its connection
@@ -383,17 +445,11 @@ impl PostgresStore {
                 status: current.status,
             });
         }
-        let status = change(&current);
-        let (payload, error) = outcome.map(outcome_columns).unwrap_or_default();
         let row = sqlx::query(&format!(
-            "UPDATE bridge_queued_commands
-             SET status = $2, lease_until = NULL, result_payload = $3, result_error = $4
-             WHERE id = $1 RETURNING {COLUMNS}"
+            "UPDATE bridge_queued_commands SET status = $2 WHERE id = $1 RETURNING {COLUMNS}"
         ))
         .bind(id.as_str())
-        .bind(status.as_str())
-        .bind(payload)
-        .bind(error)
+        .bind(to.as_str())
         .fetch_one(&mut *tx)
         .await
         .map_err(err)?;
@@ -401,36 +457,156 @@ impl PostgresStore {
         decode_one(&row)
     }
 
-    async fn hand_out(
+    /// Runs the fenced `UPDATE` of `complete` or `release` (its `$1` the id, `$2` the token,
+    /// `$3` the owner; `bind_rest` binds the others): the command as it is after, or why
+    /// nothing was changed.
+    async fn end_lease(
+        &self,
+        lease: &Lease,
+        set: &str,
+        bind_rest: impl for<'q> FnOnce(
+            sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+        )
+            -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>
+        + Send,
+    ) -> Result<QueuedCommand, StoreError> {
+        let id = &lease.id;
+        // A token beyond i64 was never handed out by this store: it cannot be live.
+        let Ok(token) = i64::try_from(lease.token.as_u64()) else {
+            return Err(self.stale_or_not_found(id).await?);
+        };
+        let statement = format!(
+            "UPDATE bridge_queued_commands SET {set}, lease_until = NULL, lease_owner = NULL
+             WHERE id = $1 AND status = 'delivering' AND lease_token = $2 AND lease_owner = $3
+             RETURNING {COLUMNS}"
+        );
+        let query = sqlx::query(&statement)
+            .bind(id.as_str())
+            .bind(token)
+            .bind(lease.owner.as_str());
+        let row = bind_rest(query)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(err)?;
+        match row {
+            Some(row) => decode_one(&row),
+            None => Err(self.stale_or_not_found(id).await?),
+        }
+    }
+
+    /// Why a fenced update changed nothing: the command is unknown, or the lease is not its
+    /// live one.
+    async fn stale_or_not_found(&self, id: &CommandId) -> Result<StoreError, StoreError> {
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM bridge_queued_commands WHERE id = $1)",
+        )
+        .bind(id.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(if exists {
+            StoreError::StaleLease { id: id.clone() }
+        } else {
+            StoreError::NotFound { id: id.clone() }
+        })
+    }
+
+    async fn lease_next_inner(
         &self,
         device: &DeviceId,
-        max: usize,
-        deadline: Option<Timestamp>,
-    ) -> Result<Vec<QueuedCommand>, StoreError> {
+        owner: &NodeId,
+        deadline: Timestamp,
+    ) -> Result<Option<Leased>, StoreError> {
+        let now = self.config.clock.now();
+        let mut tx = self.begin().await?;
+        lock_device(&mut tx, device).await?;
+        housekeep(&mut tx, device, now, self.config.max_attempts).await?;
+        // After housekeeping, a deadline means a live lease (the lapsed ones were just
+        // recovered); drained commands have none and do not hold the device.
+        let rows = sqlx::query(&format!(
+            "UPDATE bridge_queued_commands
+             SET status = 'delivering', lease_token = lease_token + 1, lease_owner = $3,
+                 lease_until = $4
+             WHERE seq = (SELECT seq FROM bridge_queued_commands
+                          WHERE device_id = $1 AND status = 'pending' AND expires_at > $2
+                          ORDER BY seq LIMIT 1)
+               AND NOT EXISTS (SELECT 1 FROM bridge_queued_commands
+                               WHERE device_id = $1 AND status = 'delivering'
+                                 AND lease_until IS NOT NULL)
+             RETURNING {COLUMNS}"
+        ))
+        .bind(device.as_str())
+        .bind(now.unix_millis())
+        .bind(owner.as_str())
+        .bind(deadline.unix_millis())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(decode_leased(&rows, owner)?.into_iter().next())
+    }
+
+    async fn drain_inner(
+        &self,
+        device: &DeviceId,
+        owner: &NodeId,
+    ) -> Result<Vec<Leased>, StoreError> {
         let now = self.config.clock.now();
         let mut tx = self.begin().await?;
         lock_device(&mut tx, device).await?;
         housekeep(&mut tx, device, now, self.config.max_attempts).await?;
         let rows = sqlx::query(&format!(
-            "WITH picked AS (
-                SELECT seq FROM bridge_queued_commands
-                WHERE device_id = $1 AND status = 'pending' AND expires_at > $2
-                ORDER BY seq LIMIT $3
-                FOR UPDATE SKIP LOCKED)
-             UPDATE bridge_queued_commands
-             SET status = 'delivering', attempts = attempts + 1, lease_until = $4
-             WHERE seq IN (SELECT seq FROM picked)
+            "UPDATE bridge_queued_commands
+             SET status = 'delivering', lease_token = lease_token + 1, lease_owner = $3,
+                 lease_until = NULL
+             WHERE device_id = $1 AND status = 'pending' AND expires_at > $2
              RETURNING {COLUMNS}"
         ))
         .bind(device.as_str())
         .bind(now.unix_millis())
-        .bind(to_i64(max))
-        .bind(deadline.map(Timestamp::unix_millis))
+        .bind(owner.as_str())
         .fetch_all(&mut *tx)
         .await
         .map_err(err)?;
         tx.commit().await.map_err(err)?;
+        decode_leased(&rows, owner)
+    }
+
+    async fn reclaim_inner(&self, owner: &NodeId) -> Result<Vec<QueuedCommand>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE bridge_queued_commands SET {}
+             WHERE status = 'delivering' AND lease_until IS NOT NULL AND lease_owner = $1
+             RETURNING {COLUMNS}",
+            lapse_set("$2", "$3")
+        ))
+        .bind(owner.as_str())
+        .bind(self.config.clock.now().unix_millis())
+        .bind(i64::from(self.config.max_attempts))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
         decode(&rows)
+    }
+
+    async fn open_counts_inner(&self) -> Result<OpenCounts, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT status, COUNT(*) FROM bridge_queued_commands
+             WHERE status IN {OPEN} GROUP BY status"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        let mut counts = OpenCounts::default();
+        for (status, n) in rows {
+            let n = u64::try_from(n).unwrap_or(0);
+            match parse_status(&status) {
+                Some(CommandStatus::AwaitingConfirmation) => counts.awaiting_confirmation = n,
+                Some(CommandStatus::Pending) => counts.pending = n,
+                Some(CommandStatus::Delivering) => counts.delivering = n,
+                _ => return Err(StoreError::backend(BACKEND, "stored status is invalid")),
+            }
+        }
+        Ok(counts)
     }
 
     async fn enqueue_inner(&self, command: NewCommand) -> Result<CommandId, StoreError> {
@@ -580,8 +756,7 @@ impl Store for PostgresStore {
             id,
             "confirm",
             &[CommandStatus::AwaitingConfirmation],
-            None,
-            |_| CommandStatus::Pending,
+            CommandStatus::Pending,
         ))
         .await
     }
@@ -591,53 +766,66 @@ impl Store for PostgresStore {
             id,
             "cancel",
             &[CommandStatus::Pending, CommandStatus::AwaitingConfirmation],
-            None,
-            |_| CommandStatus::Cancelled,
+            CommandStatus::Cancelled,
         ))
         .await
     }
 
-    async fn lease(
+    async fn lease_next(
         &self,
         device: &DeviceId,
-        max: usize,
+        owner: &NodeId,
         lease_for: Duration,
-    ) -> Result<Vec<QueuedCommand>, StoreError> {
-        check_lease(max, lease_for)?;
+    ) -> Result<Option<Leased>, StoreError> {
+        check_lease(lease_for)?;
         let deadline = self.config.clock.now().saturating_add(lease_for);
-        self.bounded(self.hand_out(device, max, Some(deadline)))
+        self.bounded(self.lease_next_inner(device, owner, deadline))
             .await
     }
 
     async fn complete(
         &self,
-        id: &CommandId,
+        lease: &Lease,
         outcome: CommandOutcome,
     ) -> Result<QueuedCommand, StoreError> {
         let status = status_of_outcome(&outcome);
-        self.bounded(self.transition(
-            id,
-            "complete",
-            &[CommandStatus::Delivering],
-            Some(&outcome),
-            |_| status,
+        let (payload, error) = outcome_columns(&outcome);
+        self.bounded(self.end_lease(
+            lease,
+            "status = $4, attempts = attempts + 1, result_payload = $5, result_error = $6",
+            move |q| q.bind(status.as_str()).bind(payload).bind(error),
         ))
         .await
     }
 
-    async fn release(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
-        let now = self.config.clock.now();
-        let max_attempts = self.config.max_attempts;
-        self.bounded(
-            self.transition(id, "release", &[CommandStatus::Delivering], None, |c| {
-                status_after_delivery_cut(c.attempts, max_attempts, c.expires_at, now)
-            }),
-        )
+    async fn release(&self, lease: &Lease, cut: Cut) -> Result<QueuedCommand, StoreError> {
+        let counted: i32 = match cut {
+            Cut::Sent => 1,
+            Cut::NotSent => 0,
+        };
+        let now = self.config.clock.now().unix_millis();
+        let max_attempts = i64::from(self.config.max_attempts);
+        self.bounded(self.end_lease(
+            lease,
+            "attempts = attempts + $4,
+             status = CASE WHEN expires_at <= $5 THEN 'expired'
+                           WHEN attempts + $4 >= $6 THEN 'failed'
+                           ELSE 'pending' END",
+            move |q| q.bind(counted).bind(now).bind(max_attempts),
+        ))
         .await
     }
 
-    async fn drain_pending(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
-        self.bounded(self.hand_out(device, usize::MAX, None)).await
+    async fn reclaim(&self, owner: &NodeId) -> Result<Vec<QueuedCommand>, StoreError> {
+        self.bounded(self.reclaim_inner(owner)).await
+    }
+
+    async fn drain_pending(
+        &self,
+        device: &DeviceId,
+        owner: &NodeId,
+    ) -> Result<Vec<Leased>, StoreError> {
+        self.bounded(self.drain_inner(device, owner)).await
     }
 
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
@@ -681,6 +869,10 @@ impl Store for PostgresStore {
         self.bounded(self.housekeep_device(device))
             .await
             .map(|report| report.expired_commands)
+    }
+
+    async fn open_counts(&self) -> Result<OpenCounts, StoreError> {
+        self.bounded(self.open_counts_inner()).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

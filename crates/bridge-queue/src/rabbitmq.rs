@@ -19,17 +19,22 @@
 //!   against the composition), and durability is `S`'s.
 //! * **Delivery notices** travel through RabbitMQ: one durable queue per device
 //!   (`<prefix>.<device id>`), into which every change that makes a command deliverable
-//!   (enqueue of a pending command, an update in place, confirm, release back to `pending`,
-//!   recovery of a lapsed lease by `sweep`) publishes a persistent message (delivery mode
+//!   (enqueue of a pending command, an update in place, confirm, recovery of a lapsed lease
+//!   by `sweep`, and every end of a lease — `complete`, `release`, `reclaim` — that leaves a
+//!   `pending` command behind it, which the device's one lease was holding back) publishes a persistent message (delivery mode
 //!   2) through the default exchange, on a channel with publisher confirms, and waits for
 //!   the broker's confirm. The message's body is the command as JSON (the shape of
 //!   `GET /v1/commands/{id}` plus `payload`), so other AMQP consumers can see what is queued.
 //! * [`RabbitMqStore::consume`] is the original toolkit's push interface: a stream that
 //!   yields the device's commands, leased, in order, as they become deliverable. It leases
-//!   from `S` (so two consumers never get the same command and a consumer that dies leaves
-//!   its lease to lapse and the command to come back) and uses the device's queue to wake
-//!   up at once when something arrives; it also looks again every `poll_every`, so a notice
-//!   that was never published does not delay delivery for longer than that.
+//!   with `S`'s [`lease_next`](Store::lease_next), so it has exactly `S`'s guarantee: one
+//!   live lease per device across every consumer and every process sharing `S` (a second
+//!   consumer of the device, here or in another process, waits until the first ends its
+//!   lease), and a consumer that dies leaves its lease to lapse and the command to come
+//!   back. RabbitMQ's own delivery is never trusted for exclusivity: any number of
+//!   consumers may receive the same notice. The stream uses the device's queue to wake up at
+//!   once when something may be deliverable; it also looks again every `poll_every`, so a
+//!   notice that was never published does not delay delivery for longer than that.
 //!
 //! A notice is only a wake-up, never the command itself, so a duplicated, lost or stale
 //! notice cannot cause a duplicate or lost delivery. That is also why a failed publish does
@@ -41,7 +46,6 @@
 //! first: a newer notice supersedes them) and `x-expires` (a queue nobody used for
 //! [`RabbitMqOptions::idle_queue_expiry`] is deleted by the broker).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,7 +62,9 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer
 use tokio::sync::Mutex;
 
 use crate::error::StoreError;
-use crate::model::{NewCommand, QueuedCommand, SweepReport};
+use crate::model::{
+    Cut, Lease, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, SweepReport,
+};
 use crate::store::Store;
 
 const BACKEND: &str = "rabbitmq";
@@ -267,6 +273,8 @@ impl<S: Store> Inner<S> {
         }
     }
 
+    /// Publishes a notice for the device's first `pending` command, if any: the end of a
+    /// lease lets the device's next command go.
     async fn notify_device(&self, device: &DeviceId) {
         // The first deliverable command stands for the device; list_open is in order.
         match self.state.list_open(device).await {
@@ -308,25 +316,28 @@ impl<S: Store> RabbitMqStore<S> {
     }
 
     /// A stream of the device's commands as they become deliverable, oldest first, each
-    /// already leased for `lease_for` (so `delivering`): the consumer sends it and ends the
-    /// lease with [`complete`](Store::complete) or [`release`](Store::release). One command
-    /// is leased per item pulled, so a consumer that finishes each command before pulling
-    /// the next sends them one at a time. The stream wakes on the device queue's notices and
-    /// also looks every `poll_every`. It yields an error when the state store fails (and
-    /// goes on after waiting `poll_every`); it never ends on its own.
+    /// already leased to `owner` for `lease_for` (so `delivering`, with its [`Lease`]): the
+    /// consumer sends it and ends the lease with [`complete`](Store::complete) or
+    /// [`release`](Store::release). The device's next command is yielded only once that
+    /// lease is over (one live lease per device, whoever holds it, as
+    /// [`lease_next`](Store::lease_next) promises), so a consumer pulls, sends, ends, and
+    /// pulls again. The stream wakes on the device queue's notices and also looks every
+    /// `poll_every`. It yields an error when the state store fails (and goes on after
+    /// waiting `poll_every`); it never ends on its own.
     pub fn consume(
         &self,
         device: DeviceId,
+        owner: NodeId,
         lease_for: Duration,
         poll_every: Duration,
-    ) -> impl Stream<Item = Result<QueuedCommand, StoreError>> + Send + 'static {
+    ) -> impl Stream<Item = Result<Leased, StoreError>> + Send + 'static {
         let state = ConsumeState {
             store: self.clone(),
             device,
+            owner,
             lease_for,
             poll_every,
             consumer: None,
-            ready: VecDeque::new(),
             backoff: false,
         };
         futures_util::stream::unfold(state, |mut state| async move {
@@ -339,19 +350,16 @@ impl<S: Store> RabbitMqStore<S> {
 struct ConsumeState<S> {
     store: RabbitMqStore<S>,
     device: DeviceId,
+    owner: NodeId,
     lease_for: Duration,
     poll_every: Duration,
     consumer: Option<(Link, Consumer)>,
-    ready: VecDeque<QueuedCommand>,
     backoff: bool,
 }
 
 impl<S: Store> ConsumeState<S> {
-    async fn next(&mut self) -> Result<QueuedCommand, StoreError> {
+    async fn next(&mut self) -> Result<Leased, StoreError> {
         loop {
-            if let Some(command) = self.ready.pop_front() {
-                return Ok(command);
-            }
             if self.backoff {
                 self.backoff = false;
                 tokio::time::sleep(self.poll_every).await;
@@ -360,14 +368,11 @@ impl<S: Store> ConsumeState<S> {
                 .store
                 .inner
                 .state
-                .lease(&self.device, 1, self.lease_for)
+                .lease_next(&self.device, &self.owner, self.lease_for)
                 .await
             {
-                Ok(leased) if !leased.is_empty() => {
-                    self.ready.extend(leased);
-                    continue;
-                }
-                Ok(_) => {}
+                Ok(Some(leased)) => return Ok(leased),
+                Ok(None) => {}
                 Err(e) => {
                     self.backoff = true;
                     return Err(e);
@@ -450,31 +455,49 @@ impl<S: Store> Store for RabbitMqStore<S> {
         self.inner.state.cancel(id).await
     }
 
-    async fn lease(
+    async fn lease_next(
         &self,
         device: &DeviceId,
-        max: usize,
+        owner: &NodeId,
         lease_for: Duration,
-    ) -> Result<Vec<QueuedCommand>, StoreError> {
-        self.inner.state.lease(device, max, lease_for).await
+    ) -> Result<Option<Leased>, StoreError> {
+        self.inner.state.lease_next(device, owner, lease_for).await
     }
 
     async fn complete(
         &self,
-        id: &CommandId,
+        lease: &Lease,
         outcome: CommandOutcome,
     ) -> Result<QueuedCommand, StoreError> {
-        self.inner.state.complete(id, outcome).await
+        let completed = self.inner.state.complete(lease, outcome).await?;
+        self.inner.notify_device(&completed.device).await;
+        Ok(completed)
     }
 
-    async fn release(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
-        let released = self.inner.state.release(id).await?;
-        self.inner.notify(&released).await;
+    async fn release(&self, lease: &Lease, cut: Cut) -> Result<QueuedCommand, StoreError> {
+        let released = self.inner.state.release(lease, cut).await?;
+        // The released command itself when it is back to pending, or the one behind it.
+        self.inner.notify_device(&released.device).await;
         Ok(released)
     }
 
-    async fn drain_pending(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
-        self.inner.state.drain_pending(device).await
+    async fn reclaim(&self, owner: &NodeId) -> Result<Vec<QueuedCommand>, StoreError> {
+        let reclaimed = self.inner.state.reclaim(owner).await?;
+        let mut devices: Vec<&DeviceId> = reclaimed.iter().map(|c| &c.device).collect();
+        devices.sort();
+        devices.dedup();
+        for device in devices {
+            self.inner.notify_device(device).await;
+        }
+        Ok(reclaimed)
+    }
+
+    async fn drain_pending(
+        &self,
+        device: &DeviceId,
+        owner: &NodeId,
+    ) -> Result<Vec<Leased>, StoreError> {
+        self.inner.state.drain_pending(device, owner).await
     }
 
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
@@ -505,6 +528,10 @@ impl<S: Store> Store for RabbitMqStore<S> {
 
     async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
         self.inner.state.expire(device).await
+    }
+
+    async fn open_counts(&self) -> Result<OpenCounts, StoreError> {
+        self.inner.state.open_counts().await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -1,17 +1,36 @@
 //! The Redis store: for deployments that already run Redis.
 //!
-//! Every operation is one Lua script, so it is atomic on the server: dedup, the cap, lease
-//! exclusivity and expiry cannot interleave with another client's call. Keys, under a
-//! configurable prefix `P`:
+//! Every operation is one Lua script, so it is atomic on the server: dedup, the cap, the
+//! one-lease-per-device rule, lease fencing and expiry cannot interleave with another
+//! client's call, whichever server process sends it. Keys, under a configurable prefix `P`:
 //!
 //! * `P:c:<id>` — a hash per command (device, type, payload, status, attempts, times,
-//!   lease deadline, result, ordering key, device type and reply timeout; a hash written
-//!   before the last two were kept lacks them and reads as the defaults).
+//!   lease deadline, lease token and owner, result, ordering key, device type and reply
+//!   timeout). A hash written by an older version may lack the delivery settings (they read
+//!   as the defaults) and the lease token and owner (they read as never leased: the first
+//!   lease gives token 1, and a lease of the older version can only lapse).
 //! * `P:d:<device>` — a sorted set of the device's non-final command ids, scored by the
 //!   ordering key `P:seq` (`INCR`), so a device's commands come out in queue order and an
 //!   update in place or a released command keeps its place.
 //! * `P:devices` — the set of devices with non-final commands (for `due_devices` and
 //!   `sweep`).
+//! * `P:s:<status>` — for each status that is not final (`awaiting_confirmation`,
+//!   `pending`, `delivering`), the set of the ids of the commands in it. Every script that
+//!   changes a status moves the id between these sets in the same step (`set_status` in the
+//!   scripts' prelude), so `open_counts` is three `SCARD`s, and `reclaim` scans only the
+//!   `delivering` set. Sets rather than counters, because moving an id is idempotent: a set
+//!   cannot drift the way a counter would if a command's hash vanished under it.
+//! * `P:version` — the layout version of the keys. [`RedisStore::open`] upgrades older keys
+//!   once (one script, so atomic): version 2 filled the per-status sets from the commands
+//!   already stored. Stop every server of the older version before opening the store with
+//!   this one: an older server does not keep the sets.
+//!
+//! `lease_next` is one script: it recovers the device's lapsed leases, then refuses while a
+//! command of the device has a lease deadline (after recovery, only live leases have one;
+//! drained commands have none), and otherwise leases the first `pending` command, adding one
+//! to its `token` field. `complete` and `release` act only when the command is `delivering`
+//! with the caller's token and owner, and do not recover lapsed leases first (a lapsed lease
+//! not yet recovered is still its holder's).
 //!
 //! TTL is natural: a command's hash carries a Redis expiry of its own TTL plus
 //! [`RedisOptions::final_retention`], renewed when it is updated; when a command becomes
@@ -42,8 +61,8 @@ use deadpool_redis::{Config, Pool, PoolError, Runtime};
 
 use crate::error::StoreError;
 use crate::model::{
-    NewCommand, QueuedCommand, StoreConfig, SweepReport, check_lease, expiry, new_command_id,
-    parse_status,
+    Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
+    SweepReport, check_lease, expiry, new_command_id, parse_status,
 };
 use crate::store::Store;
 
@@ -66,7 +85,8 @@ for _, id in ipairs(ids) do
   local h = redis.call('HMGET', ckey(id), 'type', 'status')
   if h[1] == typ and (h[2] == 'pending' or h[2] == 'awaiting_confirmation') then
     redis.call('HSET', ckey(id), 'payload', payload, 'expires', expires, 'conf', conf,
-      'status', status, 'dtype', dtype, 'timeout', timeout)
+      'dtype', dtype, 'timeout', timeout)
+    set_status(id, h[2], status)
     redis.call('PEXPIRE', ckey(id), open_ttl)
     return {'updated', id}
   end
@@ -74,8 +94,10 @@ end
 if #ids >= max_open then return {'full'} end
 local seq = redis.call('INCR', P .. ':seq')
 redis.call('HSET', ckey(new_id), 'id', new_id, 'dev', dev, 'type', typ, 'payload', payload,
-  'status', status, 'conf', conf, 'attempts', 0, 'created', ARGV[2], 'expires', expires,
-  'lease', '', 'rk', '', 'rv', '', 'seq', seq, 'dtype', dtype, 'timeout', timeout)
+  'conf', conf, 'attempts', 0, 'created', ARGV[2], 'expires', expires,
+  'lease', '', 'rk', '', 'rv', '', 'seq', seq, 'dtype', dtype, 'timeout', timeout,
+  'token', 0, 'owner', '')
+set_status(new_id, nil, status)
 redis.call('PEXPIRE', ckey(new_id), open_ttl)
 redis.call('ZADD', dkey(dev), seq, new_id)
 redis.call('SADD', DEVICES, dev)
@@ -84,18 +106,42 @@ return {'inserted', new_id}
     )
 });
 
-static LEASE: LazyLock<Script> = LazyLock::new(|| {
+/// Leases the device's first `pending` command unless a command of the device is under a
+/// live lease: after `housekeep`, every `delivering` command with a deadline holds a live
+/// lease (the lapsed ones were just recovered), and drained ones (no deadline) do not count.
+static LEASE_NEXT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local dev, max, deadline = ARGV[5], tonumber(ARGV[6]), ARGV[7]
+local dev, owner, deadline = ARGV[5], ARGV[6], ARGV[7]
+housekeep(dev)
+local first = nil
+for _, id in ipairs(redis.call('ZRANGE', dkey(dev), 0, -1)) do
+  local h = redis.call('HMGET', ckey(id), 'status', 'expires', 'lease')
+  if h[1] == 'delivering' and h[3] and h[3] ~= '' then return {'busy'} end
+  if not first and h[1] == 'pending' and tonumber(h[2]) > NOW then first = id end
+end
+if not first then return {'none'} end
+redis.call('HINCRBY', ckey(first), 'token', 1)
+redis.call('HSET', ckey(first), 'lease', deadline, 'owner', owner)
+set_status(first, 'pending', 'delivering')
+return {'ok', record(first)}
+",
+    )
+});
+
+/// Hands out every deliverable command of the device for good (no deadline).
+static DRAIN: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local dev, owner = ARGV[5], ARGV[6]
 housekeep(dev)
 local out, n = {}, 0
 for _, id in ipairs(redis.call('ZRANGE', dkey(dev), 0, -1)) do
-  if n >= max then break end
   local h = redis.call('HMGET', ckey(id), 'status', 'expires')
   if h[1] == 'pending' and tonumber(h[2]) > NOW then
-    redis.call('HSET', ckey(id), 'status', 'delivering', 'lease', deadline)
-    redis.call('HINCRBY', ckey(id), 'attempts', 1)
+    redis.call('HINCRBY', ckey(id), 'token', 1)
+    redis.call('HSET', ckey(id), 'lease', '', 'owner', owner)
+    set_status(id, 'pending', 'delivering')
     n = n + 1
     out[n] = record(id)
   end
@@ -108,36 +154,103 @@ return out
 static TRANSITION: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local id, action, rk, rv, hk = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
+local id, action = ARGV[5], ARGV[6]
 local k = ckey(id)
 local dev = redis.call('HGET', k, 'dev')
 if not dev then return {'notfound'} end
-if hk == '1' then housekeep(dev) end
-local h = redis.call('HMGET', k, 'status', 'attempts', 'expires')
-local status, new = h[1], nil
+housekeep(dev)
+local status = redis.call('HGET', k, 'status')
+local new = nil
 if action == 'confirm' then
   if status ~= 'awaiting_confirmation' then return {'conflict', status} end
   new = 'pending'
-elseif action == 'cancel' then
+else
   if status ~= 'pending' and status ~= 'awaiting_confirmation' then
     return {'conflict', status}
   end
   new = 'cancelled'
-else
-  if status ~= 'delivering' then return {'conflict', status} end
-  if action == 'complete' then
-    if rk == 'p' then new = 'succeeded' else new = 'failed' end
-  elseif tonumber(h[3]) <= NOW then
-    new = 'expired'
-  elseif tonumber(h[2]) >= MAX_ATTEMPTS then
-    new = 'failed'
-  else
-    new = 'pending'
-  end
 end
-redis.call('HSET', k, 'status', new, 'lease', '', 'rk', rk, 'rv', rv)
+set_status(id, status, new)
 if new ~= 'pending' then close(id, dev) end
 return {'ok', record(id)}
+",
+    )
+});
+
+/// Ends a lease, fenced: only the live lease (same token and owner, still `delivering`; a
+/// lapsed one not yet recovered included) may, so this script does not recover first.
+static END_LEASE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local id, token, owner, action, rk, rv = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local k = ckey(id)
+local h = redis.call('HMGET', k, 'dev', 'status', 'token', 'owner', 'attempts', 'expires')
+if not h[1] then return {'notfound'} end
+if h[2] ~= 'delivering' or h[3] ~= token or h[4] ~= owner then return {'stale'} end
+local attempts = tonumber(h[5])
+local new
+if action == 'complete' then
+  attempts = attempts + 1
+  if rk == 'p' then new = 'succeeded' else new = 'failed' end
+else
+  if action == 'sent' then attempts = attempts + 1 end
+  new = after_cut(attempts, h[6])
+end
+redis.call('HSET', k, 'attempts', attempts, 'lease', '', 'owner', '', 'rk', rk, 'rv', rv)
+set_status(id, 'delivering', new)
+if new ~= 'pending' then close(id, h[1]) end
+return {'ok', record(id)}
+",
+    )
+});
+
+/// Ends every lease with a deadline held by the owner as lapsed. The `delivering` set is
+/// what is scanned: the commands under a lease, of every device, and no others.
+static RECLAIM: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local owner = ARGV[5]
+local out, n = {}, 0
+for _, id in ipairs(redis.call('SMEMBERS', skey('delivering'))) do
+  local h = redis.call('HMGET', ckey(id), 'dev', 'status', 'lease', 'owner')
+  if not h[1] then
+    for status in pairs(OPEN) do redis.call('SREM', skey(status), id) end
+  elseif h[2] == 'delivering' and h[3] and h[3] ~= '' and h[4] == owner then
+    lapse(id, h[1])
+    n = n + 1
+    out[n] = record(id)
+  end
+end
+return out
+",
+    )
+});
+
+/// The open commands per status, from the per-status sets.
+static OPEN_COUNTS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+return {redis.call('SCARD', skey('awaiting_confirmation')), redis.call('SCARD', skey('pending')),
+  redis.call('SCARD', skey('delivering'))}
+",
+    )
+});
+
+/// Brings the keys of an older version up to this one, once (`P:version`): version 2 added
+/// the per-status sets, filled here from the commands already stored.
+static UPGRADE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local version = tonumber(redis.call('GET', P .. ':version') or '1')
+if version >= 2 then return version end
+for _, dev in ipairs(redis.call('SMEMBERS', DEVICES)) do
+  for _, id in ipairs(redis.call('ZRANGE', dkey(dev), 0, -1)) do
+    local status = redis.call('HGET', ckey(id), 'status')
+    if status and OPEN[status] then redis.call('SADD', skey(status), id) end
+  end
+end
+redis.call('SET', P .. ':version', 2)
+return 2
 ",
     )
 });
@@ -187,7 +300,7 @@ for _, dev in ipairs(devs) do
   for _, id in ipairs(redis.call('ZRANGE', dkey(dev), 0, -1)) do
     local h = redis.call('HMGET', ckey(id), 'status', 'expires', 'lease')
     if (h[1] == 'pending' and tonumber(h[2]) > NOW)
-        or (h[1] == 'delivering' and h[3] ~= '' and tonumber(h[3]) <= NOW) then
+        or (h[1] == 'delivering' and h[3] and h[3] ~= '' and tonumber(h[3]) <= NOW) then
       n = n + 1
       out[n] = dev
       break
@@ -344,10 +457,12 @@ fn array(v: &Value) -> Result<&[Value], StoreError> {
     }
 }
 
-/// Decodes one `record(id)` reply (the hash fields in the order of `FIELDS`).
-fn command(v: &Value) -> Result<QueuedCommand, StoreError> {
+/// Decodes one `record(id)` reply (the hash fields in the order of `FIELDS`) into the
+/// command and its lease token (0 when it was never leased, or in a hash written before
+/// leases were fenced).
+fn stored(v: &Value) -> Result<(QueuedCommand, u64), StoreError> {
     let f = array(v)?;
-    if f.len() != 15 {
+    if f.len() != 17 {
         return Err(corrupt("record"));
     }
     let lease = text(&f[9])?;
@@ -362,7 +477,20 @@ fn command(v: &Value) -> Result<QueuedCommand, StoreError> {
         )),
         _ => return Err(corrupt("result kind")),
     };
-    Ok(QueuedCommand {
+    // Hashes written before leases were fenced have neither a token nor an owner.
+    let token = match &f[15] {
+        Value::Nil => 0,
+        v => u64::try_from(number(v)?).map_err(|_| corrupt("lease token"))?,
+    };
+    let lease_owner = match &f[16] {
+        Value::Nil => None,
+        v => Some(text(v)?)
+            .filter(|o| !o.is_empty())
+            .map(|o| NodeId::new(&o))
+            .transpose()
+            .map_err(|_| corrupt("lease owner"))?,
+    };
+    let command = QueuedCommand {
         id: CommandId::try_from(text(&f[0])?).map_err(|_| corrupt("id"))?,
         device: DeviceId::try_from(text(&f[1])?).map_err(|_| corrupt("device id"))?,
         command_type: CommandType::try_from(text(&f[2])?).map_err(|_| corrupt("type"))?,
@@ -379,6 +507,7 @@ fn command(v: &Value) -> Result<QueuedCommand, StoreError> {
                 lease.parse().map_err(|_| corrupt("lease"))?,
             ))
         },
+        lease_owner,
         // Commands stored before the delivery settings were kept have neither field.
         device_type: match &f[13] {
             Value::Nil => None,
@@ -396,11 +525,30 @@ fn command(v: &Value) -> Result<QueuedCommand, StoreError> {
                 .ok_or_else(|| corrupt("timeout"))?,
         },
         outcome,
-    })
+    };
+    Ok((command, token))
+}
+
+/// Decodes one `record(id)` reply into the command.
+fn command(v: &Value) -> Result<QueuedCommand, StoreError> {
+    stored(v).map(|(command, _)| command)
 }
 
 fn commands(v: &Value) -> Result<Vec<QueuedCommand>, StoreError> {
     array(v)?.iter().map(command).collect()
+}
+
+/// Decodes one `record(id)` reply of a command just leased to `owner`.
+fn leased(v: &Value, owner: &NodeId) -> Result<Leased, StoreError> {
+    let (command, token) = stored(v)?;
+    Ok(Leased {
+        lease: Lease {
+            id: command.id.clone(),
+            token: LeaseToken::from_u64(token),
+            owner: owner.clone(),
+        },
+        command,
+    })
 }
 
 /// Decodes the `{tag, ...}` reply of a script that answers one command.
@@ -410,6 +558,7 @@ fn one(v: &Value, id: &CommandId, action: &'static str) -> Result<QueuedCommand,
     match (tag.as_str(), items.get(1)) {
         ("ok", Some(record)) => command(record),
         ("notfound", _) => Err(StoreError::NotFound { id: id.clone() }),
+        ("stale", _) => Err(StoreError::StaleLease { id: id.clone() }),
         ("conflict", Some(status)) => Err(StoreError::Conflict {
             id: id.clone(),
             action,
@@ -420,7 +569,8 @@ fn one(v: &Value, id: &CommandId, action: &'static str) -> Result<QueuedCommand,
 }
 
 impl RedisStore {
-    /// Creates the connection pool and checks that Redis answers.
+    /// Creates the connection pool, checks that Redis answers and brings keys written by an
+    /// older version up to this one (once; see the module docs).
     pub async fn open(options: &RedisOptions, config: StoreConfig) -> Result<Self, StoreError> {
         let timeout = options.operation_timeout;
         let pool = Config::from_url(options.url.clone())
@@ -443,6 +593,7 @@ impl RedisStore {
                 .max(1),
         };
         store.ping().await?;
+        store.run(&UPGRADE, &[]).await?;
         Ok(store)
     }
 
@@ -486,43 +637,45 @@ impl RedisStore {
         &self,
         id: &CommandId,
         action: &'static str,
+    ) -> Result<QueuedCommand, StoreError> {
+        let reply = self
+            .run(&TRANSITION, &[id.as_str().as_bytes(), action.as_bytes()])
+            .await?;
+        one(&reply, id, action)
+    }
+
+    /// Ends `lease`: `action` is `complete`, `sent` or `not_sent`.
+    async fn end_lease(
+        &self,
+        lease: &Lease,
+        action: &'static str,
         outcome: Option<&CommandOutcome>,
-        housekeep_first: bool,
     ) -> Result<QueuedCommand, StoreError> {
         let (kind, value): (&[u8], Vec<u8>) = match outcome {
             None => (b"", Vec::new()),
             Some(CommandOutcome::Payload(p)) => (b"p", p.as_bytes().to_vec()),
             Some(CommandOutcome::Error(e)) => (b"e", e.as_str().as_bytes().to_vec()),
         };
-        let hk: &[u8] = if housekeep_first { b"1" } else { b"0" };
+        let token = lease.token.as_u64().to_string();
         let reply = self
             .run(
-                &TRANSITION,
-                &[id.as_str().as_bytes(), action.as_bytes(), kind, &value, hk],
-            )
-            .await?;
-        one(&reply, id, action)
-    }
-
-    async fn hand_out(
-        &self,
-        device: &DeviceId,
-        max: usize,
-        deadline: Option<Timestamp>,
-    ) -> Result<Vec<QueuedCommand>, StoreError> {
-        let max = max.min(1 << 30).to_string();
-        let deadline = deadline.map_or_else(String::new, |d| d.unix_millis().to_string());
-        let reply = self
-            .run(
-                &LEASE,
+                &END_LEASE,
                 &[
-                    device.as_str().as_bytes(),
-                    max.as_bytes(),
-                    deadline.as_bytes(),
+                    lease.id.as_str().as_bytes(),
+                    token.as_bytes(),
+                    lease.owner.as_str().as_bytes(),
+                    action.as_bytes(),
+                    kind,
+                    &value,
                 ],
             )
             .await?;
-        commands(&reply)
+        let name = if action == "complete" {
+            "complete"
+        } else {
+            "release"
+        };
+        one(&reply, &lease.id, name)
     }
 }
 
@@ -582,38 +735,82 @@ impl Store for RedisStore {
     }
 
     async fn confirm(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
-        self.transition(id, "confirm", None, true).await
+        self.transition(id, "confirm").await
     }
 
     async fn cancel(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
-        self.transition(id, "cancel", None, true).await
+        self.transition(id, "cancel").await
     }
 
-    async fn lease(
+    async fn lease_next(
         &self,
         device: &DeviceId,
-        max: usize,
+        owner: &NodeId,
         lease_for: Duration,
-    ) -> Result<Vec<QueuedCommand>, StoreError> {
-        check_lease(max, lease_for)?;
-        let deadline = self.config.clock.now().saturating_add(lease_for);
-        self.hand_out(device, max, Some(deadline)).await
+    ) -> Result<Option<Leased>, StoreError> {
+        check_lease(lease_for)?;
+        let deadline = self
+            .config
+            .clock
+            .now()
+            .saturating_add(lease_for)
+            .unix_millis()
+            .to_string();
+        let reply = self
+            .run(
+                &LEASE_NEXT,
+                &[
+                    device.as_str().as_bytes(),
+                    owner.as_str().as_bytes(),
+                    deadline.as_bytes(),
+                ],
+            )
+            .await?;
+        let items = array(&reply)?;
+        let tag = items.first().map(text).transpose()?.unwrap_or_default();
+        match (tag.as_str(), items.get(1)) {
+            ("ok", Some(record)) => leased(record, owner).map(Some),
+            ("busy" | "none", _) => Ok(None),
+            _ => Err(corrupt("reply")),
+        }
     }
 
     async fn complete(
         &self,
-        id: &CommandId,
+        lease: &Lease,
         outcome: CommandOutcome,
     ) -> Result<QueuedCommand, StoreError> {
-        self.transition(id, "complete", Some(&outcome), false).await
+        self.end_lease(lease, "complete", Some(&outcome)).await
     }
 
-    async fn release(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
-        self.transition(id, "release", None, false).await
+    async fn release(&self, lease: &Lease, cut: Cut) -> Result<QueuedCommand, StoreError> {
+        let action = match cut {
+            Cut::Sent => "sent",
+            Cut::NotSent => "not_sent",
+        };
+        self.end_lease(lease, action, None).await
     }
 
-    async fn drain_pending(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
-        self.hand_out(device, usize::MAX, None).await
+    async fn reclaim(&self, owner: &NodeId) -> Result<Vec<QueuedCommand>, StoreError> {
+        let reply = self.run(&RECLAIM, &[owner.as_str().as_bytes()]).await?;
+        commands(&reply)
+    }
+
+    async fn drain_pending(
+        &self,
+        device: &DeviceId,
+        owner: &NodeId,
+    ) -> Result<Vec<Leased>, StoreError> {
+        let reply = self
+            .run(
+                &DRAIN,
+                &[device.as_str().as_bytes(), owner.as_str().as_bytes()],
+            )
+            .await?;
+        array(&reply)?
+            .iter()
+            .map(|record| leased(record, owner))
+            .collect()
     }
 
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
@@ -658,6 +855,20 @@ impl Store for RedisStore {
     async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
         let reply = self.run(&EXPIRE, &[device.as_str().as_bytes()]).await?;
         commands(&reply)
+    }
+
+    async fn open_counts(&self) -> Result<OpenCounts, StoreError> {
+        let reply = self.run(&OPEN_COUNTS, &[]).await?;
+        let count =
+            |v: &Value| number(v).and_then(|n| u64::try_from(n).map_err(|_| corrupt("count")));
+        match array(&reply)? {
+            [awaiting, pending, delivering] => Ok(OpenCounts {
+                awaiting_confirmation: count(awaiting)?,
+                pending: count(pending)?,
+                delivering: count(delivering)?,
+            }),
+            _ => Err(corrupt("counts reply")),
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

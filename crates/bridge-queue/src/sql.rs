@@ -6,12 +6,12 @@ use bridge_protocol::{
 };
 
 use crate::error::StoreError;
-use crate::model::{QueuedCommand, parse_status};
+use crate::model::{NodeId, QueuedCommand, parse_status};
 
 /// The columns every query returns, in this order.
 pub(crate) const COLUMNS: &str = "seq, id, device_id, command_type, payload, status, \
     requires_confirmation, attempts, created_at, expires_at, lease_until, result_payload, \
-    result_error, device_type, timeout_ms";
+    result_error, device_type, timeout_ms, lease_token, lease_owner";
 
 /// Statuses of commands that are not final, as an SQL list.
 pub(crate) const OPEN: &str = "('pending', 'awaiting_confirmation', 'delivering')";
@@ -33,6 +33,9 @@ pub(crate) struct RawRow {
     pub(crate) result_error: Option<String>,
     pub(crate) device_type: Option<String>,
     pub(crate) timeout_ms: i64,
+    /// How many times the command was leased: the token of its latest lease.
+    pub(crate) lease_token: i64,
+    pub(crate) lease_owner: Option<String>,
 }
 
 impl RawRow {
@@ -70,6 +73,12 @@ impl RawRow {
             created_at: Timestamp::from_unix_millis(self.created_at),
             expires_at: Timestamp::from_unix_millis(self.expires_at),
             lease_deadline: self.lease_until.map(Timestamp::from_unix_millis),
+            lease_owner: self
+                .lease_owner
+                .as_deref()
+                .map(NodeId::new)
+                .transpose()
+                .map_err(|_| corrupt("lease owner"))?,
             outcome,
         })
     }

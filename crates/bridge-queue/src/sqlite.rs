@@ -12,6 +12,14 @@
 //! of failing half-way. Ordering key: the `seq` column (`AUTOINCREMENT`, never reused).
 //! Dedup: a partial unique index on `(device_id, command_type)` over `pending` and
 //! `awaiting_confirmation`. Final commands stay in the table (for `GET /v1/commands/{id}`).
+//!
+//! Leases: `lease_until` (the deadline; NULL for drained commands), `lease_owner` and
+//! `lease_token`, a per-command counter bumped by every lease, which fences `complete` and
+//! `release` (`WHERE id = ? AND lease_token = ? AND status = 'delivering'`). `lease_next`
+//! recovers the device's lapsed leases and takes the next command in one `IMMEDIATE`
+//! transaction, with one `UPDATE … WHERE seq = (oldest pending) AND NOT EXISTS (a live
+//! lease of the device)`: a second process on the same file waits for the lock, then sees
+//! the lease.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,8 +35,8 @@ use sqlx::{Row, Sqlite, Transaction};
 
 use crate::error::StoreError;
 use crate::model::{
-    NewCommand, QueuedCommand, StoreConfig, SweepReport, check_lease, expiry, new_command_id,
-    status_after_delivery_cut, status_of_outcome,
+    Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
+    SweepReport, check_lease, expiry, new_command_id, parse_status, status_of_outcome,
 };
 use crate::sql::{COLUMNS, OPEN, RawRow, into_commands, map_err, outcome_columns, to_i64};
 use crate::store::Store;
@@ -51,7 +59,9 @@ const SCHEMA: &[&str] = &[
         result_payload BLOB,
         result_error TEXT,
         device_type TEXT,
-        timeout_ms INTEGER NOT NULL DEFAULT 10000
+        timeout_ms INTEGER NOT NULL DEFAULT 10000,
+        lease_token INTEGER NOT NULL DEFAULT 0,
+        lease_owner TEXT
     )",
     "CREATE UNIQUE INDEX IF NOT EXISTS bridge_queued_commands_dedup
         ON bridge_queued_commands (device_id, command_type)
@@ -63,11 +73,39 @@ const SCHEMA: &[&str] = &[
 
 /// Columns added after the first schema, with their definitions: a file created before them
 /// gets them at open (SQLite has no `ADD COLUMN IF NOT EXISTS`, hence the check). Rows
-/// written before read as the registry's default type and the default timeout.
+/// written before read as the registry's default type and the default timeout, and as
+/// never leased (token 0, no owner); a command an older version left `delivering` has no
+/// owner, so only its deadline (or a sweep) ends it, and its old holder cannot end it.
 const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("device_type", "TEXT"),
     ("timeout_ms", "INTEGER NOT NULL DEFAULT 10000"),
+    ("lease_token", "INTEGER NOT NULL DEFAULT 0"),
+    ("lease_owner", "TEXT"),
 ];
+
+/// Indexes over [`ADDED_COLUMNS`], created once they exist.
+const ADDED_INDEXES: &[&str] = &[
+    "CREATE INDEX IF NOT EXISTS bridge_queued_commands_lease_owner
+        ON bridge_queued_commands (lease_owner)
+        WHERE status = 'delivering'",
+];
+
+/// The new status of a delivery ended without an answer (released, lapsed, reclaimed),
+/// `?inc` attempts counted, read against `?now` and `?max` attempts: as
+/// `status_after_delivery_cut` (SQLite reads the old row in every `SET` expression).
+const CUT_SET: &str = "attempts = attempts + ?inc,
+    status = CASE WHEN expires_at <= ?now THEN 'expired'
+                  WHEN attempts + ?inc >= ?max THEN 'failed'
+                  ELSE 'pending' END,
+    lease_until = NULL, lease_owner = NULL";
+
+/// [`CUT_SET`] with its parameters numbered.
+fn cut_set(inc: u8, now: u8, max: u8) -> String {
+    CUT_SET
+        .replace("?inc", &format!("?{inc}"))
+        .replace("?now", &format!("?{now}"))
+        .replace("?max", &format!("?{max}"))
+}
 
 /// Adds the [`ADDED_COLUMNS`] a file created by an older version lacks.
 async fn upgrade(pool: &SqlitePool) -> Result<(), StoreError> {
@@ -88,6 +126,9 @@ async fn upgrade(pool: &SqlitePool) -> Result<(), StoreError> {
             .await
             .map_err(err)?;
         }
+    }
+    for statement in ADDED_INDEXES {
+        sqlx::query(statement).execute(pool).await.map_err(err)?;
     }
     Ok(())
 }
@@ -140,6 +181,8 @@ fn raw(row: &SqliteRow) -> Result<RawRow, sqlx::Error> {
         result_error: row.try_get(12)?,
         device_type: row.try_get(13)?,
         timeout_ms: row.try_get(14)?,
+        lease_token: row.try_get(15)?,
+        lease_owner: row.try_get(16)?,
     })
 }
 
@@ -156,6 +199,34 @@ fn decode_one(row: &SqliteRow) -> Result<QueuedCommand, StoreError> {
     raw(row).map_err(err)?.into_command(BACKEND)
 }
 
+/// Decodes rows just leased to `owner`, in delivery order, with their leases.
+fn decode_leased(rows: &[SqliteRow], owner: &NodeId) -> Result<Vec<Leased>, StoreError> {
+    let mut raw = rows
+        .iter()
+        .map(raw)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    raw.sort_by_key(|r| r.seq);
+    raw.into_iter()
+        .map(|r| {
+            let token = u64::try_from(r.lease_token)
+                .map_err(|_| StoreError::backend(BACKEND, "stored lease token is invalid"))?;
+            let command = r.into_command(BACKEND)?;
+            let lease = Lease {
+                id: command.id.clone(),
+                token: LeaseToken::from_u64(token),
+                owner: owner.clone(),
+            };
+            Ok(Leased { command, lease })
+        })
+        .collect()
+}
+
+/// Converts a lease token for SQL's signed integers (a token this store gave out fits).
+fn token_param(token: LeaseToken) -> i64 {
+    i64::try_from(token.as_u64()).unwrap_or(-1)
+}
+
 /// Ends expired commands and recovers lapsed leases, of one device or (`None`) all.
 async fn housekeep(
     conn: &mut SqliteConnection,
@@ -166,7 +237,9 @@ async fn housekeep(
     let device = device.map(DeviceId::as_str);
     let now = now.unix_millis();
     let expired_rows = sqlx::query(&format!(
-        "UPDATE bridge_queued_commands SET status = 'expired', lease_until = NULL
+        "UPDATE bridge_queued_commands
+         SET status = 'expired', lease_until = NULL, lease_owner = NULL,
+             attempts = attempts + (CASE WHEN status = 'delivering' THEN 1 ELSE 0 END)
          WHERE (?1 IS NULL OR device_id = ?1) AND expires_at <= ?2
            AND (status IN ('pending', 'awaiting_confirmation')
                 OR (status = 'delivering' AND lease_until <= ?2))
@@ -181,9 +254,10 @@ async fn housekeep(
     let mut expired_commands = decode(&expired_rows)?;
     expired_commands.truncate(SweepReport::MAX_EXPIRED_COMMANDS);
     let failed = sqlx::query(
-        "UPDATE bridge_queued_commands SET status = 'failed', lease_until = NULL
+        "UPDATE bridge_queued_commands
+         SET status = 'failed', lease_until = NULL, lease_owner = NULL, attempts = attempts + 1
          WHERE (?1 IS NULL OR device_id = ?1) AND status = 'delivering'
-           AND lease_until <= ?2 AND attempts >= ?3",
+           AND lease_until <= ?2 AND attempts + 1 >= ?3",
     )
     .bind(device)
     .bind(now)
@@ -193,7 +267,8 @@ async fn housekeep(
     .map_err(err)?
     .rows_affected();
     let recovered = sqlx::query(
-        "UPDATE bridge_queued_commands SET status = 'pending', lease_until = NULL
+        "UPDATE bridge_queued_commands
+         SET status = 'pending', lease_until = NULL, lease_owner = NULL, attempts = attempts + 1
          WHERE (?1 IS NULL OR device_id = ?1) AND status = 'delivering' AND lease_until <= ?2",
     )
     .bind(device)
@@ -272,24 +347,18 @@ impl SqliteStore {
         self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(err)
     }
 
-    /// Moves the command `id`, if it is in one of `allowed` states, to the status `change`
-    /// picks, clearing its lease and recording `outcome` if given.
+    /// Moves the command `id`, if it is in one of `allowed` states, to `status`, after
+    /// recovering its device's lapsed leases and ending its expired commands.
     async fn transition(
         &self,
         id: &CommandId,
         action: &'static str,
         allowed: &[CommandStatus],
-        outcome: Option<&CommandOutcome>,
-        change: impl FnOnce(&QueuedCommand) -> CommandStatus + Send,
+        status: CommandStatus,
     ) -> Result<QueuedCommand, StoreError> {
         let now = self.config.clock.now();
         let mut tx = self.begin().await?;
-        // A lapsed lease is not recovered here: its holder's late answer still counts as
-        // long as no one else has leased the command again.
-        if outcome.is_none()
-            && action != "release"
-            && let Some(device) = device_of(&mut tx, id).await?
-        {
+        if let Some(device) = device_of(&mut tx, id).await? {
             housekeep(&mut tx, Some(&device), now, self.config.max_attempts).await?;
         }
         let current = fetch(&mut tx, id).await?;
@@ -303,17 +372,11 @@ impl SqliteStore {
                 status: current.status,
             });
         }
-        let status = change(&current);
-        let (payload, error) = outcome.map(outcome_columns).unwrap_or_default();
         let row = sqlx::query(&format!(
-            "UPDATE bridge_queued_commands
-             SET status = ?2, lease_until = NULL, result_payload = ?3, result_error = ?4
-             WHERE id = ?1 RETURNING {COLUMNS}"
+            "UPDATE bridge_queued_commands SET status = ?2 WHERE id = ?1 RETURNING {COLUMNS}"
         ))
         .bind(id.as_str())
         .bind(status.as_str())
-        .bind(payload)
-        .bind(error)
         .fetch_one(&mut *tx)
         .await
         .map_err(err)?;
@@ -321,34 +384,50 @@ impl SqliteStore {
         decode_one(&row)
     }
 
-    async fn hand_out(
+    /// Runs `update` (made by [`fenced`]), which changes the command of `lease` only if the
+    /// lease is live and returns its row; when it changed nothing, tells a stale lease from
+    /// an unknown id. One statement: no transaction needed.
+    async fn end_lease(
         &self,
-        device: &DeviceId,
-        max: usize,
-        deadline: Option<Timestamp>,
-    ) -> Result<Vec<QueuedCommand>, StoreError> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        housekeep(&mut tx, Some(device), now, self.config.max_attempts).await?;
-        let rows = sqlx::query(&format!(
-            "UPDATE bridge_queued_commands
-             SET status = 'delivering', attempts = attempts + 1, lease_until = ?4
-             WHERE seq IN (SELECT seq FROM bridge_queued_commands
-                           WHERE device_id = ?1 AND status = 'pending' AND expires_at > ?2
-                           ORDER BY seq LIMIT ?3)
-             RETURNING {COLUMNS}"
-        ))
-        .bind(device.as_str())
-        .bind(now.unix_millis())
-        .bind(to_i64(max))
-        .bind(deadline.map(Timestamp::unix_millis))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(err)?;
-        tx.commit().await.map_err(err)?;
-        decode(&rows)
+        lease: &Lease,
+        update: SqliteQuery<'_>,
+    ) -> Result<QueuedCommand, StoreError> {
+        let row = update.fetch_optional(&self.pool).await.map_err(err)?;
+        if let Some(row) = row {
+            return decode_one(&row);
+        }
+        let known: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM bridge_queued_commands WHERE id = ?1")
+                .bind(lease.id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(err)?;
+        Err(match known {
+            Some(_) => StoreError::StaleLease {
+                id: lease.id.clone(),
+            },
+            None => StoreError::NotFound {
+                id: lease.id.clone(),
+            },
+        })
     }
 }
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// `statement`, whose `WHERE` is [`LIVE_LEASE`], with the lease bound as `?1` to `?3`; the
+/// caller binds its own parameters from `?4` on.
+fn fenced<'q>(statement: &'q str, lease: &'q Lease) -> SqliteQuery<'q> {
+    sqlx::query(statement)
+        .bind(lease.id.as_str())
+        .bind(token_param(lease.token))
+        .bind(lease.owner.as_str())
+}
+
+/// The condition of a fenced update: the command `?1` is `delivering` under the lease of
+/// token `?2` held by `?3`.
+const LIVE_LEASE: &str =
+    "id = ?1 AND lease_token = ?2 AND lease_owner = ?3 AND status = 'delivering'";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -434,8 +513,7 @@ impl Store for SqliteStore {
             id,
             "confirm",
             &[CommandStatus::AwaitingConfirmation],
-            None,
-            |_| CommandStatus::Pending,
+            CommandStatus::Pending,
         )
         .await
     }
@@ -445,50 +523,116 @@ impl Store for SqliteStore {
             id,
             "cancel",
             &[CommandStatus::Pending, CommandStatus::AwaitingConfirmation],
-            None,
-            |_| CommandStatus::Cancelled,
+            CommandStatus::Cancelled,
         )
         .await
     }
 
-    async fn lease(
+    async fn lease_next(
         &self,
         device: &DeviceId,
-        max: usize,
+        owner: &NodeId,
         lease_for: Duration,
-    ) -> Result<Vec<QueuedCommand>, StoreError> {
-        check_lease(max, lease_for)?;
-        let deadline = self.config.clock.now().saturating_add(lease_for);
-        self.hand_out(device, max, Some(deadline)).await
+    ) -> Result<Option<Leased>, StoreError> {
+        check_lease(lease_for)?;
+        let now = self.config.clock.now();
+        let mut tx = self.begin().await?;
+        housekeep(&mut tx, Some(device), now, self.config.max_attempts).await?;
+        // Lapsed leases were just recovered: every lease with a deadline left is live.
+        let rows = sqlx::query(&format!(
+            "UPDATE bridge_queued_commands
+             SET status = 'delivering', lease_until = ?3, lease_owner = ?4,
+                 lease_token = lease_token + 1
+             WHERE seq = (SELECT seq FROM bridge_queued_commands
+                          WHERE device_id = ?1 AND status = 'pending' AND expires_at > ?2
+                          ORDER BY seq LIMIT 1)
+               AND NOT EXISTS (SELECT 1 FROM bridge_queued_commands
+                               WHERE device_id = ?1 AND status = 'delivering'
+                                 AND lease_until IS NOT NULL)
+             RETURNING {COLUMNS}"
+        ))
+        .bind(device.as_str())
+        .bind(now.unix_millis())
+        .bind(now.saturating_add(lease_for).unix_millis())
+        .bind(owner.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(decode_leased(&rows, owner)?.into_iter().next())
     }
 
     async fn complete(
         &self,
-        id: &CommandId,
+        lease: &Lease,
         outcome: CommandOutcome,
     ) -> Result<QueuedCommand, StoreError> {
-        let status = status_of_outcome(&outcome);
-        self.transition(
-            id,
-            "complete",
-            &[CommandStatus::Delivering],
-            Some(&outcome),
-            |_| status,
-        )
-        .await
+        let (payload, error) = outcome_columns(&outcome);
+        let statement = format!(
+            "UPDATE bridge_queued_commands
+             SET status = ?4, result_payload = ?5, result_error = ?6, attempts = attempts + 1,
+                 lease_until = NULL, lease_owner = NULL
+             WHERE {LIVE_LEASE} RETURNING {COLUMNS}"
+        );
+        let update = fenced(&statement, lease)
+            .bind(status_of_outcome(&outcome).as_str())
+            .bind(payload)
+            .bind(error);
+        self.end_lease(lease, update).await
     }
 
-    async fn release(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+    async fn release(&self, lease: &Lease, cut: Cut) -> Result<QueuedCommand, StoreError> {
+        let statement = format!(
+            "UPDATE bridge_queued_commands SET {} WHERE {LIVE_LEASE} RETURNING {COLUMNS}",
+            cut_set(4, 5, 6)
+        );
+        let update = fenced(&statement, lease)
+            .bind(i64::from(cut == Cut::Sent))
+            .bind(self.config.clock.now().unix_millis())
+            .bind(i64::from(self.config.max_attempts));
+        self.end_lease(lease, update).await
+    }
+
+    async fn reclaim(&self, owner: &NodeId) -> Result<Vec<QueuedCommand>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE bridge_queued_commands SET {}
+             WHERE lease_owner = ?1 AND status = 'delivering' AND lease_until IS NOT NULL
+             RETURNING {COLUMNS}",
+            cut_set(2, 3, 4)
+        ))
+        .bind(owner.as_str())
+        .bind(1_i64)
+        .bind(self.config.clock.now().unix_millis())
+        .bind(i64::from(self.config.max_attempts))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        decode(&rows)
+    }
+
+    async fn drain_pending(
+        &self,
+        device: &DeviceId,
+        owner: &NodeId,
+    ) -> Result<Vec<Leased>, StoreError> {
         let now = self.config.clock.now();
-        let max_attempts = self.config.max_attempts;
-        self.transition(id, "release", &[CommandStatus::Delivering], None, |c| {
-            status_after_delivery_cut(c.attempts, max_attempts, c.expires_at, now)
-        })
+        let mut tx = self.begin().await?;
+        housekeep(&mut tx, Some(device), now, self.config.max_attempts).await?;
+        let rows = sqlx::query(&format!(
+            "UPDATE bridge_queued_commands
+             SET status = 'delivering', lease_until = NULL, lease_owner = ?3,
+                 lease_token = lease_token + 1
+             WHERE device_id = ?1 AND status = 'pending' AND expires_at > ?2
+             RETURNING {COLUMNS}"
+        ))
+        .bind(device.as_str())
+        .bind(now.unix_millis())
+        .bind(owner.as_str())
+        .fetch_all(&mut *tx)
         .await
-    }
-
-    async fn drain_pending(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
-        self.hand_out(device, usize::MAX, None).await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        decode_leased(&rows, owner)
     }
 
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
@@ -569,6 +713,27 @@ impl Store for SqliteStore {
         let report = housekeep(&mut tx, Some(device), now, self.config.max_attempts).await?;
         tx.commit().await.map_err(err)?;
         Ok(report.expired_commands)
+    }
+
+    async fn open_counts(&self) -> Result<OpenCounts, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT status, COUNT(*) FROM bridge_queued_commands
+             WHERE status IN {OPEN} GROUP BY status"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(err)?;
+        let mut counts = OpenCounts::default();
+        for (status, n) in rows {
+            let n = u64::try_from(n).unwrap_or(0);
+            match parse_status(&status) {
+                Some(CommandStatus::AwaitingConfirmation) => counts.awaiting_confirmation = n,
+                Some(CommandStatus::Pending) => counts.pending = n,
+                Some(CommandStatus::Delivering) => counts.delivering = n,
+                _ => return Err(StoreError::backend(BACKEND, "stored status is invalid")),
+            }
+        }
+        Ok(counts)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

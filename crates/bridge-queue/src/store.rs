@@ -7,7 +7,9 @@ use bridge_protocol::http::CommandOutcome;
 use bridge_protocol::{CommandId, CommandType, DeviceId, HexPayload, TtlSeconds};
 
 use crate::error::StoreError;
-use crate::model::{Cut, Lease, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, SweepReport};
+use crate::model::{
+    Cut, Lease, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, SweepReport,
+};
 
 /// The offline command queue of PROTOCOL.md 4.2.
 ///

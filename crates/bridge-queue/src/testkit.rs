@@ -10,6 +10,10 @@
 //! Time in the cases is virtual: each opens its store with a [`ManualClock`] and moves it
 //! forward instead of sleeping.
 //!
+//! Some cases open the store **twice** on the same data, as two processes sharing it would,
+//! and race them: the harness's [`open`](Harness::open) must give a second store that sees
+//! (and locks) the same commands as the first.
+//!
 //! ```text
 //! struct MyHarness { /* a connection, a namespace */ }
 //! #[async_trait::async_trait]
@@ -22,8 +26,8 @@
 //! bridge_queue::conformance_tests!(my_store, my_harness(), durable);
 //! ```
 
-use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -36,7 +40,10 @@ use bridge_protocol::{
 #[doc(hidden)]
 pub use futures_util::FutureExt as __FutureExt;
 
-use crate::{InvalidInput, ManualClock, NewCommand, QueuedCommand, Store, StoreConfig, StoreError};
+use crate::{
+    Cut, InvalidInput, Lease, LeaseToken, Leased, ManualClock, NewCommand, NodeId, OpenCounts,
+    QueuedCommand, Store, StoreConfig, StoreError,
+};
 
 /// Opens the store under test on data of its own.
 #[async_trait]
@@ -44,8 +51,9 @@ pub trait Harness: Send + Sync + 'static {
     /// The store under test.
     type Store: Store;
 
-    /// Opens the store. Every call opens the same data: a second call after dropping the
-    /// first store is how durability is checked.
+    /// Opens the store. Every call opens the same data: a second call while the first store
+    /// is open is a second process sharing it, and a second call after dropping the first
+    /// store is how durability is checked.
     async fn open(&self, config: StoreConfig) -> Result<Self::Store, StoreError>;
 
     /// Removes everything the harness created.
@@ -74,8 +82,9 @@ macro_rules! conformance_tests {
                 delivery_settings_are_kept_and_updated_in_place,
                 dedup_leaves_delivering_alone_and_queues_after,
                 dedup_ignores_final_commands,
-                leases_hand_out_in_queue_order,
-                lease_respects_max,
+                lease_next_hands_out_one_command_at_a_time_in_queue_order,
+                a_live_lease_holds_the_device_whoever_asks,
+                awaiting_and_drained_commands_do_not_block_lease_next,
                 expired_commands_are_never_handed_out,
                 confirmation_gates_delivery,
                 confirm_and_cancel_conflicts,
@@ -83,15 +92,20 @@ macro_rules! conformance_tests {
                 complete_records_the_outcome,
                 release_keeps_the_place_in_order,
                 release_fails_after_max_attempts,
+                attempts_count_deliveries_not_leases,
                 lapsed_lease_is_handed_out_again,
                 late_answer_to_a_lapsed_lease_is_recorded,
+                stale_leases_are_refused_and_change_nothing,
+                reclaim_takes_back_only_the_owners_leases,
                 sweep_expires_and_recovers,
                 expire_returns_the_commands_it_ended_once,
-                concurrent_leases_never_share_a_command,
+                two_stores_racing_lease_next_have_one_winner_per_round,
+                concurrent_lease_next_across_two_stores_drains_in_order,
                 queue_full_at_the_cap,
                 bad_input_is_refused_with_typed_errors,
                 drain_pending_is_at_most_once,
                 due_devices_lists_devices_with_deliverable_commands,
+                open_counts_count_open_commands_per_status,
                 view_has_the_http_shape
                 $(, $extra)*
             );
@@ -138,8 +152,22 @@ async fn open_default<H: Harness>(harness: &H) -> Fixture<H::Store> {
     open(harness, StoreConfig::default()).await
 }
 
+/// A second store on the same data and the same clock: a second process.
+async fn open_second<H: Harness>(harness: &H, clock: &ManualClock) -> Arc<H::Store> {
+    Arc::new(
+        harness
+            .open(StoreConfig::default().with_clock(Arc::new(clock.clone())))
+            .await
+            .expect("a second store opens on the same data"),
+    )
+}
+
 fn device(name: &str) -> DeviceId {
     DeviceId::new(name).expect("valid device id")
+}
+
+fn node(name: &str) -> NodeId {
+    NodeId::new(name).expect("valid node id")
 }
 
 fn kind(name: &str) -> CommandType {
@@ -162,11 +190,39 @@ fn ttl(secs: u64) -> TtlSeconds {
     TtlSeconds::new(secs).expect("valid ttl")
 }
 
+fn ok_reply() -> CommandOutcome {
+    CommandOutcome::Payload(bytes(&[0]))
+}
+
 async fn enqueue<S: Store>(store: &S, dev: &DeviceId, ty: &str, payload: &[u8]) -> CommandId {
     store
         .enqueue_or_update(dev, &kind(ty), bytes(payload), TtlSeconds::DEFAULT)
         .await
         .expect("enqueue")
+}
+
+/// `lease_next` for `owner`, for [`LEASE`].
+async fn try_lease<S: Store>(store: &S, dev: &DeviceId, owner: &NodeId) -> Option<Leased> {
+    store
+        .lease_next(dev, owner, LEASE)
+        .await
+        .expect("lease_next")
+}
+
+/// `lease_next` for the node `node-a`, which must hand a command out.
+async fn lease<S: Store>(store: &S, dev: &DeviceId) -> Leased {
+    try_lease(store, dev, &node("node-a"))
+        .await
+        .expect("a command is handed out")
+}
+
+/// `lease_next` for `owner` hands nothing out.
+async fn assert_no_lease<S: Store>(store: &S, dev: &DeviceId, owner: &NodeId) {
+    let leased = try_lease(store, dev, owner).await;
+    assert!(
+        leased.is_none(),
+        "expected nothing handed out, got {leased:?}"
+    );
 }
 
 async fn open_ids<S: Store>(store: &S, dev: &DeviceId) -> Vec<CommandId> {
@@ -181,6 +237,10 @@ async fn open_ids<S: Store>(store: &S, dev: &DeviceId) -> Vec<CommandId> {
 
 fn ids(commands: &[QueuedCommand]) -> Vec<CommandId> {
     commands.iter().map(|c| c.id.clone()).collect()
+}
+
+fn leased_ids(leased: &[Leased]) -> Vec<CommandId> {
+    leased.iter().map(|l| l.command.id.clone()).collect()
 }
 
 #[track_caller]
@@ -206,10 +266,18 @@ fn assert_not_found<T: std::fmt::Debug>(result: &Result<T, StoreError>) {
     );
 }
 
+#[track_caller]
+fn assert_stale<T: std::fmt::Debug>(result: &Result<T, StoreError>, want_id: &CommandId) {
+    match result {
+        Err(StoreError::StaleLease { id }) => assert_eq!(id, want_id),
+        other => panic!("expected StaleLease for {want_id}, got {other:?}"),
+    }
+}
+
 /// A command keeps the device type and reply timeout it was queued with, in every answer
-/// (`get`, `list_open`, `lease`); one queued without them reads as the registry's default
-/// type (`None`) and the default timeout; an update in place replaces both, back to the
-/// defaults included.
+/// (`get`, `list_open`, `lease_next`); one queued without them reads as the registry's
+/// default type (`None`) and the default timeout; an update in place replaces both, back to
+/// the defaults included.
 pub async fn delivery_settings_are_kept_and_updated_in_place<H: Harness>(harness: &H) {
     let Fixture { store, .. } = open_default(harness).await;
     let dev = device("lock-1");
@@ -251,15 +319,18 @@ pub async fn delivery_settings_are_kept_and_updated_in_place<H: Harness>(harness
         .await
         .expect("update in place");
     assert_eq!(again, plain);
-    let leased = store.lease(&dev, 2, LEASE).await.expect("lease");
+    let first = lease(&*store, &dev).await;
+    assert_eq!(settings(&first.command), (typed, None, TimeoutMs::DEFAULT));
+    store
+        .complete(&first.lease, ok_reply())
+        .await
+        .expect("complete");
+    let second = lease(&*store, &dev).await;
     assert_eq!(
-        leased.iter().map(settings).collect::<Vec<_>>(),
-        vec![
-            (typed, None, TimeoutMs::DEFAULT),
-            (plain, Some(device_type("kettle")), timeout_ms(120_000)),
-        ]
+        settings(&second.command),
+        (plain, Some(device_type("kettle")), timeout_ms(120_000))
     );
-    assert_eq!(leased[1].payload, bytes(&[4]));
+    assert_eq!(second.command.payload, bytes(&[4]));
 }
 
 /// A `pending` or `awaiting_confirmation` command of the same type is updated in place:
@@ -305,8 +376,8 @@ pub async fn dedup_leaves_delivering_alone_and_queues_after<H: Harness>(harness:
     let Fixture { store, .. } = open_default(harness).await;
     let dev = device("lock-1");
     let first = enqueue(&*store, &dev, "unlock", &[1]).await;
-    let leased = store.lease(&dev, 1, LEASE).await.expect("lease");
-    assert_eq!(ids(&leased), vec![first.clone()]);
+    let leased = lease(&*store, &dev).await;
+    assert_eq!(leased.command.id, first);
 
     let second = enqueue(&*store, &dev, "unlock", &[2]).await;
     assert_ne!(second, first);
@@ -333,54 +404,136 @@ pub async fn dedup_ignores_final_commands<H: Harness>(harness: &H) {
     assert_eq!(open_ids(&*store, &dev).await, vec![second]);
 }
 
-/// Commands are handed out oldest first, marked `delivering` with one attempt and a
-/// deadline; other devices' commands are not mixed in.
-pub async fn leases_hand_out_in_queue_order<H: Harness>(harness: &H) {
+/// `lease_next` hands a device's commands out one at a time, oldest first: each `delivering`
+/// under its owner, with the deadline `now + lease_for`, a fresh token and no attempt
+/// counted; the next one only once the previous lease ended. Other devices are neither
+/// mixed in nor held up.
+pub async fn lease_next_hands_out_one_command_at_a_time_in_queue_order<H: Harness>(harness: &H) {
     let Fixture { store, clock } = open_default(harness).await;
     let dev = device("lock-1");
     let other = device("lock-2");
+    let owner = node("node-a");
     let mut queued = Vec::new();
     for (i, ty) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
         queued.push(enqueue(&*store, &dev, ty, &[u8::try_from(i).unwrap_or(0)]).await);
         enqueue(&*store, &other, ty, &[0xff]).await;
     }
-    let leased = store.lease(&dev, 10, LEASE).await.expect("lease");
-    assert_eq!(ids(&leased), queued);
-    let deadline = clock.now_ts().saturating_add(LEASE);
-    for c in &leased {
+    for want in &queued {
+        let leased = try_lease(&*store, &dev, &owner)
+            .await
+            .expect("the next command is handed out");
+        let c = &leased.command;
+        assert_eq!(&c.id, want);
         assert_eq!(c.device, dev);
         assert_eq!(c.status, CommandStatus::Delivering);
-        assert_eq!(c.attempts, 1);
-        assert_eq!(c.lease_deadline, Some(deadline));
-        assert_eq!(store.get(&c.id).await.expect("get"), *c);
-    }
-    assert!(
-        store
-            .lease(&dev, 10, LEASE)
+        assert_eq!(c.attempts, 0, "taking a lease counts no attempt");
+        assert_eq!(c.lease_deadline, Some(clock.now_ts().saturating_add(LEASE)));
+        assert_eq!(c.lease_owner, Some(owner.clone()));
+        assert_eq!(leased.lease.id, c.id);
+        assert_eq!(leased.lease.owner, owner);
+        assert_eq!(&store.get(&c.id).await.expect("get"), c);
+        assert_no_lease(&*store, &dev, &owner).await;
+        // Another device is not held up.
+        let theirs = try_lease(&*store, &other, &owner)
             .await
-            .expect("lease")
-            .is_empty()
-    );
+            .expect("another device's command is handed out");
+        store
+            .complete(&theirs.lease, ok_reply())
+            .await
+            .expect("complete");
+        clock.advance(Duration::from_secs(1));
+        store
+            .complete(&leased.lease, ok_reply())
+            .await
+            .expect("complete");
+    }
+    assert_no_lease(&*store, &dev, &owner).await;
+    assert_no_lease(&*store, &other, &owner).await;
+}
+
+/// While a command of the device is under a live lease, `lease_next` hands out nothing:
+/// not to its owner, not to another node, and not from a second store on the same data;
+/// the device is free again as soon as the lease is completed, released or lapses.
+pub async fn a_live_lease_holds_the_device_whoever_asks<H: Harness>(harness: &H) {
+    let Fixture { store, clock } = open_default(harness).await;
+    let second = open_second(harness, &clock).await;
+    let dev = device("lock-1");
+    let (a, b) = (node("node-a"), node("node-b"));
+    let first = enqueue(&*store, &dev, "a", &[1]).await;
+    let then = enqueue(&*store, &dev, "b", &[2]).await;
+    let last = enqueue(&*store, &dev, "c", &[3]).await;
+
+    let held = try_lease(&*store, &dev, &a).await.expect("leased");
+    assert_eq!(held.command.id, first);
+    assert_no_lease(&*store, &dev, &a).await;
+    assert_no_lease(&*store, &dev, &b).await;
+    assert_no_lease(&*second, &dev, &b).await;
+    clock.advance(LEASE.saturating_sub(Duration::from_millis(1)));
+    assert_no_lease(&*second, &dev, &b).await;
+    store
+        .complete(&held.lease, ok_reply())
+        .await
+        .expect("complete");
+
+    // Completed: the next one goes to whoever asks first, here node b on the second store.
+    let held = try_lease(&*second, &dev, &b).await.expect("leased");
+    assert_eq!(held.command.id, then);
+    assert_no_lease(&*store, &dev, &a).await;
+    store
+        .release(&held.lease, Cut::NotSent)
+        .await
+        .expect("release");
+
+    // Released: it goes out again, before the one behind it.
+    let held = try_lease(&*store, &dev, &a).await.expect("leased");
+    assert_eq!(held.command.id, then);
+    assert_no_lease(&*second, &dev, &b).await;
+
+    // Lapsed: the lease is recovered and the command handed out again.
+    clock.advance(LEASE);
+    let again = try_lease(&*second, &dev, &b).await.expect("leased");
+    assert_eq!(again.command.id, then);
+    assert_eq!(again.command.lease_owner, Some(b.clone()));
+    store
+        .complete(&again.lease, ok_reply())
+        .await
+        .expect("the live holder completes, whichever store it goes through");
     assert_eq!(
-        store.lease(&other, 10, LEASE).await.expect("lease").len(),
-        5
+        try_lease(&*store, &dev, &a)
+            .await
+            .expect("leased")
+            .command
+            .id,
+        last
     );
 }
 
-/// `lease` hands out at most `max`, and the next lease continues where it stopped.
-pub async fn lease_respects_max<H: Harness>(harness: &H) {
+/// Commands awaiting confirmation and commands handed out for good by `drain_pending` are
+/// passed over by `lease_next`: they neither hold the device nor the order.
+pub async fn awaiting_and_drained_commands_do_not_block_lease_next<H: Harness>(harness: &H) {
     let Fixture { store, .. } = open_default(harness).await;
     let dev = device("lock-1");
-    let mut queued = Vec::new();
-    for ty in ["a", "b", "c", "d", "e"] {
-        queued.push(enqueue(&*store, &dev, ty, &[1]).await);
-    }
-    let first = store.lease(&dev, 2, LEASE).await.expect("lease");
-    let second = store.lease(&dev, 2, LEASE).await.expect("lease");
-    let third = store.lease(&dev, 2, LEASE).await.expect("lease");
-    assert_eq!(ids(&first), queued[0..2]);
-    assert_eq!(ids(&second), queued[2..4]);
-    assert_eq!(ids(&third), queued[4..5]);
+    let owner = node("node-a");
+    let awaiting = store
+        .enqueue_with_confirmation(&dev, &kind("a"), bytes(&[1]), TtlSeconds::DEFAULT)
+        .await
+        .expect("enqueue");
+    let drained = enqueue(&*store, &dev, "b", &[2]).await;
+    assert_eq!(
+        leased_ids(&store.drain_pending(&dev, &owner).await.expect("drain")),
+        vec![drained]
+    );
+    let fresh = enqueue(&*store, &dev, "c", &[3]).await;
+
+    let leased = try_lease(&*store, &dev, &owner).await.expect("leased");
+    assert_eq!(leased.command.id, fresh);
+    store
+        .complete(&leased.lease, ok_reply())
+        .await
+        .expect("complete");
+    store.confirm(&awaiting).await.expect("confirm");
+    let leased = try_lease(&*store, &dev, &owner).await.expect("leased");
+    assert_eq!(leased.command.id, awaiting);
 }
 
 /// A command whose TTL passed is never handed out and ends `expired`, whether it was
@@ -404,8 +557,8 @@ pub async fn expired_commands_are_never_handed_out<H: Harness>(harness: &H) {
     clock.advance(Duration::from_millis(9_999));
     assert_eq!(store.pending_count(&dev).await.expect("count"), 3);
     clock.advance(Duration::from_millis(1));
-    let leased = store.lease(&dev, 10, LEASE).await.expect("lease");
-    assert_eq!(ids(&leased), vec![long.clone()]);
+    let leased = lease(&*store, &dev).await;
+    assert_eq!(leased.command.id, long);
     assert_eq!(
         store.get(&short).await.expect("get").status,
         CommandStatus::Expired
@@ -426,9 +579,16 @@ pub async fn expired_commands_are_never_handed_out<H: Harness>(harness: &H) {
     let fresh = enqueue(&*store, &dev, "unlock", &[4]).await;
     assert_ne!(fresh, short);
 
-    // drain_pending does not hand out expired commands either.
+    // Neither lease_next nor drain_pending hands out expired commands.
     clock.advance(Duration::from_hours(1));
-    assert!(store.drain_pending(&dev).await.expect("drain").is_empty());
+    assert_no_lease(&*store, &dev, &node("node-a")).await;
+    assert!(
+        store
+            .drain_pending(&dev, &node("node-a"))
+            .await
+            .expect("drain")
+            .is_empty()
+    );
     assert_eq!(
         store.get(&fresh).await.expect("get").status,
         CommandStatus::Expired
@@ -439,6 +599,7 @@ pub async fn expired_commands_are_never_handed_out<H: Harness>(harness: &H) {
 pub async fn confirmation_gates_delivery<H: Harness>(harness: &H) {
     let Fixture { store, .. } = open_default(harness).await;
     let dev = device("lock-1");
+    let owner = node("node-a");
     let id = store
         .enqueue_with_confirmation(&dev, &kind("unlock"), bytes(&[1]), TtlSeconds::DEFAULT)
         .await
@@ -447,23 +608,20 @@ pub async fn confirmation_gates_delivery<H: Harness>(harness: &H) {
         store.get(&id).await.expect("get").status,
         CommandStatus::AwaitingConfirmation
     );
+    assert_no_lease(&*store, &dev, &owner).await;
     assert!(
         store
-            .lease(&dev, 10, LEASE)
+            .drain_pending(&dev, &owner)
             .await
-            .expect("lease")
+            .expect("drain")
             .is_empty()
     );
-    assert!(store.drain_pending(&dev).await.expect("drain").is_empty());
     assert_eq!(store.pending_count(&dev).await.expect("count"), 1);
 
     let confirmed = store.confirm(&id).await.expect("confirm");
     assert_eq!(confirmed.status, CommandStatus::Pending);
     assert_eq!(confirmed.id, id);
-    assert_eq!(
-        ids(&store.lease(&dev, 10, LEASE).await.expect("lease")),
-        vec![id]
-    );
+    assert_eq!(lease(&*store, &dev).await.command.id, id);
 }
 
 /// `confirm` only from `awaiting_confirmation`; `cancel` only before delivery.
@@ -494,14 +652,15 @@ pub async fn confirm_and_cancel_conflicts<H: Harness>(harness: &H) {
         CommandStatus::Cancelled,
     );
 
-    store.lease(&dev, 1, LEASE).await.expect("lease");
+    let leased = lease(&*store, &dev).await;
+    assert_eq!(leased.command.id, pending);
     assert_conflict(
         store.cancel(&pending).await,
         "cancel",
         CommandStatus::Delivering,
     );
     store
-        .complete(&pending, CommandOutcome::Payload(bytes(&[0])))
+        .complete(&leased.lease, ok_reply())
         .await
         .expect("complete");
     assert_conflict(
@@ -515,13 +674,7 @@ pub async fn confirm_and_cancel_conflicts<H: Harness>(harness: &H) {
         store.cancel(&later).await.expect("cancel pending").status,
         CommandStatus::Cancelled
     );
-    assert!(
-        store
-            .lease(&dev, 10, LEASE)
-            .await
-            .expect("lease")
-            .is_empty()
-    );
+    assert_no_lease(&*store, &dev, &node("node-a")).await;
     assert_eq!(store.pending_count(&dev).await.expect("count"), 0);
 }
 
@@ -529,81 +682,95 @@ pub async fn confirm_and_cancel_conflicts<H: Harness>(harness: &H) {
 pub async fn unknown_ids_are_not_found<H: Harness>(harness: &H) {
     let Fixture { store, .. } = open_default(harness).await;
     let unknown = CommandId::new("no-such-command").expect("valid id");
+    let lease = Lease {
+        id: unknown.clone(),
+        token: LeaseToken::from_u64(1),
+        owner: node("node-a"),
+    };
     assert_not_found(&store.get(&unknown).await);
     assert_not_found(&store.confirm(&unknown).await);
     assert_not_found(&store.cancel(&unknown).await);
-    assert_not_found(&store.release(&unknown).await);
-    assert_not_found(
-        &store
-            .complete(&unknown, CommandOutcome::Payload(bytes(&[1])))
-            .await,
-    );
+    assert_not_found(&store.release(&lease, Cut::Sent).await);
+    assert_not_found(&store.release(&lease, Cut::NotSent).await);
+    assert_not_found(&store.complete(&lease, ok_reply()).await);
 }
 
-/// `complete` records the reply (`succeeded`) or the error (`failed`), only once, and only
-/// for a `delivering` command.
+/// `complete` records the reply (`succeeded`) or the error (`failed`), once: the lease it
+/// ended is no longer live, so a second `complete` or a `release` with it is refused as
+/// stale, and so is a lease of one command used for another.
 pub async fn complete_records_the_outcome<H: Harness>(harness: &H) {
     let Fixture { store, .. } = open_default(harness).await;
     let dev = device("lock-1");
     let ok = enqueue(&*store, &dev, "unlock", &[1]).await;
     let bad = enqueue(&*store, &dev, "open", &[2]).await;
     let waiting = enqueue(&*store, &dev, "beep", &[3]).await;
-    store.lease(&dev, 2, LEASE).await.expect("lease");
 
+    let first = lease(&*store, &dev).await;
+    assert_eq!(first.command.id, ok);
     let reply = CommandOutcome::Payload(bytes(&[0xaa, 0x01]));
-    let done = store.complete(&ok, reply.clone()).await.expect("complete");
+    let done = store
+        .complete(&first.lease, reply.clone())
+        .await
+        .expect("complete");
     assert_eq!(done.status, CommandStatus::Succeeded);
     assert_eq!(done.outcome, Some(reply.clone()));
+    assert_eq!(done.attempts, 1);
     assert_eq!(done.lease_deadline, None);
+    assert_eq!(done.lease_owner, None);
     assert_eq!(store.get(&ok).await.expect("get"), done);
 
+    let second = lease(&*store, &dev).await;
+    assert_eq!(second.command.id, bad);
     let error = CommandOutcome::Error(DeviceErrorCode::new("gatt_write_failed").expect("valid"));
-    let failed = store.complete(&bad, error.clone()).await.expect("complete");
+    let failed = store
+        .complete(&second.lease, error.clone())
+        .await
+        .expect("complete");
     assert_eq!(failed.status, CommandStatus::Failed);
+    assert_eq!(failed.attempts, 1);
     assert_eq!(store.get(&bad).await.expect("get").outcome, Some(error));
 
-    assert_conflict(
-        store.complete(&ok, reply.clone()).await,
-        "complete",
-        CommandStatus::Succeeded,
-    );
-    assert_conflict(
-        store.complete(&waiting, reply).await,
-        "complete",
-        CommandStatus::Pending,
-    );
-    assert_conflict(
-        store.release(&ok).await,
-        "release",
-        CommandStatus::Succeeded,
-    );
+    assert_stale(&store.complete(&first.lease, reply.clone()).await, &ok);
+    assert_stale(&store.release(&first.lease, Cut::Sent).await, &ok);
+    let borrowed = Lease {
+        id: waiting.clone(),
+        ..first.lease.clone()
+    };
+    assert_stale(&store.complete(&borrowed, reply).await, &waiting);
+    assert_eq!(store.get(&ok).await.expect("get"), done);
+    let untouched = store.get(&waiting).await.expect("get");
+    assert_eq!(untouched.status, CommandStatus::Pending);
+    assert_eq!(untouched.attempts, 0);
     assert_eq!(open_ids(&*store, &dev).await, vec![waiting]);
 }
 
-/// A released command goes back to `pending` in its place and is handed out first again.
+/// A released command goes back to `pending` in its place and is handed out first again,
+/// under a new token.
 pub async fn release_keeps_the_place_in_order<H: Harness>(harness: &H) {
     let Fixture { store, .. } = open_default(harness).await;
     let dev = device("lock-1");
     let first = enqueue(&*store, &dev, "a", &[1]).await;
     let second = enqueue(&*store, &dev, "b", &[2]).await;
-    store.lease(&dev, 1, LEASE).await.expect("lease");
-    let released = store.release(&first).await.expect("release");
+    let leased = lease(&*store, &dev).await;
+    let released = store
+        .release(&leased.lease, Cut::Sent)
+        .await
+        .expect("release");
+    assert_eq!(released.id, first);
     assert_eq!(released.status, CommandStatus::Pending);
     assert_eq!(released.attempts, 1);
     assert_eq!(released.lease_deadline, None);
-    assert_conflict(
-        store.release(&first).await,
-        "release",
-        CommandStatus::Pending,
-    );
+    assert_eq!(released.lease_owner, None);
+    assert_stale(&store.release(&leased.lease, Cut::Sent).await, &first);
 
-    let again = store.lease(&dev, 1, LEASE).await.expect("lease");
-    assert_eq!(ids(&again), vec![first.clone()]);
-    assert_eq!(again[0].attempts, 2);
+    let again = lease(&*store, &dev).await;
+    assert_eq!(again.command.id, first);
+    assert_eq!(again.command.attempts, 1);
+    assert_ne!(again.lease.token, leased.lease.token);
     assert_eq!(open_ids(&*store, &dev).await, vec![first, second]);
 }
 
-/// After `max_attempts` deliveries a released command ends `failed`.
+/// After `max_attempts` deliveries that left, a released command ends `failed`.
 pub async fn release_fails_after_max_attempts<H: Harness>(harness: &H) {
     let config = StoreConfig {
         max_attempts: 3,
@@ -613,22 +780,81 @@ pub async fn release_fails_after_max_attempts<H: Harness>(harness: &H) {
     let dev = device("lock-1");
     let id = enqueue(&*store, &dev, "unlock", &[1]).await;
     for attempt in 1..=2 {
-        let leased = store.lease(&dev, 1, LEASE).await.expect("lease");
-        assert_eq!(leased.len(), 1);
-        assert_eq!(leased[0].attempts, attempt);
-        let released = store.release(&id).await.expect("release");
+        let leased = lease(&*store, &dev).await;
+        assert_eq!(leased.command.attempts, attempt - 1);
+        let released = store
+            .release(&leased.lease, Cut::Sent)
+            .await
+            .expect("release");
         assert_eq!(released.status, CommandStatus::Pending);
+        assert_eq!(released.attempts, attempt);
     }
-    store.lease(&dev, 1, LEASE).await.expect("lease");
-    let last = store.release(&id).await.expect("release");
+    // Deliveries that never left do not use attempts up.
+    for _ in 0..5 {
+        let leased = lease(&*store, &dev).await;
+        let released = store
+            .release(&leased.lease, Cut::NotSent)
+            .await
+            .expect("release");
+        assert_eq!(released.status, CommandStatus::Pending);
+        assert_eq!(released.attempts, 2);
+    }
+    let leased = lease(&*store, &dev).await;
+    let last = store
+        .release(&leased.lease, Cut::Sent)
+        .await
+        .expect("release");
+    assert_eq!(last.id, id);
     assert_eq!(last.status, CommandStatus::Failed);
     assert_eq!(last.attempts, 3);
-    assert!(store.lease(&dev, 1, LEASE).await.expect("lease").is_empty());
+    assert_no_lease(&*store, &dev, &node("node-a")).await;
     assert_eq!(store.pending_count(&dev).await.expect("count"), 0);
 }
 
-/// A lease neither completed nor released by its deadline (a crashed server) becomes
-/// deliverable again; once attempts are used up it ends `failed`.
+/// `attempts` counts the writes that left (or may have): taking a lease counts none,
+/// `complete` one, `release` one when [`Cut::Sent`] and none when [`Cut::NotSent`], a
+/// lapsed lease one, and a reclaimed lease one.
+pub async fn attempts_count_deliveries_not_leases<H: Harness>(harness: &H) {
+    let config = StoreConfig {
+        max_attempts: 10,
+        ..StoreConfig::default()
+    };
+    let Fixture { store, clock } = open(harness, config).await;
+    let dev = device("lock-1");
+    let owner = node("node-a");
+    let id = enqueue(&*store, &dev, "unlock", &[1]).await;
+    let attempts = |c: QueuedCommand| (c.status, c.attempts);
+
+    let leased = lease(&*store, &dev).await;
+    assert_eq!(leased.command.attempts, 0, "lease: none");
+    let r = store.release(&leased.lease, Cut::NotSent).await;
+    assert_eq!(r.map(attempts).ok(), Some((CommandStatus::Pending, 0)));
+
+    let leased = lease(&*store, &dev).await;
+    let r = store.release(&leased.lease, Cut::Sent).await;
+    assert_eq!(r.map(attempts).ok(), Some((CommandStatus::Pending, 1)));
+
+    lease(&*store, &dev).await;
+    clock.advance(LEASE);
+    let lapsed = store.get(&id).await.expect("get");
+    assert_eq!(attempts(lapsed), (CommandStatus::Pending, 2), "lapsed: one");
+
+    lease(&*store, &dev).await;
+    let reclaimed = store.reclaim(&owner).await.expect("reclaim");
+    assert_eq!(
+        reclaimed.into_iter().map(attempts).collect::<Vec<_>>(),
+        vec![(CommandStatus::Pending, 3)],
+        "reclaimed: one"
+    );
+
+    let leased = lease(&*store, &dev).await;
+    assert_eq!(leased.command.attempts, 3);
+    let r = store.complete(&leased.lease, ok_reply()).await;
+    assert_eq!(r.map(attempts).ok(), Some((CommandStatus::Succeeded, 4)));
+}
+
+/// A lease neither completed nor released by its deadline (a crashed node) becomes
+/// deliverable again, one attempt counted; once attempts are used up it ends `failed`.
 pub async fn lapsed_lease_is_handed_out_again<H: Harness>(harness: &H) {
     let config = StoreConfig {
         max_attempts: 2,
@@ -636,39 +862,225 @@ pub async fn lapsed_lease_is_handed_out_again<H: Harness>(harness: &H) {
     };
     let Fixture { store, clock } = open(harness, config).await;
     let dev = device("lock-1");
+    let (a, b) = (node("node-a"), node("node-b"));
     let id = enqueue(&*store, &dev, "unlock", &[1]).await;
-    store.lease(&dev, 1, LEASE).await.expect("lease");
+    try_lease(&*store, &dev, &a).await.expect("leased");
 
     clock.advance(LEASE.saturating_sub(Duration::from_millis(1)));
-    assert!(store.lease(&dev, 1, LEASE).await.expect("lease").is_empty());
+    assert_no_lease(&*store, &dev, &b).await;
     assert!(store.due_devices(10).await.expect("due").is_empty());
     clock.advance(Duration::from_millis(1));
     assert_eq!(store.due_devices(10).await.expect("due"), vec![dev.clone()]);
-    let again = store.lease(&dev, 1, LEASE).await.expect("lease");
-    assert_eq!(ids(&again), vec![id.clone()]);
-    assert_eq!(again[0].attempts, 2);
+    let again = try_lease(&*store, &dev, &b)
+        .await
+        .expect("handed out again");
+    assert_eq!(again.command.id, id);
+    assert_eq!(again.command.attempts, 1);
+    assert_eq!(again.command.lease_owner, Some(b.clone()));
 
     clock.advance(LEASE);
-    assert!(store.lease(&dev, 1, LEASE).await.expect("lease").is_empty());
+    assert_no_lease(&*store, &dev, &b).await;
     let failed = store.get(&id).await.expect("get");
     assert_eq!(failed.status, CommandStatus::Failed);
     assert_eq!(failed.attempts, 2);
+    assert_eq!(failed.lease_owner, None);
 }
 
-/// A late answer under a lapsed lease is still recorded while no one has leased the
-/// command again (a slow device is better recorded than asked twice).
+/// A late answer under a lapsed lease is still recorded while the lease was not recovered
+/// (a slow device is better recorded than asked twice); a late release is accepted too.
 pub async fn late_answer_to_a_lapsed_lease_is_recorded<H: Harness>(harness: &H) {
     let Fixture { store, clock } = open_default(harness).await;
     let dev = device("lock-1");
     let id = enqueue(&*store, &dev, "unlock", &[1]).await;
-    store.lease(&dev, 1, LEASE).await.expect("lease");
+    let leased = lease(&*store, &dev).await;
     clock.advance(LEASE + LEASE);
     let done = store
-        .complete(&id, CommandOutcome::Payload(bytes(&[0])))
+        .complete(&leased.lease, ok_reply())
         .await
         .expect("a late answer is recorded");
+    assert_eq!(done.id, id);
     assert_eq!(done.status, CommandStatus::Succeeded);
-    assert!(store.lease(&dev, 1, LEASE).await.expect("lease").is_empty());
+    assert_eq!(done.attempts, 1, "the lapse was not counted on top");
+    assert_no_lease(&*store, &dev, &node("node-a")).await;
+
+    let other = enqueue(&*store, &dev, "beep", &[2]).await;
+    let leased = lease(&*store, &dev).await;
+    clock.advance(LEASE);
+    let released = store
+        .release(&leased.lease, Cut::NotSent)
+        .await
+        .expect("a late release is accepted");
+    assert_eq!(released.id, other);
+    assert_eq!(
+        (released.status, released.attempts),
+        (CommandStatus::Pending, 0)
+    );
+}
+
+/// A lease that lapsed and was recovered, or was handed to another node since, or was
+/// reclaimed, is stale: `complete` and `release` with it answer `StaleLease` and change
+/// nothing, while the live holder still ends its own lease.
+pub async fn stale_leases_are_refused_and_change_nothing<H: Harness>(harness: &H) {
+    let Fixture { store, clock } = open_default(harness).await;
+    let dev = device("lock-1");
+    let (a, b) = (node("node-a"), node("node-b"));
+    let id = enqueue(&*store, &dev, "unlock", &[1]).await;
+
+    // Lapsed and recovered (by a sweep): back to pending, nobody holds it.
+    let old = try_lease(&*store, &dev, &a).await.expect("leased");
+    clock.advance(LEASE);
+    assert_eq!(store.sweep().await.expect("sweep").recovered, 1);
+    let recovered = store.get(&id).await.expect("get");
+    assert_stale(&store.complete(&old.lease, ok_reply()).await, &id);
+    assert_stale(&store.release(&old.lease, Cut::Sent).await, &id);
+    assert_stale(&store.release(&old.lease, Cut::NotSent).await, &id);
+    assert_eq!(store.get(&id).await.expect("get"), recovered);
+    assert_eq!(
+        (recovered.status, recovered.attempts),
+        (CommandStatus::Pending, 1)
+    );
+
+    // Handed to another node: its lease is live, the old ones are not.
+    let theirs = try_lease(&*store, &dev, &b).await.expect("leased");
+    assert_ne!(theirs.lease.token, old.lease.token);
+    let held = store.get(&id).await.expect("get");
+    assert_stale(&store.complete(&old.lease, ok_reply()).await, &id);
+    assert_stale(&store.release(&old.lease, Cut::Sent).await, &id);
+    // The same node asking again after the lapse is no exception.
+    let reused = Lease {
+        owner: b.clone(),
+        ..old.lease.clone()
+    };
+    assert_stale(&store.complete(&reused, ok_reply()).await, &id);
+    assert_eq!(store.get(&id).await.expect("get"), held);
+
+    // Lapsed and recovered by the next lease_next, here to the old owner again.
+    clock.advance(LEASE);
+    let mine = try_lease(&*store, &dev, &a).await.expect("leased");
+    assert_eq!(mine.command.attempts, 2);
+    assert_stale(&store.complete(&theirs.lease, ok_reply()).await, &id);
+    assert_stale(&store.complete(&old.lease, ok_reply()).await, &id);
+
+    // Reclaimed: stale as well.
+    store.reclaim(&a).await.expect("reclaim");
+    let reclaimed = store.get(&id).await.expect("get");
+    assert_stale(&store.complete(&mine.lease, ok_reply()).await, &id);
+    assert_stale(&store.release(&mine.lease, Cut::Sent).await, &id);
+    assert_eq!(store.get(&id).await.expect("get"), reclaimed);
+    assert_eq!(
+        (reclaimed.status, reclaimed.attempts),
+        (CommandStatus::Pending, 3)
+    );
+
+    // The live holder still ends its lease.
+    let live = try_lease(&*store, &dev, &b).await.expect("leased");
+    let done = store
+        .complete(&live.lease, ok_reply())
+        .await
+        .expect("complete");
+    assert_eq!((done.status, done.attempts), (CommandStatus::Succeeded, 4));
+}
+
+/// `reclaim` ends the owner's live and lapsed leases as lapsed ones (one attempt counted;
+/// `pending`, or `failed` after the last attempt) so that they go out again at once, and
+/// returns them; other nodes' leases and drained commands are left alone.
+pub async fn reclaim_takes_back_only_the_owners_leases<H: Harness>(harness: &H) {
+    let config = StoreConfig {
+        max_attempts: 2,
+        ..StoreConfig::default()
+    };
+    let Fixture { store, clock } = open(harness, config).await;
+    let (a, b) = (node("node-a"), node("node-b"));
+    let (live, lapsed, worn, theirs, drained) = (
+        device("dev-live"),
+        device("dev-lapsed"),
+        device("dev-worn"),
+        device("dev-theirs"),
+        device("dev-drained"),
+    );
+    let live_id = enqueue(&*store, &live, "a", &[1]).await;
+    let lapsed_id = enqueue(&*store, &lapsed, "a", &[2]).await;
+    let worn_id = enqueue(&*store, &worn, "a", &[3]).await;
+    let theirs_id = enqueue(&*store, &theirs, "a", &[4]).await;
+    let drained_id = enqueue(&*store, &drained, "a", &[5]).await;
+
+    // `worn` has one attempt left.
+    let first = try_lease(&*store, &worn, &a).await.expect("leased");
+    store
+        .release(&first.lease, Cut::Sent)
+        .await
+        .expect("release");
+    try_lease(&*store, &worn, &a).await.expect("leased");
+    try_lease(&*store, &live, &a).await.expect("leased");
+    store
+        .lease_next(&lapsed, &a, Duration::from_secs(1))
+        .await
+        .expect("lease_next")
+        .expect("leased");
+    try_lease(&*store, &theirs, &b).await.expect("leased");
+    store.drain_pending(&drained, &a).await.expect("drain");
+    clock.advance(Duration::from_secs(2));
+
+    let mut back = store.reclaim(&a).await.expect("reclaim");
+    back.sort_by(|x, y| x.device.cmp(&y.device));
+    let got: Vec<_> = back
+        .iter()
+        .map(|c| {
+            (
+                c.id.clone(),
+                c.status,
+                c.attempts,
+                c.lease_owner.clone(),
+                c.lease_deadline,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (lapsed_id.clone(), CommandStatus::Pending, 1, None, None),
+            (live_id.clone(), CommandStatus::Pending, 1, None, None),
+            (worn_id, CommandStatus::Failed, 2, None, None),
+        ]
+    );
+    for c in &back {
+        assert_eq!(store.get(&c.id).await.expect("get"), *c);
+    }
+    let held = store.get(&theirs_id).await.expect("get");
+    assert_eq!(
+        (held.status, held.lease_owner),
+        (CommandStatus::Delivering, Some(b.clone()))
+    );
+    let kept = store.get(&drained_id).await.expect("get");
+    assert_eq!(
+        (kept.status, kept.lease_owner, kept.lease_deadline),
+        (CommandStatus::Delivering, Some(a.clone()), None)
+    );
+
+    // Deliverable at once, without waiting for any deadline.
+    let again = try_lease(&*store, &live, &a).await.expect("leased");
+    assert_eq!(again.command.id, live_id);
+    assert_eq!(
+        try_lease(&*store, &lapsed, &b)
+            .await
+            .expect("leased")
+            .command
+            .id,
+        lapsed_id
+    );
+    assert_no_lease(&*store, &theirs, &a).await;
+    // Only what `a` holds now is taken back by a second reclaim.
+    assert_eq!(
+        ids(&store.reclaim(&a).await.expect("reclaim")),
+        vec![live_id]
+    );
+    assert!(
+        store
+            .reclaim(&node("node-c"))
+            .await
+            .expect("reclaim")
+            .is_empty()
+    );
 }
 
 /// `sweep` ends expired commands and recovers lapsed leases across devices.
@@ -685,7 +1097,7 @@ pub async fn sweep_expires_and_recovers<H: Harness>(harness: &H) {
         .await
         .expect("enqueue");
     let used_up = enqueue(&*store, &b, "unlock", &[2]).await;
-    store.lease(&b, 1, LEASE).await.expect("lease");
+    lease(&*store, &b).await;
     clock.advance(LEASE);
 
     let report = store.sweep().await.expect("sweep");
@@ -696,10 +1108,8 @@ pub async fn sweep_expires_and_recovers<H: Harness>(harness: &H) {
         store.get(&expiring).await.expect("get").status,
         CommandStatus::Expired
     );
-    assert_eq!(
-        store.get(&used_up).await.expect("get").status,
-        CommandStatus::Failed
-    );
+    let failed = store.get(&used_up).await.expect("get");
+    assert_eq!((failed.status, failed.attempts), (CommandStatus::Failed, 1));
     assert_eq!(
         store.sweep().await.expect("sweep"),
         crate::SweepReport::default()
@@ -710,13 +1120,15 @@ pub async fn sweep_expires_and_recovers<H: Harness>(harness: &H) {
     let Fixture { store, clock } = open(harness, config).await;
     let c = device("lock-c");
     let recovering = enqueue(&*store, &c, "open", &[3]).await;
-    store.lease(&c, 1, LEASE).await.expect("lease");
+    lease(&*store, &c).await;
     clock.advance(LEASE);
     let report = store.sweep().await.expect("sweep");
     assert_eq!(report.recovered, 1);
     let back = store.get(&recovering).await.expect("get");
     assert_eq!(back.status, CommandStatus::Pending);
+    assert_eq!(back.attempts, 1);
     assert_eq!(back.lease_deadline, None);
+    assert_eq!(back.lease_owner, None);
 }
 
 /// `expire` ends the device's commands whose TTL passed (waiting, awaiting confirmation, or
@@ -730,7 +1142,7 @@ pub async fn expire_returns_the_commands_it_ended_once<H: Harness>(harness: &H) 
         .enqueue_or_update(&a, &kind("unlock"), bytes(&[1]), ttl(10))
         .await
         .expect("enqueue");
-    store.lease(&a, 1, LEASE).await.expect("lease");
+    lease(&*store, &a).await;
     let waiting = store
         .enqueue_with_confirmation(&a, &kind("reset"), bytes(&[2]), ttl(10))
         .await
@@ -757,48 +1169,121 @@ pub async fn expire_returns_the_commands_it_ended_once<H: Harness>(harness: &H) 
     assert_eq!(store.expire(&b).await.expect("expire"), Vec::new());
 }
 
-/// Many tasks leasing the same device at once never get the same command twice, and
-/// together get every command.
-pub async fn concurrent_leases_never_share_a_command<H: Harness>(harness: &H) {
-    const COMMANDS: usize = 24;
+/// Two stores on the same data (two processes), many tasks on each, each task a node of its
+/// own, call `lease_next` for the same device at the same moment, round after round; the
+/// winner holds its lease until every task has asked. Every round has exactly one winner,
+/// and the winners' commands are the device's commands, each once, in queue order.
+pub async fn two_stores_racing_lease_next_have_one_winner_per_round<H: Harness>(harness: &H) {
+    const COMMANDS: usize = 8;
     const TASKS: usize = 6;
-    let Fixture { store, .. } = open_default(harness).await;
+    let Fixture { store, clock } = open_default(harness).await;
+    let second = open_second(harness, &clock).await;
     let dev = device("lock-1");
-    let mut queued = HashSet::new();
+    let mut queued = Vec::new();
     for i in 0..COMMANDS {
-        queued.insert(enqueue(&*store, &dev, &format!("type-{i}"), &[1]).await);
+        queued.push(enqueue(&*store, &dev, &format!("type-{i}"), &[1]).await);
     }
+    let asked = Arc::new(tokio::sync::Barrier::new(TASKS));
     let start = Arc::new(tokio::sync::Barrier::new(TASKS));
     let mut tasks = Vec::new();
     for task in 0..TASKS {
-        let store = Arc::clone(&store);
+        let store = if task % 2 == 0 {
+            Arc::clone(&store)
+        } else {
+            Arc::clone(&second)
+        };
         let dev = dev.clone();
-        let start = Arc::clone(&start);
+        let (start, asked) = (Arc::clone(&start), Arc::clone(&asked));
         tasks.push(tokio::spawn(async move {
-            start.wait().await;
-            let mut got = Vec::new();
-            loop {
-                let leased = store.lease(&dev, 1 + task % 3, LEASE).await.expect("lease");
-                if leased.is_empty() {
-                    return got;
-                }
-                for c in leased {
-                    got.push(c.id.clone());
-                    store
-                        .complete(&c.id, CommandOutcome::Payload(bytes(&[0])))
+            let owner = node(&format!("node-{task}"));
+            let mut won = Vec::new();
+            // One more round than commands: the last finds nothing.
+            for round in 0..=COMMANDS {
+                start.wait().await;
+                let leased = try_lease(&*store, &dev, &owner).await;
+                asked.wait().await;
+                if let Some(leased) = leased {
+                    assert_eq!(leased.lease.owner, owner);
+                    let done = store
+                        .complete(&leased.lease, ok_reply())
                         .await
-                        .expect("the lease holder completes its own command");
+                        .expect("the winner completes its lease");
+                    assert_eq!(done.attempts, 1);
+                    won.push((round, leased.command.id));
                 }
+            }
+            won
+        }));
+    }
+    let mut wins = Vec::new();
+    for task in tasks {
+        wins.extend(task.await.expect("task"));
+    }
+    wins.sort_by_key(|(round, _)| *round);
+    let rounds: Vec<usize> = wins.iter().map(|(round, _)| *round).collect();
+    assert_eq!(
+        rounds,
+        (0..COMMANDS).collect::<Vec<_>>(),
+        "exactly one winner per round, none once drained"
+    );
+    let order: Vec<CommandId> = wins.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(order, queued);
+}
+
+/// Many tasks on two stores sharing the data drain one device as fast as they can: there is
+/// never more than one live lease, and every command is leased exactly once, in queue order.
+pub async fn concurrent_lease_next_across_two_stores_drains_in_order<H: Harness>(harness: &H) {
+    const COMMANDS: usize = 24;
+    const TASKS: usize = 6;
+    let Fixture { store, clock } = open_default(harness).await;
+    let second = open_second(harness, &clock).await;
+    let dev = device("lock-1");
+    let mut queued = Vec::new();
+    for i in 0..COMMANDS {
+        queued.push(enqueue(&*store, &dev, &format!("type-{i}"), &[1]).await);
+    }
+    let live = Arc::new(AtomicUsize::new(0));
+    let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let start = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let mut tasks = Vec::new();
+    for task in 0..TASKS {
+        let store = if task % 2 == 0 {
+            Arc::clone(&store)
+        } else {
+            Arc::clone(&second)
+        };
+        let dev = dev.clone();
+        let (live, order, start) = (Arc::clone(&live), Arc::clone(&order), Arc::clone(&start));
+        tasks.push(tokio::spawn(async move {
+            let owner = node(&format!("node-{task}"));
+            start.wait().await;
+            let mut misses = 0_usize;
+            // Every command is done once every task found nothing twice in a row after the
+            // others finished; a bounded number of misses keeps a broken store from hanging.
+            while misses < 10_000 {
+                let Some(leased) = try_lease(&*store, &dev, &owner).await else {
+                    if order.lock().len() == COMMANDS {
+                        return;
+                    }
+                    misses += 1;
+                    tokio::task::yield_now().await;
+                    continue;
+                };
+                let others = live.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(others, 0, "two live leases on one device at once");
+                order.lock().push(leased.command.id.clone());
+                live.fetch_sub(1, Ordering::SeqCst);
+                store
+                    .complete(&leased.lease, ok_reply())
+                    .await
+                    .expect("the lease holder completes its own command");
             }
         }));
     }
-    let mut seen = HashSet::new();
     for task in tasks {
-        for id in task.await.expect("task") {
-            assert!(seen.insert(id.clone()), "command {id} was leased twice");
-        }
+        task.await.expect("task");
     }
-    assert_eq!(seen, queued);
+    assert_eq!(*order.lock(), queued);
 }
 
 /// A device holds at most `max_open_per_device` non-final commands; an update in place and
@@ -828,7 +1313,7 @@ pub async fn queue_full_at_the_cap<H: Harness>(harness: &H) {
     enqueue(&*store, &device("lock-2"), "d", &[1]).await;
 
     // A delivering command still counts; a final one does not.
-    store.lease(&dev, 1, LEASE).await.expect("lease");
+    let leased = lease(&*store, &dev).await;
     assert!(matches!(
         store
             .enqueue_or_update(&dev, &kind("d"), bytes(&[1]), TtlSeconds::DEFAULT)
@@ -836,7 +1321,7 @@ pub async fn queue_full_at_the_cap<H: Harness>(harness: &H) {
         Err(StoreError::QueueFull { .. })
     ));
     store
-        .complete(&first, CommandOutcome::Payload(bytes(&[0])))
+        .complete(&leased.lease, ok_reply())
         .await
         .expect("complete");
     enqueue(&*store, &dev, "d", &[1]).await;
@@ -873,15 +1358,24 @@ pub async fn bad_input_is_refused_with_typed_errors<H: Harness>(harness: &H) {
         ),
         "got {empty:?}"
     );
-    assert!(matches!(
-        store.lease(&dev, 0, LEASE).await,
-        Err(StoreError::InvalidInput(InvalidInput::ZeroLeaseSize))
-    ));
-    assert!(matches!(
-        store.lease(&dev, 1, Duration::ZERO).await,
-        Err(StoreError::InvalidInput(InvalidInput::ZeroLeaseDuration))
-    ));
     assert_eq!(store.pending_count(&dev).await.expect("count"), 0);
+
+    // A lease of zero length (under a millisecond) is refused, and leases nothing.
+    let queued = enqueue(&*store, &dev, "b", &[1]).await;
+    for zero in [Duration::ZERO, Duration::from_micros(999)] {
+        let refused = store.lease_next(&dev, &node("node-a"), zero).await;
+        assert!(
+            matches!(
+                refused,
+                Err(StoreError::InvalidInput(InvalidInput::ZeroLeaseDuration))
+            ),
+            "got {refused:?}"
+        );
+    }
+    assert_eq!(
+        store.get(&queued).await.expect("get").status,
+        CommandStatus::Pending
+    );
 
     // Exactly the limit is fine.
     let id = store
@@ -897,40 +1391,52 @@ pub async fn bad_input_is_refused_with_typed_errors<H: Harness>(harness: &H) {
         empty_id,
         Err(StoreError::InvalidInput(InvalidInput::Value(_)))
     ));
+    assert!(matches!(NodeId::new(""), Err(InvalidInput::NodeId { .. })));
 }
 
 /// `drain_pending` hands every deliverable command out once and never again, even when no
-/// answer is recorded; an answer may still be recorded.
+/// answer is recorded: no deadline, no attempt counted, not recovered by a sweep nor taken
+/// back by `reclaim`; an answer may still be recorded with the lease it returned.
 pub async fn drain_pending_is_at_most_once<H: Harness>(harness: &H) {
     let Fixture { store, clock } = open_default(harness).await;
     let dev = device("lock-1");
+    let owner = node("node-a");
     let a = enqueue(&*store, &dev, "a", &[1]).await;
     let b = enqueue(&*store, &dev, "b", &[2]).await;
     store
         .enqueue_with_confirmation(&dev, &kind("c"), bytes(&[3]), TtlSeconds::DEFAULT)
         .await
         .expect("enqueue");
-    let drained = store.drain_pending(&dev).await.expect("drain");
-    assert_eq!(ids(&drained), vec![a.clone(), b]);
-    for c in &drained {
+    let drained = store.drain_pending(&dev, &owner).await.expect("drain");
+    assert_eq!(leased_ids(&drained), vec![a.clone(), b]);
+    for leased in &drained {
+        let c = &leased.command;
         assert_eq!(c.status, CommandStatus::Delivering);
         assert_eq!(c.lease_deadline, None);
-        assert_eq!(c.attempts, 1);
+        assert_eq!(c.lease_owner, Some(owner.clone()));
+        assert_eq!(c.attempts, 0);
+        assert_eq!(leased.lease.id, c.id);
+        assert_eq!(leased.lease.owner, owner);
     }
     clock.advance(Duration::from_mins(10));
-    assert!(store.drain_pending(&dev).await.expect("drain").is_empty());
     assert!(
         store
-            .lease(&dev, 10, LEASE)
+            .drain_pending(&dev, &owner)
             .await
-            .expect("lease")
+            .expect("drain")
             .is_empty()
     );
+    assert_no_lease(&*store, &dev, &owner).await;
     assert_eq!(store.sweep().await.expect("sweep").recovered, 0);
-    store
-        .complete(&a, CommandOutcome::Payload(bytes(&[0])))
+    assert!(store.reclaim(&owner).await.expect("reclaim").is_empty());
+    let done = store
+        .complete(&drained[0].lease, ok_reply())
         .await
         .expect("complete");
+    assert_eq!(
+        (done.id, done.status, done.attempts),
+        (a, CommandStatus::Succeeded, 1)
+    );
 }
 
 /// `due_devices` lists devices with a command to hand out now, and no others.
@@ -946,7 +1452,7 @@ pub async fn due_devices_lists_devices_with_deliverable_commands<H: Harness>(har
         .await
         .expect("enqueue");
     enqueue(&*store, &leased, "a", &[1]).await;
-    store.lease(&leased, 1, LEASE).await.expect("lease");
+    lease(&*store, &leased).await;
     store
         .enqueue_or_update(&expiring, &kind("a"), bytes(&[1]), ttl(5))
         .await
@@ -959,6 +1465,50 @@ pub async fn due_devices_lists_devices_with_deliverable_commands<H: Harness>(har
     assert_eq!(store.due_devices(10).await.expect("due"), vec![pending]);
 }
 
+/// `open_counts` counts the commands that are not final, per status, across every device; a
+/// lapsed lease still counts as `delivering`, final commands not at all.
+pub async fn open_counts_count_open_commands_per_status<H: Harness>(harness: &H) {
+    let Fixture { store, clock } = open_default(harness).await;
+    let owner = node("node-a");
+    assert_eq!(
+        store.open_counts().await.expect("counts"),
+        OpenCounts::default()
+    );
+    let (x, y, z) = (device("dev-x"), device("dev-y"), device("dev-z"));
+    for dev in [&x, &y] {
+        store
+            .enqueue_with_confirmation(dev, &kind("confirm"), bytes(&[1]), TtlSeconds::DEFAULT)
+            .await
+            .expect("enqueue");
+    }
+    for dev in [&x, &y, &z] {
+        enqueue(&*store, dev, "a", &[1]).await;
+        enqueue(&*store, dev, "b", &[1]).await;
+    }
+    let done = lease(&*store, &x).await;
+    store
+        .complete(&done.lease, ok_reply())
+        .await
+        .expect("complete");
+    let cancelled = enqueue(&*store, &z, "c", &[1]).await;
+    store.cancel(&cancelled).await.expect("cancel");
+    try_lease(&*store, &y, &owner).await.expect("leased");
+    store.drain_pending(&z, &owner).await.expect("drain");
+
+    let want = |awaiting_confirmation, pending, delivering| OpenCounts {
+        awaiting_confirmation,
+        pending,
+        delivering,
+    };
+    let counts = store.open_counts().await.expect("counts");
+    assert_eq!(counts, want(2, 2, 3));
+    assert_eq!(counts.of(CommandStatus::Pending), 2);
+    assert_eq!(counts.of(CommandStatus::Succeeded), 0);
+    assert_eq!(counts.total(), 7);
+    clock.advance(LEASE);
+    assert_eq!(store.open_counts().await.expect("counts"), want(2, 2, 3));
+}
+
 /// The conversion to the HTTP shape of `GET /v1/commands/{commandId}`.
 pub async fn view_has_the_http_shape<H: Harness>(harness: &H) {
     let Fixture { store, clock } = open_default(harness).await;
@@ -968,9 +1518,9 @@ pub async fn view_has_the_http_shape<H: Harness>(harness: &H) {
         .enqueue_or_update(&dev, &kind("unlock"), bytes(&[1]), ttl(60))
         .await
         .expect("enqueue");
-    store.lease(&dev, 1, LEASE).await.expect("lease");
+    let leased = lease(&*store, &dev).await;
     let done = store
-        .complete(&id, CommandOutcome::Payload(bytes(&[0x01])))
+        .complete(&leased.lease, CommandOutcome::Payload(bytes(&[0x01])))
         .await
         .expect("complete");
     let view = done.to_view();
@@ -988,7 +1538,8 @@ pub async fn view_has_the_http_shape<H: Harness>(harness: &H) {
 }
 
 /// What was stored survives closing and reopening the store: commands, their order, their
-/// states, outcomes and delivery settings (device type, timeout).
+/// states, leases (a lease taken before still ends after), outcomes and delivery settings
+/// (device type, timeout).
 pub async fn survives_reopening<H: Harness>(harness: &H) {
     let Fixture { store, clock } = open_default(harness).await;
     let dev = device("lock-1");
@@ -1005,12 +1556,13 @@ pub async fn survives_reopening<H: Harness>(harness: &H) {
         )
         .await
         .expect("enqueue");
-    store.lease(&dev, 1, LEASE).await.expect("lease");
+    let first = lease(&*store, &dev).await;
     store
-        .complete(&a, CommandOutcome::Payload(bytes(&[0xaa])))
+        .complete(&first.lease, CommandOutcome::Payload(bytes(&[0xaa])))
         .await
         .expect("complete");
-    store.lease(&dev, 1, LEASE).await.expect("lease");
+    let held = lease(&*store, &dev).await;
+    assert_eq!(held.command.id, c);
     let mut snapshot = Vec::new();
     for id in [&a, &b, &c] {
         snapshot.push(store.get(id).await.expect("get"));
@@ -1023,10 +1575,17 @@ pub async fn survives_reopening<H: Harness>(harness: &H) {
         assert_eq!(&reopened.get(&before.id).await.expect("get"), before);
     }
     assert_eq!(open_ids(&reopened, &dev).await, vec![b.clone(), c.clone()]);
+    // The lease survived: it still holds the device, and still ends.
+    assert_no_lease(&reopened, &dev, &node("node-b")).await;
+    let done = reopened
+        .complete(&held.lease, ok_reply())
+        .await
+        .expect("the lease taken before reopening ends");
+    assert_eq!((done.status, done.attempts), (CommandStatus::Succeeded, 1));
     reopened.confirm(&b).await.expect("confirm");
     // The reopened store continues the order after the old commands.
     let d = enqueue(&reopened, &dev, "d", &[4]).await;
-    assert_eq!(open_ids(&reopened, &dev).await, vec![b, c, d]);
+    assert_eq!(open_ids(&reopened, &dev).await, vec![b, d]);
 
     // A command whose TTL passes while the store is closed is returned by the first
     // `expire` after reopening.

@@ -6,20 +6,26 @@ mod memory_harness {
     use bridge_queue::testkit::Harness;
     use bridge_queue::{MemoryStore, StoreConfig, StoreError};
 
-    pub(crate) struct MemoryHarness;
+    /// Every store it opens shares the commands of one root store, as processes sharing a
+    /// durable store would (the suite races two of them).
+    pub(crate) struct MemoryHarness {
+        root: MemoryStore,
+    }
 
     #[async_trait]
     impl Harness for MemoryHarness {
         type Store = MemoryStore;
         async fn open(&self, config: StoreConfig) -> Result<MemoryStore, StoreError> {
-            Ok(MemoryStore::new(config))
+            Ok(self.root.share(config))
         }
         async fn cleanup(&self) {}
     }
 
     #[allow(clippy::unused_async)] // the suite awaits every harness constructor
     pub(crate) async fn new() -> MemoryHarness {
-        MemoryHarness
+        MemoryHarness {
+            root: MemoryStore::default(),
+        }
     }
 }
 

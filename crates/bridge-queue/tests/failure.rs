@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
-use bridge_protocol::{CommandType, DeviceId, HexPayload, TtlSeconds};
-use bridge_queue::{Store, StoreError};
+use bridge_protocol::{CommandId, CommandType, DeviceId, HexPayload, TtlSeconds};
+use bridge_queue::{Cut, Lease, NodeId, Store, StoreError};
 
 /// How long a store may take to answer `Unavailable`: its operation timeout plus slack.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
@@ -72,12 +72,22 @@ fn device() -> DeviceId {
     DeviceId::new("lock-1").expect("valid")
 }
 
+fn node() -> NodeId {
+    NodeId::new("node-a").expect("valid")
+}
+
 fn bytes(b: u8) -> HexPayload {
     HexPayload::from_bytes(vec![b])
 }
 
-/// Stores three commands and leases the first; returns their ids.
-async fn fill(store: &impl Store) -> Vec<bridge_protocol::CommandId> {
+/// What `fill` stored: the commands' ids, in queue order, and the live lease on the first.
+struct Filled {
+    ids: Vec<CommandId>,
+    lease: Lease,
+}
+
+/// Stores three commands and leases the first.
+async fn fill(store: &impl Store) -> Filled {
     let mut ids = Vec::new();
     for (i, ty) in ["a", "b", "c"].into_iter().enumerate() {
         let id = store
@@ -91,52 +101,73 @@ async fn fill(store: &impl Store) -> Vec<bridge_protocol::CommandId> {
             .expect("enqueue while the backend is up");
         ids.push(id);
     }
-    let leased = store.lease(&device(), 1, LEASE).await.expect("lease");
-    assert_eq!(leased[0].id, ids[0]);
-    ids
+    let leased = store
+        .lease_next(&device(), &node(), LEASE)
+        .await
+        .expect("lease")
+        .expect("the first command is due");
+    assert_eq!(leased.command.id, ids[0]);
+    Filled {
+        ids,
+        lease: leased.lease,
+    }
 }
 
 /// Every kind of call answers `Unavailable` in time while the backend is down.
-async fn all_unavailable(store: &impl Store, ids: &[bridge_protocol::CommandId]) {
+async fn all_unavailable(store: &impl Store, filled: &Filled) {
     let ty = CommandType::new("d").expect("valid");
     assert_unavailable(
         "enqueue",
         store.enqueue_or_update(&device(), &ty, bytes(9), TtlSeconds::DEFAULT),
     )
     .await;
-    assert_unavailable("get", store.get(&ids[1])).await;
-    assert_unavailable("lease", store.lease(&device(), 1, LEASE)).await;
+    assert_unavailable("get", store.get(&filled.ids[1])).await;
+    assert_unavailable("lease_next", store.lease_next(&device(), &node(), LEASE)).await;
     assert_unavailable(
         "complete",
-        store.complete(&ids[0], CommandOutcome::Payload(bytes(0))),
+        store.complete(&filled.lease, CommandOutcome::Payload(bytes(0))),
     )
     .await;
+    assert_unavailable("release", store.release(&filled.lease, Cut::Sent)).await;
+    assert_unavailable("reclaim", store.reclaim(&node())).await;
     assert_unavailable("list_open", store.list_open(&device())).await;
+    assert_unavailable("open_counts", store.open_counts()).await;
     assert_unavailable("ping", store.ping()).await;
 }
 
-/// After the restart: everything is there, in the same state, and the store goes on.
-async fn all_back(store: &impl Store, ids: &[bridge_protocol::CommandId]) {
+/// After the restart: everything is there, in the same state (the lease still held, and
+/// still the device's one), and the store goes on.
+async fn all_back(store: &impl Store, filled: &Filled) {
     let open = store
         .list_open(&device())
         .await
         .expect("list_open after restart");
     assert_eq!(
         open.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
-        ids.to_vec(),
+        filled.ids,
         "nothing stored was lost"
     );
     assert_eq!(open[0].status, CommandStatus::Delivering);
+    assert_eq!(open[0].lease_owner, Some(node()));
     assert_eq!(open[1].status, CommandStatus::Pending);
+    assert!(
+        store
+            .lease_next(&device(), &node(), LEASE)
+            .await
+            .expect("lease_next after restart")
+            .is_none(),
+        "the lease taken before the crash still holds the device"
+    );
     store
-        .complete(&ids[0], CommandOutcome::Payload(bytes(0)))
+        .complete(&filled.lease, CommandOutcome::Payload(bytes(0)))
         .await
         .expect("complete after restart");
     let next = store
-        .lease(&device(), 1, LEASE)
+        .lease_next(&device(), &node(), LEASE)
         .await
-        .expect("lease after restart");
-    assert_eq!(next[0].id, ids[1]);
+        .expect("lease after restart")
+        .expect("the next command is due");
+    assert_eq!(next.command.id, filled.ids[1]);
 }
 
 struct Killed(Option<Child>);
@@ -203,15 +234,15 @@ mod redis {
         let store = RedisStore::open(&options, StoreConfig::default())
             .await
             .expect("open");
-        let ids = fill(&store).await;
+        let filled = fill(&store).await;
 
         // kill -9: with appendfsync always, every answered write is on disk.
         drop(server);
-        all_unavailable(&store, &ids).await;
+        all_unavailable(&store, &filled).await;
 
         server = start(port, &dir);
         wait_until("restarted redis-server", || answers(&url)).await;
-        all_back(&store, &ids).await;
+        all_back(&store, &filled).await;
 
         drop(server);
         let _ = std::fs::remove_dir_all(&dir);
@@ -379,7 +410,7 @@ mod postgres {
         let store = PostgresStore::open(&options, StoreConfig::default())
             .await
             .expect("open");
-        let ids = fill(&store).await;
+        let filled = fill(&store).await;
 
         let cluster = tokio::task::spawn_blocking(move || {
             cluster.crash();
@@ -387,7 +418,7 @@ mod postgres {
         })
         .await
         .expect("crash the private PostgreSQL");
-        all_unavailable(&store, &ids).await;
+        all_unavailable(&store, &filled).await;
 
         let cluster = tokio::task::spawn_blocking(move || {
             cluster.start();
@@ -395,7 +426,7 @@ mod postgres {
         })
         .await
         .expect("restart the private PostgreSQL");
-        all_back(&store, &ids).await;
+        all_back(&store, &filled).await;
         drop(cluster);
     }
 }

@@ -1,12 +1,17 @@
 //! What the RabbitMQ store adds to its state store: persistent delivery notices in durable
-//! per-device queues, and `consume`, which pushes commands to a consumer as they arrive.
+//! per-device queues, and `consume`, which pushes commands to a consumer as they arrive, one
+//! live lease per device across consumers and processes.
 #![cfg(feature = "rabbitmq")]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
 use bridge_protocol::{CommandType, DeviceId, HexPayload, TtlSeconds};
-use bridge_queue::{MemoryStore, RabbitMqOptions, RabbitMqStore, Store, StoreConfig, StoreError};
+use bridge_queue::{
+    Cut, MemoryStore, NodeId, RabbitMqOptions, RabbitMqStore, Store, StoreConfig, StoreError,
+};
 use futures_util::StreamExt;
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use lapin::types::ShortString;
@@ -21,13 +26,22 @@ fn url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
-async fn open() -> RabbitMqStore<MemoryStore> {
+/// Options with a queue-name prefix of this test's own.
+fn options() -> RabbitMqOptions {
     let mut options = RabbitMqOptions::new(url())
         .with_prefix(format!("bq-test-{}", uuid::Uuid::new_v4().simple()));
     options.idle_queue_expiry = Duration::from_secs(30);
-    RabbitMqStore::open(options, MemoryStore::new(StoreConfig::default()))
+    options
+}
+
+async fn open_with(options: RabbitMqOptions, state: MemoryStore) -> RabbitMqStore<MemoryStore> {
+    RabbitMqStore::open(options, state)
         .await
         .unwrap_or_else(|e| panic!("RabbitMQ is unreachable at {} ({e})", url()))
+}
+
+async fn open() -> RabbitMqStore<MemoryStore> {
+    open_with(options(), MemoryStore::new(StoreConfig::default())).await
 }
 
 async fn channel() -> (lapin::Connection, lapin::Channel) {
@@ -50,6 +64,10 @@ async fn delete_queue(store: &RabbitMqStore<MemoryStore>, device: &DeviceId) {
 
 fn device() -> DeviceId {
     DeviceId::new("lock-1").expect("valid")
+}
+
+fn node(name: &str) -> NodeId {
+    NodeId::new(name).expect("valid")
 }
 
 fn kind(s: &str) -> CommandType {
@@ -104,41 +122,34 @@ async fn a_pending_command_is_a_persistent_json_notice_in_the_device_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn consume_pushes_commands_in_order_as_they_arrive() {
+async fn consume_pushes_commands_in_order_one_lease_at_a_time() {
     let store = open().await;
     let dev = device();
     let early = store
         .enqueue_or_update(&dev, &kind("a"), bytes(&[1]), TtlSeconds::DEFAULT)
         .await
         .expect("enqueue");
-    let mut stream = Box::pin(store.consume(dev.clone(), LEASE, POLL));
+    let mut stream = Box::pin(store.consume(dev.clone(), node("node-a"), LEASE, POLL));
 
-    // Queued before consuming: yielded first, leased.
+    // Queued before consuming: yielded first, leased to the consumer's node.
     let first = tokio::time::timeout(PROMPTLY, stream.next())
         .await
         .expect("the command queued earlier comes at once")
         .expect("the stream does not end")
         .expect("lease");
-    assert_eq!(first.id, early);
-    assert_eq!(first.status, CommandStatus::Delivering);
+    assert_eq!(first.command.id, early);
+    assert_eq!(first.command.status, CommandStatus::Delivering);
+    assert_eq!(first.command.lease_owner, Some(node("node-a")));
     store
-        .complete(&first.id, CommandOutcome::Payload(bytes(&[0])))
+        .complete(&first.lease, CommandOutcome::Payload(bytes(&[0])))
         .await
         .expect("complete");
 
     // Arrives while the consumer waits: pushed by the notice, long before the poll.
     let waiting = tokio::spawn(async move {
         let started = Instant::now();
-        let mut got = Vec::new();
-        for _ in 0..2 {
-            let c = stream
-                .next()
-                .await
-                .expect("the stream does not end")
-                .expect("lease");
-            got.push(c);
-        }
-        (got, started.elapsed(), stream)
+        let next = stream.next().await;
+        (next, started.elapsed(), stream)
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let b = store
@@ -154,31 +165,57 @@ async fn consume_pushes_commands_in_order_as_they_arrive() {
         .expect("pushed promptly, not at the next poll")
         .expect("task");
     assert!(took < PROMPTLY);
-    assert_eq!(
-        got.iter().map(|c| c.id.clone()).collect::<Vec<_>>(),
-        vec![b.clone(), c]
+    let got_b = got.expect("the stream does not end").expect("lease");
+    assert_eq!(got_b.command.id, b);
+
+    // While b's lease lives, c is not handed out, though its notice is there.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), stream.next())
+            .await
+            .is_err(),
+        "a second command of the device was leased while the first was out"
     );
 
-    // A released command comes back, again pushed by its notice.
-    store.release(&b).await.expect("release");
+    // A released command comes back first, again pushed by its notice; the cut write
+    // counted one attempt.
+    store
+        .release(&got_b.lease, Cut::Sent)
+        .await
+        .expect("release");
     let again = tokio::time::timeout(PROMPTLY, stream.next())
         .await
         .expect("a released command is pushed again promptly")
         .expect("the stream does not end")
         .expect("lease");
-    assert_eq!(again.id, b);
-    assert_eq!(again.attempts, 2);
+    assert_eq!(again.command.id, b);
+    assert_eq!(again.command.attempts, 1);
+    assert_ne!(again.lease.token, got_b.lease.token);
+
+    // Its end lets c go, pushed by the notice of the end.
+    store
+        .complete(&again.lease, CommandOutcome::Payload(bytes(&[0])))
+        .await
+        .expect("complete");
+    let last = tokio::time::timeout(PROMPTLY, stream.next())
+        .await
+        .expect("the next command is pushed promptly once the lease ends")
+        .expect("the stream does not end")
+        .expect("lease");
+    assert_eq!(last.command.id, c);
     delete_queue(&store, &dev).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_consumers_of_one_device_never_get_the_same_command() {
-    let store = open().await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn consumers_in_two_processes_share_a_device_one_lease_at_a_time() {
+    // Two stores on the same state (two server processes sharing it), a consumer on each.
+    let options = options();
+    let first = open_with(options.clone(), MemoryStore::new(StoreConfig::default())).await;
+    let second = open_with(options, first.state().share(StoreConfig::default())).await;
     let dev = device();
     let mut queued = Vec::new();
     for i in 0..6 {
         queued.push(
-            store
+            first
                 .enqueue_or_update(
                     &dev,
                     &kind(&format!("t{i}")),
@@ -189,36 +226,46 @@ async fn two_consumers_of_one_device_never_get_the_same_command() {
                 .expect("enqueue"),
         );
     }
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let delivered = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = Vec::new();
-    for _ in 0..2 {
-        let store = store.clone();
+    for (store, owner) in [(first.clone(), "node-a"), (second.clone(), "node-b")] {
         let dev = dev.clone();
+        let in_flight = Arc::clone(&in_flight);
+        let delivered = Arc::clone(&delivered);
         tasks.push(tokio::spawn(async move {
-            let mut stream = Box::pin(store.consume(dev, LEASE, Duration::from_millis(100)));
-            let mut got = Vec::new();
-            while let Ok(Some(Ok(c))) =
-                tokio::time::timeout(Duration::from_millis(500), stream.next()).await
+            let mut stream =
+                Box::pin(store.consume(dev, node(owner), LEASE, Duration::from_millis(100)));
+            while let Ok(Some(Ok(leased))) =
+                tokio::time::timeout(Duration::from_secs(1), stream.next()).await
             {
+                assert_eq!(
+                    in_flight.fetch_add(1, Ordering::SeqCst),
+                    0,
+                    "two deliveries of one device at once"
+                );
+                delivered
+                    .lock()
+                    .expect("not poisoned")
+                    .push(leased.command.id.clone());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
                 store
-                    .complete(&c.id, CommandOutcome::Payload(bytes(&[0])))
+                    .complete(&leased.lease, CommandOutcome::Payload(bytes(&[0])))
                     .await
                     .expect("complete");
-                got.push(c.id);
             }
-            got
         }));
     }
-    let mut all = Vec::new();
     for task in tasks {
-        all.extend(task.await.expect("task"));
+        task.await.expect("task");
     }
-    all.sort();
-    queued.sort();
     assert_eq!(
-        all, queued,
-        "every command exactly once across both consumers"
+        *delivered.lock().expect("not poisoned"),
+        queued,
+        "every command exactly once, in queue order"
     );
-    delete_queue(&store, &dev).await;
+    delete_queue(&first, &dev).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,7 +314,11 @@ async fn sweep_announces_a_recovered_lease() {
         }
     };
     assert!(take().await.is_some(), "enqueue announced the command");
-    store.lease(&dev, 1, LEASE).await.expect("lease");
+    store
+        .lease_next(&dev, &node("node-a"), LEASE)
+        .await
+        .expect("lease")
+        .expect("the command is due");
     assert!(take().await.is_none());
 
     clock.advance(LEASE);

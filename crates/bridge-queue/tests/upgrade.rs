@@ -1,7 +1,8 @@
 //! Data written by the previous version of each durable backend, before commands kept their
 //! device type and reply timeout: the store opens it, reads its commands with the defaults
 //! (`None`, the registry's default type; the default timeout), and keeps new commands'
-//! settings next to them.
+//! settings next to them. The data also predate fenced leases: their old commands read as
+//! never leased and lease like new ones.
 
 #![allow(clippy::expect_used)]
 
@@ -61,6 +62,48 @@ async fn assert_upgraded(store: &impl Store) {
             ),
         ]
     );
+}
+
+/// After the upgrade, the old command leases like a new one: counted in `open_counts`, leased
+/// to its node with a token that fences it, and completed once.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+async fn assert_old_command_leases(store: &impl Store) {
+    use std::time::Duration;
+
+    use bridge_protocol::http::{CommandOutcome, CommandStatus};
+    use bridge_queue::{NodeId, StoreError};
+
+    let device = DeviceId::new("lock-1").expect("device id");
+    let node = NodeId::new("node-a").expect("node id");
+    let counts = store.open_counts().await.expect("open_counts");
+    assert_eq!((counts.pending, counts.delivering), (2, 0));
+    let leased = store
+        .lease_next(&device, &node, Duration::from_secs(30))
+        .await
+        .expect("lease_next")
+        .expect("the old command is due first");
+    assert_eq!(leased.command.id.as_str(), OLD_ID);
+    assert_eq!(leased.command.lease_owner, Some(node.clone()));
+    let counts = store.open_counts().await.expect("open_counts");
+    assert_eq!((counts.pending, counts.delivering), (1, 1));
+    let done = store
+        .complete(
+            &leased.lease,
+            CommandOutcome::Payload(HexPayload::from_bytes(vec![0])),
+        )
+        .await
+        .expect("the old command completes");
+    assert_eq!((done.status, done.attempts), (CommandStatus::Succeeded, 1));
+    assert!(matches!(
+        store
+            .complete(
+                &leased.lease,
+                CommandOutcome::Payload(HexPayload::from_bytes(vec![0]))
+            )
+            .await,
+        Err(StoreError::StaleLease { .. })
+    ));
+    assert_eq!(store.open_counts().await.expect("open_counts").pending, 1);
 }
 
 #[cfg(feature = "sqlite")]
@@ -129,13 +172,131 @@ async fn an_sqlite_file_of_the_previous_schema_gains_the_delivery_settings() {
             .len(),
         2
     );
+    assert_old_command_leases(&store).await;
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A file of the schema before fenced leases (with the delivery settings), holding a command
+/// that version left `delivering` under a lease that lapsed while no server ran, and one
+/// under a lease that still runs: the file gains the lease columns; the lapsed one is
+/// recovered with its attempt counted and goes out again, while the running one, which has
+/// no owner, still holds its device until its deadline (no node can end or reclaim it).
+#[cfg(feature = "sqlite")]
+#[tokio::test]
+async fn an_sqlite_file_from_before_fenced_leases_recovers_its_old_leases() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bridge_protocol::Timestamp;
+    use bridge_protocol::http::CommandStatus;
+    use bridge_queue::{Clock, ManualClock, NodeId, SqliteOptions, SqliteStore, StoreConfig};
+    use sqlx::Connection;
+
+    let dir = std::env::temp_dir().join(format!(
+        "bridge-queue-upgrade-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("queue.db");
+    let clock = ManualClock::starting_now();
+    let now = clock.now().unix_millis();
+    {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut conn = sqlx::SqliteConnection::connect(&url)
+            .await
+            .expect("create the old file");
+        sqlx::query(
+            "CREATE TABLE bridge_queued_commands (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                id TEXT NOT NULL UNIQUE,
+                device_id TEXT NOT NULL,
+                command_type TEXT NOT NULL,
+                payload BLOB NOT NULL,
+                status TEXT NOT NULL,
+                requires_confirmation INTEGER NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                created_at INTEGER NOT NULL,
+                expires_at INTEGER NOT NULL,
+                lease_until INTEGER,
+                result_payload BLOB,
+                result_error TEXT,
+                device_type TEXT,
+                timeout_ms INTEGER NOT NULL DEFAULT 10000
+            )",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("old schema");
+        for (id, device, lease_until) in [
+            (OLD_ID, "lock-1", now - 1_000),
+            ("fedcba9876543210fedcba9876543210", "lock-2", now + 30_000),
+        ] {
+            sqlx::query(
+                "INSERT INTO bridge_queued_commands (id, device_id, command_type, payload,
+                    status, requires_confirmation, attempts, created_at, expires_at,
+                    lease_until)
+                 VALUES (?1, ?2, 'a', x'01', 'delivering', 0, 1, 0, ?3, ?4)",
+            )
+            .bind(id)
+            .bind(device)
+            .bind(far_future_ms())
+            .bind(lease_until)
+            .execute(&mut conn)
+            .await
+            .expect("old row");
+        }
+        conn.close().await.expect("close");
+    }
+    let config = StoreConfig::default().with_clock(Arc::new(clock.clone()));
+    let store = SqliteStore::open(&SqliteOptions::new(&path), config)
+        .await
+        .expect("the old file opens");
+    let node = NodeId::new("node-a").expect("node id");
+    let (lapsed, running) = (
+        DeviceId::new("lock-1").expect("device id"),
+        DeviceId::new("lock-2").expect("device id"),
+    );
+
+    let counts = store.open_counts().await.expect("open_counts");
+    assert_eq!((counts.pending, counts.delivering), (0, 2));
+    assert!(store.reclaim(&node).await.expect("reclaim").is_empty());
+    let leased = store
+        .lease_next(&lapsed, &node, Duration::from_secs(30))
+        .await
+        .expect("lease_next")
+        .expect("the lapsed command goes out again");
+    assert_eq!(leased.command.id.as_str(), OLD_ID);
+    assert_eq!(
+        leased.command.attempts, 2,
+        "the old lease's attempt and its lapse"
+    );
+    assert!(
+        store
+            .lease_next(&running, &node, Duration::from_secs(30))
+            .await
+            .expect("lease_next")
+            .is_none(),
+        "the running old lease still holds its device"
+    );
+    clock.advance(Duration::from_secs(30));
+    let again = store
+        .lease_next(&running, &node, Duration::from_secs(30))
+        .await
+        .expect("lease_next")
+        .expect("handed out once the old lease lapsed");
+    assert_eq!(
+        (again.command.status, again.command.attempts),
+        (CommandStatus::Delivering, 2)
+    );
+    assert!(again.command.lease_deadline > Some(Timestamp::from_unix_millis(now)));
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[cfg(feature = "postgres")]
 #[tokio::test]
-async fn a_postgres_schema_at_migration_1_is_migrated_to_the_delivery_settings() {
+async fn a_postgres_schema_at_migration_1_is_migrated_to_the_delivery_settings_and_fenced_leases() {
     use bridge_queue::{PostgresOptions, PostgresStore, StoreConfig};
     use sqlx::Connection;
 
@@ -182,6 +343,13 @@ async fn a_postgres_schema_at_migration_1_is_migrated_to_the_delivery_settings()
             .await
             .expect("the old schema opens");
         assert_upgraded(&store).await;
+        assert_old_command_leases(&store).await;
+        store.close().await;
+        // Opening again finds every migration applied.
+        let store = PostgresStore::open(&options, StoreConfig::default())
+            .await
+            .expect("the migrated schema opens");
+        assert_eq!(store.open_counts().await.expect("open_counts").pending, 1);
         store.close().await;
     };
     let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(result)).await;
@@ -195,7 +363,7 @@ async fn a_postgres_schema_at_migration_1_is_migrated_to_the_delivery_settings()
 
 #[cfg(feature = "redis")]
 #[tokio::test]
-async fn a_redis_hash_without_the_delivery_settings_reads_as_the_defaults() {
+async fn a_redis_hash_without_the_delivery_settings_and_lease_fields_reads_as_the_defaults() {
     use bridge_queue::{RedisOptions, RedisStore, StoreConfig};
     use deadpool_redis::redis;
 
@@ -252,6 +420,12 @@ async fn a_redis_hash_without_the_delivery_settings_reads_as_the_defaults() {
             .await
             .expect("the store opens");
         assert_upgraded(&store).await;
+        assert_old_command_leases(&store).await;
+        // Opening again does not count the commands twice.
+        let store = RedisStore::open(&options, StoreConfig::default())
+            .await
+            .expect("the store opens again");
+        assert_eq!(store.open_counts().await.expect("open_counts").pending, 1);
     };
     let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(result)).await;
     let keys: Vec<String> = redis::cmd("KEYS")
