@@ -2,7 +2,7 @@
 //! frame (PROTOCOL.md 4.1 and 3.4), and the queue operations that start deliveries.
 
 use bridge_protocol::http::{CommandRequest, CommandResponse};
-use bridge_protocol::{CommandId, DeviceId, ErrorCode, RegistryError};
+use bridge_protocol::{CommandId, DeviceId, ErrorCode, Hops, RegistryError};
 use bridge_queue::{InvalidInput, NewCommand, QueuedCommand, StoreError};
 use bridge_session::CommandError;
 use tokio::time::Instant;
@@ -52,9 +52,9 @@ pub fn store_error_code(error: &StoreError) -> ErrorCode {
         StoreError::QueueFull { .. } => ErrorCode::QueueFull,
         StoreError::Conflict { .. } => ErrorCode::Conflict,
         StoreError::NotFound { .. } => ErrorCode::NotFound,
-        StoreError::InvalidInput(InvalidInput::EmptyPayload | InvalidInput::PayloadTooLarge { .. }) => {
-            ErrorCode::InvalidPayload
-        }
+        StoreError::InvalidInput(
+            InvalidInput::EmptyPayload | InvalidInput::PayloadTooLarge { .. },
+        ) => ErrorCode::InvalidPayload,
         StoreError::InvalidInput(_) => ErrorCode::InvalidRequest,
         _ => ErrorCode::Unavailable,
     }
@@ -85,11 +85,12 @@ impl Dispatcher {
         device: DeviceId,
         request: CommandRequest,
     ) -> Result<(CommandResponse, Option<std::time::Duration>), Refusal> {
-        let device_type = match self
-            .inner
-            .registry
-            .resolve(request.device_type.as_ref().map(bridge_protocol::DeviceType::as_str))
-        {
+        let device_type = match self.inner.registry.resolve(
+            request
+                .device_type
+                .as_ref()
+                .map(bridge_protocol::DeviceType::as_str),
+        ) {
             Ok((name, _)) => name.clone(),
             Err(RegistryError::NoDefault) => return Err(Refusal::NoDefaultDeviceType),
             Err(error) => return Err(Refusal::UnknownDeviceType(error.to_string())),
@@ -118,6 +119,7 @@ impl Dispatcher {
                 request_id: reply.request_id,
                 payload: reply.payload,
                 latency_ms: u64::try_from(reply.latency.as_millis()).unwrap_or(u64::MAX),
+                hops: Hops::NONE,
             },
             Err(CommandError::Offline) if request.wants_queue() => {
                 let command_id = self.enqueue(&device, &request).await?;
@@ -125,11 +127,18 @@ impl Dispatcher {
                 return Ok((CommandResponse::Queued { command_id }, None));
             }
             Err(CommandError::Offline) => return Ok((CommandResponse::Offline, None)),
-            Err(CommandError::BridgeLost) => CommandResponse::BridgeLost,
-            Err(CommandError::Timeout) => CommandResponse::Timeout,
-            Err(CommandError::DeviceError(error)) => CommandResponse::DeviceError { error },
+            // Per-hop progress (`stage`/`progress`) is not recorded by the session yet: the
+            // answers leave the fields out, as for a bridge that reports no stage.
+            Err(CommandError::BridgeLost) => CommandResponse::BridgeLost { hops: Hops::NONE },
+            Err(CommandError::Timeout) => CommandResponse::Timeout { hops: Hops::NONE },
+            Err(CommandError::DeviceError(error)) => CommandResponse::DeviceError {
+                error,
+                hops: Hops::NONE,
+            },
             Err(CommandError::UnknownDeviceType(name)) => {
-                return Err(Refusal::UnknownDeviceType(format!("unknown device type `{name}`")));
+                return Err(Refusal::UnknownDeviceType(format!(
+                    "unknown device type `{name}`"
+                )));
             }
             Err(CommandError::TooManyPending) => return Err(Refusal::Overloaded),
             Err(error) => {
@@ -141,7 +150,11 @@ impl Dispatcher {
         Ok((response, sent_for))
     }
 
-    async fn enqueue(&self, device: &DeviceId, request: &CommandRequest) -> Result<CommandId, Refusal> {
+    async fn enqueue(
+        &self,
+        device: &DeviceId,
+        request: &CommandRequest,
+    ) -> Result<CommandId, Refusal> {
         let Some(command_type) = request.command_type.clone() else {
             return Err(Refusal::CommandTypeRequired);
         };
@@ -194,9 +207,19 @@ impl Dispatcher {
 
     /// `GET /v1/devices/{deviceId}/commands`: the device's commands that are not final, in
     /// delivery order, after announcing the ones whose TTL passed.
-    pub async fn device_commands(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+    pub async fn device_commands(
+        &self,
+        device: &DeviceId,
+    ) -> Result<Vec<QueuedCommand>, StoreError> {
         self.expire(device).await;
         self.inner.store.list_open(device).await
+    }
+
+    /// `pendingCommands` of `GET /v1/devices/{deviceId}`: the device's commands that are not
+    /// final, after announcing the ones whose TTL passed.
+    pub async fn pending_count(&self, device: &DeviceId) -> Result<u32, StoreError> {
+        self.expire(device).await;
+        self.inner.store.pending_count(device).await
     }
 
     /// Ends the device's commands whose TTL passed and announces them; returns them.

@@ -50,7 +50,8 @@ impl<T: Transport + ?Sized> CommandSender for SessionManager<T> {
         payload: HexPayload,
         timeout: Duration,
     ) -> Result<Reply, CommandError> {
-        let reply = SessionManager::send_command(self, device, device_type, payload, timeout).await?;
+        let reply =
+            SessionManager::send_command(self, device, device_type, payload, timeout).await?;
         Ok(Reply {
             request_id: reply.request_id,
             payload: reply.payload,
@@ -260,10 +261,8 @@ fn run(inner: &Arc<Inner>, action: Action) {
                         )
                         .await;
                     let sent = sent_of(result);
-                    task.outlet.command_ended(
-                        sent.outcome_label(),
-                        sent.left().then(|| start.elapsed()),
-                    );
+                    task.outlet
+                        .command_ended(sent.outcome_label(), sent.left().then(|| start.elapsed()));
                     let device = command.device.clone();
                     answer(&task, |engine| {
                         engine.handle_sent(&leased.lease, sent, &device);

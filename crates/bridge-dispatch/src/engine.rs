@@ -550,15 +550,12 @@ impl Engine {
     /// The answer to [`Action::Complete`] or [`Action::Release`]: announces a final state,
     /// then goes on with the pass or ends it.
     pub fn handle_ended(&mut self, device: &DeviceId, result: Result<QueuedCommand, StoreError>) {
-        let go_on = match self.step_of(device) {
-            Some(Step::Ending { go_on }) => *go_on,
-            _ => {
-                // A release of a lease no pass used (see `handle_leased`).
-                if let Ok(command) = result {
-                    self.announce_final(command);
-                }
-                return;
+        let Some(Step::Ending { go_on }) = self.step_of(device).cloned() else {
+            // A release of a lease no pass used (see `handle_leased`).
+            if let Ok(command) = result {
+                self.announce_final(command);
             }
+            return;
         };
         match result {
             Ok(command) => {

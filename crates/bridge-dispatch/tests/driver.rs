@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use bridge_dispatch::{CommandSender, Dispatcher, EngineConfig, Outlet, Refusal, Reply};
 use bridge_protocol::http::{CommandRequest, CommandResponse, CommandStatus, IfOffline};
 use bridge_protocol::{
-    CommandResult, CommandType, ConfigRegistry, DeviceErrorCode, DeviceId, ErrorCode,
-    HexPayload, RequestId, ResultStatus, TtlSeconds,
+    CommandResult, CommandType, ConfigRegistry, DeviceErrorCode, DeviceId, ErrorCode, HexPayload,
+    RequestId, ResultStatus, TtlSeconds,
 };
 use bridge_queue::{ManualClock, MemoryStore, NodeId, Store, StoreConfig};
 use bridge_session::CommandError;
@@ -50,7 +50,11 @@ impl CommandSender for ScriptedSender {
         if !*self.online.lock() {
             return Err(CommandError::Offline);
         }
-        let step = self.script.lock().pop_front().unwrap_or(Script::Answer(&[0x80]));
+        let step = self
+            .script
+            .lock()
+            .pop_front()
+            .unwrap_or(Script::Answer(&[0x80]));
         if !matches!(step, Script::Offline) {
             self.sent.lock().push(payload);
             self.sent_signal.notify_waiters();
@@ -61,7 +65,9 @@ impl CommandSender for ScriptedSender {
                 payload: HexPayload::from_bytes(bytes.to_vec()),
                 latency: Duration::from_millis(3),
             }),
-            Script::Fail(code) => Err(CommandError::DeviceError(DeviceErrorCode::new(code).unwrap())),
+            Script::Fail(code) => Err(CommandError::DeviceError(
+                DeviceErrorCode::new(code).unwrap(),
+            )),
             Script::Lose => Err(CommandError::BridgeLost),
             Script::Timeout => Err(CommandError::Timeout),
             Script::Offline => Err(CommandError::Offline),
@@ -134,7 +140,11 @@ impl Fixture {
     }
 
     async fn queue(&self, payload: u8, kind: &str) -> bridge_protocol::CommandId {
-        match self.dispatch.execute(self.lock.clone(), queued(payload, kind)).await {
+        match self
+            .dispatch
+            .execute(self.lock.clone(), queued(payload, kind))
+            .await
+        {
             Ok(CommandResponse::Queued { command_id }) => command_id,
             other => panic!("expected queued, got {other:?}"),
         }
@@ -156,7 +166,12 @@ impl Fixture {
     }
 
     fn sent(&self) -> Vec<Vec<u8>> {
-        self.sender.sent.lock().iter().map(|p| p.as_bytes().to_vec()).collect()
+        self.sender
+            .sent
+            .lock()
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect()
     }
 
     fn announced(&self) -> Vec<(ResultStatus, Option<String>)> {
@@ -164,7 +179,12 @@ impl Fixture {
             .announced
             .lock()
             .iter()
-            .map(|r| (r.status, r.command_id.as_ref().map(|id| id.as_str().to_owned())))
+            .map(|r| {
+                (
+                    r.status,
+                    r.command_id.as_ref().map(|id| id.as_str().to_owned()),
+                )
+            })
             .collect()
     }
 }
@@ -175,13 +195,22 @@ async fn an_online_command_is_answered_at_once_and_counted() {
     *f.sender.online.lock() = true;
     let response = f
         .dispatch
-        .execute(f.lock.clone(), CommandRequest::new(HexPayload::from_bytes(vec![1])))
+        .execute(
+            f.lock.clone(),
+            CommandRequest::new(HexPayload::from_bytes(vec![1])),
+        )
         .await
         .unwrap();
-    assert!(matches!(response, CommandResponse::Succeeded { .. }), "{response:?}");
+    assert!(
+        matches!(response, CommandResponse::Succeeded { .. }),
+        "{response:?}"
+    );
     assert_eq!(f.sent(), vec![vec![1]]);
     assert_eq!(*f.outlet.outcomes.lock(), vec!["succeeded"]);
-    assert!(f.outlet.announced.lock().is_empty(), "online commands are answered, not announced");
+    assert!(
+        f.outlet.announced.lock().is_empty(),
+        "online commands are answered, not announced"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -189,26 +218,44 @@ async fn an_offline_command_is_refused_or_queued_as_asked() {
     let f = fixture();
     let response = f
         .dispatch
-        .execute(f.lock.clone(), CommandRequest::new(HexPayload::from_bytes(vec![1])))
+        .execute(
+            f.lock.clone(),
+            CommandRequest::new(HexPayload::from_bytes(vec![1])),
+        )
         .await
         .unwrap();
     assert_eq!(response, CommandResponse::Offline);
 
     let mut no_type = queued(1, "unlock");
     no_type.command_type = None;
-    let refusal = f.dispatch.execute(f.lock.clone(), no_type).await.unwrap_err();
+    let refusal = f
+        .dispatch
+        .execute(f.lock.clone(), no_type)
+        .await
+        .unwrap_err();
     assert!(matches!(refusal, Refusal::CommandTypeRequired));
     assert_eq!(refusal.code(), ErrorCode::InvalidRequest);
 
     let id = f.queue(2, "unlock").await;
-    assert_eq!(f.store.get(&id).await.unwrap().status, CommandStatus::Pending);
-    assert_eq!(*f.outlet.outcomes.lock(), vec!["offline", "invalid_request", "queued"]);
+    assert_eq!(
+        f.store.get(&id).await.unwrap().status,
+        CommandStatus::Pending
+    );
+    assert_eq!(
+        *f.outlet.outcomes.lock(),
+        vec!["offline", "invalid_request", "queued"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
-async fn queued_commands_go_out_in_order_when_the_device_comes_online_and_their_ends_are_announced() {
+async fn queued_commands_go_out_in_order_when_the_device_comes_online_and_their_ends_are_announced()
+{
     let f = fixture();
-    let ids = [f.queue(1, "unlock").await, f.queue(2, "status").await, f.queue(3, "lock").await];
+    let ids = [
+        f.queue(1, "unlock").await,
+        f.queue(2, "status").await,
+        f.queue(3, "lock").await,
+    ];
     f.sender.script.lock().extend([
         Script::Answer(&[0x81]),
         Script::Fail("gatt_write_failed"),
@@ -229,7 +276,11 @@ async fn queued_commands_go_out_in_order_when_the_device_comes_online_and_their_
     };
     assert_eq!(
         statuses,
-        [CommandStatus::Succeeded, CommandStatus::Failed, CommandStatus::Succeeded]
+        [
+            CommandStatus::Succeeded,
+            CommandStatus::Failed,
+            CommandStatus::Succeeded
+        ]
     );
     let announced = f.announced();
     assert_eq!(
@@ -251,12 +302,18 @@ async fn queued_commands_go_out_in_order_when_the_device_comes_online_and_their_
 async fn a_lost_bridge_sends_the_command_again_at_once_counting_both_attempts() {
     let f = fixture();
     let id = f.queue(1, "unlock").await;
-    f.sender.script.lock().extend([Script::Lose, Script::Answer(&[0x80])]);
+    f.sender
+        .script
+        .lock()
+        .extend([Script::Lose, Script::Answer(&[0x80])]);
     f.bring_online();
     f.settle().await;
     assert_eq!(f.sent(), vec![vec![1], vec![1]]);
     let command = f.store.get(&id).await.unwrap();
-    assert_eq!((command.status, command.attempts), (CommandStatus::Succeeded, 2));
+    assert_eq!(
+        (command.status, command.attempts),
+        (CommandStatus::Succeeded, 2)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -267,7 +324,10 @@ async fn a_device_gone_before_the_write_left_keeps_its_command_without_an_attemp
     f.bring_online();
     f.settle().await;
     let command = f.store.get(&id).await.unwrap();
-    assert_eq!((command.status, command.attempts), (CommandStatus::Pending, 0));
+    assert_eq!(
+        (command.status, command.attempts),
+        (CommandStatus::Pending, 0)
+    );
     assert!(f.sent().is_empty());
 }
 
@@ -314,7 +374,10 @@ async fn a_timed_out_delivery_waits_for_the_retry_tick_or_a_link_up() {
     f.bring_online();
     f.settle().await;
     let command = f.store.get(&id).await.unwrap();
-    assert_eq!((command.status, command.attempts), (CommandStatus::Pending, 1));
+    assert_eq!(
+        (command.status, command.attempts),
+        (CommandStatus::Pending, 1)
+    );
     assert_eq!(f.sent().len(), 1, "a timeout ends the pass");
 
     // The retry tick (30 s on the paused clock) finds the device due and online.
@@ -327,7 +390,10 @@ async fn a_timed_out_delivery_waits_for_the_retry_tick_or_a_link_up() {
     f.dispatch.link_up(&f.lock);
     f.settle().await;
     let command = f.store.get(&id).await.unwrap();
-    assert_eq!((command.status, command.attempts), (CommandStatus::Succeeded, 3));
+    assert_eq!(
+        (command.status, command.attempts),
+        (CommandStatus::Succeeded, 3)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -335,7 +401,8 @@ async fn an_expiry_first_noticed_by_a_read_is_announced_once() {
     let f = fixture();
     let mut request = queued(1, "unlock");
     request.ttl_seconds = TtlSeconds::new(60).unwrap();
-    let Ok(CommandResponse::Queued { command_id }) = f.dispatch.execute(f.lock.clone(), request).await
+    let Ok(CommandResponse::Queued { command_id }) =
+        f.dispatch.execute(f.lock.clone(), request).await
     else {
         panic!("expected queued");
     };
@@ -368,7 +435,11 @@ async fn a_restarted_node_takes_back_its_lease_and_delivers_at_once() {
         .await
         .unwrap();
     // A former life of node-a leased it and died.
-    store.lease_next(&lock, &node, Duration::from_secs(60)).await.unwrap().unwrap();
+    store
+        .lease_next(&lock, &node, Duration::from_mins(1))
+        .await
+        .unwrap()
+        .unwrap();
 
     let sender = Arc::new(ScriptedSender::default());
     *sender.online.lock() = true;
@@ -390,7 +461,14 @@ async fn a_restarted_node_takes_back_its_lease_and_delivers_at_once() {
         tokio::task::yield_now().await;
     }
     let command = store.get(&id).await.unwrap();
-    assert_eq!(command.status, CommandStatus::Succeeded, "no wait for the lease to lapse");
-    assert_eq!(command.attempts, 2, "the reclaimed delivery may have left: it counts");
+    assert_eq!(
+        command.status,
+        CommandStatus::Succeeded,
+        "no wait for the lease to lapse"
+    );
+    assert_eq!(
+        command.attempts, 2,
+        "the reclaimed delivery may have left: it counts"
+    );
     assert_eq!(sender.sent.lock().len(), 1);
 }

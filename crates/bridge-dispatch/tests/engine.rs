@@ -35,7 +35,7 @@ fn command(id: &str, device_name: &str, status: CommandStatus) -> QueuedCommand 
         timeout: TimeoutMs::DEFAULT,
         attempts: 0,
         created_at: now,
-        expires_at: now.saturating_add(Duration::from_secs(3600)),
+        expires_at: now.saturating_add(Duration::from_hours(1)),
         lease_deadline: None,
         lease_owner: None,
         outcome: None,
@@ -85,7 +85,12 @@ impl Harness {
     fn online_until_lease(&mut self, name: &str) {
         let lock = device(name);
         self.engine.handle_online(&lock);
-        assert_eq!(self.drain(), vec![Action::Expire { device: lock.clone() }]);
+        assert_eq!(
+            self.drain(),
+            vec![Action::Expire {
+                device: lock.clone()
+            }]
+        );
         self.engine.handle_expired(&lock, Ok(Vec::new()));
         assert_eq!(self.drain(), vec![lease_action(name)]);
     }
@@ -123,7 +128,8 @@ fn a_device_coming_online_gets_its_queued_commands_one_at_a_time_in_order() {
         h.engine.handle_leased(&lock, Ok(Some(out.clone())));
         assert_eq!(h.drain(), vec![send_action(&out)], "one send, nothing else");
         let reply = CommandOutcome::Payload(HexPayload::from_bytes(vec![1]));
-        h.engine.handle_sent(&out.lease, Sent::Answered(reply.clone()), &lock);
+        h.engine
+            .handle_sent(&out.lease, Sent::Answered(reply.clone()), &lock);
         assert_eq!(
             h.drain(),
             vec![Action::Complete {
@@ -158,7 +164,9 @@ fn a_trigger_during_a_pass_runs_it_once_more_instead_of_a_second_pass() {
     h.engine.handle_leased(&lock, Ok(None));
     assert_eq!(
         h.drain(),
-        vec![Action::Expire { device: lock.clone() }],
+        vec![Action::Expire {
+            device: lock.clone()
+        }],
         "the pass runs once more"
     );
     h.engine.handle_expired(&lock, Ok(Vec::new()));
@@ -192,7 +200,8 @@ fn bridge_lost_releases_as_sent_and_goes_on_at_once_through_another_holder() {
             cut: Cut::Sent,
         }]
     );
-    h.engine.handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 1)));
+    h.engine
+        .handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 1)));
     assert_eq!(
         h.drain(),
         vec![lease_action("lock-1")],
@@ -217,7 +226,8 @@ fn a_timeout_releases_as_sent_and_ends_the_pass_until_the_next_trigger() {
             cut: Cut::Sent,
         }]
     );
-    h.engine.handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 1)));
+    h.engine
+        .handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 1)));
     assert_eq!(h.drain(), vec![]);
     assert!(h.engine.is_idle());
 }
@@ -241,7 +251,8 @@ fn a_write_that_never_left_is_released_without_counting_an_attempt() {
                 cut: Cut::NotSent,
             }]
         );
-        h.engine.handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 0)));
+        h.engine
+            .handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 0)));
         assert!(h.engine.is_idle());
     }
 }
@@ -255,7 +266,8 @@ fn a_device_error_completes_the_command_failed_and_announces_it() {
     h.engine.handle_leased(&lock, Ok(Some(out.clone())));
     h.drain();
     let error = CommandOutcome::Error(DeviceErrorCode::new("gatt_write_failed").unwrap());
-    h.engine.handle_sent(&out.lease, Sent::Answered(error.clone()), &lock);
+    h.engine
+        .handle_sent(&out.lease, Sent::Answered(error.clone()), &lock);
     assert!(matches!(&h.drain()[..], [Action::Complete { outcome, .. }] if *outcome == error));
     let mut failed = ended("c1", "lock-1", CommandStatus::Failed, 1);
     failed.outcome = Some(error);
@@ -286,7 +298,11 @@ fn a_stale_lease_ends_the_pass_and_leaves_the_command_to_its_new_holder() {
     let out = leased("c1", "lock-1", 1);
     h.engine.handle_leased(&lock, Ok(Some(out.clone())));
     h.drain();
-    h.engine.handle_sent(&out.lease, Sent::Answered(CommandOutcome::Payload(HexPayload::from_bytes(vec![1]))), &lock);
+    h.engine.handle_sent(
+        &out.lease,
+        Sent::Answered(CommandOutcome::Payload(HexPayload::from_bytes(vec![1]))),
+        &lock,
+    );
     h.drain();
     h.engine.handle_ended(
         &lock,
@@ -303,7 +319,12 @@ fn expiries_found_when_a_device_comes_online_are_announced_before_delivery() {
     let mut h = Harness::new();
     let lock = device("lock-1");
     h.engine.handle_online(&lock);
-    assert_eq!(h.drain(), vec![Action::Expire { device: lock.clone() }]);
+    assert_eq!(
+        h.drain(),
+        vec![Action::Expire {
+            device: lock.clone()
+        }]
+    );
     let expired = ended("c0", "lock-1", CommandStatus::Expired, 0);
     h.engine.handle_expired(&lock, Ok(vec![expired.clone()]));
     assert_eq!(h.drain(), vec![announce(expired), lease_action("lock-1")]);
@@ -326,11 +347,15 @@ fn store_failures_end_the_pass_and_the_retry_tick_tries_again() {
     // The tick: sweep, then list due devices; lock-1 is online and due, lock-2 is not online.
     let tick = h.start + EngineConfig::default().retry_interval;
     assert_eq!(h.engine.poll_timeout(), Some(tick));
-    h.engine.handle_timeout(tick - Duration::from_millis(1));
+    h.engine
+        .handle_timeout(tick.checked_sub(Duration::from_millis(1)).unwrap());
     assert_eq!(h.drain(), vec![], "not due yet");
     h.engine.handle_timeout(tick);
     assert_eq!(h.drain(), vec![Action::Sweep]);
-    assert_eq!(h.engine.poll_timeout(), Some(tick + EngineConfig::default().retry_interval));
+    assert_eq!(
+        h.engine.poll_timeout(),
+        Some(tick + EngineConfig::default().retry_interval)
+    );
     let expired = ended("c9", "lock-2", CommandStatus::Expired, 0);
     let mut report = SweepReport::default();
     report.expired = 1;
@@ -345,7 +370,8 @@ fn store_failures_end_the_pass_and_the_retry_tick_tries_again() {
             }
         ]
     );
-    h.engine.handle_due(Ok(vec![device("lock-2"), lock.clone()]));
+    h.engine
+        .handle_due(Ok(vec![device("lock-2"), lock.clone()]));
     assert_eq!(h.drain(), vec![Action::Expire { device: lock }]);
 }
 
@@ -370,7 +396,11 @@ fn a_restarted_node_takes_back_its_leases_first_and_then_serves_every_online_dev
     assert_eq!(engine.poll(), Some(Action::Reclaim { owner: node() }));
     assert_eq!(engine.poll(), None);
     engine.handle_timeout(start + EngineConfig::default().retry_interval);
-    assert_eq!(engine.poll(), None, "no tick before the reclaim is answered");
+    assert_eq!(
+        engine.poll(),
+        None,
+        "no tick before the reclaim is answered"
+    );
 
     let back = ended("c1", "lock-1", CommandStatus::Pending, 1);
     let failed = ended("c2", "lock-9", CommandStatus::Failed, 5);
@@ -404,7 +434,8 @@ fn stopping_sends_nothing_new_and_gives_back_a_lease_taken_meanwhile() {
             cut: Cut::NotSent,
         }]
     );
-    h.engine.handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 0)));
+    h.engine
+        .handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 0)));
     assert!(h.engine.is_idle());
     h.engine.handle_online(&device("lock-2"));
     assert_eq!(h.drain(), vec![], "no pass starts once stopped");
@@ -426,7 +457,8 @@ fn stopping_with_a_send_not_yet_taken_by_the_driver_releases_it_unsent() {
             cut: Cut::NotSent,
         }]
     );
-    h.engine.handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 0)));
+    h.engine
+        .handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 0)));
     assert!(h.engine.is_idle());
 }
 
@@ -441,8 +473,12 @@ fn a_running_delivery_finishes_and_is_recorded_after_a_stop() {
     h.engine.stop();
     assert!(!h.engine.is_idle());
     h.engine.handle_sent(&out.lease, Sent::BridgeLost, &lock);
-    assert!(matches!(&h.drain()[..], [Action::Release { cut: Cut::Sent, .. }]));
-    h.engine.handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 1)));
+    assert!(matches!(
+        &h.drain()[..],
+        [Action::Release { cut: Cut::Sent, .. }]
+    ));
+    h.engine
+        .handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 1)));
     assert_eq!(h.drain(), vec![], "no next lease once stopped");
     assert!(h.engine.is_idle());
 }
@@ -452,7 +488,8 @@ fn answers_nobody_asked_for_change_nothing_and_a_stray_lease_is_given_back() {
     let mut h = Harness::new();
     let lock = device("lock-1");
     h.engine.handle_expired(&lock, Ok(Vec::new()));
-    h.engine.handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 0)));
+    h.engine
+        .handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 0)));
     h.engine.handle_swept(Ok(SweepReport::default()));
     h.engine.handle_due(Ok(vec![lock.clone()]));
     assert_eq!(h.drain(), vec![]);
@@ -484,7 +521,8 @@ fn a_device_that_went_offline_mid_pass_gets_no_further_lease() {
     h.engine.handle_offline(&lock);
     h.engine.handle_sent(&out.lease, Sent::BridgeLost, &lock);
     h.drain();
-    h.engine.handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 1)));
+    h.engine
+        .handle_ended(&lock, Ok(ended("c1", "lock-1", CommandStatus::Pending, 1)));
     assert_eq!(h.drain(), vec![]);
     assert!(h.engine.is_idle());
 }

@@ -2,9 +2,9 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use bridge_dispatch::Refusal;
 use bridge_protocol::http::ErrorBody;
 use bridge_protocol::{ErrorCode, ErrorFrame, ProtocolError, RequestId};
-use bridge_dispatch::Refusal;
 use bridge_queue::StoreError;
 
 use crate::auth::AuthError;

@@ -82,8 +82,7 @@ async fn handle(core: &Arc<Core>, event: HubEvent) {
                 async move {
                     let request_id = command.request_id;
                     let device = command.device_id.clone();
-                    let frame = match core.dispatch.execute(device.clone(), command.command).await
-                    {
+                    let frame = match core.dispatch.execute(device.clone(), command.command).await {
                         Ok(response) => Frame::from(ServerToUser::CommandResult(
                             response.into_result(Some(request_id), device),
                         )),

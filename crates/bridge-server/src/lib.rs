@@ -132,9 +132,9 @@ mod store;
 mod transport;
 mod ws;
 
-pub use config::{Cli, ConfigError, LogFormat, QueueUrl, ServerConfig};
 /// How the offline queue is delivered: the dispatcher's engine configuration.
 pub use bridge_dispatch::EngineConfig as DeliveryConfig;
+pub use config::{Cli, ConfigError, LogFormat, QueueUrl, ServerConfig};
 pub use error::ServerError;
 pub use server::{Server, ServerBuilder};
 pub use store::{RABBITMQ_STATE_FILE, open_store};

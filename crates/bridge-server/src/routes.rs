@@ -121,7 +121,7 @@ async fn get_device(
 ) -> Result<Response, ApiError> {
     let device = device_id(&device)?;
     let presence = core.hub.device_presence(&device).await;
-    let pending = core.store.pending_count(&device).await?;
+    let pending = core.dispatch.pending_count(&device).await?;
     let view = DeviceView {
         device_id: device,
         online: presence.online,

@@ -44,7 +44,11 @@ struct Timeline {
 
 /// A simulated phone: answers every `ble_write` (after a short pause, so that a second write
 /// would have the time to overlap) unless the timeline says to hold it.
-fn phone(index: usize, mut bridge: Bridge, timeline: Arc<Mutex<Timeline>>) -> mpsc::Receiver<usize> {
+fn phone(
+    index: usize,
+    mut bridge: Bridge,
+    timeline: Arc<Mutex<Timeline>>,
+) -> mpsc::Receiver<usize> {
     let (held_tx, held_rx) = mpsc::channel(1);
     tokio::spawn(async move {
         loop {
@@ -165,7 +169,10 @@ async fn two_nodes_share_one_queue(queue: &str) {
         })
         .collect();
     let expected: Vec<String> = (CUT_AT..COMMANDS).map(payload_of).collect();
-    assert_eq!(after, expected, "the cut-off command first, then the rest in order");
+    assert_eq!(
+        after, expected,
+        "the cut-off command first, then the rest in order"
+    );
     assert_eq!(t.most_outstanding, 1, "never two writes out at once");
     drop(t);
 
@@ -196,5 +203,9 @@ async fn two_nodes_on_one_postgres_queue_deliver_one_at_a_time_in_order_and_surv
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_on_one_redis_queue_deliver_one_at_a_time_in_order_and_survive_kill_9() {
-    two_nodes_share_one_queue(&service_url("BRIDGE_TEST_REDIS_URL", "redis://127.0.0.1:6379")).await;
+    two_nodes_share_one_queue(&service_url(
+        "BRIDGE_TEST_REDIS_URL",
+        "redis://127.0.0.1:6379",
+    ))
+    .await;
 }
