@@ -32,10 +32,6 @@ impl ApiError {
         self
     }
 
-    pub(crate) fn code(&self) -> ErrorCode {
-        self.body.error.code
-    }
-
     /// The same refusal as an error frame answering a user's `command` frame.
     pub(crate) fn to_frame(&self, request_id: Option<RequestId>) -> ErrorFrame {
         ErrorFrame::new(

@@ -447,36 +447,49 @@ impl bridge_queue::Store for FlakyStore {
         self.check()?;
         self.inner.cancel(id).await
     }
-    async fn lease(
+    async fn lease_next(
         &self,
         device: &bridge_protocol::DeviceId,
-        max: usize,
-        lease_for: std::time::Duration,
-    ) -> Result<Vec<bridge_queue::QueuedCommand>, bridge_queue::StoreError> {
+        owner: &bridge_queue::NodeId,
+        grace: std::time::Duration,
+    ) -> Result<Option<bridge_queue::Leased>, bridge_queue::StoreError> {
         self.check()?;
-        self.inner.lease(device, max, lease_for).await
+        self.inner.lease_next(device, owner, grace).await
     }
     async fn complete(
         &self,
-        id: &bridge_protocol::CommandId,
+        lease: &bridge_queue::Lease,
         outcome: bridge_protocol::http::CommandOutcome,
     ) -> Result<bridge_queue::QueuedCommand, bridge_queue::StoreError> {
         self.check()?;
-        self.inner.complete(id, outcome).await
+        self.inner.complete(lease, outcome).await
     }
     async fn release(
         &self,
-        id: &bridge_protocol::CommandId,
+        lease: &bridge_queue::Lease,
+        cut: bridge_queue::Cut,
     ) -> Result<bridge_queue::QueuedCommand, bridge_queue::StoreError> {
         self.check()?;
-        self.inner.release(id).await
+        self.inner.release(lease, cut).await
+    }
+    async fn reclaim(
+        &self,
+        owner: &bridge_queue::NodeId,
+    ) -> Result<Vec<bridge_queue::QueuedCommand>, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.reclaim(owner).await
     }
     async fn drain_pending(
         &self,
         device: &bridge_protocol::DeviceId,
-    ) -> Result<Vec<bridge_queue::QueuedCommand>, bridge_queue::StoreError> {
+        owner: &bridge_queue::NodeId,
+    ) -> Result<Vec<bridge_queue::Leased>, bridge_queue::StoreError> {
         self.check()?;
-        self.inner.drain_pending(device).await
+        self.inner.drain_pending(device, owner).await
+    }
+    async fn open_counts(&self) -> Result<bridge_queue::OpenCounts, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.open_counts().await
     }
     async fn get(
         &self,

@@ -125,7 +125,7 @@ async fn two_nodes_share_one_queue(queue: &str) {
         hold: Some(payload_of(CUT_AT)),
         ..Timeline::default()
     }));
-    let mut held = [
+    let (mut held_a, mut held_b) = (
         phone(
             0,
             Bridge::connect(&a.client, "phone-a", &[device.as_str()]).await,
@@ -136,12 +136,12 @@ async fn two_nodes_share_one_queue(queue: &str) {
             Bridge::connect(&b.client, "phone-b", &[device.as_str()]).await,
             Arc::clone(&timeline),
         ),
-    ];
+    );
 
     // Every command before the cut is delivered once, in order, never two at a time.
     let held_by = tokio::select! {
-        Some(i) = held[0].recv() => i,
-        Some(i) = held[1].recv() => i,
+        Some(i) = held_a.recv() => i,
+        Some(i) = held_b.recv() => i,
         () = tokio::time::sleep(PATIENCE * 3) => panic!("command {CUT_AT} never went out"),
     };
     {
