@@ -108,18 +108,28 @@ pub trait Store: Send + Sync + 'static {
     /// once `delivering` or final, [`NotFound`](StoreError::NotFound) for an unknown id.
     async fn cancel(&self, id: &CommandId) -> Result<QueuedCommand, StoreError>;
 
-    /// Leases the device's next deliverable command to `owner` for `lease_for`, atomically:
-    /// first recovers the device's lapsed leases (as every device-scoped call does), then,
-    /// **unless a command of the device is under a live lease** (held by anyone, `owner`
-    /// included), marks the oldest `pending` command `delivering` with a fresh
-    /// [`LeaseToken`], `owner` and the deadline `now + lease_for`, and returns it. `None`
-    /// when a live lease holds the device or nothing is deliverable. Does not count an
-    /// attempt. [`InvalidInput`](StoreError::InvalidInput) for a zero `lease_for`.
+    /// Leases the device's next deliverable command to `owner`, atomically: first recovers
+    /// the device's lapsed leases and ends its expired commands (as every device-scoped
+    /// write does), then, **unless a command of the device is under a live lease** (held by
+    /// anyone, `owner` included), marks the oldest `pending` command `delivering` with a
+    /// fresh [`LeaseToken`], `owner` and the deadline `now + its timeout + grace`, and
+    /// returns it. `None` when a live lease holds the device or nothing is deliverable.
+    /// Does not count an attempt.
+    ///
+    /// The lease lasts the command's own [`timeout`](QueuedCommand::timeout) (which the
+    /// caller cannot know before the command is picked) plus `grace`, for the round trips
+    /// around the wait (PROTOCOL.md 5: "the command's timeout plus a grace of a few
+    /// seconds"); the deadline is computed in the same atomic step that picks the command,
+    /// from the timeout stored with it. `grace` counts in whole milliseconds (rounded
+    /// down); a zero grace is allowed, the lease then lasts exactly the timeout, which is at
+    /// least 1 ms. [`InvalidInput`](StoreError::InvalidInput)
+    /// ([`LeaseGraceTooLong`](crate::InvalidInput::LeaseGraceTooLong)) for a grace over
+    /// [`Leased::MAX_GRACE`].
     async fn lease_next(
         &self,
         device: &DeviceId,
         owner: &NodeId,
-        lease_for: Duration,
+        grace: Duration,
     ) -> Result<Option<Leased>, StoreError>;
 
     /// Ends a delivery the device answered: `succeeded` with its reply, or `failed` with its
