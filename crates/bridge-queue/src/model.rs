@@ -396,7 +396,7 @@ impl SweepReport {
 }
 
 /// The status a command with a lapsed lease (or a released one) goes to.
-#[cfg_attr(not(any(feature = "memory", feature = "sqlite")), allow(dead_code))]
+#[cfg_attr(not(feature = "memory"), allow(dead_code))]
 pub(crate) fn status_after_delivery_cut(
     attempts: u32,
     max_attempts: u32,
