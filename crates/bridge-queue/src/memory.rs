@@ -455,9 +455,7 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
-        let now = self.config.clock.now();
-        let mut state = self.state.lock();
-        state.housekeep_command(id, now, self.config.max_attempts);
+        let state = self.state.lock();
         state
             .commands
             .get(id)
@@ -466,9 +464,7 @@ impl Store for MemoryStore {
     }
 
     async fn list_open(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
-        let now = self.config.clock.now();
-        let mut state = self.state.lock();
-        state.housekeep(device, now, self.config.max_attempts);
+        let state = self.state.lock();
         let Some(open) = state.open.get(device) else {
             return Ok(Vec::new());
         };
@@ -479,9 +475,7 @@ impl Store for MemoryStore {
     }
 
     async fn pending_count(&self, device: &DeviceId) -> Result<u32, StoreError> {
-        let now = self.config.clock.now();
-        let mut state = self.state.lock();
-        state.housekeep(device, now, self.config.max_attempts);
+        let state = self.state.lock();
         Ok(state
             .open
             .get(device)

@@ -711,36 +711,37 @@ impl PostgresStore {
     }
 
     async fn list_open_inner(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        lock_device(&mut tx, device).await?;
-        housekeep(&mut tx, device, now, self.config.max_attempts).await?;
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM bridge_queued_commands
              WHERE device_id = $1 AND status IN {OPEN} ORDER BY seq"
         ))
         .bind(device.as_str())
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await
         .map_err(err)?;
-        tx.commit().await.map_err(err)?;
         decode(&rows)
     }
 
+    async fn pending_count_inner(&self, device: &DeviceId) -> Result<u32, StoreError> {
+        let open: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM bridge_queued_commands WHERE device_id = $1 AND status IN {OPEN}"
+        ))
+        .bind(device.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(u32::try_from(open).unwrap_or(u32::MAX))
+    }
+
     async fn get_inner(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        let device = device_of(&mut tx, id).await?;
-        lock_device(&mut tx, &device).await?;
-        housekeep(&mut tx, &device, now, self.config.max_attempts).await?;
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM bridge_queued_commands WHERE id = $1"
         ))
         .bind(id.as_str())
-        .fetch_one(&mut *tx)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(err)?;
-        tx.commit().await.map_err(err)?;
+        .map_err(err)?
+        .ok_or_else(|| StoreError::NotFound { id: id.clone() })?;
         decode_one(&row)
     }
 }
@@ -837,8 +838,7 @@ impl Store for PostgresStore {
     }
 
     async fn pending_count(&self, device: &DeviceId) -> Result<u32, StoreError> {
-        let open = self.bounded(self.list_open_inner(device)).await?;
-        Ok(u32::try_from(open.len()).unwrap_or(u32::MAX))
+        self.bounded(self.pending_count_inner(device)).await
     }
 
     async fn due_devices(&self, limit: usize) -> Result<Vec<DeviceId>, StoreError> {

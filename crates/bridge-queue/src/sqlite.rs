@@ -637,44 +637,30 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        if let Some(device) = device_of(&mut tx, id).await? {
-            housekeep(&mut tx, Some(&device), now, self.config.max_attempts).await?;
-        }
-        let command = fetch(&mut tx, id).await?;
-        tx.commit().await.map_err(err)?;
-        Ok(command)
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        fetch(&mut conn, id).await
     }
 
     async fn list_open(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        housekeep(&mut tx, Some(device), now, self.config.max_attempts).await?;
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM bridge_queued_commands
              WHERE device_id = ?1 AND status IN {OPEN} ORDER BY seq"
         ))
         .bind(device.as_str())
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await
         .map_err(err)?;
-        tx.commit().await.map_err(err)?;
         decode(&rows)
     }
 
     async fn pending_count(&self, device: &DeviceId) -> Result<u32, StoreError> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        housekeep(&mut tx, Some(device), now, self.config.max_attempts).await?;
         let open: i64 = sqlx::query_scalar(&format!(
             "SELECT COUNT(*) FROM bridge_queued_commands WHERE device_id = ?1 AND status IN {OPEN}"
         ))
         .bind(device.as_str())
-        .fetch_one(&mut *tx)
+        .fetch_one(&self.pool)
         .await
         .map_err(err)?;
-        tx.commit().await.map_err(err)?;
         Ok(u32::try_from(open).unwrap_or(u32::MAX))
     }
 

@@ -87,6 +87,7 @@ macro_rules! conformance_tests {
                 a_live_lease_holds_the_device_whoever_asks,
                 awaiting_and_drained_commands_do_not_block_lease_next,
                 expired_commands_are_never_handed_out,
+                reads_change_nothing,
                 confirmation_gates_delivery,
                 confirm_and_cancel_conflicts,
                 unknown_ids_are_not_found,
@@ -688,6 +689,50 @@ pub async fn expired_commands_are_never_handed_out<H: Harness>(harness: &H) {
     );
 }
 
+/// Reads change nothing: once a command's TTL passed (and a lease lapsed), `get`,
+/// `list_open`, `pending_count` and `open_counts` still show what is stored, as often as
+/// they are asked; the first `expire` ends the command and returns it, once, as `expired`
+/// (and recovers the lapsed lease), and only then do reads show it expired and no longer
+/// open.
+pub async fn reads_change_nothing<H: Harness>(harness: &H) {
+    let Fixture { store, clock } = open_default(harness).await;
+    let dev = device("lock-1");
+    let held = enqueue(&*store, &dev, "status", &[1]).await;
+    lease(&*store, &dev).await;
+    let short = store
+        .enqueue_or_update(&dev, &kind("unlock"), bytes(&[2]), ttl(10))
+        .await
+        .expect("enqueue");
+    let stored = store.list_open(&dev).await.expect("list_open");
+    assert_eq!(ids(&stored), vec![held.clone(), short.clone()]);
+    let counts = store.open_counts().await.expect("counts");
+
+    // The TTL of `short` passed, and the lease on `held` lapsed.
+    clock.advance(default_lease());
+    for _ in 0..2 {
+        assert_eq!(store.list_open(&dev).await.expect("list_open"), stored);
+        assert_eq!(store.get(&held).await.expect("get"), stored[0]);
+        assert_eq!(store.get(&short).await.expect("get"), stored[1]);
+        assert_eq!(store.pending_count(&dev).await.expect("count"), 2);
+        assert_eq!(store.open_counts().await.expect("counts"), counts);
+    }
+    assert_eq!(stored[1].status, CommandStatus::Pending);
+
+    let expired = store.expire(&dev).await.expect("expire");
+    assert_eq!(ids(&expired), vec![short.clone()]);
+    assert_eq!(expired[0].status, CommandStatus::Expired);
+    assert_eq!(store.expire(&dev).await.expect("expire"), Vec::new());
+    assert_eq!(store.get(&short).await.expect("get"), expired[0]);
+    let open = store.list_open(&dev).await.expect("list_open");
+    assert_eq!(ids(&open), vec![held]);
+    assert_eq!(
+        (open[0].status, open[0].attempts),
+        (CommandStatus::Pending, 1),
+        "the lapsed lease was recovered by expire, not by a read"
+    );
+    assert_eq!(store.pending_count(&dev).await.expect("count"), 1);
+}
+
 /// A command that needs confirmation is not handed out until confirmed.
 pub async fn confirmation_gates_delivery<H: Harness>(harness: &H) {
     let Fixture { store, .. } = open_default(harness).await;
@@ -929,10 +974,13 @@ pub async fn attempts_count_deliveries_not_leases<H: Harness>(harness: &H) {
 
     lease(&*store, &dev).await;
     clock.advance(default_lease());
-    let lapsed = store.get(&id).await.expect("get");
-    assert_eq!(attempts(lapsed), (CommandStatus::Pending, 2), "lapsed: one");
+    let after_lapse = lease(&*store, &dev).await;
+    assert_eq!(
+        (&after_lapse.command.id, after_lapse.command.attempts),
+        (&id, 2),
+        "lapsed: one"
+    );
 
-    lease(&*store, &dev).await;
     let reclaimed = store.reclaim(&owner).await.expect("reclaim");
     assert_eq!(
         reclaimed.into_iter().map(attempts).collect::<Vec<_>>(),
