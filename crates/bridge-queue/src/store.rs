@@ -49,8 +49,8 @@ use crate::model::{
 /// [`complete`](Self::complete) (the device answered, with its reply or its error) or
 /// [`release`](Self::release) (the delivery was cut off, or never left).
 ///
-/// Leases are **fenced**: each carries a [`LeaseToken`] that changes every time the command
-/// is leased, and `complete` and `release` act only for the live holder. A holder whose
+/// Leases are **fenced**: each carries a [`LeaseToken`](crate::LeaseToken) that changes
+/// every time the command is leased, and `complete` and `release` act only for the live holder. A holder whose
 /// lease lapsed and was recovered (or handed to another node) is refused with
 /// [`StoreError::StaleLease`] and must not retry: the command is, or was, delivered again.
 /// A holder whose lease lapsed but was not yet recovered still ends it (its `complete`
@@ -130,8 +130,8 @@ pub trait Store: Send + Sync + 'static {
     /// the device's lapsed leases and ends its expired commands (as every device-scoped
     /// write does), then, **unless a command of the device is under a live lease** (held by
     /// anyone, `owner` included), marks the oldest `pending` command `delivering` with a
-    /// fresh [`LeaseToken`], `owner` and the deadline `now + its timeout + grace`, and
-    /// returns it. `None` when a live lease holds the device or nothing is deliverable.
+    /// fresh [`LeaseToken`](crate::LeaseToken), `owner` and the deadline
+    /// `now + its timeout + grace`, and returns it. `None` when a live lease holds the device or nothing is deliverable.
     /// Does not count an attempt.
     ///
     /// The lease lasts the command's own [`timeout`](QueuedCommand::timeout) (which the
