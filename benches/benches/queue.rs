@@ -18,7 +18,8 @@ use bridge_queue::{
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
 
-const LEASE: Duration = Duration::from_secs(30);
+/// The grace of each lease, on top of the command's own timeout.
+const GRACE: Duration = Duration::from_secs(5);
 
 /// One delivery cycle: queue a command, lease it, record the device's answer.
 async fn cycle(store: &dyn Store, node: &NodeId, device: &DeviceId, command_type: &CommandType) {
@@ -28,7 +29,7 @@ async fn cycle(store: &dyn Store, node: &NodeId, device: &DeviceId, command_type
         .await
         .expect("enqueue");
     let leased = store
-        .lease_next(device, node, LEASE)
+        .lease_next(device, node, GRACE)
         .await
         .expect("lease")
         .expect("the command just queued is due");

@@ -23,12 +23,13 @@ pub enum StoreError {
         /// The configured cap.
         max: u32,
     },
-    /// The command is not in a state that allows the operation.
+    /// The command is not in a state that allows the operation (`confirm`, `cancel`; a
+    /// lease that cannot be ended is [`StaleLease`](Self::StaleLease) instead).
     #[error("cannot {action} command {id}: it is {}", status.as_str())]
     Conflict {
         /// The command.
         id: CommandId,
-        /// What was attempted (`confirm`, `cancel`, `complete`, `release`).
+        /// What was attempted (`confirm`, `cancel`).
         action: &'static str,
         /// The state it is in.
         status: CommandStatus,
@@ -119,9 +120,12 @@ pub enum InvalidInput {
         /// The limit.
         max: usize,
     },
-    /// `lease_next` asked for a lease of zero length.
-    #[error("lease duration must be at least one millisecond")]
-    ZeroLeaseDuration,
+    /// `lease_next` was given a grace over [`Leased::MAX_GRACE`](crate::Leased::MAX_GRACE).
+    #[error("a lease grace may be at most {max:?}")]
+    LeaseGraceTooLong {
+        /// The limit.
+        max: std::time::Duration,
+    },
     /// A value (an id, a TTL) that does not pass the protocol's validation.
     #[error(transparent)]
     Value(#[from] ValueError),

@@ -40,12 +40,15 @@
 //!     .await?;
 //! assert_eq!(id, same);
 //!
-//! // The device is back: lease its next command, send it, record the answer.
+//! // The device is back: lease its next command, send it, record the answer. The lease
+//! // lasts the command's own timeout plus a grace for the round trips around it.
 //! let node = NodeId::new("node-a")?;
-//! let leased = store.lease_next(&lock, &node, Duration::from_secs(30)).await?.expect("one is due");
+//! let grace = Duration::from_secs(5);
+//! let leased = store.lease_next(&lock, &node, grace).await?.expect("one is due");
 //! assert_eq!(leased.command.payload, HexPayload::from_bytes(vec![2]));
+//! assert!(leased.command.lease_deadline.is_some());
 //! // One delivery per device at a time: nothing else is handed out while the lease lives.
-//! assert!(store.lease_next(&lock, &node, Duration::from_secs(30)).await?.is_none());
+//! assert!(store.lease_next(&lock, &node, grace).await?.is_none());
 //! let done = store
 //!     .complete(&leased.lease, CommandOutcome::Payload(HexPayload::from_bytes(vec![0x01])))
 //!     .await?;

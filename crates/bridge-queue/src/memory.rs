@@ -12,7 +12,8 @@ use parking_lot::Mutex;
 use crate::error::StoreError;
 use crate::model::{
     Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
-    SweepReport, check_lease, expiry, new_command_id, status_after_delivery_cut, status_of_outcome,
+    SweepReport, expiry, grace_millis, new_command_id, status_after_delivery_cut,
+    status_of_outcome,
 };
 use crate::store::Store;
 
@@ -230,13 +231,14 @@ impl State {
             .unwrap_or_default()
     }
 
-    /// Leases the device's oldest deliverable command to `owner`, unless one of its commands
-    /// is under a live lease. Lapsed leases must have been recovered first.
+    /// Leases the device's oldest deliverable command to `owner` until `now` plus its
+    /// timeout plus `grace_ms`, unless one of its commands is under a live lease. Lapsed
+    /// leases must have been recovered first.
     fn lease_next(
         &mut self,
         device: &DeviceId,
         owner: &NodeId,
-        deadline: Timestamp,
+        grace_ms: i64,
         now: Timestamp,
     ) -> Option<Leased> {
         let open = self.open_ids(device);
@@ -254,6 +256,11 @@ impl State {
             })
         })?;
         let entry = self.commands.get_mut(next)?;
+        let deadline = Timestamp::from_unix_millis(
+            now.unix_millis()
+                .saturating_add(i64::from(entry.command.timeout.get()))
+                .saturating_add(grace_ms),
+        );
         Some(entry.lease_to(owner, Some(deadline)))
     }
 
@@ -371,13 +378,13 @@ impl Store for MemoryStore {
         &self,
         device: &DeviceId,
         owner: &NodeId,
-        lease_for: Duration,
+        grace: Duration,
     ) -> Result<Option<Leased>, StoreError> {
-        check_lease(lease_for)?;
+        let grace_ms = grace_millis(grace)?;
         let now = self.config.clock.now();
         let mut state = self.state.lock();
         state.housekeep(device, now, self.config.max_attempts);
-        Ok(state.lease_next(device, owner, now.saturating_add(lease_for), now))
+        Ok(state.lease_next(device, owner, grace_ms, now))
     }
 
     async fn complete(
@@ -448,9 +455,7 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
-        let now = self.config.clock.now();
-        let mut state = self.state.lock();
-        state.housekeep_command(id, now, self.config.max_attempts);
+        let state = self.state.lock();
         state
             .commands
             .get(id)
@@ -459,9 +464,7 @@ impl Store for MemoryStore {
     }
 
     async fn list_open(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
-        let now = self.config.clock.now();
-        let mut state = self.state.lock();
-        state.housekeep(device, now, self.config.max_attempts);
+        let state = self.state.lock();
         let Some(open) = state.open.get(device) else {
             return Ok(Vec::new());
         };
@@ -472,9 +475,7 @@ impl Store for MemoryStore {
     }
 
     async fn pending_count(&self, device: &DeviceId) -> Result<u32, StoreError> {
-        let now = self.config.clock.now();
-        let mut state = self.state.lock();
-        state.housekeep(device, now, self.config.max_attempts);
+        let state = self.state.lock();
         Ok(state
             .open
             .get(device)

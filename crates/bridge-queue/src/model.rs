@@ -68,7 +68,7 @@ impl StoreConfig {
     }
 }
 
-/// Checks the lease duration of `lease_next`.
+/// Checks the grace of `lease_next` and gives it in whole milliseconds (rounded down).
 #[cfg_attr(
     not(any(
         feature = "memory",
@@ -78,11 +78,15 @@ impl StoreConfig {
     )),
     allow(dead_code)
 )]
-pub(crate) fn check_lease(lease_for: Duration) -> Result<(), StoreError> {
-    if lease_for.as_millis() == 0 {
-        return Err(InvalidInput::ZeroLeaseDuration.into());
+pub(crate) fn grace_millis(grace: Duration) -> Result<i64, StoreError> {
+    if grace > Leased::MAX_GRACE {
+        return Err(InvalidInput::LeaseGraceTooLong {
+            max: Leased::MAX_GRACE,
+        }
+        .into());
     }
-    Ok(())
+    // At most a day, so it fits.
+    Ok(i64::try_from(grace.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A command to queue: what [`Store::enqueue`](crate::Store::enqueue) takes.
@@ -182,7 +186,9 @@ pub struct QueuedCommand {
     /// When it stops being deliverable.
     pub expires_at: Timestamp,
     /// While `delivering`: when the lease runs out and the command becomes deliverable
-    /// again. `None` otherwise, and for commands handed out by `drain_pending`.
+    /// again — the time it was leased plus its own [`timeout`](Self::timeout) plus the grace
+    /// the caller of [`lease_next`](crate::Store::lease_next) gave. `None` otherwise, and for
+    /// commands handed out by `drain_pending`.
     pub lease_deadline: Option<Timestamp>,
     /// While `delivering`: the node that holds the lease. `None` otherwise.
     pub lease_owner: Option<NodeId>,
@@ -296,12 +302,24 @@ pub struct Lease {
 }
 
 /// A command handed out for delivery, with its lease.
+///
+/// The lease runs out at `now + command.timeout + grace` ([`lease_deadline`]): the delivery
+/// waits up to the command's own timeout for the device's reply, and the grace covers the
+/// round trips around it.
+///
+/// [`lease_deadline`]: QueuedCommand::lease_deadline
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Leased {
     /// The command as it is now (`delivering`, with its lease deadline and owner).
     pub command: QueuedCommand,
     /// The lease to end it with.
     pub lease: Lease,
+}
+
+impl Leased {
+    /// The longest grace [`Store::lease_next`](crate::Store::lease_next) accepts (a day);
+    /// PROTOCOL.md section 5 speaks of a few seconds.
+    pub const MAX_GRACE: Duration = Duration::from_hours(24);
 }
 
 /// How a delivery that got no answer ended: what [`Store::release`](crate::Store::release)
@@ -381,10 +399,7 @@ impl SweepReport {
 }
 
 /// The status a command with a lapsed lease (or a released one) goes to.
-#[cfg_attr(
-    not(any(feature = "memory", feature = "sqlite", feature = "postgres")),
-    allow(dead_code)
-)]
+#[cfg_attr(not(feature = "memory"), allow(dead_code))]
 pub(crate) fn status_after_delivery_cut(
     attempts: u32,
     max_attempts: u32,

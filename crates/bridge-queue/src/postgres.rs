@@ -19,8 +19,8 @@
 //! lock on the device (`pg_advisory_xact_lock`), so the cap check, dedup, expiry and the
 //! one-lease-per-device rule of one device are one step even across processes.
 //! `lease_next`, under that lock, recovers the device's lapsed leases and then leases the
-//! first `pending` command in one statement that does nothing while a command of the device
-//! has a lease deadline; as every lease is taken under the lock and the statement reads
+//! first `pending` command until now plus its `timeout_ms` plus the grace, in one statement
+//! that does nothing while a command of the device has a lease deadline; as every lease is taken under the lock and the statement reads
 //! what the lease before it committed, two processes never both win (row locks such as
 //! `FOR UPDATE SKIP LOCKED` alone would not do: they keep two leases off one *row*, not off
 //! one *device*). `complete`, `release` and `reclaim` only ever end leases, so they need no
@@ -49,7 +49,7 @@ use sqlx::{Executor as _, Postgres, Row, Transaction};
 use crate::error::{InvalidInput, StoreError};
 use crate::model::{
     Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
-    SweepReport, check_lease, expiry, new_command_id, parse_status, status_of_outcome,
+    SweepReport, expiry, grace_millis, new_command_id, parse_status, status_of_outcome,
 };
 use crate::sql::{COLUMNS, OPEN, RawRow, into_commands, map_err, outcome_columns, to_i64};
 use crate::store::Store;
@@ -515,18 +515,19 @@ impl PostgresStore {
         &self,
         device: &DeviceId,
         owner: &NodeId,
-        deadline: Timestamp,
+        grace_ms: i64,
     ) -> Result<Option<Leased>, StoreError> {
         let now = self.config.clock.now();
         let mut tx = self.begin().await?;
         lock_device(&mut tx, device).await?;
         housekeep(&mut tx, device, now, self.config.max_attempts).await?;
         // After housekeeping, a deadline means a live lease (the lapsed ones were just
-        // recovered); drained commands have none and do not hold the device.
+        // recovered); drained commands have none and do not hold the device. The deadline is
+        // the row's own timeout plus the grace, after now.
         let rows = sqlx::query(&format!(
             "UPDATE bridge_queued_commands
              SET status = 'delivering', lease_token = lease_token + 1, lease_owner = $3,
-                 lease_until = $4
+                 lease_until = $2 + timeout_ms + $4
              WHERE seq = (SELECT seq FROM bridge_queued_commands
                           WHERE device_id = $1 AND status = 'pending' AND expires_at > $2
                           ORDER BY seq LIMIT 1)
@@ -538,7 +539,7 @@ impl PostgresStore {
         .bind(device.as_str())
         .bind(now.unix_millis())
         .bind(owner.as_str())
-        .bind(deadline.unix_millis())
+        .bind(grace_ms)
         .fetch_all(&mut *tx)
         .await
         .map_err(err)?;
@@ -710,36 +711,37 @@ impl PostgresStore {
     }
 
     async fn list_open_inner(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        lock_device(&mut tx, device).await?;
-        housekeep(&mut tx, device, now, self.config.max_attempts).await?;
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM bridge_queued_commands
              WHERE device_id = $1 AND status IN {OPEN} ORDER BY seq"
         ))
         .bind(device.as_str())
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await
         .map_err(err)?;
-        tx.commit().await.map_err(err)?;
         decode(&rows)
     }
 
+    async fn pending_count_inner(&self, device: &DeviceId) -> Result<u32, StoreError> {
+        let open: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM bridge_queued_commands WHERE device_id = $1 AND status IN {OPEN}"
+        ))
+        .bind(device.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(u32::try_from(open).unwrap_or(u32::MAX))
+    }
+
     async fn get_inner(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        let device = device_of(&mut tx, id).await?;
-        lock_device(&mut tx, &device).await?;
-        housekeep(&mut tx, &device, now, self.config.max_attempts).await?;
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM bridge_queued_commands WHERE id = $1"
         ))
         .bind(id.as_str())
-        .fetch_one(&mut *tx)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(err)?;
-        tx.commit().await.map_err(err)?;
+        .map_err(err)?
+        .ok_or_else(|| StoreError::NotFound { id: id.clone() })?;
         decode_one(&row)
     }
 }
@@ -775,11 +777,10 @@ impl Store for PostgresStore {
         &self,
         device: &DeviceId,
         owner: &NodeId,
-        lease_for: Duration,
+        grace: Duration,
     ) -> Result<Option<Leased>, StoreError> {
-        check_lease(lease_for)?;
-        let deadline = self.config.clock.now().saturating_add(lease_for);
-        self.bounded(self.lease_next_inner(device, owner, deadline))
+        let grace_ms = grace_millis(grace)?;
+        self.bounded(self.lease_next_inner(device, owner, grace_ms))
             .await
     }
 
@@ -837,8 +838,7 @@ impl Store for PostgresStore {
     }
 
     async fn pending_count(&self, device: &DeviceId) -> Result<u32, StoreError> {
-        let open = self.bounded(self.list_open_inner(device)).await?;
-        Ok(u32::try_from(open.len()).unwrap_or(u32::MAX))
+        self.bounded(self.pending_count_inner(device)).await
     }
 
     async fn due_devices(&self, limit: usize) -> Result<Vec<DeviceId>, StoreError> {

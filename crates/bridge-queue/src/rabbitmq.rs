@@ -316,9 +316,9 @@ impl<S: Store> RabbitMqStore<S> {
     }
 
     /// A stream of the device's commands as they become deliverable, oldest first, each
-    /// already leased to `owner` for `lease_for` (so `delivering`, with its [`Lease`]): the
-    /// consumer sends it and ends the lease with [`complete`](Store::complete) or
-    /// [`release`](Store::release). The device's next command is yielded only once that
+    /// already leased to `owner` for its own timeout plus `grace` (so `delivering`, with its
+    /// [`Lease`]; see [`lease_next`](Store::lease_next)): the consumer sends it and ends
+    /// the lease with [`complete`](Store::complete) or [`release`](Store::release). The device's next command is yielded only once that
     /// lease is over (one live lease per device, whoever holds it, as
     /// [`lease_next`](Store::lease_next) promises), so a consumer pulls, sends, ends, and
     /// pulls again. The stream wakes on the device queue's notices and also looks every
@@ -328,14 +328,14 @@ impl<S: Store> RabbitMqStore<S> {
         &self,
         device: DeviceId,
         owner: NodeId,
-        lease_for: Duration,
+        grace: Duration,
         poll_every: Duration,
     ) -> impl Stream<Item = Result<Leased, StoreError>> + Send + 'static {
         let state = ConsumeState {
             store: self.clone(),
             device,
             owner,
-            lease_for,
+            grace,
             poll_every,
             consumer: None,
             backoff: false,
@@ -351,7 +351,7 @@ struct ConsumeState<S> {
     store: RabbitMqStore<S>,
     device: DeviceId,
     owner: NodeId,
-    lease_for: Duration,
+    grace: Duration,
     poll_every: Duration,
     consumer: Option<(Link, Consumer)>,
     backoff: bool,
@@ -368,7 +368,7 @@ impl<S: Store> ConsumeState<S> {
                 .store
                 .inner
                 .state
-                .lease_next(&self.device, &self.owner, self.lease_for)
+                .lease_next(&self.device, &self.owner, self.grace)
                 .await
             {
                 Ok(Some(leased)) => return Ok(leased),
@@ -459,9 +459,9 @@ impl<S: Store> Store for RabbitMqStore<S> {
         &self,
         device: &DeviceId,
         owner: &NodeId,
-        lease_for: Duration,
+        grace: Duration,
     ) -> Result<Option<Leased>, StoreError> {
-        self.inner.state.lease_next(device, owner, lease_for).await
+        self.inner.state.lease_next(device, owner, grace).await
     }
 
     async fn complete(

@@ -17,9 +17,9 @@
 //! `lease_token`, a per-command counter bumped by every lease, which fences `complete` and
 //! `release` (`WHERE id = ? AND lease_token = ? AND status = 'delivering'`). `lease_next`
 //! recovers the device's lapsed leases and takes the next command in one `IMMEDIATE`
-//! transaction, with one `UPDATE … WHERE seq = (oldest pending) AND NOT EXISTS (a live
-//! lease of the device)`: a second process on the same file waits for the lock, then sees
-//! the lease.
+//! transaction, with one `UPDATE … SET lease_until = now + timeout_ms + grace WHERE seq =
+//! (oldest pending) AND NOT EXISTS (a live lease of the device)`: a second process on the
+//! same file waits for the lock, then sees the lease.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,7 +36,7 @@ use sqlx::{Row, Sqlite, Transaction};
 use crate::error::StoreError;
 use crate::model::{
     Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
-    SweepReport, check_lease, expiry, new_command_id, parse_status, status_of_outcome,
+    SweepReport, expiry, grace_millis, new_command_id, parse_status, status_of_outcome,
 };
 use crate::sql::{COLUMNS, OPEN, RawRow, into_commands, map_err, outcome_columns, to_i64};
 use crate::store::Store;
@@ -532,16 +532,17 @@ impl Store for SqliteStore {
         &self,
         device: &DeviceId,
         owner: &NodeId,
-        lease_for: Duration,
+        grace: Duration,
     ) -> Result<Option<Leased>, StoreError> {
-        check_lease(lease_for)?;
+        let grace_ms = grace_millis(grace)?;
         let now = self.config.clock.now();
         let mut tx = self.begin().await?;
         housekeep(&mut tx, Some(device), now, self.config.max_attempts).await?;
-        // Lapsed leases were just recovered: every lease with a deadline left is live.
+        // Lapsed leases were just recovered: every lease with a deadline left is live. The
+        // deadline is the row's own timeout plus the grace, after now.
         let rows = sqlx::query(&format!(
             "UPDATE bridge_queued_commands
-             SET status = 'delivering', lease_until = ?3, lease_owner = ?4,
+             SET status = 'delivering', lease_until = ?2 + timeout_ms + ?3, lease_owner = ?4,
                  lease_token = lease_token + 1
              WHERE seq = (SELECT seq FROM bridge_queued_commands
                           WHERE device_id = ?1 AND status = 'pending' AND expires_at > ?2
@@ -553,7 +554,7 @@ impl Store for SqliteStore {
         ))
         .bind(device.as_str())
         .bind(now.unix_millis())
-        .bind(now.saturating_add(lease_for).unix_millis())
+        .bind(grace_ms)
         .bind(owner.as_str())
         .fetch_all(&mut *tx)
         .await
@@ -636,44 +637,30 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        if let Some(device) = device_of(&mut tx, id).await? {
-            housekeep(&mut tx, Some(&device), now, self.config.max_attempts).await?;
-        }
-        let command = fetch(&mut tx, id).await?;
-        tx.commit().await.map_err(err)?;
-        Ok(command)
+        let mut conn = self.pool.acquire().await.map_err(err)?;
+        fetch(&mut conn, id).await
     }
 
     async fn list_open(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        housekeep(&mut tx, Some(device), now, self.config.max_attempts).await?;
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM bridge_queued_commands
              WHERE device_id = ?1 AND status IN {OPEN} ORDER BY seq"
         ))
         .bind(device.as_str())
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await
         .map_err(err)?;
-        tx.commit().await.map_err(err)?;
         decode(&rows)
     }
 
     async fn pending_count(&self, device: &DeviceId) -> Result<u32, StoreError> {
-        let now = self.config.clock.now();
-        let mut tx = self.begin().await?;
-        housekeep(&mut tx, Some(device), now, self.config.max_attempts).await?;
         let open: i64 = sqlx::query_scalar(&format!(
             "SELECT COUNT(*) FROM bridge_queued_commands WHERE device_id = ?1 AND status IN {OPEN}"
         ))
         .bind(device.as_str())
-        .fetch_one(&mut *tx)
+        .fetch_one(&self.pool)
         .await
         .map_err(err)?;
-        tx.commit().await.map_err(err)?;
         Ok(u32::try_from(open).unwrap_or(u32::MAX))
     }
 

@@ -22,6 +22,22 @@ use crate::model::{
 /// past its TTL; `pending` and `awaiting_confirmation` →(`cancel`)→ `cancelled`, and
 /// →(TTL passed)→ `expired`. A command whose TTL has passed is never handed out.
 ///
+/// Time alone changes nothing that is stored: a command whose TTL passed, or whose lease
+/// lapsed, keeps its stored status until a call that writes ends it — [`expire`](Self::expire)
+/// or [`sweep`](Self::sweep) (which return the commands they ended as `expired`, so that
+/// each expiry is announced exactly once), or a write of its device (`enqueue`, `confirm`,
+/// `cancel`, `lease_next`, `drain_pending`, which end it silently first).
+///
+/// # Reads change nothing
+///
+/// [`get`](Self::get), [`list_open`](Self::list_open), [`pending_count`](Self::pending_count),
+/// [`due_devices`](Self::due_devices) and [`open_counts`](Self::open_counts) report the
+/// stored state and write nothing: they neither end expired commands nor recover lapsed
+/// leases. So `get` may show a command past its TTL as `pending`, and `list_open` and
+/// `pending_count` still count it, until one of the writes above ends it; a server that
+/// wants current figures calls `expire` for the device first (and announces what it
+/// returns).
+///
 /// # Delivery: one lease per device, across processes
 ///
 /// A delivering process (a *node*, named by a [`NodeId`]) asks for a device's next command
@@ -33,8 +49,8 @@ use crate::model::{
 /// [`complete`](Self::complete) (the device answered, with its reply or its error) or
 /// [`release`](Self::release) (the delivery was cut off, or never left).
 ///
-/// Leases are **fenced**: each carries a [`LeaseToken`] that changes every time the command
-/// is leased, and `complete` and `release` act only for the live holder. A holder whose
+/// Leases are **fenced**: each carries a [`LeaseToken`](crate::LeaseToken) that changes
+/// every time the command is leased, and `complete` and `release` act only for the live holder. A holder whose
 /// lease lapsed and was recovered (or handed to another node) is refused with
 /// [`StoreError::StaleLease`] and must not retry: the command is, or was, delivered again.
 /// A holder whose lease lapsed but was not yet recovered still ends it (its `complete`
@@ -52,9 +68,9 @@ use crate::model::{
 ///
 /// [`due_devices`](Self::due_devices) tells which devices have something to deliver;
 /// [`sweep`](Self::sweep) ends expired commands and recovers lapsed leases of every device
-/// (the device-scoped calls do this for their device on their own, silently);
-/// [`expire`](Self::expire) and `sweep` return the commands they ended as `expired`, so
-/// that the server can announce them.
+/// (the device-scoped writes do this for their device on their own, silently; reads never
+/// do); [`expire`](Self::expire) and `sweep` return the commands they ended as `expired`,
+/// so that the server can announce them.
 ///
 /// # Order
 ///
@@ -62,6 +78,8 @@ use crate::model::{
 /// place keeps its place, and a released or recovered command is handed out before the ones
 /// behind it. Commands awaiting confirmation are passed over (they do not hold the order),
 /// and so are commands handed out for good by [`drain_pending`](Self::drain_pending).
+/// [`list_open`](Self::list_open) lists a device's commands in this order, as stored (a
+/// command past its TTL not yet ended included).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Queues a command, or updates in place the `pending` or `awaiting_confirmation`
@@ -108,18 +126,28 @@ pub trait Store: Send + Sync + 'static {
     /// once `delivering` or final, [`NotFound`](StoreError::NotFound) for an unknown id.
     async fn cancel(&self, id: &CommandId) -> Result<QueuedCommand, StoreError>;
 
-    /// Leases the device's next deliverable command to `owner` for `lease_for`, atomically:
-    /// first recovers the device's lapsed leases (as every device-scoped call does), then,
-    /// **unless a command of the device is under a live lease** (held by anyone, `owner`
-    /// included), marks the oldest `pending` command `delivering` with a fresh
-    /// [`LeaseToken`], `owner` and the deadline `now + lease_for`, and returns it. `None`
-    /// when a live lease holds the device or nothing is deliverable. Does not count an
-    /// attempt. [`InvalidInput`](StoreError::InvalidInput) for a zero `lease_for`.
+    /// Leases the device's next deliverable command to `owner`, atomically: first recovers
+    /// the device's lapsed leases and ends its expired commands (as every device-scoped
+    /// write does), then, **unless a command of the device is under a live lease** (held by
+    /// anyone, `owner` included), marks the oldest `pending` command `delivering` with a
+    /// fresh [`LeaseToken`](crate::LeaseToken), `owner` and the deadline
+    /// `now + its timeout + grace`, and returns it. `None` when a live lease holds the device or nothing is deliverable.
+    /// Does not count an attempt.
+    ///
+    /// The lease lasts the command's own [`timeout`](QueuedCommand::timeout) (which the
+    /// caller cannot know before the command is picked) plus `grace`, for the round trips
+    /// around the wait (PROTOCOL.md 5: "the command's timeout plus a grace of a few
+    /// seconds"); the deadline is computed in the same atomic step that picks the command,
+    /// from the timeout stored with it. `grace` counts in whole milliseconds (rounded
+    /// down); a zero grace is allowed, the lease then lasts exactly the timeout, which is at
+    /// least 1 ms. [`InvalidInput`](StoreError::InvalidInput)
+    /// ([`LeaseGraceTooLong`](crate::InvalidInput::LeaseGraceTooLong)) for a grace over
+    /// [`Leased::MAX_GRACE`].
     async fn lease_next(
         &self,
         device: &DeviceId,
         owner: &NodeId,
-        lease_for: Duration,
+        grace: Duration,
     ) -> Result<Option<Leased>, StoreError>;
 
     /// Ends a delivery the device answered: `succeeded` with its reply, or `failed` with its
@@ -159,14 +187,19 @@ pub trait Store: Send + Sync + 'static {
         owner: &NodeId,
     ) -> Result<Vec<Leased>, StoreError>;
 
-    /// The command with this id, final or not. [`NotFound`](StoreError::NotFound) if unknown.
+    /// The command with this id, final or not, as stored: changes nothing, so a command
+    /// whose TTL passed keeps its stored status until a write ends it (see
+    /// [Reads change nothing](Self#reads-change-nothing)). [`NotFound`](StoreError::NotFound)
+    /// if unknown.
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError>;
 
-    /// The device's commands that are not final, in delivery order.
+    /// The device's commands that are not final as stored, in delivery order; changes
+    /// nothing (a command past its TTL is listed until a write ends it).
     async fn list_open(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError>;
 
-    /// How many of the device's commands are not final (`pendingCommands` of PROTOCOL.md
-    /// 4.3).
+    /// How many of the device's commands are not final as stored (`pendingCommands` of
+    /// PROTOCOL.md 4.3); changes nothing (a command past its TTL counts until a write ends
+    /// it: call [`expire`](Self::expire) first for a current figure).
     async fn pending_count(&self, device: &DeviceId) -> Result<u32, StoreError>;
 
     /// Up to `limit` devices that have a command to hand out now (`pending` within its TTL,
@@ -181,11 +214,12 @@ pub trait Store: Send + Sync + 'static {
     async fn sweep(&self) -> Result<SweepReport, StoreError>;
 
     /// Ends the device's commands whose TTL passed as `expired` (and recovers its lapsed
-    /// leases, as every device-scoped call does), and returns the commands **this call**
+    /// leases, as every device-scoped write does), and returns the commands **this call**
     /// ended as `expired`, in queue order. A command that expired while no one looked (no
-    /// server ran) is returned by the first `expire` or [`sweep`](Self::sweep) that notices
-    /// it, so that its end can be announced (PROTOCOL.md 4.2: "at the latest when the device
-    /// next comes online"); other device-scoped calls end it silently.
+    /// server ran, or only reads came) is returned by the first `expire` or
+    /// [`sweep`](Self::sweep) that ends it, so that its end can be announced (PROTOCOL.md
+    /// 4.2: "at the latest when the device next comes online"); the other writes of its
+    /// device end it silently, and reads never end it.
     async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError>;
 
     /// How many commands that are not final the store holds, per status, across every

@@ -83,9 +83,11 @@ macro_rules! conformance_tests {
                 dedup_leaves_delivering_alone_and_queues_after,
                 dedup_ignores_final_commands,
                 lease_next_hands_out_one_command_at_a_time_in_queue_order,
+                a_lease_lasts_the_commands_timeout_plus_the_grace,
                 a_live_lease_holds_the_device_whoever_asks,
                 awaiting_and_drained_commands_do_not_block_lease_next,
                 expired_commands_are_never_handed_out,
+                reads_change_nothing,
                 confirmation_gates_delivery,
                 confirm_and_cancel_conflicts,
                 unknown_ids_are_not_found,
@@ -129,7 +131,18 @@ macro_rules! conformance_tests {
     };
 }
 
-const LEASE: Duration = Duration::from_secs(30);
+/// The grace every case leases with: a lease lasts the command's own timeout plus this.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// How long a lease of `command` lasts: its own timeout plus [`GRACE`].
+fn lease_span(command: &QueuedCommand) -> Duration {
+    command.timeout.as_duration() + GRACE
+}
+
+/// How long a lease of a command queued with the default timeout lasts.
+fn default_lease() -> Duration {
+    TimeoutMs::DEFAULT.as_duration() + GRACE
+}
 
 struct Fixture<S> {
     store: Arc<S>,
@@ -201,10 +214,10 @@ async fn enqueue<S: Store>(store: &S, dev: &DeviceId, ty: &str, payload: &[u8]) 
         .expect("enqueue")
 }
 
-/// `lease_next` for `owner`, for [`LEASE`].
+/// `lease_next` for `owner`, with [`GRACE`].
 async fn try_lease<S: Store>(store: &S, dev: &DeviceId, owner: &NodeId) -> Option<Leased> {
     store
-        .lease_next(dev, owner, LEASE)
+        .lease_next(dev, owner, GRACE)
         .await
         .expect("lease_next")
 }
@@ -405,7 +418,7 @@ pub async fn dedup_ignores_final_commands<H: Harness>(harness: &H) {
 }
 
 /// `lease_next` hands a device's commands out one at a time, oldest first: each `delivering`
-/// under its owner, with the deadline `now + lease_for`, a fresh token and no attempt
+/// under its owner, with the deadline `now + its timeout + grace`, a fresh token and no attempt
 /// counted; the next one only once the previous lease ended. Other devices are neither
 /// mixed in nor held up.
 pub async fn lease_next_hands_out_one_command_at_a_time_in_queue_order<H: Harness>(harness: &H) {
@@ -427,7 +440,10 @@ pub async fn lease_next_hands_out_one_command_at_a_time_in_queue_order<H: Harnes
         assert_eq!(c.device, dev);
         assert_eq!(c.status, CommandStatus::Delivering);
         assert_eq!(c.attempts, 0, "taking a lease counts no attempt");
-        assert_eq!(c.lease_deadline, Some(clock.now_ts().saturating_add(LEASE)));
+        assert_eq!(
+            c.lease_deadline,
+            Some(clock.now_ts().saturating_add(lease_span(c)))
+        );
         assert_eq!(c.lease_owner, Some(owner.clone()));
         assert_eq!(leased.lease.id, c.id);
         assert_eq!(leased.lease.owner, owner);
@@ -451,6 +467,84 @@ pub async fn lease_next_hands_out_one_command_at_a_time_in_queue_order<H: Harnes
     assert_no_lease(&*store, &other, &owner).await;
 }
 
+/// A lease lasts the command's own timeout plus the grace `lease_next` was given, computed
+/// when the command is picked: two commands with different timeouts leased at the same
+/// moment get different deadlines, and each lapses at its own. A zero grace is allowed (the
+/// lease lasts exactly the timeout), and a grace counts in whole milliseconds.
+pub async fn a_lease_lasts_the_commands_timeout_plus_the_grace<H: Harness>(harness: &H) {
+    let Fixture { store, clock } = open_default(harness).await;
+    let (quick, slow) = (device("lock-quick"), device("lock-slow"));
+    let (a, b) = (node("node-a"), node("node-b"));
+    let with_timeout = |dev: &DeviceId, ty: &str, ms| {
+        NewCommand::new(dev.clone(), kind(ty), bytes(&[1])).with_timeout(timeout_ms(ms))
+    };
+    let quick_id = store
+        .enqueue(with_timeout(&quick, "unlock", 1_000))
+        .await
+        .expect("enqueue");
+    let slow_id = store
+        .enqueue(with_timeout(&slow, "unlock", 60_000))
+        .await
+        .expect("enqueue");
+    let leased_at = clock.now_ts();
+    let q = try_lease(&*store, &quick, &a).await.expect("leased");
+    let s = try_lease(&*store, &slow, &a).await.expect("leased");
+    assert_eq!((&q.command.id, &s.command.id), (&quick_id, &slow_id));
+    let quick_deadline = leased_at.saturating_add(Duration::from_secs(1) + GRACE);
+    let slow_deadline = leased_at.saturating_add(Duration::from_mins(1) + GRACE);
+    assert_eq!(q.command.lease_deadline, Some(quick_deadline));
+    assert_eq!(s.command.lease_deadline, Some(slow_deadline));
+    assert_eq!(store.get(&quick_id).await.expect("get"), q.command);
+    assert_eq!(store.get(&slow_id).await.expect("get"), s.command);
+
+    // Each lapses at its own deadline, not at the other's.
+    clock.advance(Duration::from_secs(1) + GRACE);
+    let again = try_lease(&*store, &quick, &b)
+        .await
+        .expect("the quick command's lease lapsed");
+    assert_eq!((again.command.id, again.command.attempts), (quick_id, 1));
+    assert_no_lease(&*store, &slow, &b).await;
+    clock.advance(Duration::from_secs(59).saturating_sub(Duration::from_millis(1)));
+    assert_no_lease(&*store, &slow, &b).await;
+    clock.advance(Duration::from_millis(1));
+    let again = try_lease(&*store, &slow, &b)
+        .await
+        .expect("the slow command's lease lapsed");
+    assert_eq!(again.command.id, slow_id);
+
+    // Zero grace: the lease lasts exactly the timeout. Under a millisecond counts as none.
+    let other = device("lock-other");
+    for ty in ["unlock", "beep"] {
+        store
+            .enqueue(with_timeout(&other, ty, 250))
+            .await
+            .expect("enqueue");
+    }
+    let now = clock.now_ts();
+    let zero = store
+        .lease_next(&other, &a, Duration::ZERO)
+        .await
+        .expect("a zero grace is allowed")
+        .expect("leased");
+    assert_eq!(
+        zero.command.lease_deadline,
+        Some(now.saturating_add(Duration::from_millis(250)))
+    );
+    store
+        .complete(&zero.lease, ok_reply())
+        .await
+        .expect("complete");
+    let rounded = store
+        .lease_next(&other, &a, Duration::from_micros(1_999))
+        .await
+        .expect("lease_next")
+        .expect("leased");
+    assert_eq!(
+        rounded.command.lease_deadline,
+        Some(now.saturating_add(Duration::from_millis(251)))
+    );
+}
+
 /// While a command of the device is under a live lease, `lease_next` hands out nothing:
 /// not to its owner, not to another node, and not from a second store on the same data;
 /// the device is free again as soon as the lease is completed, released or lapses.
@@ -468,7 +562,7 @@ pub async fn a_live_lease_holds_the_device_whoever_asks<H: Harness>(harness: &H)
     assert_no_lease(&*store, &dev, &a).await;
     assert_no_lease(&*store, &dev, &b).await;
     assert_no_lease(&*second, &dev, &b).await;
-    clock.advance(LEASE.saturating_sub(Duration::from_millis(1)));
+    clock.advance(default_lease().saturating_sub(Duration::from_millis(1)));
     assert_no_lease(&*second, &dev, &b).await;
     store
         .complete(&held.lease, ok_reply())
@@ -490,7 +584,7 @@ pub async fn a_live_lease_holds_the_device_whoever_asks<H: Harness>(harness: &H)
     assert_no_lease(&*second, &dev, &b).await;
 
     // Lapsed: the lease is recovered and the command handed out again.
-    clock.advance(LEASE);
+    clock.advance(default_lease());
     let again = try_lease(&*second, &dev, &b).await.expect("leased");
     assert_eq!(again.command.id, then);
     assert_eq!(again.command.lease_owner, Some(b.clone()));
@@ -593,6 +687,50 @@ pub async fn expired_commands_are_never_handed_out<H: Harness>(harness: &H) {
         store.get(&fresh).await.expect("get").status,
         CommandStatus::Expired
     );
+}
+
+/// Reads change nothing: once a command's TTL passed (and a lease lapsed), `get`,
+/// `list_open`, `pending_count` and `open_counts` still show what is stored, as often as
+/// they are asked; the first `expire` ends the command and returns it, once, as `expired`
+/// (and recovers the lapsed lease), and only then do reads show it expired and no longer
+/// open.
+pub async fn reads_change_nothing<H: Harness>(harness: &H) {
+    let Fixture { store, clock } = open_default(harness).await;
+    let dev = device("lock-1");
+    let held = enqueue(&*store, &dev, "status", &[1]).await;
+    lease(&*store, &dev).await;
+    let short = store
+        .enqueue_or_update(&dev, &kind("unlock"), bytes(&[2]), ttl(10))
+        .await
+        .expect("enqueue");
+    let stored = store.list_open(&dev).await.expect("list_open");
+    assert_eq!(ids(&stored), vec![held.clone(), short.clone()]);
+    let counts = store.open_counts().await.expect("counts");
+
+    // The TTL of `short` passed, and the lease on `held` lapsed.
+    clock.advance(default_lease());
+    for _ in 0..2 {
+        assert_eq!(store.list_open(&dev).await.expect("list_open"), stored);
+        assert_eq!(store.get(&held).await.expect("get"), stored[0]);
+        assert_eq!(store.get(&short).await.expect("get"), stored[1]);
+        assert_eq!(store.pending_count(&dev).await.expect("count"), 2);
+        assert_eq!(store.open_counts().await.expect("counts"), counts);
+    }
+    assert_eq!(stored[1].status, CommandStatus::Pending);
+
+    let expired = store.expire(&dev).await.expect("expire");
+    assert_eq!(ids(&expired), vec![short.clone()]);
+    assert_eq!(expired[0].status, CommandStatus::Expired);
+    assert_eq!(store.expire(&dev).await.expect("expire"), Vec::new());
+    assert_eq!(store.get(&short).await.expect("get"), expired[0]);
+    let open = store.list_open(&dev).await.expect("list_open");
+    assert_eq!(ids(&open), vec![held]);
+    assert_eq!(
+        (open[0].status, open[0].attempts),
+        (CommandStatus::Pending, 1),
+        "the lapsed lease was recovered by expire, not by a read"
+    );
+    assert_eq!(store.pending_count(&dev).await.expect("count"), 1);
 }
 
 /// A command that needs confirmation is not handed out until confirmed.
@@ -835,11 +973,14 @@ pub async fn attempts_count_deliveries_not_leases<H: Harness>(harness: &H) {
     assert_eq!(r.map(attempts).ok(), Some((CommandStatus::Pending, 1)));
 
     lease(&*store, &dev).await;
-    clock.advance(LEASE);
-    let lapsed = store.get(&id).await.expect("get");
-    assert_eq!(attempts(lapsed), (CommandStatus::Pending, 2), "lapsed: one");
+    clock.advance(default_lease());
+    let after_lapse = lease(&*store, &dev).await;
+    assert_eq!(
+        (&after_lapse.command.id, after_lapse.command.attempts),
+        (&id, 2),
+        "lapsed: one"
+    );
 
-    lease(&*store, &dev).await;
     let reclaimed = store.reclaim(&owner).await.expect("reclaim");
     assert_eq!(
         reclaimed.into_iter().map(attempts).collect::<Vec<_>>(),
@@ -866,7 +1007,7 @@ pub async fn lapsed_lease_is_handed_out_again<H: Harness>(harness: &H) {
     let id = enqueue(&*store, &dev, "unlock", &[1]).await;
     try_lease(&*store, &dev, &a).await.expect("leased");
 
-    clock.advance(LEASE.saturating_sub(Duration::from_millis(1)));
+    clock.advance(default_lease().saturating_sub(Duration::from_millis(1)));
     assert_no_lease(&*store, &dev, &b).await;
     assert!(store.due_devices(10).await.expect("due").is_empty());
     clock.advance(Duration::from_millis(1));
@@ -878,7 +1019,7 @@ pub async fn lapsed_lease_is_handed_out_again<H: Harness>(harness: &H) {
     assert_eq!(again.command.attempts, 1);
     assert_eq!(again.command.lease_owner, Some(b.clone()));
 
-    clock.advance(LEASE);
+    clock.advance(default_lease());
     assert_no_lease(&*store, &dev, &b).await;
     let failed = store.get(&id).await.expect("get");
     assert_eq!(failed.status, CommandStatus::Failed);
@@ -893,7 +1034,7 @@ pub async fn late_answer_to_a_lapsed_lease_is_recorded<H: Harness>(harness: &H) 
     let dev = device("lock-1");
     let id = enqueue(&*store, &dev, "unlock", &[1]).await;
     let leased = lease(&*store, &dev).await;
-    clock.advance(LEASE + LEASE);
+    clock.advance(default_lease() * 2);
     let done = store
         .complete(&leased.lease, ok_reply())
         .await
@@ -905,7 +1046,7 @@ pub async fn late_answer_to_a_lapsed_lease_is_recorded<H: Harness>(harness: &H) 
 
     let other = enqueue(&*store, &dev, "beep", &[2]).await;
     let leased = lease(&*store, &dev).await;
-    clock.advance(LEASE);
+    clock.advance(default_lease());
     let released = store
         .release(&leased.lease, Cut::NotSent)
         .await
@@ -928,7 +1069,7 @@ pub async fn stale_leases_are_refused_and_change_nothing<H: Harness>(harness: &H
 
     // Lapsed and recovered (by a sweep): back to pending, nobody holds it.
     let old = try_lease(&*store, &dev, &a).await.expect("leased");
-    clock.advance(LEASE);
+    clock.advance(default_lease());
     assert_eq!(store.sweep().await.expect("sweep").recovered, 1);
     let recovered = store.get(&id).await.expect("get");
     assert_stale(&store.complete(&old.lease, ok_reply()).await, &id);
@@ -955,7 +1096,7 @@ pub async fn stale_leases_are_refused_and_change_nothing<H: Harness>(harness: &H
     assert_eq!(store.get(&id).await.expect("get"), held);
 
     // Lapsed and recovered by the next lease_next, here to the old owner again.
-    clock.advance(LEASE);
+    clock.advance(default_lease());
     let mine = try_lease(&*store, &dev, &a).await.expect("leased");
     assert_eq!(mine.command.attempts, 2);
     assert_stale(&store.complete(&theirs.lease, ok_reply()).await, &id);
@@ -999,7 +1140,13 @@ pub async fn reclaim_takes_back_only_the_owners_leases<H: Harness>(harness: &H) 
         device("dev-drained"),
     );
     let live_id = enqueue(&*store, &live, "a", &[1]).await;
-    let lapsed_id = enqueue(&*store, &lapsed, "a", &[2]).await;
+    // A command with a short timeout: its lease lapses long before the others'.
+    let lapsed_id = store
+        .enqueue(
+            NewCommand::new(lapsed.clone(), kind("a"), bytes(&[2])).with_timeout(timeout_ms(1_000)),
+        )
+        .await
+        .expect("enqueue");
     let worn_id = enqueue(&*store, &worn, "a", &[3]).await;
     let theirs_id = enqueue(&*store, &theirs, "a", &[4]).await;
     let drained_id = enqueue(&*store, &drained, "a", &[5]).await;
@@ -1012,14 +1159,10 @@ pub async fn reclaim_takes_back_only_the_owners_leases<H: Harness>(harness: &H) 
         .expect("release");
     try_lease(&*store, &worn, &a).await.expect("leased");
     try_lease(&*store, &live, &a).await.expect("leased");
-    store
-        .lease_next(&lapsed, &a, Duration::from_secs(1))
-        .await
-        .expect("lease_next")
-        .expect("leased");
+    try_lease(&*store, &lapsed, &a).await.expect("leased");
     try_lease(&*store, &theirs, &b).await.expect("leased");
     store.drain_pending(&drained, &a).await.expect("drain");
-    clock.advance(Duration::from_secs(2));
+    clock.advance(Duration::from_secs(1) + GRACE);
 
     let mut back = store.reclaim(&a).await.expect("reclaim");
     back.sort_by(|x, y| x.device.cmp(&y.device));
@@ -1098,7 +1241,7 @@ pub async fn sweep_expires_and_recovers<H: Harness>(harness: &H) {
         .expect("enqueue");
     let used_up = enqueue(&*store, &b, "unlock", &[2]).await;
     lease(&*store, &b).await;
-    clock.advance(LEASE);
+    clock.advance(default_lease());
 
     let report = store.sweep().await.expect("sweep");
     assert_eq!((report.expired, report.recovered, report.failed), (1, 0, 1));
@@ -1121,7 +1264,7 @@ pub async fn sweep_expires_and_recovers<H: Harness>(harness: &H) {
     let c = device("lock-c");
     let recovering = enqueue(&*store, &c, "open", &[3]).await;
     lease(&*store, &c).await;
-    clock.advance(LEASE);
+    clock.advance(default_lease());
     let report = store.sweep().await.expect("sweep");
     assert_eq!(report.recovered, 1);
     let back = store.get(&recovering).await.expect("get");
@@ -1154,7 +1297,7 @@ pub async fn expire_returns_the_commands_it_ended_once<H: Harness>(harness: &H) 
         .expect("enqueue");
     assert_eq!(store.expire(&a).await.expect("expire"), Vec::new());
 
-    clock.advance(LEASE);
+    clock.advance(default_lease());
     let expired = store.expire(&a).await.expect("expire");
     assert_eq!(ids(&expired), vec![leased, waiting]);
     assert!(
@@ -1360,18 +1503,18 @@ pub async fn bad_input_is_refused_with_typed_errors<H: Harness>(harness: &H) {
     );
     assert_eq!(store.pending_count(&dev).await.expect("count"), 0);
 
-    // A lease of zero length (under a millisecond) is refused, and leases nothing.
+    // A grace over the limit is refused, and leases nothing.
     let queued = enqueue(&*store, &dev, "b", &[1]).await;
-    for zero in [Duration::ZERO, Duration::from_micros(999)] {
-        let refused = store.lease_next(&dev, &node("node-a"), zero).await;
-        assert!(
-            matches!(
-                refused,
-                Err(StoreError::InvalidInput(InvalidInput::ZeroLeaseDuration))
-            ),
-            "got {refused:?}"
-        );
-    }
+    let too_long = Leased::MAX_GRACE + Duration::from_millis(1);
+    let refused = store.lease_next(&dev, &node("node-a"), too_long).await;
+    assert!(
+        matches!(
+            refused,
+            Err(StoreError::InvalidInput(InvalidInput::LeaseGraceTooLong { max }))
+                if max == Leased::MAX_GRACE
+        ),
+        "got {refused:?}"
+    );
     assert_eq!(
         store.get(&queued).await.expect("get").status,
         CommandStatus::Pending
@@ -1505,7 +1648,7 @@ pub async fn open_counts_count_open_commands_per_status<H: Harness>(harness: &H)
     assert_eq!(counts.of(CommandStatus::Pending), 2);
     assert_eq!(counts.of(CommandStatus::Succeeded), 0);
     assert_eq!(counts.total(), 7);
-    clock.advance(LEASE);
+    clock.advance(default_lease());
     assert_eq!(store.open_counts().await.expect("counts"), want(2, 2, 3));
 }
 

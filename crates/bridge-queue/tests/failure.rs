@@ -17,7 +17,9 @@ use bridge_queue::{Cut, Lease, NodeId, Store, StoreError};
 /// How long a store may take to answer `Unavailable`: its operation timeout plus slack.
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(1);
 const ANSWER_BOUND: Duration = Duration::from_secs(3);
-const LEASE: Duration = Duration::from_secs(30);
+/// The grace of every lease: long enough that a lease taken before the crash (the command's
+/// timeout plus this, on the real clock) still holds after the restart.
+const GRACE: Duration = Duration::from_mins(5);
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -102,7 +104,7 @@ async fn fill(store: &impl Store) -> Filled {
         ids.push(id);
     }
     let leased = store
-        .lease_next(&device(), &node(), LEASE)
+        .lease_next(&device(), &node(), GRACE)
         .await
         .expect("lease")
         .expect("the first command is due");
@@ -122,7 +124,7 @@ async fn all_unavailable(store: &impl Store, filled: &Filled) {
     )
     .await;
     assert_unavailable("get", store.get(&filled.ids[1])).await;
-    assert_unavailable("lease_next", store.lease_next(&device(), &node(), LEASE)).await;
+    assert_unavailable("lease_next", store.lease_next(&device(), &node(), GRACE)).await;
     assert_unavailable(
         "complete",
         store.complete(&filled.lease, CommandOutcome::Payload(bytes(0))),
@@ -152,7 +154,7 @@ async fn all_back(store: &impl Store, filled: &Filled) {
     assert_eq!(open[1].status, CommandStatus::Pending);
     assert!(
         store
-            .lease_next(&device(), &node(), LEASE)
+            .lease_next(&device(), &node(), GRACE)
             .await
             .expect("lease_next after restart")
             .is_none(),
@@ -163,7 +165,7 @@ async fn all_back(store: &impl Store, filled: &Filled) {
         .await
         .expect("complete after restart");
     let next = store
-        .lease_next(&device(), &node(), LEASE)
+        .lease_next(&device(), &node(), GRACE)
         .await
         .expect("lease after restart")
         .expect("the next command is due");

@@ -16,7 +16,8 @@ use futures_util::StreamExt;
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};
 use lapin::types::ShortString;
 
-const LEASE: Duration = Duration::from_secs(30);
+/// The grace of every lease (on top of the command's own timeout).
+const GRACE: Duration = Duration::from_secs(5);
 /// Long enough that only a notice can wake a consumer within `PROMPTLY`.
 const POLL: Duration = Duration::from_mins(1);
 const PROMPTLY: Duration = Duration::from_secs(5);
@@ -129,7 +130,7 @@ async fn consume_pushes_commands_in_order_one_lease_at_a_time() {
         .enqueue_or_update(&dev, &kind("a"), bytes(&[1]), TtlSeconds::DEFAULT)
         .await
         .expect("enqueue");
-    let mut stream = Box::pin(store.consume(dev.clone(), node("node-a"), LEASE, POLL));
+    let mut stream = Box::pin(store.consume(dev.clone(), node("node-a"), GRACE, POLL));
 
     // Queued before consuming: yielded first, leased to the consumer's node.
     let first = tokio::time::timeout(PROMPTLY, stream.next())
@@ -235,7 +236,7 @@ async fn consumers_in_two_processes_share_a_device_one_lease_at_a_time() {
         let delivered = Arc::clone(&delivered);
         tasks.push(tokio::spawn(async move {
             let mut stream =
-                Box::pin(store.consume(dev, node(owner), LEASE, Duration::from_millis(100)));
+                Box::pin(store.consume(dev, node(owner), GRACE, Duration::from_millis(100)));
             while let Ok(Some(Ok(leased))) =
                 tokio::time::timeout(Duration::from_secs(1), stream.next()).await
             {
@@ -314,14 +315,14 @@ async fn sweep_announces_a_recovered_lease() {
         }
     };
     assert!(take().await.is_some(), "enqueue announced the command");
-    store
-        .lease_next(&dev, &node("node-a"), LEASE)
+    let leased = store
+        .lease_next(&dev, &node("node-a"), GRACE)
         .await
         .expect("lease")
         .expect("the command is due");
     assert!(take().await.is_none());
 
-    clock.advance(LEASE);
+    clock.advance(leased.command.timeout.as_duration() + GRACE);
     assert_eq!(store.sweep().await.expect("sweep").recovered, 1);
     let notice = take().await.expect("the recovered command is announced");
     let body: serde_json::Value = serde_json::from_slice(&notice.delivery.data).expect("JSON");

@@ -78,7 +78,7 @@ async fn assert_old_command_leases(store: &impl Store) {
     let counts = store.open_counts().await.expect("open_counts");
     assert_eq!((counts.pending, counts.delivering), (2, 0));
     let leased = store
-        .lease_next(&device, &node, Duration::from_secs(30))
+        .lease_next(&device, &node, Duration::from_secs(5))
         .await
         .expect("lease_next")
         .expect("the old command is due first");
@@ -262,7 +262,7 @@ async fn an_sqlite_file_from_before_fenced_leases_recovers_its_old_leases() {
     assert_eq!((counts.pending, counts.delivering), (0, 2));
     assert!(store.reclaim(&node).await.expect("reclaim").is_empty());
     let leased = store
-        .lease_next(&lapsed, &node, Duration::from_secs(30))
+        .lease_next(&lapsed, &node, Duration::from_secs(5))
         .await
         .expect("lease_next")
         .expect("the lapsed command goes out again");
@@ -273,7 +273,7 @@ async fn an_sqlite_file_from_before_fenced_leases_recovers_its_old_leases() {
     );
     assert!(
         store
-            .lease_next(&running, &node, Duration::from_secs(30))
+            .lease_next(&running, &node, Duration::from_secs(5))
             .await
             .expect("lease_next")
             .is_none(),
@@ -281,7 +281,7 @@ async fn an_sqlite_file_from_before_fenced_leases_recovers_its_old_leases() {
     );
     clock.advance(Duration::from_secs(30));
     let again = store
-        .lease_next(&running, &node, Duration::from_secs(30))
+        .lease_next(&running, &node, Duration::from_secs(5))
         .await
         .expect("lease_next")
         .expect("handed out once the old lease lapsed");
