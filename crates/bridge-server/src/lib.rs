@@ -65,7 +65,6 @@
 //!   `commandId`.
 //!
 //! [`Hub::send_to_device`]: bridge_hub::Hub::send_to_device
-//! [`Hub::command_finished`]: bridge_hub::Hub::command_finished
 //!
 //! # Readings of PROTOCOL.md
 //!
