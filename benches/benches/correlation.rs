@@ -73,9 +73,12 @@ impl<R: Responder + Clone> Echo<R> {
 
 #[async_trait]
 impl<R: Responder> Transport for Echo<R> {
-    async fn send_ble_write(&self, write: BleWrite) -> Result<ConnectionId, TransportError> {
+    // Counts nothing in flight, as before (the default `command_finished` did nothing).
+    type InFlight = ();
+
+    async fn send_ble_write(&self, write: BleWrite) -> Result<(ConnectionId, ()), TransportError> {
         if write.device_id.as_str().starts_with(SILENT) {
-            return Ok(CONNECTION);
+            return Ok((CONNECTION, ()));
         }
         let response = BleResponse {
             request_id: write.request_id,
@@ -87,7 +90,7 @@ impl<R: Responder> Transport for Echo<R> {
         } else if let Some(responder) = self.responder.get() {
             responder.respond(CONNECTION, response);
         }
-        Ok(CONNECTION)
+        Ok((CONNECTION, ()))
     }
 }
 

@@ -6,6 +6,7 @@ use bridge_protocol::{CommandId, DeviceId, ErrorCode, Hops, RegistryError};
 use bridge_queue::{InvalidInput, NewCommand, QueuedCommand, StoreError};
 use bridge_session::CommandError;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::driver::Dispatcher;
 
@@ -69,7 +70,8 @@ impl Dispatcher {
         device: DeviceId,
         request: CommandRequest,
     ) -> Result<CommandResponse, Refusal> {
-        let result = self.run(device, request).await;
+        let span = tracing::info_span!("command", device = %device);
+        let result = self.run(device, request).instrument(span).await;
         let outcome = match &result {
             Ok((response, _)) => response.outcome(),
             Err(refusal) => refusal.code().as_str(),

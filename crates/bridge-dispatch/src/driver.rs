@@ -84,6 +84,9 @@ pub(crate) struct Inner {
     pub(crate) registry: Arc<ConfigRegistry>,
     /// Signalled whenever the engine may have become idle.
     idle: Notify,
+    /// Where actions run: inputs may come from threads outside the runtime (a hub event
+    /// reported where a connection's future was dropped).
+    runtime: tokio::runtime::Handle,
 }
 
 /// The command path and the delivery of queued commands of one node: the [`Engine`] run
@@ -104,7 +107,8 @@ impl std::fmt::Debug for Dispatcher {
 
 impl Dispatcher {
     /// Starts the dispatcher of node `owner`: takes back the leases of its former life,
-    /// then runs the retry tick. Needs a tokio runtime.
+    /// then runs the retry tick. Must be called inside a tokio runtime, where its tasks run;
+    /// its other methods may be called from any thread.
     pub fn start(
         config: EngineConfig,
         owner: NodeId,
@@ -121,9 +125,10 @@ impl Dispatcher {
             outlet,
             registry,
             idle: Notify::new(),
+            runtime: tokio::runtime::Handle::current(),
         });
         pump(&inner);
-        tokio::spawn(run_timer(Arc::downgrade(&inner)));
+        inner.runtime.spawn(run_timer(Arc::downgrade(&inner)));
         Self { inner }
     }
 
@@ -217,15 +222,16 @@ fn answer(inner: &Arc<Inner>, f: impl FnOnce(&mut Engine)) {
 
 fn run(inner: &Arc<Inner>, action: Action) {
     let task = Arc::clone(inner);
+    let runtime = &inner.runtime;
     match action {
         Action::Reclaim { owner } => {
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let result = task.store.reclaim(&owner).await;
                 answer(&task, |engine| engine.handle_reclaimed(result));
             });
         }
         Action::Expire { device } => {
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let result = task.store.expire(&device).await;
                 answer(&task, |engine| engine.handle_expired(&device, result));
             });
@@ -235,7 +241,7 @@ fn run(inner: &Arc<Inner>, action: Action) {
             owner,
             grace,
         } => {
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let result = task.store.lease_next(&device, &owner, grace).await;
                 answer(&task, |engine| engine.handle_leased(&device, result));
             });
@@ -246,7 +252,7 @@ fn run(inner: &Arc<Inner>, action: Action) {
                 device = %leased.command.device,
                 command_id = %leased.command.id,
             );
-            tokio::spawn(
+            runtime.spawn(
                 async move {
                     let command = &leased.command;
                     tracing::info!(attempts = command.attempts, "delivering");
@@ -276,28 +282,28 @@ fn run(inner: &Arc<Inner>, action: Action) {
             lease,
             outcome,
         } => {
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let result = task.store.complete(&lease, outcome).await;
                 answer(&task, |engine| engine.handle_ended(&device, result));
             });
         }
         Action::Release { device, lease, cut } => {
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let result = task.store.release(&lease, cut).await;
                 answer(&task, |engine| engine.handle_ended(&device, result));
             });
         }
         Action::Announce { command } => {
-            tokio::spawn(async move { announce(&task, &command).await });
+            runtime.spawn(async move { announce(&task, &command).await });
         }
         Action::Sweep => {
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let result = task.store.sweep().await;
                 answer(&task, |engine| engine.handle_swept(result));
             });
         }
         Action::ListDue { limit } => {
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let result = task.store.due_devices(limit).await;
                 answer(&task, |engine| engine.handle_due(result));
             });

@@ -54,6 +54,13 @@ pub struct HubConfig {
     /// Most devices one bridge connection may hold (default 256). A claim beyond it is
     /// answered with `forbidden`.
     pub max_held_devices: usize,
+    /// Most `command` frames one user connection may have running at once (default 64): the
+    /// live [`InFlight`](crate::InFlight) tickets handed out with
+    /// [`HubEvent::UserCommand`](crate::HubEvent::UserCommand). One more is not handed over:
+    /// the hub answers it with an error frame `rate_limited` carrying its `requestId`, and
+    /// reports it as [`HubEvent::FrameRejected`](crate::HubEvent::FrameRejected). This keeps
+    /// one connection from taking the whole server's pending capacity.
+    pub max_commands_per_connection: usize,
     /// Interval of WebSocket pings (default 20 s).
     pub ping_interval: Duration,
     /// A connection from which nothing (a pong or any other frame) has arrived for this long
@@ -72,6 +79,7 @@ impl Default for HubConfig {
             outbound_queue_frames: 128,
             max_subscriptions: 1024,
             max_held_devices: 256,
+            max_commands_per_connection: 64,
             ping_interval: Duration::from_secs(20),
             pong_timeout: Duration::from_secs(45),
             close_timeout: Duration::from_secs(2),

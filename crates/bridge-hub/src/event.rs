@@ -1,18 +1,20 @@
 //! What the hub reports to the rest of the server.
 
-use bridge_protocol::{BleResponse, CommandFrame, ConnectionId, DeviceId, ErrorCode, Role};
+use bridge_protocol::{CommandFrame, ConnectionId, DeviceId, ErrorCode, Role};
 
-use crate::UserId;
+use crate::{InFlight, UserId};
 
 /// Something that happened in the hub which the rest of the server may act on.
 ///
 /// The hub handles `ping`, `subscribe`, `unsubscribe`, `ble_status` and `release` itself; it
-/// reports them here as presence changes. Frames it cannot answer alone (`ble_response`, a
-/// user's `command`) are handed over as [`HubEvent::BleResponse`] and
-/// [`HubEvent::UserCommand`]; their answers go back through [`crate::Hub`].
+/// reports them here as presence changes. A user's `command` is handed over as
+/// [`HubEvent::UserCommand`], its answer goes back through [`crate::Hub`]. A bridge's
+/// `ble_response` is not an event: the connection's task offers it to the
+/// [`ResponseHandler`](crate::ResponseHandler) directly.
 ///
-/// Events are delivered in the order they happened, hub-wide.
-#[derive(Debug, Clone, PartialEq)]
+/// Events are delivered in the order they happened, hub-wide. Not `Clone`: a
+/// [`HubEvent::UserCommand`] owns its command's in-flight ticket.
+#[derive(Debug, PartialEq)]
 #[non_exhaustive]
 pub enum HubEvent {
     /// A connection was registered (before any of its devices are claimed).
@@ -85,17 +87,11 @@ pub enum HubEvent {
         /// The reported signal strength, if the frame had one.
         rssi: Option<i8>,
     },
-    /// A bridge answered a `ble_write`. The hub did not check it against anything pending:
-    /// the session manager resolves it, or answers the connection with `unknown_request` or
-    /// `forbidden` through [`crate::Hub::send_to_connection`].
-    BleResponse {
-        /// The connection it arrived on.
-        connection: ConnectionId,
-        /// The decoded frame.
-        response: BleResponse,
-    },
-    /// A user sent a `command` frame for a device it may command. Answer it with a
-    /// `command_result` (or an error frame) through [`crate::Hub::send_to_connection`].
+    /// A user sent a `command` frame for a device it may command, and the connection had
+    /// fewer than [`HubConfig::max_commands_per_connection`](crate::HubConfig) running.
+    /// Answer it with a `command_result` (or an error frame) through
+    /// [`crate::Hub::send_to_connection`], and keep `in_flight` until then: dropping it
+    /// ends the command's count on the connection.
     UserCommand {
         /// The connection it arrived on.
         connection: ConnectionId,
@@ -103,6 +99,8 @@ pub enum HubEvent {
         user_id: UserId,
         /// The decoded frame.
         command: CommandFrame,
+        /// The command's place under the connection's cap.
+        in_flight: InFlight,
     },
     /// A frame was refused with an error frame (for metrics such as
     /// `bridge_frames_rejected_total{code}`).

@@ -17,7 +17,8 @@ use crate::outbox::CloseRequest;
 use crate::state::State;
 use crate::{
     AccessPolicy, CloseReason, ConnectionInfo, EventSink, FixedSubscriptions, Frame, GrantedAccess,
-    HubConfig, HubEvent, IgnoreEvents, SubscriptionSource, UserId,
+    HubConfig, HubEvent, IgnoreEvents, InFlight, NoPendingCommands, ResponseHandler,
+    SubscriptionSource, UserId,
 };
 
 /// Why a frame could not be sent.
@@ -88,20 +89,16 @@ pub trait Hub: Send + Sync + 'static {
     fn local(&self) -> &LocalHub;
 
     /// Sends a frame (normally a `ble_write`) through the device's best holder (PROTOCOL.md
-    /// 2) and counts one more command in flight on that connection. Returns the connection
-    /// used: only it may answer (PROTOCOL.md 3.2). Call [`Hub::command_finished`] when the
+    /// 2) and counts one more command in flight on that connection. Returns the command's
+    /// [`InFlight`] ticket, which names the connection used (only it may answer,
+    /// PROTOCOL.md 3.2): keep it while the command is in flight, and drop it when the
     /// command ends, however it ends.
     async fn send_to_device(
         &self,
         device_id: &DeviceId,
         frame: &Frame,
-    ) -> Result<ConnectionId, HubError> {
+    ) -> Result<InFlight, HubError> {
         self.local().send_to_device(device_id, frame)
-    }
-
-    /// A command sent with [`Hub::send_to_device`] through `connection` has ended.
-    fn command_finished(&self, connection: ConnectionId) {
-        self.local().command_finished(connection);
     }
 
     /// Sends a frame to every user connection subscribed to the device. Returns how many
@@ -179,6 +176,7 @@ pub(crate) struct Inner {
     pub(crate) config: HubConfig,
     pub(crate) state: RwLock<State>,
     events: EventQueue,
+    pub(crate) responses: Box<dyn ResponseHandler>,
     pub(crate) access: Arc<dyn AccessPolicy>,
     pub(crate) subscriptions: Arc<dyn SubscriptionSource>,
     next_id: AtomicU64,
@@ -225,6 +223,7 @@ impl Inner {
 pub struct LocalHubBuilder {
     config: HubConfig,
     events: Box<dyn EventSink>,
+    responses: Box<dyn ResponseHandler>,
     access: Arc<dyn AccessPolicy>,
     subscriptions: Arc<dyn SubscriptionSource>,
 }
@@ -239,6 +238,14 @@ impl LocalHubBuilder {
     /// Where events go (default: nowhere).
     pub fn events(mut self, sink: impl EventSink) -> Self {
         self.events = Box::new(sink);
+        self
+    }
+
+    /// What matches a bridge's `ble_response` with its command, called on the connection's
+    /// own task (default: [`NoPendingCommands`], which refuses every answer with
+    /// `unknown_request`). See [`ResponseHandler`].
+    pub fn responses(mut self, handler: impl ResponseHandler) -> Self {
+        self.responses = Box::new(handler);
         self
     }
 
@@ -265,6 +272,7 @@ impl LocalHubBuilder {
                     emitting: Mutex::new(()),
                     sink: self.events,
                 },
+                responses: self.responses,
                 access: self.access,
                 subscriptions: self.subscriptions,
                 next_id: AtomicU64::new(1),
@@ -302,6 +310,7 @@ impl LocalHub {
         LocalHubBuilder {
             config: HubConfig::default(),
             events: Box::new(IgnoreEvents),
+            responses: Box::new(NoPendingCommands),
             access: Arc::new(GrantedAccess),
             subscriptions: Arc::new(FixedSubscriptions::default()),
         }
@@ -393,10 +402,10 @@ impl LocalHub {
         &self,
         device_id: &DeviceId,
         frame: &Frame,
-    ) -> Result<ConnectionId, HubError> {
+    ) -> Result<InFlight, HubError> {
         let state = self.inner.state.read();
         match state.send_to_device(device_id, frame) {
-            Some(connection) => Ok(connection),
+            Some(in_flight) => Ok(in_flight),
             None if state.presence(device_id).online => {
                 Err(HubError::NoRouteAvailable(device_id.clone()))
             }
@@ -404,18 +413,9 @@ impl LocalHub {
         }
     }
 
-    /// See [`Hub::command_finished`].
-    pub fn command_finished(&self, connection: ConnectionId) {
-        let state = self.inner.state.read();
-        if let Some(outbox) = state.outbox(connection) {
-            // Saturating: a stray call must not wrap the counter.
-            let _ = outbox
-                .in_flight
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        }
-    }
-
-    /// Commands in flight through a connection (0 for an unknown connection).
+    /// Commands in flight on a connection: its live [`InFlight`] tickets, `ble_write`s on a
+    /// bridge connection, running `command` frames on a user connection (0 for an unknown
+    /// connection).
     pub fn commands_in_flight(&self, connection: ConnectionId) -> u32 {
         self.inner
             .state

@@ -11,9 +11,16 @@
 //!   `unsubscribe`, `ble_status` and `release`, enforces the frame size limit (close 1009)
 //!   and the rate limit (`rate_limited`, then close 1008), and keeps the connection alive
 //!   with WebSocket pings.
-//! * What the hub does not handle itself — a bridge's `ble_response`, a user's `command` —
-//!   and every presence change is reported as a [`HubEvent`] to the [`EventSink`] the
-//!   server wires to its session manager and queue. The hub depends on neither.
+//! * A bridge's `ble_response` is offered, on the connection's own task, to the
+//!   [`ResponseHandler`] the server installs (its session manager matches it); a refusal is
+//!   answered with `unknown_request` or `forbidden` by the hub itself.
+//! * What else the hub does not handle itself — a user's `command` — and every presence
+//!   change is reported as a [`HubEvent`] to the [`EventSink`] the server wires to its
+//!   session manager and queue. The hub depends on neither.
+//! * A command in flight on a connection is an [`InFlight`] ticket: [`Hub::send_to_device`]
+//!   hands one back for a `ble_write`, [`HubEvent::UserCommand`] carries one for a user's
+//!   `command` (at most [`HubConfig::max_commands_per_connection`] per user connection; one
+//!   more is answered `rate_limited` by the hub). Dropping the ticket ends the count.
 //! * The server sends and asks through the [`Hub`] trait: send to a device's best bridge,
 //!   broadcast to a device's subscribers, send to a user or a connection, presence, counts.
 //!   [`LocalHub`] implements it in-process.
@@ -94,8 +101,8 @@
 //! (PROTOCOL.md 2): a holder whose last `ble_status` said `connected: true`, then one that
 //! has not reported, then one that said `false`; then the strongest `rssi` (never reported
 //! ranks below any value; a `ble_status` without `rssi` keeps the last one); then the fewest
-//! commands in flight through the connection (all its devices: [`Hub::send_to_device`]
-//! counts one up, [`Hub::command_finished`] one down); then the most recent claim.
+//! commands in flight through the connection (all its devices: the live [`InFlight`]
+//! tickets [`Hub::send_to_device`] handed out for it); then the most recent claim.
 //! `bleConnected` is what that holder last reported. A `device_status` is broadcast when
 //! `online` or `bleConnected` changes because of a claim, a `ble_status`, a release or a
 //! close; a change of the route caused only by commands in flight is not broadcast.
@@ -139,9 +146,11 @@ mod config;
 mod event;
 mod frame;
 mod hub;
+mod in_flight;
 mod outbox;
 mod pump;
 mod rate;
+mod response;
 mod state;
 
 pub use access::{
@@ -154,3 +163,5 @@ pub use frame::Frame;
 pub use hub::{
     DevicePresence, Hub, HubCounts, HubError, LocalHub, LocalHubBuilder, ShutdownReport,
 };
+pub use in_flight::InFlight;
+pub use response::{NoPendingCommands, ResponseHandler, ResponseRefused};

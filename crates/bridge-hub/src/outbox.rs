@@ -44,7 +44,8 @@ pub(crate) struct Outbox {
     capacity: usize,
     queue: Mutex<Queue>,
     waker: AtomicWaker,
-    /// Commands in flight through this connection (routing tie-breaker).
+    /// Commands in flight on this connection: the number of live
+    /// [`InFlight`](crate::InFlight) tickets, changed only by making and dropping them.
     pub(crate) in_flight: AtomicU32,
 }
 

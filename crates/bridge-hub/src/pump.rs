@@ -21,7 +21,7 @@ use crate::hub::Inner;
 use crate::outbox::{CloseRequest, Outbox};
 use crate::rate::{Admission, TokenBucket};
 use crate::state::{ClaimRefused, SubscribeRefused};
-use crate::{CloseReason, ConnectionInfo, Frame, HubEvent};
+use crate::{CloseReason, ConnectionInfo, Frame, HubEvent, InFlight};
 
 /// `{"type":"pong"}`, the same for bridges and users.
 const PONG: Frame = Frame::from_static(r#"{"type":"pong"}"#);
@@ -394,10 +394,13 @@ where
         match frame {
             BridgeToServer::Ping => self.push(PONG),
             BridgeToServer::BleResponse(response) => {
-                self.inner.emit(vec![HubEvent::BleResponse {
-                    connection: id,
-                    response,
-                }]);
+                // Matched right here, on this connection's task: no channel, no other task.
+                if let Err(refused) = self.inner.responses.on_response(id, response) {
+                    self.reject(
+                        &ProtocolError::new(refused.code, refused.message())
+                            .with_request_id(Some(refused.request_id)),
+                    );
+                }
             }
             BridgeToServer::BleStatus(status) => {
                 let device = &status.device_id;
@@ -474,10 +477,22 @@ where
                     .may_command(self.info, &command.device_id)
                     .await
                 {
+                    let max = self.inner.config.max_commands_per_connection;
+                    let Some(in_flight) = InFlight::try_begin(self.outbox, max) else {
+                        self.reject(
+                            &ProtocolError::new(
+                                ErrorCode::RateLimited,
+                                "too many commands running on this connection; wait for their results",
+                            )
+                            .with_request_id(Some(command.request_id)),
+                        );
+                        return;
+                    };
                     self.inner.emit(vec![HubEvent::UserCommand {
                         connection: id,
                         user_id: self.info.user_id().clone(),
                         command,
+                        in_flight,
                     }]);
                 } else {
                     self.reject(&forbidden(

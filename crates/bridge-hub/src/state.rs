@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bridge_protocol::{ConnectionId, DeviceId, DeviceStatus, Role, ServerToUser};
 
 use crate::outbox::{Outbox, Pushed};
-use crate::{DevicePresence, Frame, HubCounts, HubEvent, ReleaseReason, UserId};
+use crate::{DevicePresence, Frame, HubCounts, HubEvent, InFlight, ReleaseReason, UserId};
 
 /// `(online, bleConnected)` as PROTOCOL.md 2 defines them.
 type Presence = (bool, Option<bool>);
@@ -435,13 +435,12 @@ impl State {
             .collect()
     }
 
-    /// Queues `frame` on the first route that takes it; returns that connection.
-    pub(crate) fn send_to_device(&self, device: &DeviceId, frame: &Frame) -> Option<ConnectionId> {
+    /// Queues `frame` on the first route that takes it; returns the ticket of the command
+    /// now in flight on that connection.
+    pub(crate) fn send_to_device(&self, device: &DeviceId, frame: &Frame) -> Option<InFlight> {
         self.routes(device).into_iter().find_map(|outbox| {
-            self.deliver(&outbox, frame.clone()).then(|| {
-                outbox.in_flight.fetch_add(1, Ordering::Relaxed);
-                outbox.id
-            })
+            self.deliver(&outbox, frame.clone())
+                .then(|| InFlight::begin(&outbox))
         })
     }
 
@@ -622,10 +621,15 @@ mod tests {
         let b = f.bridge(&["lock"]);
         // Equal link and rssi: most recent claim (b) wins.
         assert_eq!(f.route("lock"), b.id);
-        b.in_flight.fetch_add(1, Ordering::Relaxed);
+        let on_b = InFlight::begin(&b);
         assert_eq!(f.route("lock"), a.id);
         // A command through `a` for another device counts too.
-        a.in_flight.fetch_add(2, Ordering::Relaxed);
+        let on_a = [InFlight::begin(&a), InFlight::begin(&a)];
+        assert_eq!(f.route("lock"), b.id);
+        // The count is the tickets: dropping them ends it.
+        drop(on_a);
+        assert_eq!(f.route("lock"), a.id);
+        drop(on_b);
         assert_eq!(f.route("lock"), b.id);
     }
 

@@ -5,9 +5,10 @@ mod support;
 
 use async_trait::async_trait;
 use bridge_hub::{
-    AccessPolicy, CloseReason, ConnectionInfo, Frame, HubError, HubEvent, ReleaseReason, UserId,
+    AccessPolicy, CloseReason, ConnectionInfo, Frame, HubError, HubEvent, ReleaseReason,
+    ResponseRefused, UserId,
 };
-use bridge_protocol::{ConnectionId, DeviceId, Role};
+use bridge_protocol::{BleResponse, ConnectionId, DeviceId, ErrorCode, Role};
 use serde_json::json;
 use support::{Setup, device};
 
@@ -39,20 +40,25 @@ async fn several_bridges_hold_a_device_and_commands_take_the_best_route() {
         .await;
     a.sync().await;
     b.sync().await;
-    let via = server
+    let r1 = server
         .hub
         .send_to_device(&device("lock"), &ble_write("r1", "lock"))
         .unwrap();
     assert_eq!(b.recv_json().await["requestId"], "r1");
+    let via = r1.connection();
     assert_eq!(server.hub.commands_in_flight(via), 1);
-    server.hub.command_finished(via);
-    assert_eq!(server.hub.commands_in_flight(via), 0);
+    drop(r1);
+    assert_eq!(
+        server.hub.commands_in_flight(via),
+        0,
+        "dropping the ticket ends the command's count"
+    );
 
     // b loses its BLE link: a connected holder beats a disconnected one, whatever the rssi.
     b.send(r#"{"type":"ble_status","deviceId":"lock","connected":false}"#)
         .await;
     b.sync().await;
-    server
+    let _r2 = server
         .hub
         .send_to_device(&device("lock"), &ble_write("r2", "lock"))
         .unwrap();
@@ -74,7 +80,7 @@ async fn several_bridges_hold_a_device_and_commands_take_the_best_route() {
     let presence = server.hub.device_presence(&device("lock"));
     assert!(presence.online);
     assert_eq!((presence.bridges, presence.ble_connected), (1, Some(false)));
-    server
+    let _r3 = server
         .hub
         .send_to_device(&device("lock"), &ble_write("r3", "lock"))
         .unwrap();
@@ -126,17 +132,34 @@ async fn with_equal_link_and_rssi_the_connection_with_fewer_commands_in_flight_w
         .hub
         .send_to_device(&device("lock"), &ble_write("r2", "lock"))
         .unwrap();
-    assert_ne!(first, second);
+    assert_ne!(first.connection(), second.connection());
     assert_eq!(b.recv_json().await["requestId"], "r1");
     assert_eq!(a.recv_json().await["requestId"], "r2");
-    // b's command ends: b has fewer in flight again.
-    server.hub.command_finished(first);
+    // b's command ends (its ticket is dropped): b has fewer in flight again.
+    let on_b = first.connection();
+    drop(first);
     let third = server
         .hub
         .send_to_device(&device("lock"), &ble_write("r3", "lock"))
         .unwrap();
-    assert_eq!(third, first);
+    assert_eq!(third.connection(), on_b);
     assert_eq!(b.recv_json().await["requestId"], "r3");
+    assert_eq!(
+        (
+            server.hub.commands_in_flight(on_b),
+            server.hub.commands_in_flight(second.connection())
+        ),
+        (1, 1)
+    );
+    let on_a = second.connection();
+    drop((second, third));
+    assert_eq!(
+        (
+            server.hub.commands_in_flight(on_b),
+            server.hub.commands_in_flight(on_a)
+        ),
+        (0, 0)
+    );
 }
 
 #[tokio::test]
@@ -347,38 +370,42 @@ async fn frames_the_hub_cannot_answer_are_reported_and_answered_through_the_hub(
 
     user.send(r#"{"type":"command","requestId":"c-2","deviceId":"lock","payload":"aabb"}"#)
         .await;
-    let (connection, user_id, request_id) = server
-        .wait_for(|e| match e {
-            HubEvent::UserCommand {
-                connection,
-                user_id,
-                command,
-            } => Some((*connection, user_id.clone(), command.request_id)),
-            _ => None,
-        })
+    let event = server
+        .take_event(|e| matches!(e, HubEvent::UserCommand { .. }))
         .await;
-    assert_eq!((user_id.as_str(), request_id.as_str()), ("alice", "c-2"));
+    let HubEvent::UserCommand {
+        connection,
+        user_id,
+        command,
+        in_flight,
+    } = event
+    else {
+        unreachable!("picked a user command");
+    };
+    assert_eq!(
+        (user_id.as_str(), command.request_id.as_str()),
+        ("alice", "c-2")
+    );
+    assert_eq!(in_flight.connection(), connection);
+    assert_eq!(server.hub.commands_in_flight(connection), 1);
     let result = Frame::from_json_text(
         r#"{"type":"command_result","requestId":"c-2","deviceId":"lock","status":"offline"}"#,
     );
     server.hub.send_to_connection(connection, &result).unwrap();
+    drop(in_flight);
     assert_eq!(user.recv().await, result.as_str());
+    assert_eq!(server.hub.commands_in_flight(connection), 0);
 
-    // A ble_response is handed over as it is; the session manager answers unknown_request.
+    // Without a response handler nothing can be pending: the hub answers unknown_request.
     bridge
         .send(r#"{"type":"ble_response","requestId":"nope","deviceId":"lock","payload":"01"}"#)
         .await;
-    let via = server
-        .wait_for(|e| match e {
-            HubEvent::BleResponse { connection, .. } => Some(*connection),
-            _ => None,
-        })
-        .await;
-    let unknown = Frame::from_json_text(
-        r#"{"type":"error","code":"unknown_request","message":"nothing pending","requestId":"nope"}"#,
+    let frame = bridge.recv_json().await;
+    assert_eq!(
+        (&frame["type"], &frame["code"], &frame["requestId"]),
+        (&json!("error"), &json!("unknown_request"), &json!("nope"))
     );
-    server.hub.send_to_connection(via, &unknown).unwrap();
-    assert_eq!(bridge.recv().await, unknown.as_str());
+    let unknown = Frame::from_json_text(r#"{"type":"pong"}"#);
     assert_eq!(
         server
             .hub
@@ -444,7 +471,8 @@ async fn an_event_handler_may_call_back_into_the_hub() {
             if let (HubEvent::DeviceOnline { device_id }, Some(hub)) = (event, cell.get()) {
                 let presence = hub.device_presence(device_id);
                 assert_eq!((presence.online, presence.bridges), (true, 1));
-                hub.send_to_device(device_id, &ble_write("queued-1", device_id.as_str()))
+                let _in_flight = hub
+                    .send_to_device(device_id, &ble_write("queued-1", device_id.as_str()))
                     .unwrap();
             }
         })
@@ -453,4 +481,75 @@ async fn an_event_handler_may_call_back_into_the_hub() {
     hub_cell.set(server.hub.clone()).unwrap();
     let mut bridge = server.bridge("phone", &["lock"]).await;
     assert_eq!(bridge.recv_json().await["requestId"], "queued-1");
+}
+
+#[tokio::test]
+async fn a_ble_response_is_offered_to_the_response_handler_on_its_connection_and_refusals_are_answered()
+ {
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let record = std::sync::Arc::clone(&seen);
+    let mut server = Setup::default()
+        .responses(move |connection, response: BleResponse| {
+            let id = response.request_id;
+            record.lock().push((connection, id));
+            match id.as_str() {
+                "mine" => Ok(()),
+                "theirs" => Err(ResponseRefused::new(id, ErrorCode::Forbidden)),
+                _ => Err(ResponseRefused::new(id, ErrorCode::UnknownRequest)),
+            }
+        })
+        .start()
+        .await;
+    let mut bridge = server.bridge("phone", &["lock"]).await;
+    for id in ["mine", "theirs", "gone"] {
+        bridge
+            .send(&format!(
+                r#"{{"type":"ble_response","requestId":"{id}","deviceId":"lock","payload":"01"}}"#
+            ))
+            .await;
+    }
+    let frames = bridge.sync().await;
+    let answered: Vec<_> = frames
+        .iter()
+        .map(|f| (f["code"].clone(), f["requestId"].clone()))
+        .collect();
+    assert_eq!(
+        answered,
+        vec![
+            (json!("forbidden"), json!("theirs")),
+            (json!("unknown_request"), json!("gone")),
+        ],
+        "an accepted answer gets no frame; each refusal its error frame"
+    );
+    let connection = server
+        .wait_for(|e| match e {
+            HubEvent::ConnectionOpened { connection, .. } => Some(*connection),
+            _ => None,
+        })
+        .await;
+    let ids: Vec<_> = seen
+        .lock()
+        .iter()
+        .map(|(c, id)| (*c, id.as_str().to_owned()))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            (connection, "mine".to_owned()),
+            (connection, "theirs".to_owned()),
+            (connection, "gone".to_owned()),
+        ]
+    );
+    let rejected: Vec<_> = server
+        .drain_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            HubEvent::FrameRejected { code, .. } => Some(code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![ErrorCode::Forbidden, ErrorCode::UnknownRequest]
+    );
 }

@@ -439,3 +439,64 @@ async fn app_level_ping_is_answered_with_pong() {
     user.send(r#"{"type":"ping"}"#).await;
     assert_eq!(user.recv().await, r#"{"type":"pong"}"#);
 }
+
+#[tokio::test]
+async fn a_user_connection_may_run_a_bounded_number_of_commands_and_one_more_is_rate_limited() {
+    let mut server = Setup::default()
+        .config(|c| c.max_commands_per_connection = 2)
+        .start()
+        .await;
+    let mut user = server.user("alice").await;
+    let command = |id: &str| {
+        format!(r#"{{"type":"command","requestId":"{id}","deviceId":"lock","payload":"01"}}"#)
+    };
+    let mut running = Vec::new();
+    for id in ["c-1", "c-2"] {
+        user.send(&command(id)).await;
+        running.push(
+            server
+                .take_event(|e| matches!(e, HubEvent::UserCommand { .. }))
+                .await,
+        );
+    }
+    let Some(HubEvent::UserCommand { connection, .. }) = running.first() else {
+        unreachable!("picked user commands");
+    };
+    let connection = *connection;
+    assert_eq!(server.hub.commands_in_flight(connection), 2);
+
+    // A third while two run: answered by the hub, never handed over.
+    user.send(&command("c-3")).await;
+    let refusal = user.recv_json().await;
+    assert_eq!(
+        (&refusal["type"], &refusal["code"], &refusal["requestId"]),
+        (&json!("error"), &json!("rate_limited"), &json!("c-3"))
+    );
+    let code = server
+        .wait_for(|e| match e {
+            HubEvent::FrameRejected { code, .. } => Some(*code),
+            HubEvent::UserCommand { .. } => panic!("a command over the cap was handed over"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(code, ErrorCode::RateLimited);
+    assert_eq!(
+        server.hub.commands_in_flight(connection),
+        2,
+        "a refused command counts nothing"
+    );
+
+    // One ends (its ticket is dropped): the next one is handed over again.
+    running.pop();
+    assert_eq!(server.hub.commands_in_flight(connection), 1);
+    user.send(&command("c-4")).await;
+    let fourth = server
+        .take_event(|e| matches!(e, HubEvent::UserCommand { .. }))
+        .await;
+    assert!(matches!(
+        &fourth,
+        HubEvent::UserCommand { command, .. } if command.request_id.as_str() == "c-4"
+    ));
+    drop((fourth, running));
+    assert_eq!(server.hub.commands_in_flight(connection), 0);
+}

@@ -179,7 +179,9 @@ pub struct QueuedCommand {
     /// How long a delivery waits for the device's reply (the default for commands stored
     /// before the timeout was kept).
     pub timeout: TimeoutMs,
-    /// How many times it was handed out for delivery.
+    /// How many of its deliveries have ended after the `ble_write` left (or may have left:
+    /// a lapsed or reclaimed lease counts). A delivery in progress is not counted here
+    /// until it ends; [`attempts_made`](Self::attempts_made) counts it.
     pub attempts: u32,
     /// When it was first queued.
     pub created_at: Timestamp,
@@ -197,14 +199,22 @@ pub struct QueuedCommand {
 }
 
 impl QueuedCommand {
-    /// The command as `GET /v1/commands/{commandId}` shows it.
+    /// `attempts` of PROTOCOL.md 4.2, "every time the command was sent to a bridge": the
+    /// ended deliveries plus, while `delivering`, the one in progress.
+    pub fn attempts_made(&self) -> u32 {
+        let in_progress = u32::from(self.status == CommandStatus::Delivering);
+        self.attempts.saturating_add(in_progress)
+    }
+
+    /// The command as `GET /v1/commands/{commandId}` shows it (`attempts` is
+    /// [`attempts_made`](Self::attempts_made)).
     pub fn to_view(&self) -> CommandView {
         CommandView {
             command_id: self.id.clone(),
             device_id: self.device.clone(),
             command_type: self.command_type.clone(),
             status: self.status,
-            attempts: self.attempts,
+            attempts: self.attempts_made(),
             created_at: self.created_at,
             expires_at: self.expires_at,
             result: self.outcome.clone(),

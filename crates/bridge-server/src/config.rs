@@ -84,6 +84,10 @@ pub struct Cli {
     /// deliverable commands get them, and expired commands are noticed [default: 30].
     #[arg(long, env = "BRIDGE_RETRY_INTERVAL_SECS", value_name = "SECONDS")]
     pub retry_interval_secs: Option<u64>,
+    /// Commands that are not final one device may hold in the queue; one more is refused
+    /// with 429 `queue_full` [default: 100].
+    #[arg(long, env = "BRIDGE_MAX_QUEUED_PER_DEVICE", value_name = "N")]
+    pub max_queued_per_device: Option<u32>,
     /// This server's name among the processes sharing its queue (PROTOCOL.md 5): unique
     /// among them and the same across restarts, so that a restarted server takes back its
     /// deliveries at once [default: derived from the host name and the listen address].
@@ -109,6 +113,7 @@ struct FileConfig {
     max_subscriptions: Option<usize>,
     metrics_require_token: Option<bool>,
     retry_interval_secs: Option<u64>,
+    max_queued_per_device: Option<u32>,
     node_id: Option<String>,
 }
 
@@ -177,6 +182,9 @@ pub struct ServerConfig {
     pub metrics_require_token: bool,
     /// Seconds between delivery passes over the offline queue (default 30).
     pub retry_interval_secs: u64,
+    /// Commands that are not final one device may hold in the queue (default 100,
+    /// PROTOCOL.md 4.2).
+    pub max_queued_per_device: u32,
     /// This server's node id (`--node-id`); `None`: derived from the host name and the
     /// listen address ([`ServerConfig::node_id`]).
     pub node_id: Option<String>,
@@ -199,6 +207,7 @@ impl Default for ServerConfig {
             max_subscriptions: 1024,
             metrics_require_token: false,
             retry_interval_secs: 30,
+            max_queued_per_device: 100,
             node_id: None,
         }
     }
@@ -286,6 +295,10 @@ impl ServerConfig {
                 .retry_interval_secs
                 .or(file.retry_interval_secs)
                 .unwrap_or(d.retry_interval_secs),
+            max_queued_per_device: cli
+                .max_queued_per_device
+                .or(file.max_queued_per_device)
+                .unwrap_or(d.max_queued_per_device),
             node_id: cli.node_id.or(file.node_id),
         };
         config.validate()?;
@@ -320,6 +333,10 @@ impl ServerConfig {
             ("rate_per_second", self.rate_per_second as usize),
             ("rate_burst", self.rate_burst as usize),
             ("max_subscriptions", self.max_subscriptions),
+            (
+                "max_queued_per_device",
+                usize::try_from(self.max_queued_per_device).unwrap_or(usize::MAX),
+            ),
             (
                 "retry_interval_secs",
                 usize::try_from(self.retry_interval_secs).unwrap_or(usize::MAX),

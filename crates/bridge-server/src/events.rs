@@ -1,49 +1,71 @@
-//! What the server does with the hub's events.
+//! What the server does with the hub's answers and events.
 //!
-//! The hub's event sink only puts events on a channel; one task takes them off in order and
-//! acts: answers go to the session manager, lost bridges fail their pending commands at
-//! once, presence changes start delivery passes, user commands run on their own tasks.
+//! There is no dispatcher task and no channel between the hub and the server: everything
+//! here runs synchronously on the task of the connection it concerns, as a short,
+//! non-blocking step, in the order the hub reports it.
+//!
+//! * A bridge's `ble_response` goes to [`responses`], the hub's
+//!   [`ResponseHandler`](bridge_hub::ResponseHandler): a call to
+//!   [`SessionManager::handle_response`](bridge_session::SessionManager::handle_response)
+//!   (sharded, so connections rarely meet on a lock). A refusal is answered by the hub itself.
+//! * A released device or a closed bridge connection fails its pending commands at once
+//!   (`bridge_lost`), in the same way.
+//! * Presence changes go to the [`Dispatcher`](bridge_dispatch::Dispatcher): a device online,
+//!   offline, or a holder's `ble_status` with `connected: true`. Each is a synchronous step
+//!   of its engine (a pass starts, or the running one is marked to go again), so nothing is
+//!   ever dropped and nothing waits in a queue.
+//! * A user's `command` frame runs on its own task, holding the hub's in-flight ticket
+//!   (the per-connection cap, [`HubConfig::max_commands_per_connection`](bridge_hub::HubConfig))
+//!   until its result is ready.
+//! * Refused frames are counted in the metrics.
+//!
+//! So nothing is buffered between the hub and the server, and there is nothing to bound:
+//! the memory an event can hold is a spawned task (one store call or send per device with a
+//! delivery pass, a user command per running command, both bounded by the hub's limits).
 
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
-use bridge_hub::{Frame, HubEvent};
-use bridge_protocol::{ConnectionId, ErrorCode, ErrorFrame, Role, ServerToUser};
-use tokio::sync::mpsc;
+use bridge_hub::{EventSink, Frame, HubEvent, InFlight, ResponseHandler, ResponseRefused};
+use bridge_protocol::{CommandFrame, ConnectionId, ErrorCode, Role, ServerToUser};
+use tokio::runtime::Handle;
 use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::server::Core;
 
-/// Handles events until the hub (and with it the channel's sender) is gone.
-pub(crate) async fn dispatch(core: Weak<Core>, mut events: mpsc::UnboundedReceiver<HubEvent>) {
-    while let Some(event) = events.recv().await {
-        let Some(core) = core.upgrade() else { return };
-        handle(&core, event).await;
+/// Where the hub's handlers find the server, set once it is built. Weak, because the
+/// server owns the hub: a strong reference from the hub back would keep both alive forever.
+pub(crate) type CoreSlot = Arc<OnceLock<Weak<Core>>>;
+
+/// The hub's `ble_response` handler: the session manager matches the answer.
+pub(crate) fn responses(slot: CoreSlot) -> impl ResponseHandler {
+    move |connection, response: bridge_protocol::BleResponse| {
+        let Some(core) = slot.get().and_then(Weak::upgrade) else {
+            // No server (yet, or any more): nothing can be pending.
+            return Err(ResponseRefused::new(
+                response.request_id,
+                ErrorCode::UnknownRequest,
+            ));
+        };
+        core.session
+            .handle_response(connection, response)
+            .map_err(|rejected| ResponseRefused::new(rejected.request_id, rejected.error_code()))
     }
 }
 
-async fn handle(core: &Arc<Core>, event: HubEvent) {
-    match event {
-        HubEvent::BleResponse {
-            connection,
-            response,
-        } => {
-            if let Err(rejected) = core.session.handle_response(connection, response) {
-                let code = rejected.error_code();
-                core.metrics.frame_rejected(code);
-                let message = match code {
-                    ErrorCode::Forbidden => "this request was sent to another connection or device",
-                    _ => "no command is pending with this requestId",
-                };
-                let frame = Frame::from(ServerToUser::Error(ErrorFrame::new(
-                    code,
-                    message,
-                    Some(rejected.request_id),
-                )));
-                // The connection may be gone already; nothing else to tell it then.
-                let _ = core.hub.send_to_connection(connection, &frame).await;
-            }
+/// The hub's event sink. `runtime` is where user commands and delivery passes are spawned
+/// (an event may be reported from a thread outside the runtime, such as a connection's
+/// future dropped elsewhere).
+pub(crate) fn sink(slot: CoreSlot, runtime: Handle) -> impl EventSink {
+    move |event: HubEvent| {
+        if let Some(core) = slot.get().and_then(Weak::upgrade) {
+            handle(&core, &runtime, event);
         }
+    }
+}
+
+fn handle(core: &Arc<Core>, runtime: &Handle, event: HubEvent) {
+    match event {
         HubEvent::DeviceReleased {
             device_id,
             connection,
@@ -65,42 +87,11 @@ async fn handle(core: &Arc<Core>, event: HubEvent) {
             connection,
             user_id,
             command,
+            in_flight,
         } => {
-            if !core.begin_user_command(connection) {
-                core.metrics.frame_rejected(ErrorCode::RateLimited);
-                let frame = Frame::from(ServerToUser::Error(ErrorFrame::new(
-                    ErrorCode::RateLimited,
-                    "too many commands running on this connection; wait for their results",
-                    Some(command.request_id),
-                )));
-                let _ = core.hub.send_to_connection(connection, &frame).await;
-                return;
-            }
-            let core = Arc::clone(core);
             let span = tracing::info_span!("user_command", %connection, user = %user_id);
-            tokio::spawn(
-                async move {
-                    let request_id = command.request_id;
-                    let device = command.device_id.clone();
-                    let frame = match core.dispatch.execute(device.clone(), command.command).await {
-                        Ok(response) => Frame::from(ServerToUser::CommandResult(
-                            response.into_result(Some(request_id), device),
-                        )),
-                        Err(refusal) => Frame::from(ServerToUser::Error(
-                            ApiError::from(refusal).to_frame(Some(request_id)),
-                        )),
-                    };
-                    core.end_user_command(connection);
-                    if core
-                        .hub
-                        .send_to_connection(connection, &frame)
-                        .await
-                        .is_err()
-                    {
-                        tracing::debug!("the user connection closed before its command ended");
-                    }
-                }
-                .instrument(span),
+            runtime.spawn(
+                run_user_command(Arc::clone(core), connection, command, in_flight).instrument(span),
             );
         }
         HubEvent::FrameRejected { code, .. } => core.metrics.frame_rejected(code),
@@ -108,25 +99,33 @@ async fn handle(core: &Arc<Core>, event: HubEvent) {
     }
 }
 
-impl Core {
-    /// Counts one more command on a user connection, unless it has as many as allowed.
-    fn begin_user_command(&self, connection: ConnectionId) -> bool {
-        let mut running = self.user_commands.lock();
-        let n = running.entry(connection).or_insert(0);
-        if *n >= self.max_user_commands {
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    fn end_user_command(&self, connection: ConnectionId) {
-        let mut running = self.user_commands.lock();
-        if let Some(n) = running.get_mut(&connection) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                running.remove(&connection);
-            }
-        }
+/// Runs a user's `command` frame and answers it on its connection. `in_flight` is its place
+/// under the connection's cap, given back as soon as the result is ready.
+async fn run_user_command(
+    core: Arc<Core>,
+    connection: ConnectionId,
+    command: CommandFrame,
+    in_flight: InFlight,
+) {
+    let request_id = command.request_id;
+    let device = command.device_id.clone();
+    let frame = match core.dispatch.execute(device.clone(), command.command).await {
+        Ok(response) => Frame::from(ServerToUser::CommandResult(
+            response.into_result(Some(request_id), device),
+        )),
+        Err(refusal) => Frame::from(ServerToUser::Error(
+            ApiError::from(refusal).to_frame(Some(request_id)),
+        )),
+    };
+    // Before the answer goes out: a client that sends its next command on seeing this one's
+    // result must find the place free.
+    drop(in_flight);
+    if core
+        .hub
+        .send_to_connection(connection, &frame)
+        .await
+        .is_err()
+    {
+        tracing::debug!("the user connection closed before its command ended");
     }
 }

@@ -47,22 +47,24 @@
 //!   [`HubConfig::websocket_config`](bridge_hub::HubConfig::websocket_config), to
 //!   [`LocalHub::serve`](bridge_hub::LocalHub::serve). A token's `exp` becomes the
 //!   connection's expiry (closed with 1008 once passed).
-//! * The hub's events go through one channel to one dispatcher task, in order:
-//!   `ble_response` → the session manager (an unknown request is answered `unknown_request`,
-//!   another connection's or device's `forbidden`); a release or a closed bridge fails what
-//!   is pending through it at once (`bridge_lost`); `DeviceOnline` and `ble_status` with
+//! * A `ble_response` is matched on the task of the connection it arrived on: the hub calls
+//!   the server's response handler, which calls the session manager (an unknown request
+//!   is answered `unknown_request`, another connection's or device's `forbidden`, by the
+//!   hub). The hub's events are handled the same way, synchronously and in order, with no
+//!   channel or dispatcher task in between: a release or a closed bridge fails what is
+//!   pending through it at once (`bridge_lost`); `DeviceOnline` and `ble_status` with
 //!   `connected: true` start delivery passes; a user's `command` frame runs the same command
 //!   path as `POST /v1/devices/{deviceId}/commands`, on its own task, and is answered with
 //!   `command_result` or an error frame carrying its `requestId`.
-//! * The session manager sends through the hub ([`Hub::send_to_device`] and
-//!   [`Hub::command_finished`], so routing knows the commands in flight per connection).
+//! * The session manager sends through the hub ([`Hub::send_to_device`]); the hub's
+//!   in-flight ticket it gets back is owned by the pending command and dropped when the
+//!   command ends, so routing knows the commands in flight per connection.
 //! * The delivery engine (see [`DeliveryConfig`]) leases a device's queued commands one at a
 //!   time, sends them through the session manager, completes or releases them in the store,
 //!   and announces final outcomes to the device's subscribers as `command_result` with the
 //!   `commandId`.
 //!
 //! [`Hub::send_to_device`]: bridge_hub::Hub::send_to_device
-//! [`Hub::command_finished`]: bridge_hub::Hub::command_finished
 //!
 //! # Readings of PROTOCOL.md
 //!
@@ -98,7 +100,8 @@
 //!   upgrade headers (after authentication) is 426 `invalid_request`.
 //! * **Commands per user connection**: at most
 //!   [`ServerBuilder::DEFAULT_MAX_USER_COMMANDS`] `command` frames of one connection run at
-//!   once ([`ServerBuilder::max_commands_per_connection`]); one more is answered with an
+//!   once ([`ServerBuilder::max_commands_per_connection`], which sets the hub's
+//!   `HubConfig::max_commands_per_connection`); one more is answered by the hub with an
 //!   error frame `rate_limited` and its `requestId`, so that one connection cannot take the
 //!   server's whole pending capacity.
 //! * **`bridge_commands_total{outcome}`** counts every command path answer by its status

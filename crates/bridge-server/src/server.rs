@@ -1,18 +1,16 @@
 //! Composition: [`ServerBuilder`] wires a hub, a session manager, a store and a registry
 //! into a [`Server`], whose [`Server::router`] serves PROTOCOL.md.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
-use bridge_hub::{GrantedSubscriptions, Hub, HubConfig, HubEvent, LocalHub, LocalHubBuilder};
-use bridge_protocol::{ConfigRegistry, ConnectionId, Limits};
+use bridge_hub::{GrantedSubscriptions, Hub, HubConfig, LocalHub, LocalHubBuilder};
+use bridge_protocol::{ConfigRegistry, Limits};
 use bridge_queue::{MemoryStore, Store, StoreConfig};
 use bridge_session::{SessionConfig, SessionManager};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
@@ -38,9 +36,6 @@ pub(crate) struct Core {
     pub(crate) limits: Limits,
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Arc<Metrics>,
-    /// Commands in flight per user connection, and the most allowed.
-    pub(crate) user_commands: parking_lot::Mutex<HashMap<ConnectionId, usize>>,
-    pub(crate) max_user_commands: usize,
 }
 
 /// Builds a [`Server`].
@@ -59,7 +54,7 @@ pub struct ServerBuilder {
     wrap_hub: Option<HubWrapper>,
     session: SessionConfig,
     delivery: Option<EngineConfig>,
-    max_user_commands: usize,
+    max_user_commands: Option<usize>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -82,18 +77,22 @@ impl ServerBuilder {
             wrap_hub: None,
             session: SessionConfig::default(),
             delivery: None,
-            max_user_commands: Self::DEFAULT_MAX_USER_COMMANDS,
+            max_user_commands: None,
         }
     }
 
-    /// Default of [`ServerBuilder::max_commands_per_connection`].
+    /// Default of [`ServerBuilder::max_commands_per_connection`]: the hub's default
+    /// [`HubConfig::max_commands_per_connection`].
     pub const DEFAULT_MAX_USER_COMMANDS: usize = 64;
 
     /// Most `command` frames one user connection may have running at once (default 64).
-    /// One more is refused with an error frame `rate_limited` carrying its `requestId`, so
-    /// that one connection cannot take the whole server's pending capacity.
+    /// The hub enforces it: this sets [`HubConfig::max_commands_per_connection`] of the hub
+    /// configuration in use (the one given to [`hub_config`](Self::hub_config), or the one
+    /// derived from the [`ServerConfig`]), overriding what that says. One more is answered
+    /// by the hub with an error frame `rate_limited` carrying its `requestId`, so that one
+    /// connection cannot take the whole server's pending capacity.
     pub fn max_commands_per_connection(mut self, max: usize) -> Self {
-        self.max_user_commands = max.max(1);
+        self.max_user_commands = Some(max.max(1));
         self
     }
 
@@ -120,7 +119,7 @@ impl ServerBuilder {
     /// [`AccessPolicy`](bridge_hub::AccessPolicy) or a
     /// [`SubscriptionSource`](bridge_hub::SubscriptionSource) (default: a user connection
     /// starts subscribed to its token's `devices`). The server installs its own event sink
-    /// afterwards.
+    /// and `ble_response` handler afterwards.
     pub fn customize_hub(
         mut self,
         customize: impl FnOnce(LocalHubBuilder) -> LocalHubBuilder + Send + 'static,
@@ -153,13 +152,14 @@ impl ServerBuilder {
     }
 
     /// Builds the server. Must be called inside a Tokio runtime: it starts the session
-    /// manager's timer, the hub event dispatcher and the delivery timer.
+    /// manager's timer and the delivery timer, and runs user commands and delivery passes
+    /// on it.
     pub fn build(self) -> Server {
         let config = self.config;
         let limits = Limits {
             max_payload_bytes: config.max_payload_bytes,
         };
-        let hub_config = self.hub_config.unwrap_or_else(|| {
+        let mut hub_config = self.hub_config.unwrap_or_else(|| {
             let mut hub = HubConfig::default();
             hub.max_frame_bytes = config.max_frame_bytes;
             hub.protocol_limits = limits;
@@ -168,7 +168,10 @@ impl ServerBuilder {
             hub.max_subscriptions = config.max_subscriptions;
             hub
         });
-        let (events_tx, events_rx) = mpsc::unbounded_channel::<HubEvent>();
+        if let Some(max) = self.max_user_commands {
+            hub_config.max_commands_per_connection = max;
+        }
+        let slot: events::CoreSlot = Arc::new(OnceLock::new());
         let mut hub_builder = LocalHub::builder()
             .config(hub_config)
             .subscriptions(GrantedSubscriptions);
@@ -176,10 +179,11 @@ impl ServerBuilder {
             hub_builder = customize(hub_builder);
         }
         let local = hub_builder
-            .events(move |event: HubEvent| {
-                // The receiver only goes away with the server.
-                let _ = events_tx.send(event);
-            })
+            .events(events::sink(
+                Arc::clone(&slot),
+                tokio::runtime::Handle::current(),
+            ))
+            .responses(events::responses(Arc::clone(&slot)))
             .build();
         let hub: Arc<dyn Hub> = match self.wrap_hub {
             Some(wrap) => wrap(local.clone()),
@@ -189,6 +193,7 @@ impl ServerBuilder {
         let store = self.store.unwrap_or_else(|| {
             Arc::new(MemoryStore::new(StoreConfig {
                 max_payload_bytes: config.max_payload_bytes,
+                max_open_per_device: config.max_queued_per_device,
                 ..StoreConfig::default()
             }))
         });
@@ -228,10 +233,9 @@ impl ServerBuilder {
             limits,
             config,
             metrics,
-            user_commands: parking_lot::Mutex::new(HashMap::new()),
-            max_user_commands: self.max_user_commands,
         });
-        tokio::spawn(events::dispatch(Arc::downgrade(&core), events_rx));
+        // Set before any connection can be served: the router is made from `core` below.
+        let _ = slot.set(Arc::downgrade(&core));
         Server { core }
     }
 }

@@ -10,21 +10,20 @@ use crate::ids;
 use crate::slots::Slots;
 use crate::stats::SessionStats;
 
-/// The outcome a finished command hands its caller.
-pub type CommandResult = Result<HexPayload, CommandError>;
-
 /// A command that left the correlator, with everything needed to tell its caller.
 #[derive(Debug)]
 #[non_exhaustive]
 pub struct Finished<W> {
     /// The command's request id.
     pub request_id: RequestId,
-    /// The connection the `ble_write` went out on, when it is known. The driver reports
-    /// [`Transport::command_finished`](crate::Transport::command_finished) for it.
+    /// The connection the `ble_write` went out on, when it is known.
     pub connection: Option<ConnectionId>,
     /// The device's reply, or why there is none.
-    pub result: CommandResult,
-    /// Whatever the driver registered to reach the caller (a channel sender, say).
+    pub result: Result<HexPayload, CommandError>,
+    /// Whatever the driver registered with the command: a channel sender to reach the
+    /// caller, say, and anything else the command owns while pending (the
+    /// [`SessionManager`](crate::SessionManager) keeps the transport's in-flight ticket
+    /// here, so handing the waiter out is what ends the in-flight count).
     pub waiter: W,
 }
 
@@ -50,8 +49,8 @@ pub enum MarkSent<W> {
     /// connection was lost (or released the device) while the write was being sent.
     Finished(Finished<W>),
     /// The command had already ended, with this error (a timeout or shutdown), while the
-    /// write was being sent; its waiter was handed out then. The connection was not known to
-    /// that path, so the driver reports `command_finished` for it itself.
+    /// write was being sent; its waiter was handed out then. Whatever the driver got from
+    /// the send (a transport's in-flight ticket) is still the driver's to drop.
     Gone(CommandError),
     /// No command with this id was registered here, or its ending was already reported.
     Unknown,
@@ -360,7 +359,7 @@ impl<W> Correlator<W> {
             .map(|entry| &mut entry.waiter)
     }
 
-    fn count_answer(&mut self, outcome: BleOutcome) -> CommandResult {
+    fn count_answer(&mut self, outcome: BleOutcome) -> Result<HexPayload, CommandError> {
         match outcome {
             BleOutcome::Payload(payload) => {
                 self.stats.succeeded += 1;
@@ -490,7 +489,12 @@ impl<W> Correlator<W> {
         }
     }
 
-    fn finished(&self, sequence: u64, entry: Entry<W>, result: CommandResult) -> Finished<W> {
+    fn finished(
+        &self,
+        sequence: u64,
+        entry: Entry<W>,
+        result: Result<HexPayload, CommandError>,
+    ) -> Finished<W> {
         Finished {
             request_id: ids::encode(self.prefix, sequence),
             connection: match entry.route {

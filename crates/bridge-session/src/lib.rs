@@ -40,9 +40,22 @@
 //!   [`CommandError::Shutdown`]. Its entry is removed on that ending, whatever the path, so
 //!   [`SessionManager::pending`] counts exactly the commands still waiting; there is no
 //!   background sweep and no entry outlives its command.
-//! * **`command_finished` once.** For every connection that [`Transport::send_ble_write`]
-//!   returned, [`Transport::command_finished`] is called exactly once when that command ends,
-//!   never under a lock, so a hub can keep per-connection in-flight counts.
+//! * **One owner of "in flight".** A successful [`Transport::send_ble_write`] returns the
+//!   connection and an in-flight ticket ([`Transport::InFlight`], an RAII guard a hub makes
+//!   over the connection's in-flight counter). The command's pending entry owns the ticket;
+//!   removing the entry, however the command ends, drops it. So the hub's count of commands
+//!   in flight per connection (its routing tie-breaker, PROTOCOL.md 2) is the number of
+//!   live tickets — there is no second count to keep equal, and no callback that must come
+//!   exactly once.
+//!
+//!   The other counts here are of different things and stay separate: the slab of pending
+//!   entries (`slots.rs`) *is* the store the tickets live in, and its length is
+//!   [`SessionManager::pending`] (commands registered, including those still routing,
+//!   which hold no ticket yet); the per-device slots of
+//!   [`SessionConfig::with_per_device_limit`] are semaphore permits per *device*, taken
+//!   before any connection is chosen (a command may wait for one without being in flight
+//!   anywhere), so they cannot be the per-connection count; the permit is held by the
+//!   `send_command` future, which returns as soon as the command ends.
 //! * **Timeouts.** A command's timeout starts when `send_command` is called and covers any
 //!   wait for a device slot ([`SessionConfig::with_per_device_limit`]); the `timeoutMs` of
 //!   the `ble_write` is what is left of it. The timer ends a command at its deadline (to the
@@ -58,7 +71,7 @@
 //!   more fails with [`CommandError::TooManyPending`]); optionally at most
 //!   [`SessionConfig::per_device_limit`] per device (off by default).
 //! * **Cancel safety.** Dropping a `send_command` future at any await point removes its
-//!   entry (and reports `command_finished` if the write had gone out).
+//!   entry (and drops its in-flight ticket if the write had gone out).
 //!
 //! # Performance
 //!
@@ -91,7 +104,13 @@
 //!
 //! #[async_trait::async_trait]
 //! impl Transport for LoopbackBridge {
-//!     async fn send_ble_write(&self, write: BleWrite) -> Result<ConnectionId, TransportError> {
+//!     // This bridge counts nothing in flight.
+//!     type InFlight = ();
+//!
+//!     async fn send_ble_write(
+//!         &self,
+//!         write: BleWrite,
+//!     ) -> Result<(ConnectionId, ()), TransportError> {
 //!         if write.device_id.as_str() != "lock-1" {
 //!             return Err(TransportError::Offline);
 //!         }
@@ -106,7 +125,7 @@
 //!         if let Some(manager) = self.0.get() {
 //!             manager.handle_response(connection, answer).expect("a correct answer");
 //!         }
-//!         Ok(connection)
+//!         Ok((connection, ()))
 //!     }
 //! }
 //!
@@ -151,7 +170,7 @@ mod stats;
 mod transport;
 
 pub use config::SessionConfig;
-pub use correlator::{CommandResult, Correlator, Finished, MarkSent, Removed, ResponseAccepted};
+pub use correlator::{Correlator, Finished, MarkSent, Removed, ResponseAccepted};
 pub use error::{CommandError, RejectReason, ResponseRejected, TransportError};
 pub use manager::{CommandReply, SessionManager};
 pub use stats::SessionStats;

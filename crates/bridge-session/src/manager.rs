@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
-use crate::correlator::{CommandResult, Correlator, Finished, MarkSent, ResponseAccepted};
+use crate::correlator::{Correlator, Finished, MarkSent, ResponseAccepted};
 use crate::error::{CommandError, RejectReason, ResponseRejected, TransportError};
 use crate::stats::SessionStats;
 use crate::{SessionConfig, Transport, ids};
@@ -32,30 +32,60 @@ pub struct CommandReply {
     pub latency: Duration,
 }
 
-/// What a pending command keeps to reach its caller: a channel, attached only once the
-/// command waits for an answer (an answer that comes while the transport is still sending
-/// is handed over directly, with no channel at all).
-type Waiter = Option<oneshot::Sender<CommandResult>>;
+/// What a pending command owns besides its correlation state: the channel to its caller
+/// and the transport's in-flight ticket.
+///
+/// Both are attached only once the command waits for an answer, under the shard lock that
+/// marks it sent (an answer that comes while the transport is still sending is handed over
+/// directly, with no channel at all, and the ticket never leaves `send_command`). From then
+/// on the pending entry is the ticket's only owner: whatever removes the entry — answer,
+/// timeout, bridge loss, release, cancellation, shutdown — drops the ticket with it, and
+/// with it the connection's in-flight count. Nothing counts in flight twice.
+struct Pending<I> {
+    caller: Option<oneshot::Sender<Result<HexPayload, CommandError>>>,
+    in_flight: Option<I>,
+}
+
+impl<I> Pending<I> {
+    const fn new() -> Self {
+        Self {
+            caller: None,
+            in_flight: None,
+        }
+    }
+
+    /// Ends the in-flight count, then tells the caller (so a caller that sees its result
+    /// also sees the count down).
+    fn finish(self, result: Result<HexPayload, CommandError>) {
+        let Self { caller, in_flight } = self;
+        drop(in_flight);
+        // No caller: the command ended while its caller was still sending, and the caller
+        // learns why from `mark_sent`. A gone caller's guard finds nothing to cancel.
+        if let Some(caller) = caller {
+            let _ = caller.send(result);
+        }
+    }
+}
 
 /// One independently locked part of the pending set, alone on its cache lines.
 #[repr(align(128))]
-struct Shard(Mutex<ShardState>);
+struct Shard<I>(Mutex<ShardState<I>>);
 
-impl Shard {
-    fn lock(&self) -> parking_lot::MutexGuard<'_, ShardState> {
+impl<I> Shard<I> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, ShardState<I>> {
         self.0.lock()
     }
 }
 
-struct ShardState {
-    correlator: Correlator<Waiter>,
+struct ShardState<I> {
+    correlator: Correlator<Pending<I>>,
     /// Pending-limit tokens this shard took from `Inner::free_tokens`; never below
     /// `correlator.len()`. Shards take and give back tokens in batches, so the limit costs
     /// no shared atomic per command.
     reserved: usize,
 }
 
-impl ShardState {
+impl<I> ShardState<I> {
     fn surplus(&self) -> usize {
         self.reserved - self.correlator.len()
     }
@@ -68,11 +98,11 @@ impl ShardState {
 /// inside a Tokio runtime: [`new`](Self::new) spawns the one timer task that times out
 /// every pending command. The task ends when the last clone is dropped or on
 /// [`shutdown`](Self::shutdown).
-pub struct SessionManager<T: ?Sized = dyn Transport> {
+pub struct SessionManager<T: Transport + ?Sized> {
     inner: Arc<Inner<T>>,
 }
 
-impl<T: ?Sized> Clone for SessionManager<T> {
+impl<T: Transport + ?Sized> Clone for SessionManager<T> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
@@ -80,7 +110,7 @@ impl<T: ?Sized> Clone for SessionManager<T> {
     }
 }
 
-impl<T: ?Sized> std::fmt::Debug for SessionManager<T> {
+impl<T: Transport + ?Sized> std::fmt::Debug for SessionManager<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionManager")
             .field("pending", &self.inner.pending())
@@ -89,8 +119,8 @@ impl<T: ?Sized> std::fmt::Debug for SessionManager<T> {
     }
 }
 
-struct Inner<T: ?Sized> {
-    shards: Box<[Shard]>,
+struct Inner<T: Transport + ?Sized> {
+    shards: Box<[Shard<T::InFlight>]>,
     shard_mask: usize,
     prefix_hex: [u8; 16],
     registry: Arc<ConfigRegistry>,
@@ -107,7 +137,7 @@ struct Inner<T: ?Sized> {
     transport: Arc<T>,
 }
 
-impl<T: ?Sized> Drop for Inner<T> {
+impl<T: Transport + ?Sized> Drop for Inner<T> {
     fn drop(&mut self) {
         // Lets the timer task see that the manager is gone, and end.
         self.timer.stop();
@@ -164,7 +194,8 @@ impl<T: Transport + ?Sized> SessionManager<T> {
     pub fn new(transport: Arc<T>, registry: Arc<ConfigRegistry>, config: &SessionConfig) -> Self {
         let shard_count = config.shards();
         let prefix = config.id_prefix().unwrap_or_else(ids::random_prefix);
-        let shards: Box<[Shard]> = (0..=u8::try_from(shard_count - 1).unwrap_or(u8::MAX))
+        let shards: Box<[Shard<T::InFlight>]> = (0..=u8::try_from(shard_count - 1)
+            .unwrap_or(u8::MAX))
             .map(|i| {
                 Shard(Mutex::new(ShardState {
                     reserved: 0,
@@ -208,7 +239,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
     /// [`SessionConfig::with_per_device_limit`]).
     ///
     /// Cancel-safe: dropping the future at any point removes the command from the pending
-    /// set (and reports `command_finished` if it had gone out).
+    /// set (and drops its in-flight ticket if it had gone out).
     pub async fn send_command(
         &self,
         device_id: DeviceId,
@@ -240,8 +271,12 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         };
 
         let shard = shard_hint() & inner.shard_mask;
-        let (request_id, sequence) =
-            inner.register(shard, device_id.clone(), deadline.into_std(), None)?;
+        let (request_id, sequence) = inner.register(
+            shard,
+            device_id.clone(),
+            deadline.into_std(),
+            Pending::new(),
+        )?;
         let mut guard = PendingGuard {
             inner,
             shard,
@@ -269,8 +304,8 @@ impl<T: Transport + ?Sized> SessionManager<T> {
                 timeout
             }),
         };
-        let connection = match inner.transport.send_ble_write(write).await {
-            Ok(connection) => connection,
+        let (connection, in_flight) = match inner.transport.send_ble_write(write).await {
+            Ok(sent) => sent,
             Err(TransportError::Offline) => {
                 guard.armed = false;
                 let removed = inner.shards[shard]
@@ -287,10 +322,12 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             let mut state = inner.shards[shard].lock();
             match state.correlator.mark_sent_sequence(sequence, connection) {
                 MarkSent::Waiting => {
-                    // Attach the channel under the same lock: no answer can slip in between.
+                    // Hand the ticket to the entry and attach the channel under the same
+                    // lock: no answer can slip in between.
                     let (sender, receiver) = oneshot::channel();
-                    if let Some(waiter) = state.correlator.waiter_mut_sequence(sequence) {
-                        *waiter = Some(sender);
+                    if let Some(pending) = state.correlator.waiter_mut_sequence(sequence) {
+                        pending.caller = Some(sender);
+                        pending.in_flight = Some(in_flight);
                     }
                     Ok(receiver)
                 }
@@ -305,9 +342,8 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             Ok(receiver) => receiver,
             Err(result) => {
                 // Ended at once (an answer that beat the send, a loss during the send) or
-                // while routing; either way no one else knew the connection.
+                // while routing: the ticket never reached the entry, and ends here.
                 guard.armed = false;
-                inner.transport.command_finished(connection);
                 return result.map(reply);
             }
         };
@@ -350,7 +386,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             .handle_response_sequence(sequence, connection, response, now);
         match accepted {
             Ok(ResponseAccepted::Resolved(finished)) => {
-                inner.deliver(finished);
+                Inner::<T>::deliver(finished);
                 Ok(())
             }
             Ok(_) => Ok(()),
@@ -407,7 +443,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
     }
 }
 
-impl<T: ?Sized> Inner<T> {
+impl<T: Transport + ?Sized> Inner<T> {
     fn pending(&self) -> usize {
         self.shards.iter().map(|s| s.lock().correlator.len()).sum()
     }
@@ -418,7 +454,7 @@ impl<T: ?Sized> Inner<T> {
         shard: usize,
         device: DeviceId,
         deadline: std::time::Instant,
-        waiter: Waiter,
+        waiter: Pending<T::InFlight>,
     ) -> Result<(RequestId, u64), CommandError> {
         let mut state = self.shards[shard].lock();
         if state.correlator.is_closed() {
@@ -479,28 +515,24 @@ impl<T: ?Sized> Inner<T> {
 }
 
 impl<T: Transport + ?Sized> Inner<T> {
-    /// Tells a finished command's caller, outside any lock.
-    fn deliver(&self, finished: Finished<Waiter>) {
-        if let Some(connection) = finished.connection {
-            self.transport.command_finished(connection);
-        }
-        // No waiter: the command ended while its caller was still sending, and the caller
-        // learns why from `mark_sent`. A gone caller's guard finds nothing to cancel.
-        if let Some(waiter) = finished.waiter {
-            let _ = waiter.send(finished.result);
-        }
+    /// Ends a finished command's in-flight count and tells its caller, outside any lock.
+    fn deliver(finished: Finished<Pending<T::InFlight>>) {
+        finished.waiter.finish(finished.result);
     }
 
     fn fail_everywhere(
         &self,
-        mut fail: impl FnMut(&mut Correlator<Waiter>, &mut Vec<Finished<Waiter>>),
+        mut fail: impl FnMut(
+            &mut Correlator<Pending<T::InFlight>>,
+            &mut Vec<Finished<Pending<T::InFlight>>>,
+        ),
     ) {
         let mut out = Vec::new();
         for shard in &*self.shards {
             fail(&mut shard.lock().correlator, &mut out);
         }
         for finished in out {
-            self.deliver(finished);
+            Self::deliver(finished);
         }
     }
 }
@@ -523,9 +555,8 @@ impl<T: Transport + ?Sized> Drop for PendingGuard<'_, T> {
             .correlator
             .cancel_sequence(self.sequence);
         if let Some(removed) = removed {
-            if let Some(connection) = removed.connection {
-                self.inner.transport.command_finished(connection);
-            }
+            // Dropping the entry's ticket (outside the shard lock) ends its in-flight count.
+            drop(removed);
             tracing::debug!(sequence = self.sequence, "command cancelled by its caller");
         }
     }
@@ -622,7 +653,7 @@ async fn run_timer<T: Transport + ?Sized>(inner: Weak<Inner<T>>, timer: Arc<Time
         }
         for finished in expired.drain(..) {
             tracing::debug!(request_id = %finished.request_id, "command timed out");
-            inner.deliver(finished);
+            Inner::<T>::deliver(finished);
         }
     }
 }
@@ -710,7 +741,12 @@ mod tests {
 
     #[async_trait]
     impl Transport for Echo {
-        async fn send_ble_write(&self, write: BleWrite) -> Result<ConnectionId, TransportError> {
+        type InFlight = ();
+
+        async fn send_ble_write(
+            &self,
+            write: BleWrite,
+        ) -> Result<(ConnectionId, ()), TransportError> {
             let conn = ConnectionId::new(1);
             if let Some(manager) = self.0.get() {
                 let _ = manager.handle_response(
@@ -722,7 +758,7 @@ mod tests {
                     },
                 );
             }
-            Ok(conn)
+            Ok((conn, ()))
         }
     }
 

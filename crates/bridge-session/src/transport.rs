@@ -8,12 +8,15 @@ use crate::TransportError;
 
 /// Sends `ble_write` frames to bridges. The server implements it over its connection hub.
 ///
-/// The session manager calls [`send_ble_write`](Self::send_ble_write) once per command, and
-/// [`command_finished`](Self::command_finished) exactly once for every connection that
-/// `send_ble_write` returned, when that command ends, whatever ends it (answer, timeout,
-/// bridge loss, release, cancellation, shutdown). A hub can keep per-connection in-flight
-/// counts with the pair (PROTOCOL.md 2: route to the holder with the fewest commands in
-/// flight).
+/// The session manager calls [`send_ble_write`](Self::send_ble_write) once per command. A
+/// successful send returns the connection the write went out on and an *in-flight ticket*
+/// ([`Transport::InFlight`]): whatever the transport wants to keep alive while the command
+/// is in flight on that connection — a hub hands out an RAII guard over the connection's
+/// in-flight counter (PROTOCOL.md 2: route to the holder with the fewest commands in
+/// flight). The session stores the ticket in the command's pending entry and drops it the
+/// moment the command ends, whatever ends it (answer, device error, timeout, bridge loss,
+/// release, cancellation, shutdown). There is no "finished" callback to call exactly once:
+/// ownership is the count.
 ///
 /// Implementations must not call back into the session manager in a way that waits for the
 /// command being sent; they may deliver its answer (through
@@ -21,14 +24,15 @@ use crate::TransportError;
 /// `send_ble_write` returns, and the answer still counts.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
-    /// Sends `write` through the best bridge connection that holds `write.device_id`, and
-    /// returns that connection. [`TransportError::Offline`] when no bridge holds the device.
-    async fn send_ble_write(&self, write: BleWrite) -> Result<ConnectionId, TransportError>;
+    /// Held by the pending command while it is in flight, dropped when it ends. `()` for a
+    /// transport that counts nothing.
+    type InFlight: Send + 'static;
 
-    /// A command that went out on `connection` has ended. Called exactly once per
-    /// connection returned by [`send_ble_write`](Self::send_ble_write), never while the
-    /// session manager holds a lock. Does nothing unless overridden.
-    fn command_finished(&self, connection: ConnectionId) {
-        let _ = connection;
-    }
+    /// Sends `write` through the best bridge connection that holds `write.device_id`, and
+    /// returns that connection with the command's in-flight ticket.
+    /// [`TransportError::Offline`] when no bridge holds the device.
+    async fn send_ble_write(
+        &self,
+        write: BleWrite,
+    ) -> Result<(ConnectionId, Self::InFlight), TransportError>;
 }

@@ -27,8 +27,44 @@ mockall::mock! {
     Bridge {}
     #[async_trait]
     impl Transport for Bridge {
-        async fn send_ble_write(&self, write: BleWrite) -> Result<ConnectionId, TransportError>;
-        fn command_finished(&self, connection: ConnectionId);
+        type InFlight = Ticket;
+        async fn send_ble_write(
+            &self,
+            write: BleWrite,
+        ) -> Result<(ConnectionId, Ticket), TransportError>;
+    }
+}
+
+/// Commands in flight per connection, counted the way a hub counts them: one per live
+/// [`Ticket`].
+#[derive(Clone, Default)]
+struct Ledger(Arc<Mutex<HashMap<ConnectionId, i64>>>);
+
+impl Ledger {
+    /// A ticket for one more command in flight on `connection`.
+    fn ticket(&self, connection: ConnectionId) -> Ticket {
+        *self.0.lock().entry(connection).or_default() += 1;
+        Ticket {
+            connection,
+            ledger: self.clone(),
+        }
+    }
+
+    /// Live tickets of `connection`.
+    fn in_flight(&self, connection: ConnectionId) -> i64 {
+        self.0.lock().get(&connection).copied().unwrap_or(0)
+    }
+}
+
+/// The in-flight ticket of the test transports: counts down on drop.
+struct Ticket {
+    connection: ConnectionId,
+    ledger: Ledger,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        *self.ledger.0.lock().entry(self.connection).or_default() -= 1;
     }
 }
 
@@ -65,26 +101,18 @@ fn manager_with<T: Transport>(transport: T, config: &SessionConfig) -> SessionMa
     )
 }
 
-/// A mock that accepts every write on `PHONE`, forwards it to the test, and counts
-/// `command_finished` per connection.
-type FinishedCounts = Arc<Mutex<HashMap<ConnectionId, usize>>>;
-
-fn recording_mock() -> (
-    MockBridge,
-    mpsc::UnboundedReceiver<BleWrite>,
-    FinishedCounts,
-) {
+/// A mock that accepts every write on `PHONE`, forwards it to the test, and hands out
+/// tickets of the returned ledger.
+fn recording_mock() -> (MockBridge, mpsc::UnboundedReceiver<BleWrite>, Ledger) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let finished = Arc::new(Mutex::new(HashMap::new()));
+    let ledger = Ledger::default();
     let mut mock = MockBridge::new();
+    let tickets = ledger.clone();
     mock.expect_send_ble_write().returning(move |write| {
         let _ = tx.send(write);
-        Ok(PHONE)
+        Ok((PHONE, tickets.ticket(PHONE)))
     });
-    let counts = Arc::clone(&finished);
-    mock.expect_command_finished()
-        .returning(move |conn| *counts.lock().entry(conn).or_default() += 1);
-    (mock, rx, finished)
+    (mock, rx, ledger)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -94,23 +122,24 @@ fn recording_mock() -> (
 #[derive(Default)]
 struct InMemoryHub {
     holders: Mutex<HashMap<DeviceId, (ConnectionId, mpsc::UnboundedSender<BleWrite>)>>,
-    in_flight: Mutex<HashMap<ConnectionId, i64>>,
+    ledger: Ledger,
 }
 
 #[async_trait]
 impl Transport for InMemoryHub {
-    async fn send_ble_write(&self, write: BleWrite) -> Result<ConnectionId, TransportError> {
+    type InFlight = Ticket;
+
+    async fn send_ble_write(
+        &self,
+        write: BleWrite,
+    ) -> Result<(ConnectionId, Ticket), TransportError> {
         let holders = self.holders.lock();
         let (conn, phone) = holders
             .get(&write.device_id)
             .ok_or(TransportError::Offline)?;
-        *self.in_flight.lock().entry(*conn).or_default() += 1;
+        let ticket = self.ledger.ticket(*conn);
         phone.send(write).map_err(|_| TransportError::Offline)?;
-        Ok(*conn)
-    }
-
-    fn command_finished(&self, connection: ConnectionId) {
-        *self.in_flight.lock().entry(connection).or_default() -= 1;
+        Ok((*conn, ticket))
     }
 }
 
@@ -143,7 +172,7 @@ impl InMemoryHub {
     }
 
     fn in_flight(&self, conn: ConnectionId) -> i64 {
-        self.in_flight.lock().get(&conn).copied().unwrap_or(0)
+        self.ledger.in_flight(conn)
     }
 }
 
@@ -175,7 +204,7 @@ async fn a_command_gets_the_reply_of_the_phone_that_holds_the_device() {
     assert_eq!(
         hub.in_flight(PHONE),
         0,
-        "command_finished once per sent command"
+        "the answer ended the in-flight count"
     );
     let stats = manager.stats();
     assert_eq!((stats.sent, stats.succeeded, stats.pending), (1, 1, 0));
@@ -264,7 +293,7 @@ async fn the_default_device_type_is_used_when_none_is_named_and_unknown_types_ar
 
 #[tokio::test(start_paused = true)]
 async fn a_device_error_is_reported_with_its_code() {
-    let (mock, mut writes, finished) = recording_mock();
+    let (mock, mut writes, ledger) = recording_mock();
     let manager = manager_with(mock, &SessionConfig::default());
     let command = {
         let manager = manager.clone();
@@ -284,7 +313,7 @@ async fn a_device_error_is_reported_with_its_code() {
     manager.handle_response(PHONE, failure).unwrap();
     assert_eq!(command.await.unwrap(), Err(CommandError::DeviceError(code)));
     assert_eq!(manager.pending(), 0);
-    assert_eq!(finished.lock()[&PHONE], 1);
+    assert_eq!(ledger.in_flight(PHONE), 0, "a device error ends the count");
     assert_eq!(manager.stats().device_errors, 1);
 }
 
@@ -294,7 +323,6 @@ async fn a_device_no_bridge_holds_is_offline_at_once() {
     mock.expect_send_ble_write()
         .times(1)
         .returning(|_| Err(TransportError::Offline));
-    mock.expect_command_finished().never();
     let manager = manager_with(mock, &SessionConfig::default());
     let start = Instant::now();
     let err = manager
@@ -308,7 +336,7 @@ async fn a_device_no_bridge_holds_is_offline_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn an_unanswered_command_times_out_at_its_deadline_and_leaves_nothing_behind() {
-    let (mock, mut writes, finished) = recording_mock();
+    let (mock, mut writes, ledger) = recording_mock();
     let manager = manager_with(mock, &SessionConfig::default());
     let start = Instant::now();
     let command = {
@@ -321,10 +349,11 @@ async fn an_unanswered_command_times_out_at_its_deadline_and_leaves_nothing_behi
     };
     let write = writes.recv().await.unwrap();
     assert_eq!(manager.pending(), 1);
+    assert_eq!(ledger.in_flight(PHONE), 1);
     assert_eq!(command.await.unwrap(), Err(CommandError::Timeout));
     assert_eq!(start.elapsed(), 3 * SECOND);
     assert_eq!(manager.pending(), 0);
-    assert_eq!(finished.lock()[&PHONE], 1);
+    assert_eq!(ledger.in_flight(PHONE), 0, "a timeout ends the count");
 
     // The answer that comes afterwards is an unknown request and changes nothing.
     let late = manager
@@ -404,7 +433,7 @@ async fn a_lost_connection_fails_its_pending_commands_at_once() {
 
 #[tokio::test(start_paused = true)]
 async fn a_released_device_fails_only_its_own_commands_on_that_connection() {
-    let (mock, mut writes, finished) = recording_mock();
+    let (mock, mut writes, ledger) = recording_mock();
     let manager = manager_with(mock, &SessionConfig::default());
     let spawn = |name: &'static str| {
         let manager = manager.clone();
@@ -426,14 +455,20 @@ async fn a_released_device_fails_only_its_own_commands_on_that_connection() {
         2,
         "released on another connection: nothing to fail"
     );
+    assert_eq!(ledger.in_flight(PHONE), 2);
     manager.device_released(PHONE, &device("a"));
     assert_eq!(a.await.unwrap(), Err(CommandError::BridgeLost));
     assert_eq!(manager.pending(), 1);
+    assert_eq!(
+        ledger.in_flight(PHONE),
+        1,
+        "the release ended a's count only"
+    );
     manager
         .handle_response(PHONE, answer(&sent["b"], &[2]))
         .unwrap();
     assert_eq!(payload_of(b.await.unwrap()), Ok(bytes(&[2])));
-    assert_eq!(finished.lock()[&PHONE], 2);
+    assert_eq!(ledger.in_flight(PHONE), 0);
     assert_eq!(manager.pending(), 0);
 }
 
@@ -487,7 +522,7 @@ async fn spoofed_answers_are_refused_and_do_not_disturb_the_pending_command() {
 
 #[tokio::test(start_paused = true)]
 async fn dropping_the_future_removes_the_command() {
-    let (mock, mut writes, finished) = recording_mock();
+    let (mock, mut writes, ledger) = recording_mock();
     let manager = manager_with(mock, &SessionConfig::default());
     let outcome = tokio::time::timeout(
         Duration::from_millis(10),
@@ -496,7 +531,11 @@ async fn dropping_the_future_removes_the_command() {
     .await;
     assert!(outcome.is_err(), "the caller gave up first");
     assert_eq!(manager.pending(), 0);
-    assert_eq!(finished.lock()[&PHONE], 1);
+    assert_eq!(
+        ledger.in_flight(PHONE),
+        0,
+        "dropping the caller ends the count"
+    );
     let write = writes.recv().await.unwrap();
     let err = manager
         .handle_response(PHONE, answer(&write, &[1]))
@@ -507,7 +546,7 @@ async fn dropping_the_future_removes_the_command() {
 
 #[tokio::test(start_paused = true)]
 async fn aborting_the_task_removes_the_command() {
-    let (mock, mut writes, finished) = recording_mock();
+    let (mock, mut writes, ledger) = recording_mock();
     let manager = manager_with(mock, &SessionConfig::default());
     let command = {
         let manager = manager.clone();
@@ -519,10 +558,11 @@ async fn aborting_the_task_removes_the_command() {
     };
     let _write = writes.recv().await.unwrap();
     assert_eq!(manager.pending(), 1);
+    assert_eq!(ledger.in_flight(PHONE), 1);
     command.abort();
     assert!(command.await.unwrap_err().is_cancelled());
     assert_eq!(manager.pending(), 0);
-    assert_eq!(finished.lock()[&PHONE], 1);
+    assert_eq!(ledger.in_flight(PHONE), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -530,7 +570,9 @@ async fn dropping_a_command_whose_send_never_returns_removes_it() {
     struct Stuck;
     #[async_trait]
     impl Transport for Stuck {
-        async fn send_ble_write(&self, _: BleWrite) -> Result<ConnectionId, TransportError> {
+        type InFlight = ();
+
+        async fn send_ble_write(&self, _: BleWrite) -> Result<(ConnectionId, ()), TransportError> {
             std::future::pending().await
         }
     }
@@ -546,15 +588,21 @@ async fn dropping_a_command_whose_send_never_returns_removes_it() {
 
 #[tokio::test(start_paused = true)]
 async fn a_command_whose_send_outlasts_its_timeout_ends_with_timeout() {
-    struct Slow;
+    struct Slow(Ledger);
     #[async_trait]
     impl Transport for Slow {
-        async fn send_ble_write(&self, _: BleWrite) -> Result<ConnectionId, TransportError> {
+        type InFlight = Ticket;
+
+        async fn send_ble_write(
+            &self,
+            _: BleWrite,
+        ) -> Result<(ConnectionId, Ticket), TransportError> {
             tokio::time::sleep(Duration::from_secs(5)).await;
-            Ok(PHONE)
+            Ok((PHONE, self.0.ticket(PHONE)))
         }
     }
-    let manager = manager_with(Slow, &SessionConfig::default());
+    let ledger = Ledger::default();
+    let manager = manager_with(Slow(ledger.clone()), &SessionConfig::default());
     let start = Instant::now();
     let err = manager
         .send_command(device("lock-1"), None, bytes(&[1]), SECOND)
@@ -566,11 +614,16 @@ async fn a_command_whose_send_outlasts_its_timeout_ends_with_timeout() {
         "the send itself is not cut short"
     );
     assert_eq!(manager.pending(), 0);
+    assert_eq!(
+        ledger.in_flight(PHONE),
+        0,
+        "the ticket of a command that ended while sending ends with the send"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn shutdown_ends_pending_commands_and_refuses_new_ones() {
-    let (mock, mut writes, finished) = recording_mock();
+    let (mock, mut writes, ledger) = recording_mock();
     let manager = manager_with(mock, &SessionConfig::default());
     let command = {
         let manager = manager.clone();
@@ -581,10 +634,11 @@ async fn shutdown_ends_pending_commands_and_refuses_new_ones() {
         })
     };
     let _write = writes.recv().await.unwrap();
+    assert_eq!(ledger.in_flight(PHONE), 1);
     manager.shutdown();
     assert_eq!(command.await.unwrap(), Err(CommandError::Shutdown));
     assert_eq!(manager.pending(), 0);
-    assert_eq!(finished.lock()[&PHONE], 1);
+    assert_eq!(ledger.in_flight(PHONE), 0, "shutdown ends the count");
     let err = manager
         .send_command(device("lock-1"), None, bytes(&[1]), SECOND)
         .await;
@@ -776,8 +830,10 @@ async fn many_concurrent_commands_on_two_workers_all_end_and_leave_nothing_behin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pending_limit_is_exact_across_shards_and_threads() {
     let mut mock = MockBridge::new();
-    mock.expect_send_ble_write().returning(|_| Ok(PHONE));
-    mock.expect_command_finished().returning(|_| ());
+    let ledger = Ledger::default();
+    let tickets = ledger.clone();
+    mock.expect_send_ble_write()
+        .returning(move |_| Ok((PHONE, tickets.ticket(PHONE))));
     let config = SessionConfig::default()
         .with_max_pending(50)
         .with_shards(NonZeroUsize::new(8).unwrap());
@@ -815,6 +871,7 @@ async fn the_pending_limit_is_exact_across_shards_and_threads() {
     assert_eq!(ended[&Err(CommandError::TooManyPending)], 150);
     assert_eq!(ended[&Err(CommandError::Shutdown)], 50);
     assert_eq!(manager.pending(), 0);
+    assert_eq!(ledger.in_flight(PHONE), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -845,11 +902,17 @@ async fn an_unrepresentably_long_timeout_does_not_panic() {
 struct AnswersFirst {
     manager: std::sync::OnceLock<SessionManager<AnswersFirst>>,
     spoof: bool,
+    ledger: Ledger,
 }
 
 #[async_trait]
 impl Transport for AnswersFirst {
-    async fn send_ble_write(&self, write: BleWrite) -> Result<ConnectionId, TransportError> {
+    type InFlight = Ticket;
+
+    async fn send_ble_write(
+        &self,
+        write: BleWrite,
+    ) -> Result<(ConnectionId, Ticket), TransportError> {
         let answered_on = if self.spoof { OTHER_PHONE } else { PHONE };
         if let Some(manager) = self.manager.get() {
             assert_eq!(
@@ -857,14 +920,16 @@ impl Transport for AnswersFirst {
                 Ok(())
             );
         }
-        Ok(PHONE)
+        Ok((PHONE, self.ledger.ticket(PHONE)))
     }
 }
 
-fn answers_first(spoof: bool) -> SessionManager<AnswersFirst> {
+fn answers_first(spoof: bool) -> (SessionManager<AnswersFirst>, Ledger) {
+    let ledger = Ledger::default();
     let transport = Arc::new(AnswersFirst {
         manager: std::sync::OnceLock::new(),
         spoof,
+        ledger: ledger.clone(),
     });
     let manager = SessionManager::new(
         Arc::clone(&transport),
@@ -872,28 +937,30 @@ fn answers_first(spoof: bool) -> SessionManager<AnswersFirst> {
         &SessionConfig::default(),
     );
     let _ = transport.manager.set(manager.clone());
-    manager
+    (manager, ledger)
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_answer_that_arrives_before_the_send_returns_still_counts() {
-    let manager = answers_first(false);
+    let (manager, ledger) = answers_first(false);
     let reply = manager
         .send_command(device("lock-1"), None, bytes(&[1]), SECOND)
         .await;
     assert_eq!(payload_of(reply), Ok(bytes(&[5])));
     assert_eq!(manager.pending(), 0);
+    assert_eq!(ledger.in_flight(PHONE), 0);
     manager.shutdown();
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_early_answer_from_another_connection_never_resolves_the_command() {
-    let manager = answers_first(true);
+    let (manager, ledger) = answers_first(true);
     let reply = manager
         .send_command(device("lock-1"), None, bytes(&[1]), SECOND)
         .await;
     assert_eq!(reply, Err(CommandError::Timeout));
     assert_eq!(manager.pending(), 0);
+    assert_eq!(ledger.in_flight(PHONE), 0);
     let stats = manager.stats();
     assert_eq!((stats.rejected_wrong_connection, stats.timeouts), (1, 1));
     manager.shutdown();
@@ -903,13 +970,16 @@ async fn an_early_answer_from_another_connection_never_resolves_the_command() {
 struct SlowTransport {
     delay: Duration,
     result: Result<ConnectionId, TransportError>,
+    ledger: Ledger,
 }
 
 #[async_trait]
 impl Transport for SlowTransport {
-    async fn send_ble_write(&self, _: BleWrite) -> Result<ConnectionId, TransportError> {
+    type InFlight = Ticket;
+
+    async fn send_ble_write(&self, _: BleWrite) -> Result<(ConnectionId, Ticket), TransportError> {
         tokio::time::sleep(self.delay).await;
-        self.result
+        self.result.map(|conn| (conn, self.ledger.ticket(conn)))
     }
 }
 
@@ -918,6 +988,7 @@ async fn a_command_that_times_out_while_the_transport_looks_for_a_bridge_is_a_ti
     let slow = SlowTransport {
         delay: 5 * SECOND,
         result: Err(TransportError::Offline),
+        ledger: Ledger::default(),
     };
     let manager = manager_with(slow, &SessionConfig::default());
     let err = manager
@@ -931,9 +1002,11 @@ async fn a_command_that_times_out_while_the_transport_looks_for_a_bridge_is_a_ti
 
 #[tokio::test(start_paused = true)]
 async fn a_shutdown_during_the_send_ends_the_command_with_shutdown() {
+    let ledger = Ledger::default();
     let slow = SlowTransport {
         delay: 5 * SECOND,
         result: Ok(PHONE),
+        ledger: ledger.clone(),
     };
     let manager = manager_with(slow, &SessionConfig::default());
     let command = {
@@ -948,6 +1021,7 @@ async fn a_shutdown_during_the_send_ends_the_command_with_shutdown() {
     manager.shutdown();
     assert_eq!(command.await.unwrap(), Err(CommandError::Shutdown));
     assert_eq!(manager.pending(), 0);
+    assert_eq!(ledger.in_flight(PHONE), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -958,8 +1032,8 @@ async fn a_manager_over_a_dyn_transport_is_shareable_and_its_futures_are_send() 
     fn assert_shareable<S: Send + Sync + Clone + 'static>(_: &S) {}
 
     let (mock, mut writes, _) = recording_mock();
-    let transport: Arc<dyn Transport> = Arc::new(mock);
-    let manager: SessionManager = SessionManager::new(
+    let transport: Arc<dyn Transport<InFlight = Ticket>> = Arc::new(mock);
+    let manager: SessionManager<dyn Transport<InFlight = Ticket>> = SessionManager::new(
         transport,
         Arc::new(ConfigRegistry::example()),
         &SessionConfig::default(),

@@ -43,6 +43,8 @@ pub struct Setup {
     pub policy: Option<Box<dyn FnOnce(bridge_hub::LocalHubBuilder) -> bridge_hub::LocalHubBuilder>>,
     /// Called with every event before it is queued for the test (from the hub's thread).
     pub on_event: Option<EventHook>,
+    /// The hub's `ble_response` handler (default: the hub's own, which refuses them all).
+    pub responses: Option<Box<dyn bridge_hub::ResponseHandler>>,
     /// Serve with tungstenite's default limits instead of the hub's, so that the hub's
     /// own frame size check is what refuses a large frame.
     pub plain_websocket: bool,
@@ -56,6 +58,11 @@ impl Setup {
 
     pub fn on_event(mut self, hook: impl Fn(&HubEvent) + Send + Sync + 'static) -> Self {
         self.on_event = Some(std::sync::Arc::new(hook));
+        self
+    }
+
+    pub fn responses(mut self, handler: impl bridge_hub::ResponseHandler) -> Self {
+        self.responses = Some(Box::new(handler));
         self
     }
 
@@ -90,6 +97,10 @@ impl Setup {
             });
         if let Some(policy) = self.policy {
             builder = policy(builder);
+        }
+        if let Some(responses) = self.responses {
+            builder = builder
+                .responses(move |connection, response| responses.on_response(connection, response));
         }
         let hub = builder.build();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -221,13 +232,29 @@ impl TestServer {
 
     /// Every event up to and including the first that `last` selects.
     pub async fn events_until(&mut self, mut last: impl FnMut(&HubEvent) -> bool) -> Vec<HubEvent> {
-        let mut seen = Vec::new();
-        self.wait_for(|e| {
-            seen.push(e.clone());
-            last(e).then_some(())
-        })
-        .await;
-        seen
+        let wait = async {
+            let mut seen = Vec::new();
+            loop {
+                let event = self.events.recv().await.expect("event channel open");
+                let done = last(&event);
+                seen.push(event);
+                if done {
+                    return seen;
+                }
+            }
+        };
+        tokio::time::timeout(PATIENCE, wait)
+            .await
+            .expect("the event arrives")
+    }
+
+    /// The first event `pick` selects, owned (with the in-flight ticket a
+    /// `HubEvent::UserCommand` carries), skipping the others.
+    pub async fn take_event(&mut self, mut pick: impl FnMut(&HubEvent) -> bool) -> HubEvent {
+        self.events_until(&mut pick)
+            .await
+            .pop()
+            .expect("the picked event")
     }
 
     /// Every event so far, without waiting.

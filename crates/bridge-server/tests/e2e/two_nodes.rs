@@ -90,7 +90,12 @@ async fn two_nodes_share_one_queue(queue: &str) {
     let dir_a = tempfile::tempdir().unwrap();
     let dir_b = tempfile::tempdir().unwrap();
     let device = format!("lock-{}", uuid::Uuid::new_v4().simple());
-    let fast_retry = ["--retry-interval-secs", "1"];
+    let fast_retry = [
+        "--retry-interval-secs",
+        "1",
+        "--max-queued-per-device",
+        "1000",
+    ];
     let a = Process::start_with_queue(
         dir_a.path(),
         queue,
@@ -160,21 +165,22 @@ async fn two_nodes_share_one_queue(queue: &str) {
     for id in &ids[CUT_AT..] {
         survivor.client.wait_command_status(id, "succeeded").await;
     }
-    let t = timeline.lock();
-    let after: Vec<&str> = t.writes[CUT_AT + 1..]
-        .iter()
-        .map(|(phone, p)| {
-            assert_ne!(*phone, held_by, "only the survivor's phone is left");
-            p.as_str()
-        })
-        .collect();
-    let expected: Vec<String> = (CUT_AT..COMMANDS).map(payload_of).collect();
-    assert_eq!(
-        after, expected,
-        "the cut-off command first, then the rest in order"
-    );
-    assert_eq!(t.most_outstanding, 1, "never two writes out at once");
-    drop(t);
+    {
+        let t = timeline.lock();
+        let after: Vec<&str> = t.writes[CUT_AT + 1..]
+            .iter()
+            .map(|(phone, p)| {
+                assert_ne!(*phone, held_by, "only the survivor's phone is left");
+                p.as_str()
+            })
+            .collect();
+        let expected: Vec<String> = (CUT_AT..COMMANDS).map(payload_of).collect();
+        assert_eq!(
+            after, expected,
+            "the cut-off command first, then the rest in order"
+        );
+        assert_eq!(t.most_outstanding, 1, "never two writes out at once");
+    }
 
     for (i, id) in ids.iter().enumerate() {
         let (_, view) = survivor.client.get(&format!("/v1/commands/{id}")).await;

@@ -375,3 +375,63 @@ async fn one_user_connection_cannot_run_more_than_its_share_of_commands() {
         .await;
     assert_eq!(alice.recv_type("command_result").await["status"], "offline");
 }
+
+/// The routing order of PROTOCOL.md 2 ends on "fewest commands in flight per connection":
+/// a command counts on its bridge exactly while it is in flight, and however it ends —
+/// answered, a device error, a timeout — the bridge is first in line again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_counts_on_its_bridge_until_it_ends_however_it_ends() {
+    let server = TestServer::start().await;
+    let mut older = Bridge::connect(&server, "phone-a", &["lock-1"]).await;
+    let mut newer = Bridge::connect(&server, "phone-b", &["lock-1"]).await;
+    for bridge in [&mut older, &mut newer] {
+        bridge.status("lock-1", true, Some(-60)).await;
+        bridge.sync().await;
+    }
+    server.wait_online("lock-1", 2).await;
+
+    // Equal link and signal: the most recent claim goes first; while its command is in
+    // flight, the next one goes to the other holder.
+    let first = server.command("lock-1", json!({"payload":"01","timeoutMs":60000}));
+    let second = async {
+        let write = newer.next_write().await;
+        let call = server.command("lock-1", json!({"payload":"02","timeoutMs":60000}));
+        let answer = async {
+            let other = older.next_write().await;
+            older.answer(&other, "a2").await;
+        };
+        let ((_, body), ()) = tokio::join!(call, answer);
+        assert_eq!(body["payload"], "a2");
+        newer.answer(&write, "b1").await;
+    };
+    let ((_, body), ()) = tokio::join!(first, second);
+    assert_eq!(body["payload"], "b1");
+
+    // A device error, then a timeout: each time the newer holder is free again, so the next
+    // command goes to it.
+    let call = server.command("lock-1", json!({"payload":"03"}));
+    let fail = async {
+        let write = newer.next_write().await;
+        newer.fail(&write, "gatt_error").await;
+    };
+    let ((_, body), ()) = tokio::join!(call, fail);
+    assert_eq!(body["status"], "device_error");
+
+    let call = server.command("lock-1", json!({"payload":"04","timeoutMs":200}));
+    let ignore = async {
+        newer.next_write().await;
+    };
+    let ((_, body), ()) = tokio::join!(call, ignore);
+    assert_eq!(body["status"], "timeout");
+
+    let call = server.command("lock-1", json!({"payload":"05"}));
+    let answer = async {
+        let write = newer.next_write().await;
+        newer.answer(&write, "b5").await;
+    };
+    let ((_, body), ()) = tokio::join!(call, answer);
+    assert_eq!(
+        body["payload"], "b5",
+        "the timed-out command no longer counts"
+    );
+}

@@ -1,0 +1,79 @@
+//! Where a bridge's `ble_response` goes: a synchronous handler called on the connection's
+//! own task.
+
+use bridge_protocol::{BleResponse, ConnectionId, ErrorCode, RequestId};
+
+/// Why a [`ResponseHandler`] refused a `ble_response`; the hub answers the bridge with the
+/// error frame `code` carrying `request_id` (PROTOCOL.md 3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("ble_response {request_id} refused with {code:?}")]
+#[non_exhaustive]
+pub struct ResponseRefused {
+    /// The `requestId` of the refused answer, echoed in the error frame.
+    pub request_id: RequestId,
+    /// `unknown_request` (nothing pending with this id, or too late) or `forbidden` (sent to
+    /// another connection or device).
+    pub code: ErrorCode,
+}
+
+impl ResponseRefused {
+    /// A refusal of the answer `request_id` with the error code `code`.
+    pub const fn new(request_id: RequestId, code: ErrorCode) -> Self {
+        Self { request_id, code }
+    }
+
+    /// The message of the error frame.
+    pub(crate) const fn message(&self) -> &'static str {
+        match self.code {
+            ErrorCode::Forbidden => "this request was sent to another connection or device",
+            _ => "no command is pending with this requestId",
+        }
+    }
+}
+
+/// Matches a bridge's `ble_response` with the command it answers.
+///
+/// Installed with [`LocalHubBuilder::responses`](crate::LocalHubBuilder::responses). The hub
+/// calls it on the task of the connection the answer arrived on, right after decoding, with
+/// no lock held and no channel or other task in between: the answer's way to its waiting
+/// command is a function call. It must not block (a sharded map lookup and a wake-up, as
+/// `bridge_session::SessionManager::handle_response` does, is the intended cost). On
+/// `Err` the hub sends the bridge the error frame itself and reports
+/// [`HubEvent::FrameRejected`](crate::HubEvent::FrameRejected).
+///
+/// Closures `Fn(ConnectionId, BleResponse) -> Result<(), ResponseRefused>` implement it.
+pub trait ResponseHandler: Send + Sync + 'static {
+    /// Offers the answer `response` that arrived on `connection`.
+    fn on_response(
+        &self,
+        connection: ConnectionId,
+        response: BleResponse,
+    ) -> Result<(), ResponseRefused>;
+}
+
+impl<F> ResponseHandler for F
+where
+    F: Fn(ConnectionId, BleResponse) -> Result<(), ResponseRefused> + Send + Sync + 'static,
+{
+    fn on_response(
+        &self,
+        connection: ConnectionId,
+        response: BleResponse,
+    ) -> Result<(), ResponseRefused> {
+        self(connection, response)
+    }
+}
+
+/// The [`ResponseHandler`] of a hub that sends no commands: every answer is refused with
+/// `unknown_request` (nothing can be pending).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoPendingCommands;
+
+impl ResponseHandler for NoPendingCommands {
+    fn on_response(&self, _: ConnectionId, response: BleResponse) -> Result<(), ResponseRefused> {
+        Err(ResponseRefused::new(
+            response.request_id,
+            ErrorCode::UnknownRequest,
+        ))
+    }
+}
