@@ -71,11 +71,12 @@ impl Dispatcher {
         request: CommandRequest,
     ) -> Result<CommandResponse, Refusal> {
         let span = tracing::info_span!("command", device = %device);
-        let result = self.run(device, request).instrument(span).await;
+        let result = self.run(device, request).instrument(span.clone()).await;
         let outcome = match &result {
             Ok((response, _)) => response.outcome(),
             Err(refusal) => refusal.code().as_str(),
         };
+        span.in_scope(|| tracing::info!(outcome, "command ended"));
         let sent_for = result.as_ref().ok().and_then(|(_, sent_for)| *sent_for);
         self.inner.outlet.command_ended(outcome, sent_for);
         result.map(|(response, _)| response)
@@ -148,7 +149,6 @@ impl Dispatcher {
                 return Err(Refusal::ShuttingDown);
             }
         };
-        tracing::info!(status = response.outcome(), "command ended");
         Ok((response, sent_for))
     }
 

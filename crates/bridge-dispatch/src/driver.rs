@@ -6,26 +6,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bridge_protocol::http::{CommandOutcome, CommandView};
-use bridge_protocol::{CommandResult, ConfigRegistry, DeviceId, DeviceType, HexPayload, RequestId};
+use bridge_protocol::{CommandResult, ConfigRegistry, DeviceId, DeviceType, HexPayload};
 use bridge_queue::{NodeId, QueuedCommand, Store};
-use bridge_session::{CommandError, SessionManager, Transport};
+use bridge_session::{CommandError, CommandReply, SessionManager, Transport};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::engine::{Action, Engine, EngineConfig, Sent};
-
-/// A device's answer to a command sent with [`CommandSender::send_command`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reply {
-    /// The `requestId` of the `ble_write` the device answered.
-    pub request_id: RequestId,
-    /// The device's reply.
-    pub payload: HexPayload,
-    /// From the call to the answer.
-    pub latency: Duration,
-}
 
 /// Sends a `ble_write` and waits for its end: the session manager, or a stand-in in tests.
 #[async_trait]
@@ -38,7 +27,7 @@ pub trait CommandSender: Send + Sync + 'static {
         device_type: Option<&str>,
         payload: HexPayload,
         timeout: Duration,
-    ) -> Result<Reply, CommandError>;
+    ) -> Result<CommandReply, CommandError>;
 }
 
 #[async_trait]
@@ -49,14 +38,8 @@ impl<T: Transport + ?Sized> CommandSender for SessionManager<T> {
         device_type: Option<&str>,
         payload: HexPayload,
         timeout: Duration,
-    ) -> Result<Reply, CommandError> {
-        let reply =
-            SessionManager::send_command(self, device, device_type, payload, timeout).await?;
-        Ok(Reply {
-            request_id: reply.request_id,
-            payload: reply.payload,
-            latency: reply.latency,
-        })
+    ) -> Result<CommandReply, CommandError> {
+        SessionManager::send_command(self, device, device_type, payload, timeout).await
     }
 }
 
@@ -312,7 +295,7 @@ fn run(inner: &Arc<Inner>, action: Action) {
 }
 
 /// How a delivery's send ended, for the engine.
-fn sent_of(result: Result<Reply, CommandError>) -> Sent {
+fn sent_of(result: Result<CommandReply, CommandError>) -> Sent {
     match result {
         Ok(reply) => Sent::Answered(CommandOutcome::Payload(reply.payload)),
         Err(CommandError::DeviceError(error)) => Sent::Answered(CommandOutcome::Error(error)),

@@ -71,5 +71,5 @@ mod driver;
 mod engine;
 
 pub use commands::{Refusal, store_error_code};
-pub use driver::{CommandSender, Dispatcher, Outlet, Reply};
+pub use driver::{CommandSender, Dispatcher, Outlet};
 pub use engine::{Action, Engine, EngineConfig, Sent};

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bridge_dispatch::{CommandSender, Dispatcher, EngineConfig, Outlet, Refusal, Reply};
+use bridge_dispatch::{CommandSender, Dispatcher, EngineConfig, Outlet, Refusal};
 use bridge_protocol::http::{CommandRequest, CommandResponse, CommandStatus, IfOffline};
 use bridge_protocol::{
     CommandResult, CommandType, ConfigRegistry, DeviceErrorCode, DeviceId, ErrorCode, HexPayload,
     RequestId, ResultStatus, TtlSeconds,
 };
 use bridge_queue::{ManualClock, MemoryStore, NodeId, Store, StoreConfig};
-use bridge_session::CommandError;
+use bridge_session::{CommandError, CommandReply};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -46,7 +46,7 @@ impl CommandSender for ScriptedSender {
         _device_type: Option<&str>,
         payload: HexPayload,
         _timeout: Duration,
-    ) -> Result<Reply, CommandError> {
+    ) -> Result<CommandReply, CommandError> {
         if !*self.online.lock() {
             return Err(CommandError::Offline);
         }
@@ -60,11 +60,11 @@ impl CommandSender for ScriptedSender {
             self.sent_signal.notify_waiters();
         }
         match step {
-            Script::Answer(bytes) => Ok(Reply {
-                request_id: RequestId::new("r-1").unwrap(),
-                payload: HexPayload::from_bytes(bytes.to_vec()),
-                latency: Duration::from_millis(3),
-            }),
+            Script::Answer(bytes) => Ok(CommandReply::new(
+                RequestId::new("r-1").unwrap(),
+                HexPayload::from_bytes(bytes.to_vec()),
+                Duration::from_millis(3),
+            )),
             Script::Fail(code) => Err(CommandError::DeviceError(
                 DeviceErrorCode::new(code).unwrap(),
             )),

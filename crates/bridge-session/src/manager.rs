@@ -32,6 +32,17 @@ pub struct CommandReply {
     pub latency: Duration,
 }
 
+impl CommandReply {
+    /// A reply, for stand-ins of the session manager (a test double of a layer above).
+    pub fn new(request_id: RequestId, payload: HexPayload, latency: Duration) -> Self {
+        Self {
+            request_id,
+            payload,
+            latency,
+        }
+    }
+}
+
 /// What a pending command owns besides its correlation state: the channel to its caller
 /// and the transport's in-flight ticket.
 ///

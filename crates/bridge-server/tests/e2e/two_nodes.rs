@@ -155,6 +155,11 @@ async fn two_nodes_share_one_queue(queue: &str) {
         let expected: Vec<String> = (0..=CUT_AT).map(payload_of).collect();
         assert_eq!(payloads, expected, "delivered exactly in queue order");
         assert_eq!(t.most_outstanding, 1, "never two writes out at once");
+        let by_a = t.writes.iter().filter(|(phone, _)| *phone == 0).count();
+        eprintln!(
+            "before the cut: {by_a} writes through node-a's phone, {} through node-b's",
+            t.writes.len() - by_a
+        );
     }
     let (survivor, victim) = if held_by == 0 { (b, a) } else { (a, b) };
     victim.kill().await;
