@@ -43,16 +43,29 @@ struct Timeline {
 }
 
 /// A simulated phone: answers every `ble_write` (after a short pause, so that a second write
-/// would have the time to overlap) unless the timeline says to hold it.
+/// would have the time to overlap) unless the timeline says to hold it. Right after each
+/// answer it nudges the other phone, which reports its BLE link up (`ble_status`
+/// `connected: true`): the other node then starts a delivery pass at the moment this one
+/// goes on to the next command, so the two nodes race for every lease.
 fn phone(
     index: usize,
     mut bridge: Bridge,
+    device: String,
     timeline: Arc<Mutex<Timeline>>,
+    mut nudged: mpsc::UnboundedReceiver<()>,
+    nudge_other: mpsc::UnboundedSender<()>,
 ) -> mpsc::Receiver<usize> {
     let (held_tx, held_rx) = mpsc::channel(1);
     tokio::spawn(async move {
         loop {
-            let Some(Ok(message)) = bridge.ws.socket.next().await else {
+            let message = tokio::select! {
+                message = bridge.ws.socket.next() => message,
+                Some(()) = nudged.recv() => {
+                    bridge.status(&device, true, None).await;
+                    continue;
+                }
+            };
+            let Some(Ok(message)) = message else {
                 return; // its server is gone
             };
             let Message::Text(text) = message else {
@@ -81,6 +94,7 @@ fn phone(
             tokio::time::sleep(Duration::from_millis(2)).await;
             timeline.lock().outstanding -= 1;
             bridge.answer(&frame, "80").await;
+            let _ = nudge_other.send(());
         }
     });
     held_rx
@@ -90,11 +104,16 @@ async fn two_nodes_share_one_queue(queue: &str) {
     let dir_a = tempfile::tempdir().unwrap();
     let dir_b = tempfile::tempdir().unwrap();
     let device = format!("lock-{}", uuid::Uuid::new_v4().simple());
+    // A fast retry tick, room for every command, and rate limits the nudges never reach.
     let fast_retry = [
         "--retry-interval-secs",
         "1",
         "--max-queued-per-device",
         "1000",
+        "--rate-per-second",
+        "100000",
+        "--rate-burst",
+        "100000",
     ];
     let a = Process::start_with_queue(
         dir_a.path(),
@@ -130,16 +149,24 @@ async fn two_nodes_share_one_queue(queue: &str) {
         hold: Some(payload_of(CUT_AT)),
         ..Timeline::default()
     }));
+    let (nudge_a, nudged_a) = mpsc::unbounded_channel();
+    let (nudge_b, nudged_b) = mpsc::unbounded_channel();
     let (mut held_a, mut held_b) = (
         phone(
             0,
             Bridge::connect(&a.client, "phone-a", &[device.as_str()]).await,
+            device.clone(),
             Arc::clone(&timeline),
+            nudged_a,
+            nudge_b,
         ),
         phone(
             1,
             Bridge::connect(&b.client, "phone-b", &[device.as_str()]).await,
+            device.clone(),
             Arc::clone(&timeline),
+            nudged_b,
+            nudge_a,
         ),
     );
 
@@ -156,10 +183,9 @@ async fn two_nodes_share_one_queue(queue: &str) {
         assert_eq!(payloads, expected, "delivered exactly in queue order");
         assert_eq!(t.most_outstanding, 1, "never two writes out at once");
         let by_a = t.writes.iter().filter(|(phone, _)| *phone == 0).count();
-        eprintln!(
-            "before the cut: {by_a} writes through node-a's phone, {} through node-b's",
-            t.writes.len() - by_a
-        );
+        let by_b = t.writes.len() - by_a;
+        eprintln!("before the cut: {by_a} writes through node-a's phone, {by_b} through node-b's");
+        assert!(by_a > 0 && by_b > 0, "both nodes raced for the leases");
     }
     let (survivor, victim) = if held_by == 0 { (b, a) } else { (a, b) };
     victim.kill().await;
