@@ -18,7 +18,7 @@ pub enum Refusal {
     /// No `deviceType` was given and the registry has no default (`invalid_request`).
     #[error("`deviceType` is required: the registry has no default type")]
     NoDefaultDeviceType,
-    /// The `deviceType` is not in the registry (`unknown_device_type`).
+    /// The `deviceType` is not in the registry (`unknown_device_type`); holds its name.
     #[error("unknown device type `{0}`")]
     UnknownDeviceType(String),
     /// The command asks to be queued but has no `commandType` (`invalid_request`).
@@ -96,7 +96,13 @@ impl Dispatcher {
         ) {
             Ok((name, _)) => name.clone(),
             Err(RegistryError::NoDefault) => return Err(Refusal::NoDefaultDeviceType),
-            Err(error) => return Err(Refusal::UnknownDeviceType(error.to_string())),
+            Err(_) => {
+                let name = request
+                    .device_type
+                    .as_ref()
+                    .map_or_else(String::new, |t| t.as_str().to_owned());
+                return Err(Refusal::UnknownDeviceType(name));
+            }
         };
 
         if request.requires_confirmation {
@@ -139,9 +145,7 @@ impl Dispatcher {
                 hops: Hops::NONE,
             },
             Err(CommandError::UnknownDeviceType(name)) => {
-                return Err(Refusal::UnknownDeviceType(format!(
-                    "unknown device type `{name}`"
-                )));
+                return Err(Refusal::UnknownDeviceType(name));
             }
             Err(CommandError::TooManyPending) => return Err(Refusal::Overloaded),
             Err(error) => {

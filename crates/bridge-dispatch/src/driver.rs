@@ -182,7 +182,8 @@ impl Dispatcher {
     }
 }
 
-/// Carries out every action the engine has.
+/// Carries out every action the engine has. Announcements of one batch go out in the order
+/// the engine made them, on one task; every other action runs on its own.
 fn pump(inner: &Arc<Inner>) {
     let actions: Vec<Action> = {
         let mut engine = inner.engine.lock();
@@ -192,8 +193,20 @@ fn pump(inner: &Arc<Inner>) {
         }
         actions
     };
+    let mut announcements = Vec::new();
     for action in actions {
-        run(inner, action);
+        match action {
+            Action::Announce { command } => announcements.push(command),
+            action => run(inner, action),
+        }
+    }
+    if !announcements.is_empty() {
+        let task = Arc::clone(inner);
+        inner.runtime.spawn(async move {
+            for command in announcements {
+                announce(&task, &command).await;
+            }
+        });
     }
 }
 
