@@ -96,6 +96,18 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// Brings `lock-1` online and its pass to sending command `id` under lease `token`.
+    fn sending(&mut self, id: &str, token: u64) -> Leased {
+        self.online_until_lease("lock-1");
+        let out = leased(id, "lock-1", token);
+        self.engine
+            .handle_leased(&device("lock-1"), Ok(Some(out.clone())));
+        assert_eq!(self.drain(), vec![send_action(&out)]);
+        out
+    }
+}
+
 fn lease_action(name: &str) -> Action {
     Action::Lease {
         device: device(name),
@@ -187,10 +199,7 @@ fn a_command_queued_for_an_offline_device_waits_for_it() {
 fn bridge_lost_releases_as_sent_and_goes_on_at_once_through_another_holder() {
     let mut h = Harness::new();
     let lock = device("lock-1");
-    h.online_until_lease("lock-1");
-    let out = leased("c1", "lock-1", 7);
-    h.engine.handle_leased(&lock, Ok(Some(out.clone())));
-    h.drain();
+    let out = h.sending("c1", 7);
     h.engine.handle_sent(&out.lease, Sent::BridgeLost, &lock);
     assert_eq!(
         h.drain(),
@@ -213,10 +222,7 @@ fn bridge_lost_releases_as_sent_and_goes_on_at_once_through_another_holder() {
 fn a_timeout_releases_as_sent_and_ends_the_pass_until_the_next_trigger() {
     let mut h = Harness::new();
     let lock = device("lock-1");
-    h.online_until_lease("lock-1");
-    let out = leased("c1", "lock-1", 1);
-    h.engine.handle_leased(&lock, Ok(Some(out.clone())));
-    h.drain();
+    let out = h.sending("c1", 1);
     h.engine.handle_sent(&out.lease, Sent::TimedOut, &lock);
     assert_eq!(
         h.drain(),
@@ -237,10 +243,7 @@ fn a_write_that_never_left_is_released_without_counting_an_attempt() {
     for sent in [Sent::Offline, Sent::NotSent] {
         let mut h = Harness::new();
         let lock = device("lock-1");
-        h.online_until_lease("lock-1");
-        let out = leased("c1", "lock-1", 1);
-        h.engine.handle_leased(&lock, Ok(Some(out.clone())));
-        h.drain();
+        let out = h.sending("c1", 1);
         assert!(!sent.left());
         h.engine.handle_sent(&out.lease, sent, &lock);
         assert_eq!(
@@ -261,10 +264,7 @@ fn a_write_that_never_left_is_released_without_counting_an_attempt() {
 fn a_device_error_completes_the_command_failed_and_announces_it() {
     let mut h = Harness::new();
     let lock = device("lock-1");
-    h.online_until_lease("lock-1");
-    let out = leased("c1", "lock-1", 1);
-    h.engine.handle_leased(&lock, Ok(Some(out.clone())));
-    h.drain();
+    let out = h.sending("c1", 1);
     let error = CommandOutcome::Error(DeviceErrorCode::new("gatt_write_failed").unwrap());
     h.engine
         .handle_sent(&out.lease, Sent::Answered(error.clone()), &lock);
@@ -279,10 +279,7 @@ fn a_device_error_completes_the_command_failed_and_announces_it() {
 fn the_last_attempt_cut_off_ends_failed_and_is_announced() {
     let mut h = Harness::new();
     let lock = device("lock-1");
-    h.online_until_lease("lock-1");
-    let out = leased("c1", "lock-1", 1);
-    h.engine.handle_leased(&lock, Ok(Some(out.clone())));
-    h.drain();
+    let out = h.sending("c1", 1);
     h.engine.handle_sent(&out.lease, Sent::TimedOut, &lock);
     h.drain();
     let failed = ended("c1", "lock-1", CommandStatus::Failed, 5);
@@ -294,10 +291,7 @@ fn the_last_attempt_cut_off_ends_failed_and_is_announced() {
 fn a_stale_lease_ends_the_pass_and_leaves_the_command_to_its_new_holder() {
     let mut h = Harness::new();
     let lock = device("lock-1");
-    h.online_until_lease("lock-1");
-    let out = leased("c1", "lock-1", 1);
-    h.engine.handle_leased(&lock, Ok(Some(out.clone())));
-    h.drain();
+    let out = h.sending("c1", 1);
     h.engine.handle_sent(
         &out.lease,
         Sent::Answered(CommandOutcome::Payload(HexPayload::from_bytes(vec![1]))),
@@ -466,10 +460,7 @@ fn stopping_with_a_send_not_yet_taken_by_the_driver_releases_it_unsent() {
 fn a_running_delivery_finishes_and_is_recorded_after_a_stop() {
     let mut h = Harness::new();
     let lock = device("lock-1");
-    h.online_until_lease("lock-1");
-    let out = leased("c1", "lock-1", 3);
-    h.engine.handle_leased(&lock, Ok(Some(out.clone())));
-    h.drain();
+    let out = h.sending("c1", 3);
     h.engine.stop();
     assert!(!h.engine.is_idle());
     h.engine.handle_sent(&out.lease, Sent::BridgeLost, &lock);
@@ -514,10 +505,7 @@ fn answers_nobody_asked_for_change_nothing_and_a_stray_lease_is_given_back() {
 fn a_device_that_went_offline_mid_pass_gets_no_further_lease() {
     let mut h = Harness::new();
     let lock = device("lock-1");
-    h.online_until_lease("lock-1");
-    let out = leased("c1", "lock-1", 1);
-    h.engine.handle_leased(&lock, Ok(Some(out.clone())));
-    h.drain();
+    let out = h.sending("c1", 1);
     h.engine.handle_offline(&lock);
     h.engine.handle_sent(&out.lease, Sent::BridgeLost, &lock);
     h.drain();
