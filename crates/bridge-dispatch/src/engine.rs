@@ -1,32 +1,4 @@
-//! The sans-IO delivery engine: a state machine with inputs `handle_*`, outputs pulled with
-//! [`Engine::poll`] and [`Engine::poll_timeout`], and time passed in.
-//!
-//! It decides what happens to a device's queued commands; it does no IO and reads no clock.
-//! The [driver](crate::Dispatcher) carries each [`Action`] out (a store call, a send, an
-//! announcement) and feeds the answer back through the matching `handle_*` method.
-//!
-//! # A delivery pass
-//!
-//! A *pass* over a device runs while the device is online:
-//!
-//! 1. [`Action::Expire`]: the store ends the device's commands whose TTL passed; each is
-//!    announced (PROTOCOL.md 4.2: "at the latest when the device next comes online").
-//! 2. [`Action::Lease`]: the store leases the device's next command to this node — only if
-//!    no delivery of that device holds a live lease anywhere (the store's atomic
-//!    `lease_next`). Nothing to lease ends the pass.
-//! 3. [`Action::Send`]: the `ble_write` goes out and the driver waits for its end.
-//! 4. [`Action::Complete`] (the device answered) or [`Action::Release`] (cut off, or never
-//!    left); a command that reached a final state is announced ([`Action::Announce`]).
-//! 5. After an answer, or `bridge_lost` (another holder may take it at once), the pass goes
-//!    on at step 2; after a timeout, an offline device or a failure it ends, and the command
-//!    waits for the next pass.
-//!
-//! At most one pass runs per device in this engine; a trigger during a pass makes it run
-//! once more when it ends. Passes start on [`Engine::handle_online`],
-//! [`Engine::handle_link_up`], [`Engine::handle_queued`] (a command was queued or confirmed),
-//! for every online device the store lists as due on each retry tick
-//! ([`Engine::handle_timeout`] → [`Action::Sweep`] → [`Action::ListDue`]), and for the devices
-//! whose leases a restart reclaimed ([`Action::Reclaim`], the first action of every engine).
+//! The sans-IO delivery engine (see [`Engine`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -203,7 +175,35 @@ struct Pass {
     again: bool,
 }
 
-/// The delivery engine of one node. See the [module docs](self).
+/// The delivery engine of one node: a state machine with inputs `handle_*`, outputs pulled
+/// with [`Engine::poll`] and [`Engine::poll_timeout`], and time passed in.
+///
+/// It decides what happens to a device's queued commands; it does no IO and reads no clock.
+/// The [driver](crate::Dispatcher) carries each [`Action`] out (a store call, a send, an
+/// announcement) and feeds the answer back through the matching `handle_*` method.
+///
+/// # A delivery pass
+///
+/// A *pass* over a device runs while the device is online:
+///
+/// 1. [`Action::Expire`]: the store ends the device's commands whose TTL passed; each is
+///    announced (PROTOCOL.md 4.2: "at the latest when the device next comes online").
+/// 2. [`Action::Lease`]: the store leases the device's next command to this node — only if
+///    no delivery of that device holds a live lease anywhere (the store's atomic
+///    `lease_next`). Nothing to lease ends the pass.
+/// 3. [`Action::Send`]: the `ble_write` goes out and the driver waits for its end.
+/// 4. [`Action::Complete`] (the device answered) or [`Action::Release`] (cut off, or never
+///    left); a command that reached a final state is announced ([`Action::Announce`]).
+/// 5. After an answer, or `bridge_lost` (another holder may take it at once), the pass goes
+///    on at step 2; after a timeout, an offline device or a failure it ends, and the command
+///    waits for the next pass.
+///
+/// At most one pass runs per device in this engine; a trigger during a pass makes it run
+/// once more when it ends. Passes start on [`Engine::handle_online`],
+/// [`Engine::handle_link_up`], [`Engine::handle_queued`] (a command was queued or confirmed),
+/// for every online device the store lists as due on each retry tick
+/// ([`Engine::handle_timeout`] → [`Action::Sweep`] → [`Action::ListDue`]), and for the devices
+/// whose leases a restart reclaimed ([`Action::Reclaim`], the first action of every engine).
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
