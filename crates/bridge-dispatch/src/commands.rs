@@ -193,7 +193,7 @@ impl Dispatcher {
     /// device's subscribers.
     pub async fn cancel(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
         let command = self.inner.store.cancel(id).await?;
-        self.announce(&command).await;
+        self.announce(&command);
         Ok(command)
     }
 
@@ -233,7 +233,7 @@ impl Dispatcher {
         match self.inner.store.expire(device).await {
             Ok(expired) => {
                 for command in &expired {
-                    self.announce(command).await;
+                    self.announce(command);
                 }
                 expired
             }

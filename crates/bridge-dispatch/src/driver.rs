@@ -70,6 +70,16 @@ pub(crate) struct Inner {
     /// Where actions run: inputs may come from threads outside the runtime (a hub event
     /// reported where a connection's future was dropped).
     runtime: tokio::runtime::Handle,
+    /// Final commands to announce, in the order the engine ended them, and whether a task
+    /// is announcing them now: one announcer at a time, so that a device's subscribers see
+    /// its results in order.
+    announcements: Mutex<Announcements>,
+}
+
+#[derive(Default)]
+struct Announcements {
+    queue: std::collections::VecDeque<Box<QueuedCommand>>,
+    running: bool,
 }
 
 /// The command path and the delivery of queued commands of one node: the [`Engine`] run
@@ -109,6 +119,7 @@ impl Dispatcher {
             registry,
             idle: Notify::new(),
             runtime: tokio::runtime::Handle::current(),
+            announcements: Mutex::new(Announcements::default()),
         });
         pump(&inner);
         inner.runtime.spawn(run_timer(Arc::downgrade(&inner)));
@@ -176,14 +187,15 @@ impl Dispatcher {
         pump(&self.inner);
     }
 
-    /// Sends a final command's `command_result` to its device's subscribers.
-    pub(crate) async fn announce(&self, command: &QueuedCommand) {
-        announce(&self.inner, command).await;
+    /// Sends a final command's `command_result` to its device's subscribers, after the
+    /// announcements already queued.
+    pub(crate) fn announce(&self, command: &QueuedCommand) {
+        enqueue_announcement(&self.inner, Box::new(command.clone()));
     }
 }
 
-/// Carries out every action the engine has. Announcements of one batch go out in the order
-/// the engine made them, on one task; every other action runs on its own.
+/// Carries out every action the engine has: announcements go to the one announcer, in
+/// order; every other action runs on its own task.
 fn pump(inner: &Arc<Inner>) {
     let actions: Vec<Action> = {
         let mut engine = inner.engine.lock();
@@ -193,21 +205,39 @@ fn pump(inner: &Arc<Inner>) {
         }
         actions
     };
-    let mut announcements = Vec::new();
     for action in actions {
         match action {
-            Action::Announce { command } => announcements.push(command),
+            Action::Announce { command } => enqueue_announcement(inner, command),
             action => run(inner, action),
         }
     }
-    if !announcements.is_empty() {
-        let task = Arc::clone(inner);
-        inner.runtime.spawn(async move {
-            for command in announcements {
-                announce(&task, &command).await;
-            }
-        });
+}
+
+/// Queues a final command's announcement; starts the announcer unless one runs.
+fn enqueue_announcement(inner: &Arc<Inner>, command: Box<QueuedCommand>) {
+    {
+        let mut announcements = inner.announcements.lock();
+        announcements.queue.push_back(command);
+        if announcements.running {
+            return;
+        }
+        announcements.running = true;
     }
+    let task = Arc::clone(inner);
+    inner.runtime.spawn(async move {
+        loop {
+            let next = {
+                let mut announcements = task.announcements.lock();
+                let next = announcements.queue.pop_front();
+                if next.is_none() {
+                    announcements.running = false;
+                }
+                next
+            };
+            let Some(command) = next else { return };
+            announce(&task, &command).await;
+        }
+    });
 }
 
 /// Feeds an answer to the engine and carries out what follows.
@@ -289,9 +319,7 @@ fn run(inner: &Arc<Inner>, action: Action) {
                 answer(&task, |engine| engine.handle_ended(&device, result));
             });
         }
-        Action::Announce { command } => {
-            runtime.spawn(async move { announce(&task, &command).await });
-        }
+        Action::Announce { command } => enqueue_announcement(&task, command),
         Action::Sweep => {
             runtime.spawn(async move {
                 let result = task.store.sweep().await;

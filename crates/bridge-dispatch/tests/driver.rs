@@ -357,6 +357,7 @@ async fn confirmation_gates_delivery_and_cancel_is_announced() {
     };
     let cancelled = f.dispatch.cancel(&second).await.unwrap();
     assert_eq!(cancelled.status, CommandStatus::Cancelled);
+    f.settle().await;
     assert_eq!(
         f.announced().last().cloned(),
         Some((ResultStatus::Cancelled, Some(second.as_str().to_owned())))
@@ -411,6 +412,7 @@ async fn an_expiry_first_noticed_by_a_read_is_announced_once() {
     assert_eq!(read.status, CommandStatus::Expired);
     let again = f.dispatch.command(&command_id).await.unwrap();
     assert_eq!(again.status, CommandStatus::Expired);
+    f.settle().await;
     assert_eq!(
         f.announced(),
         vec![(ResultStatus::Expired, Some(command_id.as_str().to_owned()))],
@@ -471,4 +473,57 @@ async fn a_restarted_node_takes_back_its_lease_and_delivers_at_once() {
         "the reclaimed delivery may have left: it counts"
     );
     assert_eq!(sender.sent.lock().len(), 1);
+}
+
+/// An outlet whose first announcement takes a while (a slow subscriber socket, a busy hub).
+#[derive(Default)]
+struct SlowFirstOutlet {
+    announced: Mutex<Vec<CommandResult>>,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl Outlet for SlowFirstOutlet {
+    async fn announce(&self, _device: &DeviceId, result: CommandResult) {
+        if self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.announced.lock().push(result);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_devices_results_are_announced_in_the_order_its_commands_ended_even_when_one_announcement_is_slow()
+ {
+    let store = Arc::new(MemoryStore::new(StoreConfig::default()));
+    let sender = Arc::new(ScriptedSender::default());
+    let outlet = Arc::new(SlowFirstOutlet::default());
+    let dispatch = Dispatcher::start(
+        EngineConfig::default(),
+        NodeId::new("node-a").unwrap(),
+        Arc::clone(&store) as Arc<dyn Store>,
+        Arc::clone(&sender) as Arc<dyn CommandSender>,
+        Arc::clone(&outlet) as Arc<dyn Outlet>,
+        Arc::new(ConfigRegistry::example()),
+    );
+    let lock = DeviceId::new("lock-1").unwrap();
+    let mut ids = Vec::new();
+    for (n, kind) in ["unlock", "status", "lock"].into_iter().enumerate() {
+        let payload = u8::try_from(n).unwrap();
+        match dispatch.execute(lock.clone(), queued(payload, kind)).await {
+            Ok(CommandResponse::Queued { command_id }) => ids.push(command_id),
+            other => panic!("expected queued, got {other:?}"),
+        }
+    }
+    *sender.online.lock() = true;
+    dispatch.device_online(&lock);
+    assert!(dispatch.wait_idle(Duration::from_secs(5)).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let announced: Vec<_> = outlet
+        .announced
+        .lock()
+        .iter()
+        .map(|r| r.command_id.clone().unwrap())
+        .collect();
+    assert_eq!(announced, ids, "in the order the commands ended");
 }
