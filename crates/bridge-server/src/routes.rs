@@ -16,7 +16,7 @@ use bridge_protocol::http::{
 };
 use bridge_protocol::{AppEvent, CommandId, DeviceId, ErrorCode, ServerToUser};
 
-use crate::error::{ApiError, json_response, json_with_code};
+use crate::error::{ApiError, QUEUE_UNAVAILABLE, json_response, json_with_code};
 use crate::metrics::Gauges;
 use crate::server::Core;
 use crate::ws;
@@ -211,7 +211,8 @@ async fn readyz(State(core): State<Arc<Core>>) -> Response {
         Ok(()) => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
         Err(error) => {
             tracing::warn!(%error, "not ready: the queue backend does not answer");
-            ApiError::new(ErrorCode::Unavailable, error.to_string()).into_response()
+            // The detail (hosts, user names) is for the log, not for unauthenticated callers.
+            ApiError::new(ErrorCode::Unavailable, QUEUE_UNAVAILABLE).into_response()
         }
     }
 }
