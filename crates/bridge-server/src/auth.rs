@@ -13,7 +13,7 @@
 use std::collections::HashSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bridge_protocol::{DeviceId, ErrorCode, Role};
+use bridge_protocol::{DeviceId, ErrorCode, Role, UserId};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -29,8 +29,15 @@ pub struct Claims {
     /// means none. Ignored for `service`, which reaches every device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<Vec<String>>,
-    /// Expiry, in seconds since the Unix epoch.
+    /// Expiry, in seconds since the Unix epoch. A token whose `exp` lies past
+    /// [`Claims::MAX_EXP`] is refused as malformed.
     pub exp: u64,
+}
+
+impl Claims {
+    /// The latest `exp` a token may carry: 9999-12-31T23:59:59Z (PROTOCOL.md 1.1). Later
+    /// ones are malformed, so that no expiry overflows a clock.
+    pub const MAX_EXP: u64 = 253_402_300_799;
 }
 
 impl Claims {
@@ -261,6 +268,12 @@ impl Authenticator {
                 _ => AuthError::Malformed(e.to_string()),
             })?;
         let claims = data.claims;
+        if claims.exp > Claims::MAX_EXP {
+            return Err(AuthError::Malformed(
+                "claim `exp` lies past 9999-12-31".into(),
+            ));
+        }
+        UserId::new(&claims.sub).map_err(|e| AuthError::Malformed(format!("claim `sub`: {e}")))?;
         let devices = if claims.role == Role::Service {
             DeviceGrant::All
         } else {
@@ -286,9 +299,9 @@ impl Authenticator {
             let user = request
                 .param("userId")
                 .ok_or(AuthError::Missing("the `userId` query parameter"))?;
-            let subject = DeviceId::new(user).map_err(|e| AuthError::BadParameter {
+            let subject = UserId::new(user).map_err(|e| AuthError::BadParameter {
                 name: "userId",
-                reason: e.to_string().replace("deviceId", "userId"),
+                reason: e.to_string(),
             })?;
             let devices = request.device_params()?;
             let role = if devices.is_empty() {
@@ -374,7 +387,7 @@ fn bearer(header: Option<&str>) -> Option<&str> {
 mod tests {
     use super::*;
 
-    const SECRET: &[u8] = b"test-secret";
+    const SECRET: &[u8] = b"an-auth-unit-test-secret-of-32-bytes";
 
     fn token(role: Role, devices: Option<&[&str]>, exp_offset: i64) -> String {
         Claims {
@@ -535,5 +548,65 @@ mod tests {
             400
         );
         assert!(auth.authenticate_service(None).is_ok());
+    }
+
+    /// Signs arbitrary claims, valid or not, with [`SECRET`].
+    fn raw_token(claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_exp_past_9999_or_not_an_integer_is_malformed_not_a_panic() {
+        let auth = Authenticator::jwt(SECRET);
+        for exp in [
+            serde_json::json!(u64::MAX),
+            serde_json::json!(u64::MAX - 1),
+            serde_json::json!(Claims::MAX_EXP + 1),
+            serde_json::json!(1.0e30),
+            serde_json::json!("4102444800"),
+            serde_json::json!(-1),
+        ] {
+            let t = raw_token(&serde_json::json!({"sub":"alice","role":"service","exp":exp}));
+            let err = auth
+                .authenticate_service(Some(&format!("Bearer {t}")))
+                .unwrap_err();
+            assert!(matches!(err, AuthError::Malformed(_)), "exp {exp}: {err:?}");
+            assert_eq!(err.http_status(), 401);
+        }
+        let t =
+            raw_token(&serde_json::json!({"sub":"alice","role":"service","exp":Claims::MAX_EXP}));
+        assert!(
+            auth.authenticate_service(Some(&format!("Bearer {t}")))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_sub_that_is_not_a_valid_user_id_is_malformed() {
+        let auth = Authenticator::jwt(SECRET);
+        let long = "u".repeat(129);
+        for sub in ["", long.as_str(), "ali\u{0}ce", "bob\n", "\u{7f}"] {
+            let t = raw_token(&serde_json::json!({"sub":sub,"role":"user","exp":unix_now() + 60}));
+            let err = auth
+                .authenticate_ws(&upgrade(None, &[("token", &t)]))
+                .unwrap_err();
+            assert!(
+                matches!(err, AuthError::Malformed(_)),
+                "sub {sub:?}: {err:?}"
+            );
+            assert_eq!(err.http_status(), 401);
+        }
+        let t = raw_token(
+            &serde_json::json!({"sub":"u".repeat(128),"role":"user","exp":unix_now() + 60}),
+        );
+        assert!(
+            auth.authenticate_ws(&upgrade(None, &[("token", &t)]))
+                .is_ok()
+        );
     }
 }
