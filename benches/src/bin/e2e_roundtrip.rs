@@ -65,7 +65,7 @@ use tower::ServiceExt;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The HS256 secret of the run (authentication is on).
-const SECRET: &str = "e2e-roundtrip-benchmark-secret";
+const SECRET: &str = "e2e-roundtrip-benchmark-secret-of-32-bytes-or-more";
 /// Warm-up before each measurement.
 const WARM_UP: Duration = Duration::from_secs(1);
 /// Every child process exits after this, whatever happens.

@@ -4,16 +4,19 @@
 //! (`Authorization: Bearer <jwt>`, or `?token=<jwt>` for browsers' WebSockets) whose `role`
 //! decides what the connection is and whose `devices` decide what it may touch. Without a
 //! secret (development mode, loopback only), identity comes from query parameters and every
-//! device is allowed.
+//! device is allowed, and every request must come from a loopback client
+//! ([`Authenticator::check_loopback`]: its `Host` and `Origin`), so that no web page can
+//! drive the server.
 //!
 //! A refusal is an [`AuthError`], answered before the WebSocket upgrade with 401 (missing,
 //! malformed, bad signature, expired) or 403 (valid, but asks for a device or role it may not
 //! have).
 
 use std::collections::HashSet;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bridge_protocol::{DeviceId, ErrorCode, Role};
+use bridge_protocol::{DeviceId, ErrorCode, Role, UserId};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -29,8 +32,15 @@ pub struct Claims {
     /// means none. Ignored for `service`, which reaches every device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub devices: Option<Vec<String>>,
-    /// Expiry, in seconds since the Unix epoch.
+    /// Expiry, in seconds since the Unix epoch. A token whose `exp` lies past
+    /// [`Claims::MAX_EXP`] is refused as malformed.
     pub exp: u64,
+}
+
+impl Claims {
+    /// The latest `exp` a token may carry: 9999-12-31T23:59:59Z (PROTOCOL.md 1.1). Later
+    /// ones are malformed, so that no expiry overflows a clock.
+    pub const MAX_EXP: u64 = 253_402_300_799;
 }
 
 impl Claims {
@@ -126,6 +136,17 @@ pub enum AuthError {
     /// A valid token that does not grant this device.
     #[error("token does not grant device `{0}`")]
     DeviceNotAllowed(DeviceId),
+    /// Development mode, and the request's `Host` is not a loopback name or address, or
+    /// its `Origin` is not a loopback origin (PROTOCOL.md 1.2): a web page or a DNS
+    /// rebinding may not drive an unauthenticated server.
+    #[error(
+        "development mode serves loopback clients only: the `{header}` header is not a loopback {}",
+        if *header == "Origin" { "origin" } else { "name or address" }
+    )]
+    NotLoopback {
+        /// `Host` or `Origin`.
+        header: &'static str,
+    },
     /// A query parameter that is not valid (such as an empty or overlong `deviceId`).
     #[error("invalid query parameter `{name}`: {reason}")]
     BadParameter {
@@ -149,7 +170,9 @@ impl AuthError {
             Self::Missing(_) | Self::Malformed(_) | Self::BadSignature | Self::Expired => {
                 ErrorCode::Unauthorized
             }
-            Self::WrongRole { .. } | Self::DeviceNotAllowed(_) => ErrorCode::Forbidden,
+            Self::WrongRole { .. } | Self::DeviceNotAllowed(_) | Self::NotLoopback { .. } => {
+                ErrorCode::Forbidden
+            }
             Self::BadParameter { .. } => ErrorCode::InvalidRequest,
         }
     }
@@ -261,6 +284,12 @@ impl Authenticator {
                 _ => AuthError::Malformed(e.to_string()),
             })?;
         let claims = data.claims;
+        if claims.exp > Claims::MAX_EXP {
+            return Err(AuthError::Malformed(
+                "claim `exp` lies past 9999-12-31".into(),
+            ));
+        }
+        UserId::new(&claims.sub).map_err(|e| AuthError::Malformed(format!("claim `sub`: {e}")))?;
         let devices = if claims.role == Role::Service {
             DeviceGrant::All
         } else {
@@ -280,15 +309,48 @@ impl Authenticator {
         })
     }
 
+    /// The loopback check of development mode (PROTOCOL.md 1.2), for every request and
+    /// WebSocket upgrade before anything else: `hosts` are the request's `Host` header
+    /// values (and the authority of an absolute request target), `origins` its `Origin`
+    /// header values. Refused with [`AuthError::NotLoopback`] (403 `forbidden`) when a host
+    /// is not `localhost`, an address in `127.0.0.0/8` or `[::1]` (any port), when there is
+    /// more than one `Host`, or when an `Origin` is not such a host over `http` or `https`
+    /// (`null` included). A request with no `Host` at all (HTTP/1.0, or a router called
+    /// in-process) is not a browser's and passes. Always passes in authenticated mode.
+    pub fn check_loopback<'a>(
+        &self,
+        hosts: &[Option<&'a str>],
+        origins: impl IntoIterator<Item = Option<&'a str>>,
+    ) -> Result<(), AuthError> {
+        if !self.is_development() {
+            return Ok(());
+        }
+        let host_ok = match hosts {
+            [] => true,
+            [host] => host.is_some_and(is_loopback_host),
+            _ => false,
+        };
+        if !host_ok {
+            return Err(AuthError::NotLoopback { header: "Host" });
+        }
+        if origins
+            .into_iter()
+            .any(|origin| !origin.is_some_and(is_loopback_origin))
+        {
+            return Err(AuthError::NotLoopback { header: "Origin" });
+        }
+        Ok(())
+    }
+
     /// Authenticates a WebSocket upgrade (`GET /ws`).
     pub fn authenticate_ws(&self, request: &UpgradeRequest) -> Result<WsIdentity, AuthError> {
         if self.is_development() {
             let user = request
                 .param("userId")
                 .ok_or(AuthError::Missing("the `userId` query parameter"))?;
-            let subject = DeviceId::new(user).map_err(|e| AuthError::BadParameter {
+            let subject = UserId::new(user).map_err(|e| AuthError::BadParameter {
                 name: "userId",
-                reason: e.to_string().replace("deviceId", "userId"),
+                reason: e.to_string(),
             })?;
             let devices = request.device_params()?;
             let role = if devices.is_empty() {
@@ -360,6 +422,44 @@ impl Authenticator {
     }
 }
 
+/// Whether `host` (a `Host` header value: a name or address and an optional port) names the
+/// loopback interface: `localhost` (any case), an address in `127.0.0.0/8`, or `[::1]`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`.
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+            return false;
+        }
+        return v6.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
+    } else {
+        match host.split_once(':') {
+            Some((name, port)) if is_port(port) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `origin` (an `Origin` header value) is `http://` or `https://` followed by a
+/// loopback host of [`is_loopback_host`]; the opaque origin `null` is not.
+pub fn is_loopback_origin(origin: &str) -> bool {
+    let Some((scheme, host)) = origin.split_once("://") else {
+        return false;
+    };
+    (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+        && is_loopback_host(host)
+}
+
+/// A port: 1 to 5 ASCII digits that fit in 16 bits.
+fn is_port(port: &str) -> bool {
+    !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u16>().is_ok()
+}
+
 /// The token of an `Authorization: Bearer <token>` header.
 fn bearer(header: Option<&str>) -> Option<&str> {
     let value = header?.trim();
@@ -374,7 +474,7 @@ fn bearer(header: Option<&str>) -> Option<&str> {
 mod tests {
     use super::*;
 
-    const SECRET: &[u8] = b"test-secret";
+    const SECRET: &[u8] = b"an-auth-unit-test-secret-of-32-bytes";
 
     fn token(role: Role, devices: Option<&[&str]>, exp_offset: i64) -> String {
         Claims {
@@ -535,5 +635,162 @@ mod tests {
             400
         );
         assert!(auth.authenticate_service(None).is_ok());
+    }
+
+    /// Signs arbitrary claims, valid or not, with [`SECRET`].
+    fn raw_token(claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_exp_past_9999_or_not_an_integer_is_malformed_not_a_panic() {
+        let auth = Authenticator::jwt(SECRET);
+        for exp in [
+            serde_json::json!(u64::MAX),
+            serde_json::json!(u64::MAX - 1),
+            serde_json::json!(Claims::MAX_EXP + 1),
+            serde_json::json!(1.0e30),
+            serde_json::json!("4102444800"),
+            serde_json::json!(-1),
+        ] {
+            let t = raw_token(&serde_json::json!({"sub":"alice","role":"service","exp":exp}));
+            let err = auth
+                .authenticate_service(Some(&format!("Bearer {t}")))
+                .unwrap_err();
+            assert!(matches!(err, AuthError::Malformed(_)), "exp {exp}: {err:?}");
+            assert_eq!(err.http_status(), 401);
+        }
+        let t =
+            raw_token(&serde_json::json!({"sub":"alice","role":"service","exp":Claims::MAX_EXP}));
+        assert!(
+            auth.authenticate_service(Some(&format!("Bearer {t}")))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_sub_that_is_not_a_valid_user_id_is_malformed() {
+        let auth = Authenticator::jwt(SECRET);
+        let long = "u".repeat(129);
+        for sub in ["", long.as_str(), "ali\u{0}ce", "bob\n", "\u{7f}"] {
+            let t = raw_token(&serde_json::json!({"sub":sub,"role":"user","exp":unix_now() + 60}));
+            let err = auth
+                .authenticate_ws(&upgrade(None, &[("token", &t)]))
+                .unwrap_err();
+            assert!(
+                matches!(err, AuthError::Malformed(_)),
+                "sub {sub:?}: {err:?}"
+            );
+            assert_eq!(err.http_status(), 401);
+        }
+        let t = raw_token(
+            &serde_json::json!({"sub":"u".repeat(128),"role":"user","exp":unix_now() + 60}),
+        );
+        assert!(
+            auth.authenticate_ws(&upgrade(None, &[("token", &t)]))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn loopback_hosts_are_localhost_127_slash_8_and_v6_one_with_any_port() {
+        for host in [
+            "localhost",
+            "LocalHost:8080",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "127.1.2.3:1",
+            "[::1]",
+            "[::1]:65535",
+            "[0:0:0:0:0:0:0:1]:80",
+        ] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in [
+            "",
+            "evil.example",
+            "localhost.evil.example",
+            "evil.localhost",
+            "127.0.0.1.nip.io",
+            "localhost:",
+            "localhost:65536",
+            "localhost:80:80",
+            "localhost@evil",
+            "128.0.0.1",
+            "0.0.0.0:8080",
+            "10.0.0.1",
+            "2130706433",
+            "[::]",
+            "[::ffff:127.0.0.1]",
+            "[::1",
+            "[::1]x",
+            "::1",
+        ] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+        assert!(is_loopback_origin("http://localhost:3000"));
+        assert!(is_loopback_origin("https://127.0.0.1"));
+        assert!(is_loopback_origin("http://[::1]:8080"));
+        for origin in [
+            "null",
+            "http://evil.example",
+            "https://evil.example:443",
+            "file://",
+            "chrome-extension://localhost",
+            "http://localhost/path",
+            "localhost",
+        ] {
+            assert!(!is_loopback_origin(origin), "{origin}");
+        }
+    }
+
+    #[test]
+    fn development_mode_refuses_a_foreign_host_or_origin_and_jwt_mode_does_not_check() {
+        let dev = Authenticator::development();
+        assert_eq!(
+            dev.check_loopback(&[Some("127.0.0.1:8080")], [None; 0]),
+            Ok(())
+        );
+        assert_eq!(
+            dev.check_loopback(&[Some("localhost:8080")], [Some("http://localhost:5173")]),
+            Ok(())
+        );
+        assert_eq!(dev.check_loopback(&[], [None; 0]), Ok(()));
+        let forbidden_host = Err(AuthError::NotLoopback { header: "Host" });
+        assert_eq!(
+            dev.check_loopback(&[Some("rebound.evil.example:8080")], [None; 0]),
+            forbidden_host
+        );
+        assert_eq!(dev.check_loopback(&[None], [None; 0]), forbidden_host);
+        assert_eq!(
+            dev.check_loopback(&[Some("localhost"), Some("evil.example")], [None; 0]),
+            forbidden_host
+        );
+        let forbidden_origin = Err(AuthError::NotLoopback { header: "Origin" });
+        assert_eq!(
+            dev.check_loopback(&[Some("localhost")], [Some("https://evil.example")]),
+            forbidden_origin
+        );
+        assert_eq!(
+            dev.check_loopback(&[Some("localhost")], [Some("http://localhost"), None]),
+            forbidden_origin
+        );
+        assert_eq!(
+            AuthError::NotLoopback { header: "Origin" }.http_status(),
+            403
+        );
+        let jwt = Authenticator::jwt(SECRET);
+        assert_eq!(
+            jwt.check_loopback(
+                &[Some("bridge.example.com")],
+                [Some("https://app.example.com")]
+            ),
+            Ok(())
+        );
     }
 }

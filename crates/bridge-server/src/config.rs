@@ -40,7 +40,9 @@ pub struct Cli {
     /// [default: sqlite://bridge-queue.sqlite, a file in the working directory].
     #[arg(long, env = "BRIDGE_QUEUE", value_name = "URL")]
     pub queue: Option<String>,
-    /// HS256 secret for JWTs; without it the server runs in development mode (loopback only).
+    /// HS256 secret for JWTs, at least 32 bytes; without it (or --jwt-secret-file) the
+    /// server runs in development mode (loopback only). Prefer the environment variable or
+    /// --jwt-secret-file: a command line is visible to every user of the machine in `ps`.
     #[arg(
         long,
         env = "BRIDGE_JWT_SECRET",
@@ -48,6 +50,10 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub jwt_secret: Option<String>,
+    /// File holding the HS256 secret for JWTs (at least 32 bytes; one trailing newline is
+    /// ignored). Not together with --jwt-secret.
+    #[arg(long, env = "BRIDGE_JWT_SECRET_FILE", value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// TOML device-type registry [default: the built-in `smart-lock` example type].
     #[arg(long, env = "BRIDGE_DEVICE_TYPES", value_name = "FILE")]
     pub device_types: Option<PathBuf>,
@@ -102,6 +108,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     queue: Option<String>,
     jwt_secret: Option<String>,
+    jwt_secret_file: Option<PathBuf>,
     device_types: Option<PathBuf>,
     allow_unauthenticated: Option<bool>,
     log_format: Option<LogFormat>,
@@ -158,7 +165,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Queue backend: `sqlite://bridge-queue.sqlite`.
     pub queue: QueueUrl,
-    /// JWT secret; `None` is development mode.
+    /// JWT secret, at least [`ServerConfig::MIN_JWT_SECRET_BYTES`] bytes; `None` is
+    /// development mode.
     pub jwt_secret: Option<String>,
     /// Device-type registry file; `None` is the built-in example type.
     pub device_types: Option<PathBuf>,
@@ -237,6 +245,24 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// A JWT secret shorter than [`ServerConfig::MIN_JWT_SECRET_BYTES`]: an HS256 key that
+    /// short can be guessed offline from any one token.
+    #[error(
+        "the JWT secret has {bytes} bytes; it must have at least {min} (for example the output of `openssl rand -base64 48`)",
+        min = ServerConfig::MIN_JWT_SECRET_BYTES
+    )]
+    ShortJwtSecret {
+        /// How many bytes it has.
+        bytes: usize,
+    },
+    /// The JWT secret file could not be read.
+    #[error("JWT secret file {path}: {reason}")]
+    SecretFile {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// A limit of zero or an empty secret.
     #[error("invalid setting `{name}`: {reason}")]
     Invalid {
@@ -248,6 +274,9 @@ pub enum ConfigError {
 }
 
 impl ServerConfig {
+    /// The shortest JWT secret the server starts with, in bytes (the size of an HS256 hash).
+    pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
     /// Resolves the command line (with its environment variables) over the TOML file over the
     /// defaults, and checks the result.
     pub fn from_cli(cli: Cli) -> Result<Self, ConfigError> {
@@ -263,7 +292,10 @@ impl ServerConfig {
         let config = Self {
             listen: cli.listen.or(file.listen).unwrap_or(d.listen),
             queue,
-            jwt_secret: cli.jwt_secret.or(file.jwt_secret),
+            jwt_secret: match jwt_secret(cli.jwt_secret, cli.jwt_secret_file)? {
+                Some(secret) => Some(secret),
+                None => jwt_secret(file.jwt_secret, file.jwt_secret_file)?,
+            },
             device_types: cli.device_types.or(file.device_types),
             allow_unauthenticated: cli.allow_unauthenticated
                 || file.allow_unauthenticated.unwrap_or(false),
@@ -306,13 +338,22 @@ impl ServerConfig {
     }
 
     /// Checks the rules the server will not start without (PROTOCOL.md 1.2: development mode
-    /// only on loopback unless explicitly allowed; no zero limits; no empty secret).
+    /// only on loopback unless explicitly allowed; no zero limits; no empty secret, and none
+    /// shorter than [`ServerConfig::MIN_JWT_SECRET_BYTES`]).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.jwt_secret.as_deref() == Some("") {
-            return Err(ConfigError::Invalid {
-                name: "jwt_secret",
-                reason: "must not be empty",
-            });
+        match self.jwt_secret.as_deref() {
+            Some("") => {
+                return Err(ConfigError::Invalid {
+                    name: "jwt_secret",
+                    reason: "must not be empty",
+                });
+            }
+            Some(secret) if secret.len() < Self::MIN_JWT_SECRET_BYTES => {
+                return Err(ConfigError::ShortJwtSecret {
+                    bytes: secret.len(),
+                });
+            }
+            _ => {}
         }
         if let Some(id) = &self.node_id {
             NodeId::new(id).map_err(|_| ConfigError::Invalid {
@@ -383,6 +424,39 @@ fn host_name() -> String {
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
+/// The secret of one source of settings (the command line with its environment, or the
+/// file): given inline or as a file, not both.
+fn jwt_secret(
+    inline: Option<String>,
+    file: Option<PathBuf>,
+) -> Result<Option<String>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(ConfigError::Invalid {
+            name: "jwt_secret_file",
+            reason: "give the JWT secret or a file holding it, not both",
+        }),
+        (Some(secret), None) => Ok(Some(secret)),
+        (None, Some(path)) => read_secret_file(&path).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Reads a JWT secret file: its text, without the trailing line break an editor or `echo`
+/// adds (`\n` or `\r\n`, once).
+fn read_secret_file(path: &Path) -> Result<String, ConfigError> {
+    let mut secret = std::fs::read_to_string(path).map_err(|e| ConfigError::SecretFile {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    if secret.ends_with('\n') {
+        secret.pop();
+        if secret.ends_with('\r') {
+            secret.pop();
+        }
+    }
+    Ok(secret)
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let err = |reason: String| ConfigError::File {
         path: path.display().to_string(),
@@ -395,6 +469,8 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LONG_SECRET: &str = "my-secret-of-thirty-two-bytes-ok";
 
     fn parse(args: &[&str]) -> Result<ServerConfig, ConfigError> {
         let cli = Cli::try_parse_from(std::iter::once("bridge-server").chain(args.iter().copied()))
@@ -420,7 +496,7 @@ mod tests {
         assert!(matches!(err, ConfigError::UnauthenticatedNonLoopback(_)));
         assert!(err.to_string().contains("--allow-unauthenticated"));
         assert!(parse(&["--listen", "0.0.0.0:8080", "--allow-unauthenticated"]).is_ok());
-        assert!(parse(&["--listen", "0.0.0.0:8080", "--jwt-secret", "s3cret"]).is_ok());
+        assert!(parse(&["--listen", "0.0.0.0:8080", "--jwt-secret", LONG_SECRET]).is_ok());
         assert!(parse(&["--listen", "[::1]:8080"]).is_ok());
     }
 
@@ -497,6 +573,65 @@ mod tests {
                 name: "jwt_secret",
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn a_jwt_secret_shorter_than_32_bytes_is_refused_at_start() {
+        assert_eq!(LONG_SECRET.len(), 32);
+        assert!(parse(&["--jwt-secret", LONG_SECRET]).is_ok());
+        let err = parse(&["--jwt-secret", &LONG_SECRET[1..]]).unwrap_err();
+        assert_eq!(err, ConfigError::ShortJwtSecret { bytes: 31 });
+        assert!(err.to_string().contains("at least 32"), "{err}");
+        let config = ServerConfig {
+            jwt_secret: Some("an-e2e-test-secret".into()),
+            ..ServerConfig::default()
+        };
+        assert_eq!(
+            config.validate(),
+            Err(ConfigError::ShortJwtSecret { bytes: 18 })
+        );
+    }
+
+    #[test]
+    fn the_jwt_secret_may_come_from_a_file_without_its_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, format!("{LONG_SECRET}\r\n")).unwrap();
+        let path = file.to_str().unwrap();
+        let config = parse(&["--jwt-secret-file", path]).unwrap();
+        assert_eq!(config.jwt_secret.as_deref(), Some(LONG_SECRET));
+        // Short once its newline is gone.
+        std::fs::write(&file, format!("{}\n", &LONG_SECRET[1..])).unwrap();
+        assert_eq!(
+            parse(&["--jwt-secret-file", path]),
+            Err(ConfigError::ShortJwtSecret { bytes: 31 })
+        );
+        // In the TOML file too, below the command line.
+        let toml = dir.path().join("bridge.toml");
+        std::fs::write(&toml, format!("jwt_secret_file = {path:?}\n")).unwrap();
+        std::fs::write(&file, LONG_SECRET).unwrap();
+        let config = parse(&["--config", toml.to_str().unwrap()]).unwrap();
+        assert_eq!(config.jwt_secret.as_deref(), Some(LONG_SECRET));
+    }
+
+    #[test]
+    fn a_jwt_secret_and_a_secret_file_together_or_a_missing_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, LONG_SECRET).unwrap();
+        let path = file.to_str().unwrap();
+        assert!(matches!(
+            parse(&["--jwt-secret", LONG_SECRET, "--jwt-secret-file", path]),
+            Err(ConfigError::Invalid {
+                name: "jwt_secret_file",
+                ..
+            })
+        ));
+        let missing = dir.path().join("missing");
+        assert!(matches!(
+            parse(&["--jwt-secret-file", missing.to_str().unwrap()]),
+            Err(ConfigError::SecretFile { .. })
         ));
     }
 }

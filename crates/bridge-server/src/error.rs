@@ -9,6 +9,10 @@ use bridge_queue::StoreError;
 
 use crate::auth::AuthError;
 
+/// The message of every `unavailable` answer caused by the queue backend (the detail goes
+/// to the log only).
+pub(crate) const QUEUE_UNAVAILABLE: &str = "the queue backend is unavailable";
+
 /// An error answer of the HTTP API: `{"error":{"code","message"}}` with its status.
 ///
 /// The status is the code's status of PROTOCOL.md 4, except for a body over the size limit
@@ -41,10 +45,14 @@ impl ApiError {
         )
     }
 
+    /// A store refusal. A backend failure (`unavailable`) is logged with its detail and
+    /// answered with [`QUEUE_UNAVAILABLE`] only: the client library's text can name hosts,
+    /// user names or paths, which unauthenticated callers must not read.
     pub(crate) fn from_store(error: &StoreError) -> Self {
         let code = bridge_dispatch::store_error_code(error);
         if code == ErrorCode::Unavailable {
             tracing::warn!(%error, "queue backend error");
+            return Self::new(code, QUEUE_UNAVAILABLE);
         }
         Self::new(code, error.to_string())
     }

@@ -16,7 +16,7 @@ use bridge_protocol::http::{
 };
 use bridge_protocol::{AppEvent, CommandId, DeviceId, ErrorCode, ServerToUser};
 
-use crate::error::{ApiError, json_response, json_with_code};
+use crate::error::{ApiError, QUEUE_UNAVAILABLE, json_response, json_with_code};
 use crate::metrics::Gauges;
 use crate::server::Core;
 use crate::ws;
@@ -39,14 +39,51 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
             Arc::clone(&core),
             require_service,
         ));
-    Router::new()
+    let router = Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/v1", api)
-        .fallback(not_found)
-        .with_state(core)
+        .fallback(not_found);
+    // Development mode: every route, `/healthz` and the fallback included, first checks
+    // that the request comes from a loopback client (PROTOCOL.md 1.2).
+    let router = if core.auth.is_development() {
+        router.layer(middleware::from_fn_with_state(
+            Arc::clone(&core),
+            require_loopback,
+        ))
+    } else {
+        router
+    };
+    router.with_state(core)
+}
+
+/// Development mode's `Host`/`Origin` check, before anything else (PROTOCOL.md 1.2): a web
+/// page, a cross-origin form or a DNS rebinding gets 403 `forbidden`.
+async fn require_loopback(State(core): State<Arc<Core>>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let mut hosts: Vec<Option<&str>> = headers
+        .get_all(header::HOST)
+        .iter()
+        .map(|v| v.to_str().ok())
+        .collect();
+    if let Some(authority) = request.uri().authority() {
+        hosts.push(Some(authority.as_str()));
+    }
+    // The request target's authority repeats the Host header (absolute form): one name.
+    hosts.dedup();
+    let origins = headers
+        .get_all(header::ORIGIN)
+        .iter()
+        .map(|v| v.to_str().ok());
+    match core.auth.check_loopback(&hosts, origins) {
+        Ok(()) => next.run(request).await,
+        Err(error) => {
+            tracing::info!(%error, "request refused");
+            ApiError::from(&error).into_response()
+        }
+    }
 }
 
 async fn not_found() -> ApiError {
@@ -211,7 +248,8 @@ async fn readyz(State(core): State<Arc<Core>>) -> Response {
         Ok(()) => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
         Err(error) => {
             tracing::warn!(%error, "not ready: the queue backend does not answer");
-            ApiError::new(ErrorCode::Unavailable, error.to_string()).into_response()
+            // The detail (hosts, user names) is for the log, not for unauthenticated callers.
+            ApiError::new(ErrorCode::Unavailable, QUEUE_UNAVAILABLE).into_response()
         }
     }
 }

@@ -104,7 +104,15 @@ pub(crate) async fn upgrade(State(core): State<Arc<Core>>, mut request: Request)
         ConnectionInfo::user(user, access)
     };
     if let Some(exp) = principal.expires_at {
-        info = info.with_expiry(SystemTime::UNIX_EPOCH + Duration::from_secs(exp));
+        // `exp` is at most `Claims::MAX_EXP`, which every clock holds; were it not, the
+        // connection would be refused rather than the task panic.
+        let Some(expiry) = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp)) else {
+            return ApiError::from(&crate::auth::AuthError::Malformed(
+                "claim `exp` is out of range".into(),
+            ))
+            .into_response();
+        };
+        info = info.with_expiry(expiry);
     }
 
     let on_upgrade = hyper::upgrade::on(&mut request);

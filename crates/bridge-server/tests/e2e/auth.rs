@@ -159,3 +159,45 @@ async fn a_token_that_expires_while_connected_is_closed_with_1008() {
     let close = alice.closed().await.expect("a close frame");
     assert_eq!(close.code, CloseCode::Policy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_with_exp_near_u64_max_or_a_bad_sub_is_401_and_the_server_keeps_serving() {
+    let server = TestServer::start_authenticated().await;
+    let claims = |sub: &str, exp: u64| bridge_server::auth::Claims {
+        sub: sub.into(),
+        role: serde_json::from_value(json!("user")).unwrap(),
+        devices: None,
+        exp,
+    };
+    let far = claims("alice", u64::MAX - 1)
+        .encode(SECRET.as_bytes())
+        .unwrap();
+    let (status, body) = refused_upgrade(&server.ws_url(""), Some(&far)).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let far_service = bridge_server::auth::Claims {
+        role: serde_json::from_value(json!("service")).unwrap(),
+        ..claims("backend", u64::MAX)
+    }
+    .encode(SECRET.as_bytes())
+    .unwrap();
+    let response = reqwest::Client::new()
+        .get(server.url("/v1/devices"))
+        .bearer_auth(far_service)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
+    let long = "u".repeat(129);
+    for sub in ["", long.as_str(), "ali\u{0}ce"] {
+        let bad = claims(sub, bridge_server::auth::unix_now() + 3600)
+            .encode(SECRET.as_bytes())
+            .unwrap();
+        let (status, _) = refused_upgrade(&server.ws_url(""), Some(&bad)).await;
+        assert_eq!(status, 401, "sub {sub:?}");
+    }
+    // Still serving.
+    let alice = token("alice", "user", None, 3600);
+    Ws::connect_with(&server.ws_url(""), Some(&alice)).await;
+}

@@ -406,6 +406,10 @@ async fn two_servers_in_one_process_keep_their_own_metrics() {
     assert!(text.contains("bridge_commands_total{outcome=\"offline\"} 1"));
 }
 
+/// What the flaky backend's client library "says": the kind of text (a host, a user name)
+/// that goes to the log and never into an answer.
+const BACKEND_DETAIL: &str = "connection to bridge_admin@db-internal.corp.example:5432 refused";
+
 /// A memory store whose backend "does not answer" once told so.
 struct FlakyStore {
     inner: MemoryStore,
@@ -417,7 +421,7 @@ impl FlakyStore {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(bridge_queue::StoreError::Unavailable {
                 backend: "flaky",
-                source: "connection refused".into(),
+                source: BACKEND_DETAIL.into(),
             });
         }
         Ok(())
@@ -562,6 +566,76 @@ async fn a_queue_backend_that_does_not_answer_is_503_unavailable_and_not_ready()
         (503, json!({"status":"offline"}))
     );
     assert_eq!(server.get("/healthz").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_bodies_and_readyz_do_not_echo_the_queue_backend_s_error_text() {
+    let store = Arc::new(FlakyStore {
+        inner: MemoryStore::default(),
+        down: std::sync::atomic::AtomicBool::new(false),
+    });
+    let server = TestServer::start_with(ServerConfig::default(), |b| b.store(store.clone())).await;
+    let (status, queued) = server
+        .command(
+            "lock-1",
+            json!({"payload":"01","ifOffline":"queue","commandType":"unlock"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{queued}");
+    let id = queued["commandId"].as_str().unwrap().to_owned();
+    let mut alice = user(&server, "alice").await;
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+
+    let generic =
+        json!({"error":{"code":"unavailable","message":"the queue backend is unavailable"}});
+    let queue = json!({"payload":"01","ifOffline":"queue","commandType":"lock"});
+    let answers = [
+        server.get_text("/readyz").await,
+        server
+            .post_raw("/v1/devices/lock-1/commands", queue.to_string())
+            .await
+            .pipe_text(),
+        server.get_text("/v1/devices/lock-1").await,
+        server.get_text("/v1/devices/lock-1/commands").await,
+        server.get_text(&format!("/v1/commands/{id}")).await,
+        server
+            .post_raw(&format!("/v1/commands/{id}/cancel"), String::new())
+            .await
+            .pipe_text(),
+    ];
+    for (status, text) in answers {
+        assert_eq!(status, 503, "{text}");
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body, generic);
+        assert!(
+            !text.contains("db-internal") && !text.contains("bridge_admin"),
+            "{text}"
+        );
+    }
+    // The same refusal of a user's `command` frame.
+    alice
+        .send(
+            json!({"type":"command","requestId":"c-1","deviceId":"lock-1","payload":"01",
+                     "ifOffline":"queue","commandType":"lock"}),
+        )
+        .await;
+    let error = alice.recv().await;
+    assert_eq!(error["code"], "unavailable", "{error}");
+    assert_eq!(
+        error["message"], "the queue backend is unavailable",
+        "{error}"
+    );
+}
+
+/// A `(status, JSON body)` answer back as text, to search it.
+trait PipeText {
+    fn pipe_text(self) -> (u16, String);
+}
+
+impl PipeText for (u16, serde_json::Value) {
+    fn pipe_text(self) -> (u16, String) {
+        (self.0, self.1.to_string())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

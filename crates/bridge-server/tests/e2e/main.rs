@@ -5,6 +5,7 @@
 
 mod auth;
 mod clients;
+mod hostile;
 mod http;
 mod paused;
 mod process;

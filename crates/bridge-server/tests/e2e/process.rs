@@ -296,6 +296,46 @@ async fn the_binary_refuses_a_public_address_without_a_secret() {
     assert!(stderr.contains("--allow-unauthenticated"), "{stderr}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_refuses_a_jwt_secret_shorter_than_32_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_bridge-server"))
+        .args(["--listen", "127.0.0.1:0", "--queue", "memory://"])
+        .env("BRIDGE_JWT_SECRET", "only-thirty-one-bytes-long-here")
+        .env_remove("BRIDGE_JWT_SECRET_FILE")
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("31 bytes") && stderr.contains("at least 32"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_reads_its_jwt_secret_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwt-secret");
+    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+    let server = Process::start(dir.path(), &["--jwt-secret-file", file.to_str().unwrap()]).await;
+    let plain = reqwest::Client::new();
+    let url = server.client.url("/v1/devices/lock-1");
+    let response = plain.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    // Signed with the file's text without its newline.
+    let response = plain
+        .get(&url)
+        .bearer_auth(token("backend", "service", None, 60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    server.kill().await;
+}
+
 /// Queues two commands through a `bridge-server` process on `queue`, kills it with SIGKILL,
 /// starts another on the same queue, and sees both delivered in order.
 async fn survives_sigkill_on(queue: &str) {

@@ -22,8 +22,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// Generous bound for anything that should happen "at once" on a loaded machine.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// The JWT secret of authenticated test servers.
-pub const SECRET: &str = "an-e2e-test-secret";
+/// The JWT secret of authenticated test servers (at least 32 bytes, as the server requires).
+pub const SECRET: &str = "an-e2e-test-secret-of-at-least-32-bytes";
 
 pub fn device(id: &str) -> DeviceId {
     DeviceId::new(id).unwrap()

@@ -1,0 +1,203 @@
+//! Development mode serves loopback clients only (PROTOCOL.md 1.2): a foreign `Host` (DNS
+//! rebinding) or `Origin` (a web page) is refused with 403 before anything happens.
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+
+use crate::support::*;
+
+/// Sends `request` (a whole HTTP/1.1 request) as raw bytes, so that its `Host` is exactly
+/// what the test says; answers the status and the body (none after a 101).
+async fn raw(server: &TestServer, request: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = async {
+        loop {
+            let text = String::from_utf8_lossy(&answer).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let status: u16 = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("no status line in {head:?}"));
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                if status == 101 || body.len() >= length {
+                    return (status, body.to_owned());
+                }
+            }
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "the connection closed before a whole answer: {text:?}"
+            );
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("an answer in time")
+}
+
+/// A GET of `path` with `host` and, when given, `origin`.
+fn get(path: &str, host: &str, origin: Option<&str>) -> String {
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{origin}Connection: close\r\n\r\n")
+}
+
+/// A WebSocket upgrade of `path` with `host` and, when given, `origin`.
+fn upgrade(path: &str, host: &str, origin: Option<&str>) -> String {
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{origin}Connection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// A POST of a command that would be queued, with `host` and `origin`.
+fn post_command(host: &str, origin: Option<&str>) -> String {
+    let origin = origin.map_or(String::new(), |o| format!("Origin: {o}\r\n"));
+    let body = json!({"payload":"01","ifOffline":"queue","commandType":"unlock"}).to_string();
+    format!(
+        "POST /v1/devices/lock-1/commands HTTP/1.1\r\nHost: {host}\r\n{origin}\
+         Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn assert_forbidden(answer: &(u16, String), what: &str) {
+    assert_eq!(answer.0, 403, "{what}: {answer:?}");
+    let body: Value = serde_json::from_str(&answer.1).unwrap();
+    assert_eq!(body["error"]["code"], "forbidden", "{what}: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn development_mode_refuses_a_non_loopback_host_on_every_route_and_the_ws_upgrade() {
+    let server = TestServer::start().await;
+    let host = format!("rebound.evil.example:{}", server.addr.port());
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/v1/devices",
+        "/no-such-path",
+    ] {
+        assert_forbidden(&raw(&server, &get(path, &host, None)).await, path);
+    }
+    assert_forbidden(
+        &raw(&server, &upgrade("/ws?userId=mallory", &host, None)).await,
+        "/ws",
+    );
+    assert_forbidden(
+        &raw(
+            &server,
+            &upgrade("/ws?userId=m&deviceId=lock-1", &host, None),
+        )
+        .await,
+        "/ws as a bridge",
+    );
+    assert_forbidden(
+        &raw(&server, &post_command(&host, None)).await,
+        "POST command",
+    );
+    // Refused before anything happened: nothing was queued, no bridge came online.
+    let (status, list) = server.get("/v1/devices/lock-1/commands").await;
+    assert_eq!((status, list), (200, json!({"commands":[]})));
+    let (_, view) = server.get("/v1/devices/lock-1").await;
+    assert_eq!(view["bridges"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn development_mode_refuses_a_foreign_origin_even_with_a_loopback_host() {
+    let server = TestServer::start().await;
+    let host = server.addr.to_string();
+    for origin in [
+        "https://evil.example",
+        "null",
+        "http://localhost.evil.example",
+    ] {
+        assert_forbidden(
+            &raw(&server, &post_command(&host, Some(origin))).await,
+            origin,
+        );
+        assert_forbidden(
+            &raw(&server, &get("/healthz", &host, Some(origin))).await,
+            origin,
+        );
+    }
+    // A page's WebSocket, through a real client.
+    let mut request = server
+        .ws_url("userId=mallory")
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", HeaderValue::from_static("https://evil.example"));
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 403);
+        }
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("the upgrade was accepted"),
+    }
+    let (status, list) = server.get("/v1/devices/lock-1/commands").await;
+    assert_eq!((status, list), (200, json!({"commands":[]})));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn development_mode_still_serves_loopback_hosts_and_origins() {
+    let server = TestServer::start().await;
+    let port = server.addr.port();
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.2:{port}"),
+        format!("[::1]:{port}"),
+        "localhost".to_owned(),
+    ] {
+        let answer = raw(&server, &get("/healthz", &host, None)).await;
+        assert_eq!(answer.0, 200, "{host}: {answer:?}");
+    }
+    let host = format!("localhost:{port}");
+    let answer = raw(&server, &post_command(&host, Some("http://localhost:5173"))).await;
+    assert_eq!(answer.0, 202, "{answer:?}");
+    let answer = raw(
+        &server,
+        &upgrade("/ws?userId=dev", &host, Some("http://127.0.0.1:3000")),
+    )
+    .await;
+    assert_eq!(answer.0, 101, "{answer:?}");
+    // The test clients' own requests (Host 127.0.0.1:port, no Origin); not lock-1, whose
+    // queued command would be written before the pong.
+    let mut bridge = Bridge::connect(&server, "phone", &["lock-9"]).await;
+    bridge.sync().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticated_mode_does_not_check_host_or_origin() {
+    let server = TestServer::start_authenticated().await;
+    let host = "bridge.example.com";
+    let origin = Some("https://app.example.com");
+    let answer = raw(&server, &get("/healthz", host, origin)).await;
+    assert_eq!(answer.0, 200, "{answer:?}");
+    // Still a 401 without a token, not a 403.
+    let answer = raw(&server, &post_command(host, origin)).await;
+    assert_eq!(answer.0, 401, "{answer:?}");
+    let user = token("alice", "user", None, 3600);
+    let answer = raw(
+        &server,
+        &upgrade(&format!("/ws?token={user}"), host, origin),
+    )
+    .await;
+    assert_eq!(answer.0, 101, "{answer:?}");
+}
