@@ -407,8 +407,8 @@ async fn two_servers_in_one_process_keep_their_own_metrics() {
 }
 
 /// A memory store whose backend "does not answer" once told so.
-/// The in-memory store, unavailable while `down`; counts the delivery passes it sees (each
-/// starts with `expire`).
+/// The in-memory store, unavailable while `down`; counts its `expire` calls (every delivery
+/// pass starts with one; reads of a device's commands make some too).
 pub(crate) struct FlakyStore {
     pub(crate) inner: MemoryStore,
     pub(crate) down: std::sync::atomic::AtomicBool,

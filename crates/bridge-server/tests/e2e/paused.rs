@@ -197,7 +197,8 @@ async fn a_bridge_repeating_connected_true_starts_one_delivery_pass_not_one_per_
     }
     let passes = store.expires.load(Ordering::SeqCst);
 
-    // The bridge repeats itself 99 more times: no news, no pass (well before the 30 s tick).
+    // The bridge repeats itself 99 more times: no news, no pass (well before the 30 s tick;
+    // nothing reads the command meanwhile, so every `expire` would be a pass).
     for _ in 0..99 {
         answers.send(status.clone()).unwrap();
         tokio::time::sleep(Duration::from_millis(5)).await;
