@@ -1,14 +1,18 @@
 //! The tokio driver: runs the [`Engine`] against a [`Store`], a [`CommandSender`] (the
 //! session manager) and an [`Outlet`] (the hub, as the server sees it).
 
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bridge_protocol::http::{CommandOutcome, CommandView};
 use bridge_protocol::{CommandResult, ConfigRegistry, DeviceId, DeviceType, HexPayload};
-use bridge_queue::{NodeId, QueuedCommand, Store};
+use bridge_queue::{NodeId, QueuedCommand, Store, StoreError};
 use bridge_session::{CommandError, CommandReply, SessionManager, Transport};
+use futures_util::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -55,6 +59,14 @@ pub trait Outlet: Send + Sync + 'static {
     /// long it was out at a bridge, when it went out. Default: nothing.
     fn command_ended(&self, outcome: &'static str, sent_for: Option<Duration>) {
         let _ = (outcome, sent_for);
+    }
+
+    /// A task of the dispatcher panicked and was recovered: `what` names it (`lease`,
+    /// `send`, `sweep`, `timer`, ... — the `task` label of `bridge_task_panics_total`). The
+    /// panic was logged; the engine was told the step failed, so the device's pass ended
+    /// and the device is served again at its next trigger. Default: nothing.
+    fn task_panicked(&self, what: &'static str) {
+        let _ = what;
     }
 }
 
@@ -122,7 +134,7 @@ impl Dispatcher {
             announcements: Mutex::new(Announcements::default()),
         });
         pump(&inner);
-        inner.runtime.spawn(run_timer(Arc::downgrade(&inner)));
+        inner.runtime.spawn(supervise_timer(Arc::downgrade(&inner)));
         Self { inner }
     }
 
@@ -235,7 +247,7 @@ fn enqueue_announcement(inner: &Arc<Inner>, command: Box<QueuedCommand>) {
                 next
             };
             let Some(command) = next else { return };
-            announce(&task, &command).await;
+            supervised(&task, "announce", announce(&task, &command)).await;
         }
     });
 }
@@ -252,13 +264,13 @@ fn run(inner: &Arc<Inner>, action: Action) {
     match action {
         Action::Reclaim { owner } => {
             runtime.spawn(async move {
-                let result = task.store.reclaim(&owner).await;
+                let result = store_call(&task, "reclaim", task.store.reclaim(&owner)).await;
                 answer(&task, |engine| engine.handle_reclaimed(result));
             });
         }
         Action::Expire { device } => {
             runtime.spawn(async move {
-                let result = task.store.expire(&device).await;
+                let result = store_call(&task, "expire", task.store.expire(&device)).await;
                 answer(&task, |engine| engine.handle_expired(&device, result));
             });
         }
@@ -268,7 +280,12 @@ fn run(inner: &Arc<Inner>, action: Action) {
             grace,
         } => {
             runtime.spawn(async move {
-                let result = task.store.lease_next(&device, &owner, grace).await;
+                let result = store_call(
+                    &task,
+                    "lease",
+                    task.store.lease_next(&device, &owner, grace),
+                )
+                .await;
                 answer(&task, |engine| engine.handle_leased(&device, result));
             });
         }
@@ -283,18 +300,31 @@ fn run(inner: &Arc<Inner>, action: Action) {
                     let command = &leased.command;
                     tracing::info!(attempts = command.attempts, "delivering");
                     let start = Instant::now();
-                    let result = task
-                        .sender
-                        .send_command(
+                    let result = supervised(
+                        &task,
+                        "send",
+                        task.sender.send_command(
                             command.device.clone(),
                             command.device_type.as_ref().map(DeviceType::as_str),
                             command.payload.clone(),
                             command.timeout.as_duration(),
-                        )
-                        .await;
-                    let sent = sent_of(result);
-                    task.outlet
-                        .command_ended(sent.outcome_label(), sent.left().then(|| start.elapsed()));
+                        ),
+                    )
+                    .await;
+                    let sent = match result {
+                        Some(result) => {
+                            let sent = sent_of(result);
+                            task.outlet.command_ended(
+                                sent.outcome_label(),
+                                sent.left().then(|| start.elapsed()),
+                            );
+                            sent
+                        }
+                        // Whether the write left is unknown: counted as an attempt (so a
+                        // sender that always panics cannot retry a command forever), and
+                        // the pass ends like after a timeout.
+                        None => Sent::TimedOut,
+                    };
                     let device = command.device.clone();
                     answer(&task, |engine| {
                         engine.handle_sent(&leased.lease, sent, &device);
@@ -309,26 +339,27 @@ fn run(inner: &Arc<Inner>, action: Action) {
             outcome,
         } => {
             runtime.spawn(async move {
-                let result = task.store.complete(&lease, outcome).await;
+                let result =
+                    store_call(&task, "complete", task.store.complete(&lease, outcome)).await;
                 answer(&task, |engine| engine.handle_ended(&device, result));
             });
         }
         Action::Release { device, lease, cut } => {
             runtime.spawn(async move {
-                let result = task.store.release(&lease, cut).await;
+                let result = store_call(&task, "release", task.store.release(&lease, cut)).await;
                 answer(&task, |engine| engine.handle_ended(&device, result));
             });
         }
         Action::Announce { command } => enqueue_announcement(&task, command),
         Action::Sweep => {
             runtime.spawn(async move {
-                let result = task.store.sweep().await;
+                let result = store_call(&task, "sweep", task.store.sweep()).await;
                 answer(&task, |engine| engine.handle_swept(result));
             });
         }
         Action::ListDue { limit } => {
             runtime.spawn(async move {
-                let result = task.store.due_devices(limit).await;
+                let result = store_call(&task, "list_due", task.store.due_devices(limit)).await;
                 answer(&task, |engine| engine.handle_due(result));
             });
         }
@@ -360,6 +391,80 @@ async fn announce(inner: &Inner, command: &QueuedCommand) {
         status = command.status.as_str(),
         "outcome announced"
     );
+}
+
+/// Runs `future`, catching a panic in it: the panic is logged and counted through the
+/// outlet as `what`, and `None` stands in for the answer. Without this, a panic in a
+/// spawned action (a store implementation, the sender) would leave the engine waiting for
+/// an answer forever, and the device's pass would never end.
+async fn supervised<T>(
+    inner: &Inner,
+    what: &'static str,
+    future: impl Future<Output = T>,
+) -> Option<T> {
+    match AssertUnwindSafe(future).catch_unwind().await {
+        Ok(value) => Some(value),
+        Err(panic) => {
+            tracing::error!(
+                task = what,
+                panic = panic_message(panic.as_ref()),
+                "a dispatcher task panicked; its step is treated as failed"
+            );
+            inner.outlet.task_panicked(what);
+            None
+        }
+    }
+}
+
+/// A store call under [`supervised`]: a panic becomes a [`StoreError::Backend`] of backend
+/// `panic`, which the engine handles like any failed call (the pass ends, the next trigger
+/// serves the device again).
+async fn store_call<T>(
+    inner: &Inner,
+    what: &'static str,
+    call: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    supervised(inner, what, call).await.unwrap_or_else(|| {
+        Err(StoreError::Backend {
+            backend: "panic",
+            source: format!("the store panicked in {what}").into(),
+        })
+    })
+}
+
+/// What a panic said, when it said it with a string.
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&'static str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
+}
+
+/// How long the retry tick waits before it starts again after a panic, so that a panic on
+/// every tick cannot spin.
+const TIMER_RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// Runs [`run_timer`], starting it again (after [`TIMER_RESTART_DELAY`]) if it panics: a
+/// panic there would otherwise stop every retry of this node.
+async fn supervise_timer(inner: Weak<Inner>) {
+    loop {
+        let run = AssertUnwindSafe(run_timer(inner.clone()))
+            .catch_unwind()
+            .await;
+        let Err(panic) = run else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        tracing::error!(
+            task = "timer",
+            panic = panic_message(panic.as_ref()),
+            "the delivery timer panicked; starting it again"
+        );
+        strong.outlet.task_panicked("timer");
+        drop(strong);
+        tokio::time::sleep(TIMER_RESTART_DELAY).await;
+    }
 }
 
 /// The retry tick: runs until the dispatcher is gone or stopped.

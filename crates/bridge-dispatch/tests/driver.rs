@@ -5,16 +5,22 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bridge_dispatch::{CommandSender, Dispatcher, EngineConfig, Outlet, Refusal};
-use bridge_protocol::http::{CommandRequest, CommandResponse, CommandStatus, IfOffline};
-use bridge_protocol::{
-    CommandResult, CommandType, ConfigRegistry, DeviceErrorCode, DeviceId, ErrorCode, HexPayload,
-    RequestId, ResultStatus, TtlSeconds,
+use bridge_protocol::http::{
+    CommandOutcome, CommandRequest, CommandResponse, CommandStatus, IfOffline,
 };
-use bridge_queue::{ManualClock, MemoryStore, NodeId, Store, StoreConfig};
+use bridge_protocol::{
+    CommandId, CommandResult, CommandType, ConfigRegistry, DeviceErrorCode, DeviceId, ErrorCode,
+    HexPayload, RequestId, ResultStatus, TtlSeconds,
+};
+use bridge_queue::{
+    Cut, Lease, Leased, ManualClock, MemoryStore, NewCommand, NodeId, OpenCounts, QueuedCommand,
+    Store, StoreConfig, StoreError, SweepReport,
+};
 use bridge_session::{CommandError, CommandReply};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -79,6 +85,7 @@ impl CommandSender for ScriptedSender {
 struct RecordingOutlet {
     announced: Mutex<Vec<CommandResult>>,
     outcomes: Mutex<Vec<&'static str>>,
+    panics: Mutex<Vec<&'static str>>,
 }
 
 #[async_trait]
@@ -89,6 +96,10 @@ impl Outlet for RecordingOutlet {
 
     fn command_ended(&self, outcome: &'static str, _sent_for: Option<Duration>) {
         self.outcomes.lock().push(outcome);
+    }
+
+    fn task_panicked(&self, what: &'static str) {
+        self.panics.lock().push(what);
     }
 }
 
@@ -102,6 +113,11 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_over(|store| store as Arc<dyn Store>)
+}
+
+/// A fixture whose dispatcher sees the in-memory store through `wrap`.
+fn fixture_over(wrap: impl FnOnce(Arc<MemoryStore>) -> Arc<dyn Store>) -> Fixture {
     let clock = ManualClock::starting_now();
     let store = Arc::new(MemoryStore::new(
         StoreConfig::default().with_clock(Arc::new(clock.clone())),
@@ -111,7 +127,7 @@ fn fixture() -> Fixture {
     let dispatch = Dispatcher::start(
         EngineConfig::default(),
         NodeId::new("node-a").unwrap(),
-        Arc::clone(&store) as Arc<dyn Store>,
+        wrap(Arc::clone(&store)),
         Arc::clone(&sender) as Arc<dyn CommandSender>,
         Arc::clone(&outlet) as Arc<dyn Outlet>,
         Arc::new(ConfigRegistry::example()),
@@ -473,6 +489,157 @@ async fn a_restarted_node_takes_back_its_lease_and_delivers_at_once() {
         "the reclaimed delivery may have left: it counts"
     );
     assert_eq!(sender.sent.lock().len(), 1);
+}
+
+/// The in-memory store, but `lease_next` and `sweep` panic as many times as they are told.
+struct PanickyStore {
+    inner: Arc<MemoryStore>,
+    lease_panics: AtomicU32,
+    sweep_panics: AtomicU32,
+}
+
+impl PanickyStore {
+    fn over(inner: Arc<MemoryStore>, lease_panics: u32, sweep_panics: u32) -> Arc<dyn Store> {
+        Arc::new(Self {
+            inner,
+            lease_panics: AtomicU32::new(lease_panics),
+            sweep_panics: AtomicU32::new(sweep_panics),
+        })
+    }
+
+    fn maybe_panic(counter: &AtomicU32, what: &str) {
+        if counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("{what} panicked on purpose");
+        }
+    }
+}
+
+#[async_trait]
+impl Store for PanickyStore {
+    async fn enqueue(&self, command: NewCommand) -> Result<CommandId, StoreError> {
+        self.inner.enqueue(command).await
+    }
+    async fn confirm(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        self.inner.confirm(id).await
+    }
+    async fn cancel(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        self.inner.cancel(id).await
+    }
+    async fn lease_next(
+        &self,
+        device: &DeviceId,
+        owner: &NodeId,
+        grace: Duration,
+    ) -> Result<Option<Leased>, StoreError> {
+        Self::maybe_panic(&self.lease_panics, "lease_next");
+        self.inner.lease_next(device, owner, grace).await
+    }
+    async fn complete(
+        &self,
+        lease: &Lease,
+        outcome: CommandOutcome,
+    ) -> Result<QueuedCommand, StoreError> {
+        self.inner.complete(lease, outcome).await
+    }
+    async fn release(&self, lease: &Lease, cut: Cut) -> Result<QueuedCommand, StoreError> {
+        self.inner.release(lease, cut).await
+    }
+    async fn reclaim(&self, owner: &NodeId) -> Result<Vec<QueuedCommand>, StoreError> {
+        self.inner.reclaim(owner).await
+    }
+    async fn drain_pending(
+        &self,
+        device: &DeviceId,
+        owner: &NodeId,
+    ) -> Result<Vec<Leased>, StoreError> {
+        self.inner.drain_pending(device, owner).await
+    }
+    async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list_open(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        self.inner.list_open(device).await
+    }
+    async fn pending_count(&self, device: &DeviceId) -> Result<u32, StoreError> {
+        self.inner.pending_count(device).await
+    }
+    async fn due_devices(&self, limit: usize) -> Result<Vec<DeviceId>, StoreError> {
+        self.inner.due_devices(limit).await
+    }
+    async fn sweep(&self) -> Result<SweepReport, StoreError> {
+        Self::maybe_panic(&self.sweep_panics, "sweep");
+        self.inner.sweep().await
+    }
+    async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        self.inner.expire(device).await
+    }
+    async fn open_counts(&self) -> Result<OpenCounts, StoreError> {
+        self.inner.open_counts().await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_panic_in_lease_ends_the_pass_and_the_next_trigger_delivers() {
+    let f = fixture_over(|store| PanickyStore::over(store, 1, 0));
+    let id = f.queue(1, "unlock").await;
+    f.bring_online();
+    // The pass ends (`settle` waits for the engine to be idle) although its lease panicked.
+    f.settle().await;
+    assert!(
+        f.sent().is_empty(),
+        "nothing was leased, so nothing went out"
+    );
+    assert_eq!(*f.outlet.panics.lock(), vec!["lease"]);
+    assert_eq!(
+        f.store.get(&id).await.unwrap().status,
+        CommandStatus::Pending
+    );
+
+    // The device is served again at the next trigger.
+    f.dispatch.link_up(&f.lock);
+    f.settle().await;
+    assert_eq!(f.sent(), vec![vec![1]]);
+    assert_eq!(
+        f.store.get(&id).await.unwrap().status,
+        CommandStatus::Succeeded
+    );
+    assert_eq!(f.outlet.panics.lock().len(), 1, "one panic, counted once");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_panic_in_sweep_does_not_stop_the_retry_tick() {
+    let f = fixture_over(|store| PanickyStore::over(store, 0, 2));
+    let id = f.queue(1, "unlock").await;
+    f.sender.script.lock().push_back(Script::Timeout);
+    f.bring_online();
+    f.settle().await;
+    assert_eq!(f.sent().len(), 1, "the first attempt timed out");
+
+    // The first tick's sweep panics: the tick still lists the due devices and delivers.
+    let interval = EngineConfig::default().retry_interval;
+    tokio::time::sleep(interval + Duration::from_millis(1)).await;
+    f.settle().await;
+    assert_eq!(*f.outlet.panics.lock(), vec!["sweep"]);
+    assert_eq!(
+        f.sent().len(),
+        2,
+        "the tick after a panicked sweep delivers"
+    );
+    assert_eq!(
+        f.store.get(&id).await.unwrap().status,
+        CommandStatus::Succeeded
+    );
+
+    // And the ticks go on: the next one's sweep panics too, and is counted.
+    tokio::time::sleep(interval).await;
+    f.settle().await;
+    assert_eq!(*f.outlet.panics.lock(), vec!["sweep", "sweep"]);
 }
 
 /// An outlet whose first announcement takes a while (a slow subscriber socket, a busy hub).

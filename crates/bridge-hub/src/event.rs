@@ -84,6 +84,10 @@ pub enum HubEvent {
         connection: ConnectionId,
         /// Whether the bridge now has a BLE link to the device.
         connected: bool,
+        /// What this holder reported before: `None` when this is its first report since it
+        /// claimed the device. A link that turns up is `connected: true` with this `None` or
+        /// `Some(false)`; a bridge repeating its status reports `Some(connected)`.
+        was_connected: Option<bool>,
         /// The reported signal strength, if the frame had one.
         rssi: Option<i8>,
     },

@@ -300,6 +300,7 @@ impl State {
                 device_id: device.clone(),
                 connection: id,
                 connected,
+                was_connected: None,
                 rssi,
             });
         }
@@ -324,7 +325,7 @@ impl State {
         else {
             return false;
         };
-        holder.link = Some(connected);
+        let was_connected = holder.link.replace(connected);
         if rssi.is_some() {
             holder.rssi = rssi;
         }
@@ -332,6 +333,7 @@ impl State {
             device_id: device.clone(),
             connection: id,
             connected,
+            was_connected,
             rssi,
         });
         self.after_change(device, before, events);

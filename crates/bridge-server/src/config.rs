@@ -99,6 +99,18 @@ pub struct Cli {
     /// deliveries at once [default: derived from the host name and the listen address].
     #[arg(long, env = "BRIDGE_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
+    /// Seconds an HTTP connection may take to send a request's headers, and may stay idle
+    /// between requests; it is closed after that [default: 10].
+    #[arg(long, env = "BRIDGE_HEADER_READ_TIMEOUT_SECS", value_name = "SECONDS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Connections (HTTP and WebSocket) served at once; beyond it, new connections wait in
+    /// the listen backlog until one closes [default: 10000].
+    #[arg(long, env = "BRIDGE_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Seconds from SIGTERM or SIGINT until the process exits, whatever its clients do: the
+    /// connections still open then are dropped [default: 10].
+    #[arg(long, env = "BRIDGE_SHUTDOWN_TIMEOUT_SECS", value_name = "SECONDS")]
+    pub shutdown_timeout_secs: Option<u64>,
 }
 
 /// The TOML file: the same settings as the command line, all optional.
@@ -122,6 +134,9 @@ struct FileConfig {
     retry_interval_secs: Option<u64>,
     max_queued_per_device: Option<u32>,
     node_id: Option<String>,
+    header_read_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    shutdown_timeout_secs: Option<u64>,
 }
 
 /// Which queue backend to open, parsed from its URL.
@@ -196,6 +211,16 @@ pub struct ServerConfig {
     /// This server's node id (`--node-id`); `None`: derived from the host name and the
     /// listen address ([`ServerConfig::node_id`]).
     pub node_id: Option<String>,
+    /// Seconds an HTTP/1 connection may take to send a request's headers, counted from when
+    /// the server starts waiting for them: also how long a kept-alive connection may stay
+    /// idle between requests (default 10).
+    pub header_read_timeout_secs: u64,
+    /// Connections served at once, HTTP and WebSocket (default 10,000). Beyond it the server
+    /// stops accepting: new connections wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// Seconds [`Server::serve`](crate::Server::serve) takes at most to shut down once told
+    /// to (default 10, PROTOCOL.md 2): connections still open then are dropped.
+    pub shutdown_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -217,6 +242,9 @@ impl Default for ServerConfig {
             retry_interval_secs: 30,
             max_queued_per_device: 100,
             node_id: None,
+            header_read_timeout_secs: 10,
+            max_connections: 10_000,
+            shutdown_timeout_secs: 10,
         }
     }
 }
@@ -332,6 +360,18 @@ impl ServerConfig {
                 .or(file.max_queued_per_device)
                 .unwrap_or(d.max_queued_per_device),
             node_id: cli.node_id.or(file.node_id),
+            header_read_timeout_secs: cli
+                .header_read_timeout_secs
+                .or(file.header_read_timeout_secs)
+                .unwrap_or(d.header_read_timeout_secs),
+            max_connections: cli
+                .max_connections
+                .or(file.max_connections)
+                .unwrap_or(d.max_connections),
+            shutdown_timeout_secs: cli
+                .shutdown_timeout_secs
+                .or(file.shutdown_timeout_secs)
+                .unwrap_or(d.shutdown_timeout_secs),
         };
         config.validate()?;
         Ok(config)
@@ -381,6 +421,15 @@ impl ServerConfig {
             (
                 "retry_interval_secs",
                 usize::try_from(self.retry_interval_secs).unwrap_or(usize::MAX),
+            ),
+            (
+                "header_read_timeout_secs",
+                usize::try_from(self.header_read_timeout_secs).unwrap_or(usize::MAX),
+            ),
+            ("max_connections", self.max_connections),
+            (
+                "shutdown_timeout_secs",
+                usize::try_from(self.shutdown_timeout_secs).unwrap_or(usize::MAX),
             ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {

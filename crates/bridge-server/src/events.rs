@@ -11,7 +11,8 @@
 //! * A released device or a closed bridge connection fails its pending commands at once
 //!   (`bridge_lost`), in the same way.
 //! * Presence changes go to the [`Dispatcher`](bridge_dispatch::Dispatcher): a device online,
-//!   offline, or a holder's `ble_status` with `connected: true`. Each is a synchronous step
+//!   offline, or a holder's `ble_status` whose link turns up (`connected: true` after
+//!   `false` or nothing from that holder; a repeated `true` is no news). Each is a synchronous step
 //!   of its engine (a pass starts, or the running one is marked to go again), so nothing is
 //!   ever dropped and nothing waits in a queue.
 //! * A user's `command` frame runs on its own task, holding the hub's in-flight ticket
@@ -78,9 +79,12 @@ fn handle(core: &Arc<Core>, runtime: &Handle, event: HubEvent) {
         } => core.session.connection_lost(connection),
         HubEvent::DeviceOnline { device_id } => core.dispatch.device_online(&device_id),
         HubEvent::DeviceOffline { device_id } => core.dispatch.device_offline(&device_id),
+        // Only a link that turns up starts a delivery pass: a bridge repeating
+        // `connected: true` would otherwise start one per frame.
         HubEvent::BleStatusReported {
             device_id,
             connected: true,
+            was_connected: None | Some(false),
             ..
         } => core.dispatch.link_up(&device_id),
         HubEvent::UserCommand {

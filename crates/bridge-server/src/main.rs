@@ -49,6 +49,9 @@ async fn shutdown_signal() {
     }
 }
 
+/// How long the runtime may take to stop after the server has shut down.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn main() -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -57,13 +60,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run()) {
+    let code = match runtime.block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("bridge-server: {error}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // `serve` returned within the shutdown deadline; work still running on the runtime (a
+    // store call stuck in a blocking thread) must not hold the process past it.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    code
 }
 
 async fn run() -> Result<(), Box<dyn Error + Send + Sync>> {

@@ -87,6 +87,10 @@ impl Metrics {
                 "bridge_frames_rejected_total",
                 "Frames answered with an error frame, by code."
             );
+            metrics::describe_counter!(
+                "bridge_task_panics_total",
+                "Panics caught in the delivery engine's tasks, by task; each was logged and recovered."
+            );
         });
         metrics
     }
@@ -111,6 +115,13 @@ impl Metrics {
     pub(crate) fn frame_rejected(&self, code: ErrorCode) {
         self.with(|| {
             metrics::counter!("bridge_frames_rejected_total", "code" => code.as_str()).increment(1);
+        });
+    }
+
+    /// A task of the dispatcher panicked and was recovered.
+    pub(crate) fn task_panicked(&self, task: &'static str) {
+        self.with(|| {
+            metrics::counter!("bridge_task_panics_total", "task" => task).increment(1);
         });
     }
 

@@ -11,7 +11,8 @@ use bridge_protocol::{CommandResult, DeviceId, ServerToUser};
 use crate::metrics::Metrics;
 
 /// Announces `command_result` frames to a device's subscribers through the hub, and counts
-/// every command's end in `bridge_commands_total` and `bridge_command_duration_seconds`.
+/// every command's end in `bridge_commands_total` and `bridge_command_duration_seconds`, and
+/// every recovered panic of the dispatcher in `bridge_task_panics_total`.
 pub(crate) struct HubOutlet {
     hub: Arc<dyn Hub>,
     metrics: Arc<Metrics>,
@@ -36,5 +37,9 @@ impl Outlet for HubOutlet {
         if let Some(elapsed) = sent_for {
             self.metrics.command_duration(elapsed);
         }
+    }
+
+    fn task_panicked(&self, what: &'static str) {
+        self.metrics.task_panicked(what);
     }
 }

@@ -10,7 +10,12 @@ use bridge_hub::{GrantedSubscriptions, Hub, HubConfig, LocalHub, LocalHubBuilder
 use bridge_protocol::{ConfigRegistry, Limits};
 use bridge_queue::{MemoryStore, Store, StoreConfig};
 use bridge_session::{SessionConfig, SessionManager};
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tower::ServiceExt;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
@@ -264,7 +269,8 @@ impl Server {
     /// The routes of PROTOCOL.md: `GET /ws`, `/v1/...`, `/healthz`, `/readyz`, `/metrics`.
     /// Mount it in an application's router, or serve it with [`Server::serve`].
     ///
-    /// `/ws` needs a connection that supports HTTP/1.1 upgrades (as `axum::serve` gives).
+    /// `/ws` needs a connection that supports HTTP/1.1 upgrades (as [`Server::serve`] and
+    /// `axum::serve` give).
     pub fn router(&self) -> Router {
         routes::router(Arc::clone(&self.core))
     }
@@ -285,8 +291,97 @@ impl Server {
     /// deliveries it was making to be recorded. Call it when the application that
     /// mounted [`Server::router`] shuts down; [`Server::serve`] calls it on its own.
     pub async fn shutdown(&self) {
+        self.shutdown_within(SHUTDOWN_GRACE).await;
+    }
+
+    /// Serves [`Server::router`] on `listener` until `shutdown` completes, then shuts down
+    /// within [`ServerConfig::shutdown_timeout_secs`] whatever the clients do: stops
+    /// accepting, closes every WebSocket with 1001, lets in-flight HTTP requests finish (a
+    /// command waiting on a bridge that just closed ends `bridge_lost`), closes idle HTTP
+    /// connections, drops whatever is still open at the deadline (a half-sent request, a
+    /// slow client), and ends what is still pending in the session manager.
+    ///
+    /// Each connection is served by hyper's HTTP/1 server with upgrades (for `/ws`): one
+    /// that takes longer than [`ServerConfig::header_read_timeout_secs`] to send a request's
+    /// headers, or stays idle that long between requests, is closed. At most
+    /// [`ServerConfig::max_connections`] are served at once; beyond that the listener is not
+    /// accepted from, so new connections wait in the kernel's backlog until one closes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let config = &self.core.config;
+        let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs.max(1));
+        let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs.max(1));
+        let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
+        let router = self.router();
+        let (closing, closing_rx) = watch::channel(false);
+        let mut connections = JoinSet::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            // Beyond the cap nothing is accepted: new connections wait in the backlog.
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = Arc::clone(&limit).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            let stream = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // Out of file descriptors, or a connection reset before it was
+                        // accepted: go on, after a pause so that a lasting error cannot spin.
+                        tracing::warn!(%error, "cannot accept a connection");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                },
+            };
+            while connections.try_join_next().is_some() {}
+            connections.spawn(serve_connection(
+                stream,
+                router.clone(),
+                header_read_timeout,
+                closing_rx.clone(),
+                permit,
+            ));
+        }
+        drop(listener);
+        let deadline = Instant::now() + shutdown_timeout;
+        tracing::info!(
+            connections = connections.len(),
+            deadline_secs = shutdown_timeout.as_secs(),
+            "shutting down"
+        );
+        // HTTP connections finish the request they serve and close; idle ones close now.
+        let _ = closing.send(true);
+        let orderly = async {
+            tokio::join!(self.shutdown_within(shutdown_timeout), async {
+                while connections.join_next().await.is_some() {}
+            });
+        };
+        if tokio::time::timeout_at(deadline, orderly).await.is_err() {
+            tracing::warn!(
+                still_open = connections.len(),
+                "shutdown deadline reached; dropping what is still open"
+            );
+        }
+        connections.abort_all();
+        self.core.session.shutdown();
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// [`Server::shutdown`], each of its waits bounded by `grace` (at most
+    /// [`SHUTDOWN_GRACE`]; [`Server::serve`] bounds the whole by its deadline).
+    async fn shutdown_within(&self, grace: Duration) {
+        let grace = grace.min(SHUTDOWN_GRACE);
         self.core.dispatch.stop();
-        let report = self.core.local.shutdown(SHUTDOWN_GRACE).await;
+        let report = self.core.local.shutdown(grace).await;
         tracing::info!(
             closed = report.closed,
             still_running = report.still_running,
@@ -294,31 +389,58 @@ impl Server {
         );
         // Deliveries cut off by the closing bridges are released back to `pending` before
         // the process goes (were one cut short, its lease would lapse and it would go again).
-        if !self.core.dispatch.wait_idle(SHUTDOWN_GRACE).await {
+        if !self.core.dispatch.wait_idle(grace).await {
             tracing::warn!("some deliveries were still being recorded at shutdown");
         }
     }
+}
 
-    /// Serves [`Server::router`] on `listener` until `shutdown` completes, then shuts down
-    /// gracefully: stops accepting, closes every WebSocket with 1001, lets in-flight HTTP
-    /// requests finish (a command waiting on a bridge that just closed ends `bridge_lost`),
-    /// and ends what is still pending in the session manager.
-    pub async fn serve(
-        self,
-        listener: TcpListener,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
-        let router = self.router();
-        let server = self.clone();
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down");
-                server.shutdown().await;
-            })
-            .await?;
-        self.core.session.shutdown();
-        tracing::info!("stopped");
-        Ok(())
+/// A connection's place under [`ServerConfig::max_connections`], in every request's
+/// extensions: the place is free again when the last clone is dropped.
+#[derive(Clone)]
+pub(crate) struct ConnectionSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+
+/// How long the accept loop pauses after an accept error.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Serves one TCP connection with HTTP/1 (and its upgrade to a WebSocket) until it ends, or,
+/// once `closing` turns true, until the request it is serving has been answered. `_permit`
+/// is its place under [`ServerConfig::max_connections`], given back when it ends (or when
+/// the WebSocket it was upgraded to ends).
+async fn serve_connection(
+    stream: TcpStream,
+    router: Router,
+    header_read_timeout: Duration,
+    mut closing: watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
+) {
+    // The place is shared with a WebSocket this connection upgrades to, which keeps it
+    // for as long as it lives (see `ws.rs`).
+    let slot = ConnectionSlot(Arc::new(permit));
+    let service = hyper::service::service_fn(
+        move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(slot.clone());
+            router.clone().oneshot(request)
+        },
+    );
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let connection = http
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let finished = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        _ = closing.wait_for(|closing| *closing) => None,
+    };
+    let result = if let Some(result) = finished {
+        result
+    } else {
+        connection.as_mut().graceful_shutdown();
+        connection.await
+    };
+    if let Err(error) = result {
+        tracing::debug!(%error, "HTTP connection ended with an error");
     }
 }

@@ -116,6 +116,11 @@ pub(crate) async fn upgrade(State(core): State<Arc<Core>>, mut request: Request)
     }
 
     let on_upgrade = hyper::upgrade::on(&mut request);
+    // Served by `Server::serve`: the connection's place under `max_connections` is kept by
+    // the WebSocket for as long as it lives.
+    let slot = request
+        .extensions_mut()
+        .remove::<crate::server::ConnectionSlot>();
     let hub = core.local.clone();
     let ws_config = hub.config().websocket_config();
     tokio::spawn(
@@ -129,6 +134,7 @@ pub(crate) async fn upgrade(State(core): State<Arc<Core>>, mut request: Request)
                     )
                     .await;
                     let reason = hub.serve(socket, info).await;
+                    drop(slot);
                     tracing::debug!(reason = reason.as_str(), "connection ended");
                 }
                 Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),

@@ -411,12 +411,23 @@ async fn two_servers_in_one_process_keep_their_own_metrics() {
 const BACKEND_DETAIL: &str = "connection to bridge_admin@db-internal.corp.example:5432 refused";
 
 /// A memory store whose backend "does not answer" once told so.
-struct FlakyStore {
-    inner: MemoryStore,
-    down: std::sync::atomic::AtomicBool,
+/// The in-memory store, unavailable while `down`; counts its `expire` calls (every delivery
+/// pass starts with one; reads of a device's commands make some too).
+pub(crate) struct FlakyStore {
+    pub(crate) inner: MemoryStore,
+    pub(crate) down: std::sync::atomic::AtomicBool,
+    pub(crate) expires: std::sync::atomic::AtomicUsize,
 }
 
 impl FlakyStore {
+    pub(crate) fn new() -> Self {
+        Self {
+            inner: MemoryStore::default(),
+            down: std::sync::atomic::AtomicBool::new(false),
+            expires: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
     fn check(&self) -> Result<(), bridge_queue::StoreError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(bridge_queue::StoreError::Unavailable {
@@ -531,6 +542,8 @@ impl bridge_queue::Store for FlakyStore {
         &self,
         device: &bridge_protocol::DeviceId,
     ) -> Result<Vec<bridge_queue::QueuedCommand>, bridge_queue::StoreError> {
+        self.expires
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.check()?;
         self.inner.expire(device).await
     }
@@ -541,10 +554,7 @@ impl bridge_queue::Store for FlakyStore {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_backend_that_does_not_answer_is_503_unavailable_and_not_ready() {
-    let store = Arc::new(FlakyStore {
-        inner: MemoryStore::default(),
-        down: std::sync::atomic::AtomicBool::new(false),
-    });
+    let store = Arc::new(FlakyStore::new());
     let server = TestServer::start_with(ServerConfig::default(), |b| b.store(store.clone())).await;
     assert_eq!(server.get("/readyz").await.0, 200);
     store.down.store(true, std::sync::atomic::Ordering::SeqCst);

@@ -151,3 +151,68 @@ async fn a_timed_out_delivery_goes_again_at_the_next_retry_tick_of_30_seconds() 
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_bridge_repeating_connected_true_starts_one_delivery_pass_not_one_per_frame() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    let store = Arc::new(crate::http::FlakyStore::new());
+    let server = Server::builder(ServerConfig::default())
+        .store(Arc::clone(&store) as Arc<dyn bridge_queue::Store>)
+        .build();
+    let (status, body) = call(
+        &server,
+        "POST",
+        "/v1/devices/lock-1/commands",
+        Some(json!({"payload":"01","ifOffline":"queue","commandType":"unlock","timeoutMs":1000})),
+    )
+    .await;
+    assert_eq!(status, 202);
+    let id = body["commandId"].as_str().unwrap().to_owned();
+    let command = |server: &Server| {
+        let server = server.clone();
+        let id = id.clone();
+        async move {
+            call(&server, "GET", &format!("/v1/commands/{id}"), None)
+                .await
+                .1
+        }
+    };
+
+    // The first delivery is cut off by its timeout: the command waits, pending.
+    let (mut writes, answers) = bridge(&server, "lock-1").await;
+    let _first = writes.recv().await.unwrap();
+    while command(&server).await["status"] != "pending" {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    // The link comes up: one pass delivers it again.
+    let status = json!({"type":"ble_status","deviceId":"lock-1","connected":true,"rssi":-60});
+    answers.send(status.clone()).unwrap();
+    let second = writes.recv().await.unwrap();
+    answers.send(answer(&second, "81")).unwrap();
+    while command(&server).await["status"] != "succeeded" {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let passes = store.expires.load(Ordering::SeqCst);
+
+    // The bridge repeats itself 99 more times: no news, no pass (well before the 30 s tick;
+    // nothing reads the command meanwhile, so every `expire` would be a pass).
+    for _ in 0..99 {
+        answers.send(status.clone()).unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        store.expires.load(Ordering::SeqCst),
+        passes,
+        "a repeated connected:true started delivery passes"
+    );
+    assert!(writes.try_recv().is_err(), "no further ble_write");
+    let view = command(&server).await;
+    assert_eq!(
+        (view["status"].clone(), view["attempts"].clone()),
+        (json!("succeeded"), json!(2))
+    );
+}

@@ -459,3 +459,113 @@ async fn json_logs_are_one_object_per_line_with_spans() {
     );
     assert!(logs.iter().any(|l| l["fields"]["message"] == "stopped"));
 }
+
+/// Sends SIGTERM to the process.
+async fn sigterm(server: &Process) {
+    let pid = server.child.id().unwrap().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Reads `stream` until the server closes it; returns what it sent.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buf = [0_u8; 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return received,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_within_the_shutdown_deadline_despite_idle_and_half_sent_http() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A header timeout far beyond the deadline: only the deadline can end these.
+    let mut server = Process::start(
+        dir.path(),
+        &[
+            "--shutdown-timeout-secs",
+            "2",
+            "--header-read-timeout-secs",
+            "600",
+        ],
+    )
+    .await;
+    let addr = server
+        .client
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let _idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    half.write_all(b"GET /healthz HTT").await.unwrap();
+    let mut half_headers = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    half_headers
+        .write_all(b"POST /v1/devices/lock-1/events HTTP/1.1\r\nHost: localhost\r\nContent-Le")
+        .await
+        .unwrap();
+    // Served after the three were accepted: the server holds them all.
+    assert_eq!(server.client.get("/healthz").await.0, 200);
+
+    sigterm(&server).await;
+    let start = std::time::Instant::now();
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(8), server.child.wait())
+        .await
+        .expect("the server exits within its shutdown deadline (2 s), not with its clients")
+        .unwrap();
+    let took = start.elapsed();
+    assert!(exit.success(), "{exit}");
+    assert!(took < std::time::Duration::from_secs(4), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_connection_silent_or_idle_past_the_header_read_timeout_is_closed() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Process::start(dir.path(), &["--header-read-timeout-secs", "1"]).await;
+    let addr = server
+        .client
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+
+    // Connected, sends nothing: closed after about a second, not at once.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let start = std::time::Instant::now();
+    tokio::time::timeout(PATIENCE, read_until_closed(&mut silent))
+        .await
+        .expect("a silent connection is closed");
+    let took = start.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(900),
+        "closed after {took:?}"
+    );
+
+    // Kept alive after a request, then idle: closed the same way.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let received = tokio::time::timeout(PATIENCE, read_until_closed(&mut idle))
+        .await
+        .expect("an idle kept-alive connection is closed");
+    assert!(
+        received.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+
+    // The server still serves.
+    assert_eq!(server.client.get("/healthz").await.0, 200);
+    server.child.kill().await.unwrap();
+}

@@ -44,8 +44,9 @@ struct Timeline {
 
 /// A simulated phone: answers every `ble_write` (after a short pause, so that a second write
 /// would have the time to overlap) unless the timeline says to hold it. Right after each
-/// answer it nudges the other phone, which reports its BLE link up (`ble_status`
-/// `connected: true`): the other node then starts a delivery pass at the moment this one
+/// answer it nudges the other phone, which reports its BLE link down and up again
+/// (`ble_status` `connected: false`, then `true`): the other node then starts a delivery
+/// pass at the moment this one
 /// goes on to the next command, so the two nodes race for every lease.
 fn phone(
     index: usize,
@@ -61,6 +62,9 @@ fn phone(
             let message = tokio::select! {
                 message = bridge.ws.socket.next() => message,
                 Some(()) = nudged.recv() => {
+                    // A link that drops and comes back: a repeated `true` alone would be
+                    // no news, and start no pass.
+                    bridge.status(&device, false, None).await;
                     bridge.status(&device, true, None).await;
                     continue;
                 }
