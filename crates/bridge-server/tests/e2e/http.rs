@@ -580,10 +580,7 @@ async fn a_queue_backend_that_does_not_answer_is_503_unavailable_and_not_ready()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_bodies_and_readyz_do_not_echo_the_queue_backend_s_error_text() {
-    let store = Arc::new(FlakyStore {
-        inner: MemoryStore::default(),
-        down: std::sync::atomic::AtomicBool::new(false),
-    });
+    let store = Arc::new(FlakyStore::new());
     let server = TestServer::start_with(ServerConfig::default(), |b| b.store(store.clone())).await;
     let (status, queued) = server
         .command(
