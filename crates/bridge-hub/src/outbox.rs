@@ -2,6 +2,7 @@
 //! pump (the one consumer).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bridge_protocol::ConnectionId;
@@ -47,16 +48,25 @@ pub(crate) struct Outbox {
     /// Commands in flight on this connection: the number of live
     /// [`InFlight`](crate::InFlight) tickets, changed only by making and dropping them.
     pub(crate) in_flight: AtomicU32,
+    /// A user connection's share of its user's count of running `command` frames (over all
+    /// the user's connections); `None` for a bridge. Every ticket made on this connection
+    /// counts here too.
+    pub(crate) user_commands: Option<Arc<AtomicU32>>,
 }
 
 impl Outbox {
-    pub(crate) fn new(id: ConnectionId, capacity: usize) -> Self {
+    pub(crate) fn new(
+        id: ConnectionId,
+        capacity: usize,
+        user_commands: Option<Arc<AtomicU32>>,
+    ) -> Self {
         Self {
             id,
             capacity: capacity.max(1),
             queue: Mutex::new(Queue::default()),
             waker: AtomicWaker::new(),
             in_flight: AtomicU32::new(0),
+            user_commands,
         }
     }
 
@@ -126,7 +136,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_turns_the_connection_into_a_closing_slow_consumer() {
-        let outbox = Outbox::new(ConnectionId::new(1), 2);
+        let outbox = Outbox::new(ConnectionId::new(1), 2, None);
         let frame = Frame::from_static("{}");
         assert_eq!(outbox.push(frame.clone()), Pushed::Queued);
         assert_eq!(outbox.push(frame.clone()), Pushed::Queued);
@@ -141,7 +151,7 @@ mod tests {
 
     #[test]
     fn the_first_close_request_wins() {
-        let outbox = Outbox::new(ConnectionId::new(1), 2);
+        let outbox = Outbox::new(ConnectionId::new(1), 2, None);
         outbox.request_close(CloseRequest {
             reason: CloseReason::Shutdown,
             code: Some(1001),

@@ -500,3 +500,118 @@ async fn a_user_connection_may_run_a_bounded_number_of_commands_and_one_more_is_
     drop((fourth, running));
     assert_eq!(server.hub.commands_in_flight(connection), 0);
 }
+
+#[tokio::test]
+async fn a_user_over_its_command_cap_across_its_connections_is_rate_limited_with_the_request_id() {
+    let mut server = Setup::default()
+        .config(|c| {
+            c.max_commands_per_connection = 2;
+            c.max_commands_per_user = 3;
+        })
+        .start()
+        .await;
+    let command = |id: &str| {
+        format!(r#"{{"type":"command","requestId":"{id}","deviceId":"lock","payload":"01"}}"#)
+    };
+    let mut first = server.user("alice").await;
+    let mut second = server.user("alice").await;
+    let mut running = Vec::new();
+    for (on_second, id) in [(false, "c-1"), (false, "c-2"), (true, "c-3")] {
+        let client = if on_second { &mut second } else { &mut first };
+        client.send(&command(id)).await;
+        running.push(
+            server
+                .take_event(|e| matches!(e, HubEvent::UserCommand { .. }))
+                .await,
+        );
+    }
+
+    // `second` runs one of its two, but alice runs three of her three.
+    second.send(&command("c-4")).await;
+    let refusal = second.recv_json().await;
+    assert_eq!(
+        (&refusal["type"], &refusal["code"], &refusal["requestId"]),
+        (&json!("error"), &json!("rate_limited"), &json!("c-4"))
+    );
+    let code = server
+        .wait_for(|e| match e {
+            HubEvent::FrameRejected { code, .. } => Some(*code),
+            HubEvent::UserCommand { .. } => panic!("a command over the user's cap was handed over"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(code, ErrorCode::RateLimited);
+
+    // Closing a connection does not end its commands: a new connection finds them counted.
+    first.close().await;
+    server
+        .wait_for(|e| matches!(e, HubEvent::ConnectionClosed { .. }).then_some(()))
+        .await;
+    let mut third = server.user("alice").await;
+    third.send(&command("c-5")).await;
+    let refusal = third.recv_json().await;
+    assert_eq!(
+        (&refusal["code"], &refusal["requestId"]),
+        (&json!("rate_limited"), &json!("c-5"))
+    );
+
+    // Another user is not affected, and alice's next command goes once one of hers ends.
+    let mut bob = server.user("bob").await;
+    bob.send(&command("b-1")).await;
+    let bobs = server
+        .take_event(|e| matches!(e, HubEvent::UserCommand { .. }))
+        .await;
+    assert!(matches!(&bobs, HubEvent::UserCommand { user_id, .. } if user_id.as_str() == "bob"));
+    running.pop();
+    third.send(&command("c-6")).await;
+    let sixth = server
+        .take_event(|e| matches!(e, HubEvent::UserCommand { .. }))
+        .await;
+    assert!(matches!(
+        &sixth,
+        HubEvent::UserCommand { command, .. } if command.request_id.as_str() == "c-6"
+    ));
+}
+
+#[tokio::test]
+async fn a_users_connection_over_its_cap_is_closed_with_1008_and_never_served() {
+    let mut server = Setup::default()
+        .config(|c| c.max_connections_per_user = 2)
+        .start()
+        .await;
+    let first = server.user("alice").await;
+    let _second = server.user("alice").await;
+    assert_eq!(
+        server
+            .hub
+            .user_connections(&bridge_hub::UserId::new("alice")),
+        2
+    );
+
+    let mut third = server.connect("user=alice").await;
+    assert_eq!(third.expect_close().await, 1008);
+    assert_eq!(server.hub.counts().user_connections, 2);
+    let registered = server
+        .drain_events()
+        .iter()
+        .filter(|e| matches!(e, HubEvent::ConnectionOpened { .. }))
+        .count();
+    assert_eq!(registered, 2, "the refused connection was never registered");
+
+    // Other users and bridges are not counted against alice; a freed place is taken again.
+    let _bob = server.user("bob").await;
+    let _phone = server.bridge("alice", &["lock"]).await;
+    first.close().await;
+    server
+        .wait_for(|e| matches!(e, HubEvent::ConnectionClosed { .. }).then_some(()))
+        .await;
+    assert_eq!(
+        server
+            .hub
+            .user_connections(&bridge_hub::UserId::new("alice")),
+        1
+    );
+    let mut again = server.user("alice").await;
+    again.send(r#"{"type":"ping"}"#).await;
+    assert_eq!(again.recv().await, r#"{"type":"pong"}"#);
+}
