@@ -19,7 +19,7 @@ use tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
 use crate::hub::Inner;
 use crate::in_flight::Refused;
-use crate::outbox::{CloseRequest, Outbox};
+use crate::outbox::{CloseRequest, Entry, Outbox};
 use crate::rate::{Admission, TokenBucket};
 use crate::state::{ClaimRefused, RegisterRefused, SubscribeRefused};
 use crate::{CloseReason, ConnectionInfo, Frame, HubEvent, InFlight};
@@ -255,8 +255,13 @@ where
             let message = if self.ping_due {
                 self.ping_due = false;
                 Message::Ping(Bytes::new())
-            } else if let Some(frame) = self.outbox.pop() {
-                frame.to_message()
+            } else if let Some(entry) = self.outbox.pop() {
+                match entry {
+                    Entry::Frame(frame) => frame.to_message(),
+                    Entry::Status(device) => {
+                        self.inner.state.read().status_frame(&device).to_message()
+                    }
+                }
             } else {
                 break;
             };

@@ -154,6 +154,17 @@ impl State {
         }
     }
 
+    /// Queues the `device_status` of `device` on `outbox` (coalesced; never overflows).
+    fn deliver_status(outbox: &Outbox, device: &DeviceId) {
+        outbox.push_status(device);
+    }
+
+    /// The `device_status` frame of `device` now, for the pump to write when a status
+    /// marker leaves the queue.
+    pub(crate) fn status_frame(&self, device: &DeviceId) -> Frame {
+        status_frame(device, self.presence_of(device))
+    }
+
     fn presence_of(&self, device: &DeviceId) -> Presence {
         self.devices
             .get(device)
@@ -179,9 +190,8 @@ impl State {
         }
         if let Some(entry) = self.devices.get(device) {
             if before != after {
-                let frame = status_frame(device, after);
                 for outbox in entry.subscribers.values() {
-                    self.deliver(outbox, frame.clone());
+                    Self::deliver_status(outbox, device);
                 }
             }
             if entry.is_unused() {
@@ -469,7 +479,7 @@ impl State {
         if let Some(ack) = ack {
             self.deliver(&outbox, ack);
         }
-        self.deliver(&outbox, status_frame(device, self.presence_of(device)));
+        Self::deliver_status(&outbox, device);
         Ok(())
     }
 

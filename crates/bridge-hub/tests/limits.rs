@@ -615,3 +615,79 @@ async fn a_users_connection_over_its_cap_is_closed_with_1008_and_never_served() 
     again.send(r#"{"type":"ping"}"#).await;
     assert_eq!(again.recv().await, r#"{"type":"pong"}"#);
 }
+
+/// `d-0` … `d-1023`, for a user watching 1,024 devices.
+fn many_devices() -> Vec<&'static str> {
+    (0..1_024)
+        .map(|i| &*Box::leak(format!("d-{i}").into_boxed_str()))
+        .collect()
+}
+
+/// Reads `n` `device_status` frames and returns them by device.
+async fn read_statuses(
+    user: &mut support::Client,
+    n: usize,
+) -> std::collections::HashMap<String, serde_json::Value> {
+    let mut statuses = std::collections::HashMap::new();
+    while statuses.len() < n {
+        let frame = user.recv_json().await;
+        assert_eq!(frame["type"], "device_status", "{frame}");
+        let device = frame["deviceId"].as_str().expect("a device id").to_owned();
+        statuses.insert(device, frame);
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn a_user_watching_1024_devices_gets_its_whole_snapshot_and_is_not_a_slow_consumer() {
+    let devices = many_devices();
+    let server = Setup::default().subscriptions(&devices).start().await;
+    assert_eq!(server.hub.config().outbound_queue_frames, 128);
+    let mut user = server.connect("user=alice").await;
+    let snapshot = read_statuses(&mut user, devices.len()).await;
+    assert!(devices.iter().all(|d| snapshot[*d]["online"] == false));
+    // Still connected, and nothing else is waiting.
+    assert!(user.sync().await.is_empty());
+    assert_eq!(server.hub.counts().slow_consumers_disconnected, 0);
+    assert_eq!(server.hub.counts().user_connections, 1);
+}
+
+#[tokio::test]
+async fn a_bridge_bringing_1024_watched_devices_does_not_cut_off_their_watcher() {
+    let devices = many_devices();
+    let mut server = Setup::default()
+        .subscriptions(&devices)
+        .config(|c| c.max_held_devices = 1_024)
+        .start()
+        .await;
+    let mut user = server.connect("user=alice").await;
+    read_statuses(&mut user, devices.len()).await;
+
+    // All 1,024 claimed at connect, under one lock: 1,024 presence changes at once.
+    let mut query = String::from("role=bridge&user=phone");
+    for d in &devices {
+        query.push_str("&device=");
+        query.push_str(d);
+    }
+    let mut bridge = server.connect(&query).await;
+    bridge.sync().await;
+    let online = read_statuses(&mut user, devices.len()).await;
+    assert!(
+        devices.iter().all(|d| online[*d]["online"] == true),
+        "every device_status arrived, online"
+    );
+
+    // And all 1,024 gone at once when it closes.
+    bridge.close().await;
+    server
+        .wait_for(|e| {
+            matches!(e, HubEvent::ConnectionClosed { role, .. } if *role == bridge_protocol::Role::Bridge)
+                .then_some(())
+        })
+        .await;
+    let offline = read_statuses(&mut user, devices.len()).await;
+    assert!(devices.iter().all(|d| offline[*d]["online"] == false));
+    assert!(user.sync().await.is_empty());
+    assert_eq!(server.hub.counts().slow_consumers_disconnected, 0);
+    assert_eq!(server.hub.counts().user_connections, 1);
+}
