@@ -61,6 +61,21 @@ pub struct HubConfig {
     /// reports it as [`HubEvent::FrameRejected`](crate::HubEvent::FrameRejected). This keeps
     /// one connection from taking the whole server's pending capacity.
     pub max_commands_per_connection: usize,
+    /// Most `command` frames one user may have running at once over all its user
+    /// connections (default 256), counting the commands of connections it has closed that
+    /// are still running. One more is answered `rate_limited` with its `requestId`, as for
+    /// [`HubConfig::max_commands_per_connection`]. Together with
+    /// [`HubConfig::max_connections_per_user`] this bounds what one user token can hold of
+    /// the server's pending capacity, however many connections it opens.
+    pub max_commands_per_user: usize,
+    /// Most user connections one user may have open at once (default 32). One more is not
+    /// served: [`LocalHub::serve`](crate::LocalHub::serve) closes it at once with 1008
+    /// ([`CloseReason::TooManyConnections`](crate::CloseReason::TooManyConnections)). A
+    /// server should ask [`LocalHub::user_connections`](crate::LocalHub::user_connections)
+    /// before the upgrade and refuse with 429 instead; the hub's check is the one that holds
+    /// when two connections of a user race for the last place. Bridge connections are not
+    /// counted.
+    pub max_connections_per_user: usize,
     /// Interval of WebSocket pings (default 20 s).
     pub ping_interval: Duration,
     /// A connection from which nothing (a pong or any other frame) has arrived for this long
@@ -80,6 +95,8 @@ impl Default for HubConfig {
             max_subscriptions: 1024,
             max_held_devices: 256,
             max_commands_per_connection: 64,
+            max_commands_per_user: 256,
+            max_connections_per_user: 32,
             ping_interval: Duration::from_secs(20),
             pong_timeout: Duration::from_secs(45),
             close_timeout: Duration::from_secs(2),

@@ -148,6 +148,9 @@ pub enum CloseReason {
     Shutdown,
     /// [`crate::LocalHub::close_connection`] closed it.
     ClosedByServer,
+    /// Its user had [`HubConfig::max_connections_per_user`](crate::HubConfig) user
+    /// connections open already: closed with 1008 at once, never served.
+    TooManyConnections,
 }
 
 impl CloseReason {
@@ -163,6 +166,7 @@ impl CloseReason {
             Self::TokenExpired => "token_expired",
             Self::Shutdown => "shutdown",
             Self::ClosedByServer => "closed_by_server",
+            Self::TooManyConnections => "too_many_connections",
         }
     }
 }

@@ -424,6 +424,12 @@ impl LocalHub {
             .map_or(0, |o| o.in_flight())
     }
 
+    /// A user's open user connections (0 for a user without any), for a server to refuse
+    /// the one over [`HubConfig::max_connections_per_user`] before the upgrade.
+    pub fn user_connections(&self, user_id: &UserId) -> usize {
+        self.inner.state.read().user_connections(user_id)
+    }
+
     /// See [`Hub::broadcast`].
     pub fn broadcast(&self, device_id: &DeviceId, frame: &Frame) -> usize {
         self.inner.state.read().broadcast(device_id, frame)

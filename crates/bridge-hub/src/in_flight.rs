@@ -2,7 +2,7 @@
 //! counter.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use bridge_protocol::ConnectionId;
 
@@ -31,26 +31,38 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    /// Counts one more command on `outbox`.
+    /// Counts one more command on `outbox` (and on its user's count, if it has one).
     pub(crate) fn begin(outbox: &Arc<Outbox>) -> Self {
         outbox.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(user) = &outbox.user_commands {
+            user.fetch_add(1, Ordering::Relaxed);
+        }
         Self {
             outbox: Arc::clone(outbox),
         }
     }
 
-    /// Counts one more command on `outbox` unless it already has `max` in flight.
-    pub(crate) fn try_begin(outbox: &Arc<Outbox>, max: usize) -> Option<Self> {
-        let max = u32::try_from(max).unwrap_or(u32::MAX);
-        outbox
-            .in_flight
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self {
-                outbox: Arc::clone(outbox),
-            })
+    /// Counts one more command on `outbox` unless it already has `max` in flight, or its
+    /// user already has `max_per_user` running over all its connections.
+    pub(crate) fn try_begin(
+        outbox: &Arc<Outbox>,
+        max: usize,
+        max_per_user: usize,
+    ) -> Result<Self, Refused> {
+        if let Some(user) = &outbox.user_commands
+            && !try_increment(user, max_per_user)
+        {
+            return Err(Refused::User);
+        }
+        if !try_increment(&outbox.in_flight, max) {
+            if let Some(user) = &outbox.user_commands {
+                user.fetch_sub(1, Ordering::Relaxed);
+            }
+            return Err(Refused::Connection);
+        }
+        Ok(Self {
+            outbox: Arc::clone(outbox),
+        })
     }
 
     /// The connection the command is in flight on.
@@ -63,7 +75,30 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         // Every ticket counted one up when it was made, so this never goes below zero.
         self.outbox.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(user) = &self.outbox.user_commands {
+            user.fetch_sub(1, Ordering::Relaxed);
+        }
     }
+}
+
+/// Which cap refused a ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The connection's ([`HubConfig::max_commands_per_connection`](crate::HubConfig)).
+    Connection,
+    /// The user's, over all its connections
+    /// ([`HubConfig::max_commands_per_user`](crate::HubConfig)).
+    User,
+}
+
+/// Adds one to `counter` unless it is at `max` already.
+fn try_increment(counter: &AtomicU32, max: usize) -> bool {
+    let max = u32::try_from(max).unwrap_or(u32::MAX);
+    counter
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_ok()
 }
 
 impl std::fmt::Debug for InFlight {
@@ -88,16 +123,55 @@ mod tests {
 
     #[test]
     fn the_count_is_the_number_of_live_tickets() {
-        let outbox = Arc::new(Outbox::new(ConnectionId::new(7), 4));
+        let outbox = Arc::new(Outbox::new(ConnectionId::new(7), 4, None));
         let first = InFlight::begin(&outbox);
-        let second = InFlight::try_begin(&outbox, 2).expect("under the cap");
+        let second = InFlight::try_begin(&outbox, 2, 9).expect("under the cap");
         assert_eq!(outbox.in_flight(), 2);
         assert_eq!(second.connection(), ConnectionId::new(7));
-        assert!(InFlight::try_begin(&outbox, 2).is_none(), "at the cap");
+        assert_eq!(
+            InFlight::try_begin(&outbox, 2, 9).err(),
+            Some(Refused::Connection),
+            "at the cap"
+        );
         assert_eq!(outbox.in_flight(), 2, "a refused ticket counts nothing");
         drop(first);
         assert_eq!(outbox.in_flight(), 1);
         drop(second);
         assert_eq!(outbox.in_flight(), 0);
+    }
+
+    #[test]
+    fn the_users_count_spans_its_connections_and_a_refusal_counts_nothing() {
+        let user = Arc::new(AtomicU32::new(0));
+        let a = Arc::new(Outbox::new(
+            ConnectionId::new(1),
+            4,
+            Some(Arc::clone(&user)),
+        ));
+        let b = Arc::new(Outbox::new(
+            ConnectionId::new(2),
+            4,
+            Some(Arc::clone(&user)),
+        ));
+        let on_a = InFlight::try_begin(&a, 2, 3).expect("under both caps");
+        let on_b = [
+            InFlight::try_begin(&b, 2, 3).expect("under both caps"),
+            InFlight::try_begin(&b, 2, 3).expect("under both caps"),
+        ];
+        assert_eq!(user.load(Ordering::Relaxed), 3);
+        assert_eq!(InFlight::try_begin(&a, 2, 3).err(), Some(Refused::User));
+        assert_eq!((a.in_flight(), user.load(Ordering::Relaxed)), (1, 3));
+        drop(on_a);
+        assert_eq!(
+            InFlight::try_begin(&b, 2, 3).err(),
+            Some(Refused::Connection)
+        );
+        assert_eq!(
+            user.load(Ordering::Relaxed),
+            2,
+            "the connection's refusal undid the user's count"
+        );
+        drop(on_b);
+        assert_eq!(user.load(Ordering::Relaxed), 0);
     }
 }

@@ -114,7 +114,23 @@
 //! user connection and the devices a bridge holds. No input path panics. A client that does
 //! not read is disconnected when its outbound queue is full — frames are only ever queued,
 //! never awaited, so it cannot slow down a broadcast or anybody else — and counted in
-//! [`HubCounts::slow_consumers_disconnected`].
+//! [`HubCounts::slow_consumers_disconnected`]. A user's running `command` frames are capped
+//! per connection ([`HubConfig::max_commands_per_connection`]) and per user over all its
+//! connections ([`HubConfig::max_commands_per_user`]), and a user's connections too
+//! ([`HubConfig::max_connections_per_user`]).
+//!
+//! `device_status` frames never count as slowness. A subscription's snapshot and a presence
+//! change are queued as a marker per device, at most one per device at a time, outside the
+//! frame bound; the frame is written from the device's presence when it leaves, so a client
+//! that has not read yet gets the latest presence once, not every step in between. The
+//! markers are bounded by the devices the connection watches, not by how often presence
+//! changes: a 1,024-device snapshot, or a bridge holding hundreds of watched devices
+//! coming or going, costs at most one marker (a device id) per watched device, and an idle
+//! connection pays one pointer for them. (The other way, raising the frame bound for
+//! snapshot frames by the subscription count, would have kept one serialized frame per
+//! device per burst and still overflowed when a snapshot and a burst of the same devices
+//! meet.) The price: a presence change is serialized per subscriber when it leaves,
+//! instead of once for all.
 //!
 //! # Memory
 //!
@@ -131,7 +147,7 @@
 //! * its entries in the hub's maps: a bridge's held devices in a small vector, a user's
 //!   subscriptions in a set that allocates on the first subscription;
 //! * frames as shared, reference-counted bytes: a broadcast to N subscribers allocates its
-//!   JSON once.
+//!   JSON once (`device_status` excepted, see "Limits and hostile clients").
 //!
 //! The WebSocket layer's buffers are the rest: [`HubConfig::websocket_config`] gives
 //! tungstenite a 1 KiB read buffer (its default is 128 KiB, allocated eagerly; protocol

@@ -18,9 +18,10 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
 
 use crate::hub::Inner;
-use crate::outbox::{CloseRequest, Outbox};
+use crate::in_flight::Refused;
+use crate::outbox::{CloseRequest, Entry, Outbox};
 use crate::rate::{Admission, TokenBucket};
-use crate::state::{ClaimRefused, SubscribeRefused};
+use crate::state::{ClaimRefused, RegisterRefused, SubscribeRefused};
 use crate::{CloseReason, ConnectionInfo, Frame, HubEvent, InFlight};
 
 /// `{"type":"pong"}`, the same for bridges and users.
@@ -56,43 +57,48 @@ where
     S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin + Send,
 {
     let config = &inner.config;
-    let outbox = Arc::new(Outbox::new(id, config.outbound_queue_frames));
-    let mut pump = Pump {
-        inner,
-        info: &info,
-        outbox: &outbox,
-        socket,
-        bucket: TokenBucket::new(&config.rate_limit, Instant::now()),
-        last_seen: Instant::now(),
-        ping_due: false,
-        unflushed: false,
-    };
-
+    let make_outbox =
+        |user_commands| Arc::new(Outbox::new(id, config.outbound_queue_frames, user_commands));
     let registered = inner.mutate(|state, events| {
         let registered = state.register(
-            &outbox,
+            make_outbox,
             info.role(),
             info.user_id(),
             info.connect_devices(),
             config.max_held_devices,
+            config.max_connections_per_user,
             events,
         );
-        if registered {
+        if registered.is_ok() {
             // Counted under the state lock, so that a shutdown that sees this connection
             // also waits for it.
             inner.connection_started();
         }
         registered
     });
-    if !registered {
-        return pump
-            .close(CloseRequest {
-                reason: CloseReason::Shutdown,
-                code: Some(1001),
-                text: "server shutting down",
-            })
-            .await;
-    }
+    let outbox = match registered {
+        Ok(outbox) => outbox,
+        Err(refused) => {
+            let close = match refused {
+                RegisterRefused::NotAccepting => CloseRequest {
+                    reason: CloseReason::Shutdown,
+                    code: Some(1001),
+                    text: "server shutting down",
+                },
+                RegisterRefused::TooManyConnections => {
+                    tracing::info!("user has as many connections as it may; closing with 1008");
+                    CloseRequest {
+                        reason: CloseReason::TooManyConnections,
+                        code: Some(1008),
+                        text: "too many connections for this user",
+                    }
+                }
+            };
+            let outbox = Arc::new(Outbox::new(id, 1, None));
+            return Pump::new(inner, &info, &outbox, socket).close(close).await;
+        }
+    };
+    let mut pump = Pump::new(inner, &info, &outbox, socket);
     let mut registration = Registration {
         inner,
         id,
@@ -128,6 +134,21 @@ enum Step {
     Keepalive,
     Close(CloseRequest),
     Ended(CloseReason),
+}
+
+impl<'a, S> Pump<'a, S> {
+    fn new(inner: &'a Inner, info: &'a ConnectionInfo, outbox: &'a Arc<Outbox>, socket: S) -> Self {
+        Self {
+            inner,
+            info,
+            outbox,
+            socket,
+            bucket: TokenBucket::new(&inner.config.rate_limit, Instant::now()),
+            last_seen: Instant::now(),
+            ping_due: false,
+            unflushed: false,
+        }
+    }
 }
 
 struct Pump<'a, S> {
@@ -234,8 +255,13 @@ where
             let message = if self.ping_due {
                 self.ping_due = false;
                 Message::Ping(Bytes::new())
-            } else if let Some(frame) = self.outbox.pop() {
-                frame.to_message()
+            } else if let Some(entry) = self.outbox.pop() {
+                match entry {
+                    Entry::Frame(frame) => frame.to_message(),
+                    Entry::Status(device) => {
+                        self.inner.state.read().status_frame(&device).to_message()
+                    }
+                }
             } else {
                 break;
             };
@@ -477,16 +503,28 @@ where
                     .may_command(self.info, &command.device_id)
                     .await
                 {
-                    let max = self.inner.config.max_commands_per_connection;
-                    let Some(in_flight) = InFlight::try_begin(self.outbox, max) else {
-                        self.reject(
-                            &ProtocolError::new(
-                                ErrorCode::RateLimited,
-                                "too many commands running on this connection; wait for their results",
-                            )
-                            .with_request_id(Some(command.request_id)),
-                        );
-                        return;
+                    let config = &self.inner.config;
+                    let in_flight = match InFlight::try_begin(
+                        self.outbox,
+                        config.max_commands_per_connection,
+                        config.max_commands_per_user,
+                    ) {
+                        Ok(in_flight) => in_flight,
+                        Err(refused) => {
+                            let message = match refused {
+                                Refused::Connection => {
+                                    "too many commands running on this connection; wait for their results"
+                                }
+                                Refused::User => {
+                                    "too many commands running for this user; wait for their results"
+                                }
+                            };
+                            self.reject(
+                                &ProtocolError::new(ErrorCode::RateLimited, message)
+                                    .with_request_id(Some(command.request_id)),
+                            );
+                            return;
+                        }
                     };
                     self.inner.emit(vec![HubEvent::UserCommand {
                         connection: id,

@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use bridge_protocol::{ConnectionId, DeviceId, DeviceStatus, Role, ServerToUser};
 
@@ -80,6 +80,28 @@ pub(crate) enum ClaimRefused {
     TooManyDevices,
 }
 
+/// Why a connection was not registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RegisterRefused {
+    /// The hub is shutting down.
+    NotAccepting,
+    /// The user has [`HubConfig::max_connections_per_user`](crate::HubConfig) open already.
+    TooManyConnections,
+}
+
+/// One user's user connections and its count of running `command` frames.
+#[derive(Debug, Default)]
+struct UserEntry {
+    /// Its open user connections.
+    connections: Vec<Arc<Outbox>>,
+    /// `command` frames running for the user over all its connections: every outbox of the
+    /// user shares this counter, and every ticket made on one counts here too. An entry
+    /// without connections is kept while this is not zero (its commands still run, and a
+    /// reconnecting user must find them counted); [`State::unregister`] sweeps such
+    /// entries once they are idle.
+    commands: Arc<AtomicU32>,
+}
+
 /// Why a subscription was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum SubscribeRefused {
@@ -91,8 +113,10 @@ pub(crate) struct State {
     pub(crate) accepting: bool,
     connections: HashMap<ConnectionId, ConnEntry>,
     devices: HashMap<DeviceId, DeviceEntry>,
-    /// Each user's open user connections.
-    users: HashMap<UserId, Vec<Arc<Outbox>>>,
+    /// Each user's open user connections and running commands (see [`UserEntry`]).
+    users: HashMap<UserId, UserEntry>,
+    /// Users with at least one open user connection (entries of `users` may have none).
+    connected_users: usize,
     next_claim: u64,
     user_connections: usize,
     bridge_connections: usize,
@@ -108,6 +132,7 @@ impl State {
             connections: HashMap::new(),
             devices: HashMap::new(),
             users: HashMap::new(),
+            connected_users: 0,
             next_claim: 0,
             user_connections: 0,
             bridge_connections: 0,
@@ -127,6 +152,17 @@ impl State {
             }
             Pushed::Closing => false,
         }
+    }
+
+    /// Queues the `device_status` of `device` on `outbox` (coalesced; never overflows).
+    fn deliver_status(outbox: &Outbox, device: &DeviceId) {
+        outbox.push_status(device);
+    }
+
+    /// The `device_status` frame of `device` now, for the pump to write when a status
+    /// marker leaves the queue.
+    pub(crate) fn status_frame(&self, device: &DeviceId) -> Frame {
+        status_frame(device, self.presence_of(device))
     }
 
     fn presence_of(&self, device: &DeviceId) -> Presence {
@@ -154,9 +190,8 @@ impl State {
         }
         if let Some(entry) = self.devices.get(device) {
             if before != after {
-                let frame = status_frame(device, after);
                 for outbox in entry.subscribers.values() {
-                    self.deliver(outbox, frame.clone());
+                    Self::deliver_status(outbox, device);
                 }
             }
             if entry.is_unused() {
@@ -165,25 +200,43 @@ impl State {
         }
     }
 
-    /// Registers a connection and claims the devices a bridge named at connect. Returns
-    /// `false` when the hub no longer accepts connections.
+    /// Registers a connection and claims the devices a bridge named at connect. The
+    /// connection's outbox is made by `make_outbox`, given the user's shared count of
+    /// running commands for a user connection (`None` for a bridge).
+    #[allow(clippy::too_many_arguments)] // one call site, each argument a separate limit
     pub(crate) fn register(
         &mut self,
-        outbox: &Arc<Outbox>,
+        make_outbox: impl FnOnce(Option<Arc<AtomicU32>>) -> Arc<Outbox>,
         role: Role,
         user_id: &UserId,
         devices: &[DeviceId],
         max_held: usize,
+        max_connections_per_user: usize,
         events: &mut Vec<HubEvent>,
-    ) -> bool {
+    ) -> Result<Arc<Outbox>, RegisterRefused> {
         if !self.accepting {
-            return false;
+            return Err(RegisterRefused::NotAccepting);
         }
+        let outbox = if role == Role::Bridge {
+            make_outbox(None)
+        } else {
+            let user = self.users.entry(user_id.clone()).or_default();
+            if user.connections.len() >= max_connections_per_user {
+                if user.connections.is_empty() && user.commands.load(Ordering::Relaxed) == 0 {
+                    // `max_connections_per_user` is 0: nothing to keep.
+                    self.users.remove(user_id);
+                }
+                return Err(RegisterRefused::TooManyConnections);
+            }
+            let outbox = make_outbox(Some(Arc::clone(&user.commands)));
+            user.connections.push(Arc::clone(&outbox));
+            outbox
+        };
         let id = outbox.id;
         self.connections.insert(
             id,
             ConnEntry {
-                outbox: Arc::clone(outbox),
+                outbox: Arc::clone(&outbox),
                 role,
                 user_id: user_id.clone(),
                 held: Vec::new(),
@@ -205,15 +258,23 @@ impl State {
             }
         } else {
             self.user_connections += 1;
-            let conns = self.users.entry(user_id.clone()).or_default();
-            conns.push(Arc::clone(outbox));
-            if conns.len() == 1 {
+            if self
+                .users
+                .get(user_id)
+                .is_some_and(|user| user.connections.len() == 1)
+            {
+                self.connected_users += 1;
                 events.push(HubEvent::UserFirstConnected {
                     user_id: user_id.clone(),
                 });
             }
         }
-        true
+        Ok(outbox)
+    }
+
+    /// A user's open user connections (0 for a user without any).
+    pub(crate) fn user_connections(&self, user_id: &UserId) -> usize {
+        self.users.get(user_id).map_or(0, |u| u.connections.len())
     }
 
     /// Forgets a connection: releases its devices, drops its subscriptions.
@@ -247,15 +308,33 @@ impl State {
             self.bridge_connections = self.bridge_connections.saturating_sub(1);
         } else {
             self.user_connections = self.user_connections.saturating_sub(1);
-            if let Some(conns) = self.users.get_mut(&entry.user_id) {
-                conns.retain(|o| o.id != id);
-                if conns.is_empty() {
-                    self.users.remove(&entry.user_id);
+            if let Some(user) = self.users.get_mut(&entry.user_id) {
+                user.connections.retain(|o| o.id != id);
+                if user.connections.is_empty() {
+                    // Its commands may still run: then the count stays, for the user's
+                    // next connection to find.
+                    if user.commands.load(Ordering::Relaxed) == 0 {
+                        self.users.remove(&entry.user_id);
+                    }
+                    self.connected_users = self.connected_users.saturating_sub(1);
                     events.push(HubEvent::UserLastDisconnected {
                         user_id: entry.user_id,
                     });
+                    self.sweep_idle_users();
                 }
             }
+        }
+    }
+
+    /// Forgets users without connections whose commands have all ended, once such entries
+    /// outnumber the connected users (plus a margin): amortized O(1) per disconnection, and
+    /// the map stays within a constant factor of the connected users and the users with
+    /// commands running.
+    fn sweep_idle_users(&mut self) {
+        if self.users.len() > 2 * self.connected_users + 64 {
+            self.users.retain(|_, user| {
+                !user.connections.is_empty() || user.commands.load(Ordering::Relaxed) > 0
+            });
         }
     }
 
@@ -402,7 +481,7 @@ impl State {
         if let Some(ack) = ack {
             self.deliver(&outbox, ack);
         }
-        self.deliver(&outbox, status_frame(device, self.presence_of(device)));
+        Self::deliver_status(&outbox, device);
         Ok(())
     }
 
@@ -456,8 +535,8 @@ impl State {
     }
 
     pub(crate) fn send_to_user(&self, user_id: &UserId, frame: &Frame) -> usize {
-        self.users.get(user_id).map_or(0, |conns| {
-            conns
+        self.users.get(user_id).map_or(0, |user| {
+            user.connections
                 .iter()
                 .filter(|outbox| self.deliver(outbox, frame.clone()))
                 .count()
@@ -505,7 +584,7 @@ impl State {
         HubCounts {
             user_connections: self.user_connections,
             bridge_connections: self.bridge_connections,
-            users: self.users.len(),
+            users: self.connected_users,
             devices_online: self.devices_online,
             slow_consumers_disconnected: self.slow_consumers.load(Ordering::Relaxed),
         }
@@ -553,17 +632,19 @@ mod tests {
 
         fn bridge(&mut self, devices: &[&str]) -> Arc<Outbox> {
             self.next += 1;
-            let outbox = Arc::new(Outbox::new(ConnectionId::new(self.next), 64));
+            let id = ConnectionId::new(self.next);
             let devices: Vec<_> = devices.iter().map(|d| device(d)).collect();
-            assert!(self.state.register(
-                &outbox,
-                Role::Bridge,
-                &UserId::new("u"),
-                &devices,
-                16,
-                &mut self.events
-            ));
-            outbox
+            self.state
+                .register(
+                    |_| Arc::new(Outbox::new(id, 64, None)),
+                    Role::Bridge,
+                    &UserId::new("u"),
+                    &devices,
+                    16,
+                    4,
+                    &mut self.events,
+                )
+                .expect("registered")
         }
 
         fn route(&self, d: &str) -> ConnectionId {

@@ -500,3 +500,194 @@ async fn a_user_connection_may_run_a_bounded_number_of_commands_and_one_more_is_
     drop((fourth, running));
     assert_eq!(server.hub.commands_in_flight(connection), 0);
 }
+
+#[tokio::test]
+async fn a_user_over_its_command_cap_across_its_connections_is_rate_limited_with_the_request_id() {
+    let mut server = Setup::default()
+        .config(|c| {
+            c.max_commands_per_connection = 2;
+            c.max_commands_per_user = 3;
+        })
+        .start()
+        .await;
+    let command = |id: &str| {
+        format!(r#"{{"type":"command","requestId":"{id}","deviceId":"lock","payload":"01"}}"#)
+    };
+    let mut first = server.user("alice").await;
+    let mut second = server.user("alice").await;
+    let mut running = Vec::new();
+    for (on_second, id) in [(false, "c-1"), (false, "c-2"), (true, "c-3")] {
+        let client = if on_second { &mut second } else { &mut first };
+        client.send(&command(id)).await;
+        running.push(
+            server
+                .take_event(|e| matches!(e, HubEvent::UserCommand { .. }))
+                .await,
+        );
+    }
+
+    // `second` runs one of its two, but alice runs three of her three.
+    second.send(&command("c-4")).await;
+    let refusal = second.recv_json().await;
+    assert_eq!(
+        (&refusal["type"], &refusal["code"], &refusal["requestId"]),
+        (&json!("error"), &json!("rate_limited"), &json!("c-4"))
+    );
+    let code = server
+        .wait_for(|e| match e {
+            HubEvent::FrameRejected { code, .. } => Some(*code),
+            HubEvent::UserCommand { .. } => panic!("a command over the user's cap was handed over"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(code, ErrorCode::RateLimited);
+
+    // Closing a connection does not end its commands: a new connection finds them counted.
+    first.close().await;
+    server
+        .wait_for(|e| matches!(e, HubEvent::ConnectionClosed { .. }).then_some(()))
+        .await;
+    let mut third = server.user("alice").await;
+    third.send(&command("c-5")).await;
+    let refusal = third.recv_json().await;
+    assert_eq!(
+        (&refusal["code"], &refusal["requestId"]),
+        (&json!("rate_limited"), &json!("c-5"))
+    );
+
+    // Another user is not affected, and alice's next command goes once one of hers ends.
+    let mut bob = server.user("bob").await;
+    bob.send(&command("b-1")).await;
+    let bobs = server
+        .take_event(|e| matches!(e, HubEvent::UserCommand { .. }))
+        .await;
+    assert!(matches!(&bobs, HubEvent::UserCommand { user_id, .. } if user_id.as_str() == "bob"));
+    running.pop();
+    third.send(&command("c-6")).await;
+    let sixth = server
+        .take_event(|e| matches!(e, HubEvent::UserCommand { .. }))
+        .await;
+    assert!(matches!(
+        &sixth,
+        HubEvent::UserCommand { command, .. } if command.request_id.as_str() == "c-6"
+    ));
+}
+
+#[tokio::test]
+async fn a_users_connection_over_its_cap_is_closed_with_1008_and_never_served() {
+    let mut server = Setup::default()
+        .config(|c| c.max_connections_per_user = 2)
+        .start()
+        .await;
+    let first = server.user("alice").await;
+    let _second = server.user("alice").await;
+    assert_eq!(
+        server
+            .hub
+            .user_connections(&bridge_hub::UserId::new("alice")),
+        2
+    );
+
+    let mut third = server.connect("user=alice").await;
+    assert_eq!(third.expect_close().await, 1008);
+    assert_eq!(server.hub.counts().user_connections, 2);
+    let registered = server
+        .drain_events()
+        .iter()
+        .filter(|e| matches!(e, HubEvent::ConnectionOpened { .. }))
+        .count();
+    assert_eq!(registered, 2, "the refused connection was never registered");
+
+    // Other users and bridges are not counted against alice; a freed place is taken again.
+    let _bob = server.user("bob").await;
+    let _phone = server.bridge("alice", &["lock"]).await;
+    first.close().await;
+    server
+        .wait_for(|e| matches!(e, HubEvent::ConnectionClosed { .. }).then_some(()))
+        .await;
+    assert_eq!(
+        server
+            .hub
+            .user_connections(&bridge_hub::UserId::new("alice")),
+        1
+    );
+    let mut again = server.user("alice").await;
+    again.send(r#"{"type":"ping"}"#).await;
+    assert_eq!(again.recv().await, r#"{"type":"pong"}"#);
+}
+
+/// `d-0` … `d-1023`, for a user watching 1,024 devices.
+fn many_devices() -> Vec<&'static str> {
+    (0..1_024)
+        .map(|i| &*Box::leak(format!("d-{i}").into_boxed_str()))
+        .collect()
+}
+
+/// Reads `n` `device_status` frames and returns them by device.
+async fn read_statuses(
+    user: &mut support::Client,
+    n: usize,
+) -> std::collections::HashMap<String, serde_json::Value> {
+    let mut statuses = std::collections::HashMap::new();
+    while statuses.len() < n {
+        let frame = user.recv_json().await;
+        assert_eq!(frame["type"], "device_status", "{frame}");
+        let device = frame["deviceId"].as_str().expect("a device id").to_owned();
+        statuses.insert(device, frame);
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn a_user_watching_1024_devices_gets_its_whole_snapshot_and_is_not_a_slow_consumer() {
+    let devices = many_devices();
+    let server = Setup::default().subscriptions(&devices).start().await;
+    assert_eq!(server.hub.config().outbound_queue_frames, 128);
+    let mut user = server.connect("user=alice").await;
+    let snapshot = read_statuses(&mut user, devices.len()).await;
+    assert!(devices.iter().all(|d| snapshot[*d]["online"] == false));
+    // Still connected, and nothing else is waiting.
+    assert!(user.sync().await.is_empty());
+    assert_eq!(server.hub.counts().slow_consumers_disconnected, 0);
+    assert_eq!(server.hub.counts().user_connections, 1);
+}
+
+#[tokio::test]
+async fn a_bridge_bringing_1024_watched_devices_does_not_cut_off_their_watcher() {
+    let devices = many_devices();
+    let mut server = Setup::default()
+        .subscriptions(&devices)
+        .config(|c| c.max_held_devices = 1_024)
+        .start()
+        .await;
+    let mut user = server.connect("user=alice").await;
+    read_statuses(&mut user, devices.len()).await;
+
+    // All 1,024 claimed at connect, under one lock: 1,024 presence changes at once.
+    let mut query = String::from("role=bridge&user=phone");
+    for d in &devices {
+        query.push_str("&device=");
+        query.push_str(d);
+    }
+    let mut bridge = server.connect(&query).await;
+    bridge.sync().await;
+    let online = read_statuses(&mut user, devices.len()).await;
+    assert!(
+        devices.iter().all(|d| online[*d]["online"] == true),
+        "every device_status arrived, online"
+    );
+
+    // And all 1,024 gone at once when it closes.
+    bridge.close().await;
+    server
+        .wait_for(|e| {
+            matches!(e, HubEvent::ConnectionClosed { role, .. } if *role == bridge_protocol::Role::Bridge)
+                .then_some(())
+        })
+        .await;
+    let offline = read_statuses(&mut user, devices.len()).await;
+    assert!(devices.iter().all(|d| offline[*d]["online"] == false));
+    assert!(user.sync().await.is_empty());
+    assert_eq!(server.hub.counts().slow_consumers_disconnected, 0);
+    assert_eq!(server.hub.counts().user_connections, 1);
+}

@@ -83,6 +83,18 @@ pub struct Cli {
     /// Subscriptions one user connection may hold [default: 1024].
     #[arg(long, env = "BRIDGE_MAX_SUBSCRIPTIONS", value_name = "N")]
     pub max_subscriptions: Option<usize>,
+    /// `command` frames one user may have running at once over all its connections; one
+    /// more is answered `rate_limited` [default: 256].
+    #[arg(long, env = "BRIDGE_MAX_COMMANDS_PER_USER", value_name = "N")]
+    pub max_commands_per_user: Option<usize>,
+    /// WebSocket connections one user may have open at once; one more is refused with 429
+    /// `rate_limited` before the upgrade [default: 32].
+    #[arg(long, env = "BRIDGE_MAX_CONNECTIONS_PER_USER", value_name = "N")]
+    pub max_connections_per_user: Option<usize>,
+    /// Commands one device may have in flight at once; more wait for a place within their
+    /// timeout [default: 16].
+    #[arg(long, env = "BRIDGE_MAX_PENDING_PER_DEVICE", value_name = "N")]
+    pub max_pending_per_device: Option<usize>,
     /// Require a `service` token for GET /metrics.
     #[arg(long, env = "BRIDGE_METRICS_REQUIRE_TOKEN")]
     pub metrics_require_token: bool,
@@ -130,6 +142,9 @@ struct FileConfig {
     rate_per_second: Option<u32>,
     rate_burst: Option<u32>,
     max_subscriptions: Option<usize>,
+    max_commands_per_user: Option<usize>,
+    max_connections_per_user: Option<usize>,
+    max_pending_per_device: Option<usize>,
     metrics_require_token: Option<bool>,
     retry_interval_secs: Option<u64>,
     max_queued_per_device: Option<u32>,
@@ -201,6 +216,15 @@ pub struct ServerConfig {
     pub rate_burst: u32,
     /// Subscriptions per user connection: 1024.
     pub max_subscriptions: usize,
+    /// `command` frames one user may have running over all its connections: 256
+    /// ([`HubConfig::max_commands_per_user`](bridge_hub::HubConfig::max_commands_per_user)).
+    pub max_commands_per_user: usize,
+    /// User connections one user may have open: 32; one more is refused with 429 before
+    /// the upgrade ([`HubConfig::max_connections_per_user`](bridge_hub::HubConfig::max_connections_per_user)).
+    pub max_connections_per_user: usize,
+    /// Commands one device may have in flight: 16; more wait for a place within their
+    /// timeout ([`SessionConfig::with_per_device_limit`](bridge_session::SessionConfig::with_per_device_limit)).
+    pub max_pending_per_device: usize,
     /// Whether `/metrics` needs a service token: `false`.
     pub metrics_require_token: bool,
     /// Seconds between delivery passes over the offline queue (default 30).
@@ -238,6 +262,9 @@ impl Default for ServerConfig {
             rate_per_second: 100,
             rate_burst: 200,
             max_subscriptions: 1024,
+            max_commands_per_user: 256,
+            max_connections_per_user: 32,
+            max_pending_per_device: 16,
             metrics_require_token: false,
             retry_interval_secs: 30,
             max_queued_per_device: 100,
@@ -349,6 +376,18 @@ impl ServerConfig {
                 .max_subscriptions
                 .or(file.max_subscriptions)
                 .unwrap_or(d.max_subscriptions),
+            max_commands_per_user: cli
+                .max_commands_per_user
+                .or(file.max_commands_per_user)
+                .unwrap_or(d.max_commands_per_user),
+            max_connections_per_user: cli
+                .max_connections_per_user
+                .or(file.max_connections_per_user)
+                .unwrap_or(d.max_connections_per_user),
+            max_pending_per_device: cli
+                .max_pending_per_device
+                .or(file.max_pending_per_device)
+                .unwrap_or(d.max_pending_per_device),
             metrics_require_token: cli.metrics_require_token
                 || file.metrics_require_token.unwrap_or(false),
             retry_interval_secs: cli
@@ -414,6 +453,9 @@ impl ServerConfig {
             ("rate_per_second", self.rate_per_second as usize),
             ("rate_burst", self.rate_burst as usize),
             ("max_subscriptions", self.max_subscriptions),
+            ("max_commands_per_user", self.max_commands_per_user),
+            ("max_connections_per_user", self.max_connections_per_user),
+            ("max_pending_per_device", self.max_pending_per_device),
             (
                 "max_queued_per_device",
                 usize::try_from(self.max_queued_per_device).unwrap_or(usize::MAX),

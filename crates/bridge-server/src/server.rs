@@ -11,6 +11,7 @@ use bridge_protocol::{ConfigRegistry, Limits};
 use bridge_queue::{MemoryStore, Store, StoreConfig};
 use bridge_session::{SessionConfig, SessionManager};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::num::NonZeroUsize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
@@ -57,7 +58,7 @@ pub struct ServerBuilder {
     hub_config: Option<HubConfig>,
     customize_hub: Option<HubCustomizer>,
     wrap_hub: Option<HubWrapper>,
-    session: SessionConfig,
+    session: Option<SessionConfig>,
     delivery: Option<EngineConfig>,
     max_user_commands: Option<usize>,
 }
@@ -80,7 +81,7 @@ impl ServerBuilder {
             hub_config: None,
             customize_hub: None,
             wrap_hub: None,
-            session: SessionConfig::default(),
+            session: None,
             delivery: None,
             max_user_commands: None,
         }
@@ -143,9 +144,10 @@ impl ServerBuilder {
         self
     }
 
-    /// The session manager's configuration.
+    /// The session manager's configuration (default: [`SessionConfig::default`] with the
+    /// [`ServerConfig::max_pending_per_device`] per-device limit).
     pub fn session_config(mut self, config: SessionConfig) -> Self {
-        self.session = config;
+        self.session = Some(config);
         self
     }
 
@@ -171,6 +173,8 @@ impl ServerBuilder {
             hub.rate_limit.per_second = f64::from(config.rate_per_second);
             hub.rate_limit.burst = config.rate_burst;
             hub.max_subscriptions = config.max_subscriptions;
+            hub.max_commands_per_user = config.max_commands_per_user;
+            hub.max_connections_per_user = config.max_connections_per_user;
             hub
         });
         if let Some(max) = self.max_user_commands {
@@ -206,7 +210,10 @@ impl ServerBuilder {
         let session = Arc::new(SessionManager::new(
             transport,
             Arc::clone(&registry),
-            &self.session,
+            &self.session.unwrap_or_else(|| {
+                SessionConfig::default()
+                    .with_per_device_limit(NonZeroUsize::new(config.max_pending_per_device))
+            }),
         ));
         let auth = match config.jwt_secret.as_deref() {
             Some(secret) => Authenticator::jwt(secret.as_bytes()),

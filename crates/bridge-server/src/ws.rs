@@ -98,6 +98,18 @@ pub(crate) async fn upgrade(State(core): State<Arc<Core>>, mut request: Request)
         DeviceGrant::Only(set) => DeviceAccess::only(set),
     };
     let user = UserId::new(&principal.subject);
+    // The hub refuses one more with 1008 after the upgrade; this answers the usual case
+    // before it, with a status a client understands. Two racing for the last place: the
+    // hub's check decides.
+    let max_connections = core.local.config().max_connections_per_user;
+    if principal.role != Role::Bridge && core.local.user_connections(&user) >= max_connections {
+        tracing::info!(user = %user, "WebSocket refused: too many connections for this user");
+        return ApiError::new(
+            ErrorCode::RateLimited,
+            format!("this user has {max_connections} connections open, as many as it may"),
+        )
+        .into_response();
+    }
     let mut info = if principal.role == Role::Bridge {
         ConnectionInfo::bridge(user, identity.initial_devices, access)
     } else {

@@ -26,6 +26,13 @@ pub struct SessionConfig {
 impl SessionConfig {
     /// Default for [`max_pending`](Self::max_pending).
     pub const DEFAULT_MAX_PENDING: usize = 100_000;
+    /// Default for [`per_device_limit`](Self::per_device_limit): 16 commands in flight per
+    /// device. A BLE device answers one write at a time through one phone, so sixteen queued
+    /// at the phone is already more than any device gets through within a command's
+    /// timeout; the limit keeps one device (or one caller hammering it) from holding
+    /// thousands of the [`max_pending`](Self::max_pending) places, while commands over it
+    /// wait for a place instead of failing.
+    pub const DEFAULT_PER_DEVICE_LIMIT: NonZeroUsize = NonZeroUsize::new(16).unwrap();
     /// Most shards a manager uses; the shard is encoded in the low bits of a request id.
     pub const MAX_SHARDS: usize = 256;
 
@@ -37,7 +44,8 @@ impl SessionConfig {
         self
     }
 
-    /// Most commands in flight per device, `None` (the default) for no limit. A command over
+    /// Most commands in flight per device, `None` for no limit. Default
+    /// [`DEFAULT_PER_DEVICE_LIMIT`](Self::DEFAULT_PER_DEVICE_LIMIT) (16). A command over
     /// the limit waits for a slot, in order, and the wait counts against its timeout (while
     /// it waits it is not pending yet, and its own deadline bounds the wait).
     pub fn with_per_device_limit(mut self, limit: Option<NonZeroUsize>) -> Self {
@@ -89,7 +97,7 @@ impl Default for SessionConfig {
     fn default() -> Self {
         Self {
             max_pending: Self::DEFAULT_MAX_PENDING,
-            per_device_limit: None,
+            per_device_limit: Some(Self::DEFAULT_PER_DEVICE_LIMIT),
             shards: None,
             id_prefix: None,
         }

@@ -68,8 +68,9 @@
 //!   string is hashed on the hot path. Ids of other processes are recognised as unknown
 //!   without touching any shard.
 //! * **Limits.** At most [`SessionConfig::max_pending`] commands are pending at once (one
-//!   more fails with [`CommandError::TooManyPending`]); optionally at most
-//!   [`SessionConfig::per_device_limit`] per device (off by default).
+//!   more fails with [`CommandError::TooManyPending`]); at most
+//!   [`SessionConfig::per_device_limit`] per device (16 by default; a command over it waits
+//!   for a place within its timeout, holding no pending place meanwhile).
 //! * **Cancel safety.** Dropping a `send_command` future at any await point removes its
 //!   entry (and drops its in-flight ticket if the write had gone out).
 //!

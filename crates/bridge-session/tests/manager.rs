@@ -748,11 +748,60 @@ async fn with_a_per_device_limit_commands_wait_for_a_slot_within_their_timeout()
 }
 
 #[tokio::test(start_paused = true)]
+async fn by_default_one_device_holds_at_most_sixteen_pending_commands() {
+    let (mock, mut writes, ledger) = recording_mock();
+    let manager = manager_with(mock, &SessionConfig::default());
+    let mut commands = Vec::new();
+    for i in 0..40_u8 {
+        let manager = manager.clone();
+        commands.push(tokio::spawn(async move {
+            manager
+                .send_command(device("lock-1"), None, bytes(&[i]), 120 * SECOND)
+                .await
+        }));
+    }
+    let mut sent = Vec::new();
+    for _ in 0..16 {
+        sent.push(writes.recv().await.unwrap());
+    }
+    // Let every other command run as far as it can.
+    tokio::time::sleep(SECOND).await;
+    assert!(writes.try_recv().is_err(), "a 17th write went out");
+    assert_eq!(manager.pending(), 16);
+    assert_eq!(ledger.in_flight(PHONE), 16);
+    // Another device is not held up by this one.
+    let other = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .send_command(device("lock-2"), None, bytes(&[99]), 120 * SECOND)
+                .await
+        })
+    };
+    assert_eq!(writes.recv().await.unwrap().payload, bytes(&[99]));
+    // An answer frees a place for the next waiting command.
+    manager
+        .handle_response(PHONE, answer(&sent[0], &[0]))
+        .unwrap();
+    writes.recv().await.unwrap();
+    assert_eq!(manager.pending(), 17, "16 for lock-1, 1 for lock-2");
+    manager.shutdown();
+    for command in commands {
+        command.await.unwrap().ok();
+    }
+    other.await.unwrap().ok();
+    assert_eq!(manager.pending(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn request_ids_are_unique_across_shards_and_threads() {
     let (mock, mut writes, _) = recording_mock();
     let manager = manager_with(
         mock,
-        &SessionConfig::default().with_shards(NonZeroUsize::new(8).unwrap()),
+        // 2,000 pending over 7 devices: no per-device limit here.
+        &SessionConfig::default()
+            .with_shards(NonZeroUsize::new(8).unwrap())
+            .with_per_device_limit(None),
     );
     let mut commands = Vec::new();
     for i in 0..2_000 {

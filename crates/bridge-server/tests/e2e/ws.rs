@@ -435,3 +435,26 @@ async fn a_command_counts_on_its_bridge_until_it_ends_however_it_ends() {
         "the timed-out command no longer counts"
     );
 }
+
+#[tokio::test]
+async fn a_users_connection_over_its_cap_is_refused_with_429_before_the_upgrade() {
+    let mut config = ServerConfig::default();
+    config.max_connections_per_user = 2;
+    let server = TestServer::start_with(config, |b| b).await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut alice = user(&server, "alice").await;
+        // Answered: the hub has registered it.
+        alice.send(json!({"type":"ping"})).await;
+        assert_eq!(alice.recv().await, json!({"type":"pong"}));
+        open.push(alice);
+    }
+    let (status, body) = refused_upgrade(&server.ws_url("userId=alice"), None).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "rate_limited");
+
+    // Another user is not counted against alice.
+    let mut bob = user(&server, "bob").await;
+    bob.send(json!({"type":"ping"})).await;
+    assert_eq!(bob.recv().await, json!({"type":"pong"}));
+}
