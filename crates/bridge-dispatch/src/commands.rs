@@ -3,7 +3,7 @@
 
 use bridge_protocol::http::{CommandRequest, CommandResponse};
 use bridge_protocol::{CommandId, DeviceId, ErrorCode, Hops, RegistryError};
-use bridge_queue::{InvalidInput, NewCommand, QueuedCommand, StoreError};
+use bridge_queue::{InvalidInput, NewCommand, Party, QueuedCommand, StoreError};
 use bridge_session::CommandError;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -62,16 +62,23 @@ pub fn store_error_code(error: &StoreError) -> ErrorCode {
 }
 
 impl Dispatcher {
-    /// Runs one command: sends it now if the device is online, queues it if asked to
-    /// (`ifOffline: queue`, or `requiresConfirmation`), and answers with the status of
-    /// PROTOCOL.md 4.1, or the refusal.
+    /// Runs one command of `party` (the backend for `POST /v1/devices/{id}/commands`, the
+    /// user for a `command` frame): sends it now if the device is online, queues it if asked
+    /// to (`ifOffline: queue`, or `requiresConfirmation`), and answers with the status of
+    /// PROTOCOL.md 4.1, or the refusal. A queued command is `party`'s: it updates in place
+    /// only a command of the same type that `party` queued (PROTOCOL.md 4.2), never
+    /// another party's.
     pub async fn execute(
         &self,
         device: DeviceId,
         request: CommandRequest,
+        party: Party,
     ) -> Result<CommandResponse, Refusal> {
-        let span = tracing::info_span!("command", device = %device);
-        let result = self.run(device, request).instrument(span.clone()).await;
+        let span = tracing::info_span!("command", device = %device, party = %party);
+        let result = self
+            .run(device, request, party)
+            .instrument(span.clone())
+            .await;
         let outcome = match &result {
             Ok((response, _)) => response.outcome(),
             Err(refusal) => refusal.code().as_str(),
@@ -87,6 +94,7 @@ impl Dispatcher {
         &self,
         device: DeviceId,
         request: CommandRequest,
+        party: Party,
     ) -> Result<(CommandResponse, Option<std::time::Duration>), Refusal> {
         let device_type = match self.inner.registry.resolve(
             request
@@ -106,7 +114,7 @@ impl Dispatcher {
         };
 
         if request.requires_confirmation {
-            let command_id = self.enqueue(&device, &request).await?;
+            let command_id = self.enqueue(&device, &request, party).await?;
             tracing::info!(%command_id, "queued, awaiting confirmation");
             return Ok((CommandResponse::AwaitingConfirmation { command_id }, None));
         }
@@ -131,7 +139,7 @@ impl Dispatcher {
                 hops: Hops::NONE,
             },
             Err(CommandError::Offline) if request.wants_queue() => {
-                let command_id = self.enqueue(&device, &request).await?;
+                let command_id = self.enqueue(&device, &request, party).await?;
                 tracing::info!(%command_id, "device offline: queued");
                 return Ok((CommandResponse::Queued { command_id }, None));
             }
@@ -160,6 +168,7 @@ impl Dispatcher {
         &self,
         device: &DeviceId,
         request: &CommandRequest,
+        party: Party,
     ) -> Result<CommandId, Refusal> {
         let Some(command_type) = request.command_type.clone() else {
             return Err(Refusal::CommandTypeRequired);
@@ -167,7 +176,8 @@ impl Dispatcher {
         // The type as asked: none means the registry's default at delivery time.
         let mut command = NewCommand::new(device.clone(), command_type, request.payload.clone())
             .with_ttl(request.ttl_seconds)
-            .with_timeout(request.timeout_ms);
+            .with_timeout(request.timeout_ms)
+            .queued_by(party);
         if let Some(device_type) = &request.device_type {
             command = command.with_device_type(device_type.clone());
         }

@@ -70,6 +70,8 @@ mod commands;
 mod driver;
 mod engine;
 
+/// Who queued a command, as [`Dispatcher::execute`] takes it (the queue's own type).
+pub use bridge_queue::Party;
 pub use commands::{Refusal, store_error_code};
 pub use driver::{CommandSender, Dispatcher, Outlet};
 pub use engine::{Action, Engine, EngineConfig, Sent};

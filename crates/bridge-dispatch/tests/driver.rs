@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bridge_dispatch::{CommandSender, Dispatcher, EngineConfig, Outlet, Refusal};
+use bridge_dispatch::{CommandSender, Dispatcher, EngineConfig, Outlet, Party, Refusal};
 use bridge_protocol::http::{
     CommandOutcome, CommandRequest, CommandResponse, CommandStatus, IfOffline,
 };
@@ -158,7 +158,7 @@ impl Fixture {
     async fn queue(&self, payload: u8, kind: &str) -> bridge_protocol::CommandId {
         match self
             .dispatch
-            .execute(self.lock.clone(), queued(payload, kind))
+            .execute(self.lock.clone(), queued(payload, kind), Party::Backend)
             .await
         {
             Ok(CommandResponse::Queued { command_id }) => command_id,
@@ -214,6 +214,7 @@ async fn an_online_command_is_answered_at_once_and_counted() {
         .execute(
             f.lock.clone(),
             CommandRequest::new(HexPayload::from_bytes(vec![1])),
+            Party::Backend,
         )
         .await
         .unwrap();
@@ -237,6 +238,7 @@ async fn an_offline_command_is_refused_or_queued_as_asked() {
         .execute(
             f.lock.clone(),
             CommandRequest::new(HexPayload::from_bytes(vec![1])),
+            Party::Backend,
         )
         .await
         .unwrap();
@@ -246,7 +248,7 @@ async fn an_offline_command_is_refused_or_queued_as_asked() {
     no_type.command_type = None;
     let refusal = f
         .dispatch
-        .execute(f.lock.clone(), no_type)
+        .execute(f.lock.clone(), no_type, Party::Backend)
         .await
         .unwrap_err();
     assert!(matches!(refusal, Refusal::CommandTypeRequired));
@@ -354,8 +356,10 @@ async fn confirmation_gates_delivery_and_cancel_is_announced() {
     f.settle().await;
     let mut gated = queued(7, "reset");
     gated.requires_confirmation = true;
-    let Ok(CommandResponse::AwaitingConfirmation { command_id }) =
-        f.dispatch.execute(f.lock.clone(), gated.clone()).await
+    let Ok(CommandResponse::AwaitingConfirmation { command_id }) = f
+        .dispatch
+        .execute(f.lock.clone(), gated.clone(), Party::Backend)
+        .await
     else {
         panic!("expected awaiting_confirmation");
     };
@@ -366,8 +370,10 @@ async fn confirmation_gates_delivery_and_cancel_is_announced() {
     assert_eq!(f.sent(), vec![vec![7]]);
 
     gated.command_type = Some(CommandType::new("other").unwrap());
-    let Ok(CommandResponse::AwaitingConfirmation { command_id: second }) =
-        f.dispatch.execute(f.lock.clone(), gated).await
+    let Ok(CommandResponse::AwaitingConfirmation { command_id: second }) = f
+        .dispatch
+        .execute(f.lock.clone(), gated, Party::Backend)
+        .await
     else {
         panic!("expected awaiting_confirmation");
     };
@@ -377,6 +383,61 @@ async fn confirmation_gates_delivery_and_cancel_is_announced() {
     assert_eq!(
         f.announced().last().cloned(),
         Some((ResultStatus::Cancelled, Some(second.as_str().to_owned())))
+    );
+}
+
+/// PROTOCOL.md 4.2: a user's queued command of the backend's `commandType` does not update
+/// the backend's in place (its payload kept, its confirmation not skipped): it is the
+/// user's own command, queued after it; the user's next one updates the user's.
+#[tokio::test(start_paused = true)]
+async fn a_users_command_does_not_overwrite_the_backends_queued_one() {
+    let f = fixture();
+    let alice = Party::User(bridge_protocol::UserId::new("alice").unwrap());
+    let mut gated = queued(1, "unlock");
+    gated.requires_confirmation = true;
+    let Ok(CommandResponse::AwaitingConfirmation {
+        command_id: backends,
+    }) = f
+        .dispatch
+        .execute(f.lock.clone(), gated, Party::Backend)
+        .await
+    else {
+        panic!("expected awaiting_confirmation");
+    };
+    let Ok(CommandResponse::Queued { command_id: users }) = f
+        .dispatch
+        .execute(f.lock.clone(), queued(2, "unlock"), alice.clone())
+        .await
+    else {
+        panic!("expected queued");
+    };
+    assert_ne!(users, backends);
+    let Ok(CommandResponse::Queued { command_id: again }) = f
+        .dispatch
+        .execute(f.lock.clone(), queued(3, "unlock"), alice.clone())
+        .await
+    else {
+        panic!("expected queued");
+    };
+    assert_eq!(again, users, "the user's own command is updated in place");
+
+    let backend = f.store.get(&backends).await.unwrap();
+    assert_eq!(
+        (backend.status, backend.payload, backend.queued_by),
+        (
+            CommandStatus::AwaitingConfirmation,
+            HexPayload::from_bytes(vec![1]),
+            Party::Backend
+        )
+    );
+    let user = f.store.get(&users).await.unwrap();
+    assert_eq!(
+        (user.status, user.payload, user.queued_by),
+        (
+            CommandStatus::Pending,
+            HexPayload::from_bytes(vec![3]),
+            alice
+        )
     );
 }
 
@@ -418,8 +479,10 @@ async fn an_expiry_first_noticed_by_a_read_is_announced_once() {
     let f = fixture();
     let mut request = queued(1, "unlock");
     request.ttl_seconds = TtlSeconds::new(60).unwrap();
-    let Ok(CommandResponse::Queued { command_id }) =
-        f.dispatch.execute(f.lock.clone(), request).await
+    let Ok(CommandResponse::Queued { command_id }) = f
+        .dispatch
+        .execute(f.lock.clone(), request, Party::Backend)
+        .await
     else {
         panic!("expected queued");
     };
@@ -677,7 +740,10 @@ async fn a_devices_results_are_announced_in_the_order_its_commands_ended_even_wh
     let mut ids = Vec::new();
     for (n, kind) in ["unlock", "status", "lock"].into_iter().enumerate() {
         let payload = u8::try_from(n).unwrap();
-        match dispatch.execute(lock.clone(), queued(payload, kind)).await {
+        match dispatch
+            .execute(lock.clone(), queued(payload, kind), Party::Backend)
+            .await
+        {
             Ok(CommandResponse::Queued { command_id }) => ids.push(command_id),
             other => panic!("expected queued, got {other:?}"),
         }

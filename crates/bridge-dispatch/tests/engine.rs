@@ -11,7 +11,7 @@ use bridge_protocol::{
     CommandId, CommandType, DeviceErrorCode, DeviceId, HexPayload, TimeoutMs, Timestamp,
 };
 use bridge_queue::{
-    Cut, Lease, LeaseToken, Leased, NodeId, QueuedCommand, StoreError, SweepReport,
+    Cut, Lease, LeaseToken, Leased, NodeId, Party, QueuedCommand, StoreError, SweepReport,
 };
 
 fn node() -> NodeId {
@@ -33,6 +33,7 @@ fn command(id: &str, device_name: &str, status: CommandStatus) -> QueuedCommand 
         requires_confirmation: false,
         device_type: None,
         timeout: TimeoutMs::DEFAULT,
+        queued_by: Party::Backend,
         attempts: 0,
         created_at: now,
         expires_at: now.saturating_add(Duration::from_hours(1)),

@@ -31,7 +31,8 @@
 //! let lock = DeviceId::new("lock-1")?;
 //! let unlock = CommandType::new("unlock")?;
 //!
-//! // Queued while the device is away; a second one of the same type updates it in place.
+//! // Queued while the device is away; a second one of the same type, queued by the same
+//! // party (here the backend, the default), updates it in place.
 //! let id = store
 //!     .enqueue_or_update(&lock, &unlock, HexPayload::from_bytes(vec![1]), TtlSeconds::DEFAULT)
 //!     .await?;
@@ -85,8 +86,8 @@ pub use error::{BoxError, InvalidInput, StoreError};
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
 pub use model::{
-    Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
-    SweepReport,
+    Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, Party, QueuedCommand,
+    StoreConfig, SweepReport,
 };
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStore};

@@ -297,6 +297,7 @@ impl Store for MemoryStore {
             if let Some(entry) = state.commands.get_mut(id) {
                 let c = &mut entry.command;
                 if c.command_type == command.command_type
+                    && c.queued_by == command.queued_by
                     && matches!(
                         c.status,
                         CommandStatus::Pending | CommandStatus::AwaitingConfirmation
@@ -341,6 +342,7 @@ impl Store for MemoryStore {
                     requires_confirmation: command.requires_confirmation,
                     device_type: command.device_type,
                     timeout: command.timeout,
+                    queued_by: command.queued_by,
                     attempts: 0,
                     created_at: now,
                     expires_at,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bridge_protocol::http::{CommandOutcome, CommandStatus, CommandView};
 use bridge_protocol::{
     CommandId, CommandType, DeviceId, DeviceType, HexPayload, Hops, TimeoutMs, Timestamp,
-    TtlSeconds,
+    TtlSeconds, UserId,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -107,6 +107,9 @@ pub struct NewCommand {
     pub device_type: Option<DeviceType>,
     /// How long a delivery waits for the device's reply (`timeoutMs`).
     pub timeout: TimeoutMs,
+    /// Who queues it: dedup updates in place only a command of the same party
+    /// (PROTOCOL.md 4.2).
+    pub queued_by: Party,
 }
 
 impl NewCommand {
@@ -121,7 +124,14 @@ impl NewCommand {
             requires_confirmation: false,
             device_type: None,
             timeout: TimeoutMs::DEFAULT,
+            queued_by: Party::Backend,
         }
+    }
+
+    /// The same command, queued by `party` (the default is [`Party::Backend`]).
+    pub fn queued_by(mut self, party: Party) -> Self {
+        self.queued_by = party;
+        self
     }
 
     /// The same command, delivered as `device_type`.
@@ -179,6 +189,8 @@ pub struct QueuedCommand {
     /// How long a delivery waits for the device's reply (the default for commands stored
     /// before the timeout was kept).
     pub timeout: TimeoutMs,
+    /// Who queued it ([`Party::Backend`] for commands stored before the party was kept).
+    pub queued_by: Party,
     /// How many of its deliveries have ended after the `ble_write` left (or may have left:
     /// a lapsed or reclaimed lease counts). A delivery in progress is not counted here
     /// until it ends; [`attempts_made`](Self::attempts_made) counts it.
@@ -233,6 +245,54 @@ impl From<&QueuedCommand> for CommandView {
 impl From<QueuedCommand> for CommandView {
     fn from(command: QueuedCommand) -> Self {
         command.to_view()
+    }
+}
+
+/// Who queued a command (PROTOCOL.md 4.2): the dedup of [`Store::enqueue`](crate::Store::enqueue)
+/// updates in place only a command of the same party, so that no one overwrites (or skips
+/// the confirmation of) another party's command.
+///
+/// Stored as [`as_stored`](Self::as_stored) gives it: `backend`, or `user:` followed by the
+/// user's id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Party {
+    /// The application backend, over HTTP.
+    Backend,
+    /// A user, over WebSocket (its `command` frames).
+    User(UserId),
+}
+
+impl Party {
+    /// The stored form of the backend.
+    const BACKEND: &'static str = "backend";
+    /// The prefix of a user's stored form.
+    const USER_PREFIX: &'static str = "user:";
+
+    /// The stored form: `backend` or `user:<id>`.
+    pub fn as_stored(&self) -> String {
+        match self {
+            Self::Backend => Self::BACKEND.to_owned(),
+            Self::User(user) => format!("{}{}", Self::USER_PREFIX, user.as_str()),
+        }
+    }
+
+    /// Reads the stored form back; `None` for anything [`as_stored`](Self::as_stored) could
+    /// not have written.
+    pub fn from_stored(stored: &str) -> Option<Self> {
+        if stored == Self::BACKEND {
+            return Some(Self::Backend);
+        }
+        let user = stored.strip_prefix(Self::USER_PREFIX)?;
+        UserId::new(user).ok().map(Self::User)
+    }
+}
+
+impl std::fmt::Display for Party {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Backend => f.write_str(Self::BACKEND),
+            Self::User(user) => write!(f, "{}{}", Self::USER_PREFIX, user.as_str()),
+        }
     }
 }
 
@@ -513,6 +573,19 @@ mod tests {
             status_after_delivery_cut(1, 5, now, now),
             CommandStatus::Expired
         );
+    }
+
+    #[test]
+    fn stored_party_names_round_trip_and_refuse_what_was_never_written() {
+        let user = Party::User(UserId::new("alice:1").expect("a valid user id"));
+        for party in [Party::Backend, user] {
+            assert_eq!(Party::from_stored(&party.as_stored()), Some(party));
+        }
+        assert_eq!(Party::Backend.as_stored(), "backend");
+        assert_eq!(Party::from_stored("user:"), None);
+        assert_eq!(Party::from_stored("user:a\nb"), None);
+        assert_eq!(Party::from_stored("Backend"), None);
+        assert_eq!(Party::from_stored(""), None);
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //! The schema is the original toolkit's command table extended with `status`, `attempts`,
 //! `lease_until`, the result columns, `seq` (a `bigserial`, the per-device ordering key),
 //! the delivery settings `device_type` and `timeout_ms` (migration 2) and the lease's
-//! fencing token `lease_token` and holder `lease_owner` (migration 3). Each migration
-//! upgrades a table of the one before in place; rows written before migration 3 read as
-//! never leased (token 0, no owner), and a lease an older version took can only lapse.
+//! fencing token `lease_token` and holder `lease_owner` (migration 3), and the party that
+//! queued the command, `queued_by` (migration 4). Each migration upgrades a table of the one
+//! before in place; rows written before migration 3 read as never leased (token 0, no
+//! owner), and a lease an older version took can only lapse; rows written before migration
+//! 4 read as queued by the backend.
 //! The table lives in a schema of the caller's choice ([`PostgresOptions::schema`]) and is
 //! created or migrated at [`PostgresStore::open`] from SQL embedded in this crate: each
 //! migration runs once, in a transaction, under an advisory lock, and is recorded in
@@ -27,8 +29,8 @@
 //! device lock: each is one `UPDATE` whose `WHERE` is the fence (`delivering`, same token and
 //! owner; for `reclaim`, same owner and a deadline), and PostgreSQL re-checks it on a row
 //! another transaction changed meanwhile, so a lease is ended once. Dedup is also enforced
-//! by a partial unique index on `(device_id, command_type)` over `pending` and
-//! `awaiting_confirmation`; `open_counts` is one `GROUP BY status` that reads only a partial index
+//! by a partial unique index on `(device_id, command_type, queued_by)` over `pending` and
+//! `awaiting_confirmation` (migration 4; the party is part of the dedup key); `open_counts` is one `GROUP BY status` that reads only a partial index
 //! over the open commands (one on `status` is kept for it; the planner may also pick the
 //! per-device one), and `reclaim` is served by a partial index on `lease_owner` over the
 //! leased commands.
@@ -105,6 +107,19 @@ const MIGRATIONS: &[(i32, &str)] = &[
         CREATE INDEX IF NOT EXISTS bridge_queued_commands_lease_owner
             ON bridge_queued_commands (lease_owner)
             WHERE status = 'delivering' AND lease_until IS NOT NULL;",
+    ),
+    // The party that queued a command, part of the dedup key (PROTOCOL.md 4.2: only the same
+    // party's command is updated in place). Rows written before were all the backend's (the
+    // only party that could queue then). The dedup index of migration 1 is replaced by one
+    // that covers the party; idempotent like migration 2.
+    (
+        4,
+        "ALTER TABLE bridge_queued_commands
+            ADD COLUMN IF NOT EXISTS queued_by text NOT NULL DEFAULT 'backend';
+        DROP INDEX IF EXISTS bridge_queued_commands_dedup;
+        CREATE UNIQUE INDEX IF NOT EXISTS bridge_queued_commands_dedup_party
+            ON bridge_queued_commands (device_id, command_type, queued_by)
+            WHERE status IN ('pending', 'awaiting_confirmation');",
     ),
 ];
 
@@ -193,6 +208,7 @@ fn raw(row: &PgRow) -> Result<RawRow, sqlx::Error> {
         timeout_ms: row.try_get("timeout_ms")?,
         lease_token: row.try_get("lease_token")?,
         lease_owner: row.try_get("lease_owner")?,
+        queued_by: row.try_get("queued_by")?,
     })
 }
 
@@ -622,7 +638,7 @@ impl PostgresStore {
             "UPDATE bridge_queued_commands
              SET payload = $3, expires_at = $4, requires_confirmation = $5, status = $6,
                  device_type = $7, timeout_ms = $8
-             WHERE device_id = $1 AND command_type = $2
+             WHERE device_id = $1 AND command_type = $2 AND queued_by = $9
                AND status IN ('pending', 'awaiting_confirmation')
              RETURNING id",
         )
@@ -634,6 +650,7 @@ impl PostgresStore {
         .bind(status)
         .bind(command.device_type.as_ref().map(DeviceType::as_str))
         .bind(timeout_ms)
+        .bind(command.queued_by.as_stored())
         .fetch_optional(&mut *tx)
         .await
         .map_err(err)?;
@@ -661,8 +678,8 @@ impl PostgresStore {
         sqlx::query(
             "INSERT INTO bridge_queued_commands
              (id, device_id, command_type, payload, status, requires_confirmation, attempts,
-              created_at, expires_at, device_type, timeout_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10)",
+              created_at, expires_at, device_type, timeout_ms, queued_by)
+             VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, $9, $10, $11)",
         )
         .bind(id.as_str())
         .bind(command.device.as_str())
@@ -674,6 +691,7 @@ impl PostgresStore {
         .bind(expires_at)
         .bind(command.device_type.as_ref().map(DeviceType::as_str))
         .bind(timeout_ms)
+        .bind(command.queued_by.as_stored())
         .execute(&mut *tx)
         .await
         .map_err(err)?;

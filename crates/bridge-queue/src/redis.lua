@@ -6,9 +6,11 @@ local MAX_ATTEMPTS = tonumber(ARGV[3])
 local RETENTION = tonumber(ARGV[4])
 local DEVICES = P .. ':devices'
 -- 'token' (the lease counter) and 'owner' (the lease holder) are missing from hashes
--- written before leases were fenced; they read as no token and no owner.
+-- written before leases were fenced; they read as no token and no owner. 'by' (the party
+-- that queued the command) is missing from hashes written before it was kept; it reads as
+-- 'backend' (see `queued_by`).
 local FIELDS = {'id', 'dev', 'type', 'payload', 'status', 'conf', 'attempts', 'created',
-  'expires', 'lease', 'rk', 'rv', 'seq', 'dtype', 'timeout', 'token', 'owner'}
+  'expires', 'lease', 'rk', 'rv', 'seq', 'dtype', 'timeout', 'token', 'owner', 'by'}
 -- The statuses of commands that are not final; each has a set of its commands' ids.
 local OPEN = {awaiting_confirmation = true, pending = true, delivering = true}
 
@@ -16,6 +18,9 @@ local function ckey(id) return P .. ':c:' .. id end
 local function dkey(dev) return P .. ':d:' .. dev end
 local function skey(status) return P .. ':s:' .. status end
 local function record(id) return redis.call('HMGET', ckey(id), unpack(FIELDS)) end
+-- The party that queued a command: 'backend' or 'user:<id>'; a hash written before the
+-- party was kept was the backend's (the only party that could queue then).
+local function queued_by(by) return by or 'backend' end
 
 -- Sets a command's status and moves its id between the per-status sets (open_counts).
 local function set_status(id, old, new)

@@ -6,9 +6,11 @@
 //!
 //! * `P:c:<id>` — a hash per command (device, type, payload, status, attempts, times,
 //!   lease deadline, lease token and owner, result, ordering key, device type and reply
-//!   timeout). A hash written by an older version may lack the delivery settings (they read
-//!   as the defaults) and the lease token and owner (they read as never leased: the first
-//!   lease gives token 1, and a lease of the older version can only lapse).
+//!   timeout, and `by`, the party that queued it: `backend` or `user:<id>`). A hash written
+//!   by an older version may lack the delivery settings (they read as the defaults), the
+//!   lease token and owner (they read as never leased: the first lease gives token 1, and a
+//!   lease of the older version can only lapse) and the party (it reads as `backend`). The
+//!   dedup of `enqueue` matches the device, the type and the party.
 //! * `P:d:<device>` — a sorted set of the device's non-final command ids, scored by the
 //!   ordering key `P:seq` (`INCR`), so a device's commands come out in queue order and an
 //!   update in place or a released command keeps its place.
@@ -61,8 +63,8 @@ use deadpool_redis::{Config, Pool, PoolError, Runtime};
 
 use crate::error::StoreError;
 use crate::model::{
-    Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
-    SweepReport, expiry, grace_millis, new_command_id, parse_status,
+    Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, Party, QueuedCommand,
+    StoreConfig, SweepReport, expiry, grace_millis, new_command_id, parse_status,
 };
 use crate::store::Store;
 
@@ -78,12 +80,14 @@ static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
         r"
 local dev, typ, payload, conf, status = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local expires, max_open, new_id, open_ttl = ARGV[10], tonumber(ARGV[11]), ARGV[12], ARGV[13]
-local dtype, timeout = ARGV[14], ARGV[15]
+local dtype, timeout, by = ARGV[14], ARGV[15], ARGV[16]
 housekeep(dev)
 local ids = redis.call('ZRANGE', dkey(dev), 0, -1)
+-- The dedup key is (device, type, party): only the same party's command is updated.
 for _, id in ipairs(ids) do
-  local h = redis.call('HMGET', ckey(id), 'type', 'status')
-  if h[1] == typ and (h[2] == 'pending' or h[2] == 'awaiting_confirmation') then
+  local h = redis.call('HMGET', ckey(id), 'type', 'status', 'by')
+  if h[1] == typ and queued_by(h[3]) == by
+    and (h[2] == 'pending' or h[2] == 'awaiting_confirmation') then
     redis.call('HSET', ckey(id), 'payload', payload, 'expires', expires, 'conf', conf,
       'dtype', dtype, 'timeout', timeout)
     set_status(id, h[2], status)
@@ -96,7 +100,7 @@ local seq = redis.call('INCR', P .. ':seq')
 redis.call('HSET', ckey(new_id), 'id', new_id, 'dev', dev, 'type', typ, 'payload', payload,
   'conf', conf, 'attempts', 0, 'created', ARGV[2], 'expires', expires,
   'lease', '', 'rk', '', 'rv', '', 'seq', seq, 'dtype', dtype, 'timeout', timeout,
-  'token', 0, 'owner', '')
+  'token', 0, 'owner', '', 'by', by)
 set_status(new_id, nil, status)
 redis.call('PEXPIRE', ckey(new_id), open_ttl)
 redis.call('ZADD', dkey(dev), seq, new_id)
@@ -474,7 +478,7 @@ fn array(v: &Value) -> Result<&[Value], StoreError> {
 /// leases were fenced).
 fn stored(v: &Value) -> Result<(QueuedCommand, u64), StoreError> {
     let f = array(v)?;
-    if f.len() != 17 {
+    if f.len() != 18 {
         return Err(corrupt("record"));
     }
     let lease = text(&f[9])?;
@@ -535,6 +539,11 @@ fn stored(v: &Value) -> Result<(QueuedCommand, u64), StoreError> {
                 .ok()
                 .and_then(|ms| TimeoutMs::new(ms).ok())
                 .ok_or_else(|| corrupt("timeout"))?,
+        },
+        // Commands stored before the party was kept were the backend's.
+        queued_by: match &f[17] {
+            Value::Nil => Party::Backend,
+            v => Party::from_stored(&text(v)?).ok_or_else(|| corrupt("party"))?,
         },
         outcome,
     };
@@ -714,6 +723,7 @@ impl Store for RedisStore {
             .map_or("", DeviceType::as_str)
             .as_bytes();
         let timeout = command.timeout.get().to_string();
+        let queued_by = command.queued_by.as_stored();
         let reply = self
             .run(
                 &ENQUEUE,
@@ -729,6 +739,7 @@ impl Store for RedisStore {
                     open_ttl.as_bytes(),
                     device_type,
                     timeout.as_bytes(),
+                    queued_by.as_bytes(),
                 ],
             )
             .await?;

@@ -6,12 +6,12 @@ use bridge_protocol::{
 };
 
 use crate::error::StoreError;
-use crate::model::{NodeId, QueuedCommand, parse_status};
+use crate::model::{NodeId, Party, QueuedCommand, parse_status};
 
 /// The columns every query returns, in this order.
 pub(crate) const COLUMNS: &str = "seq, id, device_id, command_type, payload, status, \
     requires_confirmation, attempts, created_at, expires_at, lease_until, result_payload, \
-    result_error, device_type, timeout_ms, lease_token, lease_owner";
+    result_error, device_type, timeout_ms, lease_token, lease_owner, queued_by";
 
 /// Statuses of commands that are not final, as an SQL list.
 pub(crate) const OPEN: &str = "('pending', 'awaiting_confirmation', 'delivering')";
@@ -36,6 +36,8 @@ pub(crate) struct RawRow {
     /// How many times the command was leased: the token of its latest lease.
     pub(crate) lease_token: i64,
     pub(crate) lease_owner: Option<String>,
+    /// The stored form of the party that queued it ([`Party::as_stored`]).
+    pub(crate) queued_by: String,
 }
 
 impl RawRow {
@@ -69,6 +71,7 @@ impl RawRow {
                 .ok()
                 .and_then(|ms| TimeoutMs::new(ms).ok())
                 .ok_or_else(|| corrupt("timeout"))?,
+            queued_by: Party::from_stored(&self.queued_by).ok_or_else(|| corrupt("party"))?,
             attempts: u32::try_from(self.attempts).map_err(|_| corrupt("attempts"))?,
             created_at: Timestamp::from_unix_millis(self.created_at),
             expires_at: Timestamp::from_unix_millis(self.expires_at),

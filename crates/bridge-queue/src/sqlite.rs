@@ -10,8 +10,8 @@
 //! every operation's transaction trivially serial inside the process. Transactions begin
 //! `IMMEDIATE`, so a second process on the same file waits (up to the busy timeout) instead
 //! of failing half-way. Ordering key: the `seq` column (`AUTOINCREMENT`, never reused).
-//! Dedup: a partial unique index on `(device_id, command_type)` over `pending` and
-//! `awaiting_confirmation`. Final commands stay in the table (for `GET /v1/commands/{id}`).
+//! Dedup: a partial unique index on `(device_id, command_type, queued_by)` over `pending`
+//! and `awaiting_confirmation` (the party that queued a command is part of its dedup key). Final commands stay in the table (for `GET /v1/commands/{id}`).
 //!
 //! Leases: `lease_until` (the deadline; NULL for drained commands), `lease_owner` and
 //! `lease_token`, a per-command counter bumped by every lease, which fences `complete` and
@@ -61,11 +61,9 @@ const SCHEMA: &[&str] = &[
         device_type TEXT,
         timeout_ms INTEGER NOT NULL DEFAULT 10000,
         lease_token INTEGER NOT NULL DEFAULT 0,
-        lease_owner TEXT
+        lease_owner TEXT,
+        queued_by TEXT NOT NULL DEFAULT 'backend'
     )",
-    "CREATE UNIQUE INDEX IF NOT EXISTS bridge_queued_commands_dedup
-        ON bridge_queued_commands (device_id, command_type)
-        WHERE status IN ('pending', 'awaiting_confirmation')",
     "CREATE INDEX IF NOT EXISTS bridge_queued_commands_open
         ON bridge_queued_commands (device_id, seq)
         WHERE status IN ('pending', 'awaiting_confirmation', 'delivering')",
@@ -76,15 +74,25 @@ const SCHEMA: &[&str] = &[
 /// written before read as the registry's default type and the default timeout, and as
 /// never leased (token 0, no owner); a command an older version left `delivering` has no
 /// owner, so only its deadline (or a sweep) ends it, and its old holder cannot end it.
+/// Rows written before the party was kept were all queued by the backend (the only party
+/// that could queue then), and read so.
 const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("device_type", "TEXT"),
     ("timeout_ms", "INTEGER NOT NULL DEFAULT 10000"),
     ("lease_token", "INTEGER NOT NULL DEFAULT 0"),
     ("lease_owner", "TEXT"),
+    ("queued_by", "TEXT NOT NULL DEFAULT 'backend'"),
 ];
 
-/// Indexes over [`ADDED_COLUMNS`], created once they exist.
+/// Indexes over [`ADDED_COLUMNS`], created once they exist. The dedup index covers the
+/// party (PROTOCOL.md 4.2: only the same party's command is updated in place); the one of
+/// older files, on `(device_id, command_type)` alone, is dropped first, or it would refuse
+/// a second party's command of the same type.
 const ADDED_INDEXES: &[&str] = &[
+    "DROP INDEX IF EXISTS bridge_queued_commands_dedup",
+    "CREATE UNIQUE INDEX IF NOT EXISTS bridge_queued_commands_dedup_party
+        ON bridge_queued_commands (device_id, command_type, queued_by)
+        WHERE status IN ('pending', 'awaiting_confirmation')",
     "CREATE INDEX IF NOT EXISTS bridge_queued_commands_lease_owner
         ON bridge_queued_commands (lease_owner)
         WHERE status = 'delivering'",
@@ -183,6 +191,7 @@ fn raw(row: &SqliteRow) -> Result<RawRow, sqlx::Error> {
         timeout_ms: row.try_get(14)?,
         lease_token: row.try_get(15)?,
         lease_owner: row.try_get(16)?,
+        queued_by: row.try_get(17)?,
     })
 }
 
@@ -449,7 +458,7 @@ impl Store for SqliteStore {
             "UPDATE bridge_queued_commands
              SET payload = ?3, expires_at = ?4, requires_confirmation = ?5, status = ?6,
                  device_type = ?7, timeout_ms = ?8
-             WHERE device_id = ?1 AND command_type = ?2
+             WHERE device_id = ?1 AND command_type = ?2 AND queued_by = ?9
                AND status IN ('pending', 'awaiting_confirmation')
              RETURNING id",
         )
@@ -461,6 +470,7 @@ impl Store for SqliteStore {
         .bind(status)
         .bind(command.device_type.as_ref().map(DeviceType::as_str))
         .bind(timeout_ms)
+        .bind(command.queued_by.as_stored())
         .fetch_optional(&mut *tx)
         .await
         .map_err(err)?;
@@ -488,8 +498,8 @@ impl Store for SqliteStore {
         sqlx::query(
             "INSERT INTO bridge_queued_commands
              (id, device_id, command_type, payload, status, requires_confirmation, attempts,
-              created_at, expires_at, device_type, timeout_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10)",
+              created_at, expires_at, device_type, timeout_ms, queued_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8, ?9, ?10, ?11)",
         )
         .bind(id.as_str())
         .bind(command.device.as_str())
@@ -501,6 +511,7 @@ impl Store for SqliteStore {
         .bind(expires_at)
         .bind(command.device_type.as_ref().map(DeviceType::as_str))
         .bind(timeout_ms)
+        .bind(command.queued_by.as_stored())
         .execute(&mut *tx)
         .await
         .map_err(err)?;

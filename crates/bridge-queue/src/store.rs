@@ -74,8 +74,8 @@ use crate::model::{
 ///
 /// # Order
 ///
-/// A device's commands are handed out in the order they were queued; a command updated in
-/// place keeps its place, and a released or recovered command is handed out before the ones
+/// A device's commands are handed out in the order they were queued, whoever queued them;
+/// a command updated in place keeps its place, and a released or recovered command is handed out before the ones
 /// behind it. Commands awaiting confirmation are passed over (they do not hold the order),
 /// and so are commands handed out for good by [`drain_pending`](Self::drain_pending).
 /// [`list_open`](Self::list_open) lists a device's commands in this order, as stored (a
@@ -83,14 +83,19 @@ use crate::model::{
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Queues a command, or updates in place the `pending` or `awaiting_confirmation`
-    /// command of the same device and command type (same id, same place; new payload, TTL,
-    /// confirmation flag, device type and timeout, and so status). A `delivering` command of that type is left
-    /// alone and the new one queues after it. Answers
+    /// command of the same device and command type **queued by the same party**
+    /// ([`NewCommand::queued_by`]; same id, same place; new payload, TTL, confirmation flag,
+    /// device type and timeout, and so status). The dedup key is (device, command type,
+    /// [`Party`](crate::Party)), PROTOCOL.md 4.2: a user's command never overwrites the
+    /// backend's (nor skips its confirmation), nor another user's, nor the backend's a
+    /// user's; it queues after it as a command of its own. A `delivering` command of that
+    /// type is left alone and the new one queues after it. Answers
     /// [`QueueFull`](StoreError::QueueFull) when the device already holds the configured
     /// number of non-final commands and nothing is updated in place.
     async fn enqueue(&self, command: NewCommand) -> Result<CommandId, StoreError>;
 
-    /// Queues a command that needs no confirmation ([`enqueue`](Self::enqueue)).
+    /// Queues a command of the backend that needs no confirmation
+    /// ([`enqueue`](Self::enqueue)).
     async fn enqueue_or_update(
         &self,
         device: &DeviceId,
@@ -102,7 +107,8 @@ pub trait Store: Send + Sync + 'static {
             .await
     }
 
-    /// Queues a command in `awaiting_confirmation` ([`enqueue`](Self::enqueue)).
+    /// Queues a command of the backend in `awaiting_confirmation`
+    /// ([`enqueue`](Self::enqueue)).
     async fn enqueue_with_confirmation(
         &self,
         device: &DeviceId,

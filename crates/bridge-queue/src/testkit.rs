@@ -34,7 +34,7 @@ use async_trait::async_trait;
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
 use bridge_protocol::{
     CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, HexPayload, TimeoutMs,
-    Timestamp, TtlSeconds,
+    Timestamp, TtlSeconds, UserId,
 };
 
 #[doc(hidden)]
@@ -42,7 +42,7 @@ pub use futures_util::FutureExt as __FutureExt;
 
 use crate::{
     Cut, InvalidInput, Lease, LeaseToken, Leased, ManualClock, NewCommand, NodeId, OpenCounts,
-    QueuedCommand, Store, StoreConfig, StoreError,
+    Party, QueuedCommand, Store, StoreConfig, StoreError,
 };
 
 /// Opens the store under test on data of its own.
@@ -79,6 +79,7 @@ macro_rules! conformance_tests {
             use super::*;
             $crate::conformance_tests!(@cases $harness;
                 dedup_updates_in_place,
+                dedup_is_per_party,
                 delivery_settings_are_kept_and_updated_in_place,
                 dedup_leaves_delivering_alone_and_queues_after,
                 dedup_ignores_final_commands,
@@ -181,6 +182,10 @@ fn device(name: &str) -> DeviceId {
 
 fn node(name: &str) -> NodeId {
     NodeId::new(name).expect("valid node id")
+}
+
+fn user(name: &str) -> UserId {
+    UserId::new(name).expect("valid user id")
 }
 
 fn kind(name: &str) -> CommandType {
@@ -382,6 +387,81 @@ pub async fn dedup_updates_in_place<H: Harness>(harness: &H) {
     assert_eq!(after.status, CommandStatus::Pending);
     assert!(!after.requires_confirmation);
     assert_eq!(store.pending_count(&dev).await.expect("count"), 2);
+}
+
+/// Dedup is per party (PROTOCOL.md 4.2, "queued by the same party"): a user's command of
+/// the same type as the backend's queues after it as a command of its own (and does not
+/// touch its payload nor skip its confirmation), two users do not overwrite each other's,
+/// and each party's next command of that type updates its own in place. Every command
+/// reads back the party that queued it.
+pub async fn dedup_is_per_party<H: Harness>(harness: &H) {
+    let Fixture { store, .. } = open_default(harness).await;
+    let dev = device("lock-1");
+    let alice = Party::User(user("alice"));
+    let bob = Party::User(user("bob"));
+    let queue = |party: &Party, payload: &[u8], confirm: bool| {
+        let command =
+            NewCommand::new(dev.clone(), kind("unlock"), bytes(payload)).queued_by(party.clone());
+        let command = if confirm {
+            command.requiring_confirmation()
+        } else {
+            command
+        };
+        let store = Arc::clone(&store);
+        async move { store.enqueue(command).await.expect("enqueue") }
+    };
+    let backend = queue(&Party::Backend, &[1], true).await;
+    let by_alice = queue(&alice, &[2], false).await;
+    let by_bob = queue(&bob, &[3], false).await;
+    assert_ne!(
+        by_alice, backend,
+        "a user does not overwrite the backend's command"
+    );
+    assert_ne!(
+        by_bob, by_alice,
+        "a user does not overwrite another user's command"
+    );
+    assert_ne!(by_bob, backend);
+    let queued = vec![backend.clone(), by_alice.clone(), by_bob.clone()];
+    assert_eq!(open_ids(&*store, &dev).await, queued);
+
+    let backends = store.get(&backend).await.expect("get");
+    assert_eq!(backends.status, CommandStatus::AwaitingConfirmation);
+    assert_eq!(backends.payload, bytes(&[1]));
+    assert_eq!(backends.queued_by, Party::Backend);
+    let parties: Vec<Party> = store
+        .list_open(&dev)
+        .await
+        .expect("list_open")
+        .into_iter()
+        .map(|c| c.queued_by)
+        .collect();
+    assert_eq!(parties, vec![Party::Backend, alice.clone(), bob.clone()]);
+
+    // The same party again updates its own command in place, and only that one.
+    assert_eq!(queue(&alice, &[4], false).await, by_alice);
+    assert_eq!(queue(&Party::Backend, &[5], false).await, backend);
+    assert_eq!(queue(&bob, &[6], true).await, by_bob);
+    assert_eq!(open_ids(&*store, &dev).await, queued);
+    let now: Vec<(Vec<u8>, CommandStatus, Party)> = store
+        .list_open(&dev)
+        .await
+        .expect("list_open")
+        .into_iter()
+        .map(|c| (c.payload.as_bytes().to_vec(), c.status, c.queued_by))
+        .collect();
+    assert_eq!(
+        now,
+        vec![
+            (vec![5], CommandStatus::Pending, Party::Backend),
+            (vec![4], CommandStatus::Pending, alice),
+            (vec![6], CommandStatus::AwaitingConfirmation, bob),
+        ]
+    );
+    // Delivered in queue order, the user's after the backend's.
+    let first = lease(&*store, &dev).await;
+    assert_eq!(first.command.id, backend);
+    assert_eq!(first.command.queued_by, Party::Backend);
 }
 
 /// A `delivering` command is not touched; the new one queues after it.

@@ -2,14 +2,16 @@
 //! device type and reply timeout: the store opens it, reads its commands with the defaults
 //! (`None`, the registry's default type; the default timeout), and keeps new commands'
 //! settings next to them. The data also predate fenced leases: their old commands read as
-//! never leased and lease like new ones.
+//! never leased and lease like new ones. And they predate the party in the dedup key: their
+//! old commands read as the backend's (and are updated in place by the backend's), and a
+//! user's command of the same type queues as a command of its own next to the backend's.
 
 #![allow(clippy::expect_used)]
 
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 use bridge_protocol::{CommandType, DeviceId, DeviceType, HexPayload, TimeoutMs};
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
-use bridge_queue::{NewCommand, QueuedCommand, Store};
+use bridge_queue::{NewCommand, Party, QueuedCommand, Store};
 
 /// The id the old rows are written under.
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
@@ -32,6 +34,17 @@ async fn assert_upgraded(store: &impl Store) {
     assert_eq!(old.device_type, None);
     assert_eq!(old.timeout, TimeoutMs::DEFAULT);
     assert_eq!(old.payload, HexPayload::from_bytes(vec![1, 2]));
+    assert_eq!(old.queued_by, Party::Backend);
+    // The backend's command of the old command's type updates it in place.
+    let same = store
+        .enqueue(NewCommand::new(
+            device.clone(),
+            CommandType::new("a").expect("command type"),
+            HexPayload::from_bytes(vec![1, 2]),
+        ))
+        .await
+        .expect("the backend's command updates the old one");
+    assert_eq!(same.as_str(), OLD_ID);
     let new = store
         .enqueue(
             NewCommand::new(
@@ -106,6 +119,63 @@ async fn assert_old_command_leases(store: &impl Store) {
     assert_eq!(store.open_counts().await.expect("open_counts").pending, 1);
 }
 
+/// After the upgrade, dedup is per party: the device's one open command (the backend's) is
+/// not overwritten by a user's of the same type, which queues after it; the backend's next
+/// one of that type still updates its own in place. (The dedup index of the old schema, on
+/// the device and type alone, would refuse the user's command.)
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+async fn assert_dedup_is_per_party_after_upgrade(store: &impl Store) {
+    use bridge_protocol::UserId;
+
+    let device = DeviceId::new("lock-1").expect("device id");
+    let kind = CommandType::new("b").expect("command type");
+    let open = store.list_open(&device).await.expect("list_open");
+    let [backends] = open.as_slice() else {
+        panic!("one open command after the old one completed: {open:?}");
+    };
+    assert_eq!(backends.queued_by, Party::Backend);
+    let alice = Party::User(UserId::new("alice").expect("user id"));
+    let users = store
+        .enqueue(
+            NewCommand::new(
+                device.clone(),
+                kind.clone(),
+                HexPayload::from_bytes(vec![7]),
+            )
+            .queued_by(alice.clone()),
+        )
+        .await
+        .expect("a user's command of the same type queues");
+    assert_ne!(users, backends.id);
+    let again = store
+        .enqueue(NewCommand::new(
+            device.clone(),
+            kind,
+            HexPayload::from_bytes(vec![8]),
+        ))
+        .await
+        .expect("the backend's command updates its own");
+    assert_eq!(again, backends.id);
+    let open: Vec<(String, Party, HexPayload)> = store
+        .list_open(&device)
+        .await
+        .expect("list_open")
+        .into_iter()
+        .map(|c| (c.id.to_string(), c.queued_by, c.payload))
+        .collect();
+    assert_eq!(
+        open,
+        vec![
+            (
+                backends.id.to_string(),
+                Party::Backend,
+                HexPayload::from_bytes(vec![8])
+            ),
+            (users.to_string(), alice, HexPayload::from_bytes(vec![7])),
+        ]
+    );
+}
+
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn an_sqlite_file_of_the_previous_schema_gains_the_delivery_settings() {
@@ -173,6 +243,7 @@ async fn an_sqlite_file_of_the_previous_schema_gains_the_delivery_settings() {
         2
     );
     assert_old_command_leases(&store).await;
+    assert_dedup_is_per_party_after_upgrade(&store).await;
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -350,6 +421,7 @@ async fn a_postgres_schema_at_migration_1_is_migrated_to_the_delivery_settings_a
             .await
             .expect("the migrated schema opens");
         assert_eq!(store.open_counts().await.expect("open_counts").pending, 1);
+        assert_dedup_is_per_party_after_upgrade(&store).await;
         store.close().await;
     };
     let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(result)).await;
@@ -426,6 +498,7 @@ async fn a_redis_hash_without_the_delivery_settings_and_lease_fields_reads_as_th
             .await
             .expect("the store opens again");
         assert_eq!(store.open_counts().await.expect("open_counts").pending, 1);
+        assert_dedup_is_per_party_after_upgrade(&store).await;
     };
     let outcome = futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(result)).await;
     let keys: Vec<String> = redis::cmd("KEYS")

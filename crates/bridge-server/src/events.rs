@@ -26,8 +26,11 @@
 
 use std::sync::{Arc, OnceLock, Weak};
 
-use bridge_hub::{EventSink, Frame, HubEvent, InFlight, ResponseHandler, ResponseRefused};
-use bridge_protocol::{CommandFrame, ConnectionId, ErrorCode, Role, ServerToUser};
+use bridge_hub::{
+    EventSink, Frame, HubEvent, InFlight, ResponseHandler, ResponseRefused, UserId as HubUserId,
+};
+use bridge_protocol::{CommandFrame, ConnectionId, ErrorCode, Role, ServerToUser, UserId};
+use bridge_queue::Party;
 use tokio::runtime::Handle;
 use tracing::Instrument;
 
@@ -95,7 +98,8 @@ fn handle(core: &Arc<Core>, runtime: &Handle, event: HubEvent) {
         } => {
             let span = tracing::info_span!("user_command", %connection, user = %user_id);
             runtime.spawn(
-                run_user_command(Arc::clone(core), connection, command, in_flight).instrument(span),
+                run_user_command(Arc::clone(core), connection, user_id, command, in_flight)
+                    .instrument(span),
             );
         }
         HubEvent::FrameRejected { code, .. } => core.metrics.frame_rejected(code),
@@ -104,21 +108,38 @@ fn handle(core: &Arc<Core>, runtime: &Handle, event: HubEvent) {
 }
 
 /// Runs a user's `command` frame and answers it on its connection. `in_flight` is its place
-/// under the connection's cap, given back as soon as the result is ready.
+/// under the connection's cap, given back as soon as the result is ready. The command is
+/// `user`'s: queued, it updates in place only a command `user` queued (PROTOCOL.md 4.2).
 async fn run_user_command(
     core: Arc<Core>,
     connection: ConnectionId,
+    user: HubUserId,
     command: CommandFrame,
     in_flight: InFlight,
 ) {
     let request_id = command.request_id;
     let device = command.device_id.clone();
-    let frame = match core.dispatch.execute(device.clone(), command.command).await {
-        Ok(response) => Frame::from(ServerToUser::CommandResult(
-            response.into_result(Some(request_id), device),
-        )),
-        Err(refusal) => Frame::from(ServerToUser::Error(
-            ApiError::from(refusal).to_frame(Some(request_id)),
+    // A token's `sub` is not checked at the upgrade; one the queue cannot name (over 128
+    // characters, control characters) cannot own commands, so its command is refused.
+    let frame = match UserId::new(user.as_str()) {
+        Ok(user) => match core
+            .dispatch
+            .execute(device.clone(), command.command, Party::User(user))
+            .await
+        {
+            Ok(response) => Frame::from(ServerToUser::CommandResult(
+                response.into_result(Some(request_id), device),
+            )),
+            Err(refusal) => Frame::from(ServerToUser::Error(
+                ApiError::from(refusal).to_frame(Some(request_id)),
+            )),
+        },
+        Err(error) => Frame::from(ServerToUser::Error(
+            ApiError::new(
+                ErrorCode::InvalidRequest,
+                format!("this user id cannot send commands: {error}"),
+            )
+            .to_frame(Some(request_id)),
         )),
     };
     // Before the answer goes out: a client that sends its next command on seeing this one's

@@ -15,6 +15,7 @@ use bridge_protocol::http::{
     DeviceView, EventAccepted, EventRequest,
 };
 use bridge_protocol::{AppEvent, CommandId, DeviceId, ErrorCode, ServerToUser};
+use bridge_queue::Party;
 
 use crate::error::{ApiError, QUEUE_UNAVAILABLE, json_response, json_with_code};
 use crate::metrics::Gauges;
@@ -133,7 +134,12 @@ async fn post_command(
     let device = device_id(&device)?;
     let text = read_body(&core, body).await?;
     let request = CommandRequest::from_json(&text, &core.limits).map_err(|e| ApiError::from(&e))?;
-    let response = core.dispatch.execute(device, request).await?;
+    // The HTTP API is the application backend's: its queued commands are the backend's
+    // (PROTOCOL.md 4.2, dedup per party).
+    let response = core
+        .dispatch
+        .execute(device, request, Party::Backend)
+        .await?;
     Ok(json_with_code(response.http_status(), &response))
 }
 

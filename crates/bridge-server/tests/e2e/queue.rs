@@ -141,6 +141,54 @@ async fn queueing_the_same_command_type_again_updates_it_in_place() {
     server.wait_command_status(&status, "succeeded").await;
 }
 
+/// PROTOCOL.md 4.2 (1.1): dedup updates in place only a command queued by the same party.
+/// A user's `unlock` over WebSocket does not overwrite the backend's `unlock` awaiting
+/// confirmation (its payload kept, its confirmation not skipped): it queues after it as the
+/// user's own command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_command_does_not_overwrite_the_backends_queued_command_of_the_same_type() {
+    let server = TestServer::start().await;
+    let backends = queue_for_confirmation(&server, "lock-1", "unlock").await;
+    let mut alice = user(&server, "alice").await;
+    alice
+        .send(
+            json!({"type":"command","requestId":"u-1","deviceId":"lock-1","payload":"99",
+                     "ifOffline":"queue","commandType":"unlock"}),
+        )
+        .await;
+    let result = alice.recv_type("command_result").await;
+    assert_eq!(result["requestId"], "u-1", "{result}");
+    assert_eq!(result["status"], "queued", "{result}");
+    let users = result["commandId"].as_str().unwrap().to_owned();
+    assert_ne!(
+        users, backends,
+        "the user's command is a command of its own"
+    );
+
+    let (_, view) = server.get(&format!("/v1/commands/{backends}")).await;
+    assert_eq!(view["status"], "awaiting_confirmation", "{view}");
+    let store = server.store();
+    let stored = store
+        .get(&backends.as_str().try_into().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.payload.to_string(),
+        "0c",
+        "the backend's payload is kept"
+    );
+    let (_, list) = server.get("/v1/devices/lock-1/commands").await;
+    let ids: Vec<&str> = list["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["commandId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![backends.as_str(), users.as_str()]);
+    let (_, view) = server.get(&format!("/v1/commands/{users}")).await;
+    assert_eq!(view["status"], "pending", "{view}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_needing_confirmation_is_delivered_only_after_confirm() {
     let server = TestServer::start().await;
