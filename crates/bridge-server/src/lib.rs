@@ -73,24 +73,27 @@
 //! * **A queued delivery cut off by a lost bridge** is tried again at once through another
 //!   holder if the device is still online (section 2, "tried again through another holder");
 //!   one cut off by a timeout waits for the next delivery pass (section 4.2): the device
-//!   coming online, a holder reporting `connected: true`, or the retry tick.
+//!   coming online, a holder's link coming up, or the retry tick.
+//! * **"A holder reports `connected: true`"** (4.2) means its link *comes up*: a
+//!   `ble_status` with `connected: true` after one with `false`, or as that holder's first
+//!   report. A repeated `true` starts no delivery pass.
 //! * **A queued command keeps its `deviceType` and `timeoutMs` in the store**, so it is
 //!   delivered with them after a restart too. Queued without a `deviceType`, it is delivered
 //!   as the registry's default type *at delivery time*; an update in place (same
-//!   `commandType`) replaces both with the new request's.
-//! * **`expired` is announced** to the device's subscribers when the store notices the expiry:
-//!   a delivery pass asks the store first ([`Store::expire`](bridge_queue::Store::expire)) for
-//!   the commands it just ended (so a command that expired while no server ran is announced
-//!   when its device next comes online), and every retry tick announces the commands its
-//!   sweep ended (at most [`SweepReport::MAX_EXPIRED_COMMANDS`](bridge_queue::SweepReport)
-//!   per tick). A command this process watched (queued, or saw in a listing) is also
-//!   announced when another call ended it. One whose expiry is first noticed by a read of a
-//!   server that never watched it (`GET /v1/commands/{id}`, `GET /v1/devices/{id}`) is not
-//!   announced; that read shows it `expired`.
+//!   `commandType`, same party) replaces both with the new request's.
+//! * **`expired` is announced** to the device's subscribers exactly once, by whatever
+//!   notices it first: a delivery pass (which asks the store first, so a command that expired
+//!   while no server ran is announced when its device next comes online), a retry tick's
+//!   sweep (at most [`SweepReport::MAX_EXPIRED_COMMANDS`](bridge_queue::SweepReport) per
+//!   tick), or an HTTP read of the command or its device (`GET /v1/commands/{id}`,
+//!   `GET /v1/devices/{id}`, `GET /v1/devices/{id}/commands` end the device's expired
+//!   commands through the store before answering). Store reads change nothing.
 //! * **A command that used its last attempt** is announced as `failed` without an `error`
 //!   (the store records no device error for it), and its `result` is `null`.
-//! * **An attempt is counted when the command is leased**, just before it is sent; a device
-//!   that goes offline in between costs that attempt.
+//! * **`attempts` counts the deliveries whose `ble_write` left** (4.2, "every time the
+//!   command was sent to a bridge"): a device that went offline between the lease and the
+//!   send costs none; a lease that lapsed or was reclaimed after a crash counts one (the write
+//!   may have left). A `delivering` command's `attempts` includes the delivery in progress.
 //! * **HTTP body over the size limit**: 413 with code `invalid_request` (the protocol has no
 //!   dedicated code). A device id in a path that is not a valid id: 400 `invalid_request`; a
 //!   command id that cannot be valid: 404 `not_found`. Unknown routes: 404 `not_found`.
@@ -109,15 +112,15 @@
 //!   `bridge_lost`, `timeout`) and refusals by their error code (`queue_full`, …); each queued
 //!   delivery counts once more by how it ended.
 //! * **`bridge_queue_commands{status}`** has the statuses that are not final
-//!   (`awaiting_confirmation`, `pending`, `delivering`), summed over the devices this process
-//!   knows to have queued commands (it queued them, or a delivery pass listed them): the
-//!   store offers no global count. Commands queued by another server process sharing the
-//!   store are counted once this one has seen their device online.
-//! * **Several servers sharing one store** each deliver one command at a time per device;
-//!   two servers each holding a bridge of the same device may deliver two of its commands at
-//!   once (the store never hands one command to both). Routing and presence are per process
-//!   unless a distributed [`Hub`](bridge_hub::Hub) is installed with
-//!   [`ServerBuilder::wrap_hub`].
+//!   (`awaiting_confirmation`, `pending`, `delivering`) over every device of the store
+//!   ([`Store::open_counts`](bridge_queue::Store::open_counts)), those of other servers
+//!   sharing it included. **`bridge_task_panics_total{task}`** counts panics caught in the
+//!   delivery tasks (the delivery goes on at the next trigger).
+//! * **Several servers sharing one store** deliver one command at a time per device across
+//!   all of them, in queue order: the store leases a device's next command to one node at a
+//!   time, atomically ([`Store::lease_next`](bridge_queue::Store::lease_next)). Each needs its
+//!   own `--node-id`. Routing and presence are per process unless a distributed
+//!   [`Hub`](bridge_hub::Hub) is installed with [`ServerBuilder::wrap_hub`].
 //! * **Development mode**: a user connection starts with no subscriptions (the token's
 //!   `devices` in JWT mode), unless the embedding application installs a
 //!   [`SubscriptionSource`](bridge_hub::SubscriptionSource) with
