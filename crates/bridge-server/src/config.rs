@@ -154,8 +154,9 @@ struct FileConfig {
     shutdown_timeout_secs: Option<u64>,
 }
 
-/// Which queue backend to open, parsed from its URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which queue backend to open, parsed from its URL. Its `Debug` form (what the logs show)
+/// hides a password in the URL.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum QueueUrl {
     /// `memory://`: nothing survives a restart.
@@ -168,6 +169,35 @@ pub enum QueueUrl {
     Redis(String),
     /// `amqp://...` or `amqps://...`.
     Amqp(String),
+}
+
+impl std::fmt::Debug for QueueUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Self::Postgres(url) => f.debug_tuple("Postgres").field(&redacted(url)).finish(),
+            Self::Redis(url) => f.debug_tuple("Redis").field(&redacted(url)).finish(),
+            Self::Amqp(url) => f.debug_tuple("Amqp").field(&redacted(url)).finish(),
+        }
+    }
+}
+
+/// `url` with the password of its user information (`scheme://user:password@host`) replaced
+/// by `***`.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some((userinfo, host)) = authority.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+        None => url.to_owned(),
+    }
 }
 
 impl QueueUrl {
@@ -187,8 +217,9 @@ impl QueueUrl {
     }
 }
 
-/// The server's settings, resolved. `Default` gives the embedded defaults.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The server's settings, resolved. `Default` gives the embedded defaults. Its `Debug` form
+/// hides the JWT secret and any password in the queue URL.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServerConfig {
     /// Address to listen on: `127.0.0.1:8080`.
@@ -245,6 +276,38 @@ pub struct ServerConfig {
     /// Seconds [`Server::serve`](crate::Server::serve) takes at most to shut down once told
     /// to (default 10, PROTOCOL.md 2): connections still open then are dropped.
     pub shutdown_timeout_secs: u64,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("queue", &self.queue)
+            .field(
+                "jwt_secret",
+                &self.jwt_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("device_types", &self.device_types)
+            .field("allow_unauthenticated", &self.allow_unauthenticated)
+            .field("log_format", &self.log_format)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("max_payload_bytes", &self.max_payload_bytes)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("rate_per_second", &self.rate_per_second)
+            .field("rate_burst", &self.rate_burst)
+            .field("max_subscriptions", &self.max_subscriptions)
+            .field("max_commands_per_user", &self.max_commands_per_user)
+            .field("max_connections_per_user", &self.max_connections_per_user)
+            .field("max_pending_per_device", &self.max_pending_per_device)
+            .field("metrics_require_token", &self.metrics_require_token)
+            .field("retry_interval_secs", &self.retry_interval_secs)
+            .field("max_queued_per_device", &self.max_queued_per_device)
+            .field("node_id", &self.node_id)
+            .field("header_read_timeout_secs", &self.header_read_timeout_secs)
+            .field("max_connections", &self.max_connections)
+            .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
+            .finish()
+    }
 }
 
 impl Default for ServerConfig {
@@ -560,6 +623,34 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_hides_the_jwt_secret_and_queue_passwords() {
+        let config = ServerConfig {
+            jwt_secret: Some("a-secret-of-at-least-thirty-two-bytes!!".into()),
+            queue: QueueUrl::parse("postgres://bridge:hunter2@db.internal:5432/bridge?ssl=1")
+                .unwrap(),
+            ..ServerConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("thirty-two"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("postgres://bridge:***@db.internal:5432/bridge?ssl=1"),
+            "{shown}"
+        );
+        assert_eq!(
+            format!("{:?}", QueueUrl::parse("redis://127.0.0.1:6379").unwrap()),
+            r#"Redis("redis://127.0.0.1:6379")"#
+        );
+        assert_eq!(
+            format!(
+                "{:?}",
+                QueueUrl::parse("amqp://guest:guest@h:5672/%2f").unwrap()
+            ),
+            r#"Amqp("amqp://guest:***@h:5672/%2f")"#
+        );
+    }
 
     const LONG_SECRET: &str = "my-secret-of-thirty-two-bytes-ok";
 
