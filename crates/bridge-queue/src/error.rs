@@ -126,6 +126,15 @@ pub enum InvalidInput {
         /// The limit.
         max: std::time::Duration,
     },
+    /// A RabbitMQ queue-name prefix too long for a device queue's name to fit AMQP's
+    /// 255-byte limit.
+    #[error("a queue-name prefix may be at most {max} bytes (got {len})")]
+    QueuePrefixTooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// A value (an id, a TTL) that does not pass the protocol's validation.
     #[error(transparent)]
     Value(#[from] ValueError),

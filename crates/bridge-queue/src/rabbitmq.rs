@@ -18,7 +18,10 @@
 //!   promise of the trait holds exactly as it does for `S` (the conformance suite runs
 //!   against the composition), and durability is `S`'s.
 //! * **Delivery notices** travel through RabbitMQ: one durable queue per device
-//!   (`<prefix>.<device id>`), into which every change that makes a command deliverable
+//!   (`<prefix>.<device id>`, or, where that would exceed AMQP's 255-byte limit on a queue
+//!   name — a device id may be 128 characters of up to 4 bytes each —
+//!   `<prefix>#<the id cut on a character boundary>#<FNV-1a 64 of the whole id in hex>`,
+//!   which is as stable across restarts and processes as the short form), into which every change that makes a command deliverable
 //!   (enqueue of a pending command, an update in place, confirm, recovery of a lapsed lease
 //!   by `sweep`, and every end of a lease — `complete`, `release`, `reclaim` — that leaves a
 //!   `pending` command behind it, which the device's one lease was holding back) publishes a persistent message (delivery mode
@@ -61,7 +64,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use tokio::sync::Mutex;
 
-use crate::error::StoreError;
+use crate::error::{InvalidInput, StoreError};
 use crate::model::{
     Cut, Lease, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, SweepReport,
 };
@@ -76,7 +79,8 @@ const MAX_NOTICES: i64 = 1_000;
 pub struct RabbitMqOptions {
     /// The AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url: String,
-    /// Prefix of the device queues' names; default `bridge-queue`.
+    /// Prefix of the device queues' names; default `bridge-queue`. At most 221 bytes
+    /// ([`RabbitMqStore::open`] refuses a longer one).
     pub prefix: String,
     /// Longest a connect, declare or publish (until its confirm) may take; default 5 s.
     pub operation_timeout: Duration,
@@ -156,9 +160,46 @@ async fn bounded<T>(
     }
 }
 
+/// AMQP's limit on a queue name (a short string), in bytes.
+const MAX_QUEUE_NAME_BYTES: usize = 255;
+/// Hex digits of the digest in the name of a device queue whose plain name is too long.
+const DIGEST_HEX: usize = 16;
+
+/// FNV-1a, 64 bits: a hash fixed by its definition, so a device's queue name is the same
+/// in every process and with every Rust version (std's `DefaultHasher` promises neither).
+fn fnv1a_64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(PRIME)
+    })
+}
+
+/// The name of `device`'s notice queue under `prefix`: `<prefix>.<device id>` while that
+/// fits AMQP's 255 bytes, else `<prefix>#<the id cut on a character boundary>#<FNV-1a 64 of
+/// the whole id, 16 hex digits>`, as long as fits. The byte after the prefix (`.` or `#`)
+/// tells the two forms apart, so a short id can never take a long id's queue.
+fn queue_name(prefix: &str, device: &str) -> String {
+    let plain = prefix.len() + 1 + device.len();
+    if plain <= MAX_QUEUE_NAME_BYTES {
+        return format!("{prefix}.{device}");
+    }
+    let room = MAX_QUEUE_NAME_BYTES.saturating_sub(prefix.len() + 2 + DIGEST_HEX);
+    let mut cut = room.min(device.len());
+    while !device.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let digest = fnv1a_64(device.as_bytes());
+    format!("{prefix}#{}#{digest:016x}", &device[..cut])
+}
+
+/// Longest queue-name prefix [`RabbitMqStore::open`] accepts: the long form of a queue
+/// name must still fit, with at least a few bytes of the device id.
+const MAX_PREFIX_BYTES: usize = MAX_QUEUE_NAME_BYTES - 2 - DIGEST_HEX - 16;
+
 impl<S> Inner<S> {
     fn queue_name(&self, device: &DeviceId) -> String {
-        format!("{}.{}", self.options.prefix, device.as_str())
+        queue_name(&self.options.prefix, device.as_str())
     }
 
     fn queue_arguments(&self) -> FieldTable {
@@ -293,6 +334,13 @@ impl<S: Store> Inner<S> {
 impl<S: Store> RabbitMqStore<S> {
     /// Wraps `state`, checking that the broker answers.
     pub async fn open(options: RabbitMqOptions, state: S) -> Result<Self, StoreError> {
+        if options.prefix.len() > MAX_PREFIX_BYTES {
+            return Err(InvalidInput::QueuePrefixTooLong {
+                len: options.prefix.len(),
+                max: MAX_PREFIX_BYTES,
+            }
+            .into());
+        }
         let inner = Inner {
             state,
             options,
@@ -310,7 +358,8 @@ impl<S: Store> RabbitMqStore<S> {
         &self.inner.state
     }
 
-    /// The name of a device's notice queue.
+    /// The name of a device's notice queue (at most 255 bytes; see the
+    /// [module docs](self)).
     pub fn queue_name(&self, device: &DeviceId) -> String {
         self.inner.queue_name(device)
     }
@@ -545,5 +594,32 @@ impl<S: Store> Store for RabbitMqStore<S> {
         }
         *publisher = Some(self.inner.connect(true).await?);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fnv1a_64_matches_the_published_test_vectors() {
+        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a_64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn queue_names_fit_amqp_whatever_the_prefix_and_id() {
+        let prefix = "p".repeat(MAX_PREFIX_BYTES);
+        for id in [
+            "x".repeat(128),
+            "\u{e9}".repeat(128),
+            "\u{1d11e}".repeat(128),
+        ] {
+            let name = queue_name(&prefix, &id);
+            assert!(name.len() <= MAX_QUEUE_NAME_BYTES, "{} bytes", name.len());
+            assert!(name.starts_with(&format!("{prefix}#")));
+        }
+        assert_eq!(queue_name("bq", "lock-1"), "bq.lock-1");
     }
 }

@@ -329,3 +329,63 @@ async fn sweep_announces_a_recovered_lease() {
     assert_eq!(body["commandId"], id.as_str());
     delete_queue(&store, &dev).await;
 }
+
+/// A device id of `chars` copies of a four-byte character after `head`.
+fn long_device(head: &str, chars: usize) -> DeviceId {
+    let id: String = head
+        .chars()
+        .chain(std::iter::repeat_n('𝄞', chars))
+        .collect();
+    DeviceId::new(&id).expect("valid")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_id_of_128_four_byte_characters_is_queued_consumed_and_completed() {
+    let store = open().await;
+    let dev = long_device("", DeviceId::MAX_CHARS);
+    assert_eq!(dev.as_str().len(), 4 * DeviceId::MAX_CHARS);
+    let mut stream = Box::pin(store.consume(dev.clone(), node("node-a"), GRACE, POLL));
+    let waiting = tokio::spawn(async move {
+        let next = stream.next().await;
+        (next, stream)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let id = store
+        .enqueue_or_update(&dev, &kind("open"), bytes(&[1]), TtlSeconds::DEFAULT)
+        .await
+        .expect("enqueue");
+    let (got, _stream) = tokio::time::timeout(PROMPTLY, waiting)
+        .await
+        .expect("pushed by its notice, not at the next poll")
+        .expect("task");
+    let leased = got.expect("the stream does not end").expect("lease");
+    assert_eq!(leased.command.id, id);
+    assert_eq!(leased.command.device, dev);
+    store
+        .complete(&leased.lease, CommandOutcome::Payload(bytes(&[0])))
+        .await
+        .expect("complete");
+    assert_eq!(
+        store.get(&id).await.expect("get").status,
+        CommandStatus::Succeeded
+    );
+    let queue = store.queue_name(&dev);
+    assert!(queue.len() <= 255, "queue name of {} bytes", queue.len());
+    delete_queue(&store, &dev).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_device_ids_sharing_a_200_byte_prefix_get_different_queues() {
+    let options = options();
+    let prefix = options.prefix.clone();
+    let store = open_with(options, MemoryStore::new(StoreConfig::default())).await;
+    let head = "\u{1d11e}".repeat(50);
+    assert_eq!(head.len(), 200);
+    let a = long_device(&format!("{head}a"), 20);
+    let b = long_device(&format!("{head}b"), 20);
+    let (qa, qb) = (store.queue_name(&a), store.queue_name(&b));
+    assert!(qa.len() <= 255 && qb.len() <= 255, "{qa} / {qb}");
+    assert_ne!(qa, qb);
+    // Short ids keep the readable name they always had.
+    assert_eq!(store.queue_name(&device()), format!("{prefix}.lock-1"));
+}
