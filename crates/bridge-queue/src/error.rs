@@ -61,6 +61,22 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
+    /// The backend's server is set up so that it would lose queued commands without a
+    /// word (a Redis that may evict keys), so the store refuses to open on it. Retrying
+    /// will not help: change the setting, or opt out where the backend's options allow it.
+    #[error("the {backend} server's {setting} is {value:?}: {why}; {fix}")]
+    UnsafeServerSetting {
+        /// Which backend.
+        backend: &'static str,
+        /// The server setting.
+        setting: &'static str,
+        /// Its value on the server.
+        value: String,
+        /// What it would do to queued commands.
+        why: &'static str,
+        /// How to fix it.
+        fix: &'static str,
+    },
     /// The backend answered with an error that retrying will not fix (a failed statement,
     /// a stored value this crate cannot read).
     #[error("the {backend} queue backend failed: {source}")]

@@ -45,6 +45,19 @@
 //! Redis (or a primary behind Sentinel), not Redis Cluster. Durability is Redis's own: run
 //! it with AOF (`appendonly yes`) for commands to survive a Redis restart.
 //!
+//! [`RedisStore::open`] checks two server settings with `CONFIG GET`:
+//!
+//! * `maxmemory-policy` must be `noeviction`. Under any other policy Redis may evict a
+//!   command's hash when memory runs out, and the scripts then drop the command from its
+//!   device's queue without a word. `open` refuses such a Redis with
+//!   [`StoreError::UnsafeServerSetting`], which says how to fix it; set
+//!   [`RedisOptions::allow_eviction`] to open anyway (it is then a warning).
+//! * `appendonly` `no` is a loud warning, not a refusal: queued commands are lost if Redis
+//!   restarts.
+//!
+//! Where `CONFIG` is disabled or not permitted (some managed services), neither can be
+//! checked; `open` warns so and goes on.
+//!
 //! Every operation is bounded by [`RedisOptions::operation_timeout`]: a Redis that does not
 //! answer in time is [`StoreError::Unavailable`], and the pool reconnects by itself once
 //! Redis is back.
@@ -373,6 +386,10 @@ pub struct RedisOptions {
     pub operation_timeout: Duration,
     /// How long a final command stays readable by id; default 7 days.
     pub final_retention: Duration,
+    /// Open even on a Redis whose `maxmemory-policy` is not `noeviction` (so it may evict
+    /// a command's hash, and the command vanishes from its device's queue); default
+    /// `false`, and [`RedisStore::open`] refuses such a Redis.
+    pub allow_eviction: bool,
 }
 
 impl RedisOptions {
@@ -384,7 +401,15 @@ impl RedisOptions {
             max_connections: 8,
             operation_timeout: Duration::from_secs(5),
             final_retention: Duration::from_hours(7 * 24),
+            allow_eviction: false,
         }
+    }
+
+    /// The same options, opening (`true`) or not (`false`, the default) on a Redis that may
+    /// evict keys; see the field of the same name.
+    pub fn allow_eviction(mut self, allow: bool) -> Self {
+        self.allow_eviction = allow;
+        self
     }
 
     /// The same options with another key prefix.
@@ -614,8 +639,80 @@ impl RedisStore {
                 .max(1),
         };
         store.ping().await?;
+        store.check_settings(options.allow_eviction).await?;
         store.run(&UPGRADE, &[]).await?;
         Ok(store)
+    }
+
+    /// Reads one server setting with `CONFIG GET`: `Ok(None)` when the server has no such
+    /// setting, `Ok(Err(why))` when it refused (CONFIG disabled or not permitted), and
+    /// a lost connection is `Unavailable`.
+    async fn config_get(&self, name: &str) -> Result<Result<Option<String>, String>, StoreError> {
+        self.bounded(async {
+            let mut conn = self.pool.get().await.map_err(pool_err)?;
+            match redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async::<std::collections::HashMap<String, String>>(&mut *conn)
+                .await
+            {
+                Ok(mut settings) => Ok(Ok(settings.remove(name))),
+                Err(e) => match redis_err(e) {
+                    StoreError::Backend { source, .. } => Ok(Err(source.to_string())),
+                    other => Err(other),
+                },
+            }
+        })
+        .await
+    }
+
+    /// Checks the settings that decide whether Redis may lose queued commands (see the
+    /// module docs): refuses a `maxmemory-policy` other than `noeviction` unless
+    /// `allow_eviction`, warns when `appendonly` is `no` or the settings cannot be read.
+    async fn check_settings(&self, allow_eviction: bool) -> Result<(), StoreError> {
+        match self.config_get("maxmemory-policy").await? {
+            Ok(Some(policy)) if policy != "noeviction" => {
+                if allow_eviction {
+                    tracing::warn!(
+                        maxmemory_policy = %policy,
+                        "Redis may evict keys: a queued command whose hash is evicted vanishes \
+                         from its device's queue without a word (allowed by allow_eviction)"
+                    );
+                } else {
+                    return Err(StoreError::UnsafeServerSetting {
+                        backend: BACKEND,
+                        setting: "maxmemory-policy",
+                        value: policy,
+                        why: "Redis may evict a queued command's hash when it runs out of \
+                              memory, and the command vanishes from its device's queue without \
+                              a word",
+                        fix: "set `maxmemory-policy noeviction` (then a full Redis refuses \
+                              writes, which the store reports as errors), or use a Redis of its \
+                              own for the queue; to accept the loss, open with \
+                              RedisOptions::allow_eviction(true)",
+                    });
+                }
+            }
+            Ok(_) => {}
+            Err(why) => tracing::warn!(
+                error = %why,
+                "could not check Redis's maxmemory-policy (CONFIG GET refused): if it is not \
+                 noeviction, Redis may evict queued commands without a word"
+            ),
+        }
+        match self.config_get("appendonly").await? {
+            Ok(Some(aof)) if aof == "no" => tracing::warn!(
+                "Redis runs with appendonly no: queued commands are LOST if Redis restarts; \
+                 set `appendonly yes` for them to survive"
+            ),
+            Ok(_) => {}
+            Err(why) => tracing::warn!(
+                error = %why,
+                "could not check Redis's appendonly (CONFIG GET refused): without \
+                 `appendonly yes`, queued commands are lost if Redis restarts"
+            ),
+        }
+        Ok(())
     }
 
     /// Runs `op` within the operation timeout.
