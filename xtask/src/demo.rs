@@ -213,6 +213,8 @@ pub(crate) fn demo(root: &Path, cargo: &str) -> Result<(), String> {
             "bridge-server",
             "-p",
             "bridge-client",
+            "--features",
+            "bridge-client/sim",
             "--bins",
         ])
         .current_dir(root)
