@@ -182,29 +182,23 @@ fn check_dependency_rule(cargo: &str) -> Result<(), String> {
         "bridge-client",
     ];
     println!("\n==> dependency rule");
-    let tree = |package: &str| -> Result<Vec<String>, String> {
+    let tree_with = |package: &str, all_features: bool| -> Result<Vec<String>, String> {
+        let mut args = vec!["tree", "-p", package];
+        if all_features {
+            args.push("--all-features");
+        }
+        args.extend(["-e", "normal", "--prefix", "none"]);
         let output = Command::new(cargo)
-            .args([
-                "tree",
-                "-p",
-                package,
-                "--all-features",
-                "-e",
-                "normal",
-                "--prefix",
-                "none",
-            ])
+            .args(&args)
             .current_dir(workspace_root())
             .output()
             .map_err(|e| e.to_string())?;
         if !output.status.success() {
             return Err(format!("cargo tree -p {package} failed"));
         }
-        Ok(String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-            .collect())
+        Ok(crate_names(&output.stdout))
     };
+    let tree = |package: &str| tree_with(package, true);
     let protocol = tree("bridge-protocol")?;
     for forbidden in ["tokio", "async-std", "smol", "mio"] {
         if protocol.iter().any(|c| c == forbidden) {
@@ -233,10 +227,37 @@ fn check_dependency_rule(cargo: &str) -> Result<(), String> {
             ));
         }
     }
+    // The client is a library first: the simulator's command line and log output come
+    // with its `sim` feature only.
+    check_client_library_dependencies(&tree_with("bridge-client", false)?)?;
     println!(
-        "    bridge-protocol has no async runtime; {} depend on each other not at all; bridge-dispatch reaches no hub, client or server",
+        "    bridge-protocol has no async runtime; {} depend on each other not at all; bridge-dispatch reaches no hub, client or server; bridge-client without features has no clap or tracing-subscriber",
         MIDDLE.join(", ")
     );
+    Ok(())
+}
+
+/// The crate names of `cargo tree --prefix none` output, one per line.
+fn crate_names(stdout: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+/// The crates that `cargo tree -p bridge-client -e normal` (no features) must not show:
+/// they belong to the `bridge-sim` binary, behind the `sim` feature.
+const SIM_ONLY: &[&str] = &["clap", "tracing-subscriber"];
+
+/// `deps`: the crate names of `cargo tree -p bridge-client -e normal --prefix none`.
+fn check_client_library_dependencies(deps: &[String]) -> Result<(), String> {
+    for forbidden in SIM_ONLY {
+        if deps.iter().any(|c| c == forbidden) {
+            return Err(format!(
+                "bridge-client without features depends on {forbidden}; it belongs to bridge-sim, behind the `sim` feature (`{forbidden} = {{ ..., optional = true }}`, `sim = [\"dep:{forbidden}\"]`)"
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -553,6 +574,52 @@ mod tests {
             Some(("::1".into(), 6379))
         );
         assert_eq!(host_port("no-scheme"), None);
+    }
+
+    #[test]
+    fn the_client_library_must_not_pull_in_the_simulator_dependencies() {
+        let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(
+            check_client_library_dependencies(&names(&[
+                "bridge-client",
+                "bridge-protocol",
+                "tokio",
+                "tracing",
+                "tracing-core",
+            ]))
+            .is_ok()
+        );
+        for forbidden in ["clap", "tracing-subscriber"] {
+            let error =
+                check_client_library_dependencies(&names(&["bridge-client", forbidden, "tokio"]))
+                    .unwrap_err();
+            assert!(error.contains(forbidden), "{error}");
+            assert!(error.contains("`sim` feature"), "{error}");
+        }
+        // A crate whose name merely starts like one is not that crate.
+        assert!(check_client_library_dependencies(&names(&["clap_lex", "tracing"])).is_ok());
+    }
+
+    /// The real manifest: `cargo tree` of bridge-client without features.
+    #[test]
+    fn the_client_library_without_features_has_no_simulator_dependencies() {
+        let output = Command::new(cargo())
+            .args([
+                "tree",
+                "-p",
+                "bridge-client",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+            ])
+            .current_dir(workspace_root())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let deps = crate_names(&output.stdout);
+        assert!(deps.iter().any(|c| c == "bridge-protocol"), "{deps:?}");
+        check_client_library_dependencies(&deps).unwrap();
     }
 
     #[test]
