@@ -9,9 +9,9 @@
 //! |------------|------------------|-----|
 //! | `memory` (default) | `MemoryStore`    | tests and development; nothing survives the process |
 //! | `sqlite`   | `SqliteStore`    | the server's embedded durable default; survives kill -9 |
-//! | `postgres` | `PostgresStore`  | shared durable store for several server processes |
-//! | `redis`    | `RedisStore`     | deployments that already run Redis |
-//! | `rabbitmq` | `RabbitMqStore`  | push delivery through RabbitMQ queues, state in another store (see the `rabbitmq` module) |
+//! | `postgres` | `PostgresStore`  | shared durable store for several server processes; `open` from a URL or `from_pool` on a caller's `sqlx::PgPool` |
+//! | `redis`    | `RedisStore`     | deployments that already run Redis; `open` from a URL or `from_pool` on a caller's `deadpool_redis::Pool` |
+//! | `rabbitmq` | `RabbitMqStore`  | push delivery through RabbitMQ queues, state in another store (see the `rabbitmq` module); `open` from a URL only, as the store re-opens its own connections |
 //!
 //! Time (TTL, lease deadlines) is read from the [`Clock`] in [`StoreConfig`], so tests move
 //! a [`ManualClock`] instead of sleeping.

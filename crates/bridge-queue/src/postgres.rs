@@ -9,10 +9,16 @@
 //! owner), and a lease an older version took can only lapse; rows written before migration
 //! 4 read as queued by the backend.
 //! The table lives in a schema of the caller's choice ([`PostgresOptions::schema`]) and is
-//! created or migrated at [`PostgresStore::open`] from SQL embedded in this crate: each
+//! created or migrated at [`PostgresStore::open`] (or [`PostgresStore::from_pool`], for a
+//! service that already has a `PgPool`: `open` builds a pool and calls it, so both take the
+//! same path) from SQL embedded in this crate: each
 //! migration runs once, in a transaction, under an advisory lock, and is recorded in
 //! `bridge_queue_migrations` (embedded rather than `sqlx::migrate!`, which needs the sqlx
 //! macros this workspace does not build).
+//!
+//! Every statement runs in a transaction that begins with `SET LOCAL search_path` to the
+//! schema, so the store finds its tables in a pool whose connections have another
+//! `search_path` (a caller's pool), and hands the connections back unchanged.
 //!
 //! # Concurrency
 //!
@@ -174,6 +180,12 @@ pub struct PostgresStore {
     pool: PgPool,
     config: StoreConfig,
     timeout: Duration,
+    /// `BEGIN` followed by `SET LOCAL search_path` to the store's schema: every statement
+    /// runs in a transaction that starts with it, so the store finds its tables whatever
+    /// the pool's own `search_path` (a pool handed over by [`PostgresStore::from_pool`]
+    /// keeps its owner's), and the setting ends with the transaction, leaving the pool's
+    /// connections as they were.
+    begin_sql: String,
 }
 
 fn err(e: sqlx::Error) -> StoreError {
@@ -187,6 +199,21 @@ fn valid_schema(schema: &str) -> bool {
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && schema.len() <= 63
+}
+
+/// Refuses a schema name [`valid_schema`] does not accept (it is quoted into SQL).
+fn check_schema(schema: &str) -> Result<(), StoreError> {
+    if valid_schema(schema) {
+        Ok(())
+    } else {
+        Err(
+            InvalidInput::Value(bridge_protocol::ValueError::ForbiddenChar {
+                what: "schema",
+                allowed: "lower-case letters, digits and _ (63 at most)",
+            })
+            .into(),
+        )
+    }
 }
 
 fn raw(row: &PgRow) -> Result<RawRow, sqlx::Error> {
@@ -358,6 +385,10 @@ async fn migrate(pool: PgPool, schema: String) -> Result<(), StoreError> {
         let create = format!("CREATE SCHEMA \"{schema}\"");
         tx.execute(create.as_str()).await.map_err(err)?;
     }
+    // The tables below are the schema's, whatever the pool's own search_path; LOCAL ends
+    // with the transaction, so the connection goes back to the pool as it came.
+    let search_path = format!("SET LOCAL search_path TO \"{schema}\"");
+    tx.execute(search_path.as_str()).await.map_err(err)?;
     tx.execute(
         "CREATE TABLE IF NOT EXISTS bridge_queue_migrations (
             version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
@@ -385,26 +416,40 @@ async fn migrate(pool: PgPool, schema: String) -> Result<(), StoreError> {
 
 impl PostgresStore {
     /// Connects, creates the schema if needed and runs the migrations not yet applied.
+    ///
+    /// Builds a pool from `options` (its URL, `max_connections` and `operation_timeout` as
+    /// the pool's acquire timeout) and hands it to [`PostgresStore::from_pool`], so a store
+    /// opened here and one made from a caller's pool behave alike.
     pub async fn open(options: &PostgresOptions, config: StoreConfig) -> Result<Self, StoreError> {
-        if !valid_schema(&options.schema) {
-            return Err(
-                InvalidInput::Value(bridge_protocol::ValueError::ForbiddenChar {
-                    what: "schema",
-                    allowed: "lower-case letters, digits and _ (63 at most)",
-                })
-                .into(),
-            );
-        }
+        check_schema(&options.schema)?;
         let connect: PgConnectOptions = options.url.parse().map_err(err)?;
-        let connect = connect.options([("search_path", options.schema.as_str())]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.operation_timeout)
             .connect_lazy_with(connect);
+        Self::from_pool(pool, options, config).await
+    }
+
+    /// A store on a pool the caller already has: creates the schema
+    /// [`PostgresOptions::schema`] if needed and runs the migrations not yet applied there,
+    /// exactly as [`PostgresStore::open`] does.
+    ///
+    /// Of `options`, only `schema` and `operation_timeout` are read; `url` and
+    /// `max_connections` are the pool's business. The pool is shared, not taken: the caller
+    /// (and clones of the store) keep using it, and the store leaves its connections as it
+    /// found them — its schema is set per transaction (`SET LOCAL search_path`), never on
+    /// the connection. [`PostgresStore::close`] closes the pool for every user of it.
+    pub async fn from_pool(
+        pool: PgPool,
+        options: &PostgresOptions,
+        config: StoreConfig,
+    ) -> Result<Self, StoreError> {
+        check_schema(&options.schema)?;
         let store = Self {
             pool,
             config,
             timeout: options.operation_timeout,
+            begin_sql: format!("BEGIN; SET LOCAL search_path TO \"{}\"", options.schema),
         };
         store
             .bounded(migrate(store.pool.clone(), options.schema.clone()))
@@ -433,8 +478,12 @@ impl PostgresStore {
         }
     }
 
+    /// Begins a transaction in the store's schema (see `begin_sql`).
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
-        self.pool.begin().await.map_err(err)
+        self.pool
+            .begin_with(self.begin_sql.clone())
+            .await
+            .map_err(err)
     }
 
     /// Confirms or cancels: `allowed` are the statuses it acts on, `to` the one it sets.
@@ -500,10 +549,12 @@ impl PostgresStore {
             .bind(id.as_str())
             .bind(token)
             .bind(lease.owner.as_str());
+        let mut tx = self.begin().await?;
         let row = bind_rest(query)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(err)?;
+        tx.commit().await.map_err(err)?;
         match row {
             Some(row) => decode_one(&row),
             None => Err(self.stale_or_not_found(id).await?),
@@ -513,13 +564,15 @@ impl PostgresStore {
     /// Why a fenced update changed nothing: the command is unknown, or the lease is not its
     /// live one.
     async fn stale_or_not_found(&self, id: &CommandId) -> Result<StoreError, StoreError> {
+        let mut tx = self.begin().await?;
         let exists: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM bridge_queued_commands WHERE id = $1)",
         )
         .bind(id.as_str())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(err)?;
+        tx.commit().await.map_err(err)?;
         Ok(if exists {
             StoreError::StaleLease { id: id.clone() }
         } else {
@@ -590,6 +643,7 @@ impl PostgresStore {
     }
 
     async fn reclaim_inner(&self, owner: &NodeId) -> Result<Vec<QueuedCommand>, StoreError> {
+        let mut tx = self.begin().await?;
         let rows = sqlx::query(&format!(
             "UPDATE bridge_queued_commands SET {}
              WHERE status = 'delivering' AND lease_until IS NOT NULL AND lease_owner = $1
@@ -599,20 +653,23 @@ impl PostgresStore {
         .bind(owner.as_str())
         .bind(self.config.clock.now().unix_millis())
         .bind(i64::from(self.config.max_attempts))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(err)?;
+        tx.commit().await.map_err(err)?;
         decode(&rows)
     }
 
     async fn open_counts_inner(&self) -> Result<OpenCounts, StoreError> {
+        let mut tx = self.begin().await?;
         let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
             "SELECT status, COUNT(*) FROM bridge_queued_commands
              WHERE status IN {OPEN} GROUP BY status"
         ))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(err)?;
+        tx.commit().await.map_err(err)?;
         let mut counts = OpenCounts::default();
         for (status, n) in rows {
             let n = u64::try_from(n).unwrap_or(0);
@@ -711,15 +768,17 @@ impl PostgresStore {
 
     async fn sweep_inner(&self) -> Result<SweepReport, StoreError> {
         let now = self.config.clock.now().unix_millis();
+        let mut tx = self.begin().await?;
         let devices: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT device_id FROM bridge_queued_commands
              WHERE (status IN ('pending', 'awaiting_confirmation') AND expires_at <= $1)
                 OR (status = 'delivering' AND lease_until <= $1)",
         )
         .bind(now)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(err)?;
+        tx.commit().await.map_err(err)?;
         let mut total = SweepReport::default();
         for device in devices {
             let r = self.housekeep_device(&device_id(device)?).await?;
@@ -729,37 +788,43 @@ impl PostgresStore {
     }
 
     async fn list_open_inner(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
+        let mut tx = self.begin().await?;
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM bridge_queued_commands
              WHERE device_id = $1 AND status IN {OPEN} ORDER BY seq"
         ))
         .bind(device.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await
         .map_err(err)?;
+        tx.commit().await.map_err(err)?;
         decode(&rows)
     }
 
     async fn pending_count_inner(&self, device: &DeviceId) -> Result<u32, StoreError> {
+        let mut tx = self.begin().await?;
         let open: i64 = sqlx::query_scalar(&format!(
             "SELECT COUNT(*) FROM bridge_queued_commands WHERE device_id = $1 AND status IN {OPEN}"
         ))
         .bind(device.as_str())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(err)?;
+        tx.commit().await.map_err(err)?;
         Ok(u32::try_from(open).unwrap_or(u32::MAX))
     }
 
     async fn get_inner(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        let mut tx = self.begin().await?;
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM bridge_queued_commands WHERE id = $1"
         ))
         .bind(id.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(err)?
         .ok_or_else(|| StoreError::NotFound { id: id.clone() })?;
+        tx.commit().await.map_err(err)?;
         decode_one(&row)
     }
 }
@@ -863,7 +928,8 @@ impl Store for PostgresStore {
         let now = self.config.clock.now().unix_millis();
         let devices: Vec<String> = self
             .bounded(async {
-                sqlx::query_scalar(
+                let mut tx = self.begin().await?;
+                let devices = sqlx::query_scalar(
                     "SELECT DISTINCT device_id FROM bridge_queued_commands
                      WHERE (status = 'pending' AND expires_at > $1)
                         OR (status = 'delivering' AND lease_until <= $1)
@@ -871,9 +937,11 @@ impl Store for PostgresStore {
                 )
                 .bind(now)
                 .bind(to_i64(limit))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await
-                .map_err(err)
+                .map_err(err)?;
+                tx.commit().await.map_err(err)?;
+                Ok(devices)
             })
             .await?;
         devices.into_iter().map(device_id).collect()

@@ -48,6 +48,18 @@
 //! next publish. Device queues are declared with `x-max-length` (oldest notices dropped
 //! first: a newer notice supersedes them) and `x-expires` (a queue nobody used for
 //! [`RabbitMqOptions::idle_queue_expiry`] is deleted by the broker).
+//!
+//! # No constructor from an existing connection
+//!
+//! Unlike `PostgresStore::from_pool` and `RedisStore::from_pool`, there is no way to hand
+//! this store a `lapin::Connection` the caller already has, because the store owns its
+//! connections' lifecycle: it re-opens the publishing connection from
+//! [`RabbitMqOptions::url`] after the broker goes away, and every
+//! [`consume`](RabbitMqStore::consume) stream opens a connection of its own. A handed-over
+//! connection could serve only until its first failure, after which the store would need
+//! the URL anyway and would quietly stop using the caller's connection; the consumers would
+//! never use it. So [`RabbitMqStore::open`] (from the URL) is the one constructor; the
+//! state store `S` may itself be made from a caller's pool.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -45,6 +45,10 @@
 //! Redis (or a primary behind Sentinel), not Redis Cluster. Durability is Redis's own: run
 //! it with AOF (`appendonly yes`) for commands to survive a Redis restart.
 //!
+//! A service that already has a `deadpool_redis::Pool` hands it to
+//! [`RedisStore::from_pool`] instead; `open` builds a pool and calls it, so the checks and
+//! the upgrade below happen on either path.
+//!
 //! [`RedisStore::open`] checks two server settings with `CONFIG GET`:
 //!
 //! * `maxmemory-policy` must be `noeviction`. Under any other policy Redis may evict a
@@ -629,11 +633,29 @@ impl RedisStore {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::backend(BACKEND, format!("cannot build the pool: {e}")))?;
+        Self::from_pool(pool, options, config).await
+    }
+
+    /// A store on a pool the caller already has: checks that Redis answers, checks its
+    /// settings and brings keys written by an older version up to this one, exactly as
+    /// [`RedisStore::open`] does (a Redis that may evict keys is refused unless
+    /// [`RedisOptions::allow_eviction`]).
+    ///
+    /// Of `options`, `prefix`, `operation_timeout` (every operation, getting a connection
+    /// included), `final_retention` and `allow_eviction` are read; `url` and
+    /// `max_connections` are the pool's business, and so are its own wait, create and
+    /// recycle timeouts. The pool is shared, not taken: the caller (and clones of the store)
+    /// keep using it, and the store writes only keys under its prefix.
+    pub async fn from_pool(
+        pool: Pool,
+        options: &RedisOptions,
+        config: StoreConfig,
+    ) -> Result<Self, StoreError> {
         let store = Self {
             pool,
             config,
             prefix: options.prefix.clone(),
-            timeout,
+            timeout: options.operation_timeout,
             retention_ms: i64::try_from(options.final_retention.as_millis())
                 .unwrap_or(i64::MAX)
                 .max(1),
