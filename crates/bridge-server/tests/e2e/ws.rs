@@ -417,7 +417,8 @@ async fn a_command_counts_on_its_bridge_until_it_ends_however_it_ends() {
     let ((_, body), ()) = tokio::join!(call, fail);
     assert_eq!(body["status"], "device_error");
 
-    let call = server.command("lock-1", json!({"payload":"04","timeoutMs":200}));
+    // Long enough for the write to leave on a loaded machine before the timeout fires.
+    let call = server.command("lock-1", json!({"payload":"04","timeoutMs":1000}));
     let ignore = async {
         newer.next_write().await;
     };
