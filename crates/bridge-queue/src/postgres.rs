@@ -131,7 +131,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
 
 /// The `SET` list that ends a lease as lapsed (or reclaimed): one attempt counted, then back
 /// to `pending`, or `failed` after the last attempt, or `expired` past the TTL. `now` and
-/// `max` are the placeholders of the current time and the attempt limit.
+/// `max` are the bind parameters of the current time and the attempt limit.
 fn lapse_set(now: &str, max: &str) -> String {
     format!(
         "attempts = attempts + 1, lease_until = NULL, lease_owner = NULL,
