@@ -206,8 +206,7 @@ impl Dispatcher {
     }
 }
 
-/// Carries out every action the engine has: announcements go to the one announcer, in
-/// order; every other action runs on its own task.
+/// Carries out every action the engine has (see [`run`]).
 fn pump(inner: &Arc<Inner>) {
     let actions: Vec<Action> = {
         let mut engine = inner.engine.lock();
@@ -218,10 +217,7 @@ fn pump(inner: &Arc<Inner>) {
         actions
     };
     for action in actions {
-        match action {
-            Action::Announce { command } => enqueue_announcement(inner, command),
-            action => run(inner, action),
-        }
+        run(inner, action);
     }
 }
 
@@ -258,6 +254,7 @@ fn answer(inner: &Arc<Inner>, f: impl FnOnce(&mut Engine)) {
     pump(inner);
 }
 
+/// Runs one action on its own task; announcements go to the one announcer, in order.
 fn run(inner: &Arc<Inner>, action: Action) {
     let task = Arc::clone(inner);
     let runtime = &inner.runtime;
