@@ -382,7 +382,11 @@ async fn one_user_connection_cannot_run_more_than_its_share_of_commands() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_counts_on_its_bridge_until_it_ends_however_it_ends() {
     let server = TestServer::start().await;
+    // The upgrade's 101 comes before the hub registers the connection and its claims: the
+    // older phone is synced (its read loop answered, so it is registered) before the newer
+    // one connects, or the two claims could land in either order.
     let mut older = Bridge::connect(&server, "phone-a", &["lock-1"]).await;
+    older.sync().await;
     let mut newer = Bridge::connect(&server, "phone-b", &["lock-1"]).await;
     for bridge in [&mut older, &mut newer] {
         bridge.status("lock-1", true, Some(-60)).await;
