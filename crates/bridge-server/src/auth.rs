@@ -12,13 +12,15 @@
 //! malformed, bad signature, expired) or 403 (valid, but asks for a device or role it may not
 //! have).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bridge_protocol::{DeviceId, ErrorCode, Role, UserId};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 /// The claims of a bridge token (PROTOCOL.md 1.1).
@@ -221,8 +223,63 @@ enum Mode {
     Jwt {
         key: DecodingKey,
         validation: Box<Validation>,
+        services: Arc<ServiceTokens>,
     },
     Development,
+}
+
+/// `service` tokens that passed [`Authenticator::verify`], by their exact text, until their
+/// `exp`: a backend calls with the same token again and again, and the HMAC, the base64 and
+/// the JSON of a token need to run once per token, not once per call.
+///
+/// Only a token that verified is ever stored, so the cache cannot be filled with forged
+/// ones; a hit checks the expiry again (to the second, as the verification does), so a
+/// cached token does not outlive its `exp`. The map is bounded: when it is full, expired
+/// entries go first, and if none has expired it is emptied (every token is then verified
+/// once more) — many distinct valid service tokens cost what they cost without the cache,
+/// never unbounded memory.
+#[derive(Default)]
+struct ServiceTokens {
+    by_token: RwLock<HashMap<Box<str>, Principal>>,
+}
+
+impl ServiceTokens {
+    /// At most this many tokens are remembered.
+    const CAPACITY: usize = 1024;
+
+    /// The principal of a verified token that has not expired at `now`.
+    fn lookup(&self, token: &str, now: u64) -> Option<Principal> {
+        let by_token = self.by_token.read();
+        let principal = by_token.get(token)?;
+        principal
+            .expires_at
+            .is_none_or(|exp| exp >= now)
+            .then(|| principal.clone())
+    }
+
+    /// Whether a verified token is remembered and has not expired at `now`.
+    fn holds(&self, token: &str, now: u64) -> bool {
+        self.by_token
+            .read()
+            .get(token)
+            .is_some_and(|principal| principal.expires_at.is_none_or(|exp| exp >= now))
+    }
+
+    fn remember(&self, token: &str, principal: &Principal, now: u64) {
+        let mut by_token = self.by_token.write();
+        if by_token.len() >= Self::CAPACITY {
+            by_token.retain(|_, p| p.expires_at.is_none_or(|exp| exp >= now));
+            if by_token.len() >= Self::CAPACITY {
+                by_token.clear();
+            }
+        }
+        by_token.insert(token.into(), principal.clone());
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_token.read().len()
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -255,6 +312,7 @@ impl Authenticator {
             mode: Mode::Jwt {
                 key: DecodingKey::from_secret(secret),
                 validation: Box::new(validation),
+                services: Arc::default(),
             },
         }
     }
@@ -272,7 +330,10 @@ impl Authenticator {
     }
 
     fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let Mode::Jwt { key, validation } = &self.mode else {
+        let Mode::Jwt {
+            key, validation, ..
+        } = &self.mode
+        else {
             return Err(AuthError::Malformed(
                 "tokens are not used in development mode".into(),
             ));
@@ -397,20 +458,49 @@ impl Authenticator {
         })
     }
 
-    /// Authenticates a call to the HTTP API, which needs a `service` token.
+    /// Authenticates a call to the HTTP API, which needs a `service` token. A token verified
+    /// before is recognised by its exact text until its `exp` (a bounded cache: the
+    /// signature of a backend's token is checked once, not on every call).
     pub fn authenticate_service(
         &self,
         authorization: Option<&str>,
     ) -> Result<Principal, AuthError> {
-        if self.is_development() {
-            return Ok(Principal {
-                subject: "development".into(),
-                role: Role::Service,
-                devices: DeviceGrant::All,
-                expires_at: None,
-            });
-        }
+        let services = match &self.mode {
+            Mode::Development => {
+                return Ok(Principal {
+                    subject: "development".into(),
+                    role: Role::Service,
+                    devices: DeviceGrant::All,
+                    expires_at: None,
+                });
+            }
+            Mode::Jwt { services, .. } => services,
+        };
         let token = bearer(authorization).ok_or(AuthError::Missing("a bearer token"))?;
+        if let Some(principal) = services.lookup(token, unix_now()) {
+            return Ok(principal);
+        }
+        self.verify_service(services, token)
+    }
+
+    /// [`Authenticator::authenticate_service`] for a caller that needs only the answer, not
+    /// the principal: a remembered token costs a map lookup and no allocation.
+    pub fn check_service(&self, authorization: Option<&str>) -> Result<(), AuthError> {
+        let Mode::Jwt { services, .. } = &self.mode else {
+            return Ok(());
+        };
+        let token = bearer(authorization).ok_or(AuthError::Missing("a bearer token"))?;
+        if services.holds(token, unix_now()) {
+            return Ok(());
+        }
+        self.verify_service(services, token).map(drop)
+    }
+
+    fn verify_service(
+        &self,
+        services: &ServiceTokens,
+        token: &str,
+    ) -> Result<Principal, AuthError> {
         let principal = self.verify(token)?;
         if principal.role != Role::Service {
             return Err(AuthError::WrongRole {
@@ -418,6 +508,7 @@ impl Authenticator {
                 action: "call the HTTP API",
             });
         }
+        services.remember(token, &principal, unix_now());
         Ok(principal)
     }
 }
@@ -572,6 +663,102 @@ mod tests {
             auth.authenticate_service(Some(&format!("Bearer {expired}"))),
             Err(AuthError::Expired)
         );
+    }
+
+    fn services_of(auth: &Authenticator) -> &ServiceTokens {
+        match &auth.mode {
+            Mode::Jwt { services, .. } => services,
+            Mode::Development => unreachable!("a jwt authenticator"),
+        }
+    }
+
+    #[test]
+    fn a_verified_service_token_is_remembered_but_forged_and_other_roles_are_not() {
+        let auth = Authenticator::jwt(SECRET);
+        let service = format!("Bearer {}", token(Role::Service, None, 60));
+        assert!(auth.check_service(Some(&service)).is_ok());
+        assert_eq!(services_of(&auth).len(), 1);
+        // A second call answers from the cache, with the same principal.
+        assert_eq!(
+            auth.authenticate_service(Some(&service)).unwrap().subject,
+            "alice"
+        );
+        assert_eq!(services_of(&auth).len(), 1);
+
+        let user = format!("Bearer {}", token(Role::User, None, 60));
+        assert_eq!(
+            auth.check_service(Some(&user)).unwrap_err().http_status(),
+            403
+        );
+        let forged = Claims {
+            sub: "mallory".into(),
+            role: Role::Service,
+            devices: None,
+            exp: unix_now() + 60,
+        }
+        .encode(b"some-other-secret-of-at-least-32-bytes")
+        .unwrap();
+        let forged = format!("Bearer {forged}");
+        for _ in 0..2 {
+            assert_eq!(
+                auth.check_service(Some(&forged)).unwrap_err().http_status(),
+                401
+            );
+        }
+        let expired = format!("Bearer {}", token(Role::Service, None, -5));
+        assert_eq!(
+            auth.check_service(Some(&expired))
+                .unwrap_err()
+                .http_status(),
+            401
+        );
+        assert_eq!(services_of(&auth).len(), 1, "only the valid service token");
+        // Clones share the cache: the router's state and the server's are one.
+        assert!(auth.clone().check_service(Some(&service)).is_ok());
+        assert_eq!(services_of(&auth.clone()).len(), 1);
+    }
+
+    #[test]
+    fn a_remembered_token_expires_at_its_exp_as_a_verified_one_does() {
+        let cache = ServiceTokens::default();
+        let principal = Principal {
+            subject: "backend".into(),
+            role: Role::Service,
+            devices: DeviceGrant::All,
+            expires_at: Some(1_000),
+        };
+        cache.remember("t", &principal, 900);
+        assert!(cache.holds("t", 1_000), "valid through its exp second");
+        assert_eq!(cache.lookup("t", 1_000), Some(principal));
+        assert!(!cache.holds("t", 1_001));
+        assert_eq!(cache.lookup("t", 1_001), None);
+        assert!(!cache.holds("u", 900), "never verified");
+    }
+
+    #[test]
+    fn the_token_cache_stays_bounded_dropping_expired_entries_first() {
+        let cache = ServiceTokens::default();
+        let principal = |exp| Principal {
+            subject: "backend".into(),
+            role: Role::Service,
+            devices: DeviceGrant::All,
+            expires_at: Some(exp),
+        };
+        // Half expire at 100, half live on.
+        for i in 0..ServiceTokens::CAPACITY {
+            let exp = if i % 2 == 0 { 100 } else { 10_000 };
+            cache.remember(&format!("t{i}"), &principal(exp), 50);
+        }
+        assert_eq!(cache.len(), ServiceTokens::CAPACITY);
+        cache.remember("late", &principal(10_000), 200);
+        assert_eq!(cache.len(), ServiceTokens::CAPACITY / 2 + 1);
+        assert!(cache.holds("t1", 200) && cache.holds("late", 200));
+        // Full of live tokens: emptied rather than grown.
+        for i in 0..ServiceTokens::CAPACITY {
+            cache.remember(&format!("n{i}"), &principal(10_000), 200);
+        }
+        assert!(cache.len() <= ServiceTokens::CAPACITY);
+        assert!(cache.holds(&format!("n{}", ServiceTokens::CAPACITY - 1), 200));
     }
 
     #[test]

@@ -97,8 +97,8 @@ async fn require_service(State(core): State<Arc<Core>>, request: Request, next: 
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match core.auth.authenticate_service(authorization) {
-        Ok(_) => next.run(request).await,
+    match core.auth.check_service(authorization) {
+        Ok(()) => next.run(request).await,
         Err(error) => ApiError::from(&error).into_response(),
     }
 }
@@ -266,7 +266,7 @@ async fn metrics(State(core): State<Arc<Core>>, request: Request) -> Response {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if let Err(error) = core.auth.authenticate_service(authorization) {
+        if let Err(error) = core.auth.check_service(authorization) {
             return ApiError::from(&error).into_response();
         }
     }
