@@ -20,6 +20,7 @@ use tower::ServiceExt;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
+use crate::hooks::{DEFAULT_HOOK_QUEUE, HookQueue, Hooks};
 use crate::metrics::Metrics;
 use crate::outlet::HubOutlet;
 use crate::transport::HubTransport;
@@ -42,6 +43,8 @@ pub(crate) struct Core {
     pub(crate) limits: Limits,
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Arc<Metrics>,
+    /// The application's hooks, behind their bounded queue.
+    pub(crate) hooks: Arc<HookQueue>,
 }
 
 /// Builds a [`Server`].
@@ -61,6 +64,8 @@ pub struct ServerBuilder {
     session: Option<SessionConfig>,
     delivery: Option<EngineConfig>,
     max_user_commands: Option<usize>,
+    hooks: Option<Arc<dyn Hooks>>,
+    hook_queue: usize,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -84,7 +89,27 @@ impl ServerBuilder {
             session: None,
             delivery: None,
             max_user_commands: None,
+            hooks: None,
+            hook_queue: DEFAULT_HOOK_QUEUE,
         }
+    }
+
+    /// The application's lifecycle hooks (default: none): a user's first connection and
+    /// last disconnection, a device online and offline, a bridge connected and
+    /// disconnected, a command ended. They run on a task of their own, fed by a bounded
+    /// queue, never on the server's path; see [`crate::hooks`] for their order and
+    /// guarantees. (An event sink installed with [`customize_hub`](Self::customize_hub) is
+    /// replaced by the server's: hooks are how the application hears the hub's events.)
+    pub fn hooks(mut self, hooks: impl Hooks) -> Self {
+        self.hooks = Some(Arc::new(hooks));
+        self
+    }
+
+    /// How many events may wait for the hooks before new ones are dropped and counted in
+    /// `bridge_hook_events_dropped_total` (default [`DEFAULT_HOOK_QUEUE`]; at least 1).
+    pub fn hook_queue_capacity(mut self, capacity: usize) -> Self {
+        self.hook_queue = capacity.max(1);
+        self
     }
 
     /// Default of [`ServerBuilder::max_commands_per_connection`]: the hub's default
@@ -224,6 +249,11 @@ impl ServerBuilder {
                 .retry_interval(Duration::from_secs(config.retry_interval_secs.max(1)))
         });
         let metrics = Arc::new(Metrics::new());
+        let hooks = Arc::new(HookQueue::start(
+            self.hooks,
+            self.hook_queue,
+            Arc::clone(&metrics),
+        ));
         let node_id = config.node_id();
         tracing::info!(node_id = %node_id, "delivering queued commands as this node");
         let dispatch = Dispatcher::start(
@@ -231,7 +261,11 @@ impl ServerBuilder {
             node_id,
             Arc::clone(&store),
             Arc::clone(&session) as Arc<dyn bridge_dispatch::CommandSender>,
-            Arc::new(HubOutlet::new(Arc::clone(&hub), Arc::clone(&metrics))),
+            Arc::new(HubOutlet::new(
+                Arc::clone(&hub),
+                Arc::clone(&metrics),
+                Arc::clone(&hooks),
+            )),
             Arc::clone(&registry),
         );
         let core = Arc::new(Core {
@@ -245,6 +279,7 @@ impl ServerBuilder {
             limits,
             config,
             metrics,
+            hooks,
         });
         // Set before any connection can be served: the router is made from `core` below.
         let _ = slot.set(Arc::downgrade(&core));

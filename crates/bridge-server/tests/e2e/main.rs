@@ -5,6 +5,7 @@
 
 mod auth;
 mod clients;
+mod hooks;
 mod hostile;
 mod http;
 mod paused;
