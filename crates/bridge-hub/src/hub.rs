@@ -6,19 +6,20 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bridge_protocol::{ConnectionId, DeviceId};
+use bridge_protocol::{ConnectionId, DeviceId, EventType};
 use futures_util::{Sink, Stream};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 use tracing::Instrument;
 use tungstenite::{Error as WsError, Message};
 
+use crate::application::ApplicationFrames;
 use crate::outbox::CloseRequest;
 use crate::state::State;
 use crate::{
-    AccessPolicy, CloseReason, ConnectionInfo, EventSink, FixedSubscriptions, Frame, GrantedAccess,
-    HubConfig, HubEvent, IgnoreEvents, InFlight, NoPendingCommands, ResponseHandler,
-    SubscriptionSource, UserId,
+    AccessPolicy, ApplicationFrameHandler, CloseReason, ConnectionInfo, EventSink,
+    FixedSubscriptions, Frame, GrantedAccess, HubConfig, HubEvent, IgnoreEvents, InFlight,
+    NoPendingCommands, ResponseHandler, SubscriptionSource, UserId,
 };
 
 /// Why a frame could not be sent.
@@ -177,6 +178,7 @@ pub(crate) struct Inner {
     pub(crate) state: RwLock<State>,
     events: EventQueue,
     pub(crate) responses: Box<dyn ResponseHandler>,
+    pub(crate) application: Option<ApplicationFrames>,
     pub(crate) access: Arc<dyn AccessPolicy>,
     pub(crate) subscriptions: Arc<dyn SubscriptionSource>,
     next_id: AtomicU64,
@@ -224,6 +226,7 @@ pub struct LocalHubBuilder {
     config: HubConfig,
     events: Box<dyn EventSink>,
     responses: Box<dyn ResponseHandler>,
+    application: Option<ApplicationFrames>,
     access: Arc<dyn AccessPolicy>,
     subscriptions: Arc<dyn SubscriptionSource>,
 }
@@ -246,6 +249,20 @@ impl LocalHubBuilder {
     /// `unknown_request`). See [`ResponseHandler`].
     pub fn responses(mut self, handler: impl ResponseHandler) -> Self {
         self.responses = Box::new(handler);
+        self
+    }
+
+    /// Frames of the application's own types (default: none). A text frame whose `type` is
+    /// one of `types` (compared exactly) is handed to `handler` instead of being answered
+    /// `unknown_type`; `types` cannot name a type PROTOCOL.md defines ([`EventType`]
+    /// refuses those). The frame size and rate limits apply before, as to any frame. See
+    /// [`ApplicationFrameHandler`] for where and when it runs.
+    pub fn application_frames(
+        mut self,
+        types: impl IntoIterator<Item = EventType>,
+        handler: impl ApplicationFrameHandler,
+    ) -> Self {
+        self.application = Some(ApplicationFrames::new(types, handler));
         self
     }
 
@@ -273,6 +290,7 @@ impl LocalHubBuilder {
                     sink: self.events,
                 },
                 responses: self.responses,
+                application: self.application,
                 access: self.access,
                 subscriptions: self.subscriptions,
                 next_id: AtomicU64::new(1),
@@ -311,6 +329,7 @@ impl LocalHub {
             config: HubConfig::default(),
             events: Box::new(IgnoreEvents),
             responses: Box::new(NoPendingCommands),
+            application: None,
             access: Arc::new(GrantedAccess),
             subscriptions: Arc::new(FixedSubscriptions::default()),
         }

@@ -142,3 +142,26 @@ pub enum ServerError {
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// Why [`ServerBuilder::build`](crate::ServerBuilder::build) refused to build a server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// An application frame type is one PROTOCOL.md defines.
+    #[error(
+        "`{0}` is a frame type the protocol defines; an application frame needs a name of its own"
+    )]
+    ReservedFrameType(String),
+    /// An application frame type that could not be a `type` (empty, over 64 characters,
+    /// control characters).
+    #[error("`{name}` cannot be a frame type: {reason}")]
+    InvalidFrameType {
+        /// The name given.
+        name: String,
+        /// Why not.
+        reason: bridge_protocol::ValueError,
+    },
+    /// An application frame type registered twice.
+    #[error("the frame type `{0}` is registered twice")]
+    DuplicateFrameType(String),
+}

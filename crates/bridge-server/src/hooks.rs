@@ -271,13 +271,18 @@ async fn run(hooks: Arc<dyn Hooks>, mut events: mpsc::Receiver<HookEvent>, metri
             }
         };
         if let Err(panic) = AssertUnwindSafe(call).catch_unwind().await {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_owned());
+            let message = panic_message(panic.as_ref());
             tracing::error!(?event, panic = %message, "a hook panicked; the event is lost");
             metrics.task_panicked("hook");
         }
     }
+}
+
+/// The message of a caught panic.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
 }

@@ -101,7 +101,7 @@ async fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
     let server = Server::builder(config)
         .store(store)
         .registry(registry)
-        .build();
+        .build()?;
     server.serve(listener, shutdown_signal()).await?;
     Ok(())
 }

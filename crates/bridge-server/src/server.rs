@@ -20,6 +20,8 @@ use tower::ServiceExt;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
+use crate::error::BuildError;
+use crate::frames::{self, FrameHandler};
 use crate::hooks::{DEFAULT_HOOK_QUEUE, HookQueue, Hooks};
 use crate::metrics::Metrics;
 use crate::outlet::HubOutlet;
@@ -66,6 +68,7 @@ pub struct ServerBuilder {
     max_user_commands: Option<usize>,
     hooks: Option<Arc<dyn Hooks>>,
     hook_queue: usize,
+    frames: Vec<(String, Arc<dyn FrameHandler>)>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -91,7 +94,18 @@ impl ServerBuilder {
             max_user_commands: None,
             hooks: None,
             hook_queue: DEFAULT_HOOK_QUEUE,
+            frames: Vec::new(),
         }
+    }
+
+    /// Handles WebSocket frames of type `frame_type` (exactly that name, from a user or a
+    /// bridge connection) with `handler`, instead of answering them `unknown_type`. A name
+    /// PROTOCOL.md defines, one that cannot be a `type`, or one registered twice makes
+    /// [`build`](Self::build) fail. See [`crate::frames`] for how the frames are read,
+    /// limited and handled.
+    pub fn frame(mut self, frame_type: impl Into<String>, handler: impl FrameHandler) -> Self {
+        self.frames.push((frame_type.into(), Arc::new(handler)));
+        self
     }
 
     /// The application's lifecycle hooks (default: none): a user's first connection and
@@ -186,7 +200,13 @@ impl ServerBuilder {
     /// Builds the server. Must be called inside a Tokio runtime: it starts the session
     /// manager's timer and the delivery timer, and runs user commands and delivery passes
     /// on it.
-    pub fn build(self) -> Server {
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError`] for an application frame type that is reserved, invalid or
+    /// registered twice.
+    pub fn build(self) -> Result<Server, BuildError> {
+        let frame_handlers = frame_handlers(self.frames)?;
         let config = self.config;
         let limits = Limits {
             max_payload_bytes: config.max_payload_bytes,
@@ -211,6 +231,19 @@ impl ServerBuilder {
             .subscriptions(GrantedSubscriptions);
         if let Some(customize) = self.customize_hub {
             hub_builder = customize(hub_builder);
+        }
+        if !frame_handlers.is_empty() {
+            let types = frame_handlers
+                .keys()
+                .filter_map(|name| bridge_protocol::EventType::new(name).ok())
+                .collect::<Vec<_>>();
+            hub_builder = hub_builder.application_frames(
+                types,
+                frames::Dispatch {
+                    handlers: frame_handlers,
+                    core: Arc::clone(&slot),
+                },
+            );
         }
         let local = hub_builder
             .events(events::sink(
@@ -283,8 +316,28 @@ impl ServerBuilder {
         });
         // Set before any connection can be served: the router is made from `core` below.
         let _ = slot.set(Arc::downgrade(&core));
-        Server { core }
+        Ok(Server { core })
     }
+}
+
+/// The application frame handlers by type, each name checked.
+fn frame_handlers(
+    frames: Vec<(String, Arc<dyn FrameHandler>)>,
+) -> Result<std::collections::HashMap<String, Arc<dyn FrameHandler>>, BuildError> {
+    let mut handlers = std::collections::HashMap::new();
+    for (name, handler) in frames {
+        if bridge_protocol::RESERVED_TYPES.contains(&name.as_str()) {
+            return Err(BuildError::ReservedFrameType(name));
+        }
+        if let Err(reason) = bridge_protocol::EventType::new(&name) {
+            return Err(BuildError::InvalidFrameType { name, reason });
+        }
+        if handlers.contains_key(&name) {
+            return Err(BuildError::DuplicateFrameType(name));
+        }
+        handlers.insert(name, handler);
+    }
+    Ok(handlers)
 }
 
 /// A composed bridge server. Cheap to clone.

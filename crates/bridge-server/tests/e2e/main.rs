@@ -5,6 +5,7 @@
 
 mod auth;
 mod clients;
+mod frames;
 mod hooks;
 mod hostile;
 mod http;

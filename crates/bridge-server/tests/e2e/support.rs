@@ -82,7 +82,7 @@ impl TestServer {
         config: ServerConfig,
         customize: impl FnOnce(ServerBuilder) -> ServerBuilder,
     ) -> Self {
-        let server = customize(Server::builder(config)).build();
+        let server = customize(Server::builder(config)).build().unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.clone().serve(listener, async move {
