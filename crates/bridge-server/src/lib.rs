@@ -20,8 +20,11 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // Development mode, in-memory queue, the built-in `smart-lock` device type.
-//! let server = Server::builder(ServerConfig::default()).build()?;
+//! // Development mode (said explicitly: without it, a server with no JWT secret is not
+//! // built), in-memory queue, the built-in `smart-lock` device type.
+//! let server = Server::builder(ServerConfig::default())
+//!     .development_mode()
+//!     .build()?;
 //! let router = server.router();
 //!
 //! let request = axum::http::Request::get("/healthz").body(axum::body::Body::empty())?;

@@ -2,6 +2,7 @@
 //! into a [`Server`], whose [`Server::router`] serves PROTOCOL.md.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use tower::ServiceExt;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
-use crate::error::BuildError;
+use crate::error::{BuildError, ServerError};
 use crate::frames::{self, FrameHandler};
 use crate::hooks::{DEFAULT_HOOK_QUEUE, HookQueue, Hooks};
 use crate::metrics::Metrics;
@@ -69,6 +70,7 @@ pub struct ServerBuilder {
     hooks: Option<Arc<dyn Hooks>>,
     hook_queue: usize,
     frames: Vec<(String, Arc<dyn FrameHandler>)>,
+    development_mode: bool,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -95,7 +97,28 @@ impl ServerBuilder {
             hooks: None,
             hook_queue: DEFAULT_HOOK_QUEUE,
             frames: Vec::new(),
+            development_mode: false,
         }
+    }
+
+    /// Runs without authentication (PROTOCOL.md 1.2): identities come from query
+    /// parameters. Required to build a server whose [`ServerConfig`] has no JWT secret
+    /// ([`BuildError::NoJwtSecret`] otherwise), refused with one
+    /// ([`BuildError::DevelopmentModeWithSecret`]). Such a server refuses to
+    /// [`serve`](Server::serve) on a listener that is not loopback unless
+    /// [`allow_unauthenticated`](Self::allow_unauthenticated) is said too — the rule of the
+    /// `bridge-server` binary (`--allow-unauthenticated`).
+    pub fn development_mode(mut self) -> Self {
+        self.development_mode = true;
+        self
+    }
+
+    /// Lets a development-mode server serve on an address other people can reach (sets
+    /// [`ServerConfig::allow_unauthenticated`]). Anyone who can reach it can then command
+    /// every device.
+    pub fn allow_unauthenticated(mut self) -> Self {
+        self.config.allow_unauthenticated = true;
+        self
     }
 
     /// Handles WebSocket frames of type `frame_type` (exactly that name, from a user or a
@@ -203,9 +226,16 @@ impl ServerBuilder {
     ///
     /// # Errors
     ///
-    /// [`BuildError`] for an application frame type that is reserved, invalid or
-    /// registered twice.
+    /// [`BuildError`]: no JWT secret without [`development_mode`](Self::development_mode)
+    /// (or both), a configuration [`ServerConfig::validate`] refuses, an application frame
+    /// type that is reserved, invalid or registered twice.
     pub fn build(self) -> Result<Server, BuildError> {
+        match (self.config.jwt_secret.is_some(), self.development_mode) {
+            (false, false) => return Err(BuildError::NoJwtSecret),
+            (true, true) => return Err(BuildError::DevelopmentModeWithSecret),
+            _ => {}
+        }
+        self.config.validate()?;
         let frame_handlers = frame_handlers(self.frames)?;
         let config = self.config;
         let limits = Limits {
@@ -370,6 +400,26 @@ impl Server {
         routes::router(Arc::clone(&self.core))
     }
 
+    /// Whether this server may serve on `addr`: always with a JWT secret; in development
+    /// mode only on a loopback address, unless
+    /// [`ServerBuilder::allow_unauthenticated`] was said. [`Server::serve`] checks its
+    /// listener with it; an application serving [`Server::router`] itself should check its
+    /// own listener's address the same way.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::UnauthenticatedListener`] when it may not.
+    pub fn check_listener(&self, addr: SocketAddr) -> Result<(), ServerError> {
+        let config = &self.core.config;
+        if self.core.auth.is_development()
+            && !addr.ip().is_loopback()
+            && !config.allow_unauthenticated
+        {
+            return Err(ServerError::UnauthenticatedListener(addr));
+        }
+        Ok(())
+    }
+
     /// The hub, to send frames and read presence from the embedding application.
     pub fn hub(&self) -> &Arc<dyn Hub> {
         &self.core.hub
@@ -401,11 +451,19 @@ impl Server {
     /// headers, or stays idle that long between requests, is closed. At most
     /// [`ServerConfig::max_connections`] are served at once; beyond that the listener is not
     /// accepted from, so new connections wait in the kernel's backlog until one closes.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::UnauthenticatedListener`] at once, serving nothing, for a
+    /// development-mode server on a listener that is not loopback (see
+    /// [`Server::check_listener`]); [`ServerError::Io`] when the listener's address cannot
+    /// be read.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), ServerError> {
+        self.check_listener(listener.local_addr()?)?;
         let config = &self.core.config;
         let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs.max(1));
         let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs.max(1));

@@ -177,6 +177,7 @@ async fn names_the_protocol_defines_are_refused_when_the_server_is_built() {
         "overflow",
     ] {
         let built = Server::builder(ServerConfig::default())
+            .development_mode()
             .frame(name, Chat)
             .build();
         assert_eq!(
@@ -186,6 +187,7 @@ async fn names_the_protocol_defines_are_refused_when_the_server_is_built() {
         );
     }
     let twice = Server::builder(ServerConfig::default())
+        .development_mode()
         .frame("chat", Chat)
         .frame("chat", Boom)
         .build();
@@ -195,6 +197,7 @@ async fn names_the_protocol_defines_are_refused_when_the_server_is_built() {
     );
     for name in ["", "a\nb", &"x".repeat(65)] {
         let built = Server::builder(ServerConfig::default())
+            .development_mode()
             .frame(name, Chat)
             .build();
         assert!(

@@ -12,6 +12,7 @@ mod http;
 mod paused;
 mod process;
 mod queue;
+mod secure;
 mod support;
 mod two_nodes;
 mod ws;
