@@ -84,6 +84,39 @@ pub struct ShutdownReport {
 /// user's own) wraps a [`LocalHub`] — which still owns this node's sockets — and overrides
 /// only the methods it distributes: every method has a default that delegates to
 /// [`Hub::local`], as socketioxide's adapters do. See the crate docs for an example.
+///
+/// # What is swappable, and why the sockets stay with `LocalHub`
+///
+/// Swappable — everything the server *asks* of the hub goes through this trait, so an
+/// implementation decides it (`bridge-server` installs one with `ServerBuilder::wrap_hub`
+/// and calls nothing else for these):
+///
+/// * where frames go: [`send_to_device`](Hub::send_to_device) (the session manager's
+///   `ble_write`s), [`broadcast`](Hub::broadcast) (`POST .../events`, `command_result`
+///   announcements, application frames), [`send_to_user`](Hub::send_to_user) and
+///   [`send_to_connection`](Hub::send_to_connection) (answers to `command` frames);
+/// * what presence is reported: [`device_presence`](Hub::device_presence) (`GET
+///   /v1/devices/{id}`), [`online_devices`](Hub::online_devices) (`GET /v1/devices`) and
+///   [`counts`](Hub::counts) (`/metrics`). `DevicePresence` and `HubCounts` are
+///   `#[non_exhaustive]`: start from the local value and change its public fields.
+///
+/// Not swappable — the [`LocalHub`] returned by [`local`](Hub::local) does these, for this
+/// process's connections:
+///
+/// * owning the sockets: the server upgrades an HTTP connection in this process and hands
+///   the socket to [`LocalHub::serve`], whose pump (read, write, keepalive, limits) must run
+///   where the socket is;
+/// * the connection lifecycle and presence bookkeeping of those sockets, and the
+///   [`HubEvent`](crate::HubEvent)s it reports, which drive the server's session manager
+///   and delivery engine synchronously on the connection's task;
+/// * a `ble_response`'s way to its command (the [`ResponseHandler`](crate::ResponseHandler),
+///   called on the connection's task), and the [`InFlight`] tickets, which count commands
+///   on a connection of this process. So [`send_to_device`](Hub::send_to_device) answers
+///   with a ticket of a local connection: a command can be routed only through a bridge
+///   connected to this process; presence and broadcasts can span processes.
+///
+/// Access policy and initial subscriptions are set on the [`LocalHub`]'s builder
+/// (`ServerBuilder::customize_hub`).
 #[async_trait]
 pub trait Hub: Send + Sync + 'static {
     /// The hub of this process, which owns its connections.
