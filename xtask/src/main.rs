@@ -22,7 +22,7 @@ struct Task {
 const TASKS: &[Task] = &[
     Task {
         name: "ci",
-        help: "everything CI runs, failing fast: fmt, clippy, services, tests, docs, benches compile",
+        help: "everything CI runs, failing fast: fmt, clippy, services, tests, docs, benches compile, examples",
         run: ci,
     },
     Task {
@@ -131,9 +131,22 @@ fn ci(_args: &[String]) -> Result<(), String> {
         &["check", "--workspace", "--benches"],
         &[],
     )?;
+    // Each example is one command and checks what it shows; custom_store's conformance
+    // suite already ran with the tests.
+    for example in EXAMPLES {
+        run(
+            &format!("example {example}"),
+            &cargo,
+            &["run", "--quiet", "-p", "examples", "--example", example],
+            &[],
+        )?;
+    }
     println!("\nxtask ci: all steps passed");
     Ok(())
 }
+
+/// The runnable examples in `examples/` (`cargo run -p examples --example NAME`).
+const EXAMPLES: &[&str] = &["embedded", "session_alone", "custom_hub", "custom_store"];
 
 /// The repository's `docs/PROTOCOL.md` is a byte-for-byte copy of the shared contract
 /// `../shared/PROTOCOL.md`; when the shared one is present, a difference fails the build.

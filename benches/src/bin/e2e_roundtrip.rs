@@ -328,7 +328,7 @@ fn merge(tallies: Vec<Tally>, elapsed: Duration) -> Measured {
 /// The server's configuration: auth on, in-memory queue, rate limits out of the way (the
 /// bench is about throughput, not the per-connection flood guard), a deeper outbound queue so
 /// that 256 writes in flight to one bridge do not count as a slow consumer.
-fn build_server() -> Server {
+fn build_server() -> Result<Server, bridge_server::BuildError> {
     let mut config = ServerConfig::default();
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.queue = QueueUrl::Memory;
@@ -349,7 +349,7 @@ fn run_server_child(scenario: &Scenario) -> Result<(), BoxError> {
     raise_fd_limit(scenario)?;
     let runtime = server_runtime()?;
     runtime.block_on(async move {
-        let server = build_server();
+        let server = build_server()?;
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let port = listener.local_addr()?.port();
         let app = server.router();

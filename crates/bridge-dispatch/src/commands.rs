@@ -76,7 +76,7 @@ impl Dispatcher {
     ) -> Result<CommandResponse, Refusal> {
         let span = tracing::info_span!("command", device = %device, party = %party);
         let result = self
-            .run(device, request, party)
+            .run(device.clone(), request, party)
             .instrument(span.clone())
             .await;
         let outcome = match &result {
@@ -85,7 +85,9 @@ impl Dispatcher {
         };
         span.in_scope(|| tracing::info!(outcome, "command ended"));
         let sent_for = result.as_ref().ok().and_then(|(_, sent_for)| *sent_for);
-        self.inner.outlet.command_ended(outcome, sent_for);
+        self.inner
+            .outlet
+            .command_ended_for(&device, outcome, sent_for);
         result.map(|(response, _)| response)
     }
 

@@ -61,6 +61,18 @@ pub trait Outlet: Send + Sync + 'static {
         let _ = (outcome, sent_for);
     }
 
+    /// [`Outlet::command_ended`] with the command's device: the dispatcher calls this one.
+    /// Default: [`Outlet::command_ended`].
+    fn command_ended_for(
+        &self,
+        device: &DeviceId,
+        outcome: &'static str,
+        sent_for: Option<Duration>,
+    ) {
+        let _ = device;
+        self.command_ended(outcome, sent_for);
+    }
+
     /// A task of the dispatcher panicked and was recovered: `what` names it (`lease`,
     /// `send`, `sweep`, `timer`, ... — the `task` label of `bridge_task_panics_total`). The
     /// panic was logged; the engine was told the step failed, so the device's pass ended
@@ -311,7 +323,8 @@ fn run(inner: &Arc<Inner>, action: Action) {
                     let sent = match result {
                         Some(result) => {
                             let sent = sent_of(result);
-                            task.outlet.command_ended(
+                            task.outlet.command_ended_for(
+                                &command.device,
                                 sent.outcome_label(),
                                 sent.left().then(|| start.elapsed()),
                             );

@@ -6,19 +6,20 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bridge_protocol::{ConnectionId, DeviceId};
+use bridge_protocol::{ConnectionId, DeviceId, EventType};
 use futures_util::{Sink, Stream};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 use tracing::Instrument;
 use tungstenite::{Error as WsError, Message};
 
+use crate::application::ApplicationFrames;
 use crate::outbox::CloseRequest;
 use crate::state::State;
 use crate::{
-    AccessPolicy, CloseReason, ConnectionInfo, EventSink, FixedSubscriptions, Frame, GrantedAccess,
-    HubConfig, HubEvent, IgnoreEvents, InFlight, NoPendingCommands, ResponseHandler,
-    SubscriptionSource, UserId,
+    AccessPolicy, ApplicationFrameHandler, CloseReason, ConnectionInfo, EventSink,
+    FixedSubscriptions, Frame, GrantedAccess, HubConfig, HubEvent, IgnoreEvents, InFlight,
+    NoPendingCommands, ResponseHandler, SubscriptionSource, UserId,
 };
 
 /// Why a frame could not be sent.
@@ -83,6 +84,39 @@ pub struct ShutdownReport {
 /// user's own) wraps a [`LocalHub`] — which still owns this node's sockets — and overrides
 /// only the methods it distributes: every method has a default that delegates to
 /// [`Hub::local`], as socketioxide's adapters do. See the crate docs for an example.
+///
+/// # What is swappable, and why the sockets stay with `LocalHub`
+///
+/// Swappable — everything the server *asks* of the hub goes through this trait, so an
+/// implementation decides it (`bridge-server` installs one with `ServerBuilder::wrap_hub`
+/// and calls nothing else for these):
+///
+/// * where frames go: [`send_to_device`](Hub::send_to_device) (the session manager's
+///   `ble_write`s), [`broadcast`](Hub::broadcast) (`POST .../events`, `command_result`
+///   announcements, application frames), [`send_to_user`](Hub::send_to_user) and
+///   [`send_to_connection`](Hub::send_to_connection) (answers to `command` frames);
+/// * what presence is reported: [`device_presence`](Hub::device_presence) (`GET
+///   /v1/devices/{id}`), [`online_devices`](Hub::online_devices) (`GET /v1/devices`) and
+///   [`counts`](Hub::counts) (`/metrics`). `DevicePresence` and `HubCounts` are
+///   `#[non_exhaustive]`: start from the local value and change its public fields.
+///
+/// Not swappable — the [`LocalHub`] returned by [`local`](Hub::local) does these, for this
+/// process's connections:
+///
+/// * owning the sockets: the server upgrades an HTTP connection in this process and hands
+///   the socket to [`LocalHub::serve`], whose pump (read, write, keepalive, limits) must run
+///   where the socket is;
+/// * the connection lifecycle and presence bookkeeping of those sockets, and the
+///   [`HubEvent`](crate::HubEvent)s it reports, which drive the server's session manager
+///   and delivery engine synchronously on the connection's task;
+/// * a `ble_response`'s way to its command (the [`ResponseHandler`](crate::ResponseHandler),
+///   called on the connection's task), and the [`InFlight`] tickets, which count commands
+///   on a connection of this process. So [`send_to_device`](Hub::send_to_device) answers
+///   with a ticket of a local connection: a command can be routed only through a bridge
+///   connected to this process; presence and broadcasts can span processes.
+///
+/// Access policy and initial subscriptions are set on the [`LocalHub`]'s builder
+/// (`ServerBuilder::customize_hub`).
 #[async_trait]
 pub trait Hub: Send + Sync + 'static {
     /// The hub of this process, which owns its connections.
@@ -177,6 +211,7 @@ pub(crate) struct Inner {
     pub(crate) state: RwLock<State>,
     events: EventQueue,
     pub(crate) responses: Box<dyn ResponseHandler>,
+    pub(crate) application: Option<ApplicationFrames>,
     pub(crate) access: Arc<dyn AccessPolicy>,
     pub(crate) subscriptions: Arc<dyn SubscriptionSource>,
     next_id: AtomicU64,
@@ -224,6 +259,7 @@ pub struct LocalHubBuilder {
     config: HubConfig,
     events: Box<dyn EventSink>,
     responses: Box<dyn ResponseHandler>,
+    application: Option<ApplicationFrames>,
     access: Arc<dyn AccessPolicy>,
     subscriptions: Arc<dyn SubscriptionSource>,
 }
@@ -246,6 +282,20 @@ impl LocalHubBuilder {
     /// `unknown_request`). See [`ResponseHandler`].
     pub fn responses(mut self, handler: impl ResponseHandler) -> Self {
         self.responses = Box::new(handler);
+        self
+    }
+
+    /// Frames of the application's own types (default: none). A text frame whose `type` is
+    /// one of `types` (compared exactly) is handed to `handler` instead of being answered
+    /// `unknown_type`; `types` cannot name a type PROTOCOL.md defines ([`EventType`]
+    /// refuses those). The frame size and rate limits apply before, as to any frame. See
+    /// [`ApplicationFrameHandler`] for where and when it runs.
+    pub fn application_frames(
+        mut self,
+        types: impl IntoIterator<Item = EventType>,
+        handler: impl ApplicationFrameHandler,
+    ) -> Self {
+        self.application = Some(ApplicationFrames::new(types, handler));
         self
     }
 
@@ -273,6 +323,7 @@ impl LocalHubBuilder {
                     sink: self.events,
                 },
                 responses: self.responses,
+                application: self.application,
                 access: self.access,
                 subscriptions: self.subscriptions,
                 next_id: AtomicU64::new(1),
@@ -311,6 +362,7 @@ impl LocalHub {
             config: HubConfig::default(),
             events: Box::new(IgnoreEvents),
             responses: Box::new(NoPendingCommands),
+            application: None,
             access: Arc::new(GrantedAccess),
             subscriptions: Arc::new(FixedSubscriptions::default()),
         }

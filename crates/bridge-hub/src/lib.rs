@@ -24,6 +24,10 @@
 //! * The server sends and asks through the [`Hub`] trait: send to a device's best bridge,
 //!   broadcast to a device's subscribers, send to a user or a connection, presence, counts.
 //!   [`LocalHub`] implements it in-process.
+//! * A text frame whose `type` the application registered with
+//!   [`LocalHubBuilder::application_frames`] (never a type PROTOCOL.md defines) goes to its
+//!   [`ApplicationFrameHandler`], awaited on the connection's task after the size and rate
+//!   limits; every other unknown `type` is answered `unknown_type`.
 //! * [`AccessPolicy`] decides claims, subscriptions and commands; [`SubscriptionSource`]
 //!   gives a user connection its initial subscriptions.
 //!
@@ -158,6 +162,7 @@
 //! `idle_connections` load test in `benches/` measures the result (see BENCHMARKS.md).
 
 mod access;
+mod application;
 mod config;
 mod event;
 mod frame;
@@ -173,6 +178,7 @@ pub use access::{
     AccessPolicy, ConnectionInfo, DeviceAccess, FixedSubscriptions, GrantedAccess,
     GrantedSubscriptions, SubscriptionSource, UserId,
 };
+pub use application::{ApplicationFrame, ApplicationFrameHandler};
 pub use config::{HubConfig, RateLimit};
 pub use event::{CloseReason, EventSink, HubEvent, IgnoreEvents, ReleaseReason};
 pub use frame::Frame;

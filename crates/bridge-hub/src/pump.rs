@@ -22,7 +22,7 @@ use crate::in_flight::Refused;
 use crate::outbox::{CloseRequest, Entry, Outbox};
 use crate::rate::{Admission, TokenBucket};
 use crate::state::{ClaimRefused, RegisterRefused, SubscribeRefused};
-use crate::{CloseReason, ConnectionInfo, Frame, HubEvent, InFlight};
+use crate::{ApplicationFrame, CloseReason, ConnectionInfo, Frame, HubEvent, InFlight};
 
 /// `{"type":"pong"}`, the same for bridges and users.
 const PONG: Frame = Frame::from_static(r#"{"type":"pong"}"#);
@@ -405,14 +405,35 @@ where
         let limits = &self.inner.config.protocol_limits;
         match self.info.role() {
             Role::Bridge => match BridgeToServer::decode(text, limits) {
-                Err(error) => self.reject(&error),
+                Err(error) => self.refused(text, &error).await,
                 Ok(frame) => self.bridge_frame(frame).await,
             },
             _ => match UserToServer::decode(text, limits) {
-                Err(error) => self.reject(&error),
+                Err(error) => self.refused(text, &error).await,
                 Ok(frame) => self.user_frame(frame).await,
             },
         }
+    }
+
+    /// A frame the decoder refused: an `unknown_type` whose `type` the application
+    /// registered goes to the application's handler; anything else is answered `error`.
+    async fn refused(&mut self, text: &str, error: &ProtocolError) {
+        if error.code == ErrorCode::UnknownType
+            && let Some(application) = &self.inner.application
+            && let Some(ty) = bridge_protocol::decode::frame_type(text)
+            && application.types.contains(ty.as_ref())
+        {
+            let frame = ApplicationFrame {
+                connection: self.outbox.id,
+                role: self.info.role(),
+                user_id: self.info.user_id().clone(),
+                frame_type: ty.into_owned(),
+                text: text.to_owned(),
+            };
+            application.handler.on_frame(frame).await;
+            return;
+        }
+        self.reject(error);
     }
 
     async fn bridge_frame(&mut self, frame: BridgeToServer) {

@@ -311,6 +311,22 @@ impl<'a> Reader<'_, 'a> {
     }
 }
 
+/// The `type` of a text frame, read as the decoders read it (one JSON object, no key twice,
+/// `type` a string), or `None` when the frame has none. For frames no decoder knows, such
+/// as an application's own frame types.
+pub fn frame_type(text: &str) -> Option<Cow<'_, str>> {
+    let env = parse_envelope(text, ErrorCode::InvalidMessage).ok()?;
+    raw_str(env.ty?)
+}
+
+/// The `requestId` of a text frame, if it has a valid one (1 to 64 characters, no control
+/// characters), read as the decoders read it.
+pub fn frame_request_id(text: &str) -> Option<RequestId> {
+    parse_envelope(text, ErrorCode::InvalidMessage)
+        .ok()
+        .and_then(|env| readable_request_id(&env))
+}
+
 /// The frame's `requestId`, if it has a valid one.
 fn readable_request_id(env: &Envelope<'_>) -> Option<RequestId> {
     env.request_id

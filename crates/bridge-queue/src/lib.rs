@@ -11,7 +11,7 @@
 //! | `sqlite`   | `SqliteStore`    | the server's embedded durable default; survives kill -9 |
 //! | `postgres` | `PostgresStore`  | shared durable store for several server processes; `open` from a URL or `from_pool` on a caller's `sqlx::PgPool` |
 //! | `redis`    | `RedisStore`     | deployments that already run Redis; `open` from a URL or `from_pool` on a caller's `deadpool_redis::Pool` |
-//! | `rabbitmq` | `RabbitMqStore`  | push delivery through RabbitMQ queues, state in another store (see the `rabbitmq` module); `open` from a URL only, as the store re-opens its own connections |
+//! | `rabbitmq` | `RabbitMqStore`  | push delivery through RabbitMQ queues, state in another store (see the `rabbitmq` module); `open` from a URL or `from_connection` on a caller's `Arc<lapin::Connection>` (the URL is still used once that connection has closed) |
 //!
 //! Time (TTL, lease deadlines) is read from the [`Clock`] in [`StoreConfig`], so tests move
 //! a [`ManualClock`] instead of sleeping.

@@ -49,17 +49,17 @@
 //! first: a newer notice supersedes them) and `x-expires` (a queue nobody used for
 //! [`RabbitMqOptions::idle_queue_expiry`] is deleted by the broker).
 //!
-//! # No constructor from an existing connection
+//! # From a connection the caller already has
 //!
-//! Unlike `PostgresStore::from_pool` and `RedisStore::from_pool`, there is no way to hand
-//! this store a `lapin::Connection` the caller already has, because the store owns its
-//! connections' lifecycle: it re-opens the publishing connection from
-//! [`RabbitMqOptions::url`] after the broker goes away, and every
-//! [`consume`](RabbitMqStore::consume) stream opens a connection of its own. A handed-over
-//! connection could serve only until its first failure, after which the store would need
-//! the URL anyway and would quietly stop using the caller's connection; the consumers would
-//! never use it. So [`RabbitMqStore::open`] (from the URL) is the one constructor; the
-//! state store `S` may itself be made from a caller's pool.
+//! [`RabbitMqStore::open`] connects from [`RabbitMqOptions::url`].
+//! [`RabbitMqStore::from_connection`] takes a `lapin::Connection` the service already has
+//! (shared, in an `Arc`) and opens its channels on it — the publishing channel, and one per
+//! [`consume`](RabbitMqStore::consume) stream — instead of connecting. A closed lapin
+//! connection cannot be re-opened, so once the caller's connection has closed (the broker
+//! went away, or the caller closed it) the store connects from [`RabbitMqOptions::url`],
+//! exactly as a store made with `open` re-connects; the options still name the broker for
+//! that. The state store `S` may itself be made from a caller's pool
+//! (`PostgresStore::from_pool`, `RedisStore::from_pool`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -145,11 +145,14 @@ struct Inner<S> {
     state: S,
     options: RabbitMqOptions,
     publisher: Mutex<Option<Link>>,
+    /// The caller's connection ([`RabbitMqStore::from_connection`]): channels are opened on
+    /// it while it is open.
+    shared: Option<Arc<Connection>>,
 }
 
-/// An open connection and a channel on it.
+/// A channel, and the connection of its own it was opened on (`None` on the caller's).
 struct Link {
-    _connection: Connection,
+    _connection: Option<Connection>,
     channel: Channel,
 }
 
@@ -226,13 +229,23 @@ impl<S> Inner<S> {
 
     async fn connect(&self, confirms: bool) -> Result<Link, StoreError> {
         let timeout = self.options.operation_timeout;
-        let connection = bounded(
-            timeout,
-            "connect",
-            Connection::connect(&self.options.url, ConnectionProperties::default()),
-        )
-        .await?;
-        let channel = bounded(timeout, "open a channel", connection.create_channel()).await?;
+        let (own, channel) = match &self.shared {
+            Some(shared) if shared.status().connected() => (
+                None,
+                bounded(timeout, "open a channel", shared.create_channel()).await?,
+            ),
+            _ => {
+                let connection = bounded(
+                    timeout,
+                    "connect",
+                    Connection::connect(&self.options.url, ConnectionProperties::default()),
+                )
+                .await?;
+                let channel =
+                    bounded(timeout, "open a channel", connection.create_channel()).await?;
+                (Some(connection), channel)
+            }
+        };
         if confirms {
             bounded(
                 timeout,
@@ -242,7 +255,7 @@ impl<S> Inner<S> {
             .await?;
         }
         Ok(Link {
-            _connection: connection,
+            _connection: own,
             channel,
         })
     }
@@ -344,8 +357,33 @@ impl<S: Store> Inner<S> {
 }
 
 impl<S: Store> RabbitMqStore<S> {
-    /// Wraps `state`, checking that the broker answers.
+    /// Wraps `state`, connecting to the broker at [`RabbitMqOptions::url`] and checking
+    /// that it answers. With a connection the service already has, see
+    /// [`from_connection`](Self::from_connection).
     pub async fn open(options: RabbitMqOptions, state: S) -> Result<Self, StoreError> {
+        Self::start(options, state, None).await
+    }
+
+    /// Wraps `state`, opening the store's channels on `connection`, a connection the
+    /// service already has, instead of connecting (see the [module docs](self)): the
+    /// publishing channel now, and one per [`consume`](Self::consume) stream. Once that
+    /// connection has closed the store connects from [`RabbitMqOptions::url`], as it
+    /// re-connects after a broker failure when made with [`open`](Self::open). Shared: the
+    /// caller keeps using its clone of the `Arc`, and the connection stays open for as long
+    /// as either holds it.
+    pub async fn from_connection(
+        connection: Arc<Connection>,
+        options: RabbitMqOptions,
+        state: S,
+    ) -> Result<Self, StoreError> {
+        Self::start(options, state, Some(connection)).await
+    }
+
+    async fn start(
+        options: RabbitMqOptions,
+        state: S,
+        shared: Option<Arc<Connection>>,
+    ) -> Result<Self, StoreError> {
         if options.prefix.len() > MAX_PREFIX_BYTES {
             return Err(InvalidInput::QueuePrefixTooLong {
                 len: options.prefix.len(),
@@ -357,6 +395,7 @@ impl<S: Store> RabbitMqStore<S> {
             state,
             options,
             publisher: Mutex::new(None),
+            shared,
         };
         let link = inner.connect(true).await?;
         *inner.publisher.lock().await = Some(link);

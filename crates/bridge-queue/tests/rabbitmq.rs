@@ -389,3 +389,75 @@ async fn long_device_ids_sharing_a_200_byte_prefix_get_different_queues() {
     // Short ids keep the readable name they always had.
     assert_eq!(store.queue_name(&device()), format!("{prefix}.lock-1"));
 }
+
+/// A store made from a connection the caller already has opens its channels on it (no
+/// connection of its own while that one is open), publishes and consumes through it, and
+/// leaves it usable by the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_from_the_callers_connection_publishes_and_consumes_on_it() {
+    let connection = Arc::new(
+        lapin::Connection::connect(&url(), lapin::ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|e| panic!("RabbitMQ is unreachable at {} ({e})", url())),
+    );
+    // A URL nobody listens on: were the store to connect on its own, it would fail.
+    let mut options = options();
+    options.url = "amqp://guest:guest@127.0.0.1:1/%2f".to_owned();
+    options.operation_timeout = Duration::from_secs(2);
+    let store = RabbitMqStore::from_connection(
+        Arc::clone(&connection),
+        options,
+        MemoryStore::new(StoreConfig::default()),
+    )
+    .await
+    .expect("a store on the caller's connection");
+    let dev = device();
+    let id = store
+        .enqueue_or_update(&dev, &kind("unlock"), bytes(&[1]), TtlSeconds::DEFAULT)
+        .await
+        .expect("enqueue");
+    // The notice is in the device queue, read on a channel of the caller's connection.
+    let channel = connection
+        .create_channel()
+        .await
+        .expect("the caller's channel");
+    let notice = channel
+        .basic_get(
+            ShortString::from(store.queue_name(&dev)),
+            BasicGetOptions { no_ack: false },
+        )
+        .await
+        .expect("basic.get")
+        .expect("a notice was published");
+    let body: serde_json::Value = serde_json::from_slice(&notice.delivery.data).expect("JSON");
+    assert_eq!(body["commandId"], id.as_str());
+    channel
+        .basic_nack(
+            notice.delivery.delivery_tag,
+            lapin::options::BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("requeue the notice");
+    // A consumer on the same connection gets the command, leased.
+    let mut stream = Box::pin(store.consume(dev.clone(), node("node-a"), GRACE, POLL));
+    let leased = tokio::time::timeout(PROMPTLY, stream.next())
+        .await
+        .expect("a command in time")
+        .expect("the stream goes on")
+        .expect("leased");
+    assert_eq!(leased.command.id, id);
+    store
+        .complete(&leased.lease, CommandOutcome::Payload(bytes(&[1])))
+        .await
+        .expect("complete");
+    assert!(store.ping().await.is_ok());
+    drop(stream);
+    delete_queue(&store, &dev).await;
+    assert!(
+        connection.status().connected(),
+        "the caller's connection is still open"
+    );
+}

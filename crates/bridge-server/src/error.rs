@@ -141,4 +141,50 @@ pub enum ServerError {
     /// Listening or serving failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// A development-mode server asked to serve on an address other people can reach,
+    /// without [`ServerBuilder::allow_unauthenticated`](crate::ServerBuilder::allow_unauthenticated).
+    #[error(
+        "refusing to serve on {0} in development mode: anyone who can reach it could command every device. \
+         Configure a JWT secret, listen on a loopback address such as 127.0.0.1, \
+         or call ServerBuilder::allow_unauthenticated() if you really mean it"
+    )]
+    UnauthenticatedListener(std::net::SocketAddr),
+}
+
+/// Why [`ServerBuilder::build`](crate::ServerBuilder::build) refused to build a server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// An application frame type is one PROTOCOL.md defines.
+    #[error(
+        "`{0}` is a frame type the protocol defines; an application frame needs a name of its own"
+    )]
+    ReservedFrameType(String),
+    /// An application frame type that could not be a `type` (empty, over 64 characters,
+    /// control characters).
+    #[error("`{name}` cannot be a frame type: {reason}")]
+    InvalidFrameType {
+        /// The name given.
+        name: String,
+        /// Why not.
+        reason: bridge_protocol::ValueError,
+    },
+    /// An application frame type registered twice.
+    #[error("the frame type `{0}` is registered twice")]
+    DuplicateFrameType(String),
+    /// No JWT secret, and [`ServerBuilder::development_mode`](crate::ServerBuilder::development_mode)
+    /// was not said: a server is authenticated unless the application says otherwise.
+    #[error(
+        "no JWT secret: set ServerConfig::jwt_secret, or call ServerBuilder::development_mode() \
+         to run without authentication (loopback only)"
+    )]
+    NoJwtSecret,
+    /// A JWT secret and [`ServerBuilder::development_mode`](crate::ServerBuilder::development_mode)
+    /// both: which one is meant is unclear.
+    #[error("development mode was asked for, but the configuration has a JWT secret")]
+    DevelopmentModeWithSecret,
+    /// The configuration breaks a rule the server will not run without
+    /// ([`ServerConfig::validate`](crate::ServerConfig::validate)).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }

@@ -19,6 +19,8 @@
 //!   (the per-connection cap, [`HubConfig::max_commands_per_connection`](bridge_hub::HubConfig))
 //!   until its result is ready.
 //! * Refused frames are counted in the metrics.
+//! * What the application's [`Hooks`](crate::Hooks) hear about (users, devices, bridges)
+//!   is put on the bounded hook queue with a `try_send` that never waits (`hooks.rs`).
 //!
 //! So nothing is buffered between the hub and the server, and there is nothing to bound:
 //! the memory an event can hold is a spawned task (one store call or send per device with a
@@ -69,6 +71,8 @@ pub(crate) fn sink(slot: CoreSlot, runtime: Handle) -> impl EventSink {
 }
 
 fn handle(core: &Arc<Core>, runtime: &Handle, event: HubEvent) {
+    // The application's hooks first: a non-blocking `try_send` of what they hear about.
+    core.hooks.observe(&event);
     match event {
         HubEvent::DeviceReleased {
             device_id,

@@ -20,8 +20,11 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // Development mode, in-memory queue, the built-in `smart-lock` device type.
-//! let server = Server::builder(ServerConfig::default()).build();
+//! // Development mode (said explicitly: without it, a server with no JWT secret is not
+//! // built), in-memory queue, the built-in `smart-lock` device type.
+//! let server = Server::builder(ServerConfig::default())
+//!     .development_mode()
+//!     .build()?;
 //! let router = server.router();
 //!
 //! let request = axum::http::Request::get("/healthz").body(axum::body::Body::empty())?;
@@ -121,6 +124,18 @@
 //!   time, atomically ([`Store::lease_next`](bridge_queue::Store::lease_next)). Each needs its
 //!   own `--node-id`. Routing and presence are per process unless a distributed
 //!   [`Hub`](bridge_hub::Hub) is installed with [`ServerBuilder::wrap_hub`].
+//! * **Application frames** (the protocol defines none over WebSocket; it only says an
+//!   application event's `type` must not be one it defines, 3.3): a frame whose `type` the
+//!   application registered with [`ServerBuilder::frame`] — by exact, case-sensitive name,
+//!   never one of [`RESERVED_TYPES`](bridge_protocol::RESERVED_TYPES) (refused by
+//!   [`ServerBuilder::build`] with [`BuildError::ReservedFrameType`]) — is handed to its
+//!   handler with the connection's identity and role, from a user or a bridge. It is read
+//!   as every frame is up to its `type` (one JSON object, no key twice, a string `type`;
+//!   otherwise `invalid_message`), after the size limit (1009) and the rate limit
+//!   (`rate_limited`), and answered only by what the handler sends: nothing is sent on its
+//!   behalf, not even an `ack`. Every other `type` a role may not send stays
+//!   `unknown_type`. What a handler sends must itself have an application `type`, or be an
+//!   `error` frame with a code of 3.5 ([`FrameContext::refuse`]). See [`frames`].
 //! * **Development mode**: a user connection starts with no subscriptions (the token's
 //!   `devices` in JWT mode), unless the embedding application installs a
 //!   [`SubscriptionSource`](bridge_hub::SubscriptionSource) with
@@ -130,6 +145,8 @@ pub mod auth;
 pub mod config;
 mod error;
 mod events;
+pub mod frames;
+pub mod hooks;
 mod metrics;
 mod outlet;
 mod routes;
@@ -141,6 +158,8 @@ mod ws;
 /// How the offline queue is delivered: the dispatcher's engine configuration.
 pub use bridge_dispatch::EngineConfig as DeliveryConfig;
 pub use config::{Cli, ConfigError, LogFormat, QueueUrl, ServerConfig};
-pub use error::ServerError;
+pub use error::{BuildError, ServerError};
+pub use frames::{FrameContext, FrameError, FrameHandler};
+pub use hooks::{BridgeConnection, CommandEnded, Hooks, NoHooks};
 pub use server::{Server, ServerBuilder};
 pub use store::{RABBITMQ_STATE_FILE, open_store};

@@ -98,10 +98,14 @@ async fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
     // The one line on stdout: where to connect (tests and scripts read it).
     println!("bridge-server listening on http://{addr}");
 
-    let server = Server::builder(config)
-        .store(store)
-        .registry(registry)
-        .build();
+    // The binary's rule, said to the library: no secret is development mode (`validate`
+    // already refused it on a non-loopback address without --allow-unauthenticated).
+    let development = config.jwt_secret.is_none();
+    let mut builder = Server::builder(config);
+    if development {
+        builder = builder.development_mode();
+    }
+    let server = builder.store(store).registry(registry).build()?;
     server.serve(listener, shutdown_signal()).await?;
     Ok(())
 }

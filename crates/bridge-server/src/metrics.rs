@@ -89,7 +89,11 @@ impl Metrics {
             );
             metrics::describe_counter!(
                 "bridge_task_panics_total",
-                "Panics caught in the delivery engine's tasks, by task; each was logged and recovered."
+                "Panics caught in the delivery engine's tasks and the hooks, by task; each was logged and recovered."
+            );
+            metrics::describe_counter!(
+                "bridge_hook_events_dropped_total",
+                "Events dropped because the hook queue was full (the hooks were slower than the events)."
             );
         });
         metrics
@@ -123,6 +127,11 @@ impl Metrics {
         self.with(|| {
             metrics::counter!("bridge_task_panics_total", "task" => task).increment(1);
         });
+    }
+
+    /// An event was dropped because the hook queue was full.
+    pub(crate) fn hook_event_dropped(&self) {
+        self.with(|| metrics::counter!("bridge_hook_events_dropped_total").increment(1));
     }
 
     /// The Prometheus text exposition, with gauges set to `gauges`.

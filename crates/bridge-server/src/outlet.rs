@@ -8,19 +8,26 @@ use bridge_dispatch::Outlet;
 use bridge_hub::{Frame, Hub};
 use bridge_protocol::{CommandResult, DeviceId, ServerToUser};
 
+use crate::hooks::HookQueue;
 use crate::metrics::Metrics;
 
 /// Announces `command_result` frames to a device's subscribers through the hub, and counts
 /// every command's end in `bridge_commands_total` and `bridge_command_duration_seconds`, and
-/// every recovered panic of the dispatcher in `bridge_task_panics_total`.
+/// every recovered panic of the dispatcher in `bridge_task_panics_total`; every command's
+/// end also goes to the application's hooks.
 pub(crate) struct HubOutlet {
     hub: Arc<dyn Hub>,
     metrics: Arc<Metrics>,
+    hooks: Arc<HookQueue>,
 }
 
 impl HubOutlet {
-    pub(crate) fn new(hub: Arc<dyn Hub>, metrics: Arc<Metrics>) -> Self {
-        Self { hub, metrics }
+    pub(crate) fn new(hub: Arc<dyn Hub>, metrics: Arc<Metrics>, hooks: Arc<HookQueue>) -> Self {
+        Self {
+            hub,
+            metrics,
+            hooks,
+        }
     }
 }
 
@@ -37,6 +44,16 @@ impl Outlet for HubOutlet {
         if let Some(elapsed) = sent_for {
             self.metrics.command_duration(elapsed);
         }
+    }
+
+    fn command_ended_for(
+        &self,
+        device: &DeviceId,
+        outcome: &'static str,
+        sent_for: Option<Duration>,
+    ) {
+        self.command_ended(outcome, sent_for);
+        self.hooks.command_ended(device, outcome, sent_for);
     }
 
     fn task_panicked(&self, what: &'static str) {

@@ -2,6 +2,7 @@
 //! into a [`Server`], whose [`Server::router`] serves PROTOCOL.md.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -20,6 +21,9 @@ use tower::ServiceExt;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
+use crate::error::{BuildError, ServerError};
+use crate::frames::{self, FrameHandler};
+use crate::hooks::{DEFAULT_HOOK_QUEUE, HookQueue, Hooks};
 use crate::metrics::Metrics;
 use crate::outlet::HubOutlet;
 use crate::transport::HubTransport;
@@ -42,6 +46,8 @@ pub(crate) struct Core {
     pub(crate) limits: Limits,
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Arc<Metrics>,
+    /// The application's hooks, behind their bounded queue.
+    pub(crate) hooks: Arc<HookQueue>,
 }
 
 /// Builds a [`Server`].
@@ -61,6 +67,10 @@ pub struct ServerBuilder {
     session: Option<SessionConfig>,
     delivery: Option<EngineConfig>,
     max_user_commands: Option<usize>,
+    hooks: Option<Arc<dyn Hooks>>,
+    hook_queue: usize,
+    frames: Vec<(String, Arc<dyn FrameHandler>)>,
+    development_mode: bool,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -84,7 +94,59 @@ impl ServerBuilder {
             session: None,
             delivery: None,
             max_user_commands: None,
+            hooks: None,
+            hook_queue: DEFAULT_HOOK_QUEUE,
+            frames: Vec::new(),
+            development_mode: false,
         }
+    }
+
+    /// Runs without authentication (PROTOCOL.md 1.2): identities come from query
+    /// parameters. Required to build a server whose [`ServerConfig`] has no JWT secret
+    /// ([`BuildError::NoJwtSecret`] otherwise), refused with one
+    /// ([`BuildError::DevelopmentModeWithSecret`]). Such a server refuses to
+    /// [`serve`](Server::serve) on a listener that is not loopback unless
+    /// [`allow_unauthenticated`](Self::allow_unauthenticated) is said too — the rule of the
+    /// `bridge-server` binary (`--allow-unauthenticated`).
+    pub fn development_mode(mut self) -> Self {
+        self.development_mode = true;
+        self
+    }
+
+    /// Lets a development-mode server serve on an address other people can reach (sets
+    /// [`ServerConfig::allow_unauthenticated`]). Anyone who can reach it can then command
+    /// every device.
+    pub fn allow_unauthenticated(mut self) -> Self {
+        self.config.allow_unauthenticated = true;
+        self
+    }
+
+    /// Handles WebSocket frames of type `frame_type` (exactly that name, from a user or a
+    /// bridge connection) with `handler`, instead of answering them `unknown_type`. A name
+    /// PROTOCOL.md defines, one that cannot be a `type`, or one registered twice makes
+    /// [`build`](Self::build) fail. See [`crate::frames`] for how the frames are read,
+    /// limited and handled.
+    pub fn frame(mut self, frame_type: impl Into<String>, handler: impl FrameHandler) -> Self {
+        self.frames.push((frame_type.into(), Arc::new(handler)));
+        self
+    }
+
+    /// The application's lifecycle hooks (default: none): a user's first connection and
+    /// last disconnection, a device online and offline, a bridge connected and
+    /// disconnected, a command ended. They run on a task of their own, fed by a bounded
+    /// queue, never on the server's path; see [`crate::hooks`] for their order and
+    /// guarantees. (An event sink installed with [`customize_hub`](Self::customize_hub) is
+    /// replaced by the server's: hooks are how the application hears the hub's events.)
+    pub fn hooks(mut self, hooks: impl Hooks) -> Self {
+        self.hooks = Some(Arc::new(hooks));
+        self
+    }
+
+    /// How many events may wait for the hooks before new ones are dropped and counted in
+    /// `bridge_hook_events_dropped_total` (default [`DEFAULT_HOOK_QUEUE`]; at least 1).
+    pub fn hook_queue_capacity(mut self, capacity: usize) -> Self {
+        self.hook_queue = capacity.max(1);
+        self
     }
 
     /// Default of [`ServerBuilder::max_commands_per_connection`]: the hub's default
@@ -161,7 +223,20 @@ impl ServerBuilder {
     /// Builds the server. Must be called inside a Tokio runtime: it starts the session
     /// manager's timer and the delivery timer, and runs user commands and delivery passes
     /// on it.
-    pub fn build(self) -> Server {
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError`]: no JWT secret without [`development_mode`](Self::development_mode)
+    /// (or both), a configuration [`ServerConfig::validate`] refuses, an application frame
+    /// type that is reserved, invalid or registered twice.
+    pub fn build(self) -> Result<Server, BuildError> {
+        match (self.config.jwt_secret.is_some(), self.development_mode) {
+            (false, false) => return Err(BuildError::NoJwtSecret),
+            (true, true) => return Err(BuildError::DevelopmentModeWithSecret),
+            _ => {}
+        }
+        self.config.validate()?;
+        let frame_handlers = frame_handlers(self.frames)?;
         let config = self.config;
         let limits = Limits {
             max_payload_bytes: config.max_payload_bytes,
@@ -186,6 +261,19 @@ impl ServerBuilder {
             .subscriptions(GrantedSubscriptions);
         if let Some(customize) = self.customize_hub {
             hub_builder = customize(hub_builder);
+        }
+        if !frame_handlers.is_empty() {
+            let types = frame_handlers
+                .keys()
+                .filter_map(|name| bridge_protocol::EventType::new(name).ok())
+                .collect::<Vec<_>>();
+            hub_builder = hub_builder.application_frames(
+                types,
+                frames::Dispatch {
+                    handlers: frame_handlers,
+                    core: Arc::clone(&slot),
+                },
+            );
         }
         let local = hub_builder
             .events(events::sink(
@@ -224,6 +312,11 @@ impl ServerBuilder {
                 .retry_interval(Duration::from_secs(config.retry_interval_secs.max(1)))
         });
         let metrics = Arc::new(Metrics::new());
+        let hooks = Arc::new(HookQueue::start(
+            self.hooks,
+            self.hook_queue,
+            Arc::clone(&metrics),
+        ));
         let node_id = config.node_id();
         tracing::info!(node_id = %node_id, "delivering queued commands as this node");
         let dispatch = Dispatcher::start(
@@ -231,7 +324,11 @@ impl ServerBuilder {
             node_id,
             Arc::clone(&store),
             Arc::clone(&session) as Arc<dyn bridge_dispatch::CommandSender>,
-            Arc::new(HubOutlet::new(Arc::clone(&hub), Arc::clone(&metrics))),
+            Arc::new(HubOutlet::new(
+                Arc::clone(&hub),
+                Arc::clone(&metrics),
+                Arc::clone(&hooks),
+            )),
             Arc::clone(&registry),
         );
         let core = Arc::new(Core {
@@ -245,11 +342,32 @@ impl ServerBuilder {
             limits,
             config,
             metrics,
+            hooks,
         });
         // Set before any connection can be served: the router is made from `core` below.
         let _ = slot.set(Arc::downgrade(&core));
-        Server { core }
+        Ok(Server { core })
     }
+}
+
+/// The application frame handlers by type, each name checked.
+fn frame_handlers(
+    frames: Vec<(String, Arc<dyn FrameHandler>)>,
+) -> Result<std::collections::HashMap<String, Arc<dyn FrameHandler>>, BuildError> {
+    let mut handlers = std::collections::HashMap::new();
+    for (name, handler) in frames {
+        if bridge_protocol::RESERVED_TYPES.contains(&name.as_str()) {
+            return Err(BuildError::ReservedFrameType(name));
+        }
+        if let Err(reason) = bridge_protocol::EventType::new(&name) {
+            return Err(BuildError::InvalidFrameType { name, reason });
+        }
+        if handlers.contains_key(&name) {
+            return Err(BuildError::DuplicateFrameType(name));
+        }
+        handlers.insert(name, handler);
+    }
+    Ok(handlers)
 }
 
 /// A composed bridge server. Cheap to clone.
@@ -280,6 +398,26 @@ impl Server {
     /// `axum::serve` give).
     pub fn router(&self) -> Router {
         routes::router(Arc::clone(&self.core))
+    }
+
+    /// Whether this server may serve on `addr`: always with a JWT secret; in development
+    /// mode only on a loopback address, unless
+    /// [`ServerBuilder::allow_unauthenticated`] was said. [`Server::serve`] checks its
+    /// listener with it; an application serving [`Server::router`] itself should check its
+    /// own listener's address the same way.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::UnauthenticatedListener`] when it may not.
+    pub fn check_listener(&self, addr: SocketAddr) -> Result<(), ServerError> {
+        let config = &self.core.config;
+        if self.core.auth.is_development()
+            && !addr.ip().is_loopback()
+            && !config.allow_unauthenticated
+        {
+            return Err(ServerError::UnauthenticatedListener(addr));
+        }
+        Ok(())
     }
 
     /// The hub, to send frames and read presence from the embedding application.
@@ -313,11 +451,19 @@ impl Server {
     /// headers, or stays idle that long between requests, is closed. At most
     /// [`ServerConfig::max_connections`] are served at once; beyond that the listener is not
     /// accepted from, so new connections wait in the kernel's backlog until one closes.
+    ///
+    /// # Errors
+    ///
+    /// [`ServerError::UnauthenticatedListener`] at once, serving nothing, for a
+    /// development-mode server on a listener that is not loopback (see
+    /// [`Server::check_listener`]); [`ServerError::Io`] when the listener's address cannot
+    /// be read.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> std::io::Result<()> {
+    ) -> Result<(), ServerError> {
+        self.check_listener(listener.local_addr()?)?;
         let config = &self.core.config;
         let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs.max(1));
         let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs.max(1));

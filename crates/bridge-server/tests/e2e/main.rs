@@ -5,11 +5,15 @@
 
 mod auth;
 mod clients;
+mod embed;
+mod frames;
+mod hooks;
 mod hostile;
 mod http;
 mod paused;
 mod process;
 mod queue;
+mod secure;
 mod support;
 mod two_nodes;
 mod ws;

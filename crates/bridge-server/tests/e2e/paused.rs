@@ -94,7 +94,10 @@ fn answer(write: &Value, payload: &str) -> Value {
 
 #[tokio::test(start_paused = true)]
 async fn a_command_with_no_answer_ends_504_exactly_at_its_timeout() {
-    let server = Server::builder(ServerConfig::default()).build();
+    let server = Server::builder(ServerConfig::default())
+        .development_mode()
+        .build()
+        .unwrap();
     let (mut writes, _answers) = bridge(&server, "lock-1").await;
     wait_online(&server, "lock-1").await;
     let start = Instant::now();
@@ -115,7 +118,10 @@ async fn a_command_with_no_answer_ends_504_exactly_at_its_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn a_timed_out_delivery_goes_again_at_the_next_retry_tick_of_30_seconds() {
-    let server = Server::builder(ServerConfig::default()).build();
+    let server = Server::builder(ServerConfig::default())
+        .development_mode()
+        .build()
+        .unwrap();
     let (status, body) = call(
         &server,
         "POST",
@@ -159,8 +165,10 @@ async fn a_bridge_repeating_connected_true_starts_one_delivery_pass_not_one_per_
 
     let store = Arc::new(crate::http::FlakyStore::new());
     let server = Server::builder(ServerConfig::default())
+        .development_mode()
         .store(Arc::clone(&store) as Arc<dyn bridge_queue::Store>)
-        .build();
+        .build()
+        .unwrap();
     let (status, body) = call(
         &server,
         "POST",

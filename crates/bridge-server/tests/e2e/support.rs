@@ -50,7 +50,7 @@ pub struct TestServer {
     /// Sent with every HTTP request when set (authenticated servers).
     pub service_token: Option<String>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), bridge_server::ServerError>>>,
 }
 
 impl TestServer {
@@ -82,7 +82,13 @@ impl TestServer {
         config: ServerConfig,
         customize: impl FnOnce(ServerBuilder) -> ServerBuilder,
     ) -> Self {
-        let server = customize(Server::builder(config)).build();
+        // Without a secret, development mode (as the binary does); said before `customize`.
+        let development = config.jwt_secret.is_none();
+        let mut builder = Server::builder(config);
+        if development {
+            builder = builder.development_mode();
+        }
+        let server = customize(builder).build().unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.clone().serve(listener, async move {
