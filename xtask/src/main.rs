@@ -429,6 +429,22 @@ const SERVICES: &[Service] = &[
         start: &["rabbitmq-server", "-detached"],
         used_by: "bridge-queue rabbitmq",
     },
+    Service {
+        name: "NATS",
+        env_var: "BRIDGE_TEST_NATS_URL",
+        default_url: "nats://127.0.0.1:4222",
+        // A NATS server greets every connection with `INFO {...}` before anything else.
+        probe: b"PING\r\n",
+        answers: |b| b.starts_with(b"INFO"),
+        start: &[
+            "sh",
+            "-c",
+            "mkdir -p /var/lib/nats-server && start-stop-daemon --start --oknodo --background \
+             --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server \
+             -l /var/log/nats-server.log",
+        ],
+        used_by: "bridge-cluster (the cluster tests of bridge-server)",
+    },
 ];
 
 /// `host:port` of a URL such as `postgres://user@host:5432/db`.

@@ -67,6 +67,47 @@ pub struct HubCounts {
     pub slow_consumers_disconnected: u64,
 }
 
+/// Whether a hub can serve as it should, for `/readyz` and `/metrics`
+/// ([`Hub::health`]). A [`LocalHub`] is always ready and belongs to no cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubHealth {
+    /// Whether the hub serves as it should: a cluster's hub is not while it has not joined
+    /// the cluster (PROTOCOL.md 5). It still serves this process's connections then.
+    pub ready: bool,
+    /// Why it is not ready, for the logs (never shown to unauthenticated callers).
+    pub reason: Option<String>,
+    /// How many nodes of its cluster this hub sees alive, itself included; `None` for a hub
+    /// that belongs to no cluster.
+    pub cluster_nodes: Option<usize>,
+}
+
+impl HubHealth {
+    /// A ready hub outside any cluster.
+    pub const fn local() -> Self {
+        Self {
+            ready: true,
+            reason: None,
+            cluster_nodes: None,
+        }
+    }
+
+    /// A cluster member seeing `nodes` nodes alive: ready, or not ready for `reason`.
+    pub fn cluster(nodes: usize, not_ready: Option<String>) -> Self {
+        Self {
+            ready: not_ready.is_none(),
+            reason: not_ready,
+            cluster_nodes: Some(nodes),
+        }
+    }
+}
+
+impl Default for HubHealth {
+    fn default() -> Self {
+        Self::local()
+    }
+}
+
 /// What [`LocalHub::shutdown`] achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -134,6 +175,12 @@ pub trait Hub: Send + Sync + 'static {
     /// Connection and device counts.
     async fn counts(&self) -> HubCounts {
         self.local().counts()
+    }
+
+    /// Whether the hub serves as it should (`/readyz` answers 503 when not), and the size
+    /// of its cluster (the `bridge_cluster_nodes` gauge). Default: [`HubHealth::local`].
+    fn health(&self) -> HubHealth {
+        HubHealth::local()
     }
 }
 

@@ -5,6 +5,7 @@
 use std::error::Error;
 use std::process::ExitCode;
 
+use bridge_cluster::{ClusterConfig, ClusterHub};
 use bridge_protocol::ConfigRegistry;
 use bridge_queue::StoreConfig;
 use bridge_server::{Cli, LogFormat, Server, ServerConfig, open_store};
@@ -98,10 +99,16 @@ async fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
     // The one line on stdout: where to connect (tests and scripts read it).
     println!("bridge-server listening on http://{addr}");
 
-    let server = Server::builder(config)
-        .store(store)
-        .registry(registry)
-        .build();
+    let cluster = config.cluster.clone().map(|url| {
+        ClusterConfig::new(url, config.node_id().as_str()).prefix(config.cluster_prefix.clone())
+    });
+    let mut builder = Server::builder(config).store(store).registry(registry);
+    if let Some(cluster) = cluster {
+        tracing::info!(url = %cluster.url, node_id = %cluster.node_id, prefix = %cluster.prefix, "joining the cluster");
+        // The same public seam a user's own hub would use.
+        builder = builder.wrap_hub(move |local| ClusterHub::start(cluster, local));
+    }
+    let server = builder.build();
     server.serve(listener, shutdown_signal()).await?;
     Ok(())
 }

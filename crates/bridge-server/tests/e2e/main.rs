@@ -5,6 +5,7 @@
 
 mod auth;
 mod clients;
+mod cluster;
 mod hostile;
 mod http;
 mod paused;

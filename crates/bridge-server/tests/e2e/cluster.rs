@@ -1,0 +1,216 @@
+//! Several `bridge-server` processes as one cluster (PROTOCOL.md 5), on the local NATS server
+//! and a shared PostgreSQL queue. Each test uses its own subject prefix, so tests run in
+//! parallel on the one NATS server; NATS outages are a TCP proxy between a node and NATS that
+//! the test cuts, never the shared server stopped.
+
+#![cfg(feature = "postgres")]
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use crate::process::{Process, service_url};
+use crate::support::*;
+
+fn nats_url() -> String {
+    service_url("BRIDGE_TEST_NATS_URL", "nats://127.0.0.1:4222")
+}
+
+fn postgres_url() -> String {
+    service_url(
+        "BRIDGE_TEST_POSTGRES_URL",
+        "postgres://postgres@127.0.0.1:5432/test",
+    )
+}
+
+/// A subject prefix of this test alone.
+fn fresh_prefix() -> String {
+    format!("test-{}", uuid::Uuid::new_v4().simple())
+}
+
+async fn node(dir: &Path, nats: &str, prefix: &str, id: &str) -> Process {
+    Process::start_with_queue(
+        dir,
+        &postgres_url(),
+        &[
+            "--cluster",
+            nats,
+            "--cluster-prefix",
+            prefix,
+            "--node-id",
+            id,
+        ],
+    )
+    .await
+}
+
+/// The value of the `bridge_cluster_nodes` gauge, if `/metrics` has it.
+async fn cluster_nodes(server: &TestServer) -> Option<u64> {
+    let (_, text) = server.get_text("/metrics").await;
+    text.lines()
+        .find_map(|line| line.strip_prefix("bridge_cluster_nodes "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+async fn wait_nodes(server: &TestServer, n: u64) {
+    eventually(|| async { (cluster_nodes(server).await == Some(n)).then_some(()) }).await;
+}
+
+async fn wait_ready(server: &TestServer, status: u16) {
+    eventually(|| async { (server.get("/readyz").await.0 == status).then_some(()) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_see_each_other_and_notice_a_killed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = fresh_prefix();
+    let nats = nats_url();
+    let a = node(dir.path(), &nats, &prefix, "node-a").await;
+    let b = node(dir.path(), &nats, &prefix, "node-b").await;
+    let c = node(dir.path(), &nats, &prefix, "node-c").await;
+    for server in [&a, &b, &c] {
+        wait_nodes(&server.client, 3).await;
+        wait_ready(&server.client, 200).await;
+    }
+    // Another cluster on the same NATS server is not seen.
+    let other = node(dir.path(), &nats, &fresh_prefix(), "node-a").await;
+    wait_nodes(&other.client, 1).await;
+    assert_eq!(cluster_nodes(&a.client).await, Some(3));
+
+    c.kill().await;
+    wait_nodes(&a.client, 2).await;
+    wait_nodes(&b.client, 2).await;
+    assert_eq!(
+        a.client.get("/readyz").await.0,
+        200,
+        "the others stay ready"
+    );
+    a.kill().await;
+    b.kill().await;
+    other.kill().await;
+}
+
+/// A TCP proxy to `upstream` that the test can cut (every connection dropped, new ones
+/// refused) and restore.
+struct Proxy {
+    addr: SocketAddr,
+    open: watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr, open: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = watch::channel(open);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut open = rx.clone();
+                if !*open.borrow_and_update() {
+                    drop(client);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = open.wait_for(|open| !open) => {}
+                    }
+                });
+            }
+        });
+        Self { addr, open: tx }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+    }
+}
+
+fn nats_addr() -> SocketAddr {
+    let url = nats_url();
+    let host_port = url.trim_start_matches("nats://");
+    host_port
+        .parse()
+        .expect("the NATS test URL is nats://IP:PORT")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_nats_serves_but_is_not_ready_and_heals_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = fresh_prefix();
+    let proxy = Proxy::start(nats_addr(), false).await;
+    let a = node(dir.path(), &proxy.url(), &prefix, "node-a").await;
+    let b = node(dir.path(), &nats_url(), &prefix, "node-b").await;
+    wait_ready(&b.client, 200).await;
+
+    // Started without NATS: it serves its own connections, but is not ready.
+    assert_eq!(a.client.get("/readyz").await.0, 503);
+    assert_eq!(a.client.get("/healthz").await.0, 200);
+    let device = format!("lock-{}", uuid::Uuid::new_v4().simple());
+    let mut phone = Bridge::connect(&a.client, "phone", &[device.as_str()]).await;
+    a.client.wait_online(&device, 1).await;
+
+    // NATS comes: it joins.
+    proxy.set_open(true);
+    wait_ready(&a.client, 200).await;
+    wait_nodes(&a.client, 2).await;
+    wait_nodes(&b.client, 2).await;
+
+    // NATS goes: 503, and the other node sees it leave; its own phone is still served.
+    proxy.set_open(false);
+    wait_ready(&a.client, 503).await;
+    wait_nodes(&b.client, 1).await;
+    let command = tokio::spawn({
+        let client = TestServer::client_for(a.client.addr);
+        let device = device.clone();
+        async move {
+            client
+                .command(&device, serde_json::json!({"payload":"01"}))
+                .await
+        }
+    });
+    let write = phone.next_write().await;
+    phone.answer(&write, "80").await;
+    let (status, body) = command.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // And back, without a restart.
+    proxy.set_open(true);
+    wait_ready(&a.client, 200).await;
+    wait_nodes(&a.client, 2).await;
+    wait_nodes(&b.client, 2).await;
+    a.kill().await;
+    b.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_refuses_a_cluster_on_a_queue_the_nodes_cannot_share() {
+    let dir = tempfile::tempdir().unwrap();
+    for queue in ["memory://", "sqlite://q.sqlite"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_bridge-server"))
+            .args(["--listen", "127.0.0.1:0", "--queue", queue])
+            .env("BRIDGE_CLUSTER", nats_url())
+            .current_dir(dir.path())
+            .output()
+            .await
+            .unwrap();
+        assert!(!output.status.success(), "{queue}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("--cluster needs a queue every node shares"),
+            "{stderr}"
+        );
+    }
+}
