@@ -1,52 +1,88 @@
 //! [`ClusterHub`]: a [`LocalHub`] joined to the other nodes over NATS.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use async_nats::{Client, HeaderMap, Subscriber};
 use async_trait::async_trait;
-use bridge_hub::{Hub, HubHealth, LocalHub};
+use bridge_hub::{
+    DevicePresence, Frame, Hub, HubEvent, HubHealth, LocalHub, PresenceOverlay, RemotePresence,
+    UserId,
+};
+use bridge_protocol::DeviceId;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::ClusterConfig;
 use crate::membership::{Change, Incarnation, Membership};
+use crate::presence::PresenceTable;
 use crate::subjects::Subjects;
-use crate::wire;
+use crate::wire::{self, PresenceReport};
+
+/// Header naming the node a fan-out message comes from.
+const ORIGIN: &str = "Bridge-Origin";
+/// Header naming the device of a broadcast.
+const DEVICE: &str = "Bridge-Device";
+/// Header naming the user of a frame for a user's connections.
+const USER: &str = "Bridge-User";
+
+/// What the publisher task sends.
+#[derive(Debug)]
+enum Outgoing {
+    /// This node's presence of one device changed (read again when it is sent).
+    Device(DeviceId),
+    /// Everything this node holds.
+    Snapshot,
+}
 
 /// What the background tasks and the hub share.
 pub(crate) struct Shared {
-    pub(crate) config: ClusterConfig,
-    pub(crate) me: Incarnation,
-    pub(crate) subjects: Subjects,
-    pub(crate) state: Mutex<ClusterState>,
+    config: ClusterConfig,
+    me: Incarnation,
+    subjects: Subjects,
+    local: LocalHub,
+    state: Mutex<ClusterState>,
+    presence: Mutex<PresenceTable>,
+    client: OnceLock<Client>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+    /// A presence report could not be published: send a snapshot at the next tick.
+    resync: AtomicBool,
 }
 
-pub(crate) struct ClusterState {
-    pub(crate) membership: Membership,
+struct ClusterState {
+    membership: Membership,
     /// Whether the NATS client is connected (its last event).
-    pub(crate) connected: bool,
+    connected: bool,
 }
 
 impl Shared {
-    /// Applies membership changes: logs them (and, in later steps, drops what dead nodes
-    /// held).
+    /// Applies membership changes: drops what dead nodes held, and sends this node's
+    /// snapshot to a node that joined.
     fn changed(&self, changes: Vec<Change>) {
         for change in changes {
             match change {
                 Change::Joined(who) if who == self.me => {
                     tracing::info!(node = %who.node, "joined the cluster");
+                    self.send(Outgoing::Snapshot);
                 }
                 Change::Joined(who) => {
                     tracing::info!(node = %who.node, epoch = who.epoch, "a node joined");
+                    self.send(Outgoing::Snapshot);
                 }
                 Change::Restarted { old, new } => {
                     tracing::warn!(
                         node = %new.node,
                         old_epoch = old.epoch,
                         new_epoch = new.epoch,
-                        "a node restarted"
+                        "a node restarted: what its former life held is gone"
                     );
+                    self.forget(&old.node);
+                    self.send(Outgoing::Snapshot);
                 }
                 Change::Left(who) if who == self.me => {
                     tracing::warn!(
@@ -56,15 +92,42 @@ impl Shared {
                 }
                 Change::Left(who) => {
                     tracing::warn!(node = %who.node, epoch = who.epoch, "a node left or died");
+                    self.forget(&who.node);
                 }
             }
         }
     }
 
-    /// Runs the membership table's expiry at `now`.
+    fn forget(&self, node: &str) {
+        let devices = self.presence.lock().forget(node);
+        self.refresh(&devices);
+    }
+
+    /// Tells this node's subscribers of `devices` their new cluster-wide status.
+    fn refresh(&self, devices: &[DeviceId]) {
+        for device in devices {
+            self.local.refresh_status(device);
+        }
+    }
+
+    fn send(&self, outgoing: Outgoing) {
+        // Fails only once the publisher is gone (the hub is being dropped).
+        let _ = self.outgoing.send(outgoing);
+    }
+
+    /// The membership table's and the presence table's expiry at `now`.
     fn expire(&self, now: Instant) {
         let changes = self.state.lock().membership.expire(now);
         self.changed(changes);
+        let stale = {
+            let state = self.state.lock();
+            self.presence
+                .lock()
+                .forget_stale(now, self.config.dead_after, |who| {
+                    state.membership.is_alive(who)
+                })
+        };
+        self.refresh(&stale);
     }
 
     fn heard(&self, who: &Incarnation, now: Instant) {
@@ -77,7 +140,23 @@ impl Shared {
         self.changed(change.into_iter().collect());
     }
 
-    pub(crate) fn health(&self) -> HubHealth {
+    /// Whether this node is joined: connected, and its own heartbeat comes back.
+    fn joined(&self) -> bool {
+        let state = self.state.lock();
+        state.connected && state.membership.is_alive(&self.me)
+    }
+
+    /// How many other nodes are alive.
+    fn others(&self) -> usize {
+        let state = self.state.lock();
+        state
+            .membership
+            .nodes()
+            .filter(|n| n.node != self.me.node)
+            .count()
+    }
+
+    fn health(&self) -> HubHealth {
         let state = self.state.lock();
         let nodes = state.membership.len();
         let reason = if !state.connected {
@@ -92,10 +171,70 @@ impl Shared {
         };
         HubHealth::cluster(nodes, reason)
     }
+
+    /// This node's presence of `device`, as reported to the others.
+    fn local_presence(&self, device: &DeviceId) -> RemotePresence {
+        let p = self.local.device_presence(device);
+        RemotePresence::new(p.bridges, p.ble_connected, p.rssi)
+    }
+
+    /// Sends `payload` with `headers` to every other node on `subject` and adds up their
+    /// answers (each a count), waiting at most [`ClusterConfig::gather_timeout`]. 0 without
+    /// other nodes or while not joined.
+    async fn gather(&self, subject: String, headers: HeaderMap, payload: Bytes) -> usize {
+        let expected = self.others();
+        let Some(client) = self.client.get() else {
+            return 0;
+        };
+        if expected == 0 || !self.joined() {
+            return 0;
+        }
+        let inbox = client.new_inbox();
+        let deadline = tokio::time::Instant::now() + self.config.gather_timeout;
+        let gathered = async {
+            let mut replies = client.subscribe(inbox.clone()).await.ok()?;
+            client
+                .publish_with_reply_and_headers(subject, inbox, headers, payload)
+                .await
+                .ok()?;
+            let mut total = 0;
+            let mut answered = 0;
+            while answered < expected {
+                let Ok(Some(reply)) = tokio::time::timeout_at(deadline, replies.next()).await
+                else {
+                    break;
+                };
+                answered += 1;
+                total += std::str::from_utf8(&reply.payload)
+                    .ok()
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .unwrap_or(0);
+            }
+            if answered < expected {
+                tracing::debug!(expected, answered, "not every node answered in time");
+            }
+            Some(total)
+        };
+        tokio::time::timeout_at(deadline, gathered)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
 }
 
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
+}
+
+/// The [`PresenceOverlay`] of the local hub: the other nodes' holders. Weak, because the
+/// local hub holds it and the shared state holds the local hub.
+struct Overlay(Weak<Shared>);
+
+impl PresenceOverlay for Overlay {
+    fn remote(&self, device: &DeviceId) -> Option<RemotePresence> {
+        self.0.upgrade()?.presence.lock().remote(device)
+    }
 }
 
 /// A [`Hub`] over a [`LocalHub`] that joins the other nodes meeting on one NATS server
@@ -104,9 +243,16 @@ fn now() -> Instant {
 /// Install it with the server's `ServerBuilder::wrap_hub`:
 /// `builder.wrap_hub(move |local| ClusterHub::start(config, local))`. The local hub still
 /// owns this process's sockets; the methods it overrides are distributed over NATS, the
-/// others delegate to the local hub. Start it inside a Tokio runtime: it connects in the
-/// background (a node starts without NATS and serves its own connections meanwhile) and
-/// reconnects by itself.
+/// others delegate to the local hub. The embedding server must pass every event of the local
+/// hub to [`Hub::observe`] (`bridge-server` does). Start it inside a Tokio runtime: it
+/// connects in the background (a node starts without NATS and serves its own connections
+/// meanwhile) and reconnects by itself.
+///
+/// * Presence ([`Hub::device_presence`], [`Hub::online_devices`], and the `device_status`
+///   frames of the local hub, through a [`PresenceOverlay`]) is cluster-wide.
+/// * [`Hub::broadcast`] and [`Hub::send_to_user`] reach every node and count every node's
+///   connections.
+/// * [`Hub::counts`] stays this node's (`/metrics` is per node).
 pub struct ClusterHub {
     local: LocalHub,
     shared: Arc<Shared>,
@@ -125,23 +271,36 @@ impl std::fmt::Debug for ClusterHub {
 impl ClusterHub {
     /// Joins the cluster of `config` around `local`, and returns the hub to install.
     ///
-    /// Must be called inside a Tokio runtime.
+    /// Must be called inside a Tokio runtime. Installs the cluster's view of presence in
+    /// `local` ([`LocalHub::set_presence_overlay`]); if `local` had one already, that one
+    /// stays, and this node's subscribers see only its own presence.
     pub fn start(config: ClusterConfig, local: LocalHub) -> Arc<Self> {
         let me = Incarnation {
             node: config.node_id.clone(),
             epoch: fastrand::u64(1..),
         };
         let subjects = Subjects::new(&config.prefix);
+        let (outgoing, outgoing_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             me,
             subjects,
+            local: local.clone(),
             state: Mutex::new(ClusterState {
                 membership: Membership::new(config.dead_after),
                 connected: false,
             }),
+            presence: Mutex::new(PresenceTable::new()),
+            client: OnceLock::new(),
+            outgoing,
+            resync: AtomicBool::new(false),
             config,
         });
-        let tasks = vec![tokio::spawn(run(Arc::clone(&shared)))];
+        if !local.set_presence_overlay(Arc::new(Overlay(Arc::downgrade(&shared)))) {
+            tracing::warn!(
+                "the local hub has a presence overlay already: device_status frames stay this node's"
+            );
+        }
+        let tasks = vec![tokio::spawn(run(Arc::clone(&shared), outgoing_rx))];
         Arc::new(Self {
             local,
             shared,
@@ -164,6 +323,19 @@ impl ClusterHub {
             .map(|n| n.node)
             .collect()
     }
+
+    /// Tells the other nodes this one is leaving, so that they drop what it held at once
+    /// instead of after the heartbeat silence. Call it when shutting down.
+    pub async fn leave(&self) {
+        if let Some(client) = self.shared.client.get() {
+            let bye = wire::heartbeat(&self.shared.me, true);
+            let _ = tokio::time::timeout(self.shared.config.heartbeat, async {
+                let _ = client.publish(self.shared.subjects.heartbeat(), bye).await;
+                let _ = client.flush().await;
+            })
+            .await;
+        }
+    }
 }
 
 impl Drop for ClusterHub {
@@ -180,13 +352,85 @@ impl Hub for ClusterHub {
         &self.local
     }
 
+    async fn broadcast(&self, device_id: &DeviceId, frame: &Frame) -> usize {
+        let here = self.local.broadcast(device_id, frame);
+        let mut headers = HeaderMap::new();
+        headers.insert(ORIGIN, self.shared.me.node.as_str());
+        headers.insert(DEVICE, device_id.as_str());
+        let payload = Bytes::copy_from_slice(frame.as_str().as_bytes());
+        here + self
+            .shared
+            .gather(self.shared.subjects.broadcast(), headers, payload)
+            .await
+    }
+
+    async fn send_to_user(&self, user_id: &UserId, frame: &Frame) -> usize {
+        let here = self.local.send_to_user(user_id, frame);
+        let mut headers = HeaderMap::new();
+        headers.insert(ORIGIN, self.shared.me.node.as_str());
+        headers.insert(USER, user_id.as_str());
+        let payload = Bytes::copy_from_slice(frame.as_str().as_bytes());
+        here + self
+            .shared
+            .gather(self.shared.subjects.user(), headers, payload)
+            .await
+    }
+
+    async fn device_presence(&self, device_id: &DeviceId) -> DevicePresence {
+        let local = self.local.device_presence(device_id);
+        match self.shared.presence.lock().remote(device_id) {
+            Some(remote) => remote.merged_with(&local),
+            None => local,
+        }
+    }
+
+    async fn online_devices(&self) -> Vec<DevicePresence> {
+        let mut devices: HashMap<DeviceId, DevicePresence> = self
+            .local
+            .online_devices()
+            .into_iter()
+            .map(|p| (p.device_id.clone(), p))
+            .collect();
+        let remote_devices = self.shared.presence.lock().devices();
+        for device in remote_devices {
+            if let std::collections::hash_map::Entry::Vacant(entry) = devices.entry(device) {
+                let local = self.local.device_presence(entry.key());
+                entry.insert(local);
+            }
+        }
+        let presence = self.shared.presence.lock();
+        let mut merged: Vec<DevicePresence> = devices
+            .into_values()
+            .map(|local| match presence.remote(&local.device_id) {
+                Some(remote) => remote.merged_with(&local),
+                None => local,
+            })
+            .filter(|p| p.online)
+            .collect();
+        merged.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        merged
+    }
+
     fn health(&self) -> HubHealth {
         self.shared.health()
     }
+
+    fn observe(&self, event: &HubEvent) {
+        match event {
+            HubEvent::DeviceClaimed { device_id, .. }
+            | HubEvent::DeviceReleased { device_id, .. }
+            | HubEvent::BleStatusReported { device_id, .. }
+            | HubEvent::DeviceOffline { device_id } => {
+                self.shared.send(Outgoing::Device(device_id.clone()));
+            }
+            _ => {}
+        }
+    }
 }
 
-/// Connects, then keeps the node's heartbeat and its view of the others until aborted.
-async fn run(shared: Arc<Shared>) {
+/// Connects, then keeps the node's heartbeat, its view of the others and its answers to them
+/// until aborted.
+async fn run(shared: Arc<Shared>, outgoing: mpsc::UnboundedReceiver<Outgoing>) {
     let events = Arc::clone(&shared);
     let options = async_nats::ConnectOptions::new()
         .name(format!("bridge-server {}", shared.me.node))
@@ -211,21 +455,48 @@ async fn run(shared: Arc<Shared>) {
             return;
         }
     };
-    let heartbeats = match client.subscribe(shared.subjects.heartbeat()).await {
-        Ok(subscriber) => subscriber,
+    let _ = shared.client.set(client.clone());
+    let subjects = &shared.subjects;
+    let subscriptions = async {
+        Ok::<_, async_nats::SubscribeError>((
+            client.subscribe(subjects.heartbeat()).await?,
+            client.subscribe(subjects.presence()).await?,
+            client.subscribe(subjects.broadcast()).await?,
+            client.subscribe(subjects.user()).await?,
+        ))
+    };
+    let (heartbeats, presence, broadcasts, users) = match subscriptions.await {
+        Ok(subscribers) => subscribers,
         Err(error) => {
-            tracing::error!(%error, "cannot subscribe to the cluster's heartbeats");
+            tracing::error!(%error, "cannot subscribe to the cluster's subjects");
             return;
         }
     };
-    let listen = tokio::spawn(listen_heartbeats(Arc::clone(&shared), heartbeats));
-    let _abort_listener = AbortOnDrop(listen);
+    let _tasks = [
+        tokio::spawn(listen_heartbeats(Arc::clone(&shared), heartbeats)),
+        tokio::spawn(listen_presence(Arc::clone(&shared), presence)),
+        tokio::spawn(answer_fan_out(
+            Arc::clone(&shared),
+            client.clone(),
+            broadcasts,
+        )),
+        tokio::spawn(answer_fan_out(Arc::clone(&shared), client.clone(), users)),
+        tokio::spawn(publish_presence(
+            Arc::clone(&shared),
+            client.clone(),
+            outgoing,
+        )),
+    ]
+    .map(AbortOnDrop);
     let mut tick = tokio::time::interval(shared.config.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let beat = wire::heartbeat(&shared.me, false);
     loop {
         tick.tick().await;
         shared.expire(now());
+        if shared.resync.swap(false, Ordering::AcqRel) {
+            shared.send(Outgoing::Snapshot);
+        }
         // While NATS is away the client buffers publications; a beat that cannot even be
         // buffered in time is skipped (the next one will do).
         let publish = client.publish(shared.subjects.heartbeat(), beat.clone());
@@ -251,6 +522,8 @@ fn on_event(shared: &Shared, event: &async_nats::Event) {
         async_nats::Event::Connected => {
             tracing::info!(url = %shared.config.url, "connected to the cluster's NATS server");
             shared.state.lock().connected = true;
+            // Whatever was said while away may be lost: say everything again.
+            shared.send(Outgoing::Snapshot);
         }
         async_nats::Event::Disconnected => {
             tracing::warn!(
@@ -263,12 +536,130 @@ fn on_event(shared: &Shared, event: &async_nats::Event) {
     }
 }
 
-async fn listen_heartbeats(shared: Arc<Shared>, mut heartbeats: async_nats::Subscriber) {
+async fn listen_heartbeats(shared: Arc<Shared>, mut heartbeats: Subscriber) {
     while let Some(message) = heartbeats.next().await {
         match wire::parse_heartbeat(&message.payload) {
             Some((who, false)) => shared.heard(&who, now()),
             Some((who, true)) => shared.goodbye(&who),
             None => tracing::debug!("ignored a malformed heartbeat"),
+        }
+    }
+}
+
+async fn listen_presence(shared: Arc<Shared>, mut reports: Subscriber) {
+    while let Some(message) = reports.next().await {
+        let Some(report) = wire::parse_presence(&message.payload) else {
+            tracing::debug!("ignored a malformed presence report");
+            continue;
+        };
+        if report.from.node == shared.me.node {
+            continue;
+        }
+        let changed = {
+            let mut table = shared.presence.lock();
+            if report.full {
+                table.replace(&report.from, report.devices, now())
+            } else {
+                report
+                    .devices
+                    .into_iter()
+                    .flat_map(|(device, p)| table.update(&report.from, device, p, now()))
+                    .collect()
+            }
+        };
+        shared.refresh(&changed);
+    }
+}
+
+/// Answers the other nodes' broadcasts and frames for users: queues the frame for this
+/// node's connections and replies how many.
+async fn answer_fan_out(shared: Arc<Shared>, client: Client, mut requests: Subscriber) {
+    while let Some(message) = requests.next().await {
+        let Some(headers) = &message.headers else {
+            continue;
+        };
+        if headers.get(ORIGIN).map(async_nats::HeaderValue::as_str) == Some(shared.me.node.as_str())
+        {
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(&message.payload) else {
+            continue;
+        };
+        let frame = Frame::from_json_text(text);
+        let delivered = if let Some(device) = headers.get(DEVICE) {
+            match DeviceId::new(device.as_str()) {
+                Ok(device) => shared.local.broadcast(&device, &frame),
+                Err(_) => continue,
+            }
+        } else if let Some(user) = headers.get(USER) {
+            shared
+                .local
+                .send_to_user(&UserId::new(user.as_str()), &frame)
+        } else {
+            continue;
+        };
+        if let Some(reply) = message.reply {
+            let _ = client
+                .publish(reply, Bytes::from(delivered.to_string()))
+                .await;
+        }
+    }
+}
+
+/// Publishes this node's presence changes, in order, each read from the local hub when it
+/// is sent; a device whose summary did not change since it was last published is skipped.
+async fn publish_presence(
+    shared: Arc<Shared>,
+    client: Client,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+) {
+    let mut published: HashMap<DeviceId, RemotePresence> = HashMap::new();
+    while let Some(next) = outgoing.recv().await {
+        let report = match next {
+            Outgoing::Device(device) => {
+                let now = shared.local_presence(&device);
+                let before = published.get(&device).copied().unwrap_or_default();
+                if now == before {
+                    continue;
+                }
+                if now.bridges == 0 {
+                    published.remove(&device);
+                } else {
+                    published.insert(device.clone(), now);
+                }
+                PresenceReport {
+                    from: shared.me.clone(),
+                    full: false,
+                    devices: vec![(device, now)],
+                }
+            }
+            Outgoing::Snapshot => {
+                // Whatever is queued is covered by the snapshot, read after it (a burst of
+                // snapshot requests when several nodes join at once is one snapshot).
+                while outgoing.try_recv().is_ok() {}
+                published = shared
+                    .local
+                    .online_devices()
+                    .into_iter()
+                    .map(|p| {
+                        let summary = RemotePresence::new(p.bridges, p.ble_connected, p.rssi);
+                        (p.device_id, summary)
+                    })
+                    .collect();
+                PresenceReport {
+                    from: shared.me.clone(),
+                    full: true,
+                    devices: published.iter().map(|(d, p)| (d.clone(), *p)).collect(),
+                }
+            }
+        };
+        let publish = client.publish(shared.subjects.presence(), wire::presence(&report));
+        if !matches!(
+            tokio::time::timeout(shared.config.heartbeat, publish).await,
+            Ok(Ok(()))
+        ) {
+            tracing::debug!("a presence report was not published: a snapshot follows");
+            shared.resync.store(true, Ordering::Release);
         }
     }
 }

@@ -5,9 +5,9 @@
 //!
 //! ```no_run
 //! # use bridge_cluster::{ClusterConfig, ClusterHub};
-//! # fn wire(builder: bridge_hub::LocalHub) {
+//! # fn wire(local: bridge_hub::LocalHub) {
 //! let config = ClusterConfig::new("nats://127.0.0.1:4222", "node-a");
-//! let hub = ClusterHub::start(config, builder);
+//! let hub = ClusterHub::start(config, local);
 //! # let _ = hub;
 //! # }
 //! ```
@@ -19,9 +19,19 @@
 //!   heartbeat comes back through NATS; until then (and within `dead_after` of losing NATS)
 //!   [`Hub::health`](bridge_hub::Hub::health) says not ready, and the node serves its own
 //!   connections only.
+//! * **Presence** on `P.cluster.presence`: each node reports per device how many bridges hold
+//!   it there and what its best holder last said (link, rssi), on every change, and a
+//!   snapshot of everything when a node joins or it reconnects. A node's view of the others
+//!   ([`PresenceTable`]) is merged into `GET /v1/devices`, and into the `device_status`
+//!   frames of the local hub through its
+//!   [`PresenceOverlay`](bridge_hub::PresenceOverlay).
+//! * **Broadcasts** (events, `command_result` announcements) and frames for a user on
+//!   `P.cluster.broadcast` and `P.cluster.user`, with a reply inbox: each other node queues
+//!   the frame for its own connections and answers how many, so `delivered` counts them all.
 
 mod hub;
 mod membership;
+mod presence;
 mod subjects;
 mod wire;
 
@@ -29,6 +39,7 @@ use std::time::Duration;
 
 pub use hub::ClusterHub;
 pub use membership::{Change, Incarnation, Membership};
+pub use presence::PresenceTable;
 
 /// How a node joins its cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +56,9 @@ pub struct ClusterConfig {
     /// Silence after which a node is declared dead (default 5 s, so that a dead node's
     /// commands end within the 10 s of PROTOCOL.md 5).
     pub dead_after: Duration,
+    /// How long a broadcast waits for the other nodes' counts (default 1 s); a node that
+    /// has not answered by then counts 0.
+    pub gather_timeout: Duration,
 }
 
 impl ClusterConfig {
@@ -75,6 +89,7 @@ impl Default for ClusterConfig {
             prefix: Self::DEFAULT_PREFIX.into(),
             heartbeat: Duration::from_secs(1),
             dead_after: Duration::from_secs(5),
+            gather_timeout: Duration::from_secs(1),
         }
     }
 }

@@ -5,13 +5,36 @@
 #[derive(Debug, Clone)]
 pub(crate) struct Subjects {
     heartbeat: String,
+    presence: String,
+    broadcast: String,
+    user: String,
 }
 
 impl Subjects {
     pub(crate) fn new(prefix: &str) -> Self {
         Self {
             heartbeat: format!("{prefix}.cluster.heartbeat"),
+            presence: format!("{prefix}.cluster.presence"),
+            broadcast: format!("{prefix}.cluster.broadcast"),
+            user: format!("{prefix}.cluster.user"),
         }
+    }
+
+    /// `P.cluster.presence`: each node's presence reports (snapshots and per-device
+    /// changes).
+    pub(crate) fn presence(&self) -> String {
+        self.presence.clone()
+    }
+
+    /// `P.cluster.broadcast`: a frame for a device's subscribers on every node; each node
+    /// answers how many it queued it for.
+    pub(crate) fn broadcast(&self) -> String {
+        self.broadcast.clone()
+    }
+
+    /// `P.cluster.user`: a frame for every connection of a user, on every node.
+    pub(crate) fn user(&self) -> String {
+        self.user.clone()
     }
 
     /// `P.cluster.heartbeat`: every node's heartbeat, and its goodbye.

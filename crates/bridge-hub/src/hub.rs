@@ -49,6 +49,73 @@ pub struct DevicePresence {
     pub ble_connected: Option<bool>,
     /// How many bridge connections hold it.
     pub bridges: usize,
+    /// The last `rssi` the bridge the hub would route through now reported; `None` before
+    /// any, and while offline. With `ble_connected`, what a cluster compares across nodes.
+    pub rssi: Option<i8>,
+}
+
+/// What other processes (the other nodes of a cluster) know of a device's presence: the
+/// summary of their holders, merged by [`LocalHub`] into the `device_status` frames it sends
+/// (see [`PresenceOverlay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RemotePresence {
+    /// Bridge connections holding the device elsewhere.
+    pub bridges: usize,
+    /// What the best of them (PROTOCOL.md 2's order: link, then rssi) last reported.
+    pub ble_connected: Option<bool>,
+    /// Its last reported rssi.
+    pub rssi: Option<i8>,
+}
+
+impl RemotePresence {
+    /// A summary of `bridges` remote holders whose best reported `ble_connected` and `rssi`.
+    pub const fn new(bridges: usize, ble_connected: Option<bool>, rssi: Option<i8>) -> Self {
+        Self {
+            bridges,
+            ble_connected,
+            rssi,
+        }
+    }
+
+    /// Whether these remote holders' best outranks `other`'s best by PROTOCOL.md 2's order
+    /// as far as it can be compared across processes (link, then rssi); a tie does not.
+    pub fn outranks(&self, ble_connected: Option<bool>, rssi: Option<i8>) -> bool {
+        self.bridges > 0
+            && crate::state::link_rank(self.ble_connected, self.rssi)
+                > crate::state::link_rank(ble_connected, rssi)
+    }
+
+    /// `local` merged with these remote holders: online if either holds it, `bridges`
+    /// summed, `ble_connected` and `rssi` of the better best holder (the local one on a
+    /// tie).
+    pub fn merged_with(&self, local: &DevicePresence) -> DevicePresence {
+        let remote_wins =
+            self.bridges > 0 && (!local.online || self.outranks(local.ble_connected, local.rssi));
+        DevicePresence {
+            device_id: local.device_id.clone(),
+            online: local.online || self.bridges > 0,
+            ble_connected: if remote_wins {
+                self.ble_connected
+            } else {
+                local.ble_connected
+            },
+            bridges: local.bridges + self.bridges,
+            rssi: if remote_wins { self.rssi } else { local.rssi },
+        }
+    }
+}
+
+/// Tells a [`LocalHub`] what other processes know of a device's presence, so that the
+/// `device_status` frames it writes (on every change and in a subscription's snapshot)
+/// describe the whole cluster, not this process alone. Installed once with
+/// [`LocalHub::set_presence_overlay`]; when the remote view of a device changes, call
+/// [`LocalHub::refresh_status`] so that its subscribers here get the new status.
+///
+/// Called while the hub's state is read-locked: it must not block or call the hub.
+pub trait PresenceOverlay: Send + Sync + 'static {
+    /// The other processes' holders of `device`; `None` when none holds it.
+    fn remote(&self, device: &DeviceId) -> Option<RemotePresence>;
 }
 
 /// Connection and device counts (for `/metrics`).
@@ -182,6 +249,14 @@ pub trait Hub: Send + Sync + 'static {
     fn health(&self) -> HubHealth {
         HubHealth::local()
     }
+
+    /// Sees every event of [`Hub::local`]'s [`EventSink`], before the embedding server acts
+    /// on it (`bridge-server` calls it first thing in its sink), so that a distributed hub
+    /// can tell the other processes about presence changes. Called synchronously on the
+    /// reporting connection's task, in order: it must not block. Default: nothing.
+    fn observe(&self, event: &HubEvent) {
+        let _ = event;
+    }
 }
 
 /// Delivers events in order without holding the hub's lock, and without deadlocking when
@@ -226,6 +301,7 @@ pub(crate) struct Inner {
     pub(crate) responses: Box<dyn ResponseHandler>,
     pub(crate) access: Arc<dyn AccessPolicy>,
     pub(crate) subscriptions: Arc<dyn SubscriptionSource>,
+    pub(crate) overlay: std::sync::OnceLock<Arc<dyn PresenceOverlay>>,
     next_id: AtomicU64,
     live: AtomicUsize,
     all_closed: Notify,
@@ -322,6 +398,7 @@ impl LocalHubBuilder {
                 responses: self.responses,
                 access: self.access,
                 subscriptions: self.subscriptions,
+                overlay: std::sync::OnceLock::new(),
                 next_id: AtomicU64::new(1),
                 live: AtomicUsize::new(0),
                 all_closed: Notify::new(),
@@ -475,6 +552,21 @@ impl LocalHub {
     /// the one over [`HubConfig::max_connections_per_user`] before the upgrade.
     pub fn user_connections(&self, user_id: &UserId) -> usize {
         self.inner.state.read().user_connections(user_id)
+    }
+
+    /// Installs what other processes know of devices' presence (a cluster's view), merged
+    /// into every `device_status` frame this hub writes from now on. Only the first call
+    /// installs one: returns `false` if one was installed already. Presence events, routing
+    /// and [`LocalHub::device_presence`] stay this process's own.
+    pub fn set_presence_overlay(&self, overlay: Arc<dyn PresenceOverlay>) -> bool {
+        self.inner.overlay.set(overlay).is_ok()
+    }
+
+    /// Queues a fresh `device_status` of `device` for each of its subscribers here: call it
+    /// when the [`PresenceOverlay`]'s view of the device changed. Coalesced with any status
+    /// of the device still queued, as every presence change is.
+    pub fn refresh_status(&self, device_id: &DeviceId) {
+        self.inner.state.read().refresh_status(device_id);
     }
 
     /// See [`Hub::broadcast`].

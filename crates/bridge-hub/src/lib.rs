@@ -177,7 +177,8 @@ pub use config::{HubConfig, RateLimit};
 pub use event::{CloseReason, EventSink, HubEvent, IgnoreEvents, ReleaseReason};
 pub use frame::Frame;
 pub use hub::{
-    DevicePresence, Hub, HubCounts, HubError, HubHealth, LocalHub, LocalHubBuilder, ShutdownReport,
+    DevicePresence, Hub, HubCounts, HubError, HubHealth, LocalHub, LocalHubBuilder,
+    PresenceOverlay, RemotePresence, ShutdownReport,
 };
 pub use in_flight::InFlight;
 pub use response::{NoPendingCommands, ResponseHandler, ResponseRefused};

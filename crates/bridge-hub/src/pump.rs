@@ -259,7 +259,12 @@ where
                 match entry {
                     Entry::Frame(frame) => frame.to_message(),
                     Entry::Status(device) => {
-                        self.inner.state.read().status_frame(&device).to_message()
+                        let overlay = self.inner.overlay.get().map(AsRef::as_ref);
+                        self.inner
+                            .state
+                            .read()
+                            .status_frame(&device, overlay)
+                            .to_message()
                     }
                 }
             } else {

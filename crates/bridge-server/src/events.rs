@@ -69,6 +69,8 @@ pub(crate) fn sink(slot: CoreSlot, runtime: Handle) -> impl EventSink {
 }
 
 fn handle(core: &Arc<Core>, runtime: &Handle, event: HubEvent) {
+    // A distributed hub (a cluster) learns of presence changes here.
+    core.hub.observe(&event);
     match event {
         HubEvent::DeviceReleased {
             device_id,

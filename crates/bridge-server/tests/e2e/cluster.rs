@@ -214,3 +214,123 @@ async fn the_binary_refuses_a_cluster_on_a_queue_the_nodes_cannot_share() {
         );
     }
 }
+
+/// Three nodes joined on a fresh prefix.
+async fn three_nodes(dir: &Path, prefix: &str) -> [Process; 3] {
+    let nats = nats_url();
+    let nodes = [
+        node(dir, &nats, prefix, "node-a").await,
+        node(dir, &nats, prefix, "node-b").await,
+        node(dir, &nats, prefix, "node-c").await,
+    ];
+    for server in &nodes {
+        wait_nodes(&server.client, 3).await;
+        wait_ready(&server.client, 200).await;
+    }
+    nodes
+}
+
+/// Reads frames until a `device_status` with `online` and `bleConnected` as given.
+async fn wait_status(ws: &mut Ws, online: bool, ble_connected: serde_json::Value) {
+    loop {
+        let frame = ws.recv().await;
+        if frame["type"] == "device_status"
+            && frame["online"] == online
+            && frame["bleConnected"] == ble_connected
+        {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_events_are_cluster_wide() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, c] = three_nodes(dir.path(), &fresh_prefix()).await;
+    let device = format!("lock-{}", uuid::Uuid::new_v4().simple());
+    let path = format!("/v1/devices/{device}");
+
+    // A user on C watches the device; nobody holds it yet.
+    let mut watcher = user(&c.client, "alice").await;
+    let snapshot = subscribe(&mut watcher, &device).await;
+    assert_eq!(snapshot["online"], false, "{snapshot}");
+
+    // A phone arrives at A: C's user sees it online, B's API says so.
+    let mut phone_a = Bridge::connect(&a.client, "phone-a", &[device.as_str()]).await;
+    wait_status(&mut watcher, true, serde_json::Value::Null).await;
+    b.client.wait_online(&device, 1).await;
+    let (_, list) = b.client.get("/v1/devices").await;
+    assert!(
+        list["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["deviceId"] == device.as_str()),
+        "{list}"
+    );
+
+    // Its link report is the device's bleConnected everywhere.
+    phone_a.status(&device, true, Some(-70)).await;
+    wait_status(&mut watcher, true, serde_json::Value::Bool(true)).await;
+    b.client
+        .wait_device(&device, |d| d["bleConnected"] == true)
+        .await;
+
+    // A second phone at C, reporting a weaker link that is down: two bridges, and the better
+    // report (A's) still decides bleConnected.
+    let mut phone_c = Bridge::connect(&c.client, "phone-c", &[device.as_str()]).await;
+    phone_c.status(&device, false, Some(-40)).await;
+    phone_c.sync().await;
+    b.client.wait_online(&device, 2).await;
+    let (_, view) = b.client.get(&path).await;
+    assert_eq!(view["bleConnected"], true, "{view}");
+
+    // An event posted at B reaches the user at C, and is counted.
+    let (status, body) = b
+        .client
+        .post(
+            &format!("{path}/events"),
+            &serde_json::json!({"type":"state_changed","data":{"locked":true}}),
+        )
+        .await;
+    assert_eq!((status, body), (202, serde_json::json!({"delivered":1})));
+    loop {
+        let frame = watcher.recv().await;
+        if frame["type"] == "state_changed" {
+            assert_eq!(frame["data"]["locked"], true);
+            break;
+        }
+    }
+
+    // A's phone leaves: still online through C's, whose link is down.
+    phone_a.ws.close().await;
+    wait_status(&mut watcher, true, serde_json::Value::Bool(false)).await;
+    b.client.wait_online(&device, 1).await;
+    // The last one leaves: offline everywhere.
+    phone_c.ws.close().await;
+    wait_status(&mut watcher, false, serde_json::Value::Null).await;
+    b.client.wait_device(&device, |d| d["online"] == false).await;
+    for node in [a, b, c] {
+        node.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_nodes_devices_go_offline_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, c] = three_nodes(dir.path(), &fresh_prefix()).await;
+    let device = format!("lock-{}", uuid::Uuid::new_v4().simple());
+    let mut watcher = user(&c.client, "alice").await;
+    subscribe(&mut watcher, &device).await;
+    let _phone = Bridge::connect(&a.client, "phone-a", &[device.as_str()]).await;
+    wait_status(&mut watcher, true, serde_json::Value::Null).await;
+    b.client.wait_online(&device, 1).await;
+
+    a.kill().await;
+    wait_status(&mut watcher, false, serde_json::Value::Null).await;
+    b.client
+        .wait_device(&device, |d| d["online"] == false && d["bridges"] == 0)
+        .await;
+    b.kill().await;
+    c.kill().await;
+}
