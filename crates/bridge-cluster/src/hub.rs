@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use async_nats::{Client, HeaderMap, Subscriber};
 use async_trait::async_trait;
 use bridge_hub::{
-    DevicePresence, Frame, Hub, HubEvent, HubHealth, LocalHub, PresenceOverlay, RemotePresence,
-    UserId,
+    DevicePresence, Frame, Hub, HubError, HubEvent, HubHealth, InFlight, Intercepted, LocalHub,
+    PresenceOverlay, ReleaseReason, RemotePresence, ResponseInterceptor, ResponseRefused, UserId,
 };
-use bridge_protocol::DeviceId;
+use bridge_protocol::{BleResponse, BridgeToServer, ConnectionId, DeviceId, ErrorCode, RequestId};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::ClusterConfig;
 use crate::membership::{Change, Incarnation, Membership};
 use crate::presence::PresenceTable;
+use crate::routing::{self, Route};
 use crate::subjects::Subjects;
 use crate::wire::{self, PresenceReport};
 
@@ -30,6 +31,50 @@ const ORIGIN: &str = "Bridge-Origin";
 const DEVICE: &str = "Bridge-Device";
 /// Header naming the user of a frame for a user's connections.
 const USER: &str = "Bridge-User";
+/// Header of a message for one node: `write`, `answer`, `done` or `lost`.
+const KIND: &str = "Bridge-Kind";
+/// Header naming a forwarded command by the stand-in connection id its sender gave it.
+const PROXY: &str = "Bridge-Proxy";
+
+/// A command another node sent through one of this node's bridges.
+struct Forward {
+    origin: String,
+    proxy: u64,
+    device: DeviceId,
+    /// This node's in-flight ticket on the bridge (routing here counts it).
+    _ticket: InFlight,
+}
+
+/// The commands other nodes sent through this node's bridges, by the connection and request
+/// id their answer will come with, and by their sender's stand-in id.
+#[derive(Default)]
+struct ForwardTable {
+    by_answer: HashMap<(ConnectionId, RequestId), Forward>,
+    by_origin: HashMap<(String, u64), (ConnectionId, RequestId)>,
+}
+
+impl ForwardTable {
+    fn remove(&mut self, key: &(ConnectionId, RequestId)) -> Option<Forward> {
+        let forward = self.by_answer.remove(key)?;
+        self.by_origin
+            .remove(&(forward.origin.clone(), forward.proxy));
+        Some(forward)
+    }
+
+    /// Removes the commands matching `which`.
+    fn remove_where(
+        &mut self,
+        which: impl Fn(&(ConnectionId, RequestId), &Forward) -> bool,
+    ) -> Vec<Forward> {
+        let keys: Vec<_> = self
+            .by_answer
+            .iter()
+            .filter(|(k, f)| which(k, f))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.iter().filter_map(|k| self.remove(k)).collect()
+    }
+}
 
 /// What the publisher task sends.
 #[derive(Debug)]
@@ -38,6 +83,12 @@ enum Outgoing {
     Device(DeviceId),
     /// Everything this node holds.
     Snapshot,
+    /// A message for one node (an answer, a loss, the end of a forwarded command).
+    Node {
+        node: String,
+        headers: HeaderMap,
+        payload: Bytes,
+    },
 }
 
 /// What the background tasks and the hub share.
@@ -52,6 +103,10 @@ pub(crate) struct Shared {
     outgoing: mpsc::UnboundedSender<Outgoing>,
     /// A presence report could not be published: send a snapshot at the next tick.
     resync: AtomicBool,
+    /// Commands this node sent through other nodes' bridges: stand-in id → (node, device).
+    outbound: Mutex<HashMap<ConnectionId, (String, DeviceId)>>,
+    /// Commands other nodes sent through this node's bridges.
+    forwarded: Mutex<ForwardTable>,
 }
 
 struct ClusterState {
@@ -82,6 +137,7 @@ impl Shared {
                         "a node restarted: what its former life held is gone"
                     );
                     self.forget(&old.node);
+                    self.node_gone(&old.node);
                     self.send(Outgoing::Snapshot);
                 }
                 Change::Left(who) if who == self.me => {
@@ -93,7 +149,103 @@ impl Shared {
                 Change::Left(who) => {
                     tracing::warn!(node = %who.node, epoch = who.epoch, "a node left or died");
                     self.forget(&who.node);
+                    self.node_gone(&who.node);
                 }
+            }
+        }
+    }
+
+    /// `node` is gone (or lost to this one): the commands sent through its bridges end with
+    /// `bridge_lost`, and those it sent through this node's bridges are dropped.
+    fn node_gone(&self, node: &str) {
+        let lost: Vec<(ConnectionId, DeviceId)> = self
+            .outbound
+            .lock()
+            .iter()
+            .filter(|(_, (n, _))| n == node)
+            .map(|(proxy, (_, device))| (*proxy, device.clone()))
+            .collect();
+        if !lost.is_empty() {
+            tracing::warn!(
+                node,
+                commands = lost.len(),
+                "commands through a lost node end with bridge_lost"
+            );
+        }
+        // Outside the lock: the session drops the commands' tickets, whose ends take it.
+        for (proxy, device) in lost {
+            self.local.release_remote(proxy, &device);
+        }
+        let dropped = self
+            .forwarded
+            .lock()
+            .remove_where(|_, forward| forward.origin == node);
+        drop(dropped);
+    }
+
+    /// A message for `node`, in order with this node's other publications.
+    fn to_node(
+        &self,
+        node: &str,
+        kind: &'static str,
+        proxy: u64,
+        payload: Bytes,
+        device: Option<&DeviceId>,
+    ) {
+        let mut headers = HeaderMap::new();
+        headers.insert(KIND, kind);
+        headers.insert(ORIGIN, self.me.node.as_str());
+        headers.insert(PROXY, proxy.to_string().as_str());
+        if let Some(device) = device {
+            headers.insert(DEVICE, device.as_str());
+        }
+        self.send(Outgoing::Node {
+            node: node.to_owned(),
+            headers,
+            payload,
+        });
+    }
+
+    /// Sends `frame` through the best holder of `device` on `node`, and returns the
+    /// command's ticket: a stand-in connection id here, whose end tells `node`.
+    async fn forward(
+        self: &Arc<Self>,
+        node: &str,
+        device: &DeviceId,
+        frame: &Frame,
+    ) -> Result<InFlight, HubError> {
+        let client = self
+            .client
+            .get()
+            .ok_or_else(|| HubError::DeviceOffline(device.clone()))?;
+        let proxy = self.local.reserve_connection_id();
+        self.outbound
+            .lock()
+            .insert(proxy, (node.to_owned(), device.clone()));
+        let ticket = InFlight::remote(
+            proxy,
+            RemoteEnd {
+                shared: Arc::downgrade(self),
+                proxy,
+            },
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert(KIND, "write");
+        headers.insert(ORIGIN, self.me.node.as_str());
+        headers.insert(PROXY, proxy.get().to_string().as_str());
+        headers.insert(DEVICE, device.as_str());
+        let payload = Bytes::copy_from_slice(frame.as_str().as_bytes());
+        let request = client.request_with_headers(self.subjects.node(node), headers, payload);
+        match tokio::time::timeout(self.config.gather_timeout, request).await {
+            Ok(Ok(reply)) if &reply.payload[..] == b"ok" => Ok(ticket),
+            Ok(Ok(_)) => Err(HubError::DeviceOffline(device.clone())),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, node, "a forwarded command was not taken");
+                Err(HubError::NoRouteAvailable(device.clone()))
+            }
+            Err(_) => {
+                tracing::debug!(node, "a forwarded command was not answered in time");
+                Err(HubError::NoRouteAvailable(device.clone()))
             }
         }
     }
@@ -227,6 +379,64 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// The end of a command this node sent through another node's bridge: dropped with the
+/// command's ticket, it tells that node to let go of its own.
+struct RemoteEnd {
+    shared: Weak<Shared>,
+    proxy: ConnectionId,
+}
+
+impl Drop for RemoteEnd {
+    fn drop(&mut self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let entry = shared.outbound.lock().remove(&self.proxy);
+        if let Some((node, _)) = entry {
+            shared.to_node(&node, "done", self.proxy.get(), Bytes::new(), None);
+        }
+    }
+}
+
+/// Takes the answers of commands other nodes sent through this node's bridges, and sends
+/// them back to their node.
+struct Interceptor(Weak<Shared>);
+
+impl ResponseInterceptor for Interceptor {
+    fn intercept(&self, connection: ConnectionId, response: BleResponse) -> Intercepted {
+        let Some(shared) = self.0.upgrade() else {
+            return Intercepted::Passed(response);
+        };
+        let key = (connection, response.request_id);
+        let forward = {
+            let mut table = shared.forwarded.lock();
+            match table.by_answer.get(&key) {
+                None => return Intercepted::Passed(response),
+                // Only the device it was sent to may answer (PROTOCOL.md 3.2); the command
+                // stays pending.
+                Some(f) if f.device != response.device_id => {
+                    return Intercepted::Taken(Err(ResponseRefused::new(
+                        response.request_id,
+                        ErrorCode::Forbidden,
+                    )));
+                }
+                Some(_) => table.remove(&key),
+            }
+        };
+        if let Some(forward) = forward {
+            let text = BridgeToServer::BleResponse(response).to_json();
+            shared.to_node(
+                &forward.origin,
+                "answer",
+                forward.proxy,
+                Bytes::from(text),
+                None,
+            );
+        }
+        Intercepted::Taken(Ok(()))
+    }
+}
+
 /// The [`PresenceOverlay`] of the local hub: the other nodes' holders. Weak, because the
 /// local hub holds it and the shared state holds the local hub.
 struct Overlay(Weak<Shared>);
@@ -293,8 +503,15 @@ impl ClusterHub {
             client: OnceLock::new(),
             outgoing,
             resync: AtomicBool::new(false),
+            outbound: Mutex::new(HashMap::new()),
+            forwarded: Mutex::new(ForwardTable::default()),
             config,
         });
+        if !local.set_response_interceptor(Arc::new(Interceptor(Arc::downgrade(&shared)))) {
+            tracing::warn!(
+                "the local hub has a response interceptor already: commands from other nodes cannot be answered here"
+            );
+        }
         if !local.set_presence_overlay(Arc::new(Overlay(Arc::downgrade(&shared)))) {
             tracing::warn!(
                 "the local hub has a presence overlay already: device_status frames stay this node's"
@@ -350,6 +567,31 @@ impl Drop for ClusterHub {
 impl Hub for ClusterHub {
     fn local(&self) -> &LocalHub {
         &self.local
+    }
+
+    async fn send_to_device(
+        &self,
+        device_id: &DeviceId,
+        frame: &Frame,
+    ) -> Result<InFlight, HubError> {
+        let holders = self.shared.presence.lock().holders(device_id);
+        // The local path, as fast as a single server's, when no other node holds the device.
+        if holders.is_empty() {
+            return self.local.send_to_device(device_id, frame);
+        }
+        let local = self.local.device_presence(device_id);
+        let here = local.online.then_some((local.ble_connected, local.rssi));
+        match routing::choose(here, &holders) {
+            Some(Route::Remote(node)) => match self.shared.forward(&node, device_id, frame).await {
+                Ok(ticket) => Ok(ticket),
+                Err(error) if local.online => {
+                    tracing::debug!(%error, node, "sending through this node's holder instead");
+                    self.local.send_to_device(device_id, frame)
+                }
+                Err(error) => Err(error),
+            },
+            _ => self.local.send_to_device(device_id, frame),
+        }
     }
 
     async fn broadcast(&self, device_id: &DeviceId, frame: &Frame) -> usize {
@@ -416,6 +658,29 @@ impl Hub for ClusterHub {
     }
 
     fn observe(&self, event: &HubEvent) {
+        if let HubEvent::DeviceReleased {
+            device_id,
+            connection,
+            reason,
+        } = event
+            && *reason != ReleaseReason::Remote
+        {
+            // Commands other nodes sent through this bridge for this device are lost.
+            let lost = self
+                .shared
+                .forwarded
+                .lock()
+                .remove_where(|(c, _), f| c == connection && f.device == *device_id);
+            for forward in lost {
+                self.shared.to_node(
+                    &forward.origin,
+                    "lost",
+                    forward.proxy,
+                    Bytes::new(),
+                    Some(device_id),
+                );
+            }
+        }
         match event {
             HubEvent::DeviceClaimed { device_id, .. }
             | HubEvent::DeviceReleased { device_id, .. }
@@ -463,9 +728,10 @@ async fn run(shared: Arc<Shared>, outgoing: mpsc::UnboundedReceiver<Outgoing>) {
             client.subscribe(subjects.presence()).await?,
             client.subscribe(subjects.broadcast()).await?,
             client.subscribe(subjects.user()).await?,
+            client.subscribe(subjects.node(&shared.me.node)).await?,
         ))
     };
-    let (heartbeats, presence, broadcasts, users) = match subscriptions.await {
+    let (heartbeats, presence, broadcasts, users, mine) = match subscriptions.await {
         Ok(subscribers) => subscribers,
         Err(error) => {
             tracing::error!(%error, "cannot subscribe to the cluster's subjects");
@@ -481,6 +747,7 @@ async fn run(shared: Arc<Shared>, outgoing: mpsc::UnboundedReceiver<Outgoing>) {
             broadcasts,
         )),
         tokio::spawn(answer_fan_out(Arc::clone(&shared), client.clone(), users)),
+        tokio::spawn(listen_node(Arc::clone(&shared), client.clone(), mine)),
         tokio::spawn(publish_presence(
             Arc::clone(&shared),
             client.clone(),
@@ -616,6 +883,21 @@ async fn publish_presence(
     let mut published: HashMap<DeviceId, RemotePresence> = HashMap::new();
     while let Some(next) = outgoing.recv().await {
         let report = match next {
+            Outgoing::Node {
+                node,
+                headers,
+                payload,
+            } => {
+                let publish =
+                    client.publish_with_headers(shared.subjects.node(&node), headers, payload);
+                if tokio::time::timeout(shared.config.heartbeat, publish)
+                    .await
+                    .is_err()
+                {
+                    tracing::debug!(node, "a message for a node was not published in time");
+                }
+                continue;
+            }
             Outgoing::Device(device) => {
                 let now = shared.local_presence(&device);
                 let before = published.get(&device).copied().unwrap_or_default();
@@ -662,4 +944,113 @@ async fn publish_presence(
             shared.resync.store(true, Ordering::Release);
         }
     }
+}
+
+/// Handles the messages for this node: commands to send through its bridges and their ends;
+/// answers and losses of the commands it sent through other nodes' bridges.
+async fn listen_node(shared: Arc<Shared>, client: Client, mut messages: Subscriber) {
+    while let Some(message) = messages.next().await {
+        let Some(headers) = &message.headers else {
+            continue;
+        };
+        let header = |name: &str| headers.get(name).map(async_nats::HeaderValue::as_str);
+        let (Some(kind), Some(origin), Some(proxy)) = (
+            header(KIND),
+            header(ORIGIN),
+            header(PROXY).and_then(|p| p.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        let device = header(DEVICE).and_then(|d| DeviceId::new(d).ok());
+        match kind {
+            "write" => {
+                let taken = device.is_some_and(|device| {
+                    take_write(&shared, origin, proxy, &device, &message.payload)
+                });
+                if let Some(reply) = message.reply {
+                    let answer = if taken { "ok" } else { "offline" };
+                    let _ = client
+                        .publish(reply, Bytes::from_static(answer.as_bytes()))
+                        .await;
+                }
+            }
+            "done" => {
+                let mut table = shared.forwarded.lock();
+                if let Some(key) = table.by_origin.get(&(origin.to_owned(), proxy)).copied() {
+                    drop(table.remove(&key));
+                }
+            }
+            "answer" => {
+                let proxy = ConnectionId::new(proxy);
+                let ours = shared
+                    .outbound
+                    .lock()
+                    .get(&proxy)
+                    .is_some_and(|(node, _)| node == origin);
+                let Ok(text) = std::str::from_utf8(&message.payload) else {
+                    continue;
+                };
+                let limits = shared.local.config().protocol_limits;
+                if let (true, Ok(BridgeToServer::BleResponse(response))) =
+                    (ours, BridgeToServer::decode(text, &limits))
+                    && let Err(refused) = shared.local.offer_response(proxy, response)
+                {
+                    tracing::debug!(?refused, "an answer from another node was refused");
+                }
+            }
+            "lost" => {
+                let proxy = ConnectionId::new(proxy);
+                let ours = shared
+                    .outbound
+                    .lock()
+                    .get(&proxy)
+                    .is_some_and(|(node, _)| node == origin);
+                if let (true, Some(device)) = (ours, device) {
+                    shared.local.release_remote(proxy, &device);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Sends a command another node forwarded through this node's best holder of `device`.
+/// `false` if no bridge here can take it.
+fn take_write(
+    shared: &Shared,
+    origin: &str,
+    proxy: u64,
+    device: &DeviceId,
+    payload: &[u8],
+) -> bool {
+    let Ok(text) = std::str::from_utf8(payload) else {
+        return false;
+    };
+    let Some(request_id) = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|frame| RequestId::new(frame.get("requestId")?.as_str()?).ok())
+    else {
+        return false;
+    };
+    // The table is locked while the write is queued, so that an answer, which the bridge
+    // cannot send before it has the write, finds the command.
+    let mut table = shared.forwarded.lock();
+    let Ok(ticket) = shared
+        .local
+        .send_to_device(device, &Frame::from_json_text(text))
+    else {
+        return false;
+    };
+    let key = (ticket.connection(), request_id);
+    table.by_origin.insert((origin.to_owned(), proxy), key);
+    table.by_answer.insert(
+        key,
+        Forward {
+            origin: origin.to_owned(),
+            proxy,
+            device: device.clone(),
+            _ticket: ticket,
+        },
+    );
+    true
 }

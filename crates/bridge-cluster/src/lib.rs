@@ -32,6 +32,7 @@
 mod hub;
 mod membership;
 mod presence;
+mod routing;
 mod subjects;
 mod wire;
 
@@ -40,6 +41,7 @@ use std::time::Duration;
 pub use hub::ClusterHub;
 pub use membership::{Change, Incarnation, Membership};
 pub use presence::PresenceTable;
+pub use routing::{Route, choose};
 
 /// How a node joins its cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]

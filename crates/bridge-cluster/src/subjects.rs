@@ -8,6 +8,7 @@ pub(crate) struct Subjects {
     presence: String,
     broadcast: String,
     user: String,
+    node: String,
 }
 
 impl Subjects {
@@ -17,7 +18,20 @@ impl Subjects {
             presence: format!("{prefix}.cluster.presence"),
             broadcast: format!("{prefix}.cluster.broadcast"),
             user: format!("{prefix}.cluster.user"),
+            node: format!("{prefix}.cluster.node."),
         }
+    }
+
+    /// `P.cluster.node.{hex of the node id}`: messages for one node (forwarded writes and
+    /// their ends; answers and losses for their senders). The id is hex-encoded: a node id
+    /// may hold characters a subject may not.
+    pub(crate) fn node(&self, node: &str) -> String {
+        use std::fmt::Write;
+        let mut subject = self.node.clone();
+        for byte in node.as_bytes() {
+            let _ = write!(subject, "{byte:02x}");
+        }
+        subject
     }
 
     /// `P.cluster.presence`: each node's presence reports (snapshots and per-device

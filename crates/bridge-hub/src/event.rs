@@ -124,6 +124,11 @@ pub enum ReleaseReason {
     Released,
     /// The connection closed.
     ConnectionClosed,
+    /// A bridge of another process (a cluster node) that a command was sent through
+    /// released the device, closed, or its process is gone or unreachable; reported by
+    /// [`LocalHub::release_remote`](crate::LocalHub::release_remote) for the stand-in
+    /// connection id of that command.
+    Remote,
 }
 
 /// Why a connection ended.

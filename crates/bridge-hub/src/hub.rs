@@ -17,8 +17,8 @@ use crate::outbox::CloseRequest;
 use crate::state::State;
 use crate::{
     AccessPolicy, CloseReason, ConnectionInfo, EventSink, FixedSubscriptions, Frame, GrantedAccess,
-    HubConfig, HubEvent, IgnoreEvents, InFlight, NoPendingCommands, ResponseHandler,
-    SubscriptionSource, UserId,
+    HubConfig, HubEvent, IgnoreEvents, InFlight, NoPendingCommands, ReleaseReason, ResponseHandler,
+    ResponseInterceptor, ResponseRefused, SubscriptionSource, UserId,
 };
 
 /// Why a frame could not be sent.
@@ -302,6 +302,7 @@ pub(crate) struct Inner {
     pub(crate) access: Arc<dyn AccessPolicy>,
     pub(crate) subscriptions: Arc<dyn SubscriptionSource>,
     pub(crate) overlay: std::sync::OnceLock<Arc<dyn PresenceOverlay>>,
+    pub(crate) interceptor: std::sync::OnceLock<Arc<dyn ResponseInterceptor>>,
     next_id: AtomicU64,
     live: AtomicUsize,
     all_closed: Notify,
@@ -399,6 +400,7 @@ impl LocalHubBuilder {
                 access: self.access,
                 subscriptions: self.subscriptions,
                 overlay: std::sync::OnceLock::new(),
+                interceptor: std::sync::OnceLock::new(),
                 next_id: AtomicU64::new(1),
                 live: AtomicUsize::new(0),
                 all_closed: Notify::new(),
@@ -567,6 +569,42 @@ impl LocalHub {
     /// of the device still queued, as every presence change is.
     pub fn refresh_status(&self, device_id: &DeviceId) {
         self.inner.state.read().refresh_status(device_id);
+    }
+
+    /// Installs what sees every `ble_response` before the [`ResponseHandler`] (a cluster
+    /// taking the answers of commands other nodes sent through this node's bridges). Only
+    /// the first call installs one: returns `false` if one was installed already.
+    pub fn set_response_interceptor(&self, interceptor: Arc<dyn ResponseInterceptor>) -> bool {
+        self.inner.interceptor.set(interceptor).is_ok()
+    }
+
+    /// A connection id no connection of this hub will ever have, to stand for a connection
+    /// of another process (see [`InFlight::remote`]).
+    pub fn reserve_connection_id(&self) -> ConnectionId {
+        ConnectionId::new(self.inner.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Offers this hub's [`ResponseHandler`] an answer that arrived elsewhere (through
+    /// another node's bridge) as if it had arrived on `connection`, the stand-in id of the
+    /// command's [`InFlight::remote`] ticket.
+    pub fn offer_response(
+        &self,
+        connection: ConnectionId,
+        response: bridge_protocol::BleResponse,
+    ) -> Result<(), ResponseRefused> {
+        self.inner.responses.on_response(connection, response)
+    }
+
+    /// Reports that the bridge of another process a command was sent through (stand-in id
+    /// `connection`) stopped holding `device_id`, or is gone: the hub's [`EventSink`] gets
+    /// [`HubEvent::DeviceReleased`] with [`ReleaseReason::Remote`], on which a server fails
+    /// the commands pending through it with `bridge_lost`, as for a local bridge.
+    pub fn release_remote(&self, connection: ConnectionId, device_id: &DeviceId) {
+        self.inner.emit(vec![HubEvent::DeviceReleased {
+            device_id: device_id.clone(),
+            connection,
+            reason: ReleaseReason::Remote,
+        }]);
     }
 
     /// See [`Hub::broadcast`].

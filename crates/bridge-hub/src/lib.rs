@@ -181,4 +181,6 @@ pub use hub::{
     PresenceOverlay, RemotePresence, ShutdownReport,
 };
 pub use in_flight::InFlight;
-pub use response::{NoPendingCommands, ResponseHandler, ResponseRefused};
+pub use response::{
+    Intercepted, NoPendingCommands, ResponseHandler, ResponseInterceptor, ResponseRefused,
+};

@@ -309,7 +309,9 @@ async fn presence_and_events_are_cluster_wide() {
     // The last one leaves: offline everywhere.
     phone_c.ws.close().await;
     wait_status(&mut watcher, false, serde_json::Value::Null).await;
-    b.client.wait_device(&device, |d| d["online"] == false).await;
+    b.client
+        .wait_device(&device, |d| d["online"] == false)
+        .await;
     for node in [a, b, c] {
         node.kill().await;
     }
@@ -330,6 +332,195 @@ async fn a_killed_nodes_devices_go_offline_elsewhere() {
     wait_status(&mut watcher, false, serde_json::Value::Null).await;
     b.client
         .wait_device(&device, |d| d["online"] == false && d["bridges"] == 0)
+        .await;
+    b.kill().await;
+    c.kill().await;
+}
+
+fn new_device() -> String {
+    format!("lock-{}", uuid::Uuid::new_v4().simple())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_goes_through_the_phone_on_another_node_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, c] = three_nodes(dir.path(), &fresh_prefix()).await;
+    let device = new_device();
+    let mut phone = Bridge::connect(&a.client, "phone-a", &[device.as_str()]).await;
+    b.client.wait_online(&device, 1).await;
+    c.client.wait_online(&device, 1).await;
+
+    // A backend at B: the write goes out at A, the answer comes back at B.
+    let call = b
+        .client
+        .command(&device, serde_json::json!({"payload":"01"}));
+    let answer = async {
+        let write = phone.next_write().await;
+        phone.answer(&write, "81").await;
+        write
+    };
+    let ((status, body), write) = tokio::join!(call, answer);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payload"], "81", "{body}");
+    assert_eq!(body["requestId"], write["requestId"], "{body}");
+
+    // A user at C, with a `command` frame.
+    let mut alice = user(&c.client, "alice").await;
+    alice
+        .send(serde_json::json!({"type":"command","requestId":"c-1","deviceId":device,"payload":"02"}))
+        .await;
+    let write = phone.next_write().await;
+    phone.answer(&write, "82").await;
+    assert_eq!(
+        alice.recv_type("command_result").await,
+        serde_json::json!({"type":"command_result","requestId":"c-1","deviceId":device,
+               "status":"succeeded","payload":"82"})
+    );
+
+    // A device error comes back as such; an answer for the wrong device changes nothing.
+    let call = b
+        .client
+        .command(&device, serde_json::json!({"payload":"03"}));
+    let answer = async {
+        let write = phone.next_write().await;
+        phone
+            .ws
+            .send(
+                serde_json::json!({"type":"ble_response","requestId":write["requestId"],
+                         "deviceId":"another-lock","payload":"00"}),
+            )
+            .await;
+        let refused = phone.ws.recv_type("error").await;
+        assert_eq!(refused["code"], "forbidden", "{refused}");
+        phone.fail(&write, "gatt_write_failed").await;
+    };
+    let ((status, body), ()) = tokio::join!(call, answer);
+    assert_eq!(status, 502, "{body}");
+    for node in [a, b, c] {
+        node.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_phones_on_two_nodes_are_chosen_by_link_and_rssi() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, c] = three_nodes(dir.path(), &fresh_prefix()).await;
+    let device = new_device();
+    let mut phone_a = Bridge::connect(&a.client, "phone-a", &[device.as_str()]).await;
+    let mut phone_c = Bridge::connect(&c.client, "phone-c", &[device.as_str()]).await;
+    phone_a.status(&device, true, Some(-80)).await;
+    phone_c.status(&device, true, Some(-40)).await;
+    phone_a.sync().await;
+    phone_c.sync().await;
+    b.client.wait_online(&device, 2).await;
+    // B sees both reports before it routes (presence reports are in order per node).
+    eventually(|| async {
+        let (_, view) = b.client.get(&format!("/v1/devices/{device}")).await;
+        (view["bleConnected"] == true).then_some(())
+    })
+    .await;
+
+    // The stronger signal, on C, gets it; also from A, whose own phone is weaker.
+    for from in [&b, &a] {
+        let call = from
+            .client
+            .command(&device, serde_json::json!({"payload":"01"}));
+        let answer = async {
+            let write = phone_c.next_write().await;
+            phone_c.answer(&write, "80").await;
+        };
+        let ((status, body), ()) = tokio::join!(call, answer);
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // C's link goes down: A's phone, connected, is the best now.
+    phone_c.status(&device, false, Some(-40)).await;
+    phone_c.sync().await;
+    let mut routed_to_a = false;
+    for _ in 0..50 {
+        // Until B has C's report, a command may still go to C: answer it there.
+        let call = b.client.command(
+            &device,
+            serde_json::json!({"payload":"02","timeoutMs":5000}),
+        );
+        let answer = async {
+            tokio::select! {
+                write = phone_a.next_write() => { phone_a.answer(&write, "80").await; true }
+                write = phone_c.next_write() => { phone_c.answer(&write, "80").await; false }
+            }
+        };
+        let ((status, body), to_a) = tokio::join!(call, answer);
+        assert_eq!(status, 200, "{body}");
+        if to_a {
+            routed_to_a = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        routed_to_a,
+        "A's connected phone is chosen once C's link is down"
+    );
+    for node in [a, b, c] {
+        node.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_through_a_node_killed_with_sigkill_end_bridge_lost_and_a_release_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, c] = three_nodes(dir.path(), &fresh_prefix()).await;
+    let device = new_device();
+    let mut phone = Bridge::connect(&a.client, "phone-a", &[device.as_str()]).await;
+    b.client.wait_online(&device, 1).await;
+
+    // A release at A fails B's command through it at once.
+    let call = b.client.command(
+        &device,
+        serde_json::json!({"payload":"01","timeoutMs":60000}),
+    );
+    let release = async {
+        phone.next_write().await;
+        phone
+            .ws
+            .send(serde_json::json!({"type":"release","deviceId":device}))
+            .await;
+    };
+    let ((status, body), ()) = tokio::join!(call, release);
+    assert_eq!(
+        (status, body),
+        (503, serde_json::json!({"status":"bridge_lost"}))
+    );
+
+    // Claimed again; two commands in flight from B and C when A dies.
+    phone.status(&device, true, None).await;
+    phone.sync().await;
+    b.client.wait_online(&device, 1).await;
+    c.client.wait_online(&device, 1).await;
+    let from_b = b.client.command(
+        &device,
+        serde_json::json!({"payload":"02","timeoutMs":60000}),
+    );
+    let from_c = c.client.command(
+        &device,
+        serde_json::json!({"payload":"03","timeoutMs":60000}),
+    );
+    let kill = async {
+        phone.next_write().await;
+        phone.next_write().await;
+        a.kill().await;
+    };
+    let ((status_b, body_b), (status_c, body_c), ()) = tokio::join!(from_b, from_c, kill);
+    assert_eq!(
+        (status_b, body_b),
+        (503, serde_json::json!({"status":"bridge_lost"}))
+    );
+    assert_eq!(
+        (status_c, body_c),
+        (503, serde_json::json!({"status":"bridge_lost"}))
+    );
+    b.client
+        .wait_device(&device, |d| d["online"] == false)
         .await;
     b.kill().await;
     c.kill().await;
