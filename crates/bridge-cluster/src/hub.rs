@@ -657,6 +657,17 @@ impl Hub for ClusterHub {
         self.shared.health()
     }
 
+    fn queued(&self, device_id: &DeviceId) {
+        if self.local.device_presence(device_id).online {
+            return;
+        }
+        let holders = self.shared.presence.lock().holders(device_id);
+        for (node, _) in holders {
+            self.shared
+                .to_node(&node, "queued", 0, Bytes::new(), Some(device_id));
+        }
+    }
+
     fn observe(&self, event: &HubEvent) {
         if let HubEvent::DeviceReleased {
             device_id,
@@ -996,6 +1007,11 @@ async fn listen_node(shared: Arc<Shared>, client: Client, mut messages: Subscrib
                     && let Err(refused) = shared.local.offer_response(proxy, response)
                 {
                     tracing::debug!(?refused, "an answer from another node was refused");
+                }
+            }
+            "queued" => {
+                if let Some(device) = device {
+                    shared.local.request_delivery(&device);
                 }
             }
             "lost" => {

@@ -106,6 +106,13 @@ pub enum HubEvent {
         /// The command's place under the connection's cap.
         in_flight: InFlight,
     },
+    /// Another process (a cluster node) queued or confirmed a command for a device this hub
+    /// holds, and asks this process to deliver it: reported by
+    /// [`LocalHub::request_delivery`](crate::LocalHub::request_delivery).
+    DeliveryRequested {
+        /// The device.
+        device_id: DeviceId,
+    },
     /// A frame was refused with an error frame (for metrics such as
     /// `bridge_frames_rejected_total{code}`).
     FrameRejected {

@@ -257,6 +257,14 @@ pub trait Hub: Send + Sync + 'static {
     fn observe(&self, event: &HubEvent) {
         let _ = event;
     }
+
+    /// A command of `device_id` became deliverable on this process (queued or confirmed).
+    /// A distributed hub asks the processes holding the device to deliver it when this one
+    /// does not hold it ([`LocalHub::request_delivery`] there). Must not block. Default:
+    /// nothing (this process's dispatcher was told already).
+    fn queued(&self, device_id: &DeviceId) {
+        let _ = device_id;
+    }
 }
 
 /// Delivers events in order without holding the hub's lock, and without deadlocking when
@@ -604,6 +612,14 @@ impl LocalHub {
             device_id: device_id.clone(),
             connection,
             reason: ReleaseReason::Remote,
+        }]);
+    }
+
+    /// Reports [`HubEvent::DeliveryRequested`] for `device_id`: another process queued a
+    /// command for a device this hub holds.
+    pub fn request_delivery(&self, device_id: &DeviceId) {
+        self.inner.emit(vec![HubEvent::DeliveryRequested {
+            device_id: device_id.clone(),
         }]);
     }
 

@@ -104,6 +104,7 @@ fn handle(core: &Arc<Core>, runtime: &Handle, event: HubEvent) {
                     .instrument(span),
             );
         }
+        HubEvent::DeliveryRequested { device_id } => core.dispatch.delivery_requested(&device_id),
         HubEvent::FrameRejected { code, .. } => core.metrics.frame_rejected(code),
         _ => {}
     }

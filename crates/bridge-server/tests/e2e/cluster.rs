@@ -32,19 +32,20 @@ fn fresh_prefix() -> String {
 }
 
 async fn node(dir: &Path, nats: &str, prefix: &str, id: &str) -> Process {
-    Process::start_with_queue(
-        dir,
-        &postgres_url(),
-        &[
-            "--cluster",
-            nats,
-            "--cluster-prefix",
-            prefix,
-            "--node-id",
-            id,
-        ],
-    )
-    .await
+    node_with(dir, nats, prefix, id, &[]).await
+}
+
+async fn node_with(dir: &Path, nats: &str, prefix: &str, id: &str, extra: &[&str]) -> Process {
+    let mut args = vec![
+        "--cluster",
+        nats,
+        "--cluster-prefix",
+        prefix,
+        "--node-id",
+        id,
+    ];
+    args.extend_from_slice(extra);
+    Process::start_with_queue(dir, &postgres_url(), &args).await
 }
 
 /// The value of the `bridge_cluster_nodes` gauge, if `/metrics` has it.
@@ -217,11 +218,15 @@ async fn the_binary_refuses_a_cluster_on_a_queue_the_nodes_cannot_share() {
 
 /// Three nodes joined on a fresh prefix.
 async fn three_nodes(dir: &Path, prefix: &str) -> [Process; 3] {
+    three_nodes_with(dir, prefix, &[]).await
+}
+
+async fn three_nodes_with(dir: &Path, prefix: &str, extra: &[&str]) -> [Process; 3] {
     let nats = nats_url();
     let nodes = [
-        node(dir, &nats, prefix, "node-a").await,
-        node(dir, &nats, prefix, "node-b").await,
-        node(dir, &nats, prefix, "node-c").await,
+        node_with(dir, &nats, prefix, "node-a", extra).await,
+        node_with(dir, &nats, prefix, "node-b", extra).await,
+        node_with(dir, &nats, prefix, "node-c", extra).await,
     ];
     for server in &nodes {
         wait_nodes(&server.client, 3).await;
@@ -524,4 +529,135 @@ async fn commands_through_a_node_killed_with_sigkill_end_bridge_lost_and_a_relea
         .await;
     b.kill().await;
     c.kill().await;
+}
+
+async fn queue_command(
+    server: &TestServer,
+    device: &str,
+    payload: &str,
+    timeout_ms: u64,
+) -> String {
+    let (status, body) = server
+        .command(
+            device,
+            serde_json::json!({"payload":payload,"ifOffline":"queue","timeoutMs":timeout_ms,
+                               "commandType":format!("kind-{payload}")}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "queued", "{body}");
+    body["commandId"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_commands_are_delivered_once_in_order_wherever_the_phone_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    // No retry tick within the test: every delivery here is started by an event.
+    let [a, b, c] = three_nodes_with(
+        dir.path(),
+        &fresh_prefix(),
+        &["--retry-interval-secs", "3600"],
+    )
+    .await;
+    let device = new_device();
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(queue_command(&b.client, &device, &format!("1{i}"), 60_000).await);
+    }
+
+    // The phone arrives at C: C's delivery pass sends them one at a time, in order.
+    let mut phone = Bridge::connect(&c.client, "phone-c", &[device.as_str()]).await;
+    for (i, id) in ids.iter().enumerate() {
+        let write = assert_first_write(&mut phone, &format!("1{i}")).await;
+        phone.answer(&write, "80").await;
+        a.client.wait_command_status(id, "succeeded").await;
+    }
+
+    // Confirmed at A, which holds nothing: C, which holds the device, delivers it now.
+    let (status, body) = b
+        .client
+        .command(
+            &device,
+            serde_json::json!({"payload":"2c","requiresConfirmation":true,"commandType":"unlock"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["commandId"].as_str().unwrap().to_owned();
+    let (status, _) = a
+        .client
+        .post(
+            &format!("/v1/commands/{id}/confirm"),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let write = assert_first_write(&mut phone, "2c").await;
+    phone.answer(&write, "80").await;
+    b.client.wait_command_status(&id, "succeeded").await;
+    for (i, id) in ids.iter().enumerate() {
+        let (_, view) = b.client.get(&format!("/v1/commands/{id}")).await;
+        assert_eq!(view["attempts"], 1, "command {i}: {view}");
+    }
+    for node in [a, b, c] {
+        node.kill().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_9_the_queue_goes_on_through_the_node_the_phone_reconnects_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, c] =
+        three_nodes_with(dir.path(), &fresh_prefix(), &["--retry-interval-secs", "1"]).await;
+    let device = new_device();
+    let ids = [
+        queue_command(&b.client, &device, "31", 1_000).await,
+        queue_command(&b.client, &device, "32", 1_000).await,
+    ];
+    let mut phone = Bridge::connect(&a.client, "phone-a", &[device.as_str()]).await;
+    assert_first_write(&mut phone, "31").await;
+    a.kill().await;
+    drop(phone);
+
+    // The phone reconnects to C: once the dead node's lease has run out, C delivers the
+    // cut-off command first, then the next.
+    let mut phone = Bridge::connect(&c.client, "phone-c", &[device.as_str()]).await;
+    for (id, payload) in ids.iter().zip(["31", "32"]) {
+        let write = assert_first_write(&mut phone, payload).await;
+        phone.answer(&write, "80").await;
+        b.client.wait_command_status(id, "succeeded").await;
+    }
+    let (_, view) = b.client.get(&format!("/v1/commands/{}", ids[0])).await;
+    assert_eq!(view["attempts"], 2, "{view}");
+    b.kill().await;
+    c.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_under_its_id_takes_its_deliveries_back_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = fresh_prefix();
+    let nats = nats_url();
+    // No retry tick within the test, and a minute-long command timeout: the test ending at
+    // all shows the lease was not waited out.
+    let slow = ["--retry-interval-secs", "3600"];
+    let a = node_with(dir.path(), &nats, &prefix, "node-a", &slow).await;
+    let b = node_with(dir.path(), &nats, &prefix, "node-b", &slow).await;
+    wait_nodes(&a.client, 2).await;
+    wait_nodes(&b.client, 2).await;
+    let device = new_device();
+    let id = queue_command(&b.client, &device, "41", 60_000).await;
+    let mut phone = Bridge::connect(&a.client, "phone-a", &[device.as_str()]).await;
+    assert_first_write(&mut phone, "41").await;
+    a.kill().await;
+    drop(phone);
+
+    let a = node_with(dir.path(), &nats, &prefix, "node-a", &slow).await;
+    wait_ready(&a.client, 200).await;
+    wait_nodes(&b.client, 2).await;
+    let mut phone = Bridge::connect(&a.client, "phone-a", &[device.as_str()]).await;
+    let write = assert_first_write(&mut phone, "41").await;
+    phone.answer(&write, "80").await;
+    b.client.wait_command_status(&id, "succeeded").await;
+    a.kill().await;
+    b.kill().await;
 }
