@@ -4,6 +4,7 @@
 
 use std::error::Error;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
 use bridge_cluster::{ClusterConfig, ClusterHub};
 use bridge_protocol::ConfigRegistry;
@@ -103,12 +104,22 @@ async fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
         ClusterConfig::new(url, config.node_id().as_str()).prefix(config.cluster_prefix.clone())
     });
     let mut builder = Server::builder(config).store(store).registry(registry);
+    let joined: Arc<OnceLock<Arc<ClusterHub>>> = Arc::default();
     if let Some(cluster) = cluster {
         tracing::info!(url = %cluster.url, node_id = %cluster.node_id, prefix = %cluster.prefix, "joining the cluster");
         // The same public seam a user's own hub would use.
-        builder = builder.wrap_hub(move |local| ClusterHub::start(cluster, local));
+        let joined = Arc::clone(&joined);
+        builder = builder.wrap_hub(move |local| {
+            let hub = ClusterHub::start(cluster, local);
+            let _ = joined.set(Arc::clone(&hub));
+            hub
+        });
     }
     let server = builder.build();
     server.serve(listener, shutdown_signal()).await?;
+    if let Some(hub) = joined.get() {
+        // The others drop what this node held now, not after the heartbeat silence.
+        hub.leave().await;
+    }
     Ok(())
 }

@@ -163,16 +163,26 @@ async fn a_node_without_nats_serves_but_is_not_ready_and_heals_without_restart()
     let mut phone = Bridge::connect(&a.client, "phone", &[device.as_str()]).await;
     a.client.wait_online(&device, 1).await;
 
-    // NATS comes: it joins.
+    let other = format!("lock-{}", uuid::Uuid::new_v4().simple());
+    let _phone_b = Bridge::connect(&b.client, "phone-b", &[other.as_str()]).await;
+
+    // NATS comes: it joins, and each node sees the other's devices.
     proxy.set_open(true);
     wait_ready(&a.client, 200).await;
     wait_nodes(&a.client, 2).await;
     wait_nodes(&b.client, 2).await;
+    a.client.wait_online(&other, 1).await;
+    b.client.wait_online(&device, 1).await;
 
-    // NATS goes: 503, and the other node sees it leave; its own phone is still served.
+    // NATS goes: 503, and the other node sees it leave; each serves its own phones only.
     proxy.set_open(false);
     wait_ready(&a.client, 503).await;
     wait_nodes(&b.client, 1).await;
+    wait_nodes(&a.client, 0).await;
+    a.client.wait_device(&other, |d| d["online"] == false).await;
+    b.client
+        .wait_device(&device, |d| d["online"] == false)
+        .await;
     let command = tokio::spawn({
         let client = TestServer::client_for(a.client.addr);
         let device = device.clone();
@@ -187,11 +197,13 @@ async fn a_node_without_nats_serves_but_is_not_ready_and_heals_without_restart()
     let (status, body) = command.await.unwrap();
     assert_eq!(status, 200, "{body}");
 
-    // And back, without a restart.
+    // And back, without a restart: one cluster again.
     proxy.set_open(true);
     wait_ready(&a.client, 200).await;
     wait_nodes(&a.client, 2).await;
     wait_nodes(&b.client, 2).await;
+    a.client.wait_online(&other, 1).await;
+    b.client.wait_online(&device, 1).await;
     a.kill().await;
     b.kill().await;
 }
