@@ -4,6 +4,7 @@
 //! bytes of their wire protocols, so that `cargo xtask ci` works on a fresh clone with nothing
 //! installed beyond the Rust toolchain.
 
+mod cluster_demo;
 mod demo;
 
 use std::env;
@@ -27,13 +28,18 @@ const TASKS: &[Task] = &[
     },
     Task {
         name: "services",
-        help: "check that PostgreSQL, Redis and RabbitMQ answer (start them if stopped)",
+        help: "check that PostgreSQL, Redis, RabbitMQ and NATS answer (start them if stopped)",
         run: services_task,
     },
     Task {
         name: "demo",
         help: "start the server and a simulated phone, and walk through commands over HTTP",
         run: |_| demo::demo(&workspace_root(), &cargo()),
+    },
+    Task {
+        name: "cluster-demo",
+        help: "three server nodes on the local NATS and PostgreSQL: phones and a backend on different nodes, one killed",
+        run: |_| cluster_demo::cluster_demo(&workspace_root(), &cargo()),
     },
     Task {
         name: "test",
