@@ -233,11 +233,27 @@ fn check_dependency_rule(cargo: &str) -> Result<(), String> {
             ));
         }
     }
+    // The cluster is a hub like a user's own: it plugs into the server through the hub's
+    // public seams, and knows neither the server nor the layers under it.
+    let cluster = tree("bridge-cluster")?;
+    for forbidden in [
+        "bridge-server",
+        "bridge-session",
+        "bridge-queue",
+        "bridge-dispatch",
+        "bridge-client",
+    ] {
+        if cluster.iter().any(|c| c == forbidden) {
+            return Err(format!(
+                "bridge-cluster depends on {forbidden}; it may depend on bridge-hub and bridge-protocol only"
+            ));
+        }
+    }
     // The client is a library first: the simulator's command line and log output come
     // with its `sim` feature only.
     check_client_library_dependencies(&tree_with("bridge-client", false)?)?;
     println!(
-        "    bridge-protocol has no async runtime; {} depend on each other not at all; bridge-dispatch reaches no hub, client or server; bridge-client without features has no clap or tracing-subscriber",
+        "    bridge-protocol has no async runtime; {} depend on each other not at all; bridge-dispatch reaches no hub, client or server; bridge-cluster sits on hub and protocol only; bridge-client without features has no clap or tracing-subscriber",
         MIDDLE.join(", ")
     );
     Ok(())
