@@ -36,6 +36,17 @@ async fn node(dir: &Path, nats: &str, prefix: &str, id: &str) -> Process {
 }
 
 async fn node_with(dir: &Path, nats: &str, prefix: &str, id: &str, extra: &[&str]) -> Process {
+    node_on(dir, &postgres_url(), nats, prefix, id, extra).await
+}
+
+async fn node_on(
+    dir: &Path,
+    queue: &str,
+    nats: &str,
+    prefix: &str,
+    id: &str,
+    extra: &[&str],
+) -> Process {
     let mut args = vec![
         "--cluster",
         nats,
@@ -45,7 +56,7 @@ async fn node_with(dir: &Path, nats: &str, prefix: &str, id: &str, extra: &[&str
         id,
     ];
     args.extend_from_slice(extra);
-    Process::start_with_queue(dir, &postgres_url(), &args).await
+    Process::start_with_queue(dir, queue, &args).await
 }
 
 /// The value of the `bridge_cluster_nodes` gauge, if `/metrics` has it.
@@ -234,11 +245,15 @@ async fn three_nodes(dir: &Path, prefix: &str) -> [Process; 3] {
 }
 
 async fn three_nodes_with(dir: &Path, prefix: &str, extra: &[&str]) -> [Process; 3] {
+    three_nodes_on(dir, &postgres_url(), prefix, extra).await
+}
+
+async fn three_nodes_on(dir: &Path, queue: &str, prefix: &str, extra: &[&str]) -> [Process; 3] {
     let nats = nats_url();
     let nodes = [
-        node_with(dir, &nats, prefix, "node-a", extra).await,
-        node_with(dir, &nats, prefix, "node-b", extra).await,
-        node_with(dir, &nats, prefix, "node-c", extra).await,
+        node_on(dir, queue, &nats, prefix, "node-a", extra).await,
+        node_on(dir, queue, &nats, prefix, "node-b", extra).await,
+        node_on(dir, queue, &nats, prefix, "node-c", extra).await,
     ];
     for server in &nodes {
         wait_nodes(&server.client, 3).await;
@@ -563,10 +578,25 @@ async fn queue_command(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_commands_are_delivered_once_in_order_wherever_the_phone_arrives() {
+    queued_delivery_across_nodes(&postgres_url()).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_commands_are_delivered_once_in_order_wherever_the_phone_arrives_on_redis() {
+    queued_delivery_across_nodes(&service_url(
+        "BRIDGE_TEST_REDIS_URL",
+        "redis://127.0.0.1:6379",
+    ))
+    .await;
+}
+
+async fn queued_delivery_across_nodes(queue: &str) {
     let dir = tempfile::tempdir().unwrap();
     // No retry tick within the test: every delivery here is started by an event.
-    let [a, b, c] = three_nodes_with(
+    let [a, b, c] = three_nodes_on(
         dir.path(),
+        queue,
         &fresh_prefix(),
         &["--retry-interval-secs", "3600"],
     )
