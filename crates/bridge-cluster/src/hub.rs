@@ -239,6 +239,10 @@ impl Shared {
         match tokio::time::timeout(self.config.gather_timeout, request).await {
             Ok(Ok(reply)) if &reply.payload[..] == b"ok" => Ok(ticket),
             Ok(Ok(_)) => Err(HubError::DeviceOffline(device.clone())),
+            Ok(Err(error)) if error.kind() == async_nats::RequestErrorKind::NoResponders => {
+                // Nobody listens on that node's subject: nothing was sent.
+                Err(HubError::DeviceOffline(device.clone()))
+            }
             Ok(Err(error)) => {
                 tracing::debug!(%error, node, "a forwarded command was not taken");
                 Err(HubError::NoRouteAvailable(device.clone()))
@@ -584,7 +588,9 @@ impl Hub for ClusterHub {
         match routing::choose(here, &holders) {
             Some(Route::Remote(node)) => match self.shared.forward(&node, device_id, frame).await {
                 Ok(ticket) => Ok(ticket),
-                Err(error) if local.online => {
+                // Only a node that said it sent nothing is passed over: after a timeout the
+                // write may have gone out, and a second one could act twice on the device.
+                Err(error @ HubError::DeviceOffline(_)) if local.online => {
                     tracing::debug!(%error, node, "sending through this node's holder instead");
                     self.local.send_to_device(device_id, frame)
                 }
