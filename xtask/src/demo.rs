@@ -16,12 +16,16 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 /// Child processes that are stopped (SIGTERM, then SIGKILL) when this is dropped.
-struct Children {
-    running: Vec<(&'static str, Child)>,
+pub(crate) struct Children {
+    pub(crate) running: Vec<(&'static str, Child)>,
 }
 
 impl Children {
-    fn spawn(&mut self, name: &'static str, command: &mut Command) -> Result<(), String> {
+    pub(crate) fn spawn(
+        &mut self,
+        name: &'static str,
+        command: &mut Command,
+    ) -> Result<(), String> {
         let child = command
             .spawn()
             .map_err(|e| format!("cannot start {name}: {e}"))?;
@@ -29,7 +33,16 @@ impl Children {
         Ok(())
     }
 
-    fn stop(&mut self) {
+    /// Kills the child `name` with SIGKILL (nothing flushed, nothing closed) and forgets it.
+    pub(crate) fn kill(&mut self, name: &str) {
+        if let Some(i) = self.running.iter().position(|(n, _)| *n == name) {
+            let (_, mut child) = self.running.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub(crate) fn stop(&mut self) {
         for (_, child) in &mut self.running {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
@@ -62,13 +75,13 @@ impl Drop for Children {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns the status and the JSON body.
-fn http(
+/// One HTTP/1.1 request with `Connection: close`; returns the status and the body.
+pub(crate) fn http_text(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Option<&Value>,
-) -> Result<(u16, Value), String> {
+) -> Result<(u16, String), String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| format!("{method} {path}: {e}"))?;
     stream
@@ -104,6 +117,17 @@ fn http(
     } else {
         body.to_owned()
     };
+    Ok((status, body))
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns the status and the JSON body.
+pub(crate) fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, Value), String> {
+    let (status, body) = http_text(addr, method, path, body)?;
     let json = if body.trim().is_empty() {
         Value::Null
     } else {
@@ -128,13 +152,13 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, for at most `limit`.
-fn wait_for<T>(
+pub(crate) fn wait_for<T>(
     what: &str,
     limit: Duration,
     mut check: impl FnMut() -> Option<T>,
@@ -151,11 +175,11 @@ fn wait_for<T>(
     }
 }
 
-fn step(n: u32, text: &str) {
+pub(crate) fn step(n: u32, text: &str) {
     println!("\n{n}. {text}");
 }
 
-fn show(method: &str, path: &str, body: Option<&Value>, status: u16, answer: &Value) {
+pub(crate) fn show(method: &str, path: &str, body: Option<&Value>, status: u16, answer: &Value) {
     match body {
         Some(b) => println!("   {method} {path} {b}"),
         None => println!("   {method} {path}"),
@@ -163,7 +187,7 @@ fn show(method: &str, path: &str, body: Option<&Value>, status: u16, answer: &Va
     println!("   -> {status} {answer}");
 }
 
-fn expect_status(status: u16, expected: u16, answer: &Value) -> Result<(), String> {
+pub(crate) fn expect_status(status: u16, expected: u16, answer: &Value) -> Result<(), String> {
     if status == expected {
         Ok(())
     } else {
@@ -171,7 +195,7 @@ fn expect_status(status: u16, expected: u16, answer: &Value) -> Result<(), Strin
     }
 }
 
-fn string_field<'a>(value: &'a Value, field: &str) -> Result<&'a str, String> {
+pub(crate) fn string_field<'a>(value: &'a Value, field: &str) -> Result<&'a str, String> {
     value
         .get(field)
         .and_then(Value::as_str)
@@ -179,7 +203,7 @@ fn string_field<'a>(value: &'a Value, field: &str) -> Result<&'a str, String> {
 }
 
 /// Polls a queued command until it reaches `status`.
-fn wait_command(addr: SocketAddr, id: &str, status: &str) -> Result<Value, String> {
+pub(crate) fn wait_command(addr: SocketAddr, id: &str, status: &str) -> Result<Value, String> {
     let path = format!("/v1/commands/{id}");
     wait_for(
         &format!("command {id} to be {status}"),
@@ -194,7 +218,7 @@ fn wait_command(addr: SocketAddr, id: &str, status: &str) -> Result<Value, Strin
 }
 
 /// A lock's reply in words (the smart-lock byte protocol of `bridge_client::lock`).
-fn explain(payload: &str) -> &'static str {
+pub(crate) fn explain(payload: &str) -> &'static str {
     match payload {
         "8101" => "lock acknowledged: now locked",
         "8200" => "unlock acknowledged: now unlocked",

@@ -4,6 +4,7 @@
 //! bytes of their wire protocols, so that `cargo xtask ci` works on a fresh clone with nothing
 //! installed beyond the Rust toolchain.
 
+mod cluster_demo;
 mod demo;
 
 use std::env;
@@ -27,13 +28,18 @@ const TASKS: &[Task] = &[
     },
     Task {
         name: "services",
-        help: "check that PostgreSQL, Redis and RabbitMQ answer (start them if stopped)",
+        help: "check that PostgreSQL, Redis, RabbitMQ and NATS answer (start them if stopped)",
         run: services_task,
     },
     Task {
         name: "demo",
         help: "start the server and a simulated phone, and walk through commands over HTTP",
         run: |_| demo::demo(&workspace_root(), &cargo()),
+    },
+    Task {
+        name: "cluster-demo",
+        help: "three server nodes on the local NATS and PostgreSQL: phones and a backend on different nodes, one killed",
+        run: |_| cluster_demo::cluster_demo(&workspace_root(), &cargo()),
     },
     Task {
         name: "test",
@@ -240,11 +246,27 @@ fn check_dependency_rule(cargo: &str) -> Result<(), String> {
             ));
         }
     }
+    // The cluster is a hub like a user's own: it plugs into the server through the hub's
+    // public seams, and knows neither the server nor the layers under it.
+    let cluster = tree("bridge-cluster")?;
+    for forbidden in [
+        "bridge-server",
+        "bridge-session",
+        "bridge-queue",
+        "bridge-dispatch",
+        "bridge-client",
+    ] {
+        if cluster.iter().any(|c| c == forbidden) {
+            return Err(format!(
+                "bridge-cluster depends on {forbidden}; it may depend on bridge-hub and bridge-protocol only"
+            ));
+        }
+    }
     // The client is a library first: the simulator's command line and log output come
     // with its `sim` feature only.
     check_client_library_dependencies(&tree_with("bridge-client", false)?)?;
     println!(
-        "    bridge-protocol has no async runtime; {} depend on each other not at all; bridge-dispatch reaches no hub, client or server; bridge-client without features has no clap or tracing-subscriber",
+        "    bridge-protocol has no async runtime; {} depend on each other not at all; bridge-dispatch reaches no hub, client or server; bridge-cluster sits on hub and protocol only; bridge-client without features has no clap or tracing-subscriber",
         MIDDLE.join(", ")
     );
     Ok(())
@@ -441,6 +463,22 @@ const SERVICES: &[Service] = &[
         answers: |b| b.first() == Some(&1),
         start: &["rabbitmq-server", "-detached"],
         used_by: "bridge-queue rabbitmq",
+    },
+    Service {
+        name: "NATS",
+        env_var: "BRIDGE_TEST_NATS_URL",
+        default_url: "nats://127.0.0.1:4222",
+        // A NATS server greets every connection with `INFO {...}` before anything else.
+        probe: b"PING\r\n",
+        answers: |b| b.starts_with(b"INFO"),
+        start: &[
+            "sh",
+            "-c",
+            "mkdir -p /var/lib/nats-server && start-stop-daemon --start --oknodo --background \
+             --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server \
+             -l /var/log/nats-server.log",
+        ],
+        used_by: "bridge-cluster (the cluster tests of bridge-server)",
     },
 ];
 

@@ -43,6 +43,12 @@ pub struct BridgeConfig {
     pub devices: Vec<DeviceId>,
     /// Reconnect delays.
     pub backoff: Backoff,
+    /// Other nodes of the same cluster (PROTOCOL.md 5), such as `ws://node-b:8080/ws`: when
+    /// a connection is lost or cannot be made, the client goes on to the next URL of
+    /// `url` followed by these, at once, and waits out its backoff only after a whole round
+    /// failed. Empty (the default) for a single server, or for a cluster behind one load
+    /// balancer URL, which picks a live node itself.
+    pub fallback_urls: Vec<String>,
 }
 
 impl BridgeConfig {
@@ -53,7 +59,22 @@ impl BridgeConfig {
             credentials,
             devices,
             backoff: Backoff::default(),
+            fallback_urls: Vec::new(),
         }
+    }
+
+    /// Sets [`BridgeConfig::fallback_urls`].
+    #[must_use]
+    pub fn with_fallback_urls(mut self, urls: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.fallback_urls = urls.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// `url`, then the fallbacks: the order the client tries them in.
+    fn urls(&self) -> Vec<&str> {
+        std::iter::once(self.url.as_str())
+            .chain(self.fallback_urls.iter().map(String::as_str))
+            .collect()
     }
 }
 
@@ -209,22 +230,31 @@ async fn run(
     errors: broadcast::Sender<ErrorFrame>,
 ) {
     let connections = AtomicU64::new(0);
+    let urls = config.urls();
+    // Where the next attempt goes, and the attempts that went round every URL in vain.
+    let mut next = 0;
     let mut attempt: u32 = 0;
     loop {
         let _ = state.send(ConnectionState::Connecting);
         let devices: Vec<DeviceId> = held.devices.keys().cloned().collect();
-        match connect::open(&config.url, &config.credentials, &devices).await {
+        let url = urls[next % urls.len()];
+        match connect::open(url, &config.credentials, &devices).await {
             Ok(socket) => {
                 attempt = 0;
                 let n = connections.fetch_add(1, Ordering::Relaxed) + 1;
-                info!(url = %config.url, connection = n, devices = devices.len(), "bridge connected");
+                info!(%url, connection = n, devices = devices.len(), "bridge connected");
                 let _ = state.send(ConnectionState::Connected(n));
                 match serve(socket, &handler, &mut held, &mut control, &errors).await {
                     Ended::Shutdown => break,
-                    Ended::Lost(reason) => warn!(%reason, "bridge connection lost"),
+                    Ended::Lost(reason) => warn!(%url, %reason, "bridge connection lost"),
                 }
             }
-            Err(e) => debug!(error = %e, attempt, "bridge connect failed"),
+            Err(e) => debug!(error = %e, %url, attempt, "bridge connect failed"),
+        }
+        // The node may be gone: the next URL is tried, at once unless a round is over.
+        next = (next + 1) % urls.len();
+        if next != 0 {
+            continue;
         }
         let delay = config.backoff.next_delay(attempt);
         attempt = attempt.saturating_add(1);

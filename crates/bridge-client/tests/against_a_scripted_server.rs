@@ -317,3 +317,41 @@ async fn a_user_request_fails_with_closed_when_the_connection_drops() {
     assert!(matches!(err, ClientError::Closed), "{err:?}");
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_bridge_goes_on_to_the_next_node_when_its_node_goes() {
+    let node_a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node_b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = BridgeConfig::new(
+        format!("ws://{}/ws", node_a.local_addr().unwrap()),
+        Credentials::Development {
+            user_id: "p".into(),
+        },
+        vec![lock("a")],
+    )
+    .with_fallback_urls([format!("ws://{}/ws", node_b.local_addr().unwrap())]);
+    // A backoff far longer than the test: going on to the next node does not wait for it.
+    config.backoff = Backoff {
+        initial: Duration::from_hours(1),
+        max: Duration::from_hours(1),
+        multiplier: 1.0,
+        jitter: 0.0,
+    };
+    let client = BridgeClient::start(
+        config,
+        Arc::new(SimulatedLocks::new([], LockBehaviour::default())),
+    );
+    let (ws, uri, _) = accept(&node_a).await;
+    assert_eq!(uri, "/ws?userId=p&deviceId=a");
+    client.wait_connected(1).await.unwrap();
+    // Node A dies.
+    drop(ws);
+    drop(node_a);
+    let (_ws, uri, _) = accept(&node_b).await;
+    assert_eq!(
+        uri, "/ws?userId=p&deviceId=a",
+        "the same devices, at the next node"
+    );
+    client.wait_connected(2).await.unwrap();
+    client.shutdown().await;
+}

@@ -80,6 +80,14 @@ pub trait Outlet: Send + Sync + 'static {
     fn task_panicked(&self, what: &'static str) {
         let _ = what;
     }
+
+    /// A command of `device` became deliverable through this dispatcher (queued, or
+    /// confirmed). A distributed outlet tells the processes that hold the device, when this
+    /// one does not: their delivery pass is the one to start (they call
+    /// [`Dispatcher::delivery_requested`]). Must not block. Default: nothing.
+    fn queued(&self, device: &DeviceId) {
+        let _ = device;
+    }
 }
 
 /// What the driver shares with its tasks.
@@ -183,7 +191,18 @@ impl Dispatcher {
     /// A command was queued or confirmed for the device outside [`execute`](Self::execute)
     /// (an application that calls the store itself): delivers it now if the device is
     /// online.
+    ///
+    /// The [`Outlet`] is told too ([`Outlet::queued`]): in a cluster, the device may be held
+    /// on another node only, whose delivery pass this node cannot start.
     pub fn queued(&self, device: &DeviceId) {
+        self.with_engine(|engine| engine.handle_queued(device));
+        self.inner.outlet.queued(device);
+    }
+
+    /// Another process asked this one to deliver the device's queued commands (it queued or
+    /// confirmed one, and this process holds the device): delivers now if the device is
+    /// online here. Unlike [`queued`](Self::queued), the [`Outlet`] is not told.
+    pub fn delivery_requested(&self, device: &DeviceId) {
         self.with_engine(|engine| engine.handle_queued(device));
     }
 

@@ -106,6 +106,13 @@ pub enum HubEvent {
         /// The command's place under the connection's cap.
         in_flight: InFlight,
     },
+    /// Another process (a cluster node) queued or confirmed a command for a device this hub
+    /// holds, and asks this process to deliver it: reported by
+    /// [`LocalHub::request_delivery`](crate::LocalHub::request_delivery).
+    DeliveryRequested {
+        /// The device.
+        device_id: DeviceId,
+    },
     /// A frame was refused with an error frame (for metrics such as
     /// `bridge_frames_rejected_total{code}`).
     FrameRejected {
@@ -124,6 +131,11 @@ pub enum ReleaseReason {
     Released,
     /// The connection closed.
     ConnectionClosed,
+    /// A bridge of another process (a cluster node) that a command was sent through
+    /// released the device, closed, or its process is gone or unreachable; reported by
+    /// [`LocalHub::release_remote`](crate::LocalHub::release_remote) for the stand-in
+    /// connection id of that command.
+    Remote,
 }
 
 /// Why a connection ended.

@@ -19,7 +19,8 @@ use crate::state::State;
 use crate::{
     AccessPolicy, ApplicationFrameHandler, CloseReason, ConnectionInfo, EventSink,
     FixedSubscriptions, Frame, GrantedAccess, HubConfig, HubEvent, IgnoreEvents, InFlight,
-    NoPendingCommands, ResponseHandler, SubscriptionSource, UserId,
+    NoPendingCommands, ReleaseReason, ResponseHandler, ResponseInterceptor, ResponseRefused,
+    SubscriptionSource, UserId,
 };
 
 /// Why a frame could not be sent.
@@ -50,6 +51,73 @@ pub struct DevicePresence {
     pub ble_connected: Option<bool>,
     /// How many bridge connections hold it.
     pub bridges: usize,
+    /// The last `rssi` the bridge the hub would route through now reported; `None` before
+    /// any, and while offline. With `ble_connected`, what a cluster compares across nodes.
+    pub rssi: Option<i8>,
+}
+
+/// What other processes (the other nodes of a cluster) know of a device's presence: the
+/// summary of their holders, merged by [`LocalHub`] into the `device_status` frames it sends
+/// (see [`PresenceOverlay`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct RemotePresence {
+    /// Bridge connections holding the device elsewhere.
+    pub bridges: usize,
+    /// What the best of them (PROTOCOL.md 2's order: link, then rssi) last reported.
+    pub ble_connected: Option<bool>,
+    /// Its last reported rssi.
+    pub rssi: Option<i8>,
+}
+
+impl RemotePresence {
+    /// A summary of `bridges` remote holders whose best reported `ble_connected` and `rssi`.
+    pub const fn new(bridges: usize, ble_connected: Option<bool>, rssi: Option<i8>) -> Self {
+        Self {
+            bridges,
+            ble_connected,
+            rssi,
+        }
+    }
+
+    /// Whether these remote holders' best outranks `other`'s best by PROTOCOL.md 2's order
+    /// as far as it can be compared across processes (link, then rssi); a tie does not.
+    pub fn outranks(&self, ble_connected: Option<bool>, rssi: Option<i8>) -> bool {
+        self.bridges > 0
+            && crate::state::link_rank(self.ble_connected, self.rssi)
+                > crate::state::link_rank(ble_connected, rssi)
+    }
+
+    /// `local` merged with these remote holders: online if either holds it, `bridges`
+    /// summed, `ble_connected` and `rssi` of the better best holder (the local one on a
+    /// tie).
+    pub fn merged_with(&self, local: &DevicePresence) -> DevicePresence {
+        let remote_wins =
+            self.bridges > 0 && (!local.online || self.outranks(local.ble_connected, local.rssi));
+        DevicePresence {
+            device_id: local.device_id.clone(),
+            online: local.online || self.bridges > 0,
+            ble_connected: if remote_wins {
+                self.ble_connected
+            } else {
+                local.ble_connected
+            },
+            bridges: local.bridges + self.bridges,
+            rssi: if remote_wins { self.rssi } else { local.rssi },
+        }
+    }
+}
+
+/// Tells a [`LocalHub`] what other processes know of a device's presence, so that the
+/// `device_status` frames it writes (on every change and in a subscription's snapshot)
+/// describe the whole cluster, not this process alone. Installed once with
+/// [`LocalHub::set_presence_overlay`]; when the remote view of a device changes, call
+/// [`LocalHub::refresh_status`] so that its subscribers here get the new status.
+///
+/// Called while the hub's state is read-locked: it must not block or call the hub.
+pub trait PresenceOverlay: Send + Sync + 'static {
+    /// The other processes' holders of `device`; `None` when none holds it.
+    fn remote(&self, device: &DeviceId) -> Option<RemotePresence>;
 }
 
 /// Connection and device counts (for `/metrics`).
@@ -66,6 +134,47 @@ pub struct HubCounts {
     pub devices_online: usize,
     /// Connections disconnected since start because they did not read fast enough.
     pub slow_consumers_disconnected: u64,
+}
+
+/// Whether a hub can serve as it should, for `/readyz` and `/metrics`
+/// ([`Hub::health`]). A [`LocalHub`] is always ready and belongs to no cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HubHealth {
+    /// Whether the hub serves as it should: a cluster's hub is not while it has not joined
+    /// the cluster (PROTOCOL.md 5). It still serves this process's connections then.
+    pub ready: bool,
+    /// Why it is not ready, for the logs (never shown to unauthenticated callers).
+    pub reason: Option<String>,
+    /// How many nodes of its cluster this hub sees alive, itself included; `None` for a hub
+    /// that belongs to no cluster.
+    pub cluster_nodes: Option<usize>,
+}
+
+impl HubHealth {
+    /// A ready hub outside any cluster.
+    pub const fn local() -> Self {
+        Self {
+            ready: true,
+            reason: None,
+            cluster_nodes: None,
+        }
+    }
+
+    /// A cluster member seeing `nodes` nodes alive: ready, or not ready for `reason`.
+    pub fn cluster(nodes: usize, not_ready: Option<String>) -> Self {
+        Self {
+            ready: not_ready.is_none(),
+            reason: not_ready,
+            cluster_nodes: Some(nodes),
+        }
+    }
+}
+
+impl Default for HubHealth {
+    fn default() -> Self {
+        Self::local()
+    }
 }
 
 /// What [`LocalHub::shutdown`] achieved.
@@ -169,6 +278,28 @@ pub trait Hub: Send + Sync + 'static {
     async fn counts(&self) -> HubCounts {
         self.local().counts()
     }
+
+    /// Whether the hub serves as it should (`/readyz` answers 503 when not), and the size
+    /// of its cluster (the `bridge_cluster_nodes` gauge). Default: [`HubHealth::local`].
+    fn health(&self) -> HubHealth {
+        HubHealth::local()
+    }
+
+    /// Sees every event of [`Hub::local`]'s [`EventSink`], before the embedding server acts
+    /// on it (`bridge-server` calls it first thing in its sink), so that a distributed hub
+    /// can tell the other processes about presence changes. Called synchronously on the
+    /// reporting connection's task, in order: it must not block. Default: nothing.
+    fn observe(&self, event: &HubEvent) {
+        let _ = event;
+    }
+
+    /// A command of `device_id` became deliverable on this process (queued or confirmed).
+    /// A distributed hub asks the processes holding the device to deliver it when this one
+    /// does not hold it ([`LocalHub::request_delivery`] there). Must not block. Default:
+    /// nothing (this process's dispatcher was told already).
+    fn queued(&self, device_id: &DeviceId) {
+        let _ = device_id;
+    }
 }
 
 /// Delivers events in order without holding the hub's lock, and without deadlocking when
@@ -214,6 +345,8 @@ pub(crate) struct Inner {
     pub(crate) application: Option<ApplicationFrames>,
     pub(crate) access: Arc<dyn AccessPolicy>,
     pub(crate) subscriptions: Arc<dyn SubscriptionSource>,
+    pub(crate) overlay: std::sync::OnceLock<Arc<dyn PresenceOverlay>>,
+    pub(crate) interceptor: std::sync::OnceLock<Arc<dyn ResponseInterceptor>>,
     next_id: AtomicU64,
     live: AtomicUsize,
     all_closed: Notify,
@@ -326,6 +459,8 @@ impl LocalHubBuilder {
                 application: self.application,
                 access: self.access,
                 subscriptions: self.subscriptions,
+                overlay: std::sync::OnceLock::new(),
+                interceptor: std::sync::OnceLock::new(),
                 next_id: AtomicU64::new(1),
                 live: AtomicUsize::new(0),
                 all_closed: Notify::new(),
@@ -480,6 +615,65 @@ impl LocalHub {
     /// the one over [`HubConfig::max_connections_per_user`] before the upgrade.
     pub fn user_connections(&self, user_id: &UserId) -> usize {
         self.inner.state.read().user_connections(user_id)
+    }
+
+    /// Installs what other processes know of devices' presence (a cluster's view), merged
+    /// into every `device_status` frame this hub writes from now on. Only the first call
+    /// installs one: returns `false` if one was installed already. Presence events, routing
+    /// and [`LocalHub::device_presence`] stay this process's own.
+    pub fn set_presence_overlay(&self, overlay: Arc<dyn PresenceOverlay>) -> bool {
+        self.inner.overlay.set(overlay).is_ok()
+    }
+
+    /// Queues a fresh `device_status` of `device` for each of its subscribers here: call it
+    /// when the [`PresenceOverlay`]'s view of the device changed. Coalesced with any status
+    /// of the device still queued, as every presence change is.
+    pub fn refresh_status(&self, device_id: &DeviceId) {
+        self.inner.state.read().refresh_status(device_id);
+    }
+
+    /// Installs what sees every `ble_response` before the [`ResponseHandler`] (a cluster
+    /// taking the answers of commands other nodes sent through this node's bridges). Only
+    /// the first call installs one: returns `false` if one was installed already.
+    pub fn set_response_interceptor(&self, interceptor: Arc<dyn ResponseInterceptor>) -> bool {
+        self.inner.interceptor.set(interceptor).is_ok()
+    }
+
+    /// A connection id no connection of this hub will ever have, to stand for a connection
+    /// of another process (see [`InFlight::remote`]).
+    pub fn reserve_connection_id(&self) -> ConnectionId {
+        ConnectionId::new(self.inner.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Offers this hub's [`ResponseHandler`] an answer that arrived elsewhere (through
+    /// another node's bridge) as if it had arrived on `connection`, the stand-in id of the
+    /// command's [`InFlight::remote`] ticket.
+    pub fn offer_response(
+        &self,
+        connection: ConnectionId,
+        response: bridge_protocol::BleResponse,
+    ) -> Result<(), ResponseRefused> {
+        self.inner.responses.on_response(connection, response)
+    }
+
+    /// Reports that the bridge of another process a command was sent through (stand-in id
+    /// `connection`) stopped holding `device_id`, or is gone: the hub's [`EventSink`] gets
+    /// [`HubEvent::DeviceReleased`] with [`ReleaseReason::Remote`], on which a server fails
+    /// the commands pending through it with `bridge_lost`, as for a local bridge.
+    pub fn release_remote(&self, connection: ConnectionId, device_id: &DeviceId) {
+        self.inner.emit(vec![HubEvent::DeviceReleased {
+            device_id: device_id.clone(),
+            connection,
+            reason: ReleaseReason::Remote,
+        }]);
+    }
+
+    /// Reports [`HubEvent::DeliveryRequested`] for `device_id`: another process queued a
+    /// command for a device this hub holds.
+    pub fn request_delivery(&self, device_id: &DeviceId) {
+        self.inner.emit(vec![HubEvent::DeliveryRequested {
+            device_id: device_id.clone(),
+        }]);
     }
 
     /// See [`Hub::broadcast`].

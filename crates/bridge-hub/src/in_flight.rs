@@ -24,10 +24,25 @@ use crate::outbox::Outbox;
 /// [`HubConfig::max_commands_per_connection`](crate::HubConfig::max_commands_per_connection)
 /// for user connections, and [`LocalHub::commands_in_flight`](crate::LocalHub::commands_in_flight).
 ///
+/// A command may also be in flight on a connection of **another process** (a node of a
+/// cluster that holds the chosen bridge): [`InFlight::remote`] makes its ticket, which names
+/// the connection by a local stand-in id and carries a value dropped when the command ends
+/// (the other process's own ticket is released then). Local tickets are unchanged by this:
+/// one branch on drop.
+///
 /// Two tickets compare equal when they count on the same connection.
 #[must_use = "dropping the ticket ends the command's in-flight count at once"]
 pub struct InFlight {
-    outbox: Arc<Outbox>,
+    on: On,
+}
+
+enum On {
+    Local(Arc<Outbox>),
+    Remote {
+        connection: ConnectionId,
+        /// Dropped when the ticket is.
+        _on_end: Box<dyn std::any::Any + Send + Sync>,
+    },
 }
 
 impl InFlight {
@@ -38,8 +53,27 @@ impl InFlight {
             user.fetch_add(1, Ordering::Relaxed);
         }
         Self {
-            outbox: Arc::clone(outbox),
+            on: On::Local(Arc::clone(outbox)),
         }
+    }
+
+    /// The ticket of a command in flight on a connection of another process, named here by
+    /// `connection` (reserve one with
+    /// [`LocalHub::reserve_connection_id`](crate::LocalHub::reserve_connection_id), so that it
+    /// is never one of this hub's own). `on_end` is dropped when the ticket is: that is where
+    /// a distributed hub tells the other process the command ended.
+    pub fn remote(connection: ConnectionId, on_end: impl Send + Sync + 'static) -> Self {
+        Self {
+            on: On::Remote {
+                connection,
+                _on_end: Box::new(on_end),
+            },
+        }
+    }
+
+    /// Whether the command is in flight on another process's connection.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.on, On::Remote { .. })
     }
 
     /// Counts one more command on `outbox` unless it already has `max` in flight, or its
@@ -61,22 +95,27 @@ impl InFlight {
             return Err(Refused::Connection);
         }
         Ok(Self {
-            outbox: Arc::clone(outbox),
+            on: On::Local(Arc::clone(outbox)),
         })
     }
 
-    /// The connection the command is in flight on.
+    /// The connection the command is in flight on (for a remote one, its stand-in id here).
     pub fn connection(&self) -> ConnectionId {
-        self.outbox.id
+        match &self.on {
+            On::Local(outbox) => outbox.id,
+            On::Remote { connection, .. } => *connection,
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        // Every ticket counted one up when it was made, so this never goes below zero.
-        self.outbox.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(user) = &self.outbox.user_commands {
-            user.fetch_sub(1, Ordering::Relaxed);
+        if let On::Local(outbox) = &self.on {
+            // Every ticket counted one up when it was made, so this never goes below zero.
+            outbox.in_flight.fetch_sub(1, Ordering::Relaxed);
+            if let Some(user) = &outbox.user_commands {
+                user.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -104,14 +143,15 @@ fn try_increment(counter: &AtomicU32, max: usize) -> bool {
 impl std::fmt::Debug for InFlight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InFlight")
-            .field("connection", &self.outbox.id)
+            .field("connection", &self.connection())
+            .field("remote", &self.is_remote())
             .finish()
     }
 }
 
 impl PartialEq for InFlight {
     fn eq(&self, other: &Self) -> bool {
-        self.outbox.id == other.outbox.id
+        self.connection() == other.connection()
     }
 }
 
@@ -173,5 +213,22 @@ mod tests {
         );
         drop(on_b);
         assert_eq!(user.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_remote_ticket_names_its_stand_in_and_drops_its_value_with_it() {
+        let ended = Arc::new(AtomicU32::new(0));
+        struct End(Arc<AtomicU32>);
+        impl Drop for End {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let ticket = InFlight::remote(ConnectionId::new(99), End(Arc::clone(&ended)));
+        assert!(ticket.is_remote());
+        assert_eq!(ticket.connection(), ConnectionId::new(99));
+        assert_eq!(ended.load(Ordering::Relaxed), 0);
+        drop(ticket);
+        assert_eq!(ended.load(Ordering::Relaxed), 1);
     }
 }

@@ -22,8 +22,20 @@
 //!   `command` (at most [`HubConfig::max_commands_per_connection`] per user connection; one
 //!   more is answered `rate_limited` by the hub). Dropping the ticket ends the count.
 //! * The server sends and asks through the [`Hub`] trait: send to a device's best bridge,
-//!   broadcast to a device's subscribers, send to a user or a connection, presence, counts.
-//!   [`LocalHub`] implements it in-process.
+//!   broadcast to a device's subscribers, send to a user or a connection, presence, counts,
+//!   health ([`Hub::health`]), and it sees the local hub's events first ([`Hub::observe`]).
+//!   [`LocalHub`] implements it in-process; a distributed hub (`bridge-cluster`'s
+//!   `ClusterHub`, or a user's own) wraps a [`LocalHub`] and overrides what it distributes.
+//! * The seams a distributed hub needs from the [`LocalHub`] it wraps, all public and all
+//!   free when unused: a [`PresenceOverlay`] merged into the `device_status` frames it writes
+//!   ([`LocalHub::set_presence_overlay`], [`LocalHub::refresh_status`]); a
+//!   [`ResponseInterceptor`] that takes the answers of commands other processes sent through
+//!   its bridges ([`LocalHub::set_response_interceptor`]); and, for commands this process
+//!   sends through other processes' bridges, [`InFlight::remote`] tickets on stand-in
+//!   connection ids ([`LocalHub::reserve_connection_id`]) whose answers and losses are fed
+//!   back with [`LocalHub::offer_response`] and [`LocalHub::release_remote`]
+//!   ([`ReleaseReason::Remote`]). [`LocalHub::request_delivery`] reports
+//!   [`HubEvent::DeliveryRequested`] for a command another process queued.
 //! * A text frame whose `type` the application registered with
 //!   [`LocalHubBuilder::application_frames`] (never a type PROTOCOL.md defines) goes to its
 //!   [`ApplicationFrameHandler`], awaited on the connection's task after the size and rate
@@ -183,7 +195,10 @@ pub use config::{HubConfig, RateLimit};
 pub use event::{CloseReason, EventSink, HubEvent, IgnoreEvents, ReleaseReason};
 pub use frame::Frame;
 pub use hub::{
-    DevicePresence, Hub, HubCounts, HubError, LocalHub, LocalHubBuilder, ShutdownReport,
+    DevicePresence, Hub, HubCounts, HubError, HubHealth, LocalHub, LocalHubBuilder,
+    PresenceOverlay, RemotePresence, ShutdownReport,
 };
 pub use in_flight::InFlight;
-pub use response::{NoPendingCommands, ResponseHandler, ResponseRefused};
+pub use response::{
+    Intercepted, NoPendingCommands, ResponseHandler, ResponseInterceptor, ResponseRefused,
+};

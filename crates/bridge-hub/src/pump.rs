@@ -22,7 +22,9 @@ use crate::in_flight::Refused;
 use crate::outbox::{CloseRequest, Entry, Outbox};
 use crate::rate::{Admission, TokenBucket};
 use crate::state::{ClaimRefused, RegisterRefused, SubscribeRefused};
-use crate::{ApplicationFrame, CloseReason, ConnectionInfo, Frame, HubEvent, InFlight};
+use crate::{
+    ApplicationFrame, CloseReason, ConnectionInfo, Frame, HubEvent, InFlight, Intercepted,
+};
 
 /// `{"type":"pong"}`, the same for bridges and users.
 const PONG: Frame = Frame::from_static(r#"{"type":"pong"}"#);
@@ -259,7 +261,12 @@ where
                 match entry {
                     Entry::Frame(frame) => frame.to_message(),
                     Entry::Status(device) => {
-                        self.inner.state.read().status_frame(&device).to_message()
+                        let overlay = self.inner.overlay.get().map(AsRef::as_ref);
+                        self.inner
+                            .state
+                            .read()
+                            .status_frame(&device, overlay)
+                            .to_message()
                     }
                 }
             } else {
@@ -442,7 +449,16 @@ where
             BridgeToServer::Ping => self.push(PONG),
             BridgeToServer::BleResponse(response) => {
                 // Matched right here, on this connection's task: no channel, no other task.
-                if let Err(refused) = self.inner.responses.on_response(id, response) {
+                let answered = match self.inner.interceptor.get() {
+                    None => self.inner.responses.on_response(id, response),
+                    Some(interceptor) => match interceptor.intercept(id, response) {
+                        Intercepted::Taken(answered) => answered,
+                        Intercepted::Passed(response) => {
+                            self.inner.responses.on_response(id, response)
+                        }
+                    },
+                };
+                if let Err(refused) = answered {
                     self.reject(
                         &ProtocolError::new(refused.code, refused.message())
                             .with_request_id(Some(refused.request_id)),

@@ -64,6 +64,26 @@ where
     }
 }
 
+/// What a [`ResponseInterceptor`] did with an answer.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Intercepted {
+    /// The answer was the interceptor's (a command another process sent through this
+    /// connection); on `Err` the hub refuses it to the bridge as it would its handler's.
+    Taken(Result<(), ResponseRefused>),
+    /// Not the interceptor's: the hub offers it to its [`ResponseHandler`].
+    Passed(BleResponse),
+}
+
+/// Sees a bridge's `ble_response` before the hub's [`ResponseHandler`], to take the answers
+/// of commands that another process (a cluster node) sent through this process's bridges.
+/// Installed once with [`LocalHub::set_response_interceptor`](crate::LocalHub::set_response_interceptor);
+/// called like the handler, on the connection's task, and must not block either.
+pub trait ResponseInterceptor: Send + Sync + 'static {
+    /// Takes `response`, arrived on `connection`, or passes it on.
+    fn intercept(&self, connection: ConnectionId, response: BleResponse) -> Intercepted;
+}
+
 /// The [`ResponseHandler`] of a hub that sends no commands: every answer is refused with
 /// `unknown_request` (nothing can be pending).
 #[derive(Debug, Clone, Copy, Default)]

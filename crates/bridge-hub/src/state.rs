@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use bridge_protocol::{ConnectionId, DeviceId, DeviceStatus, Role, ServerToUser};
 
 use crate::outbox::{Outbox, Pushed};
-use crate::{DevicePresence, Frame, HubCounts, HubEvent, InFlight, ReleaseReason, UserId};
+use crate::{
+    DevicePresence, Frame, HubCounts, HubEvent, InFlight, PresenceOverlay, ReleaseReason, UserId,
+};
 
 /// `(online, bleConnected)` as PROTOCOL.md 2 defines them.
 type Presence = (bool, Option<bool>);
@@ -36,21 +38,23 @@ struct Holder {
     claim: u64,
 }
 
+/// The first two keys of the routing order of PROTOCOL.md 2 (link, then rssi), as a sortable
+/// key: greater is better. `None < Some(_)`: a holder that never reported rssi ranks below
+/// every one that did.
+pub(crate) fn link_rank(link: Option<bool>, rssi: Option<i8>) -> (u8, Option<i8>) {
+    let link = match link {
+        Some(true) => 2,
+        None => 1,
+        Some(false) => 0,
+    };
+    (link, rssi)
+}
+
 impl Holder {
     /// The routing order of PROTOCOL.md 2 as a sortable key: greater is better.
     fn rank(&self) -> (u8, Option<i8>, Reverse<u32>, u64) {
-        let link = match self.link {
-            Some(true) => 2,
-            None => 1,
-            Some(false) => 0,
-        };
-        // `None < Some(_)`: a holder that never reported rssi ranks below every one that did.
-        (
-            link,
-            self.rssi,
-            Reverse(self.outbox.in_flight()),
-            self.claim,
-        )
+        let (link, rssi) = link_rank(self.link, self.rssi);
+        (link, rssi, Reverse(self.outbox.in_flight()), self.claim)
     }
 }
 
@@ -160,9 +164,28 @@ impl State {
     }
 
     /// The `device_status` frame of `device` now, for the pump to write when a status
-    /// marker leaves the queue.
-    pub(crate) fn status_frame(&self, device: &DeviceId) -> Frame {
-        status_frame(device, self.presence_of(device))
+    /// marker leaves the queue: this hub's holders merged with what `overlay` (other
+    /// processes) knows.
+    pub(crate) fn status_frame(
+        &self,
+        device: &DeviceId,
+        overlay: Option<&dyn PresenceOverlay>,
+    ) -> Frame {
+        let local = self.presence(device);
+        let merged = match overlay.and_then(|o| o.remote(device)) {
+            Some(remote) => remote.merged_with(&local),
+            None => local,
+        };
+        status_frame(device, (merged.online, merged.ble_connected))
+    }
+
+    /// Queues a `device_status` marker for every subscriber of `device` here.
+    pub(crate) fn refresh_status(&self, device: &DeviceId) {
+        if let Some(entry) = self.devices.get(device) {
+            for outbox in entry.subscribers.values() {
+                Self::deliver_status(outbox, device);
+            }
+        }
     }
 
     fn presence_of(&self, device: &DeviceId) -> Presence {
@@ -552,12 +575,14 @@ impl State {
     }
 
     pub(crate) fn presence(&self, device: &DeviceId) -> DevicePresence {
-        let (online, ble_connected) = self.presence_of(device);
+        let entry = self.devices.get(device);
+        let (online, ble_connected) = entry.map_or((false, None), DeviceEntry::presence);
         DevicePresence {
             device_id: device.clone(),
             online,
             ble_connected,
-            bridges: self.devices.get(device).map_or(0, |d| d.holders.len()),
+            bridges: entry.map_or(0, |d| d.holders.len()),
+            rssi: entry.and_then(DeviceEntry::best).and_then(|h| h.rssi),
         }
     }
 
@@ -573,6 +598,7 @@ impl State {
                     online,
                     ble_connected,
                     bridges: d.holders.len(),
+                    rssi: d.best().and_then(|h| h.rssi),
                 }
             })
             .collect();

@@ -123,6 +123,15 @@ pub struct Cli {
     /// connections still open then are dropped [default: 10].
     #[arg(long, env = "BRIDGE_SHUTDOWN_TIMEOUT_SECS", value_name = "SECONDS")]
     pub shutdown_timeout_secs: Option<u64>,
+    /// Join the cluster that meets on this NATS server (PROTOCOL.md 5), e.g.
+    /// nats://127.0.0.1:4222. Needs a shared queue (postgres:// or redis://) and a
+    /// --node-id unique in the cluster.
+    #[arg(long, env = "BRIDGE_CLUSTER", value_name = "URL")]
+    pub cluster: Option<String>,
+    /// Prefix of every NATS subject the cluster uses, so that several clusters can share one
+    /// NATS server [default: bridge].
+    #[arg(long, env = "BRIDGE_CLUSTER_PREFIX", value_name = "PREFIX")]
+    pub cluster_prefix: Option<String>,
 }
 
 /// The TOML file: the same settings as the command line, all optional.
@@ -152,6 +161,8 @@ struct FileConfig {
     header_read_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
     shutdown_timeout_secs: Option<u64>,
+    cluster: Option<String>,
+    cluster_prefix: Option<String>,
 }
 
 /// Which queue backend to open, parsed from its URL. Its `Debug` form (what the logs show)
@@ -276,6 +287,10 @@ pub struct ServerConfig {
     /// Seconds [`Server::serve`](crate::Server::serve) takes at most to shut down once told
     /// to (default 10, PROTOCOL.md 2): connections still open then are dropped.
     pub shutdown_timeout_secs: u64,
+    /// The NATS server of the cluster to join (`--cluster`); `None`: a single server.
+    pub cluster: Option<String>,
+    /// Prefix of the cluster's NATS subjects (`--cluster-prefix`, default `bridge`).
+    pub cluster_prefix: String,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -306,6 +321,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("header_read_timeout_secs", &self.header_read_timeout_secs)
             .field("max_connections", &self.max_connections)
             .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
+            .field("cluster", &self.cluster.as_deref().map(redacted))
+            .field("cluster_prefix", &self.cluster_prefix)
             .finish()
     }
 }
@@ -335,6 +352,8 @@ impl Default for ServerConfig {
             header_read_timeout_secs: 10,
             max_connections: 10_000,
             shutdown_timeout_secs: 10,
+            cluster: None,
+            cluster_prefix: "bridge".into(),
         }
     }
 }
@@ -381,6 +400,13 @@ pub enum ConfigError {
         /// Why.
         reason: String,
     },
+    /// `--cluster` with a queue the nodes cannot share (PROTOCOL.md 5).
+    #[error(
+        "--cluster needs a queue every node shares: postgres://... or redis://..., not {0}. \
+         Each node's {0} queue would be its own, so a device's queued commands could be \
+         delivered twice, out of order, or by no node at all"
+    )]
+    ClusterNeedsSharedQueue(&'static str),
     /// A limit of zero or an empty secret.
     #[error("invalid setting `{name}`: {reason}")]
     Invalid {
@@ -474,6 +500,11 @@ impl ServerConfig {
                 .shutdown_timeout_secs
                 .or(file.shutdown_timeout_secs)
                 .unwrap_or(d.shutdown_timeout_secs),
+            cluster: cli.cluster.or(file.cluster),
+            cluster_prefix: cli
+                .cluster_prefix
+                .or(file.cluster_prefix)
+                .unwrap_or(d.cluster_prefix),
         };
         config.validate()?;
         Ok(config)
@@ -543,7 +574,42 @@ impl ServerConfig {
                 reason: "must be at least 1",
             });
         }
-        Ok(())
+        self.validate_cluster()
+    }
+
+    /// The rules of `--cluster` (PROTOCOL.md 5): a queue the nodes share, a NATS URL, a
+    /// prefix that is a plain NATS subject.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let prefix_ok = !self.cluster_prefix.is_empty()
+            && self.cluster_prefix.split('.').all(|token| {
+                !token.is_empty()
+                    && token
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            });
+        if !prefix_ok {
+            return Err(ConfigError::Invalid {
+                name: "cluster_prefix",
+                reason: "must be dot-separated words of A-Z a-z 0-9 _ - (a NATS subject without wildcards)",
+            });
+        }
+        let Some(url) = &self.cluster else {
+            return Ok(());
+        };
+        if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+            return Err(ConfigError::Invalid {
+                name: "cluster",
+                reason: "must be a NATS URL: nats://HOST:PORT (or tls://HOST:PORT)",
+            });
+        }
+        match self.queue {
+            QueueUrl::Memory => Err(ConfigError::ClusterNeedsSharedQueue("memory://")),
+            QueueUrl::Sqlite(_) => Err(ConfigError::ClusterNeedsSharedQueue("sqlite://")),
+            QueueUrl::Amqp(_) => Err(ConfigError::ClusterNeedsSharedQueue(
+                "amqp:// (its commands' state is a local SQLite file)",
+            )),
+            QueueUrl::Postgres(_) | QueueUrl::Redis(_) => Ok(()),
+        }
     }
 }
 
@@ -623,6 +689,69 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_refuses_queues_the_nodes_cannot_share() {
+        let cluster = |queue: &str| ServerConfig {
+            queue: QueueUrl::parse(queue).unwrap(),
+            cluster: Some("nats://127.0.0.1:4222".into()),
+            ..ServerConfig::default()
+        };
+        for (queue, named) in [
+            ("memory://", "memory://"),
+            ("sqlite://q.sqlite", "sqlite://"),
+            ("amqp://h", "amqp://"),
+        ] {
+            let error = cluster(queue).validate().unwrap_err();
+            assert!(
+                matches!(error, ConfigError::ClusterNeedsSharedQueue(n) if n.starts_with(named)),
+                "{queue}: {error}"
+            );
+            assert!(error.to_string().contains("postgres://"), "{error}");
+        }
+        assert_eq!(cluster("postgres://h/db").validate(), Ok(()));
+        assert_eq!(cluster("redis://h").validate(), Ok(()));
+        let not_nats = ServerConfig {
+            cluster: Some("http://h".into()),
+            ..cluster("redis://h")
+        };
+        assert!(not_nats.validate().is_err());
+        for prefix in ["", "a..b", "a.*", "a b", "x.>"] {
+            let config = ServerConfig {
+                cluster_prefix: prefix.into(),
+                ..cluster("redis://h")
+            };
+            assert!(config.validate().is_err(), "{prefix:?}");
+        }
+        let config = ServerConfig {
+            cluster_prefix: "test-1.c_2".into(),
+            ..cluster("redis://h")
+        };
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn cluster_flags_and_environment_are_read() {
+        let cli = Cli::try_parse_from([
+            "bridge-server",
+            "--queue",
+            "redis://127.0.0.1:6379",
+            "--cluster",
+            "nats://127.0.0.1:4222",
+            "--cluster-prefix",
+            "t1",
+        ])
+        .unwrap();
+        let config = ServerConfig::from_cli(cli).unwrap();
+        assert_eq!(config.cluster.as_deref(), Some("nats://127.0.0.1:4222"));
+        assert_eq!(config.cluster_prefix, "t1");
+        let cli =
+            Cli::try_parse_from(["bridge-server", "--cluster", "nats://127.0.0.1:4222"]).unwrap();
+        assert!(matches!(
+            ServerConfig::from_cli(cli),
+            Err(ConfigError::ClusterNeedsSharedQueue("sqlite://"))
+        ));
+    }
 
     #[test]
     fn debug_output_hides_the_jwt_secret_and_queue_passwords() {

@@ -71,7 +71,9 @@ pub(crate) fn sink(slot: CoreSlot, runtime: Handle) -> impl EventSink {
 }
 
 fn handle(core: &Arc<Core>, runtime: &Handle, event: HubEvent) {
-    // The application's hooks first: a non-blocking `try_send` of what they hear about.
+    // A distributed hub (a cluster) learns of presence changes here, then the application's
+    // hooks hear of it (a non-blocking `try_send`).
+    core.hub.observe(&event);
     core.hooks.observe(&event);
     match event {
         HubEvent::DeviceReleased {
@@ -106,6 +108,7 @@ fn handle(core: &Arc<Core>, runtime: &Handle, event: HubEvent) {
                     .instrument(span),
             );
         }
+        HubEvent::DeliveryRequested { device_id } => core.dispatch.delivery_requested(&device_id),
         HubEvent::FrameRejected { code, .. } => core.metrics.frame_rejected(code),
         _ => {}
     }

@@ -123,7 +123,11 @@
 //!   all of them, in queue order: the store leases a device's next command to one node at a
 //!   time, atomically ([`Store::lease_next`](bridge_queue::Store::lease_next)). Each needs its
 //!   own `--node-id`. Routing and presence are per process unless a distributed
-//!   [`Hub`](bridge_hub::Hub) is installed with [`ServerBuilder::wrap_hub`].
+//!   [`Hub`](bridge_hub::Hub) is installed with [`ServerBuilder::wrap_hub`]: the binary's
+//!   `--cluster` installs `bridge_cluster::ClusterHub` that way (PROTOCOL.md 5). The server
+//!   passes every event of its local hub to [`Hub::observe`](bridge_hub::Hub::observe) first,
+//!   answers `/readyz` from [`Hub::health`](bridge_hub::Hub::health) too, and handles
+//!   `HubEvent::DeliveryRequested` (another node queued a command for a device held here).
 //! * **Application frames** (the protocol defines none over WebSocket; it only says an
 //!   application event's `type` must not be one it defines, 3.3): a frame whose `type` the
 //!   application registered with [`ServerBuilder::frame`] — by exact, case-sensitive name,

@@ -4,7 +4,9 @@
 
 use std::error::Error;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
+use bridge_cluster::{ClusterConfig, ClusterHub};
 use bridge_protocol::ConfigRegistry;
 use bridge_queue::StoreConfig;
 use bridge_server::{Cli, LogFormat, Server, ServerConfig, open_store};
@@ -98,14 +100,32 @@ async fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
     // The one line on stdout: where to connect (tests and scripts read it).
     println!("bridge-server listening on http://{addr}");
 
+    let cluster = config.cluster.clone().map(|url| {
+        ClusterConfig::new(url, config.node_id().as_str()).prefix(config.cluster_prefix.clone())
+    });
     // The binary's rule, said to the library: no secret is development mode (`validate`
     // already refused it on a non-loopback address without --allow-unauthenticated).
     let development = config.jwt_secret.is_none();
-    let mut builder = Server::builder(config);
+    let mut builder = Server::builder(config).store(store).registry(registry);
     if development {
         builder = builder.development_mode();
     }
-    let server = builder.store(store).registry(registry).build()?;
+    let joined: Arc<OnceLock<Arc<ClusterHub>>> = Arc::default();
+    if let Some(cluster) = cluster {
+        tracing::info!(url = %cluster.url, node_id = %cluster.node_id, prefix = %cluster.prefix, "joining the cluster");
+        // The same public seam a user's own hub would use.
+        let joined = Arc::clone(&joined);
+        builder = builder.wrap_hub(move |local| {
+            let hub = ClusterHub::start(cluster, local);
+            let _ = joined.set(Arc::clone(&hub));
+            hub
+        });
+    }
+    let server = builder.build()?;
     server.serve(listener, shutdown_signal()).await?;
+    if let Some(hub) = joined.get() {
+        // The others drop what this node held now, not after the heartbeat silence.
+        hub.leave().await;
+    }
     Ok(())
 }

@@ -39,6 +39,8 @@ pub(crate) struct Gauges {
     pub(crate) commands_pending: usize,
     /// Queued commands that are not final, by status.
     pub(crate) queue: Vec<(&'static str, usize)>,
+    /// Nodes of the cluster this node sees alive; `None` outside a cluster.
+    pub(crate) cluster_nodes: Option<usize>,
 }
 
 #[allow(clippy::cast_precision_loss)] // gauges of counts far below 2^52
@@ -65,6 +67,10 @@ impl Metrics {
             metrics::describe_gauge!(
                 "bridge_devices_online",
                 "Devices held by at least one bridge."
+            );
+            metrics::describe_gauge!(
+                "bridge_cluster_nodes",
+                "Nodes of the cluster this node sees alive, itself included (PROTOCOL.md 5)."
             );
             metrics::describe_counter!(
                 "bridge_commands_total",
@@ -143,6 +149,9 @@ impl Metrics {
                 .set(gauge_value(gauges.bridge_connections));
             metrics::gauge!("bridge_devices_online").set(gauge_value(gauges.devices_online));
             metrics::gauge!("bridge_commands_pending").set(gauge_value(gauges.commands_pending));
+            if let Some(nodes) = gauges.cluster_nodes {
+                metrics::gauge!("bridge_cluster_nodes").set(gauge_value(nodes));
+            }
             for (status, n) in &gauges.queue {
                 metrics::gauge!("bridge_queue_commands", "status" => *status).set(gauge_value(*n));
             }

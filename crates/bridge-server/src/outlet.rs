@@ -59,4 +59,8 @@ impl Outlet for HubOutlet {
     fn task_panicked(&self, what: &'static str) {
         self.metrics.task_panicked(what);
     }
+
+    fn queued(&self, device: &DeviceId) {
+        self.hub.queued(device);
+    }
 }

@@ -18,6 +18,10 @@ use bridge_protocol::{AppEvent, CommandId, DeviceId, ErrorCode, ServerToUser};
 use bridge_queue::Party;
 
 use crate::error::{ApiError, QUEUE_UNAVAILABLE, json_response, json_with_code};
+
+/// The body of `/readyz`'s 503 when the hub is not ready (a cluster node that has not
+/// joined, or lost NATS).
+const HUB_UNAVAILABLE: &str = "this node has not joined its cluster";
 use crate::metrics::Gauges;
 use crate::server::Core;
 use crate::ws;
@@ -250,6 +254,13 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(core): State<Arc<Core>>) -> Response {
+    let health = core.hub.health();
+    if !health.ready {
+        let reason = health.reason.as_deref().unwrap_or("the hub is not ready");
+        tracing::warn!(reason, "not ready: the hub");
+        // The detail (hosts) is for the log, not for unauthenticated callers.
+        return ApiError::new(ErrorCode::Unavailable, HUB_UNAVAILABLE).into_response();
+    }
     match core.store.ping().await {
         Ok(()) => json_response(StatusCode::OK, &serde_json::json!({"status": "ready"})),
         Err(error) => {
@@ -277,6 +288,7 @@ async fn metrics(State(core): State<Arc<Core>>, request: Request) -> Response {
         devices_online: counts.devices_online,
         commands_pending: core.session.pending(),
         queue: Vec::new(),
+        cluster_nodes: core.hub.health().cluster_nodes,
     };
     match core.store.open_counts().await {
         Ok(open) => {

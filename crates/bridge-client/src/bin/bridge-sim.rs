@@ -20,6 +20,10 @@ struct Args {
     /// The server's WebSocket URL.
     #[arg(long, env = "BRIDGE_SIM_URL", default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
+    /// Another node of the same cluster, tried when the connection to the current one is
+    /// lost or cannot be made (repeat for several).
+    #[arg(long = "fallback-url", value_name = "URL")]
+    fallback_urls: Vec<String>,
     /// A bridge JWT; without it, development mode with `--user-id`.
     #[arg(long, env = "BRIDGE_SIM_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -85,7 +89,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
     };
     let client = BridgeClient::start(
-        BridgeConfig::new(args.url, credentials, ids.clone()),
+        BridgeConfig::new(args.url, credentials, ids.clone())
+            .with_fallback_urls(args.fallback_urls),
         handler,
     );
     client.wait_connected(1).await?;

@@ -5,6 +5,7 @@
 
 mod auth;
 mod clients;
+mod cluster;
 mod embed;
 mod frames;
 mod hooks;
