@@ -39,7 +39,10 @@
 //! `awaiting_confirmation` (migration 4; the party is part of the dedup key); `open_counts` is one `GROUP BY status` that reads only a partial index
 //! over the open commands (one on `status` is kept for it; the planner may also pick the
 //! per-device one), and `reclaim` is served by a partial index on `lease_owner` over the
-//! leased commands.
+//! leased commands. No statement reads the history of final commands (each names its
+//! device or its command, or reads a partial index over open commands):
+//! `tests/query_plans_postgres.rs` checks the generic plan of every statement the
+//! conformance suite sends.
 //!
 //! Every operation is bounded by [`PostgresOptions::operation_timeout`]: a database that
 //! does not answer in time is [`StoreError::Unavailable`], and the pool reconnects by
