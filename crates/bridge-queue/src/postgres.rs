@@ -4,7 +4,9 @@
 //! `lease_until`, the result columns, `seq` (a `bigserial`, the per-device ordering key),
 //! the delivery settings `device_type` and `timeout_ms` (migration 2) and the lease's
 //! fencing token `lease_token` and holder `lease_owner` (migration 3), and the party that
-//! queued the command, `queued_by` (migration 4). Each migration upgrades a table of the one
+//! queued the command, `queued_by` (migration 4); migration 5 adds the retention's index over
+//! the final commands by TTL, which `purge` reads to delete the commands whose
+//! [retention](StoreConfig::retention) is over, in bounded batches. Each migration upgrades a table of the one
 //! before in place; rows written before migration 3 read as never leased (token 0, no
 //! owner), and a lease an older version took can only lapse; rows written before migration
 //! 4 read as queued by the backend.
@@ -62,7 +64,7 @@ use crate::model::{
     Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
     SweepReport, expiry, grace_millis, new_command_id, parse_status, status_of_outcome,
 };
-use crate::sql::{COLUMNS, OPEN, RawRow, into_commands, map_err, outcome_columns, to_i64};
+use crate::sql::{COLUMNS, FINAL, OPEN, RawRow, into_commands, map_err, outcome_columns, to_i64};
 use crate::store::Store;
 
 const BACKEND: &str = "postgres";
@@ -129,6 +131,14 @@ const MIGRATIONS: &[(i32, &str)] = &[
         CREATE UNIQUE INDEX IF NOT EXISTS bridge_queued_commands_dedup_party
             ON bridge_queued_commands (device_id, command_type, queued_by)
             WHERE status IN ('pending', 'awaiting_confirmation');",
+    ),
+    // Retention: final commands by TTL, so that `purge` finds the ones whose retention is
+    // over without reading the others. Idempotent like migration 2.
+    (
+        5,
+        "CREATE INDEX IF NOT EXISTS bridge_queued_commands_final_expiry
+            ON bridge_queued_commands (expires_at)
+            WHERE status IN ('succeeded', 'failed', 'expired', 'cancelled');",
     ),
 ];
 
@@ -818,6 +828,7 @@ impl PostgresStore {
     }
 
     async fn get_inner(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        let now = self.config.clock.now();
         let mut tx = self.begin().await?;
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM bridge_queued_commands WHERE id = $1"
@@ -828,7 +839,34 @@ impl PostgresStore {
         .map_err(err)?
         .ok_or_else(|| StoreError::NotFound { id: id.clone() })?;
         tx.commit().await.map_err(err)?;
-        decode_one(&row)
+        let command = decode_one(&row)?;
+        if self.config.retains(&command, now) {
+            Ok(command)
+        } else {
+            Err(StoreError::NotFound { id: id.clone() })
+        }
+    }
+
+    async fn purge_inner(&self, limit: usize) -> Result<u64, StoreError> {
+        let cutoff = self.config.retention_cutoff(self.config.clock.now());
+        let mut tx = self.begin().await?;
+        // `SKIP LOCKED`: two servers purging at once take different rows, and a row a
+        // device's transaction holds is left for the next round.
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM bridge_queued_commands
+             WHERE seq IN (SELECT seq FROM bridge_queued_commands
+                           WHERE status IN {FINAL} AND expires_at <= $1
+                           ORDER BY expires_at LIMIT $2
+                           FOR UPDATE SKIP LOCKED)"
+        ))
+        .bind(cutoff.unix_millis())
+        .bind(to_i64(limit))
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?
+        .rows_affected();
+        tx.commit().await.map_err(err)?;
+        Ok(deleted)
     }
 }
 
@@ -958,6 +996,10 @@ impl Store for PostgresStore {
         self.bounded(self.housekeep_device(device))
             .await
             .map(|report| report.expired_commands)
+    }
+
+    async fn purge(&self, limit: usize) -> Result<u64, StoreError> {
+        self.bounded(self.purge_inner(limit)).await
     }
 
     async fn open_counts(&self) -> Result<OpenCounts, StoreError> {

@@ -591,6 +591,13 @@ impl<S: Store> Store for RabbitMqStore<S> {
         self.inner.state.expire(device).await
     }
 
+    /// The state store's retention: final commands have no notice left in their device's
+    /// queue (it was consumed when they were leased), so only the state has anything to
+    /// delete.
+    async fn purge(&self, limit: usize) -> Result<u64, StoreError> {
+        self.inner.state.purge(limit).await
+    }
+
     async fn open_counts(&self) -> Result<OpenCounts, StoreError> {
         self.inner.state.open_counts().await
     }

@@ -34,11 +34,16 @@
 //! with the caller's token and owner, and do not recover lapsed leases first (a lapsed lease
 //! not yet recovered is still its holder's).
 //!
+//! * `P:final` — a sorted set of the final commands' ids, scored by their TTL's end, which
+//!   `purge` reads to delete the commands whose retention is over, oldest first, a bounded
+//!   number per call.
+//!
 //! TTL is natural: a command's hash carries a Redis expiry of its own TTL plus
-//! [`RedisOptions::final_retention`], renewed when it is updated; when a command becomes
-//! final it leaves its device's set and its hash expires after the retention. So final
-//! commands stay readable by id for the retention (default 7 days) and then vanish on
-//! their own. Whether a command is still deliverable is decided against the store's
+//! the [retention](crate::StoreConfig::retention), renewed when it is updated; when a
+//! command becomes final it leaves its device's set, joins `P:final`, and its hash expires
+//! at its TTL's end plus the retention (default 7 days), by which time `purge` has deleted
+//! it (the key's own expiry is a backstop; final commands of older versions, not in
+//! `P:final`, vanish by it). Whether a command is still deliverable is decided against the store's
 //! [`Clock`](crate::Clock), passed to every script, not Redis's own clock.
 //!
 //! The scripts address keys they compute from the prefix, so the store targets a single
@@ -365,6 +370,22 @@ return {e, r, f, records}
     )
 });
 
+/// Deletes up to ARGV[6] final commands whose TTL ended at or before ARGV[5] (the
+/// retention's cutoff), oldest TTL first; returns how many.
+static PURGE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local ids = redis.call('ZRANGEBYSCORE', FINAL, '-inf', tonumber(ARGV[5]), 'LIMIT', 0,
+  tonumber(ARGV[6]))
+for _, id in ipairs(ids) do
+  redis.call('DEL', ckey(id))
+  redis.call('ZREM', FINAL, id)
+end
+return #ids
+",
+    )
+});
+
 static EXPIRE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
@@ -388,8 +409,6 @@ pub struct RedisOptions {
     /// Longest any one operation may take, getting a connection included, before it is
     /// [`StoreError::Unavailable`]; default 5 s.
     pub operation_timeout: Duration,
-    /// How long a final command stays readable by id; default 7 days.
-    pub final_retention: Duration,
     /// Open even on a Redis whose `maxmemory-policy` is not `noeviction` (so it may evict
     /// a command's hash, and the command vanishes from its device's queue); default
     /// `false`, and [`RedisStore::open`] refuses such a Redis.
@@ -404,7 +423,6 @@ impl RedisOptions {
             prefix: "bridge-queue".to_owned(),
             max_connections: 8,
             operation_timeout: Duration::from_secs(5),
-            final_retention: Duration::from_hours(7 * 24),
             allow_eviction: false,
         }
     }
@@ -642,7 +660,7 @@ impl RedisStore {
     /// [`RedisOptions::allow_eviction`]).
     ///
     /// Of `options`, `prefix`, `operation_timeout` (every operation, getting a connection
-    /// included), `final_retention` and `allow_eviction` are read; `url` and
+    /// included) and `allow_eviction` are read; `url` and
     /// `max_connections` are the pool's business, and so are its own wait, create and
     /// recycle timeouts. The pool is shared, not taken: the caller (and clones of the store)
     /// keep using it, and the store writes only keys under its prefix.
@@ -653,12 +671,12 @@ impl RedisStore {
     ) -> Result<Self, StoreError> {
         let store = Self {
             pool,
-            config,
             prefix: options.prefix.clone(),
             timeout: options.operation_timeout,
-            retention_ms: i64::try_from(options.final_retention.as_millis())
+            retention_ms: i64::try_from(config.retention.as_millis())
                 .unwrap_or(i64::MAX)
                 .max(1),
+            config,
         };
         store.ping().await?;
         store.check_settings(options.allow_eviction).await?;
@@ -949,8 +967,14 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        let now = self.config.clock.now();
         let reply = self.run(&GET, &[id.as_str().as_bytes()]).await?;
-        one(&reply, id, "get")
+        let command = one(&reply, id, "get")?;
+        if self.config.retains(&command, now) {
+            Ok(command)
+        } else {
+            Err(StoreError::NotFound { id: id.clone() })
+        }
     }
 
     async fn list_open(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
@@ -990,6 +1014,19 @@ impl Store for RedisStore {
     async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
         let reply = self.run(&EXPIRE, &[device.as_str().as_bytes()]).await?;
         commands(&reply)
+    }
+
+    async fn purge(&self, limit: usize) -> Result<u64, StoreError> {
+        let cutoff = self
+            .config
+            .retention_cutoff(self.config.clock.now())
+            .unix_millis()
+            .to_string();
+        let limit = limit.min(1 << 30).to_string();
+        let reply = self
+            .run(&PURGE, &[cutoff.as_bytes(), limit.as_bytes()])
+            .await?;
+        u64::try_from(number(&reply)?).map_err(|_| corrupt("count"))
     }
 
     async fn open_counts(&self) -> Result<OpenCounts, StoreError> {

@@ -20,6 +20,9 @@ pub(crate) const OPEN: &str = "('pending', 'awaiting_confirmation', 'delivering'
 #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
 pub(crate) const WAITING: &str = "('pending', 'awaiting_confirmation')";
 
+/// Final statuses, as an SQL list (word for word the condition of the retention index).
+pub(crate) const FINAL: &str = "('succeeded', 'failed', 'expired', 'cancelled')";
+
 /// One row as read, before validation.
 pub(crate) struct RawRow {
     pub(crate) seq: i64,

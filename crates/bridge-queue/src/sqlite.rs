@@ -11,7 +11,9 @@
 //! `IMMEDIATE`, so a second process on the same file waits (up to the busy timeout) instead
 //! of failing half-way. Ordering key: the `seq` column (`AUTOINCREMENT`, never reused).
 //! Dedup: a partial unique index on `(device_id, command_type, queued_by)` over `pending`
-//! and `awaiting_confirmation` (the party that queued a command is part of its dedup key). Final commands stay in the table (for `GET /v1/commands/{id}`).
+//! and `awaiting_confirmation` (the party that queued a command is part of its dedup key). Final commands stay in the table (for `GET /v1/commands/{id}`) until their retention is over
+//! ([`StoreConfig::retention`]); `purge` deletes them in bounded batches, oldest TTL first, on
+//! a partial index over the final commands by TTL.
 //!
 //! No statement reads the history of final commands: each names the device it is about
 //! (`device_id = ?`, never `?1 IS NULL OR device_id = ?1`, which keeps SQLite from using an
@@ -46,7 +48,9 @@ use crate::model::{
     Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
     SweepReport, expiry, grace_millis, new_command_id, parse_status, status_of_outcome,
 };
-use crate::sql::{COLUMNS, OPEN, RawRow, WAITING, into_commands, map_err, outcome_columns, to_i64};
+use crate::sql::{
+    COLUMNS, FINAL, OPEN, RawRow, WAITING, into_commands, map_err, outcome_columns, to_i64,
+};
 use crate::store::Store;
 
 const BACKEND: &str = "sqlite";
@@ -75,6 +79,10 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS bridge_queued_commands_open
         ON bridge_queued_commands (device_id, seq)
         WHERE status IN ('pending', 'awaiting_confirmation', 'delivering')",
+    // Retention's: final commands by TTL (`purge`).
+    "CREATE INDEX IF NOT EXISTS bridge_queued_commands_final_expiry
+        ON bridge_queued_commands (expires_at)
+        WHERE status IN ('succeeded', 'failed', 'expired', 'cancelled')",
 ];
 
 /// Columns added after the first schema, with their definitions: a file created before them
@@ -111,6 +119,10 @@ const ADDED_INDEXES: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS bridge_queued_commands_open_lease
         ON bridge_queued_commands (lease_until)
         WHERE status IN ('pending', 'awaiting_confirmation', 'delivering')",
+    // Retention's: final commands by TTL (`purge`).
+    "CREATE INDEX IF NOT EXISTS bridge_queued_commands_final_expiry
+        ON bridge_queued_commands (expires_at)
+        WHERE status IN ('succeeded', 'failed', 'expired', 'cancelled')",
 ];
 
 /// The new status of a delivery ended without an answer (released, lapsed, reclaimed),
@@ -681,8 +693,14 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        let now = self.config.clock.now();
         let mut conn = self.pool.acquire().await.map_err(err)?;
-        fetch(&mut conn, id).await
+        let command = fetch(&mut conn, id).await?;
+        if self.config.retains(&command, now) {
+            Ok(command)
+        } else {
+            Err(StoreError::NotFound { id: id.clone() })
+        }
     }
 
     async fn list_open(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
@@ -748,6 +766,23 @@ impl Store for SqliteStore {
         let report = housekeep(&mut tx, Some(device), now, self.config.max_attempts).await?;
         tx.commit().await.map_err(err)?;
         Ok(report.expired_commands)
+    }
+
+    async fn purge(&self, limit: usize) -> Result<u64, StoreError> {
+        let cutoff = self.config.retention_cutoff(self.config.clock.now());
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM bridge_queued_commands
+             WHERE seq IN (SELECT seq FROM bridge_queued_commands
+                           WHERE status IN {FINAL} AND expires_at <= ?1
+                           ORDER BY expires_at LIMIT ?2)"
+        ))
+        .bind(cutoff.unix_millis())
+        .bind(to_i64(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(err)?
+        .rows_affected();
+        Ok(deleted)
     }
 
     async fn open_counts(&self) -> Result<OpenCounts, StoreError> {

@@ -132,6 +132,7 @@ mod error;
 mod events;
 mod metrics;
 mod outlet;
+mod retention;
 mod routes;
 mod server;
 mod store;

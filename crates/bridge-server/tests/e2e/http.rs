@@ -502,6 +502,11 @@ impl bridge_queue::Store for FlakyStore {
         self.check()?;
         self.inner.drain_pending(device, owner).await
     }
+    async fn purge(&self, limit: usize) -> Result<u64, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.purge(limit).await
+    }
+
     async fn open_counts(&self) -> Result<bridge_queue::OpenCounts, bridge_queue::StoreError> {
         self.check()?;
         self.inner.open_counts().await
