@@ -46,11 +46,17 @@
 //! `tests/query_plans_postgres.rs` checks the generic plan of every statement the
 //! conformance suite sends.
 //!
+//! Time (TTLs, lease deadlines, retention) is PostgreSQL's own clock (`clock_timestamp()`,
+//! sampled every minute and advanced on the store's [`Clock`](crate::Clock) in between; see
+//! `BackendTime`): every server sharing the database reads the same time, so one whose
+//! clock is off cannot take over another's live lease, nor keep its own lapsed one.
+//!
 //! Every operation is bounded by [`PostgresOptions::operation_timeout`]: a database that
 //! does not answer in time is [`StoreError::Unavailable`], and the pool reconnects by
 //! itself once the database is back.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -59,6 +65,7 @@ use bridge_protocol::{CommandId, DeviceId, DeviceType, Timestamp};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor as _, Postgres, Row, Transaction};
 
+use crate::clock::BackendTime;
 use crate::error::{InvalidInput, StoreError};
 use crate::model::{
     Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
@@ -167,6 +174,13 @@ pub struct PostgresOptions {
     /// Longest any one operation may take, waiting for a connection included, before it is
     /// [`StoreError::Unavailable`]; default 5 s.
     pub operation_timeout: Duration,
+    /// Read the time from PostgreSQL's clock (`clock_timestamp()`, sampled every minute and
+    /// advanced on the [`StoreConfig`]'s clock in between) rather than from the
+    /// `StoreConfig`'s clock alone; default `true`. Every server sharing the database then
+    /// reads the same time, so one whose clock is off cannot take over another's live
+    /// lease. Turn it off only to run the store on a test's virtual clock, where exact
+    /// times are checked.
+    pub backend_clock: bool,
 }
 
 impl PostgresOptions {
@@ -177,7 +191,15 @@ impl PostgresOptions {
             schema: "public".to_owned(),
             max_connections: 8,
             operation_timeout: Duration::from_secs(5),
+            backend_clock: true,
         }
+    }
+
+    /// The same options, reading the time from PostgreSQL's clock (`true`, the default) or
+    /// from the [`StoreConfig`]'s clock alone; see the field of the same name.
+    pub fn with_backend_clock(mut self, backend_clock: bool) -> Self {
+        self.backend_clock = backend_clock;
+        self
     }
 
     /// The same options with another schema.
@@ -193,6 +215,9 @@ pub struct PostgresStore {
     pool: PgPool,
     config: StoreConfig,
     timeout: Duration,
+    /// The database's clock, sampled ([`BackendTime`]): every time the store reads is
+    /// PostgreSQL's, not this process's; `None`: the `StoreConfig`'s clock alone.
+    time: Option<Arc<BackendTime>>,
     /// `BEGIN` followed by `SET LOCAL search_path` to the store's schema: every statement
     /// runs in a transaction that starts with it, so the store finds its tables whatever
     /// the pool's own `search_path` (a pool handed over by [`PostgresStore::from_pool`]
@@ -447,7 +472,7 @@ impl PostgresStore {
     /// [`PostgresOptions::schema`] if needed and runs the migrations not yet applied there,
     /// exactly as [`PostgresStore::open`] does.
     ///
-    /// Of `options`, only `schema` and `operation_timeout` are read; `url` and
+    /// Of `options`, only `schema`, `operation_timeout` and `backend_clock` are read; `url` and
     /// `max_connections` are the pool's business. The pool is shared, not taken: the caller
     /// (and clones of the store) keep using it, and the store leaves its connections as it
     /// found them — its schema is set per transaction (`SET LOCAL search_path`), never on
@@ -462,6 +487,7 @@ impl PostgresStore {
             pool,
             config,
             timeout: options.operation_timeout,
+            time: options.backend_clock.then(Arc::default),
             begin_sql: format!("BEGIN; SET LOCAL search_path TO \"{}\"", options.schema),
         };
         store
@@ -473,6 +499,28 @@ impl PostgresStore {
     /// Closes the pool, waiting for running operations.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// The time now by the database's clock ([`BackendTime`]; one round trip when a sample
+    /// is due).
+    async fn now(&self) -> Result<Timestamp, StoreError> {
+        let Some(time) = &self.time else {
+            return Ok(self.config.clock.now());
+        };
+        if let Some(now) = time.now(&*self.config.clock) {
+            return Ok(now);
+        }
+        let before = self.config.clock.now();
+        let backend: i64 = self
+            .bounded(async {
+                sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(err)
+            })
+            .await?;
+        let after = self.config.clock.now();
+        Ok(time.record(Timestamp::from_unix_millis(backend), before, after))
     }
 
     /// Runs `op` within the operation timeout.
@@ -507,7 +555,7 @@ impl PostgresStore {
         allowed: &[CommandStatus],
         to: CommandStatus,
     ) -> Result<QueuedCommand, StoreError> {
-        let now = self.config.clock.now();
+        let now = self.now().await?;
         let mut tx = self.begin().await?;
         let device = device_of(&mut tx, id).await?;
         lock_device(&mut tx, &device).await?;
@@ -599,7 +647,7 @@ impl PostgresStore {
         owner: &NodeId,
         grace_ms: i64,
     ) -> Result<Option<Leased>, StoreError> {
-        let now = self.config.clock.now();
+        let now = self.now().await?;
         let mut tx = self.begin().await?;
         lock_device(&mut tx, device).await?;
         housekeep(&mut tx, device, now, self.config.max_attempts).await?;
@@ -634,7 +682,7 @@ impl PostgresStore {
         device: &DeviceId,
         owner: &NodeId,
     ) -> Result<Vec<Leased>, StoreError> {
-        let now = self.config.clock.now();
+        let now = self.now().await?;
         let mut tx = self.begin().await?;
         lock_device(&mut tx, device).await?;
         housekeep(&mut tx, device, now, self.config.max_attempts).await?;
@@ -664,7 +712,7 @@ impl PostgresStore {
             lapse_set("$2", "$3")
         ))
         .bind(owner.as_str())
-        .bind(self.config.clock.now().unix_millis())
+        .bind(self.now().await?.unix_millis())
         .bind(i64::from(self.config.max_attempts))
         .fetch_all(&mut *tx)
         .await
@@ -697,7 +745,7 @@ impl PostgresStore {
     }
 
     async fn enqueue_inner(&self, command: NewCommand) -> Result<CommandId, StoreError> {
-        let now = self.config.clock.now();
+        let now = self.now().await?;
         let expires_at = expiry(now, command.ttl).unix_millis();
         let status = command.initial_status().as_str();
         let timeout_ms = i64::from(command.timeout.get());
@@ -771,7 +819,7 @@ impl PostgresStore {
 
     /// Runs housekeeping for one device in its own transaction.
     async fn housekeep_device(&self, device: &DeviceId) -> Result<SweepReport, StoreError> {
-        let now = self.config.clock.now();
+        let now = self.now().await?;
         let mut tx = self.begin().await?;
         lock_device(&mut tx, device).await?;
         let report = housekeep(&mut tx, device, now, self.config.max_attempts).await?;
@@ -780,7 +828,7 @@ impl PostgresStore {
     }
 
     async fn sweep_inner(&self) -> Result<SweepReport, StoreError> {
-        let now = self.config.clock.now().unix_millis();
+        let now = self.now().await?.unix_millis();
         let mut tx = self.begin().await?;
         let devices: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT device_id FROM bridge_queued_commands
@@ -828,7 +876,7 @@ impl PostgresStore {
     }
 
     async fn get_inner(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
-        let now = self.config.clock.now();
+        let now = self.now().await?;
         let mut tx = self.begin().await?;
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM bridge_queued_commands WHERE id = $1"
@@ -848,7 +896,7 @@ impl PostgresStore {
     }
 
     async fn purge_inner(&self, limit: usize) -> Result<u64, StoreError> {
-        let cutoff = self.config.retention_cutoff(self.config.clock.now());
+        let cutoff = self.config.retention_cutoff(self.now().await?);
         let mut tx = self.begin().await?;
         // `SKIP LOCKED`: two servers purging at once take different rows, and a row a
         // device's transaction holds is left for the next round.
@@ -928,7 +976,7 @@ impl Store for PostgresStore {
             Cut::Sent => 1,
             Cut::NotSent => 0,
         };
-        let now = self.config.clock.now().unix_millis();
+        let now = self.now().await?.unix_millis();
         let max_attempts = i64::from(self.config.max_attempts);
         self.bounded(self.end_lease(
             lease,
@@ -966,7 +1014,7 @@ impl Store for PostgresStore {
     }
 
     async fn due_devices(&self, limit: usize) -> Result<Vec<DeviceId>, StoreError> {
-        let now = self.config.clock.now().unix_millis();
+        let now = self.now().await?.unix_millis();
         let devices: Vec<String> = self
             .bounded(async {
                 let mut tx = self.begin().await?;

@@ -43,8 +43,11 @@
 //! command becomes final it leaves its device's set, joins `P:final`, and its hash expires
 //! at its TTL's end plus the retention (default 7 days), by which time `purge` has deleted
 //! it (the key's own expiry is a backstop; final commands of older versions, not in
-//! `P:final`, vanish by it). Whether a command is still deliverable is decided against the store's
-//! [`Clock`](crate::Clock), passed to every script, not Redis's own clock.
+//! `P:final`, vanish by it). Whether a command is still deliverable, and whether a lease lapsed, is decided against
+//! Redis's own clock (`TIME`, sampled every minute and advanced on the store's
+//! [`Clock`](crate::Clock) in between; see `BackendTime`), passed to every script: every
+//! server sharing the Redis reads the same time, so one whose clock is off cannot take over
+//! another's live lease.
 //!
 //! The scripts address keys they compute from the prefix, so the store targets a single
 //! Redis (or a primary behind Sentinel), not Redis Cluster. Durability is Redis's own: run
@@ -72,7 +75,7 @@
 //! Redis is back.
 
 use std::future::Future;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -83,6 +86,7 @@ use bridge_protocol::{
 use deadpool_redis::redis::{self, RetryMethod, Script, Value};
 use deadpool_redis::{Config, Pool, PoolError, Runtime};
 
+use crate::clock::BackendTime;
 use crate::error::StoreError;
 use crate::model::{
     Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, Party, QueuedCommand,
@@ -413,6 +417,12 @@ pub struct RedisOptions {
     /// a command's hash, and the command vanishes from its device's queue); default
     /// `false`, and [`RedisStore::open`] refuses such a Redis.
     pub allow_eviction: bool,
+    /// Read the time from Redis's clock (`TIME`, sampled every minute and advanced on the
+    /// [`StoreConfig`]'s clock in between) rather than from the `StoreConfig`'s clock
+    /// alone; default `true`. Every server sharing the Redis then reads the same time, so
+    /// one whose clock is off cannot take over another's live lease. Turn it off only to
+    /// run the store on a test's virtual clock, where exact times are checked.
+    pub backend_clock: bool,
 }
 
 impl RedisOptions {
@@ -424,7 +434,15 @@ impl RedisOptions {
             max_connections: 8,
             operation_timeout: Duration::from_secs(5),
             allow_eviction: false,
+            backend_clock: true,
         }
+    }
+
+    /// The same options, reading the time from Redis's clock (`true`, the default) or from
+    /// the [`StoreConfig`]'s clock alone; see the field of the same name.
+    pub fn with_backend_clock(mut self, backend_clock: bool) -> Self {
+        self.backend_clock = backend_clock;
+        self
     }
 
     /// The same options, opening (`true`) or not (`false`, the default) on a Redis that may
@@ -449,6 +467,9 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     retention_ms: i64,
+    /// Redis's clock, sampled ([`BackendTime`]): every time the store reads is Redis's
+    /// (`TIME`), not this process's; `None`: the `StoreConfig`'s clock alone.
+    time: Option<Arc<BackendTime>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -660,7 +681,7 @@ impl RedisStore {
     /// [`RedisOptions::allow_eviction`]).
     ///
     /// Of `options`, `prefix`, `operation_timeout` (every operation, getting a connection
-    /// included) and `allow_eviction` are read; `url` and
+    /// included), `allow_eviction` and `backend_clock` are read; `url` and
     /// `max_connections` are the pool's business, and so are its own wait, create and
     /// recycle timeouts. The pool is shared, not taken: the caller (and clones of the store)
     /// keep using it, and the store writes only keys under its prefix.
@@ -677,6 +698,7 @@ impl RedisStore {
                 .unwrap_or(i64::MAX)
                 .max(1),
             config,
+            time: options.backend_clock.then(Arc::default),
         };
         store.ping().await?;
         store.check_settings(options.allow_eviction).await?;
@@ -767,9 +789,43 @@ impl RedisStore {
         }
     }
 
-    /// Runs a script with the shared leading arguments and then `args`.
+    /// The time now by Redis's clock ([`BackendTime`]; one `TIME` when a sample is due).
+    async fn now(&self) -> Result<Timestamp, StoreError> {
+        let Some(time) = &self.time else {
+            return Ok(self.config.clock.now());
+        };
+        if let Some(now) = time.now(&*self.config.clock) {
+            return Ok(now);
+        }
+        let before = self.config.clock.now();
+        let (secs, micros): (i64, i64) = self
+            .bounded(async {
+                let mut conn = self.pool.get().await.map_err(pool_err)?;
+                redis::cmd("TIME")
+                    .query_async::<(i64, i64)>(&mut *conn)
+                    .await
+                    .map_err(redis_err)
+            })
+            .await?;
+        let after = self.config.clock.now();
+        let backend = secs.saturating_mul(1000).saturating_add(micros / 1000);
+        Ok(time.record(Timestamp::from_unix_millis(backend), before, after))
+    }
+
+    /// Runs a script at Redis's time now ([`run_at`](Self::run_at)).
     async fn run(&self, script: &Script, args: &[&[u8]]) -> Result<Value, StoreError> {
-        let now = self.config.clock.now().unix_millis().to_string();
+        let now = self.now().await?;
+        self.run_at(now, script, args).await
+    }
+
+    /// Runs a script with the shared leading arguments (`now` among them) and then `args`.
+    async fn run_at(
+        &self,
+        now: Timestamp,
+        script: &Script,
+        args: &[&[u8]],
+    ) -> Result<Value, StoreError> {
+        let now = now.unix_millis().to_string();
         let max_attempts = self.config.max_attempts.to_string();
         let retention = self.retention_ms.to_string();
         self.bounded(async {
@@ -841,7 +897,7 @@ impl RedisStore {
 impl Store for RedisStore {
     async fn enqueue(&self, command: NewCommand) -> Result<CommandId, StoreError> {
         self.config.check_payload(&command.payload)?;
-        let now = self.config.clock.now();
+        let now = self.now().await?;
         let expires_at = expiry(now, command.ttl);
         let open_ttl = (expires_at.unix_millis() - now.unix_millis())
             .saturating_add(self.retention_ms)
@@ -862,7 +918,8 @@ impl Store for RedisStore {
         let timeout = command.timeout.get().to_string();
         let queued_by = command.queued_by.as_stored();
         let reply = self
-            .run(
+            .run_at(
+                now,
                 &ENQUEUE,
                 &[
                     command.device.as_str().as_bytes(),
@@ -967,8 +1024,8 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
-        let now = self.config.clock.now();
-        let reply = self.run(&GET, &[id.as_str().as_bytes()]).await?;
+        let now = self.now().await?;
+        let reply = self.run_at(now, &GET, &[id.as_str().as_bytes()]).await?;
         let command = one(&reply, id, "get")?;
         if self.config.retains(&command, now) {
             Ok(command)
@@ -1019,7 +1076,7 @@ impl Store for RedisStore {
     async fn purge(&self, limit: usize) -> Result<u64, StoreError> {
         let cutoff = self
             .config
-            .retention_cutoff(self.config.clock.now())
+            .retention_cutoff(self.now().await?)
             .unix_millis()
             .to_string();
         let limit = limit.min(1 << 30).to_string();

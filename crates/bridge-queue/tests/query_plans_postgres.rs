@@ -155,7 +155,9 @@ mod postgres {
         }
         let schema = format!("bq_plans_{}", uuid::Uuid::new_v4().simple());
         PlanHarness {
-            options: PostgresOptions::new(url).with_schema(schema),
+            options: PostgresOptions::new(url)
+                .with_schema(schema)
+                .with_backend_clock(false),
         }
     }
 }
