@@ -503,14 +503,21 @@ impl Store for MemoryStore {
             .open
             .iter()
             .filter(|(_, open)| {
-                open.values().any(|id| {
-                    state.commands.get(id).is_some_and(|e| {
-                        let c = &e.command;
+                let commands = || {
+                    open.values()
+                        .filter_map(|id| state.commands.get(id).map(|e| &e.command))
+                };
+                // Nothing is handed out under a live lease.
+                let held = commands().any(|c| {
+                    c.status == CommandStatus::Delivering
+                        && c.lease_deadline.is_some_and(|d| d > now)
+                });
+                !held
+                    && commands().any(|c| {
                         (c.status == CommandStatus::Pending && now < c.expires_at)
                             || (c.status == CommandStatus::Delivering
                                 && c.lease_deadline.is_some_and(|d| d <= now))
                     })
-                })
             })
             .map(|(device, _)| device.clone())
             .collect();

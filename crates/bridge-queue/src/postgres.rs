@@ -1018,10 +1018,15 @@ impl Store for PostgresStore {
         let devices: Vec<String> = self
             .bounded(async {
                 let mut tx = self.begin().await?;
+                // A device under a live lease is not due: `lease_next` would hand nothing
+                // out.
                 let devices = sqlx::query_scalar(
-                    "SELECT DISTINCT device_id FROM bridge_queued_commands
-                     WHERE (status = 'pending' AND expires_at > $1)
-                        OR (status = 'delivering' AND lease_until <= $1)
+                    "SELECT DISTINCT device_id FROM bridge_queued_commands AS c
+                     WHERE ((status = 'pending' AND expires_at > $1)
+                            OR (status = 'delivering' AND lease_until <= $1))
+                       AND NOT EXISTS (SELECT 1 FROM bridge_queued_commands AS l
+                                       WHERE l.device_id = c.device_id
+                                         AND l.status = 'delivering' AND l.lease_until > $1)
                      ORDER BY device_id LIMIT $2",
                 )
                 .bind(now)

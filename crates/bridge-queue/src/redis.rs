@@ -15,7 +15,8 @@
 //!   ordering key `P:seq` (`INCR`), so a device's commands come out in queue order and an
 //!   update in place or a released command keeps its place.
 //! * `P:devices` — the set of devices with non-final commands (for `due_devices` and
-//!   `sweep`).
+//!   `sweep`, which walk it chunk by chunk: one script per `SSCAN` step of about 100
+//!   devices, so neither holds Redis for long however many devices there are).
 //! * `P:s:<status>` — for each status that is not final (`awaiting_confirmation`,
 //!   `pending`, `delivering`), the set of the ids of the commands in it. Every script that
 //!   changes a status moves the id between these sets in the same step (`set_status` in the
@@ -95,6 +96,11 @@ use crate::model::{
 use crate::store::Store;
 
 const BACKEND: &str = "redis";
+
+/// Devices per step of the walks over every device (`due_devices`, `sweep`): each step is
+/// one script over about this many devices (`SSCAN … COUNT`), so no call holds Redis for
+/// long however many devices there are.
+const CHUNK: usize = 100;
 const PRELUDE: &str = include_str!("redis.lua");
 
 fn script(body: &str) -> Script {
@@ -330,36 +336,45 @@ return n
     )
 });
 
+/// One chunk of `due_devices`: the devices of one `SSCAN` step of `P:devices` from cursor
+/// ARGV[5] (about ARGV[6] of them) that have a command to hand out now and no live lease
+/// (`lease_next` would hand nothing out under one); returns the next cursor and those
+/// devices. The store walks the set chunk by chunk, so no call reads every device.
 static DUE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local limit = tonumber(ARGV[5])
-local devs = redis.call('SMEMBERS', DEVICES)
-table.sort(devs)
+local step = redis.call('SSCAN', DEVICES, ARGV[5], 'COUNT', tonumber(ARGV[6]))
 local out, n = {}, 0
-for _, dev in ipairs(devs) do
-  if n >= limit then break end
+for _, dev in ipairs(step[2]) do
+  local due, held = false, false
   for _, id in ipairs(redis.call('ZRANGE', dkey(dev), 0, -1)) do
     local h = redis.call('HMGET', ckey(id), 'status', 'expires', 'lease')
-    if (h[1] == 'pending' and tonumber(h[2]) > NOW)
-        or (h[1] == 'delivering' and h[3] and h[3] ~= '' and tonumber(h[3]) <= NOW) then
-      n = n + 1
-      out[n] = dev
-      break
+    if h[1] == 'pending' and tonumber(h[2]) > NOW then
+      due = true
+    elseif h[1] == 'delivering' and h[3] and h[3] ~= '' then
+      if tonumber(h[3]) <= NOW then due = true else held = true end
     end
   end
+  if due and not held then
+    n = n + 1
+    out[n] = dev
+  end
 end
-return out
+return {step[1], out}
 ",
     )
 });
 
+/// One chunk of `sweep`: housekeeping of the devices of one `SSCAN` step of `P:devices`
+/// from cursor ARGV[5] (about ARGV[6] of them), returning at most ARGV[7] expired records;
+/// returns the next cursor, the counts and the records.
 static SWEEP: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
+local step = redis.call('SSCAN', DEVICES, ARGV[5], 'COUNT', tonumber(ARGV[6]))
 local e, r, f = 0, 0, 0
-local max_records, records, n = tonumber(ARGV[5]), {}, 0
-for _, dev in ipairs(redis.call('SMEMBERS', DEVICES)) do
+local max_records, records, n = tonumber(ARGV[7]), {}, 0
+for _, dev in ipairs(step[2]) do
   local de, dr, df, ids = housekeep(dev)
   e, r, f = e + de, r + dr, f + df
   for _, id in ipairs(ids) do
@@ -369,7 +384,7 @@ for _, dev in ipairs(redis.call('SMEMBERS', DEVICES)) do
     end
   end
 end
-return {e, r, f, records}
+return {step[1], e, r, f, records}
 ",
     )
 });
@@ -1045,27 +1060,65 @@ impl Store for RedisStore {
     }
 
     async fn due_devices(&self, limit: usize) -> Result<Vec<DeviceId>, StoreError> {
-        let limit = limit.min(1 << 30).to_string();
-        let reply = self.run(&DUE, &[limit.as_bytes()]).await?;
-        array(&reply)?
-            .iter()
-            .map(|d| DeviceId::try_from(text(d)?).map_err(|_| corrupt("device id")))
-            .collect()
+        // Chunk by chunk (`SSCAN`), each chunk one short script: a store with many devices
+        // never holds Redis for one long call. A device the scan returns twice is listed once.
+        let count = CHUNK.to_string();
+        let mut cursor = "0".to_owned();
+        let mut due = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let reply = self
+                .run(&DUE, &[cursor.as_bytes(), count.as_bytes()])
+                .await?;
+            let [next, devices] = array(&reply)? else {
+                return Err(corrupt("due_devices reply"));
+            };
+            for device in array(devices)? {
+                let device = DeviceId::try_from(text(device)?).map_err(|_| corrupt("device id"))?;
+                if due.len() < limit && seen.insert(device.clone()) {
+                    due.push(device);
+                }
+            }
+            cursor = text(next)?;
+            if cursor == "0" || due.len() >= limit {
+                break;
+            }
+        }
+        due.sort();
+        Ok(due)
     }
 
     async fn sweep(&self) -> Result<SweepReport, StoreError> {
-        let max = SweepReport::MAX_EXPIRED_COMMANDS.to_string();
-        let reply = self.run(&SWEEP, &[max.as_bytes()]).await?;
-        let count = |v: &Value| number(v).map(|n| u64::try_from(n).unwrap_or(0));
-        match array(&reply)? {
-            [expired, recovered, failed, records] => Ok(SweepReport {
-                expired: count(expired)?,
-                recovered: count(recovered)?,
-                failed: count(failed)?,
+        // Chunk by chunk, as `due_devices`; each device's housekeeping is atomic on its own.
+        let count = CHUNK.to_string();
+        let mut cursor = "0".to_owned();
+        let mut total = SweepReport::default();
+        loop {
+            let room = SweepReport::MAX_EXPIRED_COMMANDS
+                .saturating_sub(total.expired_commands.len())
+                .to_string();
+            let reply = self
+                .run(
+                    &SWEEP,
+                    &[cursor.as_bytes(), count.as_bytes(), room.as_bytes()],
+                )
+                .await?;
+            let number = |v: &Value| number(v).map(|n| u64::try_from(n).unwrap_or(0));
+            let [next, expired, recovered, failed, records] = array(&reply)? else {
+                return Err(corrupt("sweep reply"));
+            };
+            total.merge(SweepReport {
+                expired: number(expired)?,
+                recovered: number(recovered)?,
+                failed: number(failed)?,
                 expired_commands: commands(records)?,
-            }),
-            _ => Err(corrupt("sweep reply")),
+            });
+            cursor = text(next)?;
+            if cursor == "0" {
+                break;
+            }
         }
+        Ok(total)
     }
 
     async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {

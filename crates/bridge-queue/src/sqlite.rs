@@ -729,10 +729,14 @@ impl Store for SqliteStore {
     async fn due_devices(&self, limit: usize) -> Result<Vec<DeviceId>, StoreError> {
         let now = self.config.clock.now().unix_millis();
         // Two halves, each on an index over the open commands (an `OR` of the two would
-        // read the whole table).
+        // read the whole table); a device under a live lease is not due (`lease_next` would
+        // hand nothing out).
         let devices: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT device_id FROM bridge_queued_commands
+            "SELECT device_id FROM bridge_queued_commands AS c
              WHERE status IN {OPEN} AND status = 'pending' AND expires_at > ?1
+               AND NOT EXISTS (SELECT 1 FROM bridge_queued_commands AS l
+                               WHERE l.device_id = c.device_id AND l.status IN {OPEN}
+                                 AND l.status = 'delivering' AND l.lease_until > ?1)
              UNION
              SELECT device_id FROM bridge_queued_commands
              WHERE status IN {OPEN} AND status = 'delivering' AND lease_until <= ?1

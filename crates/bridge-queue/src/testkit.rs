@@ -1739,7 +1739,8 @@ pub async fn drain_pending_is_at_most_once<H: Harness>(harness: &H) {
     );
 }
 
-/// `due_devices` lists devices with a command to hand out now, and no others.
+/// `due_devices` lists devices with a command to hand out now, and no others: not one whose
+/// commands wait behind a live lease, until the lease lapses.
 pub async fn due_devices_lists_devices_with_deliverable_commands<H: Harness>(harness: &H) {
     let Fixture { store, clock } = open_default(harness).await;
     let pending = device("dev-pending");
@@ -1753,6 +1754,9 @@ pub async fn due_devices_lists_devices_with_deliverable_commands<H: Harness>(har
         .expect("enqueue");
     enqueue(&*store, &leased, "a", &[1]).await;
     lease(&*store, &leased).await;
+    // Queued behind the live lease: nothing is handed out for that device until the lease
+    // ends, so it is not due (`lease_next` would answer `None`).
+    enqueue(&*store, &leased, "b", &[2]).await;
     store
         .enqueue_or_update(&expiring, &kind("a"), bytes(&[1]), ttl(5))
         .await
@@ -1762,7 +1766,15 @@ pub async fn due_devices_lists_devices_with_deliverable_commands<H: Harness>(har
     assert_eq!(due, vec![expiring.clone(), pending.clone()]);
     assert_eq!(store.due_devices(1).await.expect("due").len(), 1);
     clock.advance(Duration::from_secs(5));
-    assert_eq!(store.due_devices(10).await.expect("due"), vec![pending]);
+    assert_eq!(
+        store.due_devices(10).await.expect("due"),
+        vec![pending.clone()]
+    );
+    // Once the lease lapses, the device is due again.
+    clock.advance(default_lease());
+    let mut due = store.due_devices(10).await.expect("due");
+    due.sort();
+    assert_eq!(due, vec![leased, pending]);
 }
 
 /// `open_counts` counts the commands that are not final, per status, across every device; a
