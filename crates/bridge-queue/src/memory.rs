@@ -426,16 +426,13 @@ impl Store for MemoryStore {
         let now = self.config.clock.now();
         let max_attempts = self.config.max_attempts;
         let mut state = self.state.lock();
-        let held: Vec<(DeviceId, u64, CommandId)> = state
+        let held: Vec<(u64, CommandId)> = state
             .open
-            .iter()
-            .flat_map(|(device, open)| {
-                open.iter()
-                    .map(move |(&seq, id)| (device.clone(), seq, id.clone()))
-            })
+            .values()
+            .flat_map(|open| open.iter().map(|(&seq, id)| (seq, id.clone())))
             .collect();
         let mut reclaimed = Vec::new();
-        for (_, seq, id) in held {
+        for (seq, id) in held {
             let Some(entry) = state.commands.get_mut(&id) else {
                 continue;
             };
