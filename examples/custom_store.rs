@@ -193,6 +193,18 @@ impl<S: Store> Store for AuditedStore<S> {
         self.inner.due_devices(limit).await
     }
 
+    async fn purge(&self, limit: usize) -> Result<u64, StoreError> {
+        let result = self.inner.purge(limit).await;
+        if let Ok(deleted) = &result
+            && *deleted > 0
+        {
+            self.record(&result, |deleted| {
+                format!("purge: {deleted} final command(s) past their retention")
+            });
+        }
+        result
+    }
+
     async fn sweep(&self) -> Result<SweepReport, StoreError> {
         let result = self.inner.sweep().await;
         if let Ok(report) = &result

@@ -105,11 +105,12 @@ fn queue(c: &mut Criterion) {
 
     let redis_url = std::env::var("BRIDGE_TEST_REDIS_URL")
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
-    let mut options = RedisOptions::new(redis_url).with_prefix(namespace.clone());
-    // Final commands expire quickly so the bench leaves nothing behind.
-    options.final_retention = Duration::from_mins(1);
+    let options = RedisOptions::new(redis_url).with_prefix(namespace.clone());
+    // Final commands expire quickly (a minute after their TTL) so the bench leaves nothing
+    // behind for long.
+    let config = StoreConfig::default().with_retention(Duration::from_mins(1));
     let redis = rt
-        .block_on(RedisStore::open(&options, StoreConfig::default()))
+        .block_on(RedisStore::open(&options, config))
         .expect("open Redis (is it running? BRIDGE_TEST_REDIS_URL)");
     bench_store(c, &rt, "redis", &redis);
 

@@ -639,6 +639,9 @@ impl Store for PanickyStore {
     async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
         self.inner.expire(device).await
     }
+    async fn purge(&self, limit: usize) -> Result<u64, StoreError> {
+        self.inner.purge(limit).await
+    }
     async fn open_counts(&self) -> Result<OpenCounts, StoreError> {
         self.inner.open_counts().await
     }

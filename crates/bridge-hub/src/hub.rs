@@ -220,9 +220,13 @@ pub struct ShutdownReport {
 ///   and delivery engine synchronously on the connection's task;
 /// * a `ble_response`'s way to its command (the [`ResponseHandler`](crate::ResponseHandler),
 ///   called on the connection's task), and the [`InFlight`] tickets, which count commands
-///   on a connection of this process. So [`send_to_device`](Hub::send_to_device) answers
-///   with a ticket of a local connection: a command can be routed only through a bridge
-///   connected to this process; presence and broadcasts can span processes.
+///   on a connection of this process. A command routed through another process's bridge
+///   gets an [`InFlight::remote`] ticket on a stand-in connection id
+///   ([`LocalHub::reserve_connection_id`]), and its answer or loss is fed back with
+///   [`LocalHub::offer_response`] / [`LocalHub::release_remote`]; the process that holds
+///   the bridge takes answers to commands it did not issue with a
+///   [`ResponseInterceptor`](crate::ResponseInterceptor). `bridge-cluster`'s `ClusterHub`
+///   routes across processes exactly this way.
 ///
 /// Access policy and initial subscriptions are set on the [`LocalHub`]'s builder
 /// (`ServerBuilder::customize_hub`).

@@ -62,3 +62,59 @@ impl Clock for ManualClock {
         Timestamp::from_unix_millis(self.millis.load(Ordering::SeqCst))
     }
 }
+
+/// The time of a store shared by several processes, read from the backend's own clock
+/// (PostgreSQL's `clock_timestamp()`, Redis's `TIME`) rather than from each process's.
+///
+/// Leases and TTLs are compared across processes: a process whose clock runs an hour fast
+/// would see every other process's live lease as lapsed and take its delivery over, and one
+/// whose clock is behind would keep its own lapsed leases alive. So the PostgreSQL and Redis
+/// stores sample the backend's clock (at the first operation, then every
+/// [`RESYNC`](Self::RESYNC) of real time) and count the time since then on the store's
+/// [`Clock`]: its *advance*, never its reading, so a process's clock may be off by any
+/// amount and the store's time is still the backend's (to within half a round trip and the
+/// clock's drift between two samples). A test's [`ManualClock`] moved forward moves the
+/// store's time forward by as much, until the next sample.
+#[derive(Debug, Default)]
+#[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
+pub(crate) struct BackendTime {
+    /// The backend's time at the last sample, the store clock's reading then, and when
+    /// (real time) it was taken.
+    sample: parking_lot::Mutex<Option<(Timestamp, Timestamp, std::time::Instant)>>,
+}
+
+#[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
+impl BackendTime {
+    /// How often, in real time, the backend's clock is sampled again.
+    pub(crate) const RESYNC: Duration = Duration::from_mins(1);
+
+    /// The backend's time now, or `None` when a (new) sample is due.
+    pub(crate) fn now(&self, clock: &dyn Clock) -> Option<Timestamp> {
+        let sample = *self.sample.lock();
+        let (backend, local, taken) = sample?;
+        if taken.elapsed() >= Self::RESYNC {
+            return None;
+        }
+        let advance = clock
+            .now()
+            .unix_millis()
+            .saturating_sub(local.unix_millis());
+        Some(Timestamp::from_unix_millis(
+            backend.unix_millis().saturating_add(advance),
+        ))
+    }
+
+    /// Records a sample: the backend read `backend` between the store clock's readings
+    /// `before` and `after` (it is taken to be their midpoint). Returns the time now.
+    pub(crate) fn record(
+        &self,
+        backend: Timestamp,
+        before: Timestamp,
+        after: Timestamp,
+    ) -> Timestamp {
+        let half_trip = after.unix_millis().saturating_sub(before.unix_millis()) / 2;
+        let local = Timestamp::from_unix_millis(before.unix_millis().saturating_add(half_trip));
+        *self.sample.lock() = Some((backend, local, std::time::Instant::now()));
+        Timestamp::from_unix_millis(backend.unix_millis().saturating_add(half_trip))
+    }
+}

@@ -33,6 +33,8 @@ struct State {
     commands: HashMap<CommandId, Entry>,
     /// Each device's non-final commands by ordering key.
     open: HashMap<DeviceId, BTreeMap<u64, CommandId>>,
+    /// The final commands by `expires_at` (unix ms) and ordering key, for `purge`.
+    ended: BTreeMap<(i64, u64), CommandId>,
 }
 
 #[derive(Debug)]
@@ -115,6 +117,7 @@ impl State {
             return report;
         };
         let mut closed = Vec::new();
+        let mut ended = Vec::new();
         for (&seq, id) in open.iter() {
             let Some(entry) = self.commands.get_mut(id) else {
                 continue;
@@ -143,11 +146,13 @@ impl State {
             }
             if c.status.is_final() {
                 closed.push(seq);
+                ended.push(((c.expires_at.unix_millis(), seq), c.id.clone()));
             }
         }
         for seq in closed {
             open.remove(&seq);
         }
+        self.ended.extend(ended);
         if open.is_empty() {
             self.open.remove(device);
         }
@@ -160,7 +165,11 @@ impl State {
         }
     }
 
-    fn close(&mut self, device: &DeviceId, seq: u64) {
+    /// Takes a command that just became final out of its device's open commands.
+    fn close(&mut self, command: &QueuedCommand, seq: u64) {
+        self.ended
+            .insert((command.expires_at.unix_millis(), seq), command.id.clone());
+        let device = &command.device;
         if let Some(open) = self.open.get_mut(device) {
             open.remove(&seq);
             if open.is_empty() {
@@ -192,7 +201,7 @@ impl State {
         let command = entry.command.clone();
         if command.status.is_final() {
             let seq = entry.seq;
-            self.close(&command.device, seq);
+            self.close(&command, seq);
         }
         Ok(command)
     }
@@ -218,7 +227,7 @@ impl State {
         let command = entry.command.clone();
         if command.status.is_final() {
             let seq = entry.seq;
-            self.close(&command.device, seq);
+            self.close(&command, seq);
         }
         Ok(command)
     }
@@ -417,16 +426,13 @@ impl Store for MemoryStore {
         let now = self.config.clock.now();
         let max_attempts = self.config.max_attempts;
         let mut state = self.state.lock();
-        let held: Vec<(DeviceId, u64, CommandId)> = state
+        let held: Vec<(u64, CommandId)> = state
             .open
-            .iter()
-            .flat_map(|(device, open)| {
-                open.iter()
-                    .map(move |(&seq, id)| (device.clone(), seq, id.clone()))
-            })
+            .values()
+            .flat_map(|open| open.iter().map(|(&seq, id)| (seq, id.clone())))
             .collect();
         let mut reclaimed = Vec::new();
-        for (device, seq, id) in held {
+        for (seq, id) in held {
             let Some(entry) = state.commands.get_mut(&id) else {
                 continue;
             };
@@ -436,10 +442,11 @@ impl Store for MemoryStore {
                 && c.lease_owner.as_ref() == Some(owner)
             {
                 cut_delivery(c, true, max_attempts, now);
-                reclaimed.push(c.clone());
-                if c.status.is_final() {
-                    state.close(&device, seq);
+                let command = c.clone();
+                if command.status.is_final() {
+                    state.close(&command, seq);
                 }
+                reclaimed.push(command);
             }
         }
         Ok(reclaimed)
@@ -457,11 +464,13 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        let now = self.config.clock.now();
         let state = self.state.lock();
         state
             .commands
             .get(id)
             .map(|e| e.command.clone())
+            .filter(|c| self.config.retains(c, now))
             .ok_or_else(|| StoreError::NotFound { id: id.clone() })
     }
 
@@ -491,14 +500,21 @@ impl Store for MemoryStore {
             .open
             .iter()
             .filter(|(_, open)| {
-                open.values().any(|id| {
-                    state.commands.get(id).is_some_and(|e| {
-                        let c = &e.command;
+                let commands = || {
+                    open.values()
+                        .filter_map(|id| state.commands.get(id).map(|e| &e.command))
+                };
+                // Nothing is handed out under a live lease.
+                let held = commands().any(|c| {
+                    c.status == CommandStatus::Delivering
+                        && c.lease_deadline.is_some_and(|d| d > now)
+                });
+                !held
+                    && commands().any(|c| {
                         (c.status == CommandStatus::Pending && now < c.expires_at)
                             || (c.status == CommandStatus::Delivering
                                 && c.lease_deadline.is_some_and(|d| d <= now))
                     })
-                })
             })
             .map(|(device, _)| device.clone())
             .collect();
@@ -525,6 +541,27 @@ impl Store for MemoryStore {
         Ok(state
             .housekeep(device, now, self.config.max_attempts)
             .expired_commands)
+    }
+
+    async fn purge(&self, limit: usize) -> Result<u64, StoreError> {
+        let cutoff = self
+            .config
+            .retention_cutoff(self.config.clock.now())
+            .unix_millis();
+        let mut state = self.state.lock();
+        let mut deleted = 0;
+        while deleted < limit {
+            let Some(entry) = state.ended.first_entry() else {
+                break;
+            };
+            if entry.key().0 > cutoff {
+                break;
+            }
+            let id = entry.remove();
+            state.commands.remove(&id);
+            deleted += 1;
+        }
+        Ok(u64::try_from(deleted).unwrap_or(u64::MAX))
     }
 
     async fn open_counts(&self) -> Result<OpenCounts, StoreError> {

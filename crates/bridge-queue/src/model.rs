@@ -23,6 +23,15 @@ pub struct StoreConfig {
     pub max_payload_bytes: usize,
     /// Where TTLs and lease deadlines are read against; default [`SystemClock`].
     pub clock: Arc<dyn Clock>,
+    /// How long a final command (`succeeded`, `failed`, `expired`, `cancelled`) stays
+    /// readable by id, counted from the end of its TTL (its `expires_at`: the last moment it
+    /// could still be delivered, so the application has the whole period after that to
+    /// read its result); default 7 days. After it, [`get`](crate::Store::get) answers
+    /// [`NotFound`](StoreError::NotFound) (`GET /v1/commands/{id}` 404), and
+    /// [`purge`](crate::Store::purge) deletes the command. A command answered after its TTL
+    /// (a delivery under a lease that outlived it) stays readable for the period less that
+    /// lateness.
+    pub retention: Duration,
 }
 
 impl Default for StoreConfig {
@@ -32,11 +41,34 @@ impl Default for StoreConfig {
             max_attempts: 5,
             max_payload_bytes: 512,
             clock: Arc::new(SystemClock),
+            retention: Self::DEFAULT_RETENTION,
         }
     }
 }
 
 impl StoreConfig {
+    /// The default [`retention`](Self::retention) of final commands: 7 days.
+    pub const DEFAULT_RETENTION: Duration = Duration::from_hours(7 * 24);
+
+    /// The same limits with another [`retention`](Self::retention) of final commands.
+    #[must_use]
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The latest `expires_at` of a final command whose retention is over at `now`: final
+    /// commands that expired at or before it are gone.
+    pub fn retention_cutoff(&self, now: Timestamp) -> Timestamp {
+        let retention = i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        Timestamp::from_unix_millis(now.unix_millis().saturating_sub(retention))
+    }
+
+    /// Whether `command` is still kept at `now`: not final, or final within its retention.
+    pub fn retains(&self, command: &QueuedCommand, now: Timestamp) -> bool {
+        !command.status.is_final() || command.expires_at > self.retention_cutoff(now)
+    }
+
     /// The same limits read against another clock.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;

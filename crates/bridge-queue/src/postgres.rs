@@ -4,7 +4,9 @@
 //! `lease_until`, the result columns, `seq` (a `bigserial`, the per-device ordering key),
 //! the delivery settings `device_type` and `timeout_ms` (migration 2) and the lease's
 //! fencing token `lease_token` and holder `lease_owner` (migration 3), and the party that
-//! queued the command, `queued_by` (migration 4). Each migration upgrades a table of the one
+//! queued the command, `queued_by` (migration 4); migration 5 adds the retention's index over
+//! the final commands by TTL, which `purge` reads to delete the commands whose
+//! [retention](StoreConfig::retention) is over, in bounded batches. Each migration upgrades a table of the one
 //! before in place; rows written before migration 3 read as never leased (token 0, no
 //! owner), and a lease an older version took can only lapse; rows written before migration
 //! 4 read as queued by the backend.
@@ -39,13 +41,22 @@
 //! `awaiting_confirmation` (migration 4; the party is part of the dedup key); `open_counts` is one `GROUP BY status` that reads only a partial index
 //! over the open commands (one on `status` is kept for it; the planner may also pick the
 //! per-device one), and `reclaim` is served by a partial index on `lease_owner` over the
-//! leased commands.
+//! leased commands. No statement reads the history of final commands (each names its
+//! device or its command, or reads a partial index over open commands):
+//! `tests/query_plans_postgres.rs` checks the generic plan of every statement the
+//! conformance suite sends.
+//!
+//! Time (TTLs, lease deadlines, retention) is PostgreSQL's own clock (`clock_timestamp()`,
+//! sampled every minute and advanced on the store's [`Clock`](crate::Clock) in between; see
+//! `BackendTime`): every server sharing the database reads the same time, so one whose
+//! clock is off cannot take over another's live lease, nor keep its own lapsed one.
 //!
 //! Every operation is bounded by [`PostgresOptions::operation_timeout`]: a database that
 //! does not answer in time is [`StoreError::Unavailable`], and the pool reconnects by
 //! itself once the database is back.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -54,12 +65,13 @@ use bridge_protocol::{CommandId, DeviceId, DeviceType, Timestamp};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor as _, Postgres, Row, Transaction};
 
+use crate::clock::BackendTime;
 use crate::error::{InvalidInput, StoreError};
 use crate::model::{
     Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
     SweepReport, expiry, grace_millis, new_command_id, parse_status, status_of_outcome,
 };
-use crate::sql::{COLUMNS, OPEN, RawRow, into_commands, map_err, outcome_columns, to_i64};
+use crate::sql::{COLUMNS, FINAL, OPEN, RawRow, into_commands, map_err, outcome_columns, to_i64};
 use crate::store::Store;
 
 const BACKEND: &str = "postgres";
@@ -127,6 +139,14 @@ const MIGRATIONS: &[(i32, &str)] = &[
             ON bridge_queued_commands (device_id, command_type, queued_by)
             WHERE status IN ('pending', 'awaiting_confirmation');",
     ),
+    // Retention: final commands by TTL, so that `purge` finds the ones whose retention is
+    // over without reading the others. Idempotent like migration 2.
+    (
+        5,
+        "CREATE INDEX IF NOT EXISTS bridge_queued_commands_final_expiry
+            ON bridge_queued_commands (expires_at)
+            WHERE status IN ('succeeded', 'failed', 'expired', 'cancelled');",
+    ),
 ];
 
 /// The `SET` list that ends a lease as lapsed (or reclaimed): one attempt counted, then back
@@ -154,6 +174,13 @@ pub struct PostgresOptions {
     /// Longest any one operation may take, waiting for a connection included, before it is
     /// [`StoreError::Unavailable`]; default 5 s.
     pub operation_timeout: Duration,
+    /// Read the time from PostgreSQL's clock (`clock_timestamp()`, sampled every minute and
+    /// advanced on the [`StoreConfig`]'s clock in between) rather than from the
+    /// `StoreConfig`'s clock alone; default `true`. Every server sharing the database then
+    /// reads the same time, so one whose clock is off cannot take over another's live
+    /// lease. Turn it off only to run the store on a test's virtual clock, where exact
+    /// times are checked.
+    pub backend_clock: bool,
 }
 
 impl PostgresOptions {
@@ -164,7 +191,15 @@ impl PostgresOptions {
             schema: "public".to_owned(),
             max_connections: 8,
             operation_timeout: Duration::from_secs(5),
+            backend_clock: true,
         }
+    }
+
+    /// The same options, reading the time from PostgreSQL's clock (`true`, the default) or
+    /// from the [`StoreConfig`]'s clock alone; see the field of the same name.
+    pub fn with_backend_clock(mut self, backend_clock: bool) -> Self {
+        self.backend_clock = backend_clock;
+        self
     }
 
     /// The same options with another schema.
@@ -180,6 +215,9 @@ pub struct PostgresStore {
     pool: PgPool,
     config: StoreConfig,
     timeout: Duration,
+    /// The database's clock, sampled ([`BackendTime`]): every time the store reads is
+    /// PostgreSQL's, not this process's; `None`: the `StoreConfig`'s clock alone.
+    time: Option<Arc<BackendTime>>,
     /// `BEGIN` followed by `SET LOCAL search_path` to the store's schema: every statement
     /// runs in a transaction that starts with it, so the store finds its tables whatever
     /// the pool's own `search_path` (a pool handed over by [`PostgresStore::from_pool`]
@@ -434,7 +472,7 @@ impl PostgresStore {
     /// [`PostgresOptions::schema`] if needed and runs the migrations not yet applied there,
     /// exactly as [`PostgresStore::open`] does.
     ///
-    /// Of `options`, only `schema` and `operation_timeout` are read; `url` and
+    /// Of `options`, only `schema`, `operation_timeout` and `backend_clock` are read; `url` and
     /// `max_connections` are the pool's business. The pool is shared, not taken: the caller
     /// (and clones of the store) keep using it, and the store leaves its connections as it
     /// found them — its schema is set per transaction (`SET LOCAL search_path`), never on
@@ -449,6 +487,7 @@ impl PostgresStore {
             pool,
             config,
             timeout: options.operation_timeout,
+            time: options.backend_clock.then(Arc::default),
             begin_sql: format!("BEGIN; SET LOCAL search_path TO \"{}\"", options.schema),
         };
         store
@@ -460,6 +499,28 @@ impl PostgresStore {
     /// Closes the pool, waiting for running operations.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// The time now by the database's clock ([`BackendTime`]; one round trip when a sample
+    /// is due).
+    async fn now(&self) -> Result<Timestamp, StoreError> {
+        let Some(time) = &self.time else {
+            return Ok(self.config.clock.now());
+        };
+        if let Some(now) = time.now(&*self.config.clock) {
+            return Ok(now);
+        }
+        let before = self.config.clock.now();
+        let backend: i64 = self
+            .bounded(async {
+                sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(err)
+            })
+            .await?;
+        let after = self.config.clock.now();
+        Ok(time.record(Timestamp::from_unix_millis(backend), before, after))
     }
 
     /// Runs `op` within the operation timeout.
@@ -494,7 +555,7 @@ impl PostgresStore {
         allowed: &[CommandStatus],
         to: CommandStatus,
     ) -> Result<QueuedCommand, StoreError> {
-        let now = self.config.clock.now();
+        let now = self.now().await?;
         let mut tx = self.begin().await?;
         let device = device_of(&mut tx, id).await?;
         lock_device(&mut tx, &device).await?;
@@ -586,7 +647,7 @@ impl PostgresStore {
         owner: &NodeId,
         grace_ms: i64,
     ) -> Result<Option<Leased>, StoreError> {
-        let now = self.config.clock.now();
+        let now = self.now().await?;
         let mut tx = self.begin().await?;
         lock_device(&mut tx, device).await?;
         housekeep(&mut tx, device, now, self.config.max_attempts).await?;
@@ -621,7 +682,7 @@ impl PostgresStore {
         device: &DeviceId,
         owner: &NodeId,
     ) -> Result<Vec<Leased>, StoreError> {
-        let now = self.config.clock.now();
+        let now = self.now().await?;
         let mut tx = self.begin().await?;
         lock_device(&mut tx, device).await?;
         housekeep(&mut tx, device, now, self.config.max_attempts).await?;
@@ -651,7 +712,7 @@ impl PostgresStore {
             lapse_set("$2", "$3")
         ))
         .bind(owner.as_str())
-        .bind(self.config.clock.now().unix_millis())
+        .bind(self.now().await?.unix_millis())
         .bind(i64::from(self.config.max_attempts))
         .fetch_all(&mut *tx)
         .await
@@ -684,7 +745,7 @@ impl PostgresStore {
     }
 
     async fn enqueue_inner(&self, command: NewCommand) -> Result<CommandId, StoreError> {
-        let now = self.config.clock.now();
+        let now = self.now().await?;
         let expires_at = expiry(now, command.ttl).unix_millis();
         let status = command.initial_status().as_str();
         let timeout_ms = i64::from(command.timeout.get());
@@ -758,7 +819,7 @@ impl PostgresStore {
 
     /// Runs housekeeping for one device in its own transaction.
     async fn housekeep_device(&self, device: &DeviceId) -> Result<SweepReport, StoreError> {
-        let now = self.config.clock.now();
+        let now = self.now().await?;
         let mut tx = self.begin().await?;
         lock_device(&mut tx, device).await?;
         let report = housekeep(&mut tx, device, now, self.config.max_attempts).await?;
@@ -767,7 +828,7 @@ impl PostgresStore {
     }
 
     async fn sweep_inner(&self) -> Result<SweepReport, StoreError> {
-        let now = self.config.clock.now().unix_millis();
+        let now = self.now().await?.unix_millis();
         let mut tx = self.begin().await?;
         let devices: Vec<String> = sqlx::query_scalar(
             "SELECT DISTINCT device_id FROM bridge_queued_commands
@@ -815,6 +876,7 @@ impl PostgresStore {
     }
 
     async fn get_inner(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        let now = self.now().await?;
         let mut tx = self.begin().await?;
         let row = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM bridge_queued_commands WHERE id = $1"
@@ -825,7 +887,34 @@ impl PostgresStore {
         .map_err(err)?
         .ok_or_else(|| StoreError::NotFound { id: id.clone() })?;
         tx.commit().await.map_err(err)?;
-        decode_one(&row)
+        let command = decode_one(&row)?;
+        if self.config.retains(&command, now) {
+            Ok(command)
+        } else {
+            Err(StoreError::NotFound { id: id.clone() })
+        }
+    }
+
+    async fn purge_inner(&self, limit: usize) -> Result<u64, StoreError> {
+        let cutoff = self.config.retention_cutoff(self.now().await?);
+        let mut tx = self.begin().await?;
+        // `SKIP LOCKED`: two servers purging at once take different rows, and a row a
+        // device's transaction holds is left for the next round.
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM bridge_queued_commands
+             WHERE seq IN (SELECT seq FROM bridge_queued_commands
+                           WHERE status IN {FINAL} AND expires_at <= $1
+                           ORDER BY expires_at LIMIT $2
+                           FOR UPDATE SKIP LOCKED)"
+        ))
+        .bind(cutoff.unix_millis())
+        .bind(to_i64(limit))
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?
+        .rows_affected();
+        tx.commit().await.map_err(err)?;
+        Ok(deleted)
     }
 }
 
@@ -887,7 +976,7 @@ impl Store for PostgresStore {
             Cut::Sent => 1,
             Cut::NotSent => 0,
         };
-        let now = self.config.clock.now().unix_millis();
+        let now = self.now().await?.unix_millis();
         let max_attempts = i64::from(self.config.max_attempts);
         self.bounded(self.end_lease(
             lease,
@@ -925,14 +1014,19 @@ impl Store for PostgresStore {
     }
 
     async fn due_devices(&self, limit: usize) -> Result<Vec<DeviceId>, StoreError> {
-        let now = self.config.clock.now().unix_millis();
+        let now = self.now().await?.unix_millis();
         let devices: Vec<String> = self
             .bounded(async {
                 let mut tx = self.begin().await?;
+                // A device under a live lease is not due: `lease_next` would hand nothing
+                // out.
                 let devices = sqlx::query_scalar(
-                    "SELECT DISTINCT device_id FROM bridge_queued_commands
-                     WHERE (status = 'pending' AND expires_at > $1)
-                        OR (status = 'delivering' AND lease_until <= $1)
+                    "SELECT DISTINCT device_id FROM bridge_queued_commands AS c
+                     WHERE ((status = 'pending' AND expires_at > $1)
+                            OR (status = 'delivering' AND lease_until <= $1))
+                       AND NOT EXISTS (SELECT 1 FROM bridge_queued_commands AS l
+                                       WHERE l.device_id = c.device_id
+                                         AND l.status = 'delivering' AND l.lease_until > $1)
                      ORDER BY device_id LIMIT $2",
                 )
                 .bind(now)
@@ -955,6 +1049,10 @@ impl Store for PostgresStore {
         self.bounded(self.housekeep_device(device))
             .await
             .map(|report| report.expired_commands)
+    }
+
+    async fn purge(&self, limit: usize) -> Result<u64, StoreError> {
+        self.bounded(self.purge_inner(limit)).await
     }
 
     async fn open_counts(&self) -> Result<OpenCounts, StoreError> {

@@ -26,7 +26,14 @@
 //!   by `sweep`, and every end of a lease — `complete`, `release`, `reclaim` — that leaves a
 //!   `pending` command behind it, which the device's one lease was holding back) publishes a persistent message (delivery mode
 //!   2) through the default exchange, on a channel with publisher confirms, and waits for
-//!   the broker's confirm. The message's body is the command as JSON (the shape of
+//!   the broker's confirm — **off the caller's path**: the call hands the notice to the
+//!   store's publisher task (a bounded inbox of 1,024; a notice that finds it full is
+//!   dropped and logged) and returns, and that task alone connects, declares, publishes
+//!   and waits, each step bounded by [`RabbitMqOptions::operation_timeout`]. So a slow or
+//!   black-holed broker delays notices, never a call of the store, and calls are not
+//!   serialized behind one another; after a failed publish the task drops notices for a
+//!   second before it tries the broker again. [`RabbitMqStore::flush`] waits for the
+//!   notices handed over so far. The message's body is the command as JSON (the shape of
 //!   `GET /v1/commands/{id}` plus `payload`), so other AMQP consumers can see what is queued.
 //! * [`RabbitMqStore::consume`] is the original toolkit's push interface: a stream that
 //!   yields the device's commands, leased, in order, as they become deliverable. It leases
@@ -44,7 +51,8 @@
 //! not fail the call that changed the state: the change is committed in `S`, the device
 //! shows in [`due_devices`](Store::due_devices), and consumers find it on their next look;
 //! the failure is logged and [`ping`](Store::ping) (and so `/readyz`) answers
-//! [`StoreError::Unavailable`] while the broker is away. The connection is re-opened on the
+//! [`StoreError::Unavailable`] after a failed publish while the broker is away (it tries a
+//! fresh connection, bounded by the operation timeout). The connection is re-opened on the
 //! next publish. Device queues are declared with `x-max-length` (oldest notices dropped
 //! first: a newer notice supersedes them) and `x-expires` (a queue nobody used for
 //! [`RabbitMqOptions::idle_queue_expiry`] is deleted by the broker).
@@ -74,7 +82,8 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
-use tokio::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{InvalidInput, StoreError};
 use crate::model::{
@@ -144,10 +153,115 @@ impl<S: std::fmt::Debug> std::fmt::Debug for RabbitMqStore<S> {
 struct Inner<S> {
     state: S,
     options: RabbitMqOptions,
-    publisher: Mutex<Option<Link>>,
     /// The caller's connection ([`RabbitMqStore::from_connection`]): channels are opened on
     /// it while it is open.
     shared: Option<Arc<Connection>>,
+    /// The publisher task's inbox (see [`Publisher`]).
+    notices: mpsc::Sender<Job>,
+    /// Whether the publisher's last attempt reached the broker.
+    reachable: Arc<AtomicBool>,
+}
+
+/// Notices waiting for the publisher task at most; beyond, a notice is dropped (consumers
+/// find its command on their next look).
+const MAX_WAITING_NOTICES: usize = 1024;
+
+/// After a failed publish, notices are dropped without trying for this long, so that a
+/// broker that is away costs one attempt per pause, not one per notice.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// What the publisher task is asked to do, in order.
+enum Job {
+    /// Publish this notice to this device's queue.
+    Notice { device: DeviceId, body: String },
+    /// Answer once every job before this one is done.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The publisher task: the one owner of the publishing connection. Callers hand it notices
+/// and go on ([`Inner::notify`] never waits for the broker); it publishes them one by one,
+/// each bounded by the operation timeout, and re-opens the connection after a failure. A
+/// black-holed broker therefore delays only notices, never a call of the store.
+struct Publisher {
+    options: RabbitMqOptions,
+    shared: Option<Arc<Connection>>,
+    link: Option<Link>,
+    reachable: Arc<AtomicBool>,
+    /// Until when notices are dropped after a failure.
+    paused_until: Option<tokio::time::Instant>,
+}
+
+impl Publisher {
+    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
+        while let Some(job) = jobs.recv().await {
+            match job {
+                Job::Flush(done) => {
+                    let _ = done.send(());
+                }
+                Job::Notice { device, body } => {
+                    if self
+                        .paused_until
+                        .is_some_and(|until| tokio::time::Instant::now() < until)
+                    {
+                        tracing::debug!(device = %device, "broker away: notice dropped");
+                        continue;
+                    }
+                    match self.publish(&device, &body).await {
+                        Ok(()) => {
+                            self.paused_until = None;
+                            self.reachable.store(true, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            self.link = None;
+                            self.paused_until = Some(tokio::time::Instant::now() + RETRY_PAUSE);
+                            self.reachable.store(false, Ordering::Relaxed);
+                            tracing::warn!(
+                                device = %device,
+                                error = %e,
+                                "could not publish a delivery notice; consumers will find the command on their next look"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Publishes a persistent notice and waits for the broker's confirm.
+    async fn publish(&mut self, device: &DeviceId, body: &str) -> Result<(), StoreError> {
+        let timeout = self.options.operation_timeout;
+        if !self
+            .link
+            .as_ref()
+            .is_some_and(|link| link.channel.status().connected())
+        {
+            self.link = Some(connect(&self.options, self.shared.as_ref(), true).await?);
+        }
+        let Some(link) = self.link.as_ref() else {
+            return Err(unavailable("no channel"));
+        };
+        declare(&self.options, &link.channel, device).await?;
+        let confirm = bounded(
+            timeout,
+            "publish",
+            link.channel.basic_publish(
+                ShortString::from(""),
+                ShortString::from(queue_name(&self.options.prefix, device.as_str())),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            ),
+        )
+        .await?;
+        let confirmation = bounded(timeout, "publisher confirm", confirm).await?;
+        if confirmation.is_ack() {
+            Ok(())
+        } else {
+            Err(unavailable("the broker refused the notice (nack)"))
+        }
+    }
 }
 
 /// A channel, and the connection of its own it was opened on (`None` on the caller's).
@@ -217,124 +331,107 @@ impl<S> Inner<S> {
         queue_name(&self.options.prefix, device.as_str())
     }
 
-    fn queue_arguments(&self) -> FieldTable {
-        let mut args = FieldTable::default();
-        args.insert("x-max-length".into(), AMQPValue::LongLongInt(MAX_NOTICES));
-        let expiry = i64::try_from(self.options.idle_queue_expiry.as_millis())
-            .unwrap_or(i64::MAX)
-            .max(1);
-        args.insert("x-expires".into(), AMQPValue::LongLongInt(expiry));
-        args
-    }
-
-    async fn connect(&self, confirms: bool) -> Result<Link, StoreError> {
-        let timeout = self.options.operation_timeout;
-        let (own, channel) = match &self.shared {
-            Some(shared) if shared.status().connected() => (
-                None,
-                bounded(timeout, "open a channel", shared.create_channel()).await?,
-            ),
-            _ => {
-                let connection = bounded(
-                    timeout,
-                    "connect",
-                    Connection::connect(&self.options.url, ConnectionProperties::default()),
-                )
-                .await?;
-                let channel =
-                    bounded(timeout, "open a channel", connection.create_channel()).await?;
-                (Some(connection), channel)
-            }
-        };
-        if confirms {
-            bounded(
-                timeout,
-                "enable publisher confirms",
-                channel.confirm_select(ConfirmSelectOptions::default()),
-            )
-            .await?;
-        }
-        Ok(Link {
-            _connection: own,
-            channel,
-        })
-    }
-
-    async fn declare(&self, channel: &Channel, device: &DeviceId) -> Result<(), StoreError> {
-        bounded(
-            self.options.operation_timeout,
-            "declare the device queue",
-            channel.queue_declare(
-                ShortString::from(self.queue_name(device)),
-                QueueDeclareOptions::durable(),
-                self.queue_arguments(),
-            ),
-        )
-        .await
-        .map(drop)
-    }
-
-    /// Publishes a persistent notice for `command` and waits for the broker's confirm.
-    async fn publish(&self, command: &QueuedCommand) -> Result<(), StoreError> {
+    /// Hands a notice for `command` to the publisher task, without waiting for it.
+    fn publish(&self, command: &QueuedCommand) -> Result<(), StoreError> {
         let mut body = serde_json::to_value(command.to_view())
             .map_err(|e| StoreError::backend(BACKEND, e.to_string()))?;
         body["payload"] = serde_json::Value::String(command.payload.to_hex());
-        let body = body.to_string();
-        let timeout = self.options.operation_timeout;
-        let mut publisher = self.publisher.lock().await;
-        if !publisher
-            .as_ref()
-            .is_some_and(|link| link.channel.status().connected())
-        {
-            *publisher = Some(self.connect(true).await?);
-        }
-        let Some(link) = publisher.as_ref() else {
-            return Err(unavailable("no channel"));
+        let job = Job::Notice {
+            device: command.device.clone(),
+            body: body.to_string(),
         };
-        let result = async {
-            self.declare(&link.channel, &command.device).await?;
-            let confirm = bounded(
-                timeout,
-                "publish",
-                link.channel.basic_publish(
-                    ShortString::from(""),
-                    ShortString::from(self.queue_name(&command.device)),
-                    BasicPublishOptions::default(),
-                    body.as_bytes(),
-                    BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_content_type("application/json".into()),
-                ),
-            )
-            .await?;
-            let confirmation = bounded(timeout, "publisher confirm", confirm).await?;
-            if confirmation.is_ack() {
-                Ok(())
-            } else {
-                Err(unavailable("the broker refused the notice (nack)"))
+        self.notices.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                unavailable("the publisher is behind (the broker is slow or away)")
             }
-        }
-        .await;
-        if result.is_err() {
-            *publisher = None;
-        }
-        result
+            mpsc::error::TrySendError::Closed(_) => unavailable("the publisher has stopped"),
+        })
     }
 }
 
+/// The arguments every device queue is declared with.
+fn queue_arguments(options: &RabbitMqOptions) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(MAX_NOTICES));
+    let expiry = i64::try_from(options.idle_queue_expiry.as_millis())
+        .unwrap_or(i64::MAX)
+        .max(1);
+    args.insert("x-expires".into(), AMQPValue::LongLongInt(expiry));
+    args
+}
+
+/// Opens a channel (with publisher confirms if `confirms`) on the caller's connection while
+/// it is open ([`RabbitMqStore::from_connection`]), else on a connection of its own; each
+/// step bounded by the operation timeout.
+async fn connect(
+    options: &RabbitMqOptions,
+    shared: Option<&Arc<Connection>>,
+    confirms: bool,
+) -> Result<Link, StoreError> {
+    let timeout = options.operation_timeout;
+    let (own, channel) = match shared {
+        Some(shared) if shared.status().connected() => (
+            None,
+            bounded(timeout, "open a channel", shared.create_channel()).await?,
+        ),
+        _ => {
+            let connection = bounded(
+                timeout,
+                "connect",
+                Connection::connect(&options.url, ConnectionProperties::default()),
+            )
+            .await?;
+            let channel = bounded(timeout, "open a channel", connection.create_channel()).await?;
+            (Some(connection), channel)
+        }
+    };
+    if confirms {
+        bounded(
+            timeout,
+            "enable publisher confirms",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+    }
+    Ok(Link {
+        _connection: own,
+        channel,
+    })
+}
+
+/// Declares `device`'s queue (idempotent).
+async fn declare(
+    options: &RabbitMqOptions,
+    channel: &Channel,
+    device: &DeviceId,
+) -> Result<(), StoreError> {
+    bounded(
+        options.operation_timeout,
+        "declare the device queue",
+        channel.queue_declare(
+            ShortString::from(queue_name(&options.prefix, device.as_str())),
+            QueueDeclareOptions::durable(),
+            queue_arguments(options),
+        ),
+    )
+    .await
+    .map(drop)
+}
+
 impl<S: Store> Inner<S> {
-    /// Publishes a notice when `command` is deliverable; a failure is logged, not returned
-    /// (see the module docs: the state change is already committed and will be found).
-    async fn notify(&self, command: &QueuedCommand) {
+    /// Hands a notice to the publisher when `command` is deliverable, without waiting; a
+    /// failure is logged, not returned (see the module docs: the state change is already
+    /// committed and will be found).
+    fn notify(&self, command: &QueuedCommand) {
         if command.status != CommandStatus::Pending {
             return;
         }
-        if let Err(e) = self.publish(command).await {
+        if let Err(e) = self.publish(command) {
             tracing::warn!(
                 command = %command.id,
                 device = %command.device,
                 error = %e,
-                "could not publish a delivery notice; consumers will find the command on their next look"
+                "could not hand over a delivery notice; consumers will find the command on their next look"
             );
         }
     }
@@ -346,7 +443,7 @@ impl<S: Store> Inner<S> {
         match self.state.list_open(device).await {
             Ok(open) => {
                 if let Some(first) = open.iter().find(|c| c.status == CommandStatus::Pending) {
-                    self.notify(first).await;
+                    self.notify(first);
                 }
             }
             Err(e) => {
@@ -391,17 +488,38 @@ impl<S: Store> RabbitMqStore<S> {
             }
             .into());
         }
-        let inner = Inner {
-            state,
-            options,
-            publisher: Mutex::new(None),
-            shared,
+        let link = connect(&options, shared.as_ref(), true).await?;
+        let reachable = Arc::new(AtomicBool::new(true));
+        let (notices, jobs) = mpsc::channel(MAX_WAITING_NOTICES);
+        let publisher = Publisher {
+            options: options.clone(),
+            shared: shared.clone(),
+            link: Some(link),
+            reachable: Arc::clone(&reachable),
+            paused_until: None,
         };
-        let link = inner.connect(true).await?;
-        *inner.publisher.lock().await = Some(link);
+        // Ends when the last clone of the store (and of its consume streams) is dropped.
+        tokio::spawn(publisher.run(jobs));
         Ok(Self {
-            inner: Arc::new(inner),
+            inner: Arc::new(Inner {
+                state,
+                options,
+                shared,
+                notices,
+                reachable,
+            }),
         })
+    }
+
+    /// Waits until every notice handed to the publisher before this call has been
+    /// published, or given up on (the broker away: each such notice waits at most the
+    /// operation timeout, and while the broker is known to be away, none). For tests, and
+    /// for an orderly shutdown; the store's calls never wait for the broker.
+    pub async fn flush(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.inner.notices.send(Job::Flush(done)).await.is_ok() {
+            let _ = finished.await;
+        }
     }
 
     /// The store that holds the commands' state.
@@ -511,8 +629,8 @@ impl<S: Store> ConsumeState<S> {
 
     async fn subscribe(&self) -> Result<(Link, Consumer), StoreError> {
         let inner = &self.store.inner;
-        let link = inner.connect(false).await?;
-        inner.declare(&link.channel, &self.device).await?;
+        let link = connect(&inner.options, inner.shared.as_ref(), false).await?;
+        declare(&inner.options, &link.channel, &self.device).await?;
         let timeout = inner.options.operation_timeout;
         bounded(
             timeout,
@@ -540,14 +658,14 @@ impl<S: Store> Store for RabbitMqStore<S> {
     async fn enqueue(&self, command: NewCommand) -> Result<CommandId, StoreError> {
         let id = self.inner.state.enqueue(command).await?;
         if let Ok(stored) = self.inner.state.get(&id).await {
-            self.inner.notify(&stored).await;
+            self.inner.notify(&stored);
         }
         Ok(id)
     }
 
     async fn confirm(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
         let confirmed = self.inner.state.confirm(id).await?;
-        self.inner.notify(&confirmed).await;
+        self.inner.notify(&confirmed);
         Ok(confirmed)
     }
 
@@ -630,20 +748,26 @@ impl<S: Store> Store for RabbitMqStore<S> {
         self.inner.state.expire(device).await
     }
 
+    /// The state store's retention: final commands have no notice left in their device's
+    /// queue (it was consumed when they were leased), so only the state has anything to
+    /// delete.
+    async fn purge(&self, limit: usize) -> Result<u64, StoreError> {
+        self.inner.state.purge(limit).await
+    }
+
     async fn open_counts(&self) -> Result<OpenCounts, StoreError> {
         self.inner.state.open_counts().await
     }
 
+    /// The state store's ping, and whether the broker answers: the publisher's last attempt
+    /// reached it, or else a fresh connection (bounded by the operation timeout) does.
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.state.ping().await?;
-        let mut publisher = self.inner.publisher.lock().await;
-        if publisher
-            .as_ref()
-            .is_some_and(|link| link.channel.status().connected())
-        {
+        if self.inner.reachable.load(Ordering::Relaxed) {
             return Ok(());
         }
-        *publisher = Some(self.inner.connect(true).await?);
+        connect(&self.inner.options, self.inner.shared.as_ref(), false).await?;
+        self.inner.reachable.store(true, Ordering::Relaxed);
         Ok(())
     }
 }

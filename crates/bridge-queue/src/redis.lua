@@ -36,10 +36,18 @@ local function forget(id, dev)
   for status in pairs(OPEN) do redis.call('SREM', skey(status), id) end
 end
 
--- A command that became final leaves its device's order and expires after the retention.
+-- The final commands by TTL (`purge` deletes those whose retention is over).
+local FINAL = P .. ':final'
+
+-- A command that became final leaves its device's order, joins the final commands by TTL,
+-- and its hash expires when its retention is over (its TTL plus the retention; at least a
+-- minute from now, so that the script that ended it can still read it back). `purge`
+-- deletes it at that time by the store's clock; the key's own expiry is the backstop.
 local function close(id, dev)
   redis.call('ZREM', dkey(dev), id)
-  redis.call('PEXPIRE', ckey(id), RETENTION)
+  local expires = tonumber(redis.call('HGET', ckey(id), 'expires') or NOW)
+  redis.call('ZADD', FINAL, expires, id)
+  redis.call('PEXPIREAT', ckey(id), math.max(expires + RETENTION, NOW + 60000))
   if redis.call('ZCARD', dkey(dev)) == 0 then redis.call('SREM', DEVICES, dev) end
 end
 

@@ -15,7 +15,8 @@
 //!   ordering key `P:seq` (`INCR`), so a device's commands come out in queue order and an
 //!   update in place or a released command keeps its place.
 //! * `P:devices` — the set of devices with non-final commands (for `due_devices` and
-//!   `sweep`).
+//!   `sweep`, which walk it chunk by chunk: one script per `SSCAN` step of about 100
+//!   devices, so neither holds Redis for long however many devices there are).
 //! * `P:s:<status>` — for each status that is not final (`awaiting_confirmation`,
 //!   `pending`, `delivering`), the set of the ids of the commands in it. Every script that
 //!   changes a status moves the id between these sets in the same step (`set_status` in the
@@ -34,12 +35,20 @@
 //! with the caller's token and owner, and do not recover lapsed leases first (a lapsed lease
 //! not yet recovered is still its holder's).
 //!
+//! * `P:final` — a sorted set of the final commands' ids, scored by their TTL's end, which
+//!   `purge` reads to delete the commands whose retention is over, oldest first, a bounded
+//!   number per call.
+//!
 //! TTL is natural: a command's hash carries a Redis expiry of its own TTL plus
-//! [`RedisOptions::final_retention`], renewed when it is updated; when a command becomes
-//! final it leaves its device's set and its hash expires after the retention. So final
-//! commands stay readable by id for the retention (default 7 days) and then vanish on
-//! their own. Whether a command is still deliverable is decided against the store's
-//! [`Clock`](crate::Clock), passed to every script, not Redis's own clock.
+//! the [retention](crate::StoreConfig::retention), renewed when it is updated; when a
+//! command becomes final it leaves its device's set, joins `P:final`, and its hash expires
+//! at its TTL's end plus the retention (default 7 days), by which time `purge` has deleted
+//! it (the key's own expiry is a backstop; final commands of older versions, not in
+//! `P:final`, vanish by it). Whether a command is still deliverable, and whether a lease lapsed, is decided against
+//! Redis's own clock (`TIME`, sampled every minute and advanced on the store's
+//! [`Clock`](crate::Clock) in between; see `BackendTime`), passed to every script: every
+//! server sharing the Redis reads the same time, so one whose clock is off cannot take over
+//! another's live lease.
 //!
 //! The scripts address keys they compute from the prefix, so the store targets a single
 //! Redis (or a primary behind Sentinel), not Redis Cluster. Durability is Redis's own: run
@@ -67,7 +76,7 @@
 //! Redis is back.
 
 use std::future::Future;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -78,6 +87,7 @@ use bridge_protocol::{
 use deadpool_redis::redis::{self, RetryMethod, Script, Value};
 use deadpool_redis::{Config, Pool, PoolError, Runtime};
 
+use crate::clock::BackendTime;
 use crate::error::StoreError;
 use crate::model::{
     Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, Party, QueuedCommand,
@@ -86,6 +96,11 @@ use crate::model::{
 use crate::store::Store;
 
 const BACKEND: &str = "redis";
+
+/// Devices per step of the walks over every device (`due_devices`, `sweep`): each step is
+/// one script over about this many devices (`SSCAN … COUNT`), so no call holds Redis for
+/// long however many devices there are.
+const CHUNK: usize = 100;
 const PRELUDE: &str = include_str!("redis.lua");
 
 fn script(body: &str) -> Script {
@@ -321,36 +336,45 @@ return n
     )
 });
 
+/// One chunk of `due_devices`: the devices of one `SSCAN` step of `P:devices` from cursor
+/// ARGV[5] (about ARGV[6] of them) that have a command to hand out now and no live lease
+/// (`lease_next` would hand nothing out under one); returns the next cursor and those
+/// devices. The store walks the set chunk by chunk, so no call reads every device.
 static DUE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local limit = tonumber(ARGV[5])
-local devs = redis.call('SMEMBERS', DEVICES)
-table.sort(devs)
+local step = redis.call('SSCAN', DEVICES, ARGV[5], 'COUNT', tonumber(ARGV[6]))
 local out, n = {}, 0
-for _, dev in ipairs(devs) do
-  if n >= limit then break end
+for _, dev in ipairs(step[2]) do
+  local due, held = false, false
   for _, id in ipairs(redis.call('ZRANGE', dkey(dev), 0, -1)) do
     local h = redis.call('HMGET', ckey(id), 'status', 'expires', 'lease')
-    if (h[1] == 'pending' and tonumber(h[2]) > NOW)
-        or (h[1] == 'delivering' and h[3] and h[3] ~= '' and tonumber(h[3]) <= NOW) then
-      n = n + 1
-      out[n] = dev
-      break
+    if h[1] == 'pending' and tonumber(h[2]) > NOW then
+      due = true
+    elseif h[1] == 'delivering' and h[3] and h[3] ~= '' then
+      if tonumber(h[3]) <= NOW then due = true else held = true end
     end
   end
+  if due and not held then
+    n = n + 1
+    out[n] = dev
+  end
 end
-return out
+return {step[1], out}
 ",
     )
 });
 
+/// One chunk of `sweep`: housekeeping of the devices of one `SSCAN` step of `P:devices`
+/// from cursor ARGV[5] (about ARGV[6] of them), returning at most ARGV[7] expired records;
+/// returns the next cursor, the counts and the records.
 static SWEEP: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
+local step = redis.call('SSCAN', DEVICES, ARGV[5], 'COUNT', tonumber(ARGV[6]))
 local e, r, f = 0, 0, 0
-local max_records, records, n = tonumber(ARGV[5]), {}, 0
-for _, dev in ipairs(redis.call('SMEMBERS', DEVICES)) do
+local max_records, records, n = tonumber(ARGV[7]), {}, 0
+for _, dev in ipairs(step[2]) do
   local de, dr, df, ids = housekeep(dev)
   e, r, f = e + de, r + dr, f + df
   for _, id in ipairs(ids) do
@@ -360,7 +384,23 @@ for _, dev in ipairs(redis.call('SMEMBERS', DEVICES)) do
     end
   end
 end
-return {e, r, f, records}
+return {step[1], e, r, f, records}
+",
+    )
+});
+
+/// Deletes up to ARGV[6] final commands whose TTL ended at or before ARGV[5] (the
+/// retention's cutoff), oldest TTL first; returns how many.
+static PURGE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local ids = redis.call('ZRANGEBYSCORE', FINAL, '-inf', tonumber(ARGV[5]), 'LIMIT', 0,
+  tonumber(ARGV[6]))
+for _, id in ipairs(ids) do
+  redis.call('DEL', ckey(id))
+  redis.call('ZREM', FINAL, id)
+end
+return #ids
 ",
     )
 });
@@ -388,12 +428,16 @@ pub struct RedisOptions {
     /// Longest any one operation may take, getting a connection included, before it is
     /// [`StoreError::Unavailable`]; default 5 s.
     pub operation_timeout: Duration,
-    /// How long a final command stays readable by id; default 7 days.
-    pub final_retention: Duration,
     /// Open even on a Redis whose `maxmemory-policy` is not `noeviction` (so it may evict
     /// a command's hash, and the command vanishes from its device's queue); default
     /// `false`, and [`RedisStore::open`] refuses such a Redis.
     pub allow_eviction: bool,
+    /// Read the time from Redis's clock (`TIME`, sampled every minute and advanced on the
+    /// [`StoreConfig`]'s clock in between) rather than from the `StoreConfig`'s clock
+    /// alone; default `true`. Every server sharing the Redis then reads the same time, so
+    /// one whose clock is off cannot take over another's live lease. Turn it off only to
+    /// run the store on a test's virtual clock, where exact times are checked.
+    pub backend_clock: bool,
 }
 
 impl RedisOptions {
@@ -404,9 +448,16 @@ impl RedisOptions {
             prefix: "bridge-queue".to_owned(),
             max_connections: 8,
             operation_timeout: Duration::from_secs(5),
-            final_retention: Duration::from_hours(7 * 24),
             allow_eviction: false,
+            backend_clock: true,
         }
+    }
+
+    /// The same options, reading the time from Redis's clock (`true`, the default) or from
+    /// the [`StoreConfig`]'s clock alone; see the field of the same name.
+    pub fn with_backend_clock(mut self, backend_clock: bool) -> Self {
+        self.backend_clock = backend_clock;
+        self
     }
 
     /// The same options, opening (`true`) or not (`false`, the default) on a Redis that may
@@ -431,6 +482,9 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     retention_ms: i64,
+    /// Redis's clock, sampled ([`BackendTime`]): every time the store reads is Redis's
+    /// (`TIME`), not this process's; `None`: the `StoreConfig`'s clock alone.
+    time: Option<Arc<BackendTime>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -642,7 +696,7 @@ impl RedisStore {
     /// [`RedisOptions::allow_eviction`]).
     ///
     /// Of `options`, `prefix`, `operation_timeout` (every operation, getting a connection
-    /// included), `final_retention` and `allow_eviction` are read; `url` and
+    /// included), `allow_eviction` and `backend_clock` are read; `url` and
     /// `max_connections` are the pool's business, and so are its own wait, create and
     /// recycle timeouts. The pool is shared, not taken: the caller (and clones of the store)
     /// keep using it, and the store writes only keys under its prefix.
@@ -653,12 +707,13 @@ impl RedisStore {
     ) -> Result<Self, StoreError> {
         let store = Self {
             pool,
-            config,
             prefix: options.prefix.clone(),
             timeout: options.operation_timeout,
-            retention_ms: i64::try_from(options.final_retention.as_millis())
+            retention_ms: i64::try_from(config.retention.as_millis())
                 .unwrap_or(i64::MAX)
                 .max(1),
+            config,
+            time: options.backend_clock.then(Arc::default),
         };
         store.ping().await?;
         store.check_settings(options.allow_eviction).await?;
@@ -749,9 +804,43 @@ impl RedisStore {
         }
     }
 
-    /// Runs a script with the shared leading arguments and then `args`.
+    /// The time now by Redis's clock ([`BackendTime`]; one `TIME` when a sample is due).
+    async fn now(&self) -> Result<Timestamp, StoreError> {
+        let Some(time) = &self.time else {
+            return Ok(self.config.clock.now());
+        };
+        if let Some(now) = time.now(&*self.config.clock) {
+            return Ok(now);
+        }
+        let before = self.config.clock.now();
+        let (secs, micros): (i64, i64) = self
+            .bounded(async {
+                let mut conn = self.pool.get().await.map_err(pool_err)?;
+                redis::cmd("TIME")
+                    .query_async::<(i64, i64)>(&mut *conn)
+                    .await
+                    .map_err(redis_err)
+            })
+            .await?;
+        let after = self.config.clock.now();
+        let backend = secs.saturating_mul(1000).saturating_add(micros / 1000);
+        Ok(time.record(Timestamp::from_unix_millis(backend), before, after))
+    }
+
+    /// Runs a script at Redis's time now ([`run_at`](Self::run_at)).
     async fn run(&self, script: &Script, args: &[&[u8]]) -> Result<Value, StoreError> {
-        let now = self.config.clock.now().unix_millis().to_string();
+        let now = self.now().await?;
+        self.run_at(now, script, args).await
+    }
+
+    /// Runs a script with the shared leading arguments (`now` among them) and then `args`.
+    async fn run_at(
+        &self,
+        now: Timestamp,
+        script: &Script,
+        args: &[&[u8]],
+    ) -> Result<Value, StoreError> {
+        let now = now.unix_millis().to_string();
         let max_attempts = self.config.max_attempts.to_string();
         let retention = self.retention_ms.to_string();
         self.bounded(async {
@@ -823,7 +912,7 @@ impl RedisStore {
 impl Store for RedisStore {
     async fn enqueue(&self, command: NewCommand) -> Result<CommandId, StoreError> {
         self.config.check_payload(&command.payload)?;
-        let now = self.config.clock.now();
+        let now = self.now().await?;
         let expires_at = expiry(now, command.ttl);
         let open_ttl = (expires_at.unix_millis() - now.unix_millis())
             .saturating_add(self.retention_ms)
@@ -844,7 +933,8 @@ impl Store for RedisStore {
         let timeout = command.timeout.get().to_string();
         let queued_by = command.queued_by.as_stored();
         let reply = self
-            .run(
+            .run_at(
+                now,
                 &ENQUEUE,
                 &[
                     command.device.as_str().as_bytes(),
@@ -949,8 +1039,14 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
-        let reply = self.run(&GET, &[id.as_str().as_bytes()]).await?;
-        one(&reply, id, "get")
+        let now = self.now().await?;
+        let reply = self.run_at(now, &GET, &[id.as_str().as_bytes()]).await?;
+        let command = one(&reply, id, "get")?;
+        if self.config.retains(&command, now) {
+            Ok(command)
+        } else {
+            Err(StoreError::NotFound { id: id.clone() })
+        }
     }
 
     async fn list_open(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
@@ -964,32 +1060,83 @@ impl Store for RedisStore {
     }
 
     async fn due_devices(&self, limit: usize) -> Result<Vec<DeviceId>, StoreError> {
-        let limit = limit.min(1 << 30).to_string();
-        let reply = self.run(&DUE, &[limit.as_bytes()]).await?;
-        array(&reply)?
-            .iter()
-            .map(|d| DeviceId::try_from(text(d)?).map_err(|_| corrupt("device id")))
-            .collect()
+        // Chunk by chunk (`SSCAN`), each chunk one short script: a store with many devices
+        // never holds Redis for one long call. A device the scan returns twice is listed once.
+        let count = CHUNK.to_string();
+        let mut cursor = "0".to_owned();
+        let mut due = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        loop {
+            let reply = self
+                .run(&DUE, &[cursor.as_bytes(), count.as_bytes()])
+                .await?;
+            let [next, devices] = array(&reply)? else {
+                return Err(corrupt("due_devices reply"));
+            };
+            for device in array(devices)? {
+                let device = DeviceId::try_from(text(device)?).map_err(|_| corrupt("device id"))?;
+                if due.len() < limit && seen.insert(device.clone()) {
+                    due.push(device);
+                }
+            }
+            cursor = text(next)?;
+            if cursor == "0" || due.len() >= limit {
+                break;
+            }
+        }
+        due.sort();
+        Ok(due)
     }
 
     async fn sweep(&self) -> Result<SweepReport, StoreError> {
-        let max = SweepReport::MAX_EXPIRED_COMMANDS.to_string();
-        let reply = self.run(&SWEEP, &[max.as_bytes()]).await?;
-        let count = |v: &Value| number(v).map(|n| u64::try_from(n).unwrap_or(0));
-        match array(&reply)? {
-            [expired, recovered, failed, records] => Ok(SweepReport {
-                expired: count(expired)?,
-                recovered: count(recovered)?,
-                failed: count(failed)?,
+        // Chunk by chunk, as `due_devices`; each device's housekeeping is atomic on its own.
+        let count = CHUNK.to_string();
+        let mut cursor = "0".to_owned();
+        let mut total = SweepReport::default();
+        loop {
+            let room = SweepReport::MAX_EXPIRED_COMMANDS
+                .saturating_sub(total.expired_commands.len())
+                .to_string();
+            let reply = self
+                .run(
+                    &SWEEP,
+                    &[cursor.as_bytes(), count.as_bytes(), room.as_bytes()],
+                )
+                .await?;
+            let number = |v: &Value| number(v).map(|n| u64::try_from(n).unwrap_or(0));
+            let [next, expired, recovered, failed, records] = array(&reply)? else {
+                return Err(corrupt("sweep reply"));
+            };
+            total.merge(SweepReport {
+                expired: number(expired)?,
+                recovered: number(recovered)?,
+                failed: number(failed)?,
                 expired_commands: commands(records)?,
-            }),
-            _ => Err(corrupt("sweep reply")),
+            });
+            cursor = text(next)?;
+            if cursor == "0" {
+                break;
+            }
         }
+        Ok(total)
     }
 
     async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
         let reply = self.run(&EXPIRE, &[device.as_str().as_bytes()]).await?;
         commands(&reply)
+    }
+
+    async fn purge(&self, limit: usize) -> Result<u64, StoreError> {
+        let cutoff = self
+            .config
+            .retention_cutoff(self.now().await?)
+            .unix_millis()
+            .to_string();
+        let limit = limit.min(1 << 30).to_string();
+        let reply = self
+            .run(&PURGE, &[cutoff.as_bytes(), limit.as_bytes()])
+            .await?;
+        u64::try_from(number(&reply)?).map_err(|_| corrupt("count"))
     }
 
     async fn open_counts(&self) -> Result<OpenCounts, StoreError> {

@@ -16,6 +16,13 @@ pub(crate) const COLUMNS: &str = "seq, id, device_id, command_type, payload, sta
 /// Statuses of commands that are not final, as an SQL list.
 pub(crate) const OPEN: &str = "('pending', 'awaiting_confirmation', 'delivering')";
 
+/// Statuses of commands waiting to be delivered (not leased), as an SQL list.
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+pub(crate) const WAITING: &str = "('pending', 'awaiting_confirmation')";
+
+/// Final statuses, as an SQL list (word for word the condition of the retention index).
+pub(crate) const FINAL: &str = "('succeeded', 'failed', 'expired', 'cancelled')";
+
 /// One row as read, before validation.
 pub(crate) struct RawRow {
     pub(crate) seq: i64,

@@ -11,7 +11,17 @@
 //! `IMMEDIATE`, so a second process on the same file waits (up to the busy timeout) instead
 //! of failing half-way. Ordering key: the `seq` column (`AUTOINCREMENT`, never reused).
 //! Dedup: a partial unique index on `(device_id, command_type, queued_by)` over `pending`
-//! and `awaiting_confirmation` (the party that queued a command is part of its dedup key). Final commands stay in the table (for `GET /v1/commands/{id}`).
+//! and `awaiting_confirmation` (the party that queued a command is part of its dedup key). Final commands stay in the table (for `GET /v1/commands/{id}`) until their retention is over
+//! ([`StoreConfig::retention`]); `purge` deletes them in bounded batches, oldest TTL first, on
+//! a partial index over the final commands by TTL.
+//!
+//! No statement reads the history of final commands: each names the device it is about
+//! (`device_id = ?`, never `?1 IS NULL OR device_id = ?1`, which keeps SQLite from using an
+//! index) and lists the open statuses as a term of its own, word for word as the partial
+//! indexes over open commands do (SQLite uses a partial index only for a query that carries
+//! its condition as such a term); the sweep and `due_devices` read the partial indexes of
+//! open commands by TTL and by lease deadline. `tests/query_plans_sqlite.rs` checks the
+//! plan of every statement the conformance suite sends.
 //!
 //! Leases: `lease_until` (the deadline; NULL for drained commands), `lease_owner` and
 //! `lease_token`, a per-command counter bumped by every lease, which fences `complete` and
@@ -38,7 +48,9 @@ use crate::model::{
     Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
     SweepReport, expiry, grace_millis, new_command_id, parse_status, status_of_outcome,
 };
-use crate::sql::{COLUMNS, OPEN, RawRow, into_commands, map_err, outcome_columns, to_i64};
+use crate::sql::{
+    COLUMNS, FINAL, OPEN, RawRow, WAITING, into_commands, map_err, outcome_columns, to_i64,
+};
 use crate::store::Store;
 
 const BACKEND: &str = "sqlite";
@@ -67,6 +79,10 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS bridge_queued_commands_open
         ON bridge_queued_commands (device_id, seq)
         WHERE status IN ('pending', 'awaiting_confirmation', 'delivering')",
+    // Retention's: final commands by TTL (`purge`).
+    "CREATE INDEX IF NOT EXISTS bridge_queued_commands_final_expiry
+        ON bridge_queued_commands (expires_at)
+        WHERE status IN ('succeeded', 'failed', 'expired', 'cancelled')",
 ];
 
 /// Columns added after the first schema, with their definitions: a file created before them
@@ -96,6 +112,17 @@ const ADDED_INDEXES: &[&str] = &[
     "CREATE INDEX IF NOT EXISTS bridge_queued_commands_lease_owner
         ON bridge_queued_commands (lease_owner)
         WHERE status = 'delivering'",
+    // The sweep's: open commands by TTL, and leases by deadline.
+    "CREATE INDEX IF NOT EXISTS bridge_queued_commands_open_expiry
+        ON bridge_queued_commands (expires_at)
+        WHERE status IN ('pending', 'awaiting_confirmation', 'delivering')",
+    "CREATE INDEX IF NOT EXISTS bridge_queued_commands_open_lease
+        ON bridge_queued_commands (lease_until)
+        WHERE status IN ('pending', 'awaiting_confirmation', 'delivering')",
+    // Retention's: final commands by TTL (`purge`).
+    "CREATE INDEX IF NOT EXISTS bridge_queued_commands_final_expiry
+        ON bridge_queued_commands (expires_at)
+        WHERE status IN ('succeeded', 'failed', 'expired', 'cancelled')",
 ];
 
 /// The new status of a delivery ended without an answer (released, lapsed, reclaimed),
@@ -109,10 +136,15 @@ const CUT_SET: &str = "attempts = attempts + ?inc,
 
 /// [`CUT_SET`] with its parameters numbered.
 fn cut_set(inc: u8, now: u8, max: u8) -> String {
+    cut_set_of(&format!("?{inc}"), &format!("?{now}"), &format!("?{max}"))
+}
+
+/// [`CUT_SET`] with these expressions for its parameters.
+fn cut_set_of(inc: &str, now: &str, max: &str) -> String {
     CUT_SET
-        .replace("?inc", &format!("?{inc}"))
-        .replace("?now", &format!("?{now}"))
-        .replace("?max", &format!("?{max}"))
+        .replace("?inc", inc)
+        .replace("?now", now)
+        .replace("?max", max)
 }
 
 /// Adds the [`ADDED_COLUMNS`] a file created by an older version lacks.
@@ -237,61 +269,72 @@ fn token_param(token: LeaseToken) -> i64 {
 }
 
 /// Ends expired commands and recovers lapsed leases, of one device or (`None`) all.
+///
+/// Each statement names the open statuses it reads as a term of its own, word for word as
+/// the partial indexes over the open commands do, so that SQLite can use them (it matches a
+/// partial index only on such a term): the device's statements search the per-device index
+/// and the sweep's the deadline indexes; none reads the final commands, however many the
+/// table holds. The device is bound as `?3` when there is one; the sweep's statements have
+/// no device parameter at all (a `?3 IS NULL OR device_id = ?3` would keep SQLite from
+/// using any index).
 async fn housekeep(
     conn: &mut SqliteConnection,
     device: Option<&DeviceId>,
     now: Timestamp,
     max_attempts: u32,
 ) -> Result<SweepReport, StoreError> {
-    let device = device.map(DeviceId::as_str);
     let now = now.unix_millis();
-    let expired_rows = sqlx::query(&format!(
-        "UPDATE bridge_queued_commands
-         SET status = 'expired', lease_until = NULL, lease_owner = NULL,
-             attempts = attempts + (CASE WHEN status = 'delivering' THEN 1 ELSE 0 END)
-         WHERE (?1 IS NULL OR device_id = ?1) AND expires_at <= ?2
-           AND (status IN ('pending', 'awaiting_confirmation')
-                OR (status = 'delivering' AND lease_until <= ?2))
-         RETURNING {COLUMNS}"
-    ))
-    .bind(device)
-    .bind(now)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(err)?;
-    let expired = u64::try_from(expired_rows.len()).unwrap_or(u64::MAX);
-    let mut expired_commands = decode(&expired_rows)?;
-    expired_commands.truncate(SweepReport::MAX_EXPIRED_COMMANDS);
-    let failed = sqlx::query(
-        "UPDATE bridge_queued_commands
-         SET status = 'failed', lease_until = NULL, lease_owner = NULL, attempts = attempts + 1
-         WHERE (?1 IS NULL OR device_id = ?1) AND status = 'delivering'
-           AND lease_until <= ?2 AND attempts + 1 >= ?3",
-    )
-    .bind(device)
-    .bind(now)
-    .bind(i64::from(max_attempts))
-    .execute(&mut *conn)
-    .await
-    .map_err(err)?
-    .rows_affected();
-    let recovered = sqlx::query(
-        "UPDATE bridge_queued_commands
-         SET status = 'pending', lease_until = NULL, lease_owner = NULL, attempts = attempts + 1
-         WHERE (?1 IS NULL OR device_id = ?1) AND status = 'delivering' AND lease_until <= ?2",
-    )
-    .bind(device)
-    .bind(now)
-    .execute(&mut *conn)
-    .await
-    .map_err(err)?
-    .rows_affected();
-    Ok(SweepReport {
-        expired,
-        recovered,
-        failed,
-        expired_commands,
-    })
+    let device = device.map(|d| d.as_str().to_owned());
+    // The device, when there is one, is the parameter after the statement's own.
+    let scope = |n: u8| {
+        if device.is_some() {
+            format!("device_id = ?{n} AND")
+        } else {
+            String::new()
+        }
+    };
+    // Commands waiting (not leased) past their TTL.
+    let waiting = format!(
+        "UPDATE bridge_queued_commands SET status = 'expired'
+         WHERE {} status IN {OPEN} AND status IN {WAITING} AND expires_at <= ?1
+         RETURNING {COLUMNS}",
+        scope(2)
+    );
+    let mut expired_rows = sqlx::query(&waiting)
+        .bind(now)
+        .bind(device.clone())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?;
+    // Leases that lapsed: past the TTL, expired; on the last attempt, failed; else pending.
+    let lapsed = format!(
+        "UPDATE bridge_queued_commands SET {}
+         WHERE {} status IN {OPEN} AND status = 'delivering' AND lease_until <= ?1
+         RETURNING {COLUMNS}",
+        cut_set_of("1", "?1", "?2"),
+        scope(3)
+    );
+    let lapsed_rows = sqlx::query(&lapsed)
+        .bind(now)
+        .bind(i64::from(max_attempts))
+        .bind(device)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?;
+    let mut report = SweepReport::default();
+    for row in lapsed_rows {
+        match row.try_get::<String, _>(5).map_err(err)?.as_str() {
+            "expired" => expired_rows.push(row),
+            "failed" => report.failed += 1,
+            _ => report.recovered += 1,
+        }
+    }
+    report.expired = u64::try_from(expired_rows.len()).unwrap_or(u64::MAX);
+    report.expired_commands = decode(&expired_rows)?;
+    report
+        .expired_commands
+        .truncate(SweepReport::MAX_EXPIRED_COMMANDS);
+    Ok(report)
 }
 
 async fn device_of(
@@ -556,11 +599,12 @@ impl Store for SqliteStore {
              SET status = 'delivering', lease_until = ?2 + timeout_ms + ?3, lease_owner = ?4,
                  lease_token = lease_token + 1
              WHERE seq = (SELECT seq FROM bridge_queued_commands
-                          WHERE device_id = ?1 AND status = 'pending' AND expires_at > ?2
+                          WHERE device_id = ?1 AND status IN {OPEN} AND status = 'pending'
+                            AND expires_at > ?2
                           ORDER BY seq LIMIT 1)
                AND NOT EXISTS (SELECT 1 FROM bridge_queued_commands
-                               WHERE device_id = ?1 AND status = 'delivering'
-                                 AND lease_until IS NOT NULL)
+                               WHERE device_id = ?1 AND status IN {OPEN}
+                                 AND status = 'delivering' AND lease_until IS NOT NULL)
              RETURNING {COLUMNS}"
         ))
         .bind(device.as_str())
@@ -634,7 +678,8 @@ impl Store for SqliteStore {
             "UPDATE bridge_queued_commands
              SET status = 'delivering', lease_until = NULL, lease_owner = ?3,
                  lease_token = lease_token + 1
-             WHERE device_id = ?1 AND status = 'pending' AND expires_at > ?2
+             WHERE device_id = ?1 AND status IN {OPEN} AND status = 'pending'
+               AND expires_at > ?2
              RETURNING {COLUMNS}"
         ))
         .bind(device.as_str())
@@ -648,8 +693,14 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError> {
+        let now = self.config.clock.now();
         let mut conn = self.pool.acquire().await.map_err(err)?;
-        fetch(&mut conn, id).await
+        let command = fetch(&mut conn, id).await?;
+        if self.config.retains(&command, now) {
+            Ok(command)
+        } else {
+            Err(StoreError::NotFound { id: id.clone() })
+        }
     }
 
     async fn list_open(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError> {
@@ -677,12 +728,20 @@ impl Store for SqliteStore {
 
     async fn due_devices(&self, limit: usize) -> Result<Vec<DeviceId>, StoreError> {
         let now = self.config.clock.now().unix_millis();
-        let devices: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT device_id FROM bridge_queued_commands
-             WHERE (status = 'pending' AND expires_at > ?1)
-                OR (status = 'delivering' AND lease_until <= ?1)
-             ORDER BY device_id LIMIT ?2",
-        )
+        // Two halves, each on an index over the open commands (an `OR` of the two would
+        // read the whole table); a device under a live lease is not due (`lease_next` would
+        // hand nothing out).
+        let devices: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT device_id FROM bridge_queued_commands AS c
+             WHERE status IN {OPEN} AND status = 'pending' AND expires_at > ?1
+               AND NOT EXISTS (SELECT 1 FROM bridge_queued_commands AS l
+                               WHERE l.device_id = c.device_id AND l.status IN {OPEN}
+                                 AND l.status = 'delivering' AND l.lease_until > ?1)
+             UNION
+             SELECT device_id FROM bridge_queued_commands
+             WHERE status IN {OPEN} AND status = 'delivering' AND lease_until <= ?1
+             ORDER BY device_id LIMIT ?2"
+        ))
         .bind(now)
         .bind(to_i64(limit))
         .fetch_all(&self.pool)
@@ -711,6 +770,23 @@ impl Store for SqliteStore {
         let report = housekeep(&mut tx, Some(device), now, self.config.max_attempts).await?;
         tx.commit().await.map_err(err)?;
         Ok(report.expired_commands)
+    }
+
+    async fn purge(&self, limit: usize) -> Result<u64, StoreError> {
+        let cutoff = self.config.retention_cutoff(self.config.clock.now());
+        let deleted = sqlx::query(&format!(
+            "DELETE FROM bridge_queued_commands
+             WHERE seq IN (SELECT seq FROM bridge_queued_commands
+                           WHERE status IN {FINAL} AND expires_at <= ?1
+                           ORDER BY expires_at LIMIT ?2)"
+        ))
+        .bind(cutoff.unix_millis())
+        .bind(to_i64(limit))
+        .execute(&self.pool)
+        .await
+        .map_err(err)?
+        .rows_affected();
+        Ok(deleted)
     }
 
     async fn open_counts(&self) -> Result<OpenCounts, StoreError> {

@@ -196,7 +196,8 @@ pub trait Store: Send + Sync + 'static {
     /// The command with this id, final or not, as stored: changes nothing, so a command
     /// whose TTL passed keeps its stored status until a write ends it (see
     /// [Reads change nothing](Self#reads-change-nothing)). [`NotFound`](StoreError::NotFound)
-    /// if unknown.
+    /// if unknown, or final and past its [retention](crate::StoreConfig::retention) (deleted
+    /// or not yet).
     async fn get(&self, id: &CommandId) -> Result<QueuedCommand, StoreError>;
 
     /// The device's commands that are not final as stored, in delivery order; changes
@@ -227,6 +228,15 @@ pub trait Store: Send + Sync + 'static {
     /// 4.2: "at the latest when the device next comes online"); the other writes of its
     /// device end it silently, and reads never end it.
     async fn expire(&self, device: &DeviceId) -> Result<Vec<QueuedCommand>, StoreError>;
+
+    /// Deletes up to `limit` final commands whose [retention](crate::StoreConfig::retention)
+    /// is over (their `expires_at` at or before now less the retention), and returns how
+    /// many it deleted. Open commands are never deleted, however old. Meant for a periodic
+    /// task off the request path, which calls it again while it deletes `limit` (each call
+    /// is one bounded step, so a large backlog never holds the backend for long);
+    /// [`get`](Self::get) already answers [`NotFound`](StoreError::NotFound) for such a
+    /// command before it is deleted, so the deletion only reclaims space.
+    async fn purge(&self, limit: usize) -> Result<u64, StoreError>;
 
     /// How many commands that are not final the store holds, per status, across every
     /// device (`bridge_queue_commands{status}`), without reading them one by one. A

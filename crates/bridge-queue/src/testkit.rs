@@ -102,6 +102,7 @@ macro_rules! conformance_tests {
                 reclaim_takes_back_only_the_owners_leases,
                 sweep_expires_and_recovers,
                 expire_returns_the_commands_it_ended_once,
+                final_commands_are_gone_after_their_retention,
                 two_stores_racing_lease_next_have_one_winner_per_round,
                 concurrent_lease_next_across_two_stores_drains_in_order,
                 queue_full_at_the_cap,
@@ -1392,6 +1393,82 @@ pub async fn expire_returns_the_commands_it_ended_once<H: Harness>(harness: &H) 
     assert_eq!(store.expire(&b).await.expect("expire"), Vec::new());
 }
 
+/// A final command stays readable by id for the retention after its TTL ended, then `get`
+/// answers `NotFound` (before it is deleted, too); `purge` deletes such commands, at most
+/// as many as asked per call, oldest TTL first, and never an open command, however old.
+pub async fn final_commands_are_gone_after_their_retention<H: Harness>(harness: &H) {
+    let retention = Duration::from_hours(1);
+    let config = StoreConfig::default().with_retention(retention);
+    let Fixture { store, clock } = open(harness, config).await;
+    let dev = device("lock-1");
+    let short = |ty: &str, secs: u64| {
+        NewCommand::new(dev.clone(), kind(ty), bytes(&[1])).with_ttl(ttl(secs))
+    };
+    // Succeeded, TTL 60 s.
+    let done = store.enqueue(short("unlock", 60)).await.expect("enqueue");
+    let leased = lease(&*store, &dev).await;
+    store
+        .complete(&leased.lease, ok_reply())
+        .await
+        .expect("complete");
+    // Cancelled, TTL 120 s.
+    let cancelled = store.enqueue(short("reset", 120)).await.expect("enqueue");
+    store.cancel(&cancelled).await.expect("cancel");
+    // Awaiting confirmation, TTL 60 s: open, and stays so until a write of its device.
+    let waiting = store
+        .enqueue(short("status", 60).requiring_confirmation())
+        .await
+        .expect("enqueue");
+
+    // Just before the first retention ends: everything is there, nothing to purge.
+    clock.advance(Duration::from_secs(59) + retention);
+    assert_eq!(store.purge(100).await.expect("purge"), 0);
+    for id in [&done, &cancelled, &waiting] {
+        store.get(id).await.expect("kept within the retention");
+    }
+
+    // Past both retentions: the final ones read as gone before any purge; the open one,
+    // past its TTL but not ended by a write yet, is still there.
+    clock.advance(Duration::from_secs(62));
+    for id in [&done, &cancelled] {
+        assert!(
+            matches!(store.get(id).await, Err(StoreError::NotFound { .. })),
+            "a final command past its retention is not found"
+        );
+    }
+    assert_eq!(
+        store
+            .get(&waiting)
+            .await
+            .expect("open commands are kept")
+            .status,
+        CommandStatus::AwaitingConfirmation
+    );
+    // Bounded: one per call here, the oldest TTL first.
+    assert_eq!(store.purge(1).await.expect("purge"), 1);
+    assert_eq!(store.purge(10).await.expect("purge"), 1);
+    assert_eq!(store.purge(10).await.expect("purge"), 0);
+    assert_eq!(open_ids(&*store, &dev).await, vec![waiting.clone()]);
+
+    // Once a write ends it (expired at its TTL, an hour ago), it is past its retention too.
+    let ended = store.expire(&dev).await.expect("expire");
+    assert_eq!(ids(&ended), vec![waiting.clone()]);
+    assert!(matches!(
+        store.get(&waiting).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(store.purge(10).await.expect("purge"), 1);
+    // Deleted for good: an unknown id to every call.
+    assert!(matches!(
+        store.confirm(&waiting).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        store.cancel(&done).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
 /// Two stores on the same data (two processes), many tasks on each, each task a node of its
 /// own, call `lease_next` for the same device at the same moment, round after round; the
 /// winner holds its lease until every task has asked. Every round has exactly one winner,
@@ -1662,7 +1739,8 @@ pub async fn drain_pending_is_at_most_once<H: Harness>(harness: &H) {
     );
 }
 
-/// `due_devices` lists devices with a command to hand out now, and no others.
+/// `due_devices` lists devices with a command to hand out now, and no others: not one whose
+/// commands wait behind a live lease, until the lease lapses.
 pub async fn due_devices_lists_devices_with_deliverable_commands<H: Harness>(harness: &H) {
     let Fixture { store, clock } = open_default(harness).await;
     let pending = device("dev-pending");
@@ -1676,6 +1754,9 @@ pub async fn due_devices_lists_devices_with_deliverable_commands<H: Harness>(har
         .expect("enqueue");
     enqueue(&*store, &leased, "a", &[1]).await;
     lease(&*store, &leased).await;
+    // Queued behind the live lease: nothing is handed out for that device until the lease
+    // ends, so it is not due (`lease_next` would answer `None`).
+    enqueue(&*store, &leased, "b", &[2]).await;
     store
         .enqueue_or_update(&expiring, &kind("a"), bytes(&[1]), ttl(5))
         .await
@@ -1685,7 +1766,15 @@ pub async fn due_devices_lists_devices_with_deliverable_commands<H: Harness>(har
     assert_eq!(due, vec![expiring.clone(), pending.clone()]);
     assert_eq!(store.due_devices(1).await.expect("due").len(), 1);
     clock.advance(Duration::from_secs(5));
-    assert_eq!(store.due_devices(10).await.expect("due"), vec![pending]);
+    assert_eq!(
+        store.due_devices(10).await.expect("due"),
+        vec![pending.clone()]
+    );
+    // Once the lease lapses, the device is due again.
+    clock.advance(default_lease());
+    let mut due = store.due_devices(10).await.expect("due");
+    due.sort();
+    assert_eq!(due, vec![leased, pending]);
 }
 
 /// `open_counts` counts the commands that are not final, per status, across every device; a

@@ -124,7 +124,11 @@ mod postgres_harness {
         }
         let schema = format!("bq_test_{}", uuid::Uuid::new_v4().simple());
         PostgresHarness {
-            options: PostgresOptions::new(url).with_schema(schema),
+            // The suite checks exact times on its virtual clock (the backend's clock is
+            // checked in tests/skewed_clock.rs).
+            options: PostgresOptions::new(url)
+                .with_schema(schema)
+                .with_backend_clock(false),
         }
     }
 }
@@ -183,7 +187,11 @@ mod redis_harness {
         }
         let prefix = format!("bq-test-{}", uuid::Uuid::new_v4().simple());
         RedisHarness {
-            options: RedisOptions::new(url).with_prefix(prefix),
+            // The suite checks exact times on its virtual clock (the backend's clock is
+            // checked in tests/skewed_clock.rs).
+            options: RedisOptions::new(url)
+                .with_prefix(prefix)
+                .with_backend_clock(false),
         }
     }
 }

@@ -5,9 +5,15 @@
 //! Each test starts a private server on a free port of its own (never the shared service),
 //! kills it, and starts it again on the same data.
 
+#![cfg(any(feature = "redis", feature = "postgres"))]
+
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+#[cfg(feature = "redis")]
+use std::path::Path;
+use std::path::PathBuf;
+#[cfg(feature = "redis")]
+use std::process::Child;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
@@ -58,6 +64,7 @@ async fn assert_unavailable<T: std::fmt::Debug>(
 }
 
 /// Waits until `ready` says yes, for at most 20 s.
+#[cfg(feature = "redis")]
 async fn wait_until<F, Fut>(what: &str, mut ready: F)
 where
     F: FnMut() -> Fut,
@@ -172,8 +179,10 @@ async fn all_back(store: &impl Store, filled: &Filled) {
     assert_eq!(next.command.id, filled.ids[1]);
 }
 
+#[cfg(feature = "redis")]
 struct Killed(Option<Child>);
 
+#[cfg(feature = "redis")]
 impl Drop for Killed {
     fn drop(&mut self) {
         if let Some(child) = &mut self.0 {

@@ -87,6 +87,8 @@ async fn a_pending_command_is_a_persistent_json_notice_in_the_device_queue() {
         .enqueue_with_confirmation(&dev, &kind("open"), bytes(&[1]), TtlSeconds::DEFAULT)
         .await
         .expect("enqueue");
+    // Notices are published by the store's publisher task: wait for it before looking.
+    store.flush().await;
     let (_conn, channel) = channel().await;
     let queue = ShortString::from(store.queue_name(&dev));
     let get = |channel: lapin::Channel, queue: ShortString| async move {
@@ -108,6 +110,7 @@ async fn a_pending_command_is_a_persistent_json_notice_in_the_device_queue() {
     let (_conn, channel) = self::channel().await;
 
     store.confirm(&awaiting).await.expect("confirm");
+    store.flush().await;
     let message = get(channel.clone(), queue.clone())
         .await
         .expect("confirm publishes a notice");
@@ -314,6 +317,7 @@ async fn sweep_announces_a_recovered_lease() {
                 .expect("basic.get")
         }
     };
+    store.flush().await;
     assert!(take().await.is_some(), "enqueue announced the command");
     let leased = store
         .lease_next(&dev, &node("node-a"), GRACE)
@@ -324,6 +328,7 @@ async fn sweep_announces_a_recovered_lease() {
 
     clock.advance(leased.command.timeout.as_duration() + GRACE);
     assert_eq!(store.sweep().await.expect("sweep").recovered, 1);
+    store.flush().await;
     let notice = take().await.expect("the recovered command is announced");
     let body: serde_json::Value = serde_json::from_slice(&notice.delivery.data).expect("JSON");
     assert_eq!(body["commandId"], id.as_str());
@@ -416,6 +421,8 @@ async fn a_store_from_the_callers_connection_publishes_and_consumes_on_it() {
         .enqueue_or_update(&dev, &kind("unlock"), bytes(&[1]), TtlSeconds::DEFAULT)
         .await
         .expect("enqueue");
+    // The publisher task publishes it off the caller's path: wait until it has.
+    store.flush().await;
     // The notice is in the device queue, read on a channel of the caller's connection.
     let channel = connection
         .create_channel()
@@ -460,4 +467,173 @@ async fn a_store_from_the_callers_connection_publishes_and_consumes_on_it() {
         connection.status().connected(),
         "the caller's connection is still open"
     );
+}
+
+/// A TCP proxy between a store and the broker that the test can cut and restore, standing
+/// in for a broker that goes away and comes back (the shared broker itself is never
+/// stopped). Cut, it drops the connections it carries and black-holes new ones: they are
+/// accepted and never answered, as a broker behind a dead network path would do. Restored,
+/// it closes the black-holed ones (their connect fails at once) and carries new ones again.
+struct Proxy {
+    port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(broker: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("address").port();
+        let (up, _) = tokio::sync::watch::channel(true);
+        let modes = up.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut mode = modes.subscribe();
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    if *mode.borrow_and_update() {
+                        let Ok(mut outbound) = tokio::net::TcpStream::connect(&broker).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                            _ = mode.wait_for(|up| !*up) => {}
+                        }
+                    } else {
+                        let _ = mode.wait_for(|up| *up).await;
+                    }
+                });
+            }
+        });
+        Self { port, up, task }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The broker's `host:port` in the test URL.
+fn broker_address() -> String {
+    let url = url();
+    let authority = url.rsplit('@').next().unwrap_or(&url);
+    let authority = authority.trim_start_matches("amqp://");
+    authority.split('/').next().unwrap_or(authority).to_owned()
+}
+
+/// The first notice waiting in `queue`, if any.
+async fn take_notice(channel: &lapin::Channel, queue: &str) -> Option<serde_json::Value> {
+    channel
+        .basic_get(ShortString::from(queue), BasicGetOptions { no_ack: true })
+        .await
+        .ok()
+        .flatten()
+        .map(|message| serde_json::from_slice(&message.delivery.data).expect("a JSON notice"))
+}
+
+/// The broker goes away while the store is in use and comes back: while it is black-holed,
+/// every call of the store returns at once (no caller waits for the broker: a publish
+/// waiting for it would hang for the hour of operation timeout set here, and the guard
+/// below fails the test long before) and the commands are kept; once it is back, notices
+/// flow again on a new connection and `ping` answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_goes_away_and_comes_back_never_holds_up_the_store() {
+    let proxy = Proxy::start(broker_address()).await;
+    let address = broker_address();
+    let mut options = options();
+    options.url = url().replace(&address, &format!("127.0.0.1:{}", proxy.port));
+    options.operation_timeout = Duration::from_hours(1);
+    let store = open_with(options, MemoryStore::new(StoreConfig::default())).await;
+    let dev = device();
+    let queue = store.queue_name(&dev);
+    let (_conn, channel) = channel().await;
+
+    let first = store
+        .enqueue_or_update(&dev, &kind("k0"), bytes(&[0]), TtlSeconds::DEFAULT)
+        .await
+        .expect("enqueue");
+    store.flush().await;
+    let notice = take_notice(&channel, &queue).await.expect("a notice");
+    assert_eq!(notice["commandId"], first.as_str());
+
+    // The broker goes away.
+    proxy.set_up(false);
+    let during = tokio::time::timeout(Duration::from_mins(1), async {
+        let mut ids = Vec::new();
+        for n in 1..=20 {
+            let id = store
+                .enqueue_or_update(
+                    &dev,
+                    &kind(&format!("k{n}")),
+                    bytes(&[n]),
+                    TtlSeconds::DEFAULT,
+                )
+                .await
+                .expect("enqueue while the broker is away");
+            ids.push(id);
+        }
+        let leased = store
+            .lease_next(&dev, &node("node-a"), GRACE)
+            .await
+            .expect("lease")
+            .expect("due");
+        store
+            .complete(&leased.lease, CommandOutcome::Payload(bytes(&[1])))
+            .await
+            .expect("complete while the broker is away");
+        ids
+    })
+    .await
+    .expect("no call of the store waits for a black-holed broker");
+    assert_eq!(during.len(), 20);
+    assert_eq!(store.pending_count(&dev).await.expect("count"), 20);
+
+    // It comes back: the publisher's stuck attempt fails, it reconnects, notices flow.
+    proxy.set_up(true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut n = 100_u8;
+    let back = loop {
+        let id = store
+            .enqueue_or_update(
+                &dev,
+                &kind(&format!("k{n}")),
+                bytes(&[n]),
+                TtlSeconds::DEFAULT,
+            )
+            .await
+            .expect("enqueue after the broker is back");
+        store.flush().await;
+        let mut found = None;
+        while let Some(notice) = take_notice(&channel, &queue).await {
+            if notice["commandId"] == id.as_str() {
+                found = Some(id.clone());
+            }
+        }
+        if let Some(id) = found {
+            break id;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no notice reached the broker within 30 s of its return"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        n += 1;
+    };
+    assert_eq!(
+        store.get(&back).await.expect("get").status,
+        CommandStatus::Pending
+    );
+    store.ping().await.expect("ping once the broker is back");
+    delete_queue(&store, &dev).await;
 }

@@ -106,6 +106,11 @@ pub struct Cli {
     /// with 429 `queue_full` [default: 100].
     #[arg(long, env = "BRIDGE_MAX_QUEUED_PER_DEVICE", value_name = "N")]
     pub max_queued_per_device: Option<u32>,
+    /// Seconds a final command stays readable by id (`GET /v1/commands/{id}`) after its TTL
+    /// ended; then it answers 404 and the command is deleted in the background
+    /// [default: 604800, 7 days].
+    #[arg(long, env = "BRIDGE_RETENTION_SECS", value_name = "SECONDS")]
+    pub retention_secs: Option<u64>,
     /// This server's name among the processes sharing its queue (PROTOCOL.md 5): unique
     /// among them and the same across restarts, so that a restarted server takes back its
     /// deliveries at once [default: derived from the host name and the listen address].
@@ -157,6 +162,7 @@ struct FileConfig {
     metrics_require_token: Option<bool>,
     retry_interval_secs: Option<u64>,
     max_queued_per_device: Option<u32>,
+    retention_secs: Option<u64>,
     node_id: Option<String>,
     header_read_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
@@ -274,6 +280,9 @@ pub struct ServerConfig {
     /// Commands that are not final one device may hold in the queue (default 100,
     /// PROTOCOL.md 4.2).
     pub max_queued_per_device: u32,
+    /// Seconds a final command stays readable by id after its TTL ended (default 7 days):
+    /// the queue's [`StoreConfig::retention`](bridge_queue::StoreConfig::retention).
+    pub retention_secs: u64,
     /// This server's node id (`--node-id`); `None`: derived from the host name and the
     /// listen address ([`ServerConfig::node_id`]).
     pub node_id: Option<String>,
@@ -317,6 +326,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("metrics_require_token", &self.metrics_require_token)
             .field("retry_interval_secs", &self.retry_interval_secs)
             .field("max_queued_per_device", &self.max_queued_per_device)
+            .field("retention_secs", &self.retention_secs)
             .field("node_id", &self.node_id)
             .field("header_read_timeout_secs", &self.header_read_timeout_secs)
             .field("max_connections", &self.max_connections)
@@ -348,6 +358,7 @@ impl Default for ServerConfig {
             metrics_require_token: false,
             retry_interval_secs: 30,
             max_queued_per_device: 100,
+            retention_secs: 7 * 24 * 60 * 60,
             node_id: None,
             header_read_timeout_secs: 10,
             max_connections: 10_000,
@@ -487,6 +498,10 @@ impl ServerConfig {
                 .max_queued_per_device
                 .or(file.max_queued_per_device)
                 .unwrap_or(d.max_queued_per_device),
+            retention_secs: cli
+                .retention_secs
+                .or(file.retention_secs)
+                .unwrap_or(d.retention_secs),
             node_id: cli.node_id.or(file.node_id),
             header_read_timeout_secs: cli
                 .header_read_timeout_secs
@@ -557,6 +572,10 @@ impl ServerConfig {
             (
                 "retry_interval_secs",
                 usize::try_from(self.retry_interval_secs).unwrap_or(usize::MAX),
+            ),
+            (
+                "retention_secs",
+                usize::try_from(self.retention_secs).unwrap_or(usize::MAX),
             ),
             (
                 "header_read_timeout_secs",
@@ -882,6 +901,20 @@ mod tests {
             parse(&["--jwt-secret", ""]),
             Err(ConfigError::Invalid {
                 name: "jwt_secret",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn the_retention_of_final_commands_is_seven_days_unless_set() {
+        assert_eq!(parse(&[]).expect("defaults").retention_secs, 604_800);
+        let config = parse(&["--retention-secs", "3600"]).expect("valid");
+        assert_eq!(config.retention_secs, 3600);
+        assert!(matches!(
+            parse(&["--retention-secs", "0"]),
+            Err(ConfigError::Invalid {
+                name: "retention_secs",
                 ..
             })
         ));

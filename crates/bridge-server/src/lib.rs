@@ -153,6 +153,7 @@ pub mod frames;
 pub mod hooks;
 mod metrics;
 mod outlet;
+mod retention;
 mod routes;
 mod server;
 mod store;

@@ -86,6 +86,7 @@ async fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
     let store_config = StoreConfig {
         max_payload_bytes: config.max_payload_bytes,
         max_open_per_device: config.max_queued_per_device,
+        retention: std::time::Duration::from_secs(config.retention_secs),
         ..StoreConfig::default()
     };
     let store = open_store(&config.queue, store_config).await?;

@@ -291,6 +291,7 @@ impl ServerBuilder {
             Arc::new(MemoryStore::new(StoreConfig {
                 max_payload_bytes: config.max_payload_bytes,
                 max_open_per_device: config.max_queued_per_device,
+                retention: Duration::from_secs(config.retention_secs),
                 ..StoreConfig::default()
             }))
         });
@@ -469,6 +470,8 @@ impl Server {
         let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs.max(1));
         let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let router = self.router();
+        // Final commands past their retention are deleted in the background while serving.
+        let retention = crate::retention::spawn(Arc::clone(&self.core.store));
         let (closing, closing_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
@@ -504,6 +507,7 @@ impl Server {
             ));
         }
         drop(listener);
+        retention.abort();
         let deadline = Instant::now() + shutdown_timeout;
         tracing::info!(
             connections = connections.len(),

@@ -280,6 +280,41 @@ async fn a_full_device_queue_is_429_queue_full() {
     assert_eq!(status, 202);
 }
 
+/// A final command is readable by id for the retention after its TTL ended, then
+/// `GET /v1/commands/{id}` answers 404 (`not_found`). On the store's virtual clock:
+/// nothing sleeps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_command_is_404_once_a_final_command_is_past_its_retention() {
+    let clock = bridge_queue::ManualClock::starting_now();
+    let store = Arc::new(MemoryStore::new(
+        StoreConfig::default()
+            .with_retention(std::time::Duration::from_hours(1))
+            .with_clock(Arc::new(clock.clone())),
+    ));
+    let server = TestServer::start_with(ServerConfig::default(), |b| b.store(store)).await;
+    let (status, body) = server
+        .command(
+            "lock-1",
+            json!({"payload":"01","ifOffline":"queue","commandType":"unlock","ttlSeconds":60}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["commandId"].as_str().expect("an id").to_owned();
+    let (status, body) = server
+        .post(&format!("/v1/commands/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // A minute of TTL and an hour of retention later, less a second: still there.
+    clock.advance(std::time::Duration::from_secs(60 + 3600 - 1));
+    let (status, body) = server.get(&format!("/v1/commands/{id}")).await;
+    assert_eq!((status, &body["status"]), (200, &json!("cancelled")));
+    clock.advance(std::time::Duration::from_secs(2));
+    let (status, body) = server.get(&format!("/v1/commands/{id}")).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_views_show_presence_link_bridges_and_queue() {
     let server = TestServer::start().await;
@@ -502,6 +537,11 @@ impl bridge_queue::Store for FlakyStore {
         self.check()?;
         self.inner.drain_pending(device, owner).await
     }
+    async fn purge(&self, limit: usize) -> Result<u64, bridge_queue::StoreError> {
+        self.check()?;
+        self.inner.purge(limit).await
+    }
+
     async fn open_counts(&self) -> Result<bridge_queue::OpenCounts, bridge_queue::StoreError> {
         self.check()?;
         self.inner.open_counts().await
