@@ -389,6 +389,7 @@ where
         match self.info.role() {
             Role::Bridge => match BridgeToServer::decode(text, limits) {
                 Ok(BridgeToServer::BleResponse(response)) => Some(response.request_id),
+                Ok(BridgeToServer::BleProgress(progress)) => Some(progress.request_id),
                 Ok(_) => None,
                 Err(error) => error.request_id,
             },
@@ -422,6 +423,15 @@ where
             BridgeToServer::BleResponse(response) => {
                 // Matched right here, on this connection's task: no channel, no other task.
                 if let Err(refused) = self.inner.responses.on_response(id, response) {
+                    self.reject(
+                        &ProtocolError::new(refused.code, refused.message())
+                            .with_request_id(Some(refused.request_id)),
+                    );
+                }
+            }
+            BridgeToServer::BleProgress(progress) => {
+                // Checked like an answer, on this connection's task; it resolves nothing.
+                if let Err(refused) = self.inner.responses.on_progress(id, &progress) {
                     self.reject(
                         &ProtocolError::new(refused.code, refused.message())
                             .with_request_id(Some(refused.request_id)),

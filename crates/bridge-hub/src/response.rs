@@ -1,7 +1,7 @@
 //! Where a bridge's `ble_response` goes: a synchronous handler called on the connection's
 //! own task.
 
-use bridge_protocol::{BleResponse, ConnectionId, ErrorCode, RequestId};
+use bridge_protocol::{BleProgress, BleResponse, ConnectionId, ErrorCode, RequestId};
 
 /// Why a [`ResponseHandler`] refused a `ble_response`; the hub answers the bridge with the
 /// error frame `code` carrying `request_id` (PROTOCOL.md 3.2).
@@ -49,6 +49,20 @@ pub trait ResponseHandler: Send + Sync + 'static {
         connection: ConnectionId,
         response: BleResponse,
     ) -> Result<(), ResponseRefused>;
+
+    /// Offers the `ble_progress` `progress` that arrived on `connection` (PROTOCOL.md 3.2,
+    /// version 1.1), on the connection's task like [`on_response`](Self::on_response) and
+    /// under the same rules; `Err` is answered with the error frame by the hub. The
+    /// default accepts and ignores it, as a server that does not record stages may
+    /// (closures implement only `on_response`).
+    fn on_progress(
+        &self,
+        connection: ConnectionId,
+        progress: &BleProgress,
+    ) -> Result<(), ResponseRefused> {
+        let _ = (connection, progress);
+        Ok(())
+    }
 }
 
 impl<F> ResponseHandler for F
@@ -73,6 +87,13 @@ impl ResponseHandler for NoPendingCommands {
     fn on_response(&self, _: ConnectionId, response: BleResponse) -> Result<(), ResponseRefused> {
         Err(ResponseRefused::new(
             response.request_id,
+            ErrorCode::UnknownRequest,
+        ))
+    }
+
+    fn on_progress(&self, _: ConnectionId, progress: &BleProgress) -> Result<(), ResponseRefused> {
+        Err(ResponseRefused::new(
+            progress.request_id,
             ErrorCode::UnknownRequest,
         ))
     }

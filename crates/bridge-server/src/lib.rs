@@ -135,6 +135,7 @@ mod outlet;
 mod routes;
 mod server;
 mod store;
+mod stream;
 mod transport;
 mod ws;
 

@@ -22,8 +22,13 @@ use crate::auth::Authenticator;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::outlet::HubOutlet;
+use crate::stream::LiveStream;
 use crate::transport::HubTransport;
 use crate::{events, routes};
+
+/// How often a reader of `GET /v1/stream` is sent a comment line (PROTOCOL.md 4.5: at least
+/// every 15 s).
+const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(15);
 use bridge_dispatch::{Dispatcher, EngineConfig};
 
 type HubCustomizer = Box<dyn FnOnce(LocalHubBuilder) -> LocalHubBuilder + Send>;
@@ -42,6 +47,8 @@ pub(crate) struct Core {
     pub(crate) limits: Limits,
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Arc<Metrics>,
+    /// The readers of `GET /v1/stream`.
+    pub(crate) stream: Arc<LiveStream>,
 }
 
 /// Builds a [`Server`].
@@ -61,6 +68,7 @@ pub struct ServerBuilder {
     session: Option<SessionConfig>,
     delivery: Option<EngineConfig>,
     max_user_commands: Option<usize>,
+    stream_buffer: Option<usize>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -84,7 +92,19 @@ impl ServerBuilder {
             session: None,
             delivery: None,
             max_user_commands: None,
+            stream_buffer: None,
         }
+    }
+
+    /// Default of [`ServerBuilder::stream_buffer`].
+    pub const DEFAULT_STREAM_BUFFER: usize = 1024;
+
+    /// How many events a reader of `GET /v1/stream` may have waiting (default 1024). A reader
+    /// that falls further behind is sent `overflow` and disconnected (PROTOCOL.md 4.5);
+    /// publishing never waits for a reader.
+    pub fn stream_buffer(mut self, events: usize) -> Self {
+        self.stream_buffer = Some(events);
+        self
     }
 
     /// Default of [`ServerBuilder::max_commands_per_connection`]: the hub's default
@@ -224,6 +244,10 @@ impl ServerBuilder {
                 .retry_interval(Duration::from_secs(config.retry_interval_secs.max(1)))
         });
         let metrics = Arc::new(Metrics::new());
+        let stream = Arc::new(LiveStream::new(
+            self.stream_buffer.unwrap_or(Self::DEFAULT_STREAM_BUFFER),
+            STREAM_KEEP_ALIVE,
+        ));
         let node_id = config.node_id();
         tracing::info!(node_id = %node_id, "delivering queued commands as this node");
         let dispatch = Dispatcher::start(
@@ -231,7 +255,11 @@ impl ServerBuilder {
             node_id,
             Arc::clone(&store),
             Arc::clone(&session) as Arc<dyn bridge_dispatch::CommandSender>,
-            Arc::new(HubOutlet::new(Arc::clone(&hub), Arc::clone(&metrics))),
+            Arc::new(HubOutlet::new(
+                Arc::clone(&hub),
+                Arc::clone(&metrics),
+                Arc::clone(&stream),
+            )),
             Arc::clone(&registry),
         );
         let core = Arc::new(Core {
@@ -245,6 +273,7 @@ impl ServerBuilder {
             limits,
             config,
             metrics,
+            stream,
         });
         // Set before any connection can be served: the router is made from `core` below.
         let _ = slot.set(Arc::downgrade(&core));
@@ -399,6 +428,8 @@ impl Server {
         if !self.core.dispatch.wait_idle(grace).await {
             tracing::warn!("some deliveries were still being recorded at shutdown");
         }
+        // The last results are streamed; then the readers of `GET /v1/stream` are let go.
+        self.core.stream.close();
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod auth;
 mod clients;
+mod hops;
 mod hostile;
 mod http;
 mod paused;
