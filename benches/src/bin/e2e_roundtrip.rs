@@ -500,13 +500,7 @@ fn run_load_child(scenario: &Scenario, port: u16, server_pid: u32) -> Result<(),
                 Role::Bridge,
                 Some(vec![id.as_str().to_owned()]),
             ));
-            let locks = Arc::new(SimulatedLocks::new(
-                [id.clone()],
-                LockBehaviour {
-                    latency: Duration::ZERO,
-                    failure_rate: 0.0,
-                },
-            ));
+            let locks = Arc::new(SimulatedLocks::new([id.clone()], LockBehaviour::default()));
             let client = BridgeClient::start(
                 BridgeConfig::new(url.clone(), credentials, vec![id.clone()]),
                 locks,
