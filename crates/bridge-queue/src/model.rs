@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use bridge_protocol::http::{CommandOutcome, CommandStatus, CommandView};
 use bridge_protocol::{
-    CommandId, CommandType, DeviceId, DeviceType, HexPayload, Hops, Progress, Stage, TimeoutMs,
-    Timestamp, TtlSeconds, UserId,
+    CommandId, CommandType, DeviceId, DeviceType, HexPayload, Hops, TimeoutMs, Timestamp,
+    TtlSeconds, UserId,
 };
 
 use crate::clock::{Clock, SystemClock};
@@ -612,6 +612,7 @@ mod tests {
 /// [`Hops`] as the backends store it, in one text value: the stage, then the milliseconds of
 /// `received`, `connected` and `written`, separated by `:` and empty when absent
 /// (`written:3::41`). `None` for [`Hops::NONE`] (stored as NULL, or not at all).
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 pub(crate) fn hops_to_stored(hops: &Hops) -> Option<String> {
     if hops.is_empty() {
         return None;
@@ -619,7 +620,9 @@ pub(crate) fn hops_to_stored(hops: &Hops) -> Option<String> {
     let ms = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_default();
     Some(format!(
         "{}:{}:{}:{}",
-        hops.stage.map(Stage::as_str).unwrap_or_default(),
+        hops.stage
+            .map(bridge_protocol::Stage::as_str)
+            .unwrap_or_default(),
         ms(hops.progress.received_ms),
         ms(hops.progress.connected_ms),
         ms(hops.progress.written_ms),
@@ -627,11 +630,12 @@ pub(crate) fn hops_to_stored(hops: &Hops) -> Option<String> {
 }
 
 /// Reads what [`hops_to_stored`] wrote; `None` for text it could not have written.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 pub(crate) fn hops_from_stored(text: &str) -> Option<Hops> {
     let mut parts = text.split(':');
     let stage = match parts.next()? {
         "" => None,
-        name => Some(Stage::from_wire(name)?),
+        name => Some(bridge_protocol::Stage::from_wire(name)?),
     };
     let mut ms = || -> Option<Option<u32>> {
         match parts.next()? {
@@ -639,7 +643,7 @@ pub(crate) fn hops_from_stored(text: &str) -> Option<Hops> {
             digits => digits.parse().ok().map(Some),
         }
     };
-    let progress = Progress {
+    let progress = bridge_protocol::Progress {
         received_ms: ms()?,
         connected_ms: ms()?,
         written_ms: ms()?,
@@ -650,9 +654,11 @@ pub(crate) fn hops_from_stored(text: &str) -> Option<Hops> {
     Some(Hops { stage, progress })
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 #[cfg(test)]
 mod hops_tests {
     use super::*;
+    use bridge_protocol::Stage;
 
     #[test]
     fn hops_round_trip_through_their_stored_text() {
