@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use bridge_client::lock::{LockBehaviour, SimulatedLocks};
 use bridge_client::{BridgeClient, BridgeConfig, Credentials};
 use bridge_protocol::http::CommandOutcome;
-use bridge_protocol::{CommandId, CommandType, DeviceId, HexPayload, TtlSeconds};
+use bridge_protocol::{CommandId, CommandType, DeviceId, HexPayload, Hops, TtlSeconds};
 use bridge_queue::{
     Cut, Lease, Leased, MemoryStore, NewCommand, NodeId, OpenCounts, QueuedCommand, Store,
     StoreConfig, StoreError, SweepReport,
@@ -191,6 +191,12 @@ impl<S: Store> Store for AuditedStore<S> {
 
     async fn due_devices(&self, limit: usize) -> Result<Vec<DeviceId>, StoreError> {
         self.inner.due_devices(limit).await
+    }
+
+    async fn record_hops(&self, lease: &Lease, hops: Hops) -> Result<(), StoreError> {
+        // Forwarded, so the wrapped store keeps how far each attempt got (the trait's
+        // default would keep nothing).
+        self.inner.record_hops(lease, hops).await
     }
 
     async fn purge(&self, limit: usize) -> Result<u64, StoreError> {

@@ -4,13 +4,17 @@
 //! directory and on a free loopback port, so it never disturbs a server you run yourself),
 //! starts `bridge-sim` with two smart locks, and walks through what a backend does over HTTP:
 //! an online round trip, a device error, an offline command queued and delivered when its
-//! lock's phone shows up, and a confirmation-gated unlock. Every child process is stopped at
-//! the end, on success or failure.
+//! lock's phone shows up, a confirmation-gated unlock, and two timeouts that say where they
+//! stopped (a lock that took the write and never answered, a link that never came up: the
+//! `stage` of PROTOCOL.md 4.1). All along it reads the live stream `GET /v1/stream` and
+//! shows what it carried at the end. Every child process is stopped at the end, on success
+//! or failure.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -150,6 +154,38 @@ fn dechunk(mut body: &str) -> String {
         body = rest[size..].trim_start_matches("\r\n");
     }
     out
+}
+
+/// The events read from the live stream so far: name and data.
+type StreamLog = Arc<Mutex<Vec<(String, String)>>>;
+
+/// Reads `GET /v1/stream` on a thread of its own until the server closes it, keeping each
+/// event as its name and data. The body is chunked; each event is one chunk, so the
+/// `event:` and `data:` lines are read as they come and the chunk sizes are skipped.
+fn read_stream(addr: SocketAddr) -> Result<StreamLog, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| format!("GET /v1/stream: {e}"))?;
+    let request = format!("GET /v1/stream HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("GET /v1/stream: {e}"))?;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&events);
+    std::thread::spawn(move || {
+        let mut name = None;
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { return };
+            let line = line.trim_end_matches('\r');
+            if let Some(event) = line.strip_prefix("event: ") {
+                name = Some(event.to_owned());
+            } else if let (Some(data), Some(event)) = (line.strip_prefix("data: "), name.take())
+                && let Ok(mut seen) = seen.lock()
+            {
+                seen.push((event, data.to_owned()));
+            }
+        }
+    });
+    Ok(events)
 }
 
 pub(crate) fn free_port() -> Result<u16, String> {
@@ -296,6 +332,8 @@ fn run_story(server_bin: &Path, sim_bin: &Path, work: &Path) -> Result<(), Strin
         },
     )?;
     println!("   the server answers on http://{addr}");
+    let stream = read_stream(addr)?;
+    println!("   a backend listens to GET /v1/stream (Server-Sent Events) from now on");
 
     step(
         2,
@@ -434,7 +472,69 @@ fn run_story(server_bin: &Path, sim_bin: &Path, work: &Path) -> Result<(), Strin
     show("GET", &format!("/v1/commands/{gated}"), None, 200, &done);
     println!("   delivered at once after confirmation.");
 
-    step(7, "Stop the phones and the server.");
+    step(
+        7,
+        "Two more phones: one whose lock takes the write and never answers, one whose BLE \
+         link never comes up (bridge-sim --fail-at written / --fail-at received).",
+    );
+    for (phone, lock, stage) in [
+        ("phone-c", "lock-4", "written"),
+        ("phone-d", "lock-5", "received"),
+    ] {
+        children.spawn(
+            "bridge-sim (a failing phone)",
+            Command::new(sim_bin)
+                .args(["--url", &ws_url, "--user-id", phone, "--fail-at", stage])
+                .args(["--device", lock])
+                .env("RUST_LOG", "warn")
+                .stdout(log(phone)?)
+                .stderr(log(&format!("{phone}-err"))?),
+        )?;
+    }
+    for lock in ["lock-4", "lock-5"] {
+        let path = format!("/v1/devices/{lock}");
+        wait_for(
+            &format!("{lock} to be online"),
+            Duration::from_secs(30),
+            || {
+                http(addr, "GET", &path, None)
+                    .ok()
+                    .filter(|(_, v)| v.get("online") == Some(&Value::Bool(true)))
+            },
+        )?;
+    }
+    for (lock, meaning) in [
+        (
+            "lock-4",
+            "the phone wrote to the lock, and the lock never answered",
+        ),
+        (
+            "lock-5",
+            "the phone got the command, and the BLE link to the lock never came up",
+        ),
+    ] {
+        let body = json!({"payload": "02", "timeoutMs": 1500});
+        let path = format!("/v1/devices/{lock}/commands");
+        let (status, answer) = http(addr, "POST", &path, Some(&body))?;
+        show("POST", &path, Some(&body), status, &answer);
+        expect_status(status, 504, &answer)?;
+        println!(
+            "   timeout at stage `{}`: {meaning}",
+            string_field(&answer, "stage")?
+        );
+    }
+
+    step(
+        8,
+        "What the live stream carried meanwhile (presence, results of every command that ended):",
+    );
+    // The last results may still be on their way.
+    std::thread::sleep(Duration::from_millis(300));
+    for (event, data) in stream.lock().map_err(|e| e.to_string())?.iter() {
+        println!("   event: {event:<15} {data}");
+    }
+
+    step(9, "Stop the phones and the server.");
     children.stop();
     println!("   everything stopped; nothing is left running.");
     println!(

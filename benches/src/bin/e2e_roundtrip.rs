@@ -15,7 +15,10 @@
 //! * **load** (`taskset -c 1 e2e_roundtrip --load ...`): the simulated phones — one
 //!   [`BridgeClient`] per bridge (with a `bridge` JWT naming its devices) answering through
 //!   [`SimulatedLocks`] with zero latency, each device reported `connected: true` — and, for
-//!   the HTTP driver, the HTTP client.
+//!   the HTTP driver, the HTTP client. The phones answer as 1.0 bridges, with no
+//!   `ble_progress` (so figures compare across versions); `E2E_PHONE_STAGES=1` makes them
+//!   report `received`, `connected` and `written` for every write, three more frames per
+//!   command.
 //!
 //! Two drivers, each keeping K commands in flight (K tasks, each sending its next command
 //! as soon as the previous one is answered; commands go round-robin over the devices):
@@ -55,7 +58,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use bridge_client::lock::{LockBehaviour, SimulatedLocks};
-use bridge_client::{BridgeClient, BridgeConfig, Credentials};
+use bridge_client::{BleHandler, BridgeClient, BridgeConfig, Credentials};
 use bridge_hub::HubConfig;
 use bridge_protocol::{DeviceId, Role};
 use bridge_server::auth::{Claims, unix_now};
@@ -492,6 +495,7 @@ fn run_load_child(scenario: &Scenario, port: u16, server_pid: u32) -> Result<(),
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let url = format!("ws://127.0.0.1:{port}/ws");
+        let report_stages = std::env::var("E2E_PHONE_STAGES").is_ok_and(|v| v == "1");
         let mut phones = Vec::with_capacity(scenario.bridges);
         for i in 0..scenario.bridges {
             let id = device(i);
@@ -500,16 +504,15 @@ fn run_load_child(scenario: &Scenario, port: u16, server_pid: u32) -> Result<(),
                 Role::Bridge,
                 Some(vec![id.as_str().to_owned()]),
             ));
-            let locks = Arc::new(SimulatedLocks::new(
-                [id.clone()],
-                LockBehaviour {
-                    latency: Duration::ZERO,
-                    failure_rate: 0.0,
-                },
-            ));
+            let locks = Arc::new(SimulatedLocks::new([id.clone()], LockBehaviour::default()));
+            let handler: Arc<dyn BleHandler> = if report_stages {
+                locks
+            } else {
+                Arc::new(NoStages(locks))
+            };
             let client = BridgeClient::start(
                 BridgeConfig::new(url.clone(), credentials, vec![id.clone()]),
-                locks,
+                handler,
             );
             phones.push((client, id));
         }
@@ -931,6 +934,20 @@ fn orchestrate(args: &[String]) -> Result<(), BoxError> {
         }
     }
     Ok(())
+}
+
+/// A phone that answers like [`SimulatedLocks`] and reports no stage (a 1.0 bridge): only
+/// `write` is implemented, so the client's progress handle is never used.
+struct NoStages(Arc<SimulatedLocks>);
+
+#[async_trait::async_trait]
+impl BleHandler for NoStages {
+    async fn write(
+        &self,
+        request: &bridge_protocol::BleWrite,
+    ) -> Result<bridge_protocol::HexPayload, bridge_protocol::DeviceErrorCode> {
+        self.0.write(request).await
+    }
 }
 
 #[cfg(test)]

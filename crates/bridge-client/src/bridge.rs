@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bridge_protocol::{
-    BleOutcome, BleResponse, BleStatus, BleWrite, BridgeToServer, DeviceErrorCode, DeviceId,
-    ErrorFrame, HexPayload, Release, ServerToBridge,
+    BleOutcome, BleProgress, BleResponse, BleStatus, BleWrite, BridgeToServer, DeviceErrorCode,
+    DeviceId, ErrorFrame, HexPayload, Release, RequestId, ServerToBridge, Stage,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -30,6 +30,62 @@ pub trait BleHandler: Send + Sync + 'static {
     /// device's reply from `request.listen_uuid`, or a short error code such as
     /// `gatt_write_failed`. Should finish within `request.timeout_ms`.
     async fn write(&self, request: &BleWrite) -> Result<HexPayload, DeviceErrorCode>;
+
+    /// As [`write`](Self::write), reporting how far it got through `progress` (PROTOCOL.md
+    /// 3.2 `ble_progress`, version 1.1): [`Stage::Received`] once the write is handed to the
+    /// BLE stack, [`Stage::Connected`] when the link to the device came up for it (skipped
+    /// when it already was), [`Stage::Written`] when the GATT write completed and the reply
+    /// is awaited. The client calls this one; the default reports nothing and calls
+    /// `write`, so a 1.0 handler keeps working unchanged. Reporting is optional, and so is
+    /// each stage, but a timeout then only says `sent`.
+    async fn write_with_progress(
+        &self,
+        request: &BleWrite,
+        progress: &Progress,
+    ) -> Result<HexPayload, DeviceErrorCode> {
+        let _ = progress;
+        self.write(request).await
+    }
+}
+
+/// Reports the stages of one `ble_write` to the server as `ble_progress` frames (PROTOCOL.md
+/// 3.2, version 1.1); handed to [`BleHandler::write_with_progress`].
+///
+/// Sending never waits: the frame is queued on the connection the write came on (and
+/// dropped if that connection is gone, as the answer would be). The server ignores a stage
+/// not later than one already reported, so reporting twice is harmless.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    request_id: RequestId,
+    device_id: DeviceId,
+    frames: Option<mpsc::UnboundedSender<BridgeToServer>>,
+}
+
+impl Progress {
+    /// A handle that reports nothing, for calling a handler outside a bridge connection
+    /// (tests, a handler calling another).
+    pub fn detached(request: &BleWrite) -> Self {
+        Self {
+            request_id: request.request_id,
+            device_id: request.device_id.clone(),
+            frames: None,
+        }
+    }
+
+    /// Reports that the write reached `stage`. `Stage::Sent` is the server's own stage and
+    /// is not sent.
+    pub fn report(&self, stage: Stage) {
+        if !stage.is_reported_by_bridge() {
+            return;
+        }
+        if let Some(frames) = &self.frames {
+            let _ = frames.send(BridgeToServer::BleProgress(BleProgress {
+                request_id: self.request_id,
+                device_id: self.device_id.clone(),
+                stage,
+            }));
+        }
+    }
 }
 
 /// Settings of a [`BridgeClient`].
@@ -321,7 +377,12 @@ async fn serve(
                             let handler = Arc::clone(handler);
                             let answers = answers_tx.clone();
                             tokio::spawn(async move {
-                                let outcome = match handler.write(&write).await {
+                                let progress = Progress {
+                                    request_id: write.request_id,
+                                    device_id: write.device_id.clone(),
+                                    frames: Some(answers.clone()),
+                                };
+                                let outcome = match handler.write_with_progress(&write, &progress).await {
                                     Ok(payload) => BleOutcome::Payload(payload),
                                     Err(code) => BleOutcome::Error(code),
                                 };

@@ -30,6 +30,22 @@
 //!    `gatt_write_failed`) — never both. Answer within `timeoutMs`; a late answer is refused
 //!    with `unknown_request`. Handle several writes concurrently; serialize per device if
 //!    your BLE stack needs it.
+//!
+//!    **Report how far you got** (protocol 1.1, optional but what makes a timeout
+//!    diagnosable): while handling a `ble_write`, send
+//!    `{"type":"ble_progress","requestId":<same>,"deviceId":<same>,"stage":S}` on the same
+//!    connection as each stage is reached, in order — `received` as soon as the write is
+//!    handed to your BLE stack, `connected` when the link to the device came up for it
+//!    (skip it when the link already was up), `written` when the GATT write completed and
+//!    you wait for the notification. Skipping stages is fine; a repeated or earlier stage is
+//!    ignored; none of them answers the write or extends `timeoutMs`. A timeout then tells
+//!    the backend `"stage":"written"` (the lock took the write and never answered) rather
+//!    than just `timeout`. In Rust, implement [`BleHandler::write_with_progress`] and call
+//!    [`Progress::report`]; in Swift or Kotlin, the same three sends, e.g. in Swift
+//!    `send(progress(id, device, "received"))` before `peripheral.connect`,
+//!    `"connected"` in `didConnect`, `"written"` in `didWriteValueFor`; in Kotlin the same
+//!    in `connectGatt`, `onConnectionStateChange(STATE_CONNECTED)` and
+//!    `onCharacteristicWrite(GATT_SUCCESS)`.
 //! 4. **Release** a device you are no longer near: `{"type":"release","deviceId":"D1"}`.
 //!    Commands pending through you for it fail at once on the server.
 //! 5. **Stay alive**: answer WebSocket pings (every WebSocket library does); the server closes
@@ -88,7 +104,7 @@ pub mod lock;
 mod user;
 
 pub use backoff::Backoff;
-pub use bridge::{BleHandler, BridgeClient, BridgeConfig, ConnectionState};
+pub use bridge::{BleHandler, BridgeClient, BridgeConfig, ConnectionState, Progress};
 pub use connect::Credentials;
 pub use error::ClientError;
 pub use user::{UserClient, UserConfig};

@@ -20,9 +20,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bridge_protocol::{BleWrite, DeviceConfig, DeviceErrorCode, DeviceId, HexPayload};
+use bridge_protocol::{BleWrite, DeviceConfig, DeviceErrorCode, DeviceId, HexPayload, Stage};
 
-use crate::BleHandler;
+use crate::{BleHandler, Progress};
 
 /// Opcode: lock.
 pub const LOCK: u8 = 0x01;
@@ -75,6 +75,12 @@ pub struct LockBehaviour {
     pub latency: Duration,
     /// Probability in `[0, 1]` that a write fails with `gatt_write_failed` (default 0).
     pub failure_rate: f64,
+    /// `Some(stage)`: every write gets as far as `stage` and no further, and is never
+    /// answered (default `None`: writes complete). `Sent`: the phone never acknowledges
+    /// (no `ble_progress` at all); `Received`: the BLE link never comes up; `Connected`:
+    /// the GATT write never completes; `Written`: the lock takes the write and never
+    /// answers. The server's timeout then says which (`stage`, PROTOCOL.md 4.1).
+    pub stuck_after: Option<Stage>,
 }
 
 impl Default for LockBehaviour {
@@ -82,6 +88,7 @@ impl Default for LockBehaviour {
         Self {
             latency: Duration::ZERO,
             failure_rate: 0.0,
+            stuck_after: None,
         }
     }
 }
@@ -123,6 +130,38 @@ impl SimulatedLocks {
 #[async_trait]
 impl BleHandler for SimulatedLocks {
     async fn write(&self, request: &BleWrite) -> Result<HexPayload, DeviceErrorCode> {
+        self.write_with_progress(request, &Progress::detached(request))
+            .await
+    }
+
+    /// Reports `received`, `connected` (the simulated link comes up for every write to a
+    /// lock it has) and `written` (after the simulated latency, once the lock applied the
+    /// write), stopping for good after [`LockBehaviour::stuck_after`] if set.
+    async fn write_with_progress(
+        &self,
+        request: &BleWrite,
+        progress: &Progress,
+    ) -> Result<HexPayload, DeviceErrorCode> {
+        let stuck_after = self.behaviour.stuck_after;
+        // Reports `stage`, unless the write is stuck before it: then it never ends (the
+        // task is parked until the simulator exits; the server times the command out).
+        let reach = |stage: Stage| async move {
+            if stuck_after.is_some_and(|last| stage > last) {
+                std::future::pending::<()>().await;
+            }
+            progress.report(stage);
+        };
+        reach(Stage::Received).await;
+        // A lock this phone does not have: no link comes up.
+        let known = self
+            .locks
+            .lock()
+            .map_err(|_| Self::error("gatt_write_failed"))?
+            .contains_key(&request.device_id);
+        if !known {
+            return Err(Self::error("device_not_found"));
+        }
+        reach(Stage::Connected).await;
         if !self.behaviour.latency.is_zero() {
             tokio::time::sleep(self.behaviour.latency).await;
         }
@@ -135,16 +174,24 @@ impl BleHandler for SimulatedLocks {
         {
             return Err(Self::error("characteristic_not_found"));
         }
-        let mut locks = self
-            .locks
-            .lock()
-            .map_err(|_| Self::error("gatt_write_failed"))?;
-        let lock = locks
-            .get_mut(&request.device_id)
-            .ok_or_else(|| Self::error("device_not_found"))?;
-        lock.apply(request.payload.as_bytes())
-            .map(HexPayload::from_bytes)
-            .map_err(Self::error)
+        // The write lands: the lock applies it (and its reply, an error included, is what
+        // the phone then waits for).
+        let reply = {
+            let mut locks = self
+                .locks
+                .lock()
+                .map_err(|_| Self::error("gatt_write_failed"))?;
+            let lock = locks
+                .get_mut(&request.device_id)
+                .ok_or_else(|| Self::error("device_not_found"))?;
+            lock.apply(request.payload.as_bytes())
+        };
+        reach(Stage::Written).await;
+        if stuck_after.is_some() {
+            // Stuck after `written`: the lock took the write and never answers.
+            std::future::pending::<()>().await;
+        }
+        reply.map(HexPayload::from_bytes).map_err(Self::error)
     }
 }
 

@@ -13,9 +13,9 @@ use bridge_client::{
 };
 use bridge_protocol::http::CommandRequest;
 use bridge_protocol::{
-    BleOutcome, BleWrite, BridgeToServer, DeviceConfig, DeviceId, DeviceType, ErrorCode,
-    HexPayload, Limits, RequestId, ResultStatus, ServerToBridge, ServerToUser, TimeoutMs,
-    UserToServer,
+    BleOutcome, BleResponse, BleWrite, BridgeToServer, DeviceConfig, DeviceErrorCode, DeviceId,
+    DeviceType, ErrorCode, HexPayload, Limits, RequestId, ResultStatus, ServerToBridge,
+    ServerToUser, Stage, TimeoutMs, UserToServer,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,6 +59,22 @@ async fn next_text(ws: &mut Server) -> String {
 
 async fn next_bridge_frame(ws: &mut Server) -> BridgeToServer {
     BridgeToServer::decode(&next_text(ws).await, &Limits::default()).unwrap()
+}
+
+/// The stages the bridge reported for `request_id` (`ble_progress`, in the order sent),
+/// then its answer.
+async fn progress_then_answer(ws: &mut Server, request_id: &str) -> (Vec<Stage>, BleResponse) {
+    let mut stages = Vec::new();
+    loop {
+        match next_bridge_frame(ws).await {
+            BridgeToServer::BleProgress(progress) => {
+                assert_eq!(progress.request_id.as_str(), request_id);
+                stages.push(progress.stage);
+            }
+            BridgeToServer::BleResponse(answer) => return (stages, answer),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
 }
 
 fn lock(id: &str) -> DeviceId {
@@ -114,9 +130,12 @@ async fn a_bridge_names_its_devices_and_answers_each_write_with_the_same_request
     ))
     .await
     .unwrap();
-    let BridgeToServer::BleResponse(answer) = next_bridge_frame(&mut ws).await else {
-        panic!()
-    };
+    let (stages, answer) = progress_then_answer(&mut ws, "r-1").await;
+    assert_eq!(
+        stages,
+        [Stage::Received, Stage::Connected, Stage::Written],
+        "the simulated phone reports every stage, in order"
+    );
     assert_eq!(answer.request_id.as_str(), "r-1");
     assert_eq!(answer.device_id, lock("lock-1"));
     assert_eq!(
@@ -131,9 +150,12 @@ async fn a_bridge_names_its_devices_and_answers_each_write_with_the_same_request
     ))
     .await
     .unwrap();
-    let BridgeToServer::BleResponse(answer) = next_bridge_frame(&mut ws).await else {
-        panic!()
-    };
+    let (stages, answer) = progress_then_answer(&mut ws, "r-2").await;
+    assert_eq!(
+        stages,
+        [Stage::Received],
+        "no link to a lock it does not have"
+    );
     assert!(matches!(answer.outcome, BleOutcome::Error(e) if e.as_str() == "device_not_found"));
     client.shutdown().await;
 }
@@ -353,5 +375,41 @@ async fn a_bridge_goes_on_to_the_next_node_when_its_node_goes() {
         "the same devices, at the next node"
     );
     client.wait_connected(2).await.unwrap();
+}
+
+/// A handler written for protocol 1.0 (only `write`): it reports no stage, and its answers
+/// are unchanged.
+#[tokio::test]
+async fn a_handler_that_reports_nothing_sends_only_its_answer() {
+    struct Echo;
+    #[async_trait::async_trait]
+    impl bridge_client::BleHandler for Echo {
+        async fn write(&self, request: &BleWrite) -> Result<HexPayload, DeviceErrorCode> {
+            Ok(request.payload.clone())
+        }
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let client = BridgeClient::start(
+        BridgeConfig::new(
+            url,
+            Credentials::Development {
+                user_id: "phone".into(),
+            },
+            vec![lock("lock-1")],
+        ),
+        Arc::new(Echo),
+    );
+    let (mut ws, _, _) = accept(&listener).await;
+    client.wait_connected(1).await.unwrap();
+    ws.send(Message::text(ble_write("r-1", "lock-1", &[7]).to_json()))
+        .await
+        .unwrap();
+    let (stages, answer) = progress_then_answer(&mut ws, "r-1").await;
+    assert!(stages.is_empty(), "{stages:?}");
+    assert_eq!(
+        answer.outcome,
+        BleOutcome::Payload(HexPayload::from_bytes(vec![7]))
+    );
     client.shutdown().await;
 }

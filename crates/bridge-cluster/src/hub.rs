@@ -11,7 +11,9 @@ use bridge_hub::{
     DevicePresence, Frame, Hub, HubError, HubEvent, HubHealth, InFlight, Intercepted, LocalHub,
     PresenceOverlay, ReleaseReason, RemotePresence, ResponseInterceptor, ResponseRefused, UserId,
 };
-use bridge_protocol::{BleResponse, BridgeToServer, ConnectionId, DeviceId, ErrorCode, RequestId};
+use bridge_protocol::{
+    BleProgress, BleResponse, BridgeToServer, ConnectionId, DeviceId, ErrorCode, RequestId,
+};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -438,6 +440,31 @@ impl ResponseInterceptor for Interceptor {
             );
         }
         Intercepted::Taken(Ok(()))
+    }
+
+    fn intercept_progress(
+        &self,
+        connection: ConnectionId,
+        progress: &BleProgress,
+    ) -> Option<Result<(), ResponseRefused>> {
+        let shared = self.0.upgrade()?;
+        let key = (connection, progress.request_id);
+        let (origin, proxy) = {
+            let table = shared.forwarded.lock();
+            let forward = table.by_answer.get(&key)?;
+            // Checked like its answer: only the device it was sent to reports on it.
+            if forward.device != progress.device_id {
+                return Some(Err(ResponseRefused::new(
+                    progress.request_id,
+                    ErrorCode::Forbidden,
+                )));
+            }
+            (forward.origin.clone(), forward.proxy)
+        };
+        // The command's session is on its origin node, which records the stage.
+        let text = BridgeToServer::BleProgress(progress.clone()).to_json();
+        shared.to_node(&origin, "progress", proxy, Bytes::from(text), None);
+        Some(Ok(()))
     }
 }
 
@@ -1013,6 +1040,24 @@ async fn listen_node(shared: Arc<Shared>, client: Client, mut messages: Subscrib
                     && let Err(refused) = shared.local.offer_response(proxy, response)
                 {
                     tracing::debug!(?refused, "an answer from another node was refused");
+                }
+            }
+            "progress" => {
+                let proxy = ConnectionId::new(proxy);
+                let ours = shared
+                    .outbound
+                    .lock()
+                    .get(&proxy)
+                    .is_some_and(|(node, _)| node == origin);
+                let Ok(text) = std::str::from_utf8(&message.payload) else {
+                    continue;
+                };
+                let limits = shared.local.config().protocol_limits;
+                if let (true, Ok(BridgeToServer::BleProgress(progress))) =
+                    (ours, BridgeToServer::decode(text, &limits))
+                    && let Err(refused) = shared.local.offer_progress(proxy, &progress)
+                {
+                    tracing::debug!(?refused, "a progress report from another node was refused");
                 }
             }
             "queued" => {

@@ -2,9 +2,9 @@
 //! frame (PROTOCOL.md 4.1 and 3.4), and the queue operations that start deliveries.
 
 use bridge_protocol::http::{CommandRequest, CommandResponse};
-use bridge_protocol::{CommandId, DeviceId, ErrorCode, Hops, RegistryError};
+use bridge_protocol::{CommandId, DeviceId, ErrorCode, RegistryError};
 use bridge_queue::{InvalidInput, NewCommand, Party, QueuedCommand, StoreError};
-use bridge_session::CommandError;
+use bridge_session::{CommandError, CommandFailure};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -61,6 +61,12 @@ pub fn store_error_code(error: &StoreError) -> ErrorCode {
     }
 }
 
+/// How long a command was out at a bridge, and its `ble_write`'s `requestId`.
+struct SentFor {
+    elapsed: std::time::Duration,
+    request_id: Option<bridge_protocol::RequestId>,
+}
+
 impl Dispatcher {
     /// Runs one command of `party` (the backend for `POST /v1/devices/{id}/commands`, the
     /// user for a `command` frame): sends it now if the device is online, queues it if asked
@@ -76,7 +82,7 @@ impl Dispatcher {
     ) -> Result<CommandResponse, Refusal> {
         let span = tracing::info_span!("command", device = %device, party = %party);
         let result = self
-            .run(device.clone(), request, party)
+            .run(&device, request, party)
             .instrument(span.clone())
             .await;
         let outcome = match &result {
@@ -84,20 +90,28 @@ impl Dispatcher {
             Err(refusal) => refusal.code().as_str(),
         };
         span.in_scope(|| tracing::info!(outcome, "command ended"));
-        let sent_for = result.as_ref().ok().and_then(|(_, sent_for)| *sent_for);
+        let sent = result.as_ref().ok().and_then(|(_, sent)| sent.as_ref());
         self.inner
             .outlet
-            .command_ended_for(&device, outcome, sent_for);
+            .command_ended_for(&device, outcome, sent.map(|sent| sent.elapsed));
+        if let (Ok((response, _)), Some(sent)) = (&result, sent) {
+            let outlet = &self.inner.outlet;
+            outlet.stages_reached(&response.hops());
+            if let Some(request_id) = &sent.request_id {
+                outlet.command_answered(&device, request_id, response);
+            }
+        }
         result.map(|(response, _)| response)
     }
 
-    /// The answer, and how long the command was out at a bridge if it went out.
+    /// The answer, and, if the command went out to a bridge, how long for and its
+    /// `ble_write`'s `requestId`.
     async fn run(
         &self,
-        device: DeviceId,
+        device: &DeviceId,
         request: CommandRequest,
         party: Party,
-    ) -> Result<(CommandResponse, Option<std::time::Duration>), Refusal> {
+    ) -> Result<(CommandResponse, Option<SentFor>), Refusal> {
         let device_type = match self.inner.registry.resolve(
             request
                 .device_type
@@ -116,7 +130,7 @@ impl Dispatcher {
         };
 
         if request.requires_confirmation {
-            let command_id = self.enqueue(&device, &request, party).await?;
+            let command_id = self.enqueue(device, &request, party).await?;
             tracing::info!(%command_id, "queued, awaiting confirmation");
             return Ok((CommandResponse::AwaitingConfirmation { command_id }, None));
         }
@@ -125,35 +139,47 @@ impl Dispatcher {
         let result = self
             .inner
             .sender
-            .send_command(
+            .send_command_traced(
                 device.clone(),
                 Some(device_type.as_str()),
                 request.payload.clone(),
                 request.timeout_ms.as_duration(),
             )
             .await;
-        let sent_for = Some(start.elapsed());
+        let elapsed = start.elapsed();
+        let (result, hops, request_id) = match result {
+            Ok(reply) => {
+                let (hops, id) = (reply.hops, reply.request_id);
+                (Ok(reply), hops, Some(id))
+            }
+            Err(CommandFailure {
+                error,
+                hops,
+                request_id,
+                ..
+            }) => (Err(error), hops, request_id),
+        };
+        let sent_for = Some(SentFor {
+            elapsed,
+            request_id,
+        });
         let response = match result {
             Ok(reply) => CommandResponse::Succeeded {
                 request_id: reply.request_id,
                 payload: reply.payload,
                 latency_ms: u64::try_from(reply.latency.as_millis()).unwrap_or(u64::MAX),
-                hops: Hops::NONE,
+                hops,
             },
             Err(CommandError::Offline) if request.wants_queue() => {
-                let command_id = self.enqueue(&device, &request, party).await?;
+                let command_id = self.enqueue(device, &request, party).await?;
                 tracing::info!(%command_id, "device offline: queued");
                 return Ok((CommandResponse::Queued { command_id }, None));
             }
             Err(CommandError::Offline) => return Ok((CommandResponse::Offline, None)),
-            // Per-hop progress (`stage`/`progress`) is not recorded by the session yet: the
-            // answers leave the fields out, as for a bridge that reports no stage.
-            Err(CommandError::BridgeLost) => CommandResponse::BridgeLost { hops: Hops::NONE },
-            Err(CommandError::Timeout) => CommandResponse::Timeout { hops: Hops::NONE },
-            Err(CommandError::DeviceError(error)) => CommandResponse::DeviceError {
-                error,
-                hops: Hops::NONE,
-            },
+            // `stage`/`progress`: how far it got (PROTOCOL.md 4.1, 1.1).
+            Err(CommandError::BridgeLost) => CommandResponse::BridgeLost { hops },
+            Err(CommandError::Timeout) => CommandResponse::Timeout { hops },
+            Err(CommandError::DeviceError(error)) => CommandResponse::DeviceError { error, hops },
             Err(CommandError::UnknownDeviceType(name)) => {
                 return Err(Refusal::UnknownDeviceType(name));
             }

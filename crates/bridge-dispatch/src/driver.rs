@@ -8,10 +8,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bridge_protocol::http::{CommandOutcome, CommandView};
-use bridge_protocol::{CommandResult, ConfigRegistry, DeviceId, DeviceType, HexPayload};
+use bridge_protocol::http::{CommandOutcome, CommandResponse, CommandView};
+use bridge_protocol::{
+    CommandResult, ConfigRegistry, DeviceId, DeviceType, HexPayload, Hops, RequestId,
+};
 use bridge_queue::{NodeId, QueuedCommand, Store, StoreError};
-use bridge_session::{CommandError, CommandReply, SessionManager, Transport};
+use bridge_session::{CommandError, CommandFailure, CommandReply, SessionManager, Transport};
 use futures_util::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -32,6 +34,22 @@ pub trait CommandSender: Send + Sync + 'static {
         payload: HexPayload,
         timeout: Duration,
     ) -> Result<CommandReply, CommandError>;
+
+    /// As [`send_command`](Self::send_command), and a failure says how far the command got
+    /// (PROTOCOL.md 4.1, 1.1: `stage`/`progress`). The command path calls this one. The
+    /// default calls `send_command` and reports failures with no stage
+    /// ([`CommandFailure::unsent`]), the 1.0 shape; the session manager overrides it.
+    async fn send_command_traced(
+        &self,
+        device: DeviceId,
+        device_type: Option<&str>,
+        payload: HexPayload,
+        timeout: Duration,
+    ) -> Result<CommandReply, CommandFailure> {
+        self.send_command(device, device_type, payload, timeout)
+            .await
+            .map_err(CommandFailure::unsent)
+    }
 }
 
 #[async_trait]
@@ -44,6 +62,16 @@ impl<T: Transport + ?Sized> CommandSender for SessionManager<T> {
         timeout: Duration,
     ) -> Result<CommandReply, CommandError> {
         SessionManager::send_command(self, device, device_type, payload, timeout).await
+    }
+
+    async fn send_command_traced(
+        &self,
+        device: DeviceId,
+        device_type: Option<&str>,
+        payload: HexPayload,
+        timeout: Duration,
+    ) -> Result<CommandReply, CommandFailure> {
+        SessionManager::send_command_traced(self, device, device_type, payload, timeout).await
     }
 }
 
@@ -71,6 +99,28 @@ pub trait Outlet: Send + Sync + 'static {
     ) {
         let _ = device;
         self.command_ended(outcome, sent_for);
+    }
+
+    /// A command that was sent to a bridge ended having got as far as `hops` (PROTOCOL.md
+    /// 4.1, 1.1; the server's `bridge_command_stage_seconds{stage}`). Called for the
+    /// commands of [`Dispatcher::execute`] and for deliveries of queued commands. Default:
+    /// nothing.
+    fn stages_reached(&self, hops: &Hops) {
+        let _ = hops;
+    }
+
+    /// A command of [`Dispatcher::execute`] that was sent to a bridge ended with `answer`;
+    /// `request_id` is its `ble_write`'s (the live stream of PROTOCOL.md 4.5 reports it as a
+    /// `command_result` carrying that `requestId`; queued commands are reported through
+    /// [`announce`](Self::announce) instead). Called on the command path: must not block.
+    /// Default: nothing.
+    fn command_answered(
+        &self,
+        device: &DeviceId,
+        request_id: &RequestId,
+        answer: &CommandResponse,
+    ) {
+        let _ = (device, request_id, answer);
     }
 
     /// A task of the dispatcher panicked and was recovered: `what` names it (`lease`,
@@ -331,7 +381,7 @@ fn run(inner: &Arc<Inner>, action: Action) {
                     let result = supervised(
                         &task,
                         "send",
-                        task.sender.send_command(
+                        task.sender.send_command_traced(
                             command.device.clone(),
                             command.device_type.as_ref().map(DeviceType::as_str),
                             command.payload.clone(),
@@ -341,7 +391,25 @@ fn run(inner: &Arc<Inner>, action: Action) {
                     .await;
                     let sent = match result {
                         Some(result) => {
-                            let sent = sent_of(result);
+                            let hops = match &result {
+                                Ok(reply) => reply.hops,
+                                Err(failure) => failure.hops,
+                            };
+                            let sent = sent_of(result.map_err(|failure| failure.error));
+                            if sent.left() && !hops.is_empty() {
+                                task.outlet.stages_reached(&hops);
+                                // Before the lease ends, so that the ended command (and its
+                                // announcement) carries how far this attempt got.
+                                let recorded = store_call(
+                                    &task,
+                                    "record_hops",
+                                    task.store.record_hops(&leased.lease, hops),
+                                )
+                                .await;
+                                if let Err(error) = recorded {
+                                    tracing::warn!(%error, "cannot record how far the delivery got");
+                                }
+                            }
                             task.outlet.command_ended_for(
                                 &command.device,
                                 sent.outcome_label(),

@@ -40,6 +40,7 @@ fn command(id: &str, device_name: &str, status: CommandStatus) -> QueuedCommand 
         lease_deadline: None,
         lease_owner: None,
         outcome: None,
+        hops: bridge_protocol::Hops::NONE,
     }
 }
 

@@ -660,6 +660,16 @@ impl LocalHub {
         self.inner.responses.on_response(connection, response)
     }
 
+    /// Offers this hub's [`ResponseHandler`] a `ble_progress` that arrived elsewhere, as
+    /// [`offer_response`](Self::offer_response) does an answer.
+    pub fn offer_progress(
+        &self,
+        connection: ConnectionId,
+        progress: &bridge_protocol::BleProgress,
+    ) -> Result<(), ResponseRefused> {
+        self.inner.responses.on_progress(connection, progress)
+    }
+
     /// Reports that the bridge of another process a command was sent through (stand-in id
     /// `connection`) stopped holding `device_id`, or is gone: the hub's [`EventSink`] gets
     /// [`HubEvent::DeviceReleased`] with [`ReleaseReason::Remote`], on which a server fails

@@ -396,6 +396,7 @@ where
         match self.info.role() {
             Role::Bridge => match BridgeToServer::decode(text, limits) {
                 Ok(BridgeToServer::BleResponse(response)) => Some(response.request_id),
+                Ok(BridgeToServer::BleProgress(progress)) => Some(progress.request_id),
                 Ok(_) => None,
                 Err(error) => error.request_id,
             },
@@ -459,6 +460,22 @@ where
                     },
                 };
                 if let Err(refused) = answered {
+                    self.reject(
+                        &ProtocolError::new(refused.code, refused.message())
+                            .with_request_id(Some(refused.request_id)),
+                    );
+                }
+            }
+            BridgeToServer::BleProgress(progress) => {
+                // Checked like an answer, on this connection's task; it resolves nothing.
+                let intercepted = self
+                    .inner
+                    .interceptor
+                    .get()
+                    .and_then(|interceptor| interceptor.intercept_progress(id, &progress));
+                let checked =
+                    intercepted.unwrap_or_else(|| self.inner.responses.on_progress(id, &progress));
+                if let Err(refused) = checked {
                     self.reject(
                         &ProtocolError::new(refused.code, refused.message())
                             .with_request_id(Some(refused.request_id)),

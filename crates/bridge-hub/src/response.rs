@@ -1,7 +1,7 @@
 //! Where a bridge's `ble_response` goes: a synchronous handler called on the connection's
 //! own task.
 
-use bridge_protocol::{BleResponse, ConnectionId, ErrorCode, RequestId};
+use bridge_protocol::{BleProgress, BleResponse, ConnectionId, ErrorCode, RequestId};
 
 /// Why a [`ResponseHandler`] refused a `ble_response`; the hub answers the bridge with the
 /// error frame `code` carrying `request_id` (PROTOCOL.md 3.2).
@@ -49,6 +49,20 @@ pub trait ResponseHandler: Send + Sync + 'static {
         connection: ConnectionId,
         response: BleResponse,
     ) -> Result<(), ResponseRefused>;
+
+    /// Offers the `ble_progress` `progress` that arrived on `connection` (PROTOCOL.md 3.2,
+    /// version 1.1), on the connection's task like [`on_response`](Self::on_response) and
+    /// under the same rules; `Err` is answered with the error frame by the hub. The
+    /// default accepts and ignores it, as a server that does not record stages may
+    /// (closures implement only `on_response`).
+    fn on_progress(
+        &self,
+        connection: ConnectionId,
+        progress: &BleProgress,
+    ) -> Result<(), ResponseRefused> {
+        let _ = (connection, progress);
+        Ok(())
+    }
 }
 
 impl<F> ResponseHandler for F
@@ -82,6 +96,19 @@ pub enum Intercepted {
 pub trait ResponseInterceptor: Send + Sync + 'static {
     /// Takes `response`, arrived on `connection`, or passes it on.
     fn intercept(&self, connection: ConnectionId, response: BleResponse) -> Intercepted;
+
+    /// Sees a `ble_progress` (PROTOCOL.md 3.2, 1.1) that arrived on `connection` before the
+    /// hub's [`ResponseHandler::on_progress`]: `Some` when it reports on a command of the
+    /// interceptor's (on `Err` the hub refuses it to the bridge), `None` to pass it on.
+    /// Default: `None` (an interceptor that takes no progress reports).
+    fn intercept_progress(
+        &self,
+        connection: ConnectionId,
+        progress: &BleProgress,
+    ) -> Option<Result<(), ResponseRefused>> {
+        let _ = (connection, progress);
+        None
+    }
 }
 
 /// The [`ResponseHandler`] of a hub that sends no commands: every answer is refused with
@@ -93,6 +120,13 @@ impl ResponseHandler for NoPendingCommands {
     fn on_response(&self, _: ConnectionId, response: BleResponse) -> Result<(), ResponseRefused> {
         Err(ResponseRefused::new(
             response.request_id,
+            ErrorCode::UnknownRequest,
+        ))
+    }
+
+    fn on_progress(&self, _: ConnectionId, progress: &BleProgress) -> Result<(), ResponseRefused> {
+        Err(ResponseRefused::new(
+            progress.request_id,
             ErrorCode::UnknownRequest,
         ))
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
-use bridge_protocol::{CommandId, DeviceId, Timestamp};
+use bridge_protocol::{CommandId, DeviceId, Hops, Timestamp};
 use parking_lot::Mutex;
 
 use crate::error::StoreError;
@@ -358,6 +358,7 @@ impl Store for MemoryStore {
                     lease_deadline: None,
                     lease_owner: None,
                     outcome: None,
+                    hops: Hops::NONE,
                 },
             },
         );
@@ -420,6 +421,23 @@ impl Store for MemoryStore {
         state.end_lease(lease, |c| {
             cut_delivery(c, cut == Cut::Sent, max_attempts, now);
         })
+    }
+
+    async fn record_hops(&self, lease: &Lease, hops: Hops) -> Result<(), StoreError> {
+        let mut state = self.state.lock();
+        let entry = state
+            .commands
+            .get_mut(&lease.id)
+            .ok_or_else(|| StoreError::NotFound {
+                id: lease.id.clone(),
+            })?;
+        if !entry.is_live(lease) {
+            return Err(StoreError::StaleLease {
+                id: lease.id.clone(),
+            });
+        }
+        entry.command.hops = hops;
+        Ok(())
     }
 
     async fn reclaim(&self, owner: &NodeId) -> Result<Vec<QueuedCommand>, StoreError> {

@@ -240,6 +240,11 @@ pub struct QueuedCommand {
     pub lease_owner: Option<NodeId>,
     /// The device's reply or error, once completed.
     pub outcome: Option<CommandOutcome>,
+    /// How far its latest attempt that left for a bridge got (PROTOCOL.md 4.1 and 4.2,
+    /// version 1.1: `stage`/`progress` of `GET /v1/commands/{commandId}`), as recorded with
+    /// [`Store::record_hops`](crate::Store::record_hops); [`Hops::NONE`] before any attempt
+    /// ended, and for commands stored before hops were kept.
+    pub hops: Hops,
 }
 
 impl QueuedCommand {
@@ -262,8 +267,7 @@ impl QueuedCommand {
             created_at: self.created_at,
             expires_at: self.expires_at,
             result: self.outcome.clone(),
-            // The store does not record how far an attempt got (1.1 `stage`/`progress`).
-            hops: Hops::NONE,
+            hops: self.hops,
         }
     }
 }
@@ -634,5 +638,73 @@ mod tests {
             assert_eq!(parse_status(status.as_str()), Some(status));
         }
         assert_eq!(parse_status("bogus"), None);
+    }
+}
+
+/// [`Hops`] as the backends store it, in one text value: the stage, then the milliseconds of
+/// `received`, `connected` and `written`, separated by `:` and empty when absent
+/// (`written:3::41`). `None` for [`Hops::NONE`] (stored as NULL, or not at all).
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+pub(crate) fn hops_to_stored(hops: &Hops) -> Option<String> {
+    if hops.is_empty() {
+        return None;
+    }
+    let ms = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_default();
+    Some(format!(
+        "{}:{}:{}:{}",
+        hops.stage
+            .map(bridge_protocol::Stage::as_str)
+            .unwrap_or_default(),
+        ms(hops.progress.received_ms),
+        ms(hops.progress.connected_ms),
+        ms(hops.progress.written_ms),
+    ))
+}
+
+/// Reads what [`hops_to_stored`] wrote; `None` for text it could not have written.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+pub(crate) fn hops_from_stored(text: &str) -> Option<Hops> {
+    let mut parts = text.split(':');
+    let stage = match parts.next()? {
+        "" => None,
+        name => Some(bridge_protocol::Stage::from_wire(name)?),
+    };
+    let mut ms = || -> Option<Option<u32>> {
+        match parts.next()? {
+            "" => Some(None),
+            digits => digits.parse().ok().map(Some),
+        }
+    };
+    let progress = bridge_protocol::Progress {
+        received_ms: ms()?,
+        connected_ms: ms()?,
+        written_ms: ms()?,
+    };
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Hops { stage, progress })
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+#[cfg(test)]
+mod hops_tests {
+    use super::*;
+    use bridge_protocol::Stage;
+
+    #[test]
+    fn hops_round_trip_through_their_stored_text() {
+        assert_eq!(hops_to_stored(&Hops::NONE), None);
+        assert_eq!(hops_to_stored(&Hops::SENT).as_deref(), Some("sent:::"));
+        let mut hops = Hops::SENT;
+        hops.advance(Stage::Received, 3);
+        hops.advance(Stage::Written, 41);
+        let text = hops_to_stored(&hops).unwrap();
+        assert_eq!(text, "written:3::41");
+        assert_eq!(hops_from_stored(&text), Some(hops));
+        assert_eq!(hops_from_stored("sent:::"), Some(Hops::SENT));
+        for bad in ["", "later:::", "sent::", "sent::::", "sent:x::"] {
+            assert_eq!(hops_from_stored(bad), None, "{bad:?}");
+        }
     }
 }

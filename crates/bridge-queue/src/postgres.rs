@@ -61,7 +61,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
-use bridge_protocol::{CommandId, DeviceId, DeviceType, Timestamp};
+use bridge_protocol::{CommandId, DeviceId, DeviceType, Hops, Timestamp};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Executor as _, Postgres, Row, Transaction};
 
@@ -69,7 +69,8 @@ use crate::clock::BackendTime;
 use crate::error::{InvalidInput, StoreError};
 use crate::model::{
     Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
-    SweepReport, expiry, grace_millis, new_command_id, parse_status, status_of_outcome,
+    SweepReport, expiry, grace_millis, hops_to_stored, new_command_id, parse_status,
+    status_of_outcome,
 };
 use crate::sql::{COLUMNS, FINAL, OPEN, RawRow, into_commands, map_err, outcome_columns, to_i64};
 use crate::store::Store;
@@ -146,6 +147,12 @@ const MIGRATIONS: &[(i32, &str)] = &[
         "CREATE INDEX IF NOT EXISTS bridge_queued_commands_final_expiry
             ON bridge_queued_commands (expires_at)
             WHERE status IN ('succeeded', 'failed', 'expired', 'cancelled');",
+    ),
+    // How far a command's latest attempt got (PROTOCOL.md 4.1, 1.1); rows written before
+    // read as no stage. Idempotent like migration 2.
+    (
+        6,
+        "ALTER TABLE bridge_queued_commands ADD COLUMN IF NOT EXISTS hops text;",
     ),
 ];
 
@@ -274,6 +281,7 @@ fn raw(row: &PgRow) -> Result<RawRow, sqlx::Error> {
         lease_token: row.try_get("lease_token")?,
         lease_owner: row.try_get("lease_owner")?,
         queued_by: row.try_get("queued_by")?,
+        hops: row.try_get("hops")?,
     })
 }
 
@@ -620,6 +628,32 @@ impl PostgresStore {
             Some(row) => decode_one(&row),
             None => Err(self.stale_or_not_found(id).await?),
         }
+    }
+
+    /// [`Store::record_hops`]: a fenced update of the `hops` column alone.
+    async fn record_hops_inner(&self, lease: &Lease, hops: Hops) -> Result<(), StoreError> {
+        let id = &lease.id;
+        let Ok(token) = i64::try_from(lease.token.as_u64()) else {
+            return Err(self.stale_or_not_found(id).await?);
+        };
+        let mut tx = self.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE bridge_queued_commands SET hops = $4
+             WHERE id = $1 AND status = 'delivering' AND lease_token = $2 AND lease_owner = $3",
+        )
+        .bind(id.as_str())
+        .bind(token)
+        .bind(lease.owner.as_str())
+        .bind(hops_to_stored(&hops))
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?
+        .rows_affected();
+        tx.commit().await.map_err(err)?;
+        if updated == 0 {
+            return Err(self.stale_or_not_found(id).await?);
+        }
+        Ok(())
     }
 
     /// Why a fenced update changed nothing: the command is unknown, or the lease is not its
@@ -991,6 +1025,10 @@ impl Store for PostgresStore {
 
     async fn reclaim(&self, owner: &NodeId) -> Result<Vec<QueuedCommand>, StoreError> {
         self.bounded(self.reclaim_inner(owner)).await
+    }
+
+    async fn record_hops(&self, lease: &Lease, hops: Hops) -> Result<(), StoreError> {
+        self.bounded(self.record_hops_inner(lease, hops)).await
     }
 
     async fn drain_pending(

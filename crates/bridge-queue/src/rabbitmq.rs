@@ -74,7 +74,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
-use bridge_protocol::{CommandId, DeviceId};
+use bridge_protocol::{CommandId, DeviceId, Hops};
 use futures_util::{Stream, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -697,6 +697,10 @@ impl<S: Store> Store for RabbitMqStore<S> {
         // The released command itself when it is back to pending, or the one behind it.
         self.inner.notify_device(&released.device).await;
         Ok(released)
+    }
+
+    async fn record_hops(&self, lease: &Lease, hops: Hops) -> Result<(), StoreError> {
+        self.inner.state.record_hops(lease, hops).await
     }
 
     async fn reclaim(&self, owner: &NodeId) -> Result<Vec<QueuedCommand>, StoreError> {

@@ -8,9 +8,11 @@ local DEVICES = P .. ':devices'
 -- 'token' (the lease counter) and 'owner' (the lease holder) are missing from hashes
 -- written before leases were fenced; they read as no token and no owner. 'by' (the party
 -- that queued the command) is missing from hashes written before it was kept; it reads as
--- 'backend' (see `queued_by`).
+-- 'backend' (see `queued_by`). 'hops' (how far the latest attempt got, PROTOCOL.md 4.1,
+-- 1.1) is missing until an attempt recorded it, and from hashes written before; it reads
+-- as no stage.
 local FIELDS = {'id', 'dev', 'type', 'payload', 'status', 'conf', 'attempts', 'created',
-  'expires', 'lease', 'rk', 'rv', 'seq', 'dtype', 'timeout', 'token', 'owner', 'by'}
+  'expires', 'lease', 'rk', 'rv', 'seq', 'dtype', 'timeout', 'token', 'owner', 'by', 'hops'}
 -- The statuses of commands that are not final; each has a set of its commands' ids.
 local OPEN = {awaiting_confirmation = true, pending = true, delivering = true}
 

@@ -82,7 +82,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bridge_protocol::http::CommandOutcome;
 use bridge_protocol::{
-    CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, HexPayload, TimeoutMs, Timestamp,
+    CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, HexPayload, Hops, TimeoutMs,
+    Timestamp,
 };
 use deadpool_redis::redis::{self, RetryMethod, Script, Value};
 use deadpool_redis::{Config, Pool, PoolError, Runtime};
@@ -91,7 +92,8 @@ use crate::clock::BackendTime;
 use crate::error::StoreError;
 use crate::model::{
     Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, Party, QueuedCommand,
-    StoreConfig, SweepReport, expiry, grace_millis, new_command_id, parse_status,
+    StoreConfig, SweepReport, expiry, grace_millis, hops_from_stored, hops_to_stored,
+    new_command_id, parse_status,
 };
 use crate::store::Store;
 
@@ -239,6 +241,21 @@ end
 redis.call('HSET', k, 'attempts', attempts, 'lease', '', 'owner', '', 'rk', rk, 'rv', rv)
 set_status(id, 'delivering', new)
 if new ~= 'pending' then close(id, h[1]) end
+return {'ok', record(id)}
+",
+    )
+});
+
+/// Records how far the delivery under a lease got, fenced like `END_LEASE`.
+static RECORD_HOPS: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local id, token, owner, hops = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local k = ckey(id)
+local h = redis.call('HMGET', k, 'dev', 'status', 'token', 'owner')
+if not h[1] then return {'notfound'} end
+if h[2] ~= 'delivering' or h[3] ~= token or h[4] ~= owner then return {'stale'} end
+redis.call('HSET', k, 'hops', hops)
 return {'ok', record(id)}
 ",
     )
@@ -561,7 +578,7 @@ fn array(v: &Value) -> Result<&[Value], StoreError> {
 /// leases were fenced).
 fn stored(v: &Value) -> Result<(QueuedCommand, u64), StoreError> {
     let f = array(v)?;
-    if f.len() != 18 {
+    if f.len() != 19 {
         return Err(corrupt("record"));
     }
     let lease = text(&f[9])?;
@@ -629,6 +646,14 @@ fn stored(v: &Value) -> Result<(QueuedCommand, u64), StoreError> {
             v => Party::from_stored(&text(v)?).ok_or_else(|| corrupt("party"))?,
         },
         outcome,
+        // Missing until an attempt recorded it (and in hashes written before it was kept).
+        hops: match &f[18] {
+            Value::Nil => Hops::NONE,
+            v => match text(v)?.as_str() {
+                "" => Hops::NONE,
+                stored => hops_from_stored(stored).ok_or_else(|| corrupt("hops"))?,
+            },
+        },
     };
     Ok((command, token))
 }
@@ -1014,6 +1039,23 @@ impl Store for RedisStore {
             Cut::NotSent => "not_sent",
         };
         self.end_lease(lease, action, None).await
+    }
+
+    async fn record_hops(&self, lease: &Lease, hops: Hops) -> Result<(), StoreError> {
+        let token = lease.token.as_u64().to_string();
+        let stored = hops_to_stored(&hops).unwrap_or_default();
+        let reply = self
+            .run(
+                &RECORD_HOPS,
+                &[
+                    lease.id.as_str().as_bytes(),
+                    token.as_bytes(),
+                    lease.owner.as_str().as_bytes(),
+                    stored.as_bytes(),
+                ],
+            )
+            .await?;
+        one(&reply, &lease.id, "record_hops").map(|_| ())
     }
 
     async fn reclaim(&self, owner: &NodeId) -> Result<Vec<QueuedCommand>, StoreError> {

@@ -2,16 +2,17 @@
 
 use bridge_protocol::http::CommandOutcome;
 use bridge_protocol::{
-    CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, HexPayload, TimeoutMs, Timestamp,
+    CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, HexPayload, Hops, TimeoutMs,
+    Timestamp,
 };
 
 use crate::error::StoreError;
-use crate::model::{NodeId, Party, QueuedCommand, parse_status};
+use crate::model::{NodeId, Party, QueuedCommand, hops_from_stored, parse_status};
 
 /// The columns every query returns, in this order.
 pub(crate) const COLUMNS: &str = "seq, id, device_id, command_type, payload, status, \
     requires_confirmation, attempts, created_at, expires_at, lease_until, result_payload, \
-    result_error, device_type, timeout_ms, lease_token, lease_owner, queued_by";
+    result_error, device_type, timeout_ms, lease_token, lease_owner, queued_by, hops";
 
 /// Statuses of commands that are not final, as an SQL list.
 pub(crate) const OPEN: &str = "('pending', 'awaiting_confirmation', 'delivering')";
@@ -45,6 +46,8 @@ pub(crate) struct RawRow {
     pub(crate) lease_owner: Option<String>,
     /// The stored form of the party that queued it ([`Party::as_stored`]).
     pub(crate) queued_by: String,
+    /// How far its latest attempt got, as [`hops_to_stored`] writes it; NULL for none.
+    pub(crate) hops: Option<String>,
 }
 
 impl RawRow {
@@ -90,6 +93,10 @@ impl RawRow {
                 .transpose()
                 .map_err(|_| corrupt("lease owner"))?,
             outcome,
+            hops: match self.hops.as_deref() {
+                None => Hops::NONE,
+                Some(text) => hops_from_stored(text).ok_or_else(|| corrupt("hops"))?,
+            },
         })
     }
 }

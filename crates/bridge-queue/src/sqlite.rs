@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
-use bridge_protocol::{CommandId, DeviceId, DeviceType, Timestamp};
+use bridge_protocol::{CommandId, DeviceId, DeviceType, Hops, Timestamp};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
@@ -46,7 +46,8 @@ use sqlx::{Row, Sqlite, Transaction};
 use crate::error::StoreError;
 use crate::model::{
     Cut, Lease, LeaseToken, Leased, NewCommand, NodeId, OpenCounts, QueuedCommand, StoreConfig,
-    SweepReport, expiry, grace_millis, new_command_id, parse_status, status_of_outcome,
+    SweepReport, expiry, grace_millis, hops_to_stored, new_command_id, parse_status,
+    status_of_outcome,
 };
 use crate::sql::{
     COLUMNS, FINAL, OPEN, RawRow, WAITING, into_commands, map_err, outcome_columns, to_i64,
@@ -74,7 +75,8 @@ const SCHEMA: &[&str] = &[
         timeout_ms INTEGER NOT NULL DEFAULT 10000,
         lease_token INTEGER NOT NULL DEFAULT 0,
         lease_owner TEXT,
-        queued_by TEXT NOT NULL DEFAULT 'backend'
+        queued_by TEXT NOT NULL DEFAULT 'backend',
+        hops TEXT
     )",
     "CREATE INDEX IF NOT EXISTS bridge_queued_commands_open
         ON bridge_queued_commands (device_id, seq)
@@ -98,6 +100,9 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("lease_token", "INTEGER NOT NULL DEFAULT 0"),
     ("lease_owner", "TEXT"),
     ("queued_by", "TEXT NOT NULL DEFAULT 'backend'"),
+    // How far the latest attempt got (PROTOCOL.md 4.1, 1.1); rows written before read as
+    // no stage.
+    ("hops", "TEXT"),
 ];
 
 /// Indexes over [`ADDED_COLUMNS`], created once they exist. The dedup index covers the
@@ -224,6 +229,7 @@ fn raw(row: &SqliteRow) -> Result<RawRow, sqlx::Error> {
         lease_token: row.try_get(15)?,
         lease_owner: row.try_get(16)?,
         queued_by: row.try_get(17)?,
+        hops: row.try_get(18)?,
     })
 }
 
@@ -647,6 +653,14 @@ impl Store for SqliteStore {
             .bind(self.config.clock.now().unix_millis())
             .bind(i64::from(self.config.max_attempts));
         self.end_lease(lease, update).await
+    }
+
+    async fn record_hops(&self, lease: &Lease, hops: Hops) -> Result<(), StoreError> {
+        let statement = format!(
+            "UPDATE bridge_queued_commands SET hops = ?4 WHERE {LIVE_LEASE} RETURNING {COLUMNS}"
+        );
+        let update = fenced(&statement, lease).bind(hops_to_stored(&hops));
+        self.end_lease(lease, update).await.map(|_| ())
     }
 
     async fn reclaim(&self, owner: &NodeId) -> Result<Vec<QueuedCommand>, StoreError> {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bridge_protocol::http::CommandOutcome;
-use bridge_protocol::{CommandId, CommandType, DeviceId, HexPayload, TtlSeconds};
+use bridge_protocol::{CommandId, CommandType, DeviceId, HexPayload, Hops, TtlSeconds};
 
 use crate::error::StoreError;
 use crate::model::{
@@ -173,6 +173,21 @@ pub trait Store: Send + Sync + 'static {
     /// [`StaleLease`](StoreError::StaleLease) and [`NotFound`](StoreError::NotFound) as for
     /// [`complete`](Self::complete).
     async fn release(&self, lease: &Lease, cut: Cut) -> Result<QueuedCommand, StoreError>;
+
+    /// Records how far the delivery under `lease` got (PROTOCOL.md 4.1, version 1.1:
+    /// `stage`/`progress`), for [`QueuedCommand::hops`] and so `GET /v1/commands/{id}`
+    /// (which shows the latest attempt's). Called once the attempt's `ble_write` has come
+    /// back (answered, timed out, cut off) and before [`complete`](Self::complete) or
+    /// [`release`](Self::release) ends the lease, so the command they return, and announce,
+    /// carries it. Fenced like them: [`StaleLease`](StoreError::StaleLease) unless `lease` is
+    /// live, [`NotFound`](StoreError::NotFound) for an unknown id.
+    ///
+    /// The default keeps nothing and answers `Ok` (a store written before version 1.1: its
+    /// commands show no stage); every backend of this crate overrides it.
+    async fn record_hops(&self, lease: &Lease, hops: Hops) -> Result<(), StoreError> {
+        let _ = (lease, hops);
+        Ok(())
+    }
 
     /// Takes back every live or lapsed lease held by `owner` (a node restarted under the same
     /// id; its former deliveries are over): each such command is ended as by a lapsed lease

@@ -33,8 +33,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bridge_protocol::http::{CommandOutcome, CommandStatus};
 use bridge_protocol::{
-    CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, HexPayload, TimeoutMs,
-    Timestamp, TtlSeconds, UserId,
+    CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, HexPayload, Hops, Stage,
+    TimeoutMs, Timestamp, TtlSeconds, UserId,
 };
 
 #[doc(hidden)]
@@ -99,6 +99,7 @@ macro_rules! conformance_tests {
                 lapsed_lease_is_handed_out_again,
                 late_answer_to_a_lapsed_lease_is_recorded,
                 stale_leases_are_refused_and_change_nothing,
+                hops_of_the_latest_attempt_are_kept,
                 reclaim_takes_back_only_the_owners_leases,
                 sweep_expires_and_recovers,
                 expire_returns_the_commands_it_ended_once,
@@ -1137,6 +1138,57 @@ pub async fn late_answer_to_a_lapsed_lease_is_recorded<H: Harness>(harness: &H) 
         (released.status, released.attempts),
         (CommandStatus::Pending, 0)
     );
+}
+
+/// How far an attempt got ([`Store::record_hops`], PROTOCOL.md 4.1, 1.1) is kept with the
+/// command, fenced like the end of its lease; the next attempt's replaces it, and the
+/// command's view shows it.
+pub async fn hops_of_the_latest_attempt_are_kept<H: Harness>(harness: &H) {
+    let Fixture { store, .. } = open_default(harness).await;
+    let dev = device("lock-1");
+    let id = enqueue(&*store, &dev, "unlock", &[1]).await;
+    assert_eq!(store.get(&id).await.expect("get").hops, Hops::NONE);
+
+    let first = lease(&*store, &dev).await;
+    let mut written = Hops::SENT;
+    written.advance(Stage::Received, 3);
+    written.advance(Stage::Written, 41);
+    store
+        .record_hops(&first.lease, written)
+        .await
+        .expect("record_hops");
+    let released = store
+        .release(&first.lease, Cut::Sent)
+        .await
+        .expect("release");
+    assert_eq!(released.hops, written);
+    assert_eq!(store.get(&id).await.expect("get").hops, written);
+    // The ended lease is stale now: nothing changes.
+    assert_stale(&store.record_hops(&first.lease, Hops::SENT).await, &id);
+    assert_eq!(store.get(&id).await.expect("get").hops, written);
+    let unknown = Lease {
+        id: CommandId::try_from("no-such-command".to_owned()).expect("id"),
+        ..first.lease.clone()
+    };
+    assert_not_found(&store.record_hops(&unknown, Hops::SENT).await);
+
+    // The second attempt only got as far as `sent`, and ends the command.
+    let second = lease(&*store, &dev).await;
+    assert_eq!(
+        second.command.hops, written,
+        "the latest ended attempt's until then"
+    );
+    store
+        .record_hops(&second.lease, Hops::SENT)
+        .await
+        .expect("record_hops");
+    let done = store
+        .complete(&second.lease, ok_reply())
+        .await
+        .expect("complete");
+    assert_eq!(done.hops, Hops::SENT);
+    let view = store.get(&id).await.expect("get").to_view();
+    assert_eq!(view.hops, Hops::SENT);
 }
 
 /// A lease that lapsed and was recovered, or was handed to another node since, or was

@@ -4,7 +4,7 @@
 //! here runs synchronously on the task of the connection it concerns, as a short,
 //! non-blocking step, in the order the hub reports it.
 //!
-//! * A bridge's `ble_response` goes to [`responses`], the hub's
+//! * A bridge's `ble_response` (and `ble_progress`, 1.1) goes to [`responses`], the hub's
 //!   [`ResponseHandler`](bridge_hub::ResponseHandler): a call to
 //!   [`SessionManager::handle_response`](bridge_session::SessionManager::handle_response)
 //!   (sharded, so connections rarely meet on a lock). A refusal is answered by the hub itself.
@@ -31,7 +31,9 @@ use std::sync::{Arc, OnceLock, Weak};
 use bridge_hub::{
     EventSink, Frame, HubEvent, InFlight, ResponseHandler, ResponseRefused, UserId as HubUserId,
 };
-use bridge_protocol::{CommandFrame, ConnectionId, ErrorCode, Role, ServerToUser, UserId};
+use bridge_protocol::{
+    CommandFrame, ConnectionId, DeviceStatus, ErrorCode, Role, ServerToUser, StreamEvent, UserId,
+};
 use bridge_queue::Party;
 use tokio::runtime::Handle;
 use tracing::Instrument;
@@ -43,10 +45,20 @@ use crate::server::Core;
 /// server owns the hub: a strong reference from the hub back would keep both alive forever.
 pub(crate) type CoreSlot = Arc<OnceLock<Weak<Core>>>;
 
-/// The hub's `ble_response` handler: the session manager matches the answer.
+/// The hub's `ble_response` and `ble_progress` handler: the session manager matches them.
 pub(crate) fn responses(slot: CoreSlot) -> impl ResponseHandler {
-    move |connection, response: bridge_protocol::BleResponse| {
-        let Some(core) = slot.get().and_then(Weak::upgrade) else {
+    Responses(slot)
+}
+
+struct Responses(CoreSlot);
+
+impl ResponseHandler for Responses {
+    fn on_response(
+        &self,
+        connection: ConnectionId,
+        response: bridge_protocol::BleResponse,
+    ) -> Result<(), ResponseRefused> {
+        let Some(core) = self.0.get().and_then(Weak::upgrade) else {
             // No server (yet, or any more): nothing can be pending.
             return Err(ResponseRefused::new(
                 response.request_id,
@@ -55,6 +67,23 @@ pub(crate) fn responses(slot: CoreSlot) -> impl ResponseHandler {
         };
         core.session
             .handle_response(connection, response)
+            .map_err(|rejected| ResponseRefused::new(rejected.request_id, rejected.error_code()))
+    }
+
+    fn on_progress(
+        &self,
+        connection: ConnectionId,
+        progress: &bridge_protocol::BleProgress,
+    ) -> Result<(), ResponseRefused> {
+        let Some(core) = self.0.get().and_then(Weak::upgrade) else {
+            return Err(ResponseRefused::new(
+                progress.request_id,
+                ErrorCode::UnknownRequest,
+            ));
+        };
+        core.session
+            .handle_progress(connection, progress)
+            .map(|_| ())
             .map_err(|rejected| ResponseRefused::new(rejected.request_id, rejected.error_code()))
     }
 }
@@ -86,16 +115,29 @@ fn handle(core: &Arc<Core>, runtime: &Handle, event: HubEvent) {
             role: Role::Bridge,
             ..
         } => core.session.connection_lost(connection),
-        HubEvent::DeviceOnline { device_id } => core.dispatch.device_online(&device_id),
-        HubEvent::DeviceOffline { device_id } => core.dispatch.device_offline(&device_id),
-        // Only a link that turns up starts a delivery pass: a bridge repeating
-        // `connected: true` would otherwise start one per frame.
+        HubEvent::DeviceOnline { device_id } => {
+            stream_presence(core, &device_id);
+            core.dispatch.device_online(&device_id);
+        }
+        HubEvent::DeviceOffline { device_id } => {
+            stream_presence(core, &device_id);
+            core.dispatch.device_offline(&device_id);
+        }
         HubEvent::BleStatusReported {
             device_id,
-            connected: true,
-            was_connected: None | Some(false),
+            connected,
+            was_connected,
             ..
-        } => core.dispatch.link_up(&device_id),
+        } => {
+            if was_connected != Some(connected) {
+                stream_presence(core, &device_id);
+            }
+            // Only a link that turns up starts a delivery pass: a bridge repeating
+            // `connected: true` would otherwise start one per frame.
+            if connected && was_connected != Some(true) {
+                core.dispatch.link_up(&device_id);
+            }
+        }
         HubEvent::UserCommand {
             connection,
             user_id,
@@ -112,6 +154,19 @@ fn handle(core: &Arc<Core>, runtime: &Handle, event: HubEvent) {
         HubEvent::FrameRejected { code, .. } => core.metrics.frame_rejected(code),
         _ => {}
     }
+}
+
+/// Streams the device's presence as the hub has it now (PROTOCOL.md 4.5 `device_status`), to
+/// the readers of `GET /v1/stream` that take it.
+fn stream_presence(core: &Core, device: &bridge_protocol::DeviceId) {
+    core.stream.publish_with(device, || {
+        let presence = core.local.device_presence(device);
+        StreamEvent::DeviceStatus(DeviceStatus {
+            device_id: device.clone(),
+            online: presence.online,
+            ble_connected: presence.ble_connected,
+        })
+    });
 }
 
 /// Runs a user's `command` frame and answers it on its connection. `in_flight` is its place

@@ -157,6 +157,7 @@ mod retention;
 mod routes;
 mod server;
 mod store;
+mod stream;
 mod transport;
 mod ws;
 

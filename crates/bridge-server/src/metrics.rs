@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use bridge_protocol::ErrorCode;
+use bridge_protocol::{ErrorCode, Hops, Stage};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
@@ -51,10 +51,17 @@ fn gauge_value(n: usize) -> f64 {
 impl Metrics {
     pub(crate) fn new() -> Self {
         let builder = PrometheusBuilder::new();
-        let builder = match builder.set_buckets_for_metric(
-            Matcher::Full("bridge_command_duration_seconds".into()),
-            DURATION_BUCKETS,
-        ) {
+        let builder = match builder
+            .set_buckets_for_metric(
+                Matcher::Full("bridge_command_duration_seconds".into()),
+                DURATION_BUCKETS,
+            )
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("bridge_command_stage_seconds".into()),
+                    DURATION_BUCKETS,
+                )
+            }) {
             Ok(b) => b,
             // Only refused for an empty bucket list, which this is not.
             Err(_) => PrometheusBuilder::new(),
@@ -84,6 +91,11 @@ impl Metrics {
                 "bridge_command_duration_seconds",
                 metrics::Unit::Seconds,
                 "Time from sending a command to its end (answer, device error, timeout, bridge lost)."
+            );
+            metrics::describe_histogram!(
+                "bridge_command_stage_seconds",
+                metrics::Unit::Seconds,
+                "Time from sending a command to each stage its bridge reported in ble_progress, by stage."
             );
             metrics::describe_gauge!(
                 "bridge_queue_commands",
@@ -118,6 +130,22 @@ impl Metrics {
     pub(crate) fn command_duration(&self, elapsed: Duration) {
         self.with(|| {
             metrics::histogram!("bridge_command_duration_seconds").record(elapsed.as_secs_f64());
+        });
+    }
+
+    /// The stages a sent command's bridge reported, each at its time since the send
+    /// (`bridge_command_stage_seconds{stage}`, PROTOCOL.md 4.1).
+    pub(crate) fn stages(&self, hops: &Hops) {
+        if hops.progress.is_empty() {
+            return;
+        }
+        self.with(|| {
+            for stage in [Stage::Received, Stage::Connected, Stage::Written] {
+                if let Some(ms) = hops.progress.get(stage) {
+                    metrics::histogram!("bridge_command_stage_seconds", "stage" => stage.as_str())
+                        .record(f64::from(ms) / 1000.0);
+                }
+            }
         });
     }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use bridge_protocol::http::{
     CommandList, CommandRequest, CommandStatus, DeviceList, DeviceSummary, DeviceTypeList,
     DeviceView, EventAccepted, EventRequest,
 };
-use bridge_protocol::{AppEvent, CommandId, DeviceId, ErrorCode, ServerToUser};
+use bridge_protocol::{AppEvent, CommandId, DeviceId, ErrorCode, ServerToUser, StreamEvent};
 use bridge_queue::Party;
 
 use crate::error::{ApiError, QUEUE_UNAVAILABLE, json_response, json_with_code};
@@ -39,6 +39,7 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         .route("/commands/{command_id}/confirm", post(confirm_command))
         .route("/commands/{command_id}/cancel", post(cancel_command))
         .route("/device-types", get(device_types))
+        .route("/stream", get(stream))
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&core),
@@ -202,11 +203,14 @@ async fn post_event(
     let device = device_id(&device)?;
     let text = read_body(&core, body).await?;
     let event = EventRequest::from_json(&text).map_err(|e| ApiError::from(&e))?;
-    let frame = Frame::from(ServerToUser::Event(AppEvent {
+    let event = AppEvent {
         event_type: event.event_type,
         device_id: device.clone(),
         data: event.data,
-    }));
+    };
+    core.stream
+        .publish_with(&device, || StreamEvent::Event(event.clone()));
+    let frame = Frame::from(ServerToUser::Event(event));
     let delivered = core.hub.broadcast(&device, &frame).await;
     Ok(json_response(
         StatusCode::ACCEPTED,
@@ -214,6 +218,17 @@ async fn post_event(
             delivered: delivered as u64,
         },
     ))
+}
+
+/// `GET /v1/stream` (PROTOCOL.md 4.5): Server-Sent Events, `?deviceId=` (repeatable) to
+/// limit it to those devices.
+async fn stream(
+    State(core): State<Arc<Core>>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let devices = crate::stream::device_filter(query.as_deref())
+        .map_err(|message| ApiError::new(ErrorCode::InvalidRequest, message))?;
+    Ok(core.stream.subscribe(devices).into_response())
 }
 
 async fn get_command(

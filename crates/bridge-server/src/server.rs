@@ -26,8 +26,13 @@ use crate::frames::{self, FrameHandler};
 use crate::hooks::{DEFAULT_HOOK_QUEUE, HookQueue, Hooks};
 use crate::metrics::Metrics;
 use crate::outlet::HubOutlet;
+use crate::stream::LiveStream;
 use crate::transport::HubTransport;
 use crate::{events, routes};
+
+/// How often a reader of `GET /v1/stream` is sent a comment line (PROTOCOL.md 4.5: at least
+/// every 15 s).
+const STREAM_KEEP_ALIVE: Duration = Duration::from_secs(15);
 use bridge_dispatch::{Dispatcher, EngineConfig};
 
 type HubCustomizer = Box<dyn FnOnce(LocalHubBuilder) -> LocalHubBuilder + Send>;
@@ -48,6 +53,8 @@ pub(crate) struct Core {
     pub(crate) metrics: Arc<Metrics>,
     /// The application's hooks, behind their bounded queue.
     pub(crate) hooks: Arc<HookQueue>,
+    /// The readers of `GET /v1/stream`.
+    pub(crate) stream: Arc<LiveStream>,
 }
 
 /// Builds a [`Server`].
@@ -71,6 +78,7 @@ pub struct ServerBuilder {
     hook_queue: usize,
     frames: Vec<(String, Arc<dyn FrameHandler>)>,
     development_mode: bool,
+    stream_buffer: Option<usize>,
 }
 
 impl std::fmt::Debug for ServerBuilder {
@@ -98,6 +106,7 @@ impl ServerBuilder {
             hook_queue: DEFAULT_HOOK_QUEUE,
             frames: Vec::new(),
             development_mode: false,
+            stream_buffer: None,
         }
     }
 
@@ -146,6 +155,17 @@ impl ServerBuilder {
     /// `bridge_hook_events_dropped_total` (default [`DEFAULT_HOOK_QUEUE`]; at least 1).
     pub fn hook_queue_capacity(mut self, capacity: usize) -> Self {
         self.hook_queue = capacity.max(1);
+        self
+    }
+
+    /// Default of [`ServerBuilder::stream_buffer`].
+    pub const DEFAULT_STREAM_BUFFER: usize = 1024;
+
+    /// How many events a reader of `GET /v1/stream` may have waiting (default 1024). A reader
+    /// that falls further behind is sent `overflow` and disconnected (PROTOCOL.md 4.5);
+    /// publishing never waits for a reader.
+    pub fn stream_buffer(mut self, events: usize) -> Self {
+        self.stream_buffer = Some(events);
         self
     }
 
@@ -318,6 +338,10 @@ impl ServerBuilder {
             self.hook_queue,
             Arc::clone(&metrics),
         ));
+        let stream = Arc::new(LiveStream::new(
+            self.stream_buffer.unwrap_or(Self::DEFAULT_STREAM_BUFFER),
+            STREAM_KEEP_ALIVE,
+        ));
         let node_id = config.node_id();
         tracing::info!(node_id = %node_id, "delivering queued commands as this node");
         let dispatch = Dispatcher::start(
@@ -329,6 +353,7 @@ impl ServerBuilder {
                 Arc::clone(&hub),
                 Arc::clone(&metrics),
                 Arc::clone(&hooks),
+                Arc::clone(&stream),
             )),
             Arc::clone(&registry),
         );
@@ -344,6 +369,7 @@ impl ServerBuilder {
             config,
             metrics,
             hooks,
+            stream,
         });
         // Set before any connection can be served: the router is made from `core` below.
         let _ = slot.set(Arc::downgrade(&core));
@@ -549,6 +575,8 @@ impl Server {
         if !self.core.dispatch.wait_idle(grace).await {
             tracing::warn!("some deliveries were still being recorded at shutdown");
         }
+        // The last results are streamed; then the readers of `GET /v1/stream` are let go.
+        self.core.stream.close();
     }
 }
 

@@ -2,12 +2,15 @@
 
 use std::time::Instant;
 
-use bridge_protocol::{BleOutcome, BleResponse, ConnectionId, DeviceId, HexPayload, RequestId};
+use bridge_protocol::{
+    BleOutcome, BleProgress, BleResponse, ConnectionId, DeviceId, HexPayload, RequestId,
+};
 
 use crate::deadlines::Deadlines;
 use crate::error::{CommandError, RejectReason, ResponseRejected};
 use crate::ids;
 use crate::slots::Slots;
+use crate::stages::StageTimes;
 use crate::stats::SessionStats;
 
 /// A command that left the correlator, with everything needed to tell its caller.
@@ -25,6 +28,9 @@ pub struct Finished<W> {
     /// [`SessionManager`](crate::SessionManager) keeps the transport's in-flight ticket
     /// here, so handing the waiter out is what ends the in-flight count).
     pub waiter: W,
+    /// The stages the bridge reported (`ble_progress`), `None` when it reported none.
+    /// [`StageTimes::hops`] makes the answer's `stage`/`progress` of it.
+    pub stages: Option<Box<StageTimes>>,
 }
 
 /// What [`Correlator::handle_response`] did with an answer it accepted.
@@ -54,6 +60,17 @@ pub enum MarkSent<W> {
     Gone(CommandError),
     /// No command with this id was registered here, or its ending was already reported.
     Unknown,
+}
+
+/// What [`Correlator::handle_progress`] did with a `ble_progress` it accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProgressAccepted {
+    /// The stage was recorded for the command.
+    Recorded,
+    /// The stage was not later than one already reported (or is not a bridge's stage), and
+    /// was ignored, as PROTOCOL.md 3.2 says.
+    Ignored,
 }
 
 /// A command removed by [`Correlator::cancel`] or [`Correlator::mark_offline`].
@@ -95,6 +112,9 @@ struct Entry<W> {
     /// Where the deadline is stored in [`Deadlines`].
     deadline_slot: u8,
     route: Route,
+    /// The `ble_progress` stages reported so far: `None`, and so not allocated, until the
+    /// bridge reports one.
+    stages: Option<Box<StageTimes>>,
     waiter: W,
 }
 
@@ -246,6 +266,7 @@ impl<W> Correlator<W> {
                     early: None,
                     losses: Vec::new(),
                 },
+                stages: None,
                 waiter,
             })
             .ok_or(CommandError::TooManyPending)?;
@@ -307,6 +328,15 @@ impl<W> Correlator<W> {
                     .is_none_or(|device| *device == entry.device)
         });
         entry.route = Route::Sent(connection);
+        if entry
+            .stages
+            .as_ref()
+            .is_some_and(|reported| reported.reported_on != connection)
+        {
+            // Reported while routing, by a connection the write did not go through.
+            self.stats.progress_rejected += 1;
+            entry.stages = None;
+        }
 
         let mut result = None;
         if let Some(answer) = early {
@@ -330,6 +360,7 @@ impl<W> Correlator<W> {
                     connection: Some(connection),
                     result,
                     waiter: entry.waiter,
+                    stages: entry.stages,
                 }),
                 None => MarkSent::Unknown,
             },
@@ -453,7 +484,87 @@ impl<W> Correlator<W> {
             connection: Some(connection),
             result,
             waiter: entry.waiter,
+            stages: entry.stages,
         }))
+    }
+
+    /// Offers a `ble_progress` that arrived on `connection` at `now` (PROTOCOL.md 3.2,
+    /// version 1.1).
+    ///
+    /// It is checked like an answer: the request id must be pending, the command's
+    /// `ble_write` must have gone out on `connection` and the device ids must match, before
+    /// the deadline. Otherwise it is refused with the check that failed (the same
+    /// [`RejectReason`]s, so the same error frames: `unknown_request` or `forbidden`), and
+    /// the command is left as it was. An accepted stage is recorded only when it is later
+    /// than every stage reported so far ([`ProgressAccepted::Ignored`] otherwise). It never
+    /// resolves a command and never moves its deadline. Recording the first stage of a
+    /// command allocates its [`StageTimes`]; nothing else here allocates.
+    ///
+    /// A report that comes while the transport is still sending the write is kept with its
+    /// connection, and dropped in [`mark_sent`](Self::mark_sent) if the write went out on
+    /// another one.
+    pub fn handle_progress(
+        &mut self,
+        connection: ConnectionId,
+        progress: &BleProgress,
+        now: Instant,
+    ) -> Result<ProgressAccepted, ResponseRejected> {
+        let reject = |stats: &mut SessionStats, reason| {
+            stats.progress_rejected += 1;
+            Err(ResponseRejected {
+                request_id: progress.request_id,
+                reason,
+            })
+        };
+        let Some(sequence) = Self::sequence_of(&self.prefix_hex, &progress.request_id) else {
+            return reject(&mut self.stats, RejectReason::UnknownRequest);
+        };
+        let Some(entry) = self.pending.get_mut(sequence) else {
+            return reject(&mut self.stats, RejectReason::UnknownRequest);
+        };
+        let routed_elsewhere = match &entry.route {
+            Route::Sent(sent_on) => *sent_on != connection,
+            Route::Routing { early, .. } => {
+                early
+                    .as_ref()
+                    .is_some_and(|held| held.connection != connection)
+                    || entry
+                        .stages
+                        .as_ref()
+                        .is_some_and(|reported| reported.reported_on != connection)
+            }
+        };
+        if routed_elsewhere {
+            return reject(&mut self.stats, RejectReason::WrongConnection);
+        }
+        if entry.device != progress.device_id {
+            return reject(&mut self.stats, RejectReason::WrongDevice);
+        }
+        if now >= entry.deadline {
+            return reject(&mut self.stats, RejectReason::Late);
+        }
+        let news = entry
+            .stages
+            .as_ref()
+            .is_none_or(|reported| reported.is_news(progress.stage))
+            && progress.stage.is_reported_by_bridge();
+        if !news {
+            self.stats.progress_ignored += 1;
+            return Ok(ProgressAccepted::Ignored);
+        }
+        entry
+            .stages
+            .get_or_insert_with(|| Box::new(StageTimes::reported_on(connection)))
+            .record(progress.stage, now);
+        self.stats.progress_recorded += 1;
+        Ok(ProgressAccepted::Recorded)
+    }
+
+    /// The stages reported so far for a pending command, `None` when it reported none or
+    /// is not pending.
+    pub fn stages(&self, request_id: &RequestId) -> Option<&StageTimes> {
+        let sequence = Self::sequence_of(&self.prefix_hex, request_id)?;
+        self.pending.get(sequence)?.stages.as_deref()
     }
 
     /// When the driver should next call [`handle_timeout`](Self::handle_timeout): the
@@ -503,6 +614,7 @@ impl<W> Correlator<W> {
             },
             result,
             waiter: entry.waiter,
+            stages: entry.stages,
         }
     }
 
@@ -554,6 +666,7 @@ impl<W> Correlator<W> {
                     connection: Some(connection),
                     result: Err(CommandError::BridgeLost),
                     waiter: entry.waiter,
+                    stages: entry.stages,
                 });
             },
         );
@@ -634,6 +747,7 @@ impl<W> Correlator<W> {
                     },
                     result: Err(CommandError::Shutdown),
                     waiter: entry.waiter,
+                    stages: entry.stages,
                 });
             },
         );

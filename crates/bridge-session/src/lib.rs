@@ -167,12 +167,14 @@ mod error;
 mod ids;
 mod manager;
 mod slots;
+mod stages;
 mod stats;
 mod transport;
 
 pub use config::SessionConfig;
-pub use correlator::{Correlator, Finished, MarkSent, Removed, ResponseAccepted};
+pub use correlator::{Correlator, Finished, MarkSent, ProgressAccepted, Removed, ResponseAccepted};
 pub use error::{CommandError, RejectReason, ResponseRejected, TransportError};
-pub use manager::{CommandReply, SessionManager};
+pub use manager::{CommandFailure, CommandReply, SessionManager};
+pub use stages::StageTimes;
 pub use stats::SessionStats;
 pub use transport::Transport;

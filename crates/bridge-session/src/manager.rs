@@ -7,15 +7,16 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bridge_protocol::{
-    BleResponse, BleWrite, ConfigRegistry, ConnectionId, DeviceId, DeviceType, HexPayload,
-    RequestId, TimeoutMs,
+    BleProgress, BleResponse, BleWrite, ConfigRegistry, ConnectionId, DeviceId, DeviceType,
+    HexPayload, Hops, RequestId, TimeoutMs,
 };
 use parking_lot::Mutex;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 
-use crate::correlator::{Correlator, Finished, MarkSent, ResponseAccepted};
+use crate::correlator::{Correlator, Finished, MarkSent, ProgressAccepted, ResponseAccepted};
 use crate::error::{CommandError, RejectReason, ResponseRejected, TransportError};
+use crate::stages::StageTimes;
 use crate::stats::SessionStats;
 use crate::{SessionConfig, Transport, ids};
 
@@ -30,18 +31,80 @@ pub struct CommandReply {
     pub payload: HexPayload,
     /// From the call to the answer, any wait for a device slot included.
     pub latency: Duration,
+    /// How far the command got (PROTOCOL.md 4.1, 1.1): `sent`, or the last stage the bridge
+    /// reported, with the times of the reported stages.
+    pub hops: Hops,
 }
 
 impl CommandReply {
-    /// A reply, for stand-ins of the session manager (a test double of a layer above).
+    /// A reply, for stand-ins of the session manager (a test double of a layer above), with
+    /// no stage ([`Hops::NONE`]; see [`with_hops`](Self::with_hops)).
     pub fn new(request_id: RequestId, payload: HexPayload, latency: Duration) -> Self {
         Self {
             request_id,
             payload,
             latency,
+            hops: Hops::NONE,
         }
     }
+
+    /// The same reply, with `hops`.
+    #[must_use]
+    pub const fn with_hops(mut self, hops: Hops) -> Self {
+        self.hops = hops;
+        self
+    }
 }
+
+/// Why [`SessionManager::send_command_traced`] returned no reply, and how far the command
+/// got before it ended.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+#[non_exhaustive]
+pub struct CommandFailure {
+    /// Why there is no reply.
+    pub error: CommandError,
+    /// How far the command got: [`Hops::NONE`] when it was never sent (offline, refused,
+    /// timed out waiting for a device slot), otherwise `sent` or the last stage the bridge
+    /// reported, with the times of the reported stages.
+    pub hops: Hops,
+    /// The `requestId` of the command's `ble_write`, when it was sent (for the live
+    /// stream's `command_result`, PROTOCOL.md 4.5, and for logs).
+    pub request_id: Option<RequestId>,
+}
+
+impl CommandFailure {
+    /// A failure that got as far as `hops`, with no known `ble_write`
+    /// (see [`with_request_id`](Self::with_request_id)).
+    pub const fn new(error: CommandError, hops: Hops) -> Self {
+        Self {
+            error,
+            hops,
+            request_id: None,
+        }
+    }
+
+    /// A failure of a command that was never sent.
+    pub const fn unsent(error: CommandError) -> Self {
+        Self::new(error, Hops::NONE)
+    }
+
+    /// The same failure, of the `ble_write` `request_id`.
+    #[must_use]
+    pub const fn with_request_id(mut self, request_id: RequestId) -> Self {
+        self.request_id = Some(request_id);
+        self
+    }
+}
+
+impl From<CommandError> for CommandFailure {
+    fn from(error: CommandError) -> Self {
+        Self::unsent(error)
+    }
+}
+
+/// How a waiting command ended: its result and the stages its bridge reported.
+type Ended = (Result<HexPayload, CommandError>, Option<Box<StageTimes>>);
 
 /// What a pending command owns besides its correlation state: the channel to its caller
 /// and the transport's in-flight ticket.
@@ -53,7 +116,7 @@ impl CommandReply {
 /// timeout, bridge loss, release, cancellation, shutdown — drops the ticket with it, and
 /// with it the connection's in-flight count. Nothing counts in flight twice.
 struct Pending<I> {
-    caller: Option<oneshot::Sender<Result<HexPayload, CommandError>>>,
+    caller: Option<oneshot::Sender<Ended>>,
     in_flight: Option<I>,
 }
 
@@ -67,13 +130,13 @@ impl<I> Pending<I> {
 
     /// Ends the in-flight count, then tells the caller (so a caller that sees its result
     /// also sees the count down).
-    fn finish(self, result: Result<HexPayload, CommandError>) {
+    fn finish(self, result: Result<HexPayload, CommandError>, stages: Option<Box<StageTimes>>) {
         let Self { caller, in_flight } = self;
         drop(in_flight);
         // No caller: the command ended while its caller was still sending, and the caller
         // learns why from `mark_sent`. A gone caller's guard finds nothing to cancel.
         if let Some(caller) = caller {
-            let _ = caller.send(result);
+            let _ = caller.send((result, stages));
         }
     }
 }
@@ -251,6 +314,9 @@ impl<T: Transport + ?Sized> SessionManager<T> {
     ///
     /// Cancel-safe: dropping the future at any point removes the command from the pending
     /// set (and drops its in-flight ticket if it had gone out).
+    ///
+    /// The reply carries how far the command got ([`CommandReply::hops`]); a failure's
+    /// stage is dropped here: [`send_command_traced`](Self::send_command_traced) keeps it.
     pub async fn send_command(
         &self,
         device_id: DeviceId,
@@ -258,6 +324,22 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         payload: HexPayload,
         timeout: Duration,
     ) -> Result<CommandReply, CommandError> {
+        self.send_command_traced(device_id, device_type, payload, timeout)
+            .await
+            .map_err(|failure| failure.error)
+    }
+
+    /// [`send_command`](Self::send_command), whose failures also say how far the command
+    /// got (PROTOCOL.md 4.1, 1.1): never sent, `sent`, or the last stage its bridge reported
+    /// in `ble_progress`, with the milliseconds from the `ble_write` being handed to the
+    /// transport to each reported stage.
+    pub async fn send_command_traced(
+        &self,
+        device_id: DeviceId,
+        device_type: Option<&str>,
+        payload: HexPayload,
+        timeout: Duration,
+    ) -> Result<CommandReply, CommandFailure> {
         let inner = &*self.inner;
         let (device_type, uuids) = inner.registry.resolve(device_type).map_err(|_| {
             CommandError::UnknownDeviceType(device_type.unwrap_or_default().to_owned())
@@ -274,7 +356,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             Some(slots) => {
                 let Some(permit) = slots.acquire(&device_id, deadline).await else {
                     inner.slot_timeouts.fetch_add(1, Ordering::Relaxed);
-                    return Err(CommandError::Timeout);
+                    return Err(CommandError::Timeout.into());
                 };
                 Some(permit)
             }
@@ -295,10 +377,25 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             armed: true,
         };
         inner.timer.arm(deadline);
-        let reply = |payload| CommandReply {
-            request_id,
-            payload,
-            latency: start.elapsed(),
+        // Time zero of the stage times: when the write is handed to the transport (the clock
+        // is read again only when a device slot was waited for).
+        let sent_at = if slot.is_some() {
+            Instant::now()
+        } else {
+            start
+        };
+        let sent_at_std = sent_at.into_std();
+        let ended = |(result, stages): Ended| {
+            let hops = StageTimes::hops(stages.as_deref(), sent_at_std);
+            match result {
+                Ok(payload) => Ok(CommandReply {
+                    request_id,
+                    payload,
+                    latency: start.elapsed(),
+                    hops,
+                }),
+                Err(error) => Err(CommandFailure::new(error, hops).with_request_id(request_id)),
+            }
         };
 
         let write = BleWrite {
@@ -310,7 +407,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             listen_uuid: uuids.listen_uuid,
             payload,
             timeout_ms: TimeoutMs::saturating_from_duration(if slot.is_some() {
-                deadline.saturating_duration_since(Instant::now())
+                deadline.saturating_duration_since(sent_at)
             } else {
                 timeout
             }),
@@ -325,7 +422,9 @@ impl<T: Transport + ?Sized> SessionManager<T> {
                     .mark_offline_sequence(sequence);
                 // `Err`: it ended (timed out, shut down) while the transport looked for a
                 // bridge.
-                return Err(removed.err().unwrap_or(CommandError::Offline));
+                return Err(CommandFailure::unsent(
+                    removed.err().unwrap_or(CommandError::Offline),
+                ));
             }
         };
 
@@ -342,11 +441,12 @@ impl<T: Transport + ?Sized> SessionManager<T> {
                     }
                     Ok(receiver)
                 }
-                MarkSent::Finished(finished) => Err(finished.result),
-                MarkSent::Gone(error) => Err(Err(error)),
+                MarkSent::Finished(finished) => Err((finished.result, finished.stages)),
+                // Ended while routing: the stages it had went with it.
+                MarkSent::Gone(error) => Err((Err(error), None)),
                 // Not reachable: only this caller ends a command it has not marked sent
                 // without recording why. Treated as the loss it would be.
-                MarkSent::Unknown => Err(Err(CommandError::BridgeLost)),
+                MarkSent::Unknown => Err((Err(CommandError::BridgeLost), None)),
             }
         };
         let receiver = match receiver {
@@ -355,7 +455,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
                 // Ended at once (an answer that beat the send, a loss during the send) or
                 // while routing: the ticket never reached the entry, and ends here.
                 guard.armed = false;
-                return result.map(reply);
+                return ended(result);
             }
         };
 
@@ -364,7 +464,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         // Every path that ends a waiting command hands its result to the channel, so the
         // sender is never dropped unused while we wait; should that change, the caller
         // learns the manager is going away.
-        result.unwrap_or(Err(CommandError::Shutdown)).map(reply)
+        ended(result.unwrap_or((Err(CommandError::Shutdown), None)))
     }
 
     /// Offers a `ble_response` that arrived on `connection`.
@@ -407,6 +507,40 @@ impl<T: Transport + ?Sized> SessionManager<T> {
                 Err(rejected)
             }
         }
+    }
+
+    /// Offers a `ble_progress` that arrived on `connection` (PROTOCOL.md 3.2, 1.1).
+    ///
+    /// Checked like a `ble_response` (see [`Correlator::handle_progress`]): `Err` says which
+    /// check failed, and [`ResponseRejected::error_code`] is the error frame to answer with.
+    /// `Ok` records the stage (or ignores one not later than a stage already reported). It
+    /// never resolves a command and never moves its deadline.
+    pub fn handle_progress(
+        &self,
+        connection: ConnectionId,
+        progress: &BleProgress,
+    ) -> Result<ProgressAccepted, ResponseRejected> {
+        let inner = &*self.inner;
+        let Some(sequence) = ids::decode(&inner.prefix_hex, &progress.request_id) else {
+            inner.foreign_responses.fetch_add(1, Ordering::Relaxed);
+            return Err(ResponseRejected {
+                request_id: progress.request_id,
+                reason: RejectReason::UnknownRequest,
+            });
+        };
+        #[allow(clippy::cast_possible_truncation)] // masked to the shard count below
+        let shard = (sequence as usize) & inner.shard_mask;
+        // Progress is rare and optional: its time is read from the clock, exactly.
+        let now = Instant::now().into_std();
+        let accepted = inner.shards[shard]
+            .lock()
+            .correlator
+            .handle_progress(connection, progress, now);
+        if let Err(rejected) = &accepted {
+            tracing::debug!(request_id = %rejected.request_id, %connection,
+                reason = ?rejected.reason, "ble_progress rejected");
+        }
+        accepted
     }
 
     /// The bridge connection closed: every command pending through it fails at once with
@@ -528,7 +662,7 @@ impl<T: Transport + ?Sized> Inner<T> {
 impl<T: Transport + ?Sized> Inner<T> {
     /// Ends a finished command's in-flight count and tells its caller, outside any lock.
     fn deliver(finished: Finished<Pending<T::InFlight>>) {
-        finished.waiter.finish(finished.result);
+        finished.waiter.finish(finished.result, finished.stages);
     }
 
     fn fail_everywhere(

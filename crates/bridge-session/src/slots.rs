@@ -87,6 +87,16 @@ impl<T> Slots<T> {
         }
     }
 
+    pub(crate) fn get(&self, sequence: u64) -> Option<&T> {
+        let (index, generation) = self.locate(sequence)?;
+        let slot = self.slots.get(index)?;
+        if slot.generation == generation {
+            slot.value.as_ref()
+        } else {
+            None
+        }
+    }
+
     pub(crate) fn contains(&self, sequence: u64) -> bool {
         self.locate(sequence).is_some_and(|(index, generation)| {
             self.slots

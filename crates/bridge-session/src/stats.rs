@@ -35,6 +35,14 @@ pub struct SessionStats {
     pub rejected_wrong_connection: u64,
     /// Answers refused because they named another device than the `ble_write`.
     pub rejected_wrong_device: u64,
+    /// `ble_progress` stages recorded for a pending command (1.1).
+    pub progress_recorded: u64,
+    /// `ble_progress` frames accepted but ignored: a stage not later than one already
+    /// reported for the command.
+    pub progress_ignored: u64,
+    /// `ble_progress` frames refused (unknown or finished request, late, another
+    /// connection, another device).
+    pub progress_rejected: u64,
     /// Commands pending now.
     pub pending: u64,
 }
@@ -53,6 +61,9 @@ impl AddAssign for SessionStats {
         self.late_responses += other.late_responses;
         self.rejected_wrong_connection += other.rejected_wrong_connection;
         self.rejected_wrong_device += other.rejected_wrong_device;
+        self.progress_recorded += other.progress_recorded;
+        self.progress_ignored += other.progress_ignored;
+        self.progress_rejected += other.progress_rejected;
         self.pending += other.pending;
     }
 }

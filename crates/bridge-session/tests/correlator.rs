@@ -7,11 +7,12 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use bridge_protocol::{
-    BleOutcome, BleResponse, ConnectionId, DeviceErrorCode, DeviceId, ErrorCode, HexPayload,
-    RequestId,
+    BleOutcome, BleProgress, BleResponse, ConnectionId, DeviceErrorCode, DeviceId, ErrorCode,
+    HexPayload, Hops, RequestId, Stage,
 };
 use bridge_session::{
-    CommandError, Correlator, Finished, MarkSent, RejectReason, ResponseAccepted,
+    CommandError, Correlator, Finished, MarkSent, ProgressAccepted, RejectReason, ResponseAccepted,
+    StageTimes,
 };
 
 const BRIDGE: ConnectionId = ConnectionId::new(1);
@@ -493,4 +494,217 @@ fn a_loss_only_concerns_commands_that_were_routing_when_it_happened() {
     ));
     assert_eq!(c.len(), 1);
     assert!(out.is_empty());
+}
+
+// ---- ble_progress (PROTOCOL.md 3.2, version 1.1) ----
+
+fn progress(id: RequestId, device_name: &str, stage: bridge_protocol::Stage) -> BleProgress {
+    BleProgress {
+        request_id: id,
+        device_id: device(device_name),
+        stage,
+    }
+}
+
+fn progress_rejection(
+    accepted: Result<ProgressAccepted, bridge_session::ResponseRejected>,
+) -> RejectReason {
+    match accepted {
+        Err(rejected) => rejected.reason,
+        Ok(outcome) => panic!("expected a rejection, got {outcome:?}"),
+    }
+}
+
+#[test]
+fn reported_stages_travel_with_the_answer_and_count_from_the_send() {
+    let t0 = Instant::now();
+    let (mut c, id) = one_sent(t0);
+    let ms = Duration::from_millis;
+    assert_eq!(
+        c.handle_progress(BRIDGE, &progress(id, "lock-1", Stage::Received), t0 + ms(3)),
+        Ok(ProgressAccepted::Recorded)
+    );
+    assert_eq!(
+        c.handle_progress(BRIDGE, &progress(id, "lock-1", Stage::Written), t0 + ms(41)),
+        Ok(ProgressAccepted::Recorded)
+    );
+    assert_eq!(
+        c.stages(&id).and_then(StageTimes::last),
+        Some(Stage::Written)
+    );
+    let done = resolved(c.handle_response(BRIDGE, reply(id, "lock-1", &[1]), t0 + ms(50)));
+    let hops = StageTimes::hops(done.stages.as_deref(), t0);
+    assert_eq!(hops.stage, Some(Stage::Written));
+    assert_eq!(hops.progress.received_ms, Some(3));
+    assert_eq!(hops.progress.connected_ms, None);
+    assert_eq!(hops.progress.written_ms, Some(41));
+    assert_eq!(c.stats().progress_recorded, 2);
+}
+
+#[test]
+fn a_command_whose_bridge_reports_nothing_carries_no_stage_times() {
+    let t0 = Instant::now();
+    let (mut c, id) = one_sent(t0);
+    assert!(c.stages(&id).is_none());
+    let done = resolved(c.handle_response(BRIDGE, reply(id, "lock-1", &[1]), t0));
+    assert!(done.stages.is_none(), "nothing was allocated for it");
+    assert_eq!(StageTimes::hops(done.stages.as_deref(), t0), Hops::SENT);
+}
+
+#[test]
+fn progress_for_nothing_pending_is_an_unknown_request() {
+    let t0 = Instant::now();
+    let (mut c, id) = one_sent(t0);
+    // An id this correlator never issued.
+    let foreign = RequestId::new("not-ours").unwrap();
+    let reason = progress_rejection(c.handle_progress(
+        BRIDGE,
+        &progress(foreign, "lock-1", Stage::Received),
+        t0,
+    ));
+    assert_eq!(reason, RejectReason::UnknownRequest);
+    assert_eq!(reason.error_code(), ErrorCode::UnknownRequest);
+    // An id that already ended.
+    resolved(c.handle_response(BRIDGE, reply(id, "lock-1", &[1]), t0));
+    let reason =
+        progress_rejection(c.handle_progress(BRIDGE, &progress(id, "lock-1", Stage::Written), t0));
+    assert_eq!(reason, RejectReason::UnknownRequest);
+    assert_eq!(c.stats().progress_rejected, 2);
+}
+
+#[test]
+fn progress_from_another_connection_or_for_another_device_is_forbidden_and_changes_nothing() {
+    let t0 = Instant::now();
+    let (mut c, id) = one_sent(t0);
+    let reason = progress_rejection(c.handle_progress(
+        OTHER_BRIDGE,
+        &progress(id, "lock-1", Stage::Received),
+        t0,
+    ));
+    assert_eq!(reason, RejectReason::WrongConnection);
+    assert_eq!(reason.error_code(), ErrorCode::Forbidden);
+    let reason =
+        progress_rejection(c.handle_progress(BRIDGE, &progress(id, "lock-2", Stage::Received), t0));
+    assert_eq!(reason, RejectReason::WrongDevice);
+    assert_eq!(reason.error_code(), ErrorCode::Forbidden);
+    assert!(c.stages(&id).is_none(), "nothing recorded");
+    assert_eq!(c.len(), 1, "the command still waits");
+    let done = resolved(c.handle_response(BRIDGE, reply(id, "lock-1", &[1]), t0));
+    assert_eq!(StageTimes::hops(done.stages.as_deref(), t0), Hops::SENT);
+}
+
+#[test]
+fn a_stage_not_later_than_one_reported_is_ignored() {
+    let t0 = Instant::now();
+    let (mut c, id) = one_sent(t0);
+    let ms = Duration::from_millis;
+    let report = |c: &mut Correlator<&str>, stage, at| {
+        c.handle_progress(BRIDGE, &progress(id, "lock-1", stage), t0 + ms(at))
+    };
+    assert_eq!(
+        report(&mut c, Stage::Connected, 10),
+        Ok(ProgressAccepted::Recorded)
+    );
+    assert_eq!(
+        report(&mut c, Stage::Received, 11),
+        Ok(ProgressAccepted::Ignored)
+    );
+    assert_eq!(
+        report(&mut c, Stage::Connected, 12),
+        Ok(ProgressAccepted::Ignored)
+    );
+    // `sent` is the server's own stage; the decoder refuses it, the correlator ignores it.
+    assert_eq!(
+        report(&mut c, Stage::Sent, 13),
+        Ok(ProgressAccepted::Ignored)
+    );
+    let times = c.stages(&id).copied().unwrap();
+    assert_eq!(times.last(), Some(Stage::Connected));
+    assert_eq!(times.at(Stage::Connected), Some(t0 + ms(10)));
+    assert_eq!(times.at(Stage::Received), None);
+    assert_eq!(c.stats().progress_ignored, 3);
+}
+
+#[test]
+fn progress_never_resolves_a_command_nor_moves_its_deadline() {
+    let t0 = Instant::now();
+    let (mut c, id) = one_sent(t0);
+    for stage in [Stage::Received, Stage::Connected, Stage::Written] {
+        assert_eq!(
+            c.handle_progress(BRIDGE, &progress(id, "lock-1", stage), t0 + TIMEOUT / 2),
+            Ok(ProgressAccepted::Recorded)
+        );
+    }
+    assert_eq!(c.len(), 1);
+    assert_eq!(c.poll_timeout(), Some(t0 + TIMEOUT));
+    let mut out = Vec::new();
+    c.handle_timeout(t0 + TIMEOUT, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].result, Err(CommandError::Timeout));
+    let hops = StageTimes::hops(out[0].stages.as_deref(), t0);
+    assert_eq!(
+        hops.stage,
+        Some(Stage::Written),
+        "the timeout says where it stopped"
+    );
+    // After the deadline, progress is too late: unknown, like a late answer.
+    let (mut c, id) = one_sent(t0);
+    let reason = progress_rejection(c.handle_progress(
+        BRIDGE,
+        &progress(id, "lock-1", Stage::Received),
+        t0 + TIMEOUT,
+    ));
+    assert_eq!(reason, RejectReason::Late);
+    assert_eq!(reason.error_code(), ErrorCode::UnknownRequest);
+}
+
+#[test]
+fn a_lost_bridge_reports_the_stage_it_reached() {
+    let t0 = Instant::now();
+    let (mut c, id) = one_sent(t0);
+    c.handle_progress(BRIDGE, &progress(id, "lock-1", Stage::Connected), t0)
+        .unwrap();
+    let mut out = Vec::new();
+    c.connection_lost(BRIDGE, &mut out);
+    assert_eq!(out[0].result, Err(CommandError::BridgeLost));
+    assert_eq!(
+        out[0].stages.as_deref().and_then(StageTimes::last),
+        Some(Stage::Connected)
+    );
+}
+
+#[test]
+fn progress_while_routing_is_kept_only_if_the_write_went_through_its_connection() {
+    let t0 = Instant::now();
+    let mut c = Correlator::new(0xabcd);
+    let id = c
+        .register(device("lock-1"), t0 + TIMEOUT, "caller")
+        .unwrap();
+    assert_eq!(
+        c.handle_progress(OTHER_BRIDGE, &progress(id, "lock-1", Stage::Received), t0),
+        Ok(ProgressAccepted::Recorded)
+    );
+    // A second report from yet another connection while routing: forbidden.
+    let reason = progress_rejection(c.handle_progress(
+        BRIDGE,
+        &progress(id, "lock-1", Stage::Connected),
+        t0,
+    ));
+    assert_eq!(reason, RejectReason::WrongConnection);
+    assert!(matches!(c.mark_sent(&id, BRIDGE), MarkSent::Waiting));
+    assert!(
+        c.stages(&id).is_none(),
+        "the other connection's report is dropped"
+    );
+
+    let id = c
+        .register(device("lock-1"), t0 + TIMEOUT, "caller")
+        .unwrap();
+    c.handle_progress(BRIDGE, &progress(id, "lock-1", Stage::Received), t0)
+        .unwrap();
+    assert!(matches!(c.mark_sent(&id, BRIDGE), MarkSent::Waiting));
+    assert_eq!(
+        c.stages(&id).and_then(StageTimes::last),
+        Some(Stage::Received)
+    );
 }

@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bridge_protocol::{
-    BleOutcome, BleResponse, BleWrite, ConfigRegistry, ConnectionId, DeviceConfig, DeviceErrorCode,
-    DeviceId, DeviceType, ErrorCode, HexPayload, RequestId, TimeoutMs,
+    BleOutcome, BleProgress, BleResponse, BleWrite, ConfigRegistry, ConnectionId, DeviceConfig,
+    DeviceErrorCode, DeviceId, DeviceType, ErrorCode, HexPayload, Hops, RequestId, Stage,
+    TimeoutMs,
 };
 use bridge_session::{
-    CommandError, CommandReply, RejectReason, SessionConfig, SessionManager, Transport,
-    TransportError,
+    CommandError, CommandReply, ProgressAccepted, RejectReason, SessionConfig, SessionManager,
+    Transport, TransportError,
 };
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -1099,4 +1100,105 @@ async fn a_manager_over_a_dyn_transport_is_shareable_and_its_futures_are_send() 
         .handle_response(PHONE, answer(&write, &[2]))
         .unwrap();
     assert_eq!(payload_of(command.await.unwrap()), Ok(bytes(&[2])));
+}
+
+// ---- ble_progress (PROTOCOL.md 3.2, version 1.1) ----
+
+fn progress(write: &BleWrite, stage: Stage) -> BleProgress {
+    BleProgress {
+        request_id: write.request_id,
+        device_id: write.device_id.clone(),
+        stage,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_carries_the_stages_the_bridge_reported_in_ms_since_the_send() {
+    let (mock, mut writes, _ledger) = recording_mock();
+    let manager = manager_with(mock, &SessionConfig::default());
+    let command = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .send_command_traced(device("lock-1"), None, bytes(&[1]), 3 * SECOND)
+                .await
+        })
+    };
+    let write = writes.recv().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    assert_eq!(
+        manager.handle_progress(PHONE, &progress(&write, Stage::Received)),
+        Ok(ProgressAccepted::Recorded)
+    );
+    tokio::time::sleep(Duration::from_millis(38)).await;
+    assert_eq!(
+        manager.handle_progress(PHONE, &progress(&write, Stage::Written)),
+        Ok(ProgressAccepted::Recorded)
+    );
+    assert_eq!(
+        manager.handle_progress(PHONE, &progress(&write, Stage::Connected)),
+        Ok(ProgressAccepted::Ignored),
+        "earlier than written"
+    );
+    let refused = manager
+        .handle_progress(OTHER_PHONE, &progress(&write, Stage::Written))
+        .unwrap_err();
+    assert_eq!(refused.error_code(), ErrorCode::Forbidden);
+
+    let failure = command.await.unwrap().unwrap_err();
+    assert_eq!(failure.error, CommandError::Timeout);
+    assert_eq!(failure.request_id, Some(write.request_id));
+    assert_eq!(failure.hops.stage, Some(Stage::Written));
+    assert_eq!(failure.hops.progress.received_ms, Some(3));
+    assert_eq!(failure.hops.progress.connected_ms, None);
+    assert_eq!(failure.hops.progress.written_ms, Some(41));
+
+    // Too late now: the command ended.
+    let late = manager
+        .handle_progress(PHONE, &progress(&write, Stage::Written))
+        .unwrap_err();
+    assert_eq!(late.error_code(), ErrorCode::UnknownRequest);
+    let stats = manager.stats();
+    assert_eq!(
+        (
+            stats.progress_recorded,
+            stats.progress_ignored,
+            stats.progress_rejected
+        ),
+        (2, 1, 2),
+        "the other connection's and the late one are refused"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reply_says_sent_when_the_bridge_reported_nothing_and_an_offline_command_nothing() {
+    let (mock, mut writes, _ledger) = recording_mock();
+    let manager = manager_with(mock, &SessionConfig::default());
+    let command = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .send_command(device("lock-1"), None, bytes(&[1]), 3 * SECOND)
+                .await
+        })
+    };
+    let write = writes.recv().await.unwrap();
+    manager
+        .handle_response(PHONE, answer(&write, &[2]))
+        .unwrap();
+    let reply = command.await.unwrap().unwrap();
+    assert_eq!(reply.hops, Hops::SENT);
+
+    let mut offline = MockBridge::new();
+    offline
+        .expect_send_ble_write()
+        .returning(|_| Err(TransportError::Offline));
+    let manager = manager_with(offline, &SessionConfig::default());
+    let failure = manager
+        .send_command_traced(device("lock-1"), None, bytes(&[1]), 3 * SECOND)
+        .await
+        .unwrap_err();
+    assert_eq!(failure.error, CommandError::Offline);
+    assert_eq!(failure.hops, Hops::NONE);
+    assert_eq!(failure.request_id, None);
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bridge_client::lock::{LockBehaviour, SimulatedLocks};
 use bridge_client::{BridgeClient, BridgeConfig, Credentials};
-use bridge_protocol::DeviceId;
+use bridge_protocol::{DeviceId, Stage};
 use clap::Parser;
 
 /// A simulated phone with simulated BLE smart locks.
@@ -46,12 +46,23 @@ struct Args {
     /// Probability in [0, 1] that a write fails with `gatt_write_failed`.
     #[arg(long, default_value_t = 0.0)]
     failure_rate: f64,
+    /// Make every write stop after this stage and never be answered, to see where a
+    /// timeout says it stopped: `sent` (the phone never acknowledges), `received` (the BLE
+    /// link never comes up), `connected` (the GATT write never completes), `written` (the
+    /// lock takes the write and never answers).
+    #[arg(long, value_name = "STAGE", value_parser = parse_stage)]
+    fail_at: Option<Stage>,
     /// Mean seconds between random BLE link drops of a random lock (0: never).
     #[arg(long, default_value_t = 0.0)]
     disconnect_every_secs: f64,
     /// Exit after this many seconds (0: run until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     run_for_secs: u64,
+}
+
+fn parse_stage(s: &str) -> Result<Stage, String> {
+    Stage::from_wire(s)
+        .ok_or_else(|| format!("`{s}` is not a stage: sent, received, connected or written"))
 }
 
 #[tokio::main]
@@ -80,6 +91,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         LockBehaviour {
             latency: Duration::from_millis(args.latency_ms),
             failure_rate: args.failure_rate,
+            stuck_after: args.fail_at,
         },
     ));
     let credentials = match args.token {
@@ -94,8 +106,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         handler,
     );
     client.wait_connected(1).await?;
+    // A link that never comes up (`--fail-at received`) is reported down.
+    let link_up = args.fail_at != Some(Stage::Received);
     for id in &ids {
-        client.report_status(id.clone(), true, Some(-55))?;
+        client.report_status(id.clone(), link_up, link_up.then_some(-55))?;
     }
     tracing::info!(locks = ids.len(), "bridge-sim is holding its locks");
 

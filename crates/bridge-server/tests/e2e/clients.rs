@@ -192,3 +192,64 @@ async fn a_bridge_comes_back_by_itself_after_the_server_restarts() {
     assert_eq!(answer["payload"], "8200");
     phone.shutdown().await;
 }
+
+/// The simulated phone reports its stages (`ble_progress`), and, stuck after each stage in
+/// turn, the backend's timeout says where the command stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_phone_reports_its_stages_and_a_timeout_says_where_it_stopped() {
+    use bridge_protocol::Stage;
+
+    let server = TestServer::start().await;
+    let cases = [
+        (None, "written"),
+        (Some(Stage::Sent), "sent"),
+        (Some(Stage::Received), "received"),
+        (Some(Stage::Connected), "connected"),
+        (Some(Stage::Written), "written"),
+    ];
+    for (i, (stuck_after, stage)) in cases.into_iter().enumerate() {
+        let lock = device(&format!("stuck-{i}"));
+        let locks = Arc::new(SimulatedLocks::new(
+            [lock.clone()],
+            LockBehaviour {
+                stuck_after,
+                ..LockBehaviour::default()
+            },
+        ));
+        let phone = BridgeClient::start(
+            BridgeConfig::new(
+                base_url(&server),
+                Credentials::Development {
+                    user_id: format!("phone-{i}"),
+                },
+                vec![lock.clone()],
+            ),
+            locks,
+        );
+        phone.wait_connected(1).await.unwrap();
+        server.wait_online(lock.as_str(), 1).await;
+        let (status, body) = server
+            .command(lock.as_str(), json!({"payload":"03","timeoutMs":300}))
+            .await;
+        match stuck_after {
+            None => {
+                assert_eq!(status, 200, "{body}");
+                assert_eq!(body["payload"], "830164");
+            }
+            Some(_) => assert_eq!((status, body["status"].clone()), (504, json!("timeout"))),
+        }
+        assert_eq!(body["stage"], stage, "{body}");
+        let reported: Vec<&str> = ["received", "connected", "written"]
+            .into_iter()
+            .filter(|s| body["progress"].get(format!("{s}Ms")).is_some())
+            .collect();
+        let expected: &[&str] = match stage {
+            "sent" => &[],
+            "received" => &["received"],
+            "connected" => &["received", "connected"],
+            _ => &["received", "connected", "written"],
+        };
+        assert_eq!(reported, expected, "{body}");
+        phone.shutdown().await;
+    }
+}

@@ -74,7 +74,7 @@ async fn a_device_error_is_502() {
     assert_eq!(status, 502);
     assert_eq!(
         body,
-        json!({"status":"device_error","error":"gatt_write_failed"})
+        json!({"status":"device_error","error":"gatt_write_failed","stage":"sent"})
     );
 }
 
@@ -102,7 +102,10 @@ async fn no_answer_within_timeout_is_504() {
     server.wait_online("lock-1", 1).await;
     let call = server.command("lock-1", json!({"payload":"01","timeoutMs":200}));
     let ((status, body), _write) = tokio::join!(call, bridge.next_write());
-    assert_eq!((status, body), (504, json!({"status":"timeout"})));
+    assert_eq!(
+        (status, body),
+        (504, json!({"status":"timeout","stage":"sent"}))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,7 +120,10 @@ async fn a_bridge_closing_fails_its_pending_command_at_once_with_bridge_lost() {
         bridge.ws.close().await;
     };
     let ((status, body), ()) = tokio::join!(call, drop_bridge);
-    assert_eq!((status, body), (503, json!({"status":"bridge_lost"})));
+    assert_eq!(
+        (status, body),
+        (503, json!({"status":"bridge_lost","stage":"sent"}))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +141,10 @@ async fn a_bridge_releasing_the_device_fails_its_pending_command_at_once() {
         write
     };
     let ((status, body), write) = tokio::join!(call, release);
-    assert_eq!((status, body), (503, json!({"status":"bridge_lost"})));
+    assert_eq!(
+        (status, body),
+        (503, json!({"status":"bridge_lost","stage":"sent"}))
+    );
     // The answer that comes too late resolves nothing.
     bridge.answer(&write, "01").await;
     let error = bridge.ws.recv().await;
@@ -711,6 +720,9 @@ async fn a_graceful_stop_closes_websockets_with_1001_and_lets_pending_http_comma
     let close = bridge.ws.closed().await.expect("a close frame");
     assert_eq!(close.code, CloseCode::Away);
     let (status, body) = call.await.unwrap();
-    assert_eq!((status, body), (503, json!({"status":"bridge_lost"})));
+    assert_eq!(
+        (status, body),
+        (503, json!({"status":"bridge_lost","stage":"sent"}))
+    );
     stop.await.unwrap();
 }

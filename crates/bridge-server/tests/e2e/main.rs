@@ -9,6 +9,7 @@ mod cluster;
 mod embed;
 mod frames;
 mod hooks;
+mod hops;
 mod hostile;
 mod http;
 mod paused;

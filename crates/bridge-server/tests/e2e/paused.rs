@@ -108,7 +108,10 @@ async fn a_command_with_no_answer_ends_504_exactly_at_its_timeout() {
         Some(json!({"payload":"01","timeoutMs":120_000})),
     )
     .await;
-    assert_eq!((status, body), (504, json!({"status":"timeout"})));
+    assert_eq!(
+        (status, body),
+        (504, json!({"status":"timeout","stage":"sent"}))
+    );
     let waited = start.elapsed();
     assert!(waited >= Duration::from_mins(2), "{waited:?}");
     assert!(waited < Duration::from_secs(121), "{waited:?}");

@@ -90,8 +90,8 @@ async fn queued_commands_are_delivered_in_order_one_at_a_time_when_the_device_co
     assert_eq!(
         results,
         [
-            json!({"type":"command_result","commandId":first,"deviceId":"lock-1","status":"succeeded","payload":"81"}),
-            json!({"type":"command_result","commandId":second,"deviceId":"lock-1","status":"failed","error":"gatt_write_failed"}),
+            json!({"type":"command_result","commandId":first,"deviceId":"lock-1","status":"succeeded","payload":"81","stage":"sent"}),
+            json!({"type":"command_result","commandId":second,"deviceId":"lock-1","status":"failed","error":"gatt_write_failed","stage":"sent"}),
         ]
     );
     let (_, list) = server.get("/v1/devices/lock-1/commands").await;
@@ -479,7 +479,7 @@ async fn a_timed_out_delivery_is_retried_after_the_retry_interval_and_fails_afte
     assert_eq!(view["attempts"], 2);
     assert_eq!(
         alice.recv_type("command_result").await,
-        json!({"type":"command_result","commandId":id,"deviceId":"lock-1","status":"failed"})
+        json!({"type":"command_result","commandId":id,"deviceId":"lock-1","status":"failed","stage":"sent"})
     );
 }
 

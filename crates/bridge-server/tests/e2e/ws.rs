@@ -209,7 +209,10 @@ async fn commands_go_through_the_best_holder_and_fall_back_when_it_leaves() {
         weak.ws.close().await;
     };
     let ((status, body), ()) = tokio::join!(call, leave);
-    assert_eq!((status, body), (503, json!({"status":"bridge_lost"})));
+    assert_eq!(
+        (status, body),
+        (503, json!({"status":"bridge_lost","stage":"sent"}))
+    );
     server.wait_online("lock-1", 1).await;
     let call = server.command("lock-1", json!({"payload":"04"}));
     let answer = async {
@@ -235,7 +238,7 @@ async fn a_user_command_frame_gets_the_same_answers_as_http() {
     assert_eq!(
         alice.recv_type("command_result").await,
         json!({"type":"command_result","requestId":"c-1","deviceId":"lock-1",
-               "status":"succeeded","payload":"82"})
+               "status":"succeeded","payload":"82","stage":"sent"})
     );
 
     alice
@@ -246,7 +249,7 @@ async fn a_user_command_frame_gets_the_same_answers_as_http() {
     assert_eq!(
         alice.recv_type("command_result").await,
         json!({"type":"command_result","requestId":"c-2","deviceId":"lock-1",
-               "status":"device_error","error":"gatt_write_failed"})
+               "status":"device_error","error":"gatt_write_failed","stage":"sent"})
     );
 
     alice
@@ -294,7 +297,7 @@ async fn a_user_command_frame_gets_the_same_answers_as_http() {
     bridge.ws.close().await;
     assert_eq!(
         alice.recv_type("command_result").await,
-        json!({"type":"command_result","requestId":"c-7","deviceId":"lock-1","status":"bridge_lost"})
+        json!({"type":"command_result","requestId":"c-7","deviceId":"lock-1","status":"bridge_lost","stage":"sent"})
     );
 }
 
@@ -310,7 +313,7 @@ async fn a_user_command_timing_out_answers_timeout() {
     bridge.next_write().await;
     assert_eq!(
         alice.recv_type("command_result").await,
-        json!({"type":"command_result","requestId":"c-1","deviceId":"lock-1","status":"timeout"})
+        json!({"type":"command_result","requestId":"c-1","deviceId":"lock-1","status":"timeout","stage":"sent"})
     );
 }
 
