@@ -396,6 +396,39 @@ async fn a_command_goes_through_the_phone_on_another_node_and_back() {
     assert_eq!(body["payload"], "81", "{body}");
     assert_eq!(body["requestId"], write["requestId"], "{body}");
 
+    // The phone at A reports how far it got (PROTOCOL.md 3.2, 1.1): the reports go to the
+    // command's node, B, and its answer says where the command got to; none is refused.
+    let call = b
+        .client
+        .command(&device, serde_json::json!({"payload":"03"}));
+    let answer = async {
+        let write = phone.next_write().await;
+        for stage in ["received", "connected", "written"] {
+            phone
+                .ws
+                .send(
+                    serde_json::json!({"type":"ble_progress","requestId":write["requestId"],
+                    "deviceId":write["deviceId"],"stage":stage}),
+                )
+                .await;
+        }
+        phone.answer(&write, "83").await;
+        // Every frame before the ping was handled at A: an error frame would come first.
+        phone.ws.send(serde_json::json!({"type":"ping"})).await;
+        assert_eq!(
+            phone.ws.recv().await["type"],
+            "pong",
+            "no progress report refused"
+        );
+    };
+    let ((status, body), ()) = tokio::join!(call, answer);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["payload"], "83", "{body}");
+    assert_eq!(body["stage"], "written", "{body}");
+    for stage in ["receivedMs", "connectedMs", "writtenMs"] {
+        assert!(body["progress"][stage].is_u64(), "{stage} in {body}");
+    }
+
     // A user at C, with a `command` frame.
     let mut alice = user(&c.client, "alice").await;
     alice
@@ -406,7 +439,7 @@ async fn a_command_goes_through_the_phone_on_another_node_and_back() {
     assert_eq!(
         alice.recv_type("command_result").await,
         serde_json::json!({"type":"command_result","requestId":"c-1","deviceId":device,
-               "status":"succeeded","payload":"82"})
+               "status":"succeeded","payload":"82","stage":"sent"})
     );
 
     // A device error comes back as such; an answer for the wrong device changes nothing.
@@ -521,7 +554,10 @@ async fn commands_through_a_node_killed_with_sigkill_end_bridge_lost_and_a_relea
     let ((status, body), ()) = tokio::join!(call, release);
     assert_eq!(
         (status, body),
-        (503, serde_json::json!({"status":"bridge_lost"}))
+        (
+            503,
+            serde_json::json!({"status":"bridge_lost","stage":"sent"})
+        )
     );
 
     // Claimed again; two commands in flight from B and C when A dies.
@@ -545,11 +581,17 @@ async fn commands_through_a_node_killed_with_sigkill_end_bridge_lost_and_a_relea
     let ((status_b, body_b), (status_c, body_c), ()) = tokio::join!(from_b, from_c, kill);
     assert_eq!(
         (status_b, body_b),
-        (503, serde_json::json!({"status":"bridge_lost"}))
+        (
+            503,
+            serde_json::json!({"status":"bridge_lost","stage":"sent"})
+        )
     );
     assert_eq!(
         (status_c, body_c),
-        (503, serde_json::json!({"status":"bridge_lost"}))
+        (
+            503,
+            serde_json::json!({"status":"bridge_lost","stage":"sent"})
+        )
     );
     b.client
         .wait_device(&device, |d| d["online"] == false)
