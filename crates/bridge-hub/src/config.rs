@@ -109,19 +109,26 @@ impl HubConfig {
     /// [`HubConfig::websocket_config`].
     pub const READ_BUFFER_BYTES: usize = 1024;
 
+    /// Frames the hub lets pile up in a connection's write buffer before they are written
+    /// without waiting for its flush (4 KiB): the hub queues a connection's frames and
+    /// flushes once per batch, so a batch goes out in one system call.
+    pub const WRITE_BUFFER_BYTES: usize = 4 * 1024;
+
     /// A tungstenite configuration that matches this hub: frames and messages over
     /// [`HubConfig::max_frame_bytes`] are refused by the WebSocket layer before they are
     /// buffered, and the buffers are sized for many idle connections (see the crate docs,
     /// "Memory"): a 1 KiB read buffer (tungstenite's default is 128 KiB, allocated eagerly
-    /// for every connection) and no write batching (frames are written as soon as the
-    /// connection can take them; the hub flushes once per batch anyway).
+    /// for every connection) and a write buffer of up to
+    /// [`HubConfig::WRITE_BUFFER_BYTES`], which lets a batch of queued frames go out with
+    /// the pump's one flush (with a buffer of 0, tungstenite writes every frame with its
+    /// own system call).
     ///
     /// Use it with `tokio_tungstenite::accept_async_with_config`, or copy the limits into
     /// your framework's WebSocket upgrade.
     pub fn websocket_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(Self::READ_BUFFER_BYTES)
-            .write_buffer_size(0)
+            .write_buffer_size(Self::WRITE_BUFFER_BYTES)
             .max_write_buffer_size(self.max_frame_bytes.saturating_mul(2).max(64 * 1024))
             .max_message_size(Some(self.max_frame_bytes))
             .max_frame_size(Some(self.max_frame_bytes))

@@ -168,8 +168,13 @@
 //! The WebSocket layer's buffers are the rest: [`HubConfig::websocket_config`] gives
 //! tungstenite a 1 KiB read buffer (its default is 128 KiB, allocated eagerly; protocol
 //! frames are a few hundred bytes, and a larger frame grows the buffer only while it is
-//! read) and no write batching (the write buffer starts empty; the hub flushes once per
-//! batch of queued frames). Frames are limited to [`HubConfig::max_frame_bytes`] at the
+//! read) and a write buffer that batches up to 4 KiB
+//! ([`HubConfig::WRITE_BUFFER_BYTES`]): it starts empty and grows to the largest batch the
+//! connection has written, so an idle connection that has only had its snapshot keeps a few
+//! hundred bytes, and a busy one up to ~4 KiB more. The pump moves every queued frame into
+//! it, lets the scheduler run once (so that the other commands' callers ready at that
+//! moment queue theirs), and flushes the batch with one system call — the trade measured in
+//! BENCHMARKS.md ("Write batching"). Frames are limited to [`HubConfig::max_frame_bytes`] at the
 //! WebSocket layer too, so an oversize frame is refused before it is buffered. The
 //! `idle_connections` load test in `benches/` measures the result (see BENCHMARKS.md).
 

@@ -149,6 +149,7 @@ impl<'a, S> Pump<'a, S> {
             last_seen: Instant::now(),
             ping_due: false,
             unflushed: false,
+            flush_deferred: false,
         }
     }
 }
@@ -163,6 +164,9 @@ struct Pump<'a, S> {
     last_seen: Instant,
     ping_due: bool,
     unflushed: bool,
+    /// Whether this batch's flush already waited one turn of the scheduler (see
+    /// [`Pump::poll_write`]).
+    flush_deferred: bool,
 }
 
 impl<S> Pump<'_, S>
@@ -276,8 +280,22 @@ where
             self.unflushed = true;
         }
         if self.unflushed {
+            if !self.flush_deferred {
+                // One turn of the scheduler before the system call: the task that queued
+                // this frame woke the pump, which the runtime polls next (its LIFO slot), so
+                // flushing now would write each frame alone. Waking itself puts the pump at
+                // the back of the run queue: the other tasks that are ready (the callers of
+                // the other commands in flight) queue their frames first, and the next poll
+                // writes them all with one flush.
+                self.flush_deferred = true;
+                cx.waker().wake_by_ref();
+                return Ok(());
+            }
             match Pin::new(&mut self.socket).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Ok(())) => {
+                    self.unflushed = false;
+                    self.flush_deferred = false;
+                }
                 Poll::Ready(Err(error)) => return Err(error),
                 Poll::Pending => {}
             }
