@@ -25,29 +25,38 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Listens for SIGINT and SIGTERM from now on, and returns what completes on the first.
+///
+/// Called before the server says it listens: a handler installed only when the returned
+/// future is first polled would leave a moment in which a SIGTERM sent by a supervisor (or a
+/// test) that read the "listening" line kills the process with the default action, skipping
+/// the orderly shutdown.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(
-            tokio::signal::unix::SignalKind::terminate(),
-        ) {
-            Ok(term) => term,
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = interrupt.await;
-                return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (terminate, interrupt) {
+                (Ok(mut terminate), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = terminate.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
+                }
+                (Err(error), _) | (_, Err(error)) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = term.recv() => {}
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -98,6 +107,8 @@ async fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
         "development"
     };
     tracing::info!(%addr, mode, queue = ?config.queue, "listening");
+    // Before the line that tells a supervisor the server is up (see `shutdown_signal`).
+    let shutdown = shutdown_signal();
     // The one line on stdout: where to connect (tests and scripts read it).
     println!("bridge-server listening on http://{addr}");
 
@@ -123,7 +134,7 @@ async fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
         });
     }
     let server = builder.build()?;
-    server.serve(listener, shutdown_signal()).await?;
+    server.serve(listener, shutdown).await?;
     if let Some(hub) = joined.get() {
         // The others drop what this node held now, not after the heartbeat silence.
         hub.leave().await;
