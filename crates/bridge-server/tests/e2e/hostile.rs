@@ -201,3 +201,55 @@ async fn authenticated_mode_does_not_check_host_or_origin() {
     .await;
     assert_eq!(answer.0, 101, "{answer:?}");
 }
+
+/// Sends one keep-alive `GET /healthz` and reads until its whole answer has come.
+async fn healthz(stream: &mut tokio::net::TcpStream) -> String {
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed before the answer");
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_wait_unserved_until_one_ends() {
+    let mut config = bridge_server::ServerConfig::default();
+    config.max_connections = 2;
+    let server = TestServer::start_with(config, |b| b).await;
+    let mut first = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut second = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // Both served, and kept alive: they hold the two places.
+    assert!(healthz(&mut first).await.starts_with("HTTP/1.1 200"));
+    assert!(healthz(&mut second).await.starts_with("HTTP/1.1 200"));
+
+    // A third is left in the listen backlog: its request gets no answer while both stay.
+    let mut third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let waiting = tokio::time::timeout(std::time::Duration::from_millis(500), healthz(&mut third));
+    assert!(
+        waiting.await.is_err(),
+        "a third connection was served over the cap of 2"
+    );
+
+    // One ends: the third takes its place and its request (already sent) is answered.
+    drop(first);
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    tokio::time::timeout(PATIENCE, async {
+        while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+            let n = third.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the answer");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("served once a place is free");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+    assert!(healthz(&mut second).await.starts_with("HTTP/1.1 200"));
+}
