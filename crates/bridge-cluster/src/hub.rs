@@ -1024,40 +1024,26 @@ async fn listen_node(shared: Arc<Shared>, client: Client, mut messages: Subscrib
                     drop(table.remove(&key));
                 }
             }
-            "answer" => {
+            "answer" | "progress" => {
                 let proxy = ConnectionId::new(proxy);
-                let ours = shared
-                    .outbound
-                    .lock()
-                    .get(&proxy)
-                    .is_some_and(|(node, _)| node == origin);
-                let Ok(text) = std::str::from_utf8(&message.payload) else {
+                if !sent_through(&shared, proxy, origin) {
                     continue;
-                };
-                let limits = shared.local.config().protocol_limits;
-                if let (true, Ok(BridgeToServer::BleResponse(response))) =
-                    (ours, BridgeToServer::decode(text, &limits))
-                    && let Err(refused) = shared.local.offer_response(proxy, response)
-                {
-                    tracing::debug!(?refused, "an answer from another node was refused");
                 }
-            }
-            "progress" => {
-                let proxy = ConnectionId::new(proxy);
-                let ours = shared
-                    .outbound
-                    .lock()
-                    .get(&proxy)
-                    .is_some_and(|(node, _)| node == origin);
                 let Ok(text) = std::str::from_utf8(&message.payload) else {
                     continue;
                 };
                 let limits = shared.local.config().protocol_limits;
-                if let (true, Ok(BridgeToServer::BleProgress(progress))) =
-                    (ours, BridgeToServer::decode(text, &limits))
-                    && let Err(refused) = shared.local.offer_progress(proxy, &progress)
-                {
-                    tracing::debug!(?refused, "a progress report from another node was refused");
+                let offered = match BridgeToServer::decode(text, &limits) {
+                    Ok(BridgeToServer::BleResponse(response)) => {
+                        shared.local.offer_response(proxy, response)
+                    }
+                    Ok(BridgeToServer::BleProgress(progress)) => {
+                        shared.local.offer_progress(proxy, &progress)
+                    }
+                    _ => continue,
+                };
+                if let Err(refused) = offered {
+                    tracing::debug!(?refused, kind, "a report from another node was refused");
                 }
             }
             "queued" => {
@@ -1067,12 +1053,7 @@ async fn listen_node(shared: Arc<Shared>, client: Client, mut messages: Subscrib
             }
             "lost" => {
                 let proxy = ConnectionId::new(proxy);
-                let ours = shared
-                    .outbound
-                    .lock()
-                    .get(&proxy)
-                    .is_some_and(|(node, _)| node == origin);
-                if let (true, Some(device)) = (ours, device) {
+                if let (true, Some(device)) = (sent_through(&shared, proxy, origin), device) {
                     shared.local.release_remote(proxy, &device);
                 }
             }
@@ -1120,4 +1101,14 @@ fn take_write(
         },
     );
     true
+}
+
+/// Whether `proxy` stands for a command this node sent through a bridge of `origin`: only
+/// that node may answer it, report its progress or say it is lost.
+fn sent_through(shared: &Shared, proxy: ConnectionId, origin: &str) -> bool {
+    shared
+        .outbound
+        .lock()
+        .get(&proxy)
+        .is_some_and(|(node, _)| node == origin)
 }
