@@ -29,6 +29,13 @@ pub struct UserConfig {
     /// How long to wait for an `ack` (default 10 s). A command waits its own `timeoutMs`
     /// plus this.
     pub reply_timeout: Duration,
+    /// Other nodes of the same cluster (PROTOCOL.md 5), such as `ws://node-b:8080/ws`:
+    /// [`UserClient::connect`] tries `url`, then these in order, and keeps the first that
+    /// accepts. Empty (the default) for a single server, or for a cluster behind one load
+    /// balancer URL. A user connection does not reconnect by itself: when its stream of
+    /// frames ends, connect again (and subscribe again); with these set, that lands on a
+    /// live node.
+    pub fallback_urls: Vec<String>,
 }
 
 impl UserConfig {
@@ -38,7 +45,15 @@ impl UserConfig {
             url: url.into(),
             credentials,
             reply_timeout: Duration::from_secs(10),
+            fallback_urls: Vec::new(),
         }
+    }
+
+    /// Sets [`UserConfig::fallback_urls`].
+    #[must_use]
+    pub fn with_fallback_urls(mut self, urls: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.fallback_urls = urls.into_iter().map(Into::into).collect();
+        self
     }
 }
 
@@ -62,13 +77,21 @@ impl std::fmt::Debug for UserClient {
 }
 
 impl UserClient {
-    /// Connects. Returns the client and the stream of frames that answer no request of its
-    /// own: `device_status`, application events, `command_result`s of queued commands, and
+    /// Connects to [`UserConfig::url`], or else to the first of
+    /// [`UserConfig::fallback_urls`] that accepts. Returns the client and the stream of
+    /// frames that answer no request of its own: `device_status`, application events, `command_result`s of queued commands, and
     /// error frames without a request id. The stream ends when the connection closes.
     pub async fn connect(
         config: UserConfig,
     ) -> Result<(Self, mpsc::UnboundedReceiver<ServerToUser>), ClientError> {
-        let socket = connect::open(&config.url, &config.credentials, &[]).await?;
+        let mut socket = connect::open(&config.url, &config.credentials, &[]).await;
+        for url in &config.fallback_urls {
+            let Err(error) = &socket else { break };
+            tracing::debug!(%error, next = %url, "cannot connect; trying the next node");
+            socket = connect::open(url, &config.credentials, &[]).await;
+        }
+        // Every URL failed: the last one's error.
+        let socket = socket?;
         let (mut sink, mut stream) = socket.split();
         let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel::<String>();
         let (events_tx, events) = mpsc::unbounded_channel();

@@ -413,3 +413,35 @@ async fn a_handler_that_reports_nothing_sends_only_its_answer() {
     );
     client.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_user_connects_to_the_next_node_when_the_first_is_down() {
+    // A port nobody listens on any more: the first node is down.
+    let down = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let down_url = format!("ws://{}/ws", down.local_addr().unwrap());
+    drop(down);
+    let node_b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let node_b_url = format!("ws://{}/ws", node_b.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (mut ws, uri, _) = accept(&node_b).await;
+        // Keep the connection until the client is done.
+        let _ = ws.next().await;
+        uri
+    });
+    let config = UserConfig::new(
+        down_url.clone(),
+        Credentials::Development {
+            user_id: "u1".into(),
+        },
+    );
+    // Alone, the down node is an error that says so.
+    assert!(matches!(
+        UserClient::connect(config.clone()).await,
+        Err(ClientError::Connect(_))
+    ));
+    let (client, _events) = UserClient::connect(config.with_fallback_urls([node_b_url]))
+        .await
+        .expect("connected to the next node");
+    drop(client);
+    assert_eq!(server.await.unwrap(), "/ws?userId=u1");
+}
