@@ -9,45 +9,24 @@
 //! Every child process is stopped at the end, on success or failure.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::demo::{
-    Children, expect_status, explain, free_port, http, http_text, show, step, string_field,
-    wait_command, wait_for,
+    Children, build_binaries, expect_status, explain, free_port, http, http_text, show, step,
+    string_field, wait_command, wait_for,
 };
 
 pub(crate) fn cluster_demo(root: &Path, cargo: &str) -> Result<(), String> {
     println!("==> building the server (with PostgreSQL) and the phone simulator");
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "-p",
-            "bridge-server",
-            "-p",
-            "bridge-client",
-            "--features",
-            "bridge-server/postgres,bridge-client/sim",
-            "--bins",
-        ])
-        .current_dir(root)
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !status.success() {
-        return Err("build failed".into());
-    }
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let (server_bin, sim_bin) =
+        build_binaries(root, cargo, "bridge-server/postgres,bridge-client/sim")?;
     let work = std::env::temp_dir().join(format!("bridge-cluster-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-    let result = run_story(
-        &target.join("debug/bridge-server"),
-        &target.join("debug/bridge-sim"),
-        &work,
-    );
+    let result = run_story(&server_bin, &sim_bin, &work);
     let _ = std::fs::remove_dir_all(&work);
     result
 }

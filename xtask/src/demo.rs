@@ -264,8 +264,13 @@ pub(crate) fn explain(payload: &str) -> &'static str {
     }
 }
 
-pub(crate) fn demo(root: &Path, cargo: &str) -> Result<(), String> {
-    println!("==> building the server and the phone simulator");
+/// Builds the server and the phone simulator in debug, with `features` (cargo's
+/// `--features` list), and returns the paths of the two binaries.
+pub(crate) fn build_binaries(
+    root: &Path,
+    cargo: &str,
+    features: &str,
+) -> Result<(PathBuf, PathBuf), String> {
     let status = Command::new(cargo)
         .args([
             "build",
@@ -274,7 +279,7 @@ pub(crate) fn demo(root: &Path, cargo: &str) -> Result<(), String> {
             "-p",
             "bridge-client",
             "--features",
-            "bridge-client/sim",
+            features,
             "--bins",
         ])
         .current_dir(root)
@@ -285,8 +290,15 @@ pub(crate) fn demo(root: &Path, cargo: &str) -> Result<(), String> {
     }
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let server_bin = target.join("debug/bridge-server");
-    let sim_bin = target.join("debug/bridge-sim");
+    Ok((
+        target.join("debug/bridge-server"),
+        target.join("debug/bridge-sim"),
+    ))
+}
+
+pub(crate) fn demo(root: &Path, cargo: &str) -> Result<(), String> {
+    println!("==> building the server and the phone simulator");
+    let (server_bin, sim_bin) = build_binaries(root, cargo, "bridge-client/sim")?;
 
     let work = std::env::temp_dir().join(format!("bridge-demo-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
