@@ -9,6 +9,7 @@ use crate::{RequestId, ValueError};
 
 /// Every error code of PROTOCOL.md, for WebSocket error frames and HTTP error bodies alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorCode {

@@ -146,6 +146,7 @@ pub struct CommandFrame {
 /// `device_status` (server → user): a device's presence or BLE link changed, or the initial
 /// snapshot after connecting or subscribing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceStatus {
     /// The device.
@@ -154,6 +155,7 @@ pub struct DeviceStatus {
     pub online: bool,
     /// What the bridge the server would route through last reported; `null` before any
     /// report and while offline.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub ble_connected: Option<bool>,
 }
 
@@ -210,6 +212,7 @@ impl Serialize for EventType {
 
 /// An application event (server → user), broadcast to a device's subscribers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct AppEvent {
     /// The event's `type`, chosen by the backend.
@@ -224,6 +227,7 @@ pub struct AppEvent {
 
 /// The status a `command_result` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ResultStatus {
@@ -287,6 +291,7 @@ impl ResultStatus {
 /// `command_result` (server → user): the outcome of a user's `command` frame (with its
 /// `requestId`) or of a queued command reaching a final state (with its `commandId`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CommandResult {
     /// The user's `requestId`, when this answers a `command` frame.

@@ -14,6 +14,7 @@ use crate::{
 
 /// What to do with a command for a device that is offline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum IfOffline {
@@ -26,6 +27,7 @@ pub enum IfOffline {
 
 /// The body of `POST /v1/devices/{deviceId}/commands`, and the fields of a `command` frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CommandRequest {
     /// Picks the BLE UUIDs; `None` means the registry's default type.
@@ -34,15 +36,19 @@ pub struct CommandRequest {
     /// Bytes to write.
     pub payload: HexPayload,
     /// How long to wait for the device's reply.
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub timeout_ms: TimeoutMs,
     /// What to do when the device is offline.
+    #[cfg_attr(feature = "openapi", schema(required = false, default = "fail"))]
     pub if_offline: IfOffline,
     /// Dedup key of the queue; required for `queue` and for `requiresConfirmation`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command_type: Option<CommandType>,
     /// How long a queued command stays deliverable.
+    #[cfg_attr(feature = "openapi", schema(required = false))]
     pub ttl_seconds: TtlSeconds,
     /// Always queue, and deliver only after `confirm`.
+    #[cfg_attr(feature = "openapi", schema(required = false, default = false))]
     pub requires_confirmation: bool,
 }
 
@@ -75,6 +81,7 @@ impl CommandRequest {
 
 /// The body of `POST /v1/devices/{deviceId}/events`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventRequest {
     /// The event's `type`; not one the protocol defines.
     #[serde(rename = "type")]
@@ -96,6 +103,7 @@ impl EventRequest {
 /// The answers of a command that was sent to a bridge (200, 502, 503 `bridge_lost`, 504)
 /// carry [`Hops`] (1.1 `stage` and `progress`); with [`Hops::NONE`] they are the 1.0 shapes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "status", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum CommandResponse {
@@ -222,6 +230,7 @@ impl CommandResponse {
 
 /// The body of every HTTP error: `{"error":{"code":"...","message":"..."}}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// The error.
     pub error: ErrorDetail,
@@ -229,6 +238,7 @@ pub struct ErrorBody {
 
 /// The inside of an [`ErrorBody`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     /// What went wrong.
     pub code: ErrorCode,
@@ -255,6 +265,7 @@ impl ErrorBody {
 
 /// The state of a queued command (PROTOCOL.md 4.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum CommandStatus {
@@ -311,6 +322,7 @@ impl CommandStatus {
 
 /// A final command's result: `{"payload":"01"}` or `{"error":"gatt_write_failed"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum CommandOutcome {
     /// The device's reply.
@@ -321,6 +333,7 @@ pub enum CommandOutcome {
 
 /// A queued command as `GET /v1/commands/{commandId}` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CommandView {
     /// Its id.
@@ -338,6 +351,7 @@ pub struct CommandView {
     /// When it stops being deliverable.
     pub expires_at: Timestamp,
     /// The result, once final and when there is one; `null` before.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub result: Option<CommandOutcome>,
     /// How far the latest attempt got (1.1); [`Hops::NONE`] leaves both fields out.
     #[serde(flatten)]
@@ -364,6 +378,7 @@ impl CommandView {
 
 /// `GET /v1/devices/{deviceId}/commands`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommandList {
     /// The device's commands that are not final, in delivery order.
     pub commands: Vec<CommandView>,
@@ -371,6 +386,7 @@ pub struct CommandList {
 
 /// `GET /v1/devices/{deviceId}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceView {
     /// The device.
@@ -378,6 +394,7 @@ pub struct DeviceView {
     /// Whether at least one bridge holds it.
     pub online: bool,
     /// What the bridge the server would route through last reported.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub ble_connected: Option<bool>,
     /// How many bridge connections hold it.
     pub bridges: u32,
@@ -387,6 +404,7 @@ pub struct DeviceView {
 
 /// One entry of `GET /v1/devices`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceSummary {
     /// The device.
@@ -394,11 +412,13 @@ pub struct DeviceSummary {
     /// Always true in this listing.
     pub online: bool,
     /// What the routed-to bridge last reported.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub ble_connected: Option<bool>,
 }
 
 /// `GET /v1/devices`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceList {
     /// The online devices.
     pub devices: Vec<DeviceSummary>,
@@ -406,6 +426,7 @@ pub struct DeviceList {
 
 /// `202` answer of `POST /v1/devices/{deviceId}/events`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventAccepted {
     /// How many user connections the event was sent to.
     pub delivered: u64,
@@ -413,6 +434,7 @@ pub struct EventAccepted {
 
 /// One entry of `GET /v1/device-types`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceTypeView {
     /// The type's name.
@@ -427,11 +449,13 @@ pub struct DeviceTypeView {
 
 /// `GET /v1/device-types`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceTypeList {
     /// Every registered type.
     pub device_types: Vec<DeviceTypeView>,
     /// The type used when a command names none.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub default_type: Option<DeviceType>,
 }
 

@@ -20,6 +20,9 @@
 //!   the live stream's [`StreamEvent`]; bridges over MQTT ([`MqttBridgeFrame`],
 //!   [`MqttServerFrame`], [`Hello`], [`BridgeId`]).
 //! * [`ConfigRegistry`]: device type → BLE UUIDs, loadable from TOML.
+//! * Feature `openapi`: `utoipa::ToSchema` for the HTTP bodies and the values they are made
+//!   of, derived next to their serde attributes (the server's `GET /v1/openapi.json` is built
+//!   from them, so the document follows the types). It adds utoipa only: no IO.
 //!
 //! How ambiguous input is read is written down in [`decode`].
 //!
@@ -58,6 +61,8 @@ mod frames;
 pub mod http;
 mod ids;
 mod mqtt;
+#[cfg(feature = "openapi")]
+mod openapi;
 mod progress;
 mod registry;
 mod stream;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 /// `Sent` is the server's own hop (the `ble_write` left it); the others are what a bridge
 /// reports in `ble_progress`. The derived order is the protocol's order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Stage {
@@ -70,6 +71,7 @@ impl std::fmt::Display for Stage {
 ///
 /// Milliseconds are `u32`: a command waits at most 120 000 ms, so every real value fits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Progress {
     /// When the bridge reported `received`.
@@ -125,6 +127,7 @@ impl Progress {
 /// the command was never sent, `progress` when the bridge reported no stage.
 /// [`Hops::NONE`] is the 1.0 shape, with neither field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Hops {
     /// The last stage reached; `None` when the command was never sent (or the answer came

@@ -11,13 +11,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bridge_hub::Frame;
 use bridge_protocol::http::{
-    CommandList, CommandRequest, CommandStatus, DeviceList, DeviceSummary, DeviceTypeList,
-    DeviceView, EventAccepted, EventRequest,
+    CommandList, CommandRequest, CommandResponse, CommandStatus, CommandView, DeviceList,
+    DeviceSummary, DeviceTypeList, DeviceView, ErrorBody, EventAccepted, EventRequest,
 };
 use bridge_protocol::{AppEvent, CommandId, DeviceId, ErrorCode, ServerToUser, StreamEvent};
 use bridge_queue::Party;
 
 use crate::error::{ApiError, QUEUE_UNAVAILABLE, json_response, json_with_code};
+use crate::openapi::{
+    BadRequest, CommandUnavailable, Conflict, Forbidden, Health, NotFound, PayloadTooLarge,
+    QueueFull, Unauthorized, Unavailable,
+};
 
 /// The body of `/readyz`'s 503 when the hub is not ready (a cluster node that has not
 /// joined, or lost NATS).
@@ -44,7 +48,9 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&core),
             require_service,
-        ));
+        ))
+        // After `route_layer`, so outside it: the API's description needs no token.
+        .route("/openapi.json", get(openapi_json));
     let router = Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(healthz))
@@ -131,7 +137,54 @@ fn command_id(raw: &str) -> Result<CommandId, ApiError> {
     CommandId::new(raw).map_err(|_| ApiError::new(ErrorCode::NotFound, "no such command"))
 }
 
-async fn post_command(
+/// Sends a command to a device, or queues it (PROTOCOL.md 4.1).
+///
+/// The answer's status tells what happened. Once the command was sent to a bridge, its
+/// answer (200, 502, 503 `bridge_lost`, 504) also carries `stage`, the last stage reached
+/// (`sent`, `received`, `connected`, `written`), and `progress`, the milliseconds from
+/// sending to each stage the bridge reported (left out when it reported none).
+#[utoipa::path(
+    post,
+    path = "/v1/devices/{deviceId}/commands",
+    operation_id = "sendCommand",
+    tag = "commands",
+    params(("deviceId" = DeviceId, Path, description = "The device.")),
+    request_body(
+        content = CommandRequest,
+        example = json!({"deviceType":"smart-lock","payload":"aabbccdd","timeoutMs":10000,
+            "ifOffline":"fail","commandType":"unlock","ttlSeconds":3600,"requiresConfirmation":false}),
+    ),
+    responses(
+        (status = 200, description = "The device answered.", body = CommandResponse,
+            example = json!({"status":"succeeded","requestId":"4f1c9a7e0b2d4c6f","payload":"01","latencyMs":12})),
+        (status = 202, description = "Queued: the device was offline and `ifOffline` is `queue`, or `requiresConfirmation` (it then waits for `confirm`).",
+            body = CommandResponse,
+            examples(
+                ("queued" = (value = json!({"status":"queued","commandId":"9b2e4c1a-57f0-4f0e-9d5c-2f1b8f0c6a31"}))),
+                ("awaiting_confirmation" = (value = json!({"status":"awaiting_confirmation","commandId":"9b2e4c1a-57f0-4f0e-9d5c-2f1b8f0c6a31"}))),
+            )),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, description = "The device type is unknown (`unknown_device_type`).", body = ErrorBody,
+            example = json!({"error":{"code":"unknown_device_type","message":"unknown device type `smart-bulb`"}})),
+        (status = 413, response = PayloadTooLarge),
+        (status = 429, response = QueueFull),
+        (status = 502, description = "The bridge reported a failure.", body = CommandResponse,
+            example = json!({"status":"device_error","error":"gatt_write_failed","stage":"written","progress":{"receivedMs":3,"writtenMs":41}})),
+        (status = 503, description = "The device is offline and `ifOffline` is `fail` (`offline`), or the bridge went away before answering (`bridge_lost`): a command answer. Or an error body `unavailable` (the queue backend does not answer, or the server is at capacity or shutting down).",
+            body = CommandUnavailable,
+            examples(
+                ("offline" = (value = json!({"status":"offline"}))),
+                ("bridge_lost" = (value = json!({"status":"bridge_lost","stage":"sent"}))),
+                ("unavailable" = (value = json!({"error":{"code":"unavailable","message":"the queue backend is unavailable"}}))),
+            )),
+        (status = 504, description = "No answer within `timeoutMs`.", body = CommandResponse,
+            example = json!({"status":"timeout","stage":"written","progress":{"receivedMs":3,"writtenMs":41}})),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn post_command(
     State(core): State<Arc<Core>>,
     Path(device): Path<String>,
     body: Body,
@@ -148,7 +201,23 @@ async fn post_command(
     Ok(json_with_code(response.http_status(), &response))
 }
 
-async fn list_commands(
+/// The device's queued commands that are not final, in delivery order (PROTOCOL.md 4.2).
+#[utoipa::path(
+    get,
+    path = "/v1/devices/{deviceId}/commands",
+    operation_id = "listDeviceCommands",
+    tag = "commands",
+    params(("deviceId" = DeviceId, Path, description = "The device.")),
+    responses(
+        (status = 200, description = "The device's open commands.", body = CommandList),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn list_commands(
     State(core): State<Arc<Core>>,
     Path(device): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -163,7 +232,25 @@ async fn list_commands(
     Ok(json_response(StatusCode::OK, &list))
 }
 
-async fn get_device(
+/// A device's presence and queue (PROTOCOL.md 4.3). A device never seen is offline with
+/// no bridges and no pending commands, not 404.
+#[utoipa::path(
+    get,
+    path = "/v1/devices/{deviceId}",
+    operation_id = "getDevice",
+    tag = "devices",
+    params(("deviceId" = DeviceId, Path, description = "The device.")),
+    responses(
+        (status = 200, description = "The device.", body = DeviceView,
+            example = json!({"deviceId":"lock-1","online":true,"bleConnected":true,"bridges":1,"pendingCommands":0})),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn get_device(
     State(core): State<Arc<Core>>,
     Path(device): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -180,7 +267,21 @@ async fn get_device(
     Ok(json_response(StatusCode::OK, &view))
 }
 
-async fn list_devices(State(core): State<Arc<Core>>) -> Response {
+/// The online devices (PROTOCOL.md 4.3).
+#[utoipa::path(
+    get,
+    path = "/v1/devices",
+    operation_id = "listDevices",
+    tag = "devices",
+    responses(
+        (status = 200, description = "The online devices.", body = DeviceList,
+            example = json!({"devices":[{"deviceId":"lock-1","online":true,"bleConnected":true}]})),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn list_devices(State(core): State<Arc<Core>>) -> Response {
     let devices = core
         .hub
         .online_devices()
@@ -195,7 +296,26 @@ async fn list_devices(State(core): State<Arc<Core>>) -> Response {
     json_response(StatusCode::OK, &DeviceList { devices })
 }
 
-async fn post_event(
+/// Broadcasts an application event to the device's subscribers (PROTOCOL.md 4.3); a
+/// `type` the protocol defines is 400 `invalid_request`.
+#[utoipa::path(
+    post,
+    path = "/v1/devices/{deviceId}/events",
+    operation_id = "postEvent",
+    tag = "devices",
+    params(("deviceId" = DeviceId, Path, description = "The device.")),
+    request_body(content = EventRequest, example = json!({"type":"state_changed","data":{"locked":false}})),
+    responses(
+        (status = 202, description = "Sent; `delivered` is the number of user connections it was sent to.",
+            body = EventAccepted, example = json!({"delivered":2})),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 413, response = PayloadTooLarge),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn post_event(
     State(core): State<Arc<Core>>,
     Path(device): Path<String>,
     body: Body,
@@ -222,7 +342,30 @@ async fn post_event(
 
 /// `GET /v1/stream` (PROTOCOL.md 4.5): Server-Sent Events, `?deviceId=` (repeatable) to
 /// limit it to those devices.
-async fn stream(
+///
+/// Each event is `event: <type>` and `data: <one JSON object>` (a `StreamEvent`): the
+/// WebSocket frame of that type — `device_status`, application events, and `command_result`
+/// for every command that ends after it was sent to a bridge or queued. A comment line comes
+/// at least every 15 s. A client that does not read fast enough is sent `event: overflow`
+/// and disconnected.
+#[utoipa::path(
+    get,
+    path = "/v1/stream",
+    operation_id = "stream",
+    tag = "stream",
+    params(("deviceId" = Option<Vec<DeviceId>>, Query, explode = true,
+        description = "Limit the stream to these devices (repeatable).")),
+    responses(
+        (status = 200, description = "The stream: Server-Sent Events whose `data:` is a `StreamEvent`.",
+            content_type = "text/event-stream", body = String,
+            example = "event: device_status\ndata: {\"type\":\"device_status\",\"deviceId\":\"lock-1\",\"online\":true,\"bleConnected\":true}\n\n"),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn stream(
     State(core): State<Arc<Core>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -231,7 +374,27 @@ async fn stream(
     Ok(core.stream.subscribe(devices).into_response())
 }
 
-async fn get_command(
+/// A queued command (PROTOCOL.md 4.2), with `stage` and `progress` of its latest attempt.
+#[utoipa::path(
+    get,
+    path = "/v1/commands/{commandId}",
+    operation_id = "getCommand",
+    tag = "commands",
+    params(("commandId" = CommandId, Path, description = "The queued command.")),
+    responses(
+        (status = 200, description = "The command.", body = CommandView,
+            example = json!({"commandId":"9b2e4c1a-57f0-4f0e-9d5c-2f1b8f0c6a31","deviceId":"lock-1",
+                "commandType":"unlock","status":"succeeded","attempts":1,
+                "createdAt":"2026-11-23T06:37:11.123Z","expiresAt":"2026-11-23T07:37:11.123Z",
+                "result":{"payload":"01"},"stage":"written","progress":{"receivedMs":3,"writtenMs":41}})),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn get_command(
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -240,7 +403,25 @@ async fn get_command(
     Ok(json_response(StatusCode::OK, &command.to_view()))
 }
 
-async fn confirm_command(
+/// Confirms a command that is `awaiting_confirmation` (PROTOCOL.md 4.2); a confirmed command
+/// for an online device is delivered at once.
+#[utoipa::path(
+    post,
+    path = "/v1/commands/{commandId}/confirm",
+    operation_id = "confirmCommand",
+    tag = "commands",
+    params(("commandId" = CommandId, Path, description = "The queued command.")),
+    responses(
+        (status = 200, description = "Confirmed: the command.", body = CommandView),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn confirm_command(
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -250,7 +431,24 @@ async fn confirm_command(
     Ok(json_response(StatusCode::OK, &command.to_view()))
 }
 
-async fn cancel_command(
+/// Cancels a queued command (PROTOCOL.md 4.2), unless it is `delivering` or final.
+#[utoipa::path(
+    post,
+    path = "/v1/commands/{commandId}/cancel",
+    operation_id = "cancelCommand",
+    tag = "commands",
+    params(("commandId" = CommandId, Path, description = "The queued command.")),
+    responses(
+        (status = 200, description = "Cancelled: the command.", body = CommandView),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn cancel_command(
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -260,15 +458,54 @@ async fn cancel_command(
     Ok(json_response(StatusCode::OK, &command.to_view()))
 }
 
-async fn device_types(State(core): State<Arc<Core>>) -> Response {
+/// The device types of the server's registry and the default one (PROTOCOL.md 4.3).
+#[utoipa::path(
+    get,
+    path = "/v1/device-types",
+    operation_id = "listDeviceTypes",
+    tag = "devices",
+    responses(
+        (status = 200, description = "The device types.", body = DeviceTypeList,
+            example = json!({"deviceTypes":[{"deviceType":"smart-lock",
+                "serviceUuid":"0000fff0-0000-1000-8000-00805f9b34fb",
+                "writeUuid":"0000fff1-0000-1000-8000-00805f9b34fb",
+                "listenUuid":"0000fff2-0000-1000-8000-00805f9b34fb"}],"defaultType":"smart-lock"})),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    ),
+    security(("bearer" = [])),
+)]
+pub(crate) async fn device_types(State(core): State<Arc<Core>>) -> Response {
     json_response(StatusCode::OK, &DeviceTypeList::from(&*core.registry))
 }
 
-async fn healthz() -> Response {
+/// 200 while the process serves (PROTOCOL.md 4.4). No token.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The process serves.", body = Health, example = json!({"status":"ok"})),
+    ),
+)]
+pub(crate) async fn healthz() -> Response {
     json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
-async fn readyz(State(core): State<Arc<Core>>) -> Response {
+/// 200 when the queue backend answers (and, in a cluster, the node has joined), 503
+/// otherwise (PROTOCOL.md 4.4, 5). No token.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready.", body = Health, example = json!({"status":"ready"})),
+        (status = 503, response = Unavailable),
+    ),
+)]
+pub(crate) async fn readyz(State(core): State<Arc<Core>>) -> Response {
     let health = core.hub.health();
     if !health.ready {
         let reason = health.reason.as_deref().unwrap_or("the hub is not ready");
@@ -286,7 +523,23 @@ async fn readyz(State(core): State<Arc<Core>>) -> Response {
     }
 }
 
-async fn metrics(State(core): State<Arc<Core>>, request: Request) -> Response {
+/// Prometheus metrics in the text format (PROTOCOL.md 4.4). No token, unless the server is
+/// configured to ask for a `service` one (then 401 and 403 as on `/v1`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The metrics, Prometheus text format 0.0.4.",
+            content_type = "text/plain", body = String,
+            example = "# TYPE bridge_devices_online gauge\nbridge_devices_online 1\n"),
+        (status = 401, response = Unauthorized),
+        (status = 403, response = Forbidden),
+    ),
+    security((), ("bearer" = [])),
+)]
+pub(crate) async fn metrics(State(core): State<Arc<Core>>, request: Request) -> Response {
     if core.config.metrics_require_token {
         let authorization = request
             .headers()
@@ -328,6 +581,27 @@ async fn metrics(State(core): State<Arc<Core>>, request: Request) -> Response {
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// This document: the OpenAPI 3.1 description of the HTTP API. No token: it holds nothing
+/// secret.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    operation_id = "openapi",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The OpenAPI 3.1 document.", content_type = "application/json",
+            body = Object),
+    ),
+)]
+pub(crate) async fn openapi_json() -> Response {
+    let mut response = (StatusCode::OK, crate::openapi::openapi_json()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
     );
     response
 }
