@@ -265,8 +265,11 @@ fn check_dependency_rule(cargo: &str) -> Result<(), String> {
     // The client is a library first: the simulator's command line and log output come
     // with its `sim` feature only.
     check_client_library_dependencies(&tree_with("bridge-client", false)?)?;
+    // The protocol crate's schemas for the server's OpenAPI document come with its
+    // `openapi` feature only (checked with all features above: still no async runtime).
+    check_protocol_library_dependencies(&tree_with("bridge-protocol", false)?)?;
     println!(
-        "    bridge-protocol has no async runtime; {} depend on each other not at all; bridge-dispatch reaches no hub, client or server; bridge-cluster sits on hub and protocol only; bridge-client without features has no clap or tracing-subscriber",
+        "    bridge-protocol has no async runtime; {} depend on each other not at all; bridge-dispatch reaches no hub, client or server; bridge-cluster sits on hub and protocol only; bridge-client without features has no clap or tracing-subscriber; bridge-protocol without features has no utoipa",
         MIDDLE.join(", ")
     );
     Ok(())
@@ -290,6 +293,24 @@ fn check_client_library_dependencies(deps: &[String]) -> Result<(), String> {
         if deps.iter().any(|c| c == forbidden) {
             return Err(format!(
                 "bridge-client without features depends on {forbidden}; it belongs to bridge-sim, behind the `sim` feature (`{forbidden} = {{ ..., optional = true }}`, `sim = [\"dep:{forbidden}\"]`)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The crates that `cargo tree -p bridge-protocol -e normal` (no features) must not show:
+/// the OpenAPI schemas are for the server's `GET /v1/openapi.json`, behind the protocol
+/// crate's `openapi` feature, so that a phone app or gateway speaking the protocol from Rust
+/// compiles serde, serde_json, uuid, toml and thiserror only. (utoipa itself does no IO.)
+const OPENAPI_ONLY: &[&str] = &["utoipa", "utoipa-gen"];
+
+/// `deps`: the crate names of `cargo tree -p bridge-protocol -e normal --prefix none`.
+fn check_protocol_library_dependencies(deps: &[String]) -> Result<(), String> {
+    for forbidden in OPENAPI_ONLY {
+        if deps.iter().any(|c| c == forbidden) {
+            return Err(format!(
+                "bridge-protocol without features depends on {forbidden}; it belongs to the server's OpenAPI document, behind the `openapi` feature (`{forbidden} = {{ ..., optional = true }}`, `openapi = [\"dep:{forbidden}\"]`)"
             ));
         }
     }
@@ -671,6 +692,45 @@ mod tests {
         let deps = crate_names(&output.stdout);
         assert!(deps.iter().any(|c| c == "bridge-protocol"), "{deps:?}");
         check_client_library_dependencies(&deps).unwrap();
+    }
+
+    #[test]
+    fn the_protocol_library_must_not_pull_in_the_openapi_schemas_without_its_feature() {
+        let names = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert!(
+            check_protocol_library_dependencies(&names(&[
+                "bridge-protocol",
+                "serde",
+                "serde_json",
+                "uuid",
+            ]))
+            .is_ok()
+        );
+        let error = check_protocol_library_dependencies(&names(&["bridge-protocol", "utoipa"]))
+            .unwrap_err();
+        assert!(error.contains("`openapi` feature"), "{error}");
+    }
+
+    /// The real manifest: `cargo tree` of bridge-protocol without features.
+    #[test]
+    fn the_protocol_library_without_features_has_no_openapi_dependencies() {
+        let output = Command::new(cargo())
+            .args([
+                "tree",
+                "-p",
+                "bridge-protocol",
+                "-e",
+                "normal",
+                "--prefix",
+                "none",
+            ])
+            .current_dir(workspace_root())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let deps = crate_names(&output.stdout);
+        assert!(deps.iter().any(|c| c == "serde"), "{deps:?}");
+        check_protocol_library_dependencies(&deps).unwrap();
     }
 
     #[test]

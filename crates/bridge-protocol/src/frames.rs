@@ -310,7 +310,7 @@ pub struct CommandResult {
     /// The failure code, for `device_error` and `failed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<DeviceErrorCode>,
-    /// How far the command got (1.1 `stage` and `progress`); [`Hops::NONE`] leaves both out.
+    /// How far the command got (1.1 `stage` and `progress`), each left out when empty.
     #[serde(flatten)]
     pub hops: Hops,
 }

@@ -30,7 +30,7 @@ pub enum IfOffline {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct CommandRequest {
-    /// Picks the BLE UUIDs; `None` means the registry's default type.
+    /// Picks the BLE UUIDs; absent means the registry's default type.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_type: Option<DeviceType>,
     /// Bytes to write.
@@ -236,7 +236,7 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
-/// The inside of an [`ErrorBody`].
+/// The inside of an error body: the code and a message for the developer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
@@ -353,7 +353,7 @@ pub struct CommandView {
     /// The result, once final and when there is one; `null` before.
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub result: Option<CommandOutcome>,
-    /// How far the latest attempt got (1.1); [`Hops::NONE`] leaves both fields out.
+    /// How far the latest attempt got (1.1): `stage` and `progress`, each left out when empty.
     #[serde(flatten)]
     pub hops: Hops,
 }

@@ -120,17 +120,18 @@ impl Progress {
     }
 }
 
-/// How far a command got: the last [`Stage`] reached and the [`Progress`] times.
+/// How far a command got: the last stage reached and the times of the stages the bridge
+/// reported.
 ///
 /// Flattened into the answers of PROTOCOL.md 4.1 (200, 502, 503 `bridge_lost`, 504), into
 /// `command_result` frames and into `GET /v1/commands/{commandId}`: `stage` is left out when
 /// the command was never sent, `progress` when the bridge reported no stage.
-/// [`Hops::NONE`] is the 1.0 shape, with neither field.
+/// With neither field (`Hops::NONE`) an answer has its 1.0 shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase", default)]
 pub struct Hops {
-    /// The last stage reached; `None` when the command was never sent (or the answer came
+    /// The last stage reached; absent when the command was never sent (or the answer came
     /// from a 1.0 server).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stage: Option<Stage>,

@@ -11,6 +11,8 @@
 //! * [`auth`]: HS256 JWT authentication and development mode (PROTOCOL.md 1).
 //! * [`config`]: the command line, `BRIDGE_*` environment variables and the TOML file.
 //! * [`open_store`]: the queue backend a `--queue` URL names.
+//! * [`openapi`]: the OpenAPI 3.1 description of the HTTP API, served at
+//!   `GET /v1/openapi.json` (no token) and as text by [`openapi_json`].
 //!
 //! # Example
 //!

@@ -422,6 +422,65 @@ async fn the_openapi_3_1_schema_refuses_a_broken_document() {
     }
 }
 
+/// Every example of a media type in `content` (a request body's or a response's), with
+/// where it is.
+fn media_examples(content: &Value, at: &str) -> Vec<(String, Value, Value)> {
+    let mut found = Vec::new();
+    for (media, object) in content.as_object().into_iter().flatten() {
+        let schema = object["schema"].clone();
+        if let Some(example) = object.get("example") {
+            found.push((format!("{at} {media}"), schema.clone(), example.clone()));
+        }
+        for (name, example) in object["examples"].as_object().into_iter().flatten() {
+            found.push((
+                format!("{at} {media} {name}"),
+                schema.clone(),
+                example["value"].clone(),
+            ));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_in_the_document_matches_its_schema() {
+    let doc = served_document().await;
+    let mut examples = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let at = format!("{method} {path}");
+            examples.extend(media_examples(
+                &operation["requestBody"]["content"],
+                &format!("{at} request"),
+            ));
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                let response = resolve(&doc, response);
+                examples.extend(media_examples(
+                    &response["content"],
+                    &format!("{at} {status}"),
+                ));
+            }
+        }
+    }
+    for (name, schema) in doc["components"]["schemas"].as_object().unwrap() {
+        for example in schema["examples"].as_array().into_iter().flatten() {
+            examples.push((format!("schema {name}"), schema.clone(), example.clone()));
+        }
+    }
+    // The examples of PROTOCOL.md 4.1 and the error bodies are among them.
+    assert!(examples.len() >= 20, "{}", examples.len());
+    for (at, schema, example) in examples {
+        let root = json!({
+            "$ref": "#/$defs/example",
+            "$defs": {"example": schema},
+            "components": doc["components"],
+        });
+        let validator = jsonschema::draft202012::new(&root).unwrap();
+        let errors = schema_errors(&validator, &example);
+        assert!(errors.is_empty(), "{at}: {example} {errors:#?}");
+    }
+}
+
 /// A change to a document.
 type Change = dyn Fn(&mut Value);
 
