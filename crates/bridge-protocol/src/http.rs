@@ -109,6 +109,7 @@ impl EventRequest {
 pub enum CommandResponse {
     /// 200: the device answered.
     #[serde(rename_all = "camelCase")]
+    #[cfg_attr(feature = "openapi", schema(title = "CommandSucceeded"))]
     Succeeded {
         /// The `requestId` of the `ble_write`.
         request_id: RequestId,
@@ -122,17 +123,20 @@ pub enum CommandResponse {
     },
     /// 202: the device was offline and the command was queued.
     #[serde(rename_all = "camelCase")]
+    #[cfg_attr(feature = "openapi", schema(title = "CommandQueued"))]
     Queued {
         /// The queued command's id.
         command_id: CommandId,
     },
     /// 202: the command was queued and waits for `confirm`.
     #[serde(rename_all = "camelCase")]
+    #[cfg_attr(feature = "openapi", schema(title = "CommandAwaitingConfirmation"))]
     AwaitingConfirmation {
         /// The queued command's id.
         command_id: CommandId,
     },
     /// 502: the bridge reported a failure.
+    #[cfg_attr(feature = "openapi", schema(title = "CommandDeviceError"))]
     DeviceError {
         /// The bridge's failure code.
         error: DeviceErrorCode,
@@ -141,14 +145,17 @@ pub enum CommandResponse {
         hops: Hops,
     },
     /// 503: no bridge holds the device.
+    #[cfg_attr(feature = "openapi", schema(title = "CommandOffline"))]
     Offline,
     /// 503: the bridge went away before answering.
+    #[cfg_attr(feature = "openapi", schema(title = "CommandBridgeLost"))]
     BridgeLost {
         /// How far the command got.
         #[serde(flatten)]
         hops: Hops,
     },
     /// 504: no answer within `timeoutMs`.
+    #[cfg_attr(feature = "openapi", schema(title = "CommandTimeout"))]
     Timeout {
         /// How far the command got.
         #[serde(flatten)]

@@ -144,21 +144,26 @@ named! {
 }
 
 /// `{"type": <name>}` and the fields of `T`: a frame whose `type` tag is written by the
-/// enum that carries it, not by its struct.
-fn tagged<T: ToSchema>(tag: &str) -> Schema {
+/// enum that carries it, not by its struct. Titled, so that the server's document makes it
+/// a component of its own (client generators want named members of a union).
+fn tagged<T: ToSchema>(title: &str, tag: &str) -> Schema {
     AllOfBuilder::new()
-        .item(
-            ObjectBuilder::new()
-                .property(
-                    "type",
-                    ObjectBuilder::new()
-                        .schema_type(SchemaType::Type(Type::String))
-                        .enum_values(Some([tag])),
-                )
-                .required("type"),
-        )
+        .title(Some(title))
+        .item(type_tag(tag))
         .item(Ref::from_schema_name(T::name()))
         .into()
+}
+
+/// `{"type": <tag>}`.
+fn type_tag(tag: &str) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .property(
+            "type",
+            ObjectBuilder::new()
+                .schema_type(SchemaType::Type(Type::String))
+                .enum_values(Some([tag])),
+        )
+        .required("type")
 }
 
 impl PartialSchema for StreamEvent {
@@ -172,19 +177,13 @@ impl PartialSchema for StreamEvent {
                  application event), or `{\"type\":\"overflow\"}`. The `event:` line names \
                  the type.",
             ))
-            .item(tagged::<DeviceStatus>("device_status"))
-            .item(tagged::<CommandResult>("command_result"))
+            .item(tagged::<DeviceStatus>("DeviceStatusEvent", "device_status"))
+            .item(tagged::<CommandResult>(
+                "CommandResultEvent",
+                "command_result",
+            ))
             .item(Ref::from_schema_name(AppEvent::name()))
-            .item(
-                ObjectBuilder::new()
-                    .property(
-                        "type",
-                        ObjectBuilder::new()
-                            .schema_type(SchemaType::Type(Type::String))
-                            .enum_values(Some(["overflow"])),
-                    )
-                    .required("type"),
-            )
+            .item(type_tag("overflow").title(Some("OverflowEvent")))
             .into()
     }
 }

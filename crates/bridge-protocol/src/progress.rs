@@ -72,16 +72,19 @@ impl std::fmt::Display for Stage {
 /// Milliseconds are `u32`: a command waits at most 120 000 ms, so every real value fits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "camelCase", default)]
+// Each field `default` rather than the container: the same on the wire (the derived
+// `Default` is each field's), and the OpenAPI schema then carries no object-valued
+// `default`, which client generators refuse.
+#[serde(rename_all = "camelCase")]
 pub struct Progress {
     /// When the bridge reported `received`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub received_ms: Option<u32>,
     /// When the bridge reported `connected`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connected_ms: Option<u32>,
     /// When the bridge reported `written`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written_ms: Option<u32>,
 }
 
@@ -129,14 +132,15 @@ impl Progress {
 /// With neither field (`Hops::NONE`) an answer has its 1.0 shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "camelCase", default)]
+// Each field `default`, as `Progress`.
+#[serde(rename_all = "camelCase")]
 pub struct Hops {
     /// The last stage reached; absent when the command was never sent (or the answer came
     /// from a 1.0 server).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<Stage>,
     /// The times of the stages the bridge reported.
-    #[serde(skip_serializing_if = "Progress::is_empty")]
+    #[serde(default, skip_serializing_if = "Progress::is_empty")]
     pub progress: Progress,
 }
 

@@ -109,9 +109,61 @@ impl Modify for Security {
 pub fn openapi_json() -> &'static str {
     static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
         // Serializing the document cannot fail: every map key is a string.
-        ApiDoc::openapi().to_pretty_json().unwrap_or_default()
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+        name_union_members(&mut doc);
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
     });
     &DOCUMENT
+}
+
+/// Makes each titled member of a component's `oneOf`/`anyOf` a component of that name,
+/// referenced from the union (the variants of `CommandResponse`, the stream's events).
+///
+/// The schemas are derived inline; client generators (openapi-generator,
+/// openapi-python-client) make a named class of a union member only when it is a reference,
+/// and some refuse an inline `allOf` member (a variant with flattened fields) altogether.
+fn name_union_members(doc: &mut serde_json::Value) {
+    let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return;
+    };
+    let mut named = Vec::new();
+    for schema in schemas.values_mut() {
+        for union in ["oneOf", "anyOf"] {
+            let members = schema
+                .get_mut(union)
+                .and_then(serde_json::Value::as_array_mut);
+            for member in members.into_iter().flatten() {
+                let Some(title) = take_title(member) else {
+                    continue;
+                };
+                let reference =
+                    serde_json::json!({ "$ref": format!("#/components/schemas/{title}") });
+                named.push((title, std::mem::replace(member, reference)));
+            }
+        }
+    }
+    for (title, schema) in named {
+        schemas.entry(title).or_insert(schema);
+    }
+}
+
+/// The title of a union member: its own, or (utoipa puts a variant's title on the part of a
+/// variant with flattened fields that holds the tag) that of one of its `allOf` parts,
+/// removed from there.
+fn take_title(member: &mut serde_json::Value) -> Option<String> {
+    if let Some(title) = member.get("title").and_then(serde_json::Value::as_str) {
+        return Some(title.to_owned());
+    }
+    let parts = member.get_mut("allOf")?.as_array_mut()?;
+    let title = parts
+        .iter_mut()
+        .find_map(|part| part.as_object_mut()?.remove("title"))?;
+    let title = title.as_str()?.to_owned();
+    member["title"] = serde_json::Value::String(title.clone());
+    Some(title)
 }
 
 /// The body of `/healthz` and `/readyz` (200): `{"status":"ok"}` or `{"status":"ready"}`.
@@ -240,6 +292,27 @@ mod tests {
         let doc: serde_json::Value = serde_json::from_str(openapi_json()).unwrap();
         assert!(doc["openapi"].as_str().unwrap().starts_with("3.1."));
         assert_eq!(doc["info"]["version"], "1.1");
+    }
+
+    #[test]
+    fn titled_union_members_become_components_of_their_own() {
+        let doc: serde_json::Value = serde_json::from_str(openapi_json()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let members = schemas["CommandResponse"]["oneOf"].as_array().unwrap();
+        assert_eq!(members.len(), 7);
+        for member in members {
+            let reference = member["$ref"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{member}"));
+            let name = reference.strip_prefix("#/components/schemas/").unwrap();
+            assert!(schemas[name].is_object(), "{name}");
+        }
+        assert_eq!(
+            members[0]["$ref"], "#/components/schemas/CommandSucceeded",
+            "named by the variant's title"
+        );
+        let events = schemas["StreamEvent"]["anyOf"].as_array().unwrap();
+        assert!(events.iter().all(|e| e["$ref"].is_string()), "{events:?}");
     }
 
     #[test]
