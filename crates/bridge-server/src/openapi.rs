@@ -9,7 +9,10 @@
 //! real answers against it.
 //!
 //! The document is built once, on first use, and needs no token: it describes the API and
-//! holds nothing secret (no configuration, no device, no address).
+//! holds nothing secret (no configuration, no device, no address). It names no server, so
+//! its paths are relative to the host it is read from; an application that nests
+//! [`Server::router`](crate::Server::router) under a prefix serves the same document, whose
+//! paths then lack that prefix (give generated clients the prefixed base URL).
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -256,17 +259,17 @@ error_responses! {
     BadRequest: "Bad input: `invalid_request` (a body that is not JSON, misses a required field or has one of the wrong type or range; a device id that is not valid) or `invalid_payload`.",
         ErrorCode::InvalidRequest, "timeoutMs must be 1 to 120000";
     Unauthorized: "No `service` token, or one that is malformed, badly signed or expired (`unauthorized`).",
-        ErrorCode::Unauthorized, "missing bearer token";
+        ErrorCode::Unauthorized, "missing credentials: a bearer token";
     Forbidden: "A valid token of another role; in development mode, a request whose `Host` or `Origin` is not a loopback one (`forbidden`).",
-        ErrorCode::Forbidden, "this endpoint needs a service token";
+        ErrorCode::Forbidden, "role `user` may not call the HTTP API";
     NotFound: "No such command (`not_found`).",
         ErrorCode::NotFound, "no such command";
     Conflict: "The command is not in a state that allows this (`conflict`): `confirm` needs `awaiting_confirmation`; `cancel` refuses a command that is `delivering` or final.",
-        ErrorCode::Conflict, "the command is not awaiting confirmation";
+        ErrorCode::Conflict, "cannot confirm command 9b2e4c1a-57f0-4f0e-9d5c-2f1b8f0c6a31: it is pending";
     PayloadTooLarge: "The body is over the server's size limit (default 64 KiB; `invalid_request`).",
         ErrorCode::InvalidRequest, "the body is over the limit of 65536 bytes";
     QueueFull: "The device's queue is full (`queue_full`).",
-        ErrorCode::QueueFull, "the queue of lock-1 is full (100 commands)";
+        ErrorCode::QueueFull, "the queue of device lock-1 is full (100 commands that are not final)";
     Unavailable: "The queue backend does not answer, or the server is at capacity or shutting down (`unavailable`).",
         ErrorCode::Unavailable, "the queue backend is unavailable";
 }

@@ -340,7 +340,7 @@ pub(crate) async fn post_event(
     ))
 }
 
-/// `GET /v1/stream` (PROTOCOL.md 4.5): Server-Sent Events, `?deviceId=` (repeatable) to
+/// The live stream (PROTOCOL.md 4.5): Server-Sent Events, `?deviceId=` (repeatable) to
 /// limit it to those devices.
 ///
 /// Each event is `event: <type>` and `data: <one JSON object>` (a `StreamEvent`): the
