@@ -99,6 +99,10 @@
 //!   command was sent to a bridge"): a device that went offline between the lease and the
 //!   send costs none; a lease that lapsed or was reclaimed after a crash counts one (the write
 //!   may have left). A `delivering` command's `attempts` includes the delivery in progress.
+//! * **`GET /v1/openapi.json`** (not in PROTOCOL.md): the OpenAPI 3.1 description of
+//!   section 4, served without a token (it holds nothing secret). It documents, beyond the
+//!   statuses section 4 gives, those of the readings below (400 for a bad device id in a path,
+//!   413, 503 `unavailable`).
 //! * **HTTP body over the size limit**: 413 with code `invalid_request` (the protocol has no
 //!   dedicated code). A device id in a path that is not a valid id: 400 `invalid_request`; a
 //!   command id that cannot be valid: 404 `not_found`. Unknown routes: 404 `not_found`.
