@@ -734,3 +734,85 @@ async fn refused_tokens_are_answered_as_documented() {
         check_answer(&doc, "get", "/v1/devices", status, &body);
     }
 }
+
+/// The next Server-Sent Event of a streaming response (skipping comments): its name and data.
+async fn next_sse(response: &mut reqwest::Response, buffer: &mut String) -> (String, Value) {
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let mut name = None;
+            let mut data = None;
+            for line in block.lines() {
+                if let Some(rest) = line.strip_prefix("event: ") {
+                    name = Some(rest.to_owned());
+                } else if let Some(rest) = line.strip_prefix("data: ") {
+                    data = Some(serde_json::from_str(rest).unwrap());
+                }
+            }
+            if let (Some(name), Some(data)) = (name, data) {
+                return (name, data);
+            }
+        }
+        let chunk = tokio::time::timeout(PATIENCE, response.chunk())
+            .await
+            .expect("a stream event in time")
+            .unwrap()
+            .expect("the stream stays open");
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_events_match_the_documented_stream_event_schema() {
+    let doc = served_document().await;
+    let root = json!({
+        "$ref": "#/components/schemas/StreamEvent",
+        "components": doc["components"],
+    });
+    let validator = jsonschema::draft202012::new(&root).unwrap();
+    let server = TestServer::start().await;
+    let mut stream = reqwest::get(server.url("/v1/stream?deviceId=lock-1"))
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let mut buffer = String::new();
+
+    let mut bridge = Bridge::connect(&server, "phone", &["lock-1"]).await;
+    let device_status = next_sse(&mut stream, &mut buffer).await;
+    server
+        .post(
+            "/v1/devices/lock-1/events",
+            &json!({"type":"state_changed","data":{"locked":false}}),
+        )
+        .await;
+    let event = next_sse(&mut stream, &mut buffer).await;
+    let call = server.command("lock-1", json!({"payload":"aabb","timeoutMs":30000}));
+    let answer = async {
+        let write = bridge.next_write().await;
+        bridge.answer(&write, "01").await;
+    };
+    let ((status, _), ()) = tokio::join!(call, answer);
+    assert_eq!(status, 200);
+    let result = next_sse(&mut stream, &mut buffer).await;
+
+    for (name, data) in [device_status, event, result] {
+        assert_eq!(
+            data["type"],
+            name.as_str(),
+            "the event is named by its type"
+        );
+        let errors = schema_errors(&validator, &data);
+        assert!(errors.is_empty(), "{name}: {data} {errors:#?}");
+    }
+    // A data object the document does not describe is refused. (One with a protocol `type`
+    // and wrong fields but a `deviceId` would pass as an application event: the schema
+    // cannot exclude the protocol's names from an application event's `type`.)
+    for unknown in [
+        json!({"type":"device_status","online":true,"bleConnected":null}),
+        json!({"type":"overflow?"}),
+        json!({"deviceId":"lock-1","online":true,"bleConnected":null}),
+    ] {
+        assert!(!schema_errors(&validator, &unknown).is_empty(), "{unknown}");
+    }
+}
