@@ -200,7 +200,7 @@ pub use config::{HubConfig, RateLimit};
 pub use event::{CloseReason, EventSink, HubEvent, IgnoreEvents, ReleaseReason};
 pub use frame::Frame;
 pub use hub::{
-    DevicePresence, Hub, HubCounts, HubError, HubHealth, LocalHub, LocalHubBuilder,
+    DevicePresence, HolderPresence, Hub, HubCounts, HubError, HubHealth, LocalHub, LocalHubBuilder,
     PresenceOverlay, RemotePresence, ShutdownReport,
 };
 pub use in_flight::InFlight;
