@@ -189,6 +189,24 @@ impl Browser {
             .unwrap();
     }
 
+    /// Makes the browser refuse requests to URLs matching these patterns (Chrome DevTools'
+    /// `Network.setBlockedURLs`, through chromedriver), as a proxy that cuts a path would.
+    async fn block_urls(&self, patterns: &[&str]) {
+        self.dev_tools("Network.enable", json!({})).await;
+        self.dev_tools("Network.setBlockedURLs", json!({ "urls": patterns }))
+            .await;
+    }
+
+    /// Sends one Chrome DevTools command to the page.
+    async fn dev_tools(&self, cmd: &str, params: Value) -> Value {
+        self.client
+            .issue_cmd(DevTools {
+                body: json!({ "cmd": cmd, "params": params }),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+    }
+
     async fn close(self) {
         let Self {
             client, mut driver, ..
@@ -196,6 +214,34 @@ impl Browser {
         let _ = client.close().await;
         let _ = driver.kill().await;
     }
+}
+
+/// A Chrome DevTools command sent through chromedriver's `goog/cdp/execute`.
+#[derive(Debug)]
+struct DevTools {
+    body: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for DevTools {
+    fn endpoint(
+        &self,
+        base_url: &reqwest::Url,
+        session_id: Option<&str>,
+    ) -> Result<reqwest::Url, url_error::ParseError> {
+        base_url.join(&format!(
+            "session/{}/goog/cdp/execute",
+            session_id.unwrap_or_default()
+        ))
+    }
+
+    fn method_and_body(&self, _: &reqwest::Url) -> (axum::http::Method, Option<String>) {
+        (axum::http::Method::POST, Some(self.body.to_string()))
+    }
+}
+
+/// `url::ParseError`, named through reqwest (which re-exports the `url` crate's `Url` only).
+mod url_error {
+    pub(super) type ParseError = <reqwest::Url as std::str::FromStr>::Err;
 }
 
 fn truthy(value: &Value) -> bool {
@@ -344,6 +390,59 @@ async fn the_console_signs_in_without_a_token_in_development_mode_and_shows_devi
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_stream_cannot_be_read_the_console_polls_says_so_and_goes_live_when_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = development_server(dir.path()).await;
+    let browser = Browser::start().await;
+    browser.block_urls(&["*/v1/stream*"]).await;
+    browser.open(&server).await;
+    let source = browser
+        .wait_for(
+            "polling as its source",
+            "const s = document.getElementById('source'); return s.dataset.source === 'polling' \
+               && s.textContent.includes('stream unavailable') && s.textContent",
+            &[],
+        )
+        .await;
+    assert!(
+        source.as_str().unwrap().starts_with("Polling every 3 s ("),
+        "{source}"
+    );
+
+    // Polling still shows a device come and go.
+    let t = tag();
+    let (device, user) = (format!("lock-{t}"), format!("phone-{t}"));
+    let mut sim = phone(&server, &user, &[&device], None).await;
+    browser
+        .wait_for(
+            "the device online, by polling",
+            DEVICE_ROW_WITH_BRIDGE,
+            &[json!(device), json!(user)],
+        )
+        .await;
+    sim.kill().await.unwrap();
+    browser
+        .wait_for(
+            "the device gone, by polling",
+            "return !document.querySelector(`#devices tr[data-device-id='${arguments[0]}']`)",
+            &[json!(device)],
+        )
+        .await;
+
+    // The stream is back: the console reads it again, by itself.
+    browser.block_urls(&[]).await;
+    browser
+        .wait_for(
+            "the live stream as its source again",
+            "return document.getElementById('source').dataset.source === 'stream'",
+            &[],
+        )
+        .await;
+    browser.close().await;
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_sends_a_command_from_a_device_page_and_shows_its_answer_and_stages() {
     let dir = tempfile::tempdir().unwrap();
     let server = development_server(dir.path()).await;
@@ -353,7 +452,6 @@ async fn the_console_sends_a_command_from_a_device_page_and_shows_its_answer_and
         format!("lock-{t}-b"),
         format!("phone-{t}"),
     );
-    let _sim = phone(&server, &user, &[&device, &other], None).await;
     // Something waiting in the queue too (a command that needs a person's go-ahead).
     let (status, _) = server
         .client
@@ -366,6 +464,14 @@ async fn the_console_sends_a_command_from_a_device_page_and_shows_its_answer_and
 
     let browser = Browser::start().await;
     browser.open(&server).await;
+    browser
+        .wait_for(
+            "the live stream as its source",
+            "return document.getElementById('source').dataset.source === 'stream'",
+            &[],
+        )
+        .await;
+    let _sim = phone(&server, &user, &[&device, &other], None).await;
     browser
         .wait_for(
             "the device online with its bridge",
@@ -440,6 +546,18 @@ async fn the_console_sends_a_command_from_a_device_page_and_shows_its_answer_and
         )
         .await;
 
+    // The whole page in one picture.
+    let height = browser
+        .js("return document.documentElement.scrollHeight", &[])
+        .await
+        .as_u64()
+        .unwrap();
+    browser
+        .dev_tools(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": 1400, "height": height.clamp(800, 2000), "deviceScaleFactor": 1, "mobile": false}),
+        )
+        .await;
     let png = browser.client.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG screenshot");
     if let Some(path) = std::env::var_os("BRIDGE_CONSOLE_SCREENSHOT") {
