@@ -221,7 +221,7 @@
       if (generation !== state.generation) return;
       setSource(false, reason);
       await sleep(backoff);
-      backoff = Math.min(backoff * 2, 15000);
+      backoff = Math.min(backoff * 2, 5000);
     }
   }
 
@@ -627,6 +627,7 @@
       device ? el('a', { href: `#/devices/${encodeURIComponent(device)}` }, device) : '', ' ',
       summary);
     feed.prepend(item);
+    $('feed-empty').hidden = true;
     while (feed.children.length > FEED_MAX) feed.lastElementChild.remove();
   }
 

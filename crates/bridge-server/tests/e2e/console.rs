@@ -342,6 +342,28 @@ async fn the_console_signs_in_without_a_token_in_development_mode_and_shows_devi
         )
         .await;
 
+    // An application event reaches the feed too.
+    let (status, _) = server
+        .client
+        .post(
+            &format!("/v1/devices/{device}/events"),
+            &json!({"type":"state_changed","data":{"locked":false}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let event = browser
+        .wait_for(
+            "the application event in the feed",
+            "const li = document.querySelector('#feed li[data-type=state_changed]'); \
+             return li && li.dataset.deviceId === arguments[0] && li.textContent",
+            &[json!(device)],
+        )
+        .await;
+    assert!(
+        event.as_str().unwrap().ends_with(r#"{"locked":false}"#),
+        "{event}"
+    );
+
     // The phone goes away: the row goes without a reload, and the feed says so.
     sim.kill().await.unwrap();
     browser
