@@ -84,7 +84,7 @@
       try { json = JSON.parse(text); } catch (_) { json = text; }
     }
     if ((response.status === 401 || response.status === 403) && !opts.probe) {
-      if (generation === state.generation) signOut(errorText(response.status, json));
+      if (generation === state.generation) signOut(`Token refused: ${errorText(response.status, json)}`);
       throw new Refused(response.status, json);
     }
     return { status: response.status, ok: response.ok, body: json, text };
@@ -117,16 +117,17 @@
     }
   }
 
-  function showSignIn(message) {
+  function showSignIn(message, notice) {
     state.signedIn = false;
     $('app').hidden = true;
     $('session').hidden = true;
     $('signin').hidden = false;
     const error = $('signin-error');
     error.textContent = message || '';
+    error.className = notice ? 'notice' : 'error';
     const input = $('token');
     input.value = '';
-    input.setAttribute('aria-invalid', message ? 'true' : 'false');
+    input.setAttribute('aria-invalid', message && !notice ? 'true' : 'false');
     input.focus();
   }
 
@@ -146,7 +147,8 @@
     streamLoop(state.generation);
   }
 
-  function signOut(message) {
+  /** Ends the session; `message` says why (an error unless `notice`). */
+  function signOut(message, notice) {
     state.generation += 1;
     state.token = null;
     sessionStorage.removeItem(TOKEN_KEY);
@@ -157,7 +159,13 @@
     state.metricsPrev = null;
     state.devices.clear();
     state.requested.clear();
-    showSignIn(message || '');
+    // Nothing of the session stays in the page for whoever signs in next.
+    renderDevices();
+    $('feed').replaceChildren();
+    $('feed-empty').hidden = false;
+    $('send-result').replaceChildren();
+    $('queue').tBodies[0].replaceChildren();
+    showSignIn(message || '', notice);
   }
 
   // ---- The live stream, or polling --------------------------------------------------
@@ -203,7 +211,7 @@
         if (response.status === 401 || response.status === 403) {
           let body = null;
           try { body = await response.json(); } catch (_) { /* not JSON */ }
-          if (generation === state.generation) signOut(errorText(response.status, body));
+          if (generation === state.generation) signOut(`Token refused: ${errorText(response.status, body)}`);
           return;
         }
         if (!response.ok || !response.body) {
@@ -739,7 +747,7 @@
       }
       signIn(token, true);
     });
-    $('sign-out').addEventListener('click', () => signOut('Signed out.'));
+    $('sign-out').addEventListener('click', () => signOut('Signed out.', true));
     $('open-form').addEventListener('submit', (event) => {
       event.preventDefault();
       const id = $('open-id').value.trim();

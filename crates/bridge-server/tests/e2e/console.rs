@@ -855,11 +855,25 @@ async fn the_console_shows_a_refused_token_as_an_error_and_signs_in_with_a_servi
         )
         .await;
 
+    // A reload of the tab keeps the session (session storage); signing out ends it and
+    // leaves nothing of it in the page.
+    browser.client.refresh().await.unwrap();
+    browser
+        .wait_for(
+            "the console after a reload, still signed in",
+            "return !document.getElementById('app').hidden \
+               && document.getElementById('mode').textContent === 'signed in with a service token' \
+               && document.querySelector(`#devices tr[data-device-id='${arguments[0]}']`)",
+            &[json!(device)],
+        )
+        .await;
     browser.click("#sign-out").await;
     browser
         .wait_for(
             "the sign-in form again",
-            "return !document.getElementById('signin').hidden && sessionStorage.length === 0",
+            "return !document.getElementById('signin').hidden && sessionStorage.length === 0 \
+               && document.getElementById('signin-error').textContent === 'Signed out.' \
+               && document.querySelectorAll('#devices tbody tr, #feed li').length === 0",
             &[],
         )
         .await;
