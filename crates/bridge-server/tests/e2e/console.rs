@@ -66,7 +66,20 @@ fn tag() -> String {
 struct Browser {
     client: Client,
     driver: Child,
+    /// chromedriver's process group, which the browser it starts joins.
+    group: u32,
     _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    /// Ends chromedriver and every browser process it started, also when a test panics
+    /// before [`Browser::close`] (killing chromedriver alone would leave Chromium running).
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.group)])
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 impl Browser {
@@ -80,21 +93,6 @@ impl Browser {
             &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"],
         );
         let profile = tempfile::tempdir().unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let driver = Command::new(&chromedriver)
-            .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromedriver.display()));
-        let url = format!("http://127.0.0.1:{port}");
         let mut capabilities = serde_json::Map::new();
         capabilities.insert("browserName".into(), json!("chrome"));
         capabilities.insert(
@@ -116,28 +114,56 @@ impl Browser {
                 ],
             }),
         );
-        // chromedriver takes a moment to listen: retry the session until it does.
         let started = Instant::now();
-        let client = loop {
-            match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-                .capabilities(capabilities.clone())
-                .connect(&url)
-                .await
-            {
-                Ok(client) => break client,
-                Err(_) if started.elapsed() < PATIENCE => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+        loop {
+            // A free port, then chromedriver on it; if another process took the port in
+            // between, chromedriver exits and another port is tried.
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut driver = Command::new(&chromedriver)
+                .arg(format!("--port={port}"))
+                .arg("--allowed-ips=127.0.0.1")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                // Its own process group, with the browser it starts: see `Drop`.
+                .process_group(0)
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromedriver.display()));
+            let group = driver.id().expect("a running chromedriver has an id");
+            let url = format!("http://127.0.0.1:{port}");
+            // chromedriver takes a moment to listen: retry the session until it does.
+            loop {
+                match ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                    .capabilities(capabilities.clone())
+                    .connect(&url)
+                    .await
+                {
+                    Ok(client) => {
+                        return Self {
+                            client,
+                            driver,
+                            group,
+                            _profile: profile,
+                        };
+                    }
+                    Err(error) => {
+                        assert!(
+                            started.elapsed() < PATIENCE,
+                            "no WebDriver session from {}: {error}",
+                            chromedriver.display()
+                        );
+                        if driver.try_wait().unwrap().is_some() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
-                Err(error) => panic!(
-                    "no WebDriver session from {}: {error}",
-                    chromedriver.display()
-                ),
             }
-        };
-        Self {
-            client,
-            driver,
-            _profile: profile,
         }
     }
 
@@ -207,12 +233,9 @@ impl Browser {
             .unwrap_or_else(|e| panic!("{cmd}: {e}"))
     }
 
+    /// Ends the WebDriver session (Chromium quits), then chromedriver (on drop).
     async fn close(self) {
-        let Self {
-            client, mut driver, ..
-        } = self;
-        let _ = client.close().await;
-        let _ = driver.kill().await;
+        let _ = self.client.clone().close().await;
     }
 }
 
