@@ -515,6 +515,8 @@
       }
     }
     await refreshDevicePage().catch(() => {});
+    // The button is gone with its row: keep keyboard focus on what happened.
+    message.focus();
   }
 
   async function loadDeviceTypes() {

@@ -11,6 +11,12 @@
 //! and an `ETag`, revalidated on each load (`Cache-Control: no-cache`), so a new binary's
 //! console is never shadowed by a cached one.
 //!
+//! The overview lists `GET /v1/devices` and reads each online device's detail (`holders`,
+//! queue size) with `GET /v1/devices/{id}`, at most 200 devices and six requests at a
+//! time, on each full refresh: every 15 s while the stream is live (a streamed change
+//! re-reads only its device), every 3 s while polling. A device's page re-reads its queue
+//! every 3 s, since the stream says when a command ends, not when one is queued.
+//!
 //! Paths are relative (`console/console.js`, `v1/devices`), so the console also works
 //! when [`Server::router`](crate::Server::router) is nested under a prefix.
 
