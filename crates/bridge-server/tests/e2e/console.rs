@@ -279,10 +279,22 @@ fn truthy(value: &Value) -> bool {
 
 /// A `bridge-sim` phone holding `devices` until killed.
 async fn phone(server: &Process, user: &str, devices: &[&str], token: Option<&str>) -> Child {
+    phone_with(server, user, devices, token, &[]).await
+}
+
+/// [`phone`] with more `bridge-sim` arguments.
+async fn phone_with(
+    server: &Process,
+    user: &str,
+    devices: &[&str],
+    token: Option<&str>,
+    extra: &[&str],
+) -> Child {
     let mut command = Command::new(sim_binary());
     command
         .args(["--url", &format!("ws://{}/ws", server.client.addr)])
         .args(["--user-id", user, "--latency-ms", "5"])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -608,6 +620,61 @@ async fn the_console_sends_a_command_from_a_device_page_and_shows_its_answer_and
     if let Some(path) = std::env::var_os("BRIDGE_CONSOLE_SCREENSHOT") {
         std::fs::write(&path, &png).unwrap();
     }
+
+    // A lock that takes the write and never answers: the timeout says how far it got.
+    let stuck = format!("lock-{t}-stuck");
+    let _stuck_phone = phone_with(
+        &server,
+        &format!("phone-{t}-stuck"),
+        &[&stuck],
+        None,
+        &["--fail-at", "written"],
+    )
+    .await;
+    browser.click("#device a[href='#/']").await;
+    browser
+        .wait_for(
+            "the stuck lock online",
+            "return document.querySelector(`#devices tr[data-device-id='${arguments[0]}'] a`)",
+            &[json!(stuck)],
+        )
+        .await;
+    browser
+        .click(&format!("#devices tr[data-device-id='{stuck}'] a"))
+        .await;
+    browser
+        .wait_for(
+            "the stuck lock's page",
+            "return document.getElementById('device-title').textContent === `Device ${arguments[0]}` \
+               && document.getElementById('d-online').textContent === 'yes'",
+            &[json!(stuck)],
+        )
+        .await;
+    browser.type_into("#send-payload", "02").await;
+    browser.type_into("#send-type", "").await;
+    browser.type_into("#send-timeout", "1000").await;
+    browser.click("#send-button").await;
+    let status = browser
+        .wait_for(
+            "the command's timeout",
+            "const s = document.getElementById('send-status'); return s && s.textContent",
+            &[],
+        )
+        .await;
+    assert_eq!(status, "timeout");
+    let shown = browser
+        .js(
+            "return [document.getElementById('send-stage').textContent, \
+               document.querySelector('#send-result dl dd').textContent, \
+               document.querySelectorAll('#send-result .hops li.reached').length]",
+            &[],
+        )
+        .await;
+    assert_eq!(
+        shown,
+        json!(["written", "504", 4]),
+        "the lock took the write"
+    );
     browser.close().await;
     server.kill().await;
 }
