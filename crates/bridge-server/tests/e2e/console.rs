@@ -10,8 +10,8 @@
 //! --bin bridge-sim`) or name it with `BRIDGE_SIM_BIN`.
 //!
 //! Every wait is a bounded poll of a DOM condition ([`PATIENCE`]), never a fixed sleep.
-//! With `BRIDGE_CONSOLE_SCREENSHOT=path.png` the command test writes its screenshot there
-//! (the README's `docs/console.png` comes from such a run).
+//! With `BRIDGE_CONSOLE_SCREENSHOT=path.png` (relative to the workspace root) the command
+//! test writes its screenshot there (the README's `docs/console.png` comes from such a run).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -618,6 +618,10 @@ async fn the_console_sends_a_command_from_a_device_page_and_shows_its_answer_and
     let png = browser.client.screenshot().await.unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG screenshot");
     if let Some(path) = std::env::var_os("BRIDGE_CONSOLE_SCREENSHOT") {
+        // A relative path is from the workspace root (tests run in the crate's directory).
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(path);
         std::fs::write(&path, &png).unwrap();
     }
 
