@@ -46,6 +46,7 @@ const TASKS: &[Task] = &[
         help: "the test suite only (nextest if installed, else cargo test), all features",
         run: |_| {
             check_services()?;
+            check_browser()?;
             run_tests()
         },
     },
@@ -124,6 +125,7 @@ fn ci(_args: &[String]) -> Result<(), String> {
     check_dependency_rule(&cargo)?;
     check_feature_combinations(&cargo)?;
     check_services()?;
+    check_browser()?;
     run_tests()?;
     run(
         "docs",
@@ -418,6 +420,63 @@ fn run_tests() -> Result<(), String> {
             &[],
         )
     }
+}
+
+/// The browser of the console's tests (`crates/bridge-server/tests/e2e/console.rs`): a
+/// program named by `env_var`, else the first of `candidates` that exists.
+fn browser_program(env_var: &str, candidates: &[&str]) -> Option<std::path::PathBuf> {
+    if let Some(path) = env::var_os(env_var) {
+        return Some(path.into());
+    }
+    candidates
+        .iter()
+        .map(std::path::PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// The major version in a `--version` line such as `Chromium 156.0.8078.114 built on …` or
+/// `ChromeDriver 156.0.8078.114 (…)`.
+fn major_version(version_line: &str) -> Option<u32> {
+    version_line
+        .split_whitespace()
+        .find_map(|word| word.split('.').next()?.parse().ok())
+}
+
+/// Headless Chromium and its chromedriver, of the same major version, for the console's
+/// browser tests. Missing is an error (the tests would fail): `.ci/run` installs Debian's
+/// `chromium` and `chromium-driver`.
+fn check_browser() -> Result<(), String> {
+    println!("\n==> browser (the console's tests)");
+    let hint = "install Debian's chromium and chromium-driver \
+                (`apt-get install -y chromium chromium-driver`; .ci/run does it), \
+                or name them with BRIDGE_CHROMIUM and BRIDGE_CHROMEDRIVER";
+    let version = |env_var: &str, candidates: &[&str]| -> Result<(String, u32), String> {
+        let program = browser_program(env_var, candidates)
+            .ok_or_else(|| format!("none of {candidates:?} exists: {hint}"))?;
+        let output = Command::new(&program)
+            .arg("--version")
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}; {hint}", program.display()))?;
+        let line = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        let major = major_version(&line)
+            .ok_or_else(|| format!("{} --version said {line:?}", program.display()))?;
+        Ok((line, major))
+    };
+    let (browser, browser_major) = version(
+        "BRIDGE_CHROMIUM",
+        &["/usr/lib/chromium/chromium", "/usr/bin/chromium"],
+    )?;
+    let (driver, driver_major) = version(
+        "BRIDGE_CHROMEDRIVER",
+        &["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"],
+    )?;
+    if browser_major != driver_major {
+        return Err(format!(
+            "{browser} and {driver} differ in major version: chromedriver drives its own version only"
+        ));
+    }
+    println!("    {browser}; {driver}");
+    Ok(())
 }
 
 /// A service the tests talk to.
@@ -731,6 +790,21 @@ mod tests {
         let deps = crate_names(&output.stdout);
         assert!(deps.iter().any(|c| c == "serde"), "{deps:?}");
         check_protocol_library_dependencies(&deps).unwrap();
+    }
+
+    #[test]
+    fn the_major_version_is_read_from_browser_and_driver_version_lines() {
+        assert_eq!(
+            major_version("Chromium 156.0.8078.114 built on Debian GNU/Linux 12 (bookworm)"),
+            Some(156)
+        );
+        assert_eq!(
+            major_version(
+                "ChromeDriver 156.0.8078.114 (ea19f9737303a76e07b53c6a1eec43355aca3b1d-refs/branch-heads/8078_108@{#5})"
+            ),
+            Some(156)
+        );
+        assert_eq!(major_version("no version here"), None);
     }
 
     #[test]

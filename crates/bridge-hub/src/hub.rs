@@ -56,6 +56,24 @@ pub struct DevicePresence {
     pub rssi: Option<i8>,
 }
 
+/// One bridge connection of this process that holds a device, as
+/// [`LocalHub::device_holders`] reports it: what the bridge last said of its BLE link and
+/// how many commands are in flight on it now (the counter routing reads).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HolderPresence {
+    /// The bridge's connection.
+    pub connection: ConnectionId,
+    /// The bridge's user id (its token's `sub`, or `?userId=` in development mode).
+    pub user_id: UserId,
+    /// Its last `ble_status`'s `connected` for the device; `None` before any.
+    pub ble_connected: Option<bool>,
+    /// Its last reported `rssi` for the device; `None` if never reported.
+    pub rssi: Option<i8>,
+    /// Commands in flight on the connection (every device's, as routing counts them).
+    pub commands_in_flight: u32,
+}
+
 /// What other processes (the other nodes of a cluster) know of a device's presence: the
 /// summary of their holders, merged by [`LocalHub`] into the `device_status` frames it sends
 /// (see [`PresenceOverlay`]).
@@ -720,6 +738,14 @@ impl LocalHub {
     /// See [`Hub::device_presence`].
     pub fn device_presence(&self, device_id: &DeviceId) -> DevicePresence {
         self.inner.state.read().presence(device_id)
+    }
+
+    /// This process's bridge connections that hold `device`, best route first (PROTOCOL.md
+    /// 2's order: link, rssi, fewest in flight, most recent claim); empty when none does.
+    /// Holders in other processes (a cluster's other nodes) are not listed: they count in
+    /// [`Hub::device_presence`]'s `bridges` only.
+    pub fn device_holders(&self, device_id: &DeviceId) -> Vec<HolderPresence> {
+        self.inner.state.read().holders(device_id)
     }
 
     /// See [`Hub::online_devices`].

@@ -40,6 +40,9 @@
 //!   [`LocalHubBuilder::application_frames`] (never a type PROTOCOL.md defines) goes to its
 //!   [`ApplicationFrameHandler`], awaited on the connection's task after the size and rate
 //!   limits; every other unknown `type` is answered `unknown_type`.
+//! * [`LocalHub::device_holders`] lists this process's bridge connections holding a device,
+//!   best route first, each with its last link report, rssi and commands in flight
+//!   ([`HolderPresence`]): what an operator's view shows per bridge.
 //! * [`AccessPolicy`] decides claims, subscriptions and commands; [`SubscriptionSource`]
 //!   gives a user connection its initial subscriptions.
 //!
@@ -200,7 +203,7 @@ pub use config::{HubConfig, RateLimit};
 pub use event::{CloseReason, EventSink, HubEvent, IgnoreEvents, ReleaseReason};
 pub use frame::Frame;
 pub use hub::{
-    DevicePresence, Hub, HubCounts, HubError, HubHealth, LocalHub, LocalHubBuilder,
+    DevicePresence, HolderPresence, Hub, HubCounts, HubError, HubHealth, LocalHub, LocalHubBuilder,
     PresenceOverlay, RemotePresence, ShutdownReport,
 };
 pub use in_flight::InFlight;

@@ -10,7 +10,8 @@ use bridge_protocol::{ConnectionId, DeviceId, DeviceStatus, Role, ServerToUser};
 
 use crate::outbox::{Outbox, Pushed};
 use crate::{
-    DevicePresence, Frame, HubCounts, HubEvent, InFlight, PresenceOverlay, ReleaseReason, UserId,
+    DevicePresence, Frame, HolderPresence, HubCounts, HubEvent, InFlight, PresenceOverlay,
+    ReleaseReason, UserId,
 };
 
 /// `(online, bleConnected)` as PROTOCOL.md 2 defines them.
@@ -584,6 +585,28 @@ impl State {
             bridges: entry.map_or(0, |d| d.holders.len()),
             rssi: entry.and_then(DeviceEntry::best).and_then(|h| h.rssi),
         }
+    }
+
+    /// This hub's holders of `device`, best route first (PROTOCOL.md 2's order).
+    pub(crate) fn holders(&self, device: &DeviceId) -> Vec<HolderPresence> {
+        let Some(dev) = self.devices.get(device) else {
+            return Vec::new();
+        };
+        let mut ranked: Vec<_> = dev.holders.iter().map(|h| (h.rank(), h)).collect();
+        ranked.sort_by_key(|(rank, _)| Reverse(*rank));
+        ranked
+            .into_iter()
+            .filter_map(|(_, h)| {
+                let entry = self.connections.get(&h.outbox.id)?;
+                Some(HolderPresence {
+                    connection: h.outbox.id,
+                    user_id: entry.user_id.clone(),
+                    ble_connected: h.link,
+                    rssi: h.rssi,
+                    commands_in_flight: h.outbox.in_flight(),
+                })
+            })
+            .collect()
     }
 
     pub(crate) fn online_devices(&self) -> Vec<DevicePresence> {

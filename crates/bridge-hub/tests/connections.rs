@@ -113,6 +113,55 @@ async fn several_bridges_hold_a_device_and_commands_take_the_best_route() {
 }
 
 #[tokio::test]
+async fn device_holders_lists_each_bridge_with_its_link_rssi_and_commands_best_route_first() {
+    let mut server = Setup::default().start().await;
+    assert!(server.hub.device_holders(&device("lock")).is_empty());
+    let mut a = server.bridge("phone-a", &["lock"]).await;
+    let mut b = server.bridge("phone-b", &["lock"]).await;
+    a.send(r#"{"type":"ble_status","deviceId":"lock","connected":true,"rssi":-70}"#)
+        .await;
+    b.send(r#"{"type":"ble_status","deviceId":"lock","connected":false}"#)
+        .await;
+    a.sync().await;
+    b.sync().await;
+    let ticket = server
+        .hub
+        .send_to_device(&device("lock"), &ble_write("r1", "lock"))
+        .unwrap();
+    let holders = server.hub.device_holders(&device("lock"));
+    let seen: Vec<_> = holders
+        .iter()
+        .map(|h| {
+            (
+                h.user_id.as_str(),
+                h.ble_connected,
+                h.rssi,
+                h.commands_in_flight,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("phone-a", Some(true), Some(-70), 1),
+            ("phone-b", Some(false), None, 0)
+        ],
+        "the routed-to holder first, with the command it carries"
+    );
+    assert_eq!(holders[0].connection, ticket.connection());
+    drop(ticket);
+    assert_eq!(
+        server.hub.device_holders(&device("lock"))[0].commands_in_flight,
+        0
+    );
+    b.close().await;
+    server
+        .wait_for(|e| matches!(e, HubEvent::DeviceReleased { .. }).then_some(()))
+        .await;
+    assert_eq!(server.hub.device_holders(&device("lock")).len(), 1);
+}
+
+#[tokio::test]
 async fn with_equal_link_and_rssi_the_connection_with_fewer_commands_in_flight_wins() {
     let server = Setup::default().start().await;
     let mut a = server.bridge("phone-a", &["lock"]).await;

@@ -407,6 +407,30 @@ pub struct DeviceView {
     pub bridges: u32,
     /// Its queued commands that are not final.
     pub pending_commands: u32,
+    /// The bridge connections of the answering server that hold it, best route first
+    /// (PROTOCOL.md 2's order). An addition to PROTOCOL.md 4.3, left out when empty (so a
+    /// device held by no bridge of this server reads exactly as 4.3 shows); in a cluster,
+    /// holders on other nodes count in `bridges` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holders: Vec<HolderView>,
+}
+
+/// One bridge connection holding a device, in [`DeviceView::holders`]:
+/// `{"userId":"phone-a","bleConnected":true,"rssi":-60,"commandsInFlight":1}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct HolderView {
+    /// The bridge's user id (its token's `sub`, or `userId` in development mode).
+    pub user_id: String,
+    /// Its last `ble_status`'s `connected` for the device; null before any.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub ble_connected: Option<bool>,
+    /// Its last reported `rssi` for the device; null if never reported.
+    #[cfg_attr(feature = "openapi", schema(required = true))]
+    pub rssi: Option<i8>,
+    /// Commands in flight on this bridge connection now, every device's together.
+    pub commands_in_flight: u32,
 }
 
 /// One entry of `GET /v1/devices`.

@@ -13,6 +13,10 @@
 //! * [`open_store`]: the queue backend a `--queue` URL names.
 //! * [`openapi`]: the OpenAPI 3.1 description of the HTTP API, served at
 //!   `GET /v1/openapi.json` (no token) and as text by [`openapi_json`].
+//! * `GET /console`: the operator console, a page for people (devices online and their
+//!   bridges, a device's queue with confirm and cancel, sending a command, the live feed,
+//!   the headline metrics). Its HTML, CSS and script are compiled into the crate and call
+//!   only the public API and stream, with the `service` token the person signs in with.
 //!
 //! # Example
 //!
@@ -146,6 +150,12 @@
 //!   behalf, not even an `ack`. Every other `type` a role may not send stays
 //!   `unknown_type`. What a handler sends must itself have an application `type`, or be an
 //!   `error` frame with a code of 3.5 ([`FrameContext::refuse`]). See [`frames`].
+//! * **`GET /v1/devices/{deviceId}` also lists `holders`**, an addition to PROTOCOL.md 4.3
+//!   for the console and other operators' tools: this server's bridge connections that
+//!   hold the device, best route first, each `{"userId","bleConnected","rssi",
+//!   "commandsInFlight"}` (in flight on that connection, every device's). Left out when
+//!   empty, so a device no bridge of this server holds reads exactly as 4.3 shows; in a
+//!   cluster, holders on other nodes count in `bridges` only.
 //! * **Development mode**: a user connection starts with no subscriptions (the token's
 //!   `devices` in JWT mode), unless the embedding application installs a
 //!   [`SubscriptionSource`](bridge_hub::SubscriptionSource) with
@@ -153,6 +163,7 @@
 
 pub mod auth;
 pub mod config;
+mod console;
 mod error;
 mod events;
 pub mod frames;

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use bridge_hub::Frame;
 use bridge_protocol::http::{
     CommandList, CommandRequest, CommandResponse, CommandStatus, CommandView, DeviceList,
-    DeviceSummary, DeviceTypeList, DeviceView, ErrorBody, EventAccepted, EventRequest,
+    DeviceSummary, DeviceTypeList, DeviceView, ErrorBody, EventAccepted, EventRequest, HolderView,
 };
 use bridge_protocol::{AppEvent, CommandId, DeviceId, ErrorCode, ServerToUser, StreamEvent};
 use bridge_queue::Party;
@@ -57,6 +57,7 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .nest("/v1", api)
+        .merge(crate::console::routes())
         .fallback(not_found);
     // Development mode: every route, `/healthz` and the fallback included, first checks
     // that the request comes from a loopback client (PROTOCOL.md 1.2).
@@ -257,12 +258,25 @@ pub(crate) async fn get_device(
     let device = device_id(&device)?;
     let presence = core.hub.device_presence(&device).await;
     let pending = core.dispatch.pending_count(&device).await?;
+    let holders = core
+        .hub
+        .local()
+        .device_holders(&device)
+        .into_iter()
+        .map(|h| HolderView {
+            user_id: h.user_id.as_str().to_owned(),
+            ble_connected: h.ble_connected,
+            rssi: h.rssi,
+            commands_in_flight: h.commands_in_flight,
+        })
+        .collect();
     let view = DeviceView {
         device_id: device,
         online: presence.online,
         ble_connected: presence.ble_connected,
         bridges: u32::try_from(presence.bridges).unwrap_or(u32::MAX),
         pending_commands: pending,
+        holders,
     };
     Ok(json_response(StatusCode::OK, &view))
 }

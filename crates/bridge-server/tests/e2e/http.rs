@@ -325,7 +325,7 @@ async fn get_command_is_404_once_a_final_command_is_past_its_retention() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn device_views_show_presence_link_bridges_and_queue() {
+async fn device_views_show_presence_link_bridges_each_holder_and_queue() {
     let server = TestServer::start().await;
     let (status, view) = server.get("/v1/devices/lock-1").await;
     assert_eq!(status, 200);
@@ -348,13 +348,39 @@ async fn device_views_show_presence_link_bridges_and_queue() {
         .await;
     assert_eq!(
         view,
-        json!({"deviceId":"lock-1","online":true,"bleConnected":true,"bridges":2,"pendingCommands":1})
+        json!({"deviceId":"lock-1","online":true,"bleConnected":true,"bridges":2,"pendingCommands":1,
+               "holders":[
+                   {"userId":"phone-a","bleConnected":true,"rssi":-40,"commandsInFlight":0},
+                   {"userId":"phone-b","bleConnected":null,"rssi":null,"commandsInFlight":0}]})
     );
     let (_, list) = server.get("/v1/devices").await;
     assert_eq!(
         list,
         json!({"devices":[{"deviceId":"lock-1","online":true,"bleConnected":true}]})
     );
+
+    // A command out at phone-a counts on its holder entry until it is answered.
+    let http = server.http.clone();
+    let url = server.url("/v1/devices/lock-1/commands");
+    let running = tokio::spawn(async move {
+        http.post(url)
+            .body(r#"{"payload":"03"}"#)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    let write = a.next_write().await;
+    let view = server
+        .wait_device("lock-1", |v| v["holders"][0]["commandsInFlight"] == 1)
+        .await;
+    assert_eq!(view["holders"][0]["userId"], "phone-a");
+    assert_eq!(view["holders"][1]["commandsInFlight"], 0);
+    a.answer(&write, "8300").await;
+    assert_eq!(running.await.unwrap(), 200);
+    server
+        .wait_device("lock-1", |v| v["holders"][0]["commandsInFlight"] == 0)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@
 mod auth;
 mod clients;
 mod cluster;
+mod console;
 mod embed;
 mod frames;
 mod hooks;
