@@ -200,19 +200,40 @@ impl Browser {
     }
 
     async fn type_into(&self, css: &str, text: &str) {
-        let field = self.client.find(Locator::Css(css)).await.unwrap();
-        field.clear().await.unwrap();
-        field.send_keys(text).await.unwrap();
+        self.on_element(css, "type into", |field| async move {
+            field.clear().await?;
+            field.send_keys(text).await
+        })
+        .await;
     }
 
     async fn click(&self, css: &str) {
-        self.client
-            .find(Locator::Css(css))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        self.on_element(css, "click", |element| async move { element.click().await })
+            .await;
+    }
+
+    /// Finds the element and acts on it. The page re-renders parts of itself on live
+    /// updates, so an element found a moment ago can be replaced before the action reaches
+    /// it (WebDriver's "stale element reference"): then it is found again, within PATIENCE.
+    async fn on_element<F, Fut>(&self, css: &str, what: &str, action: F)
+    where
+        F: Fn(fantoccini::elements::Element) -> Fut,
+        Fut: std::future::Future<Output = Result<(), fantoccini::error::CmdError>>,
+    {
+        let started = Instant::now();
+        loop {
+            let element = self.client.find(Locator::Css(css)).await.unwrap();
+            match action(element).await {
+                Ok(()) => return,
+                Err(fantoccini::error::CmdError::Standard(error))
+                    if error.error == fantoccini::error::ErrorStatus::StaleElementReference
+                        && started.elapsed() < PATIENCE =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("cannot {what} {css}: {error}"),
+            }
+        }
     }
 
     /// Makes the browser refuse requests to URLs matching these patterns (Chrome DevTools'
