@@ -106,6 +106,54 @@ impl From<CommandError> for CommandFailure {
 /// How a waiting command ended: its result and the stages its bridge reported.
 type Ended = (Result<HexPayload, CommandError>, Option<Box<StageTimes>>);
 
+/// What a failed command becomes for its caller: the bare [`CommandError`]
+/// ([`SessionManager::send_command`]) or a [`CommandFailure`] with how far the command got
+/// ([`SessionManager::send_command_traced`]). One implementation serves both, and the first
+/// builds nothing it would drop.
+trait Failure: Sized {
+    /// A command that was never sent.
+    fn unsent(error: CommandError) -> Self;
+
+    /// A command sent as `request_id` at `sent_at` that ended with `error`, its bridge
+    /// having reported `stages`.
+    fn ended(
+        error: CommandError,
+        request_id: RequestId,
+        stages: Option<&StageTimes>,
+        sent_at: std::time::Instant,
+    ) -> Self;
+}
+
+impl Failure for CommandError {
+    fn unsent(error: CommandError) -> Self {
+        error
+    }
+
+    fn ended(
+        error: CommandError,
+        _: RequestId,
+        _: Option<&StageTimes>,
+        _: std::time::Instant,
+    ) -> Self {
+        error
+    }
+}
+
+impl Failure for CommandFailure {
+    fn unsent(error: CommandError) -> Self {
+        Self::unsent(error)
+    }
+
+    fn ended(
+        error: CommandError,
+        request_id: RequestId,
+        stages: Option<&StageTimes>,
+        sent_at: std::time::Instant,
+    ) -> Self {
+        Self::new(error, StageTimes::hops(stages, sent_at)).with_request_id(request_id)
+    }
+}
+
 /// What a pending command owns besides its correlation state: the channel to its caller
 /// and the transport's in-flight ticket.
 ///
@@ -316,33 +364,46 @@ impl<T: Transport + ?Sized> SessionManager<T> {
     /// set (and drops its in-flight ticket if it had gone out).
     ///
     /// The reply carries how far the command got ([`CommandReply::hops`]); a failure's
-    /// stage is dropped here: [`send_command_traced`](Self::send_command_traced) keeps it.
-    pub async fn send_command(
+    /// stage is not kept: [`send_command_traced`](Self::send_command_traced) keeps it.
+    pub fn send_command(
         &self,
         device_id: DeviceId,
         device_type: Option<&str>,
         payload: HexPayload,
         timeout: Duration,
-    ) -> Result<CommandReply, CommandError> {
-        self.send_command_traced(device_id, device_type, payload, timeout)
-            .await
-            .map_err(|failure| failure.error)
+    ) -> impl Future<Output = Result<CommandReply, CommandError>> {
+        // The same state machine as `send_command_traced`, built for the bare error (no
+        // wrapper future, no failure's stages computed only to be dropped).
+        self.send::<CommandError>(device_id, device_type, payload, timeout)
     }
 
     /// [`send_command`](Self::send_command), whose failures also say how far the command
     /// got (PROTOCOL.md 4.1, 1.1): never sent, `sent`, or the last stage its bridge reported
     /// in `ble_progress`, with the milliseconds from the `ble_write` being handed to the
     /// transport to each reported stage.
-    pub async fn send_command_traced(
+    pub fn send_command_traced(
         &self,
         device_id: DeviceId,
         device_type: Option<&str>,
         payload: HexPayload,
         timeout: Duration,
-    ) -> Result<CommandReply, CommandFailure> {
+    ) -> impl Future<Output = Result<CommandReply, CommandFailure>> {
+        self.send::<CommandFailure>(device_id, device_type, payload, timeout)
+    }
+
+    /// The one implementation of both: `F` is what a failure becomes.
+    async fn send<F: Failure>(
+        &self,
+        device_id: DeviceId,
+        device_type: Option<&str>,
+        payload: HexPayload,
+        timeout: Duration,
+    ) -> Result<CommandReply, F> {
         let inner = &*self.inner;
         let (device_type, uuids) = inner.registry.resolve(device_type).map_err(|_| {
-            CommandError::UnknownDeviceType(device_type.unwrap_or_default().to_owned())
+            F::unsent(CommandError::UnknownDeviceType(
+                device_type.unwrap_or_default().to_owned(),
+            ))
         })?;
         let device_type = thread_local_copy(device_type);
         let uuids = *uuids;
@@ -356,7 +417,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             Some(slots) => {
                 let Some(permit) = slots.acquire(&device_id, deadline).await else {
                     inner.slot_timeouts.fetch_add(1, Ordering::Relaxed);
-                    return Err(CommandError::Timeout.into());
+                    return Err(F::unsent(CommandError::Timeout));
                 };
                 Some(permit)
             }
@@ -364,12 +425,14 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         };
 
         let shard = shard_hint() & inner.shard_mask;
-        let (request_id, sequence) = inner.register(
-            shard,
-            device_id.clone(),
-            deadline.into_std(),
-            Pending::new(),
-        )?;
+        let (request_id, sequence) = inner
+            .register(
+                shard,
+                device_id.clone(),
+                deadline.into_std(),
+                Pending::new(),
+            )
+            .map_err(F::unsent)?;
         let mut guard = PendingGuard {
             inner,
             shard,
@@ -385,17 +448,14 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             start
         };
         let sent_at_std = sent_at.into_std();
-        let ended = |(result, stages): Ended| {
-            let hops = StageTimes::hops(stages.as_deref(), sent_at_std);
-            match result {
-                Ok(payload) => Ok(CommandReply {
-                    request_id,
-                    payload,
-                    latency: start.elapsed(),
-                    hops,
-                }),
-                Err(error) => Err(CommandFailure::new(error, hops).with_request_id(request_id)),
-            }
+        let ended = |(result, stages): Ended| match result {
+            Ok(payload) => Ok(CommandReply {
+                request_id,
+                payload,
+                latency: start.elapsed(),
+                hops: StageTimes::hops(stages.as_deref(), sent_at_std),
+            }),
+            Err(error) => Err(F::ended(error, request_id, stages.as_deref(), sent_at_std)),
         };
 
         let write = BleWrite {
@@ -422,9 +482,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
                     .mark_offline_sequence(sequence);
                 // `Err`: it ended (timed out, shut down) while the transport looked for a
                 // bridge.
-                return Err(CommandFailure::unsent(
-                    removed.err().unwrap_or(CommandError::Offline),
-                ));
+                return Err(F::unsent(removed.err().unwrap_or(CommandError::Offline)));
             }
         };
 
