@@ -47,6 +47,16 @@
 //! `--no-pin`; `E2E_SERVER_RUNTIME=current` runs the server on a current-thread runtime
 //! instead of Tokio's default). It prints a Markdown table; see `BENCHMARKS.md`, "End to
 //! end (issue 6)". The machine is expected to have at least two cores (CPUs 0 and 1).
+//!
+//! Counts instead of times (`BENCHMARKS.md`, issue 11): `E2E_COMMANDS=N` makes the
+//! in-process driver send exactly N commands and stop, and `E2E_SERVER_WRAPPER` runs the
+//! server child behind a command such as valgrind (`--secs` then only stretches the
+//! watchdogs):
+//!
+//! ```sh
+//! E2E_COMMANDS=20000 E2E_SERVER_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=/tmp/srv.%p" \
+//!     target/release/e2e_roundtrip --only inproc --bridges 1 --k 16 --secs 900
+//! ```
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -256,16 +266,28 @@ struct Tally {
     latencies_ns: Vec<u64>,
 }
 
+/// `E2E_COMMANDS=N`: the in-process driver sends exactly N commands, all recorded (no
+/// warm-up, no timed window), then reports. Meant for counts that do not depend on the
+/// machine's load — instructions and heap blocks of the server process under valgrind (see
+/// `E2E_SERVER_WRAPPER`): the difference between two runs with different N, divided by the
+/// difference of the N, is the cost of one command without the start-up.
+fn fixed_commands() -> Option<u64> {
+    std::env::var("E2E_COMMANDS").ok()?.parse().ok()
+}
+
 /// Runs `in_flight` loops of `one` for warm-up plus `secs`, recording only the measured
-/// window. `one(i)` sends one command to device `i % devices` and says whether it succeeded.
+/// window (or, with [`fixed_commands`], exactly that many commands, all recorded).
+/// `one(i)` sends one command to device `i % devices` and says whether it succeeded.
 async fn drive<F, Fut>(scenario: Scenario, devices: usize, one: F) -> (Vec<Tally>, Duration)
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
-    let recording = Arc::new(AtomicBool::new(false));
+    let fixed = fixed_commands();
+    let recording = Arc::new(AtomicBool::new(fixed.is_some()));
     let stop = Arc::new(AtomicBool::new(false));
     let next_device = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
     let mut tasks = Vec::with_capacity(scenario.in_flight);
     for _ in 0..scenario.in_flight {
         let (recording, stop, next_device, one) = (
@@ -280,8 +302,12 @@ where
                 ..Tally::default()
             };
             while !stop.load(Ordering::Relaxed) {
+                let n = next_device.fetch_add(1, Ordering::Relaxed);
+                if fixed.is_some_and(|total| n >= total) {
+                    break;
+                }
                 #[allow(clippy::cast_possible_truncation)]
-                let target = next_device.fetch_add(1, Ordering::Relaxed) as usize % devices;
+                let target = n as usize % devices;
                 let start = Instant::now();
                 let ok = one(target).await;
                 let took = start.elapsed();
@@ -299,17 +325,21 @@ where
             tally
         }));
     }
-    tokio::time::sleep(WARM_UP).await;
-    recording.store(true, Ordering::Relaxed);
-    let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs(scenario.secs)).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = start.elapsed();
+    let start = if fixed.is_some() {
+        start
+    } else {
+        tokio::time::sleep(WARM_UP).await;
+        recording.store(true, Ordering::Relaxed);
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(scenario.secs)).await;
+        stop.store(true, Ordering::Relaxed);
+        start
+    };
     let mut tallies = Vec::with_capacity(tasks.len());
     for task in tasks {
         tallies.push(task.await.expect("a driver task panicked"));
     }
-    (tallies, elapsed)
+    (tallies, start.elapsed())
 }
 
 fn merge(tallies: Vec<Tally>, elapsed: Duration) -> Measured {
@@ -466,12 +496,17 @@ async fn in_process(
         }
     };
     // CPU time is taken over the measured window only: the driver records from the end of
-    // the warm-up, so take it there too.
+    // the warm-up (from the start with a fixed number of commands), so take it there too.
     let load_cpu = move || load_pid.map_or(Ok(Duration::ZERO), cpu_time);
     let before = Arc::new(parking_lot::Mutex::new((Duration::ZERO, Duration::ZERO)));
     let before_probe = Arc::clone(&before);
+    let warm_up = if fixed_commands().is_some() {
+        Duration::ZERO
+    } else {
+        WARM_UP
+    };
     tokio::spawn(async move {
-        tokio::time::sleep(WARM_UP).await;
+        tokio::time::sleep(warm_up).await;
         if let (Ok(server), Ok(load)) = (cpu_time(pid), load_cpu()) {
             *before_probe.lock() = (server, load);
         }
@@ -732,16 +767,18 @@ struct ChildProc {
 }
 
 impl ChildProc {
-    fn spawn(pin: Option<&str>, args: &[String]) -> Result<Self, BoxError> {
+    /// Runs this binary with `args`, pinned to CPU `pin`, behind `wrapper` (a command and
+    /// its arguments, such as `valgrind --tool=callgrind`) when given.
+    fn spawn(pin: Option<&str>, wrapper: &[String], args: &[String]) -> Result<Self, BoxError> {
         let exe = std::env::current_exe()?;
-        let mut command = match pin {
-            Some(core) => {
-                let mut c = Command::new("taskset");
-                c.arg("-c").arg(core).arg(&exe);
-                c
-            }
-            None => Command::new(&exe),
-        };
+        let mut line: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(core) = pin {
+            line.extend(["taskset".into(), "-c".into(), core.into()]);
+        }
+        line.extend(wrapper.iter().map(Into::into));
+        line.push(exe.into_os_string());
+        let mut command = Command::new(&line[0]);
+        command.args(&line[1..]);
         let mut child = command
             .args(args)
             .stdin(Stdio::piped())
@@ -772,9 +809,10 @@ impl ChildProc {
         }
     }
 
-    fn finish(mut self) {
+    /// Closes the child's stdin and waits up to `grace` for it to exit, then kills it.
+    fn finish(mut self, grace: Duration) {
         drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
@@ -822,12 +860,19 @@ fn run_scenario(scenario: Scenario, pin: bool) -> Result<Row, BoxError> {
     let args = scenario.to_args();
     let mut server_args = vec!["--server".to_owned()];
     server_args.extend(args.iter().cloned());
-    let mut server = ChildProc::spawn(pin.then_some("0"), &server_args)?;
+    // `E2E_SERVER_WRAPPER`: a command line the server runs behind, e.g. `valgrind
+    // --tool=callgrind --callgrind-out-file=/tmp/server.%p` (with `E2E_COMMANDS`).
+    let wrapper: Vec<String> = std::env::var("E2E_SERVER_WRAPPER")
+        .map(|w| w.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    // A server under valgrind needs time to write its profile when it exits.
+    let server_grace = Duration::from_secs(if wrapper.is_empty() { 10 } else { 300 });
+    let mut server = ChildProc::spawn(pin.then_some("0"), &wrapper, &server_args)?;
     let port = server.expect_line("PORT")?;
     let server_pid = server.child.id().to_string();
     let mut load_args = vec!["--load".to_owned(), port, server_pid];
     load_args.extend(args);
-    let mut load = ChildProc::spawn(pin.then_some("1"), &load_args)?;
+    let mut load = ChildProc::spawn(pin.then_some("1"), &[], &load_args)?;
     load.expect_line("READY")?;
     // With the in-process driver, GO starts it (and names the load process, whose CPU time
     // it reads); with the HTTP driver the server serves either way.
@@ -839,8 +884,8 @@ fn run_scenario(scenario: Scenario, pin: bool) -> Result<Row, BoxError> {
         Driver::Http => load.expect_line("RESULT")?,
     };
     let row = parse_result(scenario, &line);
-    load.finish();
-    server.finish();
+    load.finish(Duration::from_secs(10));
+    server.finish(server_grace);
     row
 }
 

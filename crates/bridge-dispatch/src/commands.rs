@@ -81,10 +81,14 @@ impl Dispatcher {
         party: Party,
     ) -> Result<CommandResponse, Refusal> {
         let span = tracing::info_span!("command", device = %device, party = %party);
-        let result = self
-            .run(&device, request, party)
-            .instrument(span.clone())
-            .await;
+        // The command's future is wrapped in its span only when a subscriber takes it.
+        let result = if span.is_disabled() {
+            self.run(&device, request, party).await
+        } else {
+            self.run(&device, request, party)
+                .instrument(span.clone())
+                .await
+        };
         let outcome = match &result {
             Ok((response, _)) => response.outcome(),
             Err(refusal) => refusal.code().as_str(),
@@ -109,7 +113,7 @@ impl Dispatcher {
     async fn run(
         &self,
         device: &DeviceId,
-        request: CommandRequest,
+        mut request: CommandRequest,
         party: Party,
     ) -> Result<(CommandResponse, Option<SentFor>), Refusal> {
         let device_type = match self.inner.registry.resolve(
@@ -135,6 +139,12 @@ impl Dispatcher {
             return Ok((CommandResponse::AwaitingConfirmation { command_id }, None));
         }
 
+        // The payload is needed again only if an offline command is then queued.
+        let payload = if request.wants_queue() {
+            request.payload.clone()
+        } else {
+            std::mem::take(&mut request.payload)
+        };
         let start = Instant::now();
         let result = self
             .inner
@@ -142,7 +152,7 @@ impl Dispatcher {
             .send_command_traced(
                 device.clone(),
                 Some(device_type.as_str()),
-                request.payload.clone(),
+                payload,
                 request.timeout_ms.as_duration(),
             )
             .await;

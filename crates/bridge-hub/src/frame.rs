@@ -32,9 +32,25 @@ impl Frame {
     }
 }
 
+impl Frame {
+    /// Room for a `ble_write` or a `command_result` with a small payload: the text is
+    /// written once into one buffer instead of growing 128 → 256 → 512 bytes.
+    const ENCODE_CAPACITY: usize = 384;
+
+    /// Serializes with `write` straight into the buffer the frame then shares.
+    fn encode(write: impl FnOnce(&mut Vec<u8>)) -> Self {
+        let mut buf = Vec::with_capacity(Self::ENCODE_CAPACITY);
+        write(&mut buf);
+        // serde_json writes UTF-8 only; the fallback is never taken.
+        let text = String::from_utf8(buf)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Self(Utf8Bytes::from(text))
+    }
+}
+
 impl From<&ServerToUser> for Frame {
     fn from(frame: &ServerToUser) -> Self {
-        Self(Utf8Bytes::from(frame.to_json()))
+        Self::encode(|buf| frame.write_json(buf))
     }
 }
 
@@ -46,7 +62,7 @@ impl From<ServerToUser> for Frame {
 
 impl From<&ServerToBridge> for Frame {
     fn from(frame: &ServerToBridge) -> Self {
-        Self(Utf8Bytes::from(frame.to_json()))
+        Self::encode(|buf| frame.write_json(buf))
     }
 }
 

@@ -543,10 +543,20 @@ impl State {
     /// Queues `frame` on the first route that takes it; returns the ticket of the command
     /// now in flight on that connection.
     pub(crate) fn send_to_device(&self, device: &DeviceId, frame: &Frame) -> Option<InFlight> {
-        self.routes(device).into_iter().find_map(|outbox| {
-            self.deliver(&outbox, frame.clone())
-                .then(|| InFlight::begin(&outbox))
-        })
+        // The best route first, found without ranking into a list (claims are unique, so
+        // it is the list's first); the others only if it does not take the frame.
+        let best = self.devices.get(device)?.best()?;
+        if self.deliver(&best.outbox, frame.clone()) {
+            return Some(InFlight::begin(&best.outbox));
+        }
+        let tried = Arc::clone(&best.outbox);
+        self.routes(device)
+            .into_iter()
+            .filter(|outbox| !Arc::ptr_eq(outbox, &tried))
+            .find_map(|outbox| {
+                self.deliver(&outbox, frame.clone())
+                    .then(|| InFlight::begin(&outbox))
+            })
     }
 
     pub(crate) fn broadcast(&self, device: &DeviceId, frame: &Frame) -> usize {

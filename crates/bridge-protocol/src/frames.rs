@@ -490,4 +490,72 @@ macro_rules! encoders {
 
 pub(crate) use encoders;
 
-encoders!(BridgeToServer, ServerToBridge, UserToServer, ServerToUser);
+encoders!(BridgeToServer, UserToServer, ServerToUser);
+
+impl ServerToBridge {
+    /// The frame as the JSON text of one WebSocket text frame.
+    pub fn to_json(&self) -> String {
+        let mut buf = Vec::with_capacity(256);
+        self.write_json(&mut buf);
+        // Only UTF-8 is written; the fallback is never taken.
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Appends the frame's JSON text to `buf`, reusing its allocation.
+    ///
+    /// A `ble_write` (one per command) is written field by field, byte for byte what its
+    /// `Serialize` impl writes, without serde's per-byte escape scan of strings that need
+    /// no escaping (ids, UUIDs and hex); the other frames go through serde.
+    pub fn write_json(&self, buf: &mut Vec<u8>) {
+        match self {
+            Self::BleWrite(write) => write.write_json(buf),
+            // As in `to_json` of the other frames, serialization cannot fail.
+            other => {
+                let _ = serde_json::to_writer(buf, other);
+            }
+        }
+    }
+}
+
+impl BleWrite {
+    /// `{"type":"ble_write",...}`: the same text as serializing
+    /// `ServerToBridge::BleWrite(self)` with serde_json.
+    fn write_json(&self, buf: &mut Vec<u8>) {
+        use std::io::Write as _;
+        let mut uuid = uuid::Uuid::encode_buffer();
+        buf.extend_from_slice(br#"{"type":"ble_write","requestId":"#);
+        json_string(buf, self.request_id.as_str());
+        buf.extend_from_slice(br#","deviceId":"#);
+        json_string(buf, self.device_id.as_str());
+        buf.extend_from_slice(br#","deviceType":"#);
+        json_string(buf, self.device_type.as_str());
+        for (name, value) in [
+            (&br#","serviceUuid":""#[..], &self.service_uuid),
+            (br#"","writeUuid":""#, &self.write_uuid),
+            (br#"","listenUuid":""#, &self.listen_uuid),
+        ] {
+            buf.extend_from_slice(name);
+            buf.extend_from_slice(value.hyphenated().encode_lower(&mut uuid).as_bytes());
+        }
+        // Writing to a `Vec` cannot fail.
+        let _ = write!(
+            buf,
+            r#"","payload":"{}","timeoutMs":{}}}"#,
+            self.payload,
+            self.timeout_ms.get()
+        );
+    }
+}
+
+/// Appends `s` as a JSON string: as is between quotes when nothing in it needs escaping
+/// (serde_json escapes only `"`, `\` and control characters), through serde_json otherwise.
+fn json_string(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        buf.reserve(s.len() + 2);
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else {
+        let _ = serde_json::to_writer(buf, s);
+    }
+}

@@ -217,6 +217,28 @@ proptest! {
     }
 
     #[test]
+    fn ble_writes_are_written_exactly_as_serde_writes_them(
+        r in request_id(), d in device_id(), t in name(), p in payload(), ms in 1u64..=120_000,
+        uuids in any::<[u128; 3]>(),
+    ) {
+        let frame = ServerToBridge::BleWrite(BleWrite {
+            request_id: r,
+            device_id: d,
+            device_type: DeviceType::new(&t).unwrap(),
+            service_uuid: uuid::Uuid::from_u128(uuids[0]),
+            write_uuid: uuid::Uuid::from_u128(uuids[1]),
+            listen_uuid: uuid::Uuid::from_u128(uuids[2]),
+            payload: p,
+            timeout_ms: TimeoutMs::new(ms).unwrap(),
+        });
+        let mut written = Vec::new();
+        frame.write_json(&mut written);
+        let serde = serde_json::to_string(&frame).unwrap();
+        prop_assert_eq!(String::from_utf8(written).unwrap(), serde.clone());
+        prop_assert_eq!(frame.to_json(), serde);
+    }
+
+    #[test]
     fn hex_payloads_round_trip_in_any_case(bytes in proptest::collection::vec(any::<u8>(), 0..64), upper in any::<bool>()) {
         let hex = HexPayload::from_bytes(bytes.clone()).to_hex();
         let hex = if upper { hex.to_uppercase() } else { hex };

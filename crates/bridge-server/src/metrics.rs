@@ -22,6 +22,12 @@ const DURATION_BUCKETS: &[f64] = &[
 pub(crate) struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The handles of `bridge_commands_total{outcome}`, made the first time each outcome is
+    /// counted (a series appears once it is first recorded, as before) and kept, so that a
+    /// command costs an atomic increment, not a key, a label and a registry lookup.
+    command_counters: parking_lot::RwLock<Vec<(&'static str, metrics::Counter)>>,
+    /// The handle of `bridge_command_duration_seconds`, made at its first record.
+    command_durations: std::sync::OnceLock<metrics::Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -68,7 +74,12 @@ impl Metrics {
         };
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
-        let metrics = Self { recorder, handle };
+        let metrics = Self {
+            recorder,
+            handle,
+            command_counters: parking_lot::RwLock::new(Vec::new()),
+            command_durations: std::sync::OnceLock::new(),
+        };
         metrics.with(|| {
             metrics::describe_gauge!("bridge_connections", "Open WebSocket connections by role.");
             metrics::describe_gauge!(
@@ -123,14 +134,27 @@ impl Metrics {
 
     /// One more command ended with `outcome` (a status of PROTOCOL.md 4.1).
     pub(crate) fn command(&self, outcome: &'static str) {
-        self.with(|| metrics::counter!("bridge_commands_total", "outcome" => outcome).increment(1));
+        if let Some((_, counter)) = self
+            .command_counters
+            .read()
+            .iter()
+            .find(|(known, _)| *known == outcome)
+        {
+            counter.increment(1);
+            return;
+        }
+        let counter =
+            self.with(|| metrics::counter!("bridge_commands_total", "outcome" => outcome));
+        counter.increment(1);
+        // Outcomes are a short fixed list; two racing first uses register the same series.
+        self.command_counters.write().push((outcome, counter));
     }
 
     /// A command that went out to a bridge ended after `elapsed`.
     pub(crate) fn command_duration(&self, elapsed: Duration) {
-        self.with(|| {
-            metrics::histogram!("bridge_command_duration_seconds").record(elapsed.as_secs_f64());
-        });
+        self.command_durations
+            .get_or_init(|| self.with(|| metrics::histogram!("bridge_command_duration_seconds")))
+            .record(elapsed.as_secs_f64());
     }
 
     /// The stages a sent command's bridge reported, each at its time since the send

@@ -115,17 +115,21 @@ async fn require_service(State(core): State<Arc<Core>>, request: Request, next: 
     }
 }
 
-/// Reads a body of at most the configured size as UTF-8 text.
-async fn read_body(core: &Core, body: Body) -> Result<String, ApiError> {
+/// Reads a body of at most the configured size; [`utf8`] reads it as text, in place.
+async fn read_body(core: &Core, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let limit = core.config.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             ErrorCode::InvalidRequest,
             format!("the body is over the limit of {limit} bytes"),
         )
         .with_status(StatusCode::PAYLOAD_TOO_LARGE)
-    })?;
-    String::from_utf8(bytes.to_vec())
+    })
+}
+
+/// A body read by [`read_body`] as UTF-8 text (no copy).
+fn utf8(body: &[u8]) -> Result<&str, ApiError> {
+    std::str::from_utf8(body)
         .map_err(|_| ApiError::new(ErrorCode::InvalidRequest, "the body is not UTF-8 text"))
 }
 
@@ -191,8 +195,9 @@ pub(crate) async fn post_command(
     body: Body,
 ) -> Result<Response, ApiError> {
     let device = device_id(&device)?;
-    let text = read_body(&core, body).await?;
-    let request = CommandRequest::from_json(&text, &core.limits).map_err(|e| ApiError::from(&e))?;
+    let body = read_body(&core, body).await?;
+    let request =
+        CommandRequest::from_json(utf8(&body)?, &core.limits).map_err(|e| ApiError::from(&e))?;
     // The HTTP API is the application backend's: its queued commands are the backend's
     // (PROTOCOL.md 4.2, dedup per party).
     let response = core
@@ -335,8 +340,8 @@ pub(crate) async fn post_event(
     body: Body,
 ) -> Result<Response, ApiError> {
     let device = device_id(&device)?;
-    let text = read_body(&core, body).await?;
-    let event = EventRequest::from_json(&text).map_err(|e| ApiError::from(&e))?;
+    let body = read_body(&core, body).await?;
+    let event = EventRequest::from_json(utf8(&body)?).map_err(|e| ApiError::from(&e))?;
     let event = AppEvent {
         event_type: event.event_type,
         device_id: device.clone(),

@@ -52,10 +52,12 @@
 //!   entries (`slots.rs`) *is* the store the tickets live in, and its length is
 //!   [`SessionManager::pending`] (commands registered, including those still routing,
 //!   which hold no ticket yet); the per-device slots of
-//!   [`SessionConfig::with_per_device_limit`] are semaphore permits per *device*, taken
-//!   before any connection is chosen (a command may wait for one without being in flight
-//!   anywhere), so they cannot be the per-connection count; the permit is held by the
-//!   `send_command` future, which returns as soon as the command ends.
+//!   [`SessionConfig::with_per_device_limit`] are counted per *device* (held slots and a
+//!   first-come-first-served queue of waiters, forgotten once idle), taken before any
+//!   connection is chosen (a command may wait for one without being in flight anywhere),
+//!   so they cannot be the per-connection count; the slot is held by the `send_command`
+//!   future, which returns as soon as the command ends, and handed straight to the next
+//!   waiter. A free slot costs two map lookups and no allocation.
 //! * **Timeouts.** A command's timeout starts when `send_command` is called and covers any
 //!   wait for a device slot ([`SessionConfig::with_per_device_limit`]); the `timeoutMs` of
 //!   the `ble_write` is what is left of it. The timer ends a command at its deadline (to the

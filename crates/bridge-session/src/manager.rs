@@ -1,7 +1,7 @@
 //! The tokio layer: drives sharded [`Correlator`]s with one timer task.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -11,7 +11,7 @@ use bridge_protocol::{
     HexPayload, Hops, RequestId, TimeoutMs,
 };
 use parking_lot::Mutex;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::correlator::{Correlator, Finished, MarkSent, ProgressAccepted, ResponseAccepted};
@@ -105,6 +105,54 @@ impl From<CommandError> for CommandFailure {
 
 /// How a waiting command ended: its result and the stages its bridge reported.
 type Ended = (Result<HexPayload, CommandError>, Option<Box<StageTimes>>);
+
+/// What a failed command becomes for its caller: the bare [`CommandError`]
+/// ([`SessionManager::send_command`]) or a [`CommandFailure`] with how far the command got
+/// ([`SessionManager::send_command_traced`]). One implementation serves both, and the first
+/// builds nothing it would drop.
+trait Failure: Sized {
+    /// A command that was never sent.
+    fn unsent(error: CommandError) -> Self;
+
+    /// A command sent as `request_id` at `sent_at` that ended with `error`, its bridge
+    /// having reported `stages`.
+    fn ended(
+        error: CommandError,
+        request_id: RequestId,
+        stages: Option<&StageTimes>,
+        sent_at: std::time::Instant,
+    ) -> Self;
+}
+
+impl Failure for CommandError {
+    fn unsent(error: CommandError) -> Self {
+        error
+    }
+
+    fn ended(
+        error: CommandError,
+        _: RequestId,
+        _: Option<&StageTimes>,
+        _: std::time::Instant,
+    ) -> Self {
+        error
+    }
+}
+
+impl Failure for CommandFailure {
+    fn unsent(error: CommandError) -> Self {
+        Self::unsent(error)
+    }
+
+    fn ended(
+        error: CommandError,
+        request_id: RequestId,
+        stages: Option<&StageTimes>,
+        sent_at: std::time::Instant,
+    ) -> Self {
+        Self::new(error, StageTimes::hops(stages, sent_at)).with_request_id(request_id)
+    }
+}
 
 /// What a pending command owns besides its correlation state: the channel to its caller
 /// and the transport's in-flight ticket.
@@ -295,7 +343,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             slot_timeouts: AtomicU64::new(0),
             device_slots: config.per_device_limit().map(|limit| DeviceSlots {
                 limit: limit.get(),
-                semaphores: Mutex::new(HashMap::new()),
+                devices: Mutex::new(HashMap::new()),
             }),
             timer: Arc::clone(&timer),
             transport,
@@ -316,33 +364,46 @@ impl<T: Transport + ?Sized> SessionManager<T> {
     /// set (and drops its in-flight ticket if it had gone out).
     ///
     /// The reply carries how far the command got ([`CommandReply::hops`]); a failure's
-    /// stage is dropped here: [`send_command_traced`](Self::send_command_traced) keeps it.
-    pub async fn send_command(
+    /// stage is not kept: [`send_command_traced`](Self::send_command_traced) keeps it.
+    pub fn send_command(
         &self,
         device_id: DeviceId,
         device_type: Option<&str>,
         payload: HexPayload,
         timeout: Duration,
-    ) -> Result<CommandReply, CommandError> {
-        self.send_command_traced(device_id, device_type, payload, timeout)
-            .await
-            .map_err(|failure| failure.error)
+    ) -> impl Future<Output = Result<CommandReply, CommandError>> {
+        // The same state machine as `send_command_traced`, built for the bare error (no
+        // wrapper future, no failure's stages computed only to be dropped).
+        self.send::<CommandError>(device_id, device_type, payload, timeout)
     }
 
     /// [`send_command`](Self::send_command), whose failures also say how far the command
     /// got (PROTOCOL.md 4.1, 1.1): never sent, `sent`, or the last stage its bridge reported
     /// in `ble_progress`, with the milliseconds from the `ble_write` being handed to the
     /// transport to each reported stage.
-    pub async fn send_command_traced(
+    pub fn send_command_traced(
         &self,
         device_id: DeviceId,
         device_type: Option<&str>,
         payload: HexPayload,
         timeout: Duration,
-    ) -> Result<CommandReply, CommandFailure> {
+    ) -> impl Future<Output = Result<CommandReply, CommandFailure>> {
+        self.send::<CommandFailure>(device_id, device_type, payload, timeout)
+    }
+
+    /// The one implementation of both: `F` is what a failure becomes.
+    async fn send<F: Failure>(
+        &self,
+        device_id: DeviceId,
+        device_type: Option<&str>,
+        payload: HexPayload,
+        timeout: Duration,
+    ) -> Result<CommandReply, F> {
         let inner = &*self.inner;
         let (device_type, uuids) = inner.registry.resolve(device_type).map_err(|_| {
-            CommandError::UnknownDeviceType(device_type.unwrap_or_default().to_owned())
+            F::unsent(CommandError::UnknownDeviceType(
+                device_type.unwrap_or_default().to_owned(),
+            ))
         })?;
         let device_type = thread_local_copy(device_type);
         let uuids = *uuids;
@@ -356,7 +417,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             Some(slots) => {
                 let Some(permit) = slots.acquire(&device_id, deadline).await else {
                     inner.slot_timeouts.fetch_add(1, Ordering::Relaxed);
-                    return Err(CommandError::Timeout.into());
+                    return Err(F::unsent(CommandError::Timeout));
                 };
                 Some(permit)
             }
@@ -364,12 +425,14 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         };
 
         let shard = shard_hint() & inner.shard_mask;
-        let (request_id, sequence) = inner.register(
-            shard,
-            device_id.clone(),
-            deadline.into_std(),
-            Pending::new(),
-        )?;
+        let (request_id, sequence) = inner
+            .register(
+                shard,
+                device_id.clone(),
+                deadline.into_std(),
+                Pending::new(),
+            )
+            .map_err(F::unsent)?;
         let mut guard = PendingGuard {
             inner,
             shard,
@@ -379,23 +442,17 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         inner.timer.arm(deadline);
         // Time zero of the stage times: when the write is handed to the transport (the clock
         // is read again only when a device slot was waited for).
-        let sent_at = if slot.is_some() {
-            Instant::now()
-        } else {
-            start
-        };
+        let waited = slot.as_ref().is_some_and(|slot| slot.waited);
+        let sent_at = if waited { Instant::now() } else { start };
         let sent_at_std = sent_at.into_std();
-        let ended = |(result, stages): Ended| {
-            let hops = StageTimes::hops(stages.as_deref(), sent_at_std);
-            match result {
-                Ok(payload) => Ok(CommandReply {
-                    request_id,
-                    payload,
-                    latency: start.elapsed(),
-                    hops,
-                }),
-                Err(error) => Err(CommandFailure::new(error, hops).with_request_id(request_id)),
-            }
+        let ended = |(result, stages): Ended| match result {
+            Ok(payload) => Ok(CommandReply {
+                request_id,
+                payload,
+                latency: start.elapsed(),
+                hops: StageTimes::hops(stages.as_deref(), sent_at_std),
+            }),
+            Err(error) => Err(F::ended(error, request_id, stages.as_deref(), sent_at_std)),
         };
 
         let write = BleWrite {
@@ -406,7 +463,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             write_uuid: uuids.write_uuid,
             listen_uuid: uuids.listen_uuid,
             payload,
-            timeout_ms: TimeoutMs::saturating_from_duration(if slot.is_some() {
+            timeout_ms: TimeoutMs::saturating_from_duration(if waited {
                 deadline.saturating_duration_since(sent_at)
             } else {
                 timeout
@@ -422,9 +479,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
                     .mark_offline_sequence(sequence);
                 // `Err`: it ended (timed out, shut down) while the transport looked for a
                 // bridge.
-                return Err(CommandFailure::unsent(
-                    removed.err().unwrap_or(CommandError::Offline),
-                ));
+                return Err(F::unsent(removed.err().unwrap_or(CommandError::Offline)));
             }
         };
 
@@ -803,67 +858,145 @@ async fn run_timer<T: Transport + ?Sized>(inner: Weak<Inner<T>>, timer: Arc<Time
     }
 }
 
-/// Per-device in-flight limits: one semaphore per device with commands in flight or waiting.
+/// Per-device in-flight limits: for each device with commands in flight or waiting, how
+/// many slots are held and who waits for one, first come, first served.
+///
+/// A command that finds a free slot (the common case) takes it with one map lookup under
+/// the lock, and gives it back with another: no allocation, no channel, no timer. Only a
+/// command that must wait gets a one-shot channel, through which a leaving holder hands it
+/// its slot directly.
 struct DeviceSlots {
     limit: usize,
-    semaphores: Mutex<HashMap<DeviceId, Arc<Semaphore>>>,
+    devices: Mutex<HashMap<DeviceId, SlotQueue>>,
+}
+
+/// The slots of one device; its entry is removed as soon as none is held and nobody waits.
+#[derive(Default)]
+struct SlotQueue {
+    held: usize,
+    /// Commands waiting for a slot, oldest first. A waiter that gave up (timed out,
+    /// cancelled) leaves a closed sender behind, skipped when a slot is handed on.
+    waiting: VecDeque<oneshot::Sender<()>>,
 }
 
 impl DeviceSlots {
-    /// Waits for a slot of `device` until `deadline`; `None` when the deadline passed first.
-    async fn acquire(&self, device: &DeviceId, deadline: Instant) -> Option<DeviceSlot<'_>> {
-        let semaphore = Arc::clone(
-            self.semaphores
-                .lock()
-                .entry(device.clone())
-                .or_insert_with(|| Arc::new(Semaphore::new(self.limit))),
-        );
-        let acquired = tokio::time::timeout_at(deadline, semaphore.acquire_owned()).await;
-        // Timed out, or (never: it is not closed) the semaphore closed.
-        let Ok(Ok(permit)) = acquired else {
-            self.forget_if_idle(device);
-            return None;
+    /// Takes a slot of `device`, waiting for one until `deadline`; `None` when the deadline
+    /// passed first.
+    async fn acquire<'a>(&'a self, device: &DeviceId, deadline: Instant) -> Option<DeviceSlot<'a>> {
+        let handed = {
+            let mut devices = self.devices.lock();
+            let queue = devices.entry(device.clone()).or_default();
+            if queue.held < self.limit && queue.waiting.is_empty() {
+                queue.held += 1;
+                None
+            } else {
+                let (sender, receiver) = oneshot::channel();
+                queue.waiting.push_back(sender);
+                Some(receiver)
+            }
         };
-        Some(DeviceSlot {
+        let Some(receiver) = handed else {
+            return Some(DeviceSlot {
+                slots: self,
+                device: device.clone(),
+                waited: false,
+            });
+        };
+        let mut wait = SlotWait {
             slots: self,
-            device: device.clone(),
-            permit: Some(permit),
-        })
+            device,
+            receiver: Some(receiver),
+        };
+        let handed = tokio::time::timeout_at(deadline, wait.receiver.as_mut()?).await;
+        if matches!(handed, Ok(Ok(()))) {
+            // The slot is ours: nothing for the guard to give back.
+            wait.receiver = None;
+            return Some(DeviceSlot {
+                slots: self,
+                device: device.clone(),
+                waited: true,
+            });
+        }
+        // Timed out (the sender is never dropped unsent: a holder that leaves either hands
+        // its slot over or finds this waiter gone). The guard gives back a slot handed
+        // over just as the deadline passed.
+        None
     }
 
-    /// Drops the device's semaphore when no command holds or waits for it.
-    fn forget_if_idle(&self, device: &DeviceId) {
-        let mut semaphores = self.semaphores.lock();
-        if let Some(semaphore) = semaphores.get(device)
-            && Arc::strong_count(semaphore) == 1
-        {
-            semaphores.remove(device);
+    /// Gives one slot of `device` back: to the oldest command still waiting, if any, or
+    /// to the pool (forgetting the device once nothing is held or waited for).
+    fn release(&self, device: &DeviceId) {
+        let mut devices = self.devices.lock();
+        Self::release_locked(&mut devices, device);
+    }
+
+    fn release_locked(devices: &mut HashMap<DeviceId, SlotQueue>, device: &DeviceId) {
+        let Some(queue) = devices.get_mut(device) else {
+            return;
+        };
+        while let Some(waiter) = queue.waiting.pop_front() {
+            if waiter.send(()).is_ok() {
+                // Handed over: the slot stays held, by the waiter now.
+                return;
+            }
+        }
+        queue.held = queue.held.saturating_sub(1);
+        if queue.held == 0 {
+            devices.remove(device);
         }
     }
 
     #[cfg(test)]
     fn tracked_devices(&self) -> usize {
-        self.semaphores.lock().len()
+        self.devices.lock().len()
     }
 }
 
-/// A held device slot; released (and the device forgotten when idle) on drop.
+/// A command waiting for a slot: if it gives up (deadline, or its future dropped), a slot
+/// handed to it in the meantime is handed on, and its place in the queue is cleared.
+struct SlotWait<'a, 'd> {
+    slots: &'a DeviceSlots,
+    device: &'d DeviceId,
+    receiver: Option<oneshot::Receiver<()>>,
+}
+
+impl Drop for SlotWait<'_, '_> {
+    fn drop(&mut self) {
+        let Some(mut receiver) = self.receiver.take() else {
+            return;
+        };
+        let mut devices = self.slots.devices.lock();
+        // Under the lock, so no holder can hand a slot to this waiter after the check.
+        let handed = receiver.try_recv().is_ok();
+        drop(receiver);
+        if handed {
+            DeviceSlots::release_locked(&mut devices, self.device);
+        } else if let Some(queue) = devices.get_mut(self.device) {
+            queue.waiting.retain(|waiter| !waiter.is_closed());
+            if queue.held == 0 && queue.waiting.is_empty() {
+                devices.remove(self.device);
+            }
+        }
+    }
+}
+
+/// A held device slot; given back (to the next waiter, or the pool) on drop.
 struct DeviceSlot<'a> {
     slots: &'a DeviceSlots,
     device: DeviceId,
-    permit: Option<OwnedSemaphorePermit>,
+    /// Whether the command had to wait for it (its clock is then read again).
+    waited: bool,
 }
 
 impl Drop for DeviceSlot<'_> {
     fn drop(&mut self) {
-        drop(self.permit.take());
-        self.slots.forget_if_idle(&self.device);
+        self.slots.release(&self.device);
     }
 }
 
 #[cfg(test)]
 impl<T: Transport + ?Sized> SessionManager<T> {
-    /// Devices with a slot semaphore right now (test hook for leak checks).
+    /// Devices with slots held or waited for right now (test hook for leak checks).
     pub(crate) fn tracked_devices(&self) -> usize {
         self.inner
             .device_slots

@@ -72,13 +72,22 @@ impl StageTimes {
     /// The `stage`/`progress` of a command that left the server at `sent_at` with these
     /// reports: `stage` is the last one reported (`sent` when none was), each reported
     /// stage's time is counted in whole milliseconds from `sent_at`.
+    #[inline]
     pub fn hops(reported: Option<&Self>, sent_at: Instant) -> Hops {
+        // The common case (a bridge that reports no stage) is a constant, inlined at the
+        // caller; the rest stays out of line.
+        match reported {
+            None => Hops::SENT,
+            Some(times) => times.hops_since(sent_at),
+        }
+    }
+
+    #[inline(never)]
+    fn hops_since(&self, sent_at: Instant) -> Hops {
         let mut hops = Hops::SENT;
-        if let Some(times) = reported {
-            for stage in [Stage::Received, Stage::Connected, Stage::Written] {
-                if let Some(at) = times.at(stage) {
-                    hops.advance(stage, millis(at.saturating_duration_since(sent_at)));
-                }
+        for stage in [Stage::Received, Stage::Connected, Stage::Written] {
+            if let Some(at) = self.at(stage) {
+                hops.advance(stage, millis(at.saturating_duration_since(sent_at)));
             }
         }
         hops

@@ -749,6 +749,56 @@ async fn with_a_per_device_limit_commands_wait_for_a_slot_within_their_timeout()
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_command_dropped_after_a_slot_was_handed_to_it_passes_the_slot_on() {
+    let (mock, mut writes, _) = recording_mock();
+    let config = SessionConfig::default().with_per_device_limit(NonZeroUsize::new(1));
+    let manager = manager_with(mock, &config);
+    let holder = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .send_command(device("lock-1"), None, bytes(&[1]), 10 * SECOND)
+                .await
+        })
+    };
+    let holder_write = writes.recv().await.unwrap();
+
+    // The second command waits for the slot; it is polled once, then never again.
+    let mut waiting =
+        Box::pin(manager.send_command(device("lock-1"), None, bytes(&[2]), 10 * SECOND));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(waiting.as_mut().poll(&mut cx).is_pending());
+
+    // The holder ends and hands its slot to the waiting command, which is dropped before
+    // it ever runs again.
+    manager
+        .handle_response(PHONE, answer(&holder_write, &[1]))
+        .unwrap();
+    assert_eq!(payload_of(holder.await.unwrap()), Ok(bytes(&[1])));
+    drop(waiting);
+
+    // The slot was passed on, not lost: a third command goes out at once.
+    let third = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .send_command(device("lock-1"), None, bytes(&[3]), 10 * SECOND)
+                .await
+        })
+    };
+    let third_write = tokio::time::timeout(SECOND, writes.recv())
+        .await
+        .expect("the third command got the slot at once")
+        .unwrap();
+    assert_eq!(third_write.payload, bytes(&[3]));
+    manager
+        .handle_response(PHONE, answer(&third_write, &[3]))
+        .unwrap();
+    assert_eq!(payload_of(third.await.unwrap()), Ok(bytes(&[3])));
+    assert_eq!(manager.pending(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn by_default_one_device_holds_at_most_sixteen_pending_commands() {
     let (mock, mut writes, ledger) = recording_mock();
     let manager = manager_with(mock, &SessionConfig::default());
