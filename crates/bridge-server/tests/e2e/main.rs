@@ -12,6 +12,7 @@ mod hooks;
 mod hops;
 mod hostile;
 mod http;
+mod mqtt;
 mod paused;
 mod process;
 mod queue;
