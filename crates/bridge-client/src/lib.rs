@@ -101,10 +101,12 @@ mod bridge;
 mod connect;
 mod error;
 pub mod lock;
+mod mqtt;
 mod user;
 
 pub use backoff::Backoff;
 pub use bridge::{BleHandler, BridgeClient, BridgeConfig, ConnectionState, Progress};
 pub use connect::Credentials;
 pub use error::ClientError;
+pub use mqtt::MqttSettings;
 pub use user::{UserClient, UserConfig};

@@ -574,3 +574,113 @@ async fn mqtt_sessions_have_the_websocket_limits() {
     front.stop().await;
     server.stop().await;
 }
+
+fn phone_over_mqtt(
+    prefix: &str,
+    bridge_id: &str,
+    credentials: bridge_client::Credentials,
+    lock: &str,
+) -> bridge_client::BridgeClient {
+    use bridge_client::lock::{LockBehaviour, SimulatedLocks};
+    let lock = crate::support::device(lock);
+    let locks = std::sync::Arc::new(SimulatedLocks::new(
+        [lock.clone()],
+        LockBehaviour::default(),
+    ));
+    let config = bridge_client::BridgeConfig::over_mqtt(
+        broker_url(),
+        bridge_protocol::BridgeId::new(bridge_id).unwrap(),
+        credentials,
+        vec![lock],
+    )
+    .with_mqtt_prefix(prefix);
+    bridge_client::BridgeClient::start(config, locks)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_client_over_mqtt_serves_its_ble_handler_and_says_hello_again_after_a_restart() {
+    let prefix = unique_prefix();
+    let config = with_mqtt(ServerConfig::default(), &prefix);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut server = TestServer::start_on(listener, config.clone(), |b| b);
+    let front = start_front(&mut server, &config).await;
+    let phone = phone_over_mqtt(
+        &prefix,
+        "phone-1",
+        bridge_client::Credentials::Development {
+            user_id: "owner-1".into(),
+        },
+        "lock-1",
+    );
+    tokio::time::timeout(PATIENCE, phone.wait_connected(1))
+        .await
+        .unwrap()
+        .unwrap();
+    phone
+        .report_status(crate::support::device("lock-1"), true, Some(-60))
+        .unwrap();
+    server
+        .wait_device("lock-1", |v| v["bleConnected"] == true)
+        .await;
+    // 02 is unlock: the simulated lock answers 82 00.
+    let (status, body) = server.command("lock-1", json!({"payload":"02"})).await;
+    assert_eq!((status, &body["payload"]), (200, &json!("8200")), "{body}");
+
+    // The server restarts; the phone is told its session is gone and says hello again,
+    // re-announcing its link.
+    server.stop().await;
+    front.stop().await;
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let mut server = TestServer::start_on(listener, config.clone(), |b| b);
+    let front = start_front(&mut server, &config).await;
+    tokio::time::timeout(PATIENCE, phone.wait_connected(2))
+        .await
+        .unwrap()
+        .unwrap();
+    server
+        .wait_device("lock-1", |v| v["bleConnected"] == true)
+        .await;
+    // 03 is status: 83, unlocked (00), battery 100.
+    let (status, body) = server.command("lock-1", json!({"payload":"03"})).await;
+    assert_eq!(
+        (status, &body["payload"]),
+        (200, &json!("830064")),
+        "{body}"
+    );
+    phone.shutdown().await;
+    server.wait_online("lock-1", 0).await;
+    front.stop().await;
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_client_over_mqtt_authenticates_with_its_token() {
+    let prefix = unique_prefix();
+    let mut config = ServerConfig::default();
+    config.jwt_secret = Some(SECRET.into());
+    let (server, front) = start_server(config, &prefix).await;
+    // A token for other devices: its hello is refused, so it never connects.
+    let refused = phone_over_mqtt(
+        &prefix,
+        "phone-x",
+        bridge_client::Credentials::Token(token("mallory", "bridge", Some(&["lock-9"]), 600)),
+        "lock-1",
+    );
+    let phone = phone_over_mqtt(
+        &prefix,
+        "phone-1",
+        bridge_client::Credentials::Token(token("owner", "bridge", Some(&["lock-1"]), 600)),
+        "lock-1",
+    );
+    tokio::time::timeout(PATIENCE, phone.wait_connected(1))
+        .await
+        .unwrap()
+        .unwrap();
+    server.wait_online("lock-1", 1).await;
+    assert_eq!(refused.state(), bridge_client::ConnectionState::Connecting);
+    phone.shutdown().await;
+    refused.shutdown().await;
+    front.stop().await;
+    server.stop().await;
+}
