@@ -67,18 +67,30 @@ impl Drop for MqttLink {
     }
 }
 
-fn broker(url: &str) -> Result<(String, u16), ClientError> {
-    let bad = || ClientError::Connect(format!("`{url}` is not mqtt://HOST:PORT"));
+/// The broker's host, port and the `user:password` of `mqtt://[USER:PASSWORD@]HOST[:PORT]`.
+type Broker = (String, u16, Option<(String, String)>);
+
+fn broker(url: &str) -> Result<Broker, ClientError> {
+    let bad =
+        || ClientError::Connect("the broker URL is not mqtt://[USER:PASSWORD@]HOST:PORT".into());
     let rest = url
         .strip_prefix("mqtt://")
         .ok_or_else(bad)?
         .trim_end_matches('/');
+    let (login, rest) = match rest.rsplit_once('@') {
+        Some((userinfo, rest)) => {
+            let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+            (Some((user.to_owned(), password.to_owned())), rest)
+        }
+        None => (None, rest),
+    };
     match rest.rsplit_once(':') {
         Some((host, port)) => Ok((
             host.trim_matches(['[', ']']).to_owned(),
             port.parse().map_err(|_| bad())?,
+            login,
         )),
-        None if !rest.is_empty() => Ok((rest.to_owned(), 1883)),
+        None if !rest.is_empty() => Ok((rest.to_owned(), 1883, login)),
         None => Err(bad()),
     }
 }
@@ -86,11 +98,14 @@ fn broker(url: &str) -> Result<(String, u16), ClientError> {
 impl MqttLink {
     /// Connects to the broker at `url` in the background.
     pub(crate) fn start(url: &str, settings: &MqttSettings) -> Result<Self, ClientError> {
-        let (host, port) = broker(url)?;
+        let (host, port, login) = broker(url)?;
         let id = &settings.bridge_id;
         let up = id.up_topic(&settings.prefix);
         let down = id.down_topic(&settings.prefix);
         let mut options = MqttOptions::new(format!("{}-bridge-{id}", settings.prefix), host, port);
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         options
             .set_keep_alive(Duration::from_secs(10))
             .set_clean_start(false)
@@ -308,9 +323,13 @@ mod tests {
     fn broker_urls_are_mqtt_host_and_port() {
         assert_eq!(
             broker("mqtt://127.0.0.1:1883").ok(),
-            Some(("127.0.0.1".into(), 1883))
+            Some(("127.0.0.1".into(), 1883, None))
         );
-        assert_eq!(broker("mqtt://b").ok(), Some(("b".into(), 1883)));
+        assert_eq!(broker("mqtt://b").ok(), Some(("b".into(), 1883, None)));
+        assert_eq!(
+            broker("mqtt://phone-1:pw@b:1884").ok(),
+            Some(("b".into(), 1884, Some(("phone-1".into(), "pw".into()))))
+        );
         assert!(broker("ws://h:1").is_err());
         assert!(broker("mqtt://h:x").is_err());
     }

@@ -81,8 +81,7 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 impl Front {
     pub(crate) fn new(
         config: MqttConfig,
-        host: String,
-        port: u16,
+        broker: crate::Broker,
         hub: LocalHub,
         authenticate: Arc<dyn HelloAuthenticator>,
     ) -> (Arc<Shared>, Self) {
@@ -91,7 +90,10 @@ impl Front {
         let max_packet = config
             .max_packet_bytes
             .max(max_frame_bytes.saturating_add(1024));
-        let mut options = MqttOptions::new(config.client_id.clone(), host, port);
+        let mut options = MqttOptions::new(config.client_id.clone(), broker.host, broker.port);
+        if let Some((user, password)) = broker.login {
+            options.set_credentials(user, password);
+        }
         options
             .set_keep_alive(config.keep_alive)
             .set_clean_start(false)
@@ -125,8 +127,7 @@ impl Front {
 
     pub(crate) async fn run(self, mut stop: watch::Receiver<bool>) {
         let (client, mut events) = AsyncClient::new(self.options.clone(), 1024);
-        let span =
-            tracing::info_span!("mqtt", broker = %self.config.url, prefix = %self.config.prefix);
+        let span = tracing::info_span!("mqtt", broker = %crate::redacted(&self.config.url), prefix = %self.config.prefix);
         async {
             let mut connected = false;
             loop {

@@ -113,11 +113,36 @@ pub enum MqttError {
     BadPrefix(String),
 }
 
-/// Settings of [`MqttBridges`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the broker is, and how the server logs in to it.
+pub(crate) struct Broker {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    /// `user:password` of the URL, for a broker that checks them (and confines each client
+    /// to its topics: README, "Bridges over MQTT").
+    pub(crate) login: Option<(String, String)>,
+}
+
+/// `url` with the password of its `user:password@` replaced by `***`, for logs and errors.
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+/// Settings of [`MqttBridges`]. Its `Debug` form hides the password of the URL.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct MqttConfig {
-    /// The broker, `mqtt://HOST:PORT` (port 1883 when left out).
+    /// The broker, `mqtt://HOST:PORT` (port 1883 when left out), or
+    /// `mqtt://USER:PASSWORD@HOST:PORT` for a broker that checks logins (neither may hold
+    /// `@`, nor the user `:`).
     pub url: String,
     /// The topic prefix `P` of `P/b/{bridgeId}/up` and `/down` (default `bridge`).
     pub prefix: String,
@@ -182,11 +207,21 @@ impl MqttConfig {
             .collect()
     }
 
-    /// `(host, port)` of [`MqttConfig::url`].
-    fn host_port(&self) -> Result<(String, u16), MqttError> {
-        let bad = || MqttError::BadUrl(self.url.clone());
+    /// `(host, port)` of [`MqttConfig::url`], and its `user:password` if it has one.
+    fn broker(&self) -> Result<Broker, MqttError> {
+        let bad = || MqttError::BadUrl(redacted(&self.url));
         let rest = self.url.strip_prefix("mqtt://").ok_or_else(bad)?;
         let rest = rest.trim_end_matches('/');
+        let (login, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, rest)) => {
+                let (user, password) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+                if user.is_empty() {
+                    return Err(bad());
+                }
+                (Some((user.to_owned(), password.to_owned())), rest)
+            }
+            None => (None, rest),
+        };
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
             let (host, after) = v6.split_once(']').ok_or_else(bad)?;
             let port = match after.strip_prefix(':') {
@@ -204,7 +239,7 @@ impl MqttConfig {
         if host.is_empty() || host.contains(['/', '@']) {
             return Err(bad());
         }
-        Ok((host, port))
+        Ok(Broker { host, port, login })
     }
 
     fn check_prefix(&self) -> Result<(), MqttError> {
@@ -220,6 +255,21 @@ impl MqttConfig {
         } else {
             Err(MqttError::BadPrefix(self.prefix.clone()))
         }
+    }
+}
+
+impl std::fmt::Debug for MqttConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("url", &redacted(&self.url))
+            .field("prefix", &self.prefix)
+            .field("client_id", &self.client_id)
+            .field("session_expiry", &self.session_expiry)
+            .field("keep_alive", &self.keep_alive)
+            .field("max_packet_bytes", &self.max_packet_bytes)
+            .field("inbound_frames", &self.inbound_frames)
+            .field("outbound_frames", &self.outbound_frames)
+            .finish()
     }
 }
 
@@ -264,10 +314,10 @@ impl MqttBridges {
         hub: LocalHub,
         authenticate: impl HelloAuthenticator,
     ) -> Result<Self, MqttError> {
-        let (host, port) = config.host_port()?;
+        let broker = config.broker()?;
         config.check_prefix()?;
         let (stop, stopped) = watch::channel(false);
-        let (shared, front) = front::Front::new(config, host, port, hub, Arc::new(authenticate));
+        let (shared, front) = front::Front::new(config, broker, hub, Arc::new(authenticate));
         let task = tokio::spawn(front.run(stopped));
         Ok(Self {
             shared,
@@ -321,22 +371,39 @@ mod tests {
 
     #[test]
     fn broker_urls_are_mqtt_host_and_port() {
-        let parse = |url: &str| MqttConfig::new(url).host_port();
+        let parse = |url: &str| {
+            MqttConfig::new(url)
+                .broker()
+                .map(|b| (b.host, b.port, b.login))
+        };
         assert_eq!(
             parse("mqtt://127.0.0.1:1883"),
-            Ok(("127.0.0.1".into(), 1883))
+            Ok(("127.0.0.1".into(), 1883, None))
         );
-        assert_eq!(parse("mqtt://broker"), Ok(("broker".into(), 1883)));
-        assert_eq!(parse("mqtt://[::1]:1884/"), Ok(("::1".into(), 1884)));
+        assert_eq!(parse("mqtt://broker"), Ok(("broker".into(), 1883, None)));
+        assert_eq!(parse("mqtt://[::1]:1884/"), Ok(("::1".into(), 1884, None)));
+        assert_eq!(
+            parse("mqtt://server:s3cret@h:1"),
+            Ok(("h".into(), 1, Some(("server".into(), "s3cret".into()))))
+        );
         for bad in [
             "tcp://h:1",
             "mqtt://",
             "mqtt://h:x",
-            "mqtt://u@h:1",
+            "mqtt://:p@h:1",
             "mqtt://[::1",
         ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn passwords_never_show_in_logs() {
+        let config = MqttConfig::new("mqtt://server:s3cret@h:1");
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert_eq!(redacted(&config.url), "mqtt://server:***@h:1");
+        let error = MqttConfig::new("mqtt://server:s3cret@h:x").broker().err();
+        assert!(!format!("{error:?}").contains("s3cret"));
     }
 
     #[test]

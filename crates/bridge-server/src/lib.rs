@@ -169,7 +169,7 @@ mod ws;
 
 /// How the offline queue is delivered: the dispatcher's engine configuration.
 pub use bridge_dispatch::EngineConfig as DeliveryConfig;
-pub use bridge_mqtt::{MqttBridges, MqttConfig};
+pub use bridge_mqtt::{MqttBridges, MqttConfig, redacted as mqtt_redacted};
 pub use config::{Cli, ConfigError, LogFormat, QueueUrl, ServerConfig};
 pub use error::{BuildError, ServerError};
 pub use frames::{FrameContext, FrameError, FrameHandler};

@@ -137,7 +137,7 @@ async fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
     let server = builder.build()?;
     let mqtt = match mqtt {
         Some(mqtt) => {
-            tracing::info!(url = %mqtt.url, prefix = %mqtt.prefix, client_id = %mqtt.client_id, "serving bridges over MQTT");
+            tracing::info!(url = %bridge_server::mqtt_redacted(&mqtt.url), prefix = %mqtt.prefix, client_id = %mqtt.client_id, "serving bridges over MQTT");
             Some(bridge_server::serve_mqtt(&server, mqtt)?)
         }
         None => None,

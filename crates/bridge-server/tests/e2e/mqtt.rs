@@ -684,3 +684,62 @@ async fn the_bridge_client_over_mqtt_authenticates_with_its_token() {
     front.stop().await;
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_refuses_mqtt_together_with_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_bridge-server"))
+        .args(["--queue", "redis://127.0.0.1:6379"])
+        .args(["--cluster", "nats://127.0.0.1:4222"])
+        .args(["--mqtt", &broker_url()])
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--mqtt cannot be used with --cluster"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_bridges_over_mqtt_with_the_mqtt_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique_prefix();
+    let server = crate::process::Process::start(
+        dir.path(),
+        &[
+            "--mqtt",
+            &broker_url(),
+            "--mqtt-prefix",
+            &prefix,
+            "--node-id",
+            &prefix,
+        ],
+    )
+    .await;
+    let phone = phone_over_mqtt(
+        &prefix,
+        "phone-1",
+        bridge_client::Credentials::Development {
+            user_id: "owner-1".into(),
+        },
+        "lock-1",
+    );
+    // The server subscribes in the background: until then a hello goes unanswered, and the
+    // client says it again.
+    tokio::time::timeout(Duration::from_mins(1), phone.wait_connected(1))
+        .await
+        .unwrap()
+        .unwrap();
+    server.client.wait_online("lock-1", 1).await;
+    let (status, body) = server
+        .client
+        .command("lock-1", json!({"payload":"02"}))
+        .await;
+    assert_eq!((status, &body["payload"]), (200, &json!("8200")), "{body}");
+    phone.shutdown().await;
+    server.kill().await;
+}
