@@ -117,7 +117,7 @@ impl MqttLink {
                 false,
                 None,
             ));
-        let (client, mut events) = AsyncClient::new(options, 256);
+        let (client, mut events) = AsyncClient::new(options, 1024);
         let inbox: Arc<Mutex<Option<mpsc::UnboundedSender<String>>>> = Arc::default();
         let (subscribed_tx, subscribed) = watch::channel(0_u64);
         let task = tokio::spawn({
