@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     sessions: Mutex<HashMap<BridgeId, Session>>,
     next_generation: AtomicU64,
     pub(crate) subscribed: watch::Sender<bool>,
+    /// Session writers still running: the front leaves the broker only once they have
+    /// queued their last frames (the notices of sessions a shutdown ended), or after 1 s.
+    writers: watch::Sender<usize>,
 }
 
 impl Shared {
@@ -108,6 +111,7 @@ impl Front {
             sessions: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
             subscribed: watch::Sender::new(false),
+            writers: watch::Sender::new(0),
         });
         let front = Self {
             config,
@@ -171,8 +175,21 @@ impl Front {
                     }
                 }
             }
-            // Let what the sessions' writers queued go out, then leave; the broker keeps the
-            // session (and queues the bridges' frames) until the server is back.
+            // Let the sessions' writers queue their last frames and those go out, then leave;
+            // the broker keeps the session (and queues the bridges' frames) until the
+            // server is back.
+            if connected {
+                let mut writers = self.shared.writers.subscribe();
+                let flush = async {
+                    loop {
+                        tokio::select! {
+                            _ = writers.wait_for(|n| *n == 0) => break,
+                            event = events.poll() => if event.is_err() { break },
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
+            }
             if connected && client.try_disconnect().is_ok() {
                 let drain = async {
                     loop {
@@ -283,6 +300,7 @@ impl Front {
             generation,
             shared: Arc::clone(&self.shared),
         };
+        self.shared.writers.send_modify(|n| *n += 1);
         tokio::spawn(writer.run(outgoing_rx).in_current_span());
         let hub = self.hub.clone();
         let shared = Arc::clone(&self.shared);
@@ -361,6 +379,14 @@ struct Writer {
     bridge: BridgeId,
     generation: u64,
     shared: Arc<Shared>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shared
+            .writers
+            .send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Writer {

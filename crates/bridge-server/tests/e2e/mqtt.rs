@@ -743,3 +743,29 @@ async fn the_binary_serves_bridges_over_mqtt_with_the_mqtt_flag() {
     phone.shutdown().await;
     server.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_sends_nothing_within_the_pong_timeout_ends_and_its_bridge_is_told() {
+    let prefix = unique_prefix();
+    let config = with_mqtt(ServerConfig::default(), &prefix);
+    // The hub's keepalive, shortened: over MQTT, silence is what ends a session.
+    let mut hub = bridge_hub::HubConfig::default();
+    hub.ping_interval = Duration::from_millis(100);
+    hub.pong_timeout = Duration::from_millis(500);
+    let mut server = TestServer::start_with(config.clone(), |b| b.hub_config(hub)).await;
+    let front = start_front(&mut server, &config).await;
+    let mut bridge = MqttBridge::connect(&prefix, "quiet").await;
+    bridge.hello("owner-1", &["lock-1"]).await;
+    server.wait_online("lock-1", 1).await;
+    // The hub's pings are not sent over MQTT: the next frame is the end of the session.
+    let notice = bridge.recv().await;
+    assert_eq!(notice["type"], "error", "{notice}");
+    assert_eq!(notice["code"], "unauthorized");
+    assert!(
+        notice["message"].as_str().unwrap().contains("keepalive"),
+        "{notice}"
+    );
+    server.wait_online("lock-1", 0).await;
+    front.stop().await;
+    server.stop().await;
+}
