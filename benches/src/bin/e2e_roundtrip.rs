@@ -43,8 +43,10 @@
 //! watchdog too.
 //!
 //! Phones connect over WebSocket, or with `--phones mqtt` (or `ws,mqtt`, one run after the
-//! other) through an MQTT 5 broker (PROTOCOL.md 6; `E2E_MQTT_URL`, default the local
-//! Mosquitto, which is not pinned: its CPU time is neither the server's nor the load's).
+//! other) through an MQTT 5 broker (PROTOCOL.md 6): a Mosquitto the run starts for itself
+//! (loopback, no persistence, `set_tcp_nodelay true`, pinned to CPU 1 with the phones, so
+//! its CPU time counts in "load core busy", not the server's), or the one `E2E_MQTT_URL`
+//! names (not pinned).
 //!
 //! Run: `cargo build --release -p benches --bin e2e_roundtrip && target/release/e2e_roundtrip`
 //! (`--secs N` per scenario, `--only inproc|http`, `--phones ws,mqtt`, `--bridges 1,1000`, `--k 1,16,256`,
@@ -148,9 +150,76 @@ impl Phones {
     }
 }
 
-/// The broker of `--phones mqtt`.
-fn mqtt_url() -> String {
+/// The broker of `--phones mqtt`: the run's own (`broker_port`), or `E2E_MQTT_URL`.
+fn mqtt_url(scenario: Scenario) -> String {
+    if scenario.broker_port != 0 {
+        return format!("mqtt://127.0.0.1:{}", scenario.broker_port);
+    }
     std::env::var("E2E_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".to_owned())
+}
+
+/// The pid of the broker the orchestrator started, killed by its watchdog too.
+static BROKER_PID: AtomicU64 = AtomicU64::new(0);
+
+/// A Mosquitto of the run's own for `--phones mqtt` (unless `E2E_MQTT_URL` names one):
+/// loopback, anonymous, no persistence, `set_tcp_nodelay true` (as the peer benchmark's),
+/// pinned with the phones (CPU 1), so that the server's core runs the server alone. Killed
+/// when dropped.
+struct Broker {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Broker {
+    fn start(pin: bool) -> Result<Self, BoxError> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("e2e-broker-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 set_tcp_nodelay true\nmax_queued_messages 100000\nlog_dest stderr\n\
+                 log_type error\nlog_type warning\n"
+            ),
+        )?;
+        let mut command = if pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "1", "mosquitto"]);
+            c
+        } else {
+            Command::new("mosquitto")
+        };
+        let child = command
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start mosquitto: {e}"))?;
+        BROKER_PID.store(u64::from(child.id()), Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("the benchmark's mosquitto did not listen within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self { child, port, dir })
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        BROKER_PID.store(0, Ordering::Relaxed);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// One measured configuration.
@@ -163,6 +232,8 @@ struct Scenario {
     secs: u64,
     /// Names this run's MQTT topics and client ids (the orchestrator's pid).
     run: u32,
+    /// The run's own broker (0: `E2E_MQTT_URL` or the local Mosquitto).
+    broker_port: u16,
 }
 
 impl Scenario {
@@ -174,6 +245,7 @@ impl Scenario {
             self.secs.to_string(),
             self.phones.as_str().to_owned(),
             self.run.to_string(),
+            self.broker_port.to_string(),
         ]
     }
 
@@ -186,6 +258,7 @@ impl Scenario {
             secs: get(3)?.parse()?,
             phones: Phones::parse(get(4)?)?,
             run: get(5)?.parse()?,
+            broker_port: get(6)?.parse()?,
         })
     }
 
@@ -418,7 +491,7 @@ fn run_server_child(scenario: &Scenario) -> Result<(), BoxError> {
         // Bridges over MQTT are served beside, as the binary does with --mqtt.
         let _mqtt = if scenario.phones == Phones::Mqtt {
             let prefix = scenario.mqtt_prefix();
-            let config = bridge_server::MqttConfig::new(mqtt_url())
+            let config = bridge_server::MqttConfig::new(mqtt_url(scenario))
                 .prefix(prefix.clone())
                 .client_id(format!("{prefix}-server"));
             let front = bridge_server::serve_mqtt(&server, config)?;
@@ -581,7 +654,7 @@ fn run_load_child(scenario: &Scenario, port: u16, server_pid: u32) -> Result<(),
             let config = match scenario.phones {
                 Phones::Ws => BridgeConfig::new(url.clone(), credentials, vec![id.clone()]),
                 Phones::Mqtt => BridgeConfig::over_mqtt(
-                    mqtt_url(),
+                    mqtt_url(scenario),
                     bridge_protocol::BridgeId::new(&format!("phone-{i}"))?,
                     credentials,
                     vec![id.clone()],
@@ -988,8 +1061,26 @@ fn orchestrate(args: &[String]) -> Result<(), BoxError> {
     std::thread::spawn(move || {
         std::thread::sleep(total);
         eprintln!("e2e_roundtrip: watchdog fired after {total:?}");
+        let broker = BROKER_PID.load(Ordering::Relaxed);
+        if broker != 0 {
+            let _ = Command::new("kill")
+                .args(["-KILL", &broker.to_string()])
+                .status();
+        }
         std::process::exit(3);
     });
+    let broker = if phones.contains(&Phones::Mqtt) && std::env::var_os("E2E_MQTT_URL").is_none() {
+        let broker = Broker::start(pin)?;
+        println!(
+            "phones over MQTT through the run's own mosquitto on 127.0.0.1:{}{}",
+            broker.port,
+            if pin { ", pinned to CPU 1" } else { "" }
+        );
+        Some(broker)
+    } else {
+        None
+    };
+    let broker_port = broker.as_ref().map_or(0, |b| b.port);
     if pin {
         println!("server pinned to CPU 0, phones and HTTP client to CPU 1 (taskset)");
     }
@@ -1009,6 +1100,7 @@ fn orchestrate(args: &[String]) -> Result<(), BoxError> {
                         in_flight: k,
                         secs,
                         run,
+                        broker_port,
                     };
                     match run_scenario(scenario, pin) {
                         Ok(row) => print_row(&row),
@@ -1052,10 +1144,14 @@ mod tests {
             in_flight: 16,
             secs: 3,
             run: 7,
+            broker_port: 1884,
         };
         let back = Scenario::from_args(&s.to_args()).expect("parses");
         assert_eq!(back.driver, Driver::Http);
-        assert_eq!((back.phones, back.run), (Phones::Mqtt, 7));
+        assert_eq!(
+            (back.phones, back.run, back.broker_port),
+            (Phones::Mqtt, 7, 1884)
+        );
         assert_eq!((back.bridges, back.in_flight, back.secs), (1000, 16, 3));
     }
 

@@ -117,6 +117,10 @@ impl MqttLink {
                 false,
                 None,
             ));
+        // Frames are small and each waits for an answer: no Nagle delay.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
         let (client, mut events) = AsyncClient::new(options, 1024);
         let inbox: Arc<Mutex<Option<mpsc::UnboundedSender<String>>>> = Arc::default();
         let (subscribed_tx, subscribed) = watch::channel(0_u64);

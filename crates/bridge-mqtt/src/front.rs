@@ -107,6 +107,10 @@ impl Front {
             ))
             .set_max_packet_size(Some(u32::try_from(max_packet).unwrap_or(u32::MAX)))
             .set_request_channel_capacity(1024);
+        // Frames are small and answered at once: no Nagle delay on the server's side.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
         let shared = Arc::new(Shared {
             sessions: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
