@@ -49,6 +49,9 @@
 //! * A bridge that publishes faster than the session's inbound queue
 //!   ([`MqttConfig::inbound_frames`]) drains has the frames beyond it refused
 //!   `rate_limited`, as the hub refuses frames beyond the rate limit.
+//! * Frames of a bridge id without a session are each answered `unauthorized` and are not
+//!   rate limited (there is no connection to count them on): the broker's ACL decides who
+//!   may publish on an id's `up` topic.
 //!
 //! [`LocalHub::serve`]: bridge_hub::LocalHub::serve
 

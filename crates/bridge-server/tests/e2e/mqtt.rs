@@ -61,7 +61,7 @@ fn with_mqtt(mut config: ServerConfig, prefix: &str) -> ServerConfig {
 async fn start_front(server: &mut TestServer, config: &ServerConfig) -> bridge_server::MqttBridges {
     let mut mqtt = bridge_server::mqtt_config(config).unwrap();
     // Long enough for the restart tests; the broker forgets the test's session soon after.
-    mqtt.session_expiry = Duration::from_secs(120);
+    mqtt.session_expiry = Duration::from_mins(2);
     let front = bridge_server::serve_mqtt(server.server.as_ref().unwrap(), mqtt).unwrap();
     tokio::time::timeout(PATIENCE, front.subscribed())
         .await
