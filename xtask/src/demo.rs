@@ -6,7 +6,8 @@
 //! an online round trip, a device error, an offline command queued and delivered when its
 //! lock's phone shows up, a confirmation-gated unlock, and two timeouts that say where they
 //! stopped (a lock that took the write and never answered, a link that never came up: the
-//! `stage` of PROTOCOL.md 4.1). All along it reads the live stream `GET /v1/stream` and
+//! `stage` of PROTOCOL.md 4.1), and a phone over MQTT (PROTOCOL.md 6, through the local
+//! Mosquitto). All along it reads the live stream `GET /v1/stream` and
 //! shows what it carried at the end. Every child process is stopped at the end, on success
 //! or failure.
 
@@ -253,6 +254,67 @@ pub(crate) fn wait_command(addr: SocketAddr, id: &str, status: &str) -> Result<V
     )
 }
 
+/// The local Mosquitto (`cargo xtask services` starts it).
+const MQTT_BROKER: &str = "mqtt://127.0.0.1:1883";
+
+/// Step 8: a phone that reaches the server through the MQTT broker (PROTOCOL.md 6).
+fn mqtt_phone(
+    sim_bin: &Path,
+    addr: SocketAddr,
+    prefix: &str,
+    children: &mut Children,
+    log: &dyn Fn(&str) -> Result<Stdio, String>,
+) -> Result<(), String> {
+    step(
+        8,
+        "A phone on a mobile network connects through the MQTT broker instead of a WebSocket \
+         (bridge-sim --mqtt): it says `hello` on its topic, the server answers `welcome`.",
+    );
+    children.spawn(
+        "bridge-sim (phone E, over MQTT)",
+        Command::new(sim_bin)
+            .args(["--mqtt", MQTT_BROKER, "--mqtt-prefix", prefix])
+            .args(["--bridge-id", "phone-e", "--user-id", "phone-e"])
+            .args(["--device", "lock-6", "--latency-ms", "20"])
+            .env("RUST_LOG", "warn")
+            .stdout(log("phone-e")?)
+            .stderr(log("phone-e-err")?),
+    )?;
+    let online = wait_for(
+        "lock-6 to be online through the broker (is Mosquitto running? `cargo xtask services`)",
+        Duration::from_mins(1),
+        || {
+            http(addr, "GET", "/v1/devices/lock-6", None)
+                .ok()
+                .filter(|(_, v)| v.get("bleConnected") == Some(&Value::Bool(true)))
+                .map(|(_, v)| v)
+        },
+    )?;
+    show("GET", "/v1/devices/lock-6", None, 200, &online);
+    let body = json!({"payload": "03"});
+    let (status, answer) = http(addr, "POST", "/v1/devices/lock-6/commands", Some(&body))?;
+    show(
+        "POST",
+        "/v1/devices/lock-6/commands",
+        Some(&body),
+        status,
+        &answer,
+    );
+    expect_status(status, 200, &answer)?;
+    println!(
+        "   over MQTT, the same command path: the lock says {}",
+        explain(string_field(&answer, "payload")?)
+    );
+    let (_, metrics) = http_text(addr, "GET", "/metrics", None)?;
+    if let Some(line) = metrics
+        .lines()
+        .find(|l| l.starts_with("bridge_connections{role=\"bridge\"}"))
+    {
+        println!("   /metrics counts the phones of both transports: {line}");
+    }
+    Ok(())
+}
+
 /// A lock's reply in words (the smart-lock byte protocol of `bridge_client::lock`).
 pub(crate) fn explain(payload: &str) -> &'static str {
     match payload {
@@ -322,12 +384,17 @@ fn run_story(server_bin: &Path, sim_bin: &Path, work: &Path) -> Result<(), Strin
 
     step(
         1,
-        "Start the server: development mode on loopback, SQLite queue.",
+        "Start the server: development mode on loopback, SQLite queue, and bridges over MQTT \
+         too (the local Mosquitto).",
     );
+    // Topics of this run's own, and a client id the broker forgets after a day.
+    let mqtt_prefix = format!("bridge-demo-{}", std::process::id());
     children.spawn(
         "bridge-server",
         Command::new(server_bin)
             .args(["--listen", &addr.to_string()])
+            .args(["--mqtt", MQTT_BROKER, "--mqtt-prefix", &mqtt_prefix])
+            .args(["--node-id", "demo"])
             .arg("--queue")
             .arg(format!("sqlite://{}", work.join("queue.sqlite").display()))
             .env("RUST_LOG", "warn")
@@ -536,8 +603,10 @@ fn run_story(server_bin: &Path, sim_bin: &Path, work: &Path) -> Result<(), Strin
         );
     }
 
+    mqtt_phone(sim_bin, addr, &mqtt_prefix, &mut children, &log)?;
+
     step(
-        8,
+        9,
         "What the live stream carried meanwhile (presence, results of every command that ended):",
     );
     // The last results may still be on their way.
@@ -546,7 +615,7 @@ fn run_story(server_bin: &Path, sim_bin: &Path, work: &Path) -> Result<(), Strin
         println!("   event: {event:<15} {data}");
     }
 
-    step(9, "Stop the phones and the server.");
+    step(10, "Stop the phones and the server.");
     children.stop();
     println!("   everything stopped; nothing is left running.");
     println!(

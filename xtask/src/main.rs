@@ -28,7 +28,7 @@ const TASKS: &[Task] = &[
     },
     Task {
         name: "services",
-        help: "check that PostgreSQL, Redis, RabbitMQ and NATS answer (start them if stopped)",
+        help: "check that PostgreSQL, Redis, RabbitMQ, NATS and Mosquitto answer (start them if stopped)",
         run: services_task,
     },
     Task {
@@ -264,6 +264,24 @@ fn check_dependency_rule(cargo: &str) -> Result<(), String> {
             ));
         }
     }
+    // Bridges over MQTT are a second transport built as a user's own would be: through the
+    // hub's public seams (`LocalHub::serve`), with the server's authentication handed in as
+    // a function; so the MQTT crate knows neither the server nor the layers under it.
+    let mqtt = tree("bridge-mqtt")?;
+    for forbidden in [
+        "bridge-server",
+        "bridge-session",
+        "bridge-queue",
+        "bridge-dispatch",
+        "bridge-client",
+        "bridge-cluster",
+    ] {
+        if mqtt.iter().any(|c| c == forbidden) {
+            return Err(format!(
+                "bridge-mqtt depends on {forbidden}; it may depend on bridge-hub and bridge-protocol only"
+            ));
+        }
+    }
     // The client is a library first: the simulator's command line and log output come
     // with its `sim` feature only.
     check_client_library_dependencies(&tree_with("bridge-client", false)?)?;
@@ -271,7 +289,7 @@ fn check_dependency_rule(cargo: &str) -> Result<(), String> {
     // `openapi` feature only (checked with all features above: still no async runtime).
     check_protocol_library_dependencies(&tree_with("bridge-protocol", false)?)?;
     println!(
-        "    bridge-protocol has no async runtime; {} depend on each other not at all; bridge-dispatch reaches no hub, client or server; bridge-cluster sits on hub and protocol only; bridge-client without features has no clap or tracing-subscriber; bridge-protocol without features has no utoipa",
+        "    bridge-protocol has no async runtime; {} depend on each other not at all; bridge-dispatch reaches no hub, client or server; bridge-cluster and bridge-mqtt sit on hub and protocol only; bridge-client without features has no clap or tracing-subscriber; bridge-protocol without features has no utoipa",
         MIDDLE.join(", ")
     );
     Ok(())
@@ -559,6 +577,19 @@ const SERVICES: &[Service] = &[
              -l /var/log/nats-server.log",
         ],
         used_by: "bridge-cluster (the cluster tests of bridge-server)",
+    },
+    Service {
+        name: "Mosquitto",
+        env_var: "BRIDGE_TEST_MQTT_URL",
+        default_url: "mqtt://127.0.0.1:1883",
+        // An MQTT 3.1.1 CONNECT with an empty client id and a clean session: the broker
+        // answers with a CONNACK (packet type 2).
+        probe: &[
+            0x10, 0x0c, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x00,
+        ],
+        answers: |b| b.first() == Some(&0x20),
+        start: &["mosquitto", "-d", "-c", "/etc/mosquitto/mosquitto.conf"],
+        used_by: "bridge-mqtt (the MQTT tests of bridge-server and bridge-client)",
     },
 ];
 

@@ -42,8 +42,14 @@
 //! child exits when its stdin closes or its watchdog fires, and the orchestrator has a
 //! watchdog too.
 //!
+//! Phones connect over WebSocket, or with `--phones mqtt` (or `ws,mqtt`, one run after the
+//! other) through an MQTT 5 broker (PROTOCOL.md 6): a Mosquitto the run starts for itself
+//! (loopback, no persistence, `set_tcp_nodelay true`, pinned to CPU 1 with the phones, so
+//! its CPU time counts in "load core busy", not the server's), or the one `E2E_MQTT_URL`
+//! names (not pinned).
+//!
 //! Run: `cargo build --release -p benches --bin e2e_roundtrip && target/release/e2e_roundtrip`
-//! (`--secs N` per scenario, `--only inproc|http`, `--bridges 1,1000`, `--k 1,16,256`,
+//! (`--secs N` per scenario, `--only inproc|http`, `--phones ws,mqtt`, `--bridges 1,1000`, `--k 1,16,256`,
 //! `--no-pin`; `E2E_SERVER_RUNTIME=current` runs the server on a current-thread runtime
 //! instead of Tokio's default). It prints a Markdown table; see `BENCHMARKS.md`, "End to
 //! end (issue 6)". The machine is expected to have at least two cores (CPUs 0 and 1).
@@ -127,13 +133,117 @@ impl Driver {
     }
 }
 
+/// How the phones reach the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phones {
+    /// A WebSocket each.
+    Ws,
+    /// Through the MQTT 5 broker (PROTOCOL.md 6; `E2E_MQTT_URL`, default the local
+    /// Mosquitto), a session each.
+    Mqtt,
+}
+
+impl Phones {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ws => "ws",
+            Self::Mqtt => "mqtt",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, BoxError> {
+        match s {
+            "ws" => Ok(Self::Ws),
+            "mqtt" => Ok(Self::Mqtt),
+            other => Err(format!("unknown phone transport `{other}`").into()),
+        }
+    }
+}
+
+/// The broker of `--phones mqtt`: the run's own (`broker_port`), or `E2E_MQTT_URL`.
+fn mqtt_url(scenario: Scenario) -> String {
+    if scenario.broker_port != 0 {
+        return format!("mqtt://127.0.0.1:{}", scenario.broker_port);
+    }
+    std::env::var("E2E_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".to_owned())
+}
+
+/// The pid of the broker the orchestrator started, killed by its watchdog too.
+static BROKER_PID: AtomicU64 = AtomicU64::new(0);
+
+/// A Mosquitto of the run's own for `--phones mqtt` (unless `E2E_MQTT_URL` names one):
+/// loopback, anonymous, no persistence, `set_tcp_nodelay true` (as the peer benchmark's),
+/// pinned with the phones (CPU 1), so that the server's core runs the server alone. Killed
+/// when dropped.
+struct Broker {
+    child: Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Broker {
+    fn start(pin: bool) -> Result<Self, BoxError> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("e2e-broker-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n\
+                 set_tcp_nodelay true\nmax_queued_messages 100000\nlog_dest stderr\n\
+                 log_type error\nlog_type warning\n"
+            ),
+        )?;
+        let mut command = if pin {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "1", "mosquitto"]);
+            c
+        } else {
+            Command::new("mosquitto")
+        };
+        let child = command
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start mosquitto: {e}"))?;
+        BROKER_PID.store(u64::from(child.id()), Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("the benchmark's mosquitto did not listen within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self { child, port, dir })
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        BROKER_PID.store(0, Ordering::Relaxed);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// One measured configuration.
 #[derive(Debug, Clone, Copy)]
 struct Scenario {
     driver: Driver,
+    phones: Phones,
     bridges: usize,
     in_flight: usize,
     secs: u64,
+    /// Names this run's MQTT topics and client ids (the orchestrator's pid).
+    run: u32,
+    /// The run's own broker (0: `E2E_MQTT_URL` or the local Mosquitto).
+    broker_port: u16,
 }
 
 impl Scenario {
@@ -143,6 +253,9 @@ impl Scenario {
             self.bridges.to_string(),
             self.in_flight.to_string(),
             self.secs.to_string(),
+            self.phones.as_str().to_owned(),
+            self.run.to_string(),
+            self.broker_port.to_string(),
         ]
     }
 
@@ -153,7 +266,21 @@ impl Scenario {
             bridges: get(1)?.parse()?,
             in_flight: get(2)?.parse()?,
             secs: get(3)?.parse()?,
+            phones: Phones::parse(get(4)?)?,
+            run: get(5)?.parse()?,
+            broker_port: get(6)?.parse()?,
         })
+    }
+
+    /// The MQTT topic prefix of this scenario: its own, so that runs never meet.
+    fn mqtt_prefix(self) -> String {
+        format!(
+            "e2e-bench-{}-{}-{}-{}",
+            self.run,
+            self.driver.as_str(),
+            self.bridges,
+            self.in_flight
+        )
     }
 
     fn watchdog(self) -> Duration {
@@ -391,6 +518,20 @@ fn run_server_child(scenario: &Scenario) -> Result<(), BoxError> {
                 eprintln!("e2e_roundtrip: server: {error}");
             }
         });
+        // Bridges over MQTT are served beside, as the binary does with --mqtt.
+        let _mqtt = if scenario.phones == Phones::Mqtt {
+            let prefix = scenario.mqtt_prefix();
+            let config = bridge_server::MqttConfig::new(mqtt_url(scenario))
+                .prefix(prefix.clone())
+                .client_id(format!("{prefix}-server"));
+            let front = bridge_server::serve_mqtt(&server, config)?;
+            tokio::time::timeout(Duration::from_secs(30), front.subscribed())
+                .await
+                .map_err(|_| "the MQTT broker did not acknowledge the subscription")?;
+            Some(front)
+        } else {
+            None
+        };
         // The GO line comes on stdin once the phones are connected; read it off the runtime.
         // The line is `GO <pid of the load process>`.
         let (go_tx, go_rx) = tokio::sync::oneshot::channel::<Option<u32>>();
@@ -545,10 +686,17 @@ fn run_load_child(scenario: &Scenario, port: u16, server_pid: u32) -> Result<(),
             } else {
                 Arc::new(NoStages(locks))
             };
-            let client = BridgeClient::start(
-                BridgeConfig::new(url.clone(), credentials, vec![id.clone()]),
-                handler,
-            );
+            let config = match scenario.phones {
+                Phones::Ws => BridgeConfig::new(url.clone(), credentials, vec![id.clone()]),
+                Phones::Mqtt => BridgeConfig::over_mqtt(
+                    mqtt_url(scenario),
+                    bridge_protocol::BridgeId::new(&format!("phone-{i}"))?,
+                    credentials,
+                    vec![id.clone()],
+                )
+                .with_mqtt_prefix(scenario.mqtt_prefix()),
+            };
+            let client = BridgeClient::start(config, handler);
             phones.push((client, id));
         }
         for (client, id) in &phones {
@@ -904,8 +1052,9 @@ fn print_row(row: &Row) {
         row.load_cpu_ns as f64 / row.elapsed_ns as f64 * 100.0
     );
     println!(
-        "| {:<6} | {:>5} | {:>3} | {:>9.0} | {:>8.1} | {:>8.1} | {:>6.2} | {:>9.0} | {:>4.0}% | {:>5} | {:>3} | {} |",
+        "| {:<6} | {:<4} | {:>5} | {:>3} | {:>9.0} | {:>8.1} | {:>8.1} | {:>6.2} | {:>9.0} | {:>4.0}% | {:>5} | {:>3} | {} |",
         row.scenario.driver.as_str(),
+        row.scenario.phones.as_str(),
         row.scenario.bridges,
         row.scenario.in_flight,
         rate,
@@ -936,6 +1085,10 @@ fn orchestrate(args: &[String]) -> Result<(), BoxError> {
         Some(d) => vec![Driver::parse(d)?],
         None => vec![Driver::InProcess, Driver::Http],
     };
+    let phones: Vec<Phones> = match value("--phones") {
+        Some(p) => p.split(',').map(Phones::parse).collect::<Result<_, _>>()?,
+        None => vec![Phones::Ws],
+    };
     let bridges: Vec<usize> = match value("--bridges") {
         Some(b) => b.split(',').map(str::parse).collect::<Result<_, _>>()?,
         None => vec![1, 1000],
@@ -947,33 +1100,61 @@ fn orchestrate(args: &[String]) -> Result<(), BoxError> {
     if bridges.iter().any(|&b| b > 20_000) {
         return Err("at most 20,000 bridges".into());
     }
-    let runs = drivers.len() * bridges.len() * ks.len();
+    let runs = drivers.len() * phones.len() * bridges.len() * ks.len();
     // The orchestrator's own watchdog: every scenario plus generous setup time.
     let total = Duration::from_secs(u64::try_from(runs)? * (secs + 1 + 60));
     std::thread::spawn(move || {
         std::thread::sleep(total);
         eprintln!("e2e_roundtrip: watchdog fired after {total:?}");
+        let broker = BROKER_PID.load(Ordering::Relaxed);
+        if broker != 0 {
+            let _ = Command::new("kill")
+                .args(["-KILL", &broker.to_string()])
+                .status();
+        }
         std::process::exit(3);
     });
+    let broker = if phones.contains(&Phones::Mqtt) && std::env::var_os("E2E_MQTT_URL").is_none() {
+        let broker = Broker::start(pin)?;
+        println!(
+            "phones over MQTT through the run's own mosquitto on 127.0.0.1:{}{}",
+            broker.port,
+            if pin { ", pinned to CPU 1" } else { "" }
+        );
+        Some(broker)
+    } else {
+        None
+    };
+    let broker_port = broker.as_ref().map_or(0, |b| b.port);
     if pin {
         println!("server pinned to CPU 0, phones and HTTP client to CPU 1 (taskset)");
     }
     println!(
-        "| driver | bridges | K | round trips/s | p50 µs | p99 µs | server CPU µs/cmd | per-core capacity/s | server core busy | load core busy | failures | load average |"
+        "| driver | phones | bridges | K | round trips/s | p50 µs | p99 µs | server CPU µs/cmd | per-core capacity/s | server core busy | load core busy | failures | load average |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let run = std::process::id();
     for &driver in &drivers {
-        for &b in &bridges {
-            for &k in &ks {
-                let scenario = Scenario {
-                    driver,
-                    bridges: b,
-                    in_flight: k,
-                    secs,
-                };
-                match run_scenario(scenario, pin) {
-                    Ok(row) => print_row(&row),
-                    Err(error) => println!("| {} | {b} | {k} | failed: {error} |", driver.as_str()),
+        for &transport in &phones {
+            for &b in &bridges {
+                for &k in &ks {
+                    let scenario = Scenario {
+                        driver,
+                        phones: transport,
+                        bridges: b,
+                        in_flight: k,
+                        secs,
+                        run,
+                        broker_port,
+                    };
+                    match run_scenario(scenario, pin) {
+                        Ok(row) => print_row(&row),
+                        Err(error) => println!(
+                            "| {} | {} | {b} | {k} | failed: {error} |",
+                            driver.as_str(),
+                            transport.as_str()
+                        ),
+                    }
                 }
             }
         }
@@ -1003,12 +1184,19 @@ mod tests {
     fn scenarios_round_trip_through_arguments() {
         let s = Scenario {
             driver: Driver::Http,
+            phones: Phones::Mqtt,
             bridges: 1000,
             in_flight: 16,
             secs: 3,
+            run: 7,
+            broker_port: 1884,
         };
         let back = Scenario::from_args(&s.to_args()).expect("parses");
         assert_eq!(back.driver, Driver::Http);
+        assert_eq!(
+            (back.phones, back.run, back.broker_port),
+            (Phones::Mqtt, 7, 1884)
+        );
         assert_eq!((back.bridges, back.in_flight, back.secs), (1000, 16, 3));
     }
 

@@ -6,18 +6,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bridge_protocol::{
-    BleOutcome, BleProgress, BleResponse, BleStatus, BleWrite, BridgeToServer, DeviceErrorCode,
-    DeviceId, ErrorFrame, HexPayload, Release, RequestId, ServerToBridge, Stage,
+    BleOutcome, BleProgress, BleResponse, BleStatus, BleWrite, BridgeId, BridgeToServer,
+    DeviceErrorCode, DeviceId, ErrorFrame, HexPayload, Release, RequestId, ServerToBridge, Stage,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tracing::{debug, info, warn};
 
-use crate::connect::{self, Credentials, Socket};
+use crate::connect::{self, Credentials};
+use crate::mqtt::{MqttLink, MqttSettings};
 use crate::{Backoff, ClientError};
 
 /// Performs BLE writes for the bridge: the phone app's BLE layer, or a simulator.
@@ -105,6 +107,10 @@ pub struct BridgeConfig {
     /// failed. Empty (the default) for a single server, or for a cluster behind one load
     /// balancer URL, which picks a live node itself.
     pub fallback_urls: Vec<String>,
+    /// `Some`: the bridge connects through the MQTT 5 broker at `url` (`mqtt://HOST:PORT`,
+    /// PROTOCOL.md 6) instead of a WebSocket; see [`BridgeConfig::over_mqtt`]. The fallback
+    /// URLs are not used then (the broker is the one meeting point).
+    pub mqtt: Option<MqttSettings>,
 }
 
 impl BridgeConfig {
@@ -116,7 +122,36 @@ impl BridgeConfig {
             devices,
             backoff: Backoff::default(),
             fallback_urls: Vec::new(),
+            mqtt: None,
         }
+    }
+
+    /// A bridge over the MQTT 5 broker at `broker_url` (`mqtt://HOST:PORT`, PROTOCOL.md 6),
+    /// publishing on `bridge/b/{bridge_id}/up` and reading `bridge/b/{bridge_id}/down`
+    /// (another prefix with [`BridgeConfig::with_mqtt_prefix`]). The bridge id names topics
+    /// only: `credentials` decide who the bridge is, as over WebSocket.
+    pub fn over_mqtt(
+        broker_url: impl Into<String>,
+        bridge_id: BridgeId,
+        credentials: Credentials,
+        devices: Vec<DeviceId>,
+    ) -> Self {
+        Self {
+            mqtt: Some(MqttSettings {
+                bridge_id,
+                prefix: "bridge".into(),
+            }),
+            ..Self::new(broker_url, credentials, devices)
+        }
+    }
+
+    /// Sets the MQTT topic prefix (the server's `--mqtt-prefix`); no effect over WebSocket.
+    #[must_use]
+    pub fn with_mqtt_prefix(mut self, prefix: impl Into<String>) -> Self {
+        if let Some(mqtt) = &mut self.mqtt {
+            mqtt.prefix = prefix.into();
+        }
+        self
     }
 
     /// Sets [`BridgeConfig::fallback_urls`].
@@ -286,7 +321,23 @@ async fn run(
     errors: broadcast::Sender<ErrorFrame>,
 ) {
     let connections = AtomicU64::new(0);
-    let urls = config.urls();
+    // Over MQTT, one broker connection for every session (PROTOCOL.md 6).
+    let link = match &config.mqtt {
+        Some(settings) => match MqttLink::start(&config.url, settings) {
+            Ok(link) => Some(link),
+            Err(error) => {
+                warn!(%error, "cannot use the MQTT broker");
+                let _ = state.send(ConnectionState::Stopped);
+                return;
+            }
+        },
+        None => None,
+    };
+    let urls = if link.is_some() {
+        vec![config.url.as_str()]
+    } else {
+        config.urls()
+    };
     // Where the next attempt goes, and the attempts that went round every URL in vain.
     let mut next = 0;
     let mut attempt: u32 = 0;
@@ -294,18 +345,38 @@ async fn run(
         let _ = state.send(ConnectionState::Connecting);
         let devices: Vec<DeviceId> = held.devices.keys().cloned().collect();
         let url = urls[next % urls.len()];
-        match connect::open(url, &config.credentials, &devices).await {
-            Ok(socket) => {
-                attempt = 0;
-                let n = connections.fetch_add(1, Ordering::Relaxed) + 1;
-                info!(%url, connection = n, devices = devices.len(), "bridge connected");
-                let _ = state.send(ConnectionState::Connected(n));
-                match serve(socket, &handler, &mut held, &mut control, &errors).await {
-                    Ended::Shutdown => break,
-                    Ended::Lost(reason) => warn!(%url, %reason, "bridge connection lost"),
+        let ended = match &link {
+            None => match connect::open(url, &config.credentials, &devices).await {
+                Ok(socket) => {
+                    attempt = 0;
+                    let n = connections.fetch_add(1, Ordering::Relaxed) + 1;
+                    info!(%url, connection = n, devices = devices.len(), "bridge connected");
+                    let _ = state.send(ConnectionState::Connected(n));
+                    Some(serve(socket, &handler, &mut held, &mut control, &errors).await)
                 }
-            }
-            Err(e) => debug!(error = %e, %url, attempt, "bridge connect failed"),
+                Err(e) => {
+                    debug!(error = %e, %url, attempt, "bridge connect failed");
+                    None
+                }
+            },
+            Some(link) => match link.open(&config.credentials, &devices).await {
+                Ok(socket) => {
+                    attempt = 0;
+                    let n = connections.fetch_add(1, Ordering::Relaxed) + 1;
+                    info!(%url, session = n, devices = devices.len(), "bridge session opened over MQTT");
+                    let _ = state.send(ConnectionState::Connected(n));
+                    Some(serve(socket, &handler, &mut held, &mut control, &errors).await)
+                }
+                Err(e) => {
+                    warn!(error = %e, %url, attempt, "bridge hello over MQTT failed");
+                    None
+                }
+            },
+        };
+        match ended {
+            Some(Ended::Shutdown) => break,
+            Some(Ended::Lost(reason)) => warn!(%url, %reason, "bridge connection lost"),
+            None => {}
         }
         // The node may be gone: the next URL is tried, at once unless a round is over.
         next = (next + 1) % urls.len();
@@ -338,21 +409,27 @@ async fn run(
     let _ = state.send(ConnectionState::Stopped);
 }
 
-async fn send(socket: &mut Socket, frame: &BridgeToServer) -> Result<(), String> {
+async fn send<S>(socket: &mut S, frame: &BridgeToServer) -> Result<(), String>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
     socket
         .send(Message::text(frame.to_json()))
         .await
         .map_err(|e| e.to_string())
 }
 
-/// Serves one connection until it ends.
-async fn serve(
-    mut socket: Socket,
+/// Serves one connection (a WebSocket, or a session over MQTT) until it ends.
+async fn serve<S>(
+    mut socket: S,
     handler: &Arc<dyn BleHandler>,
     held: &mut Held,
     control: &mut mpsc::UnboundedReceiver<Control>,
     errors: &broadcast::Sender<ErrorFrame>,
-) -> Ended {
+) -> Ended
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
     // Re-announce the last known link state of every held device.
     let statuses: Vec<BleStatus> = held.devices.values().flatten().cloned().collect();
     for status in statuses {
@@ -416,7 +493,7 @@ async fn serve(
                 let frame = match message {
                     None | Some(Control::Shutdown) => {
                         let _ = socket
-                            .close(Some(CloseFrame { code: CloseCode::Normal, reason: "bridge shutting down".into() }))
+                            .send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "bridge shutting down".into() })))
                             .await;
                         return Ended::Shutdown;
                     }

@@ -2,7 +2,8 @@
 //!
 //! * [`BridgeClient`]: a phone (or gateway) connection that holds devices, answers
 //!   `ble_write` frames through your [`BleHandler`], reports BLE links, and reconnects with
-//!   exponential backoff and jitter.
+//!   exponential backoff and jitter — over a WebSocket, or through an MQTT 5 broker
+//!   ([`BridgeConfig::over_mqtt`]).
 //! * [`UserClient`]: an end user's connection that subscribes to devices, sends commands and
 //!   awaits their results, and streams device status and events.
 //! * [`lock`]: a toy smart lock and its byte protocol, used by the `bridge-sim` phone
@@ -59,6 +60,17 @@
 //!    reconnect with a fresh token), 1009 (frame too large), 1001 (server shutting down:
 //!    reconnect with backoff).
 //!
+//! ## Over MQTT instead (PROTOCOL.md 6)
+//!
+//! The same frames, over an MQTT 5 broker: pick a bridge id, connect with a persistent
+//! session and the will `{"type":"bye"}` on `P/b/{id}/up`, subscribe to `P/b/{id}/down`
+//! (QoS 1), and publish `{"type":"hello","token":...,"deviceIds":[...]}` (step 1's
+//! equivalent); after `welcome`, steps 2 to 4 and 7 are unchanged. Send `{"type":"ping"}` at
+//! least every 20 s. When the server answers `unauthorized` (it restarted, or ended the
+//! session) or the MQTT connection was lost (the will ended the session), say `hello` again
+//! and re-send the links. In Rust: [`BridgeConfig::over_mqtt`], with the same
+//! [`BleHandler`].
+//!
 //! # Example
 //!
 //! A phone simulator that holds one smart lock: the handler is the [`lock::SimulatedLocks`]
@@ -101,10 +113,12 @@ mod bridge;
 mod connect;
 mod error;
 pub mod lock;
+mod mqtt;
 mod user;
 
 pub use backoff::Backoff;
 pub use bridge::{BleHandler, BridgeClient, BridgeConfig, ConnectionState, Progress};
 pub use connect::Credentials;
 pub use error::ClientError;
+pub use mqtt::MqttSettings;
 pub use user::{UserClient, UserConfig};

@@ -17,7 +17,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use bridge_protocol::{DeviceId, ErrorCode, Role, UserId};
+use bridge_protocol::{Credentials, DeviceId, ErrorCode, Hello, Role, UserId};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use parking_lot::RwLock;
@@ -209,6 +209,24 @@ impl UpgradeRequest {
             }
         }
         Ok(devices)
+    }
+}
+
+/// The transport a connection comes over: what it may be, and how a refusal reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    /// `GET /ws`: users and bridges.
+    WebSocket,
+    /// An MQTT `hello` (PROTOCOL.md 6): bridges only.
+    Mqtt,
+}
+
+impl Transport {
+    fn action(self) -> &'static str {
+        match self {
+            Self::WebSocket => "open a WebSocket connection",
+            Self::Mqtt => "connect as a bridge over MQTT",
+        }
     }
 }
 
@@ -405,16 +423,50 @@ impl Authenticator {
 
     /// Authenticates a WebSocket upgrade (`GET /ws`).
     pub fn authenticate_ws(&self, request: &UpgradeRequest) -> Result<WsIdentity, AuthError> {
-        if self.is_development() {
-            let user = request
+        let credential = if self.is_development() {
+            request
                 .param("userId")
-                .ok_or(AuthError::Missing("the `userId` query parameter"))?;
-            let subject = UserId::new(user).map_err(|e| AuthError::BadParameter {
+                .ok_or(AuthError::Missing("the `userId` query parameter"))?
+        } else {
+            bearer(request.authorization.as_deref())
+                .or_else(|| request.param("token"))
+                .ok_or(AuthError::Missing(
+                    "a bearer token or the `token` query parameter",
+                ))?
+        };
+        self.authenticate_connection(credential, || request.device_params(), Transport::WebSocket)
+    }
+
+    /// Authenticates an MQTT bridge's `hello` (PROTOCOL.md 6) exactly as a WebSocket
+    /// upgrade: its `token` stands for the bearer token, its `userId` for development
+    /// mode's `?userId=`, its `deviceIds` for the `deviceId` query parameters. Over MQTT
+    /// only bridges connect: a `user` token is refused (403 `forbidden` over WebSocket's
+    /// terms), and a development-mode `hello` is a bridge even with no `deviceIds`.
+    pub fn authenticate_hello(&self, hello: &Hello) -> Result<WsIdentity, AuthError> {
+        let credential = match (&hello.credentials, self.is_development()) {
+            (Credentials::UserId(user), true) => user.as_str(),
+            (Credentials::Token(token), false) => token.as_str(),
+            (_, true) => return Err(AuthError::Missing("`userId` in the `hello`")),
+            (_, false) => return Err(AuthError::Missing("`token` in the `hello`")),
+        };
+        self.authenticate_connection(credential, || Ok(hello.device_ids.clone()), Transport::Mqtt)
+    }
+
+    /// What both transports share: `credential` is the token (or, in development mode, the
+    /// user id), `devices` the devices named when connecting (read only where they count).
+    fn authenticate_connection(
+        &self,
+        credential: &str,
+        devices: impl FnOnce() -> Result<Vec<DeviceId>, AuthError>,
+        transport: Transport,
+    ) -> Result<WsIdentity, AuthError> {
+        if self.is_development() {
+            let subject = UserId::new(credential).map_err(|e| AuthError::BadParameter {
                 name: "userId",
                 reason: e.to_string(),
             })?;
-            let devices = request.device_params()?;
-            let role = if devices.is_empty() {
+            let devices = devices()?;
+            let role = if devices.is_empty() && transport == Transport::WebSocket {
                 Role::User
             } else {
                 Role::Bridge
@@ -429,26 +481,21 @@ impl Authenticator {
                 initial_devices: devices,
             });
         }
-        let token = bearer(request.authorization.as_deref())
-            .or_else(|| request.param("token"))
-            .ok_or(AuthError::Missing(
-                "a bearer token or the `token` query parameter",
-            ))?;
-        let principal = self.verify(token)?;
-        let initial_devices = match principal.role {
+        let principal = self.verify(credential)?;
+        let initial_devices = match (principal.role, transport) {
             // A user token's role cannot be raised by query parameters: `deviceId` is ignored.
-            Role::User => Vec::new(),
-            Role::Bridge => {
-                let devices = request.device_params()?;
+            (Role::User, Transport::WebSocket) => Vec::new(),
+            (Role::Bridge, _) => {
+                let devices = devices()?;
                 if let Some(denied) = devices.iter().find(|d| !principal.devices.allows(d)) {
                     return Err(AuthError::DeviceNotAllowed(denied.clone()));
                 }
                 devices
             }
-            role => {
+            (role, transport) => {
                 return Err(AuthError::WrongRole {
                     role,
-                    action: "open a WebSocket connection",
+                    action: transport.action(),
                 });
             }
         };
@@ -608,6 +655,65 @@ mod tests {
             .unwrap_err();
         assert_eq!(err, AuthError::DeviceNotAllowed(lock("lock-9")));
         assert_eq!(err.http_status(), 403);
+    }
+
+    fn hello(credentials: Credentials, devices: &[&str]) -> Hello {
+        Hello {
+            credentials,
+            device_ids: devices.iter().map(|d| lock(d)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_hello_is_checked_as_the_websocket_upgrade_and_is_always_a_bridge() {
+        let auth = Authenticator::jwt(SECRET);
+        let as_token = |t: String| Credentials::Token(bridge_protocol::Token::new(t).unwrap());
+        let t = token(Role::Bridge, Some(&["lock-1", "lock-2"]), 60);
+        let id = auth
+            .authenticate_hello(&hello(as_token(t.clone()), &["lock-1"]))
+            .unwrap();
+        assert_eq!(id.principal.role, Role::Bridge);
+        assert_eq!(id.initial_devices, vec![lock("lock-1")]);
+        assert_eq!(
+            auth.authenticate_hello(&hello(as_token(t), &["lock-9"])),
+            Err(AuthError::DeviceNotAllowed(lock("lock-9")))
+        );
+        // Over MQTT only bridges connect: a user token is a role it may not have.
+        let user = token(Role::User, Some(&["lock-1"]), 60);
+        let err = auth
+            .authenticate_hello(&hello(as_token(user), &[]))
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AuthError::WrongRole {
+                    role: Role::User,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(err.code(), ErrorCode::Forbidden);
+        // Expired, forged, or a development identity in authenticated mode: unauthorized.
+        let expired = token(Role::Bridge, Some(&["lock-1"]), -10);
+        assert_eq!(
+            auth.authenticate_hello(&hello(as_token(expired), &[])),
+            Err(AuthError::Expired)
+        );
+        let dev = Credentials::UserId(UserId::new("alice").unwrap());
+        assert_eq!(
+            auth.authenticate_hello(&hello(dev.clone(), &[]))
+                .unwrap_err()
+                .code(),
+            ErrorCode::Unauthorized
+        );
+        // Development mode: the userId, and a bridge even without devices.
+        let id = Authenticator::development()
+            .authenticate_hello(&hello(dev, &[]))
+            .unwrap();
+        assert_eq!(id.principal.role, Role::Bridge);
+        assert_eq!(id.principal.subject, "alice");
+        assert_eq!(id.principal.devices, DeviceGrant::All);
     }
 
     #[test]

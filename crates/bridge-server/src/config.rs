@@ -137,6 +137,14 @@ pub struct Cli {
     /// NATS server [default: bridge].
     #[arg(long, env = "BRIDGE_CLUSTER_PREFIX", value_name = "PREFIX")]
     pub cluster_prefix: Option<String>,
+    /// Also serve bridges through this MQTT 5 broker (PROTOCOL.md 6), e.g.
+    /// mqtt://127.0.0.1:1883. Not together with --cluster.
+    #[arg(long, env = "BRIDGE_MQTT", value_name = "URL")]
+    pub mqtt: Option<String>,
+    /// Prefix of every MQTT topic the bridges use (`P/b/{bridgeId}/up` and `/down`)
+    /// [default: bridge].
+    #[arg(long, env = "BRIDGE_MQTT_PREFIX", value_name = "PREFIX")]
+    pub mqtt_prefix: Option<String>,
 }
 
 /// The TOML file: the same settings as the command line, all optional.
@@ -169,6 +177,8 @@ struct FileConfig {
     shutdown_timeout_secs: Option<u64>,
     cluster: Option<String>,
     cluster_prefix: Option<String>,
+    mqtt: Option<String>,
+    mqtt_prefix: Option<String>,
 }
 
 /// Which queue backend to open, parsed from its URL. Its `Debug` form (what the logs show)
@@ -300,6 +310,12 @@ pub struct ServerConfig {
     pub cluster: Option<String>,
     /// Prefix of the cluster's NATS subjects (`--cluster-prefix`, default `bridge`).
     pub cluster_prefix: String,
+    /// The MQTT 5 broker bridges may also connect through (`--mqtt`, PROTOCOL.md 6), as
+    /// `mqtt://HOST:PORT`; `None`: WebSocket only. The `bridge-server` binary serves it
+    /// with `bridge-mqtt`.
+    pub mqtt: Option<String>,
+    /// Prefix of the MQTT topics (`--mqtt-prefix`, default `bridge`).
+    pub mqtt_prefix: String,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -333,6 +349,8 @@ impl std::fmt::Debug for ServerConfig {
             .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
             .field("cluster", &self.cluster.as_deref().map(redacted))
             .field("cluster_prefix", &self.cluster_prefix)
+            .field("mqtt", &self.mqtt.as_deref().map(redacted))
+            .field("mqtt_prefix", &self.mqtt_prefix)
             .finish()
     }
 }
@@ -365,6 +383,8 @@ impl Default for ServerConfig {
             shutdown_timeout_secs: 10,
             cluster: None,
             cluster_prefix: "bridge".into(),
+            mqtt: None,
+            mqtt_prefix: "bridge".into(),
         }
     }
 }
@@ -418,6 +438,12 @@ pub enum ConfigError {
          delivered twice, out of order, or by no node at all"
     )]
     ClusterNeedsSharedQueue(&'static str),
+    /// `--mqtt` together with `--cluster` (PROTOCOL.md 6: refused at start in 1.1).
+    #[error(
+        "--mqtt cannot be used with --cluster in protocol 1.1: bridges over MQTT are served by \
+         a single server. Run the MQTT server without --cluster, or connect the bridges over WebSocket"
+    )]
+    MqttWithCluster,
     /// A limit of zero or an empty secret.
     #[error("invalid setting `{name}`: {reason}")]
     Invalid {
@@ -520,6 +546,11 @@ impl ServerConfig {
                 .cluster_prefix
                 .or(file.cluster_prefix)
                 .unwrap_or(d.cluster_prefix),
+            mqtt: cli.mqtt.or(file.mqtt),
+            mqtt_prefix: cli
+                .mqtt_prefix
+                .or(file.mqtt_prefix)
+                .unwrap_or(d.mqtt_prefix),
         };
         config.validate()?;
         Ok(config)
@@ -593,7 +624,39 @@ impl ServerConfig {
                 reason: "must be at least 1",
             });
         }
-        self.validate_cluster()
+        self.validate_cluster()?;
+        self.validate_mqtt()
+    }
+
+    /// The rules of `--mqtt` (PROTOCOL.md 6): an `mqtt://HOST:PORT` URL, a prefix of plain
+    /// topic levels, and not together with `--cluster` (refused at start in 1.1).
+    fn validate_mqtt(&self) -> Result<(), ConfigError> {
+        let prefix_ok = !self.mqtt_prefix.is_empty()
+            && self.mqtt_prefix.split('/').all(|level| {
+                !level.is_empty()
+                    && level
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            });
+        if !prefix_ok {
+            return Err(ConfigError::Invalid {
+                name: "mqtt_prefix",
+                reason: "must be /-separated levels of A-Z a-z 0-9 _ - (an MQTT topic without wildcards)",
+            });
+        }
+        let Some(url) = &self.mqtt else {
+            return Ok(());
+        };
+        if !url.starts_with("mqtt://") {
+            return Err(ConfigError::Invalid {
+                name: "mqtt",
+                reason: "must be an MQTT URL: mqtt://HOST:PORT",
+            });
+        }
+        if self.cluster.is_some() {
+            return Err(ConfigError::MqttWithCluster);
+        }
+        Ok(())
     }
 
     /// The rules of `--cluster` (PROTOCOL.md 5): a queue the nodes share, a NATS URL, a
@@ -745,6 +808,40 @@ mod tests {
         let config = ServerConfig {
             cluster_prefix: "test-1.c_2".into(),
             ..cluster("redis://h")
+        };
+        assert_eq!(config.validate(), Ok(()));
+    }
+
+    #[test]
+    fn mqtt_is_refused_with_a_cluster_and_needs_an_mqtt_url_and_a_plain_prefix() {
+        let mqtt = ServerConfig {
+            mqtt: Some("mqtt://127.0.0.1:1883".into()),
+            ..ServerConfig::default()
+        };
+        assert_eq!(mqtt.validate(), Ok(()));
+        let with_cluster = ServerConfig {
+            queue: QueueUrl::parse("redis://h").unwrap(),
+            cluster: Some("nats://127.0.0.1:4222".into()),
+            ..mqtt.clone()
+        };
+        let error = with_cluster.validate().unwrap_err();
+        assert_eq!(error, ConfigError::MqttWithCluster);
+        assert!(error.to_string().contains("--cluster"), "{error}");
+        let not_mqtt = ServerConfig {
+            mqtt: Some("nats://127.0.0.1:4222".into()),
+            ..mqtt.clone()
+        };
+        assert!(not_mqtt.validate().is_err());
+        for prefix in ["", "a//b", "a/+", "#", "a b", "/a"] {
+            let config = ServerConfig {
+                mqtt_prefix: prefix.into(),
+                ..mqtt.clone()
+            };
+            assert!(config.validate().is_err(), "{prefix:?}");
+        }
+        let config = ServerConfig {
+            mqtt_prefix: "site-1/bridges".into(),
+            ..mqtt
         };
         assert_eq!(config.validate(), Ok(()));
     }

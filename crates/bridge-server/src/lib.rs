@@ -160,6 +160,11 @@
 //!   `devices` in JWT mode), unless the embedding application installs a
 //!   [`SubscriptionSource`](bridge_hub::SubscriptionSource) with
 //!   [`ServerBuilder::customize_hub`].
+//! * **Bridges over MQTT** (PROTOCOL.md 6): [`serve_mqtt`] runs `bridge-mqtt`'s front
+//!   beside the WebSocket (the binary does with `--mqtt`). It reaches the server only
+//!   through public seams: sessions are served by the local hub's `serve`, and a `hello` is
+//!   authenticated by [`Server::authenticate_hello`], the very rules of `GET /ws` (a `hello`
+//!   is always a bridge: a `user` token is `forbidden`).
 
 pub mod auth;
 pub mod config;
@@ -169,6 +174,7 @@ mod events;
 pub mod frames;
 pub mod hooks;
 mod metrics;
+mod mqtt;
 pub mod openapi;
 mod outlet;
 mod retention;
@@ -181,10 +187,12 @@ mod ws;
 
 /// How the offline queue is delivered: the dispatcher's engine configuration.
 pub use bridge_dispatch::EngineConfig as DeliveryConfig;
+pub use bridge_mqtt::{MqttBridges, MqttConfig, redacted as mqtt_redacted};
 pub use config::{Cli, ConfigError, LogFormat, QueueUrl, ServerConfig};
 pub use error::{BuildError, ServerError};
 pub use frames::{FrameContext, FrameError, FrameHandler};
 pub use hooks::{BridgeConnection, CommandEnded, Hooks, NoHooks};
+pub use mqtt::{mqtt_config, serve_mqtt};
 pub use openapi::openapi_json;
 pub use server::{Server, ServerBuilder};
 pub use store::{RABBITMQ_STATE_FILE, open_store};

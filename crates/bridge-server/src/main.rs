@@ -112,6 +112,7 @@ async fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
     // The one line on stdout: where to connect (tests and scripts read it).
     println!("bridge-server listening on http://{addr}");
 
+    let mqtt = bridge_server::mqtt_config(&config);
     let cluster = config.cluster.clone().map(|url| {
         ClusterConfig::new(url, config.node_id().as_str()).prefix(config.cluster_prefix.clone())
     });
@@ -134,7 +135,17 @@ async fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
         });
     }
     let server = builder.build()?;
+    let mqtt = match mqtt {
+        Some(mqtt) => {
+            tracing::info!(url = %bridge_server::mqtt_redacted(&mqtt.url), prefix = %mqtt.prefix, client_id = %mqtt.client_id, "serving bridges over MQTT");
+            Some(bridge_server::serve_mqtt(&server, mqtt)?)
+        }
+        None => None,
+    };
     server.serve(listener, shutdown).await?;
+    if let Some(mqtt) = mqtt {
+        mqtt.stop().await;
+    }
     if let Some(hub) = joined.get() {
         // The others drop what this node held now, not after the heartbeat silence.
         hub.leave().await;

@@ -452,6 +452,21 @@ impl Server {
         &self.core.hub
     }
 
+    /// Authenticates an MQTT bridge's `hello` (PROTOCOL.md 6) exactly as `GET /ws`
+    /// authenticates an upgrade, and answers the connection to hand to
+    /// [`LocalHub::serve`](bridge_hub::LocalHub::serve): the seam a bridge transport of
+    /// another kind (`bridge-mqtt`'s, or an application's own) authenticates through.
+    /// Refused with the [`AuthError`](crate::auth::AuthError) whose
+    /// [`code`](crate::auth::AuthError::code) the `hello` is answered with
+    /// (`unauthorized` or `forbidden`).
+    pub fn authenticate_hello(
+        &self,
+        hello: &bridge_protocol::Hello,
+    ) -> Result<bridge_hub::ConnectionInfo, crate::auth::AuthError> {
+        let identity = self.core.auth.authenticate_hello(hello)?;
+        crate::ws::connection_info(identity)
+    }
+
     /// The offline queue.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.core.store

@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol;
 use tracing::Instrument;
 
-use crate::auth::{DeviceGrant, UpgradeRequest};
+use crate::auth::{AuthError, DeviceGrant, UpgradeRequest, WsIdentity};
 use crate::error::ApiError;
 use crate::server::Core;
 
@@ -92,17 +92,14 @@ pub(crate) async fn upgrade(State(core): State<Arc<Core>>, mut request: Request)
         return response;
     }
 
-    let principal = identity.principal;
-    let access = match principal.devices {
-        DeviceGrant::All => DeviceAccess::All,
-        DeviceGrant::Only(set) => DeviceAccess::only(set),
-    };
-    let user = UserId::new(&principal.subject);
+    let user = UserId::new(&identity.principal.subject);
     // The hub refuses one more with 1008 after the upgrade; this answers the usual case
     // before it, with a status a client understands. Two racing for the last place: the
     // hub's check decides.
     let max_connections = core.local.config().max_connections_per_user;
-    if principal.role != Role::Bridge && core.local.user_connections(&user) >= max_connections {
+    if identity.principal.role != Role::Bridge
+        && core.local.user_connections(&user) >= max_connections
+    {
         tracing::info!(user = %user, "WebSocket refused: too many connections for this user");
         return ApiError::new(
             ErrorCode::RateLimited,
@@ -110,22 +107,10 @@ pub(crate) async fn upgrade(State(core): State<Arc<Core>>, mut request: Request)
         )
         .into_response();
     }
-    let mut info = if principal.role == Role::Bridge {
-        ConnectionInfo::bridge(user, identity.initial_devices, access)
-    } else {
-        ConnectionInfo::user(user, access)
+    let info = match connection_info(identity) {
+        Ok(info) => info,
+        Err(error) => return ApiError::from(&error).into_response(),
     };
-    if let Some(exp) = principal.expires_at {
-        // `exp` is at most `Claims::MAX_EXP`, which every clock holds; were it not, the
-        // connection would be refused rather than the task panic.
-        let Some(expiry) = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp)) else {
-            return ApiError::from(&crate::auth::AuthError::Malformed(
-                "claim `exp` is out of range".into(),
-            ))
-            .into_response();
-        };
-        info = info.with_expiry(expiry);
-    }
 
     let on_upgrade = hyper::upgrade::on(&mut request);
     // Served by `Server::serve`: the connection's place under `max_connections` is kept by
@@ -164,4 +149,30 @@ pub(crate) async fn upgrade(State(core): State<Arc<Core>>, mut request: Request)
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     response
+}
+
+/// The hub's view of an authenticated connection: its role, user, the devices it named and
+/// may touch, and when its token expires. The one mapping for both transports: `GET /ws`
+/// and an MQTT bridge's `hello` ([`Server::authenticate_hello`](crate::Server::authenticate_hello)).
+pub(crate) fn connection_info(identity: WsIdentity) -> Result<ConnectionInfo, AuthError> {
+    let principal = identity.principal;
+    let access = match principal.devices {
+        DeviceGrant::All => DeviceAccess::All,
+        DeviceGrant::Only(set) => DeviceAccess::only(set),
+    };
+    let user = UserId::new(&principal.subject);
+    let mut info = if principal.role == Role::Bridge {
+        ConnectionInfo::bridge(user, identity.initial_devices, access)
+    } else {
+        ConnectionInfo::user(user, access)
+    };
+    if let Some(exp) = principal.expires_at {
+        // `exp` is at most `Claims::MAX_EXP`, which every clock holds; were it not, the
+        // connection would be refused rather than the task panic.
+        let Some(expiry) = SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(exp)) else {
+            return Err(AuthError::Malformed("claim `exp` is out of range".into()));
+        };
+        info = info.with_expiry(expiry);
+    }
+    Ok(info)
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bridge_client::lock::{LockBehaviour, SimulatedLocks};
 use bridge_client::{BridgeClient, BridgeConfig, Credentials};
-use bridge_protocol::{DeviceId, Stage};
+use bridge_protocol::{BridgeId, DeviceId, Stage};
 use clap::Parser;
 
 /// A simulated phone with simulated BLE smart locks.
@@ -24,6 +24,17 @@ struct Args {
     /// lost or cannot be made (repeat for several).
     #[arg(long = "fallback-url", value_name = "URL")]
     fallback_urls: Vec<String>,
+    /// Connect through this MQTT 5 broker instead of the WebSocket (PROTOCOL.md 6), e.g.
+    /// mqtt://127.0.0.1:1883; `--url` is then not used.
+    #[arg(long, env = "BRIDGE_SIM_MQTT", value_name = "URL")]
+    mqtt: Option<String>,
+    /// The bridge id over MQTT (its topics' name) [default: the user id, each character
+    /// outside A-Z a-z 0-9 _ - replaced by _].
+    #[arg(long, value_name = "ID")]
+    bridge_id: Option<String>,
+    /// The MQTT topic prefix (the server's --mqtt-prefix).
+    #[arg(long, default_value = "bridge", value_name = "PREFIX")]
+    mqtt_prefix: String,
     /// A bridge JWT; without it, development mode with `--user-id`.
     #[arg(long, env = "BRIDGE_SIM_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -94,17 +105,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             stuck_after: args.fail_at,
         },
     ));
+    let bridge_id = args.bridge_id.clone().unwrap_or_else(|| {
+        args.user_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(bridge_protocol::MAX_BRIDGE_ID_CHARS)
+            .collect()
+    });
     let credentials = match args.token {
         Some(token) => Credentials::Token(token),
         None => Credentials::Development {
             user_id: args.user_id,
         },
     };
-    let client = BridgeClient::start(
-        BridgeConfig::new(args.url, credentials, ids.clone())
+    let config = match args.mqtt {
+        Some(broker) => {
+            let bridge_id = BridgeId::new(&bridge_id).map_err(|e| format!("--bridge-id: {e}"))?;
+            tracing::info!(%broker, %bridge_id, prefix = %args.mqtt_prefix, "connecting over MQTT");
+            BridgeConfig::over_mqtt(broker, bridge_id, credentials, ids.clone())
+                .with_mqtt_prefix(args.mqtt_prefix)
+        }
+        None => BridgeConfig::new(args.url, credentials, ids.clone())
             .with_fallback_urls(args.fallback_urls),
-        handler,
-    );
+    };
+    let client = BridgeClient::start(config, handler);
     client.wait_connected(1).await?;
     // A link that never comes up (`--fail-at received`) is reported down.
     let link_up = args.fail_at != Some(Stage::Received);

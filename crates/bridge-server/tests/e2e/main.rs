@@ -13,6 +13,7 @@ mod hooks;
 mod hops;
 mod hostile;
 mod http;
+mod mqtt;
 mod openapi;
 mod paused;
 mod process;
