@@ -150,6 +150,8 @@ pub mod config;
 mod error;
 mod events;
 pub mod frames;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod hooks;
 mod metrics;
 mod outlet;
