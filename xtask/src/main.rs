@@ -192,18 +192,28 @@ fn fuzz(args: &[String]) -> Result<(), String> {
         let corpus = format!("fuzz/corpus/{target}");
         let seeds = format!("fuzz/seeds/{target}");
         std::fs::create_dir_all(root.join(&corpus)).map_err(|e| e.to_string())?;
-        // `cargo` itself, not $CARGO: the `+nightly` of rustup's proxy picks the toolchain.
-        run(
-            &format!("fuzz {target} for {seconds} s"),
-            "cargo",
-            &[
+        // `cargo` itself through rustup's proxy, not $CARGO (this stable cargo): cargo-fuzz
+        // runs `$CARGO build`, and a stable cargo driving the nightly compiler rebuilds
+        // everything a `cargo +nightly fuzz build` from a shell has built.
+        let step = format!("fuzz {target} for {seconds} s");
+        println!("\n==> {step}: cargo +nightly fuzz run {target} {corpus} {seeds} -- {max_time}");
+        let started = Instant::now();
+        let status = Command::new("cargo")
+            .args([
                 "+nightly", "fuzz", "run", target, &corpus, &seeds, "--", &max_time,
-            ],
-            &[],
-        )
-        .map_err(|e| {
-            format!("{e}: the crashing input is in fuzz/artifacts/{target}/; once fixed, keep it in fuzz/regressions/{target}/")
-        })?;
+            ])
+            .env_remove("CARGO")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .current_dir(&root)
+            .status()
+            .map_err(|e| format!("{step}: cannot run cargo: {e}"))?;
+        println!("<== {step}: {status} in {:.0?}", started.elapsed());
+        if !status.success() {
+            return Err(format!(
+                "{step} failed ({status}): the crashing input is in fuzz/artifacts/{target}/; once fixed, keep it in fuzz/regressions/{target}/"
+            ));
+        }
     }
     println!(
         "\nxtask fuzz: {} target(s), {seconds} s each, no crash",
