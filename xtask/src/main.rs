@@ -42,6 +42,11 @@ const TASKS: &[Task] = &[
         run: |_| cluster_demo::cluster_demo(&workspace_root(), &cargo()),
     },
     Task {
+        name: "fuzz",
+        help: "[--seconds N] [TARGET]: every fuzz target (or one) for N seconds each (default 60); needs nightly and cargo-fuzz",
+        run: fuzz,
+    },
+    Task {
         name: "test",
         help: "the test suite only (nextest if installed, else cargo test), all features",
         run: |_| {
@@ -151,6 +156,108 @@ fn ci(_args: &[String]) -> Result<(), String> {
     }
     println!("\nxtask ci: all steps passed");
     Ok(())
+}
+
+/// How long `cargo xtask fuzz` runs each target unless told (`--seconds N`).
+const DEFAULT_FUZZ_SECONDS: u64 = 60;
+
+/// `cargo xtask fuzz [--seconds N] [TARGET]`: runs each fuzz target of `fuzz/Cargo.toml` (or
+/// the one named) with libFuzzer for a fixed time, on nightly, from the committed seeds
+/// (`fuzz/seeds/T`) and the corpus of earlier runs (`fuzz/corpus/T`, not committed, where
+/// new inputs go). Stops at the first target that crashes; the input is in
+/// `fuzz/artifacts/T`.
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let (seconds, only) = fuzz_args(args)?;
+    let root = workspace_root();
+    let manifest = std::fs::read_to_string(root.join("fuzz/Cargo.toml"))
+        .map_err(|e| format!("cannot read fuzz/Cargo.toml: {e}"))?;
+    let targets = fuzz_targets(&manifest);
+    let chosen: Vec<&str> = match &only {
+        Some(name) if targets.iter().any(|t| t == name) => vec![name.as_str()],
+        Some(name) => {
+            return Err(format!(
+                "no fuzz target `{name}`; there are: {}",
+                targets.join(", ")
+            ));
+        }
+        None => targets.iter().map(String::as_str).collect(),
+    };
+    let nightly_fuzz = Command::new("cargo")
+        .args(["+nightly", "fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nightly_fuzz {
+        return Err("needs a nightly toolchain and cargo-fuzz: `rustup toolchain install nightly` and `cargo install cargo-fuzz`".into());
+    }
+    let max_time = format!("-max_total_time={seconds}");
+    for target in &chosen {
+        let corpus = format!("fuzz/corpus/{target}");
+        let seeds = format!("fuzz/seeds/{target}");
+        std::fs::create_dir_all(root.join(&corpus)).map_err(|e| e.to_string())?;
+        // `cargo` itself through rustup's proxy, not $CARGO (this stable cargo): cargo-fuzz
+        // runs `$CARGO build`, and a stable cargo driving the nightly compiler rebuilds
+        // everything a `cargo +nightly fuzz build` from a shell has built.
+        let step = format!("fuzz {target} for {seconds} s");
+        println!("\n==> {step}: cargo +nightly fuzz run {target} {corpus} {seeds} -- {max_time}");
+        let started = Instant::now();
+        let status = Command::new("cargo")
+            .args([
+                "+nightly", "fuzz", "run", target, &corpus, &seeds, "--", &max_time,
+            ])
+            .env_remove("CARGO")
+            .env_remove("RUSTUP_TOOLCHAIN")
+            .env_remove("RUSTC")
+            .current_dir(&root)
+            .status()
+            .map_err(|e| format!("{step}: cannot run cargo: {e}"))?;
+        println!("<== {step}: {status} in {:.0?}", started.elapsed());
+        if !status.success() {
+            return Err(format!(
+                "{step} failed ({status}): the crashing input is in fuzz/artifacts/{target}/; once fixed, keep it in fuzz/regressions/{target}/"
+            ));
+        }
+    }
+    println!(
+        "\nxtask fuzz: {} target(s), {seconds} s each, no crash",
+        chosen.len()
+    );
+    Ok(())
+}
+
+/// `[--seconds N] [TARGET]`.
+fn fuzz_args(args: &[String]) -> Result<(u64, Option<String>), String> {
+    let mut seconds = DEFAULT_FUZZ_SECONDS;
+    let mut target = None;
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--seconds" {
+            seconds = args
+                .next()
+                .and_then(|n| n.parse().ok())
+                .filter(|n| *n > 0)
+                .ok_or("--seconds needs a whole number of seconds above 0")?;
+        } else if arg.starts_with('-') || target.is_some() {
+            return Err(format!(
+                "unexpected `{arg}`; usage: cargo xtask fuzz [--seconds N] [TARGET]"
+            ));
+        } else {
+            target = Some(arg.clone());
+        }
+    }
+    Ok((seconds, target))
+}
+
+/// The `[[bin]]` names of the fuzz crate's manifest: its targets.
+fn fuzz_targets(manifest: &str) -> Vec<String> {
+    manifest
+        .split("[[bin]]")
+        .skip(1)
+        .filter_map(|bin| {
+            bin.lines()
+                .find_map(|l| l.trim().strip_prefix("name = "))
+                .map(|name| name.trim().trim_matches('"').to_owned())
+        })
+        .collect()
 }
 
 /// The runnable examples in `examples/` (`cargo run -p examples --example NAME`).
@@ -715,6 +822,25 @@ mod tests {
         assert!(error.contains("copy it with `cp"), "{error}");
 
         std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn fuzz_targets_are_the_bin_names_of_the_fuzz_manifest() {
+        let manifest = "[package]\nname = \"x\"\n\n[[bin]]\nname = \"a\"\npath = \"a.rs\"\n\n[[bin]]\npath = \"b.rs\"\nname = \"b\"\n";
+        assert_eq!(fuzz_targets(manifest), vec!["a", "b"]);
+    }
+
+    #[test]
+    fn fuzz_arguments_are_seconds_and_one_target() {
+        let args = |a: &[&str]| fuzz_args(&a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert_eq!(args(&[]), Ok((DEFAULT_FUZZ_SECONDS, None)));
+        assert_eq!(
+            args(&["--seconds", "300", "token"]),
+            Ok((300, Some("token".into())))
+        );
+        assert!(args(&["--seconds", "0"]).is_err());
+        assert!(args(&["a", "b"]).is_err());
+        assert!(args(&["--minutes", "3"]).is_err());
     }
 
     #[test]

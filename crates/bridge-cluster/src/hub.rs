@@ -1071,13 +1071,7 @@ fn take_write(
     device: &DeviceId,
     payload: &[u8],
 ) -> bool {
-    let Ok(text) = std::str::from_utf8(payload) else {
-        return false;
-    };
-    let Some(request_id) = serde_json::from_str::<serde_json::Value>(text)
-        .ok()
-        .and_then(|frame| RequestId::new(frame.get("requestId")?.as_str()?).ok())
-    else {
+    let Some((text, request_id)) = wire::parse_write(payload) else {
         return false;
     };
     // The table is locked while the write is queued, so that an answer, which the bridge

@@ -29,6 +29,8 @@
 //!   `P.cluster.broadcast` and `P.cluster.user`, with a reply inbox: each other node queues
 //!   the frame for its own connections and answers how many, so `delivered` counts them all.
 
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod hub;
 mod membership;
 mod presence;

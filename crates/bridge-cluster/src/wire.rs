@@ -3,7 +3,7 @@
 //! types of the public protocol live in `bridge-protocol` only.
 
 use bridge_hub::RemotePresence;
-use bridge_protocol::DeviceId;
+use bridge_protocol::{DeviceId, RequestId};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
@@ -90,6 +90,16 @@ pub(crate) fn parse_heartbeat(payload: &[u8]) -> Option<(Incarnation, bool)> {
         .and_then(Value::as_bool)
         .unwrap_or(false);
     Some((Incarnation { node, epoch }, leaving))
+}
+
+/// The `ble_write` frame of a `write` message (another node asks this one to send it
+/// through its best holder) and the frame's `requestId`; `None` if the payload is not UTF-8
+/// JSON with a valid `requestId`.
+pub(crate) fn parse_write(payload: &[u8]) -> Option<(&str, RequestId)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let frame = serde_json::from_str::<Value>(text).ok()?;
+    let request_id = RequestId::new(frame.get("requestId")?.as_str()?).ok()?;
+    Some((text, request_id))
 }
 
 #[cfg(test)]

@@ -156,6 +156,9 @@ pub(crate) struct Inner {
     /// is announcing them now: one announcer at a time, so that a device's subscribers see
     /// its results in order.
     announcements: Mutex<Announcements>,
+    /// Test-only fault injection: how many more ticks of the retry timer panic.
+    #[cfg(test)]
+    timer_panics: std::sync::atomic::AtomicU32,
 }
 
 #[derive(Default)]
@@ -202,6 +205,8 @@ impl Dispatcher {
             idle: Notify::new(),
             runtime: tokio::runtime::Handle::current(),
             announcements: Mutex::new(Announcements::default()),
+            #[cfg(test)]
+            timer_panics: std::sync::atomic::AtomicU32::new(0),
         });
         pump(&inner);
         inner.runtime.spawn(supervise_timer(Arc::downgrade(&inner)));
@@ -576,8 +581,157 @@ async fn run_timer(inner: Weak<Inner>) {
         };
         tokio::time::sleep_until(Instant::from_std(deadline)).await;
         let Some(inner) = inner.upgrade() else { return };
+        #[cfg(test)]
+        inner.maybe_panic_in_timer();
         answer(&inner, |engine| {
             engine.handle_timeout(Instant::now().into_std());
         });
+    }
+}
+
+#[cfg(test)]
+impl Inner {
+    /// Panics if a test asked the retry timer to ([`Inner::timer_panics`]).
+    fn maybe_panic_in_timer(&self) {
+        use std::sync::atomic::Ordering;
+        if self
+            .timer_panics
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("the retry timer panicked on purpose");
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    //! The supervision of the retry timer, with a fault injected into its loop (the loop is
+    //! private, so the test lives here). On tokio's paused clock.
+
+    use std::sync::atomic::Ordering;
+
+    use bridge_protocol::http::{CommandRequest, CommandStatus, IfOffline};
+    use bridge_protocol::{CommandType, RequestId};
+    use bridge_queue::{MemoryStore, Party, StoreConfig};
+
+    use super::*;
+
+    /// Offline until told otherwise; then times the first `ble_write` out and answers every
+    /// later one. Counts them.
+    #[derive(Default)]
+    struct FirstTimesOut {
+        online: std::sync::atomic::AtomicBool,
+        sent: std::sync::atomic::AtomicU32,
+    }
+
+    #[async_trait]
+    impl CommandSender for FirstTimesOut {
+        async fn send_command(
+            &self,
+            _device: DeviceId,
+            _device_type: Option<&str>,
+            _payload: HexPayload,
+            _timeout: Duration,
+        ) -> Result<CommandReply, CommandError> {
+            if !self.online.load(Ordering::SeqCst) {
+                return Err(CommandError::Offline);
+            }
+            if self.sent.fetch_add(1, Ordering::SeqCst) == 0 {
+                return Err(CommandError::Timeout);
+            }
+            Ok(CommandReply::new(
+                RequestId::new("r-1").unwrap(),
+                HexPayload::from_bytes(vec![0x80]),
+                Duration::from_millis(3),
+            ))
+        }
+    }
+
+    /// Records the recovered panics, as the server's `bridge_task_panics_total{task}` does.
+    #[derive(Default)]
+    struct PanicCounter {
+        panics: Mutex<Vec<&'static str>>,
+    }
+
+    #[async_trait]
+    impl Outlet for PanicCounter {
+        async fn announce(&self, _device: &DeviceId, _result: CommandResult) {}
+
+        fn task_panicked(&self, what: &'static str) {
+            self.panics.lock().push(what);
+        }
+    }
+
+    async fn settle(dispatch: &Dispatcher) {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+        assert!(dispatch.wait_idle(Duration::from_secs(5)).await);
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panic_in_the_retry_timer_is_counted_and_the_timer_restarts_and_delivers() {
+        let store = Arc::new(MemoryStore::new(StoreConfig::default()));
+        let sender = Arc::new(FirstTimesOut::default());
+        let outlet = Arc::new(PanicCounter::default());
+        let dispatch = Dispatcher::start(
+            EngineConfig::default(),
+            NodeId::new("node-a").unwrap(),
+            Arc::clone(&store) as Arc<dyn Store>,
+            Arc::clone(&sender) as Arc<dyn CommandSender>,
+            Arc::clone(&outlet) as Arc<dyn Outlet>,
+            Arc::new(ConfigRegistry::example()),
+        );
+        let lock = DeviceId::new("lock-1").unwrap();
+        let mut request = CommandRequest::new(HexPayload::from_bytes(vec![1]));
+        request.if_offline = IfOffline::Queue;
+        request.command_type = Some(CommandType::new("unlock").unwrap());
+        let Ok(CommandResponse::Queued { command_id }) = dispatch
+            .execute(lock.clone(), request, Party::Backend)
+            .await
+        else {
+            panic!("expected queued");
+        };
+        sender.online.store(true, Ordering::SeqCst);
+        dispatch.device_online(&lock);
+        settle(&dispatch).await;
+        assert_eq!(
+            sender.sent.load(Ordering::SeqCst),
+            1,
+            "the first attempt timed out"
+        );
+
+        // The next tick panics in the timer's own loop.
+        dispatch.inner.timer_panics.store(1, Ordering::SeqCst);
+        let interval = EngineConfig::default().retry_interval;
+        tokio::time::sleep(interval + Duration::from_millis(1)).await;
+        settle(&dispatch).await;
+        assert_eq!(*outlet.panics.lock(), vec!["timer"], "the panic is counted");
+        assert_eq!(
+            sender.sent.load(Ordering::SeqCst),
+            1,
+            "the panicked tick delivered nothing"
+        );
+
+        // Restarted after its pause, the timer runs the missed tick, which delivers.
+        tokio::time::sleep(TIMER_RESTART_DELAY).await;
+        settle(&dispatch).await;
+        assert_eq!(sender.sent.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            store.get(&command_id).await.unwrap().status,
+            CommandStatus::Succeeded
+        );
+
+        // And the ticks go on: one more panic is counted and recovered from the same way.
+        dispatch.inner.timer_panics.store(1, Ordering::SeqCst);
+        tokio::time::sleep(interval + TIMER_RESTART_DELAY).await;
+        settle(&dispatch).await;
+        assert_eq!(*outlet.panics.lock(), vec!["timer", "timer"]);
+        assert_eq!(dispatch.inner.timer_panics.load(Ordering::SeqCst), 0);
     }
 }

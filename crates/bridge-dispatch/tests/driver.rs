@@ -33,6 +33,8 @@ enum Script {
     Lose,
     Timeout,
     Offline,
+    /// The sender panics (a bug in the session manager or a transport).
+    Panic,
 }
 
 /// Stands in for the session manager: plays the script, records what was sent.
@@ -77,6 +79,7 @@ impl CommandSender for ScriptedSender {
             Script::Lose => Err(CommandError::BridgeLost),
             Script::Timeout => Err(CommandError::Timeout),
             Script::Offline => Err(CommandError::Offline),
+            Script::Panic => panic!("the sender panicked on purpose"),
         }
     }
 }
@@ -706,6 +709,29 @@ async fn a_store_panic_in_sweep_does_not_stop_the_retry_tick() {
     tokio::time::sleep(interval).await;
     f.settle().await;
     assert_eq!(*f.outlet.panics.lock(), vec!["sweep", "sweep"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sender_panic_in_a_delivery_counts_an_attempt_and_the_next_trigger_delivers() {
+    let f = fixture();
+    let id = f.queue(1, "unlock").await;
+    f.sender.script.lock().push_back(Script::Panic);
+    f.bring_online();
+    // The pass ends although its send panicked; the write may have left, so it counts.
+    f.settle().await;
+    assert_eq!(*f.outlet.panics.lock(), vec!["send"]);
+    let command = f.store.get(&id).await.unwrap();
+    assert_eq!(command.status, CommandStatus::Pending);
+    assert_eq!(command.attempts, 1);
+
+    // The device is served again at the next trigger.
+    f.dispatch.link_up(&f.lock);
+    f.settle().await;
+    assert_eq!(f.sent(), vec![vec![1], vec![1]]);
+    let command = f.store.get(&id).await.unwrap();
+    assert_eq!(command.status, CommandStatus::Succeeded);
+    assert_eq!(command.attempts, 2);
+    assert_eq!(f.outlet.panics.lock().len(), 1, "one panic, counted once");
 }
 
 /// An outlet whose first announcement takes a while (a slow subscriber socket, a busy hub).

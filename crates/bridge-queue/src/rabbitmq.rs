@@ -51,8 +51,10 @@
 //! not fail the call that changed the state: the change is committed in `S`, the device
 //! shows in [`due_devices`](Store::due_devices), and consumers find it on their next look;
 //! the failure is logged and [`ping`](Store::ping) (and so `/readyz`) answers
-//! [`StoreError::Unavailable`] after a failed publish while the broker is away (it tries a
-//! fresh connection, bounded by the operation timeout). The connection is re-opened on the
+//! [`StoreError::Unavailable`] while the publisher has been stuck on the broker longer than
+//! [`RabbitMqOptions::ping_timeout`] (a black-holed broker: its attempt may last up to the
+//! operation timeout at each step; answered at once), and after a failed publish while the
+//! broker is away (it tries a fresh connection, bounded by the ping timeout). The connection is re-opened on the
 //! next publish. Device queues are declared with `x-max-length` (oldest notices dropped
 //! first: a newer notice supersedes them) and `x-expires` (a queue nobody used for
 //! [`RabbitMqOptions::idle_queue_expiry`] is deleted by the broker).
@@ -97,6 +99,7 @@ const MAX_NOTICES: i64 = 1_000;
 
 /// Where and how to connect a [`RabbitMqStore`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RabbitMqOptions {
     /// The AMQP URL, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
     pub url: String,
@@ -107,6 +110,13 @@ pub struct RabbitMqOptions {
     pub operation_timeout: Duration,
     /// How long a device queue nobody uses lives on; default 7 days.
     pub idle_queue_expiry: Duration,
+    /// The longest the broker may keep [`ping`](Store::ping) (and so `/readyz`) waiting:
+    /// `ping` answers [`StoreError::Unavailable`] at once while the publisher task has been
+    /// waiting for the broker longer than this in one attempt (a connect, declare or
+    /// publish to a slow or black-holed broker may go on up to the operation timeout at
+    /// each step), and when its own connection attempt takes longer. Default 2 s, well
+    /// above a healthy connect, publish and confirm.
+    pub ping_timeout: Duration,
 }
 
 impl RabbitMqOptions {
@@ -117,6 +127,7 @@ impl RabbitMqOptions {
             prefix: "bridge-queue".to_owned(),
             operation_timeout: Duration::from_secs(5),
             idle_queue_expiry: Duration::from_hours(7 * 24),
+            ping_timeout: Duration::from_secs(2),
         }
     }
 
@@ -158,8 +169,24 @@ struct Inner<S> {
     shared: Option<Arc<Connection>>,
     /// The publisher task's inbox (see [`Publisher`]).
     notices: mpsc::Sender<Job>,
+    /// What the publisher task is doing, for `ping`.
+    health: Arc<PublisherHealth>,
+}
+
+/// What the publisher task reports of the broker, for [`Store::ping`].
+#[derive(Debug)]
+struct PublisherHealth {
     /// Whether the publisher's last attempt reached the broker.
-    reachable: Arc<AtomicBool>,
+    reachable: AtomicBool,
+    /// Since when the publisher has been in its current attempt (`None` between attempts).
+    busy_since: parking_lot::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl PublisherHealth {
+    /// How long the current attempt has been waiting for the broker, if one runs.
+    fn waiting_for(&self) -> Option<Duration> {
+        self.busy_since.lock().map(|since| since.elapsed())
+    }
 }
 
 /// Notices waiting for the publisher task at most; beyond, a notice is dropped (consumers
@@ -186,7 +213,7 @@ struct Publisher {
     options: RabbitMqOptions,
     shared: Option<Arc<Connection>>,
     link: Option<Link>,
-    reachable: Arc<AtomicBool>,
+    health: Arc<PublisherHealth>,
     /// Until when notices are dropped after a failure.
     paused_until: Option<tokio::time::Instant>,
 }
@@ -206,15 +233,18 @@ impl Publisher {
                         tracing::debug!(device = %device, "broker away: notice dropped");
                         continue;
                     }
-                    match self.publish(&device, &body).await {
+                    *self.health.busy_since.lock() = Some(tokio::time::Instant::now());
+                    let published = self.publish(&device, &body).await;
+                    *self.health.busy_since.lock() = None;
+                    match published {
                         Ok(()) => {
                             self.paused_until = None;
-                            self.reachable.store(true, Ordering::Relaxed);
+                            self.health.reachable.store(true, Ordering::Relaxed);
                         }
                         Err(e) => {
                             self.link = None;
                             self.paused_until = Some(tokio::time::Instant::now() + RETRY_PAUSE);
-                            self.reachable.store(false, Ordering::Relaxed);
+                            self.health.reachable.store(false, Ordering::Relaxed);
                             tracing::warn!(
                                 device = %device,
                                 error = %e,
@@ -489,13 +519,16 @@ impl<S: Store> RabbitMqStore<S> {
             .into());
         }
         let link = connect(&options, shared.as_ref(), true).await?;
-        let reachable = Arc::new(AtomicBool::new(true));
+        let health = Arc::new(PublisherHealth {
+            reachable: AtomicBool::new(true),
+            busy_since: parking_lot::Mutex::new(None),
+        });
         let (notices, jobs) = mpsc::channel(MAX_WAITING_NOTICES);
         let publisher = Publisher {
             options: options.clone(),
             shared: shared.clone(),
             link: Some(link),
-            reachable: Arc::clone(&reachable),
+            health: Arc::clone(&health),
             paused_until: None,
         };
         // Ends when the last clone of the store (and of its consume streams) is dropped.
@@ -506,7 +539,7 @@ impl<S: Store> RabbitMqStore<S> {
                 options,
                 shared,
                 notices,
-                reachable,
+                health,
             }),
         })
     }
@@ -763,15 +796,33 @@ impl<S: Store> Store for RabbitMqStore<S> {
         self.inner.state.open_counts().await
     }
 
-    /// The state store's ping, and whether the broker answers: the publisher's last attempt
-    /// reached it, or else a fresh connection (bounded by the operation timeout) does.
+    /// The state store's ping, and whether the broker answers: the publisher is not stuck
+    /// (its current attempt, if any, has waited for the broker at most
+    /// [`RabbitMqOptions::ping_timeout`] — answered at once, without a connection of its
+    /// own), and its last attempt reached the broker, or else a fresh connection opens
+    /// within the ping timeout.
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.state.ping().await?;
-        if self.inner.reachable.load(Ordering::Relaxed) {
+        let health = &self.inner.health;
+        if let Some(waiting) = health
+            .waiting_for()
+            .filter(|waiting| *waiting > self.inner.options.ping_timeout)
+        {
+            return Err(unavailable(format!(
+                "the delivery-notice publisher has waited {waiting:?} for the broker"
+            )));
+        }
+        if health.reachable.load(Ordering::Relaxed) {
             return Ok(());
         }
-        connect(&self.inner.options, self.inner.shared.as_ref(), false).await?;
-        self.inner.reachable.store(true, Ordering::Relaxed);
+        let timeout = self.inner.options.ping_timeout;
+        tokio::time::timeout(
+            timeout,
+            connect(&self.inner.options, self.inner.shared.as_ref(), false),
+        )
+        .await
+        .map_err(|_| unavailable(format!("connect: no answer within {timeout:?}")))??;
+        health.reachable.store(true, Ordering::Relaxed);
         Ok(())
     }
 }

@@ -469,15 +469,24 @@ async fn a_store_from_the_callers_connection_publishes_and_consumes_on_it() {
     );
 }
 
-/// A TCP proxy between a store and the broker that the test can cut and restore, standing
-/// in for a broker that goes away and comes back (the shared broker itself is never
+/// A TCP proxy between a store and the broker that the test can cut, freeze and restore,
+/// standing in for a broker that goes away and comes back (the shared broker itself is never
 /// stopped). Cut, it drops the connections it carries and black-holes new ones: they are
-/// accepted and never answered, as a broker behind a dead network path would do. Restored,
-/// it closes the black-holed ones (their connect fails at once) and carries new ones again.
+/// accepted and never answered, as a broker behind a dead network path would do. Frozen,
+/// it also black-holes the connections it carries: they stay open and nothing goes either
+/// way, as when a path dies without a reset. Restored, it closes the black-holed ones
+/// (their connect fails at once) and carries new ones again.
 struct Proxy {
     port: u16,
-    up: tokio::sync::watch::Sender<bool>,
+    mode: tokio::sync::watch::Sender<Mode>,
     task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Up,
+    Cut,
+    Frozen,
 }
 
 impl Proxy {
@@ -486,8 +495,8 @@ impl Proxy {
             .await
             .expect("bind the proxy");
         let port = listener.local_addr().expect("address").port();
-        let (up, _) = tokio::sync::watch::channel(true);
-        let modes = up.clone();
+        let (mode, _) = tokio::sync::watch::channel(Mode::Up);
+        let modes = mode.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
@@ -496,25 +505,33 @@ impl Proxy {
                 let mut mode = modes.subscribe();
                 let broker = broker.clone();
                 tokio::spawn(async move {
-                    if *mode.borrow_and_update() {
+                    if *mode.borrow_and_update() == Mode::Up {
                         let Ok(mut outbound) = tokio::net::TcpStream::connect(&broker).await else {
                             return;
                         };
                         tokio::select! {
                             _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                            _ = mode.wait_for(|up| !*up) => {}
+                            _ = mode.wait_for(|m| *m != Mode::Up) => {}
                         }
+                        // Frozen: both sockets stay open, carrying nothing, until restored
+                        // or cut.
+                        let _ = mode.wait_for(|m| *m != Mode::Frozen).await;
                     } else {
-                        let _ = mode.wait_for(|up| *up).await;
+                        let _ = mode.wait_for(|m| *m == Mode::Up).await;
                     }
                 });
             }
         });
-        Self { port, up, task }
+        Self { port, mode, task }
     }
 
     fn set_up(&self, up: bool) {
-        self.up.send_replace(up);
+        self.mode
+            .send_replace(if up { Mode::Up } else { Mode::Cut });
+    }
+
+    fn freeze(&self) {
+        self.mode.send_replace(Mode::Frozen);
     }
 }
 
@@ -545,8 +562,9 @@ async fn take_notice(channel: &lapin::Channel, queue: &str) -> Option<serde_json
 /// The broker goes away while the store is in use and comes back: while it is black-holed,
 /// every call of the store returns at once (no caller waits for the broker: a publish
 /// waiting for it would hang for the hour of operation timeout set here, and the guard
-/// below fails the test long before) and the commands are kept; once it is back, notices
-/// flow again on a new connection and `ping` answers.
+/// below fails the test long before) and the commands are kept, while `ping` reports the
+/// publisher stuck on the broker (at once, not after the attempt's timeout); once it is
+/// back, notices flow again on a new connection and `ping` answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_goes_away_and_comes_back_never_holds_up_the_store() {
     let proxy = Proxy::start(broker_address()).await;
@@ -554,6 +572,7 @@ async fn a_broker_that_goes_away_and_comes_back_never_holds_up_the_store() {
     let mut options = options();
     options.url = url().replace(&address, &format!("127.0.0.1:{}", proxy.port));
     options.operation_timeout = Duration::from_hours(1);
+    options.ping_timeout = Duration::from_millis(200);
     let store = open_with(options, MemoryStore::new(StoreConfig::default())).await;
     let dev = device();
     let queue = store.queue_name(&dev);
@@ -599,6 +618,27 @@ async fn a_broker_that_goes_away_and_comes_back_never_holds_up_the_store() {
     assert_eq!(during.len(), 20);
     assert_eq!(store.pending_count(&dev).await.expect("count"), 20);
 
+    // Meanwhile `ping`, and so `/readyz`, says the broker is away once the publisher has
+    // waited for it longer than the ping timeout, never blocking (the publisher's attempt,
+    // or a connect of ping's own, would be black-holed for the hour of operation timeout).
+    let not_ready = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let answer = tokio::time::timeout(Duration::from_secs(5), store.ping())
+                .await
+                .expect("ping answers at once while the broker is black-holed");
+            if let Err(error) = answer {
+                break error;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("ping reports the black-holed broker");
+    assert!(
+        matches!(not_ready, StoreError::Unavailable { .. }),
+        "got {not_ready:?}"
+    );
+
     // It comes back: the publisher's stuck attempt fails, it reconnects, notices flow.
     proxy.set_up(true);
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -635,5 +675,79 @@ async fn a_broker_that_goes_away_and_comes_back_never_holds_up_the_store() {
         CommandStatus::Pending
     );
     store.ping().await.expect("ping once the broker is back");
+    delete_queue(&store, &dev).await;
+}
+
+/// The broker stops answering on the publisher's open connection (no reset: the path died
+/// silently), so the publisher's attempt waits for a confirm that never comes, up to the
+/// hour of operation timeout set here. `ping` (and so `/readyz`) must say so at once rather
+/// than answer OK for that hour; once the broker is back, notices flow and `ping` answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_reports_a_publisher_stuck_on_a_silent_broker_at_once() {
+    let proxy = Proxy::start(broker_address()).await;
+    let address = broker_address();
+    let mut options = options();
+    options.url = url().replace(&address, &format!("127.0.0.1:{}", proxy.port));
+    options.operation_timeout = Duration::from_hours(1);
+    options.ping_timeout = Duration::from_millis(200);
+    let store = open_with(options, MemoryStore::new(StoreConfig::default())).await;
+    let dev = device();
+    let queue = store.queue_name(&dev);
+    let (_conn, channel) = channel().await;
+    store
+        .enqueue_or_update(&dev, &kind("k0"), bytes(&[0]), TtlSeconds::DEFAULT)
+        .await
+        .expect("enqueue");
+    store.flush().await;
+    assert!(take_notice(&channel, &queue).await.is_some(), "a notice");
+    store.ping().await.expect("ping while the broker answers");
+
+    // The path to the broker dies silently; the next notice's publish waits for its confirm.
+    proxy.freeze();
+    store
+        .enqueue_or_update(&dev, &kind("k1"), bytes(&[1]), TtlSeconds::DEFAULT)
+        .await
+        .expect("enqueue while the broker is silent");
+    let not_ready = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let answer = tokio::time::timeout(Duration::from_secs(5), store.ping())
+                .await
+                .expect("ping answers at once while the publisher is stuck");
+            if let Err(error) = answer {
+                break error;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("ping reports the stuck publisher instead of answering OK until its timeout");
+    assert!(
+        matches!(not_ready, StoreError::Unavailable { .. }),
+        "got {not_ready:?}"
+    );
+
+    // The broker is back: the stuck attempt fails, the publisher reconnects, ping answers.
+    proxy.set_up(true);
+    tokio::time::timeout(Duration::from_mins(1), async {
+        for n in 2_u8..=u8::MAX {
+            store
+                .enqueue_or_update(
+                    &dev,
+                    &kind(&format!("k{n}")),
+                    bytes(&[n]),
+                    TtlSeconds::DEFAULT,
+                )
+                .await
+                .expect("enqueue after the broker is back");
+            store.flush().await;
+            if store.ping().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("ping never answered after the broker's return");
+    })
+    .await
+    .expect("ping answers within a minute of the broker's return");
     delete_queue(&store, &dev).await;
 }

@@ -172,6 +172,8 @@ mod console;
 mod error;
 mod events;
 pub mod frames;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod hooks;
 mod metrics;
 mod mqtt;

@@ -35,15 +35,23 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// The query parameters of a `GET /ws` request, decoded and in order (`deviceId` may
+/// repeat); the reason when the query string cannot be read.
+pub(crate) fn upgrade_query(uri: &axum::http::Uri) -> Result<Vec<(String, String)>, String> {
+    Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .map(|Query(query)| query)
+        .map_err(|error| error.body_text())
+}
+
 pub(crate) async fn upgrade(State(core): State<Arc<Core>>, mut request: Request) -> Response {
     if !core.local.is_accepting() {
         return ApiError::new(ErrorCode::Unavailable, "the server is shutting down")
             .into_response();
     }
-    let query = match Query::<Vec<(String, String)>>::try_from_uri(request.uri()) {
-        Ok(Query(query)) => query,
-        Err(error) => {
-            return ApiError::new(ErrorCode::InvalidRequest, error.body_text()).into_response();
+    let query = match upgrade_query(request.uri()) {
+        Ok(query) => query,
+        Err(reason) => {
+            return ApiError::new(ErrorCode::InvalidRequest, reason).into_response();
         }
     };
     let authorization = request

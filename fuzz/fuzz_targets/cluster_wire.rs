@@ -1,0 +1,4 @@
+//! libFuzzer driver of `bridge_fuzz::cluster_wire` (see the `bridge-fuzz` crate for what it checks).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| bridge_fuzz::cluster_wire(data));
