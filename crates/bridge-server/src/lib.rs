@@ -103,6 +103,11 @@
 //!   command was sent to a bridge"): a device that went offline between the lease and the
 //!   send costs none; a lease that lapsed or was reclaimed after a crash counts one (the write
 //!   may have left). A `delivering` command's `attempts` includes the delivery in progress.
+//! * **`stage`/`progress` of `GET /v1/commands/{id}`** (4.1, "for the latest attempt") are
+//!   those of the latest attempt that *ended*, recorded when it ends: while a delivery is in
+//!   flight the command is `delivering` and still shows the previous attempt's stages (none
+//!   before its first). How far the attempt in flight has got is in its `command_result`
+//!   on the stream and in the subscribers' frames when it ends.
 //! * **`GET /v1/openapi.json`** (not in PROTOCOL.md): the OpenAPI 3.1 description of
 //!   section 4, served without a token (it holds nothing secret). It documents, beyond the
 //!   statuses section 4 gives, those of the readings below (400 for a bad device id in a path,
