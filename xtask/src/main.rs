@@ -302,6 +302,25 @@ fn check_protocol_copy(root: &std::path::Path) -> Result<(), String> {
 /// The layering of ARCHITECTURE.md: the protocol crate has no async runtime, the
 /// middle-layer crates depend on the protocol crate only, never on each other, and the
 /// command layer (`bridge-dispatch`) on session, queue and protocol only.
+/// The crates `package` depends on for normal builds (`cargo tree -e normal`), with every
+/// feature or with none.
+fn dependency_tree(cargo: &str, package: &str, all_features: bool) -> Result<Vec<String>, String> {
+    let mut args = vec!["tree", "-p", package];
+    if all_features {
+        args.push("--all-features");
+    }
+    args.extend(["-e", "normal", "--prefix", "none"]);
+    let output = Command::new(cargo)
+        .args(&args)
+        .current_dir(workspace_root())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(format!("cargo tree -p {package} failed"));
+    }
+    Ok(crate_names(&output.stdout))
+}
+
 fn check_dependency_rule(cargo: &str) -> Result<(), String> {
     const MIDDLE: &[&str] = &[
         "bridge-session",
@@ -310,22 +329,8 @@ fn check_dependency_rule(cargo: &str) -> Result<(), String> {
         "bridge-client",
     ];
     println!("\n==> dependency rule");
-    let tree_with = |package: &str, all_features: bool| -> Result<Vec<String>, String> {
-        let mut args = vec!["tree", "-p", package];
-        if all_features {
-            args.push("--all-features");
-        }
-        args.extend(["-e", "normal", "--prefix", "none"]);
-        let output = Command::new(cargo)
-            .args(&args)
-            .current_dir(workspace_root())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if !output.status.success() {
-            return Err(format!("cargo tree -p {package} failed"));
-        }
-        Ok(crate_names(&output.stdout))
-    };
+    let tree_with =
+        |package: &str, all_features: bool| dependency_tree(cargo, package, all_features);
     let tree = |package: &str| tree_with(package, true);
     let protocol = tree("bridge-protocol")?;
     for forbidden in ["tokio", "async-std", "smol", "mio"] {
@@ -891,21 +896,7 @@ mod tests {
     /// The real manifest: `cargo tree` of bridge-client without features.
     #[test]
     fn the_client_library_without_features_has_no_simulator_dependencies() {
-        let output = Command::new(cargo())
-            .args([
-                "tree",
-                "-p",
-                "bridge-client",
-                "-e",
-                "normal",
-                "--prefix",
-                "none",
-            ])
-            .current_dir(workspace_root())
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        let deps = crate_names(&output.stdout);
+        let deps = dependency_tree(&cargo(), "bridge-client", false).unwrap();
         assert!(deps.iter().any(|c| c == "bridge-protocol"), "{deps:?}");
         check_client_library_dependencies(&deps).unwrap();
     }
@@ -930,21 +921,7 @@ mod tests {
     /// The real manifest: `cargo tree` of bridge-protocol without features.
     #[test]
     fn the_protocol_library_without_features_has_no_openapi_dependencies() {
-        let output = Command::new(cargo())
-            .args([
-                "tree",
-                "-p",
-                "bridge-protocol",
-                "-e",
-                "normal",
-                "--prefix",
-                "none",
-            ])
-            .current_dir(workspace_root())
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        let deps = crate_names(&output.stdout);
+        let deps = dependency_tree(&cargo(), "bridge-protocol", false).unwrap();
         assert!(deps.iter().any(|c| c == "serde"), "{deps:?}");
         check_protocol_library_dependencies(&deps).unwrap();
     }
