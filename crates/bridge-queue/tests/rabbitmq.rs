@@ -621,23 +621,12 @@ async fn a_broker_that_goes_away_and_comes_back_never_holds_up_the_store() {
     // Meanwhile `ping`, and so `/readyz`, says the broker is away once the publisher has
     // waited for it longer than the ping timeout, never blocking (the publisher's attempt,
     // or a connect of ping's own, would be black-holed for the hour of operation timeout).
-    let not_ready = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let answer = tokio::time::timeout(Duration::from_secs(5), store.ping())
-                .await
-                .expect("ping answers at once while the broker is black-holed");
-            if let Err(error) = answer {
-                break error;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("ping reports the black-holed broker");
-    assert!(
-        matches!(not_ready, StoreError::Unavailable { .. }),
-        "got {not_ready:?}"
-    );
+    ping_until_unavailable(
+        &store,
+        "ping answers at once while the broker is black-holed",
+        "ping reports the black-holed broker",
+    )
+    .await;
 
     // It comes back: the publisher's stuck attempt fails, it reconnects, notices flow.
     proxy.set_up(true);
@@ -708,23 +697,12 @@ async fn ping_reports_a_publisher_stuck_on_a_silent_broker_at_once() {
         .enqueue_or_update(&dev, &kind("k1"), bytes(&[1]), TtlSeconds::DEFAULT)
         .await
         .expect("enqueue while the broker is silent");
-    let not_ready = tokio::time::timeout(Duration::from_secs(30), async {
-        loop {
-            let answer = tokio::time::timeout(Duration::from_secs(5), store.ping())
-                .await
-                .expect("ping answers at once while the publisher is stuck");
-            if let Err(error) = answer {
-                break error;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("ping reports the stuck publisher instead of answering OK until its timeout");
-    assert!(
-        matches!(not_ready, StoreError::Unavailable { .. }),
-        "got {not_ready:?}"
-    );
+    ping_until_unavailable(
+        &store,
+        "ping answers at once while the publisher is stuck",
+        "ping reports the stuck publisher instead of answering OK until its timeout",
+    )
+    .await;
 
     // The broker is back: the stuck attempt fails, the publisher reconnects, ping answers.
     proxy.set_up(true);
@@ -750,4 +728,30 @@ async fn ping_reports_a_publisher_stuck_on_a_silent_broker_at_once() {
     .await
     .expect("ping answers within a minute of the broker's return");
     delete_queue(&store, &dev).await;
+}
+
+/// Pings until `ping` reports the broker unavailable (within 30 s), each ping answering
+/// within 5 s: `ping` must never block while the broker is away or the publisher stuck.
+async fn ping_until_unavailable(
+    store: &RabbitMqStore<MemoryStore>,
+    each_answers: &str,
+    reported: &str,
+) {
+    let not_ready = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let answer = tokio::time::timeout(Duration::from_secs(5), store.ping())
+                .await
+                .unwrap_or_else(|_| panic!("{each_answers}"));
+            if let Err(error) = answer {
+                break error;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{reported}"));
+    assert!(
+        matches!(not_ready, StoreError::Unavailable { .. }),
+        "got {not_ready:?}"
+    );
 }
