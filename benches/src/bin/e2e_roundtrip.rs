@@ -63,6 +63,9 @@
 //! E2E_COMMANDS=20000 E2E_SERVER_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=/tmp/srv.%p" \
 //!     target/release/e2e_roundtrip --only inproc --bridges 1 --k 16 --secs 900
 //! ```
+//!
+//! `E2E_LOAD_WRAPPER` does the same for the load child (the phones), to count their cost per
+//! command with the in-process driver, e.g. `E2E_LOAD_WRAPPER="strace -f -c -o /tmp/load.st"`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -1020,7 +1023,13 @@ fn run_scenario(scenario: Scenario, pin: bool) -> Result<Row, BoxError> {
     let server_pid = server.child.id().to_string();
     let mut load_args = vec!["--load".to_owned(), port, server_pid];
     load_args.extend(args);
-    let mut load = ChildProc::spawn(pin.then_some("1"), &[], &load_args)?;
+    // `E2E_LOAD_WRAPPER`: the same for the load process (the phones), e.g. `strace -f -c -o
+    // /tmp/load.st` or `valgrind --tool=callgrind`, to count the phones' cost per command.
+    let load_wrapper: Vec<String> = std::env::var("E2E_LOAD_WRAPPER")
+        .map(|w| w.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let load_grace = Duration::from_secs(if load_wrapper.is_empty() { 10 } else { 300 });
+    let mut load = ChildProc::spawn(pin.then_some("1"), &load_wrapper, &load_args)?;
     load.expect_line("READY")?;
     // With the in-process driver, GO starts it (and names the load process, whose CPU time
     // it reads); with the HTTP driver the server serves either way.
@@ -1032,7 +1041,7 @@ fn run_scenario(scenario: Scenario, pin: bool) -> Result<Row, BoxError> {
         Driver::Http => load.expect_line("RESULT")?,
     };
     let row = parse_result(scenario, &line);
-    load.finish(Duration::from_secs(10));
+    load.finish(load_grace);
     server.finish(server_grace);
     row
 }
