@@ -414,6 +414,60 @@ async fn a_handler_that_reports_nothing_sends_only_its_answer() {
     client.shutdown().await;
 }
 
+/// The client reads at most 4 KiB per system call; a frame larger than that (here ~6 KiB,
+/// several frames of it back to back) is still read whole, and answered.
+#[tokio::test]
+async fn frames_larger_than_the_read_buffer_are_read_whole() {
+    struct Echo;
+    #[async_trait::async_trait]
+    impl bridge_client::BleHandler for Echo {
+        async fn write(&self, request: &BleWrite) -> Result<HexPayload, DeviceErrorCode> {
+            Ok(request.payload.clone())
+        }
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let client = BridgeClient::start(
+        BridgeConfig::new(
+            url,
+            Credentials::Development {
+                user_id: "phone".into(),
+            },
+            vec![lock("lock-1")],
+        ),
+        Arc::new(Echo),
+    );
+    let (mut ws, _, _) = accept(&listener).await;
+    client.wait_connected(1).await.unwrap();
+    let payloads: Vec<Vec<u8>> = (0..3u8)
+        .map(|i| (0..3000u32).map(|b| (b % 251) as u8 ^ i).collect())
+        .collect();
+    for (i, payload) in payloads.iter().enumerate() {
+        ws.feed(Message::text(
+            ble_write(&format!("r-{i}"), "lock-1", payload).to_json(),
+        ))
+        .await
+        .unwrap();
+    }
+    ws.flush().await.unwrap();
+    let limits = Limits {
+        max_payload_bytes: 4096,
+    };
+    for (i, payload) in payloads.iter().enumerate() {
+        let BridgeToServer::BleResponse(answer) =
+            BridgeToServer::decode(&next_text(&mut ws).await, &limits).unwrap()
+        else {
+            panic!("not an answer");
+        };
+        assert_eq!(answer.request_id.as_str(), format!("r-{i}"));
+        assert_eq!(
+            answer.outcome,
+            BleOutcome::Payload(HexPayload::from_bytes(payload.clone()))
+        );
+    }
+    client.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_user_connects_to_the_next_node_when_the_first_is_down() {
     // A port nobody listens on any more: the first node is down.
