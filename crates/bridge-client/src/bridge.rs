@@ -1,15 +1,17 @@
 //! The bridge side: hold devices, answer `ble_write`, report links, reconnect.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use async_trait::async_trait;
 use bridge_protocol::{
     BleOutcome, BleProgress, BleResponse, BleStatus, BleWrite, BridgeId, BridgeToServer,
     DeviceErrorCode, DeviceId, ErrorFrame, HexPayload, Release, RequestId, ServerToBridge, Stage,
 };
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Error as WsError;
@@ -26,6 +28,12 @@ use crate::{Backoff, ClientError};
 ///
 /// Called once per `ble_write`, concurrently for different requests; an implementation that
 /// must serialize GATT operations per device does so itself.
+///
+/// The client polls the returned future once on the connection's own task: a write answered
+/// at once (a cache, a simulator) is answered without a task switch, together with the other
+/// answers ready at that moment. A future not finished by that first poll goes on in a task
+/// of its own. So, as in any async code, a handler must not block the thread: it would hold
+/// up the connection's reads and writes meanwhile.
 #[async_trait]
 pub trait BleHandler: Send + Sync + 'static {
     /// Writes `request.payload` to `request.write_uuid` of `request.device_id` and returns the
@@ -409,17 +417,110 @@ async fn run(
     let _ = state.send(ConnectionState::Stopped);
 }
 
-async fn send<S>(socket: &mut S, frame: &BridgeToServer) -> Result<(), String>
+/// Queues `frame` in the socket's write buffer without writing it out: the connection's loop
+/// flushes once per batch (`socket.flush()`).
+async fn feed<S>(socket: &mut S, frame: &BridgeToServer) -> Result<(), String>
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
     socket
-        .send(Message::text(frame.to_json()))
+        .feed(Message::text(frame.to_json()))
         .await
         .map_err(|e| e.to_string())
 }
 
+/// At most this many events (frames read, answers, control messages) are handled in one turn
+/// of a connection's loop before the frames they produced are flushed: a flood of incoming
+/// frames cannot hold answers back for long.
+const MAX_BATCH: usize = 64;
+
+/// One thing for a connection's loop to handle.
+enum Event {
+    /// A frame (or the end of the stream) from the server.
+    Incoming(Option<Result<Message, WsError>>),
+    /// An answer or progress frame of a handler that did not finish at once.
+    Answer(BridgeToServer),
+    /// A message from the application (`report_status`, `release`, `shutdown`).
+    Control(Option<Control>),
+}
+
+/// The next event of a connection: waits for it, or, under `now_or_never`, takes one that
+/// is ready without waiting.
+async fn next_event<S>(
+    socket: &mut S,
+    answers: &mut mpsc::UnboundedReceiver<BridgeToServer>,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+) -> Event
+where
+    S: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    tokio::select! {
+        incoming = socket.next() => Event::Incoming(incoming),
+        Some(answer) = answers.recv() => Event::Answer(answer),
+        message = control.recv() => Event::Control(message),
+    }
+}
+
+/// Handles one `ble_write`: its handler's future is polled once here, and if that finished
+/// it, the answer is returned to be written at once, without a task or a channel; otherwise
+/// the future goes on in a task of its own, which sends the answer through `answers`.
+///
+/// The first poll is made with a no-op waker: a future that is not ready is polled again at
+/// once by its task, which registers the task's waker (a future must wake the waker of its
+/// latest poll). A handler that panics in that first poll is caught as a task would catch
+/// it: its write gets no answer (the server times it out) and the connection goes on.
+fn start_write(
+    handler: &Arc<dyn BleHandler>,
+    write: BleWrite,
+    answers: &mpsc::UnboundedSender<BridgeToServer>,
+) -> Option<BridgeToServer> {
+    let mut answer = Box::pin(answer_write(Arc::clone(handler), write, answers.clone()));
+    let mut cx = Context::from_waker(Waker::noop());
+    match std::panic::catch_unwind(AssertUnwindSafe(|| answer.as_mut().poll(&mut cx))) {
+        Ok(Poll::Ready(frame)) => Some(frame),
+        Ok(Poll::Pending) => {
+            let answers = answers.clone();
+            tokio::spawn(async move {
+                let _ = answers.send(answer.await);
+            });
+            None
+        }
+        Err(_) => {
+            warn!("a BLE handler panicked; its write is not answered");
+            None
+        }
+    }
+}
+
+/// Runs the handler on one `ble_write` and makes its `ble_response`; `progress` frames go
+/// through `frames`.
+async fn answer_write(
+    handler: Arc<dyn BleHandler>,
+    write: BleWrite,
+    frames: mpsc::UnboundedSender<BridgeToServer>,
+) -> BridgeToServer {
+    let progress = Progress {
+        request_id: write.request_id,
+        device_id: write.device_id.clone(),
+        frames: Some(frames),
+    };
+    let outcome = match handler.write_with_progress(&write, &progress).await {
+        Ok(payload) => BleOutcome::Payload(payload),
+        Err(code) => BleOutcome::Error(code),
+    };
+    BridgeToServer::BleResponse(BleResponse {
+        request_id: write.request_id,
+        device_id: write.device_id,
+        outcome,
+    })
+}
+
 /// Serves one connection (a WebSocket, or a session over MQTT) until it ends.
+///
+/// Each turn of the loop waits for one event, then handles every other event that is ready
+/// at that moment (up to [`MAX_BATCH`]) — typically the other frames of the same read —
+/// queueing the frames to send in the socket's write buffer, and flushes them once: a batch
+/// of writes answered at once is answered with one write to the socket.
 async fn serve<S>(
     mut socket: S,
     handler: &Arc<dyn BleHandler>,
@@ -432,84 +533,414 @@ where
 {
     // Re-announce the last known link state of every held device.
     let statuses: Vec<BleStatus> = held.devices.values().flatten().cloned().collect();
-    for status in statuses {
-        if let Err(e) = send(&mut socket, &BridgeToServer::BleStatus(status)).await {
-            return Ended::Lost(e);
+    if !statuses.is_empty() {
+        for status in statuses {
+            if let Err(e) = feed(&mut socket, &BridgeToServer::BleStatus(status)).await {
+                return Ended::Lost(e);
+            }
+        }
+        if let Err(e) = socket.flush().await {
+            return Ended::Lost(e.to_string());
         }
     }
-    // Answers of handlers in flight on this connection. When the connection ends, this
-    // receiver is dropped, and answers to writes the server has already failed are dropped.
+    // Answers of handlers in flight on this connection, and every `ble_progress`. When the
+    // connection ends, this receiver is dropped, and answers to writes the server has already
+    // failed are dropped.
     let (answers_tx, mut answers) = mpsc::unbounded_channel::<BridgeToServer>();
     loop {
-        tokio::select! {
-            incoming = socket.next() => {
-                let message = match incoming {
-                    None => return Ended::Lost("server closed the stream".into()),
-                    Some(Err(e)) => return Ended::Lost(e.to_string()),
-                    Some(Ok(m)) => m,
-                };
-                match message {
-                    Message::Text(text) => match ServerToBridge::decode(text.as_str()) {
-                        Ok(ServerToBridge::BleWrite(write)) => {
-                            let handler = Arc::clone(handler);
-                            let answers = answers_tx.clone();
-                            tokio::spawn(async move {
-                                let progress = Progress {
-                                    request_id: write.request_id,
-                                    device_id: write.device_id.clone(),
-                                    frames: Some(answers.clone()),
-                                };
-                                let outcome = match handler.write_with_progress(&write, &progress).await {
-                                    Ok(payload) => BleOutcome::Payload(payload),
-                                    Err(code) => BleOutcome::Error(code),
-                                };
-                                let _ = answers.send(BridgeToServer::BleResponse(BleResponse {
-                                    request_id: write.request_id,
-                                    device_id: write.device_id,
-                                    outcome,
-                                }));
-                            });
+        let mut event = next_event(&mut socket, &mut answers, control).await;
+        let mut handled = 0;
+        // Whether frames wait in the write buffer.
+        let mut fed = false;
+        loop {
+            let frame = match event {
+                Event::Incoming(incoming) => {
+                    let message = match incoming {
+                        None => return Ended::Lost("server closed the stream".into()),
+                        Some(Err(e)) => return Ended::Lost(e.to_string()),
+                        Some(Ok(m)) => m,
+                    };
+                    match message {
+                        Message::Text(text) => match ServerToBridge::decode(text.as_str()) {
+                            Ok(ServerToBridge::BleWrite(write)) => {
+                                match start_write(handler, write, &answers_tx) {
+                                    Some(answer) => {
+                                        // The progress it reported is ahead of its answer.
+                                        while let Ok(frame) = answers.try_recv() {
+                                            if let Err(e) = feed(&mut socket, &frame).await {
+                                                return Ended::Lost(e);
+                                            }
+                                            fed = true;
+                                        }
+                                        Some(answer)
+                                    }
+                                    None => None,
+                                }
+                            }
+                            Ok(ServerToBridge::Error(frame)) => {
+                                warn!(code = %frame.code, message = %frame.message, "server refused a frame");
+                                let _ = errors.send(frame);
+                                None
+                            }
+                            Ok(_) => None,
+                            Err(e) => {
+                                warn!(error = %e, "undecodable frame from the server");
+                                None
+                            }
+                        },
+                        Message::Close(frame) => {
+                            return Ended::Lost(format!("server closed the connection: {frame:?}"));
                         }
-                        Ok(ServerToBridge::Error(frame)) => {
-                            warn!(code = %frame.code, message = %frame.message, "server refused a frame");
-                            let _ = errors.send(frame);
-                        }
-                        Ok(_) => {}
-                        Err(e) => warn!(error = %e, "undecodable frame from the server"),
-                    },
-                    Message::Close(frame) => {
-                        return Ended::Lost(format!("server closed the connection: {frame:?}"));
+                        // Pings are answered by the WebSocket layer; nothing else is expected.
+                        _ => None,
                     }
-                    // Pings are answered by the WebSocket layer; nothing else is expected.
-                    _ => {}
                 }
-            }
-            Some(answer) = answers.recv() => {
-                if let Err(e) = send(&mut socket, &answer).await {
-                    return Ended::Lost(e);
-                }
-            }
-            message = control.recv() => {
-                let frame = match message {
+                Event::Answer(answer) => Some(answer),
+                Event::Control(message) => match message {
                     None | Some(Control::Shutdown) => {
+                        // Sending the close frame flushes what this batch queued before it.
                         let _ = socket
-                            .send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "bridge shutting down".into() })))
+                            .send(Message::Close(Some(CloseFrame {
+                                code: CloseCode::Normal,
+                                reason: "bridge shutting down".into(),
+                            })))
                             .await;
                         return Ended::Shutdown;
                     }
                     Some(Control::Status(status)) => {
-                        held.devices.insert(status.device_id.clone(), Some(status.clone()));
-                        BridgeToServer::BleStatus(status)
+                        held.devices
+                            .insert(status.device_id.clone(), Some(status.clone()));
+                        Some(BridgeToServer::BleStatus(status))
                     }
                     Some(Control::Release(device)) => {
                         held.devices.remove(&device);
-                        BridgeToServer::Release(Release { device_id: device })
+                        Some(BridgeToServer::Release(Release { device_id: device }))
                     }
-                };
-                if let Err(e) = send(&mut socket, &frame).await {
+                },
+            };
+            if let Some(frame) = frame {
+                if let Err(e) = feed(&mut socket, &frame).await {
                     return Ended::Lost(e);
                 }
+                fed = true;
+            }
+            handled += 1;
+            if handled == MAX_BATCH {
+                break;
+            }
+            match next_event(&mut socket, &mut answers, control).now_or_never() {
+                Some(next) => event = next,
+                None => break,
             }
         }
+        if fed && let Err(e) = socket.flush().await {
+            return Ended::Lost(e.to_string());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The connection's loop against a scripted socket that records every frame and every
+    //! flush, so that what goes out in one write is visible.
+
+    use std::pin::Pin;
+    use std::sync::Mutex;
+
+    use bridge_protocol::{DeviceConfig, DeviceType, Limits, TimeoutMs};
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    /// What the loop did to the socket.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Sent {
+        /// A frame queued: its kind and request id, such as `response r-1`.
+        Frame(String),
+        /// A flush: what was queued went out.
+        Flush,
+    }
+
+    /// A socket whose incoming frames come from a channel and whose writes are reported on
+    /// another.
+    struct Scripted {
+        incoming: mpsc::UnboundedReceiver<Result<Message, WsError>>,
+        sent: mpsc::UnboundedSender<Sent>,
+    }
+
+    impl Stream for Scripted {
+        type Item = Result<Message, WsError>;
+
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            self.incoming.poll_recv(cx)
+        }
+    }
+
+    impl Sink<Message> for Scripted {
+        type Error = WsError;
+
+        fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), WsError> {
+            let text = match &message {
+                Message::Text(text) => text.as_str().to_owned(),
+                other => format!("{other:?}"),
+            };
+            let frame = match BridgeToServer::decode(&text, &Limits::default()) {
+                Ok(BridgeToServer::BleResponse(r)) => format!("response {}", r.request_id.as_str()),
+                Ok(BridgeToServer::BleProgress(p)) => {
+                    format!("progress {} {:?}", p.request_id.as_str(), p.stage)
+                }
+                _ => text,
+            };
+            let _ = self.sent.send(Sent::Frame(frame));
+            Ok(())
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            let _ = self.sent.send(Sent::Flush);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn write(request_id: &str, payload: u8) -> Message {
+        let config = DeviceConfig::SMART_LOCK;
+        Message::text(
+            ServerToBridge::BleWrite(BleWrite {
+                request_id: RequestId::new(request_id).unwrap(),
+                device_id: DeviceId::new("lock-1").unwrap(),
+                device_type: DeviceType::new("smart-lock").unwrap(),
+                service_uuid: config.service_uuid,
+                write_uuid: config.write_uuid,
+                listen_uuid: config.listen_uuid,
+                payload: HexPayload::from_bytes(vec![payload]),
+                timeout_ms: TimeoutMs::DEFAULT,
+            })
+            .to_json(),
+        )
+    }
+
+    /// Payload 0: waits until the test opens its gate; 1: reports `received` and
+    /// `written`, then answers; 2: panics; anything else: answers at once. Records the
+    /// task each write ran on.
+    struct Scripts {
+        gate: Mutex<Option<oneshot::Receiver<()>>>,
+        tasks: Mutex<Vec<Option<tokio::task::Id>>>,
+    }
+
+    #[async_trait]
+    impl BleHandler for Scripts {
+        async fn write(&self, request: &BleWrite) -> Result<HexPayload, DeviceErrorCode> {
+            self.write_with_progress(request, &Progress::detached(request))
+                .await
+        }
+
+        async fn write_with_progress(
+            &self,
+            request: &BleWrite,
+            progress: &Progress,
+        ) -> Result<HexPayload, DeviceErrorCode> {
+            self.tasks.lock().unwrap().push(tokio::task::try_id());
+            match request.payload.as_bytes() {
+                [0] => {
+                    progress.report(Stage::Received);
+                    let gate = self.gate.lock().unwrap().take();
+                    if let Some(gate) = gate {
+                        let _ = gate.await;
+                    }
+                }
+                [1] => {
+                    progress.report(Stage::Received);
+                    progress.report(Stage::Written);
+                }
+                [2] => panic!("a handler that panics"),
+                _ => {}
+            }
+            Ok(request.payload.clone())
+        }
+    }
+
+    struct Running {
+        frames: mpsc::UnboundedSender<Result<Message, WsError>>,
+        sent: mpsc::UnboundedReceiver<Sent>,
+        control: mpsc::UnboundedSender<Control>,
+        handler: Arc<Scripts>,
+        gate: Option<oneshot::Sender<()>>,
+        serve: JoinHandle<Ended>,
+    }
+
+    impl Running {
+        /// Serves a scripted connection whose first frames are `first`, all there before
+        /// the loop starts.
+        fn start(first: impl IntoIterator<Item = Message>) -> Self {
+            let (frames, incoming) = mpsc::unbounded_channel();
+            for frame in first {
+                frames.send(Ok(frame)).unwrap();
+            }
+            let (sent_tx, sent) = mpsc::unbounded_channel();
+            let (control, mut control_rx) = mpsc::unbounded_channel();
+            let (gate_tx, gate_rx) = oneshot::channel();
+            let handler = Arc::new(Scripts {
+                gate: Mutex::new(Some(gate_rx)),
+                tasks: Mutex::new(Vec::new()),
+            });
+            let dyn_handler: Arc<dyn BleHandler> = handler.clone();
+            let serve = tokio::spawn(async move {
+                let (errors, _) = broadcast::channel(4);
+                let mut held = Held {
+                    devices: BTreeMap::new(),
+                };
+                let socket = Scripted {
+                    incoming,
+                    sent: sent_tx,
+                };
+                serve(socket, &dyn_handler, &mut held, &mut control_rx, &errors).await
+            });
+            Self {
+                frames,
+                sent,
+                control,
+                handler,
+                gate: Some(gate_tx),
+                serve,
+            }
+        }
+
+        /// The next `n` things the loop did to the socket.
+        async fn next(&mut self, n: usize) -> Vec<Sent> {
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..n {
+                out.push(self.sent.recv().await.unwrap());
+            }
+            out
+        }
+
+        async fn shut_down(self) {
+            self.control.send(Control::Shutdown).unwrap();
+            assert!(matches!(self.serve.await.unwrap(), Ended::Shutdown));
+        }
+    }
+
+    fn frame(text: &str) -> Sent {
+        Sent::Frame(text.to_owned())
+    }
+
+    #[tokio::test]
+    async fn writes_answered_at_once_are_answered_in_place_and_flushed_together() {
+        let mut running = Running::start([write("r-1", 7), write("r-2", 8), write("r-3", 9)]);
+        assert_eq!(
+            running.next(4).await,
+            [
+                frame("response r-1"),
+                frame("response r-2"),
+                frame("response r-3"),
+                Sent::Flush
+            ],
+            "the three writes read together are answered with one flush"
+        );
+        let serve_task = running.serve.id();
+        assert_eq!(
+            *running.handler.tasks.lock().unwrap(),
+            [Some(serve_task); 3],
+            "a handler that finishes at once runs on the connection's task, not a task of its own"
+        );
+        running.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn progress_of_a_handler_answered_in_place_goes_out_before_its_answer() {
+        let mut running = Running::start([write("r-1", 1), write("r-2", 7)]);
+        assert_eq!(
+            running.next(5).await,
+            [
+                frame("progress r-1 Received"),
+                frame("progress r-1 Written"),
+                frame("response r-1"),
+                frame("response r-2"),
+                Sent::Flush
+            ]
+        );
+        running.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn a_slow_handler_goes_on_in_its_own_task_while_the_others_are_answered() {
+        let mut running = Running::start([write("r-1", 0), write("r-2", 7), write("r-3", 1)]);
+        assert_eq!(
+            running.next(6).await,
+            [
+                frame("progress r-1 Received"),
+                frame("response r-2"),
+                frame("progress r-3 Received"),
+                frame("progress r-3 Written"),
+                frame("response r-3"),
+                Sent::Flush
+            ],
+            "the slow write's progress, then the writes answered at once, in one flush"
+        );
+        // More writes while the slow one still runs are answered too.
+        running.frames.send(Ok(write("r-4", 9))).unwrap();
+        assert_eq!(running.next(2).await, [frame("response r-4"), Sent::Flush]);
+        running.gate.take().unwrap().send(()).unwrap();
+        assert_eq!(
+            running.next(2).await,
+            [frame("response r-1"), Sent::Flush],
+            "the slow write is answered when its handler finishes"
+        );
+        let tasks = running.handler.tasks.lock().unwrap().clone();
+        let serve_task = Some(running.serve.id());
+        assert_eq!(tasks.len(), 4);
+        assert!(
+            tasks.iter().all(|task| *task == serve_task),
+            "every handler was first polled in place: {tasks:?}"
+        );
+        running.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_leaves_its_write_unanswered_and_the_connection_up() {
+        let mut running = Running::start([write("r-1", 2), write("r-2", 7)]);
+        assert_eq!(running.next(2).await, [frame("response r-2"), Sent::Flush]);
+        running.frames.send(Ok(write("r-3", 8))).unwrap();
+        assert_eq!(running.next(2).await, [frame("response r-3"), Sent::Flush]);
+        running.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_frames_is_flushed_every_max_batch_frames() {
+        let writes: Vec<_> = (0..=MAX_BATCH)
+            .map(|i| write(&format!("r-{i}"), 7))
+            .collect();
+        let mut running = Running::start(writes);
+        let mut expected: Vec<Sent> = (0..MAX_BATCH)
+            .map(|i| frame(&format!("response r-{i}")))
+            .collect();
+        expected.push(Sent::Flush);
+        expected.push(frame(&format!("response r-{MAX_BATCH}")));
+        expected.push(Sent::Flush);
+        assert_eq!(running.next(MAX_BATCH + 3).await, expected);
+        running.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn control_messages_are_sent_with_the_answers_of_the_same_turn() {
+        let mut running = Running::start([write("r-1", 7)]);
+        let device = DeviceId::new("lock-2").unwrap();
+        running.control.send(Control::Release(device)).unwrap();
+        let sent = running.next(3).await;
+        assert_eq!(sent.len(), 3);
+        assert_eq!(sent[2], Sent::Flush, "{sent:?}");
+        assert!(sent.contains(&frame("response r-1")), "{sent:?}");
+        assert!(
+            sent.contains(&frame(r#"{"type":"release","deviceId":"lock-2"}"#)),
+            "{sent:?}"
+        );
+        running.shut_down().await;
     }
 }
