@@ -77,7 +77,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use bridge_client::lock::{LockBehaviour, SimulatedLocks};
-use bridge_client::{BleHandler, BridgeClient, BridgeConfig, Credentials};
+use bridge_client::{BleHandler, BridgeClient, BridgeConfig, Credentials, Progress};
 use bridge_hub::HubConfig;
 use bridge_protocol::{DeviceId, Role};
 use bridge_server::auth::{Claims, unix_now};
@@ -1171,8 +1171,10 @@ fn orchestrate(args: &[String]) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// A phone that answers like [`SimulatedLocks`] and reports no stage (a 1.0 bridge): only
-/// `write` is implemented, so the client's progress handle is never used.
+/// A phone that answers like [`SimulatedLocks`] and reports no stage (a 1.0 bridge): the
+/// locks get a detached progress handle, so no `ble_progress` frame is sent. Both methods
+/// call the locks' `write_with_progress` directly (two boxed futures per write, not the four
+/// of `write` calling the default `write_with_progress` calling `write`).
 struct NoStages(Arc<SimulatedLocks>);
 
 #[async_trait::async_trait]
@@ -1181,7 +1183,19 @@ impl BleHandler for NoStages {
         &self,
         request: &bridge_protocol::BleWrite,
     ) -> Result<bridge_protocol::HexPayload, bridge_protocol::DeviceErrorCode> {
-        self.0.write(request).await
+        self.0
+            .write_with_progress(request, &Progress::detached(request))
+            .await
+    }
+
+    async fn write_with_progress(
+        &self,
+        request: &bridge_protocol::BleWrite,
+        _progress: &Progress,
+    ) -> Result<bridge_protocol::HexPayload, bridge_protocol::DeviceErrorCode> {
+        self.0
+            .write_with_progress(request, &Progress::detached(request))
+            .await
     }
 }
 
