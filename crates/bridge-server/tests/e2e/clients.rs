@@ -131,6 +131,10 @@ async fn the_clients_work_with_tokens_and_a_bridge_reconnects_after_its_connecti
         locks,
     );
     phone.wait_connected(1).await.unwrap();
+    // The client is connected once its handshake is answered; the hub registers the
+    // connection (its id, the device's presence) a moment later. Wait for that, so that the
+    // phone's is connection 1 and lock-1 is online before alice connects and commands it.
+    server.wait_online("lock-1", 1).await;
     let (alice, _events) = UserClient::connect(UserConfig::new(
         base_url(&server),
         Credentials::Token(token("alice", "user", Some(&["lock-1"]), 3600)),
