@@ -83,6 +83,9 @@ macro_rules! envelope {
         #[derive(Default, Debug, PartialEq, Eq)]
         struct Envelope<'a> {
             $($field: Option<&'a str>,)*
+            /// Set by the fast reader: no string value holds an escape, so each one is the
+            /// text between its quotes.
+            plain: bool,
         }
 
         /// The serde reading of [`Envelope`]: the reference the fast reader is held to.
@@ -98,6 +101,7 @@ macro_rules! envelope {
             fn from(env: SerdeEnvelope<'a>) -> Self {
                 Self {
                     $($field: env.$field.map(RawValue::get),)*
+                    plain: false,
                 }
             }
         }
@@ -152,6 +156,21 @@ envelope! {
     device_ids = "deviceIds",
 }
 
+/// The high bit of each byte of `word` (eight bytes of a string, first byte lowest) that is
+/// `"`, `\\` or a control character, the bytes that end a plain string; the lowest flag is
+/// exact, flags above it may be spurious.
+const fn string_stops(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte below `n` (for `n <= 0x80`), by borrow.
+    const fn below(word: u64, n: u64) -> u64 {
+        word.wrapping_sub(ONES * n) & !word & HIGHS
+    }
+    below(word ^ (ONES * b'"' as u64), 1)
+        | below(word ^ (ONES * b'\\' as u64), 1)
+        | below(word, 0x20)
+}
+
 /// A fast reader of the common envelope: one flat JSON object whose keys have no escapes
 /// and whose values are strings without escapes, `true`, `false`, `null` or integers of at
 /// most 20 characters. It returns what the serde reading ([`SerdeEnvelope`]) returns for
@@ -167,17 +186,27 @@ fn fast_envelope(text: &str) -> Option<Envelope<'_>> {
         }
         i
     };
-    // The end of a string whose opening quote is at `i - 1`: the index after its closing
-    // quote, or `None` on an escape or a control character. The quote is found with
-    // `str::find` (word at a time), then the text before it is checked in one pass without
-    // early exit: an escaped quote shows as its backslash.
-    let string_end = |i: usize| {
-        let len = text.get(i..)?.find('"')?;
-        let inner = b.get(i..i + len)?;
-        let refused = inner.iter().fold(0u8, |acc, &c| {
-            acc | u8::from(c < 0x20) | u8::from(c == b'\\')
-        });
-        (refused == 0).then_some(i + len + 1)
+    // The end of a string whose first character is at `i`: the index after its closing
+    // quote, or `None` on an escape or a control character (an escaped quote shows as its
+    // backslash). Eight bytes at a time, then byte by byte.
+    let string_end = |mut j: usize| {
+        while let Some(chunk) = b.get(j..).and_then(<[u8]>::first_chunk::<8>) {
+            let mask = string_stops(u64::from_le_bytes(*chunk));
+            if mask != 0 {
+                // The lowest flagged byte is the first stop (flags above it may be spurious).
+                j += (mask.trailing_zeros() / 8) as usize;
+                return (b[j] == b'"').then_some(j + 1);
+            }
+            j += 8;
+        }
+        while j < b.len() {
+            match b[j] {
+                b'"' => return Some(j + 1),
+                b'\\' | 0..=0x1F => return None,
+                _ => j += 1,
+            }
+        }
+        None
     };
     let mut env = Envelope::default();
     let mut seen = 0u32;
@@ -241,6 +270,7 @@ fn fast_envelope(text: &str) -> Option<Envelope<'_>> {
             }
         }
     }
+    env.plain = true;
     (ws(i) == b.len()).then_some(env)
 }
 
@@ -272,10 +302,11 @@ fn serde_envelope(text: &str, code: ErrorCode) -> Result<Envelope<'_>, ProtocolE
         .map_err(|e| ProtocolError::new(code, format!("not valid JSON: {e}")))
 }
 
-/// The string inside a raw JSON value, or `None` when the value is not a string.
-fn raw_str(text: &str) -> Option<Cow<'_, str>> {
+/// The string inside a raw JSON value, or `None` when the value is not a string. `plain`
+/// says the text is known to hold no escape (a value the fast reader accepted).
+fn raw_str(text: &str, plain: bool) -> Option<Cow<'_, str>> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
-    if inner.contains('\\') {
+    if !plain && inner.contains('\\') {
         serde_json::from_str::<String>(text).ok().map(Cow::Owned)
     } else {
         // Valid JSON without escapes: the text between the quotes is the string.
@@ -308,7 +339,7 @@ impl<'a> Reader<'_, 'a> {
         raw: Option<&'a str>,
         name: &str,
     ) -> Result<Option<Cow<'a, str>>, ProtocolError> {
-        raw.map(|r| raw_str(r).ok_or_else(|| self.wrong_type(name, "a string")))
+        raw.map(|r| raw_str(r, self.env.plain).ok_or_else(|| self.wrong_type(name, "a string")))
             .transpose()
     }
 
@@ -371,7 +402,7 @@ impl<'a> Reader<'_, 'a> {
         let Some(raw) = self.env.payload else {
             return Ok(None);
         };
-        let s = raw_str(raw).ok_or_else(|| {
+        let s = raw_str(raw, self.env.plain).ok_or_else(|| {
             ProtocolError::new(
                 ErrorCode::InvalidPayload,
                 "field `payload` must be a hex string",
@@ -388,7 +419,7 @@ impl<'a> Reader<'_, 'a> {
     }
 
     fn device_error(&self, raw: &'a str) -> Result<DeviceErrorCode, ProtocolError> {
-        let s = raw_str(raw).ok_or_else(|| self.wrong_type("error", "a string"))?;
+        let s = raw_str(raw, self.env.plain).ok_or_else(|| self.wrong_type("error", "a string"))?;
         DeviceErrorCode::new(&s).map_err(|e| self.invalid(&e))
     }
 
@@ -429,7 +460,7 @@ impl<'a> Reader<'_, 'a> {
 /// as an application's own frame types.
 pub fn frame_type(text: &str) -> Option<Cow<'_, str>> {
     let env = parse_envelope(text, ErrorCode::InvalidMessage).ok()?;
-    raw_str(env.ty?)
+    raw_str(env.ty?, env.plain)
 }
 
 /// The `requestId` of a text frame, if it has a valid one (1 to 64 characters, no control
@@ -443,7 +474,7 @@ pub fn frame_request_id(text: &str) -> Option<RequestId> {
 /// The frame's `requestId`, if it has a valid one.
 fn readable_request_id(env: &Envelope<'_>) -> Option<RequestId> {
     env.request_id
-        .and_then(raw_str)
+        .and_then(|raw| raw_str(raw, env.plain))
         .and_then(|s| RequestId::new(&s).ok())
 }
 
@@ -460,7 +491,7 @@ fn decode_frame<T>(
     };
     let result = match env.ty {
         None => Err(ProtocolError::invalid_message("field `type` is required")),
-        Some(raw) => match raw_str(raw) {
+        Some(raw) => match raw_str(raw, env.plain) {
             None => Err(ProtocolError::invalid_message(
                 "field `type` must be a string",
             )),
@@ -848,12 +879,35 @@ impl ProtocolError {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{Envelope, fast_envelope, serde_envelope};
+    use super::{Envelope, fast_envelope, raw_str, serde_envelope};
     use crate::ErrorCode;
 
     /// What serde reads, or `None` when it refuses the text.
     fn serde_reading(text: &str) -> Option<Envelope<'_>> {
         serde_envelope(text, ErrorCode::InvalidMessage).ok()
+    }
+
+    /// What the fast reader reads, with every string read as `raw_str` reads it when told
+    /// the text is plain and when not (they must agree), and `plain` reset to compare with
+    /// serde's reading.
+    fn fast_reading(text: &str) -> Option<Envelope<'_>> {
+        let mut env = fast_envelope(text)?;
+        assert!(env.plain);
+        for value in [
+            env.ty,
+            env.request_id,
+            env.device_id,
+            env.payload,
+            env.error,
+            env.timeout_ms,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            assert_eq!(raw_str(value, true), raw_str(value, false), "{text}");
+        }
+        env.plain = false;
+        Some(env)
     }
 
     #[test]
@@ -865,7 +919,7 @@ mod tests {
             r#"{"type":"ble_status","deviceId":"d","connected":true,"rssi":-60}"#,
             "{}",
         ] {
-            let fast = fast_envelope(text);
+            let fast = fast_reading(text);
             assert!(fast.is_some(), "{text}");
             assert_eq!(fast, serde_reading(text), "{text}");
         }
@@ -894,7 +948,7 @@ mod tests {
         // A key the envelope does not know may repeat, as serde ignores it.
         let text = r#"{"x":1,"x":"y","payload":"03"}"#;
         assert!(fast_envelope(text).is_some());
-        assert_eq!(fast_envelope(text), serde_reading(text));
+        assert_eq!(fast_reading(text), serde_reading(text));
     }
 
     /// Pieces of JSON-like text, valid and not, around the envelope's keys.
@@ -1023,7 +1077,27 @@ mod tests {
         /// fields with the same raw values; otherwise the decoders use serde's reading.
         #[test]
         fn fast_envelope_reads_as_serde_does(text in object()) {
-            if let Some(fast) = fast_envelope(&text) {
+            if let Some(fast) = fast_reading(&text) {
+                prop_assert_eq!(Some(fast), serde_reading(&text), "{}", text);
+            }
+        }
+
+        /// Strings of every length with quotes, backslashes, control and non-ASCII
+        /// characters anywhere (the eight-byte scan's edges included).
+        #[test]
+        fn fast_envelope_reads_strings_as_serde_does(
+            chars in proptest::collection::vec(
+                prop_oneof![
+                    8 => "[a-z0-9]",
+                    1 => prop::sample::select(vec!["\"", "\\", "\u{1}", "\u{1f}", "\u{7f}", "é", "€", " "])
+                        .prop_map(str::to_owned),
+                ],
+                0..40,
+            ),
+            key in prop::sample::select(vec!["requestId", "x"]),
+        ) {
+            let text = format!("{{\"{key}\":\"{}\",\"type\":\"t\"}}", chars.concat());
+            if let Some(fast) = fast_reading(&text) {
                 prop_assert_eq!(Some(fast), serde_reading(&text), "{}", text);
             }
         }
@@ -1032,7 +1106,7 @@ mod tests {
         fn fast_envelope_reads_as_serde_does_on_any_text(
             text in proptest::collection::vec(piece(), 0..24).prop_map(|p| p.concat())
         ) {
-            if let Some(fast) = fast_envelope(&text) {
+            if let Some(fast) = fast_reading(&text) {
                 prop_assert_eq!(Some(fast), serde_reading(&text), "{}", text);
             }
         }
