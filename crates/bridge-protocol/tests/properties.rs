@@ -272,6 +272,23 @@ proptest! {
     }
 
     #[test]
+    fn hex_payloads_are_the_same_value_however_held(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        use std::hash::{BuildHasher, RandomState};
+        let heap = HexPayload::from_bytes(bytes.clone());
+        let decoded = HexPayload::from_hex(&heap.to_hex(), usize::MAX).unwrap();
+        prop_assert_eq!(&decoded, &heap);
+        prop_assert_eq!(decoded.as_bytes(), &bytes[..]);
+        prop_assert_eq!(decoded.len(), bytes.len());
+        prop_assert_eq!(decoded.is_empty(), bytes.is_empty());
+        prop_assert_eq!(decoded.to_hex(), heap.to_hex());
+        prop_assert_eq!(serde_json::to_string(&decoded).unwrap(), serde_json::to_string(&heap).unwrap());
+        let hasher = RandomState::new();
+        prop_assert_eq!(hasher.hash_one(&decoded), hasher.hash_one(&heap));
+        prop_assert_eq!(hasher.hash_one(&decoded), hasher.hash_one(&bytes));
+        prop_assert_eq!(decoded.clone().into_bytes(), bytes);
+    }
+
+    #[test]
     fn hex_payloads_round_trip_in_any_case(bytes in proptest::collection::vec(any::<u8>(), 0..64), upper in any::<bool>()) {
         let hex = HexPayload::from_bytes(bytes.clone()).to_hex();
         let hex = if upper { hex.to_uppercase() } else { hex };
