@@ -1,7 +1,9 @@
 //! Outgoing frames, serialized once and shared by every recipient.
 
+use std::cell::RefCell;
+
 use bridge_protocol::{ServerToBridge, ServerToUser};
-use tungstenite::{Message, Utf8Bytes};
+use tungstenite::{Bytes, Message, Utf8Bytes};
 
 /// One outgoing text frame, already serialized.
 ///
@@ -32,19 +34,92 @@ impl Frame {
     }
 }
 
+thread_local! {
+    /// The buffer this thread serializes frames into; each frame then gets a copy of
+    /// exactly its own size.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
 impl Frame {
-    /// Room for a `ble_write` or a `command_result` with a small payload: the text is
-    /// written once into one buffer instead of growing 128 → 256 → 512 bytes.
+    /// Room for a `ble_write` or a `command_result` with a small payload.
     const ENCODE_CAPACITY: usize = 384;
 
-    /// Serializes with `write` straight into the buffer the frame then shares.
+    /// A scratch buffer grown past this (a frame with a large payload) is not kept.
+    const SCRATCH_KEPT: usize = 4096;
+
+    /// Serializes with `write` into this thread's scratch buffer, then copies the text into
+    /// an allocation of exactly its size.
+    ///
+    /// An exact-size buffer becomes the frame's `Bytes` without the extra shared header
+    /// that `Bytes::from(Vec)` allocates when the length and capacity differ, so a frame
+    /// costs one allocation for its text instead of two (the buffer and that header).
     fn encode(write: impl FnOnce(&mut Vec<u8>)) -> Self {
-        let mut buf = Vec::with_capacity(Self::ENCODE_CAPACITY);
-        write(&mut buf);
-        // serde_json writes UTF-8 only; the fallback is never taken.
-        let text = String::from_utf8(buf)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        SCRATCH.with(|scratch| {
+            if let Ok(mut buf) = scratch.try_borrow_mut() {
+                buf.clear();
+                write(&mut buf);
+                let frame = Self::exact(&buf);
+                if buf.capacity() > Self::SCRATCH_KEPT {
+                    *buf = Vec::with_capacity(Self::ENCODE_CAPACITY);
+                }
+                frame
+            } else {
+                // Not reached (serializing a frame encodes no other frame); a buffer of its
+                // own then.
+                let mut buf = Vec::with_capacity(Self::ENCODE_CAPACITY);
+                write(&mut buf);
+                Self::exact(&buf)
+            }
+        })
+    }
+
+    /// The frame of `text`.
+    ///
+    /// Up to [`InlineText::CAPACITY`] bytes (a `ble_write`, a `command_result`), the text
+    /// and its reference count share one allocation (`Bytes::from_owner`), so neither
+    /// making the frame nor sharing it with a connection's queue allocates again. A longer
+    /// text goes into an exact-size `String`, whose `Bytes` allocates its shared header at
+    /// the first clone.
+    fn exact(text: &[u8]) -> Self {
+        if let Some(inline) = InlineText::new(text)
+            && let Ok(text) = Utf8Bytes::try_from(Bytes::from_owner(inline))
+        {
+            return Self(text);
+        }
+        // The encoders write UTF-8 only; `to_owned` copies into an exact-size `String`. (Not
+        // `from_utf8_lossy`, whose scan has no ASCII fast path.)
+        let text = match std::str::from_utf8(text) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(text).into_owned(),
+        };
         Self(Utf8Bytes::from(text))
+    }
+}
+
+/// A short frame text held by value, to live next to its reference count in the one
+/// allocation of `Bytes::from_owner`.
+struct InlineText {
+    len: usize,
+    bytes: [u8; InlineText::CAPACITY],
+}
+
+impl InlineText {
+    /// Room for a `ble_write` with a payload of up to ~50 bytes.
+    const CAPACITY: usize = 376;
+
+    fn new(text: &[u8]) -> Option<Self> {
+        let mut inline = Self {
+            len: text.len(),
+            bytes: [0; Self::CAPACITY],
+        };
+        inline.bytes.get_mut(..text.len())?.copy_from_slice(text);
+        Some(inline)
+    }
+}
+
+impl AsRef<[u8]> for InlineText {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
@@ -69,5 +144,51 @@ impl From<&ServerToBridge> for Frame {
 impl From<ServerToBridge> for Frame {
     fn from(frame: ServerToBridge) -> Self {
         Self::from(&frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bridge_protocol::{
+        BleWrite, DeviceId, DeviceStatus, DeviceType, HexPayload, RequestId, ServerToBridge,
+        ServerToUser, TimeoutMs,
+    };
+
+    use super::Frame;
+
+    fn ble_write(payload_bytes: usize) -> ServerToBridge {
+        ServerToBridge::BleWrite(BleWrite {
+            request_id: RequestId::from_u128_hex(7),
+            device_id: DeviceId::new("lock-\"1\"").expect("a valid id"),
+            device_type: DeviceType::new("smart_lock").expect("a valid type"),
+            service_uuid: "00000000-0000-1000-8000-00805f9b34f1"
+                .parse()
+                .expect("a UUID"),
+            write_uuid: "00000000-0000-1000-8000-00805f9b34f2"
+                .parse()
+                .expect("a UUID"),
+            listen_uuid: "00000000-0000-1000-8000-00805f9b34f3"
+                .parse()
+                .expect("a UUID"),
+            payload: HexPayload::from_bytes(vec![0xA5; payload_bytes]),
+            timeout_ms: TimeoutMs::DEFAULT,
+        })
+    }
+
+    #[test]
+    fn frames_hold_exactly_the_encoders_text_one_after_another() {
+        // Small, large (past the kept scratch size) and small again: each frame is its own
+        // text, whatever the scratch buffer held before.
+        for bytes in [1, 4000, 0, 3] {
+            let frame = ble_write(bytes);
+            assert_eq!(Frame::from(&frame).as_str(), frame.to_json());
+        }
+        let status = ServerToUser::DeviceStatus(DeviceStatus {
+            device_id: DeviceId::new("d").expect("a valid id"),
+            online: true,
+            ble_connected: None,
+        });
+        assert_eq!(Frame::from(&status).as_str(), status.to_json());
+        assert_eq!(Frame::from(ble_write(2)).as_str(), ble_write(2).to_json());
     }
 }

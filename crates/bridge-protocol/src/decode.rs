@@ -74,66 +74,210 @@ use crate::{
     ServerToUser, Stage, StreamEvent, TimeoutMs, TtlSeconds, UserId, UserToServer, ValueError,
 };
 
-/// Every field any frame or body may carry, each as its raw JSON text.
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Envelope<'a> {
-    #[serde(rename = "type", borrow, default)]
-    ty: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    request_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    device_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    device_type: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    service_uuid: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    write_uuid: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    listen_uuid: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    payload: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    timeout_ms: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    error: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    connected: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    rssi: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    if_offline: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    command_type: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    ttl_seconds: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    requires_confirmation: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    command_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    status: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    online: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    ble_connected: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    code: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    message: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    stage: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    progress: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    token: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    user_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    device_ids: Option<&'a RawValue>,
+/// Declares the envelope (every field any frame or body may carry, each as its raw JSON
+/// text), the serde struct that reads it, and the key → field table of the fast reader.
+macro_rules! envelope {
+    ($($field:ident = $key:literal,)*) => {
+        /// Every field any frame or body may carry, each as its raw JSON text (a value
+        /// whose text is `null` counts as absent).
+        #[derive(Default, Debug, PartialEq, Eq)]
+        struct Envelope<'a> {
+            $($field: Option<&'a str>,)*
+            /// Set by the fast reader: no string value holds an escape, so each one is the
+            /// text between its quotes.
+            plain: bool,
+        }
+
+        /// The serde reading of [`Envelope`]: the reference the fast reader is held to.
+        #[derive(Deserialize, Default)]
+        struct SerdeEnvelope<'a> {
+            $(
+                #[serde(rename = $key, borrow, default)]
+                $field: Option<&'a RawValue>,
+            )*
+        }
+
+        impl<'a> From<SerdeEnvelope<'a>> for Envelope<'a> {
+            fn from(env: SerdeEnvelope<'a>) -> Self {
+                Self {
+                    $($field: env.$field.map(RawValue::get),)*
+                    plain: false,
+                }
+            }
+        }
+
+        /// The envelope's fields, numbered for the fast reader's record of keys seen.
+        #[allow(non_camel_case_types, clippy::enum_variant_names)]
+        #[derive(Clone, Copy)]
+        enum Field {
+            $($field,)*
+        }
+
+        impl<'a> Envelope<'a> {
+            /// The field a key names, with its slot; `None` for a key no frame knows.
+            fn slot(&mut self, key: &str) -> Option<(Field, &mut Option<&'a str>)> {
+                match key {
+                    $($key => Some((Field::$field, &mut self.$field)),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+envelope! {
+    ty = "type",
+    request_id = "requestId",
+    device_id = "deviceId",
+    device_type = "deviceType",
+    service_uuid = "serviceUuid",
+    write_uuid = "writeUuid",
+    listen_uuid = "listenUuid",
+    payload = "payload",
+    timeout_ms = "timeoutMs",
+    error = "error",
+    connected = "connected",
+    rssi = "rssi",
+    if_offline = "ifOffline",
+    command_type = "commandType",
+    ttl_seconds = "ttlSeconds",
+    requires_confirmation = "requiresConfirmation",
+    command_id = "commandId",
+    status = "status",
+    online = "online",
+    ble_connected = "bleConnected",
+    data = "data",
+    code = "code",
+    message = "message",
+    stage = "stage",
+    progress = "progress",
+    token = "token",
+    user_id = "userId",
+    device_ids = "deviceIds",
+}
+
+/// The high bit of each byte of `word` (eight bytes of a string, first byte lowest) that is
+/// `"`, `\\` or a control character, the bytes that end a plain string; the lowest flag is
+/// exact, flags above it may be spurious.
+const fn string_stops(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte below `n` (for `n <= 0x80`), by borrow.
+    const fn below(word: u64, n: u64) -> u64 {
+        word.wrapping_sub(ONES * n) & !word & HIGHS
+    }
+    below(word ^ (ONES * b'"' as u64), 1)
+        | below(word ^ (ONES * b'\\' as u64), 1)
+        | below(word, 0x20)
+}
+
+/// A fast reader of the common envelope: one flat JSON object whose keys have no escapes
+/// and whose values are strings without escapes, `true`, `false`, `null` or integers of at
+/// most 20 characters. It returns what the serde reading ([`SerdeEnvelope`]) returns for
+/// such text, and `None` for anything else — a nested value, an escape, a key twice (known
+/// ones), a syntax error — which then goes through serde, so errors and unusual input are
+/// read exactly as before. A property test (`fast_envelope_reads_as_serde_does`) holds it to
+/// that.
+fn fast_envelope_into<'a>(text: &'a str, env: &mut Envelope<'a>) -> Option<()> {
+    let b = text.as_bytes();
+    let ws = |mut i: usize| {
+        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    };
+    // The end of a string whose first character is at `i`: the index after its closing
+    // quote, or `None` on an escape or a control character (an escaped quote shows as its
+    // backslash). Eight bytes at a time, then byte by byte.
+    let string_end = |mut j: usize| {
+        while let Some(chunk) = b.get(j..).and_then(<[u8]>::first_chunk::<8>) {
+            let mask = string_stops(u64::from_le_bytes(*chunk));
+            if mask != 0 {
+                // The lowest flagged byte is the first stop (flags above it may be spurious).
+                j += (mask.trailing_zeros() / 8) as usize;
+                return (b[j] == b'"').then_some(j + 1);
+            }
+            j += 8;
+        }
+        while j < b.len() {
+            match b[j] {
+                b'"' => return Some(j + 1),
+                b'\\' | 0..=0x1F => return None,
+                _ => j += 1,
+            }
+        }
+        None
+    };
+    let mut seen = 0u32;
+    let mut i = ws(0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws(i + 1);
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            if b.get(i) != Some(&b'"') {
+                return None;
+            }
+            let key_end = string_end(i + 1)?;
+            let key = text.get(i + 1..key_end - 1)?;
+            i = ws(key_end);
+            if b.get(i) != Some(&b':') {
+                return None;
+            }
+            let start = ws(i + 1);
+            let end = match b.get(start)? {
+                b'"' => string_end(start + 1)?,
+                b't' if b[start..].starts_with(b"true") => start + 4,
+                b'f' if b[start..].starts_with(b"false") => start + 5,
+                b'n' if b[start..].starts_with(b"null") => start + 4,
+                b'-' | b'0'..=b'9' => {
+                    let digits = usize::from(b[start] == b'-');
+                    let mut end = start + digits;
+                    while end < b.len() && b[end].is_ascii_digit() {
+                        end += 1;
+                    }
+                    let len = end - start - digits;
+                    // One digit at least, no leading zero, no fraction or exponent (the
+                    // next byte must end the value), and short enough to be read as is.
+                    if len == 0 || (len > 1 && b[start + digits] == b'0') || end - start > 20 {
+                        return None;
+                    }
+                    end
+                }
+                _ => return None,
+            };
+            let value = text.get(start..end)?;
+            if let Some((field, slot)) = env.slot(key) {
+                let bit = 1u32 << (field as u32);
+                if seen & bit != 0 {
+                    return None;
+                }
+                seen |= bit;
+                *slot = (value != "null").then_some(value);
+            }
+            i = ws(end);
+            match b.get(i)? {
+                b',' => i = ws(i + 1),
+                b'}' => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    env.plain = true;
+    (ws(i) == b.len()).then_some(())
+}
+
+/// [`fast_envelope_into`] into a new envelope.
+#[cfg(test)]
+fn fast_envelope(text: &str) -> Option<Envelope<'_>> {
+    let mut env = Envelope::default();
+    fast_envelope_into(text, &mut env).map(|()| env)
 }
 
 /// A field of the envelope, read with the error code used for structural problems.
@@ -144,6 +288,18 @@ struct Reader<'e, 'a> {
 }
 
 fn parse_envelope(text: &str, code: ErrorCode) -> Result<Envelope<'_>, ProtocolError> {
+    let mut env = Envelope::default();
+    parse_envelope_into(text, code, &mut env)?;
+    Ok(env)
+}
+
+/// [`parse_envelope`] into `env` (a new, empty envelope): the hot decoders keep the
+/// envelope (28 fields) where it is instead of moving it out of each call.
+fn parse_envelope_into<'a>(
+    text: &'a str,
+    code: ErrorCode,
+    env: &mut Envelope<'a>,
+) -> Result<(), ProtocolError> {
     let first = text
         .trim_start_matches([' ', '\t', '\n', '\r'])
         .as_bytes()
@@ -151,14 +307,25 @@ fn parse_envelope(text: &str, code: ErrorCode) -> Result<Envelope<'_>, ProtocolE
     if first != Some(&b'{') {
         return Err(ProtocolError::new(code, "expected a JSON object"));
     }
-    serde_json::from_str(text).map_err(|e| ProtocolError::new(code, format!("not valid JSON: {e}")))
+    if fast_envelope_into(text, env).is_none() {
+        // What the fast reader wrote, if anything, is replaced.
+        *env = serde_envelope(text, code)?;
+    }
+    Ok(())
 }
 
-/// The string inside a raw JSON value, or `None` when the value is not a string.
-fn raw_str(raw: &RawValue) -> Option<Cow<'_, str>> {
-    let text = raw.get();
+/// The serde reading of an envelope (anything [`fast_envelope`] leaves to it).
+fn serde_envelope(text: &str, code: ErrorCode) -> Result<Envelope<'_>, ProtocolError> {
+    serde_json::from_str::<SerdeEnvelope<'_>>(text)
+        .map(Envelope::from)
+        .map_err(|e| ProtocolError::new(code, format!("not valid JSON: {e}")))
+}
+
+/// The string inside a raw JSON value, or `None` when the value is not a string. `plain`
+/// says the text is known to hold no escape (a value the fast reader accepted).
+fn raw_str(text: &str, plain: bool) -> Option<Cow<'_, str>> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
-    if inner.contains('\\') {
+    if !plain && inner.contains('\\') {
         serde_json::from_str::<String>(text).ok().map(Cow::Owned)
     } else {
         // Valid JSON without escapes: the text between the quotes is the string.
@@ -188,23 +355,19 @@ impl<'a> Reader<'_, 'a> {
 
     fn opt_str(
         &self,
-        raw: Option<&'a RawValue>,
+        raw: Option<&'a str>,
         name: &str,
     ) -> Result<Option<Cow<'a, str>>, ProtocolError> {
-        raw.map(|r| raw_str(r).ok_or_else(|| self.wrong_type(name, "a string")))
+        raw.map(|r| raw_str(r, self.env.plain).ok_or_else(|| self.wrong_type(name, "a string")))
             .transpose()
     }
 
-    fn req_str(
-        &self,
-        raw: Option<&'a RawValue>,
-        name: &str,
-    ) -> Result<Cow<'a, str>, ProtocolError> {
+    fn req_str(&self, raw: Option<&'a str>, name: &str) -> Result<Cow<'a, str>, ProtocolError> {
         self.opt_str(raw, name)?.ok_or_else(|| self.missing(name))
     }
 
-    fn opt_bool(&self, raw: Option<&RawValue>, name: &str) -> Result<Option<bool>, ProtocolError> {
-        raw.map(|r| match r.get() {
+    fn opt_bool(&self, raw: Option<&str>, name: &str) -> Result<Option<bool>, ProtocolError> {
+        raw.map(|r| match r {
             "true" => Ok(true),
             "false" => Ok(false),
             _ => Err(self.wrong_type(name, "a boolean")),
@@ -212,13 +375,13 @@ impl<'a> Reader<'_, 'a> {
         .transpose()
     }
 
-    fn req_bool(&self, raw: Option<&RawValue>, name: &str) -> Result<bool, ProtocolError> {
+    fn req_bool(&self, raw: Option<&str>, name: &str) -> Result<bool, ProtocolError> {
         self.opt_bool(raw, name)?.ok_or_else(|| self.missing(name))
     }
 
-    fn opt_u64(&self, raw: Option<&RawValue>, name: &str) -> Result<Option<u64>, ProtocolError> {
+    fn opt_u64(&self, raw: Option<&str>, name: &str) -> Result<Option<u64>, ProtocolError> {
         raw.map(|r| {
-            let t = r.get();
+            let t = r;
             if t.bytes().all(|b| b.is_ascii_digit()) {
                 t.parse::<u64>()
                     .map_err(|_| self.wrong_type(name, "a non-negative integer"))
@@ -229,7 +392,7 @@ impl<'a> Reader<'_, 'a> {
         .transpose()
     }
 
-    fn req_u64(&self, raw: Option<&RawValue>, name: &str) -> Result<u64, ProtocolError> {
+    fn req_u64(&self, raw: Option<&str>, name: &str) -> Result<u64, ProtocolError> {
         self.opt_u64(raw, name)?.ok_or_else(|| self.missing(name))
     }
 
@@ -248,7 +411,7 @@ impl<'a> Reader<'_, 'a> {
         DeviceType::new(&s).map_err(|e| self.invalid(&e))
     }
 
-    fn uuid(&self, raw: Option<&'a RawValue>, name: &str) -> Result<uuid::Uuid, ProtocolError> {
+    fn uuid(&self, raw: Option<&'a str>, name: &str) -> Result<uuid::Uuid, ProtocolError> {
         let s = self.req_str(raw, name)?;
         uuid::Uuid::parse_str(&s).map_err(|_| self.wrong_type(name, "a UUID"))
     }
@@ -258,7 +421,7 @@ impl<'a> Reader<'_, 'a> {
         let Some(raw) = self.env.payload else {
             return Ok(None);
         };
-        let s = raw_str(raw).ok_or_else(|| {
+        let s = raw_str(raw, self.env.plain).ok_or_else(|| {
             ProtocolError::new(
                 ErrorCode::InvalidPayload,
                 "field `payload` must be a hex string",
@@ -274,8 +437,8 @@ impl<'a> Reader<'_, 'a> {
             .ok_or_else(|| self.missing("payload"))
     }
 
-    fn device_error(&self, raw: &'a RawValue) -> Result<DeviceErrorCode, ProtocolError> {
-        let s = raw_str(raw).ok_or_else(|| self.wrong_type("error", "a string"))?;
+    fn device_error(&self, raw: &'a str) -> Result<DeviceErrorCode, ProtocolError> {
+        let s = raw_str(raw, self.env.plain).ok_or_else(|| self.wrong_type("error", "a string"))?;
         DeviceErrorCode::new(&s).map_err(|e| self.invalid(&e))
     }
 
@@ -298,8 +461,8 @@ impl<'a> Reader<'_, 'a> {
             None => Progress::NONE,
             // serde would also read a struct from an array: only an object is accepted.
             Some(raw) => Some(raw)
-                .filter(|raw| raw.get().starts_with('{'))
-                .and_then(|raw| serde_json::from_str::<Progress>(raw.get()).ok())
+                .filter(|raw| raw.starts_with('{'))
+                .and_then(|raw| serde_json::from_str::<Progress>(raw).ok())
                 .ok_or_else(|| {
                     self.wrong_type(
                         "progress",
@@ -316,7 +479,7 @@ impl<'a> Reader<'_, 'a> {
 /// as an application's own frame types.
 pub fn frame_type(text: &str) -> Option<Cow<'_, str>> {
     let env = parse_envelope(text, ErrorCode::InvalidMessage).ok()?;
-    raw_str(env.ty?)
+    raw_str(env.ty?, env.plain)
 }
 
 /// The `requestId` of a text frame, if it has a valid one (1 to 64 characters, no control
@@ -330,7 +493,7 @@ pub fn frame_request_id(text: &str) -> Option<RequestId> {
 /// The frame's `requestId`, if it has a valid one.
 fn readable_request_id(env: &Envelope<'_>) -> Option<RequestId> {
     env.request_id
-        .and_then(raw_str)
+        .and_then(|raw| raw_str(raw, env.plain))
         .and_then(|s| RequestId::new(&s).ok())
 }
 
@@ -340,22 +503,23 @@ fn decode_frame<T>(
     text: &str,
     decode_body: impl FnOnce(&str, &Reader<'_, '_>) -> Result<T, ProtocolError>,
 ) -> Result<T, ProtocolError> {
-    let env = parse_envelope(text, ErrorCode::InvalidMessage)?;
-    let request_id = readable_request_id(&env);
+    let mut env = Envelope::default();
+    parse_envelope_into(text, ErrorCode::InvalidMessage, &mut env)?;
     let reader = Reader {
         env: &env,
         code: ErrorCode::InvalidMessage,
     };
     let result = match env.ty {
         None => Err(ProtocolError::invalid_message("field `type` is required")),
-        Some(raw) => match raw_str(raw) {
+        Some(raw) => match raw_str(raw, env.plain) {
             None => Err(ProtocolError::invalid_message(
                 "field `type` must be a string",
             )),
             Some(ty) => decode_body(&ty, &reader),
         },
     };
-    result.map_err(|e| e.with_request_id(request_id))
+    // The `requestId` is read only for an error: an accepted frame has read it already.
+    result.map_err(|e| e.with_request_id(readable_request_id(&env)))
 }
 
 fn unknown_type(ty: &str, role: &str) -> ProtocolError {
@@ -408,8 +572,7 @@ fn bridge_body(
             let rssi = match r.env.rssi {
                 None => None,
                 Some(raw) => Some(
-                    raw.get()
-                        .parse::<i8>()
+                    raw.parse::<i8>()
                         .map_err(|_| r.wrong_type("rssi", "an integer from -128 to 127"))?,
                 ),
             };
@@ -632,7 +795,7 @@ fn hello(r: &Reader<'_, '_>) -> Result<Hello, ProtocolError> {
     })?;
     let mut device_ids: Vec<DeviceId> = Vec::new();
     if let Some(raw) = r.env.device_ids {
-        let items = serde_json::from_str::<Vec<Cow<'_, str>>>(raw.get())
+        let items = serde_json::from_str::<Vec<Cow<'_, str>>>(raw)
             .map_err(|_| r.wrong_type("deviceIds", "an array of strings"))?;
         for item in items {
             let id = DeviceId::new(&item).map_err(|e| r.invalid(&e))?;
@@ -651,7 +814,7 @@ fn event_data(r: &Reader<'_, '_>) -> Result<Option<serde_json::Value>, ProtocolE
     r.env
         .data
         .map(|raw| {
-            serde_json::from_str(raw.get())
+            serde_json::from_str(raw)
                 .map_err(|e| ProtocolError::new(r.code, format!("field `data`: {e}")))
         })
         .transpose()
@@ -702,7 +865,8 @@ pub(crate) fn decode_command_body(
     body: &str,
     limits: &Limits,
 ) -> Result<CommandRequest, ProtocolError> {
-    let env = parse_envelope(body, ErrorCode::InvalidRequest)?;
+    let mut env = Envelope::default();
+    parse_envelope_into(body, ErrorCode::InvalidRequest, &mut env)?;
     command_fields(
         &Reader {
             env: &env,
@@ -729,5 +893,243 @@ impl ProtocolError {
     /// The error for a binary WebSocket frame: `invalid_message`.
     pub fn binary_frame() -> Self {
         Self::invalid_message("binary frames are not accepted; send JSON in a text frame")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{Envelope, fast_envelope, raw_str, serde_envelope};
+    use crate::ErrorCode;
+
+    /// What serde reads, or `None` when it refuses the text.
+    fn serde_reading(text: &str) -> Option<Envelope<'_>> {
+        serde_envelope(text, ErrorCode::InvalidMessage).ok()
+    }
+
+    /// What the fast reader reads, with every string read as `raw_str` reads it when told
+    /// the text is plain and when not (they must agree), and `plain` reset to compare with
+    /// serde's reading.
+    fn fast_reading(text: &str) -> Option<Envelope<'_>> {
+        let mut env = fast_envelope(text)?;
+        assert!(env.plain);
+        for value in [
+            env.ty,
+            env.request_id,
+            env.device_id,
+            env.payload,
+            env.error,
+            env.timeout_ms,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            assert_eq!(raw_str(value, true), raw_str(value, false), "{text}");
+        }
+        env.plain = false;
+        Some(env)
+    }
+
+    #[test]
+    fn hot_shapes_take_the_fast_path() {
+        for text in [
+            r#"{"type":"ble_response","requestId":"0123456789abcdef0123456789abcdef","deviceId":"lock-1","payload":"0a0B"}"#,
+            r#"{"type":"ble_response","requestId":"r1","deviceId":"d","error":"gatt_write_failed"}"#,
+            r#" { "payload" : "03" , "timeoutMs" : 5000, "ifOffline": null, "x": -12 } "#,
+            r#"{"type":"ble_status","deviceId":"d","connected":true,"rssi":-60}"#,
+            "{}",
+        ] {
+            let fast = fast_reading(text);
+            assert!(fast.is_some(), "{text}");
+            assert_eq!(fast, serde_reading(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn unusual_input_is_left_to_serde() {
+        for text in [
+            r#"{"type":"a","type":"b"}"#,
+            r#"{"type":null,"type":"b"}"#,
+            r#"{"requestId":"a\"b"}"#,
+            r#"{"type\u0020":"x"}"#,
+            r#"{"progress":{"receivedMs":1}}"#,
+            r#"{"payload":"03",}"#,
+            r#"{"timeoutMs":1.5}"#,
+            r#"{"timeoutMs":01}"#,
+            r#"{"timeoutMs":1e3}"#,
+            "[1]",
+            "{\"a\":\"\u{1}\"}",
+            r#"{"a":1} x"#,
+            r#"{"a":tru}"#,
+            r#"{"a":truex}"#,
+        ] {
+            assert_eq!(fast_envelope(text), None, "{text}");
+        }
+        // A key the envelope does not know may repeat, as serde ignores it.
+        let text = r#"{"x":1,"x":"y","payload":"03"}"#;
+        assert!(fast_envelope(text).is_some());
+        assert_eq!(fast_reading(text), serde_reading(text));
+    }
+
+    /// Pieces of JSON-like text, valid and not, around the envelope's keys.
+    fn piece() -> impl Strategy<Value = String> {
+        let keys = prop::sample::select(vec![
+            r#""type""#,
+            r#""requestId""#,
+            r#""deviceId""#,
+            r#""payload""#,
+            r#""error""#,
+            r#""timeoutMs""#,
+            r#""connected""#,
+            r#""rssi""#,
+            r#""progress""#,
+            r#""ifOffline""#,
+            r#""requiresConfirmation""#,
+            r#""other""#,
+            r#""""#,
+            r#""Type""#,
+            r#""type ""#,
+            r#""request\u0049d""#,
+            r#""a\"b""#,
+        ])
+        .prop_map(str::to_owned);
+        let values = prop::sample::select(vec![
+            r#""ble_response""#,
+            r#""abc""#,
+            r#""""#,
+            r#""é ü""#,
+            r#""a\"b""#,
+            r#""a\\b""#,
+            r#""\u0041""#,
+            "\"\u{1}\"",
+            "\"\u{7f}\"",
+            r#""unterminated"#,
+            "true",
+            "false",
+            "null",
+            "nul",
+            "tru",
+            "0",
+            "-0",
+            "-",
+            "01",
+            "-1",
+            "123",
+            "1.5",
+            "1e5",
+            "-1E-5",
+            "18446744073709551616",
+            "123456789012345678901234567890",
+            "{}",
+            r#"{"a":1}"#,
+            "[]",
+            "[1,2]",
+            "NaN",
+        ])
+        .prop_map(str::to_owned);
+        let ws = prop::sample::select(vec!["", " ", "\t", "\n", "\r", "  ", "\u{a0}"])
+            .prop_map(str::to_owned);
+        let punct = prop::sample::select(vec!["{", "}", ":", ",", "\"", "[", "]", "x", "\\"])
+            .prop_map(str::to_owned);
+        prop_oneof![
+            4 => keys,
+            4 => values,
+            3 => ws,
+            2 => punct,
+            1 => "[ -~]{0,6}",
+        ]
+    }
+
+    /// A value that is mostly well-formed, sometimes not.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => "[a-z0-9_-]{0,12}".prop_map(|s| format!("\"{s}\"")),
+            1 => prop::sample::select(vec!["true", "false", "null"]).prop_map(str::to_owned),
+            2 => any::<i64>().prop_map(|n| n.to_string()),
+            1 => any::<u64>().prop_map(|n| n.to_string()),
+            1 => "-?[0-9]{1,3}(\\.[0-9])?([eE][+-]?[0-9])?",
+            1 => "[0-9]{18,24}",
+            3 => piece(),
+        ]
+    }
+
+    /// Objects of key/value entries with whitespace, sometimes corrupted by a stray piece;
+    /// few keys, so that keys repeat.
+    fn object() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            6 => prop::sample::select(vec![
+                "type", "requestId", "deviceId", "payload", "timeoutMs", "other", "Type",
+            ])
+            .prop_map(|k| format!("\"{k}\"")),
+            1 => piece(),
+        ];
+        let ws = || prop::sample::select(vec!["", "", " ", "\t", "\n", "\r"]);
+        let entry = (
+            ws(),
+            key,
+            ws(),
+            value(),
+            ws(),
+            prop::option::weighted(0.1, piece()),
+        )
+            .prop_map(|(ws1, key, ws2, value, ws3, stray)| {
+                let stray = stray.unwrap_or_default();
+                format!("{ws1}{key}{ws2}:{ws3}{value}{stray}{ws1}")
+            });
+        (
+            proptest::collection::vec(entry, 0..6),
+            ws(),
+            prop::option::weighted(0.1, piece()),
+        )
+            .prop_map(|(entries, ws, tail)| {
+                format!(
+                    "{ws}{{{}}}{ws}{}",
+                    entries.join(","),
+                    tail.unwrap_or_default()
+                )
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Whenever the fast reader accepts a text, serde accepts it too and reads the same
+        /// fields with the same raw values; otherwise the decoders use serde's reading.
+        #[test]
+        fn fast_envelope_reads_as_serde_does(text in object()) {
+            if let Some(fast) = fast_reading(&text) {
+                prop_assert_eq!(Some(fast), serde_reading(&text), "{}", text);
+            }
+        }
+
+        /// Strings of every length with quotes, backslashes, control and non-ASCII
+        /// characters anywhere (the eight-byte scan's edges included).
+        #[test]
+        fn fast_envelope_reads_strings_as_serde_does(
+            chars in proptest::collection::vec(
+                prop_oneof![
+                    8 => "[a-z0-9]",
+                    1 => prop::sample::select(vec!["\"", "\\", "\u{1}", "\u{1f}", "\u{7f}", "é", "€", " "])
+                        .prop_map(str::to_owned),
+                ],
+                0..40,
+            ),
+            key in prop::sample::select(vec!["requestId", "x"]),
+        ) {
+            let text = format!("{{\"{key}\":\"{}\",\"type\":\"t\"}}", chars.concat());
+            if let Some(fast) = fast_reading(&text) {
+                prop_assert_eq!(Some(fast), serde_reading(&text), "{}", text);
+            }
+        }
+
+        #[test]
+        fn fast_envelope_reads_as_serde_does_on_any_text(
+            text in proptest::collection::vec(piece(), 0..24).prop_map(|p| p.concat())
+        ) {
+            if let Some(fast) = fast_reading(&text) {
+                prop_assert_eq!(Some(fast), serde_reading(&text), "{}", text);
+            }
+        }
     }
 }

@@ -521,7 +521,6 @@ impl BleWrite {
     /// `{"type":"ble_write",...}`: the same text as serializing
     /// `ServerToBridge::BleWrite(self)` with serde_json.
     fn write_json(&self, buf: &mut Vec<u8>) {
-        use std::io::Write as _;
         let mut uuid = uuid::Uuid::encode_buffer();
         buf.extend_from_slice(br#"{"type":"ble_write","requestId":"#);
         json_string(buf, self.request_id.as_str());
@@ -537,20 +536,51 @@ impl BleWrite {
             buf.extend_from_slice(name);
             buf.extend_from_slice(value.hyphenated().encode_lower(&mut uuid).as_bytes());
         }
-        // Writing to a `Vec` cannot fail.
-        let _ = write!(
-            buf,
-            r#"","payload":"{}","timeoutMs":{}}}"#,
-            self.payload,
-            self.timeout_ms.get()
-        );
+        buf.extend_from_slice(br#"","payload":""#);
+        push_hex(buf, self.payload.as_bytes());
+        buf.extend_from_slice(br#"","timeoutMs":"#);
+        push_u64(buf, u64::from(self.timeout_ms.get()));
+        buf.push(b'}');
     }
+}
+
+/// Appends `bytes` as lower-case hex digits, as [`HexPayload`]'s `Display` writes them.
+pub(crate) fn push_hex(buf: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    buf.reserve(bytes.len() * 2);
+    for b in bytes {
+        buf.push(DIGITS[usize::from(b >> 4)]);
+        buf.push(DIGITS[usize::from(b & 0xF)]);
+    }
+}
+
+/// Appends `n` in decimal, as its `Display` (and serde_json) writes it.
+pub(crate) fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        // `n % 10` is below 10: the cast cannot truncate.
+        #[allow(clippy::cast_possible_truncation)]
+        let digit = (n % 10) as u8;
+        digits[at] = b'0' + digit;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
 }
 
 /// Appends `s` as a JSON string: as is between quotes when nothing in it needs escaping
 /// (serde_json escapes only `"`, `\` and control characters), through serde_json otherwise.
-fn json_string(buf: &mut Vec<u8>, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+pub(crate) fn json_string(buf: &mut Vec<u8>, s: &str) {
+    // A scan without early exit, which the compiler can vectorize: the strings written
+    // here (ids, names) almost never need escaping.
+    let needs_escape = s.bytes().fold(0u8, |acc, b| {
+        acc | u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\')
+    });
+    if needs_escape == 0 {
         buf.reserve(s.len() + 2);
         buf.push(b'"');
         buf.extend_from_slice(s.as_bytes());

@@ -229,9 +229,86 @@ impl CommandResponse {
         result
     }
 
+    /// Appends the answer's JSON body to `buf`: byte for byte what serde_json writes for
+    /// it (a property test checks this for every variant), written field by field without
+    /// serde's map machinery and escape scan of ids, hex and numbers.
+    pub fn write_json(&self, buf: &mut Vec<u8>) {
+        use crate::frames::{json_string, push_hex, push_u64};
+        match self {
+            Self::Succeeded {
+                request_id,
+                payload,
+                latency_ms,
+                hops,
+            } => {
+                buf.extend_from_slice(br#"{"status":"succeeded","requestId":"#);
+                json_string(buf, request_id.as_str());
+                buf.extend_from_slice(br#","payload":""#);
+                push_hex(buf, payload.as_bytes());
+                buf.extend_from_slice(br#"","latencyMs":"#);
+                push_u64(buf, *latency_ms);
+                write_hops(buf, hops);
+            }
+            Self::Queued { command_id } => {
+                buf.extend_from_slice(br#"{"status":"queued","commandId":"#);
+                json_string(buf, command_id.as_str());
+            }
+            Self::AwaitingConfirmation { command_id } => {
+                buf.extend_from_slice(br#"{"status":"awaiting_confirmation","commandId":"#);
+                json_string(buf, command_id.as_str());
+            }
+            Self::DeviceError { error, hops } => {
+                buf.extend_from_slice(br#"{"status":"device_error","error":"#);
+                json_string(buf, error.as_str());
+                write_hops(buf, hops);
+            }
+            Self::Offline => buf.extend_from_slice(br#"{"status":"offline""#),
+            Self::BridgeLost { hops } => {
+                buf.extend_from_slice(br#"{"status":"bridge_lost""#);
+                write_hops(buf, hops);
+            }
+            Self::Timeout { hops } => {
+                buf.extend_from_slice(br#"{"status":"timeout""#);
+                write_hops(buf, hops);
+            }
+        }
+        buf.push(b'}');
+    }
+
     /// As [`CommandResponse::into_result`], for a borrowed answer.
     pub fn to_result(&self, request_id: Option<RequestId>, device: DeviceId) -> CommandResult {
         self.clone().into_result(request_id, device)
+    }
+}
+
+/// The flattened `stage` and `progress` of an answer, each left out when empty, as serde
+/// writes [`Hops`] after the answer's own fields.
+fn write_hops(buf: &mut Vec<u8>, hops: &Hops) {
+    use crate::frames::push_u64;
+    if let Some(stage) = hops.stage {
+        buf.extend_from_slice(br#","stage":""#);
+        buf.extend_from_slice(stage.as_str().as_bytes());
+        buf.push(b'"');
+    }
+    let progress = &hops.progress;
+    if !progress.is_empty() {
+        buf.extend_from_slice(br#","progress":{"#);
+        let mut first = true;
+        for (name, ms) in [
+            (&br#""receivedMs":"#[..], progress.received_ms),
+            (br#""connectedMs":"#, progress.connected_ms),
+            (br#""writtenMs":"#, progress.written_ms),
+        ] {
+            if let Some(ms) = ms {
+                if !first {
+                    buf.push(b',');
+                }
+                first = false;
+                buf.extend_from_slice(name);
+                push_u64(buf, u64::from(ms));
+            }
+        }
+        buf.push(b'}');
     }
 }
 

@@ -80,14 +80,55 @@ impl Default for Limits {
 /// Bytes to write to, or read from, a BLE device.
 ///
 /// On the wire a hex string: case-insensitive on input, lower-case on output, even length.
-/// Held as bytes, so it is decoded once at the edge and never re-parsed.
-#[derive(Clone, PartialEq, Eq, Hash, Default)]
-pub struct HexPayload(Vec<u8>);
+/// Held as bytes, so it is decoded once at the edge and never re-parsed. A payload decoded
+/// from hex of up to [`HexPayload::INLINE_BYTES`] bytes (a typical BLE command or reply) is
+/// held inline, without a heap allocation; equality and hashing are those of the bytes,
+/// however they are held.
+#[derive(Clone, Default)]
+pub struct HexPayload(Repr);
+
+/// Where a payload's bytes live.
+#[derive(Clone)]
+enum Repr {
+    /// The first `len` bytes of `bytes`.
+    Inline {
+        len: u8,
+        bytes: [u8; HexPayload::INLINE_BYTES],
+    },
+    /// On the heap.
+    Heap(Vec<u8>),
+}
+
+impl Default for Repr {
+    fn default() -> Self {
+        Self::Inline {
+            len: 0,
+            bytes: [0; HexPayload::INLINE_BYTES],
+        }
+    }
+}
+
+impl PartialEq for HexPayload {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for HexPayload {}
+
+impl std::hash::Hash for HexPayload {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_bytes().hash(state);
+    }
+}
 
 impl HexPayload {
+    /// The longest payload [`HexPayload::from_hex`] holds without a heap allocation.
+    pub const INLINE_BYTES: usize = 22;
+
     /// Wraps bytes the server produced itself. Size limits apply to input, not to this.
     pub fn from_bytes(bytes: impl Into<Vec<u8>>) -> Self {
-        Self(bytes.into())
+        Self(Repr::Heap(bytes.into()))
     }
 
     /// Decodes a hex string of at most `max_bytes` decoded bytes.
@@ -103,33 +144,54 @@ impl HexPayload {
                 max: max_bytes,
             });
         }
-        let mut out = Vec::with_capacity(len);
-        for pair in raw.chunks_exact(2) {
+        let decode = |pair: &[u8]| {
             let hi = hex_digit(pair[0]).ok_or(ValueError::NotHex)?;
             let lo = hex_digit(pair[1]).ok_or(ValueError::NotHex)?;
-            out.push((hi << 4) | lo);
+            Ok((hi << 4) | lo)
+        };
+        if len <= Self::INLINE_BYTES {
+            let mut bytes = [0u8; Self::INLINE_BYTES];
+            for (out, pair) in bytes.iter_mut().zip(raw.chunks_exact(2)) {
+                *out = decode(pair)?;
+            }
+            return Ok(Self(Repr::Inline {
+                // `len <= INLINE_BYTES` (22): the cast cannot truncate.
+                #[allow(clippy::cast_possible_truncation)]
+                len: len as u8,
+                bytes,
+            }));
         }
-        Ok(Self(out))
+        let mut out = Vec::with_capacity(len);
+        for pair in raw.chunks_exact(2) {
+            out.push(decode(pair)?);
+        }
+        Ok(Self(Repr::Heap(out)))
     }
 
     /// The bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        match &self.0 {
+            Repr::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Repr::Heap(bytes) => bytes,
+        }
     }
 
     /// Takes the bytes out.
     pub fn into_bytes(self) -> Vec<u8> {
-        self.0
+        match self.0 {
+            Repr::Inline { .. } => self.as_bytes().to_vec(),
+            Repr::Heap(bytes) => bytes,
+        }
     }
 
     /// Number of bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.as_bytes().len()
     }
 
     /// True when there are no bytes.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.as_bytes().is_empty()
     }
 
     /// The lower-case hex form used on the wire.
@@ -151,7 +213,7 @@ impl fmt::Display for HexPayload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
         let mut buf = [0u8; 128];
-        for chunk in self.0.chunks(buf.len() / 2) {
+        for chunk in self.as_bytes().chunks(buf.len() / 2) {
             for (i, b) in chunk.iter().enumerate() {
                 buf[2 * i] = DIGITS[usize::from(b >> 4)];
                 buf[2 * i + 1] = DIGITS[usize::from(b & 0xF)];
@@ -171,7 +233,7 @@ impl fmt::Debug for HexPayload {
 
 impl From<Vec<u8>> for HexPayload {
     fn from(bytes: Vec<u8>) -> Self {
-        Self(bytes)
+        Self(Repr::Heap(bytes))
     }
 }
 

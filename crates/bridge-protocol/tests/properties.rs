@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use bridge_protocol::http::{CommandRequest, EventRequest, IfOffline};
+use bridge_protocol::http::{CommandRequest, CommandResponse, EventRequest, IfOffline};
 use bridge_protocol::{
     BleOutcome, BleResponse, BleStatus, BleWrite, BridgeToServer, CommandFrame, CommandType,
     DeviceConfig, DeviceErrorCode, DeviceId, DeviceType, HexPayload, Limits, Release, RequestId,
@@ -93,6 +93,31 @@ fn hops() -> impl Strategy<Value = Hops> {
                 written_ms,
             },
         })
+}
+
+fn command_response() -> impl Strategy<Value = CommandResponse> {
+    let command_id = || name().prop_map(|c| bridge_protocol::CommandId::new(&c).unwrap());
+    prop_oneof![
+        (request_id(), payload(), any::<u64>(), hops()).prop_map(
+            |(request_id, payload, latency_ms, hops)| {
+                CommandResponse::Succeeded {
+                    request_id,
+                    payload,
+                    latency_ms,
+                    hops,
+                }
+            }
+        ),
+        command_id().prop_map(|command_id| CommandResponse::Queued { command_id }),
+        command_id().prop_map(|command_id| CommandResponse::AwaitingConfirmation { command_id }),
+        (name(), hops()).prop_map(|(e, hops)| CommandResponse::DeviceError {
+            error: DeviceErrorCode::new(&e).unwrap(),
+            hops,
+        }),
+        Just(CommandResponse::Offline),
+        hops().prop_map(|hops| CommandResponse::BridgeLost { hops }),
+        hops().prop_map(|hops| CommandResponse::Timeout { hops }),
+    ]
 }
 
 fn from_mqtt_bridge() -> impl Strategy<Value = MqttBridgeFrame> {
@@ -236,6 +261,31 @@ proptest! {
         let serde = serde_json::to_string(&frame).unwrap();
         prop_assert_eq!(String::from_utf8(written).unwrap(), serde.clone());
         prop_assert_eq!(frame.to_json(), serde);
+    }
+
+    #[test]
+    fn command_responses_are_written_exactly_as_serde_writes_them(answer in command_response()) {
+        let mut written = b"prefix".to_vec();
+        answer.write_json(&mut written);
+        let serde = serde_json::to_string(&answer).unwrap();
+        prop_assert_eq!(String::from_utf8(written).unwrap(), format!("prefix{serde}"));
+    }
+
+    #[test]
+    fn hex_payloads_are_the_same_value_however_held(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        use std::hash::{BuildHasher, RandomState};
+        let heap = HexPayload::from_bytes(bytes.clone());
+        let decoded = HexPayload::from_hex(&heap.to_hex(), usize::MAX).unwrap();
+        prop_assert_eq!(&decoded, &heap);
+        prop_assert_eq!(decoded.as_bytes(), &bytes[..]);
+        prop_assert_eq!(decoded.len(), bytes.len());
+        prop_assert_eq!(decoded.is_empty(), bytes.is_empty());
+        prop_assert_eq!(decoded.to_hex(), heap.to_hex());
+        prop_assert_eq!(serde_json::to_string(&decoded).unwrap(), serde_json::to_string(&heap).unwrap());
+        let hasher = RandomState::new();
+        prop_assert_eq!(hasher.hash_one(&decoded), hasher.hash_one(&heap));
+        prop_assert_eq!(hasher.hash_one(&decoded), hasher.hash_one(&bytes));
+        prop_assert_eq!(decoded.clone().into_bytes(), bytes);
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! HTTP error answers and the server's own errors.
 
+use std::cell::RefCell;
+
+use axum::body::Bytes;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bridge_dispatch::Refusal;
-use bridge_protocol::http::ErrorBody;
+use bridge_protocol::http::{CommandResponse, ErrorBody};
 use bridge_protocol::{ErrorCode, ErrorFrame, ProtocolError, RequestId};
 use bridge_queue::StoreError;
 
@@ -100,14 +103,7 @@ fn status_of(code: u16) -> StatusCode {
 /// A JSON response with `status`.
 pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
-        Ok(bytes) => {
-            let mut response = (status, bytes).into_response();
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
-        }
+        Ok(bytes) => json_bytes(status, bytes),
         Err(error) => {
             tracing::error!(%error, "could not serialize a response body");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
@@ -115,9 +111,48 @@ pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -
     }
 }
 
-/// A JSON response whose status is a PROTOCOL.md number.
-pub(crate) fn json_with_code<T: serde::Serialize>(status: u16, body: &T) -> Response {
-    json_response(status_of(status), body)
+thread_local! {
+    /// The buffer this thread writes command answers into; each body is then copied out
+    /// at its exact size.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The answer to a command, with its PROTOCOL.md status.
+///
+/// The body is written by [`CommandResponse::write_json`] (byte for byte serde's text,
+/// without its map machinery) into this thread's scratch buffer, then copied into a body of
+/// exactly its size: `Bytes` takes an exact-size buffer without the extra shared header it
+/// allocates for a `Vec` whose capacity exceeds its length.
+pub(crate) fn json_with_code(status: u16, body: &CommandResponse) -> Response {
+    /// A scratch buffer grown past this (an answer with a large reply) is not kept.
+    const SCRATCH_KEPT: usize = 4096;
+    let bytes = SCRATCH.with(|scratch| {
+        if let Ok(mut buf) = scratch.try_borrow_mut() {
+            buf.clear();
+            body.write_json(&mut buf);
+            let bytes = Bytes::copy_from_slice(&buf);
+            if buf.capacity() > SCRATCH_KEPT {
+                *buf = Vec::new();
+            }
+            bytes
+        } else {
+            // Not reached (writing an answer writes no other); a buffer of its own then.
+            let mut buf = Vec::new();
+            body.write_json(&mut buf);
+            Bytes::from(buf)
+        }
+    });
+    json_bytes(status_of(status), bytes)
+}
+
+/// A response carrying `bytes` of JSON with `status`.
+fn json_bytes(status: StatusCode, bytes: impl IntoResponse) -> Response {
+    let mut response = (status, bytes).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Why a server could not be built or run.
