@@ -31,32 +31,37 @@ use crate::server::Core;
 use crate::ws;
 
 pub(crate) fn router(core: Arc<Core>) -> Router {
+    // The API's routes with their full paths, not a router nested at `/v1`: nesting wraps
+    // every route in two more boxed layers and rebuilds each request's URI without the
+    // prefix, for nothing a handler reads. What is answered is the same: the `/v1` routes
+    // (a method a route does not serve included) need the token, `/v1/openapi.json` does
+    // not, and a path no route serves, under `/v1` or not, reaches the one fallback
+    // (`tests/e2e/auth.rs`, `which_routes_need_the_service_token_and_what_they_answer`).
     let api = Router::new()
         .route(
-            "/devices/{device_id}/commands",
+            "/v1/devices/{device_id}/commands",
             post(post_command).get(list_commands),
         )
-        .route("/devices/{device_id}", get(get_device))
-        .route("/devices", get(list_devices))
-        .route("/devices/{device_id}/events", post(post_event))
-        .route("/commands/{command_id}", get(get_command))
-        .route("/commands/{command_id}/confirm", post(confirm_command))
-        .route("/commands/{command_id}/cancel", post(cancel_command))
-        .route("/device-types", get(device_types))
-        .route("/stream", get(stream))
-        .fallback(not_found)
+        .route("/v1/devices/{device_id}", get(get_device))
+        .route("/v1/devices", get(list_devices))
+        .route("/v1/devices/{device_id}/events", post(post_event))
+        .route("/v1/commands/{command_id}", get(get_command))
+        .route("/v1/commands/{command_id}/confirm", post(confirm_command))
+        .route("/v1/commands/{command_id}/cancel", post(cancel_command))
+        .route("/v1/device-types", get(device_types))
+        .route("/v1/stream", get(stream))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&core),
             require_service,
         ))
         // After `route_layer`, so outside it: the API's description needs no token.
-        .route("/openapi.json", get(openapi_json));
+        .route("/v1/openapi.json", get(openapi_json));
     let router = Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .nest("/v1", api)
+        .merge(api)
         .merge(crate::console::routes())
         .fallback(not_found);
     // Development mode: every route, `/healthz` and the fallback included, first checks
