@@ -1,6 +1,9 @@
 //! The HTTP API of PROTOCOL.md 4 and the operational endpoints.
 
+use std::convert::Infallible;
+use std::future::{Ready, ready};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::Body;
@@ -16,6 +19,8 @@ use bridge_protocol::http::{
 };
 use bridge_protocol::{AppEvent, CommandId, DeviceId, ErrorCode, ServerToUser, StreamEvent};
 use bridge_queue::Party;
+use futures_util::future::Either;
+use tower::{Layer, Service};
 
 use crate::error::{ApiError, QUEUE_UNAVAILABLE, json_response, json_with_code};
 use crate::openapi::{
@@ -50,10 +55,9 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         .route("/v1/commands/{command_id}/cancel", post(cancel_command))
         .route("/v1/device-types", get(device_types))
         .route("/v1/stream", get(stream))
-        .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&core),
-            require_service,
-        ))
+        .route_layer(RequireService {
+            core: Arc::clone(&core),
+        })
         // After `route_layer`, so outside it: the API's description needs no token.
         .route("/v1/openapi.json", get(openapi_json));
     let router = Router::new()
@@ -108,15 +112,55 @@ async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
-/// The `service` token check of every `/v1` route (open in development mode).
-async fn require_service(State(core): State<Arc<Core>>, request: Request, next: Next) -> Response {
-    let authorization = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match core.auth.check_service(authorization) {
-        Ok(()) => next.run(request).await,
-        Err(error) => ApiError::from(&error).into_response(),
+/// The `service` token check of every `/v1` route (open in development mode), as a layer
+/// of its own: the check is made when the route is called, before the handler's extractors,
+/// and a refusal (401 `unauthorized`, 403 `forbidden`) is answered without calling the
+/// route. Unlike `middleware::from_fn`, nothing is boxed or cloned per request: the future
+/// is the route's own, or a ready answer.
+#[derive(Clone)]
+struct RequireService {
+    core: Arc<Core>,
+}
+
+impl<S> Layer<S> for RequireService {
+    type Service = ServiceChecked<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServiceChecked {
+            inner,
+            core: Arc::clone(&self.core),
+        }
+    }
+}
+
+/// A route behind [`RequireService`].
+#[derive(Clone)]
+struct ServiceChecked<S> {
+    inner: S,
+    core: Arc<Core>,
+}
+
+impl<S> Service<Request> for ServiceChecked<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, Ready<Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let authorization = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match self.core.auth.check_service(authorization) {
+            Ok(()) => Either::Left(self.inner.call(request)),
+            Err(error) => Either::Right(ready(Ok(ApiError::from(&error).into_response()))),
+        }
     }
 }
 
