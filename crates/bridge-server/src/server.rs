@@ -595,8 +595,9 @@ impl Server {
     }
 }
 
-/// A connection's place under [`ServerConfig::max_connections`], in every request's
-/// extensions: the place is free again when the last clone is dropped.
+/// A connection's place under [`ServerConfig::max_connections`], in the extensions of each
+/// of its requests that asks for an upgrade: the place is free again when the last clone is
+/// dropped.
 #[derive(Clone)]
 pub(crate) struct ConnectionSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 
@@ -619,7 +620,12 @@ async fn serve_connection(
     let slot = ConnectionSlot(Arc::new(permit));
     let service = hyper::service::service_fn(
         move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(slot.clone());
+            // Only a request that asks for an upgrade can become a WebSocket (`ws.rs`
+            // upgrades only with `Upgrade: websocket`): the others need not carry the slot,
+            // and an HTTP request then builds no extensions map (an allocation or two each).
+            if request.headers().contains_key(axum::http::header::UPGRADE) {
+                request.extensions_mut().insert(slot.clone());
+            }
             router.clone().oneshot(request)
         },
     );

@@ -253,3 +253,38 @@ async fn connections_over_the_cap_wait_unserved_until_one_ends() {
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
     assert!(healthz(&mut second).await.starts_with("HTTP/1.1 200"));
 }
+
+/// A connection upgraded to a WebSocket keeps its place under `max_connections` for as long
+/// as the WebSocket lives (the HTTP connection that carried the upgrade has ended by then),
+/// and gives it back when the WebSocket closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_keeps_its_connections_place_until_it_closes() {
+    let mut config = bridge_server::ServerConfig::default();
+    config.max_connections = 1;
+    let server = TestServer::start_with(config, |b| b).await;
+    // Answered 101: the upgrade's handler has handed the place to the WebSocket's task.
+    let ws = Ws::connect(&server.ws_url("userId=phone-1&deviceId=lock-1")).await;
+
+    // The cap is 1 and the WebSocket holds it: a new connection is not served.
+    let mut waiting = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let served = tokio::time::timeout(std::time::Duration::from_millis(500), healthz(&mut waiting));
+    assert!(
+        served.await.is_err(),
+        "a connection was served while a WebSocket held the only place"
+    );
+
+    // The WebSocket closes: the waiting connection takes the place.
+    ws.close().await;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    tokio::time::timeout(PATIENCE, async {
+        while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+            let n = waiting.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the answer");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("served once the WebSocket closed");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+}
