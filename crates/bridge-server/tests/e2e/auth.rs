@@ -216,7 +216,8 @@ async fn which_routes_need_the_service_token_and_what_they_answer() {
     let user = token("alice", "user", Some(&["lock-1"]), 3600);
     // (method, path, [without a token, user token, service token]) -> (status, error code
     // or "" when the body is not an error body).
-    let cases: &[(&str, &str, [(u16, &str); 3])] = &[
+    type Answers = [(u16, &'static str); 3];
+    let cases: &[(&str, &str, Answers)] = &[
         (
             "GET",
             "/v1/devices",
