@@ -167,12 +167,48 @@ where
 /// Reads a body of at most the configured size; [`utf8`] reads it as text, in place.
 async fn read_body(core: &Core, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let limit = core.config.max_body_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+    collect_limited(body, limit).await.ok_or_else(|| {
         ApiError::new(
             ErrorCode::InvalidRequest,
             format!("the body is over the limit of {limit} bytes"),
         )
         .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    })
+}
+
+/// The body's data, or `None` when it holds more than `limit` bytes or cannot be read:
+/// what `axum::body::to_bytes(body, limit)` answers (`Ok` or `Err`), without its list of
+/// buffers and its wrappers — a body of one chunk, the usual one, is handed back as it
+/// came, and only a body of several is copied into one buffer. (A property test checks it
+/// against `to_bytes` for any chunking and limit.)
+async fn collect_limited(body: Body, limit: usize) -> Option<axum::body::Bytes> {
+    use futures_util::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let mut remaining = limit;
+    let mut first: Option<axum::body::Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.ok()?;
+        if chunk.len() > remaining {
+            return None;
+        }
+        remaining -= chunk.len();
+        if chunk.is_empty() {
+            continue;
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            None => joined.extend_from_slice(&chunk),
+            Some(head) => {
+                joined.reserve(head.len() + chunk.len());
+                joined.extend_from_slice(&head);
+                joined.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Some(match first {
+        Some(only) => only,
+        None => joined.into(),
     })
 }
 
@@ -672,4 +708,61 @@ pub(crate) async fn openapi_json() -> Response {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use axum::body::{Body, Bytes};
+    use proptest::prelude::*;
+
+    use super::collect_limited;
+
+    fn body(chunks: &[Vec<u8>]) -> Body {
+        let chunks: Vec<Result<Bytes, Infallible>> =
+            chunks.iter().map(|c| Ok(Bytes::from(c.clone()))).collect();
+        Body::from_stream(futures_util::stream::iter(chunks))
+    }
+
+    fn run<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime")
+            .block_on(future)
+    }
+
+    proptest! {
+        /// `collect_limited` accepts and refuses exactly the bodies `axum::body::to_bytes`
+        /// does, with the same bytes: any chunking (empty chunks included), any limit
+        /// around the body's length.
+        #[test]
+        fn collect_limited_answers_what_to_bytes_answers(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..6),
+            slack in -45i64..45,
+        ) {
+            let total: usize = chunks.iter().map(Vec::len).sum();
+            let limit = usize::try_from(i64::try_from(total).unwrap_or(0) + slack).unwrap_or(0);
+            let ours = run(collect_limited(body(&chunks), limit));
+            let axums = run(axum::body::to_bytes(body(&chunks), limit)).ok();
+            prop_assert_eq!(ours, axums);
+        }
+    }
+
+    #[test]
+    fn a_body_that_fails_is_refused_as_to_bytes_refuses_it() {
+        let failing = || {
+            Body::from_stream(futures_util::stream::iter(vec![
+                Ok(Bytes::from_static(b"{}")),
+                Err(std::io::Error::other("reset")),
+            ]))
+        };
+        assert_eq!(run(collect_limited(failing(), 1024)), None);
+        assert!(run(axum::body::to_bytes(failing(), 1024)).is_err());
+        // One chunk comes back as it came.
+        assert_eq!(
+            run(collect_limited(Body::from("{\"payload\":\"03\"}"), 1024)),
+            Some(Bytes::from_static(b"{\"payload\":\"03\"}"))
+        );
+    }
 }
