@@ -330,4 +330,29 @@ async fn which_routes_need_the_service_token_and_what_they_answer() {
         }
     }
     assert!(mismatches.is_empty(), "{mismatches:#?}");
+
+    // A method a route does not serve: whatever the answer (401, 403, 405), it names the
+    // route's methods in `Allow`.
+    let wrong_methods = [
+        ("POST", "/v1/devices", "GET,HEAD"),
+        ("DELETE", "/v1/devices/lock-1/commands", "POST,GET,HEAD"),
+        ("GET", "/v1/commands/nope/confirm", "POST"),
+        ("PUT", "/v1/stream", "GET,HEAD"),
+    ];
+    for (method, path, allow) in wrong_methods {
+        for bearer in [None, Some(&user), Some(&service)] {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let mut request = plain.request(method.clone(), server.url(path));
+            if let Some(bearer) = bearer {
+                request = request.bearer_auth(bearer);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let got = response
+                .headers()
+                .get("allow")
+                .map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(got.as_deref(), Some(allow), "{method} {path} ({status})");
+        }
+    }
 }
