@@ -271,6 +271,33 @@ async fn which_routes_need_the_service_token_and_what_they_answer() {
             "/v1/device-types",
             [(401, "unauthorized"), (403, "forbidden"), (200, "")],
         ),
+        (
+            "GET",
+            "/v1/commands/nope",
+            [
+                (401, "unauthorized"),
+                (403, "forbidden"),
+                (404, "not_found"),
+            ],
+        ),
+        (
+            "POST",
+            "/v1/devices/lock-1/events",
+            [
+                (401, "unauthorized"),
+                (403, "forbidden"),
+                (400, "invalid_request"),
+            ],
+        ),
+        (
+            "GET",
+            "/v1/stream?deviceId=",
+            [
+                (401, "unauthorized"),
+                (403, "forbidden"),
+                (400, "invalid_request"),
+            ],
+        ),
         ("GET", "/v1/openapi.json", [(200, ""), (200, ""), (200, "")]),
         (
             "POST",
