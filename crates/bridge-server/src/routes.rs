@@ -1,13 +1,11 @@
 //! The HTTP API of PROTOCOL.md 4 and the operational endpoints.
 
-use std::convert::Infallible;
-use std::future::{Ready, ready};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -19,8 +17,6 @@ use bridge_protocol::http::{
 };
 use bridge_protocol::{AppEvent, CommandId, DeviceId, ErrorCode, ServerToUser, StreamEvent};
 use bridge_queue::Party;
-use futures_util::future::Either;
-use tower::{Layer, Service};
 
 use crate::error::{ApiError, QUEUE_UNAVAILABLE, json_response, json_with_code};
 use crate::openapi::{
@@ -38,27 +34,51 @@ use crate::ws;
 pub(crate) fn router(core: Arc<Core>) -> Router {
     // The API's routes with their full paths, not a router nested at `/v1`: nesting wraps
     // every route in two more boxed layers and rebuilds each request's URI without the
-    // prefix, for nothing a handler reads. What is answered is the same: the `/v1` routes
-    // (a method a route does not serve included) need the token, `/v1/openapi.json` does
-    // not, and a path no route serves, under `/v1` or not, reaches the one fallback
-    // (`tests/e2e/auth.rs`, `which_routes_need_the_service_token_and_what_they_answer`).
+    // prefix, for nothing a handler reads. The `service` token is the first extractor of
+    // every `/v1` handler ([`ServiceToken`]) and of each route's answer to a method it does
+    // not serve ([`method_not_allowed`]), rather than a layer around the routes, which
+    // would box and clone per request. What is answered is the same: the `/v1` routes (a
+    // method a route does not serve included, with its `Allow`) need the token,
+    // `/v1/openapi.json` does not, and a path no route serves, under `/v1` or not, reaches
+    // the one fallback (`tests/e2e/auth.rs`,
+    // `which_routes_need_the_service_token_and_what_they_answer`).
     let api = Router::new()
         .route(
             "/v1/devices/{device_id}/commands",
-            post(post_command).get(list_commands),
+            post(post_command)
+                .get(list_commands)
+                .fallback(method_not_allowed),
         )
-        .route("/v1/devices/{device_id}", get(get_device))
-        .route("/v1/devices", get(list_devices))
-        .route("/v1/devices/{device_id}/events", post(post_event))
-        .route("/v1/commands/{command_id}", get(get_command))
-        .route("/v1/commands/{command_id}/confirm", post(confirm_command))
-        .route("/v1/commands/{command_id}/cancel", post(cancel_command))
-        .route("/v1/device-types", get(device_types))
-        .route("/v1/stream", get(stream))
-        .route_layer(RequireService {
-            core: Arc::clone(&core),
-        })
-        // After `route_layer`, so outside it: the API's description needs no token.
+        .route(
+            "/v1/devices/{device_id}",
+            get(get_device).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/devices",
+            get(list_devices).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/devices/{device_id}/events",
+            post(post_event).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/commands/{command_id}",
+            get(get_command).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/commands/{command_id}/confirm",
+            post(confirm_command).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/commands/{command_id}/cancel",
+            post(cancel_command).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/device-types",
+            get(device_types).fallback(method_not_allowed),
+        )
+        .route("/v1/stream", get(stream).fallback(method_not_allowed))
+        // The API's description needs no token.
         .route("/v1/openapi.json", get(openapi_json));
     let router = Router::new()
         .route("/ws", get(ws::upgrade))
@@ -112,56 +132,30 @@ async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
-/// The `service` token check of every `/v1` route (open in development mode), as a layer
-/// of its own: the check is made when the route is called, before the handler's extractors,
-/// and a refusal (401 `unauthorized`, 403 `forbidden`) is answered without calling the
-/// route. Unlike `middleware::from_fn`, nothing is boxed or cloned per request: the future
-/// is the route's own, or a ready answer.
-#[derive(Clone)]
-struct RequireService {
-    core: Arc<Core>,
-}
+/// The `service` token of a `/v1` request, checked (open in development mode): the first
+/// extractor of every `/v1` handler, so the check comes before anything else is read, and
+/// a refusal is 401 `unauthorized` or 403 `forbidden`.
+pub(crate) struct ServiceToken;
 
-impl<S> Layer<S> for RequireService {
-    type Service = ServiceChecked<S>;
+impl FromRequestParts<Arc<Core>> for ServiceToken {
+    type Rejection = Response;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        ServiceChecked {
-            inner,
-            core: Arc::clone(&self.core),
-        }
-    }
-}
-
-/// A route behind [`RequireService`].
-#[derive(Clone)]
-struct ServiceChecked<S> {
-    inner: S,
-    core: Arc<Core>,
-}
-
-impl<S> Service<Request> for ServiceChecked<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Either<S::Future, Ready<Result<Response, Infallible>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let authorization = request
-            .headers()
+    async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, Response> {
+        let authorization = parts
+            .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        match self.core.auth.check_service(authorization) {
-            Ok(()) => Either::Left(self.inner.call(request)),
-            Err(error) => Either::Right(ready(Ok(ApiError::from(&error).into_response()))),
+        match core.auth.check_service(authorization) {
+            Ok(()) => Ok(Self),
+            Err(error) => Err(ApiError::from(&error).into_response()),
         }
     }
+}
+
+/// A `/v1` route's answer to a method it does not serve: 405 (axum adds `Allow`), after
+/// the token check as for the methods it serves.
+async fn method_not_allowed(_: ServiceToken) -> StatusCode {
+    StatusCode::METHOD_NOT_ALLOWED
 }
 
 /// Reads a body of at most the configured size; [`utf8`] reads it as text, in place.
@@ -275,6 +269,7 @@ fn command_id(raw: &str) -> Result<CommandId, ApiError> {
     security(("bearer" = [])),
 )]
 pub(crate) async fn post_command(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     Path(device): Path<String>,
     body: Body,
@@ -309,6 +304,7 @@ pub(crate) async fn post_command(
     security(("bearer" = [])),
 )]
 pub(crate) async fn list_commands(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     Path(device): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -342,6 +338,7 @@ pub(crate) async fn list_commands(
     security(("bearer" = [])),
 )]
 pub(crate) async fn get_device(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     Path(device): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -385,7 +382,7 @@ pub(crate) async fn get_device(
     ),
     security(("bearer" = [])),
 )]
-pub(crate) async fn list_devices(State(core): State<Arc<Core>>) -> Response {
+pub(crate) async fn list_devices(_: ServiceToken, State(core): State<Arc<Core>>) -> Response {
     let devices = core
         .hub
         .online_devices()
@@ -420,6 +417,7 @@ pub(crate) async fn list_devices(State(core): State<Arc<Core>>) -> Response {
     security(("bearer" = [])),
 )]
 pub(crate) async fn post_event(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     Path(device): Path<String>,
     body: Body,
@@ -470,6 +468,7 @@ pub(crate) async fn post_event(
     security(("bearer" = [])),
 )]
 pub(crate) async fn stream(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -499,6 +498,7 @@ pub(crate) async fn stream(
     security(("bearer" = [])),
 )]
 pub(crate) async fn get_command(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -526,6 +526,7 @@ pub(crate) async fn get_command(
     security(("bearer" = [])),
 )]
 pub(crate) async fn confirm_command(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -553,6 +554,7 @@ pub(crate) async fn confirm_command(
     security(("bearer" = [])),
 )]
 pub(crate) async fn cancel_command(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -579,7 +581,7 @@ pub(crate) async fn cancel_command(
     ),
     security(("bearer" = [])),
 )]
-pub(crate) async fn device_types(State(core): State<Arc<Core>>) -> Response {
+pub(crate) async fn device_types(_: ServiceToken, State(core): State<Arc<Core>>) -> Response {
     json_response(StatusCode::OK, &DeviceTypeList::from(&*core.registry))
 }
 
