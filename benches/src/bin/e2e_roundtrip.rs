@@ -9,7 +9,7 @@
 //!
 //! * **server** (`taskset -c 0 e2e_roundtrip --server ...`): a [`Server`] built with
 //!   [`Server::builder`] — hub, session manager, metrics, in-memory queue — with
-//!   **authentication on** (an HS256 secret), served with `axum::serve` on `127.0.0.1:0`.
+//!   **authentication on** (an HS256 secret), served with [`Server::serve`] on `127.0.0.1:0`.
 //!   Tokio's default runtime, as in the `bridge-server` binary; pinned to one core it has one
 //!   worker.
 //! * **load** (`taskset -c 1 e2e_roundtrip --load ...`): the simulated phones — one
@@ -54,18 +54,25 @@
 //! instead of Tokio's default). It prints a Markdown table; see `BENCHMARKS.md`, "End to
 //! end (issue 6)". The machine is expected to have at least two cores (CPUs 0 and 1).
 //!
-//! Counts instead of times (`BENCHMARKS.md`, issue 11): `E2E_COMMANDS=N` makes the
-//! in-process driver send exactly N commands and stop, and `E2E_SERVER_WRAPPER` runs the
-//! server child behind a command such as valgrind (`--secs` then only stretches the
-//! watchdogs):
+//! Counts instead of times (`BENCHMARKS.md`, issue 11): `E2E_COMMANDS=N` makes either
+//! driver send exactly N commands and stop (the HTTP driver, in the load process, first sends
+//! one command per device to see them online; that offset cancels out between two N), and
+//! `E2E_SERVER_WRAPPER` runs the server child behind a command such as valgrind or strace
+//! (`--secs` then only stretches the watchdogs). Only the server process runs behind it: with
+//! the HTTP driver it counts the server's side of each HTTP command, not the client's.
 //!
 //! ```sh
 //! E2E_COMMANDS=20000 E2E_SERVER_WRAPPER="valgrind --tool=callgrind --callgrind-out-file=/tmp/srv.%p" \
 //!     target/release/e2e_roundtrip --only inproc --bridges 1 --k 16 --secs 900
+//! E2E_COMMANDS=20000 E2E_SERVER_WRAPPER="strace -f -c -o /tmp/srv.strace" \
+//!     target/release/e2e_roundtrip --only http --bridges 1 --k 16 --secs 900
 //! ```
 //!
 //! `E2E_LOAD_WRAPPER` does the same for the load child (the phones), to count their cost per
 //! command with the in-process driver, e.g. `E2E_LOAD_WRAPPER="strace -f -c -o /tmp/load.st"`.
+//!
+//! The server child serves with [`Server::serve`], as the `bridge-server` binary does
+//! (`E2E_AXUM_SERVE=1`: with `axum::serve` instead, as before 2026-11-30's issue 11 work).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -396,7 +403,7 @@ struct Tally {
     latencies_ns: Vec<u64>,
 }
 
-/// `E2E_COMMANDS=N`: the in-process driver sends exactly N commands, all recorded (no
+/// `E2E_COMMANDS=N`: the driver (in-process or HTTP) sends exactly N commands, all recorded (no
 /// warm-up, no timed window), then reports. Meant for counts that do not depend on the
 /// machine's load — instructions and heap blocks of the server process under valgrind (see
 /// `E2E_SERVER_WRAPPER`): the difference between two runs with different N, divided by the
@@ -515,12 +522,25 @@ fn run_server_child(scenario: &Scenario) -> Result<(), BoxError> {
         let server = build_server()?;
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let port = listener.local_addr()?.port();
-        let app = server.router();
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app).await {
-                eprintln!("e2e_roundtrip: server: {error}");
-            }
-        });
+        // `Server::serve`, as the `bridge-server` binary serves: its own HTTP/1 connections
+        // (header-read timeout, connection limit, upgrades), so the HTTP driver measures the
+        // shipped path. `E2E_AXUM_SERVE=1` serves `Server::router` with `axum::serve` instead
+        // (how this benchmark served before).
+        if std::env::var("E2E_AXUM_SERVE").is_ok_and(|v| v == "1") {
+            let app = server.router();
+            tokio::spawn(async move {
+                if let Err(error) = axum::serve(listener, app).await {
+                    eprintln!("e2e_roundtrip: server: {error}");
+                }
+            });
+        } else {
+            let serving = server.clone();
+            tokio::spawn(async move {
+                if let Err(error) = serving.serve(listener, std::future::pending()).await {
+                    eprintln!("e2e_roundtrip: server: {error}");
+                }
+            });
+        }
         // Bridges over MQTT are served beside, as the binary does with --mqtt.
         let _mqtt = if scenario.phones == Phones::Mqtt {
             let prefix = scenario.mqtt_prefix();
@@ -892,8 +912,14 @@ async fn http(scenario: Scenario, port: u16, server_pid: u32) -> Result<Measured
     let own_pid = std::process::id();
     let before = Arc::new(parking_lot::Mutex::new((Duration::ZERO, Duration::ZERO)));
     let before_probe = Arc::clone(&before);
+    // As in-process: from the start with a fixed number of commands.
+    let warm_up = if fixed_commands().is_some() {
+        Duration::ZERO
+    } else {
+        WARM_UP
+    };
     tokio::spawn(async move {
-        tokio::time::sleep(WARM_UP).await;
+        tokio::time::sleep(warm_up).await;
         if let (Ok(server), Ok(load)) = (cpu_time(server_pid), cpu_time(own_pid)) {
             *before_probe.lock() = (server, load);
         }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -31,32 +32,60 @@ use crate::server::Core;
 use crate::ws;
 
 pub(crate) fn router(core: Arc<Core>) -> Router {
+    // The API's routes with their full paths, not a router nested at `/v1`: nesting wraps
+    // every route in two more boxed layers and rebuilds each request's URI without the
+    // prefix, for nothing a handler reads. The `service` token is the first extractor of
+    // every `/v1` handler ([`ServiceToken`]) and of each route's answer to a method it does
+    // not serve ([`method_not_allowed`]), rather than a layer around the routes, which
+    // would box and clone per request. What is answered is the same: the `/v1` routes (a
+    // method a route does not serve included, with its `Allow`) need the token,
+    // `/v1/openapi.json` does not, and a path no route serves, under `/v1` or not, reaches
+    // the one fallback (`tests/e2e/auth.rs`,
+    // `which_routes_need_the_service_token_and_what_they_answer`).
     let api = Router::new()
         .route(
-            "/devices/{device_id}/commands",
-            post(post_command).get(list_commands),
+            "/v1/devices/{device_id}/commands",
+            post(post_command)
+                .get(list_commands)
+                .fallback(method_not_allowed),
         )
-        .route("/devices/{device_id}", get(get_device))
-        .route("/devices", get(list_devices))
-        .route("/devices/{device_id}/events", post(post_event))
-        .route("/commands/{command_id}", get(get_command))
-        .route("/commands/{command_id}/confirm", post(confirm_command))
-        .route("/commands/{command_id}/cancel", post(cancel_command))
-        .route("/device-types", get(device_types))
-        .route("/stream", get(stream))
-        .fallback(not_found)
-        .route_layer(middleware::from_fn_with_state(
-            Arc::clone(&core),
-            require_service,
-        ))
-        // After `route_layer`, so outside it: the API's description needs no token.
-        .route("/openapi.json", get(openapi_json));
+        .route(
+            "/v1/devices/{device_id}",
+            get(get_device).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/devices",
+            get(list_devices).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/devices/{device_id}/events",
+            post(post_event).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/commands/{command_id}",
+            get(get_command).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/commands/{command_id}/confirm",
+            post(confirm_command).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/commands/{command_id}/cancel",
+            post(cancel_command).fallback(method_not_allowed),
+        )
+        .route(
+            "/v1/device-types",
+            get(device_types).fallback(method_not_allowed),
+        )
+        .route("/v1/stream", get(stream).fallback(method_not_allowed))
+        // The API's description needs no token.
+        .route("/v1/openapi.json", get(openapi_json));
     let router = Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .nest("/v1", api)
+        .merge(api)
         .merge(crate::console::routes())
         .fallback(not_found);
     // Development mode: every route, `/healthz` and the fallback included, first checks
@@ -103,27 +132,77 @@ async fn not_found() -> ApiError {
     ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
-/// The `service` token check of every `/v1` route (open in development mode).
-async fn require_service(State(core): State<Arc<Core>>, request: Request, next: Next) -> Response {
-    let authorization = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    match core.auth.check_service(authorization) {
-        Ok(()) => next.run(request).await,
-        Err(error) => ApiError::from(&error).into_response(),
+/// The `service` token of a `/v1` request, checked (open in development mode): the first
+/// extractor of every `/v1` handler, so the check comes before anything else is read, and
+/// a refusal is 401 `unauthorized` or 403 `forbidden`.
+pub(crate) struct ServiceToken;
+
+impl FromRequestParts<Arc<Core>> for ServiceToken {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, Response> {
+        let authorization = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match core.auth.check_service(authorization) {
+            Ok(()) => Ok(Self),
+            Err(error) => Err(ApiError::from(&error).into_response()),
+        }
     }
+}
+
+/// A `/v1` route's answer to a method it does not serve: 405 (axum adds `Allow`), after
+/// the token check as for the methods it serves.
+async fn method_not_allowed(_: ServiceToken) -> StatusCode {
+    StatusCode::METHOD_NOT_ALLOWED
 }
 
 /// Reads a body of at most the configured size; [`utf8`] reads it as text, in place.
 async fn read_body(core: &Core, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let limit = core.config.max_body_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
+    collect_limited(body, limit).await.ok_or_else(|| {
         ApiError::new(
             ErrorCode::InvalidRequest,
             format!("the body is over the limit of {limit} bytes"),
         )
         .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    })
+}
+
+/// The body's data, or `None` when it holds more than `limit` bytes or cannot be read:
+/// what `axum::body::to_bytes(body, limit)` answers (`Ok` or `Err`), without its list of
+/// buffers and its wrappers — a body of one chunk, the usual one, is handed back as it
+/// came, and only a body of several is copied into one buffer. (A property test checks it
+/// against `to_bytes` for any chunking and limit.)
+async fn collect_limited(body: Body, limit: usize) -> Option<axum::body::Bytes> {
+    use futures_util::StreamExt;
+    let mut chunks = body.into_data_stream();
+    let mut remaining = limit;
+    let mut first: Option<axum::body::Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.ok()?;
+        if chunk.len() > remaining {
+            return None;
+        }
+        remaining -= chunk.len();
+        if chunk.is_empty() {
+            continue;
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(chunk),
+            None => joined.extend_from_slice(&chunk),
+            Some(head) => {
+                joined.reserve(head.len() + chunk.len());
+                joined.extend_from_slice(&head);
+                joined.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Some(match first {
+        Some(only) => only,
+        None => joined.into(),
     })
 }
 
@@ -190,6 +269,7 @@ fn command_id(raw: &str) -> Result<CommandId, ApiError> {
     security(("bearer" = [])),
 )]
 pub(crate) async fn post_command(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     Path(device): Path<String>,
     body: Body,
@@ -224,6 +304,7 @@ pub(crate) async fn post_command(
     security(("bearer" = [])),
 )]
 pub(crate) async fn list_commands(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     Path(device): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -257,6 +338,7 @@ pub(crate) async fn list_commands(
     security(("bearer" = [])),
 )]
 pub(crate) async fn get_device(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     Path(device): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -300,7 +382,7 @@ pub(crate) async fn get_device(
     ),
     security(("bearer" = [])),
 )]
-pub(crate) async fn list_devices(State(core): State<Arc<Core>>) -> Response {
+pub(crate) async fn list_devices(_: ServiceToken, State(core): State<Arc<Core>>) -> Response {
     let devices = core
         .hub
         .online_devices()
@@ -335,6 +417,7 @@ pub(crate) async fn list_devices(State(core): State<Arc<Core>>) -> Response {
     security(("bearer" = [])),
 )]
 pub(crate) async fn post_event(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     Path(device): Path<String>,
     body: Body,
@@ -385,6 +468,7 @@ pub(crate) async fn post_event(
     security(("bearer" = [])),
 )]
 pub(crate) async fn stream(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -414,6 +498,7 @@ pub(crate) async fn stream(
     security(("bearer" = [])),
 )]
 pub(crate) async fn get_command(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -441,6 +526,7 @@ pub(crate) async fn get_command(
     security(("bearer" = [])),
 )]
 pub(crate) async fn confirm_command(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -468,6 +554,7 @@ pub(crate) async fn confirm_command(
     security(("bearer" = [])),
 )]
 pub(crate) async fn cancel_command(
+    _: ServiceToken,
     State(core): State<Arc<Core>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -494,7 +581,7 @@ pub(crate) async fn cancel_command(
     ),
     security(("bearer" = [])),
 )]
-pub(crate) async fn device_types(State(core): State<Arc<Core>>) -> Response {
+pub(crate) async fn device_types(_: ServiceToken, State(core): State<Arc<Core>>) -> Response {
     json_response(StatusCode::OK, &DeviceTypeList::from(&*core.registry))
 }
 
@@ -623,4 +710,61 @@ pub(crate) async fn openapi_json() -> Response {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use axum::body::{Body, Bytes};
+    use proptest::prelude::*;
+
+    use super::collect_limited;
+
+    fn body(chunks: &[Vec<u8>]) -> Body {
+        let chunks: Vec<Result<Bytes, Infallible>> =
+            chunks.iter().map(|c| Ok(Bytes::from(c.clone()))).collect();
+        Body::from_stream(futures_util::stream::iter(chunks))
+    }
+
+    fn run<T>(future: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a current-thread runtime")
+            .block_on(future)
+    }
+
+    proptest! {
+        /// `collect_limited` accepts and refuses exactly the bodies `axum::body::to_bytes`
+        /// does, with the same bytes: any chunking (empty chunks included), any limit
+        /// around the body's length.
+        #[test]
+        fn collect_limited_answers_what_to_bytes_answers(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..6),
+            slack in -45i64..45,
+        ) {
+            let total: usize = chunks.iter().map(Vec::len).sum();
+            let limit = usize::try_from(i64::try_from(total).unwrap_or(0) + slack).unwrap_or(0);
+            let ours = run(collect_limited(body(&chunks), limit));
+            let axums = run(axum::body::to_bytes(body(&chunks), limit)).ok();
+            prop_assert_eq!(ours, axums);
+        }
+    }
+
+    #[test]
+    fn a_body_that_fails_is_refused_as_to_bytes_refuses_it() {
+        let failing = || {
+            Body::from_stream(futures_util::stream::iter(vec![
+                Ok(Bytes::from_static(b"{}")),
+                Err(std::io::Error::other("reset")),
+            ]))
+        };
+        assert_eq!(run(collect_limited(failing(), 1024)), None);
+        assert!(run(axum::body::to_bytes(failing(), 1024)).is_err());
+        // One chunk comes back as it came.
+        assert_eq!(
+            run(collect_limited(Body::from("{\"payload\":\"03\"}"), 1024)),
+            Some(Bytes::from_static(b"{\"payload\":\"03\"}"))
+        );
+    }
 }

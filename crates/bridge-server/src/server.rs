@@ -11,7 +11,7 @@ use bridge_hub::{GrantedSubscriptions, Hub, HubConfig, LocalHub, LocalHubBuilder
 use bridge_protocol::{ConfigRegistry, Limits};
 use bridge_queue::{MemoryStore, Store, StoreConfig};
 use bridge_session::{SessionConfig, SessionManager};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use std::num::NonZeroUsize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -595,8 +595,9 @@ impl Server {
     }
 }
 
-/// A connection's place under [`ServerConfig::max_connections`], in every request's
-/// extensions: the place is free again when the last clone is dropped.
+/// A connection's place under [`ServerConfig::max_connections`], in the extensions of each
+/// of its requests that asks for an upgrade: the place is free again when the last clone is
+/// dropped.
 #[derive(Clone)]
 pub(crate) struct ConnectionSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 
@@ -607,6 +608,13 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// once `closing` turns true, until the request it is serving has been answered. `_permit`
 /// is its place under [`ServerConfig::max_connections`], given back when it ends (or when
 /// the WebSocket it was upgraded to ends).
+///
+/// The header-read timeout is kept here rather than by hyper, which would make a timer of
+/// its own for every request (an allocation, and the runtime's timer wheel twice): one
+/// timer per connection, looked at only when it fires. A connection that is serving no
+/// request (since it was accepted, or since its last answer was written) and has not sent
+/// a whole request head by `header_read_timeout` after that is closed — a silent, idle or
+/// slowloris client, as with hyper's own timeout.
 async fn serve_connection(
     stream: TcpStream,
     router: Router,
@@ -617,30 +625,147 @@ async fn serve_connection(
     // The place is shared with a WebSocket this connection upgrades to, which keeps it
     // for as long as it lives (see `ws.rs`).
     let slot = ConnectionSlot(Arc::new(permit));
-    let service = hyper::service::service_fn(
+    let activity = Arc::new(Activity::new());
+    let service = hyper::service::service_fn({
+        let activity = Arc::clone(&activity);
         move |mut request: axum::extract::Request<hyper::body::Incoming>| {
-            request.extensions_mut().insert(slot.clone());
-            router.clone().oneshot(request)
-        },
-    );
+            // From its head to its answer's last byte, the connection is not idle.
+            let busy = Busy::start(&activity);
+            // Only a request that asks for an upgrade can become a WebSocket (`ws.rs`
+            // upgrades only with `Upgrade: websocket`): the others need not carry the slot,
+            // and an HTTP request then builds no extensions map (an allocation or two each).
+            if request.headers().contains_key(axum::http::header::UPGRADE) {
+                request.extensions_mut().insert(slot.clone());
+            }
+            let response = router.clone().oneshot(request);
+            async move {
+                let response = response.await?;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| TrackedBody { body, _busy: busy }),
+                )
+            }
+        }
+    });
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+    http.header_read_timeout(None);
     let connection = http
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
     let mut connection = std::pin::pin!(connection);
-    let finished = tokio::select! {
-        result = connection.as_mut() => Some(result),
-        _ = closing.wait_for(|closing| *closing) => None,
+    let timer = tokio::time::sleep(header_read_timeout);
+    let mut timer = std::pin::pin!(timer);
+    let finished = loop {
+        tokio::select! {
+            result = connection.as_mut() => break Some(result),
+            _ = closing.wait_for(|closing| *closing) => break None,
+            () = timer.as_mut() => {
+                if activity.timed_out(header_read_timeout, timer.as_mut()) {
+                    tracing::debug!("HTTP connection closed: no request head within the header-read timeout");
+                    return;
+                }
+            }
+        }
     };
     let result = if let Some(result) = finished {
         result
     } else {
         connection.as_mut().graceful_shutdown();
-        connection.await
+        loop {
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                () = timer.as_mut() => {
+                    if activity.timed_out(header_read_timeout, timer.as_mut()) {
+                        tracing::debug!("HTTP connection closed: no request head within the header-read timeout");
+                        return;
+                    }
+                }
+            }
+        }
     };
     if let Err(error) = result {
         tracing::debug!(%error, "HTTP connection ended with an error");
+    }
+}
+
+/// Whether an HTTP connection is serving a request, and since when it has not been: what
+/// its header-read timeout is measured from ([`serve_connection`]).
+struct Activity {
+    /// Requests being served (one at a time on HTTP/1), and when the last one ended (or
+    /// when the connection was accepted).
+    state: parking_lot::Mutex<(usize, Instant)>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            state: parking_lot::Mutex::new((0, Instant::now())),
+        }
+    }
+
+    /// Called when `timer` fired: whether the connection has been idle for `timeout`;
+    /// otherwise `timer` is set again, to the end of the current idle time's `timeout`, or,
+    /// while a request is served, a whole `timeout` from now (the idle time that follows
+    /// ends no earlier).
+    fn timed_out(&self, timeout: Duration, timer: std::pin::Pin<&mut tokio::time::Sleep>) -> bool {
+        let (serving, idle_since) = *self.state.lock();
+        let now = Instant::now();
+        let next = if serving == 0 {
+            let deadline = idle_since + timeout;
+            if deadline <= now {
+                return true;
+            }
+            deadline
+        } else {
+            now + timeout
+        };
+        timer.reset(next);
+        false
+    }
+}
+
+/// A request being served: its connection is not idle until this is dropped, with the
+/// answer's body once hyper has written it (or with the request, if it is abandoned).
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn start(activity: &Arc<Activity>) -> Self {
+        activity.state.lock().0 += 1;
+        Self(Arc::clone(activity))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock();
+        state.0 -= 1;
+        if state.0 == 0 {
+            state.1 = Instant::now();
+        }
+    }
+}
+
+/// An answer's body, which keeps its request [`Busy`] until hyper has written it.
+struct TrackedBody {
+    body: axum::body::Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }

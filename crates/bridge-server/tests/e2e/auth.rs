@@ -201,3 +201,185 @@ async fn a_token_with_exp_near_u64_max_or_a_bad_sub_is_401_and_the_server_keeps_
     let alice = token("alice", "user", None, 3600);
     Ws::connect_with(&server.ws_url(""), Some(&alice)).await;
 }
+
+/// Which requests need the `service` token, and what each answers without one, with a user
+/// token and with a service token: every `/v1` route (a method it does not serve included)
+/// is 401/403 before anything else, `/v1/openapi.json` and the operational routes are open,
+/// and a path no route serves, under `/v1` or not, is 404 `not_found` whatever the token.
+/// (The table was read from the server when `/v1` was a nested router; the routes are now
+/// registered with their full paths and must answer exactly the same.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn which_routes_need_the_service_token_and_what_they_answer() {
+    let server = TestServer::start_authenticated().await;
+    let plain = reqwest::Client::new();
+    let service = server.service_token.clone().unwrap();
+    let user = token("alice", "user", Some(&["lock-1"]), 3600);
+    // (method, path, [without a token, user token, service token]) -> (status, error code
+    // or "" when the body is not an error body).
+    type Answers = [(u16, &'static str); 3];
+    let cases: &[(&str, &str, Answers)] = &[
+        (
+            "GET",
+            "/v1/devices",
+            [(401, "unauthorized"), (403, "forbidden"), (200, "")],
+        ),
+        (
+            "POST",
+            "/v1/devices",
+            [(401, "unauthorized"), (403, "forbidden"), (405, "")],
+        ),
+        (
+            "GET",
+            "/v1/devices/lock-1",
+            [(401, "unauthorized"), (403, "forbidden"), (200, "")],
+        ),
+        (
+            "GET",
+            "/v1/devices/lock-1/commands",
+            [(401, "unauthorized"), (403, "forbidden"), (200, "")],
+        ),
+        (
+            "DELETE",
+            "/v1/devices/lock-1/commands",
+            [(401, "unauthorized"), (403, "forbidden"), (405, "")],
+        ),
+        (
+            "POST",
+            "/v1/devices/lock-1/commands",
+            [
+                (401, "unauthorized"),
+                (403, "forbidden"),
+                (400, "invalid_request"),
+            ],
+        ),
+        (
+            "GET",
+            "/v1/commands/nope/confirm",
+            [(401, "unauthorized"), (403, "forbidden"), (405, "")],
+        ),
+        (
+            "POST",
+            "/v1/commands/nope/cancel",
+            [
+                (401, "unauthorized"),
+                (403, "forbidden"),
+                (404, "not_found"),
+            ],
+        ),
+        (
+            "GET",
+            "/v1/device-types",
+            [(401, "unauthorized"), (403, "forbidden"), (200, "")],
+        ),
+        (
+            "GET",
+            "/v1/commands/nope",
+            [
+                (401, "unauthorized"),
+                (403, "forbidden"),
+                (404, "not_found"),
+            ],
+        ),
+        (
+            "POST",
+            "/v1/devices/lock-1/events",
+            [
+                (401, "unauthorized"),
+                (403, "forbidden"),
+                (400, "invalid_request"),
+            ],
+        ),
+        (
+            "GET",
+            "/v1/stream?deviceId=",
+            [
+                (401, "unauthorized"),
+                (403, "forbidden"),
+                (400, "invalid_request"),
+            ],
+        ),
+        ("GET", "/v1/openapi.json", [(200, ""), (200, ""), (200, "")]),
+        (
+            "POST",
+            "/v1/openapi.json",
+            [(405, ""), (405, ""), (405, "")],
+        ),
+        (
+            "GET",
+            "/v1/nothing-here",
+            [(404, "not_found"), (404, "not_found"), (404, "not_found")],
+        ),
+        (
+            "GET",
+            "/v1/devices/",
+            [(404, "not_found"), (404, "not_found"), (404, "not_found")],
+        ),
+        (
+            "GET",
+            "/v1",
+            [(404, "not_found"), (404, "not_found"), (404, "not_found")],
+        ),
+        (
+            "GET",
+            "/v1/",
+            [(404, "not_found"), (404, "not_found"), (404, "not_found")],
+        ),
+        (
+            "GET",
+            "/v2/devices",
+            [(404, "not_found"), (404, "not_found"), (404, "not_found")],
+        ),
+        ("GET", "/healthz", [(200, ""), (200, ""), (200, "")]),
+        ("DELETE", "/healthz", [(405, ""), (405, ""), (405, "")]),
+    ];
+    let mut mismatches = Vec::new();
+    for (method, path, expected) in cases {
+        for (i, bearer) in [None, Some(&user), Some(&service)].into_iter().enumerate() {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let mut request = plain.request(method.clone(), server.url(path));
+            if let Some(bearer) = bearer {
+                request = request.bearer_auth(bearer);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.bytes().await.unwrap();
+            let code = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["code"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            if (status, code.as_str()) != expected[i] {
+                mismatches.push(format!(
+                    "{method} {path} with {}: {status} {code:?}, expected {:?}",
+                    ["no token", "a user token", "a service token"][i],
+                    expected[i]
+                ));
+            }
+        }
+    }
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+
+    // A method a route does not serve: whatever the answer (401, 403, 405), it names the
+    // route's methods in `Allow`.
+    let wrong_methods = [
+        ("POST", "/v1/devices", "GET,HEAD"),
+        ("DELETE", "/v1/devices/lock-1/commands", "POST,GET,HEAD"),
+        ("GET", "/v1/commands/nope/confirm", "POST"),
+        ("PUT", "/v1/stream", "GET,HEAD"),
+    ];
+    for (method, path, allow) in wrong_methods {
+        for bearer in [None, Some(&user), Some(&service)] {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+            let mut request = plain.request(method.clone(), server.url(path));
+            if let Some(bearer) = bearer {
+                request = request.bearer_auth(bearer);
+            }
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let got = response
+                .headers()
+                .get("allow")
+                .map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(got.as_deref(), Some(allow), "{method} {path} ({status})");
+        }
+    }
+}

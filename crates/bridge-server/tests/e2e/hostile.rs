@@ -253,3 +253,102 @@ async fn connections_over_the_cap_wait_unserved_until_one_ends() {
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
     assert!(healthz(&mut second).await.starts_with("HTTP/1.1 200"));
 }
+
+/// A connection upgraded to a WebSocket keeps its place under `max_connections` for as long
+/// as the WebSocket lives (the HTTP connection that carried the upgrade has ended by then),
+/// and gives it back when the WebSocket closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_keeps_its_connections_place_until_it_closes() {
+    let mut config = bridge_server::ServerConfig::default();
+    config.max_connections = 1;
+    let server = TestServer::start_with(config, |b| b).await;
+    // Answered 101: the upgrade's handler has handed the place to the WebSocket's task.
+    let ws = Ws::connect(&server.ws_url("userId=phone-1&deviceId=lock-1")).await;
+
+    // The cap is 1 and the WebSocket holds it: a new connection is not served.
+    let mut waiting = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let served = tokio::time::timeout(std::time::Duration::from_millis(500), healthz(&mut waiting));
+    assert!(
+        served.await.is_err(),
+        "a connection was served while a WebSocket held the only place"
+    );
+
+    // The WebSocket closes: the waiting connection takes the place.
+    ws.close().await;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    tokio::time::timeout(PATIENCE, async {
+        while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+            let n = waiting.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the answer");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await
+    .expect("served once the WebSocket closed");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+}
+
+/// The header-read timeout (1 s here): a connection that sends half a request head and
+/// stops is closed after it, unanswered; one whose answer lasts longer (a live stream) is
+/// not cut, however long the answer lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_header_read_timeout_closes_half_sent_heads_but_not_long_answers() {
+    let mut config = bridge_server::ServerConfig::default();
+    config.header_read_timeout_secs = 1;
+    let server = TestServer::start_with(config, |b| b).await;
+
+    let mut half = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 1024];
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match half.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("a half-sent head is closed");
+    let took = start.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(900),
+        "closed after {took:?}"
+    );
+    assert!(
+        received.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /v1/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !String::from_utf8_lossy(&head).contains("\r\n\r\n") {
+        let n = tokio::time::timeout(PATIENCE, stream.read(&mut chunk))
+            .await
+            .expect("the stream's head")
+            .unwrap();
+        assert!(n > 0, "closed before the stream's head");
+        head.extend_from_slice(&chunk[..n]);
+    }
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"));
+    // Well past the timeout, the stream is still open (nothing comes: no device, and the
+    // first comment line is 15 s away).
+    let after = tokio::time::timeout(std::time::Duration::from_millis(2500), async {
+        stream.read(&mut chunk).await
+    })
+    .await;
+    assert!(
+        after.is_err(),
+        "the stream ended or sent something within 2.5 s: {after:?}"
+    );
+}
