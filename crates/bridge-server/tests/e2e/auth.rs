@@ -383,3 +383,75 @@ async fn which_routes_need_the_service_token_and_what_they_answer() {
         }
     }
 }
+
+/// The `service` token is checked by an extractor that each `/v1` handler names (not by a
+/// layer around the routes), so a route added without it would be open. This walks the API's
+/// own description instead of a hand-made list: every operation `/v1/openapi.json` documents
+/// as needing the bearer token (and not as optionally so, like `/metrics`) answers 401
+/// without a token and 403 with a `user` token, whatever its body would have been.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_documented_as_needing_the_service_token_refuses_a_request_without_it() {
+    let server = TestServer::start_authenticated().await;
+    let plain = reqwest::Client::new();
+    let user = token("alice", "user", Some(&["lock-1"]), 3600);
+    let document: serde_json::Value = plain
+        .get(server.url("/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths = document["paths"]
+        .as_object()
+        .expect("the document lists paths");
+    let mut refused = 0;
+    let mut mismatches = Vec::new();
+    for (template, item) in paths {
+        let path = template
+            .replace("{deviceId}", "lock-1")
+            .replace("{commandId}", "9b2e4c1a-57f0-4f0e-9d5c-2f1b8f0c6a31");
+        assert!(
+            !path.contains('{'),
+            "a path parameter this test does not fill: {template}"
+        );
+        for (method, operation) in item.as_object().expect("a path item is an object") {
+            let Ok(method) = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()) else {
+                continue;
+            };
+            let requirements = operation["security"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let needs_token = !requirements.is_empty()
+                && requirements
+                    .iter()
+                    .all(|r| r.as_object().is_some_and(|r| !r.is_empty()));
+            if !needs_token {
+                continue;
+            }
+            for (bearer, expected) in [(None, 401), (Some(&user), 403)] {
+                let mut request = plain.request(method.clone(), server.url(&path));
+                if let Some(bearer) = bearer {
+                    request = request.bearer_auth(bearer);
+                }
+                let status = request.send().await.unwrap().status().as_u16();
+                if status != expected {
+                    mismatches.push(format!(
+                        "{method} {path}: {status} with {}, expected {expected}",
+                        if bearer.is_some() {
+                            "a user token"
+                        } else {
+                            "no token"
+                        }
+                    ));
+                }
+            }
+            refused += 1;
+        }
+    }
+    assert!(mismatches.is_empty(), "{mismatches:#?}");
+    // Every operation of PROTOCOL.md 4 but the description itself (the drift test in
+    // `openapi.rs` ties the document to the contract).
+    assert!(refused >= 10, "only {refused} operations checked");
+}
