@@ -177,7 +177,7 @@
 //! hundred bytes, and a busy one up to ~4 KiB more. The pump moves every queued frame into
 //! it, lets the scheduler run once (so that the other commands' callers ready at that
 //! moment queue theirs), and flushes the batch with one system call — the trade measured in
-//! BENCHMARKS.md ("Write batching"). A connection whose frames come one at a time (two
+//! BENCHMARKS.md ("Write batching"). A connection whose frames come one at a time (four
 //! waits in a row gathered nothing: one bridge per device) skips that wait for its next
 //! eight batches, or until a batch holds several frames. Frames are limited to [`HubConfig::max_frame_bytes`] at the
 //! WebSocket layer too, so an oversize frame is refused before it is buffered. The
