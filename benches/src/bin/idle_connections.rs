@@ -1,7 +1,8 @@
 //! Load test: 10,000 idle bridge connections over loopback; reports the server's resident
 //! memory per connection.
 //!
-//! The server (a `LocalHub` behind tokio-tungstenite, configured with
+//! The server (a `LocalHub` behind tokio-tungstenite over the hub's `ReadAhead`, as the
+//! server serves it, configured with
 //! `HubConfig::websocket_config`) runs in this process; the clients run in a child process
 //! (this same binary with `--clients`), so the figure is the server's alone. Each client is
 //! a bridge holding one device. The clients connect from 127.0.0.1 to 127.0.0.4 so that
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bridge_hub::{ConnectionInfo, DeviceAccess, LocalHub, UserId};
+use bridge_hub::{ConnectionInfo, DeviceAccess, LocalHub, ReadAhead, UserId};
 use bridge_protocol::DeviceId;
 use futures_util::StreamExt;
 use tokio::net::{TcpListener, TcpSocket};
@@ -104,8 +105,11 @@ async fn serve_and_measure(connections: u64, read_buffer: Option<usize>) -> Resu
             let hub = server.clone();
             let n = counter.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                let Ok(ws) =
-                    tokio_tungstenite::accept_async_with_config(tcp, Some(ws_config)).await
+                let Ok(ws) = tokio_tungstenite::accept_async_with_config(
+                    ReadAhead::new(tcp),
+                    Some(ws_config),
+                )
+                .await
                 else {
                     return;
                 };

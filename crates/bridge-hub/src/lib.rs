@@ -177,7 +177,12 @@
 //! hundred bytes, and a busy one up to ~4 KiB more. The pump moves every queued frame into
 //! it, lets the scheduler run once (so that the other commands' callers ready at that
 //! moment queue theirs), and flushes the batch with one system call — the trade measured in
-//! BENCHMARKS.md ("Write batching"). Frames are limited to [`HubConfig::max_frame_bytes`] at the
+//! BENCHMARKS.md ("Write batching"). A connection whose frames come one at a time (four
+//! waits in a row gathered nothing: one bridge per device) skips that wait for its next
+//! eight batches, or until a batch holds several frames. A server that builds the WebSocket
+//! stream itself can wrap the transport in [`ReadAhead`] (the `bridge-server` does): a frame
+//! that straddles the end of the 1 KiB read buffer is then read with one system call, not
+//! two, for one null pointer per connection. Frames are limited to [`HubConfig::max_frame_bytes`] at the
 //! WebSocket layer too, so an oversize frame is refused before it is buffered. The
 //! `idle_connections` load test in `benches/` measures the result (see BENCHMARKS.md).
 
@@ -191,6 +196,7 @@ mod in_flight;
 mod outbox;
 mod pump;
 mod rate;
+mod read_ahead;
 mod response;
 mod state;
 
@@ -207,6 +213,7 @@ pub use hub::{
     PresenceOverlay, RemotePresence, ShutdownReport,
 };
 pub use in_flight::InFlight;
+pub use read_ahead::ReadAhead;
 pub use response::{
     Intercepted, NoPendingCommands, ResponseHandler, ResponseInterceptor, ResponseRefused,
 };

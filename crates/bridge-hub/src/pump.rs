@@ -150,6 +150,9 @@ impl<'a, S> Pump<'a, S> {
             ping_due: false,
             unflushed: false,
             flush_deferred: false,
+            batch_frames: 0,
+            lone_batches: 0,
+            flush_at_once: 0,
         }
     }
 }
@@ -167,7 +170,29 @@ struct Pump<'a, S> {
     /// Whether this batch's flush already waited one turn of the scheduler (see
     /// [`Pump::poll_write`]).
     flush_deferred: bool,
+    /// Frames in the batch being written (saturating).
+    batch_frames: u8,
+    /// Deferred batches of one frame in a row (up to [`LONE_BATCHES`]).
+    lone_batches: u8,
+    /// Batches still to flush without the deferral (see [`FLUSH_AT_ONCE`]).
+    flush_at_once: u8,
 }
+
+/// Deferred batches of one frame in a row (the wait gathered no other frame) after which a
+/// connection flushes its next [`FLUSH_AT_ONCE`] batches at once.
+///
+/// The wait pays when several tasks queue frames for the same connection at the same moment
+/// (one bridge holding the devices of many commands in flight); when a connection gets one
+/// frame at a time (many bridges of one device each) it is one more poll of the pump per
+/// frame, and it delays the write. A busy connection's wait also comes up empty now and then
+/// (a batch of one): with two in a row, one bridge serving the commands of 16 HTTP clients
+/// wrote 0.43 instead of 0.36 `sendto` per command; with four, as many as always waiting.
+const LONE_BATCHES: u8 = 4;
+
+/// Batches flushed without waiting after [`LONE_BATCHES`], unless one of them holds several
+/// frames (the traffic is bursty again); the wait after them finds out whether it still
+/// gathers nothing.
+const FLUSH_AT_ONCE: u8 = 8;
 
 impl<S> Pump<'_, S>
 where
@@ -278,21 +303,37 @@ where
             };
             Pin::new(&mut self.socket).start_send(message)?;
             self.unflushed = true;
+            self.batch_frames = self.batch_frames.saturating_add(1);
         }
         if self.unflushed {
             if !self.flush_deferred {
-                // One turn of the scheduler before the system call: the task that queued
-                // this frame woke the pump, which the runtime polls next (its LIFO slot), so
-                // flushing now would write each frame alone. Waking itself puts the pump at
-                // the back of the run queue: the other tasks that are ready (the callers of
-                // the other commands in flight) queue their frames first, and the next poll
-                // writes them all with one flush.
-                self.flush_deferred = true;
-                cx.waker().wake_by_ref();
-                return Ok(());
+                if self.flush_at_once == 0 {
+                    // One turn of the scheduler before the system call: the task that queued
+                    // this frame woke the pump, which the runtime polls next (its LIFO slot),
+                    // so flushing now would write each frame alone. Waking itself puts the
+                    // pump at the back of the run queue: the other tasks that are ready (the
+                    // callers of the other commands in flight) queue their frames first, and
+                    // the next poll writes them all with one flush.
+                    self.flush_deferred = true;
+                    cx.waker().wake_by_ref();
+                    return Ok(());
+                }
+                self.flush_at_once -= 1;
             }
             match Pin::new(&mut self.socket).poll_flush(cx) {
                 Poll::Ready(Ok(())) => {
+                    if self.batch_frames > 1 {
+                        self.lone_batches = 0;
+                        self.flush_at_once = 0;
+                    } else if self.flush_deferred {
+                        self.lone_batches = (self.lone_batches + 1).min(LONE_BATCHES);
+                        if self.lone_batches == LONE_BATCHES {
+                            // This connection gets its frames one at a time: the next
+                            // batches go out at once.
+                            self.flush_at_once = FLUSH_AT_ONCE;
+                        }
+                    }
+                    self.batch_frames = 0;
                     self.unflushed = false;
                     self.flush_deferred = false;
                 }

@@ -5,7 +5,9 @@
 //! the hub serves tungstenite messages, so the socket it gets is tungstenite's own stream,
 //! with [`HubConfig::websocket_config`](bridge_hub::HubConfig::websocket_config) applied
 //! exactly (1 KiB read buffer, frame size limit enforced before buffering), and no message
-//! conversion between two WebSocket libraries on every frame.
+//! conversion between two WebSocket libraries on every frame. The upgraded connection is
+//! wrapped in [`ReadAhead`], so that a frame that straddles the end of that small buffer is
+//! still read with one system call.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -14,7 +16,7 @@ use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bridge_hub::{ConnectionInfo, DeviceAccess, UserId};
+use bridge_hub::{ConnectionInfo, DeviceAccess, ReadAhead, UserId};
 use bridge_protocol::{ErrorCode, Role};
 use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
@@ -133,7 +135,7 @@ pub(crate) async fn upgrade(State(core): State<Arc<Core>>, mut request: Request)
             match on_upgrade.await {
                 Ok(upgraded) => {
                     let socket = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
+                        ReadAhead::new(TokioIo::new(upgraded)),
                         protocol::Role::Server,
                         Some(ws_config),
                     )
