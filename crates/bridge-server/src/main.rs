@@ -9,21 +9,8 @@ use std::sync::{Arc, OnceLock};
 use bridge_cluster::{ClusterConfig, ClusterHub};
 use bridge_protocol::ConfigRegistry;
 use bridge_queue::StoreConfig;
-use bridge_server::{Cli, LogFormat, Server, ServerConfig, open_store};
+use bridge_server::{Cli, Server, ServerConfig, open_store};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
-
-fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
-    }
-}
 
 /// Listens for SIGINT and SIGTERM from now on, and returns what completes on the first.
 ///
@@ -86,7 +73,7 @@ fn main() -> ExitCode {
 
 async fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
     let config = ServerConfig::from_cli(Cli::parse())?;
-    init_logs(config.log_format);
+    bridge_server::init_logs(config.log_format)?;
 
     let registry = match &config.device_types {
         Some(path) => ConfigRegistry::from_toml_file(path)?,
