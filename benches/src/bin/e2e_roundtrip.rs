@@ -615,15 +615,15 @@ fn install_server_logs() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Tokio's default runtime, as in the `bridge-server` binary (pinned to one core: one
-/// worker); `E2E_SERVER_RUNTIME=current` for a current-thread runtime, for comparison.
+/// Tokio's default runtime, as the `bridge-server` binary builds it
+/// ([`bridge_server::runtime_builder`]; pinned to one core: one worker); `E2E_SERVER_RUNTIME=current` for a current-thread runtime, for comparison.
 fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     if std::env::var("E2E_SERVER_RUNTIME").is_ok_and(|v| v == "current") {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
     } else {
-        tokio::runtime::Runtime::new()
+        bridge_server::runtime_builder().build()
     }
 }
 

@@ -200,7 +200,7 @@ pub use config::{Cli, ConfigError, LogFormat, QueueUrl, ServerConfig};
 pub use error::{BuildError, ServerError};
 pub use frames::{FrameContext, FrameError, FrameHandler};
 pub use hooks::{BridgeConnection, CommandEnded, Hooks, NoHooks};
-pub use logs::init_logs;
+pub use logs::{FLUSH_AFTER, FLUSH_BYTES, flush_logs, init_logs, runtime_builder};
 pub use mqtt::{mqtt_config, serve_mqtt};
 pub use openapi::openapi_json;
 pub use server::{Server, ServerBuilder};

@@ -51,7 +51,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
 const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match bridge_server::runtime_builder().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("bridge-server: cannot start the runtime: {error}");
@@ -61,6 +61,7 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
+            bridge_server::flush_logs();
             eprintln!("bridge-server: {error}");
             ExitCode::FAILURE
         }
@@ -68,6 +69,8 @@ fn main() -> ExitCode {
     // `serve` returned within the shutdown deadline; work still running on the runtime (a
     // store call stuck in a blocking thread) must not hold the process past it.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    // The last lines (those of a worker still busy when the runtime was dropped).
+    bridge_server::flush_logs();
     code
 }
 
