@@ -8,6 +8,8 @@
 //! latest [`FLUSH_AFTER`] after they were logged (a flusher thread, asleep while nothing is
 //! logged).
 
+use std::cell::RefCell;
+use std::fmt;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
@@ -16,6 +18,8 @@ use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::util::{SubscriberInitExt, TryInitError};
 
 use crate::LogFormat;
@@ -48,6 +52,7 @@ pub fn init_logs(format: LogFormat) -> Result<(), TryInitError> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(BufferedStderr)
+        .with_timer(SecondCachedTime)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let installed = match format {
         LogFormat::Json => builder.json().finish().try_init(),
@@ -139,6 +144,68 @@ fn start_flusher() {
     }
 }
 
+/// `fmt`'s own timestamp ([`SystemTime`]: RFC 3339 in UTC with microseconds, such as
+/// `2026-11-30T19:40:08.061536Z`), with its calendar part formatted once per second and
+/// thread rather than for every line: the first line of a second is [`SystemTime`]'s text as
+/// it is, and the lines after it in the same second repeat its text up to the `.` followed
+/// by their own microseconds, written as [`SystemTime`] writes them.
+#[derive(Debug, Clone, Copy)]
+struct SecondCachedTime;
+
+thread_local! {
+    /// The second (since the Unix epoch) whose text is cached, and that text up to and
+    /// including its `.`.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+impl FormatTime for SecondCachedTime {
+    fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+        let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) else {
+            return SystemTime.format_time(w);
+        };
+        let second = since.as_secs();
+        let cached = SECOND.with(|cache| {
+            let cache = cache.borrow();
+            if cache.0 == second {
+                w.write_str(&cache.1)
+                    .and_then(|()| write!(w, "{:06}Z", since.subsec_micros()))
+                    .map(|()| true)
+            } else {
+                Ok(false)
+            }
+        })?;
+        if cached {
+            return Ok(());
+        }
+        let mut text = String::with_capacity(32);
+        SystemTime.format_time(&mut Writer::new(&mut text))?;
+        w.write_str(&text)?;
+        // Cached only if the text shows this second's time of day (the clock may have moved
+        // between the two readings).
+        let prefix = text
+            .strip_suffix('Z')
+            .and_then(|t| t.get(..t.len().checked_sub(6)?));
+        if let Some(prefix) = prefix
+            && let Some(clock) = prefix.strip_suffix('.')
+            && clock.get(clock.len().saturating_sub(8)..) == Some(time_of_day(second).as_str())
+        {
+            SECOND.with(|cache| *cache.borrow_mut() = (second, prefix.to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// `HH:MM:SS` of the second `second` since the Unix epoch, in UTC.
+fn time_of_day(second: u64) -> String {
+    let in_day = second % 86_400;
+    format!(
+        "{:02}:{:02}:{:02}",
+        in_day / 3_600,
+        in_day % 3_600 / 60,
+        in_day % 60
+    )
+}
+
 /// The `fmt` layer's writer: each event is one `write_all` of its whole line.
 #[derive(Debug, Clone, Copy)]
 struct BufferedStderr;
@@ -172,5 +239,47 @@ impl Write for BufferedStderr {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn format(timer: impl FormatTime) -> String {
+        let mut text = String::new();
+        timer.format_time(&mut Writer::new(&mut text)).unwrap();
+        text
+    }
+
+    #[test]
+    fn the_cached_timestamp_is_fmts_own_text() {
+        let mut cached_lines = 0;
+        for _ in 0..200_000 {
+            let before = format(SystemTime);
+            let ours = format(SecondCachedTime);
+            let after = format(SystemTime);
+            // Same second on both sides: ours is fmt's text of that second, to the
+            // microsecond, and between the two readings.
+            if before[..20] == after[..20] {
+                assert_eq!(ours.len(), before.len(), "{ours} / {before}");
+                assert_eq!(ours[..20], before[..20], "{ours} / {before}");
+                assert!(
+                    before <= ours && ours <= after,
+                    "{before} <= {ours} <= {after}"
+                );
+                cached_lines += 1;
+            }
+        }
+        assert!(cached_lines > 0);
+        let second = SECOND.with(|cache| cache.borrow().0);
+        assert_ne!(second, u64::MAX, "the second's text was cached");
+    }
+
+    #[test]
+    fn time_of_day_is_utcs() {
+        assert_eq!(time_of_day(0), "00:00:00");
+        assert_eq!(time_of_day(1_764_531_608), "19:40:08");
+        assert_eq!(time_of_day(86_399), "23:59:59");
     }
 }
