@@ -71,6 +71,10 @@
 //! `E2E_LOAD_WRAPPER` does the same for the load child (the phones), to count their cost per
 //! command with the in-process driver, e.g. `E2E_LOAD_WRAPPER="strace -f -c -o /tmp/load.st"`.
 //!
+//! `E2E_SERVER_LOG=human` (or `json`) makes the server child install the `bridge-server`
+//! binary's log subscriber (`bridge_server::init_logs`: info level unless `RUST_LOG` says
+//! otherwise, to stderr), to count what production's logging costs per command.
+//!
 //! The server child serves with [`Server::serve`], as the `bridge-server` binary does
 //! (`E2E_AXUM_SERVE=1`: with `axum::serve` instead, as before 2026-11-30's issue 11 work).
 
@@ -517,6 +521,7 @@ fn build_server() -> Result<Server, bridge_server::BuildError> {
 fn run_server_child(scenario: &Scenario) -> Result<(), BoxError> {
     let scenario = *scenario;
     raise_fd_limit(scenario)?;
+    install_server_logs()?;
     let runtime = server_runtime()?;
     runtime.block_on(async move {
         let server = build_server()?;
@@ -595,15 +600,30 @@ fn run_server_child(scenario: &Scenario) -> Result<(), BoxError> {
     })
 }
 
-/// Tokio's default runtime, as in the `bridge-server` binary (pinned to one core: one
-/// worker); `E2E_SERVER_RUNTIME=current` for a current-thread runtime, for comparison.
+/// `E2E_SERVER_LOG=human` (or `json`): the server child installs the `bridge-server`
+/// binary's own log subscriber ([`bridge_server::init_logs`]: `fmt` to stderr, `RUST_LOG` or
+/// `info`), so that the figures include what logging costs in production. Unset: no
+/// subscriber, as before.
+fn install_server_logs() -> Result<(), BoxError> {
+    let format = match std::env::var("E2E_SERVER_LOG").as_deref() {
+        Err(_) => return Ok(()),
+        Ok("json") => bridge_server::LogFormat::Json,
+        Ok("human") => bridge_server::LogFormat::Human,
+        Ok(other) => return Err(format!("E2E_SERVER_LOG={other}: expected human or json").into()),
+    };
+    bridge_server::init_logs(format)?;
+    Ok(())
+}
+
+/// Tokio's default runtime, as the `bridge-server` binary builds it
+/// ([`bridge_server::runtime_builder`]; pinned to one core: one worker); `E2E_SERVER_RUNTIME=current` for a current-thread runtime, for comparison.
 fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     if std::env::var("E2E_SERVER_RUNTIME").is_ok_and(|v| v == "current") {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
     } else {
-        tokio::runtime::Runtime::new()
+        bridge_server::runtime_builder().build()
     }
 }
 

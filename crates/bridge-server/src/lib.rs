@@ -180,6 +180,7 @@ pub mod frames;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod hooks;
+mod logs;
 mod metrics;
 mod mqtt;
 pub mod openapi;
@@ -199,6 +200,7 @@ pub use config::{Cli, ConfigError, LogFormat, QueueUrl, ServerConfig};
 pub use error::{BuildError, ServerError};
 pub use frames::{FrameContext, FrameError, FrameHandler};
 pub use hooks::{BridgeConnection, CommandEnded, Hooks, NoHooks};
+pub use logs::{FLUSH_AFTER, FLUSH_BYTES, flush_logs, init_logs, runtime_builder};
 pub use mqtt::{mqtt_config, serve_mqtt};
 pub use openapi::openapi_json;
 pub use server::{Server, ServerBuilder};

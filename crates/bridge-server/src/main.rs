@@ -9,21 +9,8 @@ use std::sync::{Arc, OnceLock};
 use bridge_cluster::{ClusterConfig, ClusterHub};
 use bridge_protocol::ConfigRegistry;
 use bridge_queue::StoreConfig;
-use bridge_server::{Cli, LogFormat, Server, ServerConfig, open_store};
+use bridge_server::{Cli, Server, ServerConfig, open_store};
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
-
-fn init_logs(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Human => builder.init(),
-    }
-}
 
 /// Listens for SIGINT and SIGTERM from now on, and returns what completes on the first.
 ///
@@ -64,7 +51,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
 const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match bridge_server::runtime_builder().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("bridge-server: cannot start the runtime: {error}");
@@ -74,6 +61,7 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
+            bridge_server::flush_logs();
             eprintln!("bridge-server: {error}");
             ExitCode::FAILURE
         }
@@ -81,12 +69,14 @@ fn main() -> ExitCode {
     // `serve` returned within the shutdown deadline; work still running on the runtime (a
     // store call stuck in a blocking thread) must not hold the process past it.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    // The last lines (those of a worker still busy when the runtime was dropped).
+    bridge_server::flush_logs();
     code
 }
 
 async fn run() -> Result<(), Box<dyn Error + Send + Sync>> {
     let config = ServerConfig::from_cli(Cli::parse())?;
-    init_logs(config.log_format);
+    bridge_server::init_logs(config.log_format)?;
 
     let registry = match &config.device_types {
         Some(path) => ConfigRegistry::from_toml_file(path)?,

@@ -569,3 +569,47 @@ async fn an_http_connection_silent_or_idle_past_the_header_read_timeout_is_close
     assert_eq!(server.client.get("/healthz").await.0, 200);
     server.child.kill().await.unwrap();
 }
+
+/// Log lines are buffered (`bridge_server::init_logs`), but not until the process exits:
+/// a command's line reaches stderr while the server still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_reach_stderr_while_the_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bridge-server"))
+        .args(["--listen", "127.0.0.1:0", "--queue", "memory://"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(PATIENCE, lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let addr = line
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
+    let client = TestServer::client_for(addr);
+    client.command("lock-1", json!({"payload":"01"})).await;
+    let ended = tokio::time::timeout(PATIENCE, async {
+        while let Some(line) = logs.next_line().await.unwrap() {
+            if line.contains("command ended") && line.contains("lock-1") {
+                return line;
+            }
+        }
+        panic!("stderr closed without the command's line");
+    })
+    .await
+    .expect("the command's log line while the server runs");
+    assert!(ended.contains("outcome"), "{ended}");
+    child.kill().await.unwrap();
+}
