@@ -201,5 +201,6 @@ pub use frames::{FrameContext, FrameError, FrameHandler};
 pub use hooks::{BridgeConnection, CommandEnded, Hooks, NoHooks};
 pub use mqtt::{mqtt_config, serve_mqtt};
 pub use openapi::openapi_json;
+pub use routes::ApiService;
 pub use server::{Server, ServerBuilder};
 pub use store::{RABBITMQ_STATE_FILE, open_store};
