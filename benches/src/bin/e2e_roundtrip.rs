@@ -23,8 +23,9 @@
 //! Two drivers, each keeping K commands in flight (K tasks, each sending its next command
 //! as soon as the previous one is answered; commands go round-robin over the devices):
 //!
-//! * **in-process**: in the server process, through [`Server::router`] called as a tower
-//!   service (`oneshot`) with a `service` token: the same handler as
+//! * **in-process**: in the server process, through [`Server::service`] (what
+//!   [`Server::serve`] serves: [`Server::router`] with the command route recognised in
+//!   front of it) called as a tower service (`oneshot`) with a `service` token: the same handler as
 //!   `POST /v1/devices/{id}/commands` — authentication, body decoding, the session manager,
 //!   the hub, the WebSocket to the phone, metrics, the JSON answer — without an HTTP socket.
 //!   The server's public surface only: nothing of the session API is called directly.
@@ -642,7 +643,7 @@ async fn wait_online(server: &Server, devices: usize) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// The in-process driver: the router as a tower service, with a service token.
+/// The in-process driver: [`Server::service`] as a tower service, with a service token.
 async fn in_process(
     server: &Server,
     scenario: Scenario,
@@ -650,7 +651,7 @@ async fn in_process(
 ) -> Result<Measured, BoxError> {
     let devices = scenario.bridges;
     wait_online(server, devices).await?;
-    let router = server.router();
+    let router = server.service();
     let authorization: Arc<str> =
         format!("Bearer {}", token("backend", Role::Service, None)).into();
     let paths: Arc<Vec<String>> = Arc::new(

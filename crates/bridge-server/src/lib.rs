@@ -203,5 +203,6 @@ pub use hooks::{BridgeConnection, CommandEnded, Hooks, NoHooks};
 pub use logs::{FLUSH_AFTER, FLUSH_BYTES, flush_logs, init_logs, runtime_builder};
 pub use mqtt::{mqtt_config, serve_mqtt};
 pub use openapi::openapi_json;
+pub use routes::ApiService;
 pub use server::{Server, ServerBuilder};
 pub use store::{RABBITMQ_STATE_FILE, open_store};

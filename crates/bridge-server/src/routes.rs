@@ -1,12 +1,16 @@
 //! The HTTP API of PROTOCOL.md 4 and the operational endpoints.
 
-use std::sync::Arc;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{FromRequestParts, Path, RawQuery, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,18 +21,19 @@ use bridge_protocol::http::{
 };
 use bridge_protocol::{AppEvent, CommandId, DeviceId, ErrorCode, ServerToUser, StreamEvent};
 use bridge_queue::Party;
+use futures_util::future::Either;
 
 use crate::error::{ApiError, QUEUE_UNAVAILABLE, json_response, json_with_code};
 use crate::openapi::{
     BadRequest, CommandUnavailable, Conflict, Forbidden, Health, NotFound, PayloadTooLarge,
     QueueFull, Unauthorized, Unavailable,
 };
+use crate::server::Core;
 
 /// The body of `/readyz`'s 503 when the hub is not ready (a cluster node that has not
 /// joined, or lost NATS).
 const HUB_UNAVAILABLE: &str = "this node has not joined its cluster";
 use crate::metrics::Gauges;
-use crate::server::Core;
 use crate::ws;
 
 pub(crate) fn router(core: Arc<Core>) -> Router {
@@ -101,6 +106,135 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
     router.with_state(core)
 }
 
+/// The HTTP API of [`Server::router`] as one service, with
+/// `POST /v1/devices/{deviceId}/commands` (every command, the hot path) recognised in front
+/// of it: what [`Server::serve`] serves, and [`Server::service`] gives to call in process.
+///
+/// The router's generic routing costs per request a clone of the route's boxed service
+/// and a boxed future at each of its two levels, the URL parameters' `Vec` and extensions
+/// map, the `Path<String>`, and the request body boxed into a [`Body`]. For exactly that
+/// route this service checks the token and calls `send_command`, the handler's one
+/// definition, directly; every other request goes to the router unchanged. It answers
+/// what the router answers, headers included (`Content-Length` as axum sets it); a test
+/// (`tests/e2e/fast_path.rs`) compares the two over generated requests. What it takes is
+/// only what cannot answer differently:
+///
+/// * not in development mode (the router's loopback check comes first there: every
+///   request goes to the router);
+/// * the method is `POST` (`HEAD` and the others are the router's);
+/// * the path is `/v1/devices/` + one non-empty segment with no `/` and no `%` (so axum's
+///   percent-decoding would leave it as it is) + `/commands`, nothing after it (a
+///   trailing `/` is another path; the query is not part of the path).
+///
+/// [`Server::router`]: crate::Server::router
+/// [`Server::serve`]: crate::Server::serve
+/// [`Server::service`]: crate::Server::service
+#[derive(Clone)]
+pub struct ApiService {
+    core: Arc<Core>,
+    router: Router,
+    /// Whether the fast path may be taken (not development mode).
+    fast: bool,
+}
+
+impl std::fmt::Debug for ApiService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiService")
+            .field("fast", &self.fast)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The device segment of a path the fast path of [`ApiService`] takes, if it is one.
+pub(crate) fn command_route_device(path: &str) -> Option<&str> {
+    let device = path
+        .strip_prefix("/v1/devices/")?
+        .strip_suffix("/commands")?;
+    (!device.is_empty() && !device.bytes().any(|b| b == b'/' || b == b'%')).then_some(device)
+}
+
+impl ApiService {
+    pub(crate) fn new(core: Arc<Core>) -> Self {
+        let fast = !core.auth.is_development();
+        let router = router(Arc::clone(&core));
+        Self { core, router, fast }
+    }
+
+    /// Answers `request`: the fast path's future (not boxed), or the router's.
+    pub(crate) fn serve<B>(
+        &self,
+        request: Request<B>,
+    ) -> Either<
+        impl Future<Output = Result<Response, Infallible>> + Send + use<B>,
+        axum::routing::future::RouteFuture<Infallible>,
+    >
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        if self.fast
+            && request.method() == Method::POST
+            && command_route_device(request.uri().path()).is_some()
+        {
+            let core = Arc::clone(&self.core);
+            Either::Left(async move {
+                let (parts, body) = request.into_parts();
+                let device = command_route_device(parts.uri.path()).unwrap_or_default();
+                let mut response = match check_service_token(&core, &parts.headers) {
+                    Ok(()) => send_command(&core, device, body).await.into_response(),
+                    Err(error) => ApiError::from(&error).into_response(),
+                };
+                set_content_length(&mut response);
+                Ok(response)
+            })
+        } else {
+            use tower::Service as _;
+            Either::Right(self.router.clone().call(request))
+        }
+    }
+}
+
+/// What axum's route future does to every answer of a route: a `Content-Length` from the
+/// body's exact size when it has none. The values of small sizes are made once.
+fn set_content_length(response: &mut Response) {
+    static SMALL: LazyLock<Vec<HeaderValue>> =
+        LazyLock::new(|| (0..1024u32).map(HeaderValue::from).collect());
+    if response.headers().contains_key(header::CONTENT_LENGTH) {
+        return;
+    }
+    if let Some(size) = response.body().size_hint().exact() {
+        let value = usize::try_from(size)
+            .ok()
+            .and_then(|i| SMALL.get(i).cloned())
+            .unwrap_or_else(|| HeaderValue::from(size));
+        response.headers_mut().insert(header::CONTENT_LENGTH, value);
+    }
+}
+
+/// The boxed future of [`ApiService`]'s fast path called as a `tower` service.
+type FastFuture = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+impl<B> tower::Service<Request<B>> for ApiService
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<FastFuture, axum::routing::future::RouteFuture<Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match self.serve(request) {
+            Either::Left(fast) => Either::Left(Box::pin(fast)),
+            Either::Right(routed) => Either::Right(routed),
+        }
+    }
+}
+
 /// Development mode's `Host`/`Origin` check, before anything else (PROTOCOL.md 1.2): a web
 /// page, a cross-origin form or a DNS rebinding gets 403 `forbidden`.
 async fn require_loopback(State(core): State<Arc<Core>>, request: Request, next: Next) -> Response {
@@ -141,15 +275,18 @@ impl FromRequestParts<Arc<Core>> for ServiceToken {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, Response> {
-        let authorization = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        match core.auth.check_service(authorization) {
-            Ok(()) => Ok(Self),
-            Err(error) => Err(ApiError::from(&error).into_response()),
-        }
+        check_service_token(core, &parts.headers)
+            .map(|()| Self)
+            .map_err(|error| ApiError::from(&error).into_response())
     }
+}
+
+/// The check of [`ServiceToken`], on a request's headers.
+fn check_service_token(core: &Core, headers: &HeaderMap) -> Result<(), crate::auth::AuthError> {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    core.auth.check_service(authorization)
 }
 
 /// A `/v1` route's answer to a method it does not serve: 405 (axum adds `Allow`), after
@@ -159,7 +296,7 @@ async fn method_not_allowed(_: ServiceToken) -> StatusCode {
 }
 
 /// Reads a body of at most the configured size; [`utf8`] reads it as text, in place.
-async fn read_body(core: &Core, body: Body) -> Result<axum::body::Bytes, ApiError> {
+async fn read_body<B: HttpBody<Data = Bytes>>(core: &Core, body: B) -> Result<Bytes, ApiError> {
     let limit = core.config.max_body_bytes;
     collect_limited(body, limit).await.ok_or_else(|| {
         ApiError::new(
@@ -175,14 +312,19 @@ async fn read_body(core: &Core, body: Body) -> Result<axum::body::Bytes, ApiErro
 /// buffers and its wrappers — a body of one chunk, the usual one, is handed back as it
 /// came, and only a body of several is copied into one buffer. (A property test checks it
 /// against `to_bytes` for any chunking and limit.)
-async fn collect_limited(body: Body, limit: usize) -> Option<axum::body::Bytes> {
-    use futures_util::StreamExt;
-    let mut chunks = body.into_data_stream();
+///
+/// Any body type: an axum [`Body`], or hyper's own on the fast path of [`ApiService`]
+/// (not boxed into a `Body` first). Frames that are not data (trailers) are skipped, as
+/// `Body::into_data_stream` skips them.
+async fn collect_limited<B: HttpBody<Data = Bytes>>(body: B, limit: usize) -> Option<Bytes> {
+    let mut body = std::pin::pin!(body);
     let mut remaining = limit;
-    let mut first: Option<axum::body::Bytes> = None;
+    let mut first: Option<Bytes> = None;
     let mut joined: Vec<u8> = Vec::new();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.ok()?;
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let Ok(chunk) = frame.ok()?.into_data() else {
+            continue;
+        };
         if chunk.len() > remaining {
             return None;
         }
@@ -274,8 +416,19 @@ pub(crate) async fn post_command(
     Path(device): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let device = device_id(&device)?;
-    let body = read_body(&core, body).await?;
+    send_command(&core, &device, body).await
+}
+
+/// `POST /v1/devices/{deviceId}/commands` once its token is checked: the one definition
+/// of what it does, called by [`post_command`] (through the router) and by
+/// [`ApiService`]'s fast path. `device` is the path's segment, percent-decoded.
+async fn send_command<B: HttpBody<Data = Bytes>>(
+    core: &Core,
+    device: &str,
+    body: B,
+) -> Result<Response, ApiError> {
+    let device = device_id(device)?;
+    let body = read_body(core, body).await?;
     let request =
         CommandRequest::from_json(utf8(&body)?, &core.limits).map_err(|e| ApiError::from(&e))?;
     // The HTTP API is the application backend's: its queued commands are the backend's

@@ -17,7 +17,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tower::ServiceExt;
 
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
@@ -26,6 +25,7 @@ use crate::frames::{self, FrameHandler};
 use crate::hooks::{DEFAULT_HOOK_QUEUE, HookQueue, Hooks};
 use crate::metrics::Metrics;
 use crate::outlet::HubOutlet;
+use crate::routes::ApiService;
 use crate::stream::LiveStream;
 use crate::transport::HubTransport;
 use crate::{events, routes};
@@ -427,6 +427,14 @@ impl Server {
         routes::router(Arc::clone(&self.core))
     }
 
+    /// [`Server::router`] as one `tower` service with the command route
+    /// (`POST /v1/devices/{deviceId}/commands`) recognised in front of it, without the
+    /// router's generic costs: what [`Server::serve`] serves. It answers every request as
+    /// the router does; call it in process where a router need not be mounted.
+    pub fn service(&self) -> ApiService {
+        ApiService::new(Arc::clone(&self.core))
+    }
+
     /// Whether this server may serve on `addr`: always with a JWT secret; in development
     /// mode only on a loopback address, unless
     /// [`ServerBuilder::allow_unauthenticated`] was said. [`Server::serve`] checks its
@@ -510,7 +518,7 @@ impl Server {
         let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs.max(1));
         let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs.max(1));
         let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
-        let router = self.router();
+        let service = self.service();
         // Final commands past their retention are deleted in the background while serving.
         let retention = crate::retention::spawn(Arc::clone(&self.core.store));
         let (closing, closing_rx) = watch::channel(false);
@@ -541,7 +549,7 @@ impl Server {
             while connections.try_join_next().is_some() {}
             connections.spawn(serve_connection(
                 stream,
-                router.clone(),
+                service.clone(),
                 header_read_timeout,
                 closing_rx.clone(),
                 permit,
@@ -617,7 +625,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// slowloris client, as with hyper's own timeout.
 async fn serve_connection(
     stream: TcpStream,
-    router: Router,
+    service: ApiService,
     header_read_timeout: Duration,
     mut closing: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
@@ -637,7 +645,8 @@ async fn serve_connection(
             if request.headers().contains_key(axum::http::header::UPGRADE) {
                 request.extensions_mut().insert(slot.clone());
             }
-            let response = router.clone().oneshot(request);
+            // The request's body stays hyper's on the command route's fast path.
+            let response = service.serve(request);
             async move {
                 let response = response.await?;
                 Ok::<_, std::convert::Infallible>(

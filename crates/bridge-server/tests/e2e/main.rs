@@ -8,6 +8,7 @@ mod clients;
 mod cluster;
 mod console;
 mod embed;
+mod fast_path;
 mod frames;
 mod hooks;
 mod hops;
