@@ -179,4 +179,4 @@ pub use error::{CommandError, RejectReason, ResponseRejected, TransportError};
 pub use manager::{CommandFailure, CommandReply, SessionManager};
 pub use stages::StageTimes;
 pub use stats::SessionStats;
-pub use transport::Transport;
+pub use transport::{SendNow, SendResult, Transport};

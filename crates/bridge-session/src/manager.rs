@@ -469,7 +469,8 @@ impl<T: Transport + ?Sized> SessionManager<T> {
                 timeout
             }),
         };
-        let (connection, in_flight) = match inner.transport.send_ble_write(write).await {
+        let (connection, in_flight) = match inner.transport.send_ble_write_now(write).finish().await
+        {
             Ok(sent) => sent,
             Err(TransportError::Offline) => {
                 guard.armed = false;
