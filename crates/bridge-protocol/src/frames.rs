@@ -521,7 +521,6 @@ impl BleWrite {
     /// `{"type":"ble_write",...}`: the same text as serializing
     /// `ServerToBridge::BleWrite(self)` with serde_json.
     fn write_json(&self, buf: &mut Vec<u8>) {
-        let mut uuid = uuid::Uuid::encode_buffer();
         buf.extend_from_slice(br#"{"type":"ble_write","requestId":"#);
         json_string(buf, self.request_id.as_str());
         buf.extend_from_slice(br#","deviceId":"#);
@@ -534,7 +533,7 @@ impl BleWrite {
             (br#"","listenUuid":""#, &self.listen_uuid),
         ] {
             buf.extend_from_slice(name);
-            buf.extend_from_slice(value.hyphenated().encode_lower(&mut uuid).as_bytes());
+            buf.extend_from_slice(&hyphenated_lower(value));
         }
         buf.extend_from_slice(br#"","payload":""#);
         push_hex(buf, self.payload.as_bytes());
@@ -542,6 +541,23 @@ impl BleWrite {
         push_u64(buf, u64::from(self.timeout_ms.get()));
         buf.push(b'}');
     }
+}
+
+/// `uuid`'s hyphenated lower-case text (`Uuid::hyphenated().encode_lower`), its four
+/// 32-bit words rendered eight digits at a time.
+pub(crate) fn hyphenated_lower(uuid: &uuid::Uuid) -> [u8; 36] {
+    let words = uuid.as_u128();
+    // Each shift leaves one 32-bit word in the low bits: the casts keep exactly it.
+    #[allow(clippy::cast_possible_truncation)]
+    let [a, b, c, d] = [96, 64, 32, 0].map(|shift| crate::ids::hex8((words >> shift) as u32));
+    let mut text = [b'-'; 36];
+    text[..8].copy_from_slice(&a);
+    text[9..13].copy_from_slice(&b[..4]);
+    text[14..18].copy_from_slice(&b[4..]);
+    text[19..23].copy_from_slice(&c[..4]);
+    text[24..28].copy_from_slice(&c[4..]);
+    text[28..].copy_from_slice(&d);
+    text
 }
 
 /// Appends `bytes` as lower-case hex digits, as [`HexPayload`]'s `Display` writes them.
@@ -587,5 +603,41 @@ pub(crate) fn json_string(buf: &mut Vec<u8>, s: &str) {
         buf.push(b'"');
     } else {
         let _ = serde_json::to_writer(buf, s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::hyphenated_lower;
+
+    fn uuid_crate_text(uuid: &uuid::Uuid) -> Vec<u8> {
+        let mut buf = uuid::Uuid::encode_buffer();
+        uuid.hyphenated().encode_lower(&mut buf).as_bytes().to_vec()
+    }
+
+    proptest! {
+        /// The UUID text of a `ble_write` is byte for byte what the `uuid` crate writes.
+        #[test]
+        fn uuids_are_written_as_the_uuid_crate_writes_them(bits in any::<u128>()) {
+            let uuid = uuid::Uuid::from_u128(bits);
+            prop_assert_eq!(hyphenated_lower(&uuid).to_vec(), uuid_crate_text(&uuid));
+        }
+    }
+
+    #[test]
+    fn edge_uuids_are_written_as_the_uuid_crate_writes_them() {
+        for bits in [
+            0,
+            u128::MAX,
+            0x0000_180a_0000_1000_8000_0080_5f9b_34fb,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+            0xa0a0_a0a0_a0a0_a0a0_a0a0_a0a0_a0a0_a0a0,
+            0x9f9f_9f9f_9f9f_9f9f_9f9f_9f9f_9f9f_9f9f,
+        ] {
+            let uuid = uuid::Uuid::from_u128(bits);
+            assert_eq!(hyphenated_lower(&uuid).to_vec(), uuid_crate_text(&uuid));
+        }
     }
 }
