@@ -167,6 +167,7 @@ mod correlator;
 mod deadlines;
 mod error;
 mod ids;
+mod mailbox;
 mod manager;
 mod slots;
 mod stages;

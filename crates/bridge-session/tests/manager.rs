@@ -1333,3 +1333,51 @@ async fn a_transport_that_sends_at_once_is_asked_without_its_boxed_send_and_keep
     assert_eq!(outcome.map(|r| r.payload), Err(CommandError::Offline));
     assert_eq!(offline.pending(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn commands_one_after_another_on_one_thread_each_get_their_own_end() {
+    // One thread, so every command after the first reuses the mailbox an earlier one ended
+    // with: answered, timed out, cancelled while waiting, and answered again, in turn.
+    let (hub, manager) = hub_manager(&SessionConfig::default());
+    hub.connect_phone(&manager, PHONE, &["lock-1"], Duration::from_millis(30));
+    for round in 0u8..20 {
+        let reply = manager
+            .send_command(device("lock-1"), None, bytes(&[round, 1]), 5 * SECOND)
+            .await
+            .unwrap();
+        assert_eq!(reply.payload, bytes(&[1, round]));
+
+        let timed_out = manager
+            .send_command(
+                device("lock-1"),
+                None,
+                bytes(&[round, 2]),
+                Duration::from_millis(10),
+            )
+            .await;
+        assert_eq!(timed_out.map(|r| r.payload), Err(CommandError::Timeout));
+
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(10),
+            manager.send_command(device("lock-1"), None, bytes(&[round, 3]), 5 * SECOND),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the caller gave up first");
+        assert_eq!(manager.pending(), 0, "a dropped waiter leaves no entry");
+
+        // The late answers of the two abandoned commands are refused, and reach no one.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(manager.pending(), 0);
+        assert_eq!(hub.in_flight(PHONE), 0);
+    }
+    let stats = manager.stats();
+    assert_eq!(
+        (
+            stats.succeeded,
+            stats.timeouts,
+            stats.cancelled,
+            stats.pending
+        ),
+        (20, 20, 20, 0)
+    );
+}
