@@ -522,7 +522,7 @@ impl BleWrite {
     /// `ServerToBridge::BleWrite(self)` with serde_json.
     fn write_json(&self, buf: &mut Vec<u8>) {
         buf.extend_from_slice(br#"{"type":"ble_write","requestId":"#);
-        json_string(buf, self.request_id.as_str());
+        json_request_id(buf, &self.request_id);
         buf.extend_from_slice(br#","deviceId":"#);
         json_string(buf, self.device_id.as_str());
         buf.extend_from_slice(br#","deviceType":"#);
@@ -591,19 +591,39 @@ pub(crate) fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
 /// Appends `s` as a JSON string: as is between quotes when nothing in it needs escaping
 /// (serde_json escapes only `"`, `\` and control characters), through serde_json otherwise.
 pub(crate) fn json_string(buf: &mut Vec<u8>, s: &str) {
+    if needs_escape(s.as_bytes()) {
+        let _ = serde_json::to_writer(buf, s);
+    } else {
+        push_quoted(buf, s.as_bytes());
+    }
+}
+
+/// [`json_string`] of a request id, read as the bytes it holds: printable ASCII, so they
+/// need no second UTF-8 check (`RequestId::as_str` makes one) unless escaping is needed.
+pub(crate) fn json_request_id(buf: &mut Vec<u8>, id: &RequestId) {
+    let bytes = id.as_bytes();
+    if needs_escape(bytes) {
+        json_string(buf, id.as_str());
+    } else {
+        push_quoted(buf, bytes);
+    }
+}
+
+/// Whether serde_json would escape any of `bytes` (`"`, `\` or a control character).
+fn needs_escape(bytes: &[u8]) -> bool {
     // A scan without early exit, which the compiler can vectorize: the strings written
     // here (ids, names) almost never need escaping.
-    let needs_escape = s.bytes().fold(0u8, |acc, b| {
+    bytes.iter().fold(0u8, |acc, &b| {
         acc | u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\')
-    });
-    if needs_escape == 0 {
-        buf.reserve(s.len() + 2);
-        buf.push(b'"');
-        buf.extend_from_slice(s.as_bytes());
-        buf.push(b'"');
-    } else {
-        let _ = serde_json::to_writer(buf, s);
-    }
+    }) != 0
+}
+
+/// Appends `bytes` between quotes.
+fn push_quoted(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.reserve(bytes.len() + 2);
+    buf.push(b'"');
+    buf.extend_from_slice(bytes);
+    buf.push(b'"');
 }
 
 #[cfg(test)]
