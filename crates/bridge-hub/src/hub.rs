@@ -266,6 +266,22 @@ pub trait Hub: Send + Sync + 'static {
         self.local().send_to_device(device_id, frame)
     }
 
+    /// [`send_to_device`](Self::send_to_device) without its boxed future, for a hub whose
+    /// send ends at once: `Some` with what `send_to_device` answers, or `None` when the
+    /// caller must await `send_to_device` instead.
+    ///
+    /// The default is `None`, so a hub that overrides `send_to_device` is always asked
+    /// through it; [`LocalHub`] answers here. A hub that overrides this must answer exactly
+    /// what its `send_to_device` would.
+    fn send_to_device_now(
+        &self,
+        device_id: &DeviceId,
+        frame: &Frame,
+    ) -> Option<Result<InFlight, HubError>> {
+        let _ = (device_id, frame);
+        None
+    }
+
     /// Sends a frame to every user connection subscribed to the device. Returns how many
     /// connections it was queued for.
     async fn broadcast(&self, device_id: &DeviceId, frame: &Frame) -> usize {
@@ -762,5 +778,13 @@ impl LocalHub {
 impl Hub for LocalHub {
     fn local(&self) -> &LocalHub {
         self
+    }
+
+    fn send_to_device_now(
+        &self,
+        device_id: &DeviceId,
+        frame: &Frame,
+    ) -> Option<Result<InFlight, HubError>> {
+        Some(LocalHub::send_to_device(self, device_id, frame))
     }
 }

@@ -602,3 +602,94 @@ async fn a_ble_response_is_offered_to_the_response_handler_on_its_connection_and
         vec![ErrorCode::Forbidden, ErrorCode::UnknownRequest]
     );
 }
+
+/// A hub of its own that routes through the local hub but overrides only the boxed send.
+struct CountingHub {
+    local: bridge_hub::LocalHub,
+    sends: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl bridge_hub::Hub for CountingHub {
+    fn local(&self) -> &bridge_hub::LocalHub {
+        &self.local
+    }
+
+    async fn send_to_device(
+        &self,
+        device_id: &DeviceId,
+        frame: &Frame,
+    ) -> Result<bridge_hub::InFlight, HubError> {
+        self.sends.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.local.send_to_device(device_id, frame)
+    }
+}
+
+#[tokio::test]
+async fn send_to_device_now_answers_what_send_to_device_answers_and_defers_to_an_override() {
+    use bridge_hub::Hub;
+
+    let server = Setup::default().start().await;
+    let mut phone = server.bridge("phone-a", &["lock"]).await;
+    let hub: &dyn Hub = &server.hub;
+
+    // The local hub answers at once, with the same ticket and route as its boxed send.
+    let now = hub
+        .send_to_device_now(&device("lock"), &ble_write("r1", "lock"))
+        .expect("the local hub sends at once")
+        .expect("the lock is online");
+    assert_eq!(phone.recv_json().await["requestId"], "r1");
+    assert_eq!(server.hub.commands_in_flight(now.connection()), 1);
+    let boxed = hub
+        .send_to_device(&device("lock"), &ble_write("r2", "lock"))
+        .await
+        .expect("the lock is online");
+    assert_eq!(phone.recv_json().await["requestId"], "r2");
+    assert_eq!(now.connection(), boxed.connection());
+    assert_eq!(server.hub.commands_in_flight(now.connection()), 2);
+    drop((now, boxed));
+    assert_eq!(server.hub.commands_in_flight(phone_connection(&server)), 0);
+    for unknown in ["never-seen", "other"] {
+        assert_eq!(
+            hub.send_to_device_now(&device(unknown), &ble_write("r3", unknown)),
+            Some(
+                hub.send_to_device(&device(unknown), &ble_write("r3", unknown))
+                    .await
+            ),
+        );
+        assert_eq!(
+            hub.send_to_device_now(&device(unknown), &ble_write("r3", unknown)),
+            Some(Err(HubError::DeviceOffline(device(unknown)))),
+        );
+    }
+
+    // A hub that overrides only `send_to_device` is not bypassed: the default says "await
+    // send_to_device".
+    let counting = CountingHub {
+        local: server.hub.clone(),
+        sends: std::sync::atomic::AtomicUsize::new(0),
+    };
+    assert!(
+        counting
+            .send_to_device_now(&device("lock"), &ble_write("r4", "lock"))
+            .is_none()
+    );
+    assert_eq!(counting.sends.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let ticket = counting
+        .send_to_device(&device("lock"), &ble_write("r5", "lock"))
+        .await
+        .expect("the lock is online");
+    assert_eq!(phone.recv_json().await["requestId"], "r5");
+    assert_eq!(counting.sends.load(std::sync::atomic::Ordering::SeqCst), 1);
+    drop(ticket);
+}
+
+/// The connection of the one bridge of `server`.
+fn phone_connection(server: &support::TestServer) -> ConnectionId {
+    server
+        .hub
+        .device_holders(&device("lock"))
+        .first()
+        .map(|holder| holder.connection)
+        .expect("the phone holds the lock")
+}

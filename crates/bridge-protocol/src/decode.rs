@@ -398,7 +398,7 @@ impl<'a> Reader<'_, 'a> {
 
     fn device_id(&self) -> Result<DeviceId, ProtocolError> {
         let s = self.req_str(self.env.device_id, "deviceId")?;
-        DeviceId::new(&s).map_err(|e| self.invalid(&e))
+        recent_device_id(&s).map_err(|e| self.invalid(&e))
     }
 
     fn request_id(&self) -> Result<RequestId, ProtocolError> {
@@ -896,6 +896,43 @@ impl ProtocolError {
     }
 }
 
+/// Device ids this thread decoded lately, by a hash of their text: a frame naming a device
+/// that a frame decoded on this thread named before shares its id instead of allocating one
+/// (a phone answers every `ble_write` with a `ble_response` naming the device again).
+const RECENT_DEVICE_IDS: usize = 32;
+
+thread_local! {
+    static RECENT: std::cell::RefCell<[Option<DeviceId>; RECENT_DEVICE_IDS]> =
+        const { std::cell::RefCell::new([const { None }; RECENT_DEVICE_IDS]) };
+}
+
+/// [`DeviceId::new`], sharing the id a recent call on this thread made for the same text:
+/// the same result for every input, since equal text validates equally and only valid ids
+/// are kept.
+pub(crate) fn recent_device_id(s: &str) -> Result<DeviceId, crate::ValueError> {
+    // The length and the last eight bytes (where ids such as `lock-17` differ), mixed.
+    let bytes = s.as_bytes();
+    let mut tail = [0u8; 8];
+    let take = bytes.len().min(8);
+    tail[..take].copy_from_slice(&bytes[bytes.len() - take..]);
+    let mixed =
+        (u64::from_le_bytes(tail) ^ (bytes.len() as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    // The top bits of the product, reduced to a slot index: the cast keeps what fits.
+    #[allow(clippy::cast_possible_truncation)]
+    let slot = (mixed >> 58) as usize % RECENT_DEVICE_IDS;
+    RECENT.with(|recent| {
+        let mut recent = recent.borrow_mut();
+        if let Some(id) = &recent[slot]
+            && id.as_str() == s
+        {
+            return Ok(id.clone());
+        }
+        let id = DeviceId::new(s)?;
+        recent[slot] = Some(id.clone());
+        Ok(id)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -1089,6 +1126,45 @@ mod tests {
                     tail.unwrap_or_default()
                 )
             })
+    }
+
+    proptest! {
+        /// The recent-id cache answers exactly what `DeviceId::new` answers, for any text
+        /// (valid or not, long, with control characters), in any order and repeated, and a
+        /// hit shares the earlier id.
+        #[test]
+        fn recent_device_ids_are_exactly_what_device_id_new_makes(
+            texts in proptest::collection::vec(
+                prop_oneof![
+                    "lock-[0-9]{1,3}",
+                    "[a-z0-9]{0,3}",
+                    "\\PC{0,140}",
+                    ".{0,10}",
+                    "[\\x00-\\x1f\\x7f]{0,3}[a-z]{0,3}",
+                ],
+                1..60,
+            ),
+            repeat in 1usize..3,
+        ) {
+            for _ in 0..repeat {
+                for text in &texts {
+                    let cached = super::recent_device_id(text);
+                    prop_assert_eq!(&cached, &crate::DeviceId::new(text));
+                    if let Ok(id) = cached {
+                        prop_assert_eq!(id.as_str(), text.as_str());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_recent_device_id_is_shared_not_allocated_again() {
+        let first = super::recent_device_id("lock-1").unwrap();
+        let again = super::recent_device_id("lock-1").unwrap();
+        assert!(std::ptr::eq(first.as_str(), again.as_str()));
+        assert!(super::recent_device_id("").is_err());
+        assert!(super::recent_device_id("lock\u{7}").is_err());
     }
 
     proptest! {

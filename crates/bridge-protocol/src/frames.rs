@@ -521,9 +521,8 @@ impl BleWrite {
     /// `{"type":"ble_write",...}`: the same text as serializing
     /// `ServerToBridge::BleWrite(self)` with serde_json.
     fn write_json(&self, buf: &mut Vec<u8>) {
-        let mut uuid = uuid::Uuid::encode_buffer();
         buf.extend_from_slice(br#"{"type":"ble_write","requestId":"#);
-        json_string(buf, self.request_id.as_str());
+        json_request_id(buf, &self.request_id);
         buf.extend_from_slice(br#","deviceId":"#);
         json_string(buf, self.device_id.as_str());
         buf.extend_from_slice(br#","deviceType":"#);
@@ -534,7 +533,7 @@ impl BleWrite {
             (br#"","listenUuid":""#, &self.listen_uuid),
         ] {
             buf.extend_from_slice(name);
-            buf.extend_from_slice(value.hyphenated().encode_lower(&mut uuid).as_bytes());
+            buf.extend_from_slice(&hyphenated_lower(value));
         }
         buf.extend_from_slice(br#"","payload":""#);
         push_hex(buf, self.payload.as_bytes());
@@ -542,6 +541,23 @@ impl BleWrite {
         push_u64(buf, u64::from(self.timeout_ms.get()));
         buf.push(b'}');
     }
+}
+
+/// `uuid`'s hyphenated lower-case text (`Uuid::hyphenated().encode_lower`), its four
+/// 32-bit words rendered eight digits at a time.
+pub(crate) fn hyphenated_lower(uuid: &uuid::Uuid) -> [u8; 36] {
+    let words = uuid.as_u128();
+    // Each shift leaves one 32-bit word in the low bits: the casts keep exactly it.
+    #[allow(clippy::cast_possible_truncation)]
+    let [a, b, c, d] = [96, 64, 32, 0].map(|shift| crate::ids::hex8((words >> shift) as u32));
+    let mut text = [b'-'; 36];
+    text[..8].copy_from_slice(&a);
+    text[9..13].copy_from_slice(&b[..4]);
+    text[14..18].copy_from_slice(&b[4..]);
+    text[19..23].copy_from_slice(&c[..4]);
+    text[24..28].copy_from_slice(&c[4..]);
+    text[28..].copy_from_slice(&d);
+    text
 }
 
 /// Appends `bytes` as lower-case hex digits, as [`HexPayload`]'s `Display` writes them.
@@ -575,17 +591,73 @@ pub(crate) fn push_u64(buf: &mut Vec<u8>, mut n: u64) {
 /// Appends `s` as a JSON string: as is between quotes when nothing in it needs escaping
 /// (serde_json escapes only `"`, `\` and control characters), through serde_json otherwise.
 pub(crate) fn json_string(buf: &mut Vec<u8>, s: &str) {
+    if needs_escape(s.as_bytes()) {
+        let _ = serde_json::to_writer(buf, s);
+    } else {
+        push_quoted(buf, s.as_bytes());
+    }
+}
+
+/// [`json_string`] of a request id, read as the bytes it holds: printable ASCII, so they
+/// need no second UTF-8 check (`RequestId::as_str` makes one) unless escaping is needed.
+pub(crate) fn json_request_id(buf: &mut Vec<u8>, id: &RequestId) {
+    let bytes = id.as_bytes();
+    if needs_escape(bytes) {
+        json_string(buf, id.as_str());
+    } else {
+        push_quoted(buf, bytes);
+    }
+}
+
+/// Whether serde_json would escape any of `bytes` (`"`, `\` or a control character).
+fn needs_escape(bytes: &[u8]) -> bool {
     // A scan without early exit, which the compiler can vectorize: the strings written
     // here (ids, names) almost never need escaping.
-    let needs_escape = s.bytes().fold(0u8, |acc, b| {
+    bytes.iter().fold(0u8, |acc, &b| {
         acc | u8::from(b < 0x20) | u8::from(b == b'"') | u8::from(b == b'\\')
-    });
-    if needs_escape == 0 {
-        buf.reserve(s.len() + 2);
-        buf.push(b'"');
-        buf.extend_from_slice(s.as_bytes());
-        buf.push(b'"');
-    } else {
-        let _ = serde_json::to_writer(buf, s);
+    }) != 0
+}
+
+/// Appends `bytes` between quotes.
+fn push_quoted(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.reserve(bytes.len() + 2);
+    buf.push(b'"');
+    buf.extend_from_slice(bytes);
+    buf.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::hyphenated_lower;
+
+    fn uuid_crate_text(uuid: &uuid::Uuid) -> Vec<u8> {
+        let mut buf = uuid::Uuid::encode_buffer();
+        uuid.hyphenated().encode_lower(&mut buf).as_bytes().to_vec()
+    }
+
+    proptest! {
+        /// The UUID text of a `ble_write` is byte for byte what the `uuid` crate writes.
+        #[test]
+        fn uuids_are_written_as_the_uuid_crate_writes_them(bits in any::<u128>()) {
+            let uuid = uuid::Uuid::from_u128(bits);
+            prop_assert_eq!(hyphenated_lower(&uuid).to_vec(), uuid_crate_text(&uuid));
+        }
+    }
+
+    #[test]
+    fn edge_uuids_are_written_as_the_uuid_crate_writes_them() {
+        for bits in [
+            0,
+            u128::MAX,
+            0x0000_180a_0000_1000_8000_0080_5f9b_34fb,
+            0x0123_4567_89ab_cdef_fedc_ba98_7654_3210,
+            0xa0a0_a0a0_a0a0_a0a0_a0a0_a0a0_a0a0_a0a0,
+            0x9f9f_9f9f_9f9f_9f9f_9f9f_9f9f_9f9f_9f9f,
+        ] {
+            let uuid = uuid::Uuid::from_u128(bits);
+            assert_eq!(hyphenated_lower(&uuid).to_vec(), uuid_crate_text(&uuid));
+        }
     }
 }

@@ -233,7 +233,7 @@ impl CommandResponse {
     /// it (a property test checks this for every variant), written field by field without
     /// serde's map machinery and escape scan of ids, hex and numbers.
     pub fn write_json(&self, buf: &mut Vec<u8>) {
-        use crate::frames::{json_string, push_hex, push_u64};
+        use crate::frames::{json_request_id, json_string, push_hex, push_u64};
         match self {
             Self::Succeeded {
                 request_id,
@@ -242,7 +242,7 @@ impl CommandResponse {
                 hops,
             } => {
                 buf.extend_from_slice(br#"{"status":"succeeded","requestId":"#);
-                json_string(buf, request_id.as_str());
+                json_request_id(buf, request_id);
                 buf.extend_from_slice(br#","payload":""#);
                 push_hex(buf, payload.as_bytes());
                 buf.extend_from_slice(br#"","latencyMs":"#);

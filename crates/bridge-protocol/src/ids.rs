@@ -149,7 +149,7 @@ impl<'de> Deserialize<'de> for RequestId {
 
 /// The eight lower-case hex digits of `word`, most significant first, computed all at
 /// once on a `u64` (one digit per byte).
-fn hex8(word: u32) -> [u8; 8] {
+pub(crate) fn hex8(word: u32) -> [u8; 8] {
     const ONES: u64 = 0x0101_0101_0101_0101;
     // Spread the eight nibbles into the eight bytes, the first digit in the top byte.
     let x = u64::from(word);

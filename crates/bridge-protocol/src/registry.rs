@@ -106,7 +106,9 @@ pub enum RegistryError {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ConfigRegistry {
     types: BTreeMap<DeviceType, DeviceConfig>,
-    default_type: Option<DeviceType>,
+    /// The default type with a copy of its config (kept equal to its entry in `types` by
+    /// `insert`), so that a command naming no type costs no map lookup.
+    default: Option<(DeviceType, DeviceConfig)>,
 }
 
 #[derive(Deserialize)]
@@ -137,23 +139,28 @@ impl ConfigRegistry {
         let name = DeviceType::new("smart-lock").unwrap_or_else(|_| unreachable!("valid name"));
         let mut registry = Self::new();
         registry.insert(name.clone(), DeviceConfig::SMART_LOCK);
-        registry.default_type = Some(name);
+        registry.default = Some((name, DeviceConfig::SMART_LOCK));
         registry
     }
 
     /// Adds or replaces a type.
     pub fn insert(&mut self, name: DeviceType, config: DeviceConfig) -> &mut Self {
+        if let Some((default, copy)) = &mut self.default
+            && *default == name
+        {
+            *copy = config;
+        }
         self.types.insert(name, config);
         self
     }
 
     /// Sets the default type, which must already be registered.
     pub fn set_default(&mut self, name: &str) -> Result<&mut Self, RegistryError> {
-        let (key, _) = self
+        let (key, config) = self
             .types
             .get_key_value(name)
             .ok_or_else(|| RegistryError::DefaultNotDefined(name.into()))?;
-        self.default_type = Some(key.clone());
+        self.default = Some((key.clone(), *config));
         Ok(self)
     }
 
@@ -205,13 +212,12 @@ impl ConfigRegistry {
         &self,
         name: Option<&str>,
     ) -> Result<(&DeviceType, &DeviceConfig), RegistryError> {
-        let name = match name {
-            Some(n) => n,
-            None => self
-                .default_type
+        let Some(name) = name else {
+            return self
+                .default
                 .as_ref()
-                .ok_or(RegistryError::NoDefault)?
-                .as_str(),
+                .map(|(name, config)| (name, config))
+                .ok_or(RegistryError::NoDefault);
         };
         self.types
             .get_key_value(name)
@@ -220,7 +226,7 @@ impl ConfigRegistry {
 
     /// The default type, if any.
     pub fn default_type(&self) -> Option<&DeviceType> {
-        self.default_type.as_ref()
+        self.default.as_ref().map(|(name, _)| name)
     }
 
     /// Every type with its config, sorted by name.
@@ -242,6 +248,51 @@ impl ConfigRegistry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_resolves_to_its_current_config_whatever_changed_it() {
+        let config = |n: u128| DeviceConfig {
+            service_uuid: Uuid::from_u128(n),
+            write_uuid: Uuid::from_u128(n + 1),
+            listen_uuid: Uuid::from_u128(n + 2),
+        };
+        let name = |s: &str| DeviceType::new(s).unwrap();
+        let mut registry = ConfigRegistry::new();
+        assert_eq!(registry.resolve(None), Err(RegistryError::NoDefault));
+        registry
+            .insert(name("a"), config(10))
+            .insert(name("b"), config(20));
+        registry.set_default("a").unwrap();
+        let same = |registry: &ConfigRegistry| {
+            assert_eq!(
+                registry.resolve(None),
+                registry.resolve(registry.default_type().map(DeviceType::as_str))
+            );
+        };
+        assert_eq!(registry.resolve(None), Ok((&name("a"), &config(10))));
+        same(&registry);
+        // Replacing the default's config is seen through the default, another type's is not.
+        registry
+            .insert(name("a"), config(30))
+            .insert(name("b"), config(40));
+        assert_eq!(registry.resolve(None), Ok((&name("a"), &config(30))));
+        same(&registry);
+        registry.set_default("b").unwrap();
+        assert_eq!(registry.resolve(None), Ok((&name("b"), &config(40))));
+        same(&registry);
+        assert_eq!(
+            registry.set_default("c").map(|_| ()),
+            Err(RegistryError::DefaultNotDefined("c".into()))
+        );
+        assert_eq!(
+            registry.resolve(None),
+            Ok((&name("b"), &config(40))),
+            "a refused default changes nothing"
+        );
+        let example = ConfigRegistry::example();
+        same(&example);
+        assert_eq!(example.resolve(None).unwrap().1, &DeviceConfig::SMART_LOCK);
+    }
 
     #[test]
     fn short_forms_expand_with_the_bluetooth_base_uuid() {

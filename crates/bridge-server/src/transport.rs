@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use bridge_hub::{Frame, Hub, InFlight};
-use bridge_protocol::{BleWrite, ConnectionId, ServerToBridge};
-use bridge_session::{Transport, TransportError};
+use bridge_hub::{Frame, Hub, HubError, InFlight};
+use bridge_protocol::{BleWrite, ConnectionId, DeviceId, RequestId, ServerToBridge};
+use bridge_session::{SendNow, SendResult, Transport, TransportError};
 
 /// Sends `ble_write` frames through the device's best holder. The hub's [`InFlight`] ticket
 /// is the session's in-flight ticket: the pending command owns it, and the hub's routing
@@ -18,6 +18,18 @@ impl HubTransport {
     pub(crate) fn new(hub: Arc<dyn Hub>) -> Self {
         Self { hub }
     }
+
+    /// The hub's answer to a send as the session's.
+    fn sent(
+        result: Result<InFlight, HubError>,
+        request_id: RequestId,
+        device_id: &DeviceId,
+    ) -> SendResult<InFlight> {
+        let in_flight = result.map_err(|_| TransportError::Offline)?;
+        let connection = in_flight.connection();
+        tracing::debug!(%request_id, device = %device_id, %connection, "ble_write sent");
+        Ok((connection, in_flight))
+    }
 }
 
 #[async_trait]
@@ -28,16 +40,23 @@ impl Transport for HubTransport {
         &self,
         write: BleWrite,
     ) -> Result<(ConnectionId, InFlight), TransportError> {
+        self.send_ble_write_now(write).finish().await
+    }
+
+    /// The hub's own send without a boxed future when it ends at once (a [`LocalHub`]'s
+    /// does), its boxed `send_to_device` otherwise.
+    ///
+    /// [`LocalHub`]: bridge_hub::LocalHub
+    fn send_ble_write_now(&self, write: BleWrite) -> SendNow<'_, InFlight> {
         let request_id = write.request_id;
         let device_id = write.device_id.clone();
         let frame = Frame::from(ServerToBridge::BleWrite(write));
-        let in_flight = self
-            .hub
-            .send_to_device(&device_id, &frame)
-            .await
-            .map_err(|_| TransportError::Offline)?;
-        let connection = in_flight.connection();
-        tracing::debug!(%request_id, device = %device_id, %connection, "ble_write sent");
-        Ok((connection, in_flight))
+        match self.hub.send_to_device_now(&device_id, &frame) {
+            Some(result) => SendNow::Sent(Self::sent(result, request_id, &device_id)),
+            None => SendNow::Later(Box::pin(async move {
+                let result = self.hub.send_to_device(&device_id, &frame).await;
+                Self::sent(result, request_id, &device_id)
+            })),
+        }
     }
 }

@@ -1252,3 +1252,132 @@ async fn a_reply_says_sent_when_the_bridge_reported_nothing_and_an_offline_comma
     assert_eq!(failure.hops, Hops::NONE);
     assert_eq!(failure.request_id, None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_transport_that_sends_at_once_is_asked_without_its_boxed_send_and_keeps_every_guarantee()
+{
+    /// Sends at once through `send_ble_write_now`; its boxed send must never be called.
+    struct AtOnce {
+        ledger: Ledger,
+        writes: Arc<Mutex<Vec<BleWrite>>>,
+        offline: bool,
+    }
+    #[async_trait]
+    impl Transport for AtOnce {
+        type InFlight = Ticket;
+
+        async fn send_ble_write(
+            &self,
+            _: BleWrite,
+        ) -> Result<(ConnectionId, Ticket), TransportError> {
+            panic!("the session manager awaited the boxed send of a transport that sends at once")
+        }
+
+        fn send_ble_write_now(&self, write: BleWrite) -> bridge_session::SendNow<'_, Ticket> {
+            if self.offline {
+                return bridge_session::SendNow::Sent(Err(TransportError::Offline));
+            }
+            self.writes.lock().push(write);
+            bridge_session::SendNow::Sent(Ok((PHONE, self.ledger.ticket(PHONE))))
+        }
+    }
+    let ledger = Ledger::default();
+    let writes = Arc::new(Mutex::new(Vec::new()));
+    let manager = manager_with(
+        AtOnce {
+            ledger: ledger.clone(),
+            writes: Arc::clone(&writes),
+            offline: false,
+        },
+        &SessionConfig::default(),
+    );
+
+    // Answered: the reply comes back and the ticket ends with the command.
+    let command = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .send_command(device("lock-1"), None, bytes(&[1]), 10 * SECOND)
+                .await
+        })
+    };
+    while manager.pending() == 0 || ledger.in_flight(PHONE) == 0 {
+        tokio::task::yield_now().await;
+    }
+    let write = writes.lock().pop().unwrap();
+    manager
+        .handle_response(PHONE, answer(&write, &[7]))
+        .unwrap();
+    assert_eq!(payload_of(command.await.unwrap()), Ok(bytes(&[7])));
+    assert_eq!((manager.pending(), ledger.in_flight(PHONE)), (0, 0));
+
+    // Unanswered: it times out at its deadline, and its ticket ends.
+    let outcome = manager
+        .send_command(device("lock-1"), None, bytes(&[2]), SECOND)
+        .await;
+    assert_eq!(outcome.map(|r| r.payload), Err(CommandError::Timeout));
+    assert_eq!((manager.pending(), ledger.in_flight(PHONE)), (0, 0));
+
+    // Offline at once.
+    let offline = manager_with(
+        AtOnce {
+            ledger: ledger.clone(),
+            writes: Arc::clone(&writes),
+            offline: true,
+        },
+        &SessionConfig::default(),
+    );
+    let outcome = offline
+        .send_command(device("lock-1"), None, bytes(&[3]), SECOND)
+        .await;
+    assert_eq!(outcome.map(|r| r.payload), Err(CommandError::Offline));
+    assert_eq!(offline.pending(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn commands_one_after_another_on_one_thread_each_get_their_own_end() {
+    // One thread, so every command after the first reuses the mailbox an earlier one ended
+    // with: answered, timed out, cancelled while waiting, and answered again, in turn.
+    let (hub, manager) = hub_manager(&SessionConfig::default());
+    hub.connect_phone(&manager, PHONE, &["lock-1"], Duration::from_millis(30));
+    for round in 0u8..20 {
+        let reply = manager
+            .send_command(device("lock-1"), None, bytes(&[round, 1]), 5 * SECOND)
+            .await
+            .unwrap();
+        assert_eq!(reply.payload, bytes(&[1, round]));
+
+        let timed_out = manager
+            .send_command(
+                device("lock-1"),
+                None,
+                bytes(&[round, 2]),
+                Duration::from_millis(10),
+            )
+            .await;
+        assert_eq!(timed_out.map(|r| r.payload), Err(CommandError::Timeout));
+
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(10),
+            manager.send_command(device("lock-1"), None, bytes(&[round, 3]), 5 * SECOND),
+        )
+        .await;
+        assert!(cancelled.is_err(), "the caller gave up first");
+        assert_eq!(manager.pending(), 0, "a dropped waiter leaves no entry");
+
+        // The late answers of the two abandoned commands are refused, and reach no one.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(manager.pending(), 0);
+        assert_eq!(hub.in_flight(PHONE), 0);
+    }
+    let stats = manager.stats();
+    assert_eq!(
+        (
+            stats.succeeded,
+            stats.timeouts,
+            stats.cancelled,
+            stats.pending
+        ),
+        (20, 20, 20, 0)
+    );
+}
