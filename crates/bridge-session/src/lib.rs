@@ -167,7 +167,6 @@ mod correlator;
 mod deadlines;
 mod error;
 mod ids;
-mod mailbox;
 mod manager;
 mod slots;
 mod stages;

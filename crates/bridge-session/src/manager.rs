@@ -12,8 +12,6 @@ use bridge_protocol::{
 };
 use parking_lot::Mutex;
 use tokio::sync::{Notify, oneshot};
-
-use crate::mailbox;
 use tokio::time::Instant;
 
 use crate::correlator::{Correlator, Finished, MarkSent, ProgressAccepted, ResponseAccepted};
@@ -106,7 +104,7 @@ impl From<CommandError> for CommandFailure {
 }
 
 /// How a waiting command ended: its result and the stages its bridge reported.
-pub(crate) type Ended = (Result<HexPayload, CommandError>, Option<Box<StageTimes>>);
+type Ended = (Result<HexPayload, CommandError>, Option<Box<StageTimes>>);
 
 /// What a failed command becomes for its caller: the bare [`CommandError`]
 /// ([`SessionManager::send_command`]) or a [`CommandFailure`] with how far the command got
@@ -166,7 +164,7 @@ impl Failure for CommandFailure {
 /// timeout, bridge loss, release, cancellation, shutdown — drops the ticket with it, and
 /// with it the connection's in-flight count. Nothing counts in flight twice.
 struct Pending<I> {
-    caller: Option<mailbox::Sender<Ended>>,
+    caller: Option<oneshot::Sender<Ended>>,
     in_flight: Option<I>,
 }
 
@@ -186,7 +184,7 @@ impl<I> Pending<I> {
         // No caller: the command ended while its caller was still sending, and the caller
         // learns why from `mark_sent`. A gone caller's guard finds nothing to cancel.
         if let Some(caller) = caller {
-            caller.send((result, stages));
+            let _ = caller.send((result, stages));
         }
     }
 }
@@ -492,7 +490,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
                 MarkSent::Waiting => {
                     // Hand the ticket to the entry and attach the channel under the same
                     // lock: no answer can slip in between.
-                    let (sender, receiver) = mailbox::channel();
+                    let (sender, receiver) = oneshot::channel();
                     if let Some(pending) = state.correlator.waiter_mut_sequence(sequence) {
                         pending.caller = Some(sender);
                         pending.in_flight = Some(in_flight);
@@ -517,7 +515,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             }
         };
 
-        let result = receiver.recv().await;
+        let result = receiver.await;
         guard.armed = false;
         // Every path that ends a waiting command hands its result to the channel, so the
         // sender is never dropped unused while we wait; should that change, the caller
