@@ -402,19 +402,13 @@ async fn queued_commands_survive_sigkill_with_a_rabbitmq_queue() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_are_one_object_per_line_with_spans() {
-    let dir = tempfile::tempdir().unwrap();
+/// The `bridge-server` binary on a memory queue at `info` (`RUST_LOG`), with `extra`
+/// arguments, its stderr piped for the test to read, and the address it says it listens on.
+async fn logging_binary(dir: &Path, extra: &[&str]) -> (Child, std::net::SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bridge-server"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--queue",
-            "memory://",
-            "--log-format",
-            "json",
-        ])
-        .current_dir(dir.path())
+        .args(["--listen", "127.0.0.1:0", "--queue", "memory://"])
+        .args(extra)
+        .current_dir(dir)
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -434,6 +428,13 @@ async fn json_logs_are_one_object_per_line_with_spans() {
         .trim()
         .parse()
         .unwrap();
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_with_spans() {
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = logging_binary(dir.path(), &["--log-format", "json"]).await;
     let client = TestServer::client_for(addr);
     client.command("lock-1", json!({"payload":"01"})).await;
     let pid = child.id().unwrap().to_string();
@@ -575,28 +576,7 @@ async fn an_http_connection_silent_or_idle_past_the_header_read_timeout_is_close
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn log_lines_reach_stderr_while_the_server_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bridge-server"))
-        .args(["--listen", "127.0.0.1:0", "--queue", "memory://"])
-        .current_dir(dir.path())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(PATIENCE, lines.next_line())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let addr = line
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let (mut child, addr) = logging_binary(dir.path(), &[]).await;
     let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
     let client = TestServer::client_for(addr);
     client.command("lock-1", json!({"payload":"01"})).await;
