@@ -377,17 +377,20 @@ async fn a_bridge_goes_on_to_the_next_node_when_its_node_goes() {
     client.wait_connected(2).await.unwrap();
 }
 
-/// A handler written for protocol 1.0 (only `write`): it reports no stage, and its answers
-/// are unchanged.
-#[tokio::test]
-async fn a_handler_that_reports_nothing_sends_only_its_answer() {
-    struct Echo;
-    #[async_trait::async_trait]
-    impl bridge_client::BleHandler for Echo {
-        async fn write(&self, request: &BleWrite) -> Result<HexPayload, DeviceErrorCode> {
-            Ok(request.payload.clone())
-        }
+/// A handler written for protocol 1.0 (only `write`) that answers every write with its
+/// payload.
+struct Echo;
+
+#[async_trait::async_trait]
+impl bridge_client::BleHandler for Echo {
+    async fn write(&self, request: &BleWrite) -> Result<HexPayload, DeviceErrorCode> {
+        Ok(request.payload.clone())
     }
+}
+
+/// A development-mode bridge holding `lock-1` with [`Echo`] as its handler, connected to a
+/// scripted server: the client and the server's side of its WebSocket.
+async fn echo_bridge_holding_lock_1() -> (BridgeClient, Server) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/ws", listener.local_addr().unwrap());
     let client = BridgeClient::start(
@@ -400,8 +403,16 @@ async fn a_handler_that_reports_nothing_sends_only_its_answer() {
         ),
         Arc::new(Echo),
     );
-    let (mut ws, _, _) = accept(&listener).await;
+    let (ws, _, _) = accept(&listener).await;
     client.wait_connected(1).await.unwrap();
+    (client, ws)
+}
+
+/// A handler written for protocol 1.0 (only `write`): it reports no stage, and its answers
+/// are unchanged.
+#[tokio::test]
+async fn a_handler_that_reports_nothing_sends_only_its_answer() {
+    let (client, mut ws) = echo_bridge_holding_lock_1().await;
     ws.send(Message::text(ble_write("r-1", "lock-1", &[7]).to_json()))
         .await
         .unwrap();
@@ -418,27 +429,7 @@ async fn a_handler_that_reports_nothing_sends_only_its_answer() {
 /// several frames of it back to back) is still read whole, and answered.
 #[tokio::test]
 async fn frames_larger_than_the_read_buffer_are_read_whole() {
-    struct Echo;
-    #[async_trait::async_trait]
-    impl bridge_client::BleHandler for Echo {
-        async fn write(&self, request: &BleWrite) -> Result<HexPayload, DeviceErrorCode> {
-            Ok(request.payload.clone())
-        }
-    }
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
-    let client = BridgeClient::start(
-        BridgeConfig::new(
-            url,
-            Credentials::Development {
-                user_id: "phone".into(),
-            },
-            vec![lock("lock-1")],
-        ),
-        Arc::new(Echo),
-    );
-    let (mut ws, _, _) = accept(&listener).await;
-    client.wait_connected(1).await.unwrap();
+    let (client, mut ws) = echo_bridge_holding_lock_1().await;
     let payloads: Vec<Vec<u8>> = (0..3u8)
         .map(|i| (0..3000u32).map(|b| (b % 251) as u8 ^ i).collect())
         .collect();
