@@ -57,7 +57,10 @@
 //!   connection is chosen (a command may wait for one without being in flight anywhere),
 //!   so they cannot be the per-connection count; the slot is held by the `send_command`
 //!   future, which returns as soon as the command ends, and handed straight to the next
-//!   waiter. A free slot costs two map lookups and no allocation.
+//!   waiter. A free slot costs two map lookups and no allocation; a command that waits
+//!   keeps its waker and deadline in its device's queue (`device_slots.rs`: no channel, no
+//!   timer of its own — the session's timer task also ends waits whose deadline passed).
+//!   [`SessionManager::shutdown`] ends every wait with [`CommandError::Shutdown`].
 //! * **Timeouts.** A command's timeout starts when `send_command` is called and covers any
 //!   wait for a device slot ([`SessionConfig::with_per_device_limit`]); the `timeoutMs` of
 //!   the `ble_write` is what is left of it. The timer ends a command at its deadline (to the
@@ -165,6 +168,7 @@
 mod config;
 mod correlator;
 mod deadlines;
+mod device_slots;
 mod error;
 mod ids;
 mod manager;

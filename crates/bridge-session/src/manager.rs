@@ -1,7 +1,6 @@
 //! The tokio layer: drives sharded [`Correlator`]s with one timer task.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -15,6 +14,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::correlator::{Correlator, Finished, MarkSent, ProgressAccepted, ResponseAccepted};
+use crate::device_slots::{DeviceSlots, NoSlot};
 use crate::error::{CommandError, RejectReason, ResponseRejected, TransportError};
 use crate::stages::StageTimes;
 use crate::stats::SessionStats;
@@ -341,10 +341,9 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             token_batch: (config.max_pending() / (shard_count * 4)).clamp(1, 64),
             foreign_responses: AtomicU64::new(0),
             slot_timeouts: AtomicU64::new(0),
-            device_slots: config.per_device_limit().map(|limit| DeviceSlots {
-                limit: limit.get(),
-                devices: Mutex::new(HashMap::new()),
-            }),
+            device_slots: config
+                .per_device_limit()
+                .map(|limit| DeviceSlots::new(limit.get())),
             timer: Arc::clone(&timer),
             transport,
         });
@@ -415,11 +414,17 @@ impl<T: Transport + ?Sized> SessionManager<T> {
 
         let slot = match &inner.device_slots {
             Some(slots) => {
-                let Some(permit) = slots.acquire(&device_id, deadline).await else {
-                    inner.slot_timeouts.fetch_add(1, Ordering::Relaxed);
-                    return Err(F::unsent(CommandError::Timeout));
-                };
-                Some(permit)
+                match slots
+                    .acquire(&device_id, deadline, |at| inner.timer.arm(at))
+                    .await
+                {
+                    Ok(permit) => Some(permit),
+                    Err(NoSlot::TimedOut) => {
+                        inner.slot_timeouts.fetch_add(1, Ordering::Relaxed);
+                        return Err(F::unsent(CommandError::Timeout));
+                    }
+                    Err(NoSlot::Closed) => return Err(F::unsent(CommandError::Shutdown)),
+                }
             }
             None => None,
         };
@@ -617,6 +622,9 @@ impl<T: Transport + ?Sized> SessionManager<T> {
     /// same error, and stops the timer task. Idempotent.
     pub fn shutdown(&self) {
         self.inner.fail_everywhere(Correlator::close);
+        if let Some(slots) = &self.inner.device_slots {
+            slots.close();
+        }
         self.inner.timer.stop();
     }
 
@@ -838,160 +846,30 @@ async fn run_timer<T: Transport + ?Sized>(inner: Weak<Inner<T>>, timer: Arc<Time
         // nothing registered during the scan is missed.
         timer.armed.store(u64::MAX, Ordering::SeqCst);
         let Some(inner) = inner.upgrade() else { return };
-        let now = now.into_std();
+        let now_std = now.into_std();
         let mut next: Option<std::time::Instant> = None;
         for shard in &*inner.shards {
             let mut state = shard.lock();
             let correlator = &mut state.correlator;
-            correlator.handle_timeout(now, &mut expired);
+            correlator.handle_timeout(now_std, &mut expired);
             if let Some(deadline) = correlator.poll_timeout() {
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
             }
         }
+        let mut next = next.map(Instant::from_std);
+        if let Some(slots) = &inner.device_slots
+            && let Some(deadline) = slots.expire(now)
+        {
+            next = Some(next.map_or(deadline, |n| n.min(deadline)));
+        }
         if let Some(next) = next {
-            let at = timer.nanos_since_epoch(Instant::from_std(next));
+            let at = timer.nanos_since_epoch(next);
             timer.armed.fetch_min(at, Ordering::SeqCst);
         }
         for finished in expired.drain(..) {
             tracing::debug!(request_id = %finished.request_id, "command timed out");
             Inner::<T>::deliver(finished);
         }
-    }
-}
-
-/// Per-device in-flight limits: for each device with commands in flight or waiting, how
-/// many slots are held and who waits for one, first come, first served.
-///
-/// A command that finds a free slot (the common case) takes it with one map lookup under
-/// the lock, and gives it back with another: no allocation, no channel, no timer. Only a
-/// command that must wait gets a one-shot channel, through which a leaving holder hands it
-/// its slot directly.
-struct DeviceSlots {
-    limit: usize,
-    devices: Mutex<HashMap<DeviceId, SlotQueue>>,
-}
-
-/// The slots of one device; its entry is removed as soon as none is held and nobody waits.
-#[derive(Default)]
-struct SlotQueue {
-    held: usize,
-    /// Commands waiting for a slot, oldest first. A waiter that gave up (timed out,
-    /// cancelled) leaves a closed sender behind, skipped when a slot is handed on.
-    waiting: VecDeque<oneshot::Sender<()>>,
-}
-
-impl DeviceSlots {
-    /// Takes a slot of `device`, waiting for one until `deadline`; `None` when the deadline
-    /// passed first.
-    async fn acquire<'a>(&'a self, device: &DeviceId, deadline: Instant) -> Option<DeviceSlot<'a>> {
-        let handed = {
-            let mut devices = self.devices.lock();
-            let queue = devices.entry(device.clone()).or_default();
-            if queue.held < self.limit && queue.waiting.is_empty() {
-                queue.held += 1;
-                None
-            } else {
-                let (sender, receiver) = oneshot::channel();
-                queue.waiting.push_back(sender);
-                Some(receiver)
-            }
-        };
-        let Some(receiver) = handed else {
-            return Some(DeviceSlot {
-                slots: self,
-                device: device.clone(),
-                waited: false,
-            });
-        };
-        let mut wait = SlotWait {
-            slots: self,
-            device,
-            receiver: Some(receiver),
-        };
-        let handed = tokio::time::timeout_at(deadline, wait.receiver.as_mut()?).await;
-        if matches!(handed, Ok(Ok(()))) {
-            // The slot is ours: nothing for the guard to give back.
-            wait.receiver = None;
-            return Some(DeviceSlot {
-                slots: self,
-                device: device.clone(),
-                waited: true,
-            });
-        }
-        // Timed out (the sender is never dropped unsent: a holder that leaves either hands
-        // its slot over or finds this waiter gone). The guard gives back a slot handed
-        // over just as the deadline passed.
-        None
-    }
-
-    /// Gives one slot of `device` back: to the oldest command still waiting, if any, or
-    /// to the pool (forgetting the device once nothing is held or waited for).
-    fn release(&self, device: &DeviceId) {
-        let mut devices = self.devices.lock();
-        Self::release_locked(&mut devices, device);
-    }
-
-    fn release_locked(devices: &mut HashMap<DeviceId, SlotQueue>, device: &DeviceId) {
-        let Some(queue) = devices.get_mut(device) else {
-            return;
-        };
-        while let Some(waiter) = queue.waiting.pop_front() {
-            if waiter.send(()).is_ok() {
-                // Handed over: the slot stays held, by the waiter now.
-                return;
-            }
-        }
-        queue.held = queue.held.saturating_sub(1);
-        if queue.held == 0 {
-            devices.remove(device);
-        }
-    }
-
-    #[cfg(test)]
-    fn tracked_devices(&self) -> usize {
-        self.devices.lock().len()
-    }
-}
-
-/// A command waiting for a slot: if it gives up (deadline, or its future dropped), a slot
-/// handed to it in the meantime is handed on, and its place in the queue is cleared.
-struct SlotWait<'a, 'd> {
-    slots: &'a DeviceSlots,
-    device: &'d DeviceId,
-    receiver: Option<oneshot::Receiver<()>>,
-}
-
-impl Drop for SlotWait<'_, '_> {
-    fn drop(&mut self) {
-        let Some(mut receiver) = self.receiver.take() else {
-            return;
-        };
-        let mut devices = self.slots.devices.lock();
-        // Under the lock, so no holder can hand a slot to this waiter after the check.
-        let handed = receiver.try_recv().is_ok();
-        drop(receiver);
-        if handed {
-            DeviceSlots::release_locked(&mut devices, self.device);
-        } else if let Some(queue) = devices.get_mut(self.device) {
-            queue.waiting.retain(|waiter| !waiter.is_closed());
-            if queue.held == 0 && queue.waiting.is_empty() {
-                devices.remove(self.device);
-            }
-        }
-    }
-}
-
-/// A held device slot; given back (to the next waiter, or the pool) on drop.
-struct DeviceSlot<'a> {
-    slots: &'a DeviceSlots,
-    device: DeviceId,
-    /// Whether the command had to wait for it (its clock is then read again).
-    waited: bool,
-}
-
-impl Drop for DeviceSlot<'_> {
-    fn drop(&mut self) {
-        self.slots.release(&self.device);
     }
 }
 

@@ -799,6 +799,138 @@ async fn a_command_dropped_after_a_slot_was_handed_to_it_passes_the_slot_on() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn slots_go_to_waiting_commands_in_arrival_order_past_timed_out_and_dropped_ones() {
+    let (mock, mut writes, ledger) = recording_mock();
+    let config = SessionConfig::default().with_per_device_limit(NonZeroUsize::new(2));
+    let manager = manager_with(mock, &config);
+    let start = Instant::now();
+    let spawn = |payload: u8, timeout: Duration| {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .send_command(device("lock-1"), None, bytes(&[payload]), timeout)
+                .await
+        })
+    };
+    let first = spawn(1, 10 * SECOND);
+    let second = spawn(2, 10 * SECOND);
+    let first_write = writes.recv().await.unwrap();
+    let second_write = writes.recv().await.unwrap();
+    // Six commands queue up, one millisecond apart (each has joined the queue before the
+    // next arrives); the fourth gives up after one second, the fifth is dropped.
+    let mut waiting = Vec::new();
+    for (payload, timeout) in [(3, 10), (4, 1), (5, 10), (6, 10), (7, 10), (8, 10)] {
+        waiting.push(spawn(payload, timeout * SECOND));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut waiting = waiting.into_iter();
+    let (third, fourth, fifth) = (
+        waiting.next().unwrap(),
+        waiting.next().unwrap(),
+        waiting.next().unwrap(),
+    );
+    assert_eq!(fourth.await.unwrap(), Err(CommandError::Timeout));
+    // It arrived 1 ms after the start.
+    assert_eq!(start.elapsed(), SECOND + Duration::from_millis(1));
+    fifth.abort();
+    assert!(fifth.await.unwrap_err().is_cancelled());
+    assert_eq!(manager.pending(), 2, "waiting for a slot is not pending");
+    assert!(writes.try_recv().is_err());
+
+    // Each answer hands its slot to the oldest command still waiting.
+    manager
+        .handle_response(PHONE, answer(&second_write, &[2]))
+        .unwrap();
+    let third_write = writes.recv().await.unwrap();
+    assert_eq!(third_write.payload, bytes(&[3]));
+    manager
+        .handle_response(PHONE, answer(&first_write, &[1]))
+        .unwrap();
+    let sixth_write = writes.recv().await.unwrap();
+    assert_eq!(
+        sixth_write.payload,
+        bytes(&[6]),
+        "past the timed-out and the dropped"
+    );
+    // It arrived 3 ms after the start and has waited since: the rest of its 10 s.
+    let waited = start
+        .elapsed()
+        .checked_sub(Duration::from_millis(3))
+        .unwrap();
+    let left = (10 * SECOND).checked_sub(waited).unwrap();
+    assert_eq!(
+        sixth_write.timeout_ms,
+        TimeoutMs::saturating_from_duration(left)
+    );
+    manager
+        .handle_response(PHONE, answer(&sixth_write, &[6]))
+        .unwrap();
+    let seventh_write = writes.recv().await.unwrap();
+    assert_eq!(seventh_write.payload, bytes(&[7]));
+    assert!(writes.try_recv().is_err(), "never more than two in flight");
+    assert_eq!(ledger.in_flight(PHONE), 2);
+    manager
+        .handle_response(PHONE, answer(&third_write, &[3]))
+        .unwrap();
+    let eighth_write = writes.recv().await.unwrap();
+    assert_eq!(eighth_write.payload, bytes(&[8]));
+    for write in [&seventh_write, &eighth_write] {
+        manager
+            .handle_response(PHONE, answer(write, write.payload.as_bytes()))
+            .unwrap();
+    }
+    for (command, payload) in [(first, 1), (second, 2), (third, 3)] {
+        assert_eq!(payload_of(command.await.unwrap()), Ok(bytes(&[payload])));
+    }
+    for (command, payload) in waiting.zip([6, 7, 8]) {
+        assert_eq!(payload_of(command.await.unwrap()), Ok(bytes(&[payload])));
+    }
+    assert!(
+        writes.try_recv().is_err(),
+        "the timed-out and the dropped were never sent"
+    );
+    assert_eq!(manager.stats().timeouts, 1);
+    assert_eq!(manager.pending(), 0);
+    assert_eq!(ledger.in_flight(PHONE), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_ends_commands_waiting_for_a_slot_at_once() {
+    let (mock, mut writes, _) = recording_mock();
+    let config = SessionConfig::default().with_per_device_limit(NonZeroUsize::new(1));
+    let manager = manager_with(mock, &config);
+    let holder = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .send_command(device("lock-1"), None, bytes(&[1]), 10 * SECOND)
+                .await
+        })
+    };
+    writes.recv().await.unwrap();
+    // Polled once, then never again until the shutdown: it has to be woken.
+    let waiter = {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            manager
+                .send_command(device("lock-1"), None, bytes(&[2]), 10 * SECOND)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let start = Instant::now();
+    manager.shutdown();
+    assert_eq!(waiter.await.unwrap(), Err(CommandError::Shutdown));
+    assert_eq!(holder.await.unwrap(), Err(CommandError::Shutdown));
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert!(
+        writes.try_recv().is_err(),
+        "the waiting command was never sent"
+    );
+    assert_eq!(manager.stats().timeouts, 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn by_default_one_device_holds_at_most_sixteen_pending_commands() {
     let (mock, mut writes, ledger) = recording_mock();
     let manager = manager_with(mock, &SessionConfig::default());
