@@ -618,8 +618,9 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             .fail_everywhere(|c, out| c.device_released(connection, device, out));
     }
 
-    /// Ends every pending command with [`CommandError::Shutdown`], refuses new ones with the
-    /// same error, and stops the timer task. Idempotent.
+    /// Ends every pending command with [`CommandError::Shutdown`], and every command still
+    /// waiting for a device slot, refuses new ones with the same error, and stops the timer
+    /// task. Idempotent.
     pub fn shutdown(&self) {
         self.inner.fail_everywhere(Correlator::close);
         if let Some(slots) = &self.inner.device_slots {
