@@ -63,7 +63,7 @@ impl Sink<Message> for RecordingSocket {
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         let mut log = self.0.lock().unwrap();
         log.ready_calls += 1;
-        if log.choppy && log.ready_calls % 2 == 0 {
+        if log.choppy && log.ready_calls.is_multiple_of(2) {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
