@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::Waker;
 
 use bridge_protocol::{ConnectionId, DeviceId};
+use futures_util::task::ArcWake;
 use parking_lot::Mutex;
 
 use crate::{CloseReason, Frame};
@@ -71,6 +72,9 @@ struct Queue {
     /// Whether the pump was woken since it last took from the queue: the producers after
     /// the first do not wake it again.
     woken: bool,
+    /// Whether the socket's reading side woke the pump (through [`Outbox`]'s own waker, see
+    /// its [`ArcWake`] implementation) since the pump last took from the queue.
+    read_woken: bool,
 }
 
 impl Queue {
@@ -117,6 +121,9 @@ pub(crate) struct Taken {
     /// The waker given was not the one registered before (or none was): whatever else the
     /// pump registered it with must be polled again.
     pub(crate) waker_changed: bool,
+    /// The socket's reading side woke the pump since it last took (see [`Outbox`]'s
+    /// [`ArcWake`] implementation).
+    pub(crate) read_woken: bool,
 }
 
 /// One connection's handle as the hub sees it.
@@ -220,12 +227,14 @@ impl Outbox {
             }
         };
         queue.woken = false;
+        let read_woken = std::mem::take(&mut queue.read_woken);
         if let Some(close) = queue.close {
             return Taken {
                 close: Some(close),
                 entry: None,
                 more: false,
                 waker_changed,
+                read_woken,
             };
         }
         let entry = queue.pop();
@@ -234,6 +243,7 @@ impl Outbox {
             entry,
             more: !queue.frames.is_empty(),
             waker_changed,
+            read_woken,
         }
     }
 
@@ -269,6 +279,23 @@ impl Outbox {
 
     pub(crate) fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// The waker the pump reads its socket with: it notes that the reading side woke, then
+/// wakes the pump's own waker (unless something woke it already).
+///
+/// So the pump knows, when it is woken, whether the socket may have something to read: a
+/// socket whose `poll_next` returned `Pending` wakes the waker it was given once it may
+/// have more (the `Stream` contract), and until then, polling it again would only find
+/// nothing. An outbox is already shared (an `Arc`), so this costs no allocation.
+impl ArcWake for Outbox {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        let mut queue = arc_self.queue.lock();
+        queue.read_woken = true;
+        let waker = queue.waker_to_wake();
+        drop(queue);
+        wake(waker);
     }
 }
 

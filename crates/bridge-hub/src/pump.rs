@@ -11,6 +11,7 @@ use bridge_protocol::{
     Ack, BridgeToServer, ConnectionId, DeviceId, ErrorCode, ProtocolError, RequestId, Role,
     ServerToBridge, ServerToUser, UserToServer,
 };
+use futures_util::task::waker_ref;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
 use tungstenite::protocol::CloseFrame;
@@ -148,6 +149,7 @@ impl<'a, S> Pump<'a, S> {
             bucket: TokenBucket::new(&inner.config.rate_limit, Instant::now()),
             last_seen: Instant::now(),
             keepalive_armed: false,
+            read_pending: false,
             ping_due: false,
             unflushed: false,
             flush_deferred: false,
@@ -170,6 +172,9 @@ struct Pump<'a, S> {
     /// still registered with the outbox: until it fires (or the waker changes), polling it
     /// again only re-registers the same waker (see [`Pump::poll_step`]).
     keepalive_armed: bool,
+    /// Whether the socket's last `poll_next` answered `Pending` (with the outbox's read
+    /// waker): it is not polled again until that waker is woken.
+    read_pending: bool,
     ping_due: bool,
     unflushed: bool,
     /// Whether this batch's flush already waited one turn of the scheduler (see
@@ -273,7 +278,18 @@ where
             }
             self.keepalive_armed = true;
         }
-        match Pin::new(&mut self.socket).poll_next(cx) {
+        // The reading side is polled with the outbox's own waker, which notes that it woke:
+        // a wake-up for frames to write (most of them, with many connections) then skips
+        // the read that would find nothing (down the WebSocket, the transport layers and
+        // the runtime's readiness check).
+        if self.read_pending && !taken.read_woken {
+            return Poll::Pending;
+        }
+        let read_waker = waker_ref(self.outbox);
+        let mut read_cx = Context::from_waker(&read_waker);
+        let polled = Pin::new(&mut self.socket).poll_next(&mut read_cx);
+        self.read_pending = polled.is_pending();
+        match polled {
             Poll::Ready(Some(Ok(message))) => Poll::Ready(Step::Incoming(message)),
             Poll::Ready(Some(Err(WsError::Capacity(_)))) => Poll::Ready(Step::Close(TOO_LARGE)),
             Poll::Ready(Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) | None) => {

@@ -318,3 +318,33 @@ async fn the_keepalive_still_fires_when_the_connection_moves_to_another_waker() 
     );
     close(&socket, task).await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_wake_up_for_frames_to_write_does_not_poll_the_socket_for_reading() {
+    let hub = LocalHub::builder().build();
+    let (socket, task) = bridge(&hub).await;
+    let reads_before = socket.0.lock().unwrap().reads;
+    for i in 0..20 {
+        send(&hub, i);
+        settle().await;
+    }
+    {
+        let log = socket.0.lock().unwrap();
+        assert_eq!(log.sent.len(), 20);
+        assert_eq!(
+            log.reads, reads_before,
+            "nothing woke the reading side: it was not polled"
+        );
+    }
+    // The reading side's wake-up is still heard: the end of the stream ends the pump.
+    let waker = {
+        let mut log = socket.0.lock().unwrap();
+        log.closed = true;
+        log.reader.take()
+    };
+    waker.unwrap().wake();
+    settle().await;
+    assert!(task.is_finished(), "the pump read the end of the stream");
+    assert_eq!(socket.0.lock().unwrap().reads, reads_before + 1);
+    task.await.unwrap();
+}
