@@ -29,6 +29,11 @@ impl Frame {
         Message::Text(self.0.clone())
     }
 
+    /// The WebSocket message carrying this frame, without a reference-count round trip.
+    pub(crate) fn into_message(self) -> Message {
+        Message::Text(self.0)
+    }
+
     pub(crate) const fn from_static(text: &'static str) -> Self {
         Self(Utf8Bytes::from_static(text))
     }

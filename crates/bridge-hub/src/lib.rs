@@ -159,10 +159,14 @@
 //!   the caller's task (the upgrade task the server has anyway), multiplexed by hand with
 //!   one poll function, so there is no second task, no channel and no split lock;
 //! * one shared outbound handle: a mutex-guarded `VecDeque` that allocates on the first
-//!   queued frame and gives its memory back when a burst has drained, plus an atomic
-//!   waker — no pre-allocated channel blocks (a tokio mpsc channel allocates a block of 32
-//!   slots up front);
-//! * one timer (the keepalive `Sleep`), re-armed, never re-allocated;
+//!   queued frame and gives its memory back when a burst has drained, and the pump's waker
+//!   under the same mutex — no pre-allocated channel blocks (a tokio mpsc channel allocates
+//!   a block of 32 slots up front). The pump takes its waker's registration, a close
+//!   request and the first frame with one lock per wake-up, and reads its socket with the
+//!   handle itself as the waker (it is reference-counted already), so a wake-up for frames
+//!   to write does not poll the socket for reading until the socket has woken that waker;
+//! * one timer (the keepalive `Sleep`), re-armed, never re-allocated, and polled only when
+//!   re-armed, fired, or under a new waker;
 //! * its entries in the hub's maps: a bridge's held devices in a small vector, a user's
 //!   subscriptions in a set that allocates on the first subscription;
 //! * frames as shared, reference-counted bytes: a broadcast to N subscribers allocates its

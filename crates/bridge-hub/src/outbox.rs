@@ -4,9 +4,10 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::Waker;
 
 use bridge_protocol::{ConnectionId, DeviceId};
-use futures_util::task::AtomicWaker;
+use futures_util::task::ArcWake;
 use parking_lot::Mutex;
 
 use crate::{CloseReason, Frame};
@@ -64,12 +65,65 @@ struct Queue {
     #[allow(clippy::box_collection)]
     statuses: Option<Box<HashSet<DeviceId>>>,
     close: Option<CloseRequest>,
+    /// The pump's waker, kept (not taken by a wake-up) so that the pump learns, under the
+    /// lock it takes anyway, whether it is polled with the same waker as before (see
+    /// [`Outbox::take`]).
+    waker: Option<Waker>,
+    /// Whether the pump was woken since it last took from the queue: the producers after
+    /// the first do not wake it again.
+    woken: bool,
+    /// Whether the socket's reading side woke the pump (through [`Outbox`]'s own waker, see
+    /// its [`ArcWake`] implementation) since the pump last took from the queue.
+    read_woken: bool,
 }
 
 impl Queue {
     fn status_markers(&self) -> usize {
         self.statuses.as_ref().map_or(0, |s| s.len())
     }
+
+    /// The waker to wake once the lock is released, unless the pump was woken already.
+    fn waker_to_wake(&mut self) -> Option<Waker> {
+        if self.woken {
+            return None;
+        }
+        self.woken = true;
+        self.waker.clone()
+    }
+
+    fn pop(&mut self) -> Option<Entry> {
+        let entry = self.frames.pop_front();
+        if let Some(Entry::Status(device)) = &entry
+            && let Some(statuses) = &mut self.statuses
+        {
+            statuses.remove(device);
+            if statuses.is_empty() {
+                self.statuses = None;
+            }
+        }
+        if self.frames.is_empty() && self.frames.capacity() > 8 {
+            // Give a burst's memory back: idle connections should cost nothing here.
+            self.frames = VecDeque::new();
+        }
+        entry
+    }
+}
+
+/// What [`Outbox::take`] found.
+#[derive(Debug)]
+pub(crate) struct Taken {
+    /// A close was requested: nothing was taken.
+    pub(crate) close: Option<CloseRequest>,
+    /// The first entry of the queue, taken out of it.
+    pub(crate) entry: Option<Entry>,
+    /// Entries are left in the queue after it.
+    pub(crate) more: bool,
+    /// The waker given was not the one registered before (or none was): whatever else the
+    /// pump registered it with must be polled again.
+    pub(crate) waker_changed: bool,
+    /// The socket's reading side woke the pump since it last took (see [`Outbox`]'s
+    /// [`ArcWake`] implementation).
+    pub(crate) read_woken: bool,
 }
 
 /// One connection's handle as the hub sees it.
@@ -78,7 +132,6 @@ pub(crate) struct Outbox {
     pub(crate) id: ConnectionId,
     capacity: usize,
     queue: Mutex<Queue>,
-    waker: AtomicWaker,
     /// Commands in flight on this connection: the number of live
     /// [`InFlight`](crate::InFlight) tickets, changed only by making and dropping them.
     pub(crate) in_flight: AtomicU32,
@@ -98,7 +151,6 @@ impl Outbox {
             id,
             capacity: capacity.max(1),
             queue: Mutex::new(Queue::default()),
-            waker: AtomicWaker::new(),
             in_flight: AtomicU32::new(0),
             user_commands,
         }
@@ -118,13 +170,15 @@ impl Outbox {
                 code: None,
                 text: "",
             });
+            let waker = queue.waker_to_wake();
             drop(queue);
-            self.waker.wake();
+            wake(waker);
             return Pushed::Overflowed;
         }
         queue.frames.push_back(Entry::Frame(frame));
+        let waker = queue.waker_to_wake();
         drop(queue);
-        self.waker.wake();
+        wake(waker);
         Pushed::Queued
     }
 
@@ -141,8 +195,9 @@ impl Outbox {
             .insert(device.clone())
         {
             queue.frames.push_back(Entry::Status(device.clone()));
+            let waker = queue.waker_to_wake();
             drop(queue);
-            self.waker.wake();
+            wake(waker);
         }
         Pushed::Queued
     }
@@ -153,42 +208,111 @@ impl Outbox {
         if queue.close.is_none() {
             queue.close = Some(request);
         }
+        // Always woken: the pump may be between two batches of one poll.
+        queue.woken = true;
+        let waker = queue.waker.clone();
         drop(queue);
-        self.waker.wake();
+        wake(waker);
     }
 
-    pub(crate) fn close_requested(&self) -> Option<CloseRequest> {
-        self.queue.lock().close
-    }
-
-    pub(crate) fn has_frames(&self) -> bool {
-        !self.queue.lock().frames.is_empty()
-    }
-
-    pub(crate) fn pop(&self) -> Option<Entry> {
+    /// The pump's one lock per poll: registers `waker` (the producers wake it from now on)
+    /// and, unless a close was requested, takes the first entry of the queue.
+    pub(crate) fn take(&self, waker: &Waker) -> Taken {
         let mut queue = self.queue.lock();
-        let entry = queue.frames.pop_front();
-        if let Some(Entry::Status(device)) = &entry
-            && let Some(statuses) = &mut queue.statuses
-        {
-            statuses.remove(device);
-            if statuses.is_empty() {
-                queue.statuses = None;
+        let waker_changed = match &queue.waker {
+            Some(registered) if registered.will_wake(waker) => false,
+            _ => {
+                queue.waker = Some(waker.clone());
+                true
             }
+        };
+        queue.woken = false;
+        let read_woken = std::mem::take(&mut queue.read_woken);
+        if let Some(close) = queue.close {
+            return Taken {
+                close: Some(close),
+                entry: None,
+                more: false,
+                waker_changed,
+                read_woken,
+            };
         }
-        if queue.frames.is_empty() && queue.frames.capacity() > 8 {
-            // Give a burst's memory back: idle connections should cost nothing here.
-            queue.frames = VecDeque::new();
+        let entry = queue.pop();
+        Taken {
+            close: None,
+            entry,
+            more: !queue.frames.is_empty(),
+            waker_changed,
+            read_woken,
         }
-        entry
     }
 
-    pub(crate) fn register_waker(&self, waker: &std::task::Waker) {
-        self.waker.register(waker);
+    /// Takes the next entry, and says whether more are left.
+    pub(crate) fn pop(&self) -> (Option<Entry>, bool) {
+        let mut queue = self.queue.lock();
+        let entry = queue.pop();
+        (entry, !queue.frames.is_empty())
+    }
+
+    /// Puts an entry that [`Outbox::take`] took back at the front of the queue (the socket
+    /// did not take it).
+    ///
+    /// A frame goes back even if producers filled the queue meanwhile (it was queued before
+    /// theirs; the next push then finds the queue full, as it would have). A status marker
+    /// whose device got a newer marker meanwhile is dropped: the newer one writes the same
+    /// presence, as it is when it leaves. Nothing goes back on a closing connection.
+    pub(crate) fn put_back(&self, entry: Entry) {
+        let mut queue = self.queue.lock();
+        if queue.close.is_some() {
+            return;
+        }
+        if let Entry::Status(device) = &entry
+            && !queue
+                .statuses
+                .get_or_insert_default()
+                .insert(device.clone())
+        {
+            return;
+        }
+        queue.frames.push_front(entry);
     }
 
     pub(crate) fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// The waker the pump reads its socket with: it notes that the reading side woke, then
+/// wakes the pump's own waker (unless something woke it already).
+///
+/// So the pump knows, when it is woken, whether the socket may have something to read: a
+/// socket whose `poll_next` returned `Pending` wakes the waker it was given once it may
+/// have more (the `Stream` contract), and until then, polling it again would only find
+/// nothing. An outbox is already shared (an `Arc`), so this costs no allocation.
+impl ArcWake for Outbox {
+    fn wake_by_ref(arc_self: &Arc<Self>) {
+        let mut queue = arc_self.queue.lock();
+        queue.read_woken = true;
+        let waker = queue.waker_to_wake();
+        drop(queue);
+        wake(waker);
+    }
+}
+
+fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+#[cfg(test)]
+impl Outbox {
+    fn close_requested(&self) -> Option<CloseRequest> {
+        self.queue.lock().close
+    }
+
+    fn has_frames(&self) -> bool {
+        !self.queue.lock().frames.is_empty()
     }
 }
 
@@ -225,7 +349,7 @@ mod tests {
         assert_eq!(outbox.push(frame.clone()), Pushed::Queued);
         assert_eq!(outbox.push(frame.clone()), Pushed::Queued);
         let mut statuses = 0;
-        while let Some(entry) = outbox.pop() {
+        while let (Some(entry), _) = outbox.pop() {
             if let Entry::Status(device) = entry {
                 assert_eq!(device, devices[statuses], "in the order they were due");
                 statuses += 1;
@@ -236,7 +360,7 @@ mod tests {
         assert!(outbox.queue.lock().statuses.is_none(), "memory given back");
         // Drained: a device's next change is queued again.
         outbox.push_status(&devices[0]);
-        assert!(matches!(outbox.pop(), Some(Entry::Status(d)) if d == devices[0]));
+        assert!(matches!(outbox.pop(), (Some(Entry::Status(d)), false) if d == devices[0]));
     }
 
     #[test]
@@ -256,5 +380,117 @@ mod tests {
             outbox.close_requested().map(|r| r.reason),
             Some(CloseReason::Shutdown)
         );
+    }
+
+    /// Counts its wake-ups.
+    #[derive(Default)]
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counter() -> (Arc<Counter>, Waker) {
+        let counter = Arc::new(Counter::default());
+        (counter.clone(), Waker::from(counter))
+    }
+
+    fn wakes(counter: &Counter) -> usize {
+        counter.0.load(Ordering::Relaxed)
+    }
+
+    fn text(entry: Option<Entry>) -> Option<String> {
+        match entry {
+            Some(Entry::Frame(frame)) => Some(frame.as_str().to_owned()),
+            Some(Entry::Status(device)) => Some(format!("status {device}")),
+            None => None,
+        }
+    }
+
+    #[test]
+    fn the_pump_is_woken_once_per_take_and_learns_when_its_waker_changed() {
+        let outbox = Outbox::new(ConnectionId::new(1), 8, None);
+        let (a, waker_a) = counter();
+        let taken = outbox.take(&waker_a);
+        assert!(taken.waker_changed, "the first waker is new");
+        assert!(taken.entry.is_none() && !taken.more && taken.close.is_none());
+
+        outbox.push(Frame::from_static("1"));
+        outbox.push(Frame::from_static("2"));
+        outbox.push_status(&DeviceId::new("d").unwrap());
+        assert_eq!(wakes(&a), 1, "woken by the first push only");
+
+        let taken = outbox.take(&waker_a);
+        assert!(!taken.waker_changed, "the same waker");
+        assert_eq!(text(taken.entry).as_deref(), Some("1"));
+        assert!(taken.more);
+        outbox.push(Frame::from_static("3"));
+        assert_eq!(wakes(&a), 2, "woken again after the pump took");
+
+        let (b, waker_b) = counter();
+        let taken = outbox.take(&waker_b);
+        assert!(taken.waker_changed, "another waker");
+        assert_eq!(text(taken.entry).as_deref(), Some("2"));
+        outbox.request_close(CloseRequest {
+            reason: CloseReason::Shutdown,
+            code: Some(1001),
+            text: "",
+        });
+        assert_eq!((wakes(&a), wakes(&b)), (2, 1), "the new waker is woken");
+        outbox.request_close(CloseRequest {
+            reason: CloseReason::Shutdown,
+            code: Some(1001),
+            text: "",
+        });
+        assert_eq!(wakes(&b), 2, "a close request always wakes");
+        let taken = outbox.take(&waker_b);
+        assert_eq!(taken.close.map(|c| c.reason), Some(CloseReason::Shutdown));
+        assert!(taken.entry.is_none(), "nothing is taken once closing");
+    }
+
+    #[test]
+    fn an_entry_put_back_leaves_first_and_a_status_marker_is_never_doubled() {
+        let outbox = Outbox::new(ConnectionId::new(1), 2, None);
+        let (_, waker) = counter();
+        let device = DeviceId::new("d").unwrap();
+        outbox.push(Frame::from_static("1"));
+        outbox.push(Frame::from_static("2"));
+        let first = outbox.take(&waker).entry.unwrap();
+        // The socket did not take it: it goes back in front, and counts again.
+        outbox.put_back(first);
+        assert_eq!(outbox.push(Frame::from_static("3")), Pushed::Overflowed);
+        assert!(!outbox.has_frames(), "a slow consumer's queue is dropped");
+
+        let outbox = Outbox::new(ConnectionId::new(1), 2, None);
+        outbox.push_status(&device);
+        outbox.push(Frame::from_static("1"));
+        let status = outbox.take(&waker).entry.unwrap();
+        // A newer marker while the first one was out: only one goes out.
+        outbox.push_status(&device);
+        outbox.put_back(status);
+        let mut order = Vec::new();
+        while let (Some(entry), _) = outbox.pop() {
+            order.push(text(Some(entry)).unwrap());
+        }
+        assert_eq!(order, ["1", "status d"]);
+
+        // Without a newer marker, the marker goes back in front, and is still counted
+        // as waiting (not queued twice).
+        outbox.push_status(&device);
+        outbox.push(Frame::from_static("2"));
+        let status = outbox.take(&waker).entry.unwrap();
+        outbox.put_back(status);
+        outbox.push_status(&device);
+        let mut order = Vec::new();
+        while let (Some(entry), _) = outbox.pop() {
+            order.push(text(Some(entry)).unwrap());
+        }
+        assert_eq!(order, ["status d", "2"]);
     }
 }

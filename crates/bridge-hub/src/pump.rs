@@ -11,6 +11,7 @@ use bridge_protocol::{
     Ack, BridgeToServer, ConnectionId, DeviceId, ErrorCode, ProtocolError, RequestId, Role,
     ServerToBridge, ServerToUser, UserToServer,
 };
+use futures_util::task::waker_ref;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, Sleep};
 use tungstenite::protocol::CloseFrame;
@@ -147,6 +148,8 @@ impl<'a, S> Pump<'a, S> {
             socket,
             bucket: TokenBucket::new(&inner.config.rate_limit, Instant::now()),
             last_seen: Instant::now(),
+            keepalive_armed: false,
+            read_pending: false,
             ping_due: false,
             unflushed: false,
             flush_deferred: false,
@@ -165,6 +168,13 @@ struct Pump<'a, S> {
     bucket: TokenBucket,
     /// When anything last arrived from the peer.
     last_seen: Instant,
+    /// Whether the keepalive `Sleep` was polled since it was last reset, with the waker
+    /// still registered with the outbox: until it fires (or the waker changes), polling it
+    /// again only re-registers the same waker (see [`Pump::poll_step`]).
+    keepalive_armed: bool,
+    /// Whether the socket's last `poll_next` answered `Pending` (with the outbox's read
+    /// waker): it is not polled again until that waker is woken.
+    read_pending: bool,
     ping_due: bool,
     unflushed: bool,
     /// Whether this batch's flush already waited one turn of the scheduler (see
@@ -240,6 +250,7 @@ where
                     keepalive
                         .as_mut()
                         .reset((now + config.ping_interval).min(silent_until));
+                    self.keepalive_armed = false;
                 }
                 Step::Close(request) => return self.close(request).await,
                 Step::Ended(reason) => return reason,
@@ -248,18 +259,37 @@ where
     }
 
     fn poll_step(&mut self, cx: &mut Context<'_>, keepalive: Pin<&mut Sleep>) -> Poll<Step> {
-        self.outbox.register_waker(cx.waker());
-        if let Some(request) = self.outbox.close_requested() {
+        // One lock: the waker, a close request and the first entry of the queue.
+        let taken = self.outbox.take(cx.waker());
+        if let Some(request) = taken.close {
             return Poll::Ready(Step::Close(request));
         }
-        if let Err(error) = self.poll_write(cx) {
+        if let Err(error) = self.poll_write(cx, taken.entry, taken.more) {
             tracing::debug!(%error, "write failed");
             return Poll::Ready(Step::Ended(CloseReason::TransportError));
         }
-        if keepalive.poll(cx).is_ready() {
-            return Poll::Ready(Step::Keepalive);
+        // The timer keeps the waker it was polled with until it fires: it needs polling
+        // again only once reset, once fired, or under another waker (the outbox just told
+        // whether the waker is the one registered before). Polling it on every wake-up
+        // re-registered the same waker with the timer each time.
+        if !self.keepalive_armed || taken.waker_changed || keepalive.is_elapsed() {
+            if keepalive.poll(cx).is_ready() {
+                return Poll::Ready(Step::Keepalive);
+            }
+            self.keepalive_armed = true;
         }
-        match Pin::new(&mut self.socket).poll_next(cx) {
+        // The reading side is polled with the outbox's own waker, which notes that it woke:
+        // a wake-up for frames to write (most of them, with many connections) then skips
+        // the read that would find nothing (down the WebSocket, the transport layers and
+        // the runtime's readiness check).
+        if self.read_pending && !taken.read_woken {
+            return Poll::Pending;
+        }
+        let read_waker = waker_ref(self.outbox);
+        let mut read_cx = Context::from_waker(&read_waker);
+        let polled = Pin::new(&mut self.socket).poll_next(&mut read_cx);
+        self.read_pending = polled.is_pending();
+        match polled {
             Poll::Ready(Some(Ok(message))) => Poll::Ready(Step::Incoming(message)),
             Poll::Ready(Some(Err(WsError::Capacity(_)))) => Poll::Ready(Step::Close(TOO_LARGE)),
             Poll::Ready(Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) | None) => {
@@ -273,33 +303,52 @@ where
         }
     }
 
-    /// Moves queued frames (and a due ping) into the socket while it takes them, then
-    /// flushes. Never waits: a socket that takes nothing leaves the frames queued, and a
-    /// queue that overflows closes the connection.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<(), WsError> {
-        while self.ping_due || self.outbox.has_frames() {
+    /// Moves a due ping and the queued frames (`first`, taken from the queue, then the
+    /// others while `more`) into the socket while it takes them, then flushes. Never waits:
+    /// an entry the socket does not take goes back to the front of the queue, and a queue
+    /// that overflows closes the connection.
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut first: Option<Entry>,
+        mut more: bool,
+    ) -> Result<(), WsError> {
+        while self.ping_due || first.is_some() || more {
             match Pin::new(&mut self.socket).poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(error)) => return Err(error),
-                Poll::Pending => return Ok(()),
+                Poll::Pending => {
+                    if let Some(entry) = first {
+                        self.outbox.put_back(entry);
+                    }
+                    return Ok(());
+                }
             }
             let message = if self.ping_due {
                 self.ping_due = false;
                 Message::Ping(Bytes::new())
-            } else if let Some(entry) = self.outbox.pop() {
+            } else {
+                let entry = if let Some(entry) = first.take() {
+                    entry
+                } else {
+                    let (entry, left) = self.outbox.pop();
+                    more = left;
+                    match entry {
+                        Some(entry) => entry,
+                        None => break,
+                    }
+                };
                 match entry {
-                    Entry::Frame(frame) => frame.to_message(),
+                    Entry::Frame(frame) => frame.into_message(),
                     Entry::Status(device) => {
                         let overlay = self.inner.overlay.get().map(AsRef::as_ref);
                         self.inner
                             .state
                             .read()
                             .status_frame(&device, overlay)
-                            .to_message()
+                            .into_message()
                     }
                 }
-            } else {
-                break;
             };
             Pin::new(&mut self.socket).start_send(message)?;
             self.unflushed = true;

@@ -1,9 +1,11 @@
-//! How the pump groups a connection's frames into flushes, over a socket that records what
-//! it is asked to do (no network, a current-thread runtime: every step is deterministic).
+//! How the pump groups a connection's frames into flushes, and when it polls what, over a
+//! socket that records what it is asked to do (no network, a current-thread runtime: every
+//! step is deterministic).
 
 // Test scaffolding: a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -28,6 +30,13 @@ struct Log {
     /// The pump's waker, to end the connection.
     reader: Option<Waker>,
     closed: bool,
+    /// Pings sent.
+    pings: usize,
+    /// Whether `poll_ready` refuses every other call (waking the pump at once, as a socket
+    /// whose buffer drains right away would).
+    choppy: bool,
+    /// Calls to `poll_ready`.
+    ready_calls: usize,
 }
 
 /// A socket that never receives anything until closed, and takes every message at once.
@@ -51,14 +60,22 @@ impl Stream for RecordingSocket {
 impl Sink<Message> for RecordingSocket {
     type Error = WsError;
 
-    fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        let mut log = self.0.lock().unwrap();
+        log.ready_calls += 1;
+        if log.choppy && log.ready_calls.is_multiple_of(2) {
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         Poll::Ready(Ok(()))
     }
 
     fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), WsError> {
         let mut log = self.0.lock().unwrap();
-        if let Message::Text(text) = message {
-            log.sent.push(text.as_str().to_owned());
+        match message {
+            Message::Text(text) => log.sent.push(text.as_str().to_owned()),
+            Message::Ping(_) => log.pings += 1,
+            _ => {}
         }
         log.unflushed += 1;
         Ok(())
@@ -222,4 +239,112 @@ async fn a_burst_after_lone_frames_is_batched_again() {
         "at once right after the lone frames, then waiting again"
     );
     close(&socket, task).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn frames_the_socket_does_not_take_yet_go_out_later_in_order() {
+    let hub = LocalHub::builder().build();
+    let (socket, task) = bridge(&hub).await;
+    socket.0.lock().unwrap().choppy = true;
+    let sent_before = socket.0.lock().unwrap().sent.len();
+
+    // Bursts of several sizes, each from one task, the socket refusing every other frame.
+    let mut expected = Vec::new();
+    let mut i = 0;
+    for burst in [1, 3, 40, 2, 1, 17] {
+        for _ in 0..burst {
+            send(&hub, i);
+            expected.push(frame(i).as_str().to_owned());
+            i += 1;
+        }
+        settle().await;
+    }
+    for _ in 0..64 {
+        tokio::task::yield_now().await;
+    }
+
+    {
+        let log = socket.0.lock().unwrap();
+        assert_eq!(
+            log.sent[sent_before..],
+            expected[..],
+            "every frame once, in order"
+        );
+        assert!(
+            log.ready_calls > 2 * expected.len() - 2,
+            "the socket refused frames"
+        );
+    }
+    socket.0.lock().unwrap().choppy = false;
+    close(&socket, task).await;
+}
+
+/// A waker that does nothing: the pump's first waker, which no task answers.
+fn dead_waker() -> Waker {
+    struct Dead;
+    impl std::task::Wake for Dead {
+        fn wake(self: Arc<Self>) {}
+    }
+    Waker::from(Arc::new(Dead))
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_keepalive_still_fires_when_the_connection_moves_to_another_waker() {
+    let hub = LocalHub::builder().build();
+    let socket = RecordingSocket::default();
+    let info = ConnectionInfo::bridge(UserId::new("phone"), vec![device()], DeviceAccess::All);
+    let hub2 = hub.clone();
+    let served = socket.clone();
+    let mut serving = Box::pin(async move {
+        hub2.serve(served, info).await;
+    });
+    // First polled under a waker nobody answers: the pump registers, polls its keepalive
+    // timer with that waker and waits.
+    let waker = dead_waker();
+    let mut cx = Context::from_waker(&waker);
+    assert!(serving.as_mut().poll(&mut cx).is_pending());
+    assert!(hub.device_presence(&device()).online);
+    // Then it goes on in a task of its own (another waker), with nothing to write: only
+    // the timer can wake it.
+    let task = tokio::spawn(serving);
+    settle().await;
+    let interval = bridge_hub::HubConfig::default().ping_interval;
+    tokio::time::sleep(interval + std::time::Duration::from_secs(1)).await;
+    settle().await;
+    assert_eq!(
+        socket.0.lock().unwrap().pings,
+        1,
+        "the keepalive pinged under the new waker"
+    );
+    close(&socket, task).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_wake_up_for_frames_to_write_does_not_poll_the_socket_for_reading() {
+    let hub = LocalHub::builder().build();
+    let (socket, task) = bridge(&hub).await;
+    let reads_before = socket.0.lock().unwrap().reads;
+    for i in 0..20 {
+        send(&hub, i);
+        settle().await;
+    }
+    {
+        let log = socket.0.lock().unwrap();
+        assert_eq!(log.sent.len(), 20);
+        assert_eq!(
+            log.reads, reads_before,
+            "nothing woke the reading side: it was not polled"
+        );
+    }
+    // The reading side's wake-up is still heard: the end of the stream ends the pump.
+    let waker = {
+        let mut log = socket.0.lock().unwrap();
+        log.closed = true;
+        log.reader.take()
+    };
+    waker.unwrap().wake();
+    settle().await;
+    assert!(task.is_finished(), "the pump read the end of the stream");
+    assert_eq!(socket.0.lock().unwrap().reads, reads_before + 1);
+    task.await.unwrap();
 }
