@@ -232,9 +232,10 @@ where
 }
 
 /// The human format's fields: [`DefaultFields`](tracing_subscriber::fmt::format::DefaultFields)' text, with the plain fields of a writer
-/// without ANSI colours written as `name=` and the value's `Debug`, without `fmt`'s
-/// styles. Everything else (the message, which `fmt` may escape; errors; `r#` names;
-/// `log.` fields; any field when colours are on) is written by [`DefaultVisitor`] itself.
+/// without ANSI colours written as `name=` and the value's `Debug`, and the message as its
+/// text (escaped as `fmt` escapes it), without `fmt`'s styles. Everything else (errors;
+/// `r#` names; `log.` fields; any field when colours are on) is written by
+/// [`DefaultVisitor`] itself.
 #[derive(Debug, Clone, Copy)]
 struct PlainFields;
 
@@ -262,10 +263,17 @@ impl PlainVisitor<'_> {
     /// Whether `field` is written by [`DefaultVisitor`] rather than here.
     fn is_default(&self, field: &Field) -> bool {
         let name = field.name();
-        self.writer.has_ansi_escapes()
-            || name == "message"
-            || name.starts_with("r#")
-            || name.starts_with("log.")
+        self.writer.has_ansi_escapes() || name.starts_with("r#") || name.starts_with("log.")
+    }
+
+    /// Writes the message as [`DefaultVisitor`] does: its `Debug` text, with the control
+    /// characters of terminal escape sequences escaped when the writer sanitizes them.
+    fn message(&mut self, value: &dyn fmt::Debug) -> fmt::Result {
+        if self.writer.sanitizes_ansi_escapes() {
+            fmt::Write::write_fmt(&mut Escaping(&mut self.writer), format_args!("{value:?}"))
+        } else {
+            write!(self.writer, "{value:?}")
+        }
     }
 
     /// Lets [`DefaultVisitor`] record a field on this visitor's writer and state.
@@ -287,6 +295,9 @@ impl Visit for PlainVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.is_default(field) {
             self.by_default(field, |v| v.record_str(field, value));
+        } else if field.name() == "message" {
+            // `DefaultVisitor` writes a message given as a string without its quotes.
+            self.record_debug(field, &format_args!("{value}"));
         } else {
             self.record_debug(field, &value);
         }
@@ -310,10 +321,45 @@ impl Visit for PlainVisitor<'_> {
             } else {
                 self.writer.write_char(' ')?;
             }
-            self.writer.write_str(field.name())?;
+            let name = field.name();
+            if name == "message" {
+                return self.message(value);
+            }
+            self.writer.write_str(name)?;
             self.writer.write_char('=')?;
             write!(self.writer, "{value:?}")
         })();
+    }
+}
+
+/// `fmt`'s escaping of a message's terminal control characters (ESC, BEL, BS, FF, DEL as
+/// `\\x..`, the C1 controls U+0080 to U+009F as `\\u{..}`), a whole piece at a time when it
+/// has none of them rather than one character at a time.
+struct Escaping<'a, 'w>(&'a mut Writer<'w>);
+
+impl fmt::Write for Escaping<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // The C1 controls are `0xC2 0x80..=0x9F` in UTF-8: no 0xC2 byte, none of them.
+        if !s
+            .bytes()
+            .any(|b| matches!(b, 0x1b | 0x07 | 0x08 | 0x0c | 0x7f | 0xc2))
+        {
+            return self.0.write_str(s);
+        }
+        for ch in s.chars() {
+            match ch {
+                '\x1b' => self.0.write_str("\\x1b")?,
+                '\x07' => self.0.write_str("\\x07")?,
+                '\x08' => self.0.write_str("\\x08")?,
+                '\x0c' => self.0.write_str("\\x0c")?,
+                '\x7f' => self.0.write_str("\\x7f")?,
+                ch if ('\u{80}'..='\u{9f}').contains(&ch) => {
+                    write!(self.0, "\\u{{{:x}}}", u32::from(ch))?;
+                }
+                ch => self.0.write_char(ch)?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -555,6 +601,9 @@ mod tests {
         tracing::trace!("only a message");
         tracing::debug!(alone = 1);
         tracing::info!(message = "");
+        tracing::info!(message = "as a string \x1b[2J \u{9f}\u{7f}", after = 1);
+        tracing::info!(message = ?"debug \x1b", "{}", "both");
+        tracing::info!("{} {:?}", "formatted \x08", "quoted \x0c");
         tracing::info!(target: "custom::target", quoted = "a \"b\" \n c \u{9b} \x1b[31m", "t");
         tracing::info!("escapes \x1b[31m red \x07 \u{85} é");
         tracing::info!(r#type = "kind", r#loop = 2, "raw names");
@@ -579,7 +628,7 @@ mod tests {
     fn the_plain_human_format_is_fmts_own_text() {
         for ansi in [false, true] {
             let (default, plain) = both(ansi, every_kind_of_line);
-            assert!(default.lines().count() >= 16, "{default}");
+            assert!(default.lines().count() >= 19, "{default}");
             assert_eq!(default, plain, "ansi {ansi}");
         }
         let (default, _) = both(false, every_kind_of_line);
