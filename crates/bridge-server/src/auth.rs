@@ -619,6 +619,31 @@ impl Authenticator {
         self.verify_service(services, token).map(drop)
     }
 
+    /// Whether `authorization`, an `Authorization` header's raw bytes, is `Bearer` and a
+    /// remembered `service` token that has not expired: what [`check_service`] answers `Ok`
+    /// from its cache, read from the bytes without first checking that the whole header is
+    /// visible ASCII (`HeaderValue::to_str`, one byte at a time). When this says yes,
+    /// [`check_service`] says `Ok` for the header's text: the token equals a verified one
+    /// (visible ASCII), the scheme is the six letters of `bearer`, and what is trimmed is
+    /// spaces and tabs. When it says no, call [`check_service`] (through `to_str`) for the
+    /// answer: a token to verify, or the refusal.
+    ///
+    /// [`check_service`]: Self::check_service
+    pub(crate) fn holds_service_token(&self, authorization: &[u8]) -> bool {
+        let Mode::Jwt { services, .. } = &self.mode else {
+            return false;
+        };
+        let value = trim_blanks(authorization);
+        let Some(space) = value.iter().position(|&b| b == b' ') else {
+            return false;
+        };
+        let (scheme, token) = (&value[..space], trim_blanks(&value[space + 1..]));
+        if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
+            return false;
+        }
+        std::str::from_utf8(token).is_ok_and(|token| services.holds(token, unix_now()))
+    }
+
     fn verify_service(
         &self,
         services: &ServiceTokens,
@@ -675,6 +700,17 @@ fn is_port(port: &str) -> bool {
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
+/// `bytes` without the spaces and tabs at either end.
+fn trim_blanks(bytes: &[u8]) -> &[u8] {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = bytes.iter().position(|b| !blank(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !blank(b))
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
 fn bearer(header: Option<&str>) -> Option<&str> {
     let value = header?.trim();
     let (scheme, token) = value.split_once(' ')?;
@@ -1218,5 +1254,75 @@ mod tests {
         assert_eq!(hashes.len(), 2 * base.len() + 1);
         let tops: HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
         assert!(tops.len() > 32, "{} distinct top bits", tops.len());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// `holds_service_token` on a header's bytes, then `check_service` on its text when
+        /// it says no (what the command route does), answers what `check_service` alone
+        /// answers, for headers made of every kind of scheme, blank, token and stray byte.
+        #[test]
+        fn the_service_token_read_from_bytes_answers_as_check_service(
+            lead in proptest::collection::vec(proptest::sample::select(vec![" ", "\t", "\x0b", "\u{a0}", "\x01"]), 0..3),
+            scheme in proptest::sample::select(vec!["Bearer", "bearer", "BEARER", "bEaReR", "Bearer\x7f", "Basic", "", "Bearerx", "Bear"]),
+            gap in proptest::sample::select(vec![" ", "  ", "\t", " \t", "", "\u{a0}", " \x0b"]),
+            // The remembered token half of the time.
+            token in proptest::prop_oneof![proptest::strategy::Just(0usize), 0usize..7],
+            trail in proptest::collection::vec(proptest::sample::select(vec![" ", "\t", "\x0c", "\u{ff}"]), 0..3),
+        ) {
+            let auth = Authenticator::jwt(SECRET);
+            let service = token_of(Role::Service, 60);
+            // Remembered: verified once.
+            let remembered = auth.check_service(Some(&format!("Bearer {service}")));
+            proptest::prop_assert!(remembered.is_ok());
+            let mut changed = service.clone().into_bytes();
+            let last = changed.len() - 1;
+            changed[last] ^= 1;
+            let changed = String::from_utf8(changed).unwrap();
+            let tokens = [
+                service.clone(),
+                changed,
+                format!("{service}\x7f"),
+                String::new(),
+                token_of(Role::User, 60),
+                service[..service.len() - 1].to_owned(),
+                format!("{service}\u{e9}"),
+            ];
+            let text = format!("{}{scheme}{gap}{}{}", lead.concat(), tokens[token], trail.concat());
+            // Only what a header can hold (hyper refuses the other control bytes).
+            let Ok(header) = axum::http::HeaderValue::from_bytes(text.as_bytes()) else {
+                return Ok(());
+            };
+            let slow = auth.check_service(header.to_str().ok());
+            let fast = if auth.holds_service_token(header.as_bytes()) {
+                Ok(())
+            } else {
+                auth.check_service(header.to_str().ok())
+            };
+            proptest::prop_assert_eq!(fast, slow, "{:?}", text);
+        }
+    }
+
+    fn token_of(role: Role, exp_offset: i64) -> String {
+        token(role, None, exp_offset)
+    }
+
+    #[test]
+    fn the_service_token_is_read_from_bytes_only_when_remembered_and_bearer() {
+        let auth = Authenticator::jwt(SECRET);
+        let service = token_of(Role::Service, 60);
+        let header = format!("Bearer {service}");
+        assert!(
+            !auth.holds_service_token(header.as_bytes()),
+            "not verified yet"
+        );
+        assert!(auth.check_service(Some(&header)).is_ok());
+        assert!(auth.holds_service_token(header.as_bytes()));
+        assert!(auth.holds_service_token(format!(" \tbearer \t{service}\t ").as_bytes()));
+        assert!(!auth.holds_service_token(format!("Basic {service}").as_bytes()));
+        assert!(!auth.holds_service_token(format!("Bearer\x0b{service}").as_bytes()));
+        assert!(!auth.holds_service_token(format!("\x0bBearer {service}").as_bytes()));
+        assert!(!Authenticator::development().holds_service_token(header.as_bytes()));
     }
 }
