@@ -875,7 +875,7 @@ mod tests {
                 }
             }
         };
-        tokio::time::timeout(Duration::from_secs(3600), read)
+        tokio::time::timeout(Duration::from_hours(1), read)
             .await
             .expect("the server closed the connection");
         received
@@ -943,7 +943,7 @@ mod tests {
         closing.send(true).unwrap();
         let start = Instant::now();
         let received = until_closed(&mut client).await;
-        assert_eq!(start.elapsed(), TIMEOUT - Duration::from_secs(1));
+        assert_eq!(start.elapsed(), Duration::from_secs(9));
         assert!(
             received.is_empty(),
             "{}",
