@@ -258,7 +258,83 @@ enum Mode {
 /// never unbounded memory.
 #[derive(Default)]
 struct ServiceTokens {
-    by_token: RwLock<HashMap<Box<str>, Principal>>,
+    by_token: RwLock<HashMap<Box<str>, Principal, TokenHashing>>,
+}
+
+/// The hashing of [`ServiceTokens`]' keys: eight bytes of a token per step, keyed with
+/// random values per map, rather than the standard SipHash-1-3 (one byte at a time: about
+/// 550 instructions for a typical ~150-byte token, on every HTTP call). Flooding is not a
+/// concern here: only verified tokens are stored (no one without the secret chooses the
+/// keys), and at most [`ServiceTokens::CAPACITY`] of them.
+#[derive(Clone)]
+struct TokenHashing {
+    seed: u64,
+    key: u64,
+}
+
+impl Default for TokenHashing {
+    fn default() -> Self {
+        use std::hash::BuildHasher as _;
+        let random = std::collections::hash_map::RandomState::new();
+        Self {
+            seed: random.hash_one(0x5eed_u64),
+            // Odd, so that the multiplications by it lose no bit.
+            key: random.hash_one(0x006b_6579_u64) | 1,
+        }
+    }
+}
+
+impl std::hash::BuildHasher for TokenHashing {
+    type Hasher = TokenHasher;
+
+    fn build_hasher(&self) -> TokenHasher {
+        TokenHasher {
+            state: self.seed,
+            key: self.key,
+        }
+    }
+}
+
+/// The hasher of [`TokenHashing`].
+struct TokenHasher {
+    state: u64,
+    key: u64,
+}
+
+impl TokenHasher {
+    /// The high and low halves of the full product, folded: every bit of both inputs
+    /// reaches the result.
+    fn fold(a: u64, b: u64) -> u64 {
+        let product = u128::from(a) * u128::from(b);
+        #[allow(clippy::cast_possible_truncation)]
+        let (low, high) = (product as u64, (product >> 64) as u64);
+        low ^ high
+    }
+
+    fn mix(&mut self, word: u64) {
+        self.state = Self::fold(self.state ^ word, self.key);
+    }
+}
+
+impl std::hash::Hasher for TokenHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let mut buffer = [0u8; 8];
+            buffer.copy_from_slice(word);
+            self.mix(u64::from_le_bytes(buffer));
+        }
+        let rest = words.remainder();
+        // The tail's length in its free top byte: tails that differ only by trailing zero
+        // bytes differ.
+        let mut buffer = [0u8; 8];
+        buffer[..rest.len()].copy_from_slice(rest);
+        self.mix(u64::from_le_bytes(buffer) | ((rest.len() as u64) << 56));
+    }
+
+    fn finish(&self) -> u64 {
+        Self::fold(self.state, self.key.rotate_left(32) | 1)
+    }
 }
 
 impl ServiceTokens {
@@ -543,6 +619,31 @@ impl Authenticator {
         self.verify_service(services, token).map(drop)
     }
 
+    /// Whether `authorization`, an `Authorization` header's raw bytes, is `Bearer` and a
+    /// remembered `service` token that has not expired: what [`check_service`] answers `Ok`
+    /// from its cache, read from the bytes without first checking that the whole header is
+    /// visible ASCII (`HeaderValue::to_str`, one byte at a time). When this says yes,
+    /// [`check_service`] says `Ok` for the header's text: the token equals a verified one
+    /// (visible ASCII), the scheme is the six letters of `bearer`, and what is trimmed is
+    /// spaces and tabs. When it says no, call [`check_service`] (through `to_str`) for the
+    /// answer: a token to verify, or the refusal.
+    ///
+    /// [`check_service`]: Self::check_service
+    pub(crate) fn holds_service_token(&self, authorization: &[u8]) -> bool {
+        let Mode::Jwt { services, .. } = &self.mode else {
+            return false;
+        };
+        let value = trim_blanks(authorization);
+        let Some(space) = value.iter().position(|&b| b == b' ') else {
+            return false;
+        };
+        let (scheme, token) = (&value[..space], trim_blanks(&value[space + 1..]));
+        if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
+            return false;
+        }
+        std::str::from_utf8(token).is_ok_and(|token| services.holds(token, unix_now()))
+    }
+
     fn verify_service(
         &self,
         services: &ServiceTokens,
@@ -599,6 +700,17 @@ fn is_port(port: &str) -> bool {
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
+/// `bytes` without the spaces and tabs at either end.
+fn trim_blanks(bytes: &[u8]) -> &[u8] {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = bytes.iter().position(|b| !blank(b)).unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !blank(b))
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
 fn bearer(header: Option<&str>) -> Option<&str> {
     let value = header?.trim();
     let (scheme, token) = value.split_once(' ')?;
@@ -1085,5 +1197,132 @@ mod tests {
             ),
             Ok(())
         );
+    }
+
+    proptest::proptest! {
+        /// The token map with [`TokenHashing`] answers every lookup as one with the standard
+        /// hashing, for any tokens stored and looked up (near-duplicates included: a
+        /// stored token with a byte changed, cut short or lengthened).
+        #[test]
+        fn token_hashing_finds_what_the_standard_hashing_finds(
+            stored in proptest::collection::vec("[ -~]{0,40}", 0..24),
+            edits in proptest::collection::vec((0usize..24, 0usize..48, proptest::prelude::any::<u8>()), 0..24),
+        ) {
+            let mut ours: HashMap<Box<str>, usize, TokenHashing> = HashMap::default();
+            let mut std_map: HashMap<Box<str>, usize> = HashMap::new();
+            for (i, token) in stored.iter().enumerate() {
+                ours.insert(token.as_str().into(), i);
+                std_map.insert(token.as_str().into(), i);
+            }
+            let mut probes: Vec<String> = stored.clone();
+            for (which, at, byte) in edits {
+                let Some(token) = stored.get(which) else { continue };
+                let mut bytes = token.clone().into_bytes();
+                match at % 3 {
+                    0 if !bytes.is_empty() => {
+                        let len = bytes.len();
+                        bytes[at % len] = byte % 95 + 32;
+                    }
+                    1 => bytes.truncate(at % (bytes.len() + 1)),
+                    _ => bytes.push(byte % 95 + 32),
+                }
+                probes.push(String::from_utf8(bytes).expect("printable ASCII"));
+            }
+            for probe in &probes {
+                proptest::prop_assert_eq!(ours.get(probe.as_str()), std_map.get(probe.as_str()), "{:?}", probe);
+            }
+            proptest::prop_assert_eq!(ours.len(), std_map.len());
+        }
+    }
+
+    #[test]
+    fn token_hashing_spreads_tokens_that_differ_in_one_byte_or_in_length() {
+        use std::hash::BuildHasher as _;
+        let hashing = TokenHashing::default();
+        let base = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJiYWNrZW5kIn0.signature0123456789";
+        let mut hashes = HashSet::new();
+        for at in 0..base.len() {
+            let mut bytes = base.as_bytes().to_vec();
+            bytes[at] ^= 1;
+            hashes.insert(hashing.hash_one(std::str::from_utf8(&bytes).unwrap()));
+        }
+        for len in 0..=base.len() {
+            hashes.insert(hashing.hash_one(&base[..len]));
+        }
+        // Every one distinct (a weak hash would collide on some), and hashbrown's 7 top bits
+        // vary too.
+        assert_eq!(hashes.len(), 2 * base.len() + 1);
+        let tops: HashSet<u64> = hashes.iter().map(|h| h >> 57).collect();
+        assert!(tops.len() > 32, "{} distinct top bits", tops.len());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2048))]
+
+        /// `holds_service_token` on a header's bytes, then `check_service` on its text when
+        /// it says no (what the command route does), answers what `check_service` alone
+        /// answers, for headers made of every kind of scheme, blank, token and stray byte.
+        #[test]
+        fn the_service_token_read_from_bytes_answers_as_check_service(
+            lead in proptest::collection::vec(proptest::sample::select(vec![" ", "\t", "\x0b", "\u{a0}", "\x01"]), 0..3),
+            scheme in proptest::sample::select(vec!["Bearer", "bearer", "BEARER", "bEaReR", "Bearer\x7f", "Basic", "", "Bearerx", "Bear"]),
+            gap in proptest::sample::select(vec![" ", "  ", "\t", " \t", "", "\u{a0}", " \x0b"]),
+            // The remembered token half of the time.
+            token in proptest::prop_oneof![proptest::strategy::Just(0usize), 0usize..7],
+            trail in proptest::collection::vec(proptest::sample::select(vec![" ", "\t", "\x0c", "\u{ff}"]), 0..3),
+        ) {
+            let auth = Authenticator::jwt(SECRET);
+            let service = token_of(Role::Service, 60);
+            // Remembered: verified once.
+            let remembered = auth.check_service(Some(&format!("Bearer {service}")));
+            proptest::prop_assert!(remembered.is_ok());
+            let mut changed = service.clone().into_bytes();
+            let last = changed.len() - 1;
+            changed[last] ^= 1;
+            let changed = String::from_utf8(changed).unwrap();
+            let tokens = [
+                service.clone(),
+                changed,
+                format!("{service}\x7f"),
+                String::new(),
+                token_of(Role::User, 60),
+                service[..service.len() - 1].to_owned(),
+                format!("{service}\u{e9}"),
+            ];
+            let text = format!("{}{scheme}{gap}{}{}", lead.concat(), tokens[token], trail.concat());
+            // Only what a header can hold (hyper refuses the other control bytes).
+            let Ok(header) = axum::http::HeaderValue::from_bytes(text.as_bytes()) else {
+                return Ok(());
+            };
+            let slow = auth.check_service(header.to_str().ok());
+            let fast = if auth.holds_service_token(header.as_bytes()) {
+                Ok(())
+            } else {
+                auth.check_service(header.to_str().ok())
+            };
+            proptest::prop_assert_eq!(fast, slow, "{:?}", text);
+        }
+    }
+
+    fn token_of(role: Role, exp_offset: i64) -> String {
+        token(role, None, exp_offset)
+    }
+
+    #[test]
+    fn the_service_token_is_read_from_bytes_only_when_remembered_and_bearer() {
+        let auth = Authenticator::jwt(SECRET);
+        let service = token_of(Role::Service, 60);
+        let header = format!("Bearer {service}");
+        assert!(
+            !auth.holds_service_token(header.as_bytes()),
+            "not verified yet"
+        );
+        assert!(auth.check_service(Some(&header)).is_ok());
+        assert!(auth.holds_service_token(header.as_bytes()));
+        assert!(auth.holds_service_token(format!(" \tbearer \t{service}\t ").as_bytes()));
+        assert!(!auth.holds_service_token(format!("Basic {service}").as_bytes()));
+        assert!(!auth.holds_service_token(format!("Bearer\x0b{service}").as_bytes()));
+        assert!(!auth.holds_service_token(format!("\x0bBearer {service}").as_bytes()));
+        assert!(!Authenticator::development().holds_service_token(header.as_bytes()));
     }
 }

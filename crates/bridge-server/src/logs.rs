@@ -16,10 +16,14 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use std::thread::Thread;
 use std::time::Duration;
 
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::field::{MakeVisitor, VisitFmt, VisitOutput};
+use tracing_subscriber::fmt::format::{DefaultVisitor, Format, Full, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::{SubscriberInitExt, TryInitError};
 
 use crate::LogFormat;
@@ -56,7 +60,11 @@ pub fn init_logs(format: LogFormat) -> Result<(), TryInitError> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let installed = match format {
         LogFormat::Json => builder.json().finish().try_init(),
-        LogFormat::Human => builder.finish().try_init(),
+        LogFormat::Human => builder
+            .fmt_fields(PlainFields)
+            .event_format(PlainFull::new())
+            .finish()
+            .try_init(),
     };
     if installed.is_ok() {
         start_flusher();
@@ -141,6 +149,229 @@ fn start_flusher() {
                 "bridge-server: cannot start the log flusher, logging unbuffered: {error}"
             );
         }
+    }
+}
+
+/// The human format's event formatter: the text of `fmt`'s default (`Format<Full>` with
+/// [`SecondCachedTime`]), byte for byte, written with plain `write_str` calls when the
+/// writer has no ANSI colours — the `bridge-server` binary's case when stderr is not a
+/// terminal — rather than through `fmt`'s styles, which paint every piece of a line (about a
+/// dozen per `command ended` line, a third of its cost) even when they are plain. With
+/// colours, and for events forwarded from the `log` crate (whose metadata `fmt` rewrites),
+/// the default formatter writes the line. A test compares the two over every kind of field,
+/// span nesting and level.
+struct PlainFull<T = SecondCachedTime> {
+    timer: T,
+    inner: Format<Full, T>,
+}
+
+impl PlainFull {
+    fn new() -> Self {
+        Self::with_timer(SecondCachedTime)
+    }
+}
+
+impl<T: FormatTime + Clone> PlainFull<T> {
+    fn with_timer(timer: T) -> Self {
+        Self {
+            inner: Format::default().with_timer(timer.clone()),
+            timer,
+        }
+    }
+}
+
+impl<S, T> FormatEvent<S, PlainFields> for PlainFull<T>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    T: FormatTime,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, PlainFields>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        if writer.has_ansi_escapes() || meta.fields().field("log.target").is_some() {
+            return self.inner.format_event(ctx, writer, event);
+        }
+        if self.timer.format_time(&mut writer).is_err() {
+            writer.write_str("<unknown time>")?;
+        }
+        writer.write_str(match *meta.level() {
+            Level::TRACE => " TRACE ",
+            Level::DEBUG => " DEBUG ",
+            Level::INFO => "  INFO ",
+            Level::WARN => "  WARN ",
+            Level::ERROR => " ERROR ",
+        })?;
+        if let Some(scope) = ctx.event_scope() {
+            let mut seen = false;
+            for span in scope.from_root() {
+                writer.write_str(span.metadata().name())?;
+                seen = true;
+                let extensions = span.extensions();
+                if let Some(fields) = extensions.get::<FormattedFields<PlainFields>>()
+                    && !fields.is_empty()
+                {
+                    writer.write_char('{')?;
+                    writer.write_str(fields)?;
+                    writer.write_char('}')?;
+                }
+                writer.write_char(':')?;
+            }
+            if seen {
+                writer.write_char(' ')?;
+            }
+        }
+        writer.write_str(meta.target())?;
+        writer.write_str(": ")?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writer.write_char('\n')
+    }
+}
+
+/// The human format's fields: [`DefaultFields`](tracing_subscriber::fmt::format::DefaultFields)' text, with the plain fields of a writer
+/// without ANSI colours written as `name=` and the value's `Debug`, and the message as its
+/// text (escaped as `fmt` escapes it), without `fmt`'s styles. Everything else (errors;
+/// `r#` names; `log.` fields; any field when colours are on) is written by
+/// [`DefaultVisitor`] itself.
+#[derive(Debug, Clone, Copy)]
+struct PlainFields;
+
+impl<'a> MakeVisitor<Writer<'a>> for PlainFields {
+    type Visitor = PlainVisitor<'a>;
+
+    fn make_visitor(&self, target: Writer<'a>) -> PlainVisitor<'a> {
+        PlainVisitor {
+            writer: target,
+            is_empty: true,
+            result: Ok(()),
+        }
+    }
+}
+
+/// The visitor of [`PlainFields`] (the state of [`DefaultVisitor`]).
+struct PlainVisitor<'a> {
+    writer: Writer<'a>,
+    /// Whether no field was written yet (the next one then needs no space before it).
+    is_empty: bool,
+    result: fmt::Result,
+}
+
+impl PlainVisitor<'_> {
+    /// Whether `field` is written by [`DefaultVisitor`] rather than here.
+    fn is_default(&self, field: &Field) -> bool {
+        let name = field.name();
+        self.writer.has_ansi_escapes() || name.starts_with("r#") || name.starts_with("log.")
+    }
+
+    /// Writes the message as [`DefaultVisitor`] does: its `Debug` text, with the control
+    /// characters of terminal escape sequences escaped when the writer sanitizes them.
+    fn message(&mut self, value: &dyn fmt::Debug) -> fmt::Result {
+        if self.writer.sanitizes_ansi_escapes() {
+            fmt::Write::write_fmt(&mut Escaping(&mut self.writer), format_args!("{value:?}"))
+        } else {
+            write!(self.writer, "{value:?}")
+        }
+    }
+
+    /// Lets [`DefaultVisitor`] record a field on this visitor's writer and state.
+    fn by_default(&mut self, field: &Field, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        if self.result.is_err() {
+            return;
+        }
+        let mut visitor = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        record(&mut visitor);
+        self.result = visitor.finish();
+        // `DefaultVisitor` skips `log.` fields, writing nothing.
+        if !field.name().starts_with("log.") {
+            self.is_empty = false;
+        }
+    }
+}
+
+impl Visit for PlainVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.is_default(field) {
+            self.by_default(field, |v| v.record_str(field, value));
+        } else if field.name() == "message" {
+            // `DefaultVisitor` writes a message given as a string without its quotes.
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.by_default(field, |v| v.record_error(field, value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.is_default(field) {
+            self.by_default(field, |v| v.record_debug(field, value));
+            return;
+        }
+        if self.result.is_err() {
+            return;
+        }
+        self.result = (|| {
+            if self.is_empty {
+                self.is_empty = false;
+            } else {
+                self.writer.write_char(' ')?;
+            }
+            let name = field.name();
+            if name == "message" {
+                return self.message(value);
+            }
+            self.writer.write_str(name)?;
+            self.writer.write_char('=')?;
+            write!(self.writer, "{value:?}")
+        })();
+    }
+}
+
+/// `fmt`'s escaping of a message's terminal control characters (ESC, BEL, BS, FF, DEL as
+/// `\\x..`, the C1 controls U+0080 to U+009F as `\\u{..}`), a whole piece at a time when it
+/// has none of them rather than one character at a time.
+struct Escaping<'a, 'w>(&'a mut Writer<'w>);
+
+impl fmt::Write for Escaping<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        // The C1 controls are `0xC2 0x80..=0x9F` in UTF-8: no 0xC2 byte, none of them.
+        if !s
+            .bytes()
+            .any(|b| matches!(b, 0x1b | 0x07 | 0x08 | 0x0c | 0x7f | 0xc2))
+        {
+            return self.0.write_str(s);
+        }
+        for ch in s.chars() {
+            match ch {
+                '\x1b' => self.0.write_str("\\x1b")?,
+                '\x07' => self.0.write_str("\\x07")?,
+                '\x08' => self.0.write_str("\\x08")?,
+                '\x0c' => self.0.write_str("\\x0c")?,
+                '\x7f' => self.0.write_str("\\x7f")?,
+                ch if ('\u{80}'..='\u{9f}').contains(&ch) => {
+                    write!(self.0, "\\u{{{:x}}}", u32::from(ch))?;
+                }
+                ch => self.0.write_char(ch)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl VisitOutput<fmt::Result> for PlainVisitor<'_> {
+    fn finish(self) -> fmt::Result {
+        self.result
+    }
+}
+
+impl VisitFmt for PlainVisitor<'_> {
+    fn writer(&mut self) -> &mut dyn fmt::Write {
+        &mut self.writer
     }
 }
 
@@ -245,6 +476,7 @@ impl Write for BufferedStderr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn format(timer: impl FormatTime) -> String {
         let mut text = String::new();
@@ -281,5 +513,152 @@ mod tests {
         assert_eq!(time_of_day(0), "00:00:00");
         assert_eq!(time_of_day(1_764_531_608), "19:40:08");
         assert_eq!(time_of_day(86_399), "23:59:59");
+    }
+
+    /// A fixed timestamp, so that two formatters' lines can be compared.
+    #[derive(Clone, Copy)]
+    struct FixedTime;
+
+    impl FormatTime for FixedTime {
+        fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+            w.write_str("2026-11-30T19:40:08.061536Z")
+        }
+    }
+
+    /// An error with a source, as `fmt` writes `.sources` for it.
+    #[derive(Debug)]
+    struct Outer(std::io::Error);
+
+    impl std::fmt::Display for Outer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("outer \x1b[1m failure")
+        }
+    }
+
+    impl std::error::Error for Outer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// What `emit` logs, as `fmt`'s default human format writes it and as ours does, with
+    /// or without colours.
+    fn both(ansi: bool, emit: impl Fn()) -> (String, String) {
+        let run = |plain: bool| {
+            let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+            let sink = Arc::clone(&out);
+            let make = move || Sink(Arc::clone(&sink));
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(EnvFilter::new("trace"))
+                .with_writer(make)
+                .with_timer(FixedTime)
+                .with_ansi(ansi);
+            if plain {
+                let subscriber = builder
+                    .fmt_fields(PlainFields)
+                    .event_format(PlainFull::with_timer(FixedTime))
+                    .finish();
+                tracing::subscriber::with_default(subscriber, &emit);
+            } else {
+                tracing::subscriber::with_default(builder.finish(), &emit);
+            }
+            String::from_utf8(out.lock().unwrap().clone()).unwrap()
+        };
+        (run(false), run(true))
+    }
+
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn every_kind_of_line() {
+        let device = "lock-1";
+        let span = tracing::info_span!("command", device = %device, party = %"backend");
+        span.in_scope(|| tracing::info!(outcome = "succeeded", "command ended"));
+        let outer = tracing::info_span!("connection", id = 7_u64, peer = ?"127.0.0.1:4000");
+        let later = tracing::info_span!("later", step = tracing::field::Empty, r#type = "t");
+        later.record("step", 3);
+        outer.in_scope(|| {
+            let empty = tracing::debug_span!("empty");
+            empty.in_scope(|| {
+                let inner = tracing::info_span!("inner", depth = 3);
+                inner.in_scope(|| tracing::info!("three deep"));
+                later.in_scope(|| {
+                    tracing::warn!(count = -5_i64, ok = true, ratio = 0.25_f64, "nested");
+                    tracing::error!(big = u128::MAX, small = i128::MIN, "extremes");
+                });
+            });
+        });
+        tracing::trace!("only a message");
+        tracing::debug!(alone = 1);
+        tracing::info!(message = "");
+        tracing::info!(message = "as a string \x1b[2J \u{9f}\u{7f}", after = 1);
+        tracing::info!(message = ?"debug \x1b", "{}", "both");
+        tracing::info!("{} {:?}", "formatted \x08", "quoted \x0c");
+        tracing::info!(target: "custom::target", quoted = "a \"b\" \n c \u{9b} \x1b[31m", "t");
+        tracing::info!("escapes \x1b[31m red \x07 \u{85} é");
+        tracing::info!(r#type = "kind", r#loop = 2, "raw names");
+        let error = Outer(std::io::Error::other("inner \x1b cause"));
+        tracing::warn!(
+            error = &error as &(dyn std::error::Error + 'static),
+            "failed"
+        );
+        let lone = std::io::Error::other("lone");
+        tracing::warn!(error = &lone as &(dyn std::error::Error + 'static));
+        tracing::info!(
+            log.target = "from_log",
+            log.module_path = "m",
+            "as if from `log`"
+        );
+        tracing::info!(log.line = 3, shown = "yes", "a log. field is skipped");
+        tracing::info!(display = %std::net::Ipv4Addr::LOCALHOST, debug = ?Some("x"), "mixed");
+        later.in_scope(|| tracing::info!("in a span recorded after its creation"));
+    }
+
+    #[test]
+    fn the_plain_human_format_is_fmts_own_text() {
+        for ansi in [false, true] {
+            let (default, plain) = both(ansi, every_kind_of_line);
+            assert!(default.lines().count() >= 19, "{default}");
+            assert_eq!(default, plain, "ansi {ansi}");
+        }
+        let (default, _) = both(false, every_kind_of_line);
+        assert!(
+            default.contains("connection{id=7 peer=\"127.0.0.1:4000\"}:empty:inner{depth=3}: "),
+            "{default}"
+        );
+        assert!(
+            default.contains(
+                "2026-11-30T19:40:08.061536Z  INFO command{device=lock-1 party=backend}: \
+                 bridge_server::logs::tests: command ended outcome=\"succeeded\"\n"
+            ),
+            "{default}"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_message_and_values_read_the_same(
+            message in ".{0,40}",
+            value in ".{0,40}",
+            number in proptest::prelude::any::<i64>(),
+            span_value in ".{0,20}",
+        ) {
+            let (default, plain) = both(false, || {
+                let span = tracing::info_span!("command", device = %span_value, n = number);
+                span.in_scope(|| tracing::info!(value = value.as_str(), number, "{message}"));
+                tracing::info!(message = message.as_str(), shown = %value);
+            });
+            proptest::prop_assert_eq!(default, plain);
+        }
     }
 }

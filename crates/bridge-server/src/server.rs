@@ -3,7 +3,9 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -11,9 +13,10 @@ use bridge_hub::{GrantedSubscriptions, Hub, HubConfig, LocalHub, LocalHubBuilder
 use bridge_protocol::{ConfigRegistry, Limits};
 use bridge_queue::{MemoryStore, Store, StoreConfig};
 use bridge_session::{SessionConfig, SessionManager};
+use futures_util::task::AtomicWaker;
 use hyper_util::rt::TokioIo;
 use std::num::NonZeroUsize;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -623,13 +626,18 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// request (since it was accepted, or since its last answer was written) and has not sent
 /// a whole request head by `header_read_timeout` after that is closed — a silent, idle or
 /// slowloris client, as with hyper's own timeout.
-async fn serve_connection(
-    stream: TcpStream,
+///
+/// The timer and the `closing` signal are polled only when one of them woke the task (see
+/// [`SideWake`]), not on each of the connection's two or three wake-ups per request.
+async fn serve_connection<I>(
+    io: I,
     service: ApiService,
     header_read_timeout: Duration,
     mut closing: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
-) {
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     // The place is shared with a WebSocket this connection upgrades to, which keeps it
     // for as long as it lives (see `ws.rs`).
     let slot = ConnectionSlot(Arc::new(permit));
@@ -658,41 +666,85 @@ async fn serve_connection(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.header_read_timeout(None);
     let connection = http
-        .serve_connection(TokioIo::new(stream), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     let mut connection = std::pin::pin!(connection);
     let timer = tokio::time::sleep(header_read_timeout);
     let mut timer = std::pin::pin!(timer);
-    let finished = loop {
-        tokio::select! {
-            result = connection.as_mut() => break Some(result),
-            _ = closing.wait_for(|closing| *closing) => break None,
-            () = timer.as_mut() => {
-                if activity.timed_out(header_read_timeout, timer.as_mut()) {
-                    tracing::debug!("HTTP connection closed: no request head within the header-read timeout");
-                    return;
-                }
-            }
-        }
-    };
-    let result = if let Some(result) = finished {
-        result
-    } else {
-        connection.as_mut().graceful_shutdown();
+    let closed = closing.wait_for(|closing| *closing);
+    let mut closed = std::pin::pin!(closed);
+    let mut draining = false;
+    let side = Arc::new(SideWake::new());
+    let side_waker = std::task::Waker::from(Arc::clone(&side));
+    let finished = std::future::poll_fn(|cx| {
+        // Before the flag is read: a wake-up of the timer or of `closing` from now on wakes
+        // this task (if it came before, the flag shows it).
+        side.task.register(cx.waker());
         loop {
-            tokio::select! {
-                result = connection.as_mut() => break result,
-                () = timer.as_mut() => {
-                    if activity.timed_out(header_read_timeout, timer.as_mut()) {
-                        tracing::debug!("HTTP connection closed: no request head within the header-read timeout");
-                        return;
-                    }
+            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                return Poll::Ready(Some(result));
+            }
+            if !side.woken.swap(false, Ordering::AcqRel) {
+                return Poll::Pending;
+            }
+            let mut side_cx = Context::from_waker(&side_waker);
+            // The timer first: it may fire while a closing connection finishes its request.
+            while timer.as_mut().poll(&mut side_cx).is_ready() {
+                if activity.timed_out(header_read_timeout, timer.as_mut()) {
+                    return Poll::Ready(None);
                 }
             }
+            if !draining && closed.as_mut().poll(&mut side_cx).is_ready() {
+                // HTTP connections finish the request they serve and close; idle ones close
+                // now. The connection is polled again, as it may end at once.
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+                continue;
+            }
+            return Poll::Pending;
         }
-    };
-    if let Err(error) = result {
-        tracing::debug!(%error, "HTTP connection ended with an error");
+    })
+    .await;
+    match finished {
+        None => {
+            tracing::debug!(
+                "HTTP connection closed: no request head within the header-read timeout"
+            );
+        }
+        Some(Err(error)) => tracing::debug!(%error, "HTTP connection ended with an error"),
+        Some(Ok(())) => {}
+    }
+}
+
+/// The waker [`serve_connection`] polls its header-read timer and its `closing` signal
+/// with: it notes that one of them woke the connection's task, then wakes the task, so
+/// that the task's other wake-ups (the socket, the request's answer; several per request)
+/// need not poll them again.
+struct SideWake {
+    /// Whether the timer or the signal may be ready (set by their wake-ups).
+    woken: AtomicBool,
+    /// The connection's task, as of its last poll.
+    task: AtomicWaker,
+}
+
+impl SideWake {
+    /// Woken already: the first poll registers the timer and the signal.
+    fn new() -> Self {
+        Self {
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl std::task::Wake for SideWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 
@@ -776,5 +828,127 @@ impl hyper::body::Body for TrackedBody {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    const TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// `serve_connection` over an in-memory stream; the client's end, the `closing` sender
+    /// and the connection's task.
+    async fn connection() -> (
+        DuplexStream,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let server = Server::builder(ServerConfig::default())
+            .development_mode()
+            .build()
+            .unwrap();
+        let (client, served) = tokio::io::duplex(4096);
+        let (closing, closing_rx) = watch::channel(false);
+        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        let task = tokio::spawn(serve_connection(
+            served,
+            server.service(),
+            TIMEOUT,
+            closing_rx,
+            permit,
+        ));
+        (client, closing, task)
+    }
+
+    /// Reads until the server closes its end (failing if it has not within an hour of
+    /// virtual time); what it sent.
+    async fn until_closed(client: &mut DuplexStream) -> Vec<u8> {
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 1024];
+        let read = async {
+            loop {
+                match client.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => received.extend_from_slice(&chunk[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_hours(1), read)
+            .await
+            .expect("the server closed the connection");
+        received
+    }
+
+    /// Reads one answer's head (the answers here have short bodies in the same write).
+    async fn answer(client: &mut DuplexStream) -> String {
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !String::from_utf8_lossy(&received).contains("\r\n\r\n") {
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the answer");
+            received.extend_from_slice(&chunk[..n]);
+        }
+        String::from_utf8(received).unwrap()
+    }
+
+    const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_is_closed_at_the_header_read_timeout_not_before() {
+        let (mut client, _closing, task) = connection().await;
+        let start = Instant::now();
+        let received = until_closed(&mut client).await;
+        assert!(received.is_empty());
+        assert_eq!(start.elapsed(), TIMEOUT);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kept_alive_connection_is_closed_a_timeout_after_its_last_answer() {
+        let (mut client, _closing, task) = connection().await;
+        // Requests 6 s apart: each one moves the deadline (none is closed at 10 s).
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            client.write_all(HEALTHZ).await.unwrap();
+            assert!(answer(&mut client).await.starts_with("HTTP/1.1 200"));
+        }
+        let answered = Instant::now();
+        assert!(until_closed(&mut client).await.is_empty());
+        assert_eq!(answered.elapsed(), TIMEOUT);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_ends_an_idle_connection_at_once_and_a_busy_one_after_its_answer() {
+        let (mut client, closing, task) = connection().await;
+        client.write_all(HEALTHZ).await.unwrap();
+        assert!(answer(&mut client).await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let start = Instant::now();
+        closing.send(true).unwrap();
+        assert!(until_closed(&mut client).await.is_empty());
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        task.await.unwrap();
+
+        // Half a request head when closing comes: it is not cut at once, but the
+        // header-read timeout still closes it, counted from its accept.
+        let (mut client, closing, task) = connection().await;
+        client
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: loc")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        closing.send(true).unwrap();
+        let start = Instant::now();
+        let received = until_closed(&mut client).await;
+        assert_eq!(start.elapsed(), Duration::from_secs(9));
+        assert!(
+            received.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&received)
+        );
+        task.await.unwrap();
     }
 }
