@@ -354,7 +354,7 @@ async fn run(
         let devices: Vec<DeviceId> = held.devices.keys().cloned().collect();
         let url = urls[next % urls.len()];
         let ended = match &link {
-            None => match connect::open(url, &config.credentials, &devices).await {
+            None => match connect::open_bridge(url, &config.credentials, &devices).await {
                 Ok(socket) => {
                     attempt = 0;
                     let n = connections.fetch_add(1, Ordering::Relaxed) + 1;
