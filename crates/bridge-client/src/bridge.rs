@@ -424,9 +424,22 @@ where
     S: Sink<Message, Error = WsError> + Unpin,
 {
     socket
-        .feed(Message::text(frame.to_json()))
+        .feed(Message::text(frame_text(frame)))
         .await
         .map_err(|e| e.to_string())
+}
+
+/// The JSON text of `frame`; a `ble_response` (one per command) written without serde.
+fn frame_text(frame: &BridgeToServer) -> String {
+    match frame {
+        BridgeToServer::BleResponse(answer) => {
+            let mut buf = Vec::with_capacity(128);
+            answer.write_frame_json(&mut buf);
+            // Only UTF-8 is written; the fallback is never taken.
+            String::from_utf8(buf).unwrap_or_else(|_| frame.to_json())
+        }
+        other => other.to_json(),
+    }
 }
 
 /// At most this many events (frames read, answers, control messages) are handled in one turn

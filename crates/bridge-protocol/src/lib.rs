@@ -55,6 +55,7 @@
 //! # Ok::<(), bridge_protocol::ProtocolError>(())
 //! ```
 
+mod answer;
 pub mod decode;
 mod error;
 mod frames;
