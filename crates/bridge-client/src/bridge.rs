@@ -574,7 +574,7 @@ where
                         Some(Ok(m)) => m,
                     };
                     match message {
-                        Message::Text(text) => match ServerToBridge::decode(text.as_str()) {
+                        Message::Text(text) => match ServerToBridge::decode_fast(text.as_str()) {
                             Ok(ServerToBridge::BleWrite(write)) => {
                                 match start_write(handler, write, &answers_tx) {
                                     Some(answer) => {

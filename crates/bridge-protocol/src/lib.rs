@@ -68,6 +68,7 @@ mod progress;
 mod registry;
 mod stream;
 mod values;
+mod write_reader;
 
 pub use error::{ErrorCode, ErrorFrame, ProtocolError};
 pub use frames::{
