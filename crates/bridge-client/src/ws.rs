@@ -18,11 +18,12 @@
 
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::io::{self, Cursor};
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 
+use bytes::{Buf, BytesMut};
 use futures_util::{Sink, Stream};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio_tungstenite::tungstenite::Bytes;
 use tokio_tungstenite::tungstenite::Error as WsError;
 use tokio_tungstenite::tungstenite::Message;
@@ -158,10 +159,9 @@ impl Incomplete {
 /// both).
 pub(crate) struct WsConnection<S> {
     io: S,
-    /// Bytes read: `read[start..end]` are not parsed yet; the whole buffer is initialised.
-    read: Vec<u8>,
-    start: usize,
-    end: usize,
+    /// Bytes read and not parsed yet. A frame is split off it without a copy; its
+    /// allocation is reused once the frames split off it are gone.
+    read: BytesMut,
     /// Bytes to write: `write[written..]` are not written yet.
     write: Vec<u8>,
     written: usize,
@@ -178,13 +178,11 @@ impl<S> WsConnection<S> {
     /// A connection whose handshake is done; `read_ahead` are the bytes read after the
     /// handshake's answer (frames the server sent right behind it).
     pub(crate) fn new(io: S, read_ahead: &[u8]) -> Self {
-        let mut read = vec![0; READ_BUFFER.max(read_ahead.len())];
-        read[..read_ahead.len()].copy_from_slice(read_ahead);
+        let mut read = BytesMut::with_capacity(READ_BUFFER.max(read_ahead.len()));
+        read.extend_from_slice(read_ahead);
         Self {
             io,
             read,
-            start: 0,
-            end: read_ahead.len(),
             write: Vec::new(),
             written: 0,
             reply_waiting: false,
@@ -209,9 +207,9 @@ impl<S> WsConnection<S> {
     }
 
     /// The first complete frame in the read buffer, if there is one: its header and where
-    /// its payload is. Grows the buffer when the frame does not fit in it.
+    /// its payload is. Makes room for the whole frame when it is not all there yet.
     fn parse(&mut self) -> Result<Option<(FrameHeader, usize, usize)>, WsError> {
-        let mut cursor = Cursor::new(&self.read[self.start..self.end]);
+        let mut cursor = Cursor::new(&self.read[..]);
         let Some((header, len)) = FrameHeader::parse(&mut cursor)? else {
             return Ok(None);
         };
@@ -226,28 +224,28 @@ impl<S> WsConnection<S> {
         let len = len as usize;
         // The header is at most 14 bytes.
         #[allow(clippy::cast_possible_truncation)]
-        let payload = self.start + cursor.position() as usize;
-        if payload + len <= self.end {
+        let payload = cursor.position() as usize;
+        if payload + len <= self.read.len() {
             return Ok(Some((header, payload, len)));
         }
         // Not all here yet: make room for the whole frame.
-        let needed = payload - self.start + len;
-        if needed > self.read.len() - self.start {
-            self.read.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-            if needed > self.read.len() {
-                self.read.resize(needed, 0);
-            }
-        }
+        self.make_room(payload + len);
         Ok(None)
+    }
+
+    /// Makes the read buffer's capacity at least `size` bytes (what it holds included),
+    /// taking back the space of the frames already handled when they are gone.
+    fn make_room(&mut self, size: usize) {
+        if self.read.capacity() < size {
+            self.read.reserve(size - self.read.len());
+        }
     }
 
     /// Handles one complete frame; `Some` when it completes a message for the caller.
     fn on_frame(
         &mut self,
         header: &FrameHeader,
-        payload: &[u8],
+        payload: Bytes,
     ) -> Result<Option<Message>, WsError> {
         if !matches!(self.state, State::Active | State::ClosedByUs) {
             return Err(WsError::Protocol(ProtocolError::ReceivedAfterClosing));
@@ -265,12 +263,12 @@ impl<S> WsConnection<S> {
             OpCode::Control(_) if payload.len() > 125 => {
                 Err(WsError::Protocol(ProtocolError::ControlFrameTooBig))
             }
-            OpCode::Control(OpCtl::Close) => self.on_close(payload),
+            OpCode::Control(OpCtl::Close) => self.on_close(&payload),
             OpCode::Control(OpCtl::Reserved(i)) => {
                 Err(WsError::Protocol(ProtocolError::UnknownControlFrameType(i)))
             }
             OpCode::Control(OpCtl::Ping) => {
-                let data = Bytes::copy_from_slice(payload);
+                let data = payload;
                 if self.state == State::Active {
                     // One pong waits at a time, as in tungstenite: drop an older one.
                     self.queue_frame(Frame::pong(data.clone()));
@@ -278,9 +276,7 @@ impl<S> WsConnection<S> {
                 }
                 Ok(Some(Message::Ping(data)))
             }
-            OpCode::Control(OpCtl::Pong) => {
-                Ok(Some(Message::Pong(Bytes::copy_from_slice(payload))))
-            }
+            OpCode::Control(OpCtl::Pong) => Ok(Some(Message::Pong(payload))),
             OpCode::Data(data) => self.on_data(data, header.is_final, payload),
         }
     }
@@ -289,14 +285,14 @@ impl<S> WsConnection<S> {
         &mut self,
         data: OpData,
         fin: bool,
-        payload: &[u8],
+        payload: Bytes,
     ) -> Result<Option<Message>, WsError> {
         let text = match (data, self.incomplete.as_mut()) {
             (OpData::Continue, None) => {
                 return Err(WsError::Protocol(ProtocolError::UnexpectedContinueFrame));
             }
             (OpData::Continue, Some(incomplete)) => {
-                incomplete.extend(payload)?;
+                incomplete.extend(&payload)?;
                 if !fin {
                     return Ok(None);
                 }
@@ -322,14 +318,14 @@ impl<S> WsConnection<S> {
                 data: Vec::new(),
                 checked: 0,
             };
-            incomplete.extend(payload)?;
+            incomplete.extend(&payload)?;
             self.incomplete = Some(incomplete);
             return Ok(None);
         }
         Ok(Some(if text {
-            Message::Text(Utf8Bytes::try_from(Bytes::copy_from_slice(payload))?)
+            Message::Text(Utf8Bytes::try_from(payload)?)
         } else {
-            Message::Binary(Bytes::copy_from_slice(payload))
+            Message::Binary(payload)
         }))
     }
 
@@ -370,16 +366,9 @@ impl<S> WsConnection<S> {
     /// The next message out of the bytes already read, if they hold one.
     fn next_buffered(&mut self) -> Result<Option<Message>, WsError> {
         while let Some((header, payload, len)) = self.parse()? {
-            self.start = payload + len;
-            // The frame's bytes are copied out before the buffer is touched again.
-            let read = std::mem::take(&mut self.read);
-            let result = self.on_frame(&header, &read[payload..payload + len]);
-            self.read = read;
-            if self.start == self.end {
-                self.start = 0;
-                self.end = 0;
-            }
-            if let Some(message) = result? {
+            let mut frame = self.read.split_to(payload + len);
+            frame.advance(payload);
+            if let Some(message) = self.on_frame(&header, frame.freeze())? {
                 return Ok(Some(message));
             }
         }
@@ -425,25 +414,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConnection<S> {
             if let Some(message) = self.next_buffered()? {
                 return Poll::Ready(Ok(message));
             }
-            if self.end == 0 && self.read.len() > READ_BUFFER {
+            if self.read.is_empty() && self.read.capacity() > 4 * READ_BUFFER {
                 // A large frame is gone: back to the usual size.
-                self.read.truncate(READ_BUFFER);
-                self.read.shrink_to_fit();
+                self.read = BytesMut::with_capacity(READ_BUFFER);
             }
-            if self.end == self.read.len() {
-                // No room left behind the bytes not parsed yet (a header cut short at the
-                // end of the buffer): move them to the front, or grow.
-                if self.start > 0 {
-                    self.read.copy_within(self.start..self.end, 0);
-                    self.end -= self.start;
-                    self.start = 0;
-                } else {
-                    self.read.resize(self.read.len() + READ_BUFFER, 0);
-                }
-            }
-            let mut buf = ReadBuf::new(&mut self.read[self.end..]);
-            ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
-            let n = buf.filled().len();
+            // Room for a read of the usual size, and always for some bytes.
+            self.make_room(READ_BUFFER.max(self.read.len() + 64));
+            // Reads into the buffer's spare capacity, which needs no zeroing.
+            let n = ready!(pin!(self.io.read_buf(&mut self.read)).poll(cx))?;
             if n == 0 {
                 return Poll::Ready(Err(match self.state {
                     State::ClosedByPeer | State::CloseAcknowledged => WsError::ConnectionClosed,
@@ -452,7 +430,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsConnection<S> {
                     }
                 }));
             }
-            self.end += n;
         }
     }
 }
@@ -741,6 +718,35 @@ mod tests {
             let (ours, theirs) = both(&chunks);
             assert_eq!(ours, theirs);
         }
+    }
+
+    #[tokio::test]
+    async fn messages_kept_while_more_are_read_keep_their_bytes() {
+        // Frames split off the read buffer share its allocation: the space is taken back
+        // only when they are gone, never while a message still holds it.
+        let (mut server, client) = duplex(1 << 20);
+        let mut ours = WsConnection::new(client, &[]);
+        let texts: Vec<String> = (0..200)
+            .map(|i| format!("{i}:{}", "x".repeat(i * 37 % 1500)))
+            .collect();
+        let bytes: Vec<u8> = texts
+            .iter()
+            .flat_map(|t| raw_frame(0x81, None, t.as_bytes()))
+            .collect();
+        let writer = tokio::spawn(async move {
+            for chunk in bytes.chunks(999) {
+                server.write_all(chunk).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            server
+        });
+        let mut kept = Vec::new();
+        for _ in &texts {
+            kept.push(ours.next().await.unwrap().unwrap());
+        }
+        let _server = writer.await.unwrap();
+        let expected: Vec<Message> = texts.into_iter().map(Message::text).collect();
+        assert_eq!(kept, expected);
     }
 
     #[tokio::test]
