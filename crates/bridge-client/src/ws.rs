@@ -5,9 +5,12 @@
 //! tungstenite zero-fills its whole read buffer before every read attempt, and the phone's
 //! loop makes about three attempts per turn (the read that finds the frame, the one that
 //! looks for more in the same turn, the one the loop then waits on): at one command in
-//! flight that was a fifth of the phone's instructions. Here the read buffer is zeroed once,
-//! when it is allocated or grown, and a `ble_response` is masked straight into the write
-//! buffer.
+//! flight that was a fifth of the phone's instructions. Here reads go into the spare
+//! capacity of a `BytesMut`, which needs no zeroing, each frame is split off it without a
+//! copy, and a `ble_response` is masked straight into the write buffer.
+//!
+//! The masking keys come from SipHash keyed by the OS's random source (std's `RandomState`)
+//! rather than tungstenite's ChaCha-based `rand`, which is not a dependency of this crate.
 //!
 //! What a server can send is handled as tungstenite handles it for a client, with the same
 //! errors: text and binary messages, fragmented or not (at most [`MAX_FRAME`] per frame and
@@ -42,8 +45,8 @@ pub(crate) const MAX_FRAME: usize = 1 << 20;
 pub(crate) const MAX_MESSAGE: usize = 64 << 20;
 
 /// The read buffer's usual size: one read takes up to this much (a batch of 16 `ble_write`
-/// frames). A larger frame grows the buffer to its length; the buffer shrinks back once
-/// empty.
+/// frames). A larger frame grows the buffer to its length; a buffer grown past four times
+/// this goes back to it once empty.
 pub(crate) const READ_BUFFER: usize = 4 * 1024;
 
 /// Above this many bytes waiting in the write buffer, a new frame waits until they are
