@@ -354,7 +354,7 @@ async fn run(
         let devices: Vec<DeviceId> = held.devices.keys().cloned().collect();
         let url = urls[next % urls.len()];
         let ended = match &link {
-            None => match connect::open(url, &config.credentials, &devices).await {
+            None => match connect::open_bridge(url, &config.credentials, &devices).await {
                 Ok(socket) => {
                     attempt = 0;
                     let n = connections.fetch_add(1, Ordering::Relaxed) + 1;
@@ -424,9 +424,22 @@ where
     S: Sink<Message, Error = WsError> + Unpin,
 {
     socket
-        .feed(Message::text(frame.to_json()))
+        .feed(Message::text(frame_text(frame)))
         .await
         .map_err(|e| e.to_string())
+}
+
+/// The JSON text of `frame`; a `ble_response` (one per command) written without serde.
+fn frame_text(frame: &BridgeToServer) -> String {
+    match frame {
+        BridgeToServer::BleResponse(answer) => {
+            let mut buf = Vec::with_capacity(128);
+            answer.write_frame_json(&mut buf);
+            // Only UTF-8 is written; the fallback is never taken.
+            String::from_utf8(buf).unwrap_or_else(|_| frame.to_json())
+        }
+        other => other.to_json(),
+    }
 }
 
 /// At most this many events (frames read, answers, control messages) are handled in one turn
@@ -561,7 +574,7 @@ where
                         Some(Ok(m)) => m,
                     };
                     match message {
-                        Message::Text(text) => match ServerToBridge::decode(text.as_str()) {
+                        Message::Text(text) => match ServerToBridge::decode_fast(text.as_str()) {
                             Ok(ServerToBridge::BleWrite(write)) => {
                                 match start_write(handler, write, &answers_tx) {
                                     Some(answer) => {

@@ -115,6 +115,7 @@ mod error;
 pub mod lock;
 mod mqtt;
 mod user;
+mod ws;
 
 pub use backoff::Backoff;
 pub use bridge::{BleHandler, BridgeClient, BridgeConfig, ConnectionState, Progress};

@@ -490,3 +490,70 @@ async fn a_user_connects_to_the_next_node_when_the_first_is_down() {
     drop(client);
     assert_eq!(server.await.unwrap(), "/ws?userId=u1");
 }
+
+/// A server that sends its first frames in the same packet as the handshake's answer: the
+/// client reads them together, and the frames behind the answer are not lost.
+#[tokio::test]
+async fn frames_sent_right_behind_the_handshake_are_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let client = BridgeClient::start(
+        BridgeConfig::new(
+            url,
+            Credentials::Development {
+                user_id: "phone".into(),
+            },
+            vec![lock("lock-1")],
+        ),
+        Arc::new(Echo),
+    );
+    let (mut tcp, _) = listener.accept().await.unwrap();
+    let mut request = Vec::new();
+    while !request.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8];
+        tcp.read_exact(&mut byte).await.unwrap();
+        request.push(byte[0]);
+    }
+    let request = String::from_utf8(request).unwrap();
+    let key = request
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap();
+    let mut packet = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        derive_accept_key(key.as_bytes())
+    )
+    .into_bytes();
+    // Two `ble_write` frames (unmasked, server to client), the second cut in the middle.
+    let mut frames = Vec::new();
+    for id in ["r-1", "r-2"] {
+        let text = ble_write(id, "lock-1", &[7]).to_json();
+        frames.push(0x81);
+        frames.push(126);
+        frames.extend_from_slice(&u16::try_from(text.len()).unwrap().to_be_bytes());
+        frames.extend_from_slice(text.as_bytes());
+    }
+    let cut = frames.len() - 10;
+    packet.extend_from_slice(&frames[..cut]);
+    tcp.write_all(&packet).await.unwrap();
+    client.wait_connected(1).await.unwrap();
+    tcp.write_all(&frames[cut..]).await.unwrap();
+    let mut ws = WebSocketStream::from_raw_socket(tcp, Role::Server, None).await;
+    for id in ["r-1", "r-2"] {
+        let (_, answer) = progress_then_answer(&mut ws, id).await;
+        assert_eq!(
+            answer.outcome,
+            BleOutcome::Payload(HexPayload::from_bytes(vec![7]))
+        );
+    }
+    client.shutdown().await;
+}

@@ -159,7 +159,7 @@ envelope! {
 /// The high bit of each byte of `word` (eight bytes of a string, first byte lowest) that is
 /// `"`, `\\` or a control character, the bytes that end a plain string; the lowest flag is
 /// exact, flags above it may be spurious.
-const fn string_stops(word: u64) -> u64 {
+pub(crate) const fn string_stops(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     // The high bit of each byte below `n` (for `n <= 0x80`), by borrow.

@@ -55,6 +55,7 @@
 //! # Ok::<(), bridge_protocol::ProtocolError>(())
 //! ```
 
+mod answer;
 pub mod decode;
 mod error;
 mod frames;
@@ -67,6 +68,7 @@ mod progress;
 mod registry;
 mod stream;
 mod values;
+mod write_reader;
 
 pub use error::{ErrorCode, ErrorFrame, ProtocolError};
 pub use frames::{
