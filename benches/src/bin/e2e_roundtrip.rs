@@ -78,6 +78,12 @@
 //!
 //! The server child serves with [`Server::serve`], as the `bridge-server` binary does
 //! (`E2E_AXUM_SERVE=1`: with `axum::serve` instead, as before 2026-11-30's issue 11 work).
+//!
+//! `E2E_MAX_PENDING_PER_DEVICE=N` sets the server's per-device limit of commands in flight
+//! (default 16). With `--bridges 1` every command goes to one device, so at K=256 only 16
+//! are in flight and the server core idles between batches; with 256 they are all in
+//! flight on the one connection, as the peers' K=256 are, and the server core is busy: the
+//! CPU per command of a busy core, without the cost of going idle and waking.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -510,6 +516,16 @@ fn build_server() -> Result<Server, bridge_server::BuildError> {
     config.jwt_secret = Some(SECRET.to_owned());
     config.rate_per_second = 100_000_000;
     config.rate_burst = 100_000_000;
+    // `E2E_MAX_PENDING_PER_DEVICE=N`: the session's per-device limit of commands in flight
+    // (default 16): with 256, K=256 commands to the one device of `--bridges 1` are all in
+    // flight on its connection, as the peers' K=256 are, instead of 16 in flight and 240
+    // waiting for a slot.
+    if let Some(limit) = std::env::var("E2E_MAX_PENDING_PER_DEVICE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.max_pending_per_device = limit;
+    }
     let mut hub = HubConfig::default();
     hub.max_frame_bytes = config.max_frame_bytes;
     hub.rate_limit.per_second = f64::from(config.rate_per_second);
