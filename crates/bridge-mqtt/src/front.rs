@@ -307,13 +307,12 @@ impl Front {
         self.shared.writers.send_modify(|n| *n += 1);
         tokio::spawn(writer.run(outgoing_rx).in_current_span());
         let hub = self.hub.clone();
-        let shared = Arc::clone(&self.shared);
         let bridge = bridge.clone();
         let socket = SessionSocket::new(incoming_rx, outgoing_tx);
         tokio::spawn(
             async move {
+                // The session stays in the map until its writer ends (see `Writer`'s drop).
                 let reason = hub.serve(socket, info).await;
-                shared.remove(&bridge, generation);
                 tracing::info!(bridge = %bridge, reason = reason.as_str(), "bridge session ended");
             }
             .in_current_span(),
@@ -342,8 +341,16 @@ impl Front {
                         ErrorCode::RateLimited,
                         "too many frames waiting for this session; this one was dropped",
                     )),
-                    // The session's pump has ended; its entry goes with it.
-                    Err(_) => Some(no_session()),
+                    // The session's pump has ended and its writer is telling the bridge
+                    // so (the close notice, published before the writer forgets the
+                    // session). A frame in between is dropped, as a WebSocket's frames in
+                    // flight after its close are: answering it here could reach the bridge
+                    // before the notice. Once the session is forgotten, frames are answered
+                    // `unauthorized`, after the notice.
+                    Err(_) => {
+                        tracing::debug!(bridge = %bridge, "frame for a session that is ending; dropped");
+                        None
+                    }
                 },
                 None => Some(no_session()),
             }
@@ -387,6 +394,10 @@ struct Writer {
 
 impl Drop for Writer {
     fn drop(&mut self) {
+        // The session is forgotten once its writer has published its last frame (the close
+        // notice, when the hub ended it), so that the `unauthorized` answers to frames that
+        // come later are published after that notice.
+        self.shared.remove(&self.bridge, self.generation);
         self.shared
             .writers
             .send_modify(|n| *n = n.saturating_sub(1));
