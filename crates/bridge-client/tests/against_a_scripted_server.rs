@@ -388,12 +388,10 @@ impl bridge_client::BleHandler for Echo {
     }
 }
 
-/// A development-mode bridge holding `lock-1` with [`Echo`] as its handler, connected to a
-/// scripted server: the client and the server's side of its WebSocket.
-async fn echo_bridge_holding_lock_1() -> (BridgeClient, Server) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
-    let client = BridgeClient::start(
+/// A development-mode bridge holding `lock-1` with [`Echo`] as its handler, connecting to
+/// `url`.
+fn echo_client_holding_lock_1(url: String) -> BridgeClient {
+    BridgeClient::start(
         BridgeConfig::new(
             url,
             Credentials::Development {
@@ -402,7 +400,15 @@ async fn echo_bridge_holding_lock_1() -> (BridgeClient, Server) {
             vec![lock("lock-1")],
         ),
         Arc::new(Echo),
-    );
+    )
+}
+
+/// A development-mode bridge holding `lock-1` with [`Echo`] as its handler, connected to a
+/// scripted server: the client and the server's side of its WebSocket.
+async fn echo_bridge_holding_lock_1() -> (BridgeClient, Server) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let client = echo_client_holding_lock_1(url);
     let (ws, _, _) = accept(&listener).await;
     client.wait_connected(1).await.unwrap();
     (client, ws)
@@ -501,16 +507,7 @@ async fn frames_sent_right_behind_the_handshake_are_read() {
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/ws", listener.local_addr().unwrap());
-    let client = BridgeClient::start(
-        BridgeConfig::new(
-            url,
-            Credentials::Development {
-                user_id: "phone".into(),
-            },
-            vec![lock("lock-1")],
-        ),
-        Arc::new(Echo),
-    );
+    let client = echo_client_holding_lock_1(url);
     let (mut tcp, _) = listener.accept().await.unwrap();
     let mut request = Vec::new();
     while !request.ends_with(b"\r\n\r\n") {

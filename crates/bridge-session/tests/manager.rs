@@ -94,6 +94,19 @@ fn answer(write: &BleWrite, reply: &[u8]) -> BleResponse {
     }
 }
 
+/// Sends the one-byte `payload` to lock-1 (10 s timeout) from a task of its own.
+fn spawn_lock_1_command<T: Transport>(
+    manager: &SessionManager<T>,
+    payload: u8,
+) -> tokio::task::JoinHandle<Result<CommandReply, CommandError>> {
+    let manager = manager.clone();
+    tokio::spawn(async move {
+        manager
+            .send_command(device("lock-1"), None, bytes(&[payload]), 10 * SECOND)
+            .await
+    })
+}
+
 fn manager_with<T: Transport>(transport: T, config: &SessionConfig) -> SessionManager<T> {
     SessionManager::new(
         Arc::new(transport),
@@ -477,14 +490,7 @@ async fn a_released_device_fails_only_its_own_commands_on_that_connection() {
 async fn spoofed_answers_are_refused_and_do_not_disturb_the_pending_command() {
     let (mock, mut writes, _) = recording_mock();
     let manager = manager_with(mock, &SessionConfig::default());
-    let command = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            manager
-                .send_command(device("lock-1"), None, bytes(&[1]), 10 * SECOND)
-                .await
-        })
-    };
+    let command = spawn_lock_1_command(&manager, 1);
     let write = writes.recv().await.unwrap();
 
     let other_connection = manager
@@ -549,14 +555,7 @@ async fn dropping_the_future_removes_the_command() {
 async fn aborting_the_task_removes_the_command() {
     let (mock, mut writes, ledger) = recording_mock();
     let manager = manager_with(mock, &SessionConfig::default());
-    let command = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            manager
-                .send_command(device("lock-1"), None, bytes(&[1]), 10 * SECOND)
-                .await
-        })
-    };
+    let command = spawn_lock_1_command(&manager, 1);
     let _write = writes.recv().await.unwrap();
     assert_eq!(manager.pending(), 1);
     assert_eq!(ledger.in_flight(PHONE), 1);
@@ -626,14 +625,7 @@ async fn a_command_whose_send_outlasts_its_timeout_ends_with_timeout() {
 async fn shutdown_ends_pending_commands_and_refuses_new_ones() {
     let (mock, mut writes, ledger) = recording_mock();
     let manager = manager_with(mock, &SessionConfig::default());
-    let command = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            manager
-                .send_command(device("lock-1"), None, bytes(&[1]), 10 * SECOND)
-                .await
-        })
-    };
+    let command = spawn_lock_1_command(&manager, 1);
     let _write = writes.recv().await.unwrap();
     assert_eq!(ledger.in_flight(PHONE), 1);
     manager.shutdown();
@@ -753,14 +745,7 @@ async fn a_command_dropped_after_a_slot_was_handed_to_it_passes_the_slot_on() {
     let (mock, mut writes, _) = recording_mock();
     let config = SessionConfig::default().with_per_device_limit(NonZeroUsize::new(1));
     let manager = manager_with(mock, &config);
-    let holder = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            manager
-                .send_command(device("lock-1"), None, bytes(&[1]), 10 * SECOND)
-                .await
-        })
-    };
+    let holder = spawn_lock_1_command(&manager, 1);
     let holder_write = writes.recv().await.unwrap();
 
     // The second command waits for the slot; it is polled once, then never again.
@@ -778,14 +763,7 @@ async fn a_command_dropped_after_a_slot_was_handed_to_it_passes_the_slot_on() {
     drop(waiting);
 
     // The slot was passed on, not lost: a third command goes out at once.
-    let third = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            manager
-                .send_command(device("lock-1"), None, bytes(&[3]), 10 * SECOND)
-                .await
-        })
-    };
+    let third = spawn_lock_1_command(&manager, 3);
     let third_write = tokio::time::timeout(SECOND, writes.recv())
         .await
         .expect("the third command got the slot at once")
@@ -899,24 +877,10 @@ async fn shutdown_ends_commands_waiting_for_a_slot_at_once() {
     let (mock, mut writes, _) = recording_mock();
     let config = SessionConfig::default().with_per_device_limit(NonZeroUsize::new(1));
     let manager = manager_with(mock, &config);
-    let holder = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            manager
-                .send_command(device("lock-1"), None, bytes(&[1]), 10 * SECOND)
-                .await
-        })
-    };
+    let holder = spawn_lock_1_command(&manager, 1);
     writes.recv().await.unwrap();
     // Polled once, then never again until the shutdown: it has to be woken.
-    let waiter = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            manager
-                .send_command(device("lock-1"), None, bytes(&[2]), 10 * SECOND)
-                .await
-        })
-    };
+    let waiter = spawn_lock_1_command(&manager, 2);
     tokio::time::sleep(Duration::from_millis(1)).await;
     let start = Instant::now();
     manager.shutdown();
@@ -1241,14 +1205,7 @@ async fn a_shutdown_during_the_send_ends_the_command_with_shutdown() {
         ledger: ledger.clone(),
     };
     let manager = manager_with(slow, &SessionConfig::default());
-    let command = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            manager
-                .send_command(device("lock-1"), None, bytes(&[1]), 10 * SECOND)
-                .await
-        })
-    };
+    let command = spawn_lock_1_command(&manager, 1);
     tokio::time::sleep(SECOND).await;
     manager.shutdown();
     assert_eq!(command.await.unwrap(), Err(CommandError::Shutdown));
@@ -1425,14 +1382,7 @@ async fn a_transport_that_sends_at_once_is_asked_without_its_boxed_send_and_keep
     );
 
     // Answered: the reply comes back and the ticket ends with the command.
-    let command = {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            manager
-                .send_command(device("lock-1"), None, bytes(&[1]), 10 * SECOND)
-                .await
-        })
-    };
+    let command = spawn_lock_1_command(&manager, 1);
     while manager.pending() == 0 || ledger.in_flight(PHONE) == 0 {
         tokio::task::yield_now().await;
     }
