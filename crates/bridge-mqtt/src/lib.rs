@@ -52,6 +52,12 @@
 //! * Frames of a bridge id without a session are each answered `unauthorized` and are not
 //!   rate limited (there is no connection to count them on): the broker's ACL decides who
 //!   may publish on an id's `up` topic.
+//! * A session the server ends stays live until the bridge has been told (its error frame
+//!   saying why is published): frames that arrive in between are dropped unanswered, as a
+//!   WebSocket's frames in flight after its close are, and frames after it are answered
+//!   `unauthorized`. So the bridge always learns why its session ended before it sees
+//!   "no live session" answers (which could otherwise overtake that error frame: they are
+//!   published from the front, the error frame from the session's writer).
 //!
 //! [`LocalHub::serve`]: bridge_hub::LocalHub::serve
 
