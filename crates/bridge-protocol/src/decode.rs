@@ -159,7 +159,7 @@ envelope! {
 /// The high bit of each byte of `word` (eight bytes of a string, first byte lowest) that is
 /// `"`, `\\` or a control character, the bytes that end a plain string; the lowest flag is
 /// exact, flags above it may be spurious.
-pub(crate) const fn string_stops(word: u64) -> u64 {
+const fn string_stops(word: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGHS: u64 = 0x8080_8080_8080_8080;
     // The high bit of each byte below `n` (for `n <= 0x80`), by borrow.
@@ -169,6 +169,30 @@ pub(crate) const fn string_stops(word: u64) -> u64 {
     below(word ^ (ONES * b'"' as u64), 1)
         | below(word ^ (ONES * b'\\' as u64), 1)
         | below(word, 0x20)
+}
+
+/// The closing quote of a JSON string whose first character is at `start` in `b`, or
+/// `None` when an escape or a control character comes first (an escaped quote shows as its
+/// backslash) or the text ends. Eight bytes at a time, then byte by byte.
+pub(crate) fn plain_string_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut j = start;
+    while let Some(chunk) = b.get(j..).and_then(<[u8]>::first_chunk::<8>) {
+        let mask = string_stops(u64::from_le_bytes(*chunk));
+        if mask != 0 {
+            // The lowest flagged byte is the first stop (flags above it may be spurious).
+            j += (mask.trailing_zeros() / 8) as usize;
+            return (b[j] == b'"').then_some(j);
+        }
+        j += 8;
+    }
+    while j < b.len() {
+        match b[j] {
+            b'"' => return Some(j),
+            b'\\' | 0..=0x1F => return None,
+            _ => j += 1,
+        }
+    }
+    None
 }
 
 /// A fast reader of the common envelope: one flat JSON object whose keys have no escapes
@@ -186,28 +210,7 @@ fn fast_envelope_into<'a>(text: &'a str, env: &mut Envelope<'a>) -> Option<()> {
         }
         i
     };
-    // The end of a string whose first character is at `i`: the index after its closing
-    // quote, or `None` on an escape or a control character (an escaped quote shows as its
-    // backslash). Eight bytes at a time, then byte by byte.
-    let string_end = |mut j: usize| {
-        while let Some(chunk) = b.get(j..).and_then(<[u8]>::first_chunk::<8>) {
-            let mask = string_stops(u64::from_le_bytes(*chunk));
-            if mask != 0 {
-                // The lowest flagged byte is the first stop (flags above it may be spurious).
-                j += (mask.trailing_zeros() / 8) as usize;
-                return (b[j] == b'"').then_some(j + 1);
-            }
-            j += 8;
-        }
-        while j < b.len() {
-            match b[j] {
-                b'"' => return Some(j + 1),
-                b'\\' | 0..=0x1F => return None,
-                _ => j += 1,
-            }
-        }
-        None
-    };
+    let string_end = |j: usize| plain_string_end(b, j).map(|quote| quote + 1);
     let mut seen = 0u32;
     let mut i = ws(0);
     if b.get(i) != Some(&b'{') {

@@ -4,7 +4,7 @@
 //! through [`ServerToBridge::decode`], so refusals and their error codes are unchanged; a
 //! property test checks that the two agree on every input.
 
-use crate::decode::{recent_device_id, string_stops};
+use crate::decode::{plain_string_end, recent_device_id};
 use crate::{
     BleWrite, DeviceType, HexPayload, ProtocolError, RequestId, ServerToBridge, TimeoutMs,
 };
@@ -36,30 +36,8 @@ impl<'a> Fields<'a> {
     /// A string's contents up to its closing quote (which is not consumed): `None` if it
     /// has an escape or a control character (left to the general reader).
     fn string(&mut self) -> Option<&'a str> {
-        let bytes = self.text.as_bytes();
         let start = self.at;
-        let mut end = start;
-        // Eight bytes at a time, then byte by byte.
-        while let Some(chunk) = bytes.get(end..).and_then(<[u8]>::first_chunk::<8>) {
-            let stops = string_stops(u64::from_le_bytes(*chunk));
-            if stops != 0 {
-                // The lowest flagged byte is the first stop (flags above it may be spurious).
-                end += (stops.trailing_zeros() / 8) as usize;
-                return self.close_string(start, end);
-            }
-            end += 8;
-        }
-        while end < bytes.len() && !matches!(bytes[end], b'"' | b'\\' | 0..=0x1F) {
-            end += 1;
-        }
-        self.close_string(start, end)
-    }
-
-    /// The string from `start` to the stop at `end`, if that stop is its closing quote.
-    fn close_string(&mut self, start: usize, end: usize) -> Option<&'a str> {
-        if self.text.as_bytes().get(end) != Some(&b'"') {
-            return None;
-        }
+        let end = plain_string_end(self.text.as_bytes(), start)?;
         self.at = end;
         // Cut at an ASCII quote: always on a character boundary.
         self.text.get(start..end)
