@@ -573,6 +573,32 @@ async fn mqtt_sessions_have_the_websocket_limits() {
         "{notice}"
     );
     server.wait_online("lock-2", 0).await;
+    // Once the bridge has been told, its session is forgotten: frames are answered
+    // `unauthorized` again (one sent before the session's writer let go of it is dropped, as
+    // a WebSocket's in flight after its close; so ask until one is answered).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let answer = loop {
+        flood.send(json!({"type":"ping"})).await;
+        match tokio::time::timeout(Duration::from_millis(100), flood.frames.recv()).await {
+            Ok(Some(frame)) if frame["type"] == "error" && frame["code"] != "rate_limited" => {
+                break frame;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the bridge's connection to the broker ended"),
+            Err(_) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "frames after the notice are never answered"
+            ),
+        }
+    };
+    assert_eq!(answer["code"], "unauthorized", "{answer}");
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("send `hello` first"),
+        "{answer}"
+    );
     front.stop().await;
     server.stop().await;
 }
