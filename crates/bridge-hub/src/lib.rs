@@ -203,6 +203,7 @@ mod rate;
 mod read_ahead;
 mod response;
 mod state;
+mod websocket;
 
 pub use access::{
     AccessPolicy, ConnectionInfo, DeviceAccess, FixedSubscriptions, GrantedAccess,
@@ -221,3 +222,4 @@ pub use read_ahead::ReadAhead;
 pub use response::{
     Intercepted, NoPendingCommands, ResponseHandler, ResponseInterceptor, ResponseRefused,
 };
+pub use websocket::ServerWebSocket;

@@ -1,0 +1,959 @@
+//! The server's WebSocket after the handshake: RFC 6455 framing written for the hub's pump
+//! (see [`ServerWebSocket`]).
+//!
+//! It is a port of tungstenite's server side (`WebSocketContext` with `Role::Server`, as
+//! `tokio_tungstenite::WebSocketStream` drives it) with the same state machine, the same
+//! checks in the same order and the same errors; only the buffering differs. tungstenite
+//! zero-fills its read buffer before every read attempt (about three per command at one
+//! command in flight) and copies frames it cannot use whole; here reads go into the spare
+//! capacity of a `BytesMut`, which needs no zeroing, a frame is unmasked in place and split
+//! off without a copy, and a message is written straight into the write buffer. The
+//! equivalence tests below feed the same bytes to both.
+
+use std::io::{self, Cursor};
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BytesMut};
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tungstenite::error::{CapacityError, ProtocolError};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::protocol::frame::coding::{CloseCode, Control as OpCtl, Data as OpData, OpCode};
+use tungstenite::protocol::frame::{CloseFrame, Frame, FrameHeader};
+use tungstenite::{Bytes, Error as WsError, Message, Utf8Bytes};
+
+/// The longest frame header (tungstenite's `FrameHeader::MAX_SIZE`, private there).
+const MAX_HEADER: usize = 14;
+
+/// Where the closing handshake is (tungstenite's `WebSocketState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Active,
+    ClosedByUs,
+    ClosedByPeer,
+    CloseAcknowledged,
+    Terminated,
+}
+
+impl State {
+    /// Whether frames from the peer are still taken: after our close, the peer may still
+    /// send what it sent before it saw it.
+    fn can_read(self) -> bool {
+        matches!(self, Self::Active | Self::ClosedByUs)
+    }
+}
+
+/// The limits of one connection, from its `WebSocketConfig`.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// The read buffer's usual capacity: one read takes up to this much.
+    read_buffer: usize,
+    /// Above this many bytes waiting to be written, the next frame waits until they are.
+    write_buffer: usize,
+    /// A frame that would make the bytes waiting exceed this is refused (`WriteBufferFull`).
+    max_write_buffer: usize,
+    max_message: usize,
+    max_frame: usize,
+    accept_unmasked: bool,
+}
+
+/// Unmasks `payload` in place with `mask`, eight bytes at a time.
+fn unmask(payload: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = payload.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    // The key's phase is unchanged after a multiple of eight bytes.
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= mask[i % 4];
+    }
+}
+
+/// The length of an unmasked frame's header for a payload of `len` bytes.
+fn header_len(len: usize) -> usize {
+    if len < 126 {
+        2
+    } else if len <= usize::from(u16::MAX) {
+        4
+    } else {
+        10
+    }
+}
+
+/// Appends one final, unmasked frame (server to client) with `opcode` and `payload`.
+fn put_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
+    let len = payload.len();
+    out.reserve(header_len(len) + len);
+    out.push(0x80 | opcode);
+    if len < 126 {
+        // Fits in seven bits.
+        #[allow(clippy::cast_possible_truncation)]
+        out.push(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        out.push(0x7E);
+        out.extend_from_slice(&short.to_be_bytes());
+    } else {
+        out.push(0x7F);
+        out.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    out.extend_from_slice(payload);
+}
+
+/// A fragmented message being put together (tungstenite's `IncompleteMessage`).
+#[derive(Debug)]
+struct Incomplete {
+    text: bool,
+    data: Vec<u8>,
+    /// Of a text, how many bytes of `data` are known to be valid UTF-8.
+    checked: usize,
+}
+
+impl Incomplete {
+    /// Adds a fragment. The size limit counts the whole message; a text's UTF-8 is checked
+    /// as it comes, as tungstenite does: an invalid sequence fails the message at once, one
+    /// cut by the fragment's end waits for the next.
+    fn extend(&mut self, payload: &[u8], max_size: usize) -> Result<(), WsError> {
+        let size = self.data.len();
+        if size > max_size || payload.len() > max_size - size {
+            return Err(WsError::Capacity(CapacityError::MessageTooLong {
+                size: size + payload.len(),
+                max_size,
+            }));
+        }
+        self.data.extend_from_slice(payload);
+        if self.text {
+            match std::str::from_utf8(&self.data[self.checked..]) {
+                Ok(_) => self.checked = self.data.len(),
+                Err(e) if e.error_len().is_none() => self.checked += e.valid_up_to(),
+                Err(e) => return Err(WsError::Utf8(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    fn complete(self) -> Result<Message, WsError> {
+        Ok(if self.text {
+            Message::Text(Utf8Bytes::from(String::from_utf8(self.data)?))
+        } else {
+            Message::Binary(self.data.into())
+        })
+    }
+}
+
+/// A server-side WebSocket over `IO` after the handshake: a [`Stream`] of the client's
+/// messages and a [`Sink`] of the server's, as `tokio_tungstenite::WebSocketStream` with
+/// `Role::Server` is, for one task that uses both ([`LocalHub::serve`](crate::LocalHub::serve)).
+///
+/// It reads and writes what tungstenite's server does with the same `WebSocketConfig`, with
+/// the same messages and the same errors: client frames must be masked
+/// (`ProtocolError::UnmaskedFrameFromClient`, unless the configuration accepts unmasked
+/// ones); reserved bits, reserved opcodes, fragmented or oversized control frames, a
+/// continuation without a start and a new message inside a fragmented one are protocol
+/// errors; a frame longer than `max_frame_size` is refused as soon as its header is read,
+/// before its payload is buffered (`Error::Capacity`, which the hub answers with close
+/// 1009), and so is a message longer than `max_message_size` over its fragments; a text
+/// must be valid UTF-8, checked fragment by fragment. A ping is delivered and answered with
+/// a pong (the latest one, if several wait), sent before the next read; a close is
+/// delivered, answered with a close, and then the stream ends.
+///
+/// The differences are in the buffers only. A read goes into the spare capacity of the read
+/// buffer (`read_buffer_size`, grown to a frame's length while a larger frame is read and
+/// given back once it is gone) without zeroing it first, and always has room for a whole
+/// read: a frame that straddles the buffer's end is not read in two system calls, so the
+/// [`ReadAhead`](crate::ReadAhead) wrapper is not needed. Frames are unmasked in place and
+/// split off the buffer without a copy. Messages sent are formatted straight into the write
+/// buffer and written by the next flush, or by the next `poll_ready` once more than
+/// `write_buffer_size` bytes wait: a batch of frames goes out with one system call.
+#[derive(Debug)]
+pub struct ServerWebSocket<IO> {
+    io: IO,
+    /// Bytes read and not parsed yet.
+    read: BytesMut,
+    /// Bytes to write: `write[written..]` are not written yet.
+    write: Vec<u8>,
+    written: usize,
+    /// A pong or close reply to buffer before the next write or read.
+    reply: Option<Frame>,
+    /// A reply was buffered and not flushed yet (tungstenite's `unflushed_additional`).
+    reply_unflushed: bool,
+    /// A message sent asks for a flush before the next one (a reply went with it, or it was
+    /// a close).
+    flush_wanted: bool,
+    incomplete: Option<Incomplete>,
+    state: State,
+    /// The stream ended (an error was returned, or the connection closed): `None` from now on.
+    ended: bool,
+    limits: Limits,
+}
+
+impl<IO> ServerWebSocket<IO> {
+    /// The server's side of a connection whose handshake is done, with the buffer sizes and
+    /// limits of `config` (for the hub: [`HubConfig::websocket_config`](crate::HubConfig::websocket_config)).
+    pub fn new(io: IO, config: &WebSocketConfig) -> Self {
+        let limits = Limits {
+            read_buffer: config.read_buffer_size.max(MAX_HEADER),
+            write_buffer: config.write_buffer_size,
+            max_write_buffer: config.max_write_buffer_size,
+            max_message: config.max_message_size.unwrap_or(usize::MAX),
+            max_frame: config.max_frame_size.unwrap_or(usize::MAX),
+            accept_unmasked: config.accept_unmasked_frames,
+        };
+        Self {
+            io,
+            read: BytesMut::with_capacity(limits.read_buffer),
+            write: Vec::new(),
+            written: 0,
+            reply: None,
+            reply_unflushed: false,
+            flush_wanted: false,
+            incomplete: None,
+            state: State::Active,
+            ended: false,
+            limits,
+        }
+    }
+
+    /// The transport.
+    pub fn get_ref(&self) -> &IO {
+        &self.io
+    }
+
+    /// Bytes buffered and not written yet.
+    fn unwritten(&self) -> usize {
+        self.write.len() - self.written
+    }
+
+    /// Buffers a frame of `opcode` with `payload`, unless the bytes waiting would exceed
+    /// `max_write_buffer_size` (tungstenite's `WriteBufferFull`, with the frame).
+    fn buffer(&mut self, opcode: OpData, payload: &[u8]) -> Result<(), WsError> {
+        let len = header_len(payload.len()) + payload.len();
+        if len + self.unwritten() > self.limits.max_write_buffer {
+            let frame = Frame::message(Bytes::copy_from_slice(payload), OpCode::Data(opcode), true);
+            return Err(WsError::WriteBufferFull(Box::new(Message::Frame(frame))));
+        }
+        put_frame(&mut self.write, u8::from(OpCode::Data(opcode)), payload);
+        Ok(())
+    }
+
+    /// Buffers a frame made elsewhere (control frames, `Message::Frame`).
+    fn buffer_frame(&mut self, frame: Frame) -> Result<(), WsError> {
+        if frame.len() + self.unwritten() > self.limits.max_write_buffer {
+            return Err(WsError::WriteBufferFull(Box::new(Message::Frame(frame))));
+        }
+        // Formatting into a vector cannot fail.
+        frame.format(&mut self.write)
+    }
+
+    /// Buffers the waiting reply, if there is one; whether it asks for a flush (tungstenite's
+    /// `_write` without its terminating part).
+    fn buffer_reply(&mut self) -> Result<bool, WsError> {
+        let Some(reply) = self.reply.take() else {
+            return Ok(self.reply_unflushed);
+        };
+        match self.buffer_frame(reply) {
+            Ok(()) => Ok(true),
+            Err(WsError::WriteBufferFull(message)) => {
+                // Kept for the next try, as tungstenite does.
+                if let Message::Frame(frame) = *message {
+                    self.reply = Some(frame);
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes `frame` the reply to send, unless a close reply waits (a newer pong replaces
+    /// an older one).
+    fn set_reply(&mut self, frame: Frame) {
+        let empty_or_pong = self
+            .reply
+            .as_ref()
+            .is_none_or(|f| f.header().opcode == OpCode::Control(OpCtl::Pong));
+        if empty_or_pong {
+            self.reply = Some(frame);
+        }
+    }
+
+    /// Queues `message` (tungstenite's `write`, the flush it may ask for left to the next
+    /// `poll_ready` or `poll_flush`).
+    fn send(&mut self, message: Message) -> Result<(), WsError> {
+        match self.state {
+            State::Terminated => return Err(WsError::AlreadyClosed),
+            State::Active => {}
+            State::ClosedByUs | State::ClosedByPeer | State::CloseAcknowledged => {
+                return Err(WsError::Protocol(ProtocolError::SendAfterClosing));
+            }
+        }
+        match message {
+            Message::Text(text) => self.buffer(OpData::Text, text.as_bytes())?,
+            Message::Binary(data) => self.buffer(OpData::Binary, &data)?,
+            Message::Ping(data) => self.buffer_frame(Frame::ping(data))?,
+            Message::Pong(data) => {
+                // A pong sent by hand goes out with the next flush, like an automatic one.
+                self.set_reply(Frame::pong(data));
+                self.buffer_reply()?;
+                return Ok(());
+            }
+            Message::Close(close) => {
+                self.state = State::ClosedByUs;
+                self.buffer_frame(Frame::close(close))?;
+                self.buffer_reply()?;
+                self.flush_wanted = true;
+                return Ok(());
+            }
+            Message::Frame(frame) => self.buffer_frame(frame)?,
+        }
+        if self.buffer_reply()? {
+            self.flush_wanted = true;
+        }
+        Ok(())
+    }
+
+    /// Handles one complete frame, unmasked; `Some` when it completes a message.
+    fn on_frame(
+        &mut self,
+        header: &FrameHeader,
+        payload: Bytes,
+    ) -> Result<Option<Message>, WsError> {
+        if !self.state.can_read() {
+            return Err(WsError::Protocol(ProtocolError::ReceivedAfterClosing));
+        }
+        if header.rsv1 || header.rsv2 || header.rsv3 {
+            return Err(WsError::Protocol(ProtocolError::NonZeroReservedBits));
+        }
+        match header.opcode {
+            OpCode::Control(_) if !header.is_final => {
+                Err(WsError::Protocol(ProtocolError::FragmentedControlFrame))
+            }
+            OpCode::Control(_) if payload.len() > 125 => {
+                Err(WsError::Protocol(ProtocolError::ControlFrameTooBig))
+            }
+            OpCode::Control(OpCtl::Close) => self.on_close(payload),
+            OpCode::Control(OpCtl::Reserved(i)) => {
+                Err(WsError::Protocol(ProtocolError::UnknownControlFrameType(i)))
+            }
+            OpCode::Control(OpCtl::Ping) => {
+                // No pong once we sent a close.
+                if self.state == State::Active {
+                    self.set_reply(Frame::pong(payload.clone()));
+                }
+                Ok(Some(Message::Ping(payload)))
+            }
+            OpCode::Control(OpCtl::Pong) => Ok(Some(Message::Pong(payload))),
+            OpCode::Data(data) => self.on_data(data, header.is_final, payload),
+        }
+    }
+
+    fn on_data(
+        &mut self,
+        data: OpData,
+        fin: bool,
+        payload: Bytes,
+    ) -> Result<Option<Message>, WsError> {
+        let max_message = self.limits.max_message;
+        let text = match (data, self.incomplete.as_mut()) {
+            (OpData::Continue, None) => {
+                return Err(WsError::Protocol(ProtocolError::UnexpectedContinueFrame));
+            }
+            (OpData::Continue, Some(incomplete)) => {
+                incomplete.extend(&payload, max_message)?;
+                if !fin {
+                    return Ok(None);
+                }
+                return match self.incomplete.take() {
+                    Some(incomplete) => incomplete.complete().map(Some),
+                    None => Ok(None),
+                };
+            }
+            (_, Some(_)) => return Err(WsError::Protocol(ProtocolError::ExpectedFragment(data))),
+            (OpData::Text, None) => true,
+            (OpData::Binary, None) => false,
+            (OpData::Reserved(i), None) => {
+                return Err(WsError::Protocol(ProtocolError::UnknownDataFrameType(i)));
+            }
+        };
+        if !fin {
+            let mut incomplete = Incomplete {
+                text,
+                data: Vec::new(),
+                checked: 0,
+            };
+            incomplete.extend(&payload, max_message)?;
+            self.incomplete = Some(incomplete);
+            return Ok(None);
+        }
+        if payload.len() > max_message {
+            return Err(WsError::Capacity(CapacityError::MessageTooLong {
+                size: payload.len(),
+                max_size: max_message,
+            }));
+        }
+        Ok(Some(if text {
+            Message::Text(Utf8Bytes::try_from(payload)?)
+        } else {
+            Message::Binary(payload)
+        }))
+    }
+
+    fn on_close(&mut self, payload: Bytes) -> Result<Option<Message>, WsError> {
+        let close = match payload.len() {
+            0 => None,
+            1 => return Err(WsError::Protocol(ProtocolError::InvalidCloseSequence)),
+            _ => Some(CloseFrame {
+                code: CloseCode::from(u16::from_be_bytes([payload[0], payload[1]])),
+                reason: Utf8Bytes::try_from(payload.slice(2..))?,
+            }),
+        };
+        match self.state {
+            State::Active => {
+                self.state = State::ClosedByPeer;
+                let close = close.map(|frame| {
+                    if frame.code.is_allowed() {
+                        frame
+                    } else {
+                        CloseFrame {
+                            code: CloseCode::Protocol,
+                            reason: Utf8Bytes::from_static("Protocol violation"),
+                        }
+                    }
+                });
+                self.set_reply(Frame::close(close.clone()));
+                Ok(Some(Message::Close(close)))
+            }
+            State::ClosedByUs => {
+                self.state = State::CloseAcknowledged;
+                Ok(Some(Message::Close(close)))
+            }
+            // Not reached: no frame is read in these states.
+            State::ClosedByPeer | State::CloseAcknowledged | State::Terminated => Ok(None),
+        }
+    }
+
+    /// The first complete frame in the read buffer, if there is one: its header and the
+    /// bytes of header and payload. Refuses a frame over the size limit as soon as its
+    /// header is here; makes room for the whole frame when it is not all there yet.
+    fn parse(&mut self) -> Result<Option<(FrameHeader, usize, usize)>, WsError> {
+        let mut cursor = Cursor::new(&self.read[..]);
+        let Some((header, len)) = FrameHeader::parse(&mut cursor)? else {
+            return Ok(None);
+        };
+        if len > self.limits.max_frame as u64 {
+            return Err(WsError::Capacity(CapacityError::MessageTooLong {
+                // As tungstenite reports it (a 64-bit target: no truncation).
+                #[allow(clippy::cast_possible_truncation)]
+                size: len as usize,
+                max_size: self.limits.max_frame,
+            }));
+        }
+        // At most `max_frame`, a `usize`: fits.
+        #[allow(clippy::cast_possible_truncation)]
+        let len = len as usize;
+        // The header is at most 14 bytes.
+        #[allow(clippy::cast_possible_truncation)]
+        let start = cursor.position() as usize;
+        if start + len <= self.read.len() {
+            return Ok(Some((header, start, len)));
+        }
+        // Not all here yet: room for the whole frame.
+        self.make_room(start + len);
+        Ok(None)
+    }
+
+    /// Makes the read buffer's capacity at least `size` bytes (what it holds included),
+    /// taking back the space of the frames already handled when they are gone.
+    fn make_room(&mut self, size: usize) {
+        if self.read.capacity() < size {
+            self.read.reserve(size - self.read.len());
+        }
+    }
+
+    /// The next complete frame in the read buffer, unmasked, if there is one.
+    fn next_frame(&mut self) -> Result<Option<(FrameHeader, Bytes)>, WsError> {
+        let Some((mut header, start, len)) = self.parse()? else {
+            return Ok(None);
+        };
+        let mut payload = self.read.split_to(start + len);
+        payload.advance(start);
+        match header.mask.take() {
+            Some(mask) => unmask(&mut payload, mask),
+            None if self.limits.accept_unmasked => {}
+            None => return Err(WsError::Protocol(ProtocolError::UnmaskedFrameFromClient)),
+        }
+        Ok(Some((header, payload.freeze())))
+    }
+}
+
+/// An I/O error of a read as tungstenite reports it: a reset after the closing handshake
+/// started is the connection closing.
+fn read_error(error: io::Error, state: State) -> WsError {
+    if !state.can_read() && error.kind() == io::ErrorKind::ConnectionReset {
+        WsError::ConnectionClosed
+    } else {
+        WsError::Io(error)
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> ServerWebSocket<IO> {
+    /// Writes what waits in the write buffer.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        while self.written < self.write.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(WsError::Io(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "Connection reset while sending",
+                ))));
+            }
+            self.written += n;
+        }
+        self.write.clear();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// tungstenite's `flush`: buffers the waiting reply, writes everything and flushes the
+    /// transport; once the peer's close is in, writes what is left and ends the connection
+    /// (`ConnectionClosed`): the server closes the TCP connection first (RFC 6455 7.1.1).
+    fn poll_flush_all(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        self.buffer_reply()?;
+        if !self.state.can_read() {
+            ready!(self.poll_write_out(cx))?;
+            self.state = State::Terminated;
+            return Poll::Ready(Err(WsError::ConnectionClosed));
+        }
+        ready!(self.poll_write_out(cx))?;
+        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        self.reply_unflushed = false;
+        self.flush_wanted = false;
+        Poll::Ready(Ok(()))
+    }
+
+    /// tungstenite's `read`: the next message, replies sent on the way.
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message, WsError>> {
+        if self.state == State::Terminated {
+            return Poll::Ready(Err(WsError::AlreadyClosed));
+        }
+        loop {
+            if self.reply.is_some() || self.reply_unflushed {
+                // A reply goes out as soon as it can; a full socket does not hold the
+                // reading up.
+                match self.poll_flush_all(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => self.reply_unflushed = true,
+                }
+            } else if !self.state.can_read() {
+                self.state = State::Terminated;
+                return Poll::Ready(Err(WsError::ConnectionClosed));
+            }
+            let Some((header, payload)) = ready!(self.poll_frame(cx))? else {
+                // The peer closed the connection.
+                let state = std::mem::replace(&mut self.state, State::Terminated);
+                return Poll::Ready(Err(match state {
+                    State::ClosedByPeer | State::CloseAcknowledged => WsError::ConnectionClosed,
+                    _ => WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+                }));
+            };
+            if let Some(message) = self.on_frame(&header, payload)? {
+                return Poll::Ready(Ok(message));
+            }
+        }
+    }
+
+    /// The next frame, read from the transport as needed; `None` at the end of the stream.
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<(FrameHeader, Bytes)>, WsError>> {
+        loop {
+            if let Some(frame) = self.next_frame()? {
+                return Poll::Ready(Ok(Some(frame)));
+            }
+            if self.read.is_empty() && self.read.capacity() > 4 * self.limits.read_buffer {
+                // A large frame is gone: back to the usual size.
+                self.read = BytesMut::with_capacity(self.limits.read_buffer);
+            }
+            // Room for a read of the usual size, and always for some bytes.
+            self.make_room(self.limits.read_buffer.max(self.read.len() + 64));
+            // Reads into the buffer's spare capacity, which needs no zeroing.
+            let read = ready!(pin!(self.io.read_buf(&mut self.read)).poll(cx));
+            match read {
+                Ok(0) => return Poll::Ready(Ok(None)),
+                Ok(_) => {}
+                Err(error) => return Poll::Ready(Err(read_error(error, self.state))),
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Stream for ServerWebSocket<IO> {
+    type Item = Result<Message, WsError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match ready!(this.poll_message(cx)) {
+            Ok(message) => Poll::Ready(Some(Ok(message))),
+            Err(e) => {
+                this.ended = true;
+                if matches!(e, WsError::AlreadyClosed | WsError::ConnectionClosed) {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Ready(Some(Err(e)))
+                }
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> Sink<Message> for ServerWebSocket<IO> {
+    type Error = WsError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        let this = self.get_mut();
+        if this.flush_wanted || this.unwritten() > this.limits.write_buffer {
+            return this.poll_flush_all(cx);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), WsError> {
+        self.get_mut().send(message)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        match ready!(self.get_mut().poll_flush_all(cx)) {
+            // The connection has just been closed: flushing is done.
+            Err(WsError::ConnectionClosed) => Poll::Ready(Ok(())),
+            other => Poll::Ready(other),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        let this = self.get_mut();
+        if this.state == State::Active {
+            this.state = State::ClosedByUs;
+            this.buffer_frame(Frame::close(None))?;
+        }
+        match ready!(this.poll_flush_all(cx)) {
+            Err(WsError::ConnectionClosed) => Poll::Ready(Ok(())),
+            other => Poll::Ready(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The same client bytes, in any chunks and with any stalls of the transport, read by
+    //! this socket and by tungstenite's server with the same configuration give the same
+    //! messages, the same errors and the same bytes written back; what this socket writes,
+    //! tungstenite's client reads back.
+    #![allow(clippy::unwrap_used)]
+
+    use std::collections::VecDeque;
+
+    use futures_util::{SinkExt, StreamExt};
+    use proptest::prelude::*;
+    use tokio::io::ReadBuf;
+    use tokio_tungstenite::WebSocketStream;
+    use tungstenite::protocol::Role;
+
+    use super::*;
+    use crate::HubConfig;
+
+    /// A transport that hands out its input in the given chunks (each read gets at most one,
+    /// cut to the reader's room), then the end of the stream, and keeps what is written
+    /// (at most `write_max` bytes a call). Reads and writes stall once (`Pending`, woken at
+    /// once) where `stalls` says so, cycled.
+    #[derive(Debug, Default)]
+    pub(crate) struct Scripted {
+        input: VecDeque<Vec<u8>>,
+        stalls: Vec<bool>,
+        step: usize,
+        stalled: bool,
+        write_max: usize,
+        pub(crate) written: Vec<u8>,
+        pub(crate) writes: usize,
+        pub(crate) reads: usize,
+    }
+
+    impl Scripted {
+        pub(crate) fn new(chunks: &[Vec<u8>], stalls: &[bool], write_max: usize) -> Self {
+            Self {
+                input: chunks.iter().filter(|c| !c.is_empty()).cloned().collect(),
+                stalls: stalls.to_vec(),
+                write_max: write_max.max(1),
+                ..Self::default()
+            }
+        }
+
+        /// Whether this call stalls: at most once in a row.
+        fn stall(&mut self, cx: &Context<'_>) -> bool {
+            if self.stalled || self.stalls.is_empty() {
+                self.stalled = false;
+                return false;
+            }
+            self.step += 1;
+            if self.stalls[self.step % self.stalls.len()] {
+                self.stalled = true;
+                cx.waker().wake_by_ref();
+                return true;
+            }
+            false
+        }
+    }
+
+    impl AsyncRead for Scripted {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            if this.stall(cx) {
+                return Poll::Pending;
+            }
+            this.reads += 1;
+            if let Some(chunk) = this.input.front_mut() {
+                let n = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..n]);
+                chunk.drain(..n);
+                if chunk.is_empty() {
+                    this.input.pop_front();
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Scripted {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            if this.stall(cx) {
+                return Poll::Pending;
+            }
+            this.writes += 1;
+            let n = buf.len().min(this.write_max);
+            this.written.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A frame as a client writes it, with its header bits spelled out: `mask` `None` sends
+    /// it unmasked; `claimed` overrides the length in the header (64-bit form).
+    pub(crate) fn client_frame(
+        first: u8,
+        mask: Option<[u8; 4]>,
+        payload: &[u8],
+        claimed: Option<u64>,
+    ) -> Vec<u8> {
+        let mut out = vec![first];
+        let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+        let len = payload.len();
+        if let Some(claimed) = claimed {
+            out.push(mask_bit | 0x7F);
+            out.extend_from_slice(&claimed.to_be_bytes());
+        } else if len < 126 {
+            out.push(mask_bit | u8::try_from(len).unwrap());
+        } else if let Ok(short) = u16::try_from(len) {
+            out.push(mask_bit | 0x7E);
+            out.extend_from_slice(&short.to_be_bytes());
+        } else {
+            out.push(mask_bit | 0x7F);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        match mask {
+            Some(mask) => {
+                out.extend_from_slice(&mask);
+                out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+            }
+            None => out.extend_from_slice(payload),
+        }
+        out
+    }
+
+    /// A masked final frame.
+    fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+        client_frame(first, Some([0x37, 0xfa, 0x21, 0x3d]), payload, None)
+    }
+
+    /// What a reader made of a byte stream: each message, then how it ended. Of a UTF-8
+    /// error only the kind counts: its detail is worded differently here.
+    fn describe(item: Option<Result<Message, WsError>>) -> String {
+        match item {
+            None => "end".to_owned(),
+            Some(Ok(message)) => format!("{message:?}"),
+            Some(Err(WsError::Utf8(_))) => "error utf-8".to_owned(),
+            Some(Err(e)) => format!("error {e}"),
+        }
+    }
+
+    /// Everything a reader read (at most 64 items, up to the first error or the end), and
+    /// the bytes it wrote back.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(crate) struct Outcome {
+        pub(crate) read: Vec<String>,
+        pub(crate) written: Vec<u8>,
+    }
+
+    async fn read_all<R>(reader: &mut R) -> Vec<String>
+    where
+        R: Stream<Item = Result<Message, WsError>> + Unpin,
+    {
+        let mut out = Vec::new();
+        loop {
+            let item = reader.next().await;
+            let last = !matches!(item, Some(Ok(_)));
+            out.push(describe(item));
+            if last || out.len() == 64 {
+                return out;
+            }
+        }
+    }
+
+    /// This socket's outcome and tungstenite's for the same transport script.
+    pub(crate) fn both(
+        config: &WebSocketConfig,
+        chunks: &[Vec<u8>],
+        stalls: &[bool],
+        write_max: usize,
+    ) -> (Outcome, Outcome) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut ours = ServerWebSocket::new(Scripted::new(chunks, stalls, write_max), config);
+            let read = read_all(&mut ours).await;
+            let ours = Outcome {
+                read,
+                written: ours.get_ref().written.clone(),
+            };
+            let mut theirs = WebSocketStream::from_raw_socket(
+                Scripted::new(chunks, stalls, write_max),
+                Role::Server,
+                Some(*config),
+            )
+            .await;
+            let read = read_all(&mut theirs).await;
+            let theirs = Outcome {
+                read,
+                written: theirs.get_ref().written.clone(),
+            };
+            (ours, theirs)
+        })
+    }
+
+    /// The hub's configuration with frames of at most `max_frame_bytes`.
+    fn hub_config(max_frame_bytes: usize) -> WebSocketConfig {
+        HubConfig {
+            max_frame_bytes,
+            ..HubConfig::default()
+        }
+        .websocket_config()
+    }
+
+    /// Asserts that both read `chunks` alike (in one piece, byte by byte, and with stalls
+    /// and one-byte writes) and returns what was read.
+    fn same_as_tungstenite(chunks: &[Vec<u8>]) -> Vec<String> {
+        let config = hub_config(1000);
+        let (ours, theirs) = both(&config, chunks, &[], usize::MAX);
+        assert_eq!(ours, theirs);
+        let bytes = chunks.concat();
+        let singles: Vec<Vec<u8>> = bytes.iter().map(|b| vec![*b]).collect();
+        let (ours_split, theirs_split) = both(&config, &singles, &[true, false, false], 1);
+        assert_eq!(ours_split, theirs_split);
+        assert_eq!(ours_split.read, ours.read);
+        ours.read
+    }
+
+    /// One frame a client might send, valid or not.
+    fn any_frame() -> impl Strategy<Value = Vec<u8>> {
+        let text = "[a-zé\"{}:,0-9]{0,40}".prop_map(String::into_bytes);
+        let bytes = prop::collection::vec(any::<u8>(), 0..600);
+        let first = prop_oneof![
+            8 => Just(0x81u8),                 // final text
+            2 => Just(0x82),                   // final binary
+            2 => Just(0x01),                   // first fragment of a text
+            1 => Just(0x02),                   // first fragment of a binary
+            2 => Just(0x00),                   // continuation
+            2 => Just(0x80),                   // last continuation
+            2 => Just(0x89),                   // ping
+            1 => Just(0x8A),                   // pong
+            1 => Just(0x88),                   // close
+            1 => any::<u8>(),                  // anything: reserved bits, opcodes
+        ];
+        let mask = prop_oneof![12 => any::<[u8; 4]>().prop_map(Some), 1 => Just(None)];
+        let claimed = prop_oneof![
+            20 => Just(None),
+            1 => any::<u64>().prop_map(Some),
+            1 => (0u64..2000).prop_map(Some),
+        ];
+        (first, mask, prop_oneof![text, bytes], claimed).prop_map(
+            |(first, mask, payload, claimed)| client_frame(first, mask, &payload, claimed),
+        )
+    }
+
+    /// Splits `bytes` at the given fractions of its length.
+    fn split(bytes: &[u8], cuts: &[u16]) -> Vec<Vec<u8>> {
+        let mut points: Vec<usize> = cuts
+            .iter()
+            .map(|c| usize::from(*c) * bytes.len() / usize::from(u16::MAX))
+            .collect();
+        points.sort_unstable();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for point in points {
+            out.push(bytes[from..point].to_vec());
+            from = point;
+        }
+        out.push(bytes[from..].to_vec());
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1024))]
+
+        #[test]
+        fn reads_and_answers_what_tungstenite_reads_and_answers(
+            frames in prop::collection::vec(any_frame(), 0..12),
+            flips in prop::collection::vec((any::<u16>(), any::<u8>()), 0..3),
+            cuts in prop::collection::vec(any::<u16>(), 0..8),
+            stalls in prop::collection::vec(any::<bool>(), 0..6),
+            write_max in prop_oneof![Just(usize::MAX), 1usize..40],
+            max_frame in prop_oneof![Just(300usize), Just(65_536)],
+        ) {
+            let mut bytes = frames.concat();
+            // Mutated bytes anywhere: headers, lengths, masks, payloads.
+            for (at, xor) in flips {
+                if !bytes.is_empty() {
+                    let at = usize::from(at) % bytes.len();
+                    bytes[at] ^= xor;
+                }
+            }
+            let (ours, theirs) =
+                both(&hub_config(max_frame), &split(&bytes, &cuts), &stalls, write_max);
+            prop_assert_eq!(ours, theirs);
+        }
+    }
+}
