@@ -956,4 +956,293 @@ mod tests {
             prop_assert_eq!(ours, theirs);
         }
     }
+
+    #[test]
+    fn an_unmasked_client_frame_is_a_protocol_error() {
+        let read = same_as_tungstenite(&[client_frame(0x81, None, b"hello", None)]);
+        assert_eq!(
+            read,
+            ["error WebSocket protocol error: Received an unmasked frame from client"]
+        );
+    }
+
+    #[test]
+    fn reserved_bits_and_reserved_opcodes_are_protocol_errors() {
+        for first in [0xC1, 0xA1, 0x91, 0x83, 0x87, 0x8B, 0x8F] {
+            let read = same_as_tungstenite(&[masked(first, b"x")]);
+            assert_eq!(read.len(), 1, "{first:#x}: {read:?}");
+            assert!(read[0].starts_with("error WebSocket protocol error"), "{read:?}");
+        }
+    }
+
+    #[test]
+    fn fragmented_or_long_control_frames_are_protocol_errors() {
+        for chunks in [
+            vec![masked(0x09, b"ping")],
+            vec![masked(0x08, b"")],
+            vec![masked(0x89, &[b'p'; 126])],
+            vec![masked(0x8A, &[b'p'; 200])],
+        ] {
+            let read = same_as_tungstenite(&chunks);
+            assert_eq!(read.len(), 1, "{read:?}");
+            assert!(read[0].starts_with("error WebSocket protocol error"), "{read:?}");
+        }
+        // 125 bytes is still a ping.
+        let read = same_as_tungstenite(&[masked(0x89, &[b'p'; 125])]);
+        assert!(read[0].starts_with("Ping("), "{read:?}");
+    }
+
+    #[test]
+    fn fragments_out_of_order_are_protocol_errors() {
+        // A continuation without a start.
+        let read = same_as_tungstenite(&[masked(0x80, b"tail")]);
+        assert_eq!(
+            read,
+            ["error WebSocket protocol error: Continue frame but nothing to continue"]
+        );
+        // A new message in the middle of a fragmented one.
+        let read = same_as_tungstenite(&[masked(0x01, b"he"), masked(0x81, b"new")]);
+        assert_eq!(read.len(), 1, "{read:?}");
+        assert!(read[0].contains("While waiting for more fragments"), "{read:?}");
+        // A ping between fragments is fine.
+        let read = same_as_tungstenite(&[
+            masked(0x01, b"he"),
+            masked(0x89, b"?"),
+            masked(0x00, b"ll"),
+            masked(0x80, b"o"),
+        ]);
+        assert_eq!(read[..2], ["Ping(b\"?\")", "Text(Utf8Bytes(b\"hello\"))"]);
+    }
+
+    #[test]
+    fn a_message_over_the_limit_across_fragments_is_refused() {
+        // 1000 bytes at most (`same_as_tungstenite`): three fragments of 400.
+        let part = [b'a'; 400];
+        let read = same_as_tungstenite(&[
+            masked(0x01, &part),
+            masked(0x00, &part),
+            masked(0x80, &part),
+        ]);
+        assert_eq!(
+            read,
+            ["error Space limit exceeded: Message too long: 1200 > 1000"]
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_refused_also_split_across_fragments() {
+        let euro = "€".as_bytes();
+        // Valid when split inside a character.
+        let read = same_as_tungstenite(&[masked(0x01, &euro[..1]), masked(0x80, &euro[1..])]);
+        assert_eq!(read[0], "Text(Utf8Bytes(b\"\\xe2\\x82\\xac\"))");
+        // Invalid in one frame, in a fragment, and cut short at the message's end.
+        for chunks in [
+            vec![masked(0x81, &[0xff, 0xfe])],
+            vec![masked(0x01, b"ok"), masked(0x80, &[0xc3, 0x28])],
+            vec![masked(0x01, b"ok"), masked(0x80, &euro[..2])],
+        ] {
+            assert_eq!(same_as_tungstenite(&chunks), ["error utf-8"]);
+        }
+    }
+
+    #[test]
+    fn a_close_is_delivered_answered_and_ends_the_stream() {
+        let config = hub_config(1000);
+        let (ours, theirs) = both(
+            &config,
+            &[masked(0x88, &[0x03, 0xE8, b'b', b'y', b'e']), masked(0x81, b"late")],
+            &[],
+            usize::MAX,
+        );
+        assert_eq!(ours, theirs);
+        assert_eq!(ours.read.len(), 2, "{:?}", ours.read);
+        assert!(ours.read[0].starts_with("Close(Some(CloseFrame { code: Normal"));
+        assert_eq!(ours.read[1], "end");
+        // The reply: code 1000 and the reason, unmasked.
+        assert_eq!(ours.written, [0x88, 5, 0x03, 0xE8, b'b', b'y', b'e']);
+    }
+
+    #[test]
+    fn bad_close_frames_are_refused_as_tungstenite_refuses_them() {
+        // A code not allowed on the wire is answered 1002; one byte, or a reason that is not
+        // UTF-8, is an error.
+        let not_allowed = same_as_tungstenite(&[masked(0x88, &[0x03, 0xED])]);
+        assert!(not_allowed[0].contains("code: Protocol"), "{not_allowed:?}");
+        let one_byte = same_as_tungstenite(&[masked(0x88, &[0x03])]);
+        assert_eq!(
+            one_byte,
+            ["error WebSocket protocol error: Invalid close sequence"]
+        );
+        let bad_reason = same_as_tungstenite(&[masked(0x88, &[0x03, 0xE8, 0xff])]);
+        assert_eq!(bad_reason, ["error utf-8"]);
+    }
+
+    #[test]
+    fn a_ping_is_delivered_and_answered_with_the_latest_pong() {
+        let read = same_as_tungstenite(&[masked(0x89, b"one"), masked(0x89, b"two")]);
+        assert_eq!(read[..2], ["Ping(b\"one\")", "Ping(b\"two\")"]);
+        let (ours, _) = both(&hub_config(1000), &[masked(0x89, b"one")], &[], usize::MAX);
+        assert_eq!(ours.written, [0x8A, 3, b'o', b'n', b'e']);
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_refused_before_its_payload_is_read() {
+        // Only the header of a 1001-byte frame, and of one claiming 2^63 + 5 bytes: the
+        // error comes at once, nothing is buffered for the payload.
+        for claimed in [1001, (1 << 63) + 5] {
+            let header = client_frame(0x82, Some([1, 2, 3, 4]), &[], Some(claimed));
+            let (ours, theirs) = both(&hub_config(1000), &[header.clone()], &[], usize::MAX);
+            assert_eq!(ours, theirs);
+            assert_eq!(
+                ours.read,
+                [format!(
+                    "error Space limit exceeded: Message too long: {claimed} > 1000"
+                )]
+            );
+            let mut socket =
+                ServerWebSocket::new(Scripted::new(&[header], &[], 1), &hub_config(1000));
+            let next = futures_util::FutureExt::now_or_never(socket.next()).unwrap();
+            assert!(matches!(next, Some(Err(WsError::Capacity(_)))));
+            assert!(socket.read.capacity() <= HubConfig::READ_BUFFER_BYTES);
+        }
+        // 1000 bytes are still taken.
+        let read = same_as_tungstenite(&[masked(0x82, &[7; 1000])]);
+        assert!(read[0].starts_with("Binary("), "{read:?}");
+    }
+
+    #[test]
+    fn the_stream_ends_in_the_middle_of_a_frame_as_a_reset() {
+        let frame = masked(0x81, b"cut short");
+        let read = same_as_tungstenite(&[frame[..8].to_vec()]);
+        assert_eq!(
+            read,
+            ["error WebSocket protocol error: Connection reset without closing handshake"]
+        );
+    }
+
+    #[test]
+    fn a_frame_larger_than_the_read_buffer_is_read_whole() {
+        let big = vec![b'x'; 70_000];
+        let chunks = split(&masked(0x81, &big), &[1, 2, 3000, 40_000, 65_000]);
+        let config = HubConfig::default().websocket_config();
+        let (ours, theirs) = both(&config, &chunks, &[true, false], usize::MAX);
+        assert_eq!(ours, theirs);
+        assert_eq!(ours.read.len(), 1);
+        assert!(ours.read[0].starts_with("error Space limit exceeded"));
+        let config = hub_config(100_000);
+        let (ours, theirs) = both(&config, &chunks, &[true, false], usize::MAX);
+        assert_eq!(ours, theirs);
+        assert!(ours.read[0].starts_with("Text("));
+    }
+
+    /// Sends `messages` through a `Sink` as the hub's pump does: `poll_ready` and
+    /// `start_send` for each, then one `poll_flush`.
+    fn send_batch<S>(socket: &mut S, messages: Vec<Message>)
+    where
+        S: Sink<Message, Error = WsError> + Unpin,
+    {
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        for message in messages {
+            assert!(matches!(
+                Pin::new(&mut *socket).poll_ready(&mut cx),
+                Poll::Ready(Ok(()))
+            ));
+            Pin::new(&mut *socket).start_send(message).unwrap();
+        }
+        assert!(matches!(
+            Pin::new(&mut *socket).poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+    }
+
+    #[test]
+    fn a_batch_is_written_with_one_system_call_and_as_tungstenite_writes_it() {
+        let batch: Vec<Message> = (0..16)
+            .map(|i| Message::text(format!("{{\"type\":\"ble_write\",\"n\":{i}}}")))
+            .collect();
+        let config = HubConfig::default().websocket_config();
+        let mut ours = ServerWebSocket::new(Scripted::new(&[], &[], usize::MAX), &config);
+        send_batch(&mut ours, batch.clone());
+        assert_eq!(ours.get_ref().writes, 1);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut theirs = runtime.block_on(WebSocketStream::from_raw_socket(
+            Scripted::new(&[], &[], usize::MAX),
+            Role::Server,
+            Some(config),
+        ));
+        send_batch(&mut theirs, batch);
+        assert_eq!(ours.get_ref().written, theirs.get_ref().written);
+    }
+
+    #[test]
+    fn sending_after_a_close_is_refused_as_tungstenite_refuses_it() {
+        let config = HubConfig::default().websocket_config();
+        let mut ours = ServerWebSocket::new(Scripted::new(&[], &[], usize::MAX), &config);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut theirs = runtime.block_on(WebSocketStream::from_raw_socket(
+            Scripted::new(&[], &[], usize::MAX),
+            Role::Server,
+            Some(config),
+        ));
+        let close = Message::Close(Some(CloseFrame {
+            code: CloseCode::Size,
+            reason: Utf8Bytes::from_static("frame too large"),
+        }));
+        send_batch(&mut ours, vec![close.clone()]);
+        send_batch(&mut theirs, vec![close]);
+        assert_eq!(ours.get_ref().written, theirs.get_ref().written);
+        let ours_error = Pin::new(&mut ours).start_send(Message::text("late"));
+        let theirs_error = Pin::new(&mut theirs).start_send(Message::text("late"));
+        assert_eq!(
+            format!("{ours_error:?}"),
+            format!("{theirs_error:?}"),
+            "SendAfterClosing"
+        );
+    }
+
+    proptest! {
+        // Fewer cases: each writes up to 70 KB (64-bit lengths), slow in a debug build.
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        #[test]
+        fn tungstenite_reads_what_it_writes(
+            texts in prop::collection::vec("\\PC{0,300}", 1..8),
+            binary in prop::collection::vec(any::<u8>(), 0..70_000),
+            pong in prop::collection::vec(any::<u8>(), 0..125),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let (server, client) = tokio::io::duplex(1 << 20);
+                let config = HubConfig::default().websocket_config();
+                let mut ours = ServerWebSocket::new(server, &config);
+                let mut theirs =
+                    WebSocketStream::from_raw_socket(client, Role::Client, None).await;
+                let mut sent = Vec::new();
+                for text in &texts {
+                    sent.push(Message::text(text.clone()));
+                }
+                sent.push(Message::binary(binary.clone()));
+                sent.push(Message::Ping(Bytes::from_static(b"p")));
+                sent.push(Message::Pong(Bytes::from(pong.clone())));
+                for message in &sent {
+                    ours.feed(message.clone()).await.unwrap();
+                }
+                ours.flush().await.unwrap();
+                for message in &sent {
+                    let got = theirs.next().await.unwrap().unwrap();
+                    assert_eq!(&got, message);
+                }
+                ours.close().await.unwrap();
+                assert!(matches!(
+                    theirs.next().await,
+                    Some(Ok(Message::Close(None)))
+                ));
+            });
+        }
+    }
 }
