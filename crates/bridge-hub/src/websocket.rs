@@ -10,7 +10,7 @@
 //! off without a copy, and a message is written straight into the write buffer. The
 //! equivalence tests below feed the same bytes to both.
 
-use std::io::{self, Cursor};
+use std::io;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 
@@ -58,21 +58,64 @@ struct Limits {
     accept_unmasked: bool,
 }
 
-/// Unmasks `payload` in place with `mask`, eight bytes at a time.
+/// Unmasks `payload` in place with `mask`, sixteen bytes at a time.
 fn unmask(payload: &mut [u8], mask: [u8; 4]) {
-    let wide = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    let wide = u128::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3], mask[0],
+        mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
     ]);
-    let mut chunks = payload.chunks_exact_mut(8);
+    let mut chunks = payload.chunks_exact_mut(16);
     for chunk in &mut chunks {
-        let mut word = [0u8; 8];
+        let mut word = [0u8; 16];
         word.copy_from_slice(chunk);
-        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+        chunk.copy_from_slice(&(u128::from_ne_bytes(word) ^ wide).to_ne_bytes());
     }
-    // The key's phase is unchanged after a multiple of eight bytes.
-    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
-        *byte ^= mask[i % 4];
+    // The key's phase is unchanged after a multiple of sixteen bytes.
+    for (byte, key) in chunks.into_remainder().iter_mut().zip(mask.iter().cycle()) {
+        *byte ^= key;
     }
+}
+
+/// A frame header at the start of `bytes` (tungstenite's `FrameHeader::parse`, without its
+/// reader): the header, the payload's length and the header's; `None` until all of the
+/// header is there. A reserved opcode is refused once the whole header is in, as there.
+fn parse_header(bytes: &[u8]) -> Result<Option<(FrameHeader, u64, usize)>, WsError> {
+    let [first, second, rest @ ..] = bytes else {
+        return Ok(None);
+    };
+    let (len, rest) = match second & 0x7F {
+        126 => match rest {
+            [high, low, rest @ ..] => (u64::from(u16::from_be_bytes([*high, *low])), rest),
+            _ => return Ok(None),
+        },
+        127 => match rest.split_first_chunk::<8>() {
+            Some((len, rest)) => (u64::from_be_bytes(*len), rest),
+            None => return Ok(None),
+        },
+        short => (u64::from(short), rest),
+    };
+    let mask = if second & 0x80 == 0 {
+        None
+    } else {
+        match rest.first_chunk::<4>() {
+            Some(mask) => Some(*mask),
+            None => return Ok(None),
+        }
+    };
+    let opcode = OpCode::from(first & 0x0F);
+    if let OpCode::Control(OpCtl::Reserved(_)) | OpCode::Data(OpData::Reserved(_)) = opcode {
+        return Err(WsError::Protocol(ProtocolError::InvalidOpcode(first & 0x0F)));
+    }
+    let header_len = bytes.len() - rest.len() + if mask.is_some() { 4 } else { 0 };
+    let header = FrameHeader {
+        is_final: first & 0x80 != 0,
+        rsv1: first & 0x40 != 0,
+        rsv2: first & 0x20 != 0,
+        rsv3: first & 0x10 != 0,
+        opcode,
+        mask,
+    };
+    Ok(Some((header, len, header_len)))
 }
 
 /// The length of an unmasked frame's header for a payload of `len` bytes.
@@ -440,8 +483,7 @@ impl<IO> ServerWebSocket<IO> {
     /// bytes of header and payload. Refuses a frame over the size limit as soon as its
     /// header is here; makes room for the whole frame when it is not all there yet.
     fn parse(&mut self) -> Result<Option<(FrameHeader, usize, usize)>, WsError> {
-        let mut cursor = Cursor::new(&self.read[..]);
-        let Some((header, len)) = FrameHeader::parse(&mut cursor)? else {
+        let Some((header, len, start)) = parse_header(&self.read)? else {
             return Ok(None);
         };
         if len > self.limits.max_frame as u64 {
@@ -455,9 +497,6 @@ impl<IO> ServerWebSocket<IO> {
         // At most `max_frame`, a `usize`: fits.
         #[allow(clippy::cast_possible_truncation)]
         let len = len as usize;
-        // The header is at most 14 bytes.
-        #[allow(clippy::cast_possible_truncation)]
-        let start = cursor.position() as usize;
         if start + len <= self.read.len() {
             return Ok(Some((header, start, len)));
         }
@@ -954,6 +993,38 @@ mod tests {
             let (ours, theirs) =
                 both(&hub_config(max_frame), &split(&bytes, &cuts), &stalls, write_max);
             prop_assert_eq!(ours, theirs);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn headers_parse_as_tungstenite_parses_them(
+            bytes in prop::collection::vec(any::<u8>(), 0..20),
+        ) {
+            let ours = parse_header(&bytes);
+            let mut cursor = std::io::Cursor::new(&bytes);
+            let theirs = FrameHeader::parse(&mut cursor);
+            match (ours, theirs) {
+                (Ok(Some((h1, l1, n1))), Ok(Some((h2, l2)))) => {
+                    prop_assert_eq!((h1, l1), (h2, l2));
+                    prop_assert_eq!(n1 as u64, cursor.position());
+                }
+                (Ok(None), Ok(None)) => {}
+                (Err(e1), Err(e2)) => prop_assert_eq!(e1.to_string(), e2.to_string()),
+                (ours, theirs) => prop_assert!(false, "{:?} != {:?}", ours, theirs),
+            }
+        }
+
+        #[test]
+        fn unmasking_sixteen_bytes_at_a_time_equals_byte_by_byte(
+            payload in prop::collection::vec(any::<u8>(), 0..100),
+            mask in any::<[u8; 4]>(),
+        ) {
+            let mut ours = payload.clone();
+            unmask(&mut ours, mask);
+            let expected: Vec<u8> =
+                payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+            prop_assert_eq!(ours, expected);
         }
     }
 
