@@ -112,9 +112,12 @@ fn run_server(
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        tokio::time::timeout(WATCHDOG, serve_and_measure(connections, read_buffer, tungstenite))
-            .await
-            .map_err(|_| BoxError::from("the run did not finish within the watchdog"))?
+        tokio::time::timeout(
+            WATCHDOG,
+            serve_and_measure(connections, read_buffer, tungstenite),
+        )
+        .await
+        .map_err(|_| BoxError::from("the run did not finish within the watchdog"))?
     })
 }
 

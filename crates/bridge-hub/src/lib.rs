@@ -195,6 +195,8 @@ mod application;
 mod config;
 mod event;
 mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod hub;
 mod in_flight;
 mod outbox;

@@ -61,8 +61,8 @@ struct Limits {
 /// Unmasks `payload` in place with `mask`, sixteen bytes at a time.
 fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     let wide = u128::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3], mask[0],
-        mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3], mask[0], mask[1],
+        mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
     ]);
     let mut chunks = payload.chunks_exact_mut(16);
     for chunk in &mut chunks {
@@ -104,7 +104,9 @@ fn parse_header(bytes: &[u8]) -> Result<Option<(FrameHeader, u64, usize)>, WsErr
     };
     let opcode = OpCode::from(first & 0x0F);
     if let OpCode::Control(OpCtl::Reserved(_)) | OpCode::Data(OpData::Reserved(_)) = opcode {
-        return Err(WsError::Protocol(ProtocolError::InvalidOpcode(first & 0x0F)));
+        return Err(WsError::Protocol(ProtocolError::InvalidOpcode(
+            first & 0x0F,
+        )));
     }
     let header_len = bytes.len() - rest.len() + if mask.is_some() { 4 } else { 0 };
     let header = FrameHeader {
@@ -122,7 +124,7 @@ fn parse_header(bytes: &[u8]) -> Result<Option<(FrameHeader, u64, usize)>, WsErr
 fn header_len(len: usize) -> usize {
     if len < 126 {
         2
-    } else if len <= usize::from(u16::MAX) {
+    } else if u16::try_from(len).is_ok() {
         4
     } else {
         10
@@ -378,7 +380,7 @@ impl<IO> ServerWebSocket<IO> {
             OpCode::Control(_) if payload.len() > 125 => {
                 Err(WsError::Protocol(ProtocolError::ControlFrameTooBig))
             }
-            OpCode::Control(OpCtl::Close) => self.on_close(payload),
+            OpCode::Control(OpCtl::Close) => self.on_close(&payload),
             OpCode::Control(OpCtl::Reserved(i)) => {
                 Err(WsError::Protocol(ProtocolError::UnknownControlFrameType(i)))
             }
@@ -445,7 +447,7 @@ impl<IO> ServerWebSocket<IO> {
         }))
     }
 
-    fn on_close(&mut self, payload: Bytes) -> Result<Option<Message>, WsError> {
+    fn on_close(&mut self, payload: &Bytes) -> Result<Option<Message>, WsError> {
         let close = match payload.len() {
             0 => None,
             1 => return Err(WsError::Protocol(ProtocolError::InvalidCloseSequence)),
@@ -698,110 +700,18 @@ mod tests {
     //! tungstenite's client reads back.
     #![allow(clippy::unwrap_used)]
 
-    use std::collections::VecDeque;
-
     use futures_util::{SinkExt, StreamExt};
     use proptest::prelude::*;
-    use tokio::io::ReadBuf;
     use tokio_tungstenite::WebSocketStream;
     use tungstenite::protocol::Role;
 
     use super::*;
     use crate::HubConfig;
-
-    /// A transport that hands out its input in the given chunks (each read gets at most one,
-    /// cut to the reader's room), then the end of the stream, and keeps what is written
-    /// (at most `write_max` bytes a call). Reads and writes stall once (`Pending`, woken at
-    /// once) where `stalls` says so, cycled.
-    #[derive(Debug, Default)]
-    pub(crate) struct Scripted {
-        input: VecDeque<Vec<u8>>,
-        stalls: Vec<bool>,
-        step: usize,
-        stalled: bool,
-        write_max: usize,
-        pub(crate) written: Vec<u8>,
-        pub(crate) writes: usize,
-        pub(crate) reads: usize,
-    }
-
-    impl Scripted {
-        pub(crate) fn new(chunks: &[Vec<u8>], stalls: &[bool], write_max: usize) -> Self {
-            Self {
-                input: chunks.iter().filter(|c| !c.is_empty()).cloned().collect(),
-                stalls: stalls.to_vec(),
-                write_max: write_max.max(1),
-                ..Self::default()
-            }
-        }
-
-        /// Whether this call stalls: at most once in a row.
-        fn stall(&mut self, cx: &Context<'_>) -> bool {
-            if self.stalled || self.stalls.is_empty() {
-                self.stalled = false;
-                return false;
-            }
-            self.step += 1;
-            if self.stalls[self.step % self.stalls.len()] {
-                self.stalled = true;
-                cx.waker().wake_by_ref();
-                return true;
-            }
-            false
-        }
-    }
-
-    impl AsyncRead for Scripted {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            let this = self.get_mut();
-            if this.stall(cx) {
-                return Poll::Pending;
-            }
-            this.reads += 1;
-            if let Some(chunk) = this.input.front_mut() {
-                let n = chunk.len().min(buf.remaining());
-                buf.put_slice(&chunk[..n]);
-                chunk.drain(..n);
-                if chunk.is_empty() {
-                    this.input.pop_front();
-                }
-            }
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    impl AsyncWrite for Scripted {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let this = self.get_mut();
-            if this.stall(cx) {
-                return Poll::Pending;
-            }
-            this.writes += 1;
-            let n = buf.len().min(this.write_max);
-            this.written.extend_from_slice(&buf[..n]);
-            Poll::Ready(Ok(n))
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
+    use crate::fuzzing::{Scripted, both};
 
     /// A frame as a client writes it, with its header bits spelled out: `mask` `None` sends
     /// it unmasked; `claimed` overrides the length in the header (64-bit form).
-    pub(crate) fn client_frame(
+    fn client_frame(
         first: u8,
         mask: Option<[u8; 4]>,
         payload: &[u8],
@@ -835,72 +745,6 @@ mod tests {
     /// A masked final frame.
     fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
         client_frame(first, Some([0x37, 0xfa, 0x21, 0x3d]), payload, None)
-    }
-
-    /// What a reader made of a byte stream: each message, then how it ended. Of a UTF-8
-    /// error only the kind counts: its detail is worded differently here.
-    fn describe(item: Option<Result<Message, WsError>>) -> String {
-        match item {
-            None => "end".to_owned(),
-            Some(Ok(message)) => format!("{message:?}"),
-            Some(Err(WsError::Utf8(_))) => "error utf-8".to_owned(),
-            Some(Err(e)) => format!("error {e}"),
-        }
-    }
-
-    /// Everything a reader read (at most 64 items, up to the first error or the end), and
-    /// the bytes it wrote back.
-    #[derive(Debug, PartialEq, Eq)]
-    pub(crate) struct Outcome {
-        pub(crate) read: Vec<String>,
-        pub(crate) written: Vec<u8>,
-    }
-
-    async fn read_all<R>(reader: &mut R) -> Vec<String>
-    where
-        R: Stream<Item = Result<Message, WsError>> + Unpin,
-    {
-        let mut out = Vec::new();
-        loop {
-            let item = reader.next().await;
-            let last = !matches!(item, Some(Ok(_)));
-            out.push(describe(item));
-            if last || out.len() == 64 {
-                return out;
-            }
-        }
-    }
-
-    /// This socket's outcome and tungstenite's for the same transport script.
-    pub(crate) fn both(
-        config: &WebSocketConfig,
-        chunks: &[Vec<u8>],
-        stalls: &[bool],
-        write_max: usize,
-    ) -> (Outcome, Outcome) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let mut ours = ServerWebSocket::new(Scripted::new(chunks, stalls, write_max), config);
-            let read = read_all(&mut ours).await;
-            let ours = Outcome {
-                read,
-                written: ours.get_ref().written.clone(),
-            };
-            let mut theirs = WebSocketStream::from_raw_socket(
-                Scripted::new(chunks, stalls, write_max),
-                Role::Server,
-                Some(*config),
-            )
-            .await;
-            let read = read_all(&mut theirs).await;
-            let theirs = Outcome {
-                read,
-                written: theirs.get_ref().written.clone(),
-            };
-            (ours, theirs)
-        })
     }
 
     /// The hub's configuration with frames of at most `max_frame_bytes`.
@@ -1042,7 +886,10 @@ mod tests {
         for first in [0xC1, 0xA1, 0x91, 0x83, 0x87, 0x8B, 0x8F] {
             let read = same_as_tungstenite(&[masked(first, b"x")]);
             assert_eq!(read.len(), 1, "{first:#x}: {read:?}");
-            assert!(read[0].starts_with("error WebSocket protocol error"), "{read:?}");
+            assert!(
+                read[0].starts_with("error WebSocket protocol error"),
+                "{read:?}"
+            );
         }
     }
 
@@ -1056,7 +903,10 @@ mod tests {
         ] {
             let read = same_as_tungstenite(&chunks);
             assert_eq!(read.len(), 1, "{read:?}");
-            assert!(read[0].starts_with("error WebSocket protocol error"), "{read:?}");
+            assert!(
+                read[0].starts_with("error WebSocket protocol error"),
+                "{read:?}"
+            );
         }
         // 125 bytes is still a ping.
         let read = same_as_tungstenite(&[masked(0x89, &[b'p'; 125])]);
@@ -1074,7 +924,10 @@ mod tests {
         // A new message in the middle of a fragmented one.
         let read = same_as_tungstenite(&[masked(0x01, b"he"), masked(0x81, b"new")]);
         assert_eq!(read.len(), 1, "{read:?}");
-        assert!(read[0].contains("While waiting for more fragments"), "{read:?}");
+        assert!(
+            read[0].contains("While waiting for more fragments"),
+            "{read:?}"
+        );
         // A ping between fragments is fine.
         let read = same_as_tungstenite(&[
             masked(0x01, b"he"),
@@ -1121,7 +974,10 @@ mod tests {
         let config = hub_config(1000);
         let (ours, theirs) = both(
             &config,
-            &[masked(0x88, &[0x03, 0xE8, b'b', b'y', b'e']), masked(0x81, b"late")],
+            &[
+                masked(0x88, &[0x03, 0xE8, b'b', b'y', b'e']),
+                masked(0x81, b"late"),
+            ],
             &[],
             usize::MAX,
         );
@@ -1162,7 +1018,12 @@ mod tests {
         // error comes at once, nothing is buffered for the payload.
         for claimed in [1001, (1 << 63) + 5] {
             let header = client_frame(0x82, Some([1, 2, 3, 4]), &[], Some(claimed));
-            let (ours, theirs) = both(&hub_config(1000), &[header.clone()], &[], usize::MAX);
+            let (ours, theirs) = both(
+                &hub_config(1000),
+                std::slice::from_ref(&header),
+                &[],
+                usize::MAX,
+            );
             assert_eq!(ours, theirs);
             assert_eq!(
                 ours.read,
