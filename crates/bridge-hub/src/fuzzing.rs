@@ -151,9 +151,11 @@ where
     }
 }
 
-/// This socket's outcome and tungstenite's for the same transport script.
+/// [`ServerWebSocket`]'s outcome and tungstenite's server's for the same transport script,
+/// after the same bytes `ahead` read with the handshake.
 pub fn both(
     config: &WebSocketConfig,
+    ahead: &[u8],
     chunks: &[Vec<u8>],
     stalls: &[bool],
     write_max: usize,
@@ -162,14 +164,19 @@ pub fn both(
         .build()
         .unwrap();
     runtime.block_on(async {
-        let mut ours = ServerWebSocket::new(Scripted::new(chunks, stalls, write_max), config);
+        let mut ours = ServerWebSocket::from_partially_read(
+            Scripted::new(chunks, stalls, write_max),
+            ahead,
+            config,
+        );
         let read = read_all(&mut ours).await;
         let ours = Outcome {
             read,
             written: ours.get_ref().written.clone(),
         };
-        let mut theirs = WebSocketStream::from_raw_socket(
+        let mut theirs = WebSocketStream::from_partially_read(
             Scripted::new(chunks, stalls, write_max),
+            ahead.to_vec(),
             Role::Server,
             Some(*config),
         )
@@ -183,14 +190,15 @@ pub fn both(
     })
 }
 
-/// The fuzz target's body: the first four bytes choose the frame limit (300 bytes or the
-/// hub's default), the size of the transport's writes, where it stalls and the size of its
-/// chunks; the rest is what a client sends. Panics if [`ServerWebSocket`] and tungstenite's
+/// The fuzz target's body: the first five bytes choose the frame limit (300 bytes or the
+/// hub's default), the size of the transport's writes, where it stalls, the size of its
+/// chunks and how many bytes were read with the handshake; the rest is what a client sends. Panics if [`ServerWebSocket`] and tungstenite's
 /// server read different messages or errors, or write different bytes back.
 pub fn websocket_server(data: &[u8]) {
-    let [limit, write_max, stalls, chunk, stream @ ..] = data else {
+    let [limit, write_max, stalls, chunk, ahead, stream @ ..] = data else {
         return;
     };
+    let (ahead, stream) = stream.split_at(usize::from(*ahead).min(stream.len()));
     let max_frame_bytes = if limit % 2 == 0 {
         300
     } else {
@@ -215,6 +223,6 @@ pub fn websocket_server(data: &[u8]) {
             .map(<[u8]>::to_vec)
             .collect()
     };
-    let (ours, theirs) = both(&config, &chunks, &stalls, write_max);
+    let (ours, theirs) = both(&config, ahead, &chunks, &stalls, write_max);
     assert_eq!(ours, theirs, "ServerWebSocket and tungstenite differ");
 }

@@ -58,7 +58,8 @@ struct Limits {
     accept_unmasked: bool,
 }
 
-/// Unmasks `payload` in place with `mask`, sixteen bytes at a time.
+/// Unmasks `payload` in place with `mask`, sixteen bytes at a time (the last ones too,
+/// through a padded copy).
 fn unmask(payload: &mut [u8], mask: [u8; 4]) {
     let wide = u128::from_ne_bytes([
         mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3], mask[0], mask[1],
@@ -71,9 +72,11 @@ fn unmask(payload: &mut [u8], mask: [u8; 4]) {
         chunk.copy_from_slice(&(u128::from_ne_bytes(word) ^ wide).to_ne_bytes());
     }
     // The key's phase is unchanged after a multiple of sixteen bytes.
-    for (byte, key) in chunks.into_remainder().iter_mut().zip(mask.iter().cycle()) {
-        *byte ^= key;
-    }
+    let rest = chunks.into_remainder();
+    let mut word = [0u8; 16];
+    word[..rest.len()].copy_from_slice(rest);
+    let word = (u128::from_ne_bytes(word) ^ wide).to_ne_bytes();
+    rest.copy_from_slice(&word[..rest.len()]);
 }
 
 /// A frame header at the start of `bytes` (tungstenite's `FrameHeader::parse`, without its
@@ -241,6 +244,13 @@ impl<IO> ServerWebSocket<IO> {
     /// The server's side of a connection whose handshake is done, with the buffer sizes and
     /// limits of `config` (for the hub: [`HubConfig::websocket_config`](crate::HubConfig::websocket_config)).
     pub fn new(io: IO, config: &WebSocketConfig) -> Self {
+        Self::from_partially_read(io, &[], config)
+    }
+
+    /// Like [`ServerWebSocket::new`], for a connection of which `read_ahead` was already
+    /// read with the handshake (what a client sent right behind its request): they are read
+    /// first.
+    pub fn from_partially_read(io: IO, read_ahead: &[u8], config: &WebSocketConfig) -> Self {
         let limits = Limits {
             read_buffer: config.read_buffer_size.max(MAX_HEADER),
             write_buffer: config.write_buffer_size,
@@ -249,9 +259,11 @@ impl<IO> ServerWebSocket<IO> {
             max_frame: config.max_frame_size.unwrap_or(usize::MAX),
             accept_unmasked: config.accept_unmasked_frames,
         };
+        let mut read = BytesMut::with_capacity(limits.read_buffer.max(read_ahead.len()));
+        read.extend_from_slice(read_ahead);
         Self {
             io,
-            read: BytesMut::with_capacity(limits.read_buffer),
+            read,
             write: Vec::new(),
             written: 0,
             reply: None,
@@ -760,11 +772,11 @@ mod tests {
     /// and one-byte writes) and returns what was read.
     fn same_as_tungstenite(chunks: &[Vec<u8>]) -> Vec<String> {
         let config = hub_config(1000);
-        let (ours, theirs) = both(&config, chunks, &[], usize::MAX);
+        let (ours, theirs) = both(&config, &[], chunks, &[], usize::MAX);
         assert_eq!(ours, theirs);
         let bytes = chunks.concat();
         let singles: Vec<Vec<u8>> = bytes.iter().map(|b| vec![*b]).collect();
-        let (ours_split, theirs_split) = both(&config, &singles, &[true, false, false], 1);
+        let (ours_split, theirs_split) = both(&config, &[], &singles, &[true, false, false], 1);
         assert_eq!(ours_split, theirs_split);
         assert_eq!(ours_split.read, ours.read);
         ours.read
@@ -825,6 +837,7 @@ mod tests {
             stalls in prop::collection::vec(any::<bool>(), 0..6),
             write_max in prop_oneof![Just(usize::MAX), 1usize..40],
             max_frame in prop_oneof![Just(300usize), Just(65_536)],
+            ahead in prop_oneof![3 => Just(0u16), 1 => any::<u16>()],
         ) {
             let mut bytes = frames.concat();
             // Mutated bytes anywhere: headers, lengths, masks, payloads.
@@ -834,8 +847,11 @@ mod tests {
                     bytes[at] ^= xor;
                 }
             }
+            // Some bytes read with the handshake, the rest through the transport.
+            let ahead = usize::from(ahead) * bytes.len() / usize::from(u16::MAX);
+            let (ahead, rest) = bytes.split_at(ahead);
             let (ours, theirs) =
-                both(&hub_config(max_frame), &split(&bytes, &cuts), &stalls, write_max);
+                both(&hub_config(max_frame), ahead, &split(rest, &cuts), &stalls, write_max);
             prop_assert_eq!(ours, theirs);
         }
     }
@@ -974,6 +990,7 @@ mod tests {
         let config = hub_config(1000);
         let (ours, theirs) = both(
             &config,
+            &[],
             &[
                 masked(0x88, &[0x03, 0xE8, b'b', b'y', b'e']),
                 masked(0x81, b"late"),
@@ -1008,7 +1025,13 @@ mod tests {
     fn a_ping_is_delivered_and_answered_with_the_latest_pong() {
         let read = same_as_tungstenite(&[masked(0x89, b"one"), masked(0x89, b"two")]);
         assert_eq!(read[..2], ["Ping(b\"one\")", "Ping(b\"two\")"]);
-        let (ours, _) = both(&hub_config(1000), &[masked(0x89, b"one")], &[], usize::MAX);
+        let (ours, _) = both(
+            &hub_config(1000),
+            &[],
+            &[masked(0x89, b"one")],
+            &[],
+            usize::MAX,
+        );
         assert_eq!(ours.written, [0x8A, 3, b'o', b'n', b'e']);
     }
 
@@ -1020,6 +1043,7 @@ mod tests {
             let header = client_frame(0x82, Some([1, 2, 3, 4]), &[], Some(claimed));
             let (ours, theirs) = both(
                 &hub_config(1000),
+                &[],
                 std::slice::from_ref(&header),
                 &[],
                 usize::MAX,
@@ -1057,12 +1081,12 @@ mod tests {
         let big = vec![b'x'; 70_000];
         let chunks = split(&masked(0x81, &big), &[1, 2, 3000, 40_000, 65_000]);
         let config = HubConfig::default().websocket_config();
-        let (ours, theirs) = both(&config, &chunks, &[true, false], usize::MAX);
+        let (ours, theirs) = both(&config, &[], &chunks, &[true, false], usize::MAX);
         assert_eq!(ours, theirs);
         assert_eq!(ours.read.len(), 1);
         assert!(ours.read[0].starts_with("error Space limit exceeded"));
         let config = hub_config(100_000);
-        let (ours, theirs) = both(&config, &chunks, &[true, false], usize::MAX);
+        let (ours, theirs) = both(&config, &[], &chunks, &[true, false], usize::MAX);
         assert_eq!(ours, theirs);
         assert!(ours.read[0].starts_with("Text("));
     }

@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use bridge_hub::{ConnectionInfo, DeviceAccess, ServerWebSocket, UserId};
 use bridge_protocol::{ErrorCode, Role};
 use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tracing::Instrument;
 
@@ -132,8 +133,24 @@ pub(crate) async fn upgrade(State(core): State<Arc<Core>>, mut request: Request)
         async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let socket = ServerWebSocket::new(TokioIo::new(upgraded), &ws_config);
-                    let reason = hub.serve(socket, info).await;
+                    // A TCP connection (what `Server::serve` accepts) is served without
+                    // hyper's upgrade wrappers, with the bytes hyper read past the request;
+                    // any other transport through them.
+                    let reason = match upgraded.downcast::<TokioIo<TcpStream>>() {
+                        Ok(parts) => {
+                            let tcp = parts.io.into_inner();
+                            let socket = ServerWebSocket::from_partially_read(
+                                tcp,
+                                &parts.read_buf,
+                                &ws_config,
+                            );
+                            hub.serve(socket, info).await
+                        }
+                        Err(upgraded) => {
+                            let socket = ServerWebSocket::new(TokioIo::new(upgraded), &ws_config);
+                            hub.serve(socket, info).await
+                        }
+                    };
                     drop(slot);
                     tracing::debug!(reason = reason.as_str(), "connection ended");
                 }
