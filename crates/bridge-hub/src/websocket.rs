@@ -340,7 +340,7 @@ impl<IO> ServerWebSocket<IO> {
 
     /// Queues `message` (tungstenite's `write`, the flush it may ask for left to the next
     /// `poll_ready` or `poll_flush`).
-    fn send(&mut self, message: Message) -> Result<(), WsError> {
+    fn queue(&mut self, message: Message) -> Result<(), WsError> {
         match self.state {
             State::Terminated => return Err(WsError::AlreadyClosed),
             State::Active => {}
@@ -680,7 +680,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> Sink<Message> for ServerWebSocket<IO> {
     }
 
     fn start_send(self: Pin<&mut Self>, message: Message) -> Result<(), WsError> {
-        self.get_mut().send(message)
+        self.get_mut().queue(message)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
@@ -1159,6 +1159,52 @@ mod tests {
             format!("{theirs_error:?}"),
             "SendAfterClosing"
         );
+    }
+
+    #[test]
+    fn once_our_close_is_sent_pings_are_delivered_without_pongs_until_the_peers_close() {
+        let config = HubConfig::default().websocket_config();
+        let input = [masked(0x89, b"late ping"), masked(0x88, &[0x03, 0xE8])];
+        let close = Message::Close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: Utf8Bytes::from_static("keepalive timeout"),
+        }));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (ours, theirs) = runtime.block_on(async {
+            let mut ours =
+                ServerWebSocket::new(Scripted::new(&[input.concat()], &[], usize::MAX), &config);
+            let mut theirs = WebSocketStream::from_raw_socket(
+                Scripted::new(&[input.concat()], &[], usize::MAX),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            ours.send(close.clone()).await.unwrap();
+            theirs.send(close).await.unwrap();
+            let mut read = (Vec::new(), Vec::new());
+            while let Some(item) = ours.next().await {
+                read.0.push(format!("{:?}", item.unwrap()));
+            }
+            while let Some(item) = theirs.next().await {
+                read.1.push(format!("{:?}", item.unwrap()));
+            }
+            (
+                (read.0, ours.get_ref().written.clone()),
+                (read.1, theirs.get_ref().written.clone()),
+            )
+        });
+        assert_eq!(ours, theirs);
+        assert_eq!(
+            ours.0.len(),
+            2,
+            "the ping and the peer's close: {:?}",
+            ours.0
+        );
+        // Only our close went out: no pong after it.
+        assert_eq!(ours.1[0], 0x88);
+        assert_eq!(ours.1.len(), 2 + 2 + "keepalive timeout".len());
     }
 
     proptest! {
