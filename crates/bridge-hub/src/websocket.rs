@@ -211,9 +211,9 @@ impl Incomplete {
 /// delivered, answered with a close, and then the stream ends.
 ///
 /// The differences are in the buffers only. A read goes into the spare capacity of the read
-/// buffer (`read_buffer_size`, grown to a frame's length while a larger frame is read and
-/// given back once it is gone) without zeroing it first, and always has room for a whole
-/// read: a frame that straddles the buffer's end is not read in two system calls, so the
+/// buffer (`read_buffer_size`, grown to a frame's length while a larger frame is read; a
+/// buffer grown past four times that size is given back once empty) without zeroing it
+/// first, and always has room for a whole read: a frame that straddles the buffer's end is not read in two system calls, so the
 /// [`ReadAhead`](crate::ReadAhead) wrapper is not needed. Frames are unmasked in place and
 /// split off the buffer without a copy. Messages sent are formatted straight into the write
 /// buffer and written by the next flush, or by the next `poll_ready` once more than
