@@ -1,9 +1,10 @@
 //! Load test: 10,000 idle bridge connections over loopback; reports the server's resident
 //! memory per connection.
 //!
-//! The server (a `LocalHub` behind tokio-tungstenite over the hub's `ReadAhead`, as the
-//! server serves it, configured with
-//! `HubConfig::websocket_config`) runs in this process; the clients run in a child process
+//! The server (a `LocalHub` serving each connection with the hub's `ServerWebSocket` after
+//! the handshake, as the server serves it, configured with
+//! `HubConfig::websocket_config`; `--tungstenite` serves tokio-tungstenite's stream over the
+//! hub's `ReadAhead` instead, for comparison) runs in this process; the clients run in a child process
 //! (this same binary with `--clients`), so the figure is the server's alone. Each client is
 //! a bridge holding one device. The clients connect from 127.0.0.1 to 127.0.0.4 so that
 //! source ports never run short, and both processes raise their open-file limit.
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bridge_hub::{ConnectionInfo, DeviceAccess, LocalHub, ReadAhead, UserId};
+use bridge_hub::{ConnectionInfo, DeviceAccess, LocalHub, ReadAhead, ServerWebSocket, UserId};
 use bridge_protocol::DeviceId;
 use futures_util::StreamExt;
 use tokio::net::{TcpListener, TcpSocket};
@@ -50,7 +51,35 @@ fn main() -> Result<(), BoxError> {
         Some(i) => Some(args.get(i + 1).ok_or("missing size")?.parse()?),
         None => None,
     };
-    run_server(connections, read_buffer)
+    let tungstenite = args.iter().any(|a| a == "--tungstenite");
+    run_server(connections, read_buffer, tungstenite)
+}
+
+/// The server's side of a WebSocket handshake, by hand: reads the request (a client sends
+/// nothing more before the answer) and answers 101 with the accept key.
+async fn handshake(tcp: &mut tokio::net::TcpStream) -> Result<(), BoxError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut request = Vec::with_capacity(512);
+    while !request.ends_with(b"\r\n\r\n") {
+        if request.len() > 8192 || tcp.read_buf(&mut request).await? == 0 {
+            return Err("bad handshake".into());
+        }
+    }
+    let text = std::str::from_utf8(&request)?;
+    let key = text
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| value.trim())
+        })
+        .ok_or("no key")?;
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    tcp.write_all(answer.as_bytes()).await?;
+    Ok(())
 }
 
 /// Resident set size of a process, in bytes, from `/proc/<pid>/status`.
@@ -72,20 +101,31 @@ fn raise_fd_limit(needed: u64) -> Result<u64, BoxError> {
     Ok(limit)
 }
 
-fn run_server(connections: u64, read_buffer: Option<usize>) -> Result<(), BoxError> {
+fn run_server(
+    connections: u64,
+    read_buffer: Option<usize>,
+    tungstenite: bool,
+) -> Result<(), BoxError> {
     raise_fd_limit(connections + 256)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        tokio::time::timeout(WATCHDOG, serve_and_measure(connections, read_buffer))
-            .await
-            .map_err(|_| BoxError::from("the run did not finish within the watchdog"))?
+        tokio::time::timeout(
+            WATCHDOG,
+            serve_and_measure(connections, read_buffer, tungstenite),
+        )
+        .await
+        .map_err(|_| BoxError::from("the run did not finish within the watchdog"))?
     })
 }
 
-async fn serve_and_measure(connections: u64, read_buffer: Option<usize>) -> Result<(), BoxError> {
+async fn serve_and_measure(
+    connections: u64,
+    read_buffer: Option<usize>,
+    tungstenite: bool,
+) -> Result<(), BoxError> {
     let hub = LocalHub::default();
     let mut ws_config = hub.config().websocket_config();
     if let Some(bytes) = read_buffer {
@@ -105,14 +145,6 @@ async fn serve_and_measure(connections: u64, read_buffer: Option<usize>) -> Resu
             let hub = server.clone();
             let n = counter.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                let Ok(ws) = tokio_tungstenite::accept_async_with_config(
-                    ReadAhead::new(tcp),
-                    Some(ws_config),
-                )
-                .await
-                else {
-                    return;
-                };
                 let Ok(device) = DeviceId::new(&format!("device-{n}")) else {
                     return;
                 };
@@ -121,7 +153,23 @@ async fn serve_and_measure(connections: u64, read_buffer: Option<usize>) -> Resu
                     vec![device],
                     DeviceAccess::none(),
                 );
-                hub.serve(ws, info).await;
+                if tungstenite {
+                    let Ok(ws) = tokio_tungstenite::accept_async_with_config(
+                        ReadAhead::new(tcp),
+                        Some(ws_config),
+                    )
+                    .await
+                    else {
+                        return;
+                    };
+                    hub.serve(ws, info).await;
+                } else {
+                    let mut tcp = tcp;
+                    if handshake(&mut tcp).await.is_err() {
+                        return;
+                    }
+                    hub.serve(ServerWebSocket::new(tcp, &ws_config), info).await;
+                }
             });
         }
     });

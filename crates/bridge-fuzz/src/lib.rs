@@ -34,6 +34,7 @@ pub const TARGETS: &[(&str, Body)] = &[
     ("mqtt", mqtt),
     ("cluster_wire", cluster_wire),
     ("device_types", device_types),
+    ("websocket_server", websocket_server),
 ];
 
 /// Frames a phone sends over WebSocket (`BridgeToServer::decode`, and the `type` the hub
@@ -226,4 +227,12 @@ pub fn device_types(data: &[u8]) {
         }
         let _ = registry.resolve(None);
     }
+}
+
+/// What a client sends over WebSocket, as the server's frame layer reads it
+/// (`bridge_hub::ServerWebSocket`) against tungstenite's server with the same configuration
+/// (the first four bytes choose the frame limit, write sizes, stalls and read chunks): a
+/// panic is a difference in the messages, errors or bytes written back.
+pub fn websocket_server(data: &[u8]) {
+    bridge_hub::fuzzing::websocket_server(data);
 }

@@ -117,3 +117,8 @@ fn cluster_wire_decoders_take_their_seeds_and_past_crashes_without_panicking() {
 fn device_type_files_take_their_seeds_and_past_crashes_without_panicking() {
     run("device_types");
 }
+
+#[test]
+fn the_server_websocket_reads_its_seeds_and_past_crashes_as_tungstenite_does() {
+    run("websocket_server");
+}

@@ -123,8 +123,10 @@ impl HubConfig {
     /// the pump's one flush (with a buffer of 0, tungstenite writes every frame with its
     /// own system call).
     ///
-    /// Use it with `tokio_tungstenite::accept_async_with_config`, or copy the limits into
-    /// your framework's WebSocket upgrade.
+    /// Use it with [`ServerWebSocket::new`](crate::ServerWebSocket::new) after the
+    /// handshake (as `bridge-server` does), with
+    /// `tokio_tungstenite::accept_async_with_config`, or copy the limits into your
+    /// framework's WebSocket upgrade.
     pub fn websocket_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(Self::READ_BUFFER_BYTES)

@@ -5,8 +5,8 @@
 //! fast without one slow client hurting the rest (PROTOCOL.md sections 2 and 3).
 //!
 //! * [`LocalHub::serve`] runs one upgraded connection — any `Stream + Sink` of tungstenite
-//!   messages: tokio-tungstenite's, an adapter over axum's, or an in-memory one — until it
-//!   ends. It decodes every frame with the protocol crate and answers bad ones with the
+//!   messages: the hub's own [`ServerWebSocket`] (what `bridge-server` serves `/ws` with),
+//!   tokio-tungstenite's, an adapter over axum's, or an in-memory one — until it ends. It decodes every frame with the protocol crate and answers bad ones with the
 //!   exact error frame of PROTOCOL.md 3.5, answers `ping`, applies `subscribe`,
 //!   `unsubscribe`, `ble_status` and `release`, enforces the frame size limit (close 1009)
 //!   and the rate limit (`rate_limited`, then close 1008), and keeps the connection alive
@@ -173,9 +173,9 @@
 //!   JSON once (`device_status` excepted, see "Limits and hostile clients").
 //!
 //! The WebSocket layer's buffers are the rest: [`HubConfig::websocket_config`] gives
-//! tungstenite a 1 KiB read buffer (its default is 128 KiB, allocated eagerly; protocol
-//! frames are a few hundred bytes, and a larger frame grows the buffer only while it is
-//! read) and a write buffer that batches up to 4 KiB
+//! [`ServerWebSocket`] (or tungstenite) a 1 KiB read buffer (tungstenite's default is
+//! 128 KiB, allocated eagerly; protocol frames are a few hundred bytes, and a larger frame
+//! grows the buffer only while it is read) and a write buffer that batches up to 4 KiB
 //! ([`HubConfig::WRITE_BUFFER_BYTES`]): it starts empty and grows to the largest batch the
 //! connection has written, so an idle connection that has only had its snapshot keeps a few
 //! hundred bytes, and a busy one up to ~4 KiB more. The pump moves every queued frame into
@@ -183,10 +183,10 @@
 //! moment queue theirs), and flushes the batch with one system call — the trade measured in
 //! BENCHMARKS.md ("Write batching"). A connection whose frames come one at a time (four
 //! waits in a row gathered nothing: one bridge per device) skips that wait for its next
-//! eight batches, or until a batch holds several frames. A server that builds the WebSocket
-//! stream itself can wrap the transport in [`ReadAhead`] (the `bridge-server` does): a frame
-//! that straddles the end of the 1 KiB read buffer is then read with one system call, not
-//! two, for one null pointer per connection. Frames are limited to [`HubConfig::max_frame_bytes`] at the
+//! eight batches, or until a batch holds several frames. [`ServerWebSocket`] always reads
+//! with room for a whole read, so a frame that straddles the end of the 1 KiB read buffer
+//! is read with one system call; a server that serves tokio-tungstenite's stream instead can
+//! wrap the transport in [`ReadAhead`] for the same, for one null pointer per connection. Frames are limited to [`HubConfig::max_frame_bytes`] at the
 //! WebSocket layer too, so an oversize frame is refused before it is buffered. The
 //! `idle_connections` load test in `benches/` measures the result (see BENCHMARKS.md).
 
@@ -195,6 +195,8 @@ mod application;
 mod config;
 mod event;
 mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod hub;
 mod in_flight;
 mod outbox;
@@ -203,6 +205,7 @@ mod rate;
 mod read_ahead;
 mod response;
 mod state;
+mod websocket;
 
 pub use access::{
     AccessPolicy, ConnectionInfo, DeviceAccess, FixedSubscriptions, GrantedAccess,
@@ -221,3 +224,4 @@ pub use read_ahead::ReadAhead;
 pub use response::{
     Intercepted, NoPendingCommands, ResponseHandler, ResponseInterceptor, ResponseRefused,
 };
+pub use websocket::ServerWebSocket;

@@ -20,6 +20,10 @@ const READ_AHEAD: usize = HubConfig::READ_BUFFER_BYTES;
 /// that a frame is read with one system call even when the WebSocket layer has little room
 /// left in its read buffer.
 ///
+/// For servers that serve tokio-tungstenite's stream: the hub's own
+/// [`ServerWebSocket`](crate::ServerWebSocket), which `bridge-server` uses, always reads with
+/// room for a whole read and does not need it.
+///
 /// tungstenite reads into what is left of its buffer (1 KiB with
 /// [`HubConfig::websocket_config`]) and only makes room again once a frame does not fit: with
 /// frames of ~115 bytes, every ninth frame came in two reads (110 bytes, then 5), one more

@@ -1,13 +1,13 @@
 //! `GET /ws`: authentication before the upgrade, then the connection goes to the hub.
 //!
-//! The upgrade is done with hyper's upgrade mechanism and
-//! `tokio_tungstenite::WebSocketStream::from_raw_socket`, not axum's `WebSocketUpgrade`:
-//! the hub serves tungstenite messages, so the socket it gets is tungstenite's own stream,
-//! with [`HubConfig::websocket_config`](bridge_hub::HubConfig::websocket_config) applied
-//! exactly (1 KiB read buffer, frame size limit enforced before buffering), and no message
-//! conversion between two WebSocket libraries on every frame. The upgraded connection is
-//! wrapped in [`ReadAhead`], so that a frame that straddles the end of that small buffer is
-//! still read with one system call.
+//! The upgrade is done with hyper's upgrade mechanism, not axum's `WebSocketUpgrade`: the
+//! handshake's answer is built here, and the upgraded connection is served by the hub's own
+//! frame layer, [`ServerWebSocket`] (tungstenite's server behaviour, with
+//! [`HubConfig::websocket_config`](bridge_hub::HubConfig::websocket_config) applied exactly:
+//! 1 KiB read buffer, frame size limit enforced before buffering), so there is no message
+//! conversion between two WebSocket libraries on every frame, no zeroing of the read buffer
+//! before every read, and a frame that straddles the end of that small buffer is still
+//! read with one system call.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -16,12 +16,11 @@ use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bridge_hub::{ConnectionInfo, DeviceAccess, ReadAhead, UserId};
+use bridge_hub::{ConnectionInfo, DeviceAccess, ServerWebSocket, UserId};
 use bridge_protocol::{ErrorCode, Role};
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol;
 use tracing::Instrument;
 
 use crate::auth::{AuthError, DeviceGrant, UpgradeRequest, WsIdentity};
@@ -134,13 +133,24 @@ pub(crate) async fn upgrade(State(core): State<Arc<Core>>, mut request: Request)
         async move {
             match on_upgrade.await {
                 Ok(upgraded) => {
-                    let socket = WebSocketStream::from_raw_socket(
-                        ReadAhead::new(TokioIo::new(upgraded)),
-                        protocol::Role::Server,
-                        Some(ws_config),
-                    )
-                    .await;
-                    let reason = hub.serve(socket, info).await;
+                    // A TCP connection (what `Server::serve` accepts) is served without
+                    // hyper's upgrade wrappers, with the bytes hyper read past the request;
+                    // any other transport through them.
+                    let reason = match upgraded.downcast::<TokioIo<TcpStream>>() {
+                        Ok(parts) => {
+                            let tcp = parts.io.into_inner();
+                            let socket = ServerWebSocket::from_partially_read(
+                                tcp,
+                                &parts.read_buf,
+                                &ws_config,
+                            );
+                            hub.serve(socket, info).await
+                        }
+                        Err(upgraded) => {
+                            let socket = ServerWebSocket::new(TokioIo::new(upgraded), &ws_config);
+                            hub.serve(socket, info).await
+                        }
+                    };
                     drop(slot);
                     tracing::debug!(reason = reason.as_str(), "connection ended");
                 }
