@@ -160,53 +160,82 @@ impl ApiService {
         Self { core, router, fast }
     }
 
-    /// Answers `request`: the fast path's future (not boxed), or the router's.
+    /// Where `request` goes: the fast path, with what comes before its body already
+    /// read, or the router.
     ///
-    /// The fast path's answer is always whole JSON bytes (a command's answer or an error
-    /// body) with its `Content-Type` and `Content-Length`; it is built in the request's own
-    /// header map, emptied (see [`json_answer`](crate::error::json_answer)).
-    pub(crate) fn serve<B>(
+    /// What comes before the body is read here, in the router's order (the token, then
+    /// the device), so that the answer's future (made by [`FastCommand::answer`] inside
+    /// the caller's own future, where it is polled, not moved into it) holds neither the
+    /// request's head nor its URI.
+    pub(crate) fn route<B>(&self, request: Request<B>) -> Routing<B> {
+        if !(self.fast
+            && request.method() == Method::POST
+            && command_route_device(request.uri().path()).is_some())
+        {
+            return Routing::Router(request);
+        }
+        let (mut parts, body) = request.into_parts();
+        let headers = std::mem::take(&mut parts.headers);
+        let device = check_service_token(&self.core, &headers)
+            .map_err(|error| ApiError::from(&error))
+            .and_then(|()| device_id(command_route_device(parts.uri.path()).unwrap_or_default()));
+        Routing::Fast(FastCommand {
+            core: Arc::clone(&self.core),
+            device,
+            body,
+            headers,
+        })
+    }
+
+    /// The router's answer to `request`.
+    pub(crate) fn call_router<B>(
         &self,
         request: Request<B>,
-    ) -> Either<
-        impl Future<Output = Result<Response<Bytes>, Infallible>> + Send + use<B>,
-        axum::routing::future::RouteFuture<Infallible>,
-    >
+    ) -> axum::routing::future::RouteFuture<Infallible>
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        if self.fast
-            && request.method() == Method::POST
-            && command_route_device(request.uri().path()).is_some()
-        {
-            // What comes before the body is read here, in the router's order (the token,
-            // then the device): the future then holds neither the request's head nor its
-            // URI, only what it still needs — it is moved whole several times on its way
-            // to being polled (by hyper, into the tower service's box).
-            let (mut parts, body) = request.into_parts();
-            let headers = std::mem::take(&mut parts.headers);
-            let device = check_service_token(&self.core, &headers)
-                .map_err(|error| ApiError::from(&error))
-                .and_then(|()| {
-                    device_id(command_route_device(parts.uri.path()).unwrap_or_default())
-                });
-            drop(parts);
-            let core = Arc::clone(&self.core);
-            Either::Left(async move {
-                let answer = match device {
-                    Ok(device) => send_command(&core, device, body).await,
-                    Err(error) => Err(error),
-                };
-                // The answer is built in the request's header map.
-                Ok(match answer {
-                    Ok(answer) => json_with_code(answer.http_status(), &answer, headers),
-                    Err(error) => error.into_answer(headers),
-                })
-            })
-        } else {
-            use tower::Service as _;
-            Either::Right(self.router.clone().call(request))
+        use tower::Service as _;
+        self.router.clone().call(request)
+    }
+}
+
+/// Where [`ApiService::route`] sends a request.
+pub(crate) enum Routing<B> {
+    /// The command route's fast path.
+    Fast(FastCommand<B>),
+    /// Everything else: the router.
+    Router(Request<B>),
+}
+
+/// A request [`ApiService`]'s fast path takes, with what comes before its body read.
+pub(crate) struct FastCommand<B> {
+    core: Arc<Core>,
+    /// The device, or the refusal of the token or of the device id.
+    device: Result<DeviceId, ApiError>,
+    body: B,
+    /// The request's header map, which the answer is built in (emptied first).
+    headers: HeaderMap,
+}
+
+impl<B: HttpBody<Data = Bytes>> FastCommand<B> {
+    /// The answer: always whole JSON bytes (a command's answer or an error body) with its
+    /// `Content-Type` and `Content-Length` (see [`json_answer`](crate::error::json_answer)).
+    pub(crate) async fn answer(self) -> Response<Bytes> {
+        let Self {
+            core,
+            device,
+            body,
+            headers,
+        } = self;
+        let answer = match device {
+            Ok(device) => send_command(&core, device, body).await,
+            Err(error) => Err(error),
+        };
+        match answer {
+            Ok(answer) => json_with_code(answer.http_status(), &answer, headers),
+            Err(error) => error.into_answer(headers),
         }
     }
 }
@@ -228,12 +257,11 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        use futures_util::FutureExt as _;
-        match self.serve(request) {
-            Either::Left(fast) => Either::Left(Box::pin(
-                fast.map(|answer| answer.map(|response| response.map(Body::from))),
-            )),
-            Either::Right(routed) => Either::Right(routed),
+        match self.route(request) {
+            Routing::Fast(command) => Either::Left(Box::pin(async move {
+                Ok(command.answer().await.map(Body::from))
+            })),
+            Routing::Router(request) => Either::Right(self.call_router(request)),
         }
     }
 }

@@ -30,7 +30,7 @@ use crate::frames::{self, FrameHandler};
 use crate::hooks::{DEFAULT_HOOK_QUEUE, HookQueue, Hooks};
 use crate::metrics::Metrics;
 use crate::outlet::HubOutlet;
-use crate::routes::ApiService;
+use crate::routes::{ApiService, Routing};
 use crate::stream::LiveStream;
 use crate::transport::HubTransport;
 use crate::{events, routes};
@@ -656,26 +656,27 @@ async fn serve_connection<I>(
                 request.extensions_mut().insert(slot.clone());
             }
             // The request's body stays hyper's on the command route's fast path, and its
-            // answer's bytes are written as they are (not boxed into a `Body`).
-            // The answer's future is polled where hyper puts it (mapped, not awaited in a
-            // future of its own, which would move it once more).
-            match service.serve(request) {
-                Either::Left(fast) => Either::Left(fast.map(move |answer| {
-                    answer.map(|response| {
-                        response.map(|bytes| TrackedBody {
-                            body: AnswerBody::whole(bytes),
-                            _busy: busy,
+            // answer's bytes are written as they are (not boxed into a `Body`). The
+            // answer's future is made inside the future given to hyper, and polled there,
+            // not moved into it.
+            match service.route(request) {
+                Routing::Fast(command) => Either::Left(async move {
+                    let response = command.answer().await;
+                    Ok::<_, std::convert::Infallible>(response.map(|bytes| TrackedBody {
+                        body: AnswerBody::whole(bytes),
+                        _busy: busy,
+                    }))
+                }),
+                Routing::Router(request) => {
+                    Either::Right(service.call_router(request).map(move |answer| {
+                        answer.map(|response| {
+                            response.map(|body| TrackedBody {
+                                body: AnswerBody::Routed(body),
+                                _busy: busy,
+                            })
                         })
-                    })
-                })),
-                Either::Right(routed) => Either::Right(routed.map(move |answer| {
-                    answer.map(|response| {
-                        response.map(|body| TrackedBody {
-                            body: AnswerBody::Routed(body),
-                            _busy: busy,
-                        })
-                    })
-                })),
+                    }))
+                }
             }
         }
     });
