@@ -682,6 +682,10 @@ async fn serve_connection<I>(
     });
     let mut http = hyper::server::conn::http1::Builder::new();
     http.header_read_timeout(None);
+    // An answer's head and its body are copied into one buffer and written with one
+    // `write`, rather than queued as two buffers for `writev`: the same system calls, and
+    // fewer instructions for the small JSON answers of the API.
+    http.writev(false);
     let connection = http
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
