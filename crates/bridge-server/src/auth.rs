@@ -258,7 +258,9 @@ enum Mode {
 /// never unbounded memory.
 #[derive(Default)]
 struct ServiceTokens {
-    by_token: RwLock<HashMap<Box<str>, Principal, TokenHashing>>,
+    /// Keyed by the token's bytes, so that a header's bytes are looked up as they are (a
+    /// stored token is text, so bytes equal to one are that text).
+    by_token: RwLock<HashMap<Box<[u8]>, Principal, TokenHashing>>,
 }
 
 /// The hashing of [`ServiceTokens`]' keys: eight bytes of a token per step, keyed with
@@ -344,15 +346,16 @@ impl ServiceTokens {
     /// The principal of a verified token that has not expired at `now`.
     fn lookup(&self, token: &str, now: u64) -> Option<Principal> {
         let by_token = self.by_token.read();
-        let principal = by_token.get(token)?;
+        let principal = by_token.get(token.as_bytes())?;
         principal
             .expires_at
             .is_none_or(|exp| exp >= now)
             .then(|| principal.clone())
     }
 
-    /// Whether a verified token is remembered and has not expired at `now`.
-    fn holds(&self, token: &str, now: u64) -> bool {
+    /// Whether a verified token is remembered and has not expired at `now`: `token` is
+    /// the token's bytes, which need not be checked as UTF-8 first.
+    fn holds(&self, token: &[u8], now: u64) -> bool {
         self.by_token
             .read()
             .get(token)
@@ -367,7 +370,7 @@ impl ServiceTokens {
                 by_token.clear();
             }
         }
-        by_token.insert(token.into(), principal.clone());
+        by_token.insert(token.as_bytes().into(), principal.clone());
     }
 
     #[cfg(test)]
@@ -613,7 +616,7 @@ impl Authenticator {
             return Ok(());
         };
         let token = bearer(authorization).ok_or(AuthError::Missing("a bearer token"))?;
-        if services.holds(token, unix_now()) {
+        if services.holds(token.as_bytes(), unix_now()) {
             return Ok(());
         }
         self.verify_service(services, token).map(drop)
@@ -622,7 +625,8 @@ impl Authenticator {
     /// Whether `authorization`, an `Authorization` header's raw bytes, is `Bearer` and a
     /// remembered `service` token that has not expired: what [`check_service`] answers `Ok`
     /// from its cache, read from the bytes without first checking that the whole header is
-    /// visible ASCII (`HeaderValue::to_str`, one byte at a time). When this says yes,
+    /// visible ASCII (`HeaderValue::to_str`, one byte at a time), nor the token UTF-8 (the
+    /// remembered ones are looked up by their bytes). When this says yes,
     /// [`check_service`] says `Ok` for the header's text: the token equals a verified one
     /// (visible ASCII), the scheme is the six letters of `bearer`, and what is trimmed is
     /// spaces and tabs. When it says no, call [`check_service`] (through `to_str`) for the
@@ -641,7 +645,7 @@ impl Authenticator {
         if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
             return false;
         }
-        std::str::from_utf8(token).is_ok_and(|token| services.holds(token, unix_now()))
+        services.holds(token, unix_now())
     }
 
     fn verify_service(
@@ -946,11 +950,11 @@ mod tests {
             expires_at: Some(1_000),
         };
         cache.remember("t", &principal, 900);
-        assert!(cache.holds("t", 1_000), "valid through its exp second");
+        assert!(cache.holds(b"t", 1_000), "valid through its exp second");
         assert_eq!(cache.lookup("t", 1_000), Some(principal));
-        assert!(!cache.holds("t", 1_001));
+        assert!(!cache.holds(b"t", 1_001));
         assert_eq!(cache.lookup("t", 1_001), None);
-        assert!(!cache.holds("u", 900), "never verified");
+        assert!(!cache.holds(b"u", 900), "never verified");
     }
 
     #[test]
@@ -970,13 +974,13 @@ mod tests {
         assert_eq!(cache.len(), ServiceTokens::CAPACITY);
         cache.remember("late", &principal(10_000), 200);
         assert_eq!(cache.len(), ServiceTokens::CAPACITY / 2 + 1);
-        assert!(cache.holds("t1", 200) && cache.holds("late", 200));
+        assert!(cache.holds(b"t1", 200) && cache.holds(b"late", 200));
         // Full of live tokens: emptied rather than grown.
         for i in 0..ServiceTokens::CAPACITY {
             cache.remember(&format!("n{i}"), &principal(10_000), 200);
         }
         assert!(cache.len() <= ServiceTokens::CAPACITY);
-        assert!(cache.holds(&format!("n{}", ServiceTokens::CAPACITY - 1), 200));
+        assert!(cache.holds(format!("n{}", ServiceTokens::CAPACITY - 1).as_bytes(), 200));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! HTTP error answers and the server's own errors.
 
 use std::cell::RefCell;
+use std::sync::LazyLock;
 
 use axum::body::Bytes;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bridge_dispatch::Refusal;
 use bridge_protocol::http::{CommandResponse, ErrorBody};
@@ -90,9 +91,16 @@ impl From<&AuthError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The answer, in `headers` (emptied first; see [`json_answer`]).
+    pub(crate) fn into_answer<B: From<Bytes>>(self, headers: HeaderMap) -> Response<B> {
+        json_answer_of(self.status, &self.body, headers)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        json_response(self.status, &self.body)
+        self.into_answer(HeaderMap::new())
     }
 }
 
@@ -102,11 +110,27 @@ fn status_of(code: u16) -> StatusCode {
 
 /// A JSON response with `status`.
 pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    json_answer_of(status, body, HeaderMap::new())
+}
+
+/// [`json_response`] in `headers` and with any body type made from bytes.
+fn json_answer_of<T: serde::Serialize, B: From<Bytes>>(
+    status: StatusCode,
+    body: &T,
+    headers: HeaderMap,
+) -> Response<B> {
     match serde_json::to_vec(body) {
-        Ok(bytes) => json_bytes(status, bytes),
+        Ok(bytes) => json_answer(status, Bytes::from(bytes), headers),
         Err(error) => {
             tracing::error!(%error, "could not serialize a response body");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            // What `StatusCode::INTERNAL_SERVER_ERROR.into_response()` is once axum's route
+            // future has given it its `Content-Length`.
+            answer(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Bytes::new(),
+                headers,
+                None,
+            )
         }
     }
 }
@@ -117,13 +141,18 @@ thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The answer to a command, with its PROTOCOL.md status.
+/// The answer to a command, with its PROTOCOL.md status, in `headers` (emptied first; see
+/// [`json_answer`]).
 ///
 /// The body is written by [`CommandResponse::write_json`] (byte for byte serde's text,
 /// without its map machinery) into this thread's scratch buffer, then copied into a body of
 /// exactly its size: `Bytes` takes an exact-size buffer without the extra shared header it
 /// allocates for a `Vec` whose capacity exceeds its length.
-pub(crate) fn json_with_code(status: u16, body: &CommandResponse) -> Response {
+pub(crate) fn json_with_code<B: From<Bytes>>(
+    status: u16,
+    body: &CommandResponse,
+    headers: HeaderMap,
+) -> Response<B> {
     /// A scratch buffer grown past this (an answer with a large reply) is not kept.
     const SCRATCH_KEPT: usize = 4096;
     let bytes = SCRATCH.with(|scratch| {
@@ -142,17 +171,67 @@ pub(crate) fn json_with_code(status: u16, body: &CommandResponse) -> Response {
             Bytes::from(buf)
         }
     });
-    json_bytes(status_of(status), bytes)
+    json_answer(status_of(status), bytes, headers)
 }
 
-/// A response carrying `bytes` of JSON with `status`.
-fn json_bytes(status: StatusCode, bytes: impl IntoResponse) -> Response {
-    let mut response = (status, bytes).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+/// A response carrying `bytes` of JSON with `status`: what `(status, bytes).into_response()`
+/// with its `Content-Type` set to `application/json` gives once axum's route future has
+/// added its `Content-Length` — those two headers, in that order — built directly.
+///
+/// `headers` is emptied and holds the answer's headers: a map to reuse, so that the answer
+/// allocates none (the fast path of the command route passes its request's, which it has
+/// read; hyper keeps an answer's map for the next request's head).
+pub(crate) fn json_answer<B: From<Bytes>>(
+    status: StatusCode,
+    bytes: Bytes,
+    headers: HeaderMap,
+) -> Response<B> {
+    answer(
+        status,
+        bytes,
+        headers,
+        Some(HeaderValue::from_static("application/json")),
+    )
+}
+
+/// A response with `status`, `Content-Type: content_type` if given, and `bytes` with their
+/// `Content-Length`, in `headers` (emptied first).
+fn answer<B: From<Bytes>>(
+    status: StatusCode,
+    bytes: Bytes,
+    mut headers: HeaderMap,
+    content_type: Option<HeaderValue>,
+) -> Response<B> {
+    headers.clear();
+    if let Some(content_type) = content_type {
+        headers.insert(header::CONTENT_TYPE, content_type);
+    }
+    headers.insert(header::CONTENT_LENGTH, content_length(bytes.len()));
+    let mut response = Response::new(B::from(bytes));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
     response
+}
+
+/// The `Content-Length` value of a body of `len` bytes. Those of small sizes (every JSON
+/// answer of the API but the largest) are made once, as static values: formatting one
+/// allocates, and cloning a formatted one counts references.
+pub(crate) fn content_length(len: usize) -> HeaderValue {
+    /// The sizes whose values are made once.
+    const SMALL_SIZES: usize = 1024;
+    static SMALL: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
+        (0..SMALL_SIZES)
+            .map(|len| {
+                // Leaked once per process, so that each value is `'static`.
+                let text: &'static str = Box::leak(len.to_string().into_boxed_str());
+                HeaderValue::from_static(text)
+            })
+            .collect()
+    });
+    SMALL
+        .get(len)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(len))
 }
 
 /// Why a server could not be built or run.
@@ -222,4 +301,18 @@ pub enum BuildError {
     /// ([`ServerConfig::validate`](crate::ServerConfig::validate)).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::content_length;
+
+    #[test]
+    fn content_length_is_the_decimal_size_whether_made_once_or_not() {
+        for len in (0..2048).chain([4095, 65_536, usize::MAX]) {
+            assert_eq!(content_length(len), HeaderValue::from(len), "{len}");
+        }
+    }
 }

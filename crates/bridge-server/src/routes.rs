@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::Router;
@@ -160,54 +160,83 @@ impl ApiService {
         Self { core, router, fast }
     }
 
-    /// Answers `request`: the fast path's future (not boxed), or the router's.
-    pub(crate) fn serve<B>(
+    /// Where `request` goes: the fast path, with what comes before its body already
+    /// read, or the router.
+    ///
+    /// What comes before the body is read here, in the router's order (the token, then
+    /// the device), so that the answer's future (made by [`FastCommand::answer`] inside
+    /// the caller's own future, where it is polled, not moved into it) holds neither the
+    /// request's head nor its URI.
+    pub(crate) fn route<B>(&self, request: Request<B>) -> Routing<B> {
+        if !(self.fast
+            && request.method() == Method::POST
+            && command_route_device(request.uri().path()).is_some())
+        {
+            return Routing::Router(request);
+        }
+        let (mut parts, body) = request.into_parts();
+        let headers = std::mem::take(&mut parts.headers);
+        let device = check_service_token(&self.core, &headers)
+            .map_err(|error| ApiError::from(&error))
+            .and_then(|()| device_id(command_route_device(parts.uri.path()).unwrap_or_default()));
+        Routing::Fast(FastCommand {
+            core: Arc::clone(&self.core),
+            device,
+            body,
+            headers,
+        })
+    }
+
+    /// The router's answer to `request`.
+    pub(crate) fn call_router<B>(
         &self,
         request: Request<B>,
-    ) -> Either<
-        impl Future<Output = Result<Response, Infallible>> + Send + use<B>,
-        axum::routing::future::RouteFuture<Infallible>,
-    >
+    ) -> axum::routing::future::RouteFuture<Infallible>
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        if self.fast
-            && request.method() == Method::POST
-            && command_route_device(request.uri().path()).is_some()
-        {
-            let core = Arc::clone(&self.core);
-            Either::Left(async move {
-                let (parts, body) = request.into_parts();
-                let device = command_route_device(parts.uri.path()).unwrap_or_default();
-                let mut response = match check_service_token(&core, &parts.headers) {
-                    Ok(()) => send_command(&core, device, body).await.into_response(),
-                    Err(error) => ApiError::from(&error).into_response(),
-                };
-                set_content_length(&mut response);
-                Ok(response)
-            })
-        } else {
-            use tower::Service as _;
-            Either::Right(self.router.clone().call(request))
-        }
+        use tower::Service as _;
+        self.router.clone().call(request)
     }
 }
 
-/// What axum's route future does to every answer of a route: a `Content-Length` from the
-/// body's exact size when it has none. The values of small sizes are made once.
-fn set_content_length(response: &mut Response) {
-    static SMALL: LazyLock<Vec<HeaderValue>> =
-        LazyLock::new(|| (0..1024u32).map(HeaderValue::from).collect());
-    if response.headers().contains_key(header::CONTENT_LENGTH) {
-        return;
-    }
-    if let Some(size) = response.body().size_hint().exact() {
-        let value = usize::try_from(size)
-            .ok()
-            .and_then(|i| SMALL.get(i).cloned())
-            .unwrap_or_else(|| HeaderValue::from(size));
-        response.headers_mut().insert(header::CONTENT_LENGTH, value);
+/// Where [`ApiService::route`] sends a request.
+pub(crate) enum Routing<B> {
+    /// The command route's fast path.
+    Fast(FastCommand<B>),
+    /// Everything else: the router.
+    Router(Request<B>),
+}
+
+/// A request [`ApiService`]'s fast path takes, with what comes before its body read.
+pub(crate) struct FastCommand<B> {
+    core: Arc<Core>,
+    /// The device, or the refusal of the token or of the device id.
+    device: Result<DeviceId, ApiError>,
+    body: B,
+    /// The request's header map, which the answer is built in (emptied first).
+    headers: HeaderMap,
+}
+
+impl<B: HttpBody<Data = Bytes>> FastCommand<B> {
+    /// The answer: always whole JSON bytes (a command's answer or an error body) with its
+    /// `Content-Type` and `Content-Length` (see [`json_answer`](crate::error::json_answer)).
+    pub(crate) async fn answer(self) -> Response<Bytes> {
+        let Self {
+            core,
+            device,
+            body,
+            headers,
+        } = self;
+        let answer = match device {
+            Ok(device) => send_command(&core, device, body).await,
+            Err(error) => Err(error),
+        };
+        match answer {
+            Ok(answer) => json_with_code(answer.http_status(), &answer, headers),
+            Err(error) => error.into_answer(headers),
+        }
     }
 }
 
@@ -228,9 +257,11 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        match self.serve(request) {
-            Either::Left(fast) => Either::Left(Box::pin(fast)),
-            Either::Right(routed) => Either::Right(routed),
+        match self.route(request) {
+            Routing::Fast(command) => Either::Left(Box::pin(async move {
+                Ok(command.answer().await.map(Body::from))
+            })),
+            Routing::Router(request) => Either::Right(self.call_router(request)),
         }
     }
 }
@@ -324,7 +355,13 @@ async fn collect_limited<B: HttpBody<Data = Bytes>>(body: B, limit: usize) -> Op
     let mut remaining = limit;
     let mut first: Option<Bytes> = None;
     let mut joined: Vec<u8> = Vec::new();
-    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+    // A body that says it has ended is not polled again (`poll_frame` would answer `None`):
+    // hyper's, with a `Content-Length`, says so once its last byte is handed over, and
+    // the poll that would find the end costs a round through its body channel.
+    while !body.is_end_stream() {
+        let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await else {
+            break;
+        };
         let Ok(chunk) = frame.ok()?.into_data() else {
             continue;
         };
@@ -419,28 +456,32 @@ pub(crate) async fn post_command(
     Path(device): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    send_command(&core, &device, body).await
+    let answer = send_command(&core, device_id(&device)?, body).await?;
+    Ok(json_with_code(
+        answer.http_status(),
+        &answer,
+        HeaderMap::new(),
+    ))
 }
 
 /// `POST /v1/devices/{deviceId}/commands` once its token is checked: the one definition
 /// of what it does, called by [`post_command`] (through the router) and by
-/// [`ApiService`]'s fast path. `device` is the path's segment, percent-decoded.
+/// [`ApiService`]'s fast path, which answer with `json_with_code`. `device` is the path's
+/// segment, percent-decoded and checked.
 async fn send_command<B: HttpBody<Data = Bytes>>(
     core: &Core,
-    device: &str,
+    device: DeviceId,
     body: B,
-) -> Result<Response, ApiError> {
-    let device = device_id(device)?;
+) -> Result<CommandResponse, ApiError> {
     let body = read_body(core, body).await?;
     let request =
         CommandRequest::from_json(utf8(&body)?, &core.limits).map_err(|e| ApiError::from(&e))?;
     // The HTTP API is the application backend's: its queued commands are the backend's
     // (PROTOCOL.md 4.2, dedup per party).
-    let response = core
+    Ok(core
         .dispatch
         .execute(device, request, Party::Backend)
-        .await?;
-    Ok(json_with_code(response.http_status(), &response))
+        .await?)
 }
 
 /// The device's queued commands that are not final, in delivery order (PROTOCOL.md 4.2).
@@ -890,7 +931,44 @@ mod tests {
             .block_on(future)
     }
 
+    /// A body that says when it has ended (as hyper's with a `Content-Length` does), unlike
+    /// a stream's: `collect_limited` then stops without polling for the end.
+    struct SelfEnding(std::collections::VecDeque<Bytes>);
+
+    impl axum::body::HttpBody for SelfEnding {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(|c| Ok(hyper::body::Frame::data(c))))
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.0.is_empty()
+        }
+    }
+
+    fn self_ending(chunks: &[Vec<u8>]) -> SelfEnding {
+        SelfEnding(chunks.iter().map(|c| Bytes::from(c.clone())).collect())
+    }
+
     proptest! {
+        /// A body that tells its end is read as `to_bytes` reads it, chunk for chunk.
+        #[test]
+        fn collect_limited_reads_a_self_ending_body_as_to_bytes_does(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..6),
+            slack in -45i64..45,
+        ) {
+            let total: usize = chunks.iter().map(Vec::len).sum();
+            let limit = usize::try_from(i64::try_from(total).unwrap_or(0) + slack).unwrap_or(0);
+            let ours = run(collect_limited(self_ending(&chunks), limit));
+            let axums = run(axum::body::to_bytes(Body::new(self_ending(&chunks)), limit)).ok();
+            prop_assert_eq!(ours, axums);
+        }
+
         /// `collect_limited` accepts and refuses exactly the bodies `axum::body::to_bytes`
         /// does, with the same bytes: any chunking (empty chunks included), any limit
         /// around the body's length.

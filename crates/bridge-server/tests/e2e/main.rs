@@ -22,4 +22,5 @@ mod queue;
 mod secure;
 mod support;
 mod two_nodes;
+mod wire;
 mod ws;
