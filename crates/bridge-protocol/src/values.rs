@@ -195,15 +195,15 @@ impl HexPayload {
 /// is not one.
 const HEX_DIGITS: [u8; 256] = {
     let mut table = [NOT_A_DIGIT; 256];
-    let mut i = 0;
+    let mut i: u8 = 0;
     while i < 10 {
-        table[b'0' as usize + i] = i as u8;
+        table[(b'0' + i) as usize] = i;
         i += 1;
     }
-    let mut i = 0;
+    let mut i: u8 = 0;
     while i < 6 {
-        table[b'a' as usize + i] = 10 + i as u8;
-        table[b'A' as usize + i] = 10 + i as u8;
+        table[(b'a' + i) as usize] = 10 + i;
+        table[(b'A' + i) as usize] = 10 + i;
         i += 1;
     }
     table
@@ -547,7 +547,7 @@ mod tests {
             _ => Err(ValueError::NotHex),
         };
         let raw = hex.as_bytes();
-        if raw.len() % 2 != 0 {
+        if !raw.len().is_multiple_of(2) {
             return Err(ValueError::NotHex);
         }
         let len = raw.len() / 2;
