@@ -441,12 +441,9 @@ where
         }]);
     }
 
-    /// Takes a token for one incoming frame. `Err` closes the connection.
-    fn admit(&mut self) -> Result<bool, CloseRequest> {
-        match self
-            .bucket
-            .admit(&self.inner.config.rate_limit, Instant::now())
-        {
+    /// Takes a token for one incoming frame, arrived at `now`. `Err` closes the connection.
+    fn admit(&mut self, now: Instant) -> Result<bool, CloseRequest> {
+        match self.bucket.admit(&self.inner.config.rate_limit, now) {
             Admission::Accept => Ok(true),
             Admission::Refuse => Ok(false),
             Admission::Close => Err(CloseRequest {
@@ -459,14 +456,16 @@ where
 
     /// Handles one incoming message; `Some` closes the connection.
     async fn handle(&mut self, message: Message) -> Option<CloseRequest> {
-        self.last_seen = Instant::now();
+        // One reading of the clock per frame, for the keepalive and the rate bucket alike.
+        let now = Instant::now();
+        self.last_seen = now;
         let max = self.inner.config.max_frame_bytes;
         match message {
             Message::Text(text) => {
                 if text.len() > max {
                     return Some(TOO_LARGE);
                 }
-                match self.admit() {
+                match self.admit(now) {
                     Err(close) => return Some(close),
                     Ok(false) => {
                         let request_id = self.request_id_of(text.as_str());
@@ -479,7 +478,7 @@ where
                 if bytes.len() > max {
                     return Some(TOO_LARGE);
                 }
-                match self.admit() {
+                match self.admit(now) {
                     Err(close) => return Some(close),
                     Ok(false) => self.reject(&rate_limited()),
                     Ok(true) => self.reject(&ProtocolError::binary_frame()),
@@ -487,7 +486,7 @@ where
             }
             // The WebSocket layer answers pings itself; they still cost a token.
             Message::Ping(_) => {
-                if let Err(close) = self.admit() {
+                if let Err(close) = self.admit(now) {
                     return Some(close);
                 }
             }

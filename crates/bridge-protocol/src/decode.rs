@@ -55,7 +55,10 @@
 //!     topic.
 //!
 //! Decoding borrows from the input and validates each field once; the hot frames
-//! (`ble_response`, `ble_write`) are read without building a generic JSON tree.
+//! (`ble_response`, `ble_write`) are read without building a generic JSON tree. A
+//! `ble_response` in exactly the shape a phone writes it (`BleResponse::write_frame_json`)
+//! is read in one pass without even the envelope; any other text, and any value a
+//! constructor refuses, goes through the general reader, whose result it always equals.
 
 use std::borrow::Cow;
 
@@ -68,6 +71,7 @@ use crate::frames::{
 };
 use crate::http::{CommandRequest, EventRequest, IfOffline};
 use crate::mqtt::{Credentials, Hello, MqttBridgeFrame, MqttServerFrame, Token};
+use crate::write_reader::Fields;
 use crate::{
     BridgeToServer, CommandId, CommandType, DeviceErrorCode, DeviceId, DeviceType, ErrorCode,
     ErrorFrame, HexPayload, Hops, Limits, Progress, ProtocolError, RequestId, ServerToBridge,
@@ -535,8 +539,42 @@ fn unknown_type(ty: &str, role: &str) -> ProtocolError {
 impl BridgeToServer {
     /// Decodes a text frame a bridge sent.
     pub fn decode(text: &str, limits: &Limits) -> Result<Self, ProtocolError> {
+        if let Some(answer) = written_ble_response(text, limits) {
+            return Ok(Self::BleResponse(answer));
+        }
         decode_frame(text, |ty, r| bridge_body(ty, r, limits))
     }
+}
+
+/// The valid `ble_response` exactly as [`BleResponse::write_frame_json`] writes it when no
+/// string needs an escape (a phone's answer, one per command), read in one pass without
+/// the envelope; `None` for any other text, which the general reader then reads.
+///
+/// Such text is one JSON object of four string fields, none of them twice, whose values
+/// hold no escape: the general reader reads the same fields from it, with the same checks
+/// in the same order, so an answer accepted here is the one it would return. Anything
+/// refused (a bad id, bad hex, a payload over the limit) is left to it as well, so every
+/// error keeps its code and message. The property tests
+/// `written_answers_read_as_the_general_reader_reads_them` and
+/// `mutated_answers_read_as_the_general_reader_reads_them` hold it to that.
+fn written_ble_response(text: &str, limits: &Limits) -> Option<BleResponse> {
+    let mut fields = Fields::new(text);
+    fields.literal(br#"{"type":"ble_response","requestId":""#)?;
+    let request_id = RequestId::new(fields.string()?).ok()?;
+    fields.literal(br#"","deviceId":""#)?;
+    let device_id = recent_device_id(fields.string()?).ok()?;
+    let outcome = if fields.literal(br#"","payload":""#).is_some() {
+        BleOutcome::Payload(HexPayload::from_hex(fields.string()?, limits.max_payload_bytes).ok()?)
+    } else {
+        fields.literal(br#"","error":""#)?;
+        BleOutcome::Error(DeviceErrorCode::new(fields.string()?).ok()?)
+    };
+    fields.literal(br#""}"#)?;
+    fields.at_end().then_some(BleResponse {
+        request_id,
+        device_id,
+        outcome,
+    })
 }
 
 /// The body of a frame a bridge sent, by its `type`.
@@ -756,6 +794,9 @@ impl MqttBridgeFrame {
     /// Decodes a message a bridge published on its `up` topic: `hello`, `bye`, or any frame
     /// [`BridgeToServer::decode`] reads.
     pub fn decode(text: &str, limits: &Limits) -> Result<Self, ProtocolError> {
+        if let Some(answer) = written_ble_response(text, limits) {
+            return Ok(Self::Frame(BridgeToServer::BleResponse(answer)));
+        }
         decode_frame(text, |ty, r| match ty {
             "hello" => Ok(Self::Hello(hello(r)?)),
             "bye" => Ok(Self::Bye),
@@ -941,7 +982,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::{Envelope, fast_envelope, raw_str, serde_envelope};
-    use crate::ErrorCode;
+    use crate::{
+        BleOutcome, BleResponse, BridgeToServer, DeviceId, ErrorCode, HexPayload, Limits,
+        MqttBridgeFrame, ProtocolError, RequestId,
+    };
 
     /// What serde reads, or `None` when it refuses the text.
     fn serde_reading(text: &str) -> Option<Envelope<'_>> {
@@ -1161,6 +1205,98 @@ mod tests {
         }
     }
 
+    /// The general reader of bridge frames, without the phone's-answer fast path.
+    fn general_bridge_reading(
+        text: &str,
+        limits: &Limits,
+    ) -> Result<BridgeToServer, ProtocolError> {
+        super::decode_frame(text, |ty, r| super::bridge_body(ty, r, limits))
+    }
+
+    /// What `BridgeToServer::decode` and `MqttBridgeFrame::decode` answer for `text` is what
+    /// the general reader answers, value or error (message and `requestId` included); and
+    /// when the fast path takes the text, it reads the general reader's answer.
+    fn assert_reads_as_general_reader(text: &str, limits: &Limits) -> Result<(), TestCaseError> {
+        let general = general_bridge_reading(text, limits);
+        prop_assert_eq!(&BridgeToServer::decode(text, limits), &general, "{}", text);
+        let mqtt = MqttBridgeFrame::decode(text, limits).map(|frame| match frame {
+            MqttBridgeFrame::Frame(frame) => Some(frame),
+            _ => None,
+        });
+        // `hello` and `bye` are MQTT's own, and `unknown_type` for the WebSocket reader.
+        let mqtt_only = matches!(&general, Err(e) if e.code == ErrorCode::UnknownType);
+        if !mqtt_only {
+            prop_assert_eq!(mqtt, general.clone().map(Some), "{}", text);
+        }
+        if let Some(fast) = super::written_ble_response(text, limits) {
+            prop_assert_eq!(Ok(BridgeToServer::BleResponse(fast)), general, "{}", text);
+        }
+        Ok(())
+    }
+
+    /// A phone's answer as it writes it, with typical ids: the one frame per command.
+    fn written_answer(payload: &[u8]) -> (BleResponse, String) {
+        let answer = BleResponse {
+            request_id: RequestId::from_u128_hex(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
+            device_id: DeviceId::new("lock-17").unwrap(),
+            outcome: BleOutcome::Payload(HexPayload::from_bytes(payload.to_vec())),
+        };
+        let mut buf = Vec::new();
+        answer.write_frame_json(&mut buf);
+        (answer, String::from_utf8(buf).unwrap())
+    }
+
+    #[test]
+    fn the_answers_a_phone_writes_take_the_fast_path() {
+        let limits = Limits::default();
+        let (answer, text) = written_answer(&[0x03, 0xab]);
+        assert_eq!(
+            super::written_ble_response(&text, &limits),
+            Some(answer.clone())
+        );
+        assert_eq!(
+            BridgeToServer::decode(&text, &limits),
+            Ok(BridgeToServer::BleResponse(answer))
+        );
+        let error = r#"{"type":"ble_response","requestId":"r1","deviceId":"d","error":"gatt_write_failed"}"#;
+        assert!(super::written_ble_response(error, &limits).is_some());
+        assert_eq!(
+            BridgeToServer::decode(error, &limits),
+            general_bridge_reading(error, &limits)
+        );
+    }
+
+    #[test]
+    fn answers_in_another_shape_or_refused_are_left_to_the_general_reader() {
+        let limits = Limits {
+            max_payload_bytes: 1,
+        };
+        for text in [
+            // Other order, whitespace, escapes, trailing data, another field, `null`.
+            r#"{"requestId":"r1","type":"ble_response","deviceId":"d","payload":"03"}"#,
+            r#"{"type":"ble_response", "requestId":"r1","deviceId":"d","payload":"03"}"#,
+            r#"{"type":"ble_response","requestId":"r\u0031","deviceId":"d","payload":"03"}"#,
+            r#"{"type":"ble_response","requestId":"r1","deviceId":"d","payload":"03"} "#,
+            r#"{"type":"ble_response","requestId":"r1","deviceId":"d","payload":"03","x":1}"#,
+            r#"{"type":"ble_response","requestId":"r1","deviceId":"d","error":null}"#,
+            // Both outcomes, a key twice.
+            r#"{"type":"ble_response","requestId":"r1","deviceId":"d","payload":"03","error":"e"}"#,
+            r#"{"type":"ble_response","requestId":"r1","deviceId":"d","payload":"03","payload":"04"}"#,
+            // Values the rules refuse: the general reader words the error.
+            r#"{"type":"ble_response","requestId":"","deviceId":"d","payload":"03"}"#,
+            r#"{"type":"ble_response","requestId":"é","deviceId":"d","payload":"03"}"#,
+            r#"{"type":"ble_response","requestId":"r1","deviceId":"","payload":"03"}"#,
+            r#"{"type":"ble_response","requestId":"r1","deviceId":"d","payload":"0"}"#,
+            r#"{"type":"ble_response","requestId":"r1","deviceId":"d","payload":"0g"}"#,
+            r#"{"type":"ble_response","requestId":"r1","deviceId":"d","payload":"0304"}"#,
+            r#"{"type":"ble_response","requestId":"r1","deviceId":"d","error":""}"#,
+            r#"{"type":"ble_response","requestId":"r1","deviceId":"d"}"#,
+        ] {
+            assert_eq!(super::written_ble_response(text, &limits), None, "{text}");
+            assert_reads_as_general_reader(text, &limits).unwrap();
+        }
+    }
+
     #[test]
     fn a_recent_device_id_is_shared_not_allocated_again() {
         let first = super::recent_device_id("lock-1").unwrap();
@@ -1200,6 +1336,66 @@ mod tests {
             if let Some(fast) = fast_reading(&text) {
                 prop_assert_eq!(Some(fast), serde_reading(&text), "{}", text);
             }
+        }
+
+        /// Answers in the shape a phone writes, with any text where the ids, the payload
+        /// and the error go (valid or not, quotes, escapes, control characters, odd or
+        /// upper-case hex, over the limit): read as the general reader reads them.
+        #[test]
+        fn written_answers_read_as_the_general_reader_reads_them(
+            request_id in prop_oneof![
+                4 => "[0-9a-f]{32}",
+                2 => "[ -~]{0,66}",
+                1 => "\\PC{0,8}",
+                1 => prop::sample::select(vec!["a\\\"b", "a\\u0041", "\u{1}", "\u{7f}", "é"])
+                    .prop_map(str::to_owned),
+            ],
+            device_id in prop_oneof![
+                4 => "lock-[0-9]{1,3}",
+                2 => "\\PC{0,130}",
+                1 => "[\\x00-\\x1f\\x7f\"\\\\]{0,2}[a-z]{0,2}",
+            ],
+            outcome in prop_oneof![
+                4 => "([0-9a-fA-F]{2}){0,24}".prop_map(|hex| format!(",\"payload\":\"{hex}\"")),
+                1 => "[0-9a-gA-G\"\\\\ ]{0,9}".prop_map(|hex| format!(",\"payload\":\"{hex}\"")),
+                1 => "[a-z_]{0,70}".prop_map(|code| format!(",\"error\":\"{code}\"")),
+                1 => "\\PC{0,8}".prop_map(|code| format!(",\"error\":\"{code}\"")),
+            ],
+            max_payload_bytes in prop_oneof![3 => Just(512usize), 1 => 0usize..30],
+        ) {
+            let text = format!(
+                "{{\"type\":\"ble_response\",\"requestId\":\"{request_id}\",\"deviceId\":\"{device_id}\"{outcome}}}"
+            );
+            assert_reads_as_general_reader(&text, &Limits { max_payload_bytes })?;
+        }
+
+        /// A written answer with a piece of text cut out, put in or put instead, anywhere:
+        /// read as the general reader reads it.
+        #[test]
+        fn mutated_answers_read_as_the_general_reader_reads_them(
+            payload in proptest::collection::vec(any::<u8>(), 0..30),
+            edits in proptest::collection::vec(
+                (any::<prop::sample::Index>(), 0usize..4, prop_oneof![
+                    3 => piece(),
+                    1 => prop::sample::select(vec![
+                        "", "}", "\"", ",", " ", "\\", "\"}", "0", "g", "é",
+                        r#","payload":"03""#, r#","error":"e""#, r#""requestId""#, "null",
+                    ]).prop_map(str::to_owned),
+                ]),
+                1..3,
+            ),
+            max_payload_bytes in prop_oneof![3 => Just(512usize), 1 => 0usize..30],
+        ) {
+            let (_, mut text) = written_answer(&payload);
+            for (at, cut, put) in edits {
+                let chars: Vec<char> = text.chars().collect();
+                let start = at.index(chars.len() + 1);
+                let end = (start + cut).min(chars.len());
+                text = chars[..start].iter().collect::<String>()
+                    + &put
+                    + &chars[end..].iter().collect::<String>();
+            }
+            assert_reads_as_general_reader(&text, &Limits { max_payload_bytes })?;
         }
 
         #[test]

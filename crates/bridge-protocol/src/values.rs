@@ -144,16 +144,9 @@ impl HexPayload {
                 max: max_bytes,
             });
         }
-        let decode = |pair: &[u8]| {
-            let hi = hex_digit(pair[0]).ok_or(ValueError::NotHex)?;
-            let lo = hex_digit(pair[1]).ok_or(ValueError::NotHex)?;
-            Ok((hi << 4) | lo)
-        };
         if len <= Self::INLINE_BYTES {
             let mut bytes = [0u8; Self::INLINE_BYTES];
-            for (out, pair) in bytes.iter_mut().zip(raw.chunks_exact(2)) {
-                *out = decode(pair)?;
-            }
+            decode_hex_pairs(raw, &mut bytes[..len])?;
             return Ok(Self(Repr::Inline {
                 // `len <= INLINE_BYTES` (22): the cast cannot truncate.
                 #[allow(clippy::cast_possible_truncation)]
@@ -161,10 +154,8 @@ impl HexPayload {
                 bytes,
             }));
         }
-        let mut out = Vec::with_capacity(len);
-        for pair in raw.chunks_exact(2) {
-            out.push(decode(pair)?);
-        }
+        let mut out = vec![0u8; len];
+        decode_hex_pairs(raw, &mut out)?;
         Ok(Self(Repr::Heap(out)))
     }
 
@@ -200,12 +191,43 @@ impl HexPayload {
     }
 }
 
-fn hex_digit(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
+/// The value of each byte as a hex digit (either case), or [`NOT_A_DIGIT`] for a byte that
+/// is not one.
+const HEX_DIGITS: [u8; 256] = {
+    let mut table = [NOT_A_DIGIT; 256];
+    let mut i: u8 = 0;
+    while i < 10 {
+        table[(b'0' + i) as usize] = i;
+        i += 1;
+    }
+    let mut i: u8 = 0;
+    while i < 6 {
+        table[(b'a' + i) as usize] = 10 + i;
+        table[(b'A' + i) as usize] = 10 + i;
+        i += 1;
+    }
+    table
+};
+
+/// What [`HEX_DIGITS`] holds for a byte that is not a hex digit: its high bits are never
+/// set by a digit (0 to 15).
+const NOT_A_DIGIT: u8 = 0xF0;
+
+/// Decodes the pairs of hex digits of `raw` into `out` (one byte per pair, `raw` twice as
+/// long). Any byte that is not a hex digit makes it `NotHex`: the digits are looked up in
+/// one pass without a branch per digit, and checked once at the end.
+fn decode_hex_pairs(raw: &[u8], out: &mut [u8]) -> Result<(), ValueError> {
+    let mut seen = 0u8;
+    for (byte, pair) in out.iter_mut().zip(raw.chunks_exact(2)) {
+        let hi = HEX_DIGITS[usize::from(pair[0])];
+        let lo = HEX_DIGITS[usize::from(pair[1])];
+        seen |= hi | lo;
+        *byte = (hi << 4) | lo;
+    }
+    if seen & NOT_A_DIGIT == 0 {
+        Ok(())
+    } else {
+        Err(ValueError::NotHex)
     }
 }
 
@@ -513,6 +535,49 @@ mod tests {
             HexPayload::from_hex(&"00".repeat(512), 512).unwrap().len(),
             512
         );
+    }
+
+    /// The digit-by-digit reading `from_hex` did before its table: the reference it is
+    /// held to.
+    fn from_hex_digit_by_digit(hex: &str, max_bytes: usize) -> Result<Vec<u8>, ValueError> {
+        let digit = |b: u8| match b {
+            b'0'..=b'9' => Ok(b - b'0'),
+            b'a'..=b'f' => Ok(b - b'a' + 10),
+            b'A'..=b'F' => Ok(b - b'A' + 10),
+            _ => Err(ValueError::NotHex),
+        };
+        let raw = hex.as_bytes();
+        if !raw.len().is_multiple_of(2) {
+            return Err(ValueError::NotHex);
+        }
+        let len = raw.len() / 2;
+        if len > max_bytes {
+            return Err(ValueError::PayloadTooLarge {
+                len,
+                max: max_bytes,
+            });
+        }
+        raw.chunks_exact(2)
+            .map(|pair| Ok((digit(pair[0])? << 4) | digit(pair[1])?))
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// Any text (hex digits of either case, the bytes next to them in ASCII, anything
+        /// else), inline or on the heap, under or over the limit: the same bytes or the
+        /// same error as the digit-by-digit reading.
+        #[test]
+        fn hex_reads_as_digit_by_digit(
+            hex in proptest::prop_oneof![
+                4 => "[0-9a-fA-F]{0,60}",
+                2 => "[0-9a-fA-F/:@G`g]{0,60}",
+                1 => "\\PC{0,30}",
+            ],
+            max_bytes in proptest::prop_oneof![3 => proptest::strategy::Just(512usize), 1 => 0usize..40],
+        ) {
+            let table = HexPayload::from_hex(&hex, max_bytes).map(HexPayload::into_bytes);
+            proptest::prop_assert_eq!(table, from_hex_digit_by_digit(&hex, max_bytes), "{}", hex);
+        }
     }
 
     #[test]
