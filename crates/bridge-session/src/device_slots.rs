@@ -655,7 +655,7 @@ mod tests {
         assert_eq!(devices.get(&key("lock-1")).map(|q| q.held), Some(1));
         assert_eq!(devices.get(&key("lock-2")).map(|q| q.held), Some(2));
         devices.remove(&key("lock-1"));
-        assert!(devices.get(&key("lock-1")).is_none());
+        assert!(!devices.contains_key(&key("lock-1")));
         assert_eq!(devices.get(&key("lock-2")).map(|q| q.held), Some(2));
     }
 
