@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -64,14 +65,28 @@ impl<T: Transport + ?Sized> CommandSender for SessionManager<T> {
         SessionManager::send_command(self, device, device_type, payload, timeout).await
     }
 
-    async fn send_command_traced(
-        &self,
+    /// The manager's own future, boxed as it is: written out rather than as an `async fn`,
+    /// whose `async_trait` expansion would box a second future around it (one more state
+    /// to build, copy and poll per command).
+    fn send_command_traced<'life0, 'life1, 'async_trait>(
+        &'life0 self,
         device: DeviceId,
-        device_type: Option<&str>,
+        device_type: Option<&'life1 str>,
         payload: HexPayload,
         timeout: Duration,
-    ) -> Result<CommandReply, CommandFailure> {
-        SessionManager::send_command_traced(self, device, device_type, payload, timeout).await
+    ) -> Pin<Box<dyn Future<Output = Result<CommandReply, CommandFailure>> + Send + 'async_trait>>
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(SessionManager::send_command_traced(
+            self,
+            device,
+            device_type,
+            payload,
+            timeout,
+        ))
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 
-use bridge_protocol::{ServerToBridge, ServerToUser};
+use bridge_protocol::{BleWrite, ServerToBridge, ServerToUser};
 use tungstenite::{Bytes, Message, Utf8Bytes};
 
 /// One outgoing text frame, already serialized.
@@ -36,6 +36,19 @@ impl Frame {
 
     pub(crate) const fn from_static(text: &'static str) -> Self {
         Self(Utf8Bytes::from_static(text))
+    }
+}
+
+impl Frame {
+    /// The `ble_write` frame of `write`, for a frame sent once and handed over by value
+    /// ([`Hub::send_frame_to_device_now`](crate::Hub::send_frame_to_device_now)).
+    ///
+    /// The text is written straight into a buffer of exactly its size, which the frame
+    /// then owns as is: one allocation, no scratch buffer and no copy. Such a frame is
+    /// best not cloned: its first clone allocates the shared reference count that the
+    /// frames of [`From<&ServerToBridge>`] carry from the start.
+    pub fn ble_write(write: &BleWrite) -> Self {
+        Self(Utf8Bytes::from(write.to_json()))
     }
 }
 
@@ -195,5 +208,16 @@ mod tests {
         });
         assert_eq!(Frame::from(&status).as_str(), status.to_json());
         assert_eq!(Frame::from(ble_write(2)).as_str(), ble_write(2).to_json());
+    }
+
+    #[test]
+    fn a_ble_write_frame_made_for_one_send_is_the_same_frame() {
+        for bytes in [0, 1, 200, 4000] {
+            let frame = ble_write(bytes);
+            let ServerToBridge::BleWrite(write) = &frame else {
+                unreachable!("a ble_write")
+            };
+            assert_eq!(Frame::ble_write(write), Frame::from(&frame));
+        }
     }
 }

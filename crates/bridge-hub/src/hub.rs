@@ -282,6 +282,22 @@ pub trait Hub: Send + Sync + 'static {
         None
     }
 
+    /// [`send_to_device_now`](Self::send_to_device_now) of a frame the caller hands over:
+    /// `Ok` with what `send_to_device` answers, or `Err` with the frame back when the
+    /// caller must await [`send_to_device`](Self::send_to_device) instead.
+    ///
+    /// The default asks `send_to_device_now` with a reference. [`LocalHub`] queues the frame
+    /// itself rather than a copy, so a frame made for one send (see [`Frame::ble_write`])
+    /// is never shared. A hub that overrides this must answer exactly what its
+    /// `send_to_device` would.
+    fn send_frame_to_device_now(
+        &self,
+        device_id: &DeviceId,
+        frame: Frame,
+    ) -> Result<Result<InFlight, HubError>, Frame> {
+        self.send_to_device_now(device_id, &frame).ok_or(frame)
+    }
+
     /// Sends a frame to every user connection subscribed to the device. Returns how many
     /// connections it was queued for.
     async fn broadcast(&self, device_id: &DeviceId, frame: &Frame) -> usize {
@@ -628,6 +644,16 @@ impl LocalHub {
         device_id: &DeviceId,
         frame: &Frame,
     ) -> Result<InFlight, HubError> {
+        self.send_frame_to_device(device_id, frame.clone())
+    }
+
+    /// [`send_to_device`](Self::send_to_device) of a frame the caller hands over: the
+    /// frame itself is queued, not a copy.
+    pub fn send_frame_to_device(
+        &self,
+        device_id: &DeviceId,
+        frame: Frame,
+    ) -> Result<InFlight, HubError> {
         let state = self.inner.state.read();
         match state.send_to_device(device_id, frame) {
             Some(in_flight) => Ok(in_flight),
@@ -786,5 +812,13 @@ impl Hub for LocalHub {
         frame: &Frame,
     ) -> Option<Result<InFlight, HubError>> {
         Some(LocalHub::send_to_device(self, device_id, frame))
+    }
+
+    fn send_frame_to_device_now(
+        &self,
+        device_id: &DeviceId,
+        frame: Frame,
+    ) -> Result<Result<InFlight, HubError>, Frame> {
+        Ok(LocalHub::send_frame_to_device(self, device_id, frame))
     }
 }

@@ -156,11 +156,22 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame without ever waiting.
+    /// Queues a frame without ever waiting (what [`push_or_return`](Self::push_or_return)
+    /// does, for the tests).
+    #[cfg(test)]
     pub(crate) fn push(&self, frame: Frame) -> Pushed {
+        match self.push_or_return(frame) {
+            Ok(()) => Pushed::Queued,
+            Err((refused, _)) => refused,
+        }
+    }
+
+    /// [`push`](Self::push), which gives a frame it did not queue back (with why), so that
+    /// the caller can offer that same frame elsewhere without having kept a copy.
+    pub(crate) fn push_or_return(&self, frame: Frame) -> Result<(), (Pushed, Frame)> {
         let mut queue = self.queue.lock();
         if queue.close.is_some() {
-            return Pushed::Closing;
+            return Err((Pushed::Closing, frame));
         }
         if queue.frames.len() - queue.status_markers() >= self.capacity {
             queue.frames = VecDeque::new();
@@ -173,13 +184,13 @@ impl Outbox {
             let waker = queue.waker_to_wake();
             drop(queue);
             wake(waker);
-            return Pushed::Overflowed;
+            return Err((Pushed::Overflowed, frame));
         }
         queue.frames.push_back(Entry::Frame(frame));
         let waker = queue.waker_to_wake();
         drop(queue);
         wake(waker);
-        Pushed::Queued
+        Ok(())
     }
 
     /// Queues the `device_status` of `device` unless one is waiting already (see

@@ -148,15 +148,18 @@ impl State {
 
     /// Queues `frame` on `outbox`, counting a slow consumer if this overflowed it.
     pub(crate) fn deliver(&self, outbox: &Outbox, frame: Frame) -> bool {
-        match outbox.push(frame) {
-            Pushed::Queued => true,
-            Pushed::Overflowed => {
+        self.deliver_or_return(outbox, frame).is_ok()
+    }
+
+    /// [`deliver`](Self::deliver), which gives a frame `outbox` did not take back.
+    fn deliver_or_return(&self, outbox: &Outbox, frame: Frame) -> Result<(), Frame> {
+        outbox.push_or_return(frame).map_err(|(refused, frame)| {
+            if refused == Pushed::Overflowed {
                 self.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(connection = %outbox.id, "slow consumer disconnected");
-                false
             }
-            Pushed::Closing => false,
-        }
+            frame
+        })
     }
 
     /// Queues the `device_status` of `device` on `outbox` (coalesced; never overflows).
@@ -542,21 +545,29 @@ impl State {
 
     /// Queues `frame` on the first route that takes it; returns the ticket of the command
     /// now in flight on that connection.
-    pub(crate) fn send_to_device(&self, device: &DeviceId, frame: &Frame) -> Option<InFlight> {
+    ///
+    /// The frame itself is queued, never a copy: a route that refuses it hands it back for
+    /// the next. (A frame's text that no one else shares then never needs a shared
+    /// reference count: see [`Frame::ble_write`].)
+    pub(crate) fn send_to_device(&self, device: &DeviceId, frame: Frame) -> Option<InFlight> {
         // The best route first, found without ranking into a list (claims are unique, so
         // it is the list's first); the others only if it does not take the frame.
         let best = self.devices.get(device)?.best()?;
-        if self.deliver(&best.outbox, frame.clone()) {
-            return Some(InFlight::begin(&best.outbox));
-        }
+        let mut frame = match self.deliver_or_return(&best.outbox, frame) {
+            Ok(()) => return Some(InFlight::begin(&best.outbox)),
+            Err(frame) => frame,
+        };
         let tried = Arc::clone(&best.outbox);
-        self.routes(device)
-            .into_iter()
-            .filter(|outbox| !Arc::ptr_eq(outbox, &tried))
-            .find_map(|outbox| {
-                self.deliver(&outbox, frame.clone())
-                    .then(|| InFlight::begin(&outbox))
-            })
+        for outbox in self.routes(device) {
+            if Arc::ptr_eq(&outbox, &tried) {
+                continue;
+            }
+            match self.deliver_or_return(&outbox, frame) {
+                Ok(()) => return Some(InFlight::begin(&outbox)),
+                Err(refused) => frame = refused,
+            }
+        }
+        None
     }
 
     pub(crate) fn broadcast(&self, device: &DeviceId, frame: &Frame) -> usize {
@@ -821,6 +832,59 @@ mod tests {
         assert!(
             f.state.devices.is_empty(),
             "nothing is kept for a forgotten device"
+        );
+    }
+
+    /// The frame queued on `outbox`, if its first entry is one.
+    fn first_frame(outbox: &Outbox) -> Option<Frame> {
+        match outbox.pop() {
+            (Some(crate::outbox::Entry::Frame(frame)), _) => Some(frame),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_frame_the_best_route_refuses_goes_to_the_next_and_an_overflow_counts_as_slow() {
+        let mut f = Fixture::new();
+        let a = f.bridge(&["lock"]);
+        let b = f.bridge(&["lock"]);
+        let c = f.bridge(&["lock"]);
+        assert_eq!(f.route("lock"), c.id, "the most recent claim");
+        let frame = Frame::from_json_text(r#"{"type":"ble_write"}"#);
+
+        // c is closing: the frame goes to b, whole.
+        c.request_close(crate::outbox::CloseRequest {
+            reason: crate::CloseReason::ClosedByServer,
+            code: None,
+            text: "",
+        });
+        let ticket = f.state.send_to_device(&device("lock"), frame.clone());
+        assert_eq!(ticket.as_ref().map(InFlight::connection), Some(b.id));
+        assert_eq!(first_frame(&b), Some(frame.clone()));
+        assert_eq!(first_frame(&a), None);
+        drop(ticket);
+
+        // b overflows (a slow consumer, counted), c is closing: a takes it.
+        for _ in 0..64 {
+            assert!(f.state.deliver(&b, Frame::from_static("{}")));
+        }
+        let ticket = f.state.send_to_device(&device("lock"), frame.clone());
+        assert_eq!(ticket.as_ref().map(InFlight::connection), Some(a.id));
+        assert_eq!(first_frame(&a), Some(frame.clone()));
+        assert_eq!(f.state.slow_consumers.load(Ordering::Relaxed), 1);
+
+        // No route takes it: no ticket.
+        a.request_close(crate::outbox::CloseRequest {
+            reason: crate::CloseReason::ClosedByServer,
+            code: None,
+            text: "",
+        });
+        drop(ticket);
+        assert!(f.state.send_to_device(&device("lock"), frame).is_none());
+        assert!(
+            f.state
+                .send_to_device(&device("other"), Frame::from_static("{}"))
+                .is_none()
         );
     }
 

@@ -682,6 +682,25 @@ async fn send_to_device_now_answers_what_send_to_device_answers_and_defers_to_an
     assert_eq!(phone.recv_json().await["requestId"], "r5");
     assert_eq!(counting.sends.load(std::sync::atomic::Ordering::SeqCst), 1);
     drop(ticket);
+
+    // The same for a frame handed over: the local hub queues it at once (the phone gets
+    // it), the overriding hub gives it back untouched for `send_to_device`.
+    let handed = hub
+        .send_frame_to_device_now(&device("lock"), ble_write("r6", "lock"))
+        .expect("the local hub sends at once")
+        .expect("the lock is online");
+    assert_eq!(phone.recv_json().await["requestId"], "r6");
+    assert_eq!(server.hub.commands_in_flight(handed.connection()), 1);
+    drop(handed);
+    assert_eq!(
+        hub.send_frame_to_device_now(&device("other"), ble_write("r7", "other")),
+        Ok(Err(HubError::DeviceOffline(device("other")))),
+    );
+    assert_eq!(
+        counting.send_frame_to_device_now(&device("lock"), ble_write("r8", "lock")),
+        Err(ble_write("r8", "lock")),
+    );
+    assert_eq!(counting.sends.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
 /// The connection of the one bridge of `server`.

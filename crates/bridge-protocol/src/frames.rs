@@ -495,6 +495,9 @@ encoders!(BridgeToServer, UserToServer, ServerToUser);
 impl ServerToBridge {
     /// The frame as the JSON text of one WebSocket text frame.
     pub fn to_json(&self) -> String {
+        if let Self::BleWrite(write) = self {
+            return write.to_json();
+        }
         let mut buf = Vec::with_capacity(256);
         self.write_json(&mut buf);
         // Only UTF-8 is written; the fallback is never taken.
@@ -518,6 +521,36 @@ impl ServerToBridge {
 }
 
 impl BleWrite {
+    /// The JSON text of `ServerToBridge::BleWrite(self)` (the same as its
+    /// [`ServerToBridge::to_json`]), in a `String` whose capacity is exactly its length
+    /// unless a name needed escaping.
+    ///
+    /// An exact-size `String` becomes a `Bytes` (a WebSocket frame's text) without another
+    /// allocation, so a `ble_write` is serialized straight into its frame's one buffer.
+    pub fn to_json(&self) -> String {
+        let mut buf = Vec::with_capacity(self.json_len_unescaped());
+        self.write_json(&mut buf);
+        // Only UTF-8 is written; the fallback is never taken.
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// The length of [`to_json`](Self::to_json)'s text when neither id nor type needs
+    /// escaping (always so for a request id this server makes and for names without `"`,
+    /// `\` or control characters); more is then written, and the buffer grows.
+    fn json_len_unescaped(&self) -> usize {
+        // The fixed text around the values, the quotes of the three strings included.
+        const FIXED: usize = r#"{"type":"ble_write","requestId":"","deviceId":"","deviceType":"","serviceUuid":"","writeUuid":"","listenUuid":"","payload":"","timeoutMs":}"#.len();
+        const UUIDS: usize = 3 * 36;
+        let timeout = self.timeout_ms.get();
+        FIXED
+            + self.request_id.as_bytes().len()
+            + self.device_id.as_str().len()
+            + self.device_type.as_str().len()
+            + UUIDS
+            + 2 * self.payload.as_bytes().len()
+            + decimal_digits(u64::from(timeout))
+    }
+
     /// `{"type":"ble_write",...}`: the same text as serializing
     /// `ServerToBridge::BleWrite(self)` with serde_json.
     fn write_json(&self, buf: &mut Vec<u8>) {
@@ -568,6 +601,12 @@ pub(crate) fn push_hex(buf: &mut Vec<u8>, bytes: &[u8]) {
         buf.push(DIGITS[usize::from(b >> 4)]);
         buf.push(DIGITS[usize::from(b & 0xF)]);
     }
+}
+
+/// How many digits [`push_u64`] writes for `n`.
+fn decimal_digits(n: u64) -> usize {
+    // `ilog10` of a `u64` is at most 19: the cast cannot truncate.
+    n.checked_ilog10().map_or(1, |log| log as usize + 1)
 }
 
 /// Appends `n` in decimal, as its `Display` (and serde_json) writes it.

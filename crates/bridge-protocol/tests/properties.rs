@@ -260,7 +260,36 @@ proptest! {
         frame.write_json(&mut written);
         let serde = serde_json::to_string(&frame).unwrap();
         prop_assert_eq!(String::from_utf8(written).unwrap(), serde.clone());
-        prop_assert_eq!(frame.to_json(), serde);
+        prop_assert_eq!(frame.to_json(), serde.clone());
+        if let ServerToBridge::BleWrite(write) = &frame {
+            prop_assert_eq!(write.to_json(), serde);
+        }
+    }
+
+    #[test]
+    fn a_ble_write_without_escapes_is_written_into_a_buffer_of_exactly_its_length(
+        r in "[ !#-\\[\\]-~]{1,64}", d in "[a-zA-Z0-9:_é-]{1,40}", t in "[a-z_-]{1,20}",
+        p in payload(),
+        // Every digit count, its edges included.
+        ms in prop_oneof![
+            1u64..=120_000,
+            prop::sample::select(vec![9, 10, 99, 100, 999, 1_000, 9_999, 10_000, 99_999, 100_000]),
+        ],
+    ) {
+        let write = BleWrite {
+            request_id: RequestId::new(&r).unwrap(),
+            device_id: DeviceId::new(&d).unwrap(),
+            device_type: DeviceType::new(&t).unwrap(),
+            service_uuid: DeviceConfig::SMART_LOCK.service_uuid,
+            write_uuid: DeviceConfig::SMART_LOCK.write_uuid,
+            listen_uuid: DeviceConfig::SMART_LOCK.listen_uuid,
+            payload: p,
+            timeout_ms: TimeoutMs::new(ms).unwrap(),
+        };
+        let text = write.to_json();
+        // Exact: the frame's buffer is the text's, with no second allocation.
+        prop_assert_eq!(text.capacity(), text.len());
+        prop_assert_eq!(text, serde_json::to_string(&ServerToBridge::BleWrite(write)).unwrap());
     }
 
     #[test]

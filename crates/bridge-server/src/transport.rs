@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bridge_hub::{Frame, Hub, HubError, InFlight};
-use bridge_protocol::{BleWrite, ConnectionId, DeviceId, RequestId, ServerToBridge};
+use bridge_protocol::{BleWrite, ConnectionId, DeviceId, RequestId};
 use bridge_session::{SendNow, SendResult, Transport, TransportError};
 
 /// Sends `ble_write` frames through the device's best holder. The hub's [`InFlight`] ticket
@@ -48,12 +48,15 @@ impl Transport for HubTransport {
     ///
     /// [`LocalHub`]: bridge_hub::LocalHub
     fn send_ble_write_now(&self, write: BleWrite) -> SendNow<'_, InFlight> {
-        let request_id = write.request_id;
-        let device_id = write.device_id.clone();
-        let frame = Frame::from(ServerToBridge::BleWrite(write));
-        match self.hub.send_to_device_now(&device_id, &frame) {
-            Some(result) => SendNow::Sent(Self::sent(result, request_id, &device_id)),
-            None => SendNow::Later(Box::pin(async move {
+        let frame = Frame::ble_write(&write);
+        let BleWrite {
+            request_id,
+            device_id,
+            ..
+        } = write;
+        match self.hub.send_frame_to_device_now(&device_id, frame) {
+            Ok(result) => SendNow::Sent(Self::sent(result, request_id, &device_id)),
+            Err(frame) => SendNow::Later(Box::pin(async move {
                 let result = self.hub.send_to_device(&device_id, &frame).await;
                 Self::sent(result, request_id, &device_id)
             })),

@@ -88,7 +88,9 @@ pub struct Removed<W> {
 enum Route {
     /// The transport is sending it; the connection is not known yet.
     Routing {
-        early: Option<EarlyAnswer>,
+        /// Boxed: an answer rarely beats the end of its send, and a small entry is moved
+        /// in and out of the slab with a few register moves instead of a `memcpy` call.
+        early: Option<Box<EarlyAnswer>>,
         /// Connections lost (or devices released) since the command registered: if the
         /// write turns out to have gone through one of them, the command fails at once.
         /// Empty, and so not allocated, unless such an event happened meanwhile.
@@ -339,7 +341,7 @@ impl<W> Correlator<W> {
         }
 
         let mut result = None;
-        if let Some(answer) = early {
+        if let Some(answer) = early.map(|answer| *answer) {
             if answer.connection == connection {
                 result = Some(self.count_answer(answer.outcome));
             } else {
@@ -469,10 +471,10 @@ impl<W> Correlator<W> {
             return reject(&mut self.stats, RejectReason::Late);
         }
         if let Route::Routing { early, .. } = &mut entry.route {
-            *early = Some(EarlyAnswer {
+            *early = Some(Box::new(EarlyAnswer {
                 connection,
                 outcome: response.outcome,
-            });
+            }));
             return Ok(ResponseAccepted::HeldUntilSent);
         }
         let Some(entry) = self.remove(sequence) else {

@@ -9,8 +9,14 @@
 //! calls [`DeviceSlots::expire`] when the earliest deadline it knows of (pending commands'
 //! and waiters') is due, and each waiter arms that timer with its deadline once, when it
 //! joins the queue.
+//!
+//! A command hashes its device id once: the map's key carries that hash (a keyed SipHash,
+//! as a plain `HashMap` would compute), and the slot it takes keeps the key, so giving the
+//! slot back finds the device without hashing its id again.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -30,11 +36,58 @@ pub(crate) enum NoSlot {
 /// The slots of every device, behind one lock.
 pub(crate) struct DeviceSlots {
     limit: usize,
+    /// Hashes device ids for [`DeviceKey`]: keyed per process, as `HashMap`'s default.
+    hasher: RandomState,
     state: Mutex<State>,
 }
 
+/// A device id with its hash, computed once per command.
+#[derive(Clone)]
+struct DeviceKey {
+    hash: u64,
+    device: DeviceId,
+}
+
+impl PartialEq for DeviceKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.device == other.device
+    }
+}
+
+impl Eq for DeviceKey {}
+
+impl Hash for DeviceKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// The hasher of the map of [`DeviceKey`]s: the key's hash is already one, and is taken as
+/// it is.
+#[derive(Default)]
+struct KeyHash(u64);
+
+impl Hasher for KeyHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached ([`DeviceKey`] writes one `u64`); mixes any bytes in all the same.
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+type DeviceMap = HashMap<DeviceKey, SlotQueue, BuildHasherDefault<KeyHash>>;
+
 struct State {
-    devices: HashMap<DeviceId, SlotQueue>,
+    devices: DeviceMap,
     /// Set by [`DeviceSlots::close`]: nobody waits any more.
     closed: bool,
 }
@@ -127,8 +180,9 @@ impl DeviceSlots {
     pub(crate) fn new(limit: usize) -> Self {
         Self {
             limit,
+            hasher: RandomState::new(),
             state: Mutex::new(State {
-                devices: HashMap::new(),
+                devices: DeviceMap::default(),
                 closed: false,
             }),
         }
@@ -137,43 +191,48 @@ impl DeviceSlots {
     /// Takes a slot of `device`, waiting for one until `deadline`. `arm` is called once,
     /// with the deadline, if the command has to wait (after it joined the queue): the
     /// timer that calls [`expire`](Self::expire) must then wake by `deadline`.
-    pub(crate) fn acquire<'d, A: FnOnce(Instant)>(
+    pub(crate) fn acquire<A: FnOnce(Instant)>(
         &self,
-        device: &'d DeviceId,
+        device: &DeviceId,
         deadline: Instant,
         arm: A,
-    ) -> Acquire<'_, 'd, A> {
+    ) -> Acquire<'_, A> {
         Acquire {
             slots: self,
-            device,
+            key: self.key(device),
             deadline,
             arm: Some(arm),
             ticket: None,
         }
     }
 
-    /// Gives one slot of `device` back: to the oldest command still waiting, if any, or to
-    /// the pool (forgetting the device once nothing is held or queued).
-    pub(crate) fn release(&self, device: &DeviceId) {
+    fn key(&self, device: &DeviceId) -> DeviceKey {
+        DeviceKey {
+            hash: self.hasher.hash_one(device),
+            device: device.clone(),
+        }
+    }
+
+    /// Gives one slot of the device of `key` back: to the oldest command still waiting, if
+    /// any, or to the pool (forgetting the device once nothing is held or queued).
+    fn release(&self, key: &DeviceKey) {
         let waker = {
             let mut state = self.state.lock();
-            Self::release_locked(&mut state.devices, device)
+            let devices = &mut state.devices;
+            match devices.get_mut(key) {
+                Some(queue) => {
+                    let waker = queue.release();
+                    if queue.idle() {
+                        devices.remove(key);
+                    }
+                    waker
+                }
+                None => None,
+            }
         };
         if let Some(waker) = waker {
             waker.wake();
         }
-    }
-
-    fn release_locked(
-        devices: &mut HashMap<DeviceId, SlotQueue>,
-        device: &DeviceId,
-    ) -> Option<Waker> {
-        let queue = devices.get_mut(device)?;
-        let waker = queue.release();
-        if queue.idle() {
-            devices.remove(device);
-        }
-        waker
     }
 
     /// Ends the wait of every command whose deadline is at or before `now` (each then
@@ -239,9 +298,9 @@ impl DeviceSlots {
 
 /// The future of [`DeviceSlots::acquire`]. Dropped while it waits, it gives up its place
 /// (and hands on a slot handed to it in the meantime).
-pub(crate) struct Acquire<'a, 'd, A> {
+pub(crate) struct Acquire<'a, A> {
     slots: &'a DeviceSlots,
-    device: &'d DeviceId,
+    key: DeviceKey,
     deadline: Instant,
     arm: Option<A>,
     /// Its place in the device's queue, once it waits.
@@ -249,23 +308,23 @@ pub(crate) struct Acquire<'a, 'd, A> {
 }
 
 // No field is pinned: the future is only ever moved as a whole.
-impl<A> Unpin for Acquire<'_, '_, A> {}
+impl<A> Unpin for Acquire<'_, A> {}
 
-impl<'a, A: FnOnce(Instant)> Future for Acquire<'a, '_, A> {
+impl<'a, A: FnOnce(Instant)> Future for Acquire<'a, A> {
     type Output = Result<DeviceSlot<'a>, NoSlot>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let slot = |waited| DeviceSlot {
             slots: this.slots,
-            device: this.device.clone(),
+            key: this.key.clone(),
             waited,
         };
         let mut state = this.slots.state.lock();
         let State { devices, closed } = &mut *state;
         let Some(ticket) = this.ticket else {
             // First poll: a free slot, or a place at the end of the queue.
-            let queue = devices.entry(this.device.clone()).or_default();
+            let queue = devices.entry(this.key.clone()).or_default();
             if queue.held < this.slots.limit && !queue.someone_waits() {
                 queue.held += 1;
                 drop(state);
@@ -273,7 +332,7 @@ impl<'a, A: FnOnce(Instant)> Future for Acquire<'a, '_, A> {
             }
             if *closed {
                 if queue.idle() {
-                    devices.remove(this.device);
+                    devices.remove(&this.key);
                 }
                 return Poll::Ready(Err(NoSlot::Closed));
             }
@@ -290,7 +349,7 @@ impl<'a, A: FnOnce(Instant)> Future for Acquire<'a, '_, A> {
             return Poll::Pending;
         };
         // Its place exists: a device with a queued place is never forgotten.
-        let Some(queue) = devices.get_mut(this.device) else {
+        let Some(queue) = devices.get_mut(&this.key) else {
             this.ticket = None;
             return Poll::Ready(Err(NoSlot::Closed));
         };
@@ -312,7 +371,7 @@ impl<'a, A: FnOnce(Instant)> Future for Acquire<'a, '_, A> {
         *place = Place::Left;
         queue.trim();
         if queue.idle() {
-            devices.remove(this.device);
+            devices.remove(&this.key);
         }
         this.ticket = None;
         drop(state);
@@ -320,14 +379,14 @@ impl<'a, A: FnOnce(Instant)> Future for Acquire<'a, '_, A> {
     }
 }
 
-impl<A> Drop for Acquire<'_, '_, A> {
+impl<A> Drop for Acquire<'_, A> {
     fn drop(&mut self) {
         let Some(ticket) = self.ticket else {
             return;
         };
         let waker = {
             let mut state = self.slots.state.lock();
-            let Some(queue) = state.devices.get_mut(self.device) else {
+            let Some(queue) = state.devices.get_mut(&self.key) else {
                 return;
             };
             let Some(place) = queue.place_mut(ticket) else {
@@ -339,7 +398,7 @@ impl<A> Drop for Acquire<'_, '_, A> {
             queue.trim();
             let waker = if handed { queue.release() } else { None };
             if queue.idle() {
-                state.devices.remove(self.device);
+                state.devices.remove(&self.key);
             }
             waker
         };
@@ -352,14 +411,15 @@ impl<A> Drop for Acquire<'_, '_, A> {
 /// A held device slot; given back (to the next waiter, or the pool) on drop.
 pub(crate) struct DeviceSlot<'a> {
     slots: &'a DeviceSlots,
-    device: DeviceId,
+    /// Its device, hashed when the slot was asked for.
+    key: DeviceKey,
     /// Whether the command had to wait for it (its clock is then read again).
     pub(crate) waited: bool,
 }
 
 impl Drop for DeviceSlot<'_> {
     fn drop(&mut self) {
-        self.slots.release(&self.device);
+        self.slots.release(&self.key);
     }
 }
 
@@ -390,7 +450,7 @@ mod tests {
     /// One command of the model test: waiting (its future and its waker's flag) or holding
     /// (the slot, given back when dropped).
     enum Real<'a> {
-        Waiting(Pin<Box<Acquire<'a, 'a, Arm>>>, Arc<Flag>),
+        Waiting(Pin<Box<Acquire<'a, Arm>>>, Arc<Flag>),
         Holding(#[allow(dead_code)] DeviceSlot<'a>),
     }
 
@@ -425,7 +485,7 @@ mod tests {
     }
 
     fn poll_once<'a>(
-        future: &mut Pin<Box<Acquire<'a, 'a, Arm>>>,
+        future: &mut Pin<Box<Acquire<'a, Arm>>>,
         flag: &Arc<Flag>,
     ) -> Poll<Result<DeviceSlot<'a>, NoSlot>> {
         let waker = Waker::from(Arc::clone(flag));
@@ -457,7 +517,7 @@ mod tests {
                     Op::Arrive(d, ms) => {
                         let id = next_id;
                         next_id += 1;
-                        let mut future: Pin<Box<Acquire<'_, '_, Arm>>> =
+                        let mut future: Pin<Box<Acquire<'_, Arm>>> =
                             Box::pin(slots.acquire(&devices[d], at(ms), |_| {}));
                         let flag = Arc::new(Flag::default());
                         match poll_once(&mut future, &flag) {
@@ -557,13 +617,11 @@ mod tests {
         let device = DeviceId::new("lock-1").unwrap();
         let far = Instant::now() + Duration::from_mins(1);
         let flag = Arc::new(Flag::default());
-        let mut holder: Pin<Box<Acquire<'_, '_, Arm>>> =
-            Box::pin(slots.acquire(&device, far, |_| {}));
+        let mut holder: Pin<Box<Acquire<'_, Arm>>> = Box::pin(slots.acquire(&device, far, |_| {}));
         let Poll::Ready(Ok(slot)) = poll_once(&mut holder, &flag) else {
             panic!("the first command gets the free slot");
         };
-        let mut waiter: Pin<Box<Acquire<'_, '_, Arm>>> =
-            Box::pin(slots.acquire(&device, far, |_| {}));
+        let mut waiter: Pin<Box<Acquire<'_, Arm>>> = Box::pin(slots.acquire(&device, far, |_| {}));
         assert!(poll_once(&mut waiter, &flag).is_pending());
         slots.close();
         assert!(flag.0.load(Ordering::SeqCst), "the waiter was woken");
@@ -571,18 +629,34 @@ mod tests {
             poll_once(&mut waiter, &flag),
             Poll::Ready(Err(NoSlot::Closed))
         ));
-        let mut late: Pin<Box<Acquire<'_, '_, Arm>>> =
-            Box::pin(slots.acquire(&device, far, |_| {}));
+        let mut late: Pin<Box<Acquire<'_, Arm>>> = Box::pin(slots.acquire(&device, far, |_| {}));
         assert!(matches!(
             poll_once(&mut late, &flag),
             Poll::Ready(Err(NoSlot::Closed))
         ));
         drop(slot);
         let other = DeviceId::new("lock-2").unwrap();
-        let mut free: Pin<Box<Acquire<'_, '_, Arm>>> = Box::pin(slots.acquire(&other, far, |_| {}));
+        let mut free: Pin<Box<Acquire<'_, Arm>>> = Box::pin(slots.acquire(&other, far, |_| {}));
         assert!(matches!(poll_once(&mut free, &flag), Poll::Ready(Ok(_))));
         drop((holder, waiter, late, free));
         assert_eq!(slots.tracked_devices(), 0);
+    }
+
+    #[test]
+    fn devices_whose_hashes_collide_keep_slots_of_their_own() {
+        let key = |device: &str| DeviceKey {
+            hash: 7,
+            device: DeviceId::new(device).unwrap(),
+        };
+        let mut devices = DeviceMap::default();
+        devices.entry(key("lock-1")).or_default().held = 1;
+        devices.entry(key("lock-2")).or_default().held = 2;
+        assert_eq!(devices.len(), 2);
+        assert_eq!(devices.get(&key("lock-1")).map(|q| q.held), Some(1));
+        assert_eq!(devices.get(&key("lock-2")).map(|q| q.held), Some(2));
+        devices.remove(&key("lock-1"));
+        assert!(!devices.contains_key(&key("lock-1")));
+        assert_eq!(devices.get(&key("lock-2")).map(|q| q.held), Some(2));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::device_slots::{DeviceSlots, NoSlot};
 use crate::error::{CommandError, RejectReason, ResponseRejected, TransportError};
 use crate::stages::StageTimes;
 use crate::stats::SessionStats;
-use crate::{SessionConfig, Transport, ids};
+use crate::{SendNow, SessionConfig, Transport, ids};
 
 /// A device's successful answer to [`SessionManager::send_command`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -405,7 +405,6 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             ))
         })?;
         let device_type = thread_local_copy(device_type);
-        let uuids = *uuids;
         let start = Instant::now();
         // A timeout too long to represent waits "forever" (a century) instead of panicking.
         let deadline = start
@@ -474,8 +473,13 @@ impl<T: Transport + ?Sized> SessionManager<T> {
                 timeout
             }),
         };
-        let (connection, in_flight) = match inner.transport.send_ble_write_now(write).finish().await
-        {
+        // Matched here rather than through `SendNow::finish`: no nested future for the
+        // common send that ends at once.
+        let sent = match inner.transport.send_ble_write_now(write) {
+            SendNow::Sent(result) => result,
+            SendNow::Later(sending) => sending.await,
+        };
+        let (connection, in_flight) = match sent {
             Ok(sent) => sent,
             Err(TransportError::Offline) => {
                 guard.armed = false;
