@@ -156,6 +156,7 @@ impl<'a, S> Pump<'a, S> {
             batch_frames: 0,
             lone_batches: 0,
             flush_at_once: 0,
+            incoming_in_a_row: 0,
         }
     }
 }
@@ -186,7 +187,36 @@ struct Pump<'a, S> {
     lone_batches: u8,
     /// Batches still to flush without the deferral (see [`FLUSH_AT_ONCE`]).
     flush_at_once: u8,
+    /// Incoming frames handled since the pump last waited for the socket or yielded (see
+    /// [`PIPELINE_IN_FLIGHT`]).
+    incoming_in_a_row: usize,
 }
+
+/// At most this many commands in flight on a connection, its pump lets the runtime run the
+/// tasks its incoming frames woke after every [`INCOMING_PER_TURN`] frames, before it reads
+/// the next one.
+///
+/// A bridge answers a batch of writes with a batch of answers. Read in one go, each answer
+/// wakes the caller of its command, whose next command is queued only once the pump yields:
+/// with few commands in flight (one device, 16 slots), the whole batch of next writes then
+/// went out together once the last answer was handled, and the phone waited for it, idle,
+/// while the server worked through the batch, then the server waited, idle, for the next
+/// batch of answers. Server and phone took turns, each sleeping and waking once per batch
+/// (the server core was about 55 % busy at 16 in flight). Yielding after every two answers
+/// lets the first callers queue their next writes, which the pump's next turn flushes while
+/// the rest of the batch is still to be handled: the phone works on them meanwhile, and
+/// neither side runs dry (97 % busy, 2.4× the round trips per second, and 25 % less CPU
+/// per command, BENCHMARKS.md, issue 11, 2026-12-01). With more than this many in flight
+/// the phone has work left anyway, and a yield per two frames would only split the
+/// batches into more system calls (about 20 % slower at 256 in flight), so the pump reads
+/// on. A connection that gets one frame per wake-up (many bridges of one device each, one
+/// command in flight) never reaches two in a row and never yields.
+const PIPELINE_IN_FLIGHT: u32 = 32;
+
+/// Incoming frames a pump handles in a row before it yields, while at most
+/// [`PIPELINE_IN_FLIGHT`] commands are in flight on its connection (1 to 3 measured alike; 8
+/// kept the turns).
+const INCOMING_PER_TURN: usize = 2;
 
 /// Deferred batches of one frame in a row (the wait gathered no other frame) after which a
 /// connection flushes its next [`FLUSH_AT_ONCE`] batches at once.
@@ -218,6 +248,15 @@ where
                 Step::Incoming(message) => {
                     if let Some(request) = self.handle(message).await {
                         return self.close(request).await;
+                    }
+                    self.incoming_in_a_row += 1;
+                    if self.incoming_in_a_row >= INCOMING_PER_TURN
+                        && self.outbox.in_flight() <= PIPELINE_IN_FLIGHT
+                    {
+                        // See `PIPELINE_IN_FLIGHT`: the tasks these frames woke queue their
+                        // next frames, which go out before the rest of the batch is read.
+                        self.incoming_in_a_row = 0;
+                        tokio::task::yield_now().await;
                     }
                 }
                 Step::Keepalive => {
@@ -283,6 +322,7 @@ where
         // the read that would find nothing (down the WebSocket, the transport layers and
         // the runtime's readiness check).
         if self.read_pending && !taken.read_woken {
+            self.incoming_in_a_row = 0;
             return Poll::Pending;
         }
         let read_waker = waker_ref(self.outbox);
@@ -299,7 +339,10 @@ where
                 tracing::debug!(%error, "read failed");
                 Poll::Ready(Step::Ended(CloseReason::TransportError))
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                self.incoming_in_a_row = 0;
+                Poll::Pending
+            }
         }
     }
 

@@ -37,9 +37,15 @@ struct Log {
     choppy: bool,
     /// Calls to `poll_ready`.
     ready_calls: usize,
+    /// Messages the peer has sent, handed out one per read.
+    incoming: std::collections::VecDeque<Message>,
+    /// Reads that handed out a message (`"in"`) and flushes that carried any (`"flush N"`),
+    /// in order.
+    events: Vec<String>,
 }
 
-/// A socket that never receives anything until closed, and takes every message at once.
+/// A socket that receives what a test puts in `incoming` (nothing else until closed), and
+/// takes every message at once.
 #[derive(Clone, Default)]
 struct RecordingSocket(Arc<Mutex<Log>>);
 
@@ -49,6 +55,10 @@ impl Stream for RecordingSocket {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut log = self.0.lock().unwrap();
         log.reads += 1;
+        if let Some(message) = log.incoming.pop_front() {
+            log.events.push("in".to_owned());
+            return Poll::Ready(Some(Ok(message)));
+        }
         if log.closed {
             return Poll::Ready(None);
         }
@@ -86,6 +96,7 @@ impl Sink<Message> for RecordingSocket {
         if log.unflushed > 0 {
             let n = log.unflushed;
             log.flushes.push(n);
+            log.events.push(format!("flush {n}"));
             log.unflushed = 0;
         }
         Poll::Ready(Ok(()))
@@ -347,4 +358,89 @@ async fn a_wake_up_for_frames_to_write_does_not_poll_the_socket_for_reading() {
     assert!(task.is_finished(), "the pump read the end of the stream");
     assert_eq!(socket.0.lock().unwrap().reads, reads_before + 1);
     task.await.unwrap();
+}
+
+/// Hub whose answers to `lock-1` each wake a caller task (as a command's caller is woken by
+/// its answer) that then queues its next frame for `lock-1`.
+fn hub_whose_answers_wake_callers() -> LocalHub {
+    let (answered, mut callers) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let hub = LocalHub::builder()
+        .responses(move |_, response: bridge_protocol::BleResponse| {
+            let n = response.request_id.as_str()[1..].parse().unwrap();
+            answered.send(n).unwrap();
+            Ok(())
+        })
+        .build();
+    let queue = hub.clone();
+    tokio::spawn(async move {
+        while let Some(n) = callers.recv().await {
+            send(&queue, 100 + n);
+        }
+    });
+    hub
+}
+
+/// Four answers arriving at once, as a phone writes a batch of them.
+fn burst_of_answers(socket: &RecordingSocket) {
+    let waker = {
+        let mut log = socket.0.lock().unwrap();
+        for n in 0..4 {
+            log.incoming.push_back(Message::text(format!(
+                r#"{{"type":"ble_response","requestId":"r{n}","deviceId":"lock-1","payload":"00"}}"#
+            )));
+        }
+        log.events.clear();
+        log.reader.take()
+    };
+    waker.unwrap().wake();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn with_few_commands_in_flight_the_next_frames_go_out_while_a_burst_of_answers_is_read() {
+    let hub = hub_whose_answers_wake_callers();
+    let (socket, task) = bridge(&hub).await;
+
+    burst_of_answers(&socket);
+    settle().await;
+
+    {
+        let log = socket.0.lock().unwrap();
+        // After two answers the pump yields and the two callers queue their frames; the
+        // pump's flush then waits its one turn of the scheduler (see `poll_write`), in which
+        // it reads the third answer.
+        assert_eq!(
+            log.events,
+            ["in", "in", "in", "flush 2", "in", "flush 2"],
+            "the frames of the callers woken by the first two answers go out before the \
+             last answer is read"
+        );
+        let next: Vec<String> = (100..104).map(|i| frame(i).as_str().to_owned()).collect();
+        assert_eq!(log.sent[log.sent.len() - 4..], next[..], "in order");
+    }
+    close(&socket, task).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn with_many_commands_in_flight_a_burst_of_answers_is_read_in_one_go() {
+    let hub = hub_whose_answers_wake_callers();
+    let (socket, task) = bridge(&hub).await;
+    // 33 commands in flight on the connection: the phone has work enough.
+    let tickets: Vec<_> = (0..33)
+        .map(|i| hub.send_to_device(&device(), &frame(200 + i)).unwrap())
+        .collect();
+    settle().await;
+
+    burst_of_answers(&socket);
+    settle().await;
+
+    {
+        let log = socket.0.lock().unwrap();
+        assert_eq!(
+            log.events,
+            ["in", "in", "in", "in", "flush 4"],
+            "one flush for the four next frames, after the whole burst"
+        );
+    }
+    drop(tickets);
+    close(&socket, task).await;
 }
