@@ -183,7 +183,11 @@
 //! moment queue theirs), and flushes the batch with one system call — the trade measured in
 //! BENCHMARKS.md ("Write batching"). A connection whose frames come one at a time (four
 //! waits in a row gathered nothing: one bridge per device) skips that wait for its next
-//! eight batches, or until a batch holds several frames. [`ServerWebSocket`] always reads
+//! eight batches, or until a batch holds several frames. Reading, the pump lets the
+//! scheduler run after every two incoming frames while at most 32 commands are in flight on
+//! its connection, so that the callers a burst of answers wakes have their next frames
+//! written while the rest of the burst is read (the bridge keeps working instead of waiting
+//! for the whole batch; BENCHMARKS.md, "the pump keeps its bridge busy"). [`ServerWebSocket`] always reads
 //! with room for a whole read, so a frame that straddles the end of the 1 KiB read buffer
 //! is read with one system call; a server that serves tokio-tungstenite's stream instead can
 //! wrap the transport in [`ReadAhead`] for the same, for one null pointer per connection. Frames are limited to [`HubConfig::max_frame_bytes`] at the
