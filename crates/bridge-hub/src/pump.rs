@@ -205,11 +205,11 @@ struct Pump<'a, S> {
 /// (the server core was about 55 % busy at 16 in flight). Yielding after every two answers
 /// lets the first callers queue their next writes, which the pump's next turn flushes while
 /// the rest of the batch is still to be handled: the phone works on them meanwhile, and
-/// neither side runs dry (97 % busy, 2.4× the round trips per second, and 25 % less CPU
-/// per command, BENCHMARKS.md, issue 11, 2026-12-01). With more than this many in flight
-/// the phone has work left anyway, and a yield per two frames would only split the
-/// batches into more system calls (about 20 % slower at 256 in flight), so the pump reads
-/// on. A connection that gets one frame per wake-up (many bridges of one device each, one
+/// neither side runs dry (the server core 98 % busy, about 2.4× the round trips per second
+/// and 22–24 % less CPU per command, BENCHMARKS.md, issue 11, 2026-12-01). With more than
+/// this many in flight the phone has work left anyway, and a yield per two frames would
+/// only split the batches into more system calls (about 20 % slower at 256 in flight), so
+/// the pump reads on. A connection that gets one frame per wake-up (many bridges of one device each, one
 /// command in flight) never reaches two in a row and never yields.
 const PIPELINE_IN_FLIGHT: u32 = 32;
 
