@@ -132,49 +132,23 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ReadAhead<T> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
-
     use proptest::prelude::*;
 
     use super::*;
+    use crate::fuzzing::Scripted;
 
-    /// A transport that hands out `data` in the given chunks (each read gets at most one
+    /// A transport that hands out `data` cut at `cuts` (cycled; each read gets at most one
     /// chunk, cut to the caller's room), then the end of the stream; it counts its reads.
-    struct Chunked {
-        chunks: VecDeque<Vec<u8>>,
-        reads: usize,
-    }
-
-    impl AsyncRead for Chunked {
-        fn poll_read(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            let this = self.get_mut();
-            this.reads += 1;
-            if let Some(chunk) = this.chunks.front_mut() {
-                let n = chunk.len().min(buf.remaining());
-                buf.put_slice(&chunk[..n]);
-                chunk.drain(..n);
-                if chunk.is_empty() {
-                    this.chunks.pop_front();
-                }
-            }
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    fn chunked(data: &[u8], cuts: &[usize]) -> Chunked {
-        let mut chunks = VecDeque::new();
+    fn chunked(data: &[u8], cuts: &[usize]) -> Scripted {
+        let mut chunks = Vec::new();
         let mut rest = data;
         let mut cuts = cuts.iter().cycle();
         while !rest.is_empty() {
             let n = (*cuts.next().unwrap_or(&1)).clamp(1, rest.len());
-            chunks.push_back(rest[..n].to_vec());
+            chunks.push(rest[..n].to_vec());
             rest = &rest[n..];
         }
-        Chunked { chunks, reads: 0 }
+        Scripted::new(&chunks, &[], 1)
     }
 
     /// Reads everything through `reader` with the given buffer sizes (cycled; 0 is a read
