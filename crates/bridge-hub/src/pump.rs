@@ -209,8 +209,14 @@ struct Pump<'a, S> {
 /// and 22–24 % less CPU per command, BENCHMARKS.md, issue 11, 2026-12-01). With more than
 /// this many in flight the phone has work left anyway, and a yield per two frames would
 /// only split the batches into more system calls (about 20 % slower at 256 in flight), so
-/// the pump reads on. A connection that gets one frame per wake-up (many bridges of one device each, one
-/// command in flight) never reaches two in a row and never yields.
+/// the pump reads on. A connection that gets one frame per wake-up (many bridges of one
+/// device each, one command in flight) never reaches two in a row and never yields.
+///
+/// The flush after such a yield still waits its own turn of the scheduler (see
+/// [`Pump::poll_write`]), though the callers woken by the answers have run by then:
+/// flushing at once after the yield made K=256 with 16 slots 15 % slower (2026-12-01),
+/// most likely because commands waiting for a device slot those answers freed queue their
+/// frames in that turn and would otherwise miss the batch.
 const PIPELINE_IN_FLIGHT: u32 = 32;
 
 /// Incoming frames a pump handles in a row before it yields, while at most
