@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 use std::time::SystemTime;
 
 use bridge_protocol::{
-    Ack, BridgeToServer, ConnectionId, DeviceId, ErrorCode, ProtocolError, RequestId, Role,
-    ServerToBridge, ServerToUser, UserToServer,
+    Ack, BridgeToServer, ConnectionId, DeviceId, ErrorCode, LastDeviceId, ProtocolError, RequestId,
+    Role, ServerToBridge, ServerToUser, UserToServer,
 };
 use futures_util::task::waker_ref;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
@@ -157,6 +157,7 @@ impl<'a, S> Pump<'a, S> {
             lone_batches: 0,
             flush_at_once: 0,
             incoming_in_a_row: 0,
+            last_device: LastDeviceId::default(),
         }
     }
 }
@@ -190,6 +191,10 @@ struct Pump<'a, S> {
     /// Incoming frames handled since the pump last waited for the socket or yielded (see
     /// [`PIPELINE_IN_FLIGHT`]).
     incoming_in_a_row: usize,
+    /// The device this connection's last answer named: the next answer naming it shares
+    /// its id (a phone of one device names the same one every time), where the decoder's
+    /// per-thread cache of recent ids misses once many connections take turns.
+    last_device: LastDeviceId,
 }
 
 /// At most this many commands in flight on a connection, its pump lets the runtime run the
@@ -568,10 +573,12 @@ where
     async fn dispatch(&mut self, text: &str) {
         let limits = &self.inner.config.protocol_limits;
         match self.info.role() {
-            Role::Bridge => match BridgeToServer::decode(text, limits) {
-                Err(error) => self.refused(text, &error).await,
-                Ok(frame) => self.bridge_frame(frame).await,
-            },
+            Role::Bridge => {
+                match BridgeToServer::decode_on_connection(text, limits, &mut self.last_device) {
+                    Err(error) => self.refused(text, &error).await,
+                    Ok(frame) => self.bridge_frame(frame).await,
+                }
+            }
             _ => match UserToServer::decode(text, limits) {
                 Err(error) => self.refused(text, &error).await,
                 Ok(frame) => self.user_frame(frame).await,

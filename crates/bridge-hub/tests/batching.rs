@@ -444,3 +444,50 @@ async fn with_many_commands_in_flight_a_burst_of_answers_is_read_in_one_go() {
     drop(tickets);
     close(&socket, task).await;
 }
+
+/// An answer as a phone writes it, naming `lock-1`.
+fn answer(n: usize) -> Message {
+    Message::text(format!(
+        r#"{{"type":"ble_response","requestId":"r{n}","deviceId":"lock-1","payload":"00"}}"#
+    ))
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_connections_answers_share_its_device_id_however_many_others_the_thread_read() {
+    let ids = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&ids);
+    let hub = LocalHub::builder()
+        .responses(move |_, response: bridge_protocol::BleResponse| {
+            seen.lock().unwrap().push(response.device_id);
+            Ok(())
+        })
+        .build();
+    let (socket, task) = bridge(&hub).await;
+    for n in 0..2 {
+        let waker = {
+            let mut log = socket.0.lock().unwrap();
+            log.incoming.push_back(answer(n));
+            log.reader.take()
+        };
+        waker.unwrap().wake();
+        settle().await;
+        // Answers naming a thousand other devices decoded on this thread (the pump's) in
+        // between, as the connections of a thousand phones would be.
+        let limits = bridge_protocol::Limits::default();
+        for i in 0..1000 {
+            let text = format!(
+                r#"{{"type":"ble_response","requestId":"r","deviceId":"lock-{i}x","payload":"00"}}"#
+            );
+            bridge_protocol::BridgeToServer::decode(&text, &limits).unwrap();
+        }
+    }
+    {
+        let ids = ids.lock().unwrap();
+        assert_eq!(ids.len(), 2);
+        assert!(
+            std::ptr::eq(ids[0].as_str(), ids[1].as_str()),
+            "the second answer shares the id the first one made"
+        );
+    }
+    close(&socket, task).await;
+}

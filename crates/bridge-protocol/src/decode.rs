@@ -539,10 +539,58 @@ fn unknown_type(ty: &str, role: &str) -> ProtocolError {
 impl BridgeToServer {
     /// Decodes a text frame a bridge sent.
     pub fn decode(text: &str, limits: &Limits) -> Result<Self, ProtocolError> {
-        if let Some(answer) = written_ble_response(text, limits) {
+        if let Some(answer) = written_ble_response(text, limits, None) {
             return Ok(Self::BleResponse(answer));
         }
         decode_frame(text, |ty, r| bridge_body(ty, r, limits))
+    }
+
+    /// [`decode`](Self::decode) for a connection that keeps `last`: the same frame or the
+    /// same error for every text, but an answer naming the device the connection's
+    /// previous answer named shares that answer's id instead of allocating another.
+    ///
+    /// A connection's answers almost always name a device it holds, most often the one
+    /// its previous answer named (a phone of one device, always): resolved here in one
+    /// comparison, without the per-thread cache of recent ids, which many connections of
+    /// one device each would keep evicting from one another.
+    pub fn decode_on_connection(
+        text: &str,
+        limits: &Limits,
+        last: &mut LastDeviceId,
+    ) -> Result<Self, ProtocolError> {
+        if let Some(answer) = written_ble_response(text, limits, Some(last)) {
+            return Ok(Self::BleResponse(answer));
+        }
+        decode_frame(text, |ty, r| bridge_body(ty, r, limits))
+    }
+}
+
+/// The device id one connection's last answer named (see
+/// [`BridgeToServer::decode_on_connection`]): one shared reference, so that the next
+/// answer naming the same device shares it.
+///
+/// It only ever holds a valid id that a frame named, so an answer resolved through it is
+/// exactly what [`DeviceId::new`] would make of the same text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LastDeviceId(Option<DeviceId>);
+
+impl LastDeviceId {
+    /// The id of `s`: the one kept if it is the same text, otherwise
+    /// [`DeviceId::new`]'s (through the per-thread cache), which is kept from now on.
+    fn resolve(&mut self, s: &str) -> Result<DeviceId, crate::ValueError> {
+        if let Some(id) = &self.0
+            && id.as_str() == s
+        {
+            return Ok(id.clone());
+        }
+        let id = recent_device_id(s)?;
+        self.0 = Some(id.clone());
+        Ok(id)
+    }
+
+    /// The id kept, if any.
+    pub fn get(&self) -> Option<&DeviceId> {
+        self.0.as_ref()
     }
 }
 
@@ -557,12 +605,24 @@ impl BridgeToServer {
 /// error keeps its code and message. The property tests
 /// `written_answers_read_as_the_general_reader_reads_them` and
 /// `mutated_answers_read_as_the_general_reader_reads_them` hold it to that.
-fn written_ble_response(text: &str, limits: &Limits) -> Option<BleResponse> {
+///
+/// The device id is resolved through `last` (see [`LastDeviceId`]) when there is one, which
+/// keeps it; otherwise through the per-thread cache of recent ids.
+fn written_ble_response(
+    text: &str,
+    limits: &Limits,
+    last: Option<&mut LastDeviceId>,
+) -> Option<BleResponse> {
     let mut fields = Fields::new(text);
     fields.literal(br#"{"type":"ble_response","requestId":""#)?;
     let request_id = RequestId::new(fields.string()?).ok()?;
     fields.literal(br#"","deviceId":""#)?;
-    let device_id = recent_device_id(fields.string()?).ok()?;
+    let device_id = fields.string()?;
+    let device_id = match last {
+        Some(last) => last.resolve(device_id),
+        None => recent_device_id(device_id),
+    }
+    .ok()?;
     let outcome = if fields.literal(br#"","payload":""#).is_some() {
         BleOutcome::Payload(HexPayload::from_hex(fields.string()?, limits.max_payload_bytes).ok()?)
     } else {
@@ -794,7 +854,7 @@ impl MqttBridgeFrame {
     /// Decodes a message a bridge published on its `up` topic: `hello`, `bye`, or any frame
     /// [`BridgeToServer::decode`] reads.
     pub fn decode(text: &str, limits: &Limits) -> Result<Self, ProtocolError> {
-        if let Some(answer) = written_ble_response(text, limits) {
+        if let Some(answer) = written_ble_response(text, limits, None) {
             return Ok(Self::Frame(BridgeToServer::BleResponse(answer)));
         }
         decode_frame(text, |ty, r| match ty {
@@ -981,7 +1041,7 @@ pub(crate) fn recent_device_id(s: &str) -> Result<DeviceId, crate::ValueError> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{Envelope, fast_envelope, raw_str, serde_envelope};
+    use super::{Envelope, LastDeviceId, fast_envelope, raw_str, serde_envelope};
     use crate::{
         BleOutcome, BleResponse, BridgeToServer, DeviceId, ErrorCode, HexPayload, Limits,
         MqttBridgeFrame, ProtocolError, RequestId,
@@ -1228,10 +1288,59 @@ mod tests {
         if !mqtt_only {
             prop_assert_eq!(mqtt, general.clone().map(Some), "{}", text);
         }
-        if let Some(fast) = super::written_ble_response(text, limits) {
+        // A connection's reader answers the same, whatever id its previous answer named.
+        for before in ["lock-1", "lock-17", "d"] {
+            let mut last = LastDeviceId(crate::DeviceId::new(before).ok());
+            prop_assert_eq!(
+                &BridgeToServer::decode_on_connection(text, limits, &mut last),
+                &general,
+                "{}",
+                text
+            );
+        }
+        if let Some(fast) = super::written_ble_response(text, limits, None) {
             prop_assert_eq!(Ok(BridgeToServer::BleResponse(fast)), general, "{}", text);
         }
         Ok(())
+    }
+
+    proptest! {
+        /// Frames read one after another on one connection (answers naming a few devices,
+        /// valid or not, escaped or not, other frames, garbage) read exactly as `decode`
+        /// reads each; the id kept is the last accepted answer's (their payloads are all
+        /// valid), and an answer naming the kept device shares its id.
+        #[test]
+        fn a_connections_frames_read_as_decode_reads_them(
+            frames in proptest::collection::vec(
+                prop_oneof![
+                    6 => prop::sample::select(vec!["lock-1", "lock-2", "lock-17", "", "lock\\u0007", "lock\\1", "lock\u{7}"])
+                        .prop_map(|device| format!(
+                            r#"{{"type":"ble_response","requestId":"r1","deviceId":"{device}","payload":"03"}}"#
+                        )),
+                    1 => prop::sample::select(vec!["lock-1", "lock-3"]).prop_map(|device| format!(
+                        r#"{{"type":"ble_status","deviceId":"{device}","connected":true}}"#
+                    )),
+                    1 => "\\PC{0,20}",
+                ],
+                1..40,
+            ),
+        ) {
+            let limits = Limits::default();
+            let mut last = LastDeviceId::default();
+            for text in &frames {
+                let kept = last.clone();
+                let read = BridgeToServer::decode_on_connection(text, &limits, &mut last);
+                prop_assert_eq!(&read, &BridgeToServer::decode(text, &limits), "{}", text);
+                if let Ok(BridgeToServer::BleResponse(answer)) = &read {
+                    prop_assert_eq!(last.get(), Some(&answer.device_id));
+                    if let Some(kept) = kept.get().filter(|id| **id == answer.device_id) {
+                        prop_assert!(std::ptr::eq(kept.as_str(), answer.device_id.as_str()));
+                    }
+                } else {
+                    prop_assert_eq!(&last, &kept);
+                }
+            }
+        }
     }
 
     /// A phone's answer as it writes it, with typical ids: the one frame per command.
@@ -1251,7 +1360,7 @@ mod tests {
         let limits = Limits::default();
         let (answer, text) = written_answer(&[0x03, 0xab]);
         assert_eq!(
-            super::written_ble_response(&text, &limits),
+            super::written_ble_response(&text, &limits, None),
             Some(answer.clone())
         );
         assert_eq!(
@@ -1259,7 +1368,7 @@ mod tests {
             Ok(BridgeToServer::BleResponse(answer))
         );
         let error = r#"{"type":"ble_response","requestId":"r1","deviceId":"d","error":"gatt_write_failed"}"#;
-        assert!(super::written_ble_response(error, &limits).is_some());
+        assert!(super::written_ble_response(error, &limits, None).is_some());
         assert_eq!(
             BridgeToServer::decode(error, &limits),
             general_bridge_reading(error, &limits)
@@ -1292,9 +1401,40 @@ mod tests {
             r#"{"type":"ble_response","requestId":"r1","deviceId":"d","error":""}"#,
             r#"{"type":"ble_response","requestId":"r1","deviceId":"d"}"#,
         ] {
-            assert_eq!(super::written_ble_response(text, &limits), None, "{text}");
+            assert_eq!(
+                super::written_ble_response(text, &limits, None),
+                None,
+                "{text}"
+            );
             assert_reads_as_general_reader(text, &limits).unwrap();
         }
+    }
+
+    #[test]
+    fn a_connections_answers_share_the_id_of_its_previous_answer() {
+        let limits = Limits::default();
+        let (answer, text) = written_answer(&[0x03]);
+        let mut last = LastDeviceId::default();
+        let ids: Vec<DeviceId> = (0..2)
+            .map(
+                |_| match BridgeToServer::decode_on_connection(&text, &limits, &mut last) {
+                    Ok(BridgeToServer::BleResponse(read)) => {
+                        assert_eq!(read, answer);
+                        read.device_id
+                    }
+                    other => panic!("{other:?}"),
+                },
+            )
+            .collect();
+        assert!(std::ptr::eq(ids[0].as_str(), ids[1].as_str()));
+        assert!(std::ptr::eq(last.get().unwrap().as_str(), ids[0].as_str()));
+        // Another device replaces the one kept; a refused id keeps it.
+        let other = text.replace("lock-17", "lock-18");
+        BridgeToServer::decode_on_connection(&other, &limits, &mut last).unwrap();
+        assert_eq!(last.get().map(DeviceId::as_str), Some("lock-18"));
+        let refused = text.replace("lock-17", "");
+        assert!(BridgeToServer::decode_on_connection(&refused, &limits, &mut last).is_err());
+        assert_eq!(last.get().map(DeviceId::as_str), Some("lock-18"));
     }
 
     #[test]

@@ -70,6 +70,7 @@ mod stream;
 mod values;
 mod write_reader;
 
+pub use decode::LastDeviceId;
 pub use error::{ErrorCode, ErrorFrame, ProtocolError};
 pub use frames::{
     Ack, AppEvent, BleOutcome, BleProgress, BleResponse, BleStatus, BleWrite, BridgeToServer,
