@@ -248,7 +248,12 @@ impl Outbox {
                 read_woken,
             };
         }
-        let entry = queue.pop();
+        // Most wake-ups of a connection of one frame at a time find nothing to write.
+        let entry = if queue.frames.is_empty() {
+            None
+        } else {
+            queue.pop()
+        };
         Taken {
             close: None,
             entry,

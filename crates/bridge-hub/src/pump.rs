@@ -154,7 +154,13 @@ impl<'a, S> Pump<'a, S> {
             unflushed: false,
             flush_deferred: false,
             batch_frames: 0,
-            lone_batches: 0,
+            // A new connection's first wait that gathers nothing is enough to take it for
+            // one that gets its frames one at a time (see `LONE_BATCHES`): a phone of one
+            // device may get only a few commands while connected, and waiting a turn before
+            // each of its first four flushes was one more poll of its pump per frame for
+            // nothing. A busy connection pays at most its next `FLUSH_AT_ONCE` batches
+            // flushed at once, fewer if one of them holds several frames.
+            lone_batches: LONE_BATCHES - 1,
             flush_at_once: 0,
             incoming_in_a_row: 0,
             last_device: LastDeviceId::default(),

@@ -491,3 +491,55 @@ async fn a_connections_answers_share_its_device_id_however_many_others_the_threa
     }
     close(&socket, task).await;
 }
+
+/// [`bridge`], counting the polls of the connection's task in `polls`.
+async fn counted_bridge(
+    hub: &LocalHub,
+    polls: Arc<std::sync::atomic::AtomicUsize>,
+) -> (RecordingSocket, tokio::task::JoinHandle<()>) {
+    let socket = RecordingSocket::default();
+    let info = ConnectionInfo::bridge(UserId::new("phone"), vec![device()], DeviceAccess::All);
+    let served = socket.clone();
+    let hub2 = hub.clone();
+    let task = tokio::spawn(async move {
+        let mut serve = std::pin::pin!(hub2.serve(served, info));
+        std::future::poll_fn(|cx| {
+            polls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            serve.as_mut().poll(cx)
+        })
+        .await;
+    });
+    while !hub.device_presence(&device()).online {
+        tokio::task::yield_now().await;
+    }
+    settle().await;
+    (socket, task)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_new_connection_flushes_at_once_after_its_first_wait_that_gathers_nothing() {
+    let hub = LocalHub::builder().build();
+    let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (socket, task) = counted_bridge(&hub, Arc::clone(&polls)).await;
+    let mut per_frame = Vec::new();
+    for i in 0..12 {
+        let before = polls.load(std::sync::atomic::Ordering::Relaxed);
+        send(&hub, i);
+        settle().await;
+        per_frame.push(polls.load(std::sync::atomic::Ordering::Relaxed) - before);
+    }
+    // The first frame waits a turn (two polls) and goes out alone: the next eight go out at
+    // once (one poll each), then the pump waits once more to see whether that still
+    // gathers nothing.
+    assert_eq!(per_frame, [2, 1, 1, 1, 1, 1, 1, 1, 1, 2, 1, 1]);
+    {
+        let log = socket.0.lock().unwrap();
+        let expected: Vec<String> = (0..12).map(|i| frame(i).as_str().to_owned()).collect();
+        assert_eq!(
+            log.sent[log.sent.len() - 12..],
+            expected[..],
+            "every frame, in order"
+        );
+    }
+    close(&socket, task).await;
+}
