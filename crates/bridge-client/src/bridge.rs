@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -11,7 +12,7 @@ use bridge_protocol::{
     BleOutcome, BleProgress, BleResponse, BleStatus, BleWrite, BridgeId, BridgeToServer,
     DeviceErrorCode, DeviceId, ErrorFrame, HexPayload, Release, RequestId, ServerToBridge, Stage,
 };
-use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Error as WsError;
@@ -417,20 +418,31 @@ async fn run(
     let _ = state.send(ConnectionState::Stopped);
 }
 
+/// The outgoing side of a connection as its loop uses it: a [`Sink`] of messages that can
+/// also queue a protocol frame without making a [`Message`] of it first.
+pub(crate) trait FrameSink: Sink<Message, Error = WsError> + Unpin {
+    /// Queues `frame` as a text message, as `start_send` would (after `poll_ready`). The
+    /// default makes a [`Message`] of its JSON; a socket that can write the JSON straight
+    /// into its own buffer overrides it, since one `ble_response` goes out per command.
+    fn start_send_frame(&mut self, frame: &BridgeToServer) -> Result<(), WsError>
+    where
+        Self: Sized,
+    {
+        Pin::new(self).start_send(Message::text(frame_text(frame)))
+    }
+}
+
 /// Queues `frame` in the socket's write buffer without writing it out: the connection's loop
 /// flushes once per batch (`socket.flush()`).
-async fn feed<S>(socket: &mut S, frame: &BridgeToServer) -> Result<(), String>
-where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
-    socket
-        .feed(Message::text(frame_text(frame)))
+async fn feed<S: FrameSink>(socket: &mut S, frame: &BridgeToServer) -> Result<(), String> {
+    std::future::poll_fn(|cx| Pin::new(&mut *socket).poll_ready(cx))
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    socket.start_send_frame(frame).map_err(|e| e.to_string())
 }
 
 /// The JSON text of `frame`; a `ble_response` (one per command) written without serde.
-fn frame_text(frame: &BridgeToServer) -> String {
+pub(crate) fn frame_text(frame: &BridgeToServer) -> String {
     match frame {
         BridgeToServer::BleResponse(answer) => {
             let mut buf = Vec::with_capacity(128);
@@ -457,21 +469,67 @@ enum Event {
     Control(Option<Control>),
 }
 
-/// The next event of a connection: waits for it, or, under `now_or_never`, takes one that
-/// is ready without waiting.
+/// The event ready now, if any, taken in a fixed order: the socket first (it carries the
+/// writes), then the answers of handlers in their own tasks, then the application's messages;
+/// `channels_first` puts the socket last, so that a flood of incoming frames cannot keep the
+/// other two waiting beyond one batch.
+///
+/// Each source is polled with `cx`, this task's own context: one that is not ready wakes the
+/// task when it becomes ready, so `Pending` here means the task will be woken for the next
+/// event (see [`next_event`]). A fixed order rather than `select!`'s random one: no random
+/// number per poll, and `channels_first` gives the fairness instead.
+fn poll_event<S>(
+    socket: &mut S,
+    answers: &mut mpsc::UnboundedReceiver<BridgeToServer>,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    channels_first: bool,
+    cx: &mut Context<'_>,
+) -> Poll<Event>
+where
+    S: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    if !channels_first && let Poll::Ready(incoming) = socket.poll_next_unpin(cx) {
+        return Poll::Ready(Event::Incoming(incoming));
+    }
+    // The loop holds a sender of `answers`: it never ends, and `None` cannot come.
+    if let Poll::Ready(Some(answer)) = answers.poll_recv(cx) {
+        return Poll::Ready(Event::Answer(answer));
+    }
+    if let Poll::Ready(message) = control.poll_recv(cx) {
+        return Poll::Ready(Event::Control(message));
+    }
+    if channels_first && let Poll::Ready(incoming) = socket.poll_next_unpin(cx) {
+        return Poll::Ready(Event::Incoming(incoming));
+    }
+    Poll::Pending
+}
+
+/// Waits for the next event of a connection.
+///
+/// `registered`: in this same poll of the task, every source was just polled with the
+/// task's context and none was ready ([`poll_event`] returned `Pending`), and nothing has
+/// waited since. Each source then holds the task's waker, and an event arriving since has
+/// already woken the task (a task woken while it runs is polled again), so the first poll
+/// returns `Pending` without polling them all a second time: at one command in flight, one
+/// poll of the three sources in three.
 async fn next_event<S>(
     socket: &mut S,
     answers: &mut mpsc::UnboundedReceiver<BridgeToServer>,
     control: &mut mpsc::UnboundedReceiver<Control>,
+    channels_first: bool,
+    registered: bool,
 ) -> Event
 where
     S: Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    tokio::select! {
-        incoming = socket.next() => Event::Incoming(incoming),
-        Some(answer) = answers.recv() => Event::Answer(answer),
-        message = control.recv() => Event::Control(message),
-    }
+    let mut skip = registered;
+    std::future::poll_fn(|cx| {
+        if std::mem::take(&mut skip) {
+            return Poll::Pending;
+        }
+        poll_event(socket, answers, control, channels_first, cx)
+    })
+    .await
 }
 
 /// Handles one `ble_write`: its handler's future is polled once here, and if that finished
@@ -542,7 +600,7 @@ async fn serve<S>(
     errors: &broadcast::Sender<ErrorFrame>,
 ) -> Ended
 where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + FrameSink,
 {
     // Re-announce the last known link state of every held device.
     let statuses: Vec<BleStatus> = held.devices.values().flatten().cloned().collect();
@@ -560,8 +618,22 @@ where
     // connection ends, this receiver is dropped, and answers to writes the server has already
     // failed are dropped.
     let (answers_tx, mut answers) = mpsc::unbounded_channel::<BridgeToServer>();
+    // The last batch was cut at `MAX_BATCH`: the next one looks at the channels first.
+    let mut channels_first = false;
+    // The last batch ended with every source polled and none ready, and nothing waited
+    // since (`next_event`).
+    let mut registered = false;
     loop {
-        let mut event = next_event(&mut socket, &mut answers, control).await;
+        let mut event = next_event(
+            &mut socket,
+            &mut answers,
+            control,
+            channels_first,
+            registered,
+        )
+        .await;
+        channels_first = false;
+        registered = false;
         let mut handled = 0;
         // Whether frames wait in the write buffer.
         let mut fed = false;
@@ -639,15 +711,37 @@ where
             }
             handled += 1;
             if handled == MAX_BATCH {
+                channels_first = true;
                 break;
             }
-            match next_event(&mut socket, &mut answers, control).now_or_never() {
-                Some(next) => event = next,
-                None => break,
+            // Polled with the task's own context: when nothing is ready, every source
+            // holds the task's waker for the wait that follows.
+            match std::future::poll_fn(|cx| {
+                Poll::Ready(poll_event(&mut socket, &mut answers, control, false, cx))
+            })
+            .await
+            {
+                Poll::Ready(next) => event = next,
+                Poll::Pending => {
+                    registered = true;
+                    break;
+                }
             }
         }
-        if fed && let Err(e) = socket.flush().await {
-            return Ended::Lost(e.to_string());
+        if fed {
+            // Whether the flush had to wait: the sources' wakers may have fired meanwhile
+            // and been used up by that wait, so they are polled again.
+            let mut waited = false;
+            let flushed = std::future::poll_fn(|cx| {
+                let poll = Pin::new(&mut socket).poll_flush(cx);
+                waited |= poll.is_pending();
+                poll
+            })
+            .await;
+            if let Err(e) = flushed {
+                return Ended::Lost(e.to_string());
+            }
+            registered &= !waited;
         }
     }
 }
@@ -657,7 +751,6 @@ mod tests {
     //! The connection's loop against a scripted socket that records every frame and every
     //! flush, so that what goes out in one write is visible.
 
-    use std::pin::Pin;
     use std::sync::Mutex;
 
     use bridge_protocol::{DeviceConfig, DeviceType, Limits, TimeoutMs};
@@ -721,6 +814,8 @@ mod tests {
             Poll::Ready(Ok(()))
         }
     }
+
+    impl FrameSink for Scripted {}
 
     fn write(request_id: &str, payload: u8) -> Message {
         let config = DeviceConfig::SMART_LOCK;

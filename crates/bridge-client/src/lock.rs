@@ -15,7 +15,7 @@
 //! level in percent. Anything else is answered with the error `unsupported_command`; a write
 //! to a service or characteristic a lock does not have, with `characteristic_not_found`.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -96,7 +96,9 @@ impl Default for LockBehaviour {
 /// A set of simulated smart locks behind one phone.
 #[derive(Debug)]
 pub struct SimulatedLocks {
-    locks: Mutex<HashMap<DeviceId, LockState>>,
+    /// Ordered rather than hashed: a phone holds a handful of locks, and a few comparisons
+    /// of short ids cost less than hashing the id with SipHash on every write.
+    locks: Mutex<BTreeMap<DeviceId, LockState>>,
     config: DeviceConfig,
     behaviour: LockBehaviour,
 }

@@ -24,6 +24,7 @@ use std::io::{self, Cursor};
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 
+use bridge_protocol::BridgeToServer;
 use bytes::{Buf, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -37,6 +38,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{
     CloseCode, Control as OpCtl, Data as OpData, OpCode,
 };
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+
+use crate::bridge::FrameSink;
 
 /// The largest frame accepted from the server (the client's `max_frame_size`, as before).
 pub(crate) const MAX_FRAME: usize = 1 << 20;
@@ -104,6 +107,23 @@ fn put_masked(out: &mut Vec<u8>, payload: &[u8], mask: [u8; 4]) {
     // The key's phase is unchanged after a multiple of eight bytes.
     for (i, byte) in chunks.remainder().iter().enumerate() {
         out.push(byte ^ mask[i % 4]);
+    }
+}
+
+/// Masks `payload` in place with `mask`, eight bytes at a time.
+fn mask_in_place(payload: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = payload.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    // The key's phase is unchanged after a multiple of eight bytes.
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= mask[i % 4];
     }
 }
 
@@ -200,6 +220,32 @@ impl<S> WsConnection<S> {
     fn queue(&mut self, opcode: u8, payload: &[u8]) {
         let mask = self.masks.next();
         put_frame(&mut self.write, opcode, payload, mask);
+    }
+
+    /// Queues one text frame whose payload `write` appends to the buffer it is given, which
+    /// must be UTF-8: the payload is written in place, then masked in place, with no
+    /// intermediate string. The header assumes a payload under 126 bytes (a `ble_response`
+    /// usually is); a longer one is moved behind the longer header it needs.
+    fn queue_text_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let mask = self.masks.next();
+        let start = self.write.len();
+        self.write
+            .extend_from_slice(&[0x81, 0x80, mask[0], mask[1], mask[2], mask[3]]);
+        let body = self.write.len();
+        write(&mut self.write);
+        debug_assert!(std::str::from_utf8(&self.write[body..]).is_ok());
+        let len = self.write.len() - body;
+        if len < 126 {
+            // Fits in seven bits.
+            #[allow(clippy::cast_possible_truncation)]
+            let short = len as u8;
+            self.write[start + 1] = 0x80 | short;
+            mask_in_place(&mut self.write[body..], mask);
+        } else {
+            let payload = self.write.split_off(body);
+            self.write.truncate(start);
+            put_frame(&mut self.write, 0x1, &payload, mask);
+        }
     }
 
     /// Queues a tungstenite frame (control frames other than those made here).
@@ -503,6 +549,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsConnection<S> {
             this.queue_frame(Frame::close(None));
         }
         this.poll_flush_all(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> FrameSink for WsConnection<S> {
+    /// Writes a `ble_response`'s JSON straight into the write buffer (one per command);
+    /// other frames go as their JSON text. Refused once closing, as `start_send` refuses.
+    fn start_send_frame(&mut self, frame: &BridgeToServer) -> Result<(), WsError> {
+        if self.state != State::Active {
+            return Err(WsError::Protocol(ProtocolError::SendAfterClosing));
+        }
+        match frame {
+            BridgeToServer::BleResponse(answer) => {
+                self.queue_text_with(|out| answer.write_frame_json(out));
+            }
+            other => self.queue(0x1, other.to_json().as_bytes()),
+        }
+        Ok(())
     }
 }
 
