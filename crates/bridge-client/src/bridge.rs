@@ -478,9 +478,16 @@ enum Event {
 /// task when it becomes ready, so `Pending` here means the task will be woken for the next
 /// event (see [`next_event`]). A fixed order rather than `select!`'s random one: no random
 /// number per poll, and `channels_first` gives the fairness instead.
+///
+/// `answers` is polled only when something can be in it or come into it: a sender other than
+/// the loop's own (`answers_tx`) exists — a handler in a task of its own, or a [`Progress`]
+/// kept — or a message waits that a sender since dropped left behind. Otherwise, with every
+/// write answered in place, nothing can come until the loop itself starts another handler,
+/// and polling (and registering the waker on) an empty channel each turn is wasted.
 fn poll_event<S>(
     socket: &mut S,
     answers: &mut mpsc::UnboundedReceiver<BridgeToServer>,
+    answers_tx: &mpsc::UnboundedSender<BridgeToServer>,
     control: &mut mpsc::UnboundedReceiver<Control>,
     channels_first: bool,
     cx: &mut Context<'_>,
@@ -491,8 +498,11 @@ where
     if !channels_first && let Poll::Ready(incoming) = socket.poll_next_unpin(cx) {
         return Poll::Ready(Event::Incoming(incoming));
     }
+    // A sender's message is queued before the sender count drops (`Release` on the drop,
+    // `Acquire` on the count): a count of one and an empty channel mean nothing is queued.
+    let answers_may_come = answers_tx.strong_count() > 1 || !answers.is_empty();
     // The loop holds a sender of `answers`: it never ends, and `None` cannot come.
-    if let Poll::Ready(Some(answer)) = answers.poll_recv(cx) {
+    if answers_may_come && let Poll::Ready(Some(answer)) = answers.poll_recv(cx) {
         return Poll::Ready(Event::Answer(answer));
     }
     if let Poll::Ready(message) = control.poll_recv(cx) {
@@ -515,6 +525,7 @@ where
 async fn next_event<S>(
     socket: &mut S,
     answers: &mut mpsc::UnboundedReceiver<BridgeToServer>,
+    answers_tx: &mpsc::UnboundedSender<BridgeToServer>,
     control: &mut mpsc::UnboundedReceiver<Control>,
     channels_first: bool,
     registered: bool,
@@ -527,7 +538,7 @@ where
         if std::mem::take(&mut skip) {
             return Poll::Pending;
         }
-        poll_event(socket, answers, control, channels_first, cx)
+        poll_event(socket, answers, answers_tx, control, channels_first, cx)
     })
     .await
 }
@@ -627,6 +638,7 @@ where
         let mut event = next_event(
             &mut socket,
             &mut answers,
+            &answers_tx,
             control,
             channels_first,
             registered,
@@ -717,7 +729,14 @@ where
             // Polled with the task's own context: when nothing is ready, every source
             // holds the task's waker for the wait that follows.
             match std::future::poll_fn(|cx| {
-                Poll::Ready(poll_event(&mut socket, &mut answers, control, false, cx))
+                Poll::Ready(poll_event(
+                    &mut socket,
+                    &mut answers,
+                    &answers_tx,
+                    control,
+                    false,
+                    cx,
+                ))
             })
             .await
             {

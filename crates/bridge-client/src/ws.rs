@@ -20,7 +20,7 @@
 //! below feed the same bytes to both.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
-use std::io::{self, Cursor};
+use std::io;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 
@@ -66,11 +66,15 @@ enum State {
 }
 
 /// The masking keys of one connection's frames: SipHash, keyed from the operating system's
-/// random source once per connection (std's [`RandomState`]), of a frame counter, so a key
-/// cannot be predicted from the ones before it (RFC 6455 5.3).
+/// random source once per connection (std's [`RandomState`]), of a counter, so a key cannot
+/// be predicted from the ones before it (RFC 6455 5.3). Each 64-bit output gives two keys,
+/// its low half then its high half: one half says nothing of the other (SipHash is a
+/// pseudorandom function), and a frame then costs half a hash.
 struct Masks {
     keys: RandomState,
     counter: u64,
+    /// The high half of the last output, not used yet.
+    spare: Option<[u8; 4]>,
 }
 
 impl Masks {
@@ -78,17 +82,23 @@ impl Masks {
         Self {
             keys: RandomState::new(),
             counter: 0,
+            spare: None,
         }
     }
 
     fn next(&mut self) -> [u8; 4] {
+        if let Some(mask) = self.spare.take() {
+            return mask;
+        }
         self.counter = self.counter.wrapping_add(1);
         let mut hasher = self.keys.build_hasher();
         hasher.write_u64(self.counter);
         let bits = hasher.finish();
-        // The low half; truncation intended.
+        // The two halves; truncation intended.
         #[allow(clippy::cast_possible_truncation)]
-        (bits as u32).to_ne_bytes()
+        let (low, high) = (bits as u32, (bits >> 32) as u32);
+        self.spare = Some(high.to_ne_bytes());
+        low.to_ne_bytes()
     }
 }
 
@@ -144,6 +154,55 @@ fn put_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
     }
     out.extend_from_slice(&mask);
     put_masked(out, payload, mask);
+}
+
+/// The header at the start of `bytes`, the payload's length and where the payload starts;
+/// `None` when the header is not all there yet. What tungstenite's `FrameHeader::parse`
+/// returns, with the same error for a reserved opcode (once the header is complete), read
+/// from the slice directly rather than through an `io::Read` cursor: it runs for every
+/// frame and for every read attempt.
+fn parse_header(bytes: &[u8]) -> Result<Option<(FrameHeader, u64, usize)>, WsError> {
+    let [first, second, rest @ ..] = bytes else {
+        return Ok(None);
+    };
+    let (len, mut at) = match second & 0x7F {
+        126 => match rest.first_chunk::<2>() {
+            Some(extended) => (u64::from(u16::from_be_bytes(*extended)), 4),
+            None => return Ok(None),
+        },
+        127 => match rest.first_chunk::<8>() {
+            Some(extended) => (u64::from_be_bytes(*extended), 10),
+            None => return Ok(None),
+        },
+        short => (u64::from(short), 2),
+    };
+    let mask = if second & 0x80 == 0 {
+        None
+    } else {
+        let Some(mask) = bytes.get(at..).and_then(<[u8]>::first_chunk::<4>) else {
+            return Ok(None);
+        };
+        at += 4;
+        Some(*mask)
+    };
+    let opcode = OpCode::from(first & 0x0F);
+    if matches!(
+        opcode,
+        OpCode::Control(OpCtl::Reserved(_)) | OpCode::Data(OpData::Reserved(_))
+    ) {
+        return Err(WsError::Protocol(ProtocolError::InvalidOpcode(
+            first & 0x0F,
+        )));
+    }
+    let header = FrameHeader {
+        is_final: first & 0x80 != 0,
+        rsv1: first & 0x40 != 0,
+        rsv2: first & 0x20 != 0,
+        rsv3: first & 0x10 != 0,
+        opcode,
+        mask,
+    };
+    Ok(Some((header, len, at)))
 }
 
 /// A fragmented message being put together.
@@ -258,8 +317,7 @@ impl<S> WsConnection<S> {
     /// The first complete frame in the read buffer, if there is one: its header and where
     /// its payload is. Makes room for the whole frame when it is not all there yet.
     fn parse(&mut self) -> Result<Option<(FrameHeader, usize, usize)>, WsError> {
-        let mut cursor = Cursor::new(&self.read[..]);
-        let Some((header, len)) = FrameHeader::parse(&mut cursor)? else {
+        let Some((header, len, payload)) = parse_header(&self.read)? else {
             return Ok(None);
         };
         if len > MAX_FRAME as u64 {
@@ -271,9 +329,6 @@ impl<S> WsConnection<S> {
         // At most MAX_FRAME: fits.
         #[allow(clippy::cast_possible_truncation)]
         let len = len as usize;
-        // The header is at most 14 bytes.
-        #[allow(clippy::cast_possible_truncation)]
-        let payload = cursor.position() as usize;
         if payload + len <= self.read.len() {
             return Ok(Some((header, payload, len)));
         }
