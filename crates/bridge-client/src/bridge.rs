@@ -791,6 +791,15 @@ mod tests {
     struct Scripted {
         incoming: mpsc::UnboundedReceiver<Result<Message, WsError>>,
         sent: mpsc::UnboundedSender<Sent>,
+        flushes: Arc<Mutex<FlushGate>>,
+    }
+
+    /// While `closed`, a flush waits (as on a full socket), keeping the waker of its latest
+    /// poll; the test opens it and wakes that waker.
+    #[derive(Default)]
+    struct FlushGate {
+        closed: bool,
+        waker: Option<Waker>,
     }
 
     impl Stream for Scripted {
@@ -824,7 +833,12 @@ mod tests {
             Ok(())
         }
 
-        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            let mut gate = self.flushes.lock().unwrap();
+            if gate.closed {
+                gate.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
             let _ = self.sent.send(Sent::Flush);
             Poll::Ready(Ok(()))
         }
@@ -854,8 +868,9 @@ mod tests {
     }
 
     /// Payload 0: waits until the test opens its gate; 1: reports `received` and
-    /// `written`, then answers; 2: panics; anything else: answers at once. Records the
-    /// task each write ran on.
+    /// `written`, then answers; 2: panics; 3: answers at once, keeping a copy of its
+    /// progress handle with which a task of its own reports `written` once the test opens
+    /// the gate; anything else: answers at once. Records the task each write ran on.
     struct Scripts {
         gate: Mutex<Option<oneshot::Receiver<()>>>,
         tasks: Mutex<Vec<Option<tokio::task::Id>>>,
@@ -887,6 +902,16 @@ mod tests {
                     progress.report(Stage::Written);
                 }
                 [2] => panic!("a handler that panics"),
+                [3] => {
+                    let kept = progress.clone();
+                    let gate = self.gate.lock().unwrap().take();
+                    tokio::spawn(async move {
+                        if let Some(gate) = gate {
+                            let _ = gate.await;
+                        }
+                        kept.report(Stage::Written);
+                    });
+                }
                 _ => {}
             }
             Ok(request.payload.clone())
@@ -899,6 +924,7 @@ mod tests {
         control: mpsc::UnboundedSender<Control>,
         handler: Arc<Scripts>,
         gate: Option<oneshot::Sender<()>>,
+        flushes: Arc<Mutex<FlushGate>>,
         serve: JoinHandle<Ended>,
     }
 
@@ -918,6 +944,8 @@ mod tests {
                 tasks: Mutex::new(Vec::new()),
             });
             let dyn_handler: Arc<dyn BleHandler> = handler.clone();
+            let flushes = Arc::new(Mutex::new(FlushGate::default()));
+            let socket_flushes = Arc::clone(&flushes);
             let serve = tokio::spawn(async move {
                 let (errors, _) = broadcast::channel(4);
                 let mut held = Held {
@@ -926,6 +954,7 @@ mod tests {
                 let socket = Scripted {
                     incoming,
                     sent: sent_tx,
+                    flushes: socket_flushes,
                 };
                 serve(socket, &dyn_handler, &mut held, &mut control_rx, &errors).await
             });
@@ -935,15 +964,21 @@ mod tests {
                 control,
                 handler,
                 gate: Some(gate_tx),
+                flushes,
                 serve,
             }
         }
 
-        /// The next `n` things the loop did to the socket.
+        /// The next `n` things the loop did to the socket. A loop that stopped for good
+        /// fails the test here rather than hanging it.
         async fn next(&mut self, n: usize) -> Vec<Sent> {
             let mut out = Vec::with_capacity(n);
             for _ in 0..n {
-                out.push(self.sent.recv().await.unwrap());
+                let sent =
+                    tokio::time::timeout(std::time::Duration::from_secs(20), self.sent.recv())
+                        .await
+                        .unwrap_or_else(|_| panic!("the loop stopped after {out:?}"));
+                out.push(sent.unwrap());
             }
             out
         }
@@ -1067,6 +1102,70 @@ mod tests {
         assert!(
             sent.contains(&frame(r#"{"type":"release","deviceId":"lock-2"}"#)),
             "{sent:?}"
+        );
+        running.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn after_a_batch_cut_short_by_a_flood_the_channels_are_looked_at_first() {
+        let writes: Vec<_> = (0..2 * MAX_BATCH)
+            .map(|i| write(&format!("r-{i}"), 7))
+            .collect();
+        let mut running = Running::start(writes);
+        let device = DeviceId::new("lock-2").unwrap();
+        running.control.send(Control::Release(device)).unwrap();
+        let sent = running.next(MAX_BATCH + 3).await;
+        assert_eq!(
+            sent[MAX_BATCH - 1],
+            frame(&format!("response r-{}", MAX_BATCH - 1))
+        );
+        assert_eq!(sent[MAX_BATCH], Sent::Flush);
+        assert_eq!(
+            sent[MAX_BATCH + 1..],
+            [
+                frame(r#"{"type":"release","deviceId":"lock-2"}"#),
+                frame(&format!("response r-{MAX_BATCH}")),
+            ],
+            "the application's message waits one batch, not the whole flood"
+        );
+        running.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn a_write_that_comes_while_a_flush_waits_is_answered_after_it() {
+        let mut running = Running::start([]);
+        running.flushes.lock().unwrap().closed = true;
+        running.frames.send(Ok(write("r-1", 7))).unwrap();
+        assert_eq!(running.next(1).await, [frame("response r-1")]);
+        // The loop waits on its flush. A write comes meanwhile: it wakes the loop, which
+        // finds the flush still waiting.
+        running.frames.send(Ok(write("r-2", 8))).unwrap();
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        let waker = {
+            let mut gate = running.flushes.lock().unwrap();
+            gate.closed = false;
+            gate.waker.take()
+        };
+        waker.expect("the flush waited").wake();
+        assert_eq!(
+            running.next(3).await,
+            [Sent::Flush, frame("response r-2"), Sent::Flush],
+            "the write that came during the flush is read once the flush is done"
+        );
+        running.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn progress_reported_after_the_answer_through_a_kept_handle_is_sent() {
+        let mut running = Running::start([write("r-1", 3)]);
+        assert_eq!(running.next(2).await, [frame("response r-1"), Sent::Flush]);
+        running.gate.take().unwrap().send(()).unwrap();
+        assert_eq!(
+            running.next(2).await,
+            [frame("progress r-1 Written"), Sent::Flush],
+            "the loop still listens for frames while a copy of a progress handle lives"
         );
         running.shut_down().await;
     }
