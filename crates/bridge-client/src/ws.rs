@@ -777,6 +777,102 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn headers_parse_as_tungstenite_parses_them(
+            first in any::<u8>(),
+            second in any::<u8>(),
+            rest in prop::collection::vec(any::<u8>(), 0..14),
+        ) {
+            let mut bytes = vec![first, second];
+            bytes.extend_from_slice(&rest);
+            let ours = parse_header(&bytes).map_err(|e| e.to_string());
+            let mut cursor = std::io::Cursor::new(&bytes[..]);
+            let theirs = FrameHeader::parse(&mut cursor)
+                .map(|parsed| {
+                    // The header is at most 14 bytes.
+                    #[allow(clippy::cast_possible_truncation)]
+                    let at = cursor.position() as usize;
+                    parsed.map(|(header, len)| (header, len, at))
+                })
+                .map_err(|e| e.to_string());
+            prop_assert_eq!(ours, theirs);
+            // Every prefix too: a header cut short waits for the rest.
+            for end in 0..bytes.len() {
+                let ours = parse_header(&bytes[..end]).map_err(|e| e.to_string());
+                let theirs = FrameHeader::parse(&mut std::io::Cursor::new(&bytes[..end]))
+                    .map_err(|e| e.to_string());
+                prop_assert_eq!(ours.map(|p| p.map(|(h, l, _)| (h, l))), theirs);
+            }
+        }
+
+    }
+
+    proptest! {
+        // Fewer cases: the long payloads are slow to hex and mask in a debug build.
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn a_response_written_in_place_reads_back_as_its_json(
+            request_id in "[ -~]{1,64}",
+            payload in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..80),
+                prop::collection::vec(any::<u8>(), 33_000..34_000),
+            ],
+            error in any::<bool>(),
+        ) {
+            let request_id = bridge_protocol::RequestId::new(&request_id).unwrap();
+            let frame = BridgeToServer::BleResponse(bridge_protocol::BleResponse {
+                request_id,
+                device_id: bridge_protocol::DeviceId::new("lock-1").unwrap(),
+                outcome: if error {
+                    bridge_protocol::BleOutcome::Error(
+                        bridge_protocol::DeviceErrorCode::new("gatt_write_failed").unwrap(),
+                    )
+                } else {
+                    bridge_protocol::BleOutcome::Payload(bridge_protocol::HexPayload::from_bytes(
+                        payload,
+                    ))
+                },
+            });
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let (server, client) = duplex(1 << 20);
+                let mut ours = WsConnection::new(client, &[]);
+                let mut theirs =
+                    WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+                // Twice, and with a text between: each frame has its own mask and length.
+                ours.start_send_frame(&frame).unwrap();
+                ours.feed(Message::text("between")).await.unwrap();
+                ours.start_send_frame(&frame).unwrap();
+                ours.flush().await.unwrap();
+                let json = frame.to_json();
+                for expected in [json.as_str(), "between", json.as_str()] {
+                    let got = theirs.next().await.unwrap().unwrap();
+                    assert_eq!(got, Message::text(expected));
+                }
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frame_is_refused_once_the_connection_is_closing() {
+        let (_server, client) = duplex(1024);
+        let mut ours = WsConnection::new(client, &[]);
+        Pin::new(&mut ours)
+            .start_send(Message::Close(None))
+            .unwrap();
+        let frame = BridgeToServer::Release(bridge_protocol::Release {
+            device_id: bridge_protocol::DeviceId::new("lock-1").unwrap(),
+        });
+        assert!(matches!(
+            ours.start_send_frame(&frame),
+            Err(WsError::Protocol(ProtocolError::SendAfterClosing))
+        ));
+    }
+
+    proptest! {
         // Fewer cases: each writes up to 70 KB (64-bit lengths), slow in a debug build.
         #![proptest_config(ProptestConfig::with_cases(32))]
 
