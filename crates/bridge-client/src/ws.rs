@@ -857,6 +857,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn responses_of_every_length_around_the_seven_bit_limit_read_back_as_their_json() {
+        let (server, client) = duplex(1 << 20);
+        let mut ours = WsConnection::new(client, &[]);
+        let mut theirs = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let mut lengths = Vec::new();
+        for id_len in 1..=64 {
+            let frame = BridgeToServer::BleResponse(bridge_protocol::BleResponse {
+                request_id: bridge_protocol::RequestId::new(&"r".repeat(id_len)).unwrap(),
+                device_id: bridge_protocol::DeviceId::new("lock-1").unwrap(),
+                outcome: bridge_protocol::BleOutcome::Payload(
+                    bridge_protocol::HexPayload::from_bytes(vec![0x81, 0x01]),
+                ),
+            });
+            ours.start_send_frame(&frame).unwrap();
+            ours.flush().await.unwrap();
+            let json = frame.to_json();
+            lengths.push(json.len());
+            assert_eq!(theirs.next().await.unwrap().unwrap(), Message::text(json));
+        }
+        assert!(
+            lengths.contains(&125) && lengths.contains(&126),
+            "{lengths:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_frame_is_refused_once_the_connection_is_closing() {
         let (_server, client) = duplex(1024);
         let mut ours = WsConnection::new(client, &[]);
