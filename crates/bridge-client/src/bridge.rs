@@ -663,7 +663,11 @@ where
                                 match start_write(handler, write, &answers_tx) {
                                     Some(answer) => {
                                         // The progress it reported is ahead of its answer.
-                                        while let Ok(frame) = answers.try_recv() {
+                                        // (`is_empty` first: cheaper than a `try_recv` that
+                                        // finds nothing, the usual case.)
+                                        while !answers.is_empty()
+                                            && let Ok(frame) = answers.try_recv()
+                                        {
                                             if let Err(e) = feed(&mut socket, &frame).await {
                                                 return Ended::Lost(e);
                                             }
