@@ -52,61 +52,19 @@ impl Default for LockState {
 impl LockState {
     /// Applies one command and returns the reply (the byte protocol above).
     pub fn apply(&mut self, command: &[u8]) -> Result<Vec<u8>, &'static str> {
-        self.reply(command).map(|reply| reply.as_bytes().to_vec())
-    }
-
-    /// [`apply`](Self::apply), the reply held on the stack.
-    fn reply(&mut self, command: &[u8]) -> Result<Reply, &'static str> {
         let state = |locked: bool| u8::from(locked);
         match command {
             [LOCK] => {
                 self.locked = true;
-                Ok(Reply::new([0x80 | LOCK, state(self.locked), 0], 2))
+                Ok(vec![0x80 | LOCK, state(self.locked)])
             }
             [UNLOCK] => {
                 self.locked = false;
-                Ok(Reply::new([0x80 | UNLOCK, state(self.locked), 0], 2))
+                Ok(vec![0x80 | UNLOCK, state(self.locked)])
             }
-            [STATUS] => Ok(Reply::new(
-                [0x80 | STATUS, state(self.locked), self.battery],
-                3,
-            )),
+            [STATUS] => Ok(vec![0x80 | STATUS, state(self.locked), self.battery]),
             _ => Err("unsupported_command"),
         }
-    }
-}
-
-/// A reply of the byte protocol: at most three bytes.
-struct Reply {
-    bytes: [u8; 3],
-    len: usize,
-}
-
-impl Reply {
-    const fn new(bytes: [u8; 3], len: usize) -> Self {
-        Self { bytes, len }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-
-    /// The reply as a payload held inline. `HexPayload::from_bytes` always takes a heap
-    /// vector, while a payload read from hex of up to `HexPayload::INLINE_BYTES` bytes is
-    /// held inline: writing the three bytes as hex and reading them back costs less than
-    /// allocating and freeing a vector for every write. The payload is equal either way.
-    fn into_payload(self) -> HexPayload {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = [0u8; 6];
-        for (pair, byte) in hex.chunks_exact_mut(2).zip(self.as_bytes()) {
-            pair[0] = HEX[usize::from(byte >> 4)];
-            pair[1] = HEX[usize::from(byte & 0x0F)];
-        }
-        std::str::from_utf8(&hex[..2 * self.len])
-            .ok()
-            .and_then(|text| HexPayload::from_hex(text, usize::MAX).ok())
-            // Hex digits are always read back; the fallback is never taken.
-            .unwrap_or_else(|| HexPayload::from_bytes(self.as_bytes()))
     }
 }
 
@@ -228,14 +186,14 @@ impl BleHandler for SimulatedLocks {
             let lock = locks
                 .get_mut(&request.device_id)
                 .ok_or_else(|| Self::error("device_not_found"))?;
-            lock.reply(request.payload.as_bytes())
+            lock.apply(request.payload.as_bytes())
         };
         reach(Stage::Written).await;
         if stuck_after.is_some() {
             // Stuck after `written`: the lock took the write and never answers.
             std::future::pending::<()>().await;
         }
-        reply.map(Reply::into_payload).map_err(Self::error)
+        reply.map(HexPayload::from_bytes).map_err(Self::error)
     }
 }
 
@@ -252,20 +210,6 @@ mod tests {
         assert_eq!(lock.apply(&[0x7f]), Err("unsupported_command"));
         assert_eq!(lock.apply(&[]), Err("unsupported_command"));
         assert_eq!(lock.apply(&[LOCK, LOCK]), Err("unsupported_command"));
-    }
-
-    #[test]
-    fn every_reply_becomes_the_payload_of_its_bytes() {
-        for command in [[LOCK], [UNLOCK], [STATUS]] {
-            let mut lock = LockState {
-                locked: false,
-                battery: 0xAB,
-            };
-            let bytes = lock.clone().apply(&command).unwrap();
-            let payload = lock.reply(&command).unwrap().into_payload();
-            assert_eq!(payload.as_bytes(), bytes.as_slice());
-            assert_eq!(payload, HexPayload::from_bytes(bytes));
-        }
     }
 
     #[tokio::test]
