@@ -83,6 +83,18 @@ impl Progress {
         }
     }
 
+    /// A handle whose frames go to `frames`, as on a connection (for tests of handlers).
+    #[cfg(test)]
+    pub(crate) fn to_channel(
+        request: &BleWrite,
+        frames: mpsc::UnboundedSender<BridgeToServer>,
+    ) -> Self {
+        Self {
+            frames: Some(frames),
+            ..Self::detached(request)
+        }
+    }
+
     /// Reports that the write reached `stage`. `Stage::Sent` is the server's own stage and
     /// is not sent.
     pub fn report(&self, stage: Stage) {
