@@ -532,8 +532,9 @@ where
 /// task's context and none was ready ([`poll_event`] returned `Pending`), and nothing has
 /// waited since. Each source then holds the task's waker, and an event arriving since has
 /// already woken the task (a task woken while it runs is polled again), so the first poll
-/// returns `Pending` without polling them all a second time: at one command in flight, one
-/// poll of the three sources in three.
+/// returns `Pending` without polling them all a second time. At one command in flight this
+/// saves one of the three polls of the sources per command (the one that finds the write,
+/// the one that finds nothing more, and this one).
 async fn next_event<S>(
     socket: &mut S,
     answers: &mut mpsc::UnboundedReceiver<BridgeToServer>,
