@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
@@ -11,7 +12,7 @@ use bridge_protocol::{
     BleOutcome, BleProgress, BleResponse, BleStatus, BleWrite, BridgeId, BridgeToServer,
     DeviceErrorCode, DeviceId, ErrorFrame, HexPayload, Release, RequestId, ServerToBridge, Stage,
 };
-use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Error as WsError;
@@ -79,6 +80,18 @@ impl Progress {
             request_id: request.request_id,
             device_id: request.device_id.clone(),
             frames: None,
+        }
+    }
+
+    /// A handle whose frames go to `frames`, as on a connection (for tests of handlers).
+    #[cfg(test)]
+    pub(crate) fn to_channel(
+        request: &BleWrite,
+        frames: mpsc::UnboundedSender<BridgeToServer>,
+    ) -> Self {
+        Self {
+            frames: Some(frames),
+            ..Self::detached(request)
         }
     }
 
@@ -417,20 +430,31 @@ async fn run(
     let _ = state.send(ConnectionState::Stopped);
 }
 
+/// The outgoing side of a connection as its loop uses it: a [`Sink`] of messages that can
+/// also queue a protocol frame without making a [`Message`] of it first.
+pub(crate) trait FrameSink: Sink<Message, Error = WsError> + Unpin {
+    /// Queues `frame` as a text message, as `start_send` would (after `poll_ready`). The
+    /// default makes a [`Message`] of its JSON; a socket that can write the JSON straight
+    /// into its own buffer overrides it, since one `ble_response` goes out per command.
+    fn start_send_frame(&mut self, frame: &BridgeToServer) -> Result<(), WsError>
+    where
+        Self: Sized,
+    {
+        Pin::new(self).start_send(Message::text(frame_text(frame)))
+    }
+}
+
 /// Queues `frame` in the socket's write buffer without writing it out: the connection's loop
 /// flushes once per batch (`socket.flush()`).
-async fn feed<S>(socket: &mut S, frame: &BridgeToServer) -> Result<(), String>
-where
-    S: Sink<Message, Error = WsError> + Unpin,
-{
-    socket
-        .feed(Message::text(frame_text(frame)))
+async fn feed<S: FrameSink>(socket: &mut S, frame: &BridgeToServer) -> Result<(), String> {
+    std::future::poll_fn(|cx| Pin::new(&mut *socket).poll_ready(cx))
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    socket.start_send_frame(frame).map_err(|e| e.to_string())
 }
 
 /// The JSON text of `frame`; a `ble_response` (one per command) written without serde.
-fn frame_text(frame: &BridgeToServer) -> String {
+pub(crate) fn frame_text(frame: &BridgeToServer) -> String {
     match frame {
         BridgeToServer::BleResponse(answer) => {
             let mut buf = Vec::with_capacity(128);
@@ -457,21 +481,79 @@ enum Event {
     Control(Option<Control>),
 }
 
-/// The next event of a connection: waits for it, or, under `now_or_never`, takes one that
-/// is ready without waiting.
+/// The event ready now, if any, taken in a fixed order: the socket first (it carries the
+/// writes), then the answers of handlers in their own tasks, then the application's messages;
+/// `channels_first` puts the socket last, so that a flood of incoming frames cannot keep the
+/// other two waiting beyond one batch.
+///
+/// Each source is polled with `cx`, this task's own context: one that is not ready wakes the
+/// task when it becomes ready, so `Pending` here means the task will be woken for the next
+/// event (see [`next_event`]). A fixed order rather than `select!`'s random one: no random
+/// number per poll, and `channels_first` gives the fairness instead.
+///
+/// `answers` is polled only when something can be in it or come into it: a sender other than
+/// the loop's own (`answers_tx`) exists — a handler in a task of its own, or a [`Progress`]
+/// kept — or a message waits that a sender since dropped left behind. Otherwise, with every
+/// write answered in place, nothing can come until the loop itself starts another handler,
+/// and polling (and registering the waker on) an empty channel each turn is wasted.
+fn poll_event<S>(
+    socket: &mut S,
+    answers: &mut mpsc::UnboundedReceiver<BridgeToServer>,
+    answers_tx: &mpsc::UnboundedSender<BridgeToServer>,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    channels_first: bool,
+    cx: &mut Context<'_>,
+) -> Poll<Event>
+where
+    S: Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    if !channels_first && let Poll::Ready(incoming) = socket.poll_next_unpin(cx) {
+        return Poll::Ready(Event::Incoming(incoming));
+    }
+    // A sender's message is queued before the sender count drops (`Release` on the drop,
+    // `Acquire` on the count): a count of one and an empty channel mean nothing is queued.
+    let answers_may_come = answers_tx.strong_count() > 1 || !answers.is_empty();
+    // The loop holds a sender of `answers`: it never ends, and `None` cannot come.
+    if answers_may_come && let Poll::Ready(Some(answer)) = answers.poll_recv(cx) {
+        return Poll::Ready(Event::Answer(answer));
+    }
+    if let Poll::Ready(message) = control.poll_recv(cx) {
+        return Poll::Ready(Event::Control(message));
+    }
+    if channels_first && let Poll::Ready(incoming) = socket.poll_next_unpin(cx) {
+        return Poll::Ready(Event::Incoming(incoming));
+    }
+    Poll::Pending
+}
+
+/// Waits for the next event of a connection.
+///
+/// `registered`: in this same poll of the task, every source was just polled with the
+/// task's context and none was ready ([`poll_event`] returned `Pending`), and nothing has
+/// waited since. Each source then holds the task's waker, and an event arriving since has
+/// already woken the task (a task woken while it runs is polled again), so the first poll
+/// returns `Pending` without polling them all a second time. At one command in flight this
+/// saves one of the three polls of the sources per command (the one that finds the write,
+/// the one that finds nothing more, and this one).
 async fn next_event<S>(
     socket: &mut S,
     answers: &mut mpsc::UnboundedReceiver<BridgeToServer>,
+    answers_tx: &mpsc::UnboundedSender<BridgeToServer>,
     control: &mut mpsc::UnboundedReceiver<Control>,
+    channels_first: bool,
+    registered: bool,
 ) -> Event
 where
     S: Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    tokio::select! {
-        incoming = socket.next() => Event::Incoming(incoming),
-        Some(answer) = answers.recv() => Event::Answer(answer),
-        message = control.recv() => Event::Control(message),
-    }
+    let mut skip = registered;
+    std::future::poll_fn(|cx| {
+        if std::mem::take(&mut skip) {
+            return Poll::Pending;
+        }
+        poll_event(socket, answers, answers_tx, control, channels_first, cx)
+    })
+    .await
 }
 
 /// Handles one `ble_write`: its handler's future is polled once here, and if that finished
@@ -542,7 +624,7 @@ async fn serve<S>(
     errors: &broadcast::Sender<ErrorFrame>,
 ) -> Ended
 where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    S: Stream<Item = Result<Message, WsError>> + FrameSink,
 {
     // Re-announce the last known link state of every held device.
     let statuses: Vec<BleStatus> = held.devices.values().flatten().cloned().collect();
@@ -560,8 +642,23 @@ where
     // connection ends, this receiver is dropped, and answers to writes the server has already
     // failed are dropped.
     let (answers_tx, mut answers) = mpsc::unbounded_channel::<BridgeToServer>();
+    // The last batch was cut at `MAX_BATCH`: the next one looks at the channels first.
+    let mut channels_first = false;
+    // The last batch ended with every source polled and none ready, and nothing waited
+    // since (`next_event`).
+    let mut registered = false;
     loop {
-        let mut event = next_event(&mut socket, &mut answers, control).await;
+        let mut event = next_event(
+            &mut socket,
+            &mut answers,
+            &answers_tx,
+            control,
+            channels_first,
+            registered,
+        )
+        .await;
+        channels_first = false;
+        registered = false;
         let mut handled = 0;
         // Whether frames wait in the write buffer.
         let mut fed = false;
@@ -579,7 +676,11 @@ where
                                 match start_write(handler, write, &answers_tx) {
                                     Some(answer) => {
                                         // The progress it reported is ahead of its answer.
-                                        while let Ok(frame) = answers.try_recv() {
+                                        // (`is_empty` first: cheaper than a `try_recv` that
+                                        // finds nothing, the usual case.)
+                                        while !answers.is_empty()
+                                            && let Ok(frame) = answers.try_recv()
+                                        {
                                             if let Err(e) = feed(&mut socket, &frame).await {
                                                 return Ended::Lost(e);
                                             }
@@ -639,15 +740,44 @@ where
             }
             handled += 1;
             if handled == MAX_BATCH {
+                channels_first = true;
                 break;
             }
-            match next_event(&mut socket, &mut answers, control).now_or_never() {
-                Some(next) => event = next,
-                None => break,
+            // Polled with the task's own context: when nothing is ready, every source
+            // holds the task's waker for the wait that follows.
+            match std::future::poll_fn(|cx| {
+                Poll::Ready(poll_event(
+                    &mut socket,
+                    &mut answers,
+                    &answers_tx,
+                    control,
+                    false,
+                    cx,
+                ))
+            })
+            .await
+            {
+                Poll::Ready(next) => event = next,
+                Poll::Pending => {
+                    registered = true;
+                    break;
+                }
             }
         }
-        if fed && let Err(e) = socket.flush().await {
-            return Ended::Lost(e.to_string());
+        if fed {
+            // Whether the flush had to wait: the sources' wakers may have fired meanwhile
+            // and been used up by that wait, so they are polled again.
+            let mut waited = false;
+            let flushed = std::future::poll_fn(|cx| {
+                let poll = Pin::new(&mut socket).poll_flush(cx);
+                waited |= poll.is_pending();
+                poll
+            })
+            .await;
+            if let Err(e) = flushed {
+                return Ended::Lost(e.to_string());
+            }
+            registered &= !waited;
         }
     }
 }
@@ -657,7 +787,6 @@ mod tests {
     //! The connection's loop against a scripted socket that records every frame and every
     //! flush, so that what goes out in one write is visible.
 
-    use std::pin::Pin;
     use std::sync::Mutex;
 
     use bridge_protocol::{DeviceConfig, DeviceType, Limits, TimeoutMs};
@@ -679,6 +808,15 @@ mod tests {
     struct Scripted {
         incoming: mpsc::UnboundedReceiver<Result<Message, WsError>>,
         sent: mpsc::UnboundedSender<Sent>,
+        flushes: Arc<Mutex<FlushGate>>,
+    }
+
+    /// While `closed`, a flush waits (as on a full socket), keeping the waker of its latest
+    /// poll; the test opens it and wakes that waker.
+    #[derive(Default)]
+    struct FlushGate {
+        closed: bool,
+        waker: Option<Waker>,
     }
 
     impl Stream for Scripted {
@@ -712,7 +850,12 @@ mod tests {
             Ok(())
         }
 
-        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            let mut gate = self.flushes.lock().unwrap();
+            if gate.closed {
+                gate.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
             let _ = self.sent.send(Sent::Flush);
             Poll::Ready(Ok(()))
         }
@@ -721,6 +864,8 @@ mod tests {
             Poll::Ready(Ok(()))
         }
     }
+
+    impl FrameSink for Scripted {}
 
     fn write(request_id: &str, payload: u8) -> Message {
         let config = DeviceConfig::SMART_LOCK;
@@ -740,8 +885,9 @@ mod tests {
     }
 
     /// Payload 0: waits until the test opens its gate; 1: reports `received` and
-    /// `written`, then answers; 2: panics; anything else: answers at once. Records the
-    /// task each write ran on.
+    /// `written`, then answers; 2: panics; 3: answers at once, keeping a copy of its
+    /// progress handle with which a task of its own reports `written` once the test opens
+    /// the gate; anything else: answers at once. Records the task each write ran on.
     struct Scripts {
         gate: Mutex<Option<oneshot::Receiver<()>>>,
         tasks: Mutex<Vec<Option<tokio::task::Id>>>,
@@ -773,6 +919,16 @@ mod tests {
                     progress.report(Stage::Written);
                 }
                 [2] => panic!("a handler that panics"),
+                [3] => {
+                    let kept = progress.clone();
+                    let gate = self.gate.lock().unwrap().take();
+                    tokio::spawn(async move {
+                        if let Some(gate) = gate {
+                            let _ = gate.await;
+                        }
+                        kept.report(Stage::Written);
+                    });
+                }
                 _ => {}
             }
             Ok(request.payload.clone())
@@ -785,6 +941,7 @@ mod tests {
         control: mpsc::UnboundedSender<Control>,
         handler: Arc<Scripts>,
         gate: Option<oneshot::Sender<()>>,
+        flushes: Arc<Mutex<FlushGate>>,
         serve: JoinHandle<Ended>,
     }
 
@@ -804,6 +961,8 @@ mod tests {
                 tasks: Mutex::new(Vec::new()),
             });
             let dyn_handler: Arc<dyn BleHandler> = handler.clone();
+            let flushes = Arc::new(Mutex::new(FlushGate::default()));
+            let socket_flushes = Arc::clone(&flushes);
             let serve = tokio::spawn(async move {
                 let (errors, _) = broadcast::channel(4);
                 let mut held = Held {
@@ -812,6 +971,7 @@ mod tests {
                 let socket = Scripted {
                     incoming,
                     sent: sent_tx,
+                    flushes: socket_flushes,
                 };
                 serve(socket, &dyn_handler, &mut held, &mut control_rx, &errors).await
             });
@@ -821,15 +981,21 @@ mod tests {
                 control,
                 handler,
                 gate: Some(gate_tx),
+                flushes,
                 serve,
             }
         }
 
-        /// The next `n` things the loop did to the socket.
+        /// The next `n` things the loop did to the socket. A loop that stopped for good
+        /// fails the test here rather than hanging it.
         async fn next(&mut self, n: usize) -> Vec<Sent> {
             let mut out = Vec::with_capacity(n);
             for _ in 0..n {
-                out.push(self.sent.recv().await.unwrap());
+                let sent =
+                    tokio::time::timeout(std::time::Duration::from_secs(20), self.sent.recv())
+                        .await
+                        .unwrap_or_else(|_| panic!("the loop stopped after {out:?}"));
+                out.push(sent.unwrap());
             }
             out
         }
@@ -953,6 +1119,70 @@ mod tests {
         assert!(
             sent.contains(&frame(r#"{"type":"release","deviceId":"lock-2"}"#)),
             "{sent:?}"
+        );
+        running.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn after_a_batch_cut_short_by_a_flood_the_channels_are_looked_at_first() {
+        let writes: Vec<_> = (0..2 * MAX_BATCH)
+            .map(|i| write(&format!("r-{i}"), 7))
+            .collect();
+        let mut running = Running::start(writes);
+        let device = DeviceId::new("lock-2").unwrap();
+        running.control.send(Control::Release(device)).unwrap();
+        let sent = running.next(MAX_BATCH + 3).await;
+        assert_eq!(
+            sent[MAX_BATCH - 1],
+            frame(&format!("response r-{}", MAX_BATCH - 1))
+        );
+        assert_eq!(sent[MAX_BATCH], Sent::Flush);
+        assert_eq!(
+            sent[MAX_BATCH + 1..],
+            [
+                frame(r#"{"type":"release","deviceId":"lock-2"}"#),
+                frame(&format!("response r-{MAX_BATCH}")),
+            ],
+            "the application's message waits one batch, not the whole flood"
+        );
+        running.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn a_write_that_comes_while_a_flush_waits_is_answered_after_it() {
+        let mut running = Running::start([]);
+        running.flushes.lock().unwrap().closed = true;
+        running.frames.send(Ok(write("r-1", 7))).unwrap();
+        assert_eq!(running.next(1).await, [frame("response r-1")]);
+        // The loop waits on its flush. A write comes meanwhile: it wakes the loop, which
+        // finds the flush still waiting.
+        running.frames.send(Ok(write("r-2", 8))).unwrap();
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+        let waker = {
+            let mut gate = running.flushes.lock().unwrap();
+            gate.closed = false;
+            gate.waker.take()
+        };
+        waker.expect("the flush waited").wake();
+        assert_eq!(
+            running.next(3).await,
+            [Sent::Flush, frame("response r-2"), Sent::Flush],
+            "the write that came during the flush is read once the flush is done"
+        );
+        running.shut_down().await;
+    }
+
+    #[tokio::test]
+    async fn progress_reported_after_the_answer_through_a_kept_handle_is_sent() {
+        let mut running = Running::start([write("r-1", 3)]);
+        assert_eq!(running.next(2).await, [frame("response r-1"), Sent::Flush]);
+        running.gate.take().unwrap().send(()).unwrap();
+        assert_eq!(
+            running.next(2).await,
+            [frame("progress r-1 Written"), Sent::Flush],
+            "the loop still listens for frames while a copy of a progress handle lives"
         );
         running.shut_down().await;
     }

@@ -18,8 +18,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bridge_protocol::{
-    BridgeId, DeviceId, ErrorCode, Hello, MqttBridgeFrame, MqttServerFrame, ServerToBridge, Token,
-    UserId,
+    BridgeId, BridgeToServer, DeviceId, ErrorCode, Hello, MqttBridgeFrame, MqttServerFrame,
+    ServerToBridge, Token, UserId,
 };
 use futures_util::{Sink, Stream};
 use parking_lot::Mutex;
@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::bridge::{FrameSink, frame_text};
 use crate::{ClientError, Credentials};
 
 /// Where and as whom a bridge connects over MQTT (see
@@ -316,6 +317,13 @@ impl Sink<Message> for MqttSocket {
 
     fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+impl FrameSink for MqttSocket {
+    /// Publishes the frame's JSON as it is, without making a [`Message`] of it first.
+    fn start_send_frame(&mut self, frame: &BridgeToServer) -> Result<(), WsError> {
+        self.publish(frame_text(frame))
     }
 }
 

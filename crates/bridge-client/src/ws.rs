@@ -20,10 +20,11 @@
 //! below feed the same bytes to both.
 
 use std::hash::{BuildHasher, Hasher, RandomState};
-use std::io::{self, Cursor};
+use std::io;
 use std::pin::{Pin, pin};
 use std::task::{Context, Poll, ready};
 
+use bridge_protocol::BridgeToServer;
 use bytes::{Buf, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -37,6 +38,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{
     CloseCode, Control as OpCtl, Data as OpData, OpCode,
 };
 use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
+
+use crate::bridge::FrameSink;
 
 /// The largest frame accepted from the server (the client's `max_frame_size`, as before).
 pub(crate) const MAX_FRAME: usize = 1 << 20;
@@ -63,11 +66,15 @@ enum State {
 }
 
 /// The masking keys of one connection's frames: SipHash, keyed from the operating system's
-/// random source once per connection (std's [`RandomState`]), of a frame counter, so a key
-/// cannot be predicted from the ones before it (RFC 6455 5.3).
+/// random source once per connection (std's [`RandomState`]), of a counter, so a key cannot
+/// be predicted from the ones before it (RFC 6455 5.3). Each 64-bit output gives two keys,
+/// its low half then its high half: one half says nothing of the other (SipHash is a
+/// pseudorandom function), and a frame then costs half a hash.
 struct Masks {
     keys: RandomState,
     counter: u64,
+    /// The high half of the last output, not used yet.
+    spare: Option<[u8; 4]>,
 }
 
 impl Masks {
@@ -75,17 +82,23 @@ impl Masks {
         Self {
             keys: RandomState::new(),
             counter: 0,
+            spare: None,
         }
     }
 
     fn next(&mut self) -> [u8; 4] {
+        if let Some(mask) = self.spare.take() {
+            return mask;
+        }
         self.counter = self.counter.wrapping_add(1);
         let mut hasher = self.keys.build_hasher();
         hasher.write_u64(self.counter);
         let bits = hasher.finish();
-        // The low half; truncation intended.
+        // The two halves; truncation intended.
         #[allow(clippy::cast_possible_truncation)]
-        (bits as u32).to_ne_bytes()
+        let (low, high) = (bits as u32, (bits >> 32) as u32);
+        self.spare = Some(high.to_ne_bytes());
+        low.to_ne_bytes()
     }
 }
 
@@ -107,6 +120,23 @@ fn put_masked(out: &mut Vec<u8>, payload: &[u8], mask: [u8; 4]) {
     }
 }
 
+/// Masks `payload` in place with `mask`, eight bytes at a time.
+fn mask_in_place(payload: &mut [u8], mask: [u8; 4]) {
+    let wide = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = payload.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        chunk.copy_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
+    }
+    // The key's phase is unchanged after a multiple of eight bytes.
+    for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
+        *byte ^= mask[i % 4];
+    }
+}
+
 /// Appends one masked frame (client to server) with `opcode` and `payload` to `out`.
 fn put_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
     out.push(0x80 | opcode);
@@ -124,6 +154,55 @@ fn put_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
     }
     out.extend_from_slice(&mask);
     put_masked(out, payload, mask);
+}
+
+/// The header at the start of `bytes`, the payload's length and where the payload starts;
+/// `None` when the header is not all there yet. What tungstenite's `FrameHeader::parse`
+/// returns, with the same error for a reserved opcode (once the header is complete), read
+/// from the slice directly rather than through an `io::Read` cursor: it runs for every
+/// frame and for every read attempt.
+fn parse_header(bytes: &[u8]) -> Result<Option<(FrameHeader, u64, usize)>, WsError> {
+    let [first, second, rest @ ..] = bytes else {
+        return Ok(None);
+    };
+    let (len, mut at) = match second & 0x7F {
+        126 => match rest.first_chunk::<2>() {
+            Some(extended) => (u64::from(u16::from_be_bytes(*extended)), 4),
+            None => return Ok(None),
+        },
+        127 => match rest.first_chunk::<8>() {
+            Some(extended) => (u64::from_be_bytes(*extended), 10),
+            None => return Ok(None),
+        },
+        short => (u64::from(short), 2),
+    };
+    let mask = if second & 0x80 == 0 {
+        None
+    } else {
+        let Some(mask) = bytes.get(at..).and_then(<[u8]>::first_chunk::<4>) else {
+            return Ok(None);
+        };
+        at += 4;
+        Some(*mask)
+    };
+    let opcode = OpCode::from(first & 0x0F);
+    if matches!(
+        opcode,
+        OpCode::Control(OpCtl::Reserved(_)) | OpCode::Data(OpData::Reserved(_))
+    ) {
+        return Err(WsError::Protocol(ProtocolError::InvalidOpcode(
+            first & 0x0F,
+        )));
+    }
+    let header = FrameHeader {
+        is_final: first & 0x80 != 0,
+        rsv1: first & 0x40 != 0,
+        rsv2: first & 0x20 != 0,
+        rsv3: first & 0x10 != 0,
+        opcode,
+        mask,
+    };
+    Ok(Some((header, len, at)))
 }
 
 /// A fragmented message being put together.
@@ -202,6 +281,32 @@ impl<S> WsConnection<S> {
         put_frame(&mut self.write, opcode, payload, mask);
     }
 
+    /// Queues one text frame whose payload `write` appends to the buffer it is given, which
+    /// must be UTF-8: the payload is written in place, then masked in place, with no
+    /// intermediate string. The header assumes a payload under 126 bytes (a `ble_response`
+    /// usually is); a longer one is moved behind the longer header it needs.
+    fn queue_text_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let mask = self.masks.next();
+        let start = self.write.len();
+        self.write
+            .extend_from_slice(&[0x81, 0x80, mask[0], mask[1], mask[2], mask[3]]);
+        let body = self.write.len();
+        write(&mut self.write);
+        debug_assert!(std::str::from_utf8(&self.write[body..]).is_ok());
+        let len = self.write.len() - body;
+        if len < 126 {
+            // Fits in seven bits.
+            #[allow(clippy::cast_possible_truncation)]
+            let short = len as u8;
+            self.write[start + 1] = 0x80 | short;
+            mask_in_place(&mut self.write[body..], mask);
+        } else {
+            let payload = self.write.split_off(body);
+            self.write.truncate(start);
+            put_frame(&mut self.write, 0x1, &payload, mask);
+        }
+    }
+
     /// Queues a tungstenite frame (control frames other than those made here).
     fn queue_frame(&mut self, mut frame: Frame) {
         frame.header_mut().mask = Some(self.masks.next());
@@ -212,8 +317,7 @@ impl<S> WsConnection<S> {
     /// The first complete frame in the read buffer, if there is one: its header and where
     /// its payload is. Makes room for the whole frame when it is not all there yet.
     fn parse(&mut self) -> Result<Option<(FrameHeader, usize, usize)>, WsError> {
-        let mut cursor = Cursor::new(&self.read[..]);
-        let Some((header, len)) = FrameHeader::parse(&mut cursor)? else {
+        let Some((header, len, payload)) = parse_header(&self.read)? else {
             return Ok(None);
         };
         if len > MAX_FRAME as u64 {
@@ -225,9 +329,6 @@ impl<S> WsConnection<S> {
         // At most MAX_FRAME: fits.
         #[allow(clippy::cast_possible_truncation)]
         let len = len as usize;
-        // The header is at most 14 bytes.
-        #[allow(clippy::cast_possible_truncation)]
-        let payload = cursor.position() as usize;
         if payload + len <= self.read.len() {
             return Ok(Some((header, payload, len)));
         }
@@ -506,6 +607,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Sink<Message> for WsConnection<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> FrameSink for WsConnection<S> {
+    /// Writes a `ble_response`'s JSON straight into the write buffer (one per command);
+    /// other frames go as their JSON text. Refused once closing, as `start_send` refuses.
+    fn start_send_frame(&mut self, frame: &BridgeToServer) -> Result<(), WsError> {
+        if self.state != State::Active {
+            return Err(WsError::Protocol(ProtocolError::SendAfterClosing));
+        }
+        match frame {
+            BridgeToServer::BleResponse(answer) => {
+                self.queue_text_with(|out| answer.write_frame_json(out));
+            }
+            other => self.queue(0x1, other.to_json().as_bytes()),
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The same bytes fed to this connection and to tungstenite's client give the same
@@ -656,6 +774,128 @@ mod tests {
             prop_assert_eq!(ours, theirs);
         }
 
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2048))]
+
+        #[test]
+        fn headers_parse_as_tungstenite_parses_them(
+            first in any::<u8>(),
+            second in any::<u8>(),
+            rest in prop::collection::vec(any::<u8>(), 0..14),
+        ) {
+            let mut bytes = vec![first, second];
+            bytes.extend_from_slice(&rest);
+            let ours = parse_header(&bytes).map_err(|e| e.to_string());
+            let mut cursor = std::io::Cursor::new(&bytes[..]);
+            let theirs = FrameHeader::parse(&mut cursor)
+                .map(|parsed| {
+                    // The header is at most 14 bytes.
+                    #[allow(clippy::cast_possible_truncation)]
+                    let at = cursor.position() as usize;
+                    parsed.map(|(header, len)| (header, len, at))
+                })
+                .map_err(|e| e.to_string());
+            prop_assert_eq!(ours, theirs);
+            // Every prefix too: a header cut short waits for the rest.
+            for end in 0..bytes.len() {
+                let ours = parse_header(&bytes[..end]).map_err(|e| e.to_string());
+                let theirs = FrameHeader::parse(&mut std::io::Cursor::new(&bytes[..end]))
+                    .map_err(|e| e.to_string());
+                prop_assert_eq!(ours.map(|p| p.map(|(h, l, _)| (h, l))), theirs);
+            }
+        }
+
+    }
+
+    proptest! {
+        // Fewer cases: the long payloads are slow to hex and mask in a debug build.
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn a_response_written_in_place_reads_back_as_its_json(
+            request_id in "[ -~]{1,64}",
+            payload in prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..80),
+                prop::collection::vec(any::<u8>(), 33_000..34_000),
+            ],
+            error in any::<bool>(),
+        ) {
+            let request_id = bridge_protocol::RequestId::new(&request_id).unwrap();
+            let frame = BridgeToServer::BleResponse(bridge_protocol::BleResponse {
+                request_id,
+                device_id: bridge_protocol::DeviceId::new("lock-1").unwrap(),
+                outcome: if error {
+                    bridge_protocol::BleOutcome::Error(
+                        bridge_protocol::DeviceErrorCode::new("gatt_write_failed").unwrap(),
+                    )
+                } else {
+                    bridge_protocol::BleOutcome::Payload(bridge_protocol::HexPayload::from_bytes(
+                        payload,
+                    ))
+                },
+            });
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let (server, client) = duplex(1 << 20);
+                let mut ours = WsConnection::new(client, &[]);
+                let mut theirs =
+                    WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+                // Twice, and with a text between: each frame has its own mask and length.
+                ours.start_send_frame(&frame).unwrap();
+                ours.feed(Message::text("between")).await.unwrap();
+                ours.start_send_frame(&frame).unwrap();
+                ours.flush().await.unwrap();
+                let json = frame.to_json();
+                for expected in [json.as_str(), "between", json.as_str()] {
+                    let got = theirs.next().await.unwrap().unwrap();
+                    assert_eq!(got, Message::text(expected));
+                }
+            });
+        }
+    }
+
+    #[tokio::test]
+    async fn responses_of_every_length_around_the_seven_bit_limit_read_back_as_their_json() {
+        let (server, client) = duplex(1 << 20);
+        let mut ours = WsConnection::new(client, &[]);
+        let mut theirs = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let mut lengths = Vec::new();
+        for id_len in 1..=64 {
+            let frame = BridgeToServer::BleResponse(bridge_protocol::BleResponse {
+                request_id: bridge_protocol::RequestId::new(&"r".repeat(id_len)).unwrap(),
+                device_id: bridge_protocol::DeviceId::new("lock-1").unwrap(),
+                outcome: bridge_protocol::BleOutcome::Payload(
+                    bridge_protocol::HexPayload::from_bytes(vec![0x81, 0x01]),
+                ),
+            });
+            ours.start_send_frame(&frame).unwrap();
+            ours.flush().await.unwrap();
+            let json = frame.to_json();
+            lengths.push(json.len());
+            assert_eq!(theirs.next().await.unwrap().unwrap(), Message::text(json));
+        }
+        assert!(
+            lengths.contains(&125) && lengths.contains(&126),
+            "{lengths:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_frame_is_refused_once_the_connection_is_closing() {
+        let (_server, client) = duplex(1024);
+        let mut ours = WsConnection::new(client, &[]);
+        Pin::new(&mut ours)
+            .start_send(Message::Close(None))
+            .unwrap();
+        let frame = BridgeToServer::Release(bridge_protocol::Release {
+            device_id: bridge_protocol::DeviceId::new("lock-1").unwrap(),
+        });
+        assert!(matches!(
+            ours.start_send_frame(&frame),
+            Err(WsError::Protocol(ProtocolError::SendAfterClosing))
+        ));
     }
 
     proptest! {
