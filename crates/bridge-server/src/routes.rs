@@ -23,6 +23,7 @@ use bridge_protocol::{AppEvent, CommandId, DeviceId, ErrorCode, ServerToUser, St
 use bridge_queue::Party;
 use futures_util::future::Either;
 
+use crate::auth::HeldToken;
 use crate::error::{ApiError, QUEUE_UNAVAILABLE, json_response, json_with_code};
 use crate::openapi::{
     BadRequest, CommandUnavailable, Conflict, Forbidden, Health, NotFound, PayloadTooLarge,
@@ -167,18 +168,29 @@ impl ApiService {
     /// the device), so that the answer's future (made by [`FastCommand::answer`] inside
     /// the caller's own future, where it is polled, not moved into it) holds neither the
     /// request's head nor its URI.
-    pub(crate) fn route<B>(&self, request: Request<B>) -> Routing<B> {
-        if !(self.fast
-            && request.method() == Method::POST
-            && command_route_device(request.uri().path()).is_some())
-        {
+    ///
+    /// `connection`: what the request's connection remembers of its token (see
+    /// [`HeldToken`]), if the caller keeps one per connection.
+    pub(crate) fn route<B>(
+        &self,
+        request: Request<B>,
+        connection: Option<&mut HeldToken>,
+    ) -> Routing<B> {
+        let segment = if self.fast && request.method() == Method::POST {
+            command_route_device(request.uri().path())
+        } else {
+            None
+        };
+        // The device is read before the token is checked (the path is read once), and
+        // its refusal is answered only after the token's, as the router answers.
+        let Some(device) = segment.map(device_id) else {
             return Routing::Router(request);
-        }
+        };
         let (mut parts, body) = request.into_parts();
         let headers = std::mem::take(&mut parts.headers);
-        let device = check_service_token(&self.core, &headers)
+        let device = check_service_token(&self.core, &headers, connection)
             .map_err(|error| ApiError::from(&error))
-            .and_then(|()| device_id(command_route_device(parts.uri.path()).unwrap_or_default()));
+            .and(device);
         Routing::Fast(FastCommand {
             core: Arc::clone(&self.core),
             device,
@@ -257,7 +269,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        match self.route(request) {
+        match self.route(request, None) {
             Routing::Fast(command) => Either::Left(Box::pin(async move {
                 Ok(command.answer().await.map(Body::from))
             })),
@@ -306,17 +318,27 @@ impl FromRequestParts<Arc<Core>> for ServiceToken {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, Response> {
-        check_service_token(core, &parts.headers)
+        check_service_token(core, &parts.headers, None)
             .map(|()| Self)
             .map_err(|error| ApiError::from(&error).into_response())
     }
 }
 
 /// The check of [`ServiceToken`], on a request's headers.
-fn check_service_token(core: &Core, headers: &HeaderMap) -> Result<(), crate::auth::AuthError> {
+///
+/// `connection`: what the request's connection remembers of the header its earlier
+/// requests were accepted with ([`HeldToken`]), if the caller keeps it.
+fn check_service_token(
+    core: &Core,
+    headers: &HeaderMap,
+    connection: Option<&mut HeldToken>,
+) -> Result<(), crate::auth::AuthError> {
     let authorization = headers.get(header::AUTHORIZATION);
     // A remembered token, read from the header's bytes: the usual call.
-    if authorization.is_some_and(|v| core.auth.holds_service_token(v.as_bytes())) {
+    if authorization.is_some_and(|v| match connection {
+        Some(connection) => core.auth.holds_service_token_on(v.as_bytes(), connection),
+        None => core.auth.holds_service_token(v.as_bytes()),
+    }) {
         return Ok(());
     }
     core.auth

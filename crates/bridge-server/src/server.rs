@@ -23,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, HeldToken};
 use crate::config::ServerConfig;
 use crate::error::{BuildError, ServerError};
 use crate::frames::{self, FrameHandler};
@@ -644,22 +644,22 @@ async fn serve_connection<I>(
     // for as long as it lives (see `ws.rs`).
     let slot = ConnectionSlot(Arc::new(permit));
     let activity = Arc::new(Activity::new());
+    // The header this connection's requests were last accepted with (`route` checks the
+    // token before the request's future is made; requests come one at a time).
+    let held = std::cell::RefCell::new(HeldToken::default());
     let service = hyper::service::service_fn({
         let activity = Arc::clone(&activity);
-        move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+        move |request: axum::extract::Request<hyper::body::Incoming>| {
             // From its head to its answer's last byte, the connection is not idle.
             let busy = Busy::start(&activity);
-            // Only a request that asks for an upgrade can become a WebSocket (`ws.rs`
-            // upgrades only with `Upgrade: websocket`): the others need not carry the slot,
-            // and an HTTP request then builds no extensions map (an allocation or two each).
-            if request.headers().contains_key(axum::http::header::UPGRADE) {
-                request.extensions_mut().insert(slot.clone());
-            }
             // The request's body stays hyper's on the command route's fast path, and its
             // answer's bytes are written as they are (not boxed into a `Body`). The
             // answer's future is made inside the future given to hyper, and polled there,
             // not moved into it.
-            match service.route(request) {
+            // Not borrowed elsewhere (`route` returns before the next request); if it
+            // were, the token would be looked up as without it.
+            let mut held = held.try_borrow_mut();
+            match service.route(request, held.as_deref_mut().ok()) {
                 Routing::Fast(command) => Either::Left(async move {
                     let response = command.answer().await;
                     Ok::<_, std::convert::Infallible>(response.map(|bytes| TrackedBody {
@@ -667,7 +667,14 @@ async fn serve_connection<I>(
                         _busy: busy,
                     }))
                 }),
-                Routing::Router(request) => {
+                Routing::Router(mut request) => {
+                    // Only a request that asks for an upgrade can become a WebSocket
+                    // (`ws.rs` upgrades only `GET /ws` with `Upgrade: websocket`, which the
+                    // fast path never takes): the others need not carry the slot, and an
+                    // HTTP request then builds no extensions map (an allocation or two).
+                    if request.headers().contains_key(axum::http::header::UPGRADE) {
+                        request.extensions_mut().insert(slot.clone());
+                    }
                     Either::Right(service.call_router(request).map(move |answer| {
                         answer.map(|response| {
                             response.map(|body| TrackedBody {
@@ -697,12 +704,19 @@ async fn serve_connection<I>(
     let mut draining = false;
     let side = Arc::new(SideWake::new());
     let side_waker = std::task::Waker::from(Arc::clone(&side));
+    let inline = Arc::new(InlineWake::new(Arc::clone(&side)));
+    let connection_waker = std::task::Waker::from(Arc::clone(&inline));
     let finished = std::future::poll_fn(|cx| {
-        // Before the flag is read: a wake-up of the timer or of `closing` from now on wakes
-        // this task (if it came before, the flag shows it).
+        // Before the flags are read: a wake-up of the timer, of `closing` or of the
+        // connection from now on wakes this task (if it came before, a flag shows it).
         side.task.register(cx.waker());
         loop {
-            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+            let polled = inline.poll_connection(cx.waker(), || {
+                connection
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&connection_waker))
+            });
+            if let Poll::Ready(result) = polled {
                 return Poll::Ready(Some(result));
             }
             if !side.woken.swap(false, Ordering::AcqRel) {
@@ -766,6 +780,105 @@ impl std::task::Wake for SideWake {
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
         self.task.wake();
+    }
+}
+
+/// How many times in a row [`serve_connection`] polls its connection again at once when the
+/// connection woke its own task during its poll, before it lets the scheduler do it.
+const INLINE_REPOLLS: usize = 2;
+
+/// The waker [`serve_connection`] polls its HTTP connection with: a wake-up that comes
+/// while the connection is being polled is only noted (the poller then polls it again at
+/// once, see [`InlineWake::poll`]), and one that comes at any other time wakes the task.
+///
+/// Why: on every request, the connection wakes itself while it is polled (hyper's body
+/// channel wakes the connection's reading side when the request's future takes the body
+/// it was sent); through the scheduler, that wake-up costs a whole round of the task
+/// (queue, state transitions, the task's poll) on top of the connection's second poll.
+/// No wake-up is lost: each one is followed by a poll, inline or the task's.
+struct InlineWake {
+    /// [`POLLING`](Self::POLLING) and [`WOKEN`](Self::WOKEN).
+    state: std::sync::atomic::AtomicU8,
+    /// Holds the connection's task (registered on each of the task's polls).
+    side: Arc<SideWake>,
+}
+
+/// What [`InlineWake::poll`] saw.
+enum InlinePoll<T> {
+    /// The connection ended.
+    Ready(T),
+    /// The connection waits; `woken`: it was woken during its poll, and must be polled
+    /// again (no one else will).
+    Pending { woken: bool },
+}
+
+impl InlineWake {
+    /// The connection is being polled.
+    const POLLING: u8 = 1;
+    /// The connection was woken while it was being polled.
+    const WOKEN: u8 = 2;
+
+    fn new(side: Arc<SideWake>) -> Self {
+        Self {
+            state: std::sync::atomic::AtomicU8::new(0),
+            side,
+        }
+    }
+
+    /// Polls the connection (`poll`, which polls it with this waker) and tells whether it
+    /// was woken meanwhile.
+    fn poll<T>(&self, poll: impl FnOnce() -> Poll<T>) -> InlinePoll<T> {
+        // Clears `WOKEN`: this poll is the one that wake-up asked for.
+        self.state.store(Self::POLLING, Ordering::Release);
+        let polled = poll();
+        // From here on a wake-up wakes the task; one that came before is in `state`.
+        let state = self.state.swap(0, Ordering::AcqRel);
+        match polled {
+            Poll::Ready(value) => InlinePoll::Ready(value),
+            Poll::Pending => InlinePoll::Pending {
+                woken: state & Self::WOKEN != 0,
+            },
+        }
+    }
+}
+
+impl InlineWake {
+    /// Polls the connection (`poll`, which polls it with this waker) until it ends or waits
+    /// without having woken itself meanwhile: again at once after a wake-up during its
+    /// poll, at most [`INLINE_REPOLLS`] times in a row, after which `task` is woken (the
+    /// scheduler's turn: hyper yields that way after a long burst, for fairness).
+    fn poll_connection<T>(
+        &self,
+        task: &std::task::Waker,
+        mut poll: impl FnMut() -> Poll<T>,
+    ) -> Poll<T> {
+        let mut repolled = 0;
+        loop {
+            match self.poll(&mut poll) {
+                InlinePoll::Ready(value) => return Poll::Ready(value),
+                InlinePoll::Pending { woken: false } => return Poll::Pending,
+                InlinePoll::Pending { woken: true } if repolled < INLINE_REPOLLS => {
+                    repolled += 1;
+                }
+                InlinePoll::Pending { woken: true } => {
+                    task.wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl std::task::Wake for InlineWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let state = self.state.fetch_or(Self::WOKEN, Ordering::AcqRel);
+        if state & Self::POLLING == 0 {
+            self.side.task.wake();
+        }
     }
 }
 
@@ -930,6 +1043,196 @@ mod tests {
             permit,
         ));
         (client, closing, task)
+    }
+
+    const SECRET: &str = "a-server-unit-test-secret-of-32-bytes";
+
+    /// A token signed with [`SECRET`], valid for an hour.
+    fn token(role: bridge_protocol::Role) -> String {
+        crate::auth::Claims {
+            sub: "backend".into(),
+            role,
+            devices: None,
+            exp: crate::auth::unix_now() + 3600,
+        }
+        .encode(SECRET.as_bytes())
+        .unwrap()
+    }
+
+    /// A command to the offline `lock-1` (answered 503 `offline` once authorised), with
+    /// `authorization`.
+    fn command(authorization: &str) -> Vec<u8> {
+        let body = br#"{"payload":"03","ifOffline":"fail"}"#;
+        let mut request = format!(
+            "POST /v1/devices/lock-1/commands HTTP/1.1\r\nHost: localhost\r\n\
+             authorization: {authorization}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        request
+    }
+
+    #[tokio::test]
+    async fn each_request_of_a_kept_alive_connection_has_its_own_token_checked() {
+        let config = ServerConfig {
+            jwt_secret: Some(SECRET.into()),
+            ..ServerConfig::default()
+        };
+        let server = Server::builder(config).build().unwrap();
+        let (mut client, served) = tokio::io::duplex(4096);
+        let (_closing, closing_rx) = watch::channel(false);
+        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        let task = tokio::spawn(serve_connection(
+            served,
+            server.service(),
+            TIMEOUT,
+            closing_rx,
+            permit,
+        ));
+        let service = format!("Bearer {}", token(bridge_protocol::Role::Service));
+        let user = format!("Bearer {}", token(bridge_protocol::Role::User));
+        let mut forged = service.clone().into_bytes();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let forged = String::from_utf8(forged).unwrap();
+        // The accepted header, then others on the same connection: each is answered as
+        // on a connection of its own, and the accepted one again after them.
+        let steps = [
+            (service.as_str(), "HTTP/1.1 503"),
+            (service.as_str(), "HTTP/1.1 503"),
+            (forged.as_str(), "HTTP/1.1 401"),
+            (user.as_str(), "HTTP/1.1 403"),
+            ("Bearer", "HTTP/1.1 401"),
+            (service.as_str(), "HTTP/1.1 503"),
+        ];
+        for (authorization, status) in steps {
+            client.write_all(&command(authorization)).await.unwrap();
+            let answer = answer(&mut client).await;
+            assert!(answer.starts_with(status), "{authorization}: {answer}");
+        }
+        drop(client);
+        task.await.unwrap();
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// An `InlineWake` whose task is a [`Count`].
+    fn inline_wake() -> (Arc<InlineWake>, std::task::Waker, Arc<Count>) {
+        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let side = Arc::new(SideWake::new());
+        side.task
+            .register(&std::task::Waker::from(Arc::clone(&count)));
+        let inline = Arc::new(InlineWake::new(side));
+        let waker = std::task::Waker::from(Arc::clone(&inline));
+        (inline, waker, count)
+    }
+
+    #[test]
+    fn a_wake_up_during_the_poll_asks_for_another_poll_and_does_not_wake_the_task() {
+        let (inline, waker, count) = inline_wake();
+        let polled = inline.poll(|| {
+            waker.wake_by_ref();
+            Poll::<()>::Pending
+        });
+        assert!(matches!(polled, InlinePoll::Pending { woken: true }));
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        // The next poll starts afresh.
+        let polled = inline.poll(|| Poll::<()>::Pending);
+        assert!(matches!(polled, InlinePoll::Pending { woken: false }));
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_wake_up_between_polls_wakes_the_task() {
+        let (inline, waker, count) = inline_wake();
+        assert!(matches!(
+            inline.poll(|| Poll::<()>::Pending),
+            InlinePoll::Pending { woken: false }
+        ));
+        std::task::Waker::wake(waker.clone());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        // A finished connection is finished, woken or not.
+        let polled = inline.poll(|| {
+            waker.wake_by_ref();
+            Poll::Ready(7)
+        });
+        assert!(matches!(polled, InlinePoll::Ready(7)));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// A connection that wakes itself during each of its polls, `times` times, then ends.
+    struct SelfWaking {
+        polls: usize,
+        times: usize,
+    }
+
+    impl Future for SelfWaking {
+        type Output = usize;
+
+        fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            self.polls += 1;
+            if self.polls > self.times {
+                return Poll::Ready(self.polls);
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_keeps_waking_itself_is_polled_until_it_ends() {
+        // More self wake-ups than the inline polls allow in a row: the task's own turns
+        // take over, and no wake-up is lost.
+        let inline = Arc::new(InlineWake::new(Arc::new(SideWake::new())));
+        let waker = std::task::Waker::from(Arc::clone(&inline));
+        let mut connection = std::pin::pin!(SelfWaking {
+            polls: 0,
+            times: 10
+        });
+        let mut task_polls = 0;
+        let polls = std::future::poll_fn(|cx| {
+            task_polls += 1;
+            inline.side.task.register(cx.waker());
+            inline.poll_connection(cx.waker(), || {
+                connection.as_mut().poll(&mut Context::from_waker(&waker))
+            })
+        })
+        .await;
+        assert_eq!(polls, 11);
+        // 11 polls of the connection, `INLINE_REPOLLS + 1` per poll of the task.
+        assert_eq!(task_polls, 11_usize.div_ceil(INLINE_REPOLLS + 1));
+    }
+
+    #[test]
+    fn a_connection_that_did_not_wake_itself_is_polled_once() {
+        let (inline, waker, count) = inline_wake();
+        let mut polls = 0;
+        let polled = inline.poll_connection(&waker, || {
+            polls += 1;
+            Poll::<()>::Pending
+        });
+        assert!(polled.is_pending());
+        assert_eq!((polls, count.0.load(Ordering::SeqCst)), (1, 0));
+        // Woken once during its poll: polled once more, the task not woken.
+        let mut polls = 0;
+        let polled = inline.poll_connection(&waker, || {
+            polls += 1;
+            if polls == 1 {
+                waker.wake_by_ref();
+            }
+            Poll::<()>::Pending
+        });
+        assert!(polled.is_pending());
+        assert_eq!((polls, count.0.load(Ordering::SeqCst)), (2, 0));
     }
 
     /// Reads until the server closes its end (failing if it has not within an hour of
