@@ -693,6 +693,15 @@ async fn serve_connection<I>(
     // `write`, rather than queued as two buffers for `writev`: the same system calls, and
     // fewer instructions for the small JSON answers of the API.
     http.writev(false);
+    // While a request is served, hyper does not read the socket to find out whether the
+    // client has closed its end (hyper's default reads it once or twice per request: a
+    // `recvfrom` that finds nothing, and, since the request's head and body still hold the
+    // read buffer then, a new buffer for it). So a client may half-close after its request
+    // and still read its answer; a client that went away is found when its answer (or an
+    // event of `GET /v1/stream`, or its keep-alive comment) is written, and a command it
+    // sent runs to its end (as a command whose HTTP answer is lost does anyway: its
+    // `ble_write` is out before anything is read again).
+    http.half_close(true);
     let connection = http
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
@@ -1267,6 +1276,22 @@ mod tests {
     }
 
     const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_half_closes_after_its_request_still_reads_the_answer() {
+        let (mut client, _closing, task) = connection().await;
+        // A request whose answer does not end at once (a stream), then the client's end
+        // of the connection shut for writing before the server has read anything.
+        client
+            .write_all(b"GET /v1/stream HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        assert!(answer(&mut client).await.starts_with("HTTP/1.1 200"));
+        // The client gone: the stream ends at its next write (a keep-alive comment).
+        drop(client);
+        task.await.unwrap();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_is_closed_at_the_header_read_timeout_not_before() {
