@@ -23,14 +23,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::auth::{Authenticator, HeldToken};
+use crate::auth::Authenticator;
 use crate::config::ServerConfig;
 use crate::error::{BuildError, ServerError};
 use crate::frames::{self, FrameHandler};
 use crate::hooks::{DEFAULT_HOOK_QUEUE, HookQueue, Hooks};
 use crate::metrics::Metrics;
 use crate::outlet::HubOutlet;
-use crate::routes::{ApiService, Routing};
+use crate::routes::{ApiService, Remembered, Routing};
 use crate::stream::LiveStream;
 use crate::transport::HubTransport;
 use crate::{events, routes};
@@ -644,9 +644,9 @@ async fn serve_connection<I>(
     // for as long as it lives (see `ws.rs`).
     let slot = ConnectionSlot(Arc::new(permit));
     let activity = Arc::new(Activity::new());
-    // The header this connection's requests were last accepted with (`route` checks the
-    // token before the request's future is made; requests come one at a time).
-    let held = std::cell::RefCell::new(HeldToken::default());
+    // What `route` remembers of this connection's earlier requests (it reads the token and
+    // the device before the request's future is made; requests come one at a time).
+    let remembered = std::cell::RefCell::new(Remembered::default());
     let service = hyper::service::service_fn({
         let activity = Arc::clone(&activity);
         move |request: axum::extract::Request<hyper::body::Incoming>| {
@@ -657,9 +657,9 @@ async fn serve_connection<I>(
             // answer's future is made inside the future given to hyper, and polled there,
             // not moved into it.
             // Not borrowed elsewhere (`route` returns before the next request); if it
-            // were, the token would be looked up as without it.
-            let mut held = held.try_borrow_mut();
-            match service.route(request, held.as_deref_mut().ok()) {
+            // were, the request would be read as without it.
+            let mut remembered = remembered.try_borrow_mut();
+            match service.route(request, remembered.as_deref_mut().ok()) {
                 Routing::Fast(command) => Either::Left(async move {
                     let response = command.answer().await;
                     Ok::<_, std::convert::Infallible>(response.map(|bytes| TrackedBody {
@@ -884,11 +884,93 @@ impl std::task::Wake for InlineWake {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
+        if BodyPoll::hold(self) {
+            return;
+        }
         let state = self.state.fetch_or(Self::WOKEN, Ordering::AcqRel);
         if state & Self::POLLING == 0 {
             self.side.task.wake();
         }
     }
+}
+
+/// The wake-up of a connection that [`poll_body_frame`] holds back while it polls a
+/// request's body on this thread.
+struct BodyPoll {
+    /// A body is being polled: the first connection wake-up is held.
+    polling: std::cell::Cell<bool>,
+    /// The connection woken during the poll.
+    held: std::cell::Cell<Option<std::task::Waker>>,
+}
+
+thread_local! {
+    static BODY_POLL: BodyPoll = const {
+        BodyPoll {
+            polling: std::cell::Cell::new(false),
+            held: std::cell::Cell::new(None),
+        }
+    };
+}
+
+impl BodyPoll {
+    /// Holds `connection`'s wake-up if a body is being polled on this thread and none is
+    /// held yet; whether it did.
+    fn hold(connection: &Arc<InlineWake>) -> bool {
+        BODY_POLL.with(|poll| {
+            if !poll.polling.replace(false) {
+                return false;
+            }
+            poll.held
+                .set(Some(std::task::Waker::from(Arc::clone(connection))));
+            true
+        })
+    }
+
+    /// Ends a poll: the wake-up held, if any.
+    fn end() -> Option<std::task::Waker> {
+        BODY_POLL.with(|poll| {
+            poll.polling.set(false);
+            poll.held.take()
+        })
+    }
+}
+
+/// A frame of body `B`, or its error.
+pub(crate) type BodyFrame<B> =
+    Result<hyper::body::Frame<<B as hyper::body::Body>::Data>, <B as hyper::body::Body>::Error>;
+
+/// Polls a request's body for its next frame, as `poll_frame` does, without the needless
+/// wake-up of the connection that hyper's body channel makes when a frame is taken.
+///
+/// Why: taking a frame from hyper's channel wakes the connection's reading side (so that
+/// it may send the next one) — on every request, though a body read whole has no next one,
+/// and the connection then runs a whole poll for nothing. So a wake-up of a connection
+/// (an [`InlineWake`]) that comes from inside this poll, on this thread, is held, and
+/// dropped if the body has ended with the frame (`is_end_stream`: hyper's reading side has
+/// nothing more to send, and its next poll drops its sender without waiting for a
+/// wake-up); in any other case (more to read, a body not yet wanted, a panic) it is passed
+/// on as it came. Wake-ups from other threads, and of other wakers, are never held.
+pub(crate) fn poll_body_frame<B: hyper::body::Body>(
+    mut body: std::pin::Pin<&mut B>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<BodyFrame<B>>> {
+    /// Ends the poll however it ends; passes on the wake-up it holds.
+    struct End;
+    impl Drop for End {
+        fn drop(&mut self) {
+            if let Some(connection) = BodyPoll::end() {
+                connection.wake();
+            }
+        }
+    }
+    BODY_POLL.with(|poll| poll.polling.set(true));
+    let end = End;
+    let polled = body.as_mut().poll_frame(cx);
+    if body.is_end_stream() {
+        drop(BodyPoll::end());
+    }
+    drop(end);
+    polled
 }
 
 /// Whether an HTTP connection is serving a request, and since when it has not been: what
@@ -1176,6 +1258,108 @@ mod tests {
         });
         assert!(matches!(polled, InlinePoll::Ready(7)));
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// A body that wakes `sender` each time a frame is taken from it, as hyper's body
+    /// channel wakes its sending side; it has ended once its frames are taken if `ends`.
+    struct Waking {
+        sender: std::task::Waker,
+        frames: std::collections::VecDeque<axum::body::Bytes>,
+        ends: bool,
+        panics: bool,
+    }
+
+    impl hyper::body::Body for Waking {
+        type Data = axum::body::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+            self.sender.wake_by_ref();
+            assert!(!self.panics, "a body that panics");
+            Poll::Ready(
+                self.frames
+                    .pop_front()
+                    .map(|b| Ok(hyper::body::Frame::data(b))),
+            )
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.ends && self.frames.is_empty()
+        }
+    }
+
+    fn waking(sender: &std::task::Waker, frames: &[&'static str], ends: bool) -> Waking {
+        Waking {
+            sender: sender.clone(),
+            frames: frames.iter().map(|f| axum::body::Bytes::from(*f)).collect(),
+            ends,
+            panics: false,
+        }
+    }
+
+    /// Polls `body` once with `poll_body_frame` (with a waker that counts nothing).
+    fn poll_once(body: &mut Waking) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let polled = poll_body_frame(std::pin::Pin::new(body), &mut cx);
+        assert!(polled.is_ready());
+    }
+
+    /// `inline`'s task registered again (a wake-up takes it, as a task's poll would).
+    fn rearm(inline: &InlineWake, count: &Arc<Count>) {
+        inline
+            .side
+            .task
+            .register(&std::task::Waker::from(Arc::clone(count)));
+    }
+
+    #[test]
+    fn the_wake_up_of_a_frame_taken_is_dropped_only_once_the_body_has_ended() {
+        let (inline, connection, count) = inline_wake();
+        let woken = || count.0.load(Ordering::SeqCst);
+        let mut body = waking(&connection, &["a", "b"], true);
+        // More to read: the connection is woken, as hyper's channel asked.
+        poll_once(&mut body);
+        assert_eq!(woken(), 1);
+        rearm(&inline, &count);
+        // The last frame: its wake-up asks the connection for nothing.
+        poll_once(&mut body);
+        assert_eq!(woken(), 1);
+        // A body that has not ended (no length, more may come): always passed on.
+        let mut body = waking(&connection, &["a"], false);
+        poll_once(&mut body);
+        assert_eq!(woken(), 2);
+        rearm(&inline, &count);
+        poll_once(&mut body);
+        assert_eq!(woken(), 3);
+    }
+
+    #[test]
+    fn only_a_connections_own_wake_up_is_held_and_only_during_the_poll() {
+        let (inline, connection, count) = inline_wake();
+        let woken = || count.0.load(Ordering::SeqCst);
+        // Any other waker is woken as it asks, even by an ended body.
+        let other = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let mut body = waking(&std::task::Waker::from(Arc::clone(&other)), &["a"], true);
+        poll_once(&mut body);
+        assert_eq!(other.0.load(Ordering::SeqCst), 1);
+        // Outside a body's poll, the connection is woken.
+        connection.wake_by_ref();
+        assert_eq!(woken(), 1);
+        rearm(&inline, &count);
+        // A body that panics: the wake-up held is passed on, and none is held after.
+        let mut body = waking(&connection, &["a"], true);
+        body.panics = true;
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            poll_once(&mut body);
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(woken(), 2);
+        rearm(&inline, &count);
+        connection.wake_by_ref();
+        assert_eq!(woken(), 3);
     }
 
     /// A connection that wakes itself during each of its polls, `times` times, then ends.
