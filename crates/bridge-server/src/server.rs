@@ -507,6 +507,10 @@ impl Server {
     /// [`ServerConfig::max_connections`] are served at once; beyond that the listener is not
     /// accepted from, so new connections wait in the kernel's backlog until one closes.
     ///
+    /// While a request is served its connection is not read from: a client may half-close
+    /// its end after its request and still read the answer, and one that went away is
+    /// noticed when its answer is written (a command it sent runs to its end).
+    ///
     /// # Errors
     ///
     /// [`ServerError::UnauthenticatedListener`] at once, serving nothing, for a
@@ -1150,12 +1154,12 @@ mod tests {
         .unwrap()
     }
 
-    /// A command to the offline `lock-1` (answered 503 `offline` once authorised), with
+    /// A command to `device` (offline: answered 503 `offline` once authorised), with
     /// `authorization`.
-    fn command(authorization: &str) -> Vec<u8> {
+    fn command(device: &str, authorization: &str) -> Vec<u8> {
         let body = br#"{"payload":"03","ifOffline":"fail"}"#;
         let mut request = format!(
-            "POST /v1/devices/lock-1/commands HTTP/1.1\r\nHost: localhost\r\n\
+            "POST /v1/devices/{device}/commands HTTP/1.1\r\nHost: localhost\r\n\
              authorization: {authorization}\r\ncontent-type: application/json\r\n\
              content-length: {}\r\n\r\n",
             body.len()
@@ -1188,18 +1192,27 @@ mod tests {
         let last = forged.len() - 1;
         forged[last] ^= 1;
         let forged = String::from_utf8(forged).unwrap();
+        // A device id too long to be one (the path segment is fine as a URI's).
+        let long = "d".repeat(129);
         // The accepted header, then others on the same connection: each is answered as
-        // on a connection of its own, and the accepted one again after them.
+        // on a connection of its own, and the accepted one again after them; the token is
+        // refused before the device id, as the router refuses them.
         let steps = [
-            (service.as_str(), "HTTP/1.1 503"),
-            (service.as_str(), "HTTP/1.1 503"),
-            (forged.as_str(), "HTTP/1.1 401"),
-            (user.as_str(), "HTTP/1.1 403"),
-            ("Bearer", "HTTP/1.1 401"),
-            (service.as_str(), "HTTP/1.1 503"),
+            ("lock-1", service.as_str(), "HTTP/1.1 503"),
+            ("lock-1", service.as_str(), "HTTP/1.1 503"),
+            ("lock-2", service.as_str(), "HTTP/1.1 503"),
+            ("lock-1", forged.as_str(), "HTTP/1.1 401"),
+            ("lock-1", user.as_str(), "HTTP/1.1 403"),
+            ("lock-1", "Bearer", "HTTP/1.1 401"),
+            (long.as_str(), forged.as_str(), "HTTP/1.1 401"),
+            (long.as_str(), service.as_str(), "HTTP/1.1 400"),
+            ("lock-1", service.as_str(), "HTTP/1.1 503"),
         ];
-        for (authorization, status) in steps {
-            client.write_all(&command(authorization)).await.unwrap();
+        for (device, authorization, status) in steps {
+            client
+                .write_all(&command(device, authorization))
+                .await
+                .unwrap();
             let answer = answer(&mut client).await;
             assert!(answer.starts_with(status), "{authorization}: {answer}");
         }
