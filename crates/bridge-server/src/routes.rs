@@ -367,7 +367,11 @@ fn check_service_token(
     headers: &HeaderMap,
     connection: Option<&mut HeldToken>,
 ) -> Result<(), crate::auth::AuthError> {
-    let authorization = headers.get(header::AUTHORIZATION);
+    // The first `Authorization` value, as `get` answers it, found by walking the few
+    // entries of a request's head rather than hashing the name and probing the map.
+    let authorization = headers
+        .iter()
+        .find_map(|(name, value)| (name == header::AUTHORIZATION).then_some(value));
     // A remembered token, read from the header's bytes: the usual call.
     if authorization.is_some_and(|v| match connection {
         Some(connection) => core.auth.holds_service_token_on(v.as_bytes(), connection),

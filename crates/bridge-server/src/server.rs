@@ -1216,6 +1216,26 @@ mod tests {
             let answer = answer(&mut client).await;
             assert!(answer.starts_with(status), "{authorization}: {answer}");
         }
+        // Two `Authorization` headers: the first one is the request's, as the router reads
+        // it (`HeaderMap::get`).
+        for (first, second, status) in [
+            (forged.as_str(), service.as_str(), "HTTP/1.1 401"),
+            (service.as_str(), forged.as_str(), "HTTP/1.1 503"),
+        ] {
+            let request = String::from_utf8(command("lock-1", first))
+                .unwrap()
+                .replacen(
+                    "content-type",
+                    &format!("authorization: {second}\r\ncontent-type"),
+                    1,
+                );
+            client.write_all(request.as_bytes()).await.unwrap();
+            let answer = answer(&mut client).await;
+            assert!(
+                answer.starts_with(status),
+                "{first} then {second}: {answer}"
+            );
+        }
         drop(client);
         task.await.unwrap();
     }
