@@ -230,6 +230,25 @@ impl Transport {
     }
 }
 
+/// The `Authorization` header a connection's requests were last accepted with by
+/// [`Authenticator::holds_service_token_on`], and that token's expiry: one per HTTP
+/// connection, so that a backend's kept-alive connection, which sends the same header on
+/// every request, has it checked by comparing its bytes.
+#[derive(Debug, Default)]
+pub(crate) struct HeldToken {
+    /// The header's bytes, as they came.
+    header: Vec<u8>,
+    /// `Some` once a header is held: its token's expiry, in seconds since the Unix epoch
+    /// (`u64::MAX` for a token without one).
+    held: Option<u64>,
+}
+
+impl HeldToken {
+    /// A longer header is not kept (it is looked up in the shared map each time): a
+    /// connection holds no more than this.
+    const MAX_HEADER: usize = 4096;
+}
+
 /// Checks credentials in the configured mode.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -356,10 +375,14 @@ impl ServiceTokens {
     /// Whether a verified token is remembered and has not expired at `now`: `token` is
     /// the token's bytes, which need not be checked as UTF-8 first.
     fn holds(&self, token: &[u8], now: u64) -> bool {
-        self.by_token
-            .read()
-            .get(token)
-            .is_some_and(|principal| principal.expires_at.is_none_or(|exp| exp >= now))
+        self.held(token, now).is_some()
+    }
+
+    /// [`holds`](Self::holds), with the remembered token's expiry (`u64::MAX`: none).
+    fn held(&self, token: &[u8], now: u64) -> Option<u64> {
+        let by_token = self.by_token.read();
+        let expires_at = by_token.get(token)?.expires_at.unwrap_or(u64::MAX);
+        (expires_at >= now).then_some(expires_at)
     }
 
     fn remember(&self, token: &str, principal: &Principal, now: u64) {
@@ -634,18 +657,63 @@ impl Authenticator {
     ///
     /// [`check_service`]: Self::check_service
     pub(crate) fn holds_service_token(&self, authorization: &[u8]) -> bool {
+        self.held_service_token(authorization, unix_now()).is_some()
+    }
+
+    /// [`holds_service_token`](Self::holds_service_token) at `now`, with the token's
+    /// expiry (`u64::MAX`: none).
+    fn held_service_token(&self, authorization: &[u8], now: u64) -> Option<u64> {
         let Mode::Jwt { services, .. } = &self.mode else {
-            return false;
+            return None;
         };
         let value = trim_blanks(authorization);
-        let Some(space) = value.iter().position(|&b| b == b' ') else {
-            return false;
-        };
+        let space = value.iter().position(|&b| b == b' ')?;
         let (scheme, token) = (&value[..space], trim_blanks(&value[space + 1..]));
         if !scheme.eq_ignore_ascii_case(b"bearer") || token.is_empty() {
-            return false;
+            return None;
         }
-        services.holds(token, unix_now())
+        services.held(token, now)
+    }
+
+    /// [`holds_service_token`](Self::holds_service_token) for a request of a connection
+    /// whose earlier answers are in `connection`: a header equal to the last one this said
+    /// yes to on that connection is answered from there (its expiry checked again, to the
+    /// second), without parsing it again nor looking it up in the shared map (a lock, a
+    /// hash of the whole token and its comparison, on every call of a backend that calls
+    /// with the same header again and again on a kept-alive connection). The answer is the
+    /// same: a token once verified stays valid until its `exp` (the key does not change,
+    /// and tokens are not revoked), and the shared map only forgets one that has expired
+    /// or when it is full, after which [`check_service`](Self::check_service) would verify
+    /// it again and accept it.
+    pub(crate) fn holds_service_token_on(
+        &self,
+        authorization: &[u8],
+        connection: &mut HeldToken,
+    ) -> bool {
+        self.holds_service_token_at(authorization, connection, unix_now())
+    }
+
+    /// [`holds_service_token_on`](Self::holds_service_token_on) at `now`.
+    fn holds_service_token_at(
+        &self,
+        authorization: &[u8],
+        connection: &mut HeldToken,
+        now: u64,
+    ) -> bool {
+        if let Some(expires_at) = connection.held
+            && connection.header == authorization
+        {
+            return expires_at >= now;
+        }
+        let Some(expires_at) = self.held_service_token(authorization, now) else {
+            return false;
+        };
+        if authorization.len() <= HeldToken::MAX_HEADER {
+            connection.header.clear();
+            connection.header.extend_from_slice(authorization);
+            connection.held = Some(expires_at);
+        }
+        true
     }
 
     fn verify_service(
@@ -1308,6 +1376,16 @@ mod tests {
         }
     }
 
+    impl Authenticator {
+        /// What the shared map answers for `token` at `now`.
+        fn services_hold(&self, token: &str, now: u64) -> bool {
+            match &self.mode {
+                Mode::Jwt { services, .. } => services.holds(token.as_bytes(), now),
+                Mode::Development => false,
+            }
+        }
+    }
+
     fn token_of(role: Role, exp_offset: i64) -> String {
         token(role, None, exp_offset)
     }
@@ -1328,5 +1406,75 @@ mod tests {
         assert!(!auth.holds_service_token(format!("Bearer\x0b{service}").as_bytes()));
         assert!(!auth.holds_service_token(format!("\x0bBearer {service}").as_bytes()));
         assert!(!Authenticator::development().holds_service_token(header.as_bytes()));
+    }
+
+    #[test]
+    fn a_connection_holds_the_header_it_was_accepted_with_until_the_token_expires() {
+        let auth = Authenticator::jwt(SECRET);
+        let service = token_of(Role::Service, 60);
+        let header = format!("Bearer {service}");
+        let now = unix_now();
+        let exp = now + 60;
+        let mut connection = HeldToken::default();
+        // Not verified yet: not held, and nothing is kept.
+        assert!(!auth.holds_service_token_at(header.as_bytes(), &mut connection, now));
+        assert!(connection.held.is_none());
+        assert!(auth.check_service(Some(&header)).is_ok());
+        assert!(auth.holds_service_token_at(header.as_bytes(), &mut connection, now));
+        assert_eq!(connection.held, Some(exp));
+        // Answered from the connection, to the second of `exp`: the shared map's answer.
+        for at in [now, exp] {
+            assert!(auth.holds_service_token_at(header.as_bytes(), &mut connection, at));
+            assert!(auth.services_hold(&service, at));
+        }
+        assert!(!auth.holds_service_token_at(header.as_bytes(), &mut connection, exp + 1));
+        assert!(!auth.services_hold(&service, exp + 1));
+    }
+
+    #[test]
+    fn a_connection_answers_another_header_as_the_shared_map_does() {
+        let auth = Authenticator::jwt(SECRET);
+        let service = token_of(Role::Service, 60);
+        let header = format!("Bearer {service}");
+        assert!(auth.check_service(Some(&header)).is_ok());
+        let now = unix_now();
+        let mut connection = HeldToken::default();
+        assert!(auth.holds_service_token_at(header.as_bytes(), &mut connection, now));
+        let mut changed = header.clone().into_bytes();
+        let last = changed.len() - 1;
+        changed[last] ^= 1;
+        let user = format!("Bearer {}", token_of(Role::User, 60));
+        let basic = format!("Basic {service}");
+        let others: [&[u8]; 5] = [
+            &changed,
+            user.as_bytes(),
+            basic.as_bytes(),
+            &header.as_bytes()[..header.len() - 1],
+            b"",
+        ];
+        for other in others {
+            assert!(!auth.holds_service_token_at(other, &mut connection, now));
+            // The held header is still the accepted one.
+            assert!(auth.holds_service_token_at(header.as_bytes(), &mut connection, now));
+        }
+        // The same token written otherwise is another header, held once looked up.
+        let spaced = format!(" bearer  {service} ");
+        assert!(auth.holds_service_token_at(spaced.as_bytes(), &mut connection, now));
+        assert_eq!(connection.header, spaced.as_bytes());
+        // Development mode holds nothing.
+        let mut connection = HeldToken::default();
+        let development = Authenticator::development();
+        assert!(!development.holds_service_token_at(header.as_bytes(), &mut connection, now));
+    }
+
+    #[test]
+    fn a_header_longer_than_a_connection_keeps_is_looked_up_each_time() {
+        let auth = Authenticator::jwt(SECRET);
+        let service = token_of(Role::Service, 60);
+        let header = format!("Bearer {service}{}", " ".repeat(HeldToken::MAX_HEADER));
+        assert!(auth.check_service(Some(&header)).is_ok());
+        let mut connection = HeldToken::default();
+        assert!(auth.holds_service_token_at(header.as_bytes(), &mut connection, unix_now()));
+        assert!(connection.held.is_none() && connection.header.is_empty());
     }
 }

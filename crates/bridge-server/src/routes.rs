@@ -23,6 +23,7 @@ use bridge_protocol::{AppEvent, CommandId, DeviceId, ErrorCode, ServerToUser, St
 use bridge_queue::Party;
 use futures_util::future::Either;
 
+use crate::auth::HeldToken;
 use crate::error::{ApiError, QUEUE_UNAVAILABLE, json_response, json_with_code};
 use crate::openapi::{
     BadRequest, CommandUnavailable, Conflict, Forbidden, Health, NotFound, PayloadTooLarge,
@@ -167,18 +168,36 @@ impl ApiService {
     /// the device), so that the answer's future (made by [`FastCommand::answer`] inside
     /// the caller's own future, where it is polled, not moved into it) holds neither the
     /// request's head nor its URI.
-    pub(crate) fn route<B>(&self, request: Request<B>) -> Routing<B> {
-        if !(self.fast
-            && request.method() == Method::POST
-            && command_route_device(request.uri().path()).is_some())
-        {
+    ///
+    /// `connection`: what the request's connection remembers of its earlier requests (see
+    /// [`Remembered`]), if the caller keeps it.
+    pub(crate) fn route<B>(
+        &self,
+        request: Request<B>,
+        mut connection: Option<&mut Remembered>,
+    ) -> Routing<B> {
+        let segment = if self.fast && request.method() == Method::POST {
+            command_route_device(request.uri().path())
+        } else {
+            None
+        };
+        // The device is read before the token is checked (the path is read once), and
+        // its refusal is answered only after the token's, as the router answers.
+        let Some(device) = segment.map(|segment| match connection.as_deref_mut() {
+            Some(connection) => connection.device(segment),
+            None => device_id(segment),
+        }) else {
             return Routing::Router(request);
-        }
+        };
         let (mut parts, body) = request.into_parts();
         let headers = std::mem::take(&mut parts.headers);
-        let device = check_service_token(&self.core, &headers)
-            .map_err(|error| ApiError::from(&error))
-            .and_then(|()| device_id(command_route_device(parts.uri.path()).unwrap_or_default()));
+        let device = check_service_token(
+            &self.core,
+            &headers,
+            connection.map(|connection| &mut connection.token),
+        )
+        .map_err(|error| ApiError::from(&error))
+        .and(device);
         Routing::Fast(FastCommand {
             core: Arc::clone(&self.core),
             device,
@@ -198,6 +217,33 @@ impl ApiService {
     {
         use tower::Service as _;
         self.router.clone().call(request)
+    }
+}
+
+/// What an HTTP connection remembers of its earlier requests for [`ApiService::route`]:
+/// a backend's kept-alive connection sends the same token, and often commands the same
+/// device, again and again.
+#[derive(Debug, Default)]
+pub(crate) struct Remembered {
+    /// The `Authorization` header accepted last.
+    token: HeldToken,
+    /// The device of the last command whose path segment was a valid device id (the
+    /// segment is its text).
+    device: Option<DeviceId>,
+}
+
+impl Remembered {
+    /// [`device_id`] of a command route's path segment: the last one, if it is the same
+    /// text (a clone of an `Arc`, rather than checking the text and allocating it again).
+    fn device(&mut self, segment: &str) -> Result<DeviceId, ApiError> {
+        if let Some(device) = &self.device
+            && device.as_str() == segment
+        {
+            return Ok(device.clone());
+        }
+        let device = device_id(segment)?;
+        self.device = Some(device.clone());
+        Ok(device)
     }
 }
 
@@ -257,7 +303,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        match self.route(request) {
+        match self.route(request, None) {
             Routing::Fast(command) => Either::Left(Box::pin(async move {
                 Ok(command.answer().await.map(Body::from))
             })),
@@ -306,17 +352,31 @@ impl FromRequestParts<Arc<Core>> for ServiceToken {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, core: &Arc<Core>) -> Result<Self, Response> {
-        check_service_token(core, &parts.headers)
+        check_service_token(core, &parts.headers, None)
             .map(|()| Self)
             .map_err(|error| ApiError::from(&error).into_response())
     }
 }
 
 /// The check of [`ServiceToken`], on a request's headers.
-fn check_service_token(core: &Core, headers: &HeaderMap) -> Result<(), crate::auth::AuthError> {
-    let authorization = headers.get(header::AUTHORIZATION);
+///
+/// `connection`: what the request's connection remembers of the header its earlier
+/// requests were accepted with ([`HeldToken`]), if the caller keeps it.
+fn check_service_token(
+    core: &Core,
+    headers: &HeaderMap,
+    connection: Option<&mut HeldToken>,
+) -> Result<(), crate::auth::AuthError> {
+    // The first `Authorization` value, as `get` answers it, found by walking the few
+    // entries of a request's head rather than hashing the name and probing the map.
+    let authorization = headers
+        .iter()
+        .find_map(|(name, value)| (name == header::AUTHORIZATION).then_some(value));
     // A remembered token, read from the header's bytes: the usual call.
-    if authorization.is_some_and(|v| core.auth.holds_service_token(v.as_bytes())) {
+    if authorization.is_some_and(|v| match connection {
+        Some(connection) => core.auth.holds_service_token_on(v.as_bytes(), connection),
+        None => core.auth.holds_service_token(v.as_bytes()),
+    }) {
         return Ok(());
     }
     core.auth
@@ -359,7 +419,9 @@ async fn collect_limited<B: HttpBody<Data = Bytes>>(body: B, limit: usize) -> Op
     // hyper's, with a `Content-Length`, says so once its last byte is handed over, and
     // the poll that would find the end costs a round through its body channel.
     while !body.is_end_stream() {
-        let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await else {
+        let Some(frame) =
+            std::future::poll_fn(|cx| crate::server::poll_body_frame(body.as_mut(), cx)).await
+        else {
             break;
         };
         let Ok(chunk) = frame.ok()?.into_data() else {
@@ -1000,5 +1062,23 @@ mod tests {
             run(collect_limited(Body::from("{\"payload\":\"03\"}"), 1024)),
             Some(Bytes::from_static(b"{\"payload\":\"03\"}"))
         );
+    }
+
+    #[test]
+    fn a_connection_remembers_the_last_valid_device_by_its_text() {
+        let mut remembered = super::Remembered::default();
+        let first = remembered.device("lock-1").unwrap();
+        assert_eq!(first.as_str(), "lock-1");
+        // The same text: the same device, not made again.
+        let again = remembered.device("lock-1").unwrap();
+        assert!(std::ptr::eq(first.as_str(), again.as_str()));
+        // Another text is read as `device_id` reads it, valid or not.
+        assert_eq!(remembered.device("lock-2").unwrap().as_str(), "lock-2");
+        let refused = remembered.device("lock\u{7}").unwrap_err();
+        let expected = super::device_id("lock\u{7}").unwrap_err();
+        assert_eq!(refused, expected);
+        // A refused one leaves the last valid one remembered.
+        assert_eq!(remembered.device("lock-2").unwrap().as_str(), "lock-2");
+        assert_eq!(remembered.device("lock-1").unwrap().as_str(), "lock-1");
     }
 }

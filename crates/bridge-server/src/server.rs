@@ -30,7 +30,7 @@ use crate::frames::{self, FrameHandler};
 use crate::hooks::{DEFAULT_HOOK_QUEUE, HookQueue, Hooks};
 use crate::metrics::Metrics;
 use crate::outlet::HubOutlet;
-use crate::routes::{ApiService, Routing};
+use crate::routes::{ApiService, Remembered, Routing};
 use crate::stream::LiveStream;
 use crate::transport::HubTransport;
 use crate::{events, routes};
@@ -507,6 +507,10 @@ impl Server {
     /// [`ServerConfig::max_connections`] are served at once; beyond that the listener is not
     /// accepted from, so new connections wait in the kernel's backlog until one closes.
     ///
+    /// While a request is served its connection is not read from: a client may half-close
+    /// its end after its request and still read the answer, and one that went away is
+    /// noticed when its answer is written (a command it sent runs to its end).
+    ///
     /// # Errors
     ///
     /// [`ServerError::UnauthenticatedListener`] at once, serving nothing, for a
@@ -644,22 +648,22 @@ async fn serve_connection<I>(
     // for as long as it lives (see `ws.rs`).
     let slot = ConnectionSlot(Arc::new(permit));
     let activity = Arc::new(Activity::new());
+    // What `route` remembers of this connection's earlier requests (it reads the token and
+    // the device before the request's future is made; requests come one at a time).
+    let remembered = std::cell::RefCell::new(Remembered::default());
     let service = hyper::service::service_fn({
         let activity = Arc::clone(&activity);
-        move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+        move |request: axum::extract::Request<hyper::body::Incoming>| {
             // From its head to its answer's last byte, the connection is not idle.
             let busy = Busy::start(&activity);
-            // Only a request that asks for an upgrade can become a WebSocket (`ws.rs`
-            // upgrades only with `Upgrade: websocket`): the others need not carry the slot,
-            // and an HTTP request then builds no extensions map (an allocation or two each).
-            if request.headers().contains_key(axum::http::header::UPGRADE) {
-                request.extensions_mut().insert(slot.clone());
-            }
             // The request's body stays hyper's on the command route's fast path, and its
             // answer's bytes are written as they are (not boxed into a `Body`). The
             // answer's future is made inside the future given to hyper, and polled there,
             // not moved into it.
-            match service.route(request) {
+            // Not borrowed elsewhere (`route` returns before the next request); if it
+            // were, the request would be read as without it.
+            let mut remembered = remembered.try_borrow_mut();
+            match service.route(request, remembered.as_deref_mut().ok()) {
                 Routing::Fast(command) => Either::Left(async move {
                     let response = command.answer().await;
                     Ok::<_, std::convert::Infallible>(response.map(|bytes| TrackedBody {
@@ -667,7 +671,14 @@ async fn serve_connection<I>(
                         _busy: busy,
                     }))
                 }),
-                Routing::Router(request) => {
+                Routing::Router(mut request) => {
+                    // Only a request that asks for an upgrade can become a WebSocket
+                    // (`ws.rs` upgrades only `GET /ws` with `Upgrade: websocket`, which the
+                    // fast path never takes): the others need not carry the slot, and an
+                    // HTTP request then builds no extensions map (an allocation or two).
+                    if request.headers().contains_key(axum::http::header::UPGRADE) {
+                        request.extensions_mut().insert(slot.clone());
+                    }
                     Either::Right(service.call_router(request).map(move |answer| {
                         answer.map(|response| {
                             response.map(|body| TrackedBody {
@@ -686,6 +697,15 @@ async fn serve_connection<I>(
     // `write`, rather than queued as two buffers for `writev`: the same system calls, and
     // fewer instructions for the small JSON answers of the API.
     http.writev(false);
+    // While a request is served, hyper does not read the socket to find out whether the
+    // client has closed its end (hyper's default reads it once or twice per request: a
+    // `recvfrom` that finds nothing, and, since the request's head and body still hold the
+    // read buffer then, a new buffer for it). So a client may half-close after its request
+    // and still read its answer; a client that went away is found when its answer (or an
+    // event of `GET /v1/stream`, or its keep-alive comment) is written, and a command it
+    // sent runs to its end (as a command whose HTTP answer is lost does anyway: its
+    // `ble_write` is out before anything is read again).
+    http.half_close(true);
     let connection = http
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
@@ -697,12 +717,19 @@ async fn serve_connection<I>(
     let mut draining = false;
     let side = Arc::new(SideWake::new());
     let side_waker = std::task::Waker::from(Arc::clone(&side));
+    let inline = Arc::new(InlineWake::new(Arc::clone(&side)));
+    let connection_waker = std::task::Waker::from(Arc::clone(&inline));
     let finished = std::future::poll_fn(|cx| {
-        // Before the flag is read: a wake-up of the timer or of `closing` from now on wakes
-        // this task (if it came before, the flag shows it).
+        // Before the flags are read: a wake-up of the timer, of `closing` or of the
+        // connection from now on wakes this task (if it came before, a flag shows it).
         side.task.register(cx.waker());
         loop {
-            if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+            let polled = inline.poll_connection(cx.waker(), || {
+                connection
+                    .as_mut()
+                    .poll(&mut Context::from_waker(&connection_waker))
+            });
+            if let Poll::Ready(result) = polled {
                 return Poll::Ready(Some(result));
             }
             if !side.woken.swap(false, Ordering::AcqRel) {
@@ -767,6 +794,187 @@ impl std::task::Wake for SideWake {
         self.woken.store(true, Ordering::Release);
         self.task.wake();
     }
+}
+
+/// How many times in a row [`serve_connection`] polls its connection again at once when the
+/// connection woke its own task during its poll, before it lets the scheduler do it.
+const INLINE_REPOLLS: usize = 2;
+
+/// The waker [`serve_connection`] polls its HTTP connection with: a wake-up that comes
+/// while the connection is being polled is only noted (the poller then polls it again at
+/// once, see [`InlineWake::poll`]), and one that comes at any other time wakes the task.
+///
+/// Why: on every request, the connection wakes itself while it is polled (hyper's body
+/// channel wakes the connection's reading side when the request's future takes the body
+/// it was sent); through the scheduler, that wake-up costs a whole round of the task
+/// (queue, state transitions, the task's poll) on top of the connection's second poll.
+/// No wake-up is lost: each one is followed by a poll, inline or the task's.
+struct InlineWake {
+    /// [`POLLING`](Self::POLLING) and [`WOKEN`](Self::WOKEN).
+    state: std::sync::atomic::AtomicU8,
+    /// Holds the connection's task (registered on each of the task's polls).
+    side: Arc<SideWake>,
+}
+
+/// What [`InlineWake::poll`] saw.
+enum InlinePoll<T> {
+    /// The connection ended.
+    Ready(T),
+    /// The connection waits; `woken`: it was woken during its poll, and must be polled
+    /// again (no one else will).
+    Pending { woken: bool },
+}
+
+impl InlineWake {
+    /// The connection is being polled.
+    const POLLING: u8 = 1;
+    /// The connection was woken while it was being polled.
+    const WOKEN: u8 = 2;
+
+    fn new(side: Arc<SideWake>) -> Self {
+        Self {
+            state: std::sync::atomic::AtomicU8::new(0),
+            side,
+        }
+    }
+
+    /// Polls the connection (`poll`, which polls it with this waker) and tells whether it
+    /// was woken meanwhile.
+    fn poll<T>(&self, poll: impl FnOnce() -> Poll<T>) -> InlinePoll<T> {
+        // Clears `WOKEN`: this poll is the one that wake-up asked for.
+        self.state.store(Self::POLLING, Ordering::Release);
+        let polled = poll();
+        // From here on a wake-up wakes the task; one that came before is in `state`.
+        let state = self.state.swap(0, Ordering::AcqRel);
+        match polled {
+            Poll::Ready(value) => InlinePoll::Ready(value),
+            Poll::Pending => InlinePoll::Pending {
+                woken: state & Self::WOKEN != 0,
+            },
+        }
+    }
+}
+
+impl InlineWake {
+    /// Polls the connection (`poll`, which polls it with this waker) until it ends or waits
+    /// without having woken itself meanwhile: again at once after a wake-up during its
+    /// poll, at most [`INLINE_REPOLLS`] times in a row, after which `task` is woken (the
+    /// scheduler's turn: hyper yields that way after a long burst, for fairness).
+    fn poll_connection<T>(
+        &self,
+        task: &std::task::Waker,
+        mut poll: impl FnMut() -> Poll<T>,
+    ) -> Poll<T> {
+        let mut repolled = 0;
+        loop {
+            match self.poll(&mut poll) {
+                InlinePoll::Ready(value) => return Poll::Ready(value),
+                InlinePoll::Pending { woken: false } => return Poll::Pending,
+                InlinePoll::Pending { woken: true } if repolled < INLINE_REPOLLS => {
+                    repolled += 1;
+                }
+                InlinePoll::Pending { woken: true } => {
+                    task.wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl std::task::Wake for InlineWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if BodyPoll::hold(self) {
+            return;
+        }
+        let state = self.state.fetch_or(Self::WOKEN, Ordering::AcqRel);
+        if state & Self::POLLING == 0 {
+            self.side.task.wake();
+        }
+    }
+}
+
+/// The wake-up of a connection that [`poll_body_frame`] holds back while it polls a
+/// request's body on this thread.
+struct BodyPoll {
+    /// A body is being polled: the first connection wake-up is held.
+    polling: std::cell::Cell<bool>,
+    /// The connection woken during the poll.
+    held: std::cell::Cell<Option<std::task::Waker>>,
+}
+
+thread_local! {
+    static BODY_POLL: BodyPoll = const {
+        BodyPoll {
+            polling: std::cell::Cell::new(false),
+            held: std::cell::Cell::new(None),
+        }
+    };
+}
+
+impl BodyPoll {
+    /// Holds `connection`'s wake-up if a body is being polled on this thread and none is
+    /// held yet; whether it did.
+    fn hold(connection: &Arc<InlineWake>) -> bool {
+        BODY_POLL.with(|poll| {
+            if !poll.polling.replace(false) {
+                return false;
+            }
+            poll.held
+                .set(Some(std::task::Waker::from(Arc::clone(connection))));
+            true
+        })
+    }
+
+    /// Ends a poll: the wake-up held, if any.
+    fn end() -> Option<std::task::Waker> {
+        BODY_POLL.with(|poll| {
+            poll.polling.set(false);
+            poll.held.take()
+        })
+    }
+}
+
+/// A frame of body `B`, or its error.
+pub(crate) type BodyFrame<B> =
+    Result<hyper::body::Frame<<B as hyper::body::Body>::Data>, <B as hyper::body::Body>::Error>;
+
+/// Polls a request's body for its next frame, as `poll_frame` does, without the needless
+/// wake-up of the connection that hyper's body channel makes when a frame is taken.
+///
+/// Why: taking a frame from hyper's channel wakes the connection's reading side (so that
+/// it may send the next one) — on every request, though a body read whole has no next one,
+/// and the connection then runs a whole poll for nothing. So a wake-up of a connection
+/// (an [`InlineWake`]) that comes from inside this poll, on this thread, is held, and
+/// dropped if the body has ended with the frame (`is_end_stream`: hyper's reading side has
+/// nothing more to send, and its next poll drops its sender without waiting for a
+/// wake-up); in any other case (more to read, a body not yet wanted, a panic) it is passed
+/// on as it came. Wake-ups from other threads, and of other wakers, are never held.
+pub(crate) fn poll_body_frame<B: hyper::body::Body>(
+    mut body: std::pin::Pin<&mut B>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<BodyFrame<B>>> {
+    /// Ends the poll however it ends; passes on the wake-up it holds.
+    struct End;
+    impl Drop for End {
+        fn drop(&mut self) {
+            if let Some(connection) = BodyPoll::end() {
+                connection.wake();
+            }
+        }
+    }
+    BODY_POLL.with(|poll| poll.polling.set(true));
+    let end = End;
+    let polled = body.as_mut().poll_frame(cx);
+    if body.is_end_stream() {
+        drop(BodyPoll::end());
+    }
+    drop(end);
+    polled
 }
 
 /// Whether an HTTP connection is serving a request, and since when it has not been: what
@@ -932,6 +1140,327 @@ mod tests {
         (client, closing, task)
     }
 
+    const SECRET: &str = "a-server-unit-test-secret-of-32-bytes";
+
+    /// A token signed with [`SECRET`], valid for an hour.
+    fn token(role: bridge_protocol::Role) -> String {
+        crate::auth::Claims {
+            sub: "backend".into(),
+            role,
+            devices: None,
+            exp: crate::auth::unix_now() + 3600,
+        }
+        .encode(SECRET.as_bytes())
+        .unwrap()
+    }
+
+    /// A command to `device` (offline: answered 503 `offline` once authorised), with
+    /// `authorization`.
+    fn command(device: &str, authorization: &str) -> Vec<u8> {
+        let body = br#"{"payload":"03","ifOffline":"fail"}"#;
+        let mut request = format!(
+            "POST /v1/devices/{device}/commands HTTP/1.1\r\nHost: localhost\r\n\
+             authorization: {authorization}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        request
+    }
+
+    #[tokio::test]
+    async fn each_request_of_a_kept_alive_connection_has_its_own_token_checked() {
+        let config = ServerConfig {
+            jwt_secret: Some(SECRET.into()),
+            ..ServerConfig::default()
+        };
+        let server = Server::builder(config).build().unwrap();
+        let (mut client, served) = tokio::io::duplex(4096);
+        let (_closing, closing_rx) = watch::channel(false);
+        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        let task = tokio::spawn(serve_connection(
+            served,
+            server.service(),
+            TIMEOUT,
+            closing_rx,
+            permit,
+        ));
+        let service = format!("Bearer {}", token(bridge_protocol::Role::Service));
+        let user = format!("Bearer {}", token(bridge_protocol::Role::User));
+        let mut forged = service.clone().into_bytes();
+        let last = forged.len() - 1;
+        forged[last] ^= 1;
+        let forged = String::from_utf8(forged).unwrap();
+        // A device id too long to be one (the path segment is fine as a URI's).
+        let long = "d".repeat(129);
+        // The accepted header, then others on the same connection: each is answered as
+        // on a connection of its own, and the accepted one again after them; the token is
+        // refused before the device id, as the router refuses them.
+        let steps = [
+            ("lock-1", service.as_str(), "HTTP/1.1 503"),
+            ("lock-1", service.as_str(), "HTTP/1.1 503"),
+            ("lock-2", service.as_str(), "HTTP/1.1 503"),
+            ("lock-1", forged.as_str(), "HTTP/1.1 401"),
+            ("lock-1", user.as_str(), "HTTP/1.1 403"),
+            ("lock-1", "Bearer", "HTTP/1.1 401"),
+            (long.as_str(), forged.as_str(), "HTTP/1.1 401"),
+            (long.as_str(), service.as_str(), "HTTP/1.1 400"),
+            ("lock-1", service.as_str(), "HTTP/1.1 503"),
+        ];
+        for (device, authorization, status) in steps {
+            client
+                .write_all(&command(device, authorization))
+                .await
+                .unwrap();
+            let answer = answer(&mut client).await;
+            assert!(answer.starts_with(status), "{authorization}: {answer}");
+        }
+        // Two `Authorization` headers: the first one is the request's, as the router reads
+        // it (`HeaderMap::get`).
+        for (first, second, status) in [
+            (forged.as_str(), service.as_str(), "HTTP/1.1 401"),
+            (service.as_str(), forged.as_str(), "HTTP/1.1 503"),
+        ] {
+            let request = String::from_utf8(command("lock-1", first))
+                .unwrap()
+                .replacen(
+                    "content-type",
+                    &format!("authorization: {second}\r\ncontent-type"),
+                    1,
+                );
+            client.write_all(request.as_bytes()).await.unwrap();
+            let answer = answer(&mut client).await;
+            assert!(
+                answer.starts_with(status),
+                "{first} then {second}: {answer}"
+            );
+        }
+        drop(client);
+        task.await.unwrap();
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// An `InlineWake` whose task is a [`Count`].
+    fn inline_wake() -> (Arc<InlineWake>, std::task::Waker, Arc<Count>) {
+        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let side = Arc::new(SideWake::new());
+        side.task
+            .register(&std::task::Waker::from(Arc::clone(&count)));
+        let inline = Arc::new(InlineWake::new(side));
+        let waker = std::task::Waker::from(Arc::clone(&inline));
+        (inline, waker, count)
+    }
+
+    #[test]
+    fn a_wake_up_during_the_poll_asks_for_another_poll_and_does_not_wake_the_task() {
+        let (inline, waker, count) = inline_wake();
+        let polled = inline.poll(|| {
+            waker.wake_by_ref();
+            Poll::<()>::Pending
+        });
+        assert!(matches!(polled, InlinePoll::Pending { woken: true }));
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        // The next poll starts afresh.
+        let polled = inline.poll(|| Poll::<()>::Pending);
+        assert!(matches!(polled, InlinePoll::Pending { woken: false }));
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_wake_up_between_polls_wakes_the_task() {
+        let (inline, waker, count) = inline_wake();
+        assert!(matches!(
+            inline.poll(|| Poll::<()>::Pending),
+            InlinePoll::Pending { woken: false }
+        ));
+        std::task::Waker::wake(waker.clone());
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        // A finished connection is finished, woken or not.
+        let polled = inline.poll(|| {
+            waker.wake_by_ref();
+            Poll::Ready(7)
+        });
+        assert!(matches!(polled, InlinePoll::Ready(7)));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    }
+
+    /// A body that wakes `sender` each time a frame is taken from it, as hyper's body
+    /// channel wakes its sending side; it has ended once its frames are taken if `ends`.
+    struct Waking {
+        sender: std::task::Waker,
+        frames: std::collections::VecDeque<axum::body::Bytes>,
+        ends: bool,
+        panics: bool,
+    }
+
+    impl hyper::body::Body for Waking {
+        type Data = axum::body::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+            self.sender.wake_by_ref();
+            assert!(!self.panics, "a body that panics");
+            Poll::Ready(
+                self.frames
+                    .pop_front()
+                    .map(|b| Ok(hyper::body::Frame::data(b))),
+            )
+        }
+
+        fn is_end_stream(&self) -> bool {
+            self.ends && self.frames.is_empty()
+        }
+    }
+
+    fn waking(sender: &std::task::Waker, frames: &[&'static str], ends: bool) -> Waking {
+        Waking {
+            sender: sender.clone(),
+            frames: frames.iter().map(|f| axum::body::Bytes::from(*f)).collect(),
+            ends,
+            panics: false,
+        }
+    }
+
+    /// Polls `body` once with `poll_body_frame` (with a waker that counts nothing).
+    fn poll_once(body: &mut Waking) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let polled = poll_body_frame(std::pin::Pin::new(body), &mut cx);
+        assert!(polled.is_ready());
+    }
+
+    /// `inline`'s task registered again (a wake-up takes it, as a task's poll would).
+    fn rearm(inline: &InlineWake, count: &Arc<Count>) {
+        inline
+            .side
+            .task
+            .register(&std::task::Waker::from(Arc::clone(count)));
+    }
+
+    #[test]
+    fn the_wake_up_of_a_frame_taken_is_dropped_only_once_the_body_has_ended() {
+        let (inline, connection, count) = inline_wake();
+        let woken = || count.0.load(Ordering::SeqCst);
+        let mut body = waking(&connection, &["a", "b"], true);
+        // More to read: the connection is woken, as hyper's channel asked.
+        poll_once(&mut body);
+        assert_eq!(woken(), 1);
+        rearm(&inline, &count);
+        // The last frame: its wake-up asks the connection for nothing.
+        poll_once(&mut body);
+        assert_eq!(woken(), 1);
+        // A body that has not ended (no length, more may come): always passed on.
+        let mut body = waking(&connection, &["a"], false);
+        poll_once(&mut body);
+        assert_eq!(woken(), 2);
+        rearm(&inline, &count);
+        poll_once(&mut body);
+        assert_eq!(woken(), 3);
+    }
+
+    #[test]
+    fn only_a_connections_own_wake_up_is_held_and_only_during_the_poll() {
+        let (inline, connection, count) = inline_wake();
+        let woken = || count.0.load(Ordering::SeqCst);
+        // Any other waker is woken as it asks, even by an ended body.
+        let other = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        let mut body = waking(&std::task::Waker::from(Arc::clone(&other)), &["a"], true);
+        poll_once(&mut body);
+        assert_eq!(other.0.load(Ordering::SeqCst), 1);
+        // Outside a body's poll, the connection is woken.
+        connection.wake_by_ref();
+        assert_eq!(woken(), 1);
+        rearm(&inline, &count);
+        // A body that panics: the wake-up held is passed on, and none is held after.
+        let mut body = waking(&connection, &["a"], true);
+        body.panics = true;
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            poll_once(&mut body);
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(woken(), 2);
+        rearm(&inline, &count);
+        connection.wake_by_ref();
+        assert_eq!(woken(), 3);
+    }
+
+    /// A connection that wakes itself during each of its polls, `times` times, then ends.
+    struct SelfWaking {
+        polls: usize,
+        times: usize,
+    }
+
+    impl Future for SelfWaking {
+        type Output = usize;
+
+        fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+            self.polls += 1;
+            if self.polls > self.times {
+                return Poll::Ready(self.polls);
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_keeps_waking_itself_is_polled_until_it_ends() {
+        // More self wake-ups than the inline polls allow in a row: the task's own turns
+        // take over, and no wake-up is lost.
+        let inline = Arc::new(InlineWake::new(Arc::new(SideWake::new())));
+        let waker = std::task::Waker::from(Arc::clone(&inline));
+        let mut connection = std::pin::pin!(SelfWaking {
+            polls: 0,
+            times: 10
+        });
+        let mut task_polls = 0;
+        let polls = std::future::poll_fn(|cx| {
+            task_polls += 1;
+            inline.side.task.register(cx.waker());
+            inline.poll_connection(cx.waker(), || {
+                connection.as_mut().poll(&mut Context::from_waker(&waker))
+            })
+        })
+        .await;
+        assert_eq!(polls, 11);
+        // 11 polls of the connection, `INLINE_REPOLLS + 1` per poll of the task.
+        assert_eq!(task_polls, 11_usize.div_ceil(INLINE_REPOLLS + 1));
+    }
+
+    #[test]
+    fn a_connection_that_did_not_wake_itself_is_polled_once() {
+        let (inline, waker, count) = inline_wake();
+        let mut polls = 0;
+        let polled = inline.poll_connection(&waker, || {
+            polls += 1;
+            Poll::<()>::Pending
+        });
+        assert!(polled.is_pending());
+        assert_eq!((polls, count.0.load(Ordering::SeqCst)), (1, 0));
+        // Woken once during its poll: polled once more, the task not woken.
+        let mut polls = 0;
+        let polled = inline.poll_connection(&waker, || {
+            polls += 1;
+            if polls == 1 {
+                waker.wake_by_ref();
+            }
+            Poll::<()>::Pending
+        });
+        assert!(polled.is_pending());
+        assert_eq!((polls, count.0.load(Ordering::SeqCst)), (2, 0));
+    }
+
     /// Reads until the server closes its end (failing if it has not within an hour of
     /// virtual time); what it sent.
     async fn until_closed(client: &mut DuplexStream) -> Vec<u8> {
@@ -964,6 +1493,22 @@ mod tests {
     }
 
     const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_half_closes_after_its_request_still_reads_the_answer() {
+        let (mut client, _closing, task) = connection().await;
+        // A request whose answer does not end at once (a stream), then the client's end
+        // of the connection shut for writing before the server has read anything.
+        client
+            .write_all(b"GET /v1/stream HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        assert!(answer(&mut client).await.starts_with("HTTP/1.1 200"));
+        // The client gone: the stream ends at its next write (a keep-alive comment).
+        drop(client);
+        task.await.unwrap();
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_connection_is_closed_at_the_header_read_timeout_not_before() {
