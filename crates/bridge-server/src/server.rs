@@ -507,9 +507,9 @@ impl Server {
     /// [`ServerConfig::max_connections`] are served at once; beyond that the listener is not
     /// accepted from, so new connections wait in the kernel's backlog until one closes.
     ///
-    /// While a request is served its connection is not read from: a client may half-close
-    /// its end after its request and still read the answer, and one that went away is
-    /// noticed when its answer is written (a command it sent runs to its end).
+    /// While a request is served its connection is watched: a client that goes away
+    /// mid-request (or half-closes its end) ends the connection at once and its request's
+    /// future is dropped, so a command still waiting for a device slot is not sent for it.
     ///
     /// # Errors
     ///
