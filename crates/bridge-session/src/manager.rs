@@ -266,6 +266,9 @@ impl<T: Transport + ?Sized> Drop for Inner<T> {
     }
 }
 
+/// Nanoseconds in a second.
+const NANOS_PER_SEC: u64 = 1_000_000_000;
+
 /// What the timer task shares with the senders.
 struct TimerState {
     /// Time zero of `armed`.
@@ -280,15 +283,25 @@ struct TimerState {
 }
 
 impl TimerState {
+    /// Nanoseconds from `epoch` to `t`: 0 for a time before it, `u64::MAX` for one more
+    /// than 584 years after it.
     fn nanos_since_epoch(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+        let since = t.saturating_duration_since(self.epoch);
+        // In `u64` arithmetic: `as_nanos` would build a `u128` only to narrow it again,
+        // and this runs for every command.
+        since
+            .as_secs()
+            .saturating_mul(NANOS_PER_SEC)
+            .saturating_add(u64::from(since.subsec_nanos()))
     }
 
-    /// Called after registering a command due at `deadline`: if the timer task would wake
-    /// later, moves its alarm earlier and wakes it to re-arm. In the steady state (one
-    /// timeout class, deadlines growing) this is a single read of a shared value.
-    fn arm(&self, deadline: Instant) {
-        let at = self.nanos_since_epoch(deadline);
+    /// Called after registering a command due at `at` (nanoseconds since `epoch`, see
+    /// [`nanos_since_epoch`](Self::nanos_since_epoch)): if the timer task would wake later,
+    /// moves its alarm earlier and wakes it to re-arm. In the steady state (one timeout
+    /// class, deadlines growing) this is a single read of a shared value. A command computes
+    /// `at` once and arms with it twice when it waits for a device slot (on joining the
+    /// queue, and after registering).
+    fn arm_at(&self, at: u64) {
         if at < self.armed.load(Ordering::SeqCst) {
             self.armed.fetch_min(at, Ordering::SeqCst);
             self.wake.notify_one();
@@ -410,11 +423,13 @@ impl<T: Transport + ?Sized> SessionManager<T> {
         let deadline = start
             .checked_add(timeout)
             .unwrap_or_else(|| start + Duration::from_hours(100 * 365 * 24));
+        // The deadline as the timer task reads it, converted once for both arms below.
+        let at = inner.timer.nanos_since_epoch(deadline);
 
         let slot = match &inner.device_slots {
             Some(slots) => {
                 match slots
-                    .acquire(&device_id, deadline, |at| inner.timer.arm(at))
+                    .acquire(&device_id, deadline, |_| inner.timer.arm_at(at))
                     .await
                 {
                     Ok(permit) => Some(permit),
@@ -443,7 +458,7 @@ impl<T: Transport + ?Sized> SessionManager<T> {
             sequence,
             armed: true,
         };
-        inner.timer.arm(deadline);
+        inner.timer.arm_at(at);
         // Time zero of the stage times: when the write is handed to the transport (the clock
         // is read again only when a device slot was waited for).
         let waited = slot.as_ref().is_some_and(|slot| slot.waited);
@@ -797,22 +812,37 @@ fn shard_hint() -> usize {
 /// every command would make all worker threads bump one shared reference count, a cache
 /// line bounced between cores twice per command. Each thread instead clones its own copy
 /// (made once per type name, for at most a few dozen names).
+///
+/// The copy is found by the address of the registry's string, not by comparing names:
+/// the registry hands out the same `DeviceType` for a name every time. Each entry keeps a
+/// clone of the registry's value it was found by, so that address cannot be freed and
+/// reused by another name while the entry exists. A value at a new address with a known
+/// name (a registry replaced, say) takes over that name's entry.
 fn thread_local_copy(device_type: &DeviceType) -> DeviceType {
     const MAX_CACHED: usize = 32;
     thread_local! {
-        static COPIES: RefCell<Vec<DeviceType>> = const { RefCell::new(Vec::new()) };
+        /// (the registry's value, this thread's copy of it)
+        static COPIES: RefCell<Vec<(DeviceType, DeviceType)>> = const { RefCell::new(Vec::new()) };
     }
     COPIES.with(|copies| {
         let mut copies = copies.borrow_mut();
-        if let Some(copy) = copies.iter().find(|c| c.as_str() == device_type.as_str()) {
+        let name = device_type.as_str();
+        if let Some((_, copy)) = copies
+            .iter()
+            .find(|(source, _)| std::ptr::eq(source.as_str(), name))
+        {
+            return copy.clone();
+        }
+        if let Some((source, copy)) = copies.iter_mut().find(|(_, copy)| copy.as_str() == name) {
+            source.clone_from(device_type);
             return copy.clone();
         }
         if copies.len() >= MAX_CACHED {
             return device_type.clone();
         }
         // A fresh allocation with its own count; the name was validated by the registry.
-        let copy = DeviceType::new(device_type.as_str()).unwrap_or_else(|_| device_type.clone());
-        copies.push(copy.clone());
+        let copy = DeviceType::new(name).unwrap_or_else(|_| device_type.clone());
+        copies.push((device_type.clone(), copy.clone()));
         copy
     })
 }
@@ -922,6 +952,90 @@ mod tests {
             }
             Ok((conn, ()))
         }
+    }
+
+    /// A timer state whose epoch is now (no runtime needed).
+    fn timer_state() -> TimerState {
+        TimerState {
+            epoch: Instant::now(),
+            armed: AtomicU64::new(u64::MAX),
+            seen: AtomicU64::new(0),
+            wake: Notify::new(),
+            stopped: AtomicBool::new(false),
+        }
+    }
+
+    #[test]
+    fn nanos_since_epoch_counts_exactly_and_saturates_at_both_ends() {
+        let timer = timer_state();
+        let epoch = timer.epoch;
+        let exact = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        for d in [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::from_millis(10_001),
+            Duration::new(18_446_744_073, 709_551_615),
+            Duration::new(18_446_744_073, 709_551_616),
+            Duration::new(18_446_744_074, 0),
+            Duration::from_hours(100 * 365 * 24),
+            Duration::from_hours(1000 * 365 * 24),
+        ] {
+            assert_eq!(timer.nanos_since_epoch(epoch + d), exact(d), "{d:?}");
+        }
+        assert_eq!(
+            timer.nanos_since_epoch(epoch + Duration::from_hours(1000 * 365 * 24)),
+            u64::MAX
+        );
+        if let Some(before) = epoch.checked_sub(Duration::from_secs(1)) {
+            assert_eq!(
+                timer.nanos_since_epoch(before),
+                0,
+                "a time before the epoch is 0"
+            );
+        }
+    }
+
+    #[test]
+    fn arming_moves_the_alarm_only_earlier() {
+        let timer = timer_state();
+        timer.arm_at(5_000);
+        assert_eq!(timer.armed.load(Ordering::SeqCst), 5_000);
+        timer.arm_at(9_000);
+        assert_eq!(
+            timer.armed.load(Ordering::SeqCst),
+            5_000,
+            "a later deadline waits"
+        );
+        timer.arm_at(1_000);
+        assert_eq!(timer.armed.load(Ordering::SeqCst), 1_000);
+    }
+
+    #[test]
+    fn a_threads_copy_of_a_device_type_is_its_own_and_made_once_per_name() {
+        let registry = DeviceType::new("tlc-lock").unwrap();
+        let first = thread_local_copy(&registry);
+        assert_eq!(first, registry);
+        assert!(
+            !std::ptr::eq(first.as_str(), registry.as_str()),
+            "not the registry's allocation (its reference count is shared by all threads)"
+        );
+        let again = thread_local_copy(&registry);
+        assert!(
+            std::ptr::eq(again.as_str(), first.as_str()),
+            "one copy per name"
+        );
+
+        // The same name at another address (a registry replaced): still the one copy, by
+        // either value.
+        let replaced = DeviceType::new("tlc-lock").unwrap();
+        let by_replaced = thread_local_copy(&replaced);
+        assert!(std::ptr::eq(by_replaced.as_str(), first.as_str()));
+        let by_old = thread_local_copy(&registry);
+        assert!(std::ptr::eq(by_old.as_str(), first.as_str()));
+
+        let other = thread_local_copy(&DeviceType::new("tlc-sensor").unwrap());
+        assert_eq!(other.as_str(), "tlc-sensor");
+        assert!(!std::ptr::eq(other.as_str(), first.as_str()));
     }
 
     #[tokio::test]
