@@ -14,6 +14,7 @@
 //! as a plain `HashMap` would compute), and the slot it takes keeps the key, so giving the
 //! slot back finds the device without hashing its id again.
 
+use std::collections::hash_map::Entry;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
@@ -315,20 +316,34 @@ impl<'a, A: FnOnce(Instant)> Future for Acquire<'a, A> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let slot = |waited| DeviceSlot {
+        let slot = |key, waited| DeviceSlot {
             slots: this.slots,
-            key: this.key.clone(),
+            key,
             waited,
         };
         let mut state = this.slots.state.lock();
         let State { devices, closed } = &mut *state;
         let Some(ticket) = this.ticket else {
             // First poll: a free slot, or a place at the end of the queue.
-            let queue = devices.entry(this.key.clone()).or_default();
+            //
+            // What is kept of the key from here on is a clone of the map's own key: the
+            // device id is then the same `Arc` as the map's, and every later lookup
+            // (giving the slot back, polling a place in the queue) compares ids by address
+            // instead of comparing their bytes.
+            let (map_key, queue) = match devices.entry(this.key.clone()) {
+                Entry::Occupied(occupied) => {
+                    let map_key = occupied.key().clone();
+                    (map_key, occupied.into_mut())
+                }
+                Entry::Vacant(vacant) => {
+                    let map_key = vacant.key().clone();
+                    (map_key, vacant.insert(SlotQueue::default()))
+                }
+            };
             if queue.held < this.slots.limit && !queue.someone_waits() {
                 queue.held += 1;
                 drop(state);
-                return Poll::Ready(Ok(slot(false)));
+                return Poll::Ready(Ok(slot(map_key, false)));
             }
             if *closed {
                 if queue.idle() {
@@ -343,6 +358,9 @@ impl<'a, A: FnOnce(Instant)> Future for Acquire<'a, A> {
             });
             this.ticket = Some(ticket);
             drop(state);
+            // Dropped outside the lock; the device stays in the map while the place is
+            // queued, so the map's key is the one to look it up by.
+            this.key = map_key;
             if let Some(arm) = this.arm.take() {
                 arm(this.deadline);
             }
@@ -375,7 +393,7 @@ impl<'a, A: FnOnce(Instant)> Future for Acquire<'a, A> {
         }
         this.ticket = None;
         drop(state);
-        Poll::Ready(ended.map(|()| slot(true)))
+        Poll::Ready(ended.map(|()| slot(this.key.clone(), true)))
     }
 }
 
@@ -657,6 +675,43 @@ mod tests {
         devices.remove(&key("lock-1"));
         assert!(!devices.contains_key(&key("lock-1")));
         assert_eq!(devices.get(&key("lock-2")).map(|q| q.held), Some(2));
+    }
+
+    #[test]
+    fn slots_and_places_keep_the_maps_device_id_so_later_lookups_compare_addresses() {
+        let slots = DeviceSlots::new(1);
+        // Three commands for one device, each with an id of its own (as parsed from three
+        // requests).
+        let ids: Vec<DeviceId> = (0..3).map(|_| DeviceId::new("lock-1").unwrap()).collect();
+        let far = Instant::now() + Duration::from_mins(1);
+        let flag = Arc::new(Flag::default());
+        let same = |a: &DeviceId, b: &DeviceId| std::ptr::eq(a.as_str(), b.as_str());
+        let mut holder: Pin<Box<Acquire<'_, Arm>>> = Box::pin(slots.acquire(&ids[0], far, |_| {}));
+        let Poll::Ready(Ok(slot)) = poll_once(&mut holder, &flag) else {
+            panic!("free slot");
+        };
+        // The map's key is the first command's id.
+        assert!(same(&slot.key.device, &ids[0]));
+        let mut waiter: Pin<Box<Acquire<'_, Arm>>> = Box::pin(slots.acquire(&ids[1], far, |_| {}));
+        assert!(poll_once(&mut waiter, &flag).is_pending());
+        assert!(
+            same(&waiter.key.device, &ids[0]),
+            "a queued place looks up by the map's id"
+        );
+        drop(slot);
+        let Poll::Ready(Ok(handed)) = poll_once(&mut waiter, &flag) else {
+            panic!("handed over");
+        };
+        assert!(same(&handed.key.device, &ids[0]));
+        drop(handed);
+        drop((holder, waiter));
+        assert_eq!(slots.tracked_devices(), 0);
+        // A device forgotten and seen again: the new map key is the new command's id.
+        let mut again: Pin<Box<Acquire<'_, Arm>>> = Box::pin(slots.acquire(&ids[2], far, |_| {}));
+        let Poll::Ready(Ok(slot)) = poll_once(&mut again, &flag) else {
+            panic!("free slot");
+        };
+        assert!(same(&slot.key.device, &ids[2]));
     }
 
     #[test]
