@@ -140,21 +140,28 @@ impl SimulatedLocks {
                 .get_mut(&request.device_id)
                 .ok_or_else(|| Self::error("device_not_found"))?;
             progress.report(Stage::Connected);
-            if self.behaviour.failure_rate > 0.0 && fastrand::f64() < self.behaviour.failure_rate {
-                return Err(Self::error("gatt_write_failed"));
-            }
-            if request.service_uuid != self.config.service_uuid
-                || request.write_uuid != self.config.write_uuid
-                || request.listen_uuid != self.config.listen_uuid
-            {
-                return Err(Self::error("characteristic_not_found"));
-            }
+            self.attempt(request)?;
             // The write lands: the lock applies it (and its reply, an error included, is
             // what the phone then waits for).
             lock.apply(request.payload.as_bytes())
         };
         progress.report(Stage::Written);
         reply.map(HexPayload::from_bytes).map_err(Self::error)
+    }
+
+    /// The write's attempt once the link is up: it fails at the behaviour's failure rate,
+    /// and on characteristics other than the device type's.
+    fn attempt(&self, request: &BleWrite) -> Result<(), DeviceErrorCode> {
+        if self.behaviour.failure_rate > 0.0 && fastrand::f64() < self.behaviour.failure_rate {
+            return Err(Self::error("gatt_write_failed"));
+        }
+        if request.service_uuid != self.config.service_uuid
+            || request.write_uuid != self.config.write_uuid
+            || request.listen_uuid != self.config.listen_uuid
+        {
+            return Err(Self::error("characteristic_not_found"));
+        }
+        Ok(())
     }
 
     fn error(code: &str) -> DeviceErrorCode {
@@ -206,15 +213,7 @@ impl BleHandler for SimulatedLocks {
         if !self.behaviour.latency.is_zero() {
             tokio::time::sleep(self.behaviour.latency).await;
         }
-        if self.behaviour.failure_rate > 0.0 && fastrand::f64() < self.behaviour.failure_rate {
-            return Err(Self::error("gatt_write_failed"));
-        }
-        if request.service_uuid != self.config.service_uuid
-            || request.write_uuid != self.config.write_uuid
-            || request.listen_uuid != self.config.listen_uuid
-        {
-            return Err(Self::error("characteristic_not_found"));
-        }
+        self.attempt(request)?;
         // The write lands: the lock applies it (and its reply, an error included, is what
         // the phone then waits for).
         let reply = {

@@ -102,22 +102,11 @@ impl Masks {
     }
 }
 
-/// Appends `payload` masked with `mask` to `out`, eight bytes at a time.
+/// Appends `payload` masked with `mask` to `out`.
 fn put_masked(out: &mut Vec<u8>, payload: &[u8], mask: [u8; 4]) {
-    let wide = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
-    out.reserve(payload.len());
-    let mut chunks = payload.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        out.extend_from_slice(&(u64::from_ne_bytes(word) ^ wide).to_ne_bytes());
-    }
-    // The key's phase is unchanged after a multiple of eight bytes.
-    for (i, byte) in chunks.remainder().iter().enumerate() {
-        out.push(byte ^ mask[i % 4]);
-    }
+    let start = out.len();
+    out.extend_from_slice(payload);
+    mask_in_place(&mut out[start..], mask);
 }
 
 /// Masks `payload` in place with `mask`, eight bytes at a time.
