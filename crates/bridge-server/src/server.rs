@@ -1128,6 +1128,17 @@ mod tests {
             .development_mode()
             .build()
             .unwrap();
+        connection_to(&server).await
+    }
+
+    /// `serve_connection` of `server` over an in-memory stream, as [`connection`].
+    async fn connection_to(
+        server: &Server,
+    ) -> (
+        DuplexStream,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (client, served) = tokio::io::duplex(4096);
         let (closing, closing_rx) = watch::channel(false);
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
@@ -1177,16 +1188,7 @@ mod tests {
             ..ServerConfig::default()
         };
         let server = Server::builder(config).build().unwrap();
-        let (mut client, served) = tokio::io::duplex(4096);
-        let (_closing, closing_rx) = watch::channel(false);
-        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
-        let task = tokio::spawn(serve_connection(
-            served,
-            server.service(),
-            TIMEOUT,
-            closing_rx,
-            permit,
-        ));
+        let (mut client, _closing, task) = connection_to(&server).await;
         let service = format!("Bearer {}", token(bridge_protocol::Role::Service));
         let user = format!("Bearer {}", token(bridge_protocol::Role::User));
         let mut forged = service.clone().into_bytes();
