@@ -16,7 +16,7 @@
 //! to a service or characteristic a lock does not have, with `characteristic_not_found`.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -131,14 +131,9 @@ impl SimulatedLocks {
         progress: &Progress,
     ) -> Result<HexPayload, DeviceErrorCode> {
         let reply = {
-            let mut locks = self
-                .locks
-                .lock()
-                .map_err(|_| Self::error("gatt_write_failed"))?;
+            let mut locks = self.locked()?;
             // A lock this phone does not have: no link comes up.
-            let lock = locks
-                .get_mut(&request.device_id)
-                .ok_or_else(|| Self::error("device_not_found"))?;
+            let lock = Self::lock_of(&mut locks, &request.device_id)?;
             progress.report(Stage::Connected);
             self.attempt(request)?;
             // The write lands: the lock applies it (and its reply, an error included, is
@@ -162,6 +157,23 @@ impl SimulatedLocks {
             return Err(Self::error("characteristic_not_found"));
         }
         Ok(())
+    }
+
+    /// The locks, held (a poisoned mutex fails the write as a failed GATT write).
+    fn locked(&self) -> Result<MutexGuard<'_, BTreeMap<DeviceId, LockState>>, DeviceErrorCode> {
+        self.locks
+            .lock()
+            .map_err(|_| Self::error("gatt_write_failed"))
+    }
+
+    /// The lock `id` among `locks`, or `device_not_found`.
+    fn lock_of<'a>(
+        locks: &'a mut BTreeMap<DeviceId, LockState>,
+        id: &DeviceId,
+    ) -> Result<&'a mut LockState, DeviceErrorCode> {
+        locks
+            .get_mut(id)
+            .ok_or_else(|| Self::error("device_not_found"))
     }
 
     fn error(code: &str) -> DeviceErrorCode {
@@ -201,11 +213,7 @@ impl BleHandler for SimulatedLocks {
             return self.write_at_once(request, progress);
         }
         // A lock this phone does not have: no link comes up.
-        let known = self
-            .locks
-            .lock()
-            .map_err(|_| Self::error("gatt_write_failed"))?
-            .contains_key(&request.device_id);
+        let known = self.locked()?.contains_key(&request.device_id);
         if !known {
             return Err(Self::error("device_not_found"));
         }
@@ -217,14 +225,8 @@ impl BleHandler for SimulatedLocks {
         // The write lands: the lock applies it (and its reply, an error included, is what
         // the phone then waits for).
         let reply = {
-            let mut locks = self
-                .locks
-                .lock()
-                .map_err(|_| Self::error("gatt_write_failed"))?;
-            let lock = locks
-                .get_mut(&request.device_id)
-                .ok_or_else(|| Self::error("device_not_found"))?;
-            lock.apply(request.payload.as_bytes())
+            let mut locks = self.locked()?;
+            Self::lock_of(&mut locks, &request.device_id)?.apply(request.payload.as_bytes())
         };
         reach(Stage::Written).await;
         if stuck_after.is_some() {
