@@ -5,6 +5,7 @@
 //! installed beyond the Rust toolchain.
 
 mod cluster_demo;
+mod counts;
 mod demo;
 
 use std::env;
@@ -45,6 +46,11 @@ const TASKS: &[Task] = &[
         name: "fuzz",
         help: "[--seconds N] [TARGET]: every fuzz target (or one) for N seconds each (default 60); needs nightly and cargo-fuzz",
         run: fuzz,
+    },
+    Task {
+        name: "counts",
+        help: counts::HELP,
+        run: |args| counts::counts(&workspace_root(), &cargo(), args),
     },
     Task {
         name: "test",
