@@ -7,6 +7,7 @@
 mod cluster_demo;
 mod counts;
 mod demo;
+mod versus;
 
 use std::env;
 use std::io::{Read, Write};
@@ -51,6 +52,11 @@ const TASKS: &[Task] = &[
         name: "counts",
         help: counts::HELP,
         run: |args| counts::counts(&workspace_root(), &cargo(), args),
+    },
+    Task {
+        name: "versus",
+        help: versus::HELP,
+        run: |args| versus::versus(&workspace_root(), &cargo(), args),
     },
     Task {
         name: "test",
