@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// The flags' help, shown by `cargo xtask`.
-pub(crate) const HELP: &str = "[--cycles N] [--secs S] [--k 1,16,256] [--thousand] [--peers DIR]: the peers and e2e_roundtrip interleaved, ratios per cycle against issue 11's targets";
+pub(crate) const HELP: &str = "[--cycles N] [--secs S] [--k 1,16,256] [--thousand] [--peers DIR] [--e2e BINARY]...: the peers and e2e_roundtrip interleaved, ratios per cycle against issue 11's targets";
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +32,9 @@ struct Versus {
     thousand: bool,
     /// Where the peers are copied and built.
     peers: PathBuf,
+    /// The `e2e_roundtrip` binaries to run, each after the peers of every K and cycle
+    /// (several to compare builds in the same cycles); none: the workspace's release build.
+    e2e: Vec<PathBuf>,
 }
 
 impl Default for Versus {
@@ -44,6 +47,7 @@ impl Default for Versus {
             peers: PathBuf::from(
                 std::env::var_os("PEERS_WORK").unwrap_or_else(|| "/tmp/bridge-peers".into()),
             ),
+            e2e: Vec::new(),
         }
     }
 }
@@ -68,6 +72,7 @@ impl Versus {
                         .collect::<Result<_, _>>()?;
                 }
                 "--peers" => versus.peers = PathBuf::from(value),
+                "--e2e" => versus.e2e.push(PathBuf::from(value)),
                 _ => return Err(format!("unknown flag: {flag} {value}\n  {HELP}")),
             }
         }
@@ -289,73 +294,103 @@ pub(crate) fn versus(root: &Path, cargo: &str, args: &[String]) -> Result<(), St
         return Err("`taskset` not found (util-linux): the runs pin servers and clients".into());
     }
     let peers = build_peers(root, &versus.peers, cargo)?;
-    crate::run(
-        "build e2e_roundtrip",
-        cargo,
-        &[
-            "build",
-            "--release",
-            "-p",
-            "benches",
-            "--bin",
-            "e2e_roundtrip",
-        ],
-        &[],
-    )?;
-    let e2e = root.join("target/release/e2e_roundtrip");
+    let binaries = if versus.e2e.is_empty() {
+        crate::run(
+            "build e2e_roundtrip",
+            cargo,
+            &[
+                "build",
+                "--release",
+                "-p",
+                "benches",
+                "--bin",
+                "e2e_roundtrip",
+            ],
+            &[],
+        )?;
+        vec![root.join("target/release/e2e_roundtrip")]
+    } else {
+        versus.e2e.clone()
+    };
+    if let Some(missing) = binaries.iter().find(|binary| !binary.is_file()) {
+        return Err(format!("--e2e {}: no such file", missing.display()));
+    }
     println!(
         "\n# versus, {} cycles of {} s runs, started at load average {}",
         versus.cycles,
         versus.secs,
         load_average()
     );
-    let mut cycles = Vec::new();
-    let mut thousand = Vec::new();
+    // Per binary: its cycles (each a `Cycle` per K) and its 1,000-bridge figures.
+    let mut cycles: Vec<Vec<Vec<Cycle>>> = vec![Vec::new(); binaries.len()];
+    let mut thousand: Vec<Vec<(f64, f64)>> = vec![Vec::new(); binaries.len()];
     for cycle in 1..=versus.cycles {
         println!("\n## cycle {cycle} (load average {})", load_average());
-        let mut of_cycle = Vec::new();
+        let mut of_cycle: Vec<Vec<Cycle>> = vec![Vec::new(); binaries.len()];
         for &k in &versus.ks {
-            let figures = Cycle {
-                ws: peer(&peers, Peer::Ws, k, versus.secs),
-                sio: peer(&peers, Peer::Sio, k, versus.secs),
-                inproc: project(&e2e, "inproc", 1, k, versus.secs),
-                http: (k > 1)
-                    .then(|| project(&e2e, "http", 1, k, versus.secs))
-                    .flatten(),
-            };
-            print_cycle(k, &figures);
-            of_cycle.push(figures);
-        }
-        if versus.thousand {
-            let many = project(&e2e, "inproc", 1000, 16, versus.secs);
-            let one = of_cycle
-                .iter()
-                .zip(&versus.ks)
-                .find(|(_, k)| **k == 16)
-                .and_then(|(figures, _)| figures.inproc)
-                .or_else(|| project(&e2e, "inproc", 1, 16, versus.secs));
-            let per_command = |figures: Option<Figures>| figures.and_then(|f| f.cpu_per_command);
-            if let (Some(many), Some(one)) = (per_command(many), per_command(one)) {
-                println!(
-                    "  1,000 bridges K=16: {many:.2} µs/cmd against {one:.2} (1 bridge): {:.2}×",
-                    many / one
-                );
-                thousand.push((many, one));
+            let ws = peer(&peers, Peer::Ws, k, versus.secs);
+            let sio = peer(&peers, Peer::Sio, k, versus.secs);
+            for (index, e2e) in binaries.iter().enumerate() {
+                let figures = Cycle {
+                    ws,
+                    sio,
+                    inproc: project(e2e, "inproc", 1, k, versus.secs),
+                    http: (k > 1)
+                        .then(|| project(e2e, "http", 1, k, versus.secs))
+                        .flatten(),
+                };
+                print_cycle(&label(&binaries, index), k, &figures);
+                of_cycle[index].push(figures);
             }
         }
-        cycles.push(of_cycle);
+        for (index, e2e) in binaries.iter().enumerate() {
+            if versus.thousand {
+                let many = project(e2e, "inproc", 1000, 16, versus.secs);
+                let one = of_cycle[index]
+                    .iter()
+                    .zip(&versus.ks)
+                    .find(|(_, k)| **k == 16)
+                    .and_then(|(figures, _)| figures.inproc)
+                    .or_else(|| project(e2e, "inproc", 1, 16, versus.secs));
+                let per_command =
+                    |figures: Option<Figures>| figures.and_then(|f| f.cpu_per_command);
+                if let (Some(many), Some(one)) = (per_command(many), per_command(one)) {
+                    println!(
+                        "  {}1,000 bridges K=16: {many:.2} µs/cmd against {one:.2} (1 bridge): {:.2}×",
+                        label(&binaries, index),
+                        many / one
+                    );
+                    thousand[index].push((many, one));
+                }
+            }
+        }
+        for (index, of_binary) in of_cycle.into_iter().enumerate() {
+            cycles[index].push(of_binary);
+        }
     }
     println!(
-        "\n# summary (ended at load average {}; ours per server core, peers per wall second)\n",
+        "\n# summary (ended at load average {}; ours per server core, peers per wall second)",
         load_average()
     );
-    for line in summary(&versus.ks, &cycles, &thousand) {
-        println!("{line}");
+    for (index, e2e) in binaries.iter().enumerate() {
+        println!("\n{}\n", e2e.display());
+        for line in summary(&versus.ks, &cycles[index], &thousand[index]) {
+            println!("{line}");
+        }
     }
     Ok(())
 }
 
-fn print_cycle(k: u32, cycle: &Cycle) {
+/// How a binary's lines start: nothing with one binary, its number among several.
+fn label(binaries: &[PathBuf], index: usize) -> String {
+    if binaries.len() == 1 {
+        String::new()
+    } else {
+        format!("[{}] ", index + 1)
+    }
+}
+
+fn print_cycle(label: &str, k: u32, cycle: &Cycle) {
     let show = |name: &str, figures: Option<Figures>| match figures {
         Some(f) => format!("{name} {:.0}/s p50 {:.1} p99 {:.1}", f.rate, f.p50, f.p99),
         None => format!("{name} failed"),
@@ -368,7 +403,7 @@ fn print_cycle(k: u32, cycle: &Cycle) {
     if k > 1 {
         parts.push(show("http", cycle.http));
     }
-    println!("  K={k}: {}", parts.join(" | "));
+    println!("  {label}K={k}: {}", parts.join(" | "));
 }
 
 /// `/proc/loadavg`'s first three fields.
@@ -556,12 +591,19 @@ mod tests {
 
     #[test]
     fn flags_set_what_they_name_and_the_rest_keeps_its_default() {
-        let versus = Versus::parse(&args("--cycles 5 --k 16,256 --thousand --peers /x")).unwrap();
+        let versus = Versus::parse(&args(
+            "--cycles 5 --k 16,256 --thousand --peers /x --e2e /a/e2e --e2e /b/e2e",
+        ))
+        .unwrap();
         assert_eq!(versus.cycles, 5);
         assert_eq!(versus.secs, Versus::default().secs);
         assert_eq!(versus.ks, vec![16, 256]);
         assert!(versus.thousand);
         assert_eq!(versus.peers, PathBuf::from("/x"));
+        assert_eq!(
+            versus.e2e,
+            vec![PathBuf::from("/a/e2e"), PathBuf::from("/b/e2e")]
+        );
     }
 
     #[test]
