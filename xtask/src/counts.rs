@@ -84,20 +84,7 @@ pub(crate) fn counts(root: &Path, cargo: &str, args: &[String]) -> Result<(), St
             return Err(format!("`{tool}` not found: install valgrind"));
         }
     }
-    crate::run(
-        "build e2e_roundtrip",
-        cargo,
-        &[
-            "build",
-            "--release",
-            "-p",
-            "benches",
-            "--bin",
-            "e2e_roundtrip",
-        ],
-        &[],
-    )?;
-    let binary = root.join("target/release/e2e_roundtrip");
+    let binary = crate::build_e2e_roundtrip(cargo)?;
     let out = root.join("target/xtask-counts");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let fewer = one_run(&binary, &out, &counts, counts.commands.0)?;

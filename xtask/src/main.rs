@@ -114,6 +114,24 @@ fn run(step: &str, program: &str, args: &[&str], envs: &[(&str, &str)]) -> Resul
     }
 }
 
+/// Builds `e2e_roundtrip` in release mode (`counts` and `versus` run it); its path.
+fn build_e2e_roundtrip(cargo: &str) -> Result<std::path::PathBuf, String> {
+    run(
+        "build e2e_roundtrip",
+        cargo,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "benches",
+            "--bin",
+            "e2e_roundtrip",
+        ],
+        &[],
+    )?;
+    Ok(workspace_root().join("target/release/e2e_roundtrip"))
+}
+
 fn workspace_root() -> std::path::PathBuf {
     let manifest = env!("CARGO_MANIFEST_DIR");
     std::path::Path::new(manifest)

@@ -200,91 +200,113 @@ fn spread(values: &[f64], format: fn(f64) -> String) -> String {
     )
 }
 
+/// A target of the summary: its text, which of our figures (in process or HTTP), which
+/// figure (a rate or a latency), and the bound of the ratio ours / best peer.
+type Target = (
+    &'static str,
+    fn(&Cycle) -> Option<Figures>,
+    fn(&Figures) -> f64,
+    f64,
+);
+
 /// The summary's lines: for each K and target, the ratios of every cycle against that
 /// cycle's best peer, and how many cycles met the target.
 fn summary(ks: &[u32], cycles: &[Vec<Cycle>], thousand: &[(f64, f64)]) -> Vec<String> {
-    let ratio = |x: f64| format!("{x:.2}×");
     let micros = |x: f64| format!("{x:.1}");
+    let thousands = |x: f64| format!("{:.1}k", x / 1000.0);
     let mut lines = vec![
         "| target | cycles | ours | best peer | ratio per cycle | met in |".to_owned(),
         "|---|---|---|---|---|---|".to_owned(),
     ];
     for (index, &k) in ks.iter().enumerate() {
         let of_k: Vec<&Cycle> = cycles.iter().map(|cycle| &cycle[index]).collect();
-        let pairs = |pick: fn(&Cycle) -> Option<Figures>| -> Vec<(Figures, Figures)> {
+        // Ours and the best peer's figure, for the cycles that have both.
+        let columns = |ours: fn(&Cycle) -> Option<Figures>, figure: fn(&Figures) -> f64| {
             of_k.iter()
-                .filter_map(|cycle| Some((pick(cycle)?, cycle.best_peer()?)))
-                .collect()
+                .filter_map(|cycle| Some((figure(&ours(cycle)?), figure(&cycle.best_peer()?))))
+                .unzip::<f64, f64, Vec<f64>, Vec<f64>>()
         };
-        if k == 1 {
-            let pairs = pairs(|cycle| cycle.inproc);
-            if pairs.is_empty() {
+        let targets: &[Target] = if k == 1 {
+            &[
+                (
+                    "in process, K=1: p50 at or below the best peer's (µs)",
+                    |c| c.inproc,
+                    |f| f.p50,
+                    1.0,
+                ),
+                (
+                    "in process, K=1: p99 at or below the best peer's (µs)",
+                    |c| c.inproc,
+                    |f| f.p99,
+                    1.0,
+                ),
+            ]
+        } else {
+            &[
+                (
+                    "in process: ≥ 1.5× the best peer (per server core, /s)",
+                    |c| c.inproc,
+                    |f| f.rate,
+                    1.5,
+                ),
+                (
+                    "HTTP: ≥ 0.6× the best peer (per server core, /s)",
+                    |c| c.http,
+                    |f| f.rate,
+                    0.6,
+                ),
+            ]
+        };
+        for &(target, ours, figure, bound) in targets {
+            let (ours, best) = columns(ours, figure);
+            if ours.is_empty() {
                 continue;
             }
-            for (name, pick) in [
-                ("p50", (|f: &Figures| f.p50) as fn(&Figures) -> f64),
-                ("p99", |f: &Figures| f.p99),
-            ] {
-                let ours: Vec<f64> = pairs.iter().map(|(o, _)| pick(o)).collect();
-                let best: Vec<f64> = pairs.iter().map(|(_, b)| pick(b)).collect();
-                let ratios: Vec<f64> = pairs.iter().map(|(o, b)| pick(o) / pick(b)).collect();
-                let met = ratios.iter().filter(|r| **r <= 1.0).count();
-                lines.push(format!(
-                    "| in process, K=1: {name} at or below the best peer's (µs) | {} | {} | {} | {} | {met} of {} |",
-                    pairs.len(),
-                    spread(&ours, micros),
-                    spread(&best, micros),
-                    spread(&ratios, ratio),
-                    pairs.len()
-                ));
-            }
-            continue;
-        }
-        for (label, target, pick) in [
-            (
-                "in process: ≥ 1.5× the best peer",
-                1.5,
-                (|cycle: &Cycle| cycle.inproc) as fn(&Cycle) -> Option<Figures>,
-            ),
-            ("HTTP: ≥ 0.6× the best peer", 0.6, |cycle: &Cycle| {
-                cycle.http
-            }),
-        ] {
-            let pairs = pairs(pick);
-            if pairs.is_empty() {
-                continue;
-            }
-            let ours: Vec<f64> = pairs.iter().map(|(o, _)| o.rate).collect();
-            let best: Vec<f64> = pairs.iter().map(|(_, b)| b.rate).collect();
-            let ratios: Vec<f64> = pairs.iter().map(|(o, b)| o.rate / b.rate).collect();
-            let met = ratios.iter().filter(|r| **r >= target).count();
-            let thousands = |x: f64| format!("{:.1}k", x / 1000.0);
-            lines.push(format!(
-                "| K={k}, {label} (per server core, /s) | {} | {} | {} | {} | {met} of {} |",
-                pairs.len(),
-                spread(&ours, thousands),
-                spread(&best, thousands),
-                spread(&ratios, ratio),
-                pairs.len()
-            ));
+            lines.push(if k == 1 {
+                line(target, &ours, &best, |ratio| ratio <= bound, micros)
+            } else {
+                line(
+                    &format!("K={k}, {target}"),
+                    &ours,
+                    &best,
+                    |ratio| ratio >= bound,
+                    thousands,
+                )
+            });
         }
     }
     if !thousand.is_empty() {
-        let ratios: Vec<f64> = thousand.iter().map(|(many, one)| many / one).collect();
-        let many: Vec<f64> = thousand.iter().map(|(many, _)| *many).collect();
-        let one: Vec<f64> = thousand.iter().map(|(_, one)| *one).collect();
-        let met = ratios.iter().filter(|r| **r <= 1.5).count();
-        let micros = |x: f64| format!("{x:.2} µs");
-        lines.push(format!(
-            "| 1,000 bridges, K=16: server CPU per command ≤ 1.5× one bridge's | {} | {} | {} (1 bridge) | {} | {met} of {} |",
-            thousand.len(),
-            spread(&many, micros),
-            spread(&one, micros),
-            spread(&ratios, ratio),
-            thousand.len()
+        let (many, one): (Vec<f64>, Vec<f64>) = thousand.iter().copied().unzip();
+        lines.push(line(
+            "1,000 bridges, K=16: server CPU per command ≤ 1.5× one bridge's (µs; the peer column is one bridge)",
+            &many,
+            &one,
+            |ratio| ratio <= 1.5,
+            |x| format!("{x:.2}"),
         ));
     }
     lines
+}
+
+/// One line of the summary: `ours` against `theirs` cycle by cycle (the ratio ours /
+/// theirs), and how many cycles' ratios `meet` the target.
+fn line(
+    target: &str,
+    ours: &[f64],
+    theirs: &[f64],
+    meets: impl Fn(f64) -> bool,
+    unit: fn(f64) -> String,
+) -> String {
+    let ratios: Vec<f64> = ours.iter().zip(theirs).map(|(o, t)| o / t).collect();
+    let met = ratios.iter().filter(|ratio| meets(**ratio)).count();
+    format!(
+        "| {target} | {} | {} | {} | {} | {met} of {} |",
+        ratios.len(),
+        spread(ours, unit),
+        spread(theirs, unit),
+        spread(&ratios, |x| format!("{x:.2}×")),
+        ratios.len()
+    )
 }
 
 /// Runs the task.
@@ -295,20 +317,7 @@ pub(crate) fn versus(root: &Path, cargo: &str, args: &[String]) -> Result<(), St
     }
     let peers = build_peers(root, &versus.peers, cargo)?;
     let binaries = if versus.e2e.is_empty() {
-        crate::run(
-            "build e2e_roundtrip",
-            cargo,
-            &[
-                "build",
-                "--release",
-                "-p",
-                "benches",
-                "--bin",
-                "e2e_roundtrip",
-            ],
-            &[],
-        )?;
-        vec![root.join("target/release/e2e_roundtrip")]
+        vec![crate::build_e2e_roundtrip(cargo)?]
     } else {
         versus.e2e.clone()
     };
