@@ -11,8 +11,13 @@
 //! cycle's best peer, and the summary gives the range and median of the ratios and how many
 //! cycles met each of issue 11's targets.
 //!
+//! `--e2e A --e2e B` runs two (or more) builds of `e2e_roundtrip` after the same peer runs
+//! of each cycle, with a summary each: an A/B of a change, with the peers in the same
+//! minutes. `--thousand` adds 1,000 bridges of one device each (K=16, in process) to every
+//! cycle, against the same cycle's one bridge.
+//!
 //! The peers are built from `../shared/peers` (copied into `--peers`, default
-//! `/tmp/bridge-peers`, as `run.sh` does) when their binaries are missing.
+//! `/tmp/bridge-peers`, as `side_by_side.sh` does) when their binaries are missing.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
