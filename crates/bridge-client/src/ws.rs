@@ -662,6 +662,18 @@ mod tests {
         }
     }
 
+    /// Our client end and tungstenite's server end of one in-memory connection of
+    /// `capacity` bytes each way.
+    async fn client_and_server(
+        capacity: usize,
+    ) -> (WsConnection<DuplexStream>, WebSocketStream<DuplexStream>) {
+        let (server, client) = duplex(capacity);
+        (
+            WsConnection::new(client, &[]),
+            WebSocketStream::from_raw_socket(server, Role::Server, None).await,
+        )
+    }
+
     /// Feeds `chunks` (then the end of the stream) through `server` to `reader` and returns
     /// what it read, at most 64 items.
     async fn read_all<R>(chunks: &[Vec<u8>], mut server: DuplexStream, mut reader: R) -> Vec<String>
@@ -827,10 +839,7 @@ mod tests {
             });
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             runtime.block_on(async {
-                let (server, client) = duplex(1 << 20);
-                let mut ours = WsConnection::new(client, &[]);
-                let mut theirs =
-                    WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+                let (mut ours, mut theirs) = client_and_server(1 << 20).await;
                 // Twice, and with a text between: each frame has its own mask and length.
                 ours.start_send_frame(&frame).unwrap();
                 ours.feed(Message::text("between")).await.unwrap();
@@ -847,9 +856,7 @@ mod tests {
 
     #[tokio::test]
     async fn responses_of_every_length_around_the_seven_bit_limit_read_back_as_their_json() {
-        let (server, client) = duplex(1 << 20);
-        let mut ours = WsConnection::new(client, &[]);
-        let mut theirs = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let (mut ours, mut theirs) = client_and_server(1 << 20).await;
         let mut lengths = Vec::new();
         for id_len in 1..=64 {
             let frame = BridgeToServer::BleResponse(bridge_protocol::BleResponse {
@@ -898,10 +905,7 @@ mod tests {
         ) {
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             runtime.block_on(async {
-                let (server, client) = duplex(1 << 20);
-                let mut ours = WsConnection::new(client, &[]);
-                let mut theirs =
-                    WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+                let (mut ours, mut theirs) = client_and_server(1 << 20).await;
                 let mut sent = Vec::new();
                 for text in &texts {
                     sent.push(Message::text(text.clone()));
@@ -997,9 +1001,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_ping_is_answered_with_its_pong_before_the_next_read() {
-        let (server, client) = duplex(1024);
-        let mut ours = WsConnection::new(client, &[]);
-        let mut theirs = WebSocketStream::from_raw_socket(server, Role::Server, None).await;
+        let (mut ours, mut theirs) = client_and_server(1024).await;
         theirs
             .send(Message::Ping(Bytes::from_static(b"are you there")))
             .await
