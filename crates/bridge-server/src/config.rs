@@ -124,6 +124,10 @@ pub struct Cli {
     /// the listen backlog until one closes [default: 10000].
     #[arg(long, env = "BRIDGE_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Requests one HTTP/2 connection may have open at once (its streams); HTTP/2 is
+    /// served to clients that open with its preface (prior knowledge, h2c) [default: 256].
+    #[arg(long, env = "BRIDGE_HTTP2_MAX_STREAMS", value_name = "N")]
+    pub http2_max_streams: Option<u32>,
     /// Seconds from SIGTERM or SIGINT until the process exits, whatever its clients do: the
     /// connections still open then are dropped [default: 10].
     #[arg(long, env = "BRIDGE_SHUTDOWN_TIMEOUT_SECS", value_name = "SECONDS")]
@@ -174,6 +178,7 @@ struct FileConfig {
     node_id: Option<String>,
     header_read_timeout_secs: Option<u64>,
     max_connections: Option<usize>,
+    http2_max_streams: Option<u32>,
     shutdown_timeout_secs: Option<u64>,
     cluster: Option<String>,
     cluster_prefix: Option<String>,
@@ -303,6 +308,11 @@ pub struct ServerConfig {
     /// Connections served at once, HTTP and WebSocket (default 10,000). Beyond it the server
     /// stops accepting: new connections wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// Requests one HTTP/2 connection may have open at once, its concurrent streams
+    /// (default 256): HTTP/2 is served to a client that opens with its preface (prior
+    /// knowledge, "h2c"); one more stream is refused (`REFUSED_STREAM`, which clients
+    /// retry). With [`ServerConfig::max_connections`] it bounds the requests in flight.
+    pub http2_max_streams: u32,
     /// Seconds [`Server::serve`](crate::Server::serve) takes at most to shut down once told
     /// to (default 10, PROTOCOL.md 2): connections still open then are dropped.
     pub shutdown_timeout_secs: u64,
@@ -346,6 +356,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("node_id", &self.node_id)
             .field("header_read_timeout_secs", &self.header_read_timeout_secs)
             .field("max_connections", &self.max_connections)
+            .field("http2_max_streams", &self.http2_max_streams)
             .field("shutdown_timeout_secs", &self.shutdown_timeout_secs)
             .field("cluster", &self.cluster.as_deref().map(redacted))
             .field("cluster_prefix", &self.cluster_prefix)
@@ -380,6 +391,7 @@ impl Default for ServerConfig {
             node_id: None,
             header_read_timeout_secs: 10,
             max_connections: 10_000,
+            http2_max_streams: 256,
             shutdown_timeout_secs: 10,
             cluster: None,
             cluster_prefix: "bridge".into(),
@@ -537,6 +549,10 @@ impl ServerConfig {
                 .max_connections
                 .or(file.max_connections)
                 .unwrap_or(d.max_connections),
+            http2_max_streams: cli
+                .http2_max_streams
+                .or(file.http2_max_streams)
+                .unwrap_or(d.http2_max_streams),
             shutdown_timeout_secs: cli
                 .shutdown_timeout_secs
                 .or(file.shutdown_timeout_secs)
@@ -613,6 +629,10 @@ impl ServerConfig {
                 usize::try_from(self.header_read_timeout_secs).unwrap_or(usize::MAX),
             ),
             ("max_connections", self.max_connections),
+            (
+                "http2_max_streams",
+                usize::try_from(self.http2_max_streams).unwrap_or(usize::MAX),
+            ),
             (
                 "shutdown_timeout_secs",
                 usize::try_from(self.shutdown_timeout_secs).unwrap_or(usize::MAX),

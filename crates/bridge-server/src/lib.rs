@@ -185,6 +185,7 @@ mod metrics;
 mod mqtt;
 pub mod openapi;
 mod outlet;
+mod preface;
 mod retention;
 mod routes;
 mod server;

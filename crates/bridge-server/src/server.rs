@@ -16,7 +16,7 @@ use bridge_session::{SessionConfig, SessionManager};
 use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use futures_util::task::AtomicWaker;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::num::NonZeroUsize;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -30,6 +30,7 @@ use crate::frames::{self, FrameHandler};
 use crate::hooks::{DEFAULT_HOOK_QUEUE, HookQueue, Hooks};
 use crate::metrics::Metrics;
 use crate::outlet::HubOutlet;
+use crate::preface;
 use crate::routes::{ApiService, Remembered, Routing};
 use crate::stream::LiveStream;
 use crate::transport::HubTransport;
@@ -501,9 +502,13 @@ impl Server {
     /// connections, drops whatever is still open at the deadline (a half-sent request, a
     /// slow client), and ends what is still pending in the session manager.
     ///
-    /// Each connection is served by hyper's HTTP/1 server with upgrades (for `/ws`): one
-    /// that takes longer than [`ServerConfig::header_read_timeout_secs`] to send a request's
-    /// headers, or stays idle that long between requests, is closed. At most
+    /// Each connection is served by hyper: with HTTP/2 when it opens with HTTP/2's preface
+    /// (prior knowledge, "h2c", as `curl --http2-prior-knowledge` or reqwest's
+    /// `http2_prior_knowledge` connect; at most [`ServerConfig::http2_max_streams`]
+    /// requests at once on one connection), otherwise with HTTP/1.1 and its upgrades (for
+    /// `/ws`, which HTTP/2 cannot open: it answers 505 there). One that takes longer than
+    /// [`ServerConfig::header_read_timeout_secs`] to send a request's headers, or stays idle
+    /// that long between requests, is closed (an HTTP/2 connection with a GOAWAY first). At most
     /// [`ServerConfig::max_connections`] are served at once; beyond that the listener is not
     /// accepted from, so new connections wait in the kernel's backlog until one closes.
     ///
@@ -524,7 +529,7 @@ impl Server {
     ) -> Result<(), ServerError> {
         self.check_listener(listener.local_addr()?)?;
         let config = &self.core.config;
-        let header_read_timeout = Duration::from_secs(config.header_read_timeout_secs.max(1));
+        let limits = ConnectionLimits::of(config);
         let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs.max(1));
         let limit = Arc::new(Semaphore::new(config.max_connections.max(1)));
         let service = self.service();
@@ -559,7 +564,7 @@ impl Server {
             connections.spawn(serve_connection(
                 stream,
                 service.clone(),
-                header_read_timeout,
+                limits,
                 closing_rx.clone(),
                 permit,
             ));
@@ -621,40 +626,87 @@ pub(crate) struct ConnectionSlot(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
 /// How long the accept loop pauses after an accept error.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// Serves one TCP connection with HTTP/1 (and its upgrade to a WebSocket) until it ends, or,
-/// once `closing` turns true, until the request it is serving has been answered. `_permit`
-/// is its place under [`ServerConfig::max_connections`], given back when it ends (or when
-/// the WebSocket it was upgraded to ends).
+/// What [`serve_connection`] holds each connection to.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    /// [`ServerConfig::header_read_timeout_secs`].
+    header_read_timeout: Duration,
+    /// [`ServerConfig::http2_max_streams`].
+    http2_max_streams: u32,
+}
+
+impl ConnectionLimits {
+    fn of(config: &ServerConfig) -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(config.header_read_timeout_secs.max(1)),
+            http2_max_streams: config.http2_max_streams.max(1),
+        }
+    }
+}
+
+/// The largest header list (decoded, as RFC 9113 6.5.2 counts it) an HTTP/2 request may
+/// have: 16 KiB, as common proxies allow. A bigger one is refused with 431.
+const HTTP2_MAX_HEADER_LIST: u32 = 16 * 1024;
+
+/// Serves one TCP connection until it ends, or, once `closing` turns true, until the
+/// requests it is serving have been answered: with HTTP/2 when it opens with the HTTP/2
+/// preface (prior knowledge, "h2c": RFC 9113 3.3), otherwise with HTTP/1 (and its upgrade
+/// to a WebSocket). `_permit` is its place under [`ServerConfig::max_connections`], given
+/// back when it ends (or when the WebSocket it was upgraded to ends).
 ///
 /// The header-read timeout is kept here rather than by hyper, which would make a timer of
 /// its own for every request (an allocation, and the runtime's timer wheel twice): one
 /// timer per connection, looked at only when it fires. A connection that is serving no
 /// request (since it was accepted, or since its last answer was written) and has not sent
 /// a whole request head by `header_read_timeout` after that is closed — a silent, idle or
-/// slowloris client, as with hyper's own timeout.
+/// slowloris client, as with hyper's own timeout. An HTTP/2 connection is told so first
+/// (GOAWAY), and dropped if it is still open one more timeout later.
 ///
 /// The timer and the `closing` signal are polled only when one of them woke the task (see
 /// [`SideWake`]), not on each of the connection's two or three wake-ups per request.
 async fn serve_connection<I>(
-    io: I,
+    mut io: I,
     service: ApiService,
-    header_read_timeout: Duration,
+    limits: ConnectionLimits,
     mut closing: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // Idle since now, its accept: the header-read timeout counts from here.
+    let activity = Arc::new(Activity::new());
+    let deadline = Instant::now() + limits.header_read_timeout;
+    let first = tokio::select! {
+        first = tokio::time::timeout_at(deadline, preface::read_first_bytes(&mut io)) => {
+            match first {
+                Ok(Ok(first)) => first,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "HTTP connection failed before its first request");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(
+                        "HTTP connection closed: no request head within the header-read timeout"
+                    );
+                    return;
+                }
+            }
+        }
+        _ = closing.wait_for(|closing| *closing) => return,
+    };
+    let io = TokioIo::new(preface::Replay::new(first.bytes, io));
     // The place is shared with a WebSocket this connection upgrades to, which keeps it
     // for as long as it lives (see `ws.rs`).
     let slot = ConnectionSlot(Arc::new(permit));
-    let activity = Arc::new(Activity::new());
     // What `route` remembers of this connection's earlier requests (it reads the token and
-    // the device before the request's future is made; requests come one at a time).
+    // the device before the request's future is made; it is called for one request at a
+    // time, on HTTP/2 too, from the connection's poll).
     let remembered = std::cell::RefCell::new(Remembered::default());
     let service = hyper::service::service_fn({
         let activity = Arc::clone(&activity);
         move |request: axum::extract::Request<hyper::body::Incoming>| {
-            // From its head to its answer's last byte, the connection is not idle.
+            // From its head to its answer's last byte, the request keeps the connection
+            // from being idle.
             let busy = Busy::start(&activity);
             // The request's body stays hyper's on the command route's fast path, and its
             // answer's bytes are written as they are (not boxed into a `Body`). The
@@ -691,40 +743,110 @@ async fn serve_connection<I>(
             }
         }
     });
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.header_read_timeout(None);
-    // An answer's head and its body are copied into one buffer and written with one
-    // `write`, rather than queued as two buffers for `writev`: the same system calls, and
-    // fewer instructions for the small JSON answers of the API.
-    http.writev(false);
-    // hyper's default is kept (`half_close(false)`): while a request is served, hyper
-    // watches the socket, and a client that goes away mid-request ends the connection at
-    // once, dropping the request's future, so a command still waiting for one of its
-    // device's slots is never sent for a caller that has left, and a `GET /v1/stream`
-    // reader that left is dropped at once, not at its next keep-alive comment.
-    // `half_close(true)` was measured (2026-12-01): about 1,000 instructions fewer per
-    // request under callgrind, but the same system calls per request in real runs (the
-    // watch's read finds the socket's readiness cleared by the short read of the request
-    // and makes no `recvfrom`), so not worth the change of behaviour.
-    http.half_close(false);
-    let connection = http
-        .serve_connection(TokioIo::new(io), service)
-        .with_upgrades();
+    let driven = if first.http2 {
+        // Each request (stream) is answered on a task of its own, so the answers of a
+        // connection's many streams are awaited at once; a stream the client resets, or
+        // whose connection goes, has its request's future dropped (hyper polls for the
+        // reset while the answer is pending), as an HTTP/1 client that goes away has.
+        let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http.max_concurrent_streams(limits.http2_max_streams)
+            .max_header_list_size(HTTP2_MAX_HEADER_LIST)
+            // Idle connections are closed by the header-read timeout, not by pings.
+            .keep_alive_interval(None);
+        let connection = http.serve_connection(io, service);
+        drive(
+            connection,
+            |connection| connection.graceful_shutdown(),
+            Http::Two,
+            &activity,
+            limits.header_read_timeout,
+            deadline,
+            &mut closing,
+        )
+        .await
+    } else {
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.header_read_timeout(None);
+        // An answer's head and its body are copied into one buffer and written with one
+        // `write`, rather than queued as two buffers for `writev`: the same system calls,
+        // and fewer instructions for the small JSON answers of the API.
+        http.writev(false);
+        // hyper's default is kept (`half_close(false)`): while a request is served, hyper
+        // watches the socket, and a client that goes away mid-request ends the connection
+        // at once, dropping the request's future, so a command still waiting for one of
+        // its device's slots is never sent for a caller that has left, and a
+        // `GET /v1/stream` reader that left is dropped at once, not at its next keep-alive
+        // comment. `half_close(true)` was measured (2026-12-01): about 1,000 instructions
+        // fewer per request under callgrind, but the same system calls per request in real
+        // runs (the watch's read finds the socket's readiness cleared by the short read of
+        // the request and makes no `recvfrom`), so not worth the change of behaviour.
+        http.half_close(false);
+        let connection = http.serve_connection(io, service).with_upgrades();
+        drive(
+            connection,
+            |connection| connection.graceful_shutdown(),
+            Http::One,
+            &activity,
+            limits.header_read_timeout,
+            deadline,
+            &mut closing,
+        )
+        .await
+    };
+    match driven {
+        None => {
+            tracing::debug!(
+                "HTTP connection closed: no request head within the header-read timeout"
+            );
+        }
+        Some(Err(error)) => tracing::debug!(%error, "HTTP connection ended with an error"),
+        Some(Ok(())) => {}
+    }
+}
+
+/// Which HTTP a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Http {
+    /// HTTP/1.0 or 1.1.
+    One,
+    /// HTTP/2 with prior knowledge.
+    Two,
+}
+
+/// Polls `connection` (hyper's, of either HTTP) until it ends (`Some`), or until it has been
+/// idle for `header_read_timeout` (`None`): the header-read timer first fires at `deadline`.
+/// Once `closing` turns true, `graceful_shutdown` is called: the connection finishes the
+/// requests it is serving and ends. An idle HTTP/2 connection is also shut down gracefully
+/// (GOAWAY) at its timeout, and dropped at the next one.
+async fn drive<C>(
+    connection: C,
+    graceful_shutdown: impl Fn(std::pin::Pin<&mut C>),
+    http: Http,
+    activity: &Activity,
+    header_read_timeout: Duration,
+    deadline: Instant,
+    closing: &mut watch::Receiver<bool>,
+) -> Option<Result<(), hyper::Error>>
+where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
     let mut connection = std::pin::pin!(connection);
-    let timer = tokio::time::sleep(header_read_timeout);
+    let timer = tokio::time::sleep_until(deadline);
     let mut timer = std::pin::pin!(timer);
     let closed = closing.wait_for(|closing| *closing);
     let mut closed = std::pin::pin!(closed);
     let mut draining = false;
     let side = Arc::new(SideWake::new());
     let side_waker = std::task::Waker::from(Arc::clone(&side));
-    let inline = Arc::new(InlineWake::new(Arc::clone(&side)));
+    // Only HTTP/1 reads a request's body on the connection's own task: HTTP/2 reads it on
+    // the stream's, and its wake-ups of the connection (flow control) must all go through.
+    let inline = Arc::new(InlineWake::new(Arc::clone(&side), http == Http::One));
     let connection_waker = std::task::Waker::from(Arc::clone(&inline));
-    let finished = std::future::poll_fn(|cx| {
+    std::future::poll_fn(|cx| {
         // Before the flags are read: a wake-up of the timer, of `closing` or of the
         // connection from now on wakes this task (if it came before, a flag shows it).
         side.task.register(cx.waker());
-        loop {
+        'poll: loop {
             let polled = inline.poll_connection(cx.waker(), || {
                 connection
                     .as_mut()
@@ -740,29 +862,30 @@ async fn serve_connection<I>(
             // The timer first: it may fire while a closing connection finishes its request.
             while timer.as_mut().poll(&mut side_cx).is_ready() {
                 if activity.timed_out(header_read_timeout, timer.as_mut()) {
-                    return Poll::Ready(None);
+                    if http == Http::One || draining {
+                        return Poll::Ready(None);
+                    }
+                    // An idle HTTP/2 connection is told to go; the timer, set again, drops
+                    // it if it is still there a timeout later.
+                    draining = true;
+                    graceful_shutdown(connection.as_mut());
+                    timer
+                        .as_mut()
+                        .reset(Instant::now() + header_read_timeout);
+                    continue 'poll;
                 }
             }
             if !draining && closed.as_mut().poll(&mut side_cx).is_ready() {
-                // HTTP connections finish the request they serve and close; idle ones close
-                // now. The connection is polled again, as it may end at once.
+                // HTTP connections finish the requests they serve and close; idle ones
+                // close now. The connection is polled again, as it may end at once.
                 draining = true;
-                connection.as_mut().graceful_shutdown();
+                graceful_shutdown(connection.as_mut());
                 continue;
             }
             return Poll::Pending;
         }
     })
-    .await;
-    match finished {
-        None => {
-            tracing::debug!(
-                "HTTP connection closed: no request head within the header-read timeout"
-            );
-        }
-        Some(Err(error)) => tracing::debug!(%error, "HTTP connection ended with an error"),
-        Some(Ok(())) => {}
-    }
+    .await
 }
 
 /// The waker [`serve_connection`] polls its header-read timer and its `closing` signal
@@ -815,6 +938,8 @@ struct InlineWake {
     state: std::sync::atomic::AtomicU8,
     /// Holds the connection's task (registered on each of the task's polls).
     side: Arc<SideWake>,
+    /// Whether [`poll_body_frame`] may hold this connection's wake-up.
+    hold_body_wakes: bool,
 }
 
 /// What [`InlineWake::poll`] saw.
@@ -832,10 +957,13 @@ impl InlineWake {
     /// The connection was woken while it was being polled.
     const WOKEN: u8 = 2;
 
-    fn new(side: Arc<SideWake>) -> Self {
+    /// `hold_body_wakes`: whether [`poll_body_frame`] may hold this connection's wake-up
+    /// (HTTP/1, whose request bodies are read on the connection's own task).
+    fn new(side: Arc<SideWake>, hold_body_wakes: bool) -> Self {
         Self {
             state: std::sync::atomic::AtomicU8::new(0),
             side,
+            hold_body_wakes,
         }
     }
 
@@ -889,7 +1017,7 @@ impl std::task::Wake for InlineWake {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if BodyPoll::hold(self) {
+        if self.hold_body_wakes && BodyPoll::hold(self) {
             return;
         }
         let state = self.state.fetch_or(Self::WOKEN, Ordering::AcqRel);
@@ -981,8 +1109,8 @@ pub(crate) fn poll_body_frame<B: hyper::body::Body>(
 /// Whether an HTTP connection is serving a request, and since when it has not been: what
 /// its header-read timeout is measured from ([`serve_connection`]).
 struct Activity {
-    /// Requests being served (one at a time on HTTP/1), and when the last one ended (or
-    /// when the connection was accepted).
+    /// Requests being served (one at a time on HTTP/1, one per open stream on HTTP/2), and
+    /// when the last one ended (or when the connection was accepted).
     state: parking_lot::Mutex<(usize, Instant)>,
 }
 
@@ -1145,7 +1273,10 @@ mod tests {
         let task = tokio::spawn(serve_connection(
             served,
             server.service(),
-            TIMEOUT,
+            ConnectionLimits {
+                header_read_timeout: TIMEOUT,
+                http2_max_streams: 256,
+            },
             closing_rx,
             permit,
         ));
@@ -1258,7 +1389,7 @@ mod tests {
         let side = Arc::new(SideWake::new());
         side.task
             .register(&std::task::Waker::from(Arc::clone(&count)));
-        let inline = Arc::new(InlineWake::new(side));
+        let inline = Arc::new(InlineWake::new(side, true));
         let waker = std::task::Waker::from(Arc::clone(&inline));
         (inline, waker, count)
     }
@@ -1421,7 +1552,7 @@ mod tests {
     async fn a_connection_that_keeps_waking_itself_is_polled_until_it_ends() {
         // More self wake-ups than the inline polls allow in a row: the task's own turns
         // take over, and no wake-up is lost.
-        let inline = Arc::new(InlineWake::new(Arc::new(SideWake::new())));
+        let inline = Arc::new(InlineWake::new(Arc::new(SideWake::new()), true));
         let waker = std::task::Waker::from(Arc::clone(&inline));
         let mut connection = std::pin::pin!(SelfWaking {
             polls: 0,
@@ -1571,5 +1702,190 @@ mod tests {
             String::from_utf8_lossy(&received)
         );
         task.await.unwrap();
+    }
+
+    /// An HTTP/2 frame's head (RFC 9113 4.1): its type, flags and stream, and its payload.
+    #[derive(Debug)]
+    struct Frame {
+        kind: u8,
+        stream: u32,
+        payload: Vec<u8>,
+    }
+
+    /// HTTP/2 frame types (RFC 9113 6).
+    const SETTINGS: u8 = 0x4;
+    const PING: u8 = 0x6;
+    const GOAWAY: u8 = 0x7;
+
+    /// The client preface and an empty SETTINGS frame: an HTTP/2 connection that asks for
+    /// nothing.
+    fn http2_hello() -> Vec<u8> {
+        let mut hello = preface::HTTP2_PREFACE.to_vec();
+        hello.extend_from_slice(&[0, 0, 0, SETTINGS, 0, 0, 0, 0, 0]);
+        hello
+    }
+
+    /// The next whole frame, or `None` at the end of the stream.
+    async fn next_frame(client: &mut DuplexStream) -> Option<Frame> {
+        let mut head = [0u8; 9];
+        client.read_exact(&mut head).await.ok()?;
+        let length = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let mut payload = vec![0; length];
+        client.read_exact(&mut payload).await.ok()?;
+        Some(Frame {
+            kind: head[3],
+            stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+            payload,
+        })
+    }
+
+    /// HTTP/2's graceful close, as the client sees it (RFC 9113 6.8): a GOAWAY that lets
+    /// every stream in, a PING, which the client answers, then the GOAWAY naming the last
+    /// stream the server took (none here), and the end of the connection.
+    async fn told_to_go(client: &mut DuplexStream) {
+        let first = frame_of(client, GOAWAY).await;
+        assert_eq!(first.payload[..8], [0x7f, 0xff, 0xff, 0xff, 0, 0, 0, 0]);
+        let ping = frame_of(client, PING).await;
+        let mut ack = vec![0, 0, 8, PING, 0x1, 0, 0, 0, 0];
+        ack.extend_from_slice(&ping.payload);
+        client.write_all(&ack).await.unwrap();
+        let last = frame_of(client, GOAWAY).await;
+        // Last stream 0, NO_ERROR.
+        assert_eq!(last.payload[..8], [0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(until_closed(client).await.is_empty());
+    }
+
+    /// Reads frames until one of `kind`.
+    async fn frame_of(client: &mut DuplexStream, kind: u8) -> Frame {
+        loop {
+            let frame = next_frame(client).await.expect("closed before the frame");
+            if frame.kind == kind {
+                return frame;
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_is_told_its_limits_in_the_servers_settings() {
+        let (mut client, _closing, _task) = connection().await;
+        client.write_all(&http2_hello()).await.unwrap();
+        let settings = frame_of(&mut client, SETTINGS).await;
+        assert_eq!(settings.stream, 0);
+        let values: Vec<(u16, u32)> = settings
+            .payload
+            .chunks_exact(6)
+            .map(|s| {
+                (
+                    u16::from_be_bytes([s[0], s[1]]),
+                    u32::from_be_bytes([s[2], s[3], s[4], s[5]]),
+                )
+            })
+            .collect();
+        // SETTINGS_MAX_CONCURRENT_STREAMS and SETTINGS_MAX_HEADER_LIST_SIZE.
+        assert!(values.contains(&(0x3, 256)), "{values:?}");
+        assert!(values.contains(&(0x6, HTTP2_MAX_HEADER_LIST)), "{values:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http2_connection_gets_a_goaway_at_the_header_read_timeout_then_closes() {
+        let (mut client, _closing, task) = connection().await;
+        let start = Instant::now();
+        client.write_all(&http2_hello()).await.unwrap();
+        told_to_go(&mut client).await;
+        assert_eq!(start.elapsed(), TIMEOUT);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_that_cannot_be_told_to_go_is_dropped_a_timeout_later() {
+        let (client, _closing, task) = connection().await;
+        // The client sends PINGs and reads nothing: the server's PING answers fill the
+        // pipe, so its GOAWAY can never be written, and the second timeout drops it.
+        let (_reading, mut writing) = tokio::io::split(client);
+        let start = Instant::now();
+        tokio::spawn(async move {
+            writing.write_all(&http2_hello()).await.unwrap();
+            let ping = [0, 0, 8, PING, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8];
+            // Until the server stops reading (its answers are not read): an error ends it.
+            while writing.write_all(&ping).await.is_ok() {}
+        });
+        tokio::time::timeout(Duration::from_hours(1), task)
+            .await
+            .expect("the connection was never dropped")
+            .unwrap();
+        assert_eq!(start.elapsed(), 2 * TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_sends_an_idle_http2_connection_a_goaway_at_once() {
+        let (mut client, closing, task) = connection().await;
+        client.write_all(&http2_hello()).await.unwrap();
+        frame_of(&mut client, SETTINGS).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let start = Instant::now();
+        closing.send(true).unwrap();
+        told_to_go(&mut client).await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_before_the_first_byte_ends_the_connection_at_once() {
+        let (mut client, closing, task) = connection().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let start = Instant::now();
+        closing.send(true).unwrap();
+        assert!(until_closed(&mut client).await.is_empty());
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_a_preface_is_closed_at_the_header_read_timeout_counted_from_the_accept() {
+        let (mut client, _closing, task) = connection().await;
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        client
+            .write_all(&preface::HTTP2_PREFACE[..10])
+            .await
+            .unwrap();
+        assert!(until_closed(&mut client).await.is_empty());
+        assert_eq!(start.elapsed(), TIMEOUT);
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_answers_its_requests_at_once_and_refuses_a_websocket() {
+        let (client, _closing, _task) = connection().await;
+        let (mut sender, driver) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            TokioIo::new(client),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(driver);
+        let request = |path: &str| {
+            axum::http::Request::builder()
+                .uri(format!("http://localhost{path}"))
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        // Many requests in flight on the one connection.
+        let answers = futures_util::future::join_all(
+            (0..20).map(|_| sender.send_request(request("/healthz"))),
+        )
+        .await;
+        for answer in answers {
+            let answer = answer.unwrap();
+            assert_eq!(answer.status(), 200);
+            assert_eq!(answer.version(), axum::http::Version::HTTP_2);
+        }
+        let refused = sender.send_request(request("/ws?userId=u")).await.unwrap();
+        assert_eq!(refused.status(), 505);
+        let body = axum::body::to_bytes(axum::body::Body::new(refused.into_body()), 4096)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "invalid_request", "{body}");
     }
 }

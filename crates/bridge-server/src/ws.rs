@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use bridge_hub::{ConnectionInfo, DeviceAccess, ServerWebSocket, UserId};
 use bridge_protocol::{ErrorCode, Role};
@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::auth::{AuthError, DeviceGrant, UpgradeRequest, WsIdentity};
 use crate::error::ApiError;
+use crate::preface::Replay;
 use crate::server::Core;
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -48,6 +49,16 @@ pub(crate) async fn upgrade(State(core): State<Arc<Core>>, mut request: Request)
     if !core.local.is_accepting() {
         return ApiError::new(ErrorCode::Unavailable, "the server is shutting down")
             .into_response();
+    }
+    if request.version() >= Version::HTTP_2 {
+        // No extended CONNECT (RFC 8441) is offered, so no client should try; one that
+        // does is told what to do.
+        return ApiError::new(
+            ErrorCode::InvalidRequest,
+            "a WebSocket is opened over HTTP/1.1: connect to /ws without HTTP/2",
+        )
+        .with_status(StatusCode::HTTP_VERSION_NOT_SUPPORTED)
+        .into_response();
     }
     let query = match upgrade_query(request.uri()) {
         Ok(query) => query,
@@ -134,16 +145,21 @@ pub(crate) async fn upgrade(State(core): State<Arc<Core>>, mut request: Request)
             match on_upgrade.await {
                 Ok(upgraded) => {
                     // A TCP connection (what `Server::serve` accepts) is served without
-                    // hyper's upgrade wrappers, with the bytes hyper read past the request;
-                    // any other transport through them.
-                    let reason = match upgraded.downcast::<TokioIo<TcpStream>>() {
+                    // hyper's upgrade wrappers, with the bytes hyper read past the request
+                    // (after any the server read first and hyper has not taken: none, as
+                    // hyper reads a request's head whole); any other transport through
+                    // them.
+                    let reason = match upgraded.downcast::<TokioIo<Replay<TcpStream>>>() {
                         Ok(parts) => {
-                            let tcp = parts.io.into_inner();
-                            let socket = ServerWebSocket::from_partially_read(
-                                tcp,
-                                &parts.read_buf,
-                                &ws_config,
-                            );
+                            let (tcp, mut unread) = parts.io.into_inner().into_parts();
+                            let read = if unread.is_empty() {
+                                &parts.read_buf[..]
+                            } else {
+                                unread.extend_from_slice(&parts.read_buf);
+                                &unread[..]
+                            };
+                            let socket =
+                                ServerWebSocket::from_partially_read(tcp, read, &ws_config);
                             hub.serve(socket, info).await
                         }
                         Err(upgraded) => {
