@@ -6,7 +6,7 @@
 //! apart, ours and the peers' alike, more than most differences being measured; one round of
 //! `side_by_side.sh` puts minutes between a peer's run and ours. Here every cycle runs, for
 //! each K, the naive tokio-tungstenite peer, the socketioxide peer and `e2e_roundtrip`
-//! (in process, then over HTTP) back to back for a few seconds each, with the servers pinned
+//! (in process, then over HTTP/1.1 and over HTTP/2) back to back for a few seconds each, with the servers pinned
 //! to CPU 0 and the clients to CPU 1 as `run.sh` pins them; each cycle's ratios use that
 //! cycle's best peer, and the summary gives the range and median of the ratios and how many
 //! cycles met each of issue 11's targets.
@@ -146,7 +146,7 @@ fn project_row(line: &str) -> Option<(String, u32, u32, Figures)> {
     else {
         return None;
     };
-    if *driver != "inproc" && *driver != "http" || *failures != "0" {
+    if !["inproc", "http", "http2"].contains(driver) || *failures != "0" {
         return None;
     }
     Some((
@@ -169,6 +169,8 @@ struct Cycle {
     sio: Option<Figures>,
     inproc: Option<Figures>,
     http: Option<Figures>,
+    /// Over HTTP/2: one connection, K streams.
+    http2: Option<Figures>,
 }
 
 impl Cycle {
@@ -257,6 +259,12 @@ fn summary(ks: &[u32], cycles: &[Vec<Cycle>], thousand: &[(f64, f64)]) -> Vec<St
                 (
                     "HTTP: ≥ 0.6× the best peer (per server core, /s)",
                     |c| c.http,
+                    |f| f.rate,
+                    0.6,
+                ),
+                (
+                    "HTTP/2, one connection: ≥ 0.6× the best peer (per server core, /s)",
+                    |c| c.http2,
                     |f| f.rate,
                     0.6,
                 ),
@@ -352,6 +360,9 @@ pub(crate) fn versus(root: &Path, cargo: &str, args: &[String]) -> Result<(), St
                     http: (k > 1)
                         .then(|| project(e2e, "http", 1, k, versus.secs))
                         .flatten(),
+                    http2: (k > 1)
+                        .then(|| project(e2e, "http2", 1, k, versus.secs))
+                        .flatten(),
                 };
                 print_cycle(&label(&binaries, index), k, &figures);
                 of_cycle[index].push(figures);
@@ -416,6 +427,7 @@ fn print_cycle(label: &str, k: u32, cycle: &Cycle) {
     ];
     if k > 1 {
         parts.push(show("http", cycle.http));
+        parts.push(show("http2", cycle.http2));
     }
     println!("  {label}K={k}: {}", parts.join(" | "));
 }
@@ -661,6 +673,9 @@ mod tests {
         let row = "| http   | ws   |     1 |  16 |     56531 |    267.6 |    516.1 |  17.15 |     58294 |   97% |   85% |   0 | 1.59 1.45 0.78 |";
         let (driver, bridges, k, figures) = project_row(row).unwrap();
         assert_eq!((driver.as_str(), bridges, k), ("http", 1, 16));
+        let (driver, ..) = project_row(&row.replace("| http   |", "| http2  |")).unwrap();
+        assert_eq!(driver, "http2");
+        assert_eq!(project_row(&row.replace("| http   |", "| grpc   |")), None);
         assert_eq!(
             figures,
             Figures {
@@ -707,6 +722,7 @@ mod tests {
             sio: figures(peer / 2.0, 50.0, 100.0),
             inproc: figures(ours, 55.0, 95.0),
             http: figures(http, 0.0, 0.0),
+            http2: figures(http * 2.0, 0.0, 0.0),
         };
         // Cycle 1: 1.6× and 0.65×; cycle 2: 1.4× and 0.55× (a slower peer does not lift
         // cycle 1's ratio in cycle 2).
@@ -718,9 +734,12 @@ mod tests {
         let inproc = lines.iter().find(|l| l.contains("in process")).unwrap();
         assert!(inproc.contains("1.40×–1.60×"), "{inproc}");
         assert!(inproc.ends_with("| 1 of 2 |"), "{inproc}");
-        let http = lines.iter().find(|l| l.contains("HTTP")).unwrap();
+        let http = lines.iter().find(|l| l.contains("HTTP:")).unwrap();
         assert!(http.contains("0.55×–0.65×"), "{http}");
         assert!(http.ends_with("| 1 of 2 |"), "{http}");
+        let http2 = lines.iter().find(|l| l.contains("HTTP/2")).unwrap();
+        assert!(http2.contains("1.10×–1.30×"), "{http2}");
+        assert!(http2.ends_with("| 2 of 2 |"), "{http2}");
         let thousand = lines.iter().find(|l| l.contains("1,000")).unwrap();
         assert!(thousand.contains("2.50×"), "{thousand}");
         assert!(thousand.ends_with("| 0 of 1 |"), "{thousand}");
@@ -733,6 +752,7 @@ mod tests {
             sio: figures(1.0, 50.0, 100.0),
             inproc: figures(1.0, 55.0, 95.0),
             http: None,
+            http2: None,
         }]];
         let lines = summary(&[1], &cycles, &[]);
         let p50 = lines.iter().find(|l| l.contains("p50")).unwrap();

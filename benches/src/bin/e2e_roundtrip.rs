@@ -20,7 +20,7 @@
 //!   report `received`, `connected` and `written` for every write, three more frames per
 //!   command.
 //!
-//! Two drivers, each keeping K commands in flight (K tasks, each sending its next command
+//! Three drivers, each keeping K commands in flight (K tasks, each sending its next command
 //! as soon as the previous one is answered; commands go round-robin over the devices):
 //!
 //! * **in-process**: in the server process, through [`Server::service`] (what
@@ -35,6 +35,8 @@
 //! * **http**: in the load process, a minimal HTTP/1.1 keep-alive client (K connections,
 //!   prebuilt requests; `E2E_HTTP_CLIENT=reqwest` for `reqwest` with a pool), POSTing
 //!   `{"payload":"03"}` (the lock's `status`) to `/v1/devices/{id}/commands`.
+//! * **http2**: the same requests over HTTP/2 with prior knowledge, from hyper's HTTP/2
+//!   client: one connection, each command a stream of it (K streams open at once).
 //!
 //! Each scenario warms up (1 s), then measures for a fixed duration (default 4 s): commands
 //! answered 200, their latency (a sorted `Vec` of nanoseconds: p50, p99), and the server
@@ -53,7 +55,7 @@
 //! names (not pinned).
 //!
 //! Run: `cargo build --release -p benches --bin e2e_roundtrip && target/release/e2e_roundtrip`
-//! (`--secs N` per scenario, `--only inproc|http`, `--phones ws,mqtt`, `--bridges 1,1000`, `--k 1,16,256`,
+//! (`--secs N` per scenario, `--only inproc|http|http2`, `--phones ws,mqtt`, `--bridges 1,1000`, `--k 1,16,256`,
 //! `--no-pin`; `E2E_SERVER_RUNTIME=current` runs the server on a current-thread runtime
 //! instead of Tokio's default). It prints a Markdown table; see `BENCHMARKS.md`, "End to
 //! end (issue 6)". The machine is expected to have at least two cores (CPUs 0 and 1).
@@ -137,8 +139,10 @@ fn main() -> Result<(), BoxError> {
 enum Driver {
     /// In the server process, through the router as a tower service.
     InProcess,
-    /// Over HTTP from the load process.
+    /// Over HTTP/1.1 from the load process.
     Http,
+    /// Over HTTP/2 (prior knowledge) from the load process: one connection, K streams.
+    Http2,
 }
 
 impl Driver {
@@ -146,6 +150,7 @@ impl Driver {
         match self {
             Self::InProcess => "inproc",
             Self::Http => "http",
+            Self::Http2 => "http2",
         }
     }
 
@@ -153,6 +158,7 @@ impl Driver {
         match s {
             "inproc" => Ok(Self::InProcess),
             "http" => Ok(Self::Http),
+            "http2" => Ok(Self::Http2),
             other => Err(format!("unknown driver `{other}`").into()),
         }
     }
@@ -779,7 +785,7 @@ fn run_load_child(scenario: &Scenario, port: u16, server_pid: u32) -> Result<(),
         }
         println!("READY");
         std::io::stdout().flush()?;
-        if scenario.driver == Driver::Http {
+        if matches!(scenario.driver, Driver::Http | Driver::Http2) {
             let mut measured = http(scenario, port, server_pid).await?;
             println!("{}", measured.result_line());
             std::io::stdout().flush()?;
@@ -797,6 +803,7 @@ fn run_load_child(scenario: &Scenario, port: u16, server_pid: u32) -> Result<(),
 #[derive(Clone)]
 enum HttpClient {
     Raw(Arc<RawHttp>),
+    Http2(Arc<Http2>),
     Reqwest {
         client: reqwest::Client,
         authorization: Arc<str>,
@@ -805,8 +812,13 @@ enum HttpClient {
 }
 
 impl HttpClient {
-    fn new(scenario: Scenario, port: u16) -> Result<Self, BoxError> {
+    async fn new(scenario: Scenario, port: u16) -> Result<Self, BoxError> {
         let authorization = format!("Bearer {}", token("backend", Role::Service, None));
+        if scenario.driver == Driver::Http2 {
+            return Ok(Self::Http2(Arc::new(
+                Http2::connect(scenario, port, &authorization).await?,
+            )));
+        }
         if std::env::var("E2E_HTTP_CLIENT").is_ok_and(|v| v == "reqwest") {
             return Ok(Self::Reqwest {
                 client: reqwest::Client::builder()
@@ -843,6 +855,7 @@ impl HttpClient {
     async fn post(&self, i: usize) -> bool {
         match self {
             Self::Raw(raw) => raw.post(i).await,
+            Self::Http2(http2) => http2.post(i).await,
             Self::Reqwest {
                 client,
                 authorization,
@@ -899,6 +912,59 @@ impl RawHttp {
     }
 }
 
+/// An HTTP/2 client with prior knowledge (hyper's): one connection, each command a stream
+/// of it, so the K commands in flight share its reads and writes.
+struct Http2 {
+    sender: hyper::client::conn::http2::SendRequest<Body>,
+    /// Per device: its command URI.
+    uris: Vec<Uri>,
+    authorization: HeaderValue,
+}
+
+impl Http2 {
+    async fn connect(scenario: Scenario, port: u16, authorization: &str) -> Result<Self, BoxError> {
+        let stream =
+            tokio::net::TcpStream::connect(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(hyper_util::rt::TokioIo::new(stream))
+                .await?;
+        tokio::spawn(connection);
+        let uris = (0..scenario.bridges)
+            .map(|i| format!("http://127.0.0.1:{port}/v1/devices/lock-{i}/commands").parse())
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            sender,
+            uris,
+            authorization: HeaderValue::from_str(authorization)?,
+        })
+    }
+
+    async fn post(&self, i: usize) -> bool {
+        let mut request = Request::new(Body::from(BODY));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.uris[i].clone();
+        let headers = request.headers_mut();
+        headers.insert(header::AUTHORIZATION, self.authorization.clone());
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let mut sender = self.sender.clone();
+        if sender.ready().await.is_err() {
+            return false;
+        }
+        let Ok(response) = sender.send_request(request).await else {
+            return false;
+        };
+        let ok = response.status() == StatusCode::OK;
+        ok && axum::body::to_bytes(Body::new(response.into_body()), 64 * 1024)
+            .await
+            .is_ok()
+    }
+}
+
 /// One keep-alive connection of [`RawHttp`].
 struct RawConnection {
     stream: tokio::net::TcpStream,
@@ -943,7 +1009,7 @@ impl RawConnection {
 /// The HTTP driver, in the load process (see [`HttpClient`]).
 async fn http(scenario: Scenario, port: u16, server_pid: u32) -> Result<Measured, BoxError> {
     let devices = scenario.bridges;
-    let client = HttpClient::new(scenario, port)?;
+    let client = HttpClient::new(scenario, port).await?;
     // Wait until the server sees every device: a 200 from each.
     let deadline = Instant::now() + Duration::from_secs(30);
     for i in 0..devices {
@@ -1113,7 +1179,7 @@ fn run_scenario(scenario: Scenario, pin: bool) -> Result<Row, BoxError> {
     stdin.flush()?;
     let line = match scenario.driver {
         Driver::InProcess => server.expect_line("RESULT")?,
-        Driver::Http => load.expect_line("RESULT")?,
+        Driver::Http | Driver::Http2 => load.expect_line("RESULT")?,
     };
     let row = parse_result(scenario, &line);
     load.finish(load_grace);
@@ -1167,7 +1233,7 @@ fn orchestrate(args: &[String]) -> Result<(), BoxError> {
     let pin = !args.iter().any(|a| a == "--no-pin");
     let drivers: Vec<Driver> = match value("--only") {
         Some(d) => vec![Driver::parse(d)?],
-        None => vec![Driver::InProcess, Driver::Http],
+        None => vec![Driver::InProcess, Driver::Http, Driver::Http2],
     };
     let phones: Vec<Phones> = match value("--phones") {
         Some(p) => p.split(',').map(Phones::parse).collect::<Result<_, _>>()?,

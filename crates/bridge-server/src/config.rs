@@ -1038,6 +1038,27 @@ mod tests {
     }
 
     #[test]
+    fn an_http2_connection_has_256_streams_at_once_unless_set_and_never_none() {
+        assert_eq!(parse(&[]).expect("defaults").http2_max_streams, 256);
+        let config = parse(&["--http2-max-streams", "32"]).expect("valid");
+        assert_eq!(config.http2_max_streams, 32);
+        let dir = std::env::temp_dir().join(format!("bridge-config-h2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bridge.toml");
+        std::fs::write(&file, "http2_max_streams = 8\n").unwrap();
+        let config = parse(&["--config", file.to_str().unwrap()]).expect("valid");
+        assert_eq!(config.http2_max_streams, 8);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(
+            parse(&["--http2-max-streams", "0"]),
+            Err(ConfigError::Invalid {
+                name: "http2_max_streams",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn a_jwt_secret_shorter_than_32_bytes_is_refused_at_start() {
         assert_eq!(LONG_SECRET.len(), 32);
         assert!(parse(&["--jwt-secret", LONG_SECRET]).is_ok());

@@ -162,7 +162,15 @@ mod tests {
 
     #[tokio::test]
     async fn the_http2_preface_is_told_once_whole_even_when_it_comes_in_pieces() {
-        let first = first_bytes(&[&HTTP2_PREFACE[..3], &HTTP2_PREFACE[3..20], &HTTP2_PREFACE[20..]], false).await;
+        let first = first_bytes(
+            &[
+                &HTTP2_PREFACE[..3],
+                &HTTP2_PREFACE[3..20],
+                &HTTP2_PREFACE[20..],
+            ],
+            false,
+        )
+        .await;
         assert!(first.http2);
         assert_eq!(first.bytes, HTTP2_PREFACE);
     }

@@ -756,7 +756,7 @@ async fn serve_connection<I>(
         let connection = http.serve_connection(io, service);
         drive(
             connection,
-            |connection| connection.graceful_shutdown(),
+            hyper::server::conn::http2::Connection::graceful_shutdown,
             Http::Two,
             &activity,
             limits.header_read_timeout,
@@ -784,7 +784,7 @@ async fn serve_connection<I>(
         let connection = http.serve_connection(io, service).with_upgrades();
         drive(
             connection,
-            |connection| connection.graceful_shutdown(),
+            hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown,
             Http::One,
             &activity,
             limits.header_read_timeout,
@@ -869,9 +869,7 @@ where
                     // it if it is still there a timeout later.
                     draining = true;
                     graceful_shutdown(connection.as_mut());
-                    timer
-                        .as_mut()
-                        .reset(Instant::now() + header_read_timeout);
+                    timer.as_mut().reset(Instant::now() + header_read_timeout);
                     continue 'poll;
                 }
             }
@@ -1857,12 +1855,10 @@ mod tests {
     #[tokio::test]
     async fn an_http2_connection_answers_its_requests_at_once_and_refuses_a_websocket() {
         let (client, _closing, _task) = connection().await;
-        let (mut sender, driver) = hyper::client::conn::http2::handshake(
-            TokioExecutor::new(),
-            TokioIo::new(client),
-        )
-        .await
-        .unwrap();
+        let (mut sender, driver) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .unwrap();
         tokio::spawn(driver);
         let request = |path: &str| {
             axum::http::Request::builder()

@@ -14,6 +14,7 @@ mod hooks;
 mod hops;
 mod hostile;
 mod http;
+mod http2;
 mod mqtt;
 mod openapi;
 mod paused;
