@@ -51,6 +51,15 @@ pub(crate) async fn read_first_bytes<I: AsyncRead + Unpin>(io: &mut I) -> io::Re
     }
 }
 
+/// What hyper serves a connection over: `io` with its first bytes replayed. `ws.rs` looks
+/// for this type (with a [`tokio::net::TcpStream`]) behind an upgraded connection.
+pub(crate) type ServedIo<I> = hyper_util::rt::TokioIo<Replay<I>>;
+
+/// `io`, whose first bytes, `first`, have been read from it, as hyper serves it.
+pub(crate) fn served_io<I>(first: Vec<u8>, io: I) -> ServedIo<I> {
+    hyper_util::rt::TokioIo::new(Replay::new(first, io))
+}
+
 /// `io` with `first` read from it already: reads give `first` before anything else;
 /// writes go straight to `io`. Once `first` is read its buffer is freed, so a connection
 /// that lives long (an idle keep-alive, a WebSocket) does not keep it.

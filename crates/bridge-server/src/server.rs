@@ -16,7 +16,7 @@ use bridge_session::{SessionConfig, SessionManager};
 use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use futures_util::task::AtomicWaker;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use std::num::NonZeroUsize;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -694,7 +694,7 @@ async fn serve_connection<I>(
         }
         _ = closing.wait_for(|closing| *closing) => return,
     };
-    let io = TokioIo::new(preface::Replay::new(first.bytes, io));
+    let io = preface::served_io(first.bytes, io);
     // The place is shared with a WebSocket this connection upgrades to, which keeps it
     // for as long as it lives (see `ws.rs`).
     let slot = ConnectionSlot(Arc::new(permit));
@@ -1855,10 +1855,12 @@ mod tests {
     #[tokio::test]
     async fn an_http2_connection_answers_its_requests_at_once_and_refuses_a_websocket() {
         let (client, _closing, _task) = connection().await;
-        let (mut sender, driver) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
-                .await
-                .unwrap();
+        let (mut sender, driver) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(client),
+        )
+        .await
+        .unwrap();
         tokio::spawn(driver);
         let request = |path: &str| {
             axum::http::Request::builder()

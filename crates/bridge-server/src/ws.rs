@@ -25,7 +25,7 @@ use tracing::Instrument;
 
 use crate::auth::{AuthError, DeviceGrant, UpgradeRequest, WsIdentity};
 use crate::error::ApiError;
-use crate::preface::Replay;
+use crate::preface::ServedIo;
 use crate::server::Core;
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -149,7 +149,7 @@ pub(crate) async fn upgrade(State(core): State<Arc<Core>>, mut request: Request)
                     // (after any the server read first and hyper has not taken: none, as
                     // hyper reads a request's head whole); any other transport through
                     // them.
-                    let reason = match upgraded.downcast::<TokioIo<Replay<TcpStream>>>() {
+                    let reason = match upgraded.downcast::<ServedIo<TcpStream>>() {
                         Ok(parts) => {
                             let (tcp, mut unread) = parts.io.into_inner().into_parts();
                             let read = if unread.is_empty() {

@@ -17,6 +17,38 @@ async fn ping_frames_are_answered_with_pong() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_sent_in_the_same_write_as_the_upgrade_request_is_not_lost() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // The handshake and a masked text frame (`{"type":"ping"}`) in one write: the server
+    // reads both at once, before it knows the connection will be a WebSocket.
+    let mut sent = b"GET /ws?userId=alice HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
+        Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    let payload = br#"{"type":"ping"}"#;
+    let mask = [1u8, 2, 3, 4];
+    sent.extend_from_slice(&[0x81, 0x80 | u8::try_from(payload.len()).unwrap()]);
+    sent.extend_from_slice(&mask);
+    sent.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    tcp.write_all(&sent).await.unwrap();
+    let mut received = Vec::new();
+    let pong = br#"{"type":"pong"}"#;
+    let found = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let mut chunk = [0u8; 1024];
+        while !received.windows(pong.len()).any(|w| w == pong) {
+            let n = tcp.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&received));
+            received.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "{}", String::from_utf8_lossy(&received));
+    assert!(received.starts_with(b"HTTP/1.1 101"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_row_of_3_5_is_answered_with_its_error_frame() {
     let server = TestServer::start().await;
     let mut bridge = Bridge::connect(&server, "phone", &["lock-1"]).await;
