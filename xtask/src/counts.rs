@@ -39,7 +39,7 @@ impl Default for Counts {
 }
 
 /// The flags' help, shown by `cargo xtask`.
-pub(crate) const HELP: &str = "[--who server|load] [--only inproc|http] [--bridges N] [--k K] [--commands A,B]: instructions per command under callgrind (needs valgrind)";
+pub(crate) const HELP: &str = "[--who server|load] [--only inproc|http|http2] [--bridges N] [--k K] [--commands A,B]: instructions per command under callgrind (needs valgrind)";
 
 impl Counts {
     fn parse(args: &[String]) -> Result<Self, String> {
@@ -49,7 +49,7 @@ impl Counts {
             let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
             match flag.as_str() {
                 "--who" if value == "server" || value == "load" => counts.who.clone_from(value),
-                "--only" if value == "inproc" || value == "http" => {
+                "--only" if ["inproc", "http", "http2"].contains(&value.as_str()) => {
                     counts.only.clone_from(value);
                 }
                 "--bridges" => counts.bridges = number(flag, value)?,
