@@ -34,6 +34,24 @@ async fn command_over(
     (status, version, response.json().await.unwrap())
 }
 
+/// `count` commands to `lock-1` sent at once over `client`, the `i`-th with payload `i` (two
+/// hex digits); their statuses, versions and bodies in that order.
+async fn commands_at_once(
+    client: &reqwest::Client,
+    server: &TestServer,
+    count: u8,
+) -> Vec<(u16, reqwest::Version, Value)> {
+    futures_util::future::join_all((0..count).map(|i| {
+        command_over(
+            client,
+            server,
+            "lock-1",
+            json!({"payload": format!("{i:02x}"), "timeoutMs": 30000}),
+        )
+    }))
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_in_flight_at_once_on_one_http2_connection_each_get_their_own_answer() {
     let server = TestServer::start().await;
@@ -41,14 +59,7 @@ async fn commands_in_flight_at_once_on_one_http2_connection_each_get_their_own_a
     server.wait_online("lock-1", 1).await;
     let client = http2_client();
     // More than the device's 16 places: the rest wait for one, on the same connection.
-    let calls = futures_util::future::join_all((0..40u8).map(|i| {
-        command_over(
-            &client,
-            &server,
-            "lock-1",
-            json!({"payload": format!("{i:02x}"), "timeoutMs": 30000}),
-        )
-    }));
+    let calls = commands_at_once(&client, &server, 40);
     let answers = async {
         // Each write is answered with its own payload twice over.
         for _ in 0..40 {
@@ -145,14 +156,7 @@ async fn an_http2_connection_takes_no_more_streams_at_once_than_its_limit() {
     let mut bridge = Bridge::connect(&server, "phone", &["lock-1"]).await;
     server.wait_online("lock-1", 1).await;
     let client = http2_client();
-    let calls = futures_util::future::join_all((0..6u8).map(|i| {
-        command_over(
-            &client,
-            &server,
-            "lock-1",
-            json!({"payload": format!("{i:02x}"), "timeoutMs": 30000}),
-        )
-    }));
+    let calls = commands_at_once(&client, &server, 6);
     let answers = async {
         for _ in 0..3 {
             // Two writes reach the device, and no third until one of them is answered.
