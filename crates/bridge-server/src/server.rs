@@ -842,10 +842,23 @@ where
     // the stream's, and its wake-ups of the connection (flow control) must all go through.
     let inline = Arc::new(InlineWake::new(Arc::clone(&side), http == Http::One));
     let connection_waker = std::task::Waker::from(Arc::clone(&inline));
+    // HTTP/2: whether this wake-up of the task has been put off by one turn already.
+    let mut put_off = false;
     std::future::poll_fn(|cx| {
         // Before the flags are read: a wake-up of the timer, of `closing` or of the
         // connection from now on wakes this task (if it came before, a flag shows it).
         side.task.register(cx.waker());
+        // HTTP/2 answers each stream on a task of its own, and each one that answers wakes
+        // the connection, which the runtime would run at once (its slot for the task just
+        // woken), writing that one answer. Put off by one turn (a wake-up during its own
+        // poll puts a task at the back of the run queue), the connection runs after the
+        // other streams woken with it, and writes all their answers at once.
+        if http == Http::Two && !put_off {
+            put_off = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        put_off = false;
         'poll: loop {
             let polled = inline.poll_connection(cx.waker(), || {
                 connection
@@ -1885,5 +1898,109 @@ mod tests {
             .unwrap();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["error"]["code"], "invalid_request", "{body}");
+    }
+
+    /// An in-memory stream that counts the server's writes.
+    struct CountingWrites {
+        io: DuplexStream,
+        writes: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl tokio::io::AsyncRead for CountingWrites {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for CountingWrites {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.writes.fetch_add(1, Ordering::Relaxed);
+            std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// `GET /healthz` as an HTTP/2 HEADERS frame on `stream` that ends the stream (HPACK:
+    /// `:method GET`, `:scheme http`, then `:path` and `:authority` as literals).
+    fn healthz_on(stream: u32) -> Vec<u8> {
+        let mut block = vec![0x82, 0x86, 0x04, 8];
+        block.extend_from_slice(b"/healthz");
+        block.extend_from_slice(&[0x01, 9]);
+        block.extend_from_slice(b"localhost");
+        let length = u8::try_from(block.len()).unwrap();
+        // HEADERS, END_STREAM | END_HEADERS.
+        let mut frame = vec![0, 0, length, 0x1, 0x5];
+        frame.extend_from_slice(&stream.to_be_bytes());
+        frame.extend_from_slice(&block);
+        frame
+    }
+
+    // One worker, as a server pinned to one core has: the runtime runs a task just woken
+    // next, which the connection's one-turn delay is about.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn the_answers_of_http2_streams_that_end_together_are_written_together() {
+        let server = Server::builder(ServerConfig::default())
+            .development_mode()
+            .build()
+            .unwrap();
+        let (mut client, served) = tokio::io::duplex(64 * 1024);
+        let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = CountingWrites {
+            io: served,
+            writes: Arc::clone(&writes),
+        };
+        let (_closing, closing_rx) = watch::channel(false);
+        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
+        tokio::spawn(serve_connection(
+            counted,
+            server.service(),
+            ConnectionLimits {
+                header_read_timeout: TIMEOUT,
+                http2_max_streams: 256,
+            },
+            closing_rx,
+            permit,
+        ));
+        client.write_all(&http2_hello()).await.unwrap();
+        frame_of(&mut client, SETTINGS).await;
+        // The server's SETTINGS written; its other opening frames may still come.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let before = writes.load(Ordering::Relaxed);
+        // Twenty requests in one write: the connection reads them at once, and their
+        // streams answer at once.
+        let requests: Vec<u8> = (0..20).flat_map(|i| healthz_on(2 * i + 1)).collect();
+        client.write_all(&requests).await.unwrap();
+        let mut answered = 0;
+        while answered < 20 {
+            let frame = next_frame(&mut client).await.expect("closed");
+            if frame.kind == 0x1 {
+                answered += 1;
+            }
+        }
+        let answer_writes = writes.load(Ordering::Relaxed) - before;
+        // Twenty, one per answer, without the connection's delay; one with it (a little
+        // room is left for the runtime's timing on a busy machine).
+        assert!(answer_writes <= 4, "{answer_writes} writes for 20 answers");
     }
 }
