@@ -6,10 +6,10 @@
 //! apart, ours and the peers' alike, more than most differences being measured; one round of
 //! `side_by_side.sh` puts minutes between a peer's run and ours. Here every cycle runs, for
 //! each K, the naive tokio-tungstenite peer, the socketioxide peer and `e2e_roundtrip`
-//! (in process, then over HTTP/1.1 and over HTTP/2) back to back for a few seconds each, with the servers pinned
-//! to CPU 0 and the clients to CPU 1 as `run.sh` pins them; each cycle's ratios use that
-//! cycle's best peer, and the summary gives the range and median of the ratios and how many
-//! cycles met each of issue 11's targets.
+//! (in process, then over HTTP/1.1 and over HTTP/2) back to back for a few seconds each,
+//! with the servers pinned to CPU 0 and the clients to CPU 1 as `run.sh` pins them; each
+//! cycle's ratios use that cycle's best peer, and the summary gives the range and median of
+//! the ratios and how many cycles met each of issue 11's targets.
 //!
 //! `--e2e A --e2e B` runs two (or more) builds of `e2e_roundtrip` after the same peer runs
 //! of each cycle, with a summary each: an A/B of a change, with the peers in the same

@@ -508,9 +508,10 @@ impl Server {
     /// requests at once on one connection), otherwise with HTTP/1.1 and its upgrades (for
     /// `/ws`, which HTTP/2 cannot open: it answers 505 there). One that takes longer than
     /// [`ServerConfig::header_read_timeout_secs`] to send a request's headers, or stays idle
-    /// that long between requests, is closed (an HTTP/2 connection with a GOAWAY first). At most
-    /// [`ServerConfig::max_connections`] are served at once; beyond that the listener is not
-    /// accepted from, so new connections wait in the kernel's backlog until one closes.
+    /// that long between requests, is closed (an HTTP/2 connection with a GOAWAY first).
+    /// At most [`ServerConfig::max_connections`] are served at once; beyond that the
+    /// listener is not accepted from, so new connections wait in the kernel's backlog until
+    /// one closes.
     ///
     /// While a request is served its connection is watched: a client that goes away
     /// mid-request (or half-closes its end) ends the connection at once and its request's
