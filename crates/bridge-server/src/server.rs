@@ -1720,11 +1720,13 @@ mod tests {
     #[derive(Debug)]
     struct Frame {
         kind: u8,
+        flags: u8,
         stream: u32,
         payload: Vec<u8>,
     }
 
     /// HTTP/2 frame types (RFC 9113 6).
+    const HEADERS: u8 = 0x1;
     const SETTINGS: u8 = 0x4;
     const PING: u8 = 0x6;
     const GOAWAY: u8 = 0x7;
@@ -1746,6 +1748,7 @@ mod tests {
         client.read_exact(&mut payload).await.ok()?;
         Some(Frame {
             kind: head[3],
+            flags: head[4],
             stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
             payload,
         })
@@ -1950,8 +1953,8 @@ mod tests {
         block.extend_from_slice(&[0x01, 9]);
         block.extend_from_slice(b"localhost");
         let length = u8::try_from(block.len()).unwrap();
-        // HEADERS, END_STREAM | END_HEADERS.
-        let mut frame = vec![0, 0, length, 0x1, 0x5];
+        // END_STREAM | END_HEADERS.
+        let mut frame = vec![0, 0, length, HEADERS, 0x5];
         frame.extend_from_slice(&stream.to_be_bytes());
         frame.extend_from_slice(&block);
         frame
@@ -1984,9 +1987,8 @@ mod tests {
             permit,
         ));
         client.write_all(&http2_hello()).await.unwrap();
-        frame_of(&mut client, SETTINGS).await;
-        // The server's SETTINGS written; its other opening frames may still come.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The server's opening frames, up to its acknowledgement of the client's SETTINGS.
+        while frame_of(&mut client, SETTINGS).await.flags & 0x1 == 0 {}
         let before = writes.load(Ordering::Relaxed);
         // Twenty requests in one write: the connection reads them at once, and their
         // streams answer at once.
@@ -1995,7 +1997,7 @@ mod tests {
         let mut answered = 0;
         while answered < 20 {
             let frame = next_frame(&mut client).await.expect("closed");
-            if frame.kind == 0x1 {
+            if frame.kind == HEADERS {
                 answered += 1;
             }
         }
