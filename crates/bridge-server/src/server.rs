@@ -1280,10 +1280,23 @@ mod tests {
         tokio::task::JoinHandle<()>,
     ) {
         let (client, served) = tokio::io::duplex(4096);
+        let (closing, task) = serve_over(served, server).await;
+        (client, closing, task)
+    }
+
+    /// `serve_connection` of `server` over `io`, with [`TIMEOUT`] and 256 streams; the
+    /// `closing` sender and the connection's task.
+    async fn serve_over<I>(
+        io: I,
+        server: &Server,
+    ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (closing, closing_rx) = watch::channel(false);
         let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
         let task = tokio::spawn(serve_connection(
-            served,
+            io,
             server.service(),
             ConnectionLimits {
                 header_read_timeout: TIMEOUT,
@@ -1292,7 +1305,7 @@ mod tests {
             closing_rx,
             permit,
         ));
-        (client, closing, task)
+        (closing, task)
     }
 
     const SECRET: &str = "a-server-unit-test-secret-of-32-bytes";
@@ -1974,18 +1987,7 @@ mod tests {
             io: served,
             writes: Arc::clone(&writes),
         };
-        let (_closing, closing_rx) = watch::channel(false);
-        let permit = Arc::new(Semaphore::new(1)).acquire_owned().await.unwrap();
-        tokio::spawn(serve_connection(
-            counted,
-            server.service(),
-            ConnectionLimits {
-                header_read_timeout: TIMEOUT,
-                http2_max_streams: 256,
-            },
-            closing_rx,
-            permit,
-        ));
+        let (_closing, _task) = serve_over(counted, &server).await;
         client.write_all(&http2_hello()).await.unwrap();
         // The server's opening frames, up to its acknowledgement of the client's SETTINGS.
         while frame_of(&mut client, SETTINGS).await.flags & 0x1 == 0 {}
