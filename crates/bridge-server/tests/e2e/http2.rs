@@ -115,6 +115,11 @@ async fn a_command_whose_http2_stream_is_cancelled_while_it_waits_for_a_place_is
         gave_up.is_err(),
         "the second command was answered: {gave_up:?}"
     );
+    // The reset travels on the connection ahead of a later request: once that request is
+    // answered, the server has read the reset (a command whose cancellation has not yet
+    // reached the server when its place comes free is sent, as over HTTP/1.1).
+    let barrier = client.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(barrier.status(), 200);
     bridge.answer(&write, "aa").await;
     assert_eq!(first.await.unwrap(), 200);
     // The next write the device gets is the third command's: the second was never sent.
